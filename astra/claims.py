@@ -1,0 +1,119 @@
+"""Claims: a process's right to run one task, held in its ``astra.task`` row while ``run()`` goes on.
+
+A claim is taken atomically before ``run()`` (status ``running`` with host, pid and start time), kept alive by a
+heartbeat thread, and ends as ``done`` (in the same transaction as the task's own rows) or ``failed`` (with the
+error). Another process that reaches a claimed task waits until the holder finishes, fails or goes silent for
+``[astra] lease`` seconds; then it takes the task over. This is what stops two workers, even under two separate
+luigi schedulers, from running one task twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+
+import luigi
+from luigi.task import flatten
+
+import astra
+from astra import identity
+from astra.config import settings
+from astra.database import database, queries
+
+logger = logging.getLogger("luigi-interface")
+
+
+def _summarise(exc: BaseException) -> tuple[str, str]:
+    """A one-line error and a traceback summary (the last frames only) for ``astra.task``."""
+    lines = str(exc).strip().splitlines()
+    error = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:2000]
+    summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-15))
+    return error, summary[-20000:]
+
+
+class Claim:
+    """One attempt of this process at one task."""
+
+    def __init__(self, task: luigi.Task) -> None:
+        self.task = task
+        self.attempt: queries.Attempt | None = None
+        self.recorded = False
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Wait until this process may run the task (True) or another process has finished it (False)."""
+        task = self.task
+        fields = {
+            "task_module": task.task_module,
+            "task_name": task.task_family,
+            "task_id": task.task_id,
+            "task_hash": identity.task_hash(task),
+            "version": identity.task_version(task),
+            "astra_version": astra.__version__,
+        }
+        params = identity.parameters(task)
+        lease = settings().lease
+        while True:
+            got = queries.claim(fields, params, lease)
+            if got is None:
+                return False
+            if isinstance(got, queries.Attempt):
+                break
+            self._status(f"waiting: {got.host} pid {got.pid} is running this task")
+            time.sleep(min(5.0, max(0.2, lease / 10)))
+        self.attempt = got
+        self._started = time.monotonic()
+        self._beat = threading.Thread(target=self._heartbeat, args=(lease / 4,), daemon=True)
+        self._beat.start()
+        return True
+
+    def record(self, result: object = None) -> None:
+        """Mark the task done with its result. Call inside ``queries.transaction()``."""
+        import json
+
+        text = None if result is None else json.dumps(result, sort_keys=True, default=str)
+        requires = [identity.task_hash(required) for required in flatten(self.task.requires())]
+        queries.finish(self.attempt, text, time.monotonic() - self._started, requires)
+        self.recorded = True
+
+    def fail(self, exc: BaseException) -> None:
+        error, summary = _summarise(exc)
+        try:
+            queries.fail(self.attempt, error, summary, time.monotonic() - self._started)
+        except BaseException as db_exc:  # the original error matters more; say why it was not recorded
+            logger.error("astra: could not record the failure of %s: %s", self.task, db_exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+
+    def _heartbeat(self, interval: float) -> None:
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if not queries.heartbeat(self.attempt):
+                        logger.warning("astra: another worker took over %s", self.task)
+                        return
+                except Exception as exc:  # a missed beat is harmless unless it lasts a whole lease
+                    logger.warning("astra: heartbeat for %s failed: %s", self.task, exc)
+        finally:
+            database().close()
+
+    def _status(self, message: str) -> None:
+        if callable(self.task.set_status_message):
+            self.task.set_status_message(message)
+        logger.info("astra: %s: %s", self.task, message)
+
+
+@contextmanager
+def holding(claim: Claim, result: object = None):
+    """A transaction in which the task writes its own rows; leaving it cleanly records the task as done."""
+    with queries.transaction():
+        yield
+        claim.record(result)

@@ -1,0 +1,112 @@
+"""Peewee models of the astra schema (the same tables as schema/astradb/astradb.sql)."""
+
+from __future__ import annotations
+
+import datetime
+
+from peewee import (
+    BigAutoField,
+    CompositeKey,
+    DatabaseProxy,
+    DateTimeField,
+    DoubleField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    SqliteDatabase,
+    TextField,
+)
+
+#: Bound to the real database of this process by :func:`astra.database.database`.
+proxy = DatabaseProxy()
+
+UTC = datetime.timezone.utc
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+class UTCDateTimeField(DateTimeField):
+    """A ``timestamp with time zone``; SQLite has no such type, so there it is stored as naive UTC text."""
+
+    field_type = "TIMESTAMPTZ"
+
+    def db_value(self, value):
+        if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+            if isinstance(self.model._meta.database.obj, SqliteDatabase):
+                value = value.astimezone(UTC).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value):
+        value = super().python_value(value)
+        if isinstance(value, datetime.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class BaseModel(Model):
+    class Meta:
+        database = proxy
+        schema = "astra"
+        legacy_table_names = False
+
+
+class Task(BaseModel):
+    """One task: its identity, its state and, once done, its result."""
+
+    pk = BigAutoField()
+    task_module = TextField()
+    task_name = TextField()
+    task_id = TextField(index=True)
+    task_hash = TextField(unique=True)
+    version = TextField()
+    status = TextField()
+    created = UTCDateTimeField()
+    started = UTCDateTimeField(null=True)
+    heartbeat = UTCDateTimeField(null=True)
+    completed = UTCDateTimeField(null=True)
+    duration = DoubleField(null=True)
+    host = TextField(null=True)
+    pid = IntegerField(null=True)
+    attempts = IntegerField()
+    astra_version = TextField()
+    result = TextField(null=True)
+    error = TextField(null=True)
+    traceback = TextField(null=True)
+
+    class Meta:
+        indexes = ((("task_name", "status"), False),)
+
+
+class Parameter(BaseModel):
+    """One distinct (name, value) pair, shared by every task that was given it."""
+
+    pk = BigAutoField()
+    parameter_name = TextField(index=True)
+    parameter_value = TextField()
+    parameter_hash = TextField(unique=True)
+
+
+class TaskParameter(BaseModel):
+    """Which parameters a task was given."""
+
+    task = ForeignKeyField(Task, column_name="task_pk", on_delete="CASCADE", backref="task_parameters", index=False)
+    parameter = ForeignKeyField(Parameter, column_name="parameter_pk", backref="task_parameters")
+
+    class Meta:
+        primary_key = CompositeKey("task", "parameter")
+        table_name = "task_parameter"
+
+
+class Dependency(BaseModel):
+    """An edge of the DAG: ``task`` required ``requires`` when it ran."""
+
+    task = ForeignKeyField(Task, column_name="task_pk", on_delete="CASCADE", backref="dependencies", index=False)
+    requires = ForeignKeyField(Task, column_name="requires_pk", on_delete="CASCADE", backref="dependents")
+
+    class Meta:
+        primary_key = CompositeKey("task", "requires")
+
+
+MODELS = (Task, Parameter, TaskParameter, Dependency)

@@ -1,0 +1,118 @@
+"""``BaseTask``: a luigi Task whose completion lives in the astra database."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import luigi
+
+from astra.claims import Claim, holding
+from astra.targets import DatabaseTarget, prefetch
+
+
+class BaseTask(luigi.Task):
+    """Subclass this and write ``run()``; astra records the task as done when ``run()`` returns.
+
+    - ``output()`` is a :class:`~astra.DatabaseTarget`, so luigi skips the task once it is recorded as done.
+    - What ``run()`` returns (anything JSON can hold) is stored as the task's result.
+    - Rows the task writes itself go inside ``with self.completion():``, which commits them in one transaction with
+      the completion record; an exception inside it leaves neither.
+    - An exception in ``run()`` records the task as failed, with the error, and luigi may run it again later.
+    - ``version``: part of the task's identity; bump it to run the task (and what depends on it) again.
+    """
+
+    version: str = ""
+
+    _astra_claim: Claim | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # luigi calls run() and nothing else, so the recording has to wrap the subclass's own run().
+        run = cls.__dict__.get("run")
+        if run is not None and not getattr(run, "_astra_recorded", False):
+            cls.run = _recorded(run)
+
+    def output(self) -> DatabaseTarget:
+        return DatabaseTarget(self)
+
+    def deps(self) -> list[luigi.Task]:
+        # luigi's worker calls deps() just before it checks each dependency: ask about all of them at once.
+        deps = super().deps()
+        prefetch(deps)
+        return deps
+
+    @contextmanager
+    def completion(self, result: object = None):
+        """Inside ``run()``: a transaction for the task's own rows, which also records the task as done."""
+        if self._astra_claim is None:
+            raise RuntimeError("completion() works only inside run() of a BaseTask")
+        with holding(self._astra_claim, result):
+            yield
+
+
+def _recorded(run: Callable) -> Callable:
+    """Wrap ``run`` so the task is claimed before it and recorded as done or failed after it."""
+
+    def start(task: BaseTask) -> Claim | None:
+        claim = Claim(task)
+        if not claim.acquire():
+            return None  # another worker finished it meanwhile
+        task._astra_claim = claim
+        return claim
+
+    def end(task: BaseTask, claim: Claim, result: object) -> None:
+        if not claim.recorded:
+            with holding(claim, result):
+                pass
+        for target in luigi.task.flatten(task.output()):
+            if isinstance(target, DatabaseTarget):
+                target.mark_done()
+
+    def stop(task: BaseTask, claim: Claim) -> None:
+        claim.release()
+        task._astra_claim = None
+
+    if inspect.isgeneratorfunction(run):
+
+        @functools.wraps(run)
+        def wrapper(self, *args, **kwargs):
+            if self._astra_claim is not None:  # a subclass's run() calling super().run()
+                return (yield from run(self, *args, **kwargs))
+            claim = start(self)
+            if claim is None:
+                return None
+            try:
+                result = yield from run(self, *args, **kwargs)
+                end(self, claim, result)
+            except GeneratorExit:
+                raise  # luigi dropped the generator to run new dependencies first; it will call run() again
+            except BaseException as exc:
+                claim.fail(exc)
+                raise
+            finally:
+                stop(self, claim)
+            return None
+
+    else:
+
+        @functools.wraps(run)
+        def wrapper(self, *args, **kwargs):
+            if self._astra_claim is not None:
+                return run(self, *args, **kwargs)
+            claim = start(self)
+            if claim is None:
+                return None
+            try:
+                end(self, claim, run(self, *args, **kwargs))
+            except BaseException as exc:
+                claim.fail(exc)
+                raise
+            finally:
+                stop(self, claim)
+            return None
+
+    wrapper._astra_recorded = True
+    return wrapper

@@ -1,0 +1,21 @@
+from setuptools import setup
+
+setup(
+    name="astra",
+    version="0.1.0",
+    description="The task layer of the SDSS-V pipeline: luigi tasks whose completion is recorded in a database",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=["astra", "astra.database", "workflows"],
+    package_data={"astra.database": ["astradb.sql"], "workflows": ["data/spectra/*.fits"]},
+    install_requires=[
+        "luigi>=3.5",
+        "peewee>=3.17",
+        "psycopg2-binary>=2.9",
+        "sdssdb>=1.0",
+        "numpy",
+        "astropy",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff"]},
+)

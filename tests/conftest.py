@@ -1,0 +1,103 @@
+"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL.
+
+PostgreSQL tests create their own database (``astra_test_<random>``) on $ASTRA_TEST_POSTGRES (default
+``postgresql://postgres@127.0.0.1:5432``) and drop it afterwards. Without a server they are skipped, unless
+ASTRA_REQUIRE_POSTGRES=1 (as in CI), which makes them fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from astra.database import create_schema
+from astra.database.connection import _State
+from astra.targets import forget_cached
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+BACKENDS = ["sqlite", "postgresql"]
+# The luigi console script installed beside this Python.
+LUIGI = str(Path(sys.executable).with_name("luigi"))
+
+
+def _postgres_or_skip() -> None:
+    try:
+        psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
+    except psycopg2.OperationalError as exc:
+        message = (
+            f"PostgreSQL is not reachable at {POSTGRES} ({str(exc).strip()}); start it, or point "
+            "ASTRA_TEST_POSTGRES at a server where you may create databases"
+        )
+        if os.environ.get("ASTRA_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _admin(sql: str) -> None:
+    connection = psycopg2.connect(f"{POSTGRES}/postgres")
+    connection.autocommit = True
+    try:
+        connection.cursor().execute(sql)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def postgres_database():
+    """The URL of a new, empty PostgreSQL database (no astra schema), dropped after the test."""
+    _postgres_or_skip()
+    name = f"astra_test_{uuid.uuid4().hex[:12]}"
+    _admin(f"create database {name}")
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        _close_connections()
+        _admin(f"drop database if exists {name} with (force)")
+
+
+def _close_connections() -> None:
+    if _State.database is not None and _State.pid == os.getpid():
+        _State.database.close()
+    _State.pid = _State.key = _State.database = None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend, tmp_path, monkeypatch, request) -> str:
+    """An astra database with the schema loaded, on each backend; $ASTRA_DATABASE_URL points at it."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'astra.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+    forget_cached()
+    create_schema()
+    yield url
+    forget_cached()
+    _close_connections()
+
+
+def run_luigi(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """Run the real ``luigi`` command line; returns the CompletedProcess (stdout and stderr merged)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [LUIGI, *args],
+        env=full_env,
+        cwd=cwd or REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,61 @@
+"""Example astra workflows: spectrum files -> EstimateSNR -> SummariseSNR.
+
+luigi --module workflows EstimateSNR --local-scheduler
+luigi --module workflows SummariseSNR --spectra-dir /path/to/spectra --local-scheduler
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import statistics
+
+import luigi
+
+import astra
+from astra.targets import read_many
+from workflows.spectra import EXAMPLE_SPECTRA, read_spectrum, signal_to_noise
+
+
+class SpectrumFile(luigi.ExternalTask):
+    """A spectrum file written by the survey's data reduction."""
+
+    path = luigi.Parameter()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(self.path)
+
+
+class EstimateSNR(astra.BaseTask):
+    """The signal-to-noise ratio of one spectrum: median of flux * sqrt(ivar) over good pixels."""
+
+    spectrum_path = luigi.Parameter(default=str(EXAMPLE_SPECTRA / "spec-00001.fits"))
+
+    def requires(self) -> SpectrumFile:
+        return SpectrumFile(self.spectrum_path)
+
+    def run(self) -> dict:
+        snr, n_good = signal_to_noise(*read_spectrum(self.input().path))
+        return {"snr": snr, "n_good_pixels": n_good}
+
+
+class SummariseSNR(astra.BaseTask):
+    """Summary statistics of the signal-to-noise ratios of every spectrum in a directory."""
+
+    spectra_dir = luigi.Parameter(default=str(EXAMPLE_SPECTRA))
+    pattern = luigi.Parameter(default="*.fits")
+
+    def requires(self) -> list[EstimateSNR]:
+        paths = sorted(glob.glob(os.path.join(self.spectra_dir, self.pattern)))
+        return [EstimateSNR(spectrum_path=path) for path in paths]
+
+    def run(self) -> dict:
+        snrs = [result["snr"] for result in read_many(self.input())]
+        if not snrs:
+            raise ValueError(f"no spectra match {self.pattern!r} in {self.spectra_dir}")
+        return {
+            "n_spectra": len(snrs),
+            "median_snr": statistics.median(snrs),
+            "min_snr": min(snrs),
+            "max_snr": max(snrs),
+        }
