@@ -159,7 +159,8 @@ def _connect_postgres(db: peewee.PostgresqlDatabase, description: str) -> None:
     try:
         db.connect(reuse_if_open=True)
     except peewee.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
         raise DatabaseNotReady(
             f"astra: cannot connect to {description}: {reason}. Check that PostgreSQL is running and "
             "ASTRA_DATABASE_URL (or [astra] database_url) is right"
