@@ -14,9 +14,10 @@ import os
 from collections.abc import Iterable
 
 import luigi
+import peewee
 from luigi.task import flatten
 
-from astra.database import queries
+from astra.database import DatabaseError, describe, queries
 from astra.identity import task_hash
 
 
@@ -62,7 +63,12 @@ class DatabaseTarget(luigi.Target):
         if self.task_hash in cache.not_done:
             cache.not_done.discard(self.task_hash)
             return False
-        done = bool(queries.done_hashes([self.task_hash]))
+        try:
+            done = bool(queries.done_hashes([self.task_hash]))
+        except peewee.DatabaseError as exc:
+            raise DatabaseError(
+                f"astra: could not check whether {self.task_id} is done in {describe()}: {exc}".strip()
+            ) from exc
         if done:
             cache.done.add(self.task_hash)
         return done
