@@ -1,0 +1,134 @@
+"""Where astra connects: $ASTRA_DATABASE_URL, [astra] in luigi.cfg, an sdssdb profile, or the SQLite default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import luigi
+import psycopg2
+import pytest
+
+from astra.database import describe
+from astra.database.connection import _State
+from tests.conftest import REPO, run_luigi
+
+SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00002.fits")
+
+
+@pytest.fixture
+def luigi_config():
+    """luigi's in-process configuration, restored after the test."""
+    config = luigi.configuration.get_config()
+    yield config
+    if config.has_section("astra"):
+        config.remove_section("astra")
+    _State.pid = _State.key = _State.database = None
+
+
+def test_environment_overrides_the_astra_section(tmp_path, monkeypatch, luigi_config):
+    monkeypatch.delenv("ASTRA_DATABASE_URL", raising=False)
+    luigi_config.set("astra", "database_url", f"sqlite:///{tmp_path / 'from-config.db'}")
+    assert describe() == f"sqlite:///{tmp_path / 'from-config.db'}"
+    monkeypatch.setenv("ASTRA_DATABASE_URL", f"sqlite:///{tmp_path / 'from-env.db'}")
+    assert describe() == f"sqlite:///{tmp_path / 'from-env.db'}"
+    assert (tmp_path / "from-env.db").exists()
+
+
+def test_nothing_configured_means_sqlite_in_home(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ASTRA_DATABASE_URL", "LUIGI_CONFIG_PATH")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-c", "from astra.database import describe; print(describe())"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"sqlite:///{tmp_path / '.astra' / 'astra.db'}"
+    assert (tmp_path / ".astra" / "astra.db").exists()
+
+
+def luigi_without_database_env(*args: str, tmp_path: Path, **env: str):
+    clean = {"ASTRA_DATABASE_URL": "", "HOME": str(tmp_path), **env}
+    return run_luigi(*args, env=clean, cwd=tmp_path)
+
+
+def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
+    dbname = postgres_database.rsplit("/", 1)[1]
+    (tmp_path / "sdssdb.yml").write_text("astratest:\n  host: 127.0.0.1\n  port: 5432\n  user: postgres\n")
+    (tmp_path / "luigi.cfg").write_text(f"[astra]\nprofile = astratest\ndbname = {dbname}\n")
+    env = {"SDSSDB_CONFIG_PATH": str(tmp_path / "sdssdb.yml"), "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
+
+    script = (
+        "from astra.database import create_schema, database, describe\n"
+        "print(create_schema()); db = database(); print(type(db).__name__, db.psycopg_version)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, **env, "ASTRA_DATABASE_URL": "", "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "sdssdb profile 'astratest'" in out.stdout
+    assert "PeeweeDatabaseConnection psycopg2" in out.stdout
+
+    result = luigi_without_database_env(
+        "--module",
+        "workflows",
+        "EstimateSNR",
+        "--spectrum-path",
+        SPECTRUM,
+        "--local-scheduler",
+        tmp_path=tmp_path,
+        **env,
+    )
+    assert "1 ran successfully" in result.stdout, result.stdout
+    connection = psycopg2.connect(postgres_database)
+    cursor = connection.cursor()
+    cursor.execute("select task_name, status from astra.task")
+    assert cursor.fetchall() == [("EstimateSNR", "done")]
+    connection.close()
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The astra line of a luigi run that stopped; fails if luigi printed a traceback instead."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout, result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("astra: ")]
+    assert len(lines) == 1, result.stdout
+    return lines[0]
+
+
+def test_missing_profile_is_one_clear_line(tmp_path):
+    (tmp_path / "luigi.cfg").write_text("[astra]\nprofile = no_such_profile\n")
+    result = luigi_without_database_env(
+        "--module", "workflows", "EstimateSNR", "--local-scheduler", tmp_path=tmp_path,
+        LUIGI_CONFIG_PATH=str(tmp_path / "luigi.cfg"),
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert "no profile 'no_such_profile'" in line and "sdssdb.yml" in line
+
+
+def test_schema_not_loaded_is_one_clear_line(postgres_database, tmp_path):
+    result = run_luigi(
+        "--module", "workflows", "EstimateSNR", "--local-scheduler",
+        env={"ASTRA_DATABASE_URL": postgres_database}, cwd=tmp_path,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert "no astra schema" in line and "astra db init" in line and "astradb.sql" in line
+
+
+def test_unknown_url_scheme_is_one_clear_line(tmp_path):
+    result = run_luigi(
+        "--module", "workflows", "EstimateSNR", "--local-scheduler",
+        env={"ASTRA_DATABASE_URL": "mysql://root:secret@localhost/astra"}, cwd=tmp_path,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert "expected sqlite:///path or postgresql://" in line
+    assert "secret" not in result.stdout
