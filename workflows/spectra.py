@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits  # imported once here, not in every forked worker that reads a spectrum
 
 #: Example spectra shipped with the repository, used when no other spectra are given.
 EXAMPLE_SPECTRA = Path(__file__).resolve().parent / "data" / "spectra"
@@ -13,7 +14,6 @@ EXAMPLE_SPECTRA = Path(__file__).resolve().parent / "data" / "spectra"
 
 def read_spectrum(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flux, inverse variance and pixel mask of a spectrum file."""
-    from astropy.io import fits
 
     with fits.open(path, memmap=False) as hdus:
         data = hdus["COADD"].data
@@ -34,7 +34,6 @@ def signal_to_noise(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tup
 
 def write_spectrum(path: str | Path, snr: float, seed: int, n_pixels: int = 3000) -> Path:
     """Write a simulated spectrum whose true signal-to-noise ratio is about ``snr``."""
-    from astropy.io import fits
 
     rng = np.random.default_rng(seed)
     loglam = np.linspace(3.5523, 4.0171, n_pixels)  # 3600 to 10400 Angstrom, as in SDSS/BOSS

@@ -1,0 +1,51 @@
+"""Awkward parameter values are stored and matched exactly (every query is parametrised)."""
+
+from __future__ import annotations
+
+import json
+
+import luigi
+import pytest
+
+from astra.database import Parameter, Task
+from astra.identity import parameter_hash, task_hash
+from astra.targets import forget_cached
+from tests.conftest import run_luigi
+from tests.example_tasks import WithOptions
+
+AWKWARD = {
+    "quotes": 'it\'s "quoted" `and` back\\slashed',
+    "sql": "'); drop table astra.task; --",
+    "unicode": "Ωμέγα 星 🚀 \u00e9\u0301 \u200b",
+    "newlines": "line one\nline two\r\n\ttabbed\n",
+    "large": "é" * 100_000,
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(AWKWARD))
+def test_awkward_values_round_trip(database_url, kind):
+    value = AWKWARD[kind]
+    task = WithOptions(options={"value": value, kind: [value]}, label=value)
+    assert luigi.build([task], local_scheduler=True)
+
+    stored = Parameter.get(Parameter.parameter_hash == parameter_hash("label", value))
+    assert stored.parameter_value == value
+    options = Parameter.get(Parameter.parameter_name == "options").parameter_value
+    assert json.loads(options) == {"value": value, kind: [value]}
+    assert Task.get(Task.task_hash == task_hash(task)).status == "done"
+    assert Task.select().count() == 1  # the SQL fragment did not drop anything
+
+    forget_cached()
+    assert WithOptions(options={kind: [value], "value": value}, label=value).complete() is True
+    assert WithOptions(options={"value": value, kind: [value]}, label=value + " ").complete() is False
+
+
+def test_awkward_values_from_the_command_line(database_url):
+    value = AWKWARD["sql"] + AWKWARD["unicode"] + AWKWARD["quotes"]
+    args = ["--module", "tests.example_tasks", "WithOptions", "--options", json.dumps({"v": value})]
+    first = run_luigi(*args, "--label", value, "--local-scheduler")
+    assert "1 ran successfully" in first.stdout, first.stdout
+    second = run_luigi(*args, "--label", value, "--local-scheduler")
+    assert "1 complete ones were encountered" in second.stdout, second.stdout
+    assert Parameter.get(Parameter.parameter_hash == parameter_hash("label", value)).parameter_value == value

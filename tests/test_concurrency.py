@@ -1,0 +1,51 @@
+"""Several luigi processes on one DAG at once: each task recorded once, no duplicate parameters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import peewee
+
+from astra.database import Parameter, Task, TaskParameter
+from tests.conftest import LUIGI, REPO
+from workflows.spectra import simulate
+
+
+def test_four_processes_share_one_dag_on_postgres(postgres_database, monkeypatch, tmp_path):
+    monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
+    from astra.database import create_schema
+
+    create_schema()
+    simulate(tmp_path / "spectra", count=200, seed=5)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [LUIGI, "--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra")]
+    processes = [
+        subprocess.Popen(
+            [*args, "--local-scheduler", "--no-lock"],  # luigi locks one command per host
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=400)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+        assert "This progress looks :)" in output, output
+        assert "ERROR" not in output, output
+
+    assert Task.select().count() == 201
+    assert Task.select().where(Task.status != "done").count() == 0
+    assert Task.select().where(Task.attempts != 1).count() == 0
+    distinct = Parameter.select(Parameter.parameter_name, Parameter.parameter_value).distinct().count()
+    assert Parameter.select().count() == distinct == 202  # 200 spectrum paths, spectra_dir, pattern
+    duplicates = (
+        TaskParameter.select(TaskParameter.task, TaskParameter.parameter)
+        .group_by(TaskParameter.task, TaskParameter.parameter)
+        .having(peewee.fn.count(TaskParameter.task) > 1)
+    )
+    assert duplicates.count() == 0
+    assert TaskParameter.select().count() == 200 + 2

@@ -1,0 +1,52 @@
+"""``pip install .`` gives a working package: schema file, example spectra, and ``luigi --module workflows``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+
+from tests.conftest import REPO
+
+
+def test_wheel_installs_and_runs_the_workflow_outside_the_checkout(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("astra-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "astra/database/astradb.sql" in names
+    assert "workflows/data/spectra/spec-00001.fits" in names
+    with zipfile.ZipFile(wheel) as archive:
+        requires = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    for dependency in ["luigi", "peewee", "psycopg2-binary", "sdssdb"]:
+        assert f"Requires-Dist: {dependency}" in requires
+
+    # A virtual environment that sees the already installed dependencies, but not the checkout.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ASTRA_DATABASE_URL")}
+    env["HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [python, "-m", "luigi", "--module", "workflows", "EstimateSNR", "--local-scheduler"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert "1 ran successfully" in out.stderr + out.stdout, out.stderr
+    where = subprocess.run(
+        [python, "-c", "import astra, workflows; print(astra.__file__, workflows.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert str(REPO) not in where and str(venv) in where
