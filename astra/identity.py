@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import luigi
 from luigi.parameter import ParameterVisibility
@@ -72,9 +74,83 @@ def task_hash(task: luigi.Task) -> str:
     # luigi keeps one instance per task, and parameters never change, so the hash is worked out once per process.
     cached = task.__dict__.get("_astra_task_hash")
     if cached is None:
-        text = json.dumps(identity(task), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        cached = task.__dict__["_astra_task_hash"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        cached = task.__dict__["_astra_task_hash"] = _sha256(identity(task))
     return cached
+
+
+def _sha256(identity: dict) -> str:
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Item:
+    """One parameter set of a task class, with the identity its task would have (see :func:`items`)."""
+
+    cls: type[luigi.Task]
+    values: dict[str, object]  # parameter values, as the task would hold them
+    task_hash: str
+    task_id: str
+    parameters: dict[str, str]  # non-private parameters as canonical strings, as recorded in astra.parameter
+    requires: list[str]  # hashes of the tasks it requires
+    _task: luigi.Task | None = None
+
+    @property
+    def task(self) -> luigi.Task:
+        """The task itself (created on first use, outside luigi's instance cache so a million of them can go)."""
+        if self._task is None:
+            self._task = type.__call__(self.cls, **self.values)
+        return self._task
+
+
+def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Item]:
+    """The identities of ``cls(**values)`` for many parameter sets: the same hashes :func:`task_hash` gives.
+
+    A class that requires nothing is hashed straight from the values, without creating a luigi task per set: luigi
+    takes tens of microseconds to create one, too slow for millions. Other classes are created and hashed.
+    """
+    params = cls.get_params()
+    if cls.requires is not luigi.Task.requires:
+        for values in parameter_sets:
+            task = type.__call__(cls, **values)
+            yield Item(
+                cls,
+                task.param_kwargs,
+                task_hash(task),
+                task.task_id,
+                parameters(task),
+                sorted({task_hash(required) for required in flatten(task.requires())}),
+                task,
+            )
+        return
+    family, module, version = cls.get_task_family(), cls.__module__, task_version(cls)
+    named = dict(params)
+    shown = [(name, p) for name, p in params if p.visibility != ParameterVisibility.PRIVATE]
+    public = [name for name, p in params if p.significant and p.visibility == ParameterVisibility.PUBLIC]
+    significant = [name for name, p in shown if p.significant]
+    defaults: dict[frozenset, dict] = {}
+    for given in parameter_sets:
+        keys = frozenset(given)
+        if keys not in defaults:
+            # luigi's own rules (config sections, unknown or missing parameters) decide the other values, which
+            # stay the same for every set that gives the same names.
+            resolved = dict(cls.get_param_values(params, [], given))
+            defaults[keys] = {name: value for name, value in resolved.items() if name not in keys}
+        values = {name: named[name].normalize(value) for name, value in given.items()}
+        values = {name: tuple(v) if isinstance(v, (list, set)) else v for name, v in values.items()}
+        values.update(defaults[keys])
+        texts = {name: canonical_value(p, values[name]) for name, p in shown}
+        hashed = _sha256(
+            {
+                "module": module,
+                "name": family,
+                "version": version,
+                "parameters": {name: texts[name] for name in significant},
+                "requires": [],
+            }
+        )
+        task_id = luigi.task.task_id_str(family, {name: named[name].serialize(values[name]) for name in public})
+        yield Item(cls, values, hashed, task_id, dict(sorted(texts.items())), [])
 
 
 def parameter_hash(name: str, value: str) -> str:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import luigi
 
 from astra.claims import Claim, holding
-from astra.targets import DatabaseTarget, prefetch
+from astra.targets import DatabaseTarget, note_created, prefetch
 
 
 class BaseTask(luigi.Task):
@@ -34,6 +34,20 @@ class BaseTask(luigi.Task):
         run = cls.__dict__.get("run")
         if run is not None and not getattr(run, "_astra_recorded", False):
             cls.run = _recorded(run)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        note_created(self)
+
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        # luigi walks dir(cls) on every call, and calls this several times per instance: that was most of the cost
+        # of creating (and hashing) a task. Parameters are fixed once a class is defined, so keep them per class.
+        params = cls.__dict__.get("_astra_params")
+        if params is None:
+            params = super().get_params()
+            type.__setattr__(cls, "_astra_params", params)
+        return list(params)
 
     def output(self) -> DatabaseTarget:
         return DatabaseTarget(self)

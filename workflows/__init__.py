@@ -2,6 +2,7 @@
 
 luigi --module workflows EstimateSNR --local-scheduler
 luigi --module workflows SummariseSNR --spectra-dir /path/to/spectra --local-scheduler
+luigi --module workflows EstimateSNRBatch --spectra-dir /path/to/spectra --local-scheduler
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import statistics
 import luigi
 
 import astra
+from astra.batch import BatchTask
 from astra.targets import read_many
 from workflows.spectra import EXAMPLE_SPECTRA, read_spectrum, signal_to_noise
 
@@ -59,3 +61,30 @@ class SummariseSNR(astra.BaseTask):
             "min_snr": min(snrs),
             "max_snr": max(snrs),
         }
+
+
+class EstimateSNRBatch(BatchTask):
+    """EstimateSNR for many spectra in one luigi task; each spectrum is recorded as its own EstimateSNR.
+
+    luigi --module workflows EstimateSNRBatch --spectra-dir /path/to/spectra --local-scheduler
+    luigi --module workflows EstimateSNRBatch --spectra-glob '/data/*/spec-*.fits' --local-scheduler
+    luigi --module workflows EstimateSNRBatch --spectra '["/data/a.fits", "/data/b.fits"]' --local-scheduler
+    """
+
+    item_class = EstimateSNR
+
+    spectra = luigi.ListParameter(default=[], description="spectrum files")
+    spectra_dir = luigi.Parameter(default="", description="a directory of spectrum files (with --pattern)")
+    pattern = luigi.Parameter(default="*.fits", description="file name pattern inside --spectra-dir")
+    spectra_glob = luigi.Parameter(default="", description="a glob of spectrum files, e.g. '/data/*/spec-*.fits'")
+
+    def paths(self) -> list[str]:
+        paths = [str(path) for path in self.spectra]
+        if self.spectra_dir:
+            paths += sorted(glob.glob(os.path.join(self.spectra_dir, self.pattern)))
+        if self.spectra_glob:
+            paths += sorted(glob.glob(self.spectra_glob))
+        return list(dict.fromkeys(paths))
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"spectrum_path": path} for path in self.paths()]

@@ -177,3 +177,112 @@ def fail(attempt: Attempt, error: str, traceback: str, duration: float) -> None:
 def transaction():
     """A transaction on the astra database (write-locked up front on SQLite)."""
     return _atomic(database())
+
+
+# Many items at once (astra.batch): one statement per table per chunk, with no per-row round trip. On PostgreSQL
+# the rows travel as arrays and are unpacked by unnest(); on SQLite, which runs in this process, executemany is as
+# fast and simpler.
+
+
+def _table(model: type[peewee.Model], db: peewee.Database) -> str:
+    return f"astra.{model._meta.table_name}" if is_postgres(db) else model._meta.table_name
+
+
+def record_items(items: Sequence[dict], status: str) -> None:
+    """Record many tasks as ``status`` (done or failed) at once, with their parameters and dependency edges.
+
+    Each item is a dict with ``task_module``, ``task_name``, ``task_id``, ``task_hash``, ``version``,
+    ``astra_version``, ``parameters`` (name -> canonical value), ``requires`` (task hashes) and optionally
+    ``result``, ``error``, ``traceback`` and ``duration``. A task already recorded as done stays as it is (first
+    done wins); a failed or running row is overwritten. Call inside :func:`transaction`.
+    """
+    db = database()
+    items = list({item["task_hash"]: item for item in items}.values())
+    if not items:
+        return
+    now = utcnow()
+    host, pid = socket.gethostname(), os.getpid()
+    completed = now if status == DONE else None
+    task, parameter, task_parameter, dependency = (_table(m, db) for m in (Task, Parameter, TaskParameter, Dependency))
+    columns = "task_module, task_name, task_id, task_hash, version, astra_version, result, error, traceback, duration"
+    upsert = (
+        f"ON CONFLICT (task_hash) DO UPDATE SET status = excluded.status, started = excluded.started, "
+        f"heartbeat = excluded.heartbeat, completed = excluded.completed, duration = excluded.duration, "
+        f"host = excluded.host, pid = excluded.pid, attempts = {task}.attempts + 1, result = excluded.result, "
+        f"error = excluded.error, traceback = excluded.traceback WHERE {task}.status <> '{DONE}'"
+    )
+    rows = [
+        (
+            item["task_module"],
+            item["task_name"],
+            item["task_id"],
+            item["task_hash"],
+            item["version"],
+            item["astra_version"],
+            item.get("result"),
+            item.get("error"),
+            item.get("traceback"),
+            item.get("duration"),
+        )
+        for item in items
+    ]
+    parameters = {}
+    links, edges = [], []
+    for item in items:
+        for name, value in item["parameters"].items():
+            key = parameter_hash(name, value)
+            parameters[key] = (name, value, key)
+            links.append((item["task_hash"], key))
+        edges.extend((item["task_hash"], required) for required in item["requires"])
+    constants = (status, now, now, now, completed, host, pid)
+    if is_postgres(db):
+        cursor = db.cursor()
+        cursor.execute(
+            f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
+            "SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s::int, 1 "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+            f"%s::text[], %s::text[], %s::float8[]) {upsert}",
+            (*constants, *(list(column) for column in zip(*rows))),
+        )
+        if parameters:
+            cursor.execute(
+                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) "
+                f"SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+                tuple(list(column) for column in zip(*parameters.values())),
+            )
+        for table, pairs, target_table, key in (
+            (task_parameter, links, parameter, "parameter_hash"),
+            (dependency, edges, task, "task_hash"),
+        ):
+            if pairs:
+                column = "parameter_pk" if table == task_parameter else "requires_pk"
+                cursor.execute(
+                    f"INSERT INTO {table} (task_pk, {column}) SELECT a.pk, b.pk "
+                    f"FROM unnest(%s::text[], %s::text[]) AS x(one, other) JOIN {task} a ON a.task_hash = x.one "
+                    f"JOIN {target_table} b ON b.{key} = x.other ON CONFLICT DO NOTHING",
+                    tuple(list(column) for column in zip(*pairs)),
+                )
+        return
+    # SQLite keeps peewee's text form of a naive UTC datetime.
+    stamp = str(now.replace(tzinfo=None))
+    constants = (status, stamp, stamp, stamp, stamp if completed else None, host, pid)
+    connection = db.connection()
+    connection.executemany(
+        f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
+        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) {upsert}",
+        [(*row, *constants) for row in rows],
+    )
+    connection.executemany(
+        f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
+        list(parameters.values()),
+    )
+    connection.executemany(
+        f"INSERT OR IGNORE INTO {task_parameter} (task_pk, parameter_pk) SELECT a.pk, b.pk FROM {task} a, "
+        f"{parameter} b WHERE a.task_hash = ? AND b.parameter_hash = ?",
+        links,
+    )
+    connection.executemany(
+        f"INSERT OR IGNORE INTO {dependency} (task_pk, requires_pk) SELECT a.pk, b.pk FROM {task} a, {task} b "
+        f"WHERE a.task_hash = ? AND b.task_hash = ?",
+        edges,
+    )

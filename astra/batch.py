@@ -1,0 +1,170 @@
+"""Batched tasks: one luigi task that works through many parameter sets, each recorded as its own task.
+
+Luigi's scheduler slows down with the square of the number of tasks in one run, so a survey's million spectra
+cannot each be a luigi task. A :class:`BatchTask` is one luigi task standing for many *items*: parameter sets of
+an ordinary :class:`~astra.BaseTask` class. Each item gets the ``astra.task`` row (same hash, same parameters) it
+would get had it run alone, so a re-run processes only the items not yet done, a lone task
+(``luigi ... EstimateSNR --spectrum-path ...``) sees an item done by a batch as done, and the other way round::
+
+    class EstimateSNRBatch(BatchTask):
+        item_class = EstimateSNR
+        spectra_dir = luigi.Parameter()
+
+        def parameter_sets(self):
+            for path in sorted(glob.glob(os.path.join(self.spectra_dir, "*.fits"))):
+                yield {"spectrum_path": path}
+
+Items are processed by the item class's own ``run()`` (override :meth:`BatchTask.process` to do a whole chunk at
+once, e.g. with numpy) and recorded ``chunk_size`` at a time, in one transaction per chunk. An item whose
+``run()`` raises is recorded as failed with its error and the others carry on; at the end the batch fails, naming
+how many items failed, so luigi reports it and a re-run tries just those again.
+
+What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
+the first to record it wins), or run the items' requirements (an item whose input is missing fails).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+import luigi
+
+import astra
+from astra.database import queries
+from astra.identity import Item, items, task_version
+from astra.tasks import BaseTask
+
+
+class BatchError(RuntimeError):
+    """Some items of a batch failed (each is recorded as failed, with its error, in ``astra.task``)."""
+
+
+class BatchTask(luigi.Task):
+    """One luigi task that runs many items, parameter sets of ``item_class``; each item is recorded on its own.
+
+    Subclasses set ``item_class`` and write :meth:`parameter_sets`. The batch is complete when every item is done.
+    """
+
+    #: The BaseTask class whose parameter sets this batch runs.
+    item_class: type[BaseTask] = BaseTask
+    #: Items processed and recorded per transaction.
+    chunk_size: int = 1000
+
+    def parameter_sets(self) -> Iterable[dict]:
+        """The items, as keyword arguments of ``item_class`` (a generator is fine: items are streamed)."""
+        raise NotImplementedError(f"{type(self).__name__} must define parameter_sets()")
+
+    def items(self) -> Iterator[Item]:
+        """The items with their identities (task hashes), in the order of :meth:`parameter_sets`."""
+        return items(self.item_class, self.parameter_sets())
+
+    def pending(self) -> Iterator[Item]:
+        """The items not yet recorded as done, asking the database once per chunk of items."""
+        self._skipped = 0
+        for chunk in _chunks(self.items(), queries.CHUNK):
+            done = queries.done_hashes([item.task_hash for item in chunk])
+            self._skipped += sum(item.task_hash in done for item in chunk)
+            yield from (item for item in chunk if item.task_hash not in done)
+
+    def complete(self) -> bool:
+        return next(self.pending(), None) is None
+
+    def process(self, chunk: list[Item]) -> list[object]:
+        """The results of a chunk of items, in order; an exception in place of a result marks that item failed.
+
+        By default each item runs the item class's own ``run()``. Override this to process a chunk at once.
+        """
+        results = []
+        for item in chunk:
+            try:
+                results.append(_unrecorded_run(item.task))
+            except Exception as exc:  # one bad spectrum must not cost the others their results
+                results.append(exc)
+        return results
+
+    def run(self) -> None:
+        total = _length(self.parameter_sets())
+        done = failed = 0
+        first_error = ""
+        for chunk in _chunks(self.pending(), self.chunk_size):
+            started = time.perf_counter()
+            results = self.process(chunk)
+            if len(results) != len(chunk):
+                raise ValueError(f"{type(self).__name__}.process() gave {len(results)} results for {len(chunk)} items")
+            duration = (time.perf_counter() - started) / len(chunk)
+            good = [_row(item, duration, result=r) for item, r in zip(chunk, results) if not _failed(r)]
+            bad = [_row(item, duration, error=r) for item, r in zip(chunk, results) if _failed(r)]
+            with queries.transaction():
+                queries.record_items(good, queries.DONE)
+                queries.record_items(bad, queries.FAILED)
+            done += len(good)
+            failed += len(bad)
+            if bad and not first_error:
+                first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
+            self._progress(self._skipped + done + failed, total, failed)
+        if failed:
+            raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
+
+    def _progress(self, processed: int, total: int | None, failed: int) -> None:
+        # set_progress_percentage and set_status_message are given by luigi's worker; None anywhere else.
+        now = time.monotonic()
+        if now - getattr(self, "_progress_at", 0.0) < 1.0 and processed != total:
+            return  # each report is a request to the scheduler: at most one a second
+        self._progress_at = now
+        message = f"{processed} of {total if total is not None else '?'} items done or tried, {failed} failed"
+        if callable(self.set_status_message):
+            self.set_status_message(message)
+        if total and callable(self.set_progress_percentage):
+            self.set_progress_percentage(round(100 * processed / total))
+
+
+def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(iterable)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _length(iterable: Iterable) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _failed(result: object) -> bool:
+    return isinstance(result, BaseException)
+
+
+def _unrecorded_run(task: luigi.Task) -> object:
+    """The item's own ``run()``, without the claim and record around it (the batch records items itself)."""
+    run = type(task).run
+    run = getattr(run, "__wrapped__", run)
+    result = run(task)
+    if isinstance(result, Iterator):
+        raise TypeError(f"{task.task_family}.run() yields dynamic dependencies; it cannot run inside a batch")
+    return result
+
+
+def _row(item: Item, duration: float, result: object = None, error: BaseException | None = None) -> dict:
+    row = {
+        "task_module": item.cls.__module__,
+        "task_name": item.cls.get_task_family(),
+        "task_id": item.task_id,
+        "task_hash": item.task_hash,
+        "version": task_version(item.cls),
+        "astra_version": astra.__version__,
+        "parameters": item.parameters,
+        "requires": item.requires,
+        "duration": duration,
+    }
+    if error is None:
+        row["result"] = None if result is None else json.dumps(result, sort_keys=True, default=str)
+    else:
+        lines = str(error).strip().splitlines()
+        row["error"] = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:2000]
+        row["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-15))
+    return row
