@@ -10,6 +10,7 @@ setup(
     packages=["astra", "astra.database", "workflows"],
     package_data={"astra.database": ["astradb.sql"], "workflows": ["data/spectra/*.fits"]},
     install_requires=[
+        "click>=8",
         "luigi>=3.5",
         "peewee>=3.17",
         "psycopg2-binary>=2.9",
@@ -18,4 +19,5 @@ setup(
         "astropy",
     ],
     extras_require={"test": ["pytest>=7", "ruff"]},
+    entry_points={"console_scripts": ["astra=astra.cli:main"]},
 )

@@ -1,0 +1,301 @@
+"""The ``astra`` command, driven as a subprocess (the installed console script) on SQLite and PostgreSQL.
+
+Helpers here (``astra``, ``astra_many``, ``run_pipeline``) are shared by the other tests/test_cli_*.py files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import luigi
+import psycopg2
+import pytest
+
+import astra as astra_package
+from astra import cli
+from tests.conftest import POSTGRES, REPO
+from workflows import EstimateSNR, SummariseSNR
+from workflows.spectra import EXAMPLE_SPECTRA
+
+#: The console script that ``pip install`` puts beside this Python.
+ASTRA = Path(sys.executable).with_name("astra")
+
+SPECTRA = sorted(str(path) for path in EXAMPLE_SPECTRA.glob("*.fits"))
+
+
+class Broken(astra_package.BaseTask):
+    """A task that always fails, for failed records."""
+
+    reason = luigi.Parameter(default="broken on purpose")
+
+    def run(self) -> None:
+        raise ValueError(self.reason)
+
+
+def _command(args: tuple[str, ...], env: dict | None) -> tuple[list[str], dict]:
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH", "")]))
+    return [str(ASTRA), *args], full_env
+
+
+def astra(*args: str, input: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``astra ARGS`` (stdin ``input``, so a prompt never waits); stdout and stderr kept apart."""
+    command, full_env = _command(args, env)
+    return subprocess.run(command, input=input, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def astra_many(*commands: tuple[str, ...], env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    """Run several read-only ``astra`` commands at once (each one pays for importing luigi)."""
+    running = []
+    for args in commands:
+        command, full_env = _command(args, env)
+        running.append(
+            subprocess.Popen(
+                command,
+                env=full_env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    done = []
+    for args, process in zip(commands, running):
+        stdout, stderr = process.communicate(timeout=60)
+        done.append(subprocess.CompletedProcess([str(ASTRA), *args], process.returncode, stdout, stderr))
+    return done
+
+
+def main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Run ``astra ARGS`` in this process, through the same ``main()`` as the console script.
+
+    Cheaper than a subprocess (which spends most of its time importing luigi); the tests use it for the many
+    variations of a command once the subprocess has shown the command itself.
+    """
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["astra", *args], exit_info.value.code, out, err)
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
+    """Assert that the command failed with ``code`` and a single line on stderr; return that line."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("astra: ")
+    return lines[0]
+
+
+def run_pipeline(*tasks: luigi.Task) -> None:
+    """Run the example pipeline (5 EstimateSNR -> SummariseSNR), plus ``tasks``, in this process."""
+    assert luigi.build([SummariseSNR(), *tasks], local_scheduler=True, log_level="WARNING") is not None
+
+
+def test_help_on_every_command(capsys):
+    assert ASTRA.exists(), "run `pip install -e .` so the astra console script exists"
+    script = astra("--help")
+    assert script.returncode == 0 and script.stdout.startswith("Usage: astra [OPTIONS] COMMAND [ARGS]...")
+    commands = ["db", "db init", "db status", "tasks", "tasks list", "tasks show", "tasks forget", "tasks why"]
+    helps = {}
+    for command in commands:
+        result = main(capsys, *command.split(), "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert result.stdout.startswith(f"Usage: astra {command} "), result.stdout
+        helps[command] = result.stdout
+    assert all(option in helps["tasks forget"] for option in ("--cascade", "--dry-run", "--yes", "--where"))
+    for option in ("--name", "--module", "--status", "--where", "--since", "--limit", "--json"):
+        assert option in helps["tasks list"]
+    assert main(capsys, "--version").stdout.strip() == f"astra, version {astra_package.__version__}"
+    bare = main(capsys)  # no command: the help, as a usage error
+    assert bare.returncode == 2 and "Commands:" in bare.stdout
+
+
+def _schema(url: str) -> list[tuple]:
+    """Tables, columns, types, nullability and indexes of the astra schema of a PostgreSQL database."""
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "select table_name, column_name, data_type, is_nullable, column_default from information_schema.columns "
+            "where table_schema = 'astra' order by table_name, column_name"
+        )
+        columns = cursor.fetchall()
+        cursor.execute("select indexname, indexdef from pg_indexes where schemaname = 'astra' order by indexname")
+        return columns + cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
+    # trust authentication ignores the password, which lets the test check that it is never shown.
+    url = postgres_database.replace("://postgres@", "://postgres:hunter2@")
+    env = {"ASTRA_DATABASE_URL": url}
+    before = astra("db", "status", env=env)
+    assert "no astra schema" in one_line_error(before, 1)
+
+    first = astra("db", "init", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "postgres:***@" in first.stdout and "hunter2" not in first.stdout + first.stderr
+    again = astra("db", "init", env=env)  # safe to run twice
+    assert again.returncode == 0, again.stderr
+
+    reference = f"astra_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(f"{POSTGRES}/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"create database {reference}")
+    try:
+        loaded = psycopg2.connect(f"{POSTGRES}/{reference}")
+        with loaded, loaded.cursor() as cursor:
+            cursor.execute((REPO / "schema" / "astradb" / "astradb.sql").read_text())
+        loaded.close()
+        assert _schema(postgres_database) == _schema(f"{POSTGRES}/{reference}")
+        assert len(_schema(postgres_database)) > 20
+    finally:
+        admin.cursor().execute(f"drop database if exists {reference} with (force)")
+        admin.close()
+
+    status = astra("db", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "postgres:***@" in status.stdout and "hunter2" not in status.stdout
+    assert "tasks         0" in status.stdout
+
+
+def test_db_init_on_sqlite(tmp_path):
+    path = tmp_path / "new" / "astra.db"
+    result = astra("db", "init", env={"ASTRA_DATABASE_URL": f"sqlite:///{path}"})
+    assert result.returncode == 0, result.stderr
+    assert str(path) in result.stdout
+    tables = {row[0] for row in sqlite3.connect(path).execute("select name from sqlite_master where type='table'")}
+    assert {"task", "parameter", "task_parameter", "dependency"} <= tables
+
+
+def test_db_status_counts_per_status_and_name(database_url, capsys):
+    run_pipeline(Broken())
+    text = astra("db", "status")
+    assert text.returncode == 0, text.stderr
+    assert "tasks         7 (done 6, running 0, failed 1)" in text.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in text.stdout.splitlines()[6:]}
+    assert rows["EstimateSNR"] == ["5", "0", "0", "5"]
+    assert rows["SummariseSNR"] == ["1", "0", "0", "1"]
+    assert rows["Broken"] == ["0", "0", "1", "1"]
+    status = json.loads(main(capsys, "db", "status", "--json").stdout)
+    assert status["database"] == database_url
+    assert status["total"] == 7 and status["statuses"] == {"done": 6, "running": 0, "failed": 1}
+    assert status["dependencies"] == 5
+    assert {"task_name": "EstimateSNR", "done": 5, "running": 0, "failed": 0, "total": 5} in status["names"]
+
+
+def test_list_with_filters(database_url, capsys):
+    run_pipeline(Broken())
+    everything, table = astra_many(
+        ("tasks", "list", "--json"),
+        ("tasks", "list", "--module", "workflows", "--name", "SummariseSNR", "--name", "Broken"),
+    )
+    by_name = main(capsys, "tasks", "list", "--name", "EstimateSNR", "--json")
+    failed = main(capsys, "tasks", "list", "--status", "failed", "--json")
+    by_path = main(capsys, "tasks", "list", "--where", f"spectrum_path={SPECTRA[0]}", "--json")
+    by_pattern = main(
+        capsys, "tasks", "list", "--where", "spectrum-path=*spec-00002.fits", "--name", "EstimateSNR", "--json"
+    )
+    limited = main(capsys, "tasks", "list", "--since", "1h", "--limit", "2")
+    future = main(capsys, "tasks", "list", "--since", "2999-01-01", "--json")
+    nothing = main(capsys, "tasks", "list", "--status", "done", "--module", "tests.test_cli")
+    records = json.loads(everything.stdout)
+    assert everything.returncode == 0 and len(records) == 7
+    assert [r["pk"] for r in records] == sorted((r["pk"] for r in records), reverse=True)  # newest first
+    assert {r["task_name"] for r in json.loads(by_name.stdout)} == {"EstimateSNR"}
+    assert len(json.loads(by_name.stdout)) == 5
+    (broken,) = json.loads(failed.stdout)
+    assert broken["task_name"] == "Broken" and broken["error"] == "ValueError: broken on purpose"
+    assert broken["parameters"] == {"reason": "broken on purpose"}
+    assert [r["parameters"] for r in json.loads(by_path.stdout)] == [{"spectrum_path": SPECTRA[0]}]
+    assert [r["parameters"] for r in json.loads(by_pattern.stdout)] == [{"spectrum_path": SPECTRA[1]}]
+
+    assert table.returncode == 0
+    header, rule, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["pk", "name", "status"] and set(rule) <= {"-", " "}
+    assert [row.split()[1] for row in rows] == ["SummariseSNR"]  # Broken lives in tests.test_cli
+
+    assert limited.returncode == 0 and len(limited.stdout.splitlines()) == 4
+    assert limited.stderr.strip() == "(2 of 7 shown; --limit 0 shows all)"
+    assert future.returncode == 1 and json.loads(future.stdout) == []
+    assert one_line_error(future, 1) == "astra: no tasks match"
+    assert one_line_error(nothing, 1) == "astra: no tasks match"
+
+
+def test_bad_filters_give_one_line(database_url, capsys):
+    run_pipeline()
+    where, parameter = astra_many(
+        ("tasks", "list", "--where", "spectrum_path"), ("tasks", "list", "--where", "nosuch=1")
+    )
+    since = main(capsys, "tasks", "list", "--since", "yesterday")
+    status = main(capsys, "tasks", "list", "--status", "finished")
+    limit = main(capsys, "tasks", "list", "--limit", "-1")
+    name = main(capsys, "tasks", "list", "--name", "NoSuchTask")
+    command = main(capsys, "tasks", "frobnicate")
+    assert "'spectrum_path' is not key=value" in one_line_error(where, 2)
+    assert "'yesterday' is neither a time" in one_line_error(since, 2)
+    assert "'finished' is not one of" in one_line_error(status, 2)
+    assert "--limit" in one_line_error(limit, 2)
+    assert one_line_error(parameter, 1) == "astra: no tasks match: no task has a parameter 'nosuch'"
+    assert one_line_error(name, 1) == (
+        "astra: no tasks match: no task is named 'NoSuchTask' (recorded: EstimateSNR, SummariseSNR)"
+    )
+    assert "No such command 'frobnicate'" in one_line_error(command, 2)
+
+
+def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
+    run_pipeline(Broken())
+    first = EstimateSNR(spectrum_path=SPECTRA[0])
+    listed = json.loads(main(capsys, "tasks", "list", "--json").stdout)
+    summary = next(r for r in listed if r["task_name"] == "SummariseSNR")
+    estimate = next(r for r in listed if r["task_id"] == first.task_id)
+    broken = next(r for r in listed if r["task_name"] == "Broken")
+    text, by_prefix = astra_many(
+        ("tasks", "show", str(summary["pk"])), ("tasks", "show", estimate["task_hash"][:10], "--json")
+    )
+    by_hash = main(capsys, "tasks", "show", estimate["task_hash"], "--json")
+    by_task_id = main(capsys, "tasks", "show", first.task_id, "--json")
+    failed = main(capsys, "tasks", "show", str(broken["pk"]))
+    missing = main(capsys, "tasks", "show", "no-such-task")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith(f"task {summary['pk']}: SummariseSNR\n  status     done\n")
+    assert "requires (5)" in text.stdout and "required by (0)" in text.stdout
+    assert f"spectra_dir = {EXAMPLE_SPECTRA}" in text.stdout and "pattern = *.fits" in text.stdout
+    assert '"n_spectra": 5' in text.stdout  # the result
+
+    shown = json.loads(by_prefix.stdout)
+    assert shown == json.loads(by_hash.stdout) == json.loads(by_task_id.stdout)
+    assert shown["pk"] == estimate["pk"] and shown["parameters"] == {"spectrum_path": SPECTRA[0]}
+    assert shown["requires"] == []  # SpectrumFile is not an astra task
+    assert [(t["pk"], t["task_name"], t["status"]) for t in shown["required_by"]] == [
+        (summary["pk"], "SummariseSNR", "done")
+    ]
+    assert set(shown["result"]) == {"snr", "n_good_pixels"}
+    for key in ("created", "started", "completed", "duration", "host", "pid", "astra_version", "task_id", "status"):
+        assert shown[key] is not None, key
+
+    assert failed.returncode == 0
+    assert "status     failed" in failed.stdout and "error\n  ValueError: broken on purpose" in failed.stdout
+    assert "traceback\n" in failed.stdout and "raise ValueError(self.reason)" in failed.stdout
+    assert one_line_error(missing, 1) == "astra: no task has pk, luigi task_id or hash (prefix) 'no-such-task'"
+
+
+def test_unreachable_database_and_missing_schema_give_one_line(postgres_database, tmp_path):
+    refused = {"ASTRA_DATABASE_URL": "postgresql://postgres:hunter2@127.0.0.1:1/astra"}
+    no_schema = {"ASTRA_DATABASE_URL": postgres_database}
+    wrong = {"ASTRA_DATABASE_URL": "mysql://somewhere/astra"}
+    for env, expected in ((refused, "cannot connect to"), (no_schema, "has no astra schema"), (wrong, "mysql")):
+        for result in astra_many(("db", "status"), ("tasks", "list"), ("tasks", "show", "1"), env=env):
+            line = one_line_error(result, 1)
+            assert expected in line and "hunter2" not in line
