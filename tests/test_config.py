@@ -132,3 +132,35 @@ def test_unknown_url_scheme_is_one_clear_line(tmp_path):
     line = one_line_error(result)
     assert "expected sqlite:///path or postgresql://" in line
     assert "secret" not in result.stdout
+
+
+def _child_backend_pid(queue) -> None:
+    from astra.database import database, is_postgres
+
+    db = database()
+    queue.put(db.execute_sql("select pg_backend_pid()").fetchone()[0] if is_postgres() else os.getpid())
+
+
+def test_one_connection_per_process_and_forks_open_their_own(database_url, backend):
+    import multiprocessing
+
+    from astra.database import database
+
+    db = database()
+    assert database() is db
+    connection = db.connection()
+    if backend == "postgresql":
+        before = db.execute_sql("select pg_backend_pid()").fetchone()[0]
+    queue = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(target=_child_backend_pid, args=(queue,))
+    child.start()
+    seen = queue.get(timeout=30)
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    # The parent's connection survives the child (which must not have closed or reused it).
+    assert database() is db and db.connection() is connection
+    if backend == "postgresql":
+        after = db.execute_sql("select pg_backend_pid()").fetchone()[0]
+        assert after == before != seen
+    else:
+        assert seen == child.pid

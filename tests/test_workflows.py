@@ -33,7 +33,7 @@ def test_estimate_snr_runs_once_in_a_fresh_clone(tmp_path):
 def test_summary_dag_on_each_backend(database_url, tmp_path):
     paths = simulate(tmp_path / "spectra", count=6, seed=3)
     args = ["--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra"), "--local-scheduler"]
-    first = run_luigi(*args, "--workers", "3")
+    first = run_luigi(*args, "--workers", "4")
     assert first.returncode == 0, first.stdout
     assert summary_says(first.stdout, "7 ran successfully")
     second = run_luigi(*args)
