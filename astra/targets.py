@@ -110,6 +110,13 @@ def prefetch(tasks: Iterable[luigi.Task]) -> None:
     _ask([t.task_hash for t in database_targets(tasks) if t.task_hash not in cache.done])
 
 
+def completed(tasks: Iterable[luigi.Task]) -> list[bool]:
+    """Whether each of ``tasks`` is complete, in order: ``task.complete()`` for each, with one query for all."""
+    tasks = list(tasks)
+    prefetch(tasks)
+    return [task.complete() for task in tasks]
+
+
 def _ask(hashes: list[str]) -> None:
     if not hashes:
         return

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import luigi
+from luigi.task import flatten
 
 from astra.claims import Claim, holding
-from astra.targets import DatabaseTarget, note_created, prefetch
+from astra.targets import DatabaseTarget, completed, note_created, prefetch
 
 
 class BaseTask(luigi.Task):
@@ -52,6 +53,17 @@ class BaseTask(luigi.Task):
     def output(self) -> DatabaseTarget:
         return DatabaseTarget(self)
 
+    @classmethod
+    def bulk_complete(cls, parameter_tuples: Iterable) -> list:
+        """Those of ``parameter_tuples`` whose task is complete, with one query (luigi's Range tools call this).
+
+        Each entry is a tuple of positional arguments, a dict of keyword arguments or a single first argument.
+        ``cls`` may be a ``functools.partial`` of the class with more arguments, as ``RangeDaily`` passes it.
+        """
+        parameter_tuples = list(parameter_tuples)
+        tasks = [_instantiate(cls, parameters) for parameters in parameter_tuples]
+        return [parameters for parameters, done in zip(parameter_tuples, completed(tasks)) if done]
+
     def deps(self) -> list[luigi.Task]:
         # luigi's worker calls deps() just before it checks each dependency: ask about all of them at once.
         deps = super().deps()
@@ -65,6 +77,30 @@ class BaseTask(luigi.Task):
             raise RuntimeError("completion() works only inside run() of a BaseTask")
         with holding(self._astra_claim, result):
             yield
+
+
+def dynamic_requirements(tasks: Iterable[luigi.Task]) -> luigi.DynamicRequirements:
+    """Yield this from ``run()`` in place of a list of tasks: luigi then checks them all with one query.
+
+    ``results = yield dynamic_requirements([EstimateSNR(spectrum_path=p) for p in paths])`` gives the tasks'
+    outputs, as yielding the list would.
+    """
+    tasks = flatten(tasks)
+
+    def complete(complete_fn: Callable[[luigi.Task], bool]) -> bool:
+        prefetch(tasks)
+        # Ask every task (no short cut at the first not done), so no prefetched answer is left over.
+        return all([complete_fn(task) for task in tasks])
+
+    return luigi.DynamicRequirements(tasks, complete)
+
+
+def _instantiate(cls: Callable, parameters: object) -> luigi.Task:
+    if isinstance(parameters, (list, tuple)):
+        return cls(*parameters)
+    if isinstance(parameters, dict):
+        return cls(**parameters)
+    return cls(parameters)
 
 
 def _recorded(run: Callable) -> Callable:

@@ -1,0 +1,187 @@
+"""Batched tasks: one luigi task, many items, each item recorded as the task it would be on its own."""
+
+from __future__ import annotations
+
+import json
+
+import luigi
+import pytest
+
+from astra import BaseTask
+from astra.batch import BatchError, BatchTask
+from astra.database import Parameter, Task, TaskParameter
+from astra.identity import items, parameters, task_hash
+from astra.targets import forget_cached
+from tests.conftest import run_luigi
+from workflows import EstimateSNR
+from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
+
+
+def summary(output: str) -> str:
+    return output.split("===== Luigi Execution Summary =====")[1]
+
+
+def rows_by_path(paths) -> dict[str, Task]:
+    forget_cached()
+    return {
+        str(path): Task.get_or_none(Task.task_hash == task_hash(EstimateSNR(spectrum_path=str(path)))) for path in paths
+    }
+
+
+def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
+    spectra = tmp_path / "spectra"
+    paths = simulate(spectra, count=6, seed=5)
+    broken = spectra / "spec-00007.fits"
+    broken.write_text("not a FITS file")
+    args = ["--module", "workflows", "EstimateSNRBatch", "--spectra-dir", str(spectra), "--local-scheduler"]
+
+    first = run_luigi(*args)
+    assert "1 failed" in summary(first.stdout), first.stdout
+    assert "1 of 7 items failed" in first.stdout
+    rows = rows_by_path([*paths, broken])
+    for path in paths:  # the others' results are kept, each as its own EstimateSNR
+        assert rows[str(path)].status == "done"
+        assert json.loads(rows[str(path)].result)["snr"] == pytest.approx(signal_to_noise(*read_spectrum(str(path)))[0])
+    failed = rows[str(broken)]
+    assert failed.status == "failed" and "OSError" in failed.error and failed.traceback
+
+    # A lone EstimateSNR of a spectrum the batch did is done already.
+    lone = run_luigi("--module", "workflows", "EstimateSNR", "--spectrum-path", str(paths[0]), "--local-scheduler")
+    assert "1 complete ones were encountered" in summary(lone.stdout), lone.stdout
+
+    # Once the file is repaired, a re-run processes that spectrum only.
+    write_spectrum(broken, snr=12.0, seed=7)
+    second = run_luigi(*args)
+    assert "1 ran successfully" in summary(second.stdout), second.stdout
+    after = rows_by_path([*paths, broken])
+    assert after[str(broken)].status == "done" and after[str(broken)].attempts == 2
+    assert all(after[str(p)].completed == rows[str(p)].completed for p in paths)
+
+    third = run_luigi(*args)
+    assert "1 complete ones were encountered" in summary(third.stdout)
+
+
+def test_estimate_snr_batch_takes_a_list_or_a_glob(database_url, tmp_path):
+    paths = [str(p) for p in simulate(tmp_path / "spectra", count=4, seed=6)]
+    listed = run_luigi(
+        "--module", "workflows", "EstimateSNRBatch", "--spectra", json.dumps(paths[:2]), "--local-scheduler"
+    )
+    assert "1 ran successfully" in summary(listed.stdout), listed.stdout
+    assert sorted(row.task_id for row in Task.select()) == sorted(
+        EstimateSNR(spectrum_path=p).task_id for p in paths[:2]
+    )
+    globbed = run_luigi(
+        "--module",
+        "workflows",
+        "EstimateSNRBatch",
+        "--spectra-glob",
+        str(tmp_path / "spectra" / "spec-*.fits"),
+        "--local-scheduler",
+    )
+    assert "1 ran successfully" in summary(globbed.stdout), globbed.stdout
+    rows = rows_by_path(paths)
+    assert all(row.status == "done" for row in rows.values())
+    # the two listed earlier were not done again
+    assert len({row.completed for row in rows.values()}) == 2
+
+
+def test_a_batch_item_is_recorded_like_a_lone_task(database_url, tmp_path):
+    alone, batched = (str(p) for p in simulate(tmp_path / "spectra", count=2, seed=8))
+    assert luigi.build([EstimateSNR(spectrum_path=alone)], local_scheduler=True)
+    from workflows import EstimateSNRBatch
+
+    EstimateSNRBatch(spectra=[batched]).run()
+
+    def recorded(path: str) -> tuple:
+        row = Task.get(Task.task_hash == task_hash(EstimateSNR(spectrum_path=path)))
+        params = (
+            Parameter.select(Parameter.parameter_name, Parameter.parameter_value)
+            .join(TaskParameter)
+            .where(TaskParameter.task == row.pk)
+            .tuples()
+        )
+        return row, dict(params)
+
+    row_alone, params_alone = recorded(alone)
+    row_batched, params_batched = recorded(batched)
+    assert params_alone == {"spectrum_path": alone} and params_batched == {"spectrum_path": batched}
+    for field in ("task_module", "task_name", "version", "status", "astra_version"):
+        assert getattr(row_alone, field) == getattr(row_batched, field)
+    assert row_batched.task_id == EstimateSNR(spectrum_path=batched).task_id
+
+
+class Measure(BaseTask):
+    """An item with every kind of parameter luigi has: identity must not depend on how it was created."""
+
+    star = luigi.IntParameter()
+    band = luigi.Parameter(default="g")
+    options = luigi.DictParameter(default={"b": 1, "a": [2, 3]})
+    secret = luigi.Parameter(default="h", visibility=luigi.parameter.ParameterVisibility.HIDDEN)
+    scratch = luigi.Parameter(default="p", visibility=luigi.parameter.ParameterVisibility.PRIVATE)
+    note = luigi.Parameter(default="", significant=False)
+    fail_on = luigi.IntParameter(default=-1, significant=False)
+
+    def run(self) -> int:
+        if self.star == self.fail_on:
+            raise ValueError(f"star {self.star} has no good pixels")
+        return self.star * 10
+
+
+class MeasureStars(BatchTask):
+    item_class = Measure
+    chunk_size = 400
+    stars = luigi.IntParameter()
+    fail_on = luigi.IntParameter(default=-1)
+
+    processed: list[int] = []
+
+    def parameter_sets(self):
+        return [{"star": star, "fail_on": self.fail_on} for star in range(self.stars)]
+
+    def process(self, chunk):
+        MeasureStars.processed.extend(item.values["star"] for item in chunk)
+        return super().process(chunk)
+
+
+def test_item_identities_equal_those_of_lone_tasks():
+    sets = [
+        {"star": 1},
+        {"star": "2", "band": "r"},
+        {"star": 3, "options": {"z": [1], "a": {"y": 2, "x": 1}}, "secret": "s", "scratch": "x", "note": "n"},
+    ]
+    for item, values in zip(items(Measure, sets), sets):
+        task = Measure(**values)
+        assert item.task_hash == task_hash(task)
+        assert item.task_id == task.task_id
+        assert item.parameters == parameters(task)
+        assert item.task.param_kwargs == task.param_kwargs
+    with pytest.raises(luigi.parameter.UnknownParameterException):
+        list(items(Measure, [{"star": 1, "colour": "red"}]))
+    with pytest.raises(luigi.parameter.MissingParameterException):
+        list(items(Measure, [{"band": "r"}]))
+
+
+def test_one_failing_item_keeps_the_others_and_a_rerun_does_only_it(database_url):
+    MeasureStars.processed = []
+    progress, messages = [], []
+    batch = MeasureStars(stars=1000, fail_on=517)
+    batch.set_progress_percentage, batch.set_status_message = progress.append, messages.append
+    with pytest.raises(BatchError, match="1 of 1000 items failed"):
+        batch.run()
+    assert sorted(MeasureStars.processed) == list(range(1000))
+    assert progress[-1] == 100 and messages[-1] == "1000 of 1000 items done or tried, 1 failed"
+    done = Task.select().where(Task.task_name == "Measure", Task.status == "done")
+    assert done.count() == 999
+    failed = Task.get(Task.status == "failed")
+    assert failed.task_hash == task_hash(Measure(star=517, fail_on=517))
+    assert failed.error == "ValueError: star 517 has no good pixels"
+    assert json.loads(Task.get(Task.task_hash == task_hash(Measure(star=3))).result) == 30
+    assert batch.complete() is False
+
+    MeasureStars.processed = []
+    again = MeasureStars(stars=1000)  # fail_on is not significant: the same items, and star 517 now works
+    again.run()
+    assert MeasureStars.processed == [517]
+    assert again.complete() is True
+    assert Task.select().where(Task.status == "done").count() == 1000
+    assert Measure(star=517).complete() is True
