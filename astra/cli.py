@@ -607,7 +607,8 @@ def main(args: Sequence[str] | None = None) -> None:
         _say(f"astra: {exc.format_message()}{hint}")
         code = 2
     except click.Abort:
-        _say("astra: aborted, nothing changed")
+        # An answer piped in is not echoed, so the prompt's line is still open.
+        _say(("" if sys.stdin.isatty() else "\n") + "astra: aborted, nothing changed")
         code = 1
     except click.ClickException as exc:
         _say(f"astra: {exc.format_message()}")

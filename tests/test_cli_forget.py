@@ -1,0 +1,90 @@
+"""``astra tasks forget``: delete records (with everything downstream), then luigi runs exactly those again."""
+
+from __future__ import annotations
+
+import json
+
+from astra.database import Dependency, Parameter, Task
+from astra.targets import forget_cached
+from tests.conftest import run_luigi
+from tests.test_cli import SPECTRA, astra, main, one_line_error, run_pipeline
+from workflows import EstimateSNR, SummariseSNR
+from workflows.spectra import EXAMPLE_SPECTRA
+
+
+def recorded() -> dict[str, tuple]:
+    """(task name, created) of every record, by hash: a forgotten and re-run task has a new ``created``."""
+    return {task.task_hash: (task.task_name, task.created) for task in Task.select()}
+
+
+def parameter_values() -> set[tuple[str, str]]:
+    return set(Parameter.select(Parameter.parameter_name, Parameter.parameter_value).tuples())
+
+
+def test_forget_with_cascade_then_luigi_reruns_exactly_those(database_url, capsys):
+    pair = SummariseSNR(pattern="spec-0000[12].fits")  # needs only the first two spectra
+    run_pipeline(pair)
+    first, third = EstimateSNR(spectrum_path=SPECTRA[0]), EstimateSNR(spectrum_path=SPECTRA[2])
+    everything = SummariseSNR()
+    before = recorded()
+    assert len(before) == 7
+
+    # Forgetting one task without --cascade: its pattern goes, the spectra_dir it shares with the other summary stays.
+    only_pair = main(capsys, "tasks", "forget", "--name", "SummariseSNR", "--where", "pattern=spec-0000[12].fits", "-y")
+    assert only_pair.returncode == 0, only_pair.stderr
+    assert "forgot 1 tasks; removed 1 parameter values" in only_pair.stdout
+    assert ("pattern", "spec-0000[12].fits") not in parameter_values()
+    assert ("spectra_dir", str(EXAMPLE_SPECTRA)) in parameter_values()
+    assert set(recorded()) == set(before) - {pair.output().task_hash}
+
+    selection = ("tasks", "forget", "--name", "EstimateSNR", "--where", "spectrum_path=*spec-00001.fits", "--cascade")
+    dry = main(capsys, *selection, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] is True
+    assert sorted(t["task_id"] for t in planned["tasks"]) == sorted([first.task_id, everything.task_id])
+    assert len(recorded()) == 6  # a dry run changes nothing
+
+    # Without --yes it asks; no answer (or "n") forgets nothing.
+    refused = astra(*selection, input="n\n")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == ["Forget these 2 tasks? [y/N]: ", "astra: aborted, nothing changed"]
+    assert len(recorded()) == 6
+
+    accepted = astra(*selection, input="y\n")
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.startswith("2 tasks to forget (1 EstimateSNR, 1 SummariseSNR) with everything downstream")
+    assert "forgot 2 tasks; removed 3 parameter values" in accepted.stdout  # spectrum_path, pattern, spectra_dir
+
+    third_pk = Task.get(Task.task_hash == third.output().task_hash).pk
+    by_ref = astra("tasks", "forget", str(third_pk), "--yes", "--json")
+    assert by_ref.returncode == 0, by_ref.stderr
+    assert [t["pk"] for t in json.loads(by_ref.stdout)["tasks"]] == [third_pk]
+
+    forgotten = {first.output().task_hash, everything.output().task_hash, third.output().task_hash}
+    assert set(recorded()) == set(before) - forgotten - {pair.output().task_hash}
+    assert Dependency.select().count() == 0  # the summary's edges went with it
+
+    forget_cached()
+    rerun = run_luigi("--module", "workflows", "SummariseSNR", "--local-scheduler")
+    assert "3 ran successfully" in rerun.stdout, rerun.stdout
+    after = recorded()
+    again = {h for h, (_, created) in after.items() if h not in before or created != before[h][1]}
+    assert again == forgotten  # exactly those, and no others (the pair was not asked for)
+    assert all(after[h] == before[h] for h in set(after) - forgotten)
+    assert Dependency.select().count() == 5
+
+
+def test_forget_needs_a_selection(database_url, capsys):
+    run_pipeline()
+    nothing = main(capsys, "tasks", "forget", "--yes")
+    assert "say which tasks to forget" in one_line_error(nothing, 2)
+    both = main(capsys, "tasks", "forget", "1", "--name", "EstimateSNR", "--yes")
+    assert "not both" in one_line_error(both, 2)
+    unknown = main(capsys, "tasks", "forget", "--name", "NoSuchTask", "--yes")
+    assert one_line_error(unknown, 1).startswith("astra: no tasks match: no task is named 'NoSuchTask'")
+    assert Task.select().count() == 6
+
+    everything = main(capsys, "tasks", "forget", "--all", "--yes")
+    assert everything.returncode == 0 and "forgot 6 tasks; removed 7 parameter values" in everything.stdout
+    assert Task.select().count() == Parameter.select().count() == Dependency.select().count() == 0

@@ -1,0 +1,88 @@
+"""A task's ``version`` is part of its identity: bumping it runs that task, and what depends on it, again.
+
+The tasks below read their versions from the environment when the module is imported, so each luigi command in
+the tests plays a different release of the code (``luigi --module tests.test_versions ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import luigi
+
+import astra
+from astra.database import Task
+
+
+class Calibrate(astra.BaseTask):
+    version = os.environ.get("TEST_CALIBRATE_VERSION", "1")
+    night = luigi.IntParameter(default=1)
+
+    def run(self) -> dict:
+        return {"night": self.night, "calibrated_with": self.version}
+
+
+class Reduce(astra.BaseTask):
+    version = os.environ.get("TEST_REDUCE_VERSION", "1")
+    night = luigi.IntParameter(default=1)
+
+    def requires(self) -> Calibrate:
+        return Calibrate(night=self.night)
+
+    def run(self) -> dict:
+        return {"calibration": self.input().read()}
+
+
+def run(task: str, calibrate: str = "1", reduce: str = "1") -> str:
+    """Run ``task`` with the real luigi command line and these versions; the run's summary of what ran."""
+    from tests.conftest import run_luigi  # here, so that luigi's import of this module stays light
+
+    env = {"TEST_CALIBRATE_VERSION": calibrate, "TEST_REDUCE_VERSION": reduce}
+    result = run_luigi("--module", "tests.test_versions", task, "--local-scheduler", env=env)
+    assert "This progress looks :)" in result.stdout, result.stdout
+    return result.stdout
+
+
+def versions() -> list[tuple[str, str]]:
+    return sorted(Task.select(Task.task_name, Task.version).where(Task.status == "done").tuples())
+
+
+def test_bumping_a_version_reruns_the_task_and_what_depends_on_it(database_url):
+    from tests.test_cli import astra_many, one_line_error
+
+    assert "2 ran successfully" in run("Reduce")
+
+    # A new version of Reduce alone: Calibrate stays done.
+    output = run("Reduce", reduce="2")
+    assert "1 ran successfully" in output and "Reduce(night=1)" in output.split("ran successfully")[1]
+    assert versions() == [("Calibrate", "1"), ("Reduce", "1"), ("Reduce", "2")]
+
+    # A new version of Calibrate: it runs again, and so does Reduce, whose identity includes Calibrate's.
+    assert "2 ran successfully" in run("Reduce", calibrate="2", reduce="2")
+    assert versions() == [("Calibrate", "1"), ("Calibrate", "2"), ("Reduce", "1"), ("Reduce", "2"), ("Reduce", "2")]
+    newest = Task.select().where(Task.task_name == "Reduce").order_by(Task.pk.desc()).get()
+    assert json.loads(newest.result) == {"calibration": {"night": 1, "calibrated_with": "2"}}
+
+    # `why` explains what a new version changes: Calibrate by its version, Reduce by its upstream.
+    env = {"TEST_CALIBRATE_VERSION": "3", "TEST_REDUCE_VERSION": "2"}
+    same_id, calibrate, reduce = astra_many(
+        ("tasks", "show", newest.task_id),
+        ("tasks", "why", "--module", "tests.test_versions", "Calibrate"),
+        ("tasks", "why", "Reduce", "--night", "1", "--json"),
+        env=env,
+    )
+    # The old records stay (one luigi task_id, several versions) until forgotten.
+    assert "matches 3 tasks" in one_line_error(same_id, 1)
+    assert calibrate.returncode == 1, calibrate.stderr
+    assert "Calibrate(night=1) is not recorded: luigi will run it" in calibrate.stdout
+    assert "version: recorded '2', asked '3'" in calibrate.stdout
+    assert reduce.returncode == 1, reduce.stderr
+    explained = json.loads(reduce.stdout)
+    assert explained["status"] == "not recorded"
+    assert explained["upstream_not_done"] == ["Calibrate(night=1)"]
+    closest = explained["closest"][0]
+    assert closest["record"]["pk"] == newest.pk
+    assert closest["differences"][0].startswith("upstream: needs Calibrate(night=1) (not recorded, hash ")
+    assert closest["differences"][1].startswith("upstream: was made from task ")
+    assert "(version 2)" in closest["differences"][1]
