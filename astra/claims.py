@@ -22,6 +22,7 @@ import astra
 from astra import identity
 from astra.config import settings
 from astra.database import database, queries
+from astra.database.connection import retried
 
 logger = logging.getLogger("luigi-interface")
 
@@ -58,14 +59,33 @@ class Claim:
         }
         params = identity.parameters(task)
         lease = settings().lease
+        said, said_at = None, 0.0
         while True:
             got = queries.claim(fields, params, lease)
             if got is None:
                 return False
             if isinstance(got, queries.Attempt):
                 break
-            self._status(f"waiting: {got.host} pid {got.pid} is running this task")
-            time.sleep(min(5.0, max(0.2, lease / 10)))
+            # Say so when the holder changes and once a minute: each message is a request to luigid, too.
+            if (got.host, got.pid) != said or time.monotonic() - said_at > 60:
+                said, said_at = (got.host, got.pid), time.monotonic()
+                silence = f"{got.silence:.0f} s" if got.silence is not None else "never"
+                self._status(
+                    f"waiting: {got.host} pid {got.pid} is running this task (last heartbeat {silence} ago; "
+                    f"taken over after {lease:g} s of silence)"
+                )
+            time.sleep(min(1.0, max(0.1, lease / 20)))  # short: a waiting worker holds a luigi slot
+        if got.previous is not None:
+            was = got.previous
+            if was.status == queries.FAILED:
+                why = "it failed"
+            elif was.silence is not None and was.silence > lease:
+                why = f"no heartbeat for {was.silence:.0f} s"
+            else:
+                why = "its process is gone"
+            logger.info(
+                "astra: %s: attempt %d, taking over from %s pid %s (%s)", task, got.attempts, was.host, was.pid, why
+            )
         self.attempt = got
         self._started = time.monotonic()
         self._beat = threading.Thread(target=self._heartbeat, args=(lease / 4,), daemon=True)
@@ -81,7 +101,14 @@ class Claim:
         queries.finish(self.attempt, text, time.monotonic() - self._started, requires)
         self.recorded = True
 
+    @retried
+    def finish(self, result: object = None) -> None:
+        """Mark the task done in a transaction of its own (run again if the connection drops during it)."""
+        with queries.transaction():
+            self.record(result)
+
     def fail(self, exc: BaseException) -> None:
+        """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
         error, summary = _summarise(exc)
         try:
             queries.fail(self.attempt, error, summary, time.monotonic() - self._started)
@@ -89,6 +116,7 @@ class Claim:
             logger.error("astra: could not record the failure of %s: %s", self.task, db_exc)
 
     def release(self) -> None:
+        """Stop the heartbeat."""
         self._stop.set()
         if self._beat is not None:
             self._beat.join()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
@@ -52,6 +53,24 @@ class BaseTask(luigi.Task):
 
     def output(self) -> DatabaseTarget:
         return DatabaseTarget(self)
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        """Inside ``run()``: show ``done`` of ``total`` (and ``message``) in luigid's dashboard.
+
+        Each report is a request to the scheduler, so call this as often as you like: it reports only when the
+        whole percentage changes or a second has passed since the last report. Outside a luigi worker it does
+        nothing.
+        """
+        percentage = 100 * done // total if total else 100
+        now = time.monotonic()
+        last = getattr(self, "_astra_progress", None)
+        if last is not None and last[0] == percentage and now - last[1] < 1.0:
+            return
+        self._astra_progress = (percentage, now)
+        if callable(self.set_progress_percentage):
+            self.set_progress_percentage(percentage)
+        if callable(self.set_status_message):
+            self.set_status_message(f"{done}/{total} {message}".rstrip())
 
     @classmethod
     def bulk_complete(cls, parameter_tuples: Iterable) -> list:
@@ -115,8 +134,7 @@ def _recorded(run: Callable) -> Callable:
 
     def end(task: BaseTask, claim: Claim, result: object) -> None:
         if not claim.recorded:
-            with holding(claim, result):
-                pass
+            claim.finish(result)
         for target in luigi.task.flatten(task.output()):
             if isinstance(target, DatabaseTarget):
                 target.mark_done()

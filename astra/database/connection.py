@@ -6,9 +6,14 @@ then an SQLite file at ``~/.astra/astra.db``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import peewee
 from playhouse.db_url import parse as parse_url
@@ -17,6 +22,13 @@ from astra import config
 from astra.database.models import MODELS, proxy
 
 SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
+
+#: How long a process keeps trying to reopen a lost PostgreSQL connection (e.g. while the server restarts).
+RECONNECT_SECONDS = 60.0
+
+logger = logging.getLogger("luigi-interface")
+
+F = TypeVar("F", bound=Callable)
 
 
 class DatabaseNotReady(SystemExit):
@@ -32,6 +44,10 @@ class DatabaseError(RuntimeError):
     """A query failed after the database had been opened (e.g. the server restarted and did not come back)."""
 
 
+class ConnectionLostError(DatabaseError):
+    """The connection to PostgreSQL was lost inside a transaction: the server rolled it back, nothing was written."""
+
+
 class _State:
     pid: int | None = None
     key: tuple | None = None
@@ -41,8 +57,119 @@ class _State:
 
 
 def mask_password(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """``url`` with any password replaced by ``***``: in ``user:password@`` and in ``?password=``."""
+    # The last "@" before the path ends the credentials: a password may itself hold an unescaped "@".
+    url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+class Reconnecting:
+    """Mixin for a peewee PostgresqlDatabase: reopen a lost connection and run the statement again.
+
+    Only statements outside a transaction are run again. Inside a transaction the server has already rolled
+    back everything the transaction did, so repeating only the last statement would be wrong: that raises
+    :class:`ConnectionLostError`, and :func:`retried` runs a whole self-contained transaction again instead.
+    """
+
+    description = ""
+
+    def execute_sql(self, sql, params=None):
+        try:
+            return super().execute_sql(sql, params)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self._recover(exc)
+        return super().execute_sql(sql, params)
+
+    def begin(self, *args, **kwargs):
+        try:
+            return super().begin(*args, **kwargs)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self._recover(exc)
+        return super().begin(*args, **kwargs)
+
+    def commit(self):
+        try:
+            return super().commit()
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            if not self._lost():
+                raise
+            raise ConnectionLostError(
+                f"astra: lost the connection to {self.description} while committing a transaction: {_reason(exc)}"
+            ) from exc
+
+    def rollback(self):
+        if self._lost():
+            self._discard()  # the server ended the transaction together with the connection
+            return None
+        return super().rollback()
+
+    def _lost(self) -> bool:
+        connection = self._state.conn
+        return connection is None or self._state.closed or bool(getattr(connection, "closed", False))
+
+    def _discard(self) -> None:
+        self._state.reset()
+
+    def _recover(self, exc: Exception) -> None:
+        """Reopen the connection after ``exc`` if it was lost, or raise."""
+        if not self._lost():
+            raise exc
+        if self.in_transaction():
+            raise ConnectionLostError(
+                f"astra: lost the connection to {self.description} inside a transaction, which the server rolled "
+                f"back: {_reason(exc)}"
+            ) from exc
+        self._discard()
+        self.reconnect(exc)
+
+    def reconnect(self, exc: Exception) -> None:
+        """Open a new connection, trying for up to RECONNECT_SECONDS; raise DatabaseError if none opens."""
+        logger.warning("astra: lost the connection to %s (%s); reconnecting", self.description, _reason(exc))
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        pause = 0.2
+        while True:
+            try:
+                peewee.Database.connect(self)  # the profile-aware connect() of sdssdb would start from scratch
+                logger.info("astra: reconnected to %s", self.description)
+                return
+            except peewee.OperationalError as error:
+                self._discard()
+                if time.monotonic() + pause > deadline:
+                    raise DatabaseError(
+                        f"astra: lost the connection to {self.description} and could not reconnect within "
+                        f"{RECONNECT_SECONDS:g} s: {_reason(error)}"
+                    ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+class ReconnectingPostgresqlDatabase(Reconnecting, peewee.PostgresqlDatabase):
+    """The PostgreSQL database astra opens from a URL."""
+
+
+def _reason(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def retried(function: F) -> F:
+    """Run ``function``, a self-contained transaction, again if the connection was lost inside it.
+
+    Safe only for functions whose transaction can simply be repeated; inside a caller's transaction the error
+    goes to the caller, whose earlier statements were lost too.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        for attempt in range(3):
+            try:
+                return function(*args, **kwargs)
+            except ConnectionLostError:
+                if attempt == 2 or database().in_transaction():
+                    raise
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def _settings_key() -> tuple[str, str, str]:
@@ -67,8 +194,10 @@ def database() -> peewee.Database:
             _State.database.close()
         else:
             _State.inherited.append(_State.database)
+    # A forked worker whose parent was connected must not give up at once if the server is restarting.
+    patient = _State.database is not None and _State.pid != pid and _State.key == key
     _State.pid, _State.key, _State.database = pid, key, None
-    db, description = _open(*key)
+    db, description = _open(*key, patient=patient)
     _bind(db)
     _check_schema(db, description)
     _State.database, _State.description = db, description
@@ -92,11 +221,11 @@ def _bind(db: peewee.Database) -> None:
         model._meta.schema = schema
 
 
-def _open(url: str, profile: str, dbname: str) -> tuple[peewee.Database, str]:
+def _open(url: str, profile: str, dbname: str, patient: bool = False) -> tuple[peewee.Database, str]:
     if url.startswith("sqlite:///"):
         return _open_sqlite(url[len("sqlite:///") :])
     if url.startswith(("postgresql://", "postgres://")):
-        return _open_postgres_url(url)
+        return _open_postgres_url(url, patient)
     if url:
         raise DatabaseNotReady(
             f"astra: cannot use database URL {mask_password(url)!r}: expected sqlite:///path or postgresql://..."
@@ -124,13 +253,22 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
     return db, description
 
 
-def _open_postgres_url(url: str) -> tuple[peewee.Database, str]:
+def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database, str]:
     params = parse_url(url)
     name = params.pop("database", None) or ""
     params.setdefault("connect_timeout", 5)
-    db = peewee.PostgresqlDatabase(name, **params)
+    # Notice a server that vanished without closing the socket (a crashed host, a network cut) within ~1 min.
+    for key, value in {
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }.items():
+        params.setdefault(key, value)
+    db = ReconnectingPostgresqlDatabase(name, **params)
     description = mask_password(url)
-    _connect_postgres(db, description)
+    db.description = description
+    _connect_postgres(db, description, patient)
     return db, description
 
 
@@ -143,10 +281,14 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
             f"astra: sdssdb has no profile {profile!r} (known: {', '.join(sorted(sdssdb_config))}); add it to "
             "~/.config/sdss/sdssdb.yml (or $SDSSDB_CONFIG_PATH), or set ASTRA_DATABASE_URL instead"
         )
-    db = PeeweeDatabaseConnection(profile=profile, autoconnect=False, use_psycopg3=False)
+    # Still a PeeweeDatabaseConnection (and named so), which also reconnects.
+    db = type("PeeweeDatabaseConnection", (Reconnecting, PeeweeDatabaseConnection), {})(
+        profile=profile, autoconnect=False, use_psycopg3=False
+    )
     settings = db._config
     where = f"{settings.get('user') or ''}@{settings.get('host') or 'localhost'}:{settings.get('port') or 5432}"
     description = f"sdssdb profile {profile!r}: postgresql://{where}/{dbname}"
+    db.description = description
     if not db.connect(dbname, silent_on_fail=True, connect_timeout=5):
         raise DatabaseNotReady(
             f"astra: cannot connect to {description}; check that the server is up, the profile in sdssdb.yml "
@@ -155,10 +297,13 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
     return db, description
 
 
-def _connect_postgres(db: peewee.PostgresqlDatabase, description: str) -> None:
+def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, patient: bool = False) -> None:
     try:
         db.connect(reuse_if_open=True)
     except peewee.OperationalError as exc:
+        if patient:
+            db.reconnect(exc)
+            return
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = lines[0] if lines else type(exc).__name__
         raise DatabaseNotReady(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from astra.database.connection import DatabaseError, database, is_postgres
+from astra.database.connection import DatabaseError, database, is_postgres, retried
 from astra.database.models import Dependency, Parameter, Task, TaskParameter, utcnow
 from astra.identity import parameter_hash
 
@@ -53,65 +52,96 @@ def results(hashes: Sequence[str]) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """Who else holds a claim on a task (or held it, before this process took it over)."""
+
+    host: str | None
+    pid: int | None
+    silence: float | None  # seconds since its last heartbeat, by the database's clock
+    status: str = RUNNING
+
+
+@dataclass(frozen=True)
 class Attempt:
     """This process's claim on one task row: valid while the row's ``attempts`` still equals ``attempts``."""
 
     pk: int
     attempts: int
+    previous: Holder | None = None  # whose stale claim or failure this attempt took over
 
 
-@dataclass(frozen=True)
-class Holder:
-    """Who else is running a task right now."""
+def _now(db: peewee.Database):
+    """The current time for timestamps that other hosts compare: the server's clock on PostgreSQL.
 
-    host: str | None
-    pid: int | None
-    heartbeat: datetime.datetime | None
+    Hosts' clocks may disagree by more than a lease; the server's does not disagree with itself. SQLite lives on
+    one host, so its clock is this host's.
+    """
+    return peewee.SQL("now()") if is_postgres(db) else utcnow()
 
 
+def _silence(db: peewee.Database) -> peewee.Node:
+    """Seconds since a task's last heartbeat, worked out by the database."""
+    if is_postgres(db):
+        return peewee.fn.date_part("epoch", peewee.fn.now() - Task.heartbeat)
+    return (peewee.fn.julianday("now") - peewee.fn.julianday(Task.heartbeat)) * 86400.0
+
+
+@retried
 def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holder | None:
     """Claim the task described by ``fields`` (a new ``astra.task`` row) for this process.
 
     Returns an :class:`Attempt` when this process may run it, ``None`` when it is already done, or the
-    :class:`Holder` of a live claim by another process. A failed task, or one whose holder stopped sending
-    heartbeats for ``lease`` seconds (or died on this host), is taken over.
+    :class:`Holder` of a live claim by another process. A failed task, or one whose holder died on this host or
+    sent no heartbeat for ``lease`` seconds, is taken over: of several processes trying at once, exactly one wins.
     """
     db = database()
-    now = utcnow()
     host, pid = socket.gethostname(), os.getpid()
-    mine = dict(status=RUNNING, started=now, heartbeat=now, host=host, pid=pid, completed=None, duration=None)
-    with _atomic(db):
-        inserted = Task.insert(created=now, attempts=1, **fields, **mine).on_conflict_ignore().as_rowcount().execute()
-        row = Task.get(Task.task_hash == fields["task_hash"])
-        if inserted:
-            _record_parameters(row.pk, params)
-            return Attempt(row.pk, row.attempts)
-    if row.status == DONE:
-        return None
-    if row.status == RUNNING and not _abandoned(row, lease):
-        return Holder(row.host, row.pid, row.heartbeat)
-    # Compare-and-swap on ``attempts``: of several processes taking over at once, exactly one wins.
-    with _atomic(db):
-        taken = (
-            Task.update(attempts=row.attempts + 1, error=None, traceback=None, **mine)
-            .where(Task.pk == row.pk, Task.attempts == row.attempts)
-            .execute()
+    while True:
+        now = _now(db)
+        mine = dict(status=RUNNING, started=now, heartbeat=now, host=host, pid=pid, completed=None, duration=None)
+        with _atomic(db):
+            inserted = (
+                Task.insert(created=now, attempts=1, **fields, **mine).on_conflict_ignore().as_rowcount().execute()
+            )
+            if inserted:
+                task_pk = Task.select(Task.pk).where(Task.task_hash == fields["task_hash"]).scalar()
+                _record_parameters(task_pk, params)
+                return Attempt(task_pk, 1)
+        row = (
+            Task.select(Task.pk, Task.status, Task.host, Task.pid, Task.attempts, _silence(db).alias("silence"))
+            .where(Task.task_hash == fields["task_hash"])
+            .first()
         )
-    if taken:
-        return Attempt(row.pk, row.attempts + 1)
-    return claim(fields, params, lease)
+        if row is None:
+            continue  # forgotten (``astra tasks forget``) just now: insert it again
+        if row.status == DONE:
+            return None
+        holder = Holder(row.host, row.pid, row.silence, row.status)
+        # Compare-and-swap on ``attempts`` (and on the reason for taking over, which may change meanwhile).
+        conditions = [Task.pk == row.pk, Task.attempts == row.attempts, Task.status == row.status]
+        if row.status == RUNNING:
+            if _holder_died(row):
+                conditions.append(Task.pid == row.pid)
+            elif row.silence is not None and row.silence > lease:
+                conditions.append(_silence(db) > lease)
+            else:
+                return holder
+        with _atomic(db):
+            taken = (
+                Task.update(attempts=row.attempts + 1, error=None, traceback=None, result=None, **mine)
+                .where(*conditions)
+                .execute()
+            )
+        if taken:
+            return Attempt(row.pk, row.attempts + 1, holder)
 
 
-def _abandoned(row: Task, lease: float) -> bool:
-    """Whether a running claim's holder is gone: dead on this host, or silent for longer than the lease."""
-    if row.host == socket.gethostname() and row.pid is not None:
-        if row.pid == os.getpid():
-            return True  # this process gave up on it earlier (e.g. luigi re-runs a task after new dependencies)
-        if not _pid_alive(row.pid):
-            return True
-    if row.heartbeat is None:
-        return True
-    return (utcnow() - row.heartbeat).total_seconds() > lease
+def _holder_died(row: Task) -> bool:
+    """Whether a running claim belongs to a process on this host that no longer runs it."""
+    if row.host != socket.gethostname() or row.pid is None:
+        return False
+    # This very process: it gave the task up earlier (luigi re-runs a task once new dynamic dependencies are done).
+    return row.pid == os.getpid() or not _pid_alive(row.pid)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -139,17 +169,21 @@ def _record_parameters(task_pk: int, params: dict[str, str]) -> None:
     ).on_conflict_ignore().execute()
 
 
+@retried
 def heartbeat(attempt: Attempt) -> bool:
     """Tell other workers this attempt is alive. False if the claim was taken over."""
-    with _atomic(database()):
+    db = database()
+    with _atomic(db):
         return bool(
-            Task.update(heartbeat=utcnow()).where(Task.pk == attempt.pk, Task.attempts == attempt.attempts).execute()
+            Task.update(heartbeat=_now(db))
+            .where(Task.pk == attempt.pk, Task.attempts == attempt.attempts, Task.status == RUNNING)
+            .execute()
         )
 
 
 def finish(attempt: Attempt, result: str | None, duration: float, requires: Iterable[str]) -> None:
     """Mark the attempt done with its result and dependency edges. Call inside the caller's transaction."""
-    now = utcnow()
+    now = _now(database())
     updated = (
         Task.update(status=DONE, completed=now, heartbeat=now, duration=duration, result=result)
         .where(Task.pk == attempt.pk, Task.attempts == attempt.attempts)
@@ -166,11 +200,13 @@ def finish(attempt: Attempt, result: str | None, duration: float, requires: Iter
         Dependency.insert_from(required, [Dependency.task, Dependency.requires]).on_conflict_ignore().execute()
 
 
+@retried
 def fail(attempt: Attempt, error: str, traceback: str, duration: float) -> None:
-    """Record that the attempt failed, with its error."""
-    with _atomic(database()):
+    """Record that the attempt failed, with its error. A task already recorded as done stays done."""
+    db = database()
+    with _atomic(db):
         Task.update(status=FAILED, error=error, traceback=traceback, duration=duration, completed=None).where(
-            Task.pk == attempt.pk, Task.attempts == attempt.attempts
+            Task.pk == attempt.pk, Task.attempts == attempt.attempts, Task.status == RUNNING
         ).execute()
 
 
@@ -234,55 +270,65 @@ def record_items(items: Sequence[dict], status: str) -> None:
             parameters[key] = (name, value, key)
             links.append((item["task_hash"], key))
         edges.extend((item["task_hash"], required) for required in item["requires"])
-    constants = (status, now, now, now, completed, host, pid)
+    insert = f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
     if is_postgres(db):
-        cursor = db.cursor()
-        cursor.execute(
-            f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
-            "SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, %s::int, 1 "
-            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-            f"%s::text[], %s::text[], %s::float8[]) {upsert}",
-            (*constants, *(list(column) for column in zip(*rows))),
+        # Rows travel as one array per column; RETURNING gives the keys, so no later join on the long hashes.
+        cursor = db.execute_sql(
+            f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
+            "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+            f"%s::text[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
+            (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*rows))),
         )
-        if parameters:
-            cursor.execute(
-                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) "
-                f"SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING",
-                tuple(list(column) for column in zip(*parameters.values())),
-            )
-        for table, pairs, target_table, key in (
-            (task_parameter, links, parameter, "parameter_hash"),
-            (dependency, edges, task, "task_hash"),
+        task_pks = dict(cursor.fetchall())
+        cursor = db.execute_sql(
+            f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) SELECT * FROM "
+            "unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING parameter_hash, pk",
+            tuple(list(column) for column in zip(*parameters.values())) if parameters else ([], [], []),
+        )
+        parameter_pks = dict(cursor.fetchall())
+        parameter_pks.update(_pks(db, parameter, "parameter_hash", [h for h in parameters if h not in parameter_pks]))
+        required_pks = _pks(db, task, "task_hash", list({required for _, required in edges}))
+        for table, column, pairs, pks in (
+            (task_parameter, "parameter_pk", links, parameter_pks),
+            (dependency, "requires_pk", edges, required_pks),
         ):
+            pairs = [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks]
             if pairs:
-                column = "parameter_pk" if table == task_parameter else "requires_pk"
-                cursor.execute(
-                    f"INSERT INTO {table} (task_pk, {column}) SELECT a.pk, b.pk "
-                    f"FROM unnest(%s::text[], %s::text[]) AS x(one, other) JOIN {task} a ON a.task_hash = x.one "
-                    f"JOIN {target_table} b ON b.{key} = x.other ON CONFLICT DO NOTHING",
+                db.execute_sql(
+                    f"INSERT INTO {table} (task_pk, {column}) SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
+                    "ON CONFLICT DO NOTHING",
                     tuple(list(column) for column in zip(*pairs)),
                 )
         return
-    # SQLite keeps peewee's text form of a naive UTC datetime.
+    # SQLite runs in this process: executemany costs no round trips. It keeps peewee's text form of naive UTC.
     stamp = str(now.replace(tzinfo=None))
     constants = (status, stamp, stamp, stamp, stamp if completed else None, host, pid)
     connection = db.connection()
-    connection.executemany(
-        f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
-        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) {upsert}",
-        [(*row, *constants) for row in rows],
-    )
+    connection.executemany(f"{insert} VALUES ({', '.join('?' * 17)}, 1) {upsert}", [(*row, *constants) for row in rows])
     connection.executemany(
         f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
         list(parameters.values()),
     )
-    connection.executemany(
-        f"INSERT OR IGNORE INTO {task_parameter} (task_pk, parameter_pk) SELECT a.pk, b.pk FROM {task} a, "
-        f"{parameter} b WHERE a.task_hash = ? AND b.parameter_hash = ?",
-        links,
-    )
-    connection.executemany(
-        f"INSERT OR IGNORE INTO {dependency} (task_pk, requires_pk) SELECT a.pk, b.pk FROM {task} a, {task} b "
-        f"WHERE a.task_hash = ? AND b.task_hash = ?",
-        edges,
-    )
+    task_pks = _pks(db, task, "task_hash", [item["task_hash"] for item in items] + [r for _, r in edges])
+    parameter_pks = _pks(db, parameter, "parameter_hash", list(parameters))
+    for table, column, pairs, pks in (
+        (task_parameter, "parameter_pk", links, parameter_pks),
+        (dependency, "requires_pk", edges, task_pks),
+    ):
+        connection.executemany(
+            f"INSERT OR IGNORE INTO {table} (task_pk, {column}) VALUES (?, ?)",
+            [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks],
+        )
+
+
+def _pks(db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
+    """The primary keys of the rows of ``table`` whose ``column`` is one of ``hashes``."""
+    found = {}
+    for chunk in chunked(hashes):
+        if is_postgres(db):
+            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s)", (list(chunk),))
+        else:
+            marks = ", ".join("?" * len(chunk))
+            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})", tuple(chunk))
+        found.update(cursor.fetchall())
+    return found
