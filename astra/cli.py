@@ -12,6 +12,7 @@ import functools
 import importlib
 import io
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -443,6 +444,14 @@ def _describe_plan(chosen: list[Task], cascade: bool) -> None:
 
 def _build_task(family: str, args: Sequence[str], module: str | None) -> luigi.Task:
     """The task luigi would build from ``luigi [--module M] FAMILY ARGS...``."""
+    for i, arg in enumerate(args):  # --module after the task, as luigi allows
+        if arg == "--module" and i + 1 < len(args):
+            module = args[i + 1]
+        elif arg.startswith("--module="):
+            module = arg.split("=", 1)[1]
+    if os.getcwd() not in sys.path:
+        # The console script's path starts at its own directory; look for task modules where the user is, last.
+        sys.path.append(os.getcwd())
     modules = [module] if module else []
     if not module and family not in Register.task_names():
         # The records say which module defines the task, so --module is only needed for tasks never recorded.
@@ -568,8 +577,8 @@ def _print_why(task, task_hash, record, not_done, candidates, wanted) -> None:
             click.echo(f"{task} is done: {where}, completed {_time(record.completed)} UTC.")
             click.echo(f"luigi will not run it again; `astra tasks forget {record.pk}` would make it.")
         elif record.status == "running":
-            click.echo(f"{task} is running: {where}, started {_time(record.started)} UTC, ")
-            click.echo(f"last heartbeat {_time(record.heartbeat)} UTC (attempt {record.attempts}).")
+            click.echo(f"{task} is running: {where}, attempt {record.attempts}.")
+            click.echo(f"  started {_time(record.started)} UTC, last heartbeat {_time(record.heartbeat)} UTC")
         else:
             click.echo(f"{task} failed: {where}, attempt {record.attempts}.")
             click.echo(f"  error: {record.error}")

@@ -291,11 +291,16 @@ def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     assert one_line_error(missing, 1) == "astra: no task has pk, luigi task_id or hash (prefix) 'no-such-task'"
 
 
-def test_unreachable_database_and_missing_schema_give_one_line(postgres_database, tmp_path):
-    refused = {"ASTRA_DATABASE_URL": "postgresql://postgres:hunter2@127.0.0.1:1/astra"}
-    no_schema = {"ASTRA_DATABASE_URL": postgres_database}
-    wrong = {"ASTRA_DATABASE_URL": "mysql://somewhere/astra"}
-    for env, expected in ((refused, "cannot connect to"), (no_schema, "has no astra schema"), (wrong, "mysql")):
-        for result in astra_many(("db", "status"), ("tasks", "list"), ("tasks", "show", "1"), env=env):
-            line = one_line_error(result, 1)
+def test_unreachable_database_and_missing_schema_give_one_line(postgres_database, monkeypatch, capsys):
+    refused = "postgresql://postgres:hunter2@127.0.0.1:1/astra"
+    cases = [(refused, "cannot connect to"), (postgres_database, "has no astra schema"), ("mysql://x/astra", "mysql")]
+    commands = [("db", "status"), ("tasks", "list"), ("tasks", "show", "1")]
+    # Each case once as a subprocess, then every command in this process.
+    results = [astra(*command, env={"ASTRA_DATABASE_URL": url}) for (url, _), command in zip(cases, commands)]
+    for (url, expected), result in zip(cases, results):
+        line = one_line_error(result, 1)
+        assert expected in line and "hunter2" not in line
+        monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+        for command in commands:
+            line = one_line_error(main(capsys, *command), 1)
             assert expected in line and "hunter2" not in line

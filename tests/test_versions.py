@@ -68,7 +68,7 @@ def test_bumping_a_version_reruns_the_task_and_what_depends_on_it(database_url):
     env = {"TEST_CALIBRATE_VERSION": "3", "TEST_REDUCE_VERSION": "2"}
     same_id, calibrate, reduce = astra_many(
         ("tasks", "show", newest.task_id),
-        ("tasks", "why", "--module", "tests.test_versions", "Calibrate"),
+        ("tasks", "why", "Calibrate", "--module", "tests.test_versions"),
         ("tasks", "why", "Reduce", "--night", "1", "--json"),
         env=env,
     )
