@@ -29,12 +29,13 @@ import json
 import time
 import traceback
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 import luigi
 
 import astra
-from astra.database import queries
+from astra.database import database, queries
 from astra.identity import Item, items, task_version
 from astra.tasks import BaseTask
 
@@ -65,10 +66,23 @@ class BatchTask(luigi.Task):
     def pending(self) -> Iterator[Item]:
         """The items not yet recorded as done, asking the database once per chunk of items."""
         self._skipped = 0
-        for chunk in _chunks(self.items(), queries.CHUNK):
-            done = queries.done_hashes([item.task_hash for item in chunk])
-            self._skipped += sum(item.task_hash in done for item in chunk)
-            yield from (item for item in chunk if item.task_hash not in done)
+        chunks = _chunks(self.items(), queries.CHUNK)
+        # The database answers about one chunk (in a thread of its own) while the next chunk is hashed: each
+        # takes about as long as the other, so a million items are checked in about half the time.
+        asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch")
+        try:
+            chunk = next(chunks, None)
+            answer = asker.submit(_done, chunk) if chunk else None
+            while chunk:
+                following = next(chunks, None)
+                following_answer = asker.submit(_done, following) if following else None
+                done = answer.result()
+                self._skipped += len(done)
+                yield from (item for item in chunk if item.task_hash not in done)
+                chunk, answer = following, following_answer
+        finally:
+            asker.submit(_close_connection)
+            asker.shutdown(wait=True, cancel_futures=False)
 
     def complete(self) -> bool:
         return next(self.pending(), None) is None
@@ -86,6 +100,9 @@ class BatchTask(luigi.Task):
                 results.append(exc)
         return results
 
+    #: Seconds this batch has spent writing records (for the logs and benchmarks).
+    recording_seconds: float = 0.0
+
     def run(self) -> None:
         total = _length(self.parameter_sets())
         done = failed = 0
@@ -98,9 +115,11 @@ class BatchTask(luigi.Task):
             duration = (time.perf_counter() - started) / len(chunk)
             good = [_row(item, duration, result=r) for item, r in zip(chunk, results) if not _failed(r)]
             bad = [_row(item, duration, error=r) for item, r in zip(chunk, results) if _failed(r)]
+            recording = time.perf_counter()
             with queries.transaction():
                 queries.record_items(good, queries.DONE)
                 queries.record_items(bad, queries.FAILED)
+            self.recording_seconds += time.perf_counter() - recording
             done += len(good)
             failed += len(bad)
             if bad and not first_error:
@@ -120,6 +139,14 @@ class BatchTask(luigi.Task):
             self.set_status_message(message)
         if total and callable(self.set_progress_percentage):
             self.set_progress_percentage(round(100 * processed / total))
+
+
+def _done(chunk: list[Item]) -> set[str]:
+    return queries.done_hashes([item.task_hash for item in chunk])
+
+
+def _close_connection() -> None:
+    database().close()  # the asker thread's own connection
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import luigi
 from luigi.parameter import ParameterVisibility
@@ -78,22 +77,39 @@ def task_hash(task: luigi.Task) -> str:
     return cached
 
 
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _sha256(identity: dict) -> str:
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_json(identity).encode("utf-8")).hexdigest()
 
 
-@dataclass
+#: A string as json.dumps(..., ensure_ascii=False) writes it.
+_json_string = json.encoder.encode_basestring
+
+
 class Item:
     """One parameter set of a task class, with the identity its task would have (see :func:`items`)."""
 
-    cls: type[luigi.Task]
-    values: dict[str, object]  # parameter values, as the task would hold them
-    task_hash: str
-    task_id: str
-    parameters: dict[str, str]  # non-private parameters as canonical strings, as recorded in astra.parameter
-    requires: list[str]  # hashes of the tasks it requires
-    _task: luigi.Task | None = None
+    __slots__ = ("cls", "values", "task_hash", "parameters", "requires", "_task", "_task_id")
+
+    def __init__(
+        self,
+        cls: type[luigi.Task],
+        values: dict[str, object],
+        task_hash: str,
+        parameters: dict[str, str],
+        requires: list[str],
+        task: luigi.Task | None = None,
+    ) -> None:
+        self.cls = cls
+        self.values = values  # parameter values, as the task would hold them
+        self.task_hash = task_hash
+        self.parameters = parameters  # non-private parameters as canonical strings, as in astra.parameter
+        self.requires = requires  # hashes of the tasks it requires
+        self._task = task
+        self._task_id: str | None = None
 
     @property
     def task(self) -> luigi.Task:
@@ -101,6 +117,21 @@ class Item:
         if self._task is None:
             self._task = type.__call__(self.cls, **self.values)
         return self._task
+
+    @property
+    def task_id(self) -> str:
+        """luigi's task_id of the task (worked out only when needed: finding items done does not need it)."""
+        if self._task_id is None:
+            if self._task is not None:
+                self._task_id = self._task.task_id
+            else:
+                public = {
+                    name: p.serialize(self.values[name])
+                    for name, p in self.cls.get_params()
+                    if p.significant and p.visibility == ParameterVisibility.PUBLIC
+                }
+                self._task_id = luigi.task.task_id_str(self.cls.get_task_family(), public)
+        return self._task_id
 
 
 def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Item]:
@@ -113,21 +144,15 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
     if cls.requires is not luigi.Task.requires:
         for values in parameter_sets:
             task = type.__call__(cls, **values)
-            yield Item(
-                cls,
-                task.param_kwargs,
-                task_hash(task),
-                task.task_id,
-                parameters(task),
-                sorted({task_hash(required) for required in flatten(task.requires())}),
-                task,
-            )
+            requires = sorted({task_hash(required) for required in flatten(task.requires())})
+            yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), requires, task)
         return
-    family, module, version = cls.get_task_family(), cls.__module__, task_version(cls)
     named = dict(params)
-    shown = [(name, p) for name, p in params if p.visibility != ParameterVisibility.PRIVATE]
-    public = [name for name, p in params if p.significant and p.visibility == ParameterVisibility.PUBLIC]
-    significant = [name for name, p in shown if p.significant]
+    shown = sorted((name, p) for name, p in params if p.visibility != ParameterVisibility.PRIVATE)
+    significant = [(name, _json_string(name)) for name, p in shown if p.significant]
+    # The text _sha256 would hash, written out directly: json.dumps of a dict is the slowest step here.
+    head = _canonical_json({"module": cls.__module__, "name": cls.get_task_family(), "parameters": {}})[:-3]
+    tail = _canonical_json({"requires": [], "version": task_version(cls)})[1:]
     defaults: dict[frozenset, dict] = {}
     for given in parameter_sets:
         keys = frozenset(given)
@@ -140,17 +165,9 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
         values = {name: tuple(v) if isinstance(v, (list, set)) else v for name, v in values.items()}
         values.update(defaults[keys])
         texts = {name: canonical_value(p, values[name]) for name, p in shown}
-        hashed = _sha256(
-            {
-                "module": module,
-                "name": family,
-                "version": version,
-                "parameters": {name: texts[name] for name in significant},
-                "requires": [],
-            }
-        )
-        task_id = luigi.task.task_id_str(family, {name: named[name].serialize(values[name]) for name in public})
-        yield Item(cls, values, hashed, task_id, dict(sorted(texts.items())), [])
+        body = ",".join(f"{key}:{_json_string(texts[name])}" for name, key in significant)
+        hashed = hashlib.sha256(f"{head}{{{body}}},{tail}".encode()).hexdigest()
+        yield Item(cls, values, hashed, texts, [])
 
 
 def parameter_hash(name: str, value: str) -> str:

@@ -33,11 +33,19 @@ def _atomic(db: peewee.Database):
 def done_hashes(hashes: Iterable[str]) -> set[str]:
     """Which of ``hashes`` are recorded as done (one query per CHUNK hashes)."""
     hashes = list(dict.fromkeys(hashes))
-    database()
+    db = database()
+    table = _table(Task, db)
     found: set[str] = set()
+    # Plain SQL: peewee takes ~20 us to build each value of an IN list, more than the database takes to answer.
+    # The status is compared here, not in SQL: given "status = 'done'", PostgreSQL may pick the (task_name,
+    # status) index and read every done row of the table, instead of looking up each hash.
     for chunk in chunked(hashes):
-        query = Task.select(Task.task_hash).where(Task.task_hash.in_(chunk), Task.status == DONE).tuples()
-        found.update(row[0] for row in query)
+        if is_postgres(db):
+            sql, params = f"SELECT task_hash, status FROM {table} WHERE task_hash = ANY(%s)", (list(chunk),)
+        else:
+            marks = ", ".join("?" * len(chunk))
+            sql, params = f"SELECT task_hash, status FROM {table} WHERE task_hash IN ({marks})", tuple(chunk)
+        found.update(task_hash for task_hash, status in db.execute_sql(sql, params) if status == DONE)
     return found
 
 

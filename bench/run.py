@@ -1,0 +1,295 @@
+"""Benchmarks: astra's DatabaseTarget against luigi's LocalTarget and PostgresTarget, and a million batched items.
+
+    python bench/run.py            # everything, about 15 minutes; prints the tables that go into BENCHMARKS.md
+    python bench/run.py --quick    # small sizes, to try it out in a minute
+
+Every figure is measured in a new Python process (no caches carried over), around ``luigi.build`` only (imports
+and interpreter start-up excluded, the same for every kind of target), with ``--repeat`` runs per figure,
+interleaved, of which the median is shown. All databases live on the same PostgreSQL server: $ASTRA_BENCH_POSTGRES,
+default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and drops) databases astra_bench_*.
+
+(a) warm scan: every task done; luigi asked to build a root over N tasks. "all N asked": the root is a
+    WrapperTask, so luigi asks each of the N tasks. "root only": the root has its own output, done, so luigi asks
+    the root alone (astra still works out the root's identity, which includes those of the N tasks).
+(b) cold run: N trivial tasks run from nothing, one worker.
+(c) scale: N items of one batched task (bench.tasks.Spectra), cold (processed and recorded) and warm (found done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+KINDS = ("local", "postgres", "astra", "astra-sqlite")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements: each runs in its own process (python bench/run.py --measure ...) and prints one JSON line.
+
+
+def _quiet_luigi() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("luigi-interface").setLevel(logging.WARNING)
+    logging.getLogger("luigi").setLevel(logging.WARNING)
+
+
+def _build(task) -> bool:
+    import luigi
+
+    return luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+
+
+def measure(what: str, kind: str, n: int) -> dict:
+    _quiet_luigi()
+    from bench import tasks
+
+    leaf_kind = "astra" if kind.startswith("astra") else kind
+    if what == "warm-all":
+        task = tasks.Everything(kind=leaf_kind, n=n)
+    elif what == "warm-root":
+        task = tasks.ROOTS[leaf_kind](n=n)
+    elif what == "cold":
+        task = tasks.Everything(kind=leaf_kind, n=n)
+    elif what in ("scale-cold", "scale-warm"):
+        task = tasks.Spectra(stop=n)
+    elif what == "record-astra":  # set-up of the warm scan, not measured
+        tasks.AstraRecorded(n=n).run()
+        from astra.batch import BatchTask
+
+        type(
+            "RootRecorded", (BatchTask,), {"item_class": tasks.AstraRoot, "parameter_sets": lambda self: [{"n": n}]}
+        )().run()
+        return {}
+    else:
+        raise ValueError(what)
+    started = time.perf_counter()
+    ok = _build(task)
+    seconds = time.perf_counter() - started
+    result = {
+        "seconds": seconds,
+        "ok": bool(ok) and task.complete(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if what == "scale-cold":
+        result["recording_seconds"] = getattr(task, "recording_seconds", None)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Orchestration.
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.databases: list[str] = []
+
+    def admin(self, *statements: str, database: str = "postgres") -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(f"{POSTGRES}/{database}")
+        connection.autocommit = True
+        try:
+            for statement in statements:
+                connection.cursor().execute(statement)
+        finally:
+            connection.close()
+
+    def new_postgres(self, name: str, astra_schema: bool) -> str:
+        self.admin(f"drop database if exists {name} with (force)", f"create database {name}")
+        self.databases.append(name)
+        if astra_schema:
+            self.admin((REPO / "schema" / "astradb" / "astradb.sql").read_text(), database=name)
+        return f"{POSTGRES}/{name}"
+
+    def drop_all(self) -> None:
+        for name in self.databases:
+            self.admin(f"drop database if exists {name} with (force)")
+
+    def env(self, kind: str, astra_url: str) -> dict:
+        host = POSTGRES.split("://", 1)[1]
+        user, server = host.split("@", 1) if "@" in host else ("postgres", host)
+        return {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+            "BENCH_DIR": str(self.workdir),
+            "BENCH_POSTGRES": f"{server}/astra_bench_luigi/{user}",
+            "ASTRA_DATABASE_URL": astra_url,
+        }
+
+    def run(self, what: str, kind: str, n: int, astra_url: str) -> dict:
+        command = [sys.executable, str(Path(__file__).resolve()), "--measure", what, "--kind", kind, "--n", str(n)]
+        done = subprocess.run(command, env=self.env(kind, astra_url), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} {kind} {n} failed:\n{done.stdout}\n{done.stderr}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    memory = subprocess.run(["free", "-g"], capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()
+    server = subprocess.run(
+        ["psql", "-At", f"{POSTGRES}/postgres", "-c", "select version()"], capture_output=True, text=True
+    ).stdout.strip()
+    return (
+        f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\nmachine: {platform.node()}, {os.cpu_count()} CPUs ({cpu}), "
+        f"load average at start {load[0]:.2f}\nPython {platform.python_version()}, PostgreSQL: {server}\n"
+        f"free -g:\n{memory}"
+    )
+
+
+def median(runs: list[dict], key: str = "seconds") -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def compare(bench: Bench, what: str, n: int, repeat: int, urls: dict, reset=None) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for _ in range(repeat):
+        for kind in KINDS:  # interleaved, so a slow moment of the machine is spread over every kind
+            if reset:
+                reset(kind)
+            result = bench.run(what, kind, n, urls[kind])
+            if not result["ok"]:
+                raise RuntimeError(f"{what} with {kind}: luigi did not finish: {result}")
+            runs[kind].append(result)
+    return runs
+
+
+def table(title: str, runs: dict[str, list[dict]]) -> str:
+    local = median(runs["local"])
+    names = {
+        "local": "luigi.LocalTarget (files)",
+        "postgres": "luigi.contrib.postgres.PostgresTarget",
+        "astra": "astra DatabaseTarget, PostgreSQL",
+        "astra-sqlite": "astra DatabaseTarget, SQLite",
+    }
+    lines = [f"{title}", "", "| target | median wall time (s) | runs (s) | ratio to LocalTarget |", "|---|---|---|---|"]
+    for kind, kind_runs in runs.items():
+        seconds = [f"{run['seconds']:.2f}" for run in kind_runs]
+        lines.append(
+            f"| {names[kind]} | {median(kind_runs):.3f} | {', '.join(seconds)} | {median(kind_runs) / local:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: 1,000 / 200 tasks, 20,000 items")
+    parser.add_argument("--warm", type=int, default=10000, help="tasks in the warm scan")
+    parser.add_argument("--cold", type=int, default=2000, help="tasks in the cold run")
+    parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="warm,cold,scale", help="comma-separated: warm, cold, scale")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--kind", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.kind, args.n)))
+        return
+    if args.quick:
+        args.warm, args.cold, args.items = 1000, 200, 20000
+    only = set(args.only.split(","))
+
+    print(machine(), flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="astra-bench-"))
+    bench = Bench(workdir)
+    try:
+        bench.new_postgres("astra_bench_luigi", astra_schema=False)
+        urls = {
+            "local": "",
+            "postgres": "",
+            "astra": bench.new_postgres("astra_bench", astra_schema=True),
+            "astra-sqlite": f"sqlite:///{workdir / 'astra.db'}",
+        }
+        if "warm" in only:
+            warm(bench, args.warm, args.repeat, urls)
+        if "cold" in only:
+            cold(bench, args.cold, args.repeat, urls)
+        if "scale" in only:
+            scale(bench, args.items, urls)
+    finally:
+        bench.drop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def warm(bench: Bench, n: int, repeat: int, urls: dict) -> None:
+    print(f"\n## (a) warm scan: {n:,} tasks, all done\n", flush=True)
+    (bench.workdir / "local").mkdir(exist_ok=True)
+    for i in range(n):
+        (bench.workdir / "local" / f"{i}.txt").write_text("done\n")
+    (bench.workdir / "local" / f"root-{n}.txt").write_text("done\n")
+    bench.admin(
+        "create table if not exists table_updates (update_id text primary key, target_table text, "
+        "inserted timestamp default now())",
+        "truncate table_updates",
+        f"insert into table_updates (update_id, target_table) select 'leaf-' || i, 'bench' from generate_series(0, "
+        f"{n - 1}) i union all select 'root-{n}', 'bench'",
+        database="astra_bench_luigi",
+    )
+    for kind in ("astra", "astra-sqlite"):
+        bench.run("record-astra", kind, n, urls[kind])
+    all_asked = compare(bench, "warm-all", n, repeat, urls)
+    print(table(f"All {n:,} asked (WrapperTask root):", all_asked), flush=True)
+    root_only = compare(bench, "warm-root", n, repeat, urls)
+    print("\n" + table(f"Root only (root with its own output, done; {n:,} tasks below it):", root_only), flush=True)
+
+
+def cold(bench: Bench, n: int, repeat: int, urls: dict) -> None:
+    print(f"\n## (b) cold run: {n:,} trivial tasks from nothing, one worker\n", flush=True)
+
+    def reset(kind: str) -> None:
+        shutil.rmtree(bench.workdir / "local", ignore_errors=True)
+        bench.admin("drop table if exists table_updates", database="astra_bench_luigi")
+        bench.admin(
+            "truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database="astra_bench"
+        )
+        sqlite = bench.workdir / "astra.db"
+        for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
+            path.unlink(missing_ok=True)
+
+    runs = compare(bench, "cold", n, repeat, urls, reset)
+    print(table(f"{n:,} tasks run:", runs), flush=True)
+
+
+def scale(bench: Bench, n: int, urls: dict) -> None:
+    print(f"\n## (c) scale: {n:,} items through one batched task (chunks of 5,000)\n", flush=True)
+    lines = [
+        "| database | cold: process + record (s) | items/s end to end | items/s recording only | peak RSS cold (MB) "
+        "| warm: find all done (s) | peak RSS warm (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, name in (("astra", "PostgreSQL"), ("astra-sqlite", "SQLite")):
+        url = (
+            bench.new_postgres("astra_bench_scale", astra_schema=True)
+            if kind == "astra"
+            else (f"sqlite:///{bench.workdir / 'scale.db'}")
+        )
+        cold_run = bench.run("scale-cold", kind, n, url)
+        warm_run = bench.run("scale-warm", kind, n, url)
+        recording = cold_run["recording_seconds"]
+        lines.append(
+            f"| {name} | {cold_run['seconds']:.1f} | {n / cold_run['seconds']:,.0f} | {n / recording:,.0f} | "
+            f"{cold_run['peak_rss_mb']:.0f} | {warm_run['seconds']:.1f} | {warm_run['peak_rss_mb']:.0f} |"
+        )
+        print(f"{name}: cold {cold_run}, warm {warm_run}", flush=True)
+    print("\n" + "\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The tasks the benchmarks run: the same trivial task with three kinds of target, and a batch of a million items.
+
+Settings come from the environment, set by bench/run.py: ``BENCH_DIR`` (files of the LocalTarget tasks) and
+``BENCH_POSTGRES`` (host:port/database/user of luigi's PostgresTarget), plus ``ASTRA_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import luigi
+from luigi.contrib.postgres import PostgresTarget
+
+import astra
+from astra.batch import BatchTask
+
+
+def _postgres_target(update_id: str) -> PostgresTarget:
+    host, database, user = os.environ["BENCH_POSTGRES"].split("/")
+    return PostgresTarget(host=host, database=database, user=user, password="", table="bench", update_id=update_id)
+
+
+class LocalLeaf(luigi.Task):
+    i = luigi.IntParameter()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(os.path.join(os.environ["BENCH_DIR"], "local", f"{self.i}.txt"))
+
+    def run(self) -> None:
+        with self.output().open("w") as out:
+            out.write("done\n")
+
+
+class PostgresLeaf(luigi.Task):
+    i = luigi.IntParameter()
+
+    def output(self) -> PostgresTarget:
+        return _postgres_target(f"leaf-{self.i}")
+
+    def run(self) -> None:
+        self.output().touch()
+
+
+class AstraLeaf(astra.BaseTask):
+    i = luigi.IntParameter()
+
+    def run(self) -> None:
+        pass
+
+
+LEAVES = {"local": LocalLeaf, "postgres": PostgresLeaf, "astra": AstraLeaf}
+
+
+class Everything(luigi.WrapperTask):
+    """A root with no output of its own: luigi asks every leaf whether it is done."""
+
+    kind = luigi.Parameter()
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[luigi.Task]:
+        return [LEAVES[self.kind](i=i) for i in range(self.n)]
+
+
+class LocalRoot(luigi.Task):
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[LocalLeaf]:
+        return [LocalLeaf(i=i) for i in range(self.n)]
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(os.path.join(os.environ["BENCH_DIR"], "local", f"root-{self.n}.txt"))
+
+    def run(self) -> None:
+        with self.output().open("w") as out:
+            out.write("done\n")
+
+
+class PostgresRoot(luigi.Task):
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[PostgresLeaf]:
+        return [PostgresLeaf(i=i) for i in range(self.n)]
+
+    def output(self) -> PostgresTarget:
+        return _postgres_target(f"root-{self.n}")
+
+    def run(self) -> None:
+        self.output().touch()
+
+
+class AstraRoot(astra.BaseTask):
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[AstraLeaf]:
+        return [AstraLeaf(i=i) for i in range(self.n)]
+
+    def run(self) -> None:
+        pass
+
+
+ROOTS = {"local": LocalRoot, "postgres": PostgresRoot, "astra": AstraRoot}
+
+
+class Spectrum(astra.BaseTask):
+    """One spectrum of the survey: the item of the scale benchmark."""
+
+    spectrum_id = luigi.IntParameter()
+    release = luigi.Parameter(default="dr19")
+
+    def run(self) -> int:
+        return self.spectrum_id % 97
+
+
+class Spectra(BatchTask):
+    """Spectra ``start`` to ``stop`` - 1, processed (trivially) and recorded ``chunk_size`` at a time."""
+
+    item_class = Spectrum
+    chunk_size = 5000
+    start = luigi.IntParameter(default=0)
+    stop = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return ({"spectrum_id": i} for i in range(self.start, self.stop))
+
+    def process(self, chunk: list) -> list[int]:
+        return [item.values["spectrum_id"] % 97 for item in chunk]
+
+
+class AstraRecorded(BatchTask):
+    """Records AstraLeaf items (and the AstraRoot of them) as done, to set up the warm scan."""
+
+    item_class = AstraLeaf
+    chunk_size = 5000
+    n = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return ({"i": i} for i in range(self.n))
+
+    def process(self, chunk: list) -> list[None]:
+        return [None] * len(chunk)
