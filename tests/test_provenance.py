@@ -116,16 +116,19 @@ def test_every_record_has_its_provenance(database_url):
         assert datetime.datetime.fromisoformat(shown[key]) == getattr(row, key), key
 
 
-def test_failed_then_retried_task_keeps_its_history(database_url, tmp_path):
+def test_failed_then_retried_task_keeps_its_history(database_url, tmp_path, monkeypatch):
     ready = tmp_path / "ready"
     task = Flaky(ready=str(ready))
-    assert luigi.build([task], local_scheduler=True, log_level="CRITICAL") is False
+    with monkeypatch.context() as older:
+        older.setattr(astra, "__version__", "0.0.1")  # the failed attempt ran under an older astra
+        assert luigi.build([task], local_scheduler=True, log_level="CRITICAL") is False
     failed = Task.get(Task.task_hash == task_hash(task))
     assert failed.status == "failed" and failed.attempts == 1
     assert failed.error == f"RuntimeError: {ready} is not there yet"
     assert "raise RuntimeError" in failed.traceback
     assert failed.completed is None and failed.started is not None and failed.duration >= 0
     assert failed.pid == os.getpid() and failed.host == socket.gethostname()
+    assert failed.astra_version == "0.0.1"
 
     ready.touch()
     assert luigi.build([task], local_scheduler=True, log_level="CRITICAL") is True
@@ -133,4 +136,5 @@ def test_failed_then_retried_task_keeps_its_history(database_url, tmp_path):
     assert done.pk == failed.pk and done.created == failed.created  # one record per task, across attempts
     assert done.status == "done" and done.attempts == 2
     assert done.error is None and done.traceback is None
+    assert done.astra_version == astra.__version__  # the astra that made the result
     assert done.started >= failed.started and done.completed >= done.started

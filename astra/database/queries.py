@@ -136,7 +136,15 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
                 return holder
         with _atomic(db):
             taken = (
-                Task.update(attempts=row.attempts + 1, error=None, traceback=None, result=None, **mine)
+                Task.update(
+                    attempts=row.attempts + 1,
+                    error=None,
+                    traceback=None,
+                    result=None,
+                    # The attempt that makes the result is the one whose astra version the record names.
+                    astra_version=fields["astra_version"],
+                    **mine,
+                )
                 .where(*conditions)
                 .execute()
             )
