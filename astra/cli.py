@@ -535,6 +535,8 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
     if "--json" in args:  # given after the task, where luigi's parser would reject it
         as_json, args = True, tuple(arg for arg in args if arg != "--json")
     task = _build_task(family, args, module)
+    if not database_targets([task]):
+        raise click.UsageError(f"{task} is not an astra task: luigi checks its own output, not the astra records")
     task_hash = identity.task_hash(task)
     record = records.by_hash(task_hash)
     wanted = _astra_requirements(task)

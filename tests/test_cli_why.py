@@ -57,5 +57,7 @@ def test_why_usage_errors(database_url, capsys):
     assert "unrecognized arguments: --colour red" in one_line_error(unknown_parameter, 2)
     bad_module = main(capsys, "tasks", "why", "--module", "no.such.module", "EstimateSNR")
     assert "cannot import module 'no.such.module'" in one_line_error(bad_module, 2)
+    external = main(capsys, "tasks", "why", "SpectrumFile", "--path", SPECTRA[0])
+    assert f"SpectrumFile(path={SPECTRA[0]}) is not an astra task" in one_line_error(external, 2)
     no_family = main(capsys, "tasks", "why")
     assert "Missing argument 'FAMILY'" in one_line_error(no_family, 2)
