@@ -207,6 +207,10 @@ def test_list_with_filters(database_url, capsys):
     by_pattern = main(
         capsys, "tasks", "list", "--where", "spectrum-path=*spec-00002.fits", "--name", "EstimateSNR", "--json"
     )
+    # Only * is special: brackets, ? and case are matched as they are, on both backends.
+    brackets = main(capsys, "tasks", "list", "--where", "spectrum_path=*spec-0000[12].fits")
+    question = main(capsys, "tasks", "list", "--where", "spectrum_path=*spec-0000?.fits")
+    upper = main(capsys, "tasks", "list", "--where", "spectrum_path=*SPEC-00002.FITS")
     limited = main(capsys, "tasks", "list", "--since", "1h", "--limit", "2")
     future = main(capsys, "tasks", "list", "--since", "2999-01-01", "--json")
     nothing = main(capsys, "tasks", "list", "--status", "done", "--module", "tests.test_cli")
@@ -228,6 +232,7 @@ def test_list_with_filters(database_url, capsys):
 
     assert limited.returncode == 0 and len(limited.stdout.splitlines()) == 4
     assert limited.stderr.strip() == "(2 of 7 shown; --limit 0 shows all)"
+    assert brackets.returncode == question.returncode == upper.returncode == 1
     assert future.returncode == 1 and json.loads(future.stdout) == []
     assert one_line_error(future, 1) == "astra: no tasks match"
     assert one_line_error(nothing, 1) == "astra: no tasks match"

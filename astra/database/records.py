@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import peewee
 from peewee import JOIN, Case, fn
 
-from astra.database.connection import DatabaseError, database
+from astra.database.connection import DatabaseError, database, is_postgres
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
 from astra.database.queries import chunked, transaction
 from astra.identity import parameter_hash
@@ -36,20 +36,23 @@ class Filters:
         return bool(self.names or self.modules or self.statuses or self.where or self.since)
 
 
-def _like(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%")
+def _matches(field: peewee.Field, pattern: str) -> peewee.Node:
+    """``field`` matches ``pattern``, where ``*`` stands for any text and everything else for itself.
+
+    Case-sensitive on both backends: GLOB on SQLite (its LIKE ignores case), LIKE on PostgreSQL.
+    """
+    if is_postgres():
+        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
+        return peewee.NodeList((field, peewee.SQL("LIKE"), escaped, peewee.SQL("ESCAPE '\\'")))
+    escaped = "".join(f"[{c}]" if c in "[?" else c for c in pattern)
+    return peewee.NodeList((field, peewee.SQL("GLOB"), escaped))
 
 
 def _with_parameter(name: str, value: str) -> peewee.Expression:
     """Tasks that were given parameter ``name`` with ``value``."""
     having = TaskParameter.select(TaskParameter.task).join(Parameter)
     if "*" in value:
-        # LIKE (not peewee's % operator, which is GLOB on SQLite) with an explicit escape, on both backends.
-        matches = peewee.NodeList(
-            (Parameter.parameter_value, peewee.SQL("LIKE"), _like(value), peewee.SQL("ESCAPE '\\'"))
-        )
-        having = having.where(Parameter.parameter_name == name, matches)
+        having = having.where(Parameter.parameter_name == name, _matches(Parameter.parameter_value, value))
     else:
         having = having.where(Parameter.parameter_hash == parameter_hash(name, value))
     return Task.pk.in_(having)
