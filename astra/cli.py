@@ -27,6 +27,7 @@ from luigi.task_register import Register, TaskClassException
 
 import astra
 from astra import identity
+from astra.batch import BatchTask
 from astra.database import DatabaseError, DatabaseNotReady, create_schema, describe, records
 from astra.database.models import Task
 from astra.targets import database_targets
@@ -535,6 +536,8 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
     if "--json" in args:  # given after the task, where luigi's parser would reject it
         as_json, args = True, tuple(arg for arg in args if arg != "--json")
     task = _build_task(family, args, module)
+    if isinstance(task, BatchTask):
+        sys.exit(_why_batch(task, as_json))
     if not database_targets([task]):
         raise click.UsageError(f"{task} is not an astra task: luigi checks its own output, not the astra records")
     task_hash = identity.task_hash(task)
@@ -570,6 +573,42 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
         _print_why(task, task_hash, record, not_done, candidates, wanted)
     if record is None or record.status != "done":
         sys.exit(1)
+
+
+def _why_batch(batch: BatchTask, as_json: bool) -> int:
+    """A batch is done when all its items are: how many are, and which are not. The exit code."""
+    items = list(batch.items())
+    status = records.statuses([item.task_hash for item in items])
+    counts = Counter(status.get(item.task_hash, "not recorded") for item in items)
+    pending = [item for item in items if status.get(item.task_hash) != "done"]
+    errors = {h: t.error for h, t in records.recorded([item.task_hash for item in pending[:SHOWN]]).items()}
+    if as_json:
+        shown = [
+            {
+                "task_id": item.task_id,
+                "task_hash": item.task_hash,
+                "parameters": item.parameters,
+                "status": status.get(item.task_hash, "not recorded"),
+                "error": errors.get(item.task_hash),
+            }
+            for item in pending[:SHOWN]
+        ]
+        _print_json({"task": str(batch), "batch": True, "items": len(items), "statuses": counts, "not_done": shown})
+        return 1 if pending else 0
+    family = batch.item_class.get_task_family()
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    click.echo(f"{batch} is a batch of {len(items)} {family} items: {summary or 'none'}.")
+    if not pending:
+        click.echo("luigi will not run it again.")
+        return 0
+    click.echo(f"luigi will run it for the {len(pending)} items not done:")
+    for item in pending[:SHOWN]:
+        state = status.get(item.task_hash, "not recorded")
+        error = f": {errors[item.task_hash]}" if errors.get(item.task_hash) else ""
+        click.echo(f"  {item.task_id} ({state}{error})")
+    if len(pending) > SHOWN:
+        click.echo(f"  ... and {len(pending) - SHOWN} more")
+    return 1
 
 
 def _print_why(task, task_hash, record, not_done, candidates, wanted) -> None:

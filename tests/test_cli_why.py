@@ -7,6 +7,7 @@ import re
 
 from tests.test_cli import SPECTRA, Broken, astra_many, main, one_line_error, run_pipeline
 from workflows import EstimateSNR
+from workflows.spectra import EXAMPLE_SPECTRA
 
 
 def test_why_done_not_recorded_and_failed(database_url, capsys):
@@ -44,6 +45,16 @@ def test_why_done_not_recorded_and_failed(database_url, capsys):
     assert failed.returncode == 1
     assert failed.stdout.startswith("Broken(reason=broken on purpose) failed: task ")
     assert "  error: ValueError: broken on purpose\nluigi will run it again." in failed.stdout
+
+    # A batch is done when all its items are.
+    batch = main(capsys, "tasks", "why", "EstimateSNRBatch", "--spectra-dir", str(EXAMPLE_SPECTRA))
+    assert batch.returncode == 0 and "is a batch of 5 EstimateSNR items: 5 done." in batch.stdout
+    spectra = json.dumps([SPECTRA[0], missing])
+    partly = main(capsys, "tasks", "why", "EstimateSNRBatch", "--spectra", spectra, "--json")
+    assert partly.returncode == 1
+    explained = json.loads(partly.stdout)
+    assert explained["items"] == 2 and explained["statuses"] == {"done": 1, "not recorded": 1}
+    assert [item["parameters"] for item in explained["not_done"]] == [{"spectrum_path": missing}]
 
     never = main(capsys, "tasks", "why", "--module", "tests.test_cli", "Broken", "--reason", "other")
     assert "No Broken task" not in never.stdout and "parameter reason: recorded 'broken on purpose'" in never.stdout

@@ -350,6 +350,15 @@ def closest(
     return candidates
 
 
+def statuses(hashes: Sequence[str]) -> dict[str, str]:
+    """The status of each of ``hashes`` that has a record (only two columns: batches may have millions)."""
+    database()
+    found: dict[str, str] = {}
+    for chunk in chunked(list(hashes)):
+        found.update(Task.select(Task.task_hash, Task.status).where(Task.task_hash.in_(chunk)).tuples())
+    return found
+
+
 def recorded(hashes: Iterable[str]) -> dict[str, Task]:
     """The records of those of ``hashes`` that exist, whatever their status."""
     database()
