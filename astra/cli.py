@@ -530,8 +530,12 @@ def _difference_lines(candidate: records.Candidate, wanted: dict[str, luigi.Task
 def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -> None:
     """Is this task done, and if not, which recorded tasks are closest and how do they differ?
 
-    Give the task as on luigi's command line, e.g. `astra tasks why --module workflows EstimateSNR
-    --spectrum-path spec-00001.fits`. Exit code 0 when the task is done, 1 when luigi would run it.
+    Give the task as on luigi's command line (--module only if no task of that name was ever recorded):
+
+    \b
+      astra tasks why --module workflows EstimateSNR --spectrum-path /data/spec-00001.fits
+
+    Exit code 0 when the task is done, 1 when luigi would run it. For a batch, it counts the items per status.
     """
     if "--json" in args:  # given after the task, where luigi's parser would reject it
         as_json, args = True, tuple(arg for arg in args if arg != "--json")
