@@ -69,6 +69,12 @@ def _short(value: str, width: int = 40) -> str:
     return value if len(value) <= width else "..." + value[-(width - 3) :]
 
 
+def _name(task: luigi.Task, width: int = 200) -> str:
+    """A task as luigi writes it, cut short: a batch's list of a million files is no use on a terminal."""
+    text = str(task)
+    return text if len(text) <= width else text[: width - 4] + "...)"
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
     lines = [headers, ["-" * width for width in widths], *rows]
@@ -508,7 +514,7 @@ def _difference_lines(candidate: records.Candidate, wanted: dict[str, luigi.Task
         status = records.recorded(candidate.missing_requires)
         for task_hash in candidate.missing_requires:
             state = status[task_hash].status if task_hash in status else "not recorded"
-            lines.append(f"upstream: needs {wanted[task_hash]} ({state}, hash {task_hash[:12]})")
+            lines.append(f"upstream: needs {_name(wanted[task_hash])} ({state}, hash {task_hash[:12]})")
         for other in candidate.extra_requires:
             lines.append(f"upstream: was made from task {other.pk} {other.task_id} (version {other.version or '-'})")
     if candidate.task.status != "done":
@@ -543,7 +549,9 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
     if isinstance(task, BatchTask):
         sys.exit(_why_batch(task, as_json))
     if not database_targets([task]):
-        raise click.UsageError(f"{task} is not an astra task: luigi checks its own output, not the astra records")
+        raise click.UsageError(
+            f"{_name(task)} is not an astra task: luigi checks its own output, not the astra records"
+        )
     task_hash = identity.task_hash(task)
     record = records.by_hash(task_hash)
     wanted = _astra_requirements(task)
@@ -601,7 +609,7 @@ def _why_batch(batch: BatchTask, as_json: bool) -> int:
         return 1 if pending else 0
     family = batch.item_class.get_task_family()
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    click.echo(f"{batch} is a batch of {len(items)} {family} items: {summary or 'none'}.")
+    click.echo(f"{_name(batch)} is a batch of {len(items)} {family} items: {summary or 'none'}.")
     if not pending:
         click.echo("luigi will not run it again.")
         return 0
@@ -619,19 +627,19 @@ def _print_why(task, task_hash, record, not_done, candidates, wanted) -> None:
     if record is not None:
         where = f"task {record.pk} on {record.host or '?'} (pid {record.pid or '?'})"
         if record.status == "done":
-            click.echo(f"{task} is done: {where}, completed {_time(record.completed)} UTC.")
+            click.echo(f"{_name(task)} is done: {where}, completed {_time(record.completed)} UTC.")
             click.echo(f"luigi will not run it again; `astra tasks forget {record.pk}` would make it.")
         elif record.status == "running":
-            click.echo(f"{task} is running: {where}, attempt {record.attempts}.")
+            click.echo(f"{_name(task)} is running: {where}, attempt {record.attempts}.")
             click.echo(f"  started {_time(record.started)} UTC, last heartbeat {_time(record.heartbeat)} UTC")
         else:
-            click.echo(f"{task} failed: {where}, attempt {record.attempts}.")
+            click.echo(f"{_name(task)} failed: {where}, attempt {record.attempts}.")
             click.echo(f"  error: {record.error}")
             click.echo("luigi will run it again.")
         return
-    click.echo(f"{task} is not recorded: luigi will run it (hash {task_hash[:12]}).")
+    click.echo(f"{_name(task)} is not recorded: luigi will run it (hash {task_hash[:12]}).")
     if not_done:
-        names = ", ".join(str(t) for t in not_done[:5]) + (" ..." if len(not_done) > 5 else "")
+        names = ", ".join(_name(t) for t in not_done[:5]) + (" ..." if len(not_done) > 5 else "")
         click.echo(f"{len(not_done)} of the astra tasks it requires are not done either: {names}")
     if not candidates:
         click.echo(f"No {task.task_family} task has been recorded yet.")
