@@ -85,6 +85,7 @@ def find(filters: Filters, limit: int | None = None) -> list[Task]:
 
 
 def count(filters: Filters) -> int:
+    """How many tasks match ``filters``."""
     return select(filters).order_by().count()
 
 
