@@ -63,6 +63,8 @@ class Claim:
         while True:
             got = queries.claim(fields, params, lease)
             if got is None:
+                if said is not None:
+                    self._status("another worker finished this task meanwhile; not run again")
                 return False
             if isinstance(got, queries.Attempt):
                 break

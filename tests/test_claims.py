@@ -16,9 +16,10 @@ import pytest
 
 import astra
 from astra.database import Task, create_schema
+from astra.database.models import utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.conftest import LUIGI, REPO
+from tests.conftest import LUIGI, REPO, run_luigi
 
 
 class Hold(astra.BaseTask):
@@ -162,6 +163,7 @@ def test_a_second_scheduler_waits_for_the_first_and_does_not_run_again(database_
     row = row_of("shared", tmp_path)
     assert (row.status, row.attempts, row.pid) == ("done", 1, first.pid)
     assert f"pid {first.pid} is running this task" in second.text()
+    assert "another worker finished this task meanwhile; not run again" in second.text()
 
 
 def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
@@ -186,3 +188,25 @@ def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
     assert runners(tmp_path, "stalled") == [stalled.pid, successor.pid]
     row = row_of("stalled", tmp_path)
     assert (row.status, row.attempts, row.pid, row.error) == ("done", 2, successor.pid, None)
+
+
+def test_a_dead_claim_from_another_host_is_taken_over_after_the_lease(database_url, tmp_path):
+    """A holder on another machine cannot be checked by pid: only its silence for ``[astra] lease`` frees the task."""
+    (tmp_path / "luigi.cfg").write_text("[astra]\nlease = 2\n")
+    env = {"LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
+    with background((hold_args(tmp_path, "remote"), tmp_path / "remote.out", env)) as (remote,):
+        wait_for(lambda: runners(tmp_path, "remote"), what="the task to start")
+        remote.signal(signal.SIGKILL)
+        remote.wait()
+    # As if that process had run, and died just after a heartbeat, on another machine.
+    Task.update(host="another-host", heartbeat=utcnow()).where(Task.pk == row_of("remote", tmp_path).pk).execute()
+
+    (tmp_path / "remote.release").touch()
+    successor = run_luigi(*hold_args(tmp_path, "remote"), env=env, timeout=60)
+    assert successor.returncode == 0, successor.stdout
+    assert f"waiting: another-host pid {remote.pid} is running this task" in successor.stdout
+    assert "taken over after 2 s of silence" in successor.stdout
+    assert f"taking over from another-host pid {remote.pid} (no heartbeat for" in successor.stdout
+    row = row_of("remote", tmp_path)
+    assert (row.status, row.attempts, row.host) == ("done", 2, socket.gethostname())
+    assert runners(tmp_path, "remote") == [remote.pid, row.pid]
