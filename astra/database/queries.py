@@ -30,6 +30,17 @@ def _atomic(db: peewee.Database):
     return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
 
 
+def _not_flushed(db: peewee.Database) -> None:
+    """Let the current transaction commit without waiting for PostgreSQL to flush it to disk (~3 ms here).
+
+    Only for claims and heartbeats: if the server crashes just after such a commit, the claim is lost and the
+    task is run again, which is what happens to any task whose worker died. Done and failed records, and the
+    task's own rows, stay durable.
+    """
+    if is_postgres(db):
+        db.execute_sql("set local synchronous_commit = off")
+
+
 def done_hashes(hashes: Iterable[str]) -> set[str]:
     """Which of ``hashes`` are recorded as done (one query per CHUNK hashes)."""
     hashes = list(dict.fromkeys(hashes))
@@ -108,6 +119,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
         now = _now(db)
         mine = dict(status=RUNNING, started=now, heartbeat=now, host=host, pid=pid, completed=None, duration=None)
         with _atomic(db):
+            _not_flushed(db)
             inserted = (
                 Task.insert(created=now, attempts=1, **fields, **mine).on_conflict_ignore().as_rowcount().execute()
             )
@@ -135,6 +147,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
             else:
                 return holder
         with _atomic(db):
+            _not_flushed(db)
             taken = (
                 Task.update(
                     attempts=row.attempts + 1,
@@ -190,6 +203,7 @@ def heartbeat(attempt: Attempt) -> bool:
     """Tell other workers this attempt is alive. False if the claim was taken over."""
     db = database()
     with _atomic(db):
+        _not_flushed(db)
         return bool(
             Task.update(heartbeat=_now(db))
             .where(Task.pk == attempt.pk, Task.attempts == attempt.attempts, Task.status == RUNNING)
