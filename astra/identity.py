@@ -9,6 +9,7 @@ identity is computed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -150,6 +151,10 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
     named = dict(params)
     shown = sorted((name, p) for name, p in params if p.visibility != ParameterVisibility.PRIVATE)
     significant = [(name, _json_string(name)) for name, p in shown if p.significant]
+    writers = [
+        (name, functools.partial(canonical_value, p) if isinstance(p, _JSON_PARAMETERS) else p.serialize)
+        for name, p in shown
+    ]
     # The text _sha256 would hash, written out directly: json.dumps of a dict is the slowest step here.
     head = _canonical_json({"module": cls.__module__, "name": cls.get_task_family(), "parameters": {}})[:-3]
     tail = _canonical_json({"requires": [], "version": task_version(cls)})[1:]
@@ -161,11 +166,13 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
             # stay the same for every set that gives the same names.
             resolved = dict(cls.get_param_values(params, [], given))
             defaults[keys] = {name: value for name, value in resolved.items() if name not in keys}
-        values = {name: named[name].normalize(value) for name, value in given.items()}
-        values = {name: tuple(v) if isinstance(v, (list, set)) else v for name, v in values.items()}
+        values = {}
+        for name, value in given.items():
+            value = named[name].normalize(value)
+            values[name] = tuple(value) if isinstance(value, (list, set)) else value  # as luigi stores it
         values.update(defaults[keys])
-        texts = {name: canonical_value(p, values[name]) for name, p in shown}
-        body = ",".join(f"{key}:{_json_string(texts[name])}" for name, key in significant)
+        texts = {name: write(values[name]) for name, write in writers}
+        body = ",".join([f"{key}:{_json_string(texts[name])}" for name, key in significant])
         hashed = hashlib.sha256(f"{head}{{{body}}},{tail}".encode()).hexdigest()
         yield Item(cls, values, hashed, texts, [])
 
