@@ -54,6 +54,8 @@ class BatchTask(luigi.Task):
     item_class: type[BaseTask] = BaseTask
     #: Items processed and recorded per transaction.
     chunk_size: int = 1000
+    #: Seconds this batch has spent writing records (for the logs and benchmarks).
+    recording_seconds: float = 0.0
 
     def parameter_sets(self) -> Iterable[dict]:
         """The items, as keyword arguments of ``item_class`` (a generator is fine: items are streamed)."""
@@ -99,9 +101,6 @@ class BatchTask(luigi.Task):
             except Exception as exc:  # one bad spectrum must not cost the others their results
                 results.append(exc)
         return results
-
-    #: Seconds this batch has spent writing records (for the logs and benchmarks).
-    recording_seconds: float = 0.0
 
     def run(self) -> None:
         total = _length(self.parameter_sets())
