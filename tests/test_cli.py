@@ -20,6 +20,7 @@ import pytest
 import astra as astra_package
 from astra import cli
 from tests.conftest import POSTGRES, REPO
+from tests.test_schema import describe_schema
 from workflows import EstimateSNR, SummariseSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 
@@ -120,22 +121,6 @@ def test_help_on_every_command(capsys):
     assert bare.returncode == 2 and "Commands:" in bare.stdout
 
 
-def _schema(url: str) -> list[tuple]:
-    """Tables, columns, types, nullability and indexes of the astra schema of a PostgreSQL database."""
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(
-            "select table_name, column_name, data_type, is_nullable, column_default from information_schema.columns "
-            "where table_schema = 'astra' order by table_name, column_name"
-        )
-        columns = cursor.fetchall()
-        cursor.execute("select indexname, indexdef from pg_indexes where schemaname = 'astra' order by indexname")
-        return columns + cursor.fetchall()
-    finally:
-        connection.close()
-
-
 def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
     # trust authentication ignores the password, which lets the test check that it is never shown.
     url = postgres_database.replace("://postgres@", "://postgres:hunter2@")
@@ -158,8 +143,8 @@ def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
         with loaded, loaded.cursor() as cursor:
             cursor.execute((REPO / "schema" / "astradb" / "astradb.sql").read_text())
         loaded.close()
-        assert _schema(postgres_database) == _schema(f"{POSTGRES}/{reference}")
-        assert len(_schema(postgres_database)) > 20
+        assert describe_schema(postgres_database) == describe_schema(f"{POSTGRES}/{reference}")
+        assert len(describe_schema(postgres_database)["columns"]) > 20
     finally:
         admin.cursor().execute(f"drop database if exists {reference} with (force)")
         admin.close()
