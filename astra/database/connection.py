@@ -304,10 +304,8 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
         if patient:
             db.reconnect(exc)
             return
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = lines[0] if lines else type(exc).__name__
         raise DatabaseNotReady(
-            f"astra: cannot connect to {description}: {reason}. Check that PostgreSQL is running and "
+            f"astra: cannot connect to {description}: {_reason(exc)}. Check that PostgreSQL is running and "
             "ASTRA_DATABASE_URL (or [astra] database_url) is right"
         ) from None
 
