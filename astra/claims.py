@@ -16,7 +16,6 @@ import traceback
 from contextlib import contextmanager
 
 import luigi
-from luigi.task import flatten
 
 import astra
 from astra import identity
@@ -99,7 +98,7 @@ class Claim:
         import json
 
         text = None if result is None else json.dumps(result, sort_keys=True, default=str)
-        requires = [identity.task_hash(required) for required in flatten(self.task.requires())]
+        requires = identity.required_hashes(self.task)
         queries.finish(self.attempt, text, time.monotonic() - self._started, requires)
         self.recorded = True
 

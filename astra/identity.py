@@ -65,8 +65,13 @@ def identity(task: luigi.Task) -> dict:
         "name": task.task_family,
         "version": task_version(task),
         "parameters": parameters(task, significant_only=True),
-        "requires": sorted({task_hash(required) for required in flatten(task.requires())}),
+        "requires": required_hashes(task),
     }
+
+
+def required_hashes(task: luigi.Task) -> list[str]:
+    """The sorted, distinct hashes of the tasks ``task`` requires."""
+    return sorted({task_hash(required) for required in flatten(task.requires())})
 
 
 def task_hash(task: luigi.Task) -> str:
@@ -145,7 +150,7 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
     if cls.requires is not luigi.Task.requires:
         for values in parameter_sets:
             task = type.__call__(cls, **values)
-            requires = sorted({task_hash(required) for required in flatten(task.requires())})
+            requires = required_hashes(task)
             yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), requires, task)
         return
     named = dict(params)
