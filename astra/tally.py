@@ -57,12 +57,11 @@ def _report() -> None:
     ran, not_run = ran_here()
     if not_run:
         logger.info(
-            "astra: this process ran %d task%s itself; %d task%s that luigi counts as run here were run by other "
-            "workers (each named above as 'not run by this process')",
+            "astra: %d of the tasks luigi counts as run by this process were run by other workers (each named above "
+            "as 'not run by this process'); this process ran %d astra task%s itself",
+            not_run,
             ran,
             "" if ran == 1 else "s",
-            not_run,
-            "" if not_run == 1 else "s",
         )
 
 

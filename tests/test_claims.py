@@ -210,3 +210,37 @@ def test_a_dead_claim_from_another_host_is_taken_over_after_the_lease(database_u
     row = row_of("remote", tmp_path)
     assert (row.status, row.attempts, row.host) == ("done", 2, socket.gethostname())
     assert runners(tmp_path, "remote") == [remote.pid, row.pid]
+
+
+@pytest.mark.slow
+def test_a_live_holder_with_a_long_lease_is_not_taken_over_by_a_worker_with_a_short_one(database_url, tmp_path):
+    """The holder heartbeats every lease/4 of ITS lease (8 s: every 2 s); a waiter with lease 1 must wait anyway."""
+    with background() as started:
+        holder = start_later(started, hold_args(tmp_path, "leases", "--astra-lease", "8"), tmp_path / "holder.out")
+        wait_for(lambda: runners(tmp_path, "leases"), what="the holder to start the task")
+        waiter = start_later(started, hold_args(tmp_path, "leases", "--astra-lease", "1"), tmp_path / "waiter.out")
+        wait_for(lambda: "waiting: " in waiter.text(), timeout=60, what="the waiter to find the task claimed")
+        time.sleep(5)  # several of the waiter's leases, and more than one of the holder's heartbeat intervals
+        (tmp_path / "leases.release").touch()
+        assert holder.wait() == 0, holder.text()
+        assert waiter.wait() == 0, waiter.text()
+
+    assert runners(tmp_path, "leases") == [holder.pid], waiter.text()  # run() was entered once
+    assert "taken over after 8 s of silence" in waiter.text()  # the holder's lease, not the waiter's
+    assert "taking over" not in waiter.text()
+    row = row_of("leases", tmp_path)
+    assert (row.status, row.attempts, row.pid, row.lease) == ("done", 1, holder.pid, 8.0)
+
+
+def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with_a_long_one(database_url, tmp_path):
+    """A stopped holder with lease 2 is taken over after 2 s, although the successor's own lease is 600 s."""
+    with background() as started:
+        stalled = start_later(started, hold_args(tmp_path, "short", "--astra-lease", "2"), tmp_path / "stalled.out")
+        wait_for(lambda: runners(tmp_path, "short"), what="the first process to start the task")
+        stalled.signal(signal.SIGSTOP)
+        (tmp_path / "short.release").touch()
+        successor = start_later(started, hold_args(tmp_path, "short", "--astra-lease", "600"), tmp_path / "next.out")
+        assert successor.wait(timeout=60) == 0, successor.text()
+    assert "taking over from" in successor.text() and "(its lease: 2 s)" in successor.text(), successor.text()
+    row = row_of("short", tmp_path)
+    assert (row.status, row.attempts, row.pid, row.lease) == ("done", 2, successor.pid, 600.0)
