@@ -10,6 +10,7 @@ luigi schedulers, from running one task twice.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
@@ -62,6 +63,8 @@ class Claim:
         }
         params = identity.parameters(task)
         lease = settings().lease
+        if not 0 < lease < math.inf:  # also NaN: a lease no one can wait out, or a heartbeat loop without pause
+            raise ValueError(f"astra: [astra] lease must be a positive number of seconds, not {lease!r}")
         said, said_at = None, 0.0
         while True:
             got = queries.claim(fields, params, lease)

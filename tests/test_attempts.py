@@ -13,6 +13,7 @@ import astra
 from astra import identity
 from astra.database import Task, queries
 from astra.targets import forget_cached
+from tests.example_tasks import Note
 from tests.test_claims import background, start_later, wait_for
 from tests.test_cli import astra as astra_command
 
@@ -142,3 +143,22 @@ def test_a_batch_that_records_a_running_task_ends_that_claim(database_url):
     stored = Task.get_by_id(attempt.pk)
     assert (stored.status, stored.result, stored.host) == ("done", '"from the batch"', socket.gethostname())
     assert stored.pid == os.getpid()
+
+
+class ForgottenMidway(astra.BaseTask):
+    """Is forgotten (by the real ``astra`` command) while it runs; another task claims the pk; then it writes notes."""
+
+    def run(self) -> None:
+        Note.create_table(safe=True)
+        mine = Task.get(Task.task_hash == identity.task_hash(self))
+        assert astra_command("tasks", "forget", str(mine.pk), "--yes").returncode == 0
+        queries.claim(_fields("b"), {"name": "b"}, 60)
+        with self.completion(result={"notes": 2}):
+            Note.insert_many([{"task_name": self.task_id, "value": i} for i in range(2)]).execute()
+
+
+def test_rows_written_in_completion_are_rolled_back_when_the_record_was_forgotten(database_url, backend):
+    assert luigi.build([ForgottenMidway()], local_scheduler=True, log_level="CRITICAL") is False
+    assert Note.select().count() == 0  # the task's own rows went with the record they belonged to
+    (other,) = Task.select()
+    assert (other.task_hash, other.status, other.result) == (_fields("b")["task_hash"], "running", None)

@@ -244,3 +244,11 @@ def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with
     assert "taking over from" in successor.text() and "(its lease: 2 s)" in successor.text(), successor.text()
     row = row_of("short", tmp_path)
     assert (row.status, row.attempts, row.pid, row.lease) == ("done", 2, successor.pid, 600.0)
+
+
+@pytest.mark.parametrize("lease", ["0", "nan"])
+def test_a_lease_no_one_could_keep_is_refused_in_one_line(database_url, tmp_path, lease):
+    (tmp_path / "odd.release").touch()
+    result = run_luigi(*hold_args(tmp_path, "odd", "--astra-lease", lease), timeout=60)
+    assert "astra: [astra] lease must be a positive number of seconds" in result.stdout, result.stdout
+    assert runners(tmp_path, "odd") == [] and row_of("odd", tmp_path) is None
