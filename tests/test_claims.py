@@ -198,15 +198,21 @@ def test_a_dead_claim_from_another_host_is_taken_over_after_the_lease(database_u
         wait_for(lambda: runners(tmp_path, "remote"), what="the task to start")
         remote.signal(signal.SIGKILL)
         remote.wait()
-    # As if that process had run, and died just after a heartbeat, on another machine.
-    Task.update(host="another-host", heartbeat=utcnow()).where(Task.pk == row_of("remote", tmp_path).pk).execute()
+    # As if that process ran on another machine: it goes on heartbeating until the successor sees its claim, then
+    # dies (heartbeats written here, so that the luigi start-up of the successor cannot outlast the lease).
+    pk = row_of("remote", tmp_path).pk
+    Task.update(host="another-host", heartbeat=utcnow()).where(Task.pk == pk).execute()
 
     (tmp_path / "remote.release").touch()
-    successor = run_luigi(*hold_args(tmp_path, "remote"), env=env, timeout=60)
-    assert successor.returncode == 0, successor.stdout
-    assert f"waiting: another-host pid {remote.pid} is running this task" in successor.stdout
-    assert "taken over after 2 s of silence" in successor.stdout
-    assert f"taking over from another-host pid {remote.pid} (no heartbeat for" in successor.stdout
+    with background((hold_args(tmp_path, "remote"), tmp_path / "successor.out", env)) as (successor,):
+        while "waiting: " not in successor.text() and successor.process.poll() is None:
+            Task.update(heartbeat=utcnow()).where(Task.pk == pk).execute()
+            time.sleep(0.2)
+        assert successor.wait(timeout=60) == 0, successor.text()
+    output = successor.text()
+    assert f"waiting: another-host pid {remote.pid} is running this task" in output
+    assert "taken over after 2 s of silence" in output
+    assert f"taking over from another-host pid {remote.pid} (no heartbeat for" in output
     row = row_of("remote", tmp_path)
     assert (row.status, row.attempts, row.host) == ("done", 2, socket.gethostname())
     assert runners(tmp_path, "remote") == [remote.pid, row.pid]
