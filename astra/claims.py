@@ -27,8 +27,8 @@ from astra.database.connection import retried
 logger = logging.getLogger("luigi-interface")
 
 
-def _summarise(exc: BaseException) -> tuple[str, str]:
-    """A one-line error and a traceback summary (the last frames only) for ``astra.task``."""
+def summarise(exc: BaseException) -> tuple[str, str]:
+    """A one-line error and a traceback summary (the last frames only) for ``astra.task``; never raises."""
     try:
         message = str(exc)
     except Exception:  # an exception whose __str__ raises must still be recorded as a failure
@@ -121,7 +121,7 @@ class Claim:
 
     def fail(self, exc: BaseException) -> None:
         """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
-        error, summary = _summarise(exc)
+        error, summary = summarise(exc)
         try:
             if not queries.fail(self.attempt, error, summary, time.monotonic() - self._started):
                 logger.warning("astra: the failure of %s was not recorded: %s", self.task, queries.lost(self.attempt))

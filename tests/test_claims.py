@@ -177,8 +177,8 @@ def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
 
         successor = start_later(started, args, tmp_path / "successor.out")
         assert successor.wait() == 0, successor.text()
-        assert "waiting: " in successor.text()
-        assert "taking over from" in successor.text() and "no heartbeat for" in successor.text()
+        # (It may or may not have waited first: its own start-up under load can take longer than the lease.)
+        assert "taking over from" in successor.text() and "(its lease: 2 s)" in successor.text()
 
         # The stalled process wakes up, finishes run() and finds that its claim is gone: it records nothing.
         stalled.signal(signal.SIGCONT)

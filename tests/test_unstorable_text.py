@@ -11,6 +11,7 @@ import pytest
 
 import astra
 from astra import identity
+from astra.batch import BatchTask
 from astra.database import Parameter, Task, queries
 from astra.targets import forget_cached
 from tests.conftest import run_luigi
@@ -151,3 +152,22 @@ def test_a_batch_item_with_an_undecodable_parameter_fails_clearly(database_url):
         with queries.transaction():
             queries.record_items([item], queries.DONE)
     assert rows() == []
+
+
+class MuteBatch(BatchTask):
+    """One item, Mute(), whose exception cannot be printed."""
+
+    item_class = Mute
+
+    def parameter_sets(self) -> list[dict]:
+        return [{}]
+
+
+def test_a_batch_item_whose_exception_cannot_be_printed_is_recorded_as_failed(database_url):
+    assert luigi.build([MuteBatch()], local_scheduler=True, log_level="CRITICAL") is False
+    (row,) = rows()
+    assert (row.task_name, row.status, row.error) == (
+        "Mute",
+        "failed",
+        "UnprintableError: <str() of the exception failed>",
+    )
