@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import time
-import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -35,6 +34,7 @@ from itertools import islice
 import luigi
 
 import astra
+from astra.claims import summarise
 from astra.database import database, queries
 from astra.identity import Item, items, task_version
 from astra.tasks import BaseTask
@@ -190,7 +190,5 @@ def _row(item: Item, duration: float, result: object = None, error: BaseExceptio
     if error is None:
         row["result"] = None if result is None else json.dumps(result, sort_keys=True, default=str)
     else:
-        lines = str(error).strip().splitlines()
-        row["error"] = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:2000]
-        row["traceback"] = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-15))
+        row["error"], row["traceback"] = summarise(error)  # as a lone task's failure is recorded
     return row

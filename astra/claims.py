@@ -10,6 +10,7 @@ luigi schedulers, from running one task twice.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 import luigi
 
 import astra
-from astra import identity
+from astra import identity, tally
 from astra.config import settings
 from astra.database import database, queries
 from astra.database.connection import retried
@@ -26,9 +27,13 @@ from astra.database.connection import retried
 logger = logging.getLogger("luigi-interface")
 
 
-def _summarise(exc: BaseException) -> tuple[str, str]:
-    """A one-line error and a traceback summary (the last frames only) for ``astra.task``."""
-    lines = str(exc).strip().splitlines()
+def summarise(exc: BaseException) -> tuple[str, str]:
+    """A one-line error and a traceback summary (the last frames only) for ``astra.task``; never raises."""
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ raises must still be recorded as a failure
+        message = "<str() of the exception failed>"
+    lines = message.strip().splitlines()
     error = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:2000]
     summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-15))
     return error, summary[-20000:]
@@ -58,35 +63,41 @@ class Claim:
         }
         params = identity.parameters(task)
         lease = settings().lease
+        if not 0 < lease < math.inf:  # also NaN: a lease no one can wait out, or a heartbeat loop without pause
+            raise ValueError(f"astra: [astra] lease must be a positive number of seconds, not {lease!r}")
         said, said_at = None, 0.0
         while True:
             got = queries.claim(fields, params, lease)
-            if got is None:
-                if said is not None:
-                    self._status("another worker finished this task meanwhile; not run again")
-                return False
             if isinstance(got, queries.Attempt):
                 break
+            if got.status == queries.DONE:
+                # luigi will count the task as run by this process: say plainly that it was not.
+                tally.count(tally.NOT_RUN)
+                self._status(
+                    f"was not run by this process: {got.host} pid {got.pid} ran it (luigi counts it as run here)"
+                )
+                return False
             # Say so when the holder changes and once a minute: each message is a request to luigid, too.
             if (got.host, got.pid) != said or time.monotonic() - said_at > 60:
                 said, said_at = (got.host, got.pid), time.monotonic()
                 silence = f"{got.silence:.0f} s" if got.silence is not None else "never"
                 self._status(
                     f"waiting: {got.host} pid {got.pid} is running this task (last heartbeat {silence} ago; "
-                    f"taken over after {lease:g} s of silence)"
+                    f"taken over after {_lease(got, lease):g} s of silence)"
                 )
             time.sleep(min(1.0, max(0.1, lease / 20)))  # short: a waiting worker holds a luigi slot
         if got.previous is not None:
             was = got.previous
             if was.status == queries.FAILED:
                 why = "it failed"
-            elif was.silence is not None and was.silence > lease:
-                why = f"no heartbeat for {was.silence:.0f} s"
+            elif was.silence is not None and was.silence > _lease(was, lease):
+                why = f"no heartbeat for {was.silence:.0f} s (its lease: {_lease(was, lease):g} s)"
             else:
                 why = "its process is gone"
             logger.info(
                 "astra: %s: attempt %d, taking over from %s pid %s (%s)", task, got.attempts, was.host, was.pid, why
             )
+        tally.count(tally.RAN)
         self.attempt = got
         self._started = time.monotonic()
         self._beat = threading.Thread(target=self._heartbeat, args=(lease / 4,), daemon=True)
@@ -110,9 +121,10 @@ class Claim:
 
     def fail(self, exc: BaseException) -> None:
         """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
-        error, summary = _summarise(exc)
+        error, summary = summarise(exc)
         try:
-            queries.fail(self.attempt, error, summary, time.monotonic() - self._started)
+            if not queries.fail(self.attempt, error, summary, time.monotonic() - self._started):
+                logger.warning("astra: the failure of %s was not recorded: %s", self.task, queries.lost(self.attempt))
         except BaseException as db_exc:  # the original error matters more; say why it was not recorded
             logger.error("astra: could not record the failure of %s: %s", self.task, db_exc)
 
@@ -127,7 +139,9 @@ class Claim:
             while not self._stop.wait(interval):
                 try:
                     if not queries.heartbeat(self.attempt):
-                        logger.warning("astra: another worker took over %s", self.task)
+                        logger.warning(
+                            "astra: %s is no longer this worker's: %s", self.task, queries.lost(self.attempt)
+                        )
                         return
                 except Exception as exc:  # a missed beat is harmless unless it lasts a whole lease
                     logger.warning("astra: heartbeat for %s failed: %s", self.task, exc)
@@ -138,6 +152,11 @@ class Claim:
         if callable(self.task.set_status_message):
             self.task.set_status_message(message)
         logger.info("astra: %s: %s", self.task, message)
+
+
+def _lease(holder: queries.Holder, default: float) -> float:
+    """The lease a holder promised to keep (its own ``[astra] lease``); ``default`` for rows that do not say."""
+    return holder.lease if holder.lease is not None else default
 
 
 @contextmanager

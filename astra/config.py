@@ -27,7 +27,8 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
     dbname = luigi.Parameter(default="sdss5db", description="database name used with an sdssdb profile")
     lease = luigi.FloatParameter(
         default=120.0,
-        description="seconds without a heartbeat after which another worker may take over a running task",
+        description="seconds this worker's running tasks may go without a heartbeat before another worker takes them "
+        "over (recorded in each task's row, so every worker goes by the holder's lease)",
     )
 
 

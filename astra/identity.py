@@ -88,7 +88,7 @@ def _canonical_json(value: object) -> str:
 
 
 def _sha256(identity: dict) -> str:
-    return hashlib.sha256(_canonical_json(identity).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_utf8(_canonical_json(identity))).hexdigest()
 
 
 #: A string as json.dumps(..., ensure_ascii=False) writes it.
@@ -178,10 +178,15 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
         values.update(defaults[keys])
         texts = {name: write(values[name]) for name, write in writers}
         body = ",".join([f"{key}:{_json_string(texts[name])}" for name, key in significant])
-        hashed = hashlib.sha256(f"{head}{{{body}}},{tail}".encode()).hexdigest()
+        hashed = hashlib.sha256(_utf8(f"{head}{{{body}}},{tail}")).hexdigest()
         yield Item(cls, values, hashed, texts, [])
 
 
 def parameter_hash(name: str, value: str) -> str:
     """The sha256 (hex) that identifies one (name, value) pair in ``astra.parameter``."""
-    return hashlib.sha256(f"{name}\x00{value}".encode()).hexdigest()
+    return hashlib.sha256(_utf8(f"{name}\x00{value}")).hexdigest()
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (an undecodable byte of a file name) hashes too, instead of raising."""
+    return text.encode("utf-8", "surrogatepass")

@@ -69,6 +69,8 @@ class Task(BaseModel):
     duration = DoubleField(null=True)
     host = TextField(null=True)
     pid = IntegerField(null=True)
+    lease = DoubleField(null=True)
+    claim_token = TextField(null=True)
     attempts = IntegerField()
     astra_version = TextField()
     result = TextField(null=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import peewee
 
+from astra.database import text
 from astra.database.connection import DatabaseError, database, is_postgres, retried
 from astra.database.models import Dependency, Parameter, Task, TaskParameter, utcnow
 from astra.identity import parameter_hash
@@ -78,15 +80,36 @@ class Holder:
     pid: int | None
     silence: float | None  # seconds since its last heartbeat, by the database's clock
     status: str = RUNNING
+    lease: float | None = None  # the holder's own [astra] lease; None for rows written before leases were kept
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """This process's claim on one task row: valid while the row's ``attempts`` still equals ``attempts``."""
+    """This process's claim on one task row.
+
+    The row is this attempt's only while it has the attempt's ``task_hash`` and ``token``: ``pk`` alone is not
+    enough, since SQLite gives the pk of a forgotten row to the next row inserted.
+    """
 
     pk: int
+    task_hash: str
+    token: str
     attempts: int
     previous: Holder | None = None  # whose stale claim or failure this attempt took over
+
+
+class ClaimLostError(DatabaseError):
+    """The attempt's row was forgotten or taken over by another worker: this attempt may not write it."""
+
+
+def _mine(attempt: Attempt) -> tuple[peewee.Expression, ...]:
+    """The conditions under which a row still belongs to ``attempt``: every write of a claim includes them."""
+    return (
+        Task.pk == attempt.pk,
+        Task.task_hash == attempt.task_hash,
+        Task.claim_token == attempt.token,
+        Task.status == RUNNING,
+    )
 
 
 def _now(db: peewee.Database):
@@ -106,44 +129,76 @@ def _silence(db: peewee.Database) -> peewee.Node:
 
 
 @retried
-def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holder | None:
+def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holder:
     """Claim the task described by ``fields`` (a new ``astra.task`` row) for this process.
 
-    Returns an :class:`Attempt` when this process may run it, ``None`` when it is already done, or the
-    :class:`Holder` of a live claim by another process. A failed task, or one whose holder died on this host or
-    sent no heartbeat for ``lease`` seconds, is taken over: of several processes trying at once, exactly one wins.
+    Returns an :class:`Attempt` when this process may run it, or else the :class:`Holder` of a live claim by
+    another process, or (with status ``done``) the one that finished the task. A failed task, or one whose holder
+    died on this host or sent no heartbeat for the holder's own lease (``lease`` here is this process's, recorded
+    in the row for others to go by), is taken over: of several processes trying at once, exactly one wins.
     """
     db = database()
+    text.check_identity(fields, params, postgres=is_postgres(db))
     host, pid = socket.gethostname(), os.getpid()
     while True:
-        now = _now(db)
-        mine = dict(status=RUNNING, started=now, heartbeat=now, host=host, pid=pid, completed=None, duration=None)
-        with _atomic(db):
-            _not_flushed(db)
-            inserted = (
-                Task.insert(created=now, attempts=1, **fields, **mine).on_conflict_ignore().as_rowcount().execute()
-            )
-            if inserted:
-                task_pk = Task.select(Task.pk).where(Task.task_hash == fields["task_hash"]).scalar()
-                _record_parameters(task_pk, params)
-                return Attempt(task_pk, 1)
+        # Look first, insert only when absent: on PostgreSQL every INSERT takes a value of the pk sequence, even
+        # one that ON CONFLICT then drops, and a waiting worker asks once a second.
         row = (
-            Task.select(Task.pk, Task.status, Task.host, Task.pid, Task.attempts, _silence(db).alias("silence"))
+            Task.select(
+                Task.pk,
+                Task.status,
+                Task.host,
+                Task.pid,
+                Task.lease,
+                Task.claim_token,
+                Task.attempts,
+                _silence(db).alias("silence"),
+            )
             .where(Task.task_hash == fields["task_hash"])
             .first()
         )
+        now = _now(db)
+        token = secrets.token_hex(16)
+        mine = dict(
+            status=RUNNING,
+            started=now,
+            heartbeat=now,
+            host=host,
+            pid=pid,
+            lease=lease,
+            claim_token=token,
+            completed=None,
+            duration=None,
+        )
         if row is None:
-            continue  # forgotten (``astra tasks forget``) just now: insert it again
+            with _atomic(db):
+                _not_flushed(db)
+                inserted = (
+                    Task.insert(created=now, attempts=1, **fields, **mine).on_conflict_ignore().as_rowcount().execute()
+                )
+                if inserted:
+                    task_pk = Task.select(Task.pk).where(Task.task_hash == fields["task_hash"]).scalar()
+                    _record_parameters(task_pk, params)
+                    return Attempt(task_pk, fields["task_hash"], token, 1)
+            continue  # another process inserted it just now
+        holder = Holder(row.host, row.pid, row.silence, row.status, row.lease)
         if row.status == DONE:
-            return None
-        holder = Holder(row.host, row.pid, row.silence, row.status)
-        # Compare-and-swap on ``attempts`` (and on the reason for taking over, which may change meanwhile).
-        conditions = [Task.pk == row.pk, Task.attempts == row.attempts, Task.status == row.status]
+            return holder
+        # Compare-and-swap on the holder's token and ``attempts`` (and on the reason for taking over, which may
+        # change meanwhile).
+        conditions = [
+            Task.pk == row.pk,
+            Task.task_hash == fields["task_hash"],
+            Task.attempts == row.attempts,
+            Task.status == row.status,
+            Task.claim_token.is_null() if row.claim_token is None else Task.claim_token == row.claim_token,
+        ]
         if row.status == RUNNING:
+            holder_lease = row.lease if row.lease is not None else lease
             if _holder_died(row):
                 conditions.append(Task.pid == row.pid)
-            elif row.silence is not None and row.silence > lease:
-                conditions.append(_silence(db) > lease)
+            elif row.silence is not None and row.silence > holder_lease:
+                conditions.append(_silence(db) > holder_lease)
             else:
                 return holder
         with _atomic(db):
@@ -162,7 +217,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
                 .execute()
             )
         if taken:
-            return Attempt(row.pk, row.attempts + 1, holder)
+            return Attempt(row.pk, fields["task_hash"], token, row.attempts + 1, holder)
 
 
 def _holder_died(row: Task) -> bool:
@@ -186,43 +241,64 @@ def _pid_alive(pid: int) -> bool:
 def _record_parameters(task_pk: int, params: dict[str, str]) -> None:
     if not params:
         return
-    rows = [
-        {"parameter_name": name, "parameter_value": value, "parameter_hash": parameter_hash(name, value)}
+    rows = {
+        parameter_hash(name, value): {"parameter_name": name, "parameter_value": value}
         for name, value in params.items()
-    ]
-    Parameter.insert_many(rows).on_conflict_ignore().execute()
-    hashes = [row["parameter_hash"] for row in rows]
-    pks = Parameter.select(Parameter.pk).where(Parameter.parameter_hash.in_(hashes)).tuples()
+    }
+    # Insert only the values not stored yet (most are shared): an INSERT that ON CONFLICT drops still takes a
+    # value of the pk sequence on PostgreSQL.
+    known = dict(
+        Parameter.select(Parameter.parameter_hash, Parameter.pk)
+        .where(Parameter.parameter_hash.in_(list(rows)))
+        .tuples()
+    )
+    missing = [{**row, "parameter_hash": key} for key, row in rows.items() if key not in known]
+    if missing:
+        Parameter.insert_many(missing).on_conflict_ignore().execute()
+        known.update(
+            Parameter.select(Parameter.parameter_hash, Parameter.pk)
+            .where(Parameter.parameter_hash.in_([row["parameter_hash"] for row in missing]))
+            .tuples()
+        )
     TaskParameter.insert_many(
-        [(task_pk, pk) for (pk,) in pks], fields=[TaskParameter.task, TaskParameter.parameter]
+        [(task_pk, pk) for pk in known.values()], fields=[TaskParameter.task, TaskParameter.parameter]
     ).on_conflict_ignore().execute()
 
 
 @retried
 def heartbeat(attempt: Attempt) -> bool:
-    """Tell other workers this attempt is alive. False if the claim was taken over."""
+    """Tell other workers this attempt is alive. False if its row was taken over or forgotten."""
     db = database()
     with _atomic(db):
         _not_flushed(db)
-        return bool(
-            Task.update(heartbeat=_now(db))
-            .where(Task.pk == attempt.pk, Task.attempts == attempt.attempts, Task.status == RUNNING)
-            .execute()
-        )
+        return bool(Task.update(heartbeat=_now(db)).where(*_mine(attempt)).execute())
+
+
+def lost(attempt: Attempt) -> str:
+    """Why ``attempt`` no longer holds its row: forgotten, or taken over (by whom)."""
+    row = Task.get_or_none(Task.task_hash == attempt.task_hash)
+    if row is None:
+        return "its record was forgotten (astra tasks forget) while it ran"
+    if row.status == DONE and row.claim_token is None:
+        return "a batch recorded the task meanwhile"
+    return f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status})"
 
 
 def finish(attempt: Attempt, result: str | None, duration: float, requires: Iterable[str]) -> None:
-    """Mark the attempt done with its result and dependency edges. Call inside the caller's transaction."""
+    """Mark the attempt done with its result and dependency edges. Call inside the caller's transaction.
+
+    Raises :class:`ClaimLostError`, and writes nothing, if the row is no longer the attempt's.
+    """
     now = _now(database())
     updated = (
         Task.update(status=DONE, completed=now, heartbeat=now, duration=duration, result=result)
-        .where(Task.pk == attempt.pk, Task.attempts == attempt.attempts)
+        .where(*_mine(attempt))
         .execute()
     )
     if not updated:
-        raise DatabaseError(
-            f"astra: task row {attempt.pk} was taken over by another worker while this one ran it "
-            "(no heartbeat within [astra] lease?); this run's results were not recorded"
+        raise ClaimLostError(
+            f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results were "
+            "not recorded (if it was taken over: was there no heartbeat within the lease?)"
         )
     requires = list(dict.fromkeys(requires))
     for chunk in chunked(requires):
@@ -231,13 +307,21 @@ def finish(attempt: Attempt, result: str | None, duration: float, requires: Iter
 
 
 @retried
-def fail(attempt: Attempt, error: str, traceback: str, duration: float) -> None:
-    """Record that the attempt failed, with its error. A task already recorded as done stays done."""
+def fail(attempt: Attempt, error: str, traceback: str, duration: float) -> bool:
+    """Record that the attempt failed, with its error. False (nothing written) if the row is no longer its own."""
     db = database()
     with _atomic(db):
-        Task.update(status=FAILED, error=error, traceback=traceback, duration=duration, completed=None).where(
-            Task.pk == attempt.pk, Task.attempts == attempt.attempts, Task.status == RUNNING
-        ).execute()
+        return bool(
+            Task.update(
+                status=FAILED,
+                error=text.escaped(error),
+                traceback=text.escaped(traceback),
+                duration=duration,
+                completed=None,
+            )
+            .where(*_mine(attempt))
+            .execute()
+        )
 
 
 def transaction():
@@ -266,6 +350,8 @@ def record_items(items: Sequence[dict], status: str) -> None:
     items = list({item["task_hash"]: item for item in items}.values())
     if not items:
         return
+    for item in items:
+        text.check_identity(item, item["parameters"], postgres=is_postgres(db))
     now = utcnow()
     host, pid = socket.gethostname(), os.getpid()
     completed = now if status == DONE else None
@@ -275,7 +361,8 @@ def record_items(items: Sequence[dict], status: str) -> None:
         f"ON CONFLICT (task_hash) DO UPDATE SET status = excluded.status, started = excluded.started, "
         f"heartbeat = excluded.heartbeat, completed = excluded.completed, duration = excluded.duration, "
         f"host = excluded.host, pid = excluded.pid, attempts = {task}.attempts + 1, result = excluded.result, "
-        f"error = excluded.error, traceback = excluded.traceback WHERE {task}.status <> '{DONE}'"
+        f"error = excluded.error, traceback = excluded.traceback, claim_token = NULL, lease = NULL "
+        f"WHERE {task}.status <> '{DONE}'"
     )
     rows = [
         (
@@ -286,8 +373,8 @@ def record_items(items: Sequence[dict], status: str) -> None:
             item["version"],
             item["astra_version"],
             item.get("result"),
-            item.get("error"),
-            item.get("traceback"),
+            text.escaped(item.get("error")),
+            text.escaped(item.get("traceback")),
             item.get("duration"),
         )
         for item in items
@@ -303,20 +390,44 @@ def record_items(items: Sequence[dict], status: str) -> None:
     insert = f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
     if is_postgres(db):
         # Rows travel as one array per column; RETURNING gives the keys, so no later join on the long hashes.
-        cursor = db.execute_sql(
-            f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
-            "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-            f"%s::text[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
-            (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*rows))),
-        )
-        task_pks = dict(cursor.fetchall())
-        cursor = db.execute_sql(
-            f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) SELECT * FROM "
-            "unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING parameter_hash, pk",
-            tuple(list(column) for column in zip(*parameters.values())) if parameters else ([], [], []),
-        )
-        parameter_pks = dict(cursor.fetchall())
-        parameter_pks.update(_pks(db, parameter, "parameter_hash", [h for h in parameters if h not in parameter_pks]))
+        # Rows already there (a retried failure) are updated, not inserted again: an INSERT that ends in ON
+        # CONFLICT still takes a value of the pk sequence.
+        known = _pks(db, task, "task_hash", [row[3] for row in rows])
+        fresh = [row for row in rows if row[3] not in known]
+        task_pks = {}
+        if fresh:
+            cursor = db.execute_sql(
+                f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
+                "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+                f"%s::text[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
+                (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*fresh))),
+            )
+            task_pks.update(cursor.fetchall())
+        again = [(row[3], *row[6:]) for row in rows if row[3] in known]
+        if again:
+            cursor = db.execute_sql(
+                f"UPDATE {task} SET status = %s, started = %s, heartbeat = %s, completed = %s, host = %s, "
+                f"pid = %s, attempts = {task}.attempts + 1, result = v.result, error = v.error, "
+                "traceback = v.traceback, duration = v.duration, claim_token = NULL, lease = NULL FROM "
+                "unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
+                "AS v(task_hash, result, error, traceback, duration) "
+                f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, "
+                f"{task}.pk",
+                (status, now, now, completed, host, pid, *(list(column) for column in zip(*again))),
+            )
+            task_pks.update(cursor.fetchall())
+        parameter_pks = _pks(db, parameter, "parameter_hash", list(parameters))
+        missing = [value for key, value in parameters.items() if key not in parameter_pks]
+        if missing:
+            cursor = db.execute_sql(
+                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) SELECT * FROM "
+                "unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING parameter_hash, pk",
+                tuple(list(column) for column in zip(*missing)),
+            )
+            parameter_pks.update(cursor.fetchall())
+            parameter_pks.update(
+                _pks(db, parameter, "parameter_hash", [h for h in parameters if h not in parameter_pks])
+            )
         required_pks = _pks(db, task, "task_hash", list({required for _, required in edges}))
         for table, column, pairs, pks in (
             (task_parameter, "parameter_pk", links, parameter_pks),

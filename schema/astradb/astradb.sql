@@ -20,12 +20,17 @@ create table if not exists astra.task (
     duration double precision,          -- seconds spent in run()
     host text,
     pid integer,
+    lease double precision,             -- the holder's own [astra] lease: silent this long, it may be taken over
+    claim_token text,                   -- random per claim: only the attempt holding this token writes the row
     attempts integer not null,          -- how many times the task was claimed
     astra_version text not null,
     result text,                        -- JSON value returned by run()
     error text,
     traceback text
 );
+-- Columns added after the first release, for tables created before them.
+alter table astra.task add column if not exists lease double precision;
+alter table astra.task add column if not exists claim_token text;
 create unique index if not exists task_task_hash on astra.task (task_hash);
 create index if not exists task_task_name_status on astra.task (task_name, status);
 create index if not exists task_task_id on astra.task (task_id);

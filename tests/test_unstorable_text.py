@@ -1,0 +1,173 @@
+"""Text a database cannot hold (NUL on PostgreSQL, lone surrogates anywhere): a clear failure, never a running row."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import luigi
+import pytest
+
+import astra
+from astra import identity
+from astra.batch import BatchTask
+from astra.database import Parameter, Task, queries
+from astra.targets import forget_cached
+from tests.conftest import run_luigi
+
+#: What Python makes of the byte 0xff on a command line (or in a file name): a lone surrogate.
+UNDECODABLE = os.fsdecode(b"spec-\xff.fits")
+
+
+class Echo(astra.BaseTask):
+    value = luigi.Parameter()
+
+    def run(self) -> dict:
+        return {"value": self.value}
+
+
+class Complains(astra.BaseTask):
+    """Raises an error naming the first file in ``directory`` (as Python decodes its name), with a NUL if ``nul``."""
+
+    directory = luigi.Parameter()
+    nul = luigi.BoolParameter(default=False)
+
+    def run(self) -> None:
+        name = sorted(os.listdir(self.directory))[0]
+        raise ValueError(f"cannot read {name}" + ("\x00 at byte 7" if self.nul else ""))
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+
+class Mute(astra.BaseTask):
+    def run(self) -> None:
+        raise UnprintableError()
+
+
+def rows() -> list[Task]:
+    forget_cached()
+    return list(Task.select())
+
+
+def luigi_args(family: str, *extra: str) -> list[str]:
+    return ["--module", "tests.test_unstorable_text", family, *extra, "--local-scheduler", "--no-lock"]
+
+
+def test_a_nul_in_a_parameter_is_kept_on_sqlite_and_refused_clearly_on_postgresql(database_url, backend, caplog):
+    task = Echo(value="a\x00b")
+    with caplog.at_level(logging.INFO, logger="luigi-interface"):
+        ran = luigi.build([task], local_scheduler=True, detailed_summary=True)
+    if backend == "sqlite":  # SQLite stores the NUL as it is: the record says what the task was given
+        assert ran.status.name == "SUCCESS", ran.summary_text
+        (row,) = rows()
+        assert (row.status, json.loads(row.result)) == ("done", {"value": "a\x00b"})
+        assert Parameter.get(Parameter.parameter_name == "value").parameter_value == "a\x00b"
+        return
+    assert ran.status.name == "FAILED", ran.summary_text
+    assert (
+        "astra: parameter 'value' of Echo holds a NUL character (at position 1), which PostgreSQL cannot store; "
+        "the task was not run"
+    ) in caplog.text
+    assert rows() == []  # nothing half-written, and nothing left running
+
+
+def test_a_nul_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_path):
+    (tmp_path / "spectra").mkdir()
+    (tmp_path / "spectra" / "spec-1.fits").touch()
+    result = run_luigi(*luigi_args("Complains", "--directory", str(tmp_path / "spectra"), "--nul"))
+    assert "1 failed:" in result.stdout.split("Execution Summary")[1], result.stdout
+    (row,) = rows()
+    assert (row.status, row.error) == ("failed", "ValueError: cannot read spec-1.fits\\x00 at byte 7")
+    assert "\\x00 at byte 7" in row.traceback
+
+
+def test_an_undecodable_byte_in_a_parameter_stops_the_task_with_one_clear_line(database_url):
+    result = run_luigi(*luigi_args("Echo", "--value", UNDECODABLE))
+    assert "1 failed:" in result.stdout.split("Execution Summary")[1], result.stdout
+    assert (
+        "astra: parameter 'value' of Echo holds '\\udcff' (at position 5), which is not valid Unicode (an "
+        "undecodable byte in a file name?) and no database can store; the task was not run"
+    ) in result.stdout
+    assert "UnicodeEncodeError" not in result.stdout
+    assert rows() == []
+
+
+def test_an_undecodable_byte_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_path):
+    (tmp_path / "spectra").mkdir()
+    open(os.path.join(os.fsencode(tmp_path / "spectra"), b"spec-\xff.fits"), "w").close()
+    result = run_luigi(*luigi_args("Complains", "--directory", str(tmp_path / "spectra")))
+    assert "1 failed:" in result.stdout.split("Execution Summary")[1], result.stdout
+    assert "could not record the failure" not in result.stdout
+    (row,) = rows()
+    assert row.status == "failed"
+    assert row.error == "ValueError: cannot read spec-\\udcff.fits"
+
+
+def test_an_exception_that_cannot_be_printed_is_still_recorded_as_a_failure(database_url):
+    assert not luigi.build([Mute()], local_scheduler=True)
+    (row,) = rows()
+    assert (row.status, row.error) == ("failed", "UnprintableError: <str() of the exception failed>")
+
+
+def test_batch_errors_with_unstorable_text_are_recorded_escaped(database_url):
+    item = {
+        "task_module": "tests.test_unstorable_text",
+        "task_name": "Echo",
+        "task_id": "Echo_x",
+        "task_hash": "x" * 64,
+        "version": "",
+        "astra_version": astra.__version__,
+        "parameters": {"value": "x"},
+        "requires": [],
+        "error": f"ValueError: \x00 in {UNDECODABLE}",
+        "traceback": "Traceback ...\x00",
+    }
+    with queries.transaction():
+        queries.record_items([item], queries.FAILED)
+    (row,) = rows()
+    assert (row.status, row.error, row.traceback) == (
+        "failed",
+        "ValueError: \\x00 in spec-\\udcff.fits",
+        "Traceback ...\\x00",
+    )
+
+
+def test_a_batch_item_with_an_undecodable_parameter_fails_clearly(database_url):
+    item = {
+        "task_module": "tests.test_unstorable_text",
+        "task_name": "Echo",
+        "task_id": "Echo_y",
+        "task_hash": identity.task_hash(Echo(value=UNDECODABLE)),
+        "version": "",
+        "astra_version": astra.__version__,
+        "parameters": {"value": UNDECODABLE},
+        "requires": [],
+        "result": "null",
+    }
+    with pytest.raises(queries.text.UnstorableTextError, match="astra: parameter 'value' of Echo holds"):
+        with queries.transaction():
+            queries.record_items([item], queries.DONE)
+    assert rows() == []
+
+
+class MuteBatch(BatchTask):
+    """One item, Mute(), whose exception cannot be printed."""
+
+    item_class = Mute
+
+    def parameter_sets(self) -> list[dict]:
+        return [{}]
+
+
+def test_a_batch_item_whose_exception_cannot_be_printed_is_recorded_as_failed(database_url):
+    assert luigi.build([MuteBatch()], local_scheduler=True, log_level="CRITICAL") is False
+    (row,) = rows()
+    assert (row.task_name, row.status, row.error) == (
+        "Mute",
+        "failed",
+        "UnprintableError: <str() of the exception failed>",
+    )
