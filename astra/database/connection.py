@@ -254,7 +254,23 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
         db.create_tables(MODELS, safe=True)
     except (OSError, peewee.DatabaseError) as exc:
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}") from None
+    _check_writable(path)
     return db, description
+
+
+def _check_writable(path: str) -> None:
+    """Stop at once on a database astra could read but not record in (SQLite would fail only at the first write).
+
+    Opening the file for writing is what SQLite itself tries, and it also fails for root on an immutable file
+    or a read-only mount, where a look at the permission bits would not.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        raise DatabaseNotReady(
+            f"astra: SQLite database {path} is read-only ({exc.strerror}), so luigi could not record finished "
+            "tasks; make it writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
+        ) from None
 
 
 def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database, str]:
@@ -319,12 +335,44 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
         ) from None
 
 
+def _columns(db: peewee.Database) -> dict[str, set[str]]:
+    """The columns of each astra table in ``db``, in one query."""
+    if isinstance(db, peewee.PostgresqlDatabase):
+        sql = "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
+    else:
+        sql = "select m.name, p.name from sqlite_master m join pragma_table_info(m.name) p where m.type = 'table'"
+    found: dict[str, set[str]] = {}
+    for table, column in db.execute_sql(sql).fetchall():
+        found.setdefault(table, set()).add(column)
+    return found
+
+
 def _check_schema(db: peewee.Database, description: str) -> None:
-    schema = "astra" if isinstance(db, peewee.PostgresqlDatabase) else None
-    if not db.table_exists("task", schema=schema):
+    """Stop at once unless every table and column the models use is there: otherwise every task would fail."""
+    prefix = "astra." if isinstance(db, peewee.PostgresqlDatabase) else ""
+    columns = _columns(db)
+    tables = [model._meta.table_name for model in MODELS]
+    if not any(table in columns for table in tables):
         raise DatabaseNotReady(
             f"astra: {description} has no astra schema; load it with `astra db init` "
             "or `psql -d DBNAME < schema/astradb/astradb.sql`"
+        )
+    missing = [prefix + table for table in tables if table not in columns]
+    if missing:
+        raise DatabaseNotReady(
+            f"astra: {description} has only part of the astra schema (no table {', '.join(missing)}); "
+            "complete it with `astra db init` (which never drops data)"
+        )
+    lacking = [
+        f"{prefix}{model._meta.table_name}.{field.column_name}"
+        for model in MODELS
+        for field in model._meta.sorted_fields
+        if field.column_name not in columns[model._meta.table_name]
+    ]
+    if lacking:
+        raise DatabaseNotReady(
+            f"astra: {description} has an older astra schema (no column {', '.join(lacking)}); "
+            "upgrade it with `astra db upgrade`"
         )
 
 
@@ -340,6 +388,11 @@ def create_schema() -> str:
     if isinstance(db, peewee.PostgresqlDatabase):
         with db.atomic():
             db.execute_sql(SCHEMA_SQL.read_text())
+    try:
+        _check_schema(db, description)  # e.g. an older layout, which creating missing tables does not change
+    except DatabaseNotReady:
+        db.close()
+        raise
     if _State.database is not None and _State.pid == os.getpid() and _State.database is not db:
         _State.database.close()
     _State.pid, _State.key, _State.database, _State.description = os.getpid(), key, db, description
