@@ -133,6 +133,7 @@ def _wrong_urls(server: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(_wrong_urls("h:1")))
 def test_no_part_of_a_password_is_shown_when_the_database_cannot_be_used(password_server, tmp_path, case):
     url = _wrong_urls(password_server)[case]

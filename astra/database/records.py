@@ -19,6 +19,14 @@ from astra.identity import parameter_hash
 
 STATUSES = ("done", "running", "failed")
 
+#: Every column of a task but its result and traceback, which can be large: all that listing a task shows.
+SUMMARY_FIELDS = tuple(f for f in Task._meta.sorted_fields if f.name not in ("result", "traceback"))
+
+
+def _tasks() -> peewee.ModelSelect:
+    """Tasks without their result and traceback (only ``astra tasks show`` needs them, for one task)."""
+    return Task.select(*SUMMARY_FIELDS)
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -61,7 +69,7 @@ def _with_parameter(name: str, value: str) -> peewee.Expression:
 def select(filters: Filters) -> peewee.ModelSelect:
     """The tasks that match ``filters``, newest first."""
     database()
-    query = Task.select()
+    query = _tasks()
     if filters.names:
         query = query.where(Task.task_name.in_(filters.names))
     if filters.modules:
@@ -148,15 +156,15 @@ def resolve(ref: str) -> Task | None:
     if not ref:
         return None
     if ref.isdigit():
-        task = Task.get_or_none(Task.pk == int(ref))
+        task = _tasks().where(Task.pk == int(ref)).first()
         if task is not None:
             return task
     # The same luigi task_id can have several records, e.g. one per version of the task class.
-    tasks = list(Task.select().where(Task.task_id == ref).order_by(Task.pk).limit(11))
+    tasks = list(_tasks().where(Task.task_id == ref).order_by(Task.pk).limit(11))
     prefix = ref.lower()
     if not tasks and all(c in "0123456789abcdef" for c in prefix):
         # A range rather than LIKE, so the unique index on task_hash answers it (hex digits sort before 'g').
-        query = Task.select().where(Task.task_hash >= prefix, Task.task_hash < prefix + "g")
+        query = _tasks().where(Task.task_hash >= prefix, Task.task_hash < prefix + "g")
         tasks = list(query.order_by(Task.pk).limit(11))
     if len(tasks) > 1:
         raise AmbiguousReferenceError(ref, tasks)
@@ -168,26 +176,32 @@ def get(pks: Iterable[int]) -> list[Task]:
     database()
     found = []
     for chunk in chunked(sorted(set(pks))):
-        found.extend(Task.select().where(Task.pk.in_(chunk)).order_by(Task.pk))
+        found.extend(_tasks().where(Task.pk.in_(chunk)).order_by(Task.pk))
     return found
 
 
 def by_hash(task_hash: str) -> Task | None:
     database()
-    return Task.get_or_none(Task.task_hash == task_hash)
+    return _tasks().where(Task.task_hash == task_hash).first()
+
+
+def whole(pk: int) -> Task | None:
+    """Task ``pk`` with every column, its result and traceback included."""
+    database()
+    return Task.get_or_none(Task.pk == pk)
 
 
 def requires(pk: int) -> list[Task]:
     """The tasks that task ``pk`` required when it ran (recorded dependency edges)."""
     database()
-    query = Task.select().join(Dependency, on=(Dependency.requires == Task.pk)).where(Dependency.task == pk)
+    query = _tasks().join(Dependency, on=(Dependency.requires == Task.pk)).where(Dependency.task == pk)
     return list(query.order_by(Task.pk))
 
 
 def required_by(pk: int) -> list[Task]:
     """The recorded tasks that required task ``pk``."""
     database()
-    query = Task.select().join(Dependency, on=(Dependency.task == Task.pk)).where(Dependency.requires == pk)
+    query = _tasks().join(Dependency, on=(Dependency.task == Task.pk)).where(Dependency.requires == pk)
     return list(query.order_by(Task.pk))
 
 
@@ -317,7 +331,7 @@ def closest(
     )
     n_shared = fn.COALESCE(shared.c.n, 0)
     query = (
-        Task.select()
+        _tasks()
         .join(shared, JOIN.LEFT_OUTER, on=(Task.pk == shared.c.task_pk))
         .where(Task.task_name == name)
         .order_by(
@@ -365,5 +379,5 @@ def recorded(hashes: Iterable[str]) -> dict[str, Task]:
     database()
     found = {}
     for chunk in chunked(list(dict.fromkeys(hashes))):
-        found.update({task.task_hash: task for task in Task.select().where(Task.task_hash.in_(chunk))})
+        found.update({task.task_hash: task for task in _tasks().where(Task.task_hash.in_(chunk))})
     return found
