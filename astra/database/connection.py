@@ -254,23 +254,31 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
         db.create_tables(MODELS, safe=True)
     except (OSError, peewee.DatabaseError) as exc:
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}") from None
-    _check_writable(path)
+    _check_writable(db, path)
     return db, description
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
     """Stop at once on a database astra could read but not record in (SQLite would fail only at the first write).
 
-    Opening the file for writing is what SQLite itself tries, and it also fails for root on an immutable file
-    or a read-only mount, where a look at the permission bits would not.
+    A write that is rolled back: SQLite refuses it at once on a read-only file, also for root on an immutable
+    file or a read-only mount, where the permission bits would say nothing. (Opening the file here to try would
+    be wrong: closing any descriptor of the file drops the locks SQLite holds on it in this process.)
     """
     try:
-        os.close(os.open(path, os.O_RDWR))
-    except OSError as exc:
-        raise DatabaseNotReady(
-            f"astra: SQLite database {path} is read-only ({exc.strerror}), so luigi could not record finished "
-            "tasks; make it writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
-        ) from None
+        with db.transaction() as transaction:
+            (version,) = db.execute_sql("pragma user_version").fetchone()
+            db.execute_sql(f"pragma user_version = {int(version)}")
+            transaction.rollback()
+        return
+    except peewee.OperationalError as exc:
+        db.close()
+        if "readonly" not in str(exc):
+            raise DatabaseNotReady(f"astra: cannot write to SQLite database {path}: {exc}") from None
+    raise DatabaseNotReady(
+        f"astra: SQLite database {path} is read-only, so luigi could not record finished tasks; make it "
+        "writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
+    )
 
 
 def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database, str]:
