@@ -191,7 +191,10 @@ def filter_options(command: Callable) -> Callable:
             multiple=True,
             callback=_parse_where,
             metavar="KEY=VALUE",
-            help="Parameter value as stored (see `astra tasks show`); * matches any text. Repeat to require all.",
+            help=(
+                "Parameter value as stored (see `astra tasks show`); * matches any text, \\* is a literal * and "
+                "\\\\ a literal backslash. Repeat to require all."
+            ),
         ),
         click.option("--since", type=When(), help="Created, started or completed since: a UTC time or an age (2h)."),
     ]

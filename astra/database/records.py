@@ -6,6 +6,7 @@ Everything here reads or deletes rows of the astra tables; how the answers are s
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,7 +36,8 @@ class Filters:
     names: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
-    #: (parameter name, value) pairs a task must all have; ``*`` in a value matches any text.
+    #: (parameter name, value) pairs a task must all have; ``*`` in a value matches any text, ``\\*`` is a
+    #: literal star and ``\\\\`` a literal backslash.
     where: tuple[tuple[str, str], ...] = ()
     #: Tasks created, started or completed at or after this time.
     since: datetime.datetime | None = None
@@ -44,25 +46,40 @@ class Filters:
         return bool(self.names or self.modules or self.statuses or self.where or self.since)
 
 
-def _matches(field: peewee.Field, pattern: str) -> peewee.Node:
-    """``field`` matches ``pattern``, where ``*`` stands for any text and everything else for itself.
+def wildcard_parts(pattern: str) -> list[str | None]:
+    """``pattern`` as literal texts with ``None`` for each ``*`` (any text).
 
-    Case-sensitive on both backends: GLOB on SQLite (its LIKE ignores case), LIKE on PostgreSQL.
+    ``\\*`` stands for a literal ``*`` and ``\\\\`` for a literal backslash; any other backslash is itself.
+    """
+    parts: list[str | None] = [""]
+    for token in re.findall(r"\\[\\*]|\*|[^\\*]+|\\", pattern):
+        if token == "*":
+            parts += [None, ""]
+        else:
+            parts[-1] += token[1] if len(token) == 2 and token[0] == "\\" else token
+    return [part for part in parts if part != ""]
+
+
+def _matches(field: peewee.Field, parts: list[str | None]) -> peewee.Node:
+    """``field`` matches ``parts`` (from :func:`wildcard_parts`), case-sensitively on both backends.
+
+    GLOB on SQLite (its LIKE ignores case), where ``[c]`` stands for a literal c; LIKE on PostgreSQL.
     """
     if is_postgres():
-        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
-        return peewee.NodeList((field, peewee.SQL("LIKE"), escaped, peewee.SQL("ESCAPE '\\'")))
-    escaped = "".join(f"[{c}]" if c in "[?" else c for c in pattern)
-    return peewee.NodeList((field, peewee.SQL("GLOB"), escaped))
+        like = "".join("%" if part is None else re.sub(r"([\\%_])", r"\\\1", part) for part in parts)
+        return peewee.NodeList((field, peewee.SQL("LIKE"), like, peewee.SQL("ESCAPE '\\'")))
+    glob = "".join("*" if part is None else re.sub(r"([*?\[])", r"[\1]", part) for part in parts)
+    return peewee.NodeList((field, peewee.SQL("GLOB"), glob))
 
 
 def _with_parameter(name: str, value: str) -> peewee.Expression:
-    """Tasks that were given parameter ``name`` with ``value``."""
+    """Tasks that were given parameter ``name`` with ``value`` (a pattern: see :func:`wildcard_parts`)."""
     having = TaskParameter.select(TaskParameter.task).join(Parameter)
-    if "*" in value:
-        having = having.where(Parameter.parameter_name == name, _matches(Parameter.parameter_value, value))
+    parts = wildcard_parts(value)
+    if None in parts:
+        having = having.where(Parameter.parameter_name == name, _matches(Parameter.parameter_value, parts))
     else:
-        having = having.where(Parameter.parameter_hash == parameter_hash(name, value))
+        having = having.where(Parameter.parameter_hash == parameter_hash(name, "".join(parts)))
     return Task.pk.in_(having)
 
 
