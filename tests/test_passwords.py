@@ -157,3 +157,7 @@ def test_mask_password_hides_every_piece_of_any_password():
     for url in _wrong_urls("db.example.org:5432").values():
         _assert_no_password(mask_password(url))
     assert mask_password(f"postgresql://astra:{PASSWORD}@db:5432/sdss5db") == "postgresql://astra:***@db:5432/sdss5db"
+
+
+def test_a_short_password_does_not_garble_the_rest_of_the_url():
+    assert mask_password("postgresql://u:p@host.example/postgres") == "postgresql://u:***@host.example/postgres"

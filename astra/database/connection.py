@@ -18,7 +18,7 @@ import peewee
 
 from astra import config
 from astra.database.models import MODELS, proxy
-from astra.database.urls import BadURLError, mask_password, postgres_connect_kwargs
+from astra.database.urls import MIN_SECRET, BadURLError, mask_password, postgres_connect_kwargs
 
 SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
 
@@ -152,7 +152,8 @@ def _reason(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
 
 def _hide(text: str, secrets: tuple[str, ...]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
+        if len(secret) >= MIN_SECRET:
+            text = text.replace(secret, "***")
     return text
 
 

@@ -15,6 +15,10 @@ from urllib.parse import parse_qsl, unquote
 _SECRET_QUERY = re.compile(r"([?&](?:password|sslpassword)=).*", flags=re.IGNORECASE | re.DOTALL)
 
 
+#: Shorter passwords are not searched for elsewhere in a text: "***" for every "p" would garble it, and reveal it.
+MIN_SECRET = 4
+
+
 class BadURLError(ValueError):
     """A database URL that cannot be read; the message never holds any part of the password."""
 
@@ -35,7 +39,7 @@ def mask_password(url: str) -> str:
     credentials, after = _split_credentials(rest)
     if credentials is not None:
         user, colon, password = credentials.partition(":")
-        if password:  # also where the URL repeats it, e.g. in an option
+        if len(password) >= MIN_SECRET:  # also where the URL repeats it, e.g. in an option
             after = after.replace(password, "***")
         rest = f"{user}{':***' if colon else ''}@{after}"
     return scheme + separator + rest
