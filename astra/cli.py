@@ -191,7 +191,10 @@ def filter_options(command: Callable) -> Callable:
             multiple=True,
             callback=_parse_where,
             metavar="KEY=VALUE",
-            help="Parameter value as stored (see `astra tasks show`); * matches any text. Repeat to require all.",
+            help=(
+                "Parameter value as stored (see `astra tasks show`); * matches any text, \\* is a literal * and "
+                "\\\\ a literal backslash. Repeat to require all."
+            ),
         ),
         click.option("--since", type=When(), help="Created, started or completed since: a UTC time or an age (2h)."),
     ]
@@ -330,7 +333,9 @@ def _resolve(ref: str) -> Task:
 @json_option
 def show(ref: str, as_json: bool) -> None:
     """Everything recorded about one task: REF is its pk, its hash (or a unique prefix) or its luigi task_id."""
-    task = _resolve(ref)
+    task = records.whole(_resolve(ref).pk)  # the only task whose result is loaded
+    if task is None:
+        raise click.ClickException(f"task {ref!r} was forgotten meanwhile")
     parameters = records.parameters_of([task.pk])[task.pk]
     upstream, downstream = records.requires(task.pk), records.required_by(task.pk)
     if as_json:

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
 
+def _venv_seeing_these_packages(venv: Path) -> Path:
+    """A new virtual environment whose Python also imports what this Python has installed; returns its python.
+
+    ``--system-site-packages`` would show the base interpreter's packages instead, which lack the dependencies
+    when the tests run from a virtual environment. Here a ``.pth`` file adds this Python's own site directories
+    (their ``.pth`` files included) after the new environment's, so a wheel installed into it comes first.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    here = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    lines = [f"import site; site.addsitedir({directory!r})" for directory in here if os.path.isdir(directory)]
+    Path(purelib, "zz_outer_site_packages.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
+@pytest.mark.slow
 def test_wheel_installs_and_runs_the_workflow_outside_the_checkout(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run(
@@ -26,10 +52,9 @@ def test_wheel_installs_and_runs_the_workflow_outside_the_checkout(tmp_path):
     for dependency in ["luigi", "peewee", "psycopg2-binary", "sdssdb"]:
         assert f"Requires-Dist: {dependency}" in requires
 
-    # A virtual environment that sees the already installed dependencies, but not the checkout.
+    # A virtual environment that sees the dependencies installed where this test runs, but not the checkout.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = _venv_seeing_these_packages(venv)
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
         check=True,

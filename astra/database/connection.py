@@ -9,17 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import peewee
-from playhouse.db_url import parse as parse_url
 
 from astra import config
 from astra.database.models import MODELS, proxy
+from astra.database.urls import MIN_SECRET, BadURLError, mask_password, postgres_connect_kwargs
 
 SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
 
@@ -56,13 +55,6 @@ class _State:
     inherited: list = []  # databases opened by a parent process: kept alive so a child never closes their sockets
 
 
-def mask_password(url: str) -> str:
-    """``url`` with any password replaced by ``***``: in ``user:password@`` and in ``?password=``."""
-    # The last "@" before the path ends the credentials: a password may itself hold an unescaped "@".
-    url = re.sub(r"(://[^:/@?#]*:)[^/?#]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
-
-
 class Reconnecting:
     """Mixin for a peewee PostgresqlDatabase: reopen a lost connection and run the statement again.
 
@@ -72,6 +64,8 @@ class Reconnecting:
     """
 
     description = ""
+    #: Texts no message may show (the password), in case the driver echoes them in an error.
+    secrets: tuple[str, ...] = ()
 
     def execute_sql(self, sql, params=None):
         try:
@@ -94,7 +88,7 @@ class Reconnecting:
             if not self._lost():
                 raise
             raise ConnectionLostError(
-                f"astra: lost the connection to {self.description} while committing a transaction: {_reason(exc)}"
+                f"astra: lost the connection to {self.description} while committing a transaction: {self._why(exc)}"
             ) from exc
 
     def rollback(self):
@@ -102,6 +96,9 @@ class Reconnecting:
             self._discard()  # the server ended the transaction together with the connection
             return None
         return super().rollback()
+
+    def _why(self, exc: BaseException) -> str:
+        return _reason(exc, self.secrets)
 
     def _lost(self) -> bool:
         connection = self._state.conn
@@ -117,14 +114,14 @@ class Reconnecting:
         if self.in_transaction():
             raise ConnectionLostError(
                 f"astra: lost the connection to {self.description} inside a transaction, which the server rolled "
-                f"back: {_reason(exc)}"
+                f"back: {self._why(exc)}"
             ) from exc
         self._discard()
         self.reconnect(exc)
 
     def reconnect(self, exc: Exception) -> None:
         """Open a new connection, trying for up to RECONNECT_SECONDS; raise DatabaseError if none opens."""
-        logger.warning("astra: lost the connection to %s (%s); reconnecting", self.description, _reason(exc))
+        logger.warning("astra: lost the connection to %s (%s); reconnecting", self.description, self._why(exc))
         deadline = time.monotonic() + RECONNECT_SECONDS
         pause = 0.2
         while True:
@@ -137,7 +134,7 @@ class Reconnecting:
                 if time.monotonic() + pause > deadline:
                     raise DatabaseError(
                         f"astra: lost the connection to {self.description} and could not reconnect within "
-                        f"{RECONNECT_SECONDS:g} s: {_reason(error)}"
+                        f"{RECONNECT_SECONDS:g} s: {self._why(error)}"
                     ) from None
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
@@ -147,9 +144,17 @@ class ReconnectingPostgresqlDatabase(Reconnecting, peewee.PostgresqlDatabase):
     """The PostgreSQL database astra opens from a URL."""
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """The first line of ``exc``'s message, with any of ``secrets`` masked."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return _hide(lines[0] if lines else type(exc).__name__, secrets)
+
+
+def _hide(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SECRET:
+            text = text.replace(secret, "***")
+    return text
 
 
 def retried(function: F) -> F:
@@ -250,12 +255,39 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
         db.create_tables(MODELS, safe=True)
     except (OSError, peewee.DatabaseError) as exc:
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}") from None
+    _check_writable(db, path)
     return db, description
 
 
+def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
+    """Stop at once on a database astra could read but not record in (SQLite would fail only at the first write).
+
+    A write that is rolled back: SQLite refuses it at once on a read-only file, also for root on an immutable
+    file or a read-only mount, where the permission bits would say nothing. (Opening the file here to try would
+    be wrong: closing any descriptor of the file drops the locks SQLite holds on it in this process.)
+    """
+    try:
+        with db.transaction() as transaction:
+            (version,) = db.execute_sql("pragma user_version").fetchone()
+            db.execute_sql(f"pragma user_version = {int(version)}")
+            transaction.rollback()
+        return
+    except peewee.OperationalError as exc:
+        db.close()
+        if "readonly" not in str(exc):
+            raise DatabaseNotReady(f"astra: cannot write to SQLite database {path}: {exc}") from None
+    raise DatabaseNotReady(
+        f"astra: SQLite database {path} is read-only, so luigi could not record finished tasks; make it "
+        "writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
+    )
+
+
 def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database, str]:
-    params = parse_url(url)
-    name = params.pop("database", None) or ""
+    description = mask_password(url)
+    try:
+        name, params = postgres_connect_kwargs(url)
+    except BadURLError as exc:
+        raise DatabaseNotReady(f"astra: cannot use database URL {description}: {exc}") from None
     params.setdefault("connect_timeout", 5)
     # Notice a server that vanished without closing the socket (a crashed host, a network cut) within ~1 min.
     for key, value in {
@@ -266,8 +298,10 @@ def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database
     }.items():
         params.setdefault(key, value)
     db = ReconnectingPostgresqlDatabase(name, **params)
-    description = mask_password(url)
     db.description = description
+    # Driver errors may echo a connection option: hide the password in them, as written and as decoded.
+    written = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    db.secrets = tuple({written, str(params.get("password") or "")} - {""})
     _connect_postgres(db, description, patient)
     return db, description
 
@@ -305,17 +339,49 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
             db.reconnect(exc)
             return
         raise DatabaseNotReady(
-            f"astra: cannot connect to {description}: {_reason(exc)}. Check that PostgreSQL is running and "
+            f"astra: cannot connect to {description}: {db._why(exc)}. Check that PostgreSQL is running and "
             "ASTRA_DATABASE_URL (or [astra] database_url) is right"
         ) from None
 
 
+def _columns(db: peewee.Database) -> dict[str, set[str]]:
+    """The columns of each astra table in ``db``, in one query."""
+    if isinstance(db, peewee.PostgresqlDatabase):
+        sql = "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
+    else:
+        sql = "select m.name, p.name from sqlite_master m join pragma_table_info(m.name) p where m.type = 'table'"
+    found: dict[str, set[str]] = {}
+    for table, column in db.execute_sql(sql).fetchall():
+        found.setdefault(table, set()).add(column)
+    return found
+
+
 def _check_schema(db: peewee.Database, description: str) -> None:
-    schema = "astra" if isinstance(db, peewee.PostgresqlDatabase) else None
-    if not db.table_exists("task", schema=schema):
+    """Stop at once unless every table and column the models use is there: otherwise every task would fail."""
+    prefix = "astra." if isinstance(db, peewee.PostgresqlDatabase) else ""
+    columns = _columns(db)
+    tables = [model._meta.table_name for model in MODELS]
+    if not any(table in columns for table in tables):
         raise DatabaseNotReady(
             f"astra: {description} has no astra schema; load it with `astra db init` "
             "or `psql -d DBNAME < schema/astradb/astradb.sql`"
+        )
+    missing = [prefix + table for table in tables if table not in columns]
+    if missing:
+        raise DatabaseNotReady(
+            f"astra: {description} has only part of the astra schema (no table {', '.join(missing)}); "
+            "complete it with `astra db init` (which never drops data)"
+        )
+    lacking = [
+        f"{prefix}{model._meta.table_name}.{field.column_name}"
+        for model in MODELS
+        for field in model._meta.sorted_fields
+        if field.column_name not in columns[model._meta.table_name]
+    ]
+    if lacking:
+        raise DatabaseNotReady(
+            f"astra: {description} has an older astra schema (no column {', '.join(lacking)}); "
+            "upgrade it with `astra db upgrade`"
         )
 
 
@@ -331,6 +397,11 @@ def create_schema() -> str:
     if isinstance(db, peewee.PostgresqlDatabase):
         with db.atomic():
             db.execute_sql(SCHEMA_SQL.read_text())
+    try:
+        _check_schema(db, description)  # e.g. an older layout, which creating missing tables does not change
+    except DatabaseNotReady:
+        db.close()
+        raise
     if _State.database is not None and _State.pid == os.getpid() and _State.database is not db:
         _State.database.close()
     _State.pid, _State.key, _State.database, _State.description = os.getpid(), key, db, description

@@ -6,6 +6,7 @@ Everything here reads or deletes rows of the astra tables; how the answers are s
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,6 +20,14 @@ from astra.identity import parameter_hash
 
 STATUSES = ("done", "running", "failed")
 
+#: Every column of a task but its result and traceback, which can be large: all that listing a task shows.
+SUMMARY_FIELDS = tuple(f for f in Task._meta.sorted_fields if f.name not in ("result", "traceback"))
+
+
+def _tasks() -> peewee.ModelSelect:
+    """Tasks without their result and traceback (only ``astra tasks show`` needs them, for one task)."""
+    return Task.select(*SUMMARY_FIELDS)
+
 
 @dataclass(frozen=True)
 class Filters:
@@ -27,7 +36,8 @@ class Filters:
     names: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
-    #: (parameter name, value) pairs a task must all have; ``*`` in a value matches any text.
+    #: (parameter name, value) pairs a task must all have; ``*`` in a value matches any text, ``\\*`` is a
+    #: literal star and ``\\\\`` a literal backslash.
     where: tuple[tuple[str, str], ...] = ()
     #: Tasks created, started or completed at or after this time.
     since: datetime.datetime | None = None
@@ -36,32 +46,47 @@ class Filters:
         return bool(self.names or self.modules or self.statuses or self.where or self.since)
 
 
-def _matches(field: peewee.Field, pattern: str) -> peewee.Node:
-    """``field`` matches ``pattern``, where ``*`` stands for any text and everything else for itself.
+def wildcard_parts(pattern: str) -> list[str | None]:
+    """``pattern`` as literal texts with ``None`` for each ``*`` (any text).
 
-    Case-sensitive on both backends: GLOB on SQLite (its LIKE ignores case), LIKE on PostgreSQL.
+    ``\\*`` stands for a literal ``*`` and ``\\\\`` for a literal backslash; any other backslash is itself.
+    """
+    parts: list[str | None] = [""]
+    for token in re.findall(r"\\[\\*]|\*|[^\\*]+|\\", pattern):
+        if token == "*":
+            parts += [None, ""]
+        else:
+            parts[-1] += token[1] if len(token) == 2 and token[0] == "\\" else token
+    return [part for part in parts if part != ""]
+
+
+def _matches(field: peewee.Field, parts: list[str | None]) -> peewee.Node:
+    """``field`` matches ``parts`` (from :func:`wildcard_parts`), case-sensitively on both backends.
+
+    GLOB on SQLite (its LIKE ignores case), where ``[c]`` stands for a literal c; LIKE on PostgreSQL.
     """
     if is_postgres():
-        escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%")
-        return peewee.NodeList((field, peewee.SQL("LIKE"), escaped, peewee.SQL("ESCAPE '\\'")))
-    escaped = "".join(f"[{c}]" if c in "[?" else c for c in pattern)
-    return peewee.NodeList((field, peewee.SQL("GLOB"), escaped))
+        like = "".join("%" if part is None else re.sub(r"([\\%_])", r"\\\1", part) for part in parts)
+        return peewee.NodeList((field, peewee.SQL("LIKE"), like, peewee.SQL("ESCAPE '\\'")))
+    glob = "".join("*" if part is None else re.sub(r"([*?\[])", r"[\1]", part) for part in parts)
+    return peewee.NodeList((field, peewee.SQL("GLOB"), glob))
 
 
 def _with_parameter(name: str, value: str) -> peewee.Expression:
-    """Tasks that were given parameter ``name`` with ``value``."""
+    """Tasks that were given parameter ``name`` with ``value`` (a pattern: see :func:`wildcard_parts`)."""
     having = TaskParameter.select(TaskParameter.task).join(Parameter)
-    if "*" in value:
-        having = having.where(Parameter.parameter_name == name, _matches(Parameter.parameter_value, value))
+    parts = wildcard_parts(value)
+    if None in parts:
+        having = having.where(Parameter.parameter_name == name, _matches(Parameter.parameter_value, parts))
     else:
-        having = having.where(Parameter.parameter_hash == parameter_hash(name, value))
+        having = having.where(Parameter.parameter_hash == parameter_hash(name, "".join(parts)))
     return Task.pk.in_(having)
 
 
 def select(filters: Filters) -> peewee.ModelSelect:
     """The tasks that match ``filters``, newest first."""
     database()
-    query = Task.select()
+    query = _tasks()
     if filters.names:
         query = query.where(Task.task_name.in_(filters.names))
     if filters.modules:
@@ -148,15 +173,15 @@ def resolve(ref: str) -> Task | None:
     if not ref:
         return None
     if ref.isdigit():
-        task = Task.get_or_none(Task.pk == int(ref))
+        task = _tasks().where(Task.pk == int(ref)).first()
         if task is not None:
             return task
     # The same luigi task_id can have several records, e.g. one per version of the task class.
-    tasks = list(Task.select().where(Task.task_id == ref).order_by(Task.pk).limit(11))
+    tasks = list(_tasks().where(Task.task_id == ref).order_by(Task.pk).limit(11))
     prefix = ref.lower()
     if not tasks and all(c in "0123456789abcdef" for c in prefix):
         # A range rather than LIKE, so the unique index on task_hash answers it (hex digits sort before 'g').
-        query = Task.select().where(Task.task_hash >= prefix, Task.task_hash < prefix + "g")
+        query = _tasks().where(Task.task_hash >= prefix, Task.task_hash < prefix + "g")
         tasks = list(query.order_by(Task.pk).limit(11))
     if len(tasks) > 1:
         raise AmbiguousReferenceError(ref, tasks)
@@ -168,26 +193,32 @@ def get(pks: Iterable[int]) -> list[Task]:
     database()
     found = []
     for chunk in chunked(sorted(set(pks))):
-        found.extend(Task.select().where(Task.pk.in_(chunk)).order_by(Task.pk))
+        found.extend(_tasks().where(Task.pk.in_(chunk)).order_by(Task.pk))
     return found
 
 
 def by_hash(task_hash: str) -> Task | None:
     database()
-    return Task.get_or_none(Task.task_hash == task_hash)
+    return _tasks().where(Task.task_hash == task_hash).first()
+
+
+def whole(pk: int) -> Task | None:
+    """Task ``pk`` with every column, its result and traceback included."""
+    database()
+    return Task.get_or_none(Task.pk == pk)
 
 
 def requires(pk: int) -> list[Task]:
     """The tasks that task ``pk`` required when it ran (recorded dependency edges)."""
     database()
-    query = Task.select().join(Dependency, on=(Dependency.requires == Task.pk)).where(Dependency.task == pk)
+    query = _tasks().join(Dependency, on=(Dependency.requires == Task.pk)).where(Dependency.task == pk)
     return list(query.order_by(Task.pk))
 
 
 def required_by(pk: int) -> list[Task]:
     """The recorded tasks that required task ``pk``."""
     database()
-    query = Task.select().join(Dependency, on=(Dependency.task == Task.pk)).where(Dependency.requires == pk)
+    query = _tasks().join(Dependency, on=(Dependency.task == Task.pk)).where(Dependency.requires == pk)
     return list(query.order_by(Task.pk))
 
 
@@ -317,7 +348,7 @@ def closest(
     )
     n_shared = fn.COALESCE(shared.c.n, 0)
     query = (
-        Task.select()
+        _tasks()
         .join(shared, JOIN.LEFT_OUTER, on=(Task.pk == shared.c.task_pk))
         .where(Task.task_name == name)
         .order_by(
@@ -365,5 +396,5 @@ def recorded(hashes: Iterable[str]) -> dict[str, Task]:
     database()
     found = {}
     for chunk in chunked(list(dict.fromkeys(hashes))):
-        found.update({task.task_hash: task for task in Task.select().where(Task.task_hash.in_(chunk))})
+        found.update({task.task_hash: task for task in _tasks().where(Task.task_hash.in_(chunk))})
     return found

@@ -1,0 +1,104 @@
+"""A database astra cannot use as it is stops ``luigi`` (and ``astra``) with one ``astra: ...`` line.
+
+Before, a read-only SQLite file, a half-loaded schema or an older table layout gave a traceback for every task
+and ``luigi`` exited 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from astra.database import create_schema
+from tests.conftest import run_luigi
+from tests.test_cli import astra
+
+ESTIMATE = ["--module", "workflows", "EstimateSNR", "--local-scheduler", "--no-lock"]
+
+
+def _one_astra_line(text: str) -> str:
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.startswith("astra: ")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def _stops(url: str, *words: str) -> None:
+    """``luigi`` and ``astra db status`` on ``url`` both stop with one ``astra:`` line holding ``words``."""
+    result = run_luigi(*ESTIMATE, env={"ASTRA_DATABASE_URL": url}, timeout=120)
+    assert result.returncode != 0, result.stdout
+    line = _one_astra_line(result.stdout)
+    assert "ran successfully" not in result.stdout
+    status = astra("db", "status", env={"ASTRA_DATABASE_URL": url})
+    assert status.returncode == 1, status
+    assert status.stderr.strip() == line, (status.stderr, line)
+    for word in words:
+        assert word in line, line
+
+
+def _execute(url: str, sql: str) -> None:
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///") :])
+        connection.execute(sql)
+        connection.commit()
+    else:
+        connection = psycopg2.connect(url)
+        connection.autocommit = True
+        connection.cursor().execute(sql)
+    connection.close()
+
+
+@contextlib.contextmanager
+def _read_only(path: Path):
+    """``path`` made read-only, also for root (who ignores permission bits): immutable, where the filesystem can."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        yield
+        path.chmod(0o644)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a filesystem without chattr +i: cannot make a read-only file")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_sqlite_file_stops_luigi_with_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "astra.db"
+    url = f"sqlite:///{path}"
+    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+    create_schema()
+    with _read_only(path):
+        _stops(url, "read-only", str(path), "make it writable")
+    result = run_luigi(*ESTIMATE, env={"ASTRA_DATABASE_URL": url})  # writable again: works
+    assert "1 ran successfully" in result.stdout, result.stdout
+
+
+def test_a_half_loaded_schema_stops_luigi_until_db_init_completes_it(database_url, backend):
+    prefix = "astra." if backend == "postgresql" else ""
+    _execute(database_url, f"drop table {prefix}task_parameter")
+    _execute(database_url, f"drop table {prefix}parameter")
+    if backend == "postgresql":
+        _stops(
+            database_url, "only part of the astra schema", "astra.parameter", "astra.task_parameter", "astra db init"
+        )
+        init = astra("db", "init", env={"ASTRA_DATABASE_URL": database_url})
+        assert init.returncode == 0, init.stderr
+    # SQLite creates missing tables itself when it opens the file.
+    result = run_luigi(*ESTIMATE, env={"ASTRA_DATABASE_URL": database_url})
+    assert result.returncode == 0 and "1 ran successfully" in result.stdout, result.stdout
+
+
+def test_an_older_table_layout_stops_luigi_with_one_line(database_url, backend):
+    prefix = "astra." if backend == "postgresql" else ""
+    _execute(database_url, f"alter table {prefix}task drop column traceback")
+    _stops(database_url, "older astra schema", f"{prefix}task.traceback", "astra db upgrade")
+    init = astra("db", "init", env={"ASTRA_DATABASE_URL": database_url})  # creating tables does not fix it
+    assert init.returncode == 1 and "older astra schema" in init.stderr, init.stderr

@@ -1,0 +1,69 @@
+"""``--where``: ``*`` matches any text, ``\\*`` is a literal star and ``\\\\`` a literal backslash, on both backends."""
+
+from __future__ import annotations
+
+import json
+
+import luigi
+
+from astra.database import Parameter
+from tests.conftest import run_luigi
+from tests.example_tasks import WithOptions
+from tests.test_cli import astra, main
+
+LABELS = ["*.fits", "a.fits", "b*.fits", "x\\y.fits", "x\\*y", "100%_done", "100xxdone", "[ab].fits", "a?c", "abc"]
+
+#: pattern -> the labels it selects
+EXPECTED = {
+    "\\*.fits": ["*.fits"],
+    "*.fits": ["*.fits", "a.fits", "b*.fits", "x\\y.fits", "[ab].fits"],
+    "*\\*.fits": ["*.fits", "b*.fits"],
+    "\\**": ["*.fits"],
+    "x\\y.fits": ["x\\y.fits"],  # a backslash before anything but * or \ is itself
+    "x\\\\y*": ["x\\y.fits"],
+    "x\\\\\\*y": ["x\\*y"],
+    "x\\\\\\**": ["x\\*y"],
+    "*%_*": ["100%_done"],  # LIKE's own wildcards are literal
+    "[ab]*": ["[ab].fits"],  # and GLOB's
+    "a?c*": ["a?c"],
+    "*": LABELS,
+}
+
+
+def labels_of(capsys, pattern: str) -> list[str]:
+    result = main(capsys, "tasks", "list", "--name", "WithOptions", "--where", f"label={pattern}", "--json")
+    assert result.returncode in (0, 1), result.stderr
+    return sorted(task["parameters"]["label"] for task in json.loads(result.stdout or "[]"))
+
+
+def test_where_escapes_a_literal_star_and_backslash(database_url, capsys):
+    assert luigi.build([WithOptions(options={}, label=label) for label in LABELS], local_scheduler=True)
+    for pattern, labels in EXPECTED.items():
+        assert labels_of(capsys, pattern) == sorted(labels), pattern
+
+    # The real command: forgetting `*.fits` literally leaves the other patterns, and luigi runs only it again.
+    forget = astra("tasks", "forget", "--name", "WithOptions", "--where", "label=\\*.fits", "--yes")
+    assert forget.returncode == 0 and "forgot 1 tasks" in forget.stdout, (forget.stdout, forget.stderr)
+    assert labels_of(capsys, "*") == sorted(set(LABELS) - {"*.fits"})
+    assert ("label", "*.fits") not in set(
+        Parameter.select(Parameter.parameter_name, Parameter.parameter_value).tuples()
+    )
+    again = run_luigi(
+        "--module",
+        "tests.example_tasks",
+        "WithOptions",
+        "--options",
+        "{}",
+        "--label",
+        "*.fits",
+        "--local-scheduler",
+        "--no-lock",
+        env={"ASTRA_DATABASE_URL": database_url},
+    )
+    assert "1 ran successfully" in again.stdout, again.stdout
+    assert labels_of(capsys, "*") == sorted(LABELS)
+
+
+def test_where_help_tells_the_escape(capsys):
+    helped = main(capsys, "tasks", "list", "--help").stdout
+    assert "\\* is a literal" in " ".join(helped.split())

@@ -1,0 +1,60 @@
+"""Listing tasks never loads their results: ``astra tasks list`` stays small however large the results are.
+
+Peak memory is that of the real ``astra`` subprocess, read by a small parent process from
+``getrusage(RUSAGE_CHILDREN)`` (so earlier subprocesses of the test run do not count).
+"""
+
+from __future__ import annotations
+
+import os
+import resource  # noqa: F401  (used in the parent script below; fails early where there is none)
+import subprocess
+import sys
+
+import luigi
+import pytest
+
+import astra
+from astra.database import Task
+from tests.conftest import REPO
+from tests.test_cli import ASTRA
+
+RESULTS = 10
+SIZE = 6_000_000  # characters per result: 60 MB in all
+
+PEAK = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+class LargeResult(astra.BaseTask):
+    index = luigi.IntParameter()
+
+    def run(self) -> str:
+        return f"{self.index}" * SIZE
+
+
+def _peak_bytes(*args: str) -> int:
+    """The peak resident memory of ``astra ARGS`` run as a subprocess."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK, str(ASTRA), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+@pytest.mark.slow
+def test_listing_and_showing_do_not_load_every_result(database_url):
+    baseline = _peak_bytes("db", "status")  # the same imports and connection, no task
+    assert luigi.build([LargeResult(index=i) for i in range(RESULTS)], local_scheduler=True, log_level="WARNING")
+    total = RESULTS * SIZE
+    for args in (["tasks", "list"], ["tasks", "list", "--json"], ["tasks", "forget", "--all", "--dry-run"]):
+        grew = _peak_bytes(*args) - baseline
+        assert grew < total / 6, f"astra {' '.join(args)}: {grew / 1e6:.0f} MB more for {total / 1e6:.0f} MB of results"
+    # `show` loads the one result it shows, and no other.
+    pk = Task.select(Task.pk).order_by(Task.pk).first().pk
+    grew = _peak_bytes("tasks", "show", str(pk)) - baseline
+    assert grew < 3 * SIZE + total / 6, f"astra tasks show: {grew / 1e6:.0f} MB more"
