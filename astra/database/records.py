@@ -178,17 +178,27 @@ def by_hash(task_hash: str) -> Task | None:
 
 
 def requires(pk: int) -> list[Task]:
-    """The tasks that task ``pk`` required when it ran (recorded dependency edges)."""
+    """The tasks that task ``pk`` required when it ran (recorded dependency edges; ``.dynamic`` if run() yielded it)."""
     database()
-    query = Task.select().join(Dependency, on=(Dependency.requires == Task.pk)).where(Dependency.task == pk)
-    return list(query.order_by(Task.pk))
+    query = (
+        Task.select(Task, Dependency.dynamic)
+        .join(Dependency, on=(Dependency.requires == Task.pk))
+        .where(Dependency.task == pk)
+        .order_by(Task.pk)
+    )
+    return list(query.objects())
 
 
 def required_by(pk: int) -> list[Task]:
-    """The recorded tasks that required task ``pk``."""
+    """The recorded tasks that required task ``pk`` (``.dynamic`` where their run() yielded it)."""
     database()
-    query = Task.select().join(Dependency, on=(Dependency.task == Task.pk)).where(Dependency.requires == pk)
-    return list(query.order_by(Task.pk))
+    query = (
+        Task.select(Task, Dependency.dynamic)
+        .join(Dependency, on=(Dependency.task == Task.pk))
+        .where(Dependency.requires == pk)
+        .order_by(Task.pk)
+    )
+    return list(query.objects())
 
 
 def downstream(pks: Iterable[int]) -> set[int]:

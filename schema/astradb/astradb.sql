@@ -24,7 +24,8 @@ create table if not exists astra.task (
     astra_version text not null,
     result text,                        -- JSON value returned by run()
     error text,
-    traceback text
+    traceback text,
+    dynamic_dependencies integer        -- how many astra tasks run() yielded (recorded as dynamic edges); null: none
 );
 create unique index if not exists task_task_hash on astra.task (task_hash);
 create index if not exists task_task_name_status on astra.task (task_name, status);
@@ -49,6 +50,7 @@ create index if not exists task_parameter_parameter_pk on astra.task_parameter (
 create table if not exists astra.dependency (
     task_pk bigint not null references astra.task (pk) on delete cascade,
     requires_pk bigint not null references astra.task (pk) on delete cascade,
+    dynamic boolean not null default false,  -- yielded by run(), rather than returned by requires()
     primary key (task_pk, requires_pk)
 );
 create index if not exists dependency_requires_pk on astra.dependency (requires_pk);
