@@ -109,3 +109,14 @@ def test_a_chain_of_ten_thousand_nights(database_url, tmp_path):
         with Worker(scheduler=Scheduler(), worker_processes=1) as worker:
             assert worker.add(top)
             assert len(worker._scheduled_tasks) == DEPTH
+
+
+@pytest.mark.slow
+def test_a_chain_deeper_than_pythons_recursion_runs_whole(database_url, tmp_path):
+    """300 nights, none made yet (astra used to fail from about 246): both run all of them."""
+    module = ["--module", "tests.test_deep_chain"]
+    plain = run_luigi(*module, "PlainNight", "--n", "299", "--root", str(tmp_path), "--local-scheduler")
+    deep = run_luigi(*module, "Night", "--n", "299", "--local-scheduler")
+    assert "300 ran successfully" in outcome(plain.stdout), plain.stdout
+    assert outcome(deep.stdout) == outcome(plain.stdout), deep.stdout
+    assert Task.select().where(Task.status == "done").count() == 300
