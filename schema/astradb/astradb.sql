@@ -54,3 +54,7 @@ create table if not exists astra.dependency (
     primary key (task_pk, requires_pk)
 );
 create index if not exists dependency_requires_pk on astra.dependency (requires_pk);
+
+-- Columns added since the first layout: added to tables made before them (dynamic dependencies).
+alter table astra.task add column if not exists dynamic_dependencies integer;
+alter table astra.dependency add column if not exists dynamic boolean not null default false;
