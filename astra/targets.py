@@ -71,11 +71,15 @@ class DatabaseTarget(luigi.Target):
     def __repr__(self) -> str:
         return f"DatabaseTarget({self.task_id})"
 
+    def _key(self) -> tuple[str | None, str]:
+        # One task, one hash (luigi's task_id may differ for equal dicts); unidentified tasks by their task_id.
+        return (self.task_hash, "") if self.task_hash is not None else (None, self.task_id)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, DatabaseTarget) and (other.task_hash, other.task_id) == (self.task_hash, self.task_id)
+        return isinstance(other, DatabaseTarget) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash((self.task_hash, self.task_id))
+        return hash(self._key())
 
     def exists(self) -> bool:
         if self.task_hash is None:
