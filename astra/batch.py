@@ -37,7 +37,7 @@ import astra
 from astra.claims import summarise
 from astra.database import database, queries
 from astra.identity import Item, items, task_version
-from astra.tasks import BaseTask
+from astra.tasks import BaseTask, run_unrecorded
 
 
 class BatchError(RuntimeError):
@@ -167,9 +167,7 @@ def _failed(result: object) -> bool:
 
 def _unrecorded_run(task: luigi.Task) -> object:
     """The item's own ``run()``, without the claim and record around it (the batch records items itself)."""
-    run = type(task).run
-    run = getattr(run, "__wrapped__", run)
-    result = run(task)
+    result = run_unrecorded(task)
     if isinstance(result, Iterator):
         raise TypeError(f"{task.task_family}.run() yields dynamic dependencies; it cannot run inside a batch")
     return result

@@ -46,6 +46,8 @@ class Claim:
         self.task = task
         self.attempt: queries.Attempt | None = None
         self.recorded = False
+        #: Hashes of the astra tasks run() yielded (dynamic dependencies), recorded as edges with the task.
+        self.dynamic: dict[str, None] = {}
         self._started = 0.0
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -110,7 +112,7 @@ class Claim:
 
         text = None if result is None else json.dumps(result, sort_keys=True, default=str)
         requires = identity.required_hashes(self.task)
-        queries.finish(self.attempt, text, time.monotonic() - self._started, requires)
+        queries.finish(self.attempt, text, time.monotonic() - self._started, requires, self.dynamic)
         self.recorded = True
 
     @retried

@@ -30,7 +30,7 @@ from astra import identity
 from astra.batch import BatchTask
 from astra.database import DatabaseError, DatabaseNotReady, create_schema, describe, records
 from astra.database.models import Task
-from astra.targets import database_targets
+from astra.targets import database_targets, stale_dynamic_dependencies
 
 UTC = datetime.timezone.utc
 
@@ -108,7 +108,7 @@ def _record(task: Task, parameters: dict[str, str] | None = None) -> dict:
 
 
 def _edge(task: Task) -> dict:
-    return {k: getattr(task, k) for k in ("pk", "task_name", "task_id", "task_hash", "status")}
+    return {k: getattr(task, k) for k in ("pk", "task_name", "task_id", "task_hash", "status", "dynamic")}
 
 
 def _task_rows(tasks: Sequence[Task], parameters: dict[int, dict[str, str]]) -> list[list[str]]:
@@ -370,7 +370,8 @@ def show(ref: str, as_json: bool) -> None:
     for label, linked in (("requires", upstream), ("required by", downstream)):
         click.echo(f"{label} ({len(linked)})")
         for other in linked:
-            click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}")
+            dynamic = " (dynamic)" if other.dynamic else ""
+            click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}{dynamic}")
     if task.result is not None:
         click.echo(f"result\n  {_short(task.result, 2000)}")
     if task.error:
@@ -553,12 +554,18 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
     task = _build_task(family, args, module)
     if isinstance(task, BatchTask):
         sys.exit(_why_batch(task, as_json))
-    if not database_targets([task]):
-        raise click.UsageError(
-            f"{_name(task)} is not an astra task: luigi checks its own output, not the astra records"
-        )
-    task_hash = identity.task_hash(task)
+    try:
+        if not database_targets([task]):
+            raise click.UsageError(
+                f"{_name(task)} is not an astra task: luigi checks its own output, not the astra records"
+            )
+        task_hash = identity.task_hash(task)
+    except identity.IdentityError as exc:
+        raise click.ClickException(f"{exc}; luigi will not run {_name(task)} or anything that requires it")
     record = records.by_hash(task_hash)
+    stale = None
+    if record is not None and record.status == "done" and record.dynamic_dependencies:
+        stale = stale_dynamic_dependencies({task_hash: record.dynamic_dependencies}).get(task_hash)
     wanted = _astra_requirements(task)
     upstream = records.recorded(wanted)
     not_done = [t for h, t in wanted.items() if h not in upstream or upstream[h].status != "done"]
@@ -580,6 +587,8 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
                 "task_hash": task_hash,
                 "status": record.status if record else "not recorded",
                 "record": _record(record) if record else None,
+                "complete": record is not None and record.status == "done" and stale is None,
+                "not_complete_because": stale,
                 "upstream_not_done": [str(t) for t in not_done],
                 "closest": [
                     {"record": _record(c.task), "differences": _difference_lines(c, wanted)} for c in candidates
@@ -587,8 +596,8 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
             }
         )
     else:
-        _print_why(task, task_hash, record, not_done, candidates, wanted)
-    if record is None or record.status != "done":
+        _print_why(task, task_hash, record, not_done, candidates, wanted, stale)
+    if record is None or record.status != "done" or stale is not None:
         sys.exit(1)
 
 
@@ -628,10 +637,13 @@ def _why_batch(batch: BatchTask, as_json: bool) -> int:
     return 1
 
 
-def _print_why(task, task_hash, record, not_done, candidates, wanted) -> None:
+def _print_why(task, task_hash, record, not_done, candidates, wanted, stale) -> None:
     if record is not None:
         where = f"task {record.pk} on {record.host or '?'} (pid {record.pid or '?'})"
-        if record.status == "done":
+        if record.status == "done" and stale is not None:
+            click.echo(f"{_name(task)} is recorded done ({where}, completed {_time(record.completed)} UTC),")
+            click.echo(f"but luigi will run it again: {stale}.")
+        elif record.status == "done":
             click.echo(f"{_name(task)} is done: {where}, completed {_time(record.completed)} UTC.")
             click.echo(f"luigi will not run it again; `astra tasks forget {record.pk}` would make it.")
         elif record.status == "running":

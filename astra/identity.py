@@ -58,14 +58,26 @@ def task_version(task: luigi.Task) -> str:
     return str(getattr(task, "version", "") or "")
 
 
+class IdentityError(Exception):
+    """A task's identity cannot be worked out, because a ``requires()`` at or below it raised (or loops).
+
+    Such a task can be neither recorded nor found done; luigi meets the same error when it expands the task that
+    raised, and blames that one.
+    """
+
+
 def identity(task: luigi.Task) -> dict:
     """What a task's hash is computed from."""
+    return _identity(task, required_hashes(task))
+
+
+def _identity(task: luigi.Task, requires: list[str]) -> dict:
     return {
         "module": task.task_module,
         "name": task.task_family,
         "version": task_version(task),
         "parameters": parameters(task, significant_only=True),
-        "requires": required_hashes(task),
+        "requires": requires,
     }
 
 
@@ -75,12 +87,71 @@ def required_hashes(task: luigi.Task) -> list[str]:
 
 
 def task_hash(task: luigi.Task) -> str:
-    """The sha256 (hex) that identifies ``task`` in ``astra.task.task_hash``."""
-    # luigi keeps one instance per task, and parameters never change, so the hash is worked out once per process.
+    """The sha256 (hex) that identifies ``task`` in ``astra.task.task_hash``.
+
+    The hash includes the hashes of everything ``task`` requires, so this walks the whole DAG below it, depth
+    first with a stack of its own rather than by recursion: a task that requires the previous night's run may sit
+    on a chain of thousands. Raises :class:`IdentityError` when a ``requires()`` on the way raises.
+    """
+    # luigi keeps one instance per task, and parameters never change, so the hash (or the reason there is none)
+    # is worked out once per process and kept on the instance.
     cached = task.__dict__.get("_astra_task_hash")
-    if cached is None:
-        cached = task.__dict__["_astra_task_hash"] = _sha256(identity(task))
-    return cached
+    if cached is not None:
+        return cached
+    path: list[tuple[luigi.Task, list[luigi.Task], int]] = []  # (task, what it requires, next one to look at)
+    on_path: set[int] = set()
+    current: luigi.Task | None = task
+    while True:
+        if current is not None:  # go down into ``current``
+            error = current.__dict__.get("_astra_identity_error")
+            if error is None and id(current) in on_path:
+                error = IdentityError(f"{current} requires itself")
+            if error is None:
+                try:
+                    path.append((current, flatten(current.requires()), 0))
+                    on_path.add(id(current))
+                except Exception as exc:
+                    error = IdentityError(f"cannot identify {current}: its requires() raised {exc!r}")
+                    error.__cause__ = exc
+            if error is not None:
+                # Everything on the path requires ``current``, directly or not: none of it has an identity.
+                for below, _, _ in path:
+                    below.__dict__["_astra_identity_error"] = error
+                raise error.with_traceback(None)
+            current = None
+        below, requires, i = path[-1]
+        while i < len(requires) and "_astra_task_hash" in requires[i].__dict__:
+            i += 1
+        if i < len(requires):
+            path[-1] = (below, requires, i + 1)
+            current = requires[i]
+            continue
+        path.pop()
+        on_path.discard(id(below))
+        hashes = sorted({required.__dict__["_astra_task_hash"] for required in requires})
+        try:
+            below.__dict__["_astra_task_hash"] = _sha256(_identity(below, hashes))
+        except Exception as exc:  # a parameter that cannot be serialised
+            error = IdentityError(f"cannot identify {below}: {exc!r}")
+            error.__cause__ = exc
+            for above, _, _ in [*path, (below, None, None)]:
+                above.__dict__["_astra_identity_error"] = error
+            raise error
+        if not path:
+            return below.__dict__["_astra_task_hash"]
+
+
+def recorded_task_hash(module: str, name: str, parameters: dict[str, str]) -> str | None:
+    """The hash the task recorded as ``module``, ``name`` and ``parameters`` has today (None if it cannot be made).
+
+    The code may have changed since the record was made (a new ``version``, a new parameter, another upstream):
+    then the answer differs from the recorded hash.
+    """
+    try:
+        task = luigi.task_register.load_task(module, name, parameters)
+        return task_hash(task)
+    except Exception:  # the module, class or a parameter is gone, or its requires() raises
+        return None
 
 
 def _canonical_json(value: object) -> str:

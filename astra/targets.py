@@ -20,7 +20,7 @@ import peewee
 from luigi.task import flatten
 
 from astra.database import DatabaseError, describe, queries
-from astra.identity import task_hash
+from astra.identity import IdentityError, recorded_task_hash, task_hash
 
 
 class _Cache:
@@ -53,22 +53,37 @@ def note_created(task: luigi.Task) -> None:
 
 
 class DatabaseTarget(luigi.Target):
-    """The completion record of one task: exists when ``astra.task`` has a done row with its hash."""
+    """The completion record of one task: exists when ``astra.task`` has a done row with its hash.
+
+    A task whose identity cannot be worked out (a ``requires()`` at or below it raises) has no record and is
+    simply not done: luigi then expands it, meets the error where it is, and names that task, while the rest of the
+    DAG runs as it would without astra. ``identity_error`` says why.
+    """
 
     def __init__(self, task: luigi.Task) -> None:
-        self.task_hash = task_hash(task)
         self.task_id = task.task_id
+        self.identity_error: IdentityError | None = None
+        try:
+            self.task_hash: str | None = task_hash(task)
+        except IdentityError as exc:
+            self.task_hash, self.identity_error = None, exc
 
     def __repr__(self) -> str:
         return f"DatabaseTarget({self.task_id})"
 
+    def _key(self) -> tuple[str | None, str]:
+        # One task, one hash (luigi's task_id may differ for equal dicts); unidentified tasks by their task_id.
+        return (self.task_hash, "") if self.task_hash is not None else (None, self.task_id)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, DatabaseTarget) and other.task_hash == self.task_hash
+        return isinstance(other, DatabaseTarget) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash(self.task_hash)
+        return hash(self._key())
 
     def exists(self) -> bool:
+        if self.task_hash is None:
+            return False
         cache = _Cache.here()
         if self.task_hash in cache.done:
             return True
@@ -107,7 +122,18 @@ def prefetch(tasks: Iterable[luigi.Task]) -> None:
     tasks = list(tasks)
     for task in tasks:
         cache.unchecked.discard(task)
-    _ask([t.task_hash for t in database_targets(tasks) if t.task_hash not in cache.done])
+    now = time.monotonic()
+    _ask(
+        [
+            t.task_hash
+            for t in database_targets(tasks)
+            # A fresh "not done" answers the next check already: a DAG found not done in one query (see
+            # _unchecked) is then walked without asking again, however deep it is.
+            if t.task_hash is not None
+            and t.task_hash not in cache.done
+            and now - cache.not_done.get(t.task_hash, -NOT_DONE_FOR) >= NOT_DONE_FOR
+        ]
+    )
 
 
 def completed(tasks: Iterable[luigi.Task]) -> list[bool]:
@@ -121,10 +147,91 @@ def _ask(hashes: list[str]) -> None:
     if not hashes:
         return
     cache = _Cache.here()
-    done = queries.done_hashes(hashes)
+    found = queries.done_rows(hashes)
+    done = {h for h, dynamic in found.items() if not dynamic}
+    with_dynamic = {h: dynamic for h, dynamic in found.items() if dynamic}
+    if with_dynamic:
+        stale = stale_dynamic_dependencies(with_dynamic)
+        done.update(h for h in with_dynamic if h not in stale)
     cache.done |= done
     now = time.monotonic()
     cache.not_done.update((h, now) for h in hashes if h not in done)
+
+
+def reopen_if_stale(task: luigi.Task) -> bool:
+    """If ``task`` is recorded done but its dynamic dependencies changed, mark it failed, saying so. False if done.
+
+    A claim finds such a task done; this lets it be claimed (and run) again. True also when the task is no longer
+    recorded as done at all (another worker reopened or forgot it): then the caller should simply claim again.
+    """
+    target = DatabaseTarget(task)
+    state = queries.done_attempt(target.task_hash)
+    if state is None:
+        return True
+    attempts, dynamic = state
+    if not dynamic:
+        return False
+    reason = stale_dynamic_dependencies({target.task_hash: dynamic}).get(target.task_hash)
+    if reason is None:
+        return False
+    queries.reopen(target.task_hash, attempts, f"not complete any more: {reason}")
+    _Cache.here().done.discard(target.task_hash)
+    return True
+
+
+def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, str]:
+    """Which of the done ``tasks`` (hash -> how many dynamic dependencies it recorded) are not complete, and why.
+
+    luigi learns of a dynamic dependency only by running the task that yields it, so a change to one (a new
+    ``version``, a forgotten record) could not make the dependant run again by itself. Instead, a done task with
+    recorded dynamic dependencies is complete only while each of them still is: recorded as done, under the hash
+    its class gives it today for the recorded parameters (rebuilt from the record), and complete by this same rule.
+    A task whose dynamic dependencies changed therefore runs again, yielding their current versions. One query
+    (two with parameters) per level of nested dynamic dependencies; the answers are kept like any other "done".
+    """
+    cache = _Cache.here()
+    stale: dict[str, str] = {}
+    needs: dict[str, list[str]] = {}  # a task whose own records are current -> dynamic dependencies it needs
+    frontier = dict(tasks)
+    while frontier:
+        recorded = queries.dynamic_dependencies(frontier)
+        following: dict[str, int] = {}
+        for task, expected in frontier.items():
+            dependencies = recorded.get(task, [])
+            reason = None
+            if len(dependencies) < expected:
+                reason = f"{expected - len(dependencies)} of its {expected} dynamic dependencies are no longer recorded"
+            for dependency in dependencies:
+                if reason:
+                    break
+                name = f"{dependency.task_name}({', '.join(f'{k}={v}' for k, v in dependency.parameters.items())})"
+                if dependency.status != queries.DONE:
+                    reason = f"its dynamic dependency {name} is {dependency.status}"
+                elif recorded_task_hash(dependency.task_module, dependency.task_name, dependency.parameters) != (
+                    dependency.task_hash
+                ):
+                    reason = f"its dynamic dependency {name} is now a different task (a new version or upstream)"
+            if reason:
+                stale[task] = reason
+                continue
+            needs[task] = [d.task_hash for d in dependencies]
+            for dependency in dependencies:
+                known = dependency.task_hash in cache.done or dependency.task_hash in needs
+                if dependency.dynamic_dependencies and not known:
+                    following[dependency.task_hash] = dependency.dynamic_dependencies
+        frontier = following
+    # A task is complete when everything it needs is; deeper levels were found later, so settle those first.
+    changed = True
+    while changed:
+        changed = False
+        for task in reversed(needs):
+            if task in stale:
+                continue
+            broken = next((d for d in needs[task] if d in stale), None)
+            if broken is not None:
+                stale[task] = f"its dynamic dependencies are not complete: {stale[broken]}"
+                changed = True
+    return {task: reason for task, reason in stale.items() if task in tasks}
 
 
 def _unchecked(cache: type[_Cache]) -> list[str]:
@@ -139,7 +246,7 @@ def _unchecked(cache: type[_Cache]) -> list[str]:
                 targets = database_targets([task])
             except Exception:  # its requires() or output() failed: luigi finds out when it checks the task itself
                 continue
-            hashes.extend(t.task_hash for t in targets if t.task_hash not in cache.done)
+            hashes.extend(t.task_hash for t in targets if t.task_hash is not None and t.task_hash not in cache.done)
     return [h for h in hashes if h not in cache.not_done]
 
 

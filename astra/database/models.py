@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 
 from peewee import (
+    SQL,
     BigAutoField,
+    BooleanField,
     CompositeKey,
     DatabaseProxy,
     DateTimeField,
@@ -76,6 +78,8 @@ class Task(BaseModel):
     result = TextField(null=True)
     error = TextField(null=True)
     traceback = TextField(null=True)
+    #: How many astra tasks run() yielded (dynamic dependencies, recorded as dynamic edges); None: none.
+    dynamic_dependencies = IntegerField(null=True)
 
     class Meta:
         indexes = ((("task_name", "status"), False),)
@@ -102,10 +106,12 @@ class TaskParameter(BaseModel):
 
 
 class Dependency(BaseModel):
-    """An edge of the DAG: ``task`` required ``requires`` when it ran."""
+    """An edge of the DAG: ``task`` required ``requires`` when it ran (from ``requires()``, or yielded by ``run()``)."""
 
     task = ForeignKeyField(Task, column_name="task_pk", on_delete="CASCADE", backref="dependencies", index=False)
     requires = ForeignKeyField(Task, column_name="requires_pk", on_delete="CASCADE", backref="dependents")
+    #: Yielded by run() (a dynamic dependency) rather than returned by requires().
+    dynamic = BooleanField(default=False, constraints=[SQL("DEFAULT false")])
 
     class Meta:
         primary_key = CompositeKey("task", "requires")

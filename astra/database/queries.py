@@ -45,20 +45,106 @@ def _not_flushed(db: peewee.Database) -> None:
 
 def done_hashes(hashes: Iterable[str]) -> set[str]:
     """Which of ``hashes`` are recorded as done (one query per CHUNK hashes)."""
+    return set(done_rows(hashes))
+
+
+def done_rows(hashes: Iterable[str]) -> dict[str, int]:
+    """Those of ``hashes`` recorded as done, each with how many dynamic dependencies it recorded (0 if none)."""
     hashes = list(dict.fromkeys(hashes))
     db = database()
     table = _table(Task, db)
-    found: set[str] = set()
+    found: dict[str, int] = {}
+    columns = "task_hash, status, dynamic_dependencies"
     # Plain SQL: peewee takes ~20 us to build each value of an IN list, more than the database takes to answer.
     # The status is compared here, not in SQL: given "status = 'done'", PostgreSQL may pick the (task_name,
     # status) index and read every done row of the table, instead of looking up each hash.
     for chunk in chunked(hashes):
         if is_postgres(db):
-            sql, params = f"SELECT task_hash, status FROM {table} WHERE task_hash = ANY(%s)", (list(chunk),)
+            sql, params = f"SELECT {columns} FROM {table} WHERE task_hash = ANY(%s)", (list(chunk),)
         else:
             marks = ", ".join("?" * len(chunk))
-            sql, params = f"SELECT task_hash, status FROM {table} WHERE task_hash IN ({marks})", tuple(chunk)
-        found.update(task_hash for task_hash, status in db.execute_sql(sql, params) if status == DONE)
+            sql, params = f"SELECT {columns} FROM {table} WHERE task_hash IN ({marks})", tuple(chunk)
+        found.update(
+            (task_hash, dynamic or 0) for task_hash, status, dynamic in db.execute_sql(sql, params) if status == DONE
+        )
+    return found
+
+
+def done_attempt(task_hash: str) -> tuple[int, int] | None:
+    """``(attempts, dynamic dependencies recorded)`` of the task's row if it is done, else None."""
+    database()
+    row = (
+        Task.select(Task.attempts, Task.dynamic_dependencies)
+        .where(Task.task_hash == task_hash, Task.status == DONE)
+        .tuples()
+        .first()
+    )
+    return None if row is None else (row[0], row[1] or 0)
+
+
+@retried
+def reopen(task_hash: str, attempts: int, reason: str) -> bool:
+    """Mark a done task failed with ``reason``, so that it can be claimed and run again.
+
+    Only if the row is still the same done attempt (``attempts``): a task that another worker has just run again
+    stays as that worker recorded it. True if this call changed the row.
+    """
+    db = database()
+    with _atomic(db):
+        return bool(
+            Task.update(status=FAILED, error=reason[:2000], traceback=None)
+            .where(Task.task_hash == task_hash, Task.status == DONE, Task.attempts == attempts)
+            .execute()
+        )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the record of a dynamic dependency says: enough to rebuild the task and compare its identity."""
+
+    task_hash: str
+    status: str
+    task_module: str
+    task_name: str
+    parameters: dict[str, str]
+    dynamic_dependencies: int
+
+
+def dynamic_dependencies(hashes: Iterable[str]) -> dict[str, list[Recorded]]:
+    """The recorded dynamic dependencies of each of the tasks ``hashes`` (two queries per CHUNK tasks)."""
+    database()
+    found: dict[str, list[Recorded]] = {}
+    dependant, required = Task.alias(), Task.alias()
+    for chunk in chunked(list(dict.fromkeys(hashes))):
+        query = (
+            Dependency.select(
+                dependant.task_hash,
+                required.pk,
+                required.task_hash,
+                required.status,
+                required.task_module,
+                required.task_name,
+                required.dynamic_dependencies,
+            )
+            .join(dependant, on=(Dependency.task == dependant.pk))
+            .switch(Dependency)
+            .join(required, on=(Dependency.requires == required.pk))
+            .where(dependant.task_hash.in_(chunk), Dependency.dynamic)
+            .tuples()
+        )
+        rows = list(query)
+        parameters: dict[int, dict[str, str]] = {pk: {} for _, pk, *_ in rows}
+        for pks in chunked(list(parameters)):
+            links = (
+                TaskParameter.select(TaskParameter.task, Parameter.parameter_name, Parameter.parameter_value)
+                .join(Parameter)
+                .where(TaskParameter.task.in_(pks))
+                .tuples()
+            )
+            for pk, name, value in links:
+                parameters[pk][name] = value
+        for task_hash, pk, *recorded, dynamic in rows:
+            found.setdefault(task_hash, []).append(Recorded(*recorded[:4], parameters[pk], dynamic or 0))
     return found
 
 
@@ -284,14 +370,28 @@ def lost(attempt: Attempt) -> str:
     return f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status})"
 
 
-def finish(attempt: Attempt, result: str | None, duration: float, requires: Iterable[str]) -> None:
+def finish(
+    attempt: Attempt, result: str | None, duration: float, requires: Iterable[str], dynamic: Iterable[str] = ()
+) -> None:
     """Mark the attempt done with its result and dependency edges. Call inside the caller's transaction.
 
     Raises :class:`ClaimLostError`, and writes nothing, if the row is no longer the attempt's.
+
+    ``requires`` are the hashes of what ``requires()`` returned, ``dynamic`` those of the tasks ``run()`` yielded;
+    how many of the latter there were is kept too, so that a dynamic dependency whose record goes is noticed.
     """
+    requires = list(dict.fromkeys(requires))
+    dynamic = [h for h in dict.fromkeys(dynamic) if h not in set(requires)]
     now = _now(database())
     updated = (
-        Task.update(status=DONE, completed=now, heartbeat=now, duration=duration, result=result)
+        Task.update(
+            status=DONE,
+            completed=now,
+            heartbeat=now,
+            duration=duration,
+            result=result,
+            dynamic_dependencies=len(dynamic) or None,
+        )
         .where(*_mine(attempt))
         .execute()
     )
@@ -300,10 +400,16 @@ def finish(attempt: Attempt, result: str | None, duration: float, requires: Iter
             f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results were "
             "not recorded (if it was taken over: was there no heartbeat within the lease?)"
         )
-    requires = list(dict.fromkeys(requires))
-    for chunk in chunked(requires):
-        required = Task.select(peewee.Value(attempt.pk), Task.pk).where(Task.task_hash.in_(chunk))
-        Dependency.insert_from(required, [Dependency.task, Dependency.requires]).on_conflict_ignore().execute()
+    # The edges of this run only: a task run again (see targets.reopen_if_stale) may now need other tasks.
+    Dependency.delete().where(Dependency.task == attempt.pk).execute()
+    for hashes, is_dynamic in ((requires, False), (dynamic, True)):
+        for chunk in chunked(hashes):
+            required = Task.select(peewee.Value(attempt.pk), Task.pk, peewee.Value(is_dynamic)).where(
+                Task.task_hash.in_(chunk)
+            )
+            Dependency.insert_from(
+                required, [Dependency.task, Dependency.requires, Dependency.dynamic]
+            ).on_conflict_ignore().execute()
 
 
 @retried

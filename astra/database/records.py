@@ -209,35 +209,47 @@ def whole(pk: int) -> Task | None:
 
 
 def requires(pk: int) -> list[Task]:
-    """The tasks that task ``pk`` required when it ran (recorded dependency edges)."""
+    """The tasks that task ``pk`` required when it ran (recorded dependency edges; ``.dynamic`` if run() yielded it)."""
     database()
-    query = _tasks().join(Dependency, on=(Dependency.requires == Task.pk)).where(Dependency.task == pk)
-    return list(query.order_by(Task.pk))
+    query = (
+        Task.select(*SUMMARY_FIELDS, Dependency.dynamic)
+        .join(Dependency, on=(Dependency.requires == Task.pk))
+        .where(Dependency.task == pk)
+        .order_by(Task.pk)
+    )
+    return list(query.objects())
 
 
 def required_by(pk: int) -> list[Task]:
-    """The recorded tasks that required task ``pk``."""
+    """The recorded tasks that required task ``pk`` (``.dynamic`` where their run() yielded it)."""
     database()
-    query = _tasks().join(Dependency, on=(Dependency.task == Task.pk)).where(Dependency.requires == pk)
-    return list(query.order_by(Task.pk))
+    query = (
+        Task.select(*SUMMARY_FIELDS, Dependency.dynamic)
+        .join(Dependency, on=(Dependency.task == Task.pk))
+        .where(Dependency.requires == pk)
+        .order_by(Task.pk)
+    )
+    return list(query.objects())
 
 
 def downstream(pks: Iterable[int]) -> set[int]:
-    """Every task that required one of ``pks``, directly or through others (``pks`` themselves excluded)."""
+    """Every task that required one of ``pks``, directly or through others (``pks`` themselves excluded).
+
+    One recursive query per CHUNK of ``pks``, however long the chains below them are (a task that requires the
+    previous night's run makes chains of thousands).
+    """
     database()
-    seen = set(pks)
-    frontier = list(seen)
+    pks = set(pks)
     found: set[int] = set()
-    while frontier:
-        following = []
-        for chunk in chunked(frontier):
-            query = Dependency.select(Dependency.task).where(Dependency.requires.in_(chunk)).distinct().tuples()
-            following.extend(pk for (pk,) in query if pk not in seen)
-        following = list(dict.fromkeys(following))
-        seen.update(following)
-        found.update(following)
-        frontier = following
-    return found
+    for chunk in chunked(sorted(pks)):
+        first = Dependency.select(Dependency.task).where(Dependency.requires.in_(chunk))
+        below = first.cte("below", recursive=True, columns=("pk",))
+        following = Dependency.alias()
+        # UNION (not UNION ALL) drops rows already found, so it ends on shared dependants and even on cycles.
+        later = following.select(following.task).join(below, on=(following.requires == below.c.pk))
+        query = below.union(later).select_from(below.c.pk)
+        found.update(pk for (pk,) in query.tuples())
+    return found - pks
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ create table if not exists astra.task (
     astra_version text not null,
     result text,                        -- JSON value returned by run()
     error text,
-    traceback text
+    traceback text,
+    dynamic_dependencies integer        -- how many astra tasks run() yielded (recorded as dynamic edges); null: none
 );
 -- Columns added after the first release, for tables created before them.
 alter table astra.task add column if not exists lease double precision;
@@ -54,6 +55,11 @@ create index if not exists task_parameter_parameter_pk on astra.task_parameter (
 create table if not exists astra.dependency (
     task_pk bigint not null references astra.task (pk) on delete cascade,
     requires_pk bigint not null references astra.task (pk) on delete cascade,
+    dynamic boolean not null default false,  -- yielded by run(), rather than returned by requires()
     primary key (task_pk, requires_pk)
 );
 create index if not exists dependency_requires_pk on astra.dependency (requires_pk);
+
+-- Columns added since the first layout: added to tables made before them (dynamic dependencies).
+alter table astra.task add column if not exists dynamic_dependencies integer;
+alter table astra.dependency add column if not exists dynamic boolean not null default false;

@@ -1,0 +1,179 @@
+"""Dynamic dependencies (tasks that run() yields) count: recorded as edges, forgotten with --cascade, and a task
+whose dynamic dependencies changed is not complete any more. A yielded task that cannot be identified fails the
+task that yielded it, never leaving it running.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import luigi
+import pytest
+
+import astra
+from astra.database import Dependency, Task
+from astra.identity import task_hash
+from astra.targets import forget_cached
+from astra.tasks import dynamic_requirements
+from tests.conftest import REPO, run_luigi
+from tests.example_tasks import Leaf
+from tests.test_cli import astra as astra_command
+from workflows.spectra import simulate
+
+
+def summary(output: str) -> str:
+    return output.split("===== Luigi Execution Summary =====")[1]
+
+
+def edges_of(name: str) -> list[tuple[str, bool]]:
+    """The recorded edges of the task named ``name``: (name of what it required, dynamic)."""
+    dependant = Task.get(Task.task_name == name)
+    query = Dependency.select().where(Dependency.task == dependant.pk)
+    return sorted((edge.requires.task_name, edge.dynamic) for edge in query)
+
+
+def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_url, tmp_path):
+    readme = (REPO / "README.md").read_text()
+    example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "MedianSNR" in block)
+    (tmp_path / "mymodule.py").write_text(example)
+    # The next release of the code: EstimateSNR gets a new version, MedianSNR is unchanged.
+    (tmp_path / "bumped.py").write_text(
+        "import workflows\n\nworkflows.EstimateSNR.version = '2'\nfrom mymodule import *\n"
+    )
+    spectra = tmp_path / "spectra"
+    simulate(spectra, count=3, seed=3)
+    env = {"PYTHONPATH": str(tmp_path)}
+
+    def luigi_run(module: str = "mymodule") -> str:
+        result = run_luigi("--module", module, "MedianSNR", "--spectra-dir", str(spectra), "--local-scheduler", env=env)
+        assert "This progress looks :)" in result.stdout, result.stdout
+        return summary(result.stdout)
+
+    def why(module: str = "mymodule"):
+        return astra_command("tasks", "why", "--module", module, "MedianSNR", "--spectra-dir", str(spectra), env=env)
+
+    assert "4 ran successfully" in luigi_run()
+    median = Task.get(Task.task_name == "MedianSNR")
+    assert median.dynamic_dependencies == 3
+    first_attempts = median.attempts
+    assert edges_of("MedianSNR") == [("EstimateSNR", True)] * 3
+    assert "(dynamic)" in astra_command("tasks", "show", str(median.pk), env=env).stdout
+    assert why().returncode == 0
+    ran = luigi_run()
+    assert "ran successfully" not in ran and "1 complete ones were encountered" in ran  # stays done as it is
+
+    # A new version of EstimateSNR: MedianSNR's dynamic dependencies are other tasks now.
+    stale = why("bumped")
+    assert stale.returncode == 1, stale.stdout + stale.stderr
+    assert "is recorded done" in stale.stdout and "but luigi will run it again" in stale.stdout
+    assert "is now a different task" in stale.stdout
+    assert "4 ran successfully" in luigi_run("bumped")
+    median = Task.get(Task.task_name == "MedianSNR")
+    assert median.status == "done" and median.attempts > first_attempts and median.error is None
+    assert (
+        sorted(Task.select(Task.version).where(Task.task_name == "EstimateSNR").tuples()) == [("",)] * 3 + [("2",)] * 3
+    )
+    new_estimates = {t.pk for t in Task.select().where(Task.task_name == "EstimateSNR", Task.version == "2")}
+    assert {pk for (pk,) in Dependency.select(Dependency.requires).where(Dependency.task == median.pk).tuples()} == (
+        new_estimates
+    )
+    ran = luigi_run("bumped")
+    assert "ran successfully" not in ran and "1 complete ones were encountered" in ran
+
+    # Forgetting one of them with --cascade forgets MedianSNR too, through its dynamic edge; luigi makes both again.
+    forgot = astra_command(
+        "tasks", "forget", "--name", "EstimateSNR", "--where", "spectrum_path=*spec-00001.fits", "--cascade", "--yes",
+        env=env,
+    )  # fmt: skip
+    assert forgot.returncode == 0, forgot.stderr
+    assert "MedianSNR" in forgot.stdout
+    assert Task.get_or_none(Task.task_name == "MedianSNR") is None
+    assert "2 ran successfully" in luigi_run("bumped")
+    assert Task.get(Task.task_name == "MedianSNR").status == "done"
+
+
+class Yielder(astra.BaseTask):
+    """Yields Leafs, found only when it runs."""
+
+    n = luigi.IntParameter()
+
+    def run(self):
+        outputs = yield dynamic_requirements([Leaf(i=i) for i in range(self.n)])
+        return {"total": sum(result["square"] for result in astra.targets.read_many(outputs))}
+
+
+class YieldsAYielder(astra.BaseTask):
+    """A dynamic dependency that has dynamic dependencies of its own."""
+
+    def run(self):
+        output = yield Yielder(n=2)
+        return {"inner": output.read()}
+
+
+def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_url):
+    top = YieldsAYielder()
+    assert luigi.build([top], local_scheduler=True, log_level="WARNING")
+    assert edges_of("YieldsAYielder") == [("Yielder", True)]
+    assert edges_of("Yielder") == [("Leaf", True), ("Leaf", True)]
+    forget_cached()
+    assert top.complete() and Yielder(n=2).complete()
+
+    # Forgotten without --cascade, two levels down: both tasks above it are not complete any more.
+    leaf = Task.get(Task.task_hash == task_hash(Leaf(i=1)))
+    assert astra_command("tasks", "forget", str(leaf.pk), "--yes").returncode == 0
+    forget_cached()
+    assert not Yielder(n=2).complete()
+    assert not top.complete()
+    result = luigi.build([top], local_scheduler=True, detailed_summary=True, log_level="WARNING")
+    assert "3 ran successfully" in result.summary_text, result.summary_text
+    forget_cached()
+    assert top.complete()
+    assert json.loads(Task.get(Task.task_name == "YieldsAYielder").result) == {"inner": {"total": 1}}
+
+
+class BrokenRequires(astra.BaseTask):
+    def requires(self):
+        raise ValueError("cannot say what I need")
+
+
+class YieldsBroken(astra.BaseTask):
+    def run(self):
+        yield BrokenRequires()
+
+
+class YieldsNonsense(astra.BaseTask):
+    def run(self):
+        yield 42
+
+
+class YieldsWithFailingCheck(astra.BaseTask):
+    def run(self):
+        def complete(complete_fn):
+            raise RuntimeError("the custom completeness check failed")
+
+        yield luigi.DynamicRequirements([Leaf(i=1)], complete)
+
+
+@pytest.mark.parametrize(
+    ("task", "error"),
+    [
+        (YieldsBroken, "IdentityError: cannot identify BrokenRequires(): its requires() raised ValueError"),
+        (YieldsNonsense, "AttributeError: 'int' object has no attribute"),
+        (YieldsWithFailingCheck, "RuntimeError: the custom completeness check failed"),
+    ],
+)
+def test_a_yielded_task_that_breaks_fails_the_task_that_yielded_it(database_url, task, error):
+    assert luigi.build([task()], local_scheduler=True, log_level="CRITICAL") is False
+    row = Task.get(Task.task_hash == task_hash(task()))
+    assert row.status == "failed", row.status
+    assert row.error.startswith(error), row.error
+
+
+def test_a_yielded_broken_task_through_the_luigi_command_line(database_url):
+    result = run_luigi("--module", "tests.test_dynamic", "YieldsBroken", "--local-scheduler")
+    assert "1 failed" in summary(result.stdout), result.stdout
+    assert "cannot say what I need" in result.stdout
+    row = Task.get(Task.task_name == "YieldsBroken")
+    assert row.status == "failed" and "BrokenRequires()" in row.error
+    assert astra_command("tasks", "list", "--status", "running").stdout.count("YieldsBroken") == 0
