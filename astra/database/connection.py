@@ -202,6 +202,7 @@ def database() -> peewee.Database:
     # A forked worker whose parent was connected must not give up at once if the server is restarting.
     patient = _State.database is not None and _State.pid != pid and _State.key == key
     _State.pid, _State.key, _State.database = pid, key, None
+    config.check_scheduler()
     db, description = _open(*key, patient=patient)
     _bind(db)
     _check_schema(db, description)
