@@ -1,7 +1,7 @@
 from setuptools import setup
 
 setup(
-    name="astra",
+    name="sdss-astra",  # the PyPI name "astra" belongs to an unrelated project; the import name stays astra
     version="0.1.0",
     description="The task layer of the SDSS-V pipeline: luigi tasks whose completion is recorded in a database",
     long_description=open("README.md").read(),

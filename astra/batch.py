@@ -26,6 +26,8 @@ the first to record it wins), or run the items' requirements (an item whose inpu
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,8 @@ from astra.claims import summarise
 from astra.database import database, queries
 from astra.identity import Item, items, task_version
 from astra.tasks import BaseTask, run_unrecorded
+
+logger = logging.getLogger("luigi-interface")
 
 
 class BatchError(RuntimeError):
@@ -56,6 +60,16 @@ class BatchTask(luigi.Task):
     chunk_size: int = 1000
     #: Seconds this batch has spent writing records (for the logs and benchmarks).
     recording_seconds: float = 0.0
+    #: Longest time, in seconds of work, between two progress reports to luigid.
+    progress_seconds: float = 2.0
+    #: Seconds between two progress lines in the log (items done, rate, time left) when stderr is a terminal.
+    log_seconds: float = 30.0
+
+    _skipped = 0
+    _part_size = 1
+    _reported_at = 0.0
+    _logged_at = 0.0
+    _started = 0.0
 
     def parameter_sets(self) -> Iterable[dict]:
         """The items, as keyword arguments of ``item_class`` (a generator is fine: items are streamed)."""
@@ -106,11 +120,11 @@ class BatchTask(luigi.Task):
         total = _length(self.parameter_sets())
         done = failed = 0
         first_error = ""
+        self._started = time.monotonic()
+        self._logged_at = self._started
         for chunk in _chunks(self.pending(), self.chunk_size):
             started = time.perf_counter()
-            results = self.process(chunk)
-            if len(results) != len(chunk):
-                raise ValueError(f"{type(self).__name__}.process() gave {len(results)} results for {len(chunk)} items")
+            results = self._process_reporting(chunk, total, done + failed, failed)
             duration = (time.perf_counter() - started) / len(chunk)
             good = [_row(item, duration, result=r) for item, r in zip(chunk, results) if not _failed(r)]
             bad = [_row(item, duration, error=r) for item, r in zip(chunk, results) if _failed(r)]
@@ -123,21 +137,74 @@ class BatchTask(luigi.Task):
             failed += len(bad)
             if bad and not first_error:
                 first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
-            self._progress(self._skipped + done + failed, total, failed)
+            self._progress(done + failed, total, failed)
+        self._progress(done + failed, total, failed, final=True)
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
 
-    def _progress(self, processed: int, total: int | None, failed: int) -> None:
-        # set_progress_percentage and set_status_message are given by luigi's worker; None anywhere else.
+    def _process_reporting(self, chunk: list[Item], total: int | None, before: int, failed: int) -> list[object]:
+        """:meth:`process` the chunk in parts of about ``progress_seconds / 2`` each, reporting after each part.
+
+        A part starts as one item and grows to as many as take that long, so fast items still reach
+        :meth:`process` a whole chunk at a time, and slow ones show their progress while the chunk is worked on.
+        """
+        results: list[object] = []
+        while len(results) < len(chunk):
+            part = chunk[len(results) : len(results) + self._part_size]
+            started = time.perf_counter()
+            part_results = self.process(part)
+            seconds = time.perf_counter() - started
+            if len(part_results) != len(part):
+                name = type(self).__name__
+                raise ValueError(f"{name}.process() gave {len(part_results)} results for {len(part)} items")
+            results += part_results
+            failed_here = failed + sum(1 for r in results if _failed(r))
+            self._progress(before + len(results), total, failed_here)
+            per_item = seconds / len(part)
+            wanted = int(self.progress_seconds / 2 / per_item) if per_item > 0 else len(chunk)
+            self._part_size = max(1, min(self.chunk_size, wanted, 2 * self._part_size))
+        return results
+
+    def _progress(self, processed: int, total: int | None, failed: int, final: bool = False) -> None:
+        """Tell luigid (at most once a second) and, in a terminal, the log (every ``log_seconds``) how far it got."""
+        processed += self._skipped
         now = time.monotonic()
-        if now - getattr(self, "_progress_at", 0.0) < 1.0 and processed != total:
+        if now - self._logged_at >= self.log_seconds and _in_terminal():
+            self._logged_at = now
+            logger.info("%s: %s", self.task_id, self._rate_line(processed, total, failed, now))
+        # set_progress_percentage and set_status_message are given by luigi's worker; None anywhere else.
+        if now - self._reported_at < 1.0 and processed != total and not final:
             return  # each report is a request to the scheduler: at most one a second
-        self._progress_at = now
+        self._reported_at = now
         message = f"{processed} of {total if total is not None else '?'} items done or tried, {failed} failed"
         if callable(self.set_status_message):
             self.set_status_message(message)
         if total and callable(self.set_progress_percentage):
             self.set_progress_percentage(round(100 * processed / total))
+
+    def _rate_line(self, processed: int, total: int | None, failed: int, now: float) -> str:
+        worked = processed - self._skipped
+        seconds = now - self._started
+        rate = worked / seconds if seconds > 0 else 0.0
+        line = f"{processed} of {total if total is not None else '?'} items done or tried ({failed} failed), "
+        line += f"{rate:.3g} items/s"
+        if total is not None and rate > 0:
+            line += f", about {_duration((total - processed) / rate)} left"
+        return line
+
+
+def _in_terminal() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``12s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def _done(chunk: list[Item]) -> set[str]:

@@ -1,12 +1,19 @@
-"""The ``[astra]`` section of luigi's configuration."""
+"""The ``[astra]`` section of luigi's configuration.
+
+Where a setting comes from, first found wins: the ``luigi`` command line (``--astra-database-url``), then the
+environment (``$ASTRA_DATABASE_URL``), then ``[astra]`` in luigi.cfg, then the default.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+from urllib.parse import urlsplit
 
 import luigi
+from luigi.cmdline_parser import CmdlineParser
 
-#: Environment variable that overrides ``[astra] database_url``.
+#: Environment variable that overrides ``[astra] database_url`` (but not ``--astra-database-url``).
 DATABASE_URL_ENV = "ASTRA_DATABASE_URL"
 
 #: Where the embedded SQLite database lives when nothing else is configured.
@@ -18,7 +25,7 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
 
     database_url = luigi.Parameter(
         default="",
-        description="sqlite:///path or postgresql://user@host:port/dbname; overridden by $ASTRA_DATABASE_URL",
+        description="sqlite:///path or postgresql://user@host:port/dbname; $ASTRA_DATABASE_URL overrides luigi.cfg",
     )
     profile = luigi.Parameter(
         default="",
@@ -38,5 +45,69 @@ def settings() -> astra:
 
 
 def database_url() -> str:
-    """The configured database URL: $ASTRA_DATABASE_URL, else ``[astra] database_url``, else ''."""
-    return os.environ.get(DATABASE_URL_ENV) or settings().database_url
+    """The configured database URL: ``--astra-database-url``, else $ASTRA_DATABASE_URL, else luigi.cfg, else ''."""
+    return command_line_value("database_url") or os.environ.get(DATABASE_URL_ENV) or settings().database_url
+
+
+def command_line_value(name: str) -> str:
+    """``--astra-<name>`` as given on the running ``luigi`` command line, or '' (luigi.Config cannot tell apart
+    a value from the command line and one from luigi.cfg, and the environment must come between the two)."""
+    parser = CmdlineParser.get_instance()
+    if parser is None:
+        return ""
+    return getattr(parser.known_args, f"{astra.get_task_family()}_{name}", None) or ""
+
+
+class SchedulerNotReady(SystemExit):
+    """The luigi command cannot use the scheduler it would use; a SystemExit so that it stops with one line.
+
+    Without this, luigi waits about a minute for a luigid that is not there and prints a long RPCError
+    traceback; or it silently ignores ``--scheduler-host`` because luigi.cfg picks the local scheduler.
+    """
+
+
+#: Seconds to wait for luigid to accept a connection before saying that it is not there.
+SCHEDULER_PROBE_SECONDS = 3.0
+
+_scheduler_checked = False
+
+
+def check_scheduler() -> None:
+    """Stop the ``luigi`` command with one line if its scheduler cannot be what the user meant.
+
+    Called once per process, when astra first opens the database (luigi asks ``complete()`` before its first
+    request to the scheduler): no luigid answering where luigi will send its requests, or a luigid named on the
+    command line while ``[core] local_scheduler = true`` in luigi.cfg would make luigi ignore it.
+    """
+    global _scheduler_checked
+    parser = CmdlineParser.get_instance()
+    if parser is None or _scheduler_checked:
+        return
+    _scheduler_checked = True  # forked workers inherit this: the parent has checked
+    args = parser.known_args
+    core = luigi.interface.core()
+    if core.local_scheduler:
+        named = [
+            f"--{option}"
+            for option in ("scheduler-host", "scheduler-port", "scheduler-url")
+            if getattr(args, f"core_{option.replace('-', '_')}", None) is not None
+        ]
+        if named and not getattr(args, "core_local_scheduler", False):
+            raise SchedulerNotReady(
+                f"astra: {' '.join(named)} names a luigid, but luigi.cfg says [core] local_scheduler = true, so "
+                "luigi would not use it; set local_scheduler = false there (or in the file $LUIGI_CONFIG_PATH names)"
+            )
+        return
+    url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
+    where = urlsplit(url)
+    if where.scheme not in ("http", "https") or not where.hostname:
+        return  # e.g. http+unix://: leave it to luigi
+    port = where.port or (443 if where.scheme == "https" else 80)
+    try:
+        socket.create_connection((where.hostname, port), timeout=SCHEDULER_PROBE_SECONDS).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or type(exc).__name__)
+        raise SchedulerNotReady(
+            f"astra: no luigid answers at {url} ({reason}); start one (luigid --port {port}), or run without "
+            "it: add --local-scheduler, or set [core] local_scheduler = true in luigi.cfg"
+        ) from None

@@ -146,6 +146,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = Luigid(Path(directory))
         central = ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(server.port)]
+        # The repository's luigi.cfg picks the local scheduler; this run names its scheduler on each command line.
+        (Path(directory) / "client.cfg").write_text("[core]\nlocal_scheduler = false\n")
+        env["LUIGI_CONFIG_PATH"] = str(Path(directory) / "client.cfg")
         try:
             for n in options.sizes:
                 for scheduler, extra in (("luigid", central), ("local", ["--local-scheduler"])):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import luigi
@@ -13,7 +15,7 @@ import pytest
 
 from astra.database import describe
 from astra.database.connection import _State
-from tests.conftest import REPO, run_luigi
+from tests.conftest import REPO, _postgres_or_skip, run_luigi
 
 SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00002.fits")
 
@@ -164,3 +166,78 @@ def test_one_connection_per_process_and_forks_open_their_own(database_url, backe
         assert after == before != seen
     else:
         assert seen == child.pid
+
+
+def _recorded(path: Path) -> list[str]:
+    import sqlite3
+
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as connection:
+        return [name for (name,) in connection.execute("select task_name from task")]
+
+
+def test_command_line_beats_environment_beats_luigi_cfg(tmp_path):
+    """``--astra-database-url``, then $ASTRA_DATABASE_URL, then ``[astra] database_url``: through the real CLI."""
+    places = {name: tmp_path / f"{name}.db" for name in ("cfg", "env", "cmdline")}
+    (tmp_path / "luigi.cfg").write_text(f"[astra]\ndatabase_url = sqlite:///{places['cfg']}\n")
+    task = ["--module", "workflows", "EstimateSNR", "--spectrum-path", SPECTRUM, "--local-scheduler"]
+    runs = [
+        ("cfg", [], {}),
+        ("env", [], {"ASTRA_DATABASE_URL": f"sqlite:///{places['env']}"}),
+        ("cmdline", ["--astra-database-url", f"sqlite:///{places['cmdline']}"],
+         {"ASTRA_DATABASE_URL": f"sqlite:///{places['env']}"}),
+    ]  # fmt: skip
+    for expected, extra, env in runs:
+        for path in places.values():
+            path.unlink(missing_ok=True)
+        result = luigi_without_database_env(*task, *extra, tmp_path=tmp_path, **env)
+        assert "1 ran successfully" in result.stdout, result.stdout
+        where = {name: _recorded(path) for name, path in places.items()}
+        assert where == {name: (["EstimateSNR"] if name == expected else []) for name in places}, (expected, where)
+
+
+def _profile_run(tmp_path: Path, profile: str, dbname: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    (tmp_path / "sdssdb.yml").write_text(profile)
+    (tmp_path / "luigi.cfg").write_text(f"[astra]\nprofile = astratest\ndbname = {dbname}\n")
+    started = time.monotonic()
+    result = luigi_without_database_env(
+        "--module", "workflows", "EstimateSNR", "--local-scheduler", tmp_path=tmp_path,
+        SDSSDB_CONFIG_PATH=str(tmp_path / "sdssdb.yml"), **env,
+    )  # fmt: skip
+    return result, time.monotonic() - started
+
+
+def _with_pgpass(tmp_path: Path, line: str) -> None:
+    (tmp_path / ".pgpass").write_text(line + "\n")
+    (tmp_path / ".pgpass").chmod(0o600)
+
+
+@pytest.mark.parametrize(
+    ("user", "dbname", "reason"),
+    [("postgres", "astra_no_such_database", 'database "astra_no_such_database" does not exist'),
+     ("astra_no_such_role", "postgres", 'role "astra_no_such_role" does not exist')],
+)  # fmt: skip
+def test_profile_that_cannot_connect_says_the_server_reason(tmp_path, user, dbname, reason):
+    _postgres_or_skip()
+    _with_pgpass(tmp_path, f"127.0.0.1:5432:*:{user}:pr0file-s3cret")
+    profile = f"astratest:\n  host: 127.0.0.1\n  port: 5432\n  user: {user}\n"
+    result, seconds = _profile_run(tmp_path, profile, dbname)
+    line = one_line_error(result)
+    assert reason in line and "sdssdb profile 'astratest'" in line, line
+    assert "pr0file-s3cret" not in result.stdout
+    assert seconds < 30, seconds
+
+
+def test_profile_to_a_silent_server_stops_within_10_seconds(tmp_path):
+    """A port that takes connections but never answers (a hung server, a firewall): the 5 s connect timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # never accept(): the kernel completes the handshake, nobody ever answers
+        port = silent.getsockname()[1]
+        profile = f"astratest:\n  host: 127.0.0.1\n  port: {port}\n  user: postgres\n"
+        result, seconds = _profile_run(tmp_path, profile, "sdss5db")
+    line = one_line_error(result)
+    assert f"127.0.0.1:{port}" in line and "timeout" in line, line
+    # luigi itself needs ~1-2 s to start; the connection gives up after 5 s. Generous for a loaded machine.
+    assert seconds < 10 + 5, seconds

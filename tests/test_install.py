@@ -43,12 +43,13 @@ def test_wheel_installs_and_runs_the_workflow_outside_the_checkout(tmp_path):
         check=True,
         capture_output=True,
     )
-    (wheel,) = wheels.glob("astra-*.whl")
+    (wheel,) = wheels.glob("sdss_astra-*.whl")  # the distribution is sdss-astra; the package stays astra
     names = zipfile.ZipFile(wheel).namelist()
     assert "astra/database/astradb.sql" in names
     assert "workflows/data/spectra/spec-00001.fits" in names
     with zipfile.ZipFile(wheel) as archive:
         requires = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "\nName: sdss-astra\n" in requires  # "astra" on PyPI is another project
     for dependency in ["luigi", "peewee", "psycopg2-binary", "sdssdb"]:
         assert f"Requires-Dist: {dependency}" in requires
 

@@ -33,6 +33,11 @@ class Luigid:
         command = [LUIGID, "--address", "127.0.0.1", "--port", str(self.port)]
         command += ["--state-path", str(self.state), "--logdir", str(self.logdir)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # What a user writes to use this luigid (the repository's luigi.cfg picks the local scheduler).
+        self.client_config = directory / "client.cfg"
+        self.client_config.write_text(
+            f"[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\nscheduler_port = {self.port}\n"
+        )
         wait_for(self._answers, timeout=30, what=f"luigid on port {self.port}")
 
     def _answers(self) -> bool:
@@ -69,8 +74,10 @@ class Luigid:
 
 
 @pytest.fixture
-def luigid(tmp_path) -> Iterator[Luigid]:
+def luigid(tmp_path, monkeypatch) -> Iterator[Luigid]:
+    """A luigid, and $LUIGI_CONFIG_PATH naming a config that uses it for every luigi command the test starts."""
     server = Luigid(tmp_path / "luigid")
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(server.client_config))
     try:
         yield server
     finally:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
+import subprocess
+import time
 
 import luigi
+import pytest
 
 import astra
+from astra.batch import BatchTask
 from astra.database import Task
+from tests.conftest import LUIGI, REPO
 from tests.test_claims import background, postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
 from tests.test_luigid import luigid  # noqa: F401 -- a fixture
 
@@ -52,3 +59,75 @@ def test_progress_outside_a_worker_does_nothing():
     task = Crunch(release="unused")
     task.progress(1, 2, "spectra")  # no scheduler to tell: must not fail
     assert task.set_status_message is None and task.set_progress_percentage is None
+
+
+class SlowItem(astra.BaseTask):
+    """An item that takes ``seconds`` to compute."""
+
+    n = luigi.IntParameter()
+    seconds = luigi.FloatParameter(default=0.03)
+
+    def run(self) -> int:
+        time.sleep(self.seconds)
+        return self.n
+
+
+class SlowBatch(BatchTask):
+    """A few hundred slow items: one chunk, which used to show nothing in luigid until it ended."""
+
+    item_class = SlowItem
+    count = luigi.IntParameter(default=300)
+    run_id = luigi.Parameter()
+    log_seconds = luigi.FloatParameter(default=30.0, significant=False)  # BatchTask's setting, for the test
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"n": n} for n in range(self.count)]
+
+
+@pytest.mark.slow
+def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid, tmp_path):  # noqa: F811 -- fixtures
+    args = ["--module", "tests.test_progress", "SlowBatch", "--run-id", "luigid", *luigid.worker_args()]
+    task_id = SlowBatch(run_id="luigid").task_id
+    seen: list[tuple[float, str]] = []  # (when, status message) each time luigid shows a new one
+    with background((args, tmp_path / "batch.out", {"ASTRA_DATABASE_URL": postgres_url})) as (batch,):
+        while batch.process.poll() is None:
+            info = luigid.api("task_list", status="RUNNING").get(task_id)
+            if info and info["status_message"] and (not seen or seen[-1][1] != info["status_message"]):
+                seen.append((time.monotonic(), info["status_message"]))
+            time.sleep(0.1)
+        assert batch.wait() == 0, batch.text()
+    # 300 items of 0.03 s: about 9 s of work in one chunk of 1,000. At least every 2 s of work a new report.
+    assert len(seen) >= 4, seen
+    assert seen[0][1].endswith("items done or tried, 0 failed") and not seen[0][1].startswith("300 of")
+    done = [int(message.split()[0]) for _, message in seen]
+    assert done == sorted(done) and done[0] < 300
+    assert "items/s" not in batch.text()  # no terminal: no progress lines in the log
+    final = luigid.api("task_list", status="DONE")[task_id]
+    assert (final["status_message"], final["progress_percentage"]) == ("300 of 300 items done or tried, 0 failed", 100)
+
+
+def test_a_batch_in_a_terminal_logs_its_rate_and_time_left(database_url, tmp_path):
+    """stderr is a terminal (a pseudo-terminal here): a line with items done, rate and time left, every log_seconds."""
+    args = ["--module", "tests.test_progress", "SlowBatch", "--run-id", "tty", "--count", "100", "--log-seconds", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ASTRA_DATABASE_URL": database_url}
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([LUIGI, *args, "--local-scheduler"], stdin=follower, stdout=follower, stderr=follower,
+                               cwd=REPO, env=env, close_fds=True)  # fmt: skip
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the pseudo-terminal closed: luigi has exited
+            break
+        if not data:
+            break
+        output += data
+    os.close(leader)
+    assert process.wait(timeout=60) == 0, output.decode(errors="replace")
+    text = output.decode(errors="replace")
+    line = r"SlowBatch\S*: (\d+) of 100 items done or tried \(0 failed\), ([\d.]+) items/s, about (\S+) left"
+    lines = re.findall(line, text)
+    assert len(lines) >= 2, text
+    assert all(0 < int(done) <= 100 and float(rate) > 0 for done, rate, _ in lines), lines
+    assert int(lines[0][0]) < 100, lines  # while it works, not only at the end

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +78,16 @@ def test_malformed_parameter_gets_luigis_error_and_records_nothing(database_url)
     assert result.returncode != 0
     assert "invalid literal for int()" in result.stdout
     assert Task.select().count() == 0
+
+
+def test_the_simulator_runs_as_a_module_without_warnings(tmp_path):
+    """``python -m workflows.spectra`` used to warn that workflows.spectra was in sys.modules before it ran."""
+    result = subprocess.run(
+        [sys.executable, "-m", "workflows.spectra", str(tmp_path), "--count", "2"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "spec-00001.fits"), str(tmp_path / "spec-00002.fits")]

@@ -16,7 +16,7 @@ import luigi
 import astra
 from astra.batch import BatchTask
 from astra.targets import read_many
-from workflows.spectra import EXAMPLE_SPECTRA, read_spectrum, signal_to_noise
+from workflows.formats import EXAMPLE_SPECTRA, Spectrum, load_spectrum, signal_to_noise
 
 
 class SpectrumFile(luigi.ExternalTask):
@@ -29,16 +29,39 @@ class SpectrumFile(luigi.ExternalTask):
 
 
 class EstimateSNR(astra.BaseTask):
-    """The signal-to-noise ratio of one spectrum: median of flux * sqrt(ivar) over good pixels."""
+    """The signal-to-noise ratio of one spectrum: median of flux * sqrt(ivar) over good pixels.
+
+    Reads BOSS spec/spec-lite, APOGEE apStar and apVisit, and mwmVisit/mwmStar files (the first instrument HDU with
+    spectra), recognising the layout from the file (workflows/formats.py). For one fibre of an spPlate file, or
+    another HDU of an mwm file, use :class:`EstimateSelectedSNR`.
+    """
 
     spectrum_path = luigi.Parameter(default=str(EXAMPLE_SPECTRA / "spec-00001.fits"))
 
     def requires(self) -> SpectrumFile:
         return SpectrumFile(self.spectrum_path)
 
+    def spectrum(self) -> Spectrum:
+        return load_spectrum(self.input().path)
+
     def run(self) -> dict:
-        snr, n_good = signal_to_noise(*read_spectrum(self.input().path))
+        spectrum = self.spectrum()
+        snr, n_good = signal_to_noise(spectrum.flux, spectrum.ivar, spectrum.mask)
         return {"snr": snr, "n_good_pixels": n_good}
+
+
+class EstimateSelectedSNR(EstimateSNR):
+    """EstimateSNR of one spectrum in a file that holds several: a fibre of an spPlate, an HDU of an mwm file.
+
+    luigi --module workflows EstimateSelectedSNR --spectrum-path spPlate-1234-56789.fits --fiber 12
+    luigi --module workflows EstimateSelectedSNR --spectrum-path mwmStar-0.6.0-123.fits --hdu APOGEE/APO
+    """
+
+    fiber = luigi.OptionalIntParameter(default=None, description="fibre number (1-based) in an spPlate file")
+    hdu = luigi.Parameter(default="", description="HDU of an mwmVisit/mwmStar file, e.g. APOGEE/APO")
+
+    def spectrum(self) -> Spectrum:
+        return load_spectrum(self.input().path, fiber=self.fiber, hdu=self.hdu)
 
 
 class SummariseSNR(astra.BaseTask):

@@ -1,4 +1,8 @@
-"""Reading and simulating SDSS-style spectrum files (FITS, HDU 1 "COADD": flux, loglam, ivar, and_mask)."""
+"""Simulated BOSS-style spectrum files (FITS, HDU 1 "COADD": flux, loglam, ivar, and_mask).
+
+python -m workflows.spectra DIRECTORY --count 5 writes DIRECTORY/spec-00001.fits ... Reading spectra of every
+layout is workflows/formats.py (imported here too, so ``from workflows.spectra import read_spectrum`` still works).
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits  # imported once here, not in every forked worker that reads a spectrum
+from astropy.io import fits
 
-#: Example spectra shipped with the repository, used when no other spectra are given.
-EXAMPLE_SPECTRA = Path(__file__).resolve().parent / "data" / "spectra"
+from workflows.formats import EXAMPLE_SPECTRA, load_spectrum, read_spectrum, signal_to_noise
 
-
-def read_spectrum(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flux, inverse variance and pixel mask of a spectrum file."""
-
-    with fits.open(path, memmap=False) as hdus:
-        data = hdus["COADD"].data
-        return (
-            np.asarray(data["flux"], dtype=float),
-            np.asarray(data["ivar"], dtype=float),
-            np.asarray(data["and_mask"], dtype=np.int64),
-        )
-
-
-def signal_to_noise(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
-    """Median of flux * sqrt(ivar) over good pixels (ivar > 0, no mask bits), and how many pixels were good."""
-    good = (ivar > 0) & (mask == 0) & np.isfinite(flux)
-    if not good.any():
-        return float("nan"), 0
-    return float(np.median(flux[good] * np.sqrt(ivar[good]))), int(good.sum())
+__all__ = ["EXAMPLE_SPECTRA", "load_spectrum", "read_spectrum", "signal_to_noise", "simulate", "write_spectrum"]
 
 
 def write_spectrum(path: str | Path, snr: float, seed: int, n_pixels: int = 3000) -> Path:

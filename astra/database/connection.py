@@ -1,7 +1,7 @@
 """Opening the database: one lazily opened connection per process, chosen by the ``[astra]`` settings.
 
-Order of precedence: ``$ASTRA_DATABASE_URL``, ``[astra] database_url``, ``[astra] profile`` (through sdssdb),
-then an SQLite file at ``~/.astra/astra.db``.
+Order of precedence: ``--astra-database-url`` on the luigi command line, ``$ASTRA_DATABASE_URL``,
+``[astra] database_url``, ``[astra] profile`` (through sdssdb), then an SQLite file at ``~/.astra/astra.db``.
 """
 
 from __future__ import annotations
@@ -178,18 +178,23 @@ def retried(function: F) -> F:
 
 
 def _settings_key() -> tuple[str, str, str]:
-    url = os.environ.get(config.DATABASE_URL_ENV, "")
+    url = _url_override()
     if url:
         return url, "", ""
     settings = config.settings()
     return settings.database_url, settings.profile, settings.dbname
 
 
+def _url_override() -> str:
+    """A URL that beats luigi.cfg: from the luigi command line, else from the environment (cheap to ask)."""
+    return config.command_line_value("database_url") or os.environ.get(config.DATABASE_URL_ENV, "")
+
+
 def database() -> peewee.Database:
     """The database of this process, opened (and, for SQLite, created) on first use."""
     pid = os.getpid()
-    env_url = os.environ.get(config.DATABASE_URL_ENV, "")
-    if _State.pid == pid and _State.database is not None and (not env_url or _State.key[0] == env_url):
+    override = _url_override()
+    if _State.pid == pid and _State.database is not None and (not override or _State.key[0] == override):
         return _State.database
     key = _settings_key()
     if _State.pid == pid and _State.key == key and _State.database is not None:
@@ -202,6 +207,7 @@ def database() -> peewee.Database:
     # A forked worker whose parent was connected must not give up at once if the server is restarting.
     patient = _State.database is not None and _State.pid != pid and _State.key == key
     _State.pid, _State.key, _State.database = pid, key, None
+    config.check_scheduler()
     db, description = _open(*key, patient=patient)
     _bind(db)
     _check_schema(db, description)
@@ -282,20 +288,24 @@ def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
     )
 
 
+#: Options for every PostgreSQL connection: give up on a silent server after 5 s, and notice a server that
+#: vanished without closing the socket (a crashed host, a network cut) within about a minute.
+POSTGRES_OPTIONS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database, str]:
     description = mask_password(url)
     try:
         name, params = postgres_connect_kwargs(url)
     except BadURLError as exc:
         raise DatabaseNotReady(f"astra: cannot use database URL {description}: {exc}") from None
-    params.setdefault("connect_timeout", 5)
-    # Notice a server that vanished without closing the socket (a crashed host, a network cut) within ~1 min.
-    for key, value in {
-        "keepalives": 1,
-        "keepalives_idle": 30,
-        "keepalives_interval": 10,
-        "keepalives_count": 3,
-    }.items():
+    for key, value in POSTGRES_OPTIONS.items():
         params.setdefault(key, value)
     db = ReconnectingPostgresqlDatabase(name, **params)
     db.description = description
@@ -307,6 +317,13 @@ def _open_postgres_url(url: str, patient: bool = False) -> tuple[peewee.Database
 
 
 def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, str]:
+    """Connect with the host, user and port of an sdssdb profile and the password from ~/.pgpass.
+
+    sdssdb's own ``connect()`` passes only user, host and port to psycopg2 (no connect timeout: a silent server
+    hangs it) and hides the server's reason for refusing; so astra takes the profile's settings from sdssdb and
+    connects the way it does for a URL.
+    """
+    import pgpasslib
     from sdssdb import config as sdssdb_config
     from sdssdb.connection import PeeweeDatabaseConnection
 
@@ -319,15 +336,24 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
     db = type("PeeweeDatabaseConnection", (Reconnecting, PeeweeDatabaseConnection), {})(
         profile=profile, autoconnect=False, use_psycopg3=False
     )
-    settings = db._config
-    where = f"{settings.get('user') or ''}@{settings.get('host') or 'localhost'}:{settings.get('port') or 5432}"
+    params = {key: db._config[key] for key in ("user", "host", "port") if db._config.get(key) is not None}
+    where = f"{params.get('user') or ''}@{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
     description = f"sdssdb profile {profile!r}: postgresql://{where}/{dbname}"
     db.description = description
-    if not db.connect(dbname, silent_on_fail=True, connect_timeout=5):
+    try:
+        params["password"] = pgpasslib.getpass(dbname=dbname, **params)
+    except pgpasslib.PgPassException:  # no ~/.pgpass, or one with the wrong mode: connect without a password
+        params["password"] = None
+    peewee.PostgresqlDatabase.init(db, dbname, prefer_psycopg3=False, **params, **POSTGRES_OPTIONS)
+    try:
+        peewee.PostgresqlDatabase.connect(db)
+    except peewee.OperationalError as exc:
         raise DatabaseNotReady(
-            f"astra: cannot connect to {description}; check that the server is up, the profile in sdssdb.yml "
-            "and the password in ~/.pgpass"
-        )
+            f"astra: cannot connect to {description}: {mask_password(_reason(exc))}. Check the profile in "
+            "sdssdb.yml and the password in ~/.pgpass"
+        ) from None
+    db.dbname = dbname
+    db.post_connect()
     return db, description
 
 

@@ -1,0 +1,197 @@
+"""EstimateSNR reads every spectrum layout SDSS-V users have; the files are written here to the SDSS data model.
+
+The writers below follow the data model (https://data.sdss.org/datamodel/) independently of workflows/formats.py,
+and the expected ratio is worked out here from the arrays written, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import luigi
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from astra.database import Task
+from tests.conftest import run_luigi
+from workflows import EstimateSelectedSNR, EstimateSNR
+from workflows.formats import load_spectrum
+
+N_PIXELS = 500
+
+
+def pixels(seed: int, shape: tuple[int, ...] = (N_PIXELS,)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flux, 1-sigma error and mask; a few masked pixels with absurd flux, a few with no error estimate."""
+    rng = np.random.default_rng(seed)
+    snr = rng.uniform(5, 60)
+    flux = 1.0 + 0.3 * rng.random(shape)
+    error = flux / snr * rng.uniform(0.8, 1.2, shape)
+    mask = np.zeros(shape, dtype=np.int32)
+    bad = rng.random(shape) < 0.05
+    mask[bad] = 1 << 4
+    flux[bad] = 1e4
+    error[rng.random(shape) < 0.02] = 0.0  # no estimate: ivar 0, not a good pixel
+    return flux.astype(np.float32), error.astype(np.float32), mask
+
+
+def expected(flux: np.ndarray, error: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    flux, error, mask = (np.asarray(a, dtype=float).ravel() for a in (flux, error, mask))
+    good = (error > 0) & (mask == 0)
+    return float(np.median(flux[good] / error[good])), int(good.sum())
+
+
+def ivar_of(error: np.ndarray) -> np.ndarray:
+    return np.where(error > 0, 1 / np.where(error > 0, error, 1) ** 2, 0).astype(np.float32)
+
+
+def error_of(ivar: np.ndarray) -> np.ndarray:
+    return np.where(ivar > 0, 1 / np.sqrt(np.where(ivar > 0, ivar, 1)), 0)
+
+
+def write_spec(path: Path, seed: int, lite: bool = True) -> tuple[float, int]:
+    """BOSS spec/spec-lite: HDU1 COADD table (flux, loglam, ivar, and_mask, ...), HDU2 SPALL, HDU3 ZALL."""
+    flux, error, mask = pixels(seed)
+    ivar = ivar_of(error)
+    coadd = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="FLUX", format="E", array=flux),
+            fits.Column(name="LOGLAM", format="E", array=np.linspace(3.55, 4.02, N_PIXELS, dtype=np.float32)),
+            fits.Column(name="IVAR", format="E", array=ivar),
+            fits.Column(name="AND_MASK", format="J", array=mask),
+            fits.Column(name="OR_MASK", format="J", array=mask),
+            fits.Column(name="WDISP", format="E", array=np.ones(N_PIXELS, dtype=np.float32)),
+        ],
+        name="COADD",
+    )
+    extra = [fits.BinTableHDU.from_columns([fits.Column(name="PLATE", format="J", array=[1])], name="SPALL")]
+    if not lite:  # spec (full) files add one HDU per exposure and camera
+        extra.append(fits.BinTableHDU.from_columns([fits.Column(name="flux", format="E", array=flux)], name="B1-1"))
+    fits.HDUList([fits.PrimaryHDU(), coadd, *extra]).writeto(path)
+    return expected(flux, error_of(ivar), mask)
+
+
+def write_spplate(path: Path, seed: int, fiber: int) -> tuple[float, int]:
+    """spPlate: HDU0 flux [fibre, pixel] with COEFF0/COEFF1, HDU1 ivar, HDU2 AND mask, HDU3 OR mask, ..."""
+    flux, error, mask = pixels(seed, (20, N_PIXELS))
+    ivar = ivar_of(error)
+    primary = fits.PrimaryHDU(flux)
+    primary.header["COEFF0"] = 3.5523
+    primary.header["COEFF1"] = 1e-4
+    hdus = [primary, fits.ImageHDU(ivar), fits.ImageHDU(mask), fits.ImageHDU(mask), fits.ImageHDU(flux * 0 + 1)]
+    fits.HDUList(hdus).writeto(path)
+    row = fiber - 1
+    return expected(flux[row], error_of(ivar[row]), mask[row])
+
+
+def write_apstar(path: Path, seed: int, n_visits: int = 3) -> tuple[float, int]:
+    """apStar: HDU0 header only, HDU1 flux, HDU2 error, HDU3 mask [2 combined rows + visits, pixel], CRVAL1/CDELT1.
+
+    A star with one visit has one row, written as a 1-d image.
+    """
+    flux, error, mask = pixels(seed, (2 + n_visits, N_PIXELS) if n_visits > 1 else (N_PIXELS,))
+    hdus = [fits.PrimaryHDU()]
+    for data in (flux, error, mask):
+        image = fits.ImageHDU(data)
+        image.header["CRVAL1"] = 4.179
+        image.header["CDELT1"] = 6e-6
+        hdus.append(image)
+    hdus += [fits.ImageHDU(flux), fits.ImageHDU(error)]  # sky, sky error
+    fits.HDUList(hdus).writeto(path)
+    if n_visits > 1:
+        return expected(flux[0], error[0], mask[0])
+    return expected(flux, error, mask)
+
+
+def write_apvisit(path: Path, seed: int) -> tuple[float, int]:
+    """apVisit: HDU0 header, HDU1 flux, HDU2 error, HDU3 mask, HDU4 wavelength [3 chips, pixel], HDU5 sky..."""
+    flux, error, mask = pixels(seed, (3, N_PIXELS))
+    wavelength = np.linspace(15100, 17000, 3 * N_PIXELS).reshape(3, N_PIXELS)[::-1]
+    hdus = [fits.PrimaryHDU(), *(fits.ImageHDU(data) for data in (flux, error, mask, wavelength, flux))]
+    fits.HDUList(hdus).writeto(path)
+    return expected(flux, error, mask)
+
+
+def write_mwm(path: Path, seed: int, filled: str, n_rows: int, old_columns: bool = False) -> tuple[float, int]:
+    """mwmVisit/mwmStar: HDU1-4 BOSS/APO, BOSS/LCO, APOGEE/APO, APOGEE/LCO tables; empty ones have no rows."""
+    flux, error, mask = pixels(seed, (n_rows, N_PIXELS))
+    ivar = ivar_of(error)
+    hdus = [fits.PrimaryHDU()]
+    for name in ("BOSS/APO", "BOSS/LCO", "APOGEE/APO", "APOGEE/LCO"):
+        rows = slice(None) if name == filled else slice(0, 0)
+        if old_columns:
+            spectra = [("E_FLUX", error[rows]), ("BITMASK", mask[rows])]
+        else:
+            spectra = [("IVAR", ivar[rows]), ("PIXEL_FLAGS", mask[rows])]
+        columns = [fits.Column(name="SPECTRUM_PK", format="K", array=np.arange(len(flux[rows])))]
+        columns.append(fits.Column(name="FLUX", format=f"{N_PIXELS}E", array=flux[rows]))
+        columns += [
+            fits.Column(name=column, format=f"{N_PIXELS}{'J' if column in ('BITMASK', 'PIXEL_FLAGS') else 'E'}",
+                        array=data)
+            for column, data in spectra
+        ]  # fmt: skip
+        table = fits.BinTableHDU.from_columns(columns, name=name)
+        table.header.update(CRVAL=3.5523, CDELT=1e-4, NPIXELS=N_PIXELS)
+        hdus.append(table)
+    fits.HDUList(hdus).writeto(path)
+    if old_columns:
+        return expected(flux, error, mask)
+    return expected(flux, error_of(ivar), mask)
+
+
+LAYOUTS = {
+    "spec-lite": (lambda path: write_spec(path, seed=1), {}, "spec"),
+    "spec": (lambda path: write_spec(path, seed=2, lite=False), {}, "spec"),
+    "spPlate": (lambda path: write_spplate(path, seed=3, fiber=7), {"fiber": 7}, "spPlate"),
+    "apStar": (lambda path: write_apstar(path, seed=4), {}, "apStar"),
+    "apStar, one visit": (lambda path: write_apstar(path, seed=5, n_visits=1), {}, "apStar"),
+    "apVisit": (lambda path: write_apvisit(path, seed=6), {}, "apVisit"),
+    "mwmStar": (lambda path: write_mwm(path, seed=7, filled="APOGEE/APO", n_rows=1), {}, "mwm"),
+    "mwmVisit": (lambda path: write_mwm(path, seed=8, filled="BOSS/LCO", n_rows=4), {"hdu": "BOSS/LCO"}, "mwm"),
+    "mwmVisit, e_flux": (
+        lambda path: write_mwm(path, seed=9, filled="BOSS/APO", n_rows=2, old_columns=True),
+        {},
+        "mwm",
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_estimate_snr_reads_each_layout(database_url, tmp_path, layout):
+    write, parameters, name = LAYOUTS[layout]
+    path = tmp_path / "spectrum.fits"
+    snr, n_good = write(path)
+    task = (EstimateSelectedSNR if parameters else EstimateSNR)(spectrum_path=str(path), **parameters)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    result = json.loads(Task.get(Task.task_hash == task.output().task_hash).result)
+    assert load_spectrum(path, **parameters).layout == name
+    assert result["n_good_pixels"] == n_good
+    assert result["snr"] == pytest.approx(snr, rel=1e-5)
+
+
+def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
+    path = tmp_path / "spPlate-1234-56789.fits"
+    snr, _ = write_spplate(path, seed=10, fiber=12)
+    args = ["--module", "workflows", "EstimateSelectedSNR", "--spectrum-path", str(path), "--fiber", "12"]
+    result = run_luigi(*args)
+    assert "1 ran successfully" in result.stdout, result.stdout
+    recorded = json.loads(Task.get(Task.task_name == "EstimateSelectedSNR").result)
+    assert recorded["snr"] == pytest.approx(snr, rel=1e-5)
+
+    without = run_luigi("--module", "workflows", "EstimateSNR", "--spectrum-path", str(path))
+    assert without.returncode == 30, without.stdout  # [retcode] task_failed in the shipped luigi.cfg
+    assert "spPlate file of 20 fibres: use EstimateSelectedSNR --fiber 1..20" in without.stdout
+
+
+def test_an_unknown_layout_fails_with_one_line_naming_the_hdus(database_url, tmp_path):
+    path = tmp_path / "image.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(np.zeros((4, 5))), fits.BinTableHDU.from_columns([fits.Column("RA", "D", array=[1.0])])]
+    ).writeto(path)
+    result = run_luigi("--module", "workflows", "EstimateSNR", "--spectrum-path", str(path))
+    assert result.returncode == 30, result.stdout
+    row = Task.get(Task.task_name == "EstimateSNR")
+    assert row.status == "failed"
+    assert "\n" not in row.error
+    assert "HDUs found: 0 PRIMARY (image 4x5), 1 - (table: RA)" in row.error, row.error
