@@ -1,7 +1,7 @@
 """A broken ``requires()`` stops only what depends on it, as in plain luigi.
 
-The DAG is ``Top -> [Parent -> [Good(1), Broken], Good(2)]`` where ``Broken.requires()`` raises. Plain luigi runs
-``Good(1)`` and ``Good(2)``, names ``Broken`` and leaves ``Parent`` and ``Top`` pending; astra must do the same,
+The DAG is ``Top -> [Parent -> [Good(1), BrokenInput], Good(2)]`` where ``BrokenInput.requires()`` raises. Plain luigi runs
+``Good(1)`` and ``Good(2)``, names ``BrokenInput`` and leaves ``Parent`` and ``Top`` pending; astra must do the same,
 although the identity of ``Top`` includes that of everything below it. Both run through the real luigi command line
 (``luigi --module tests.test_broken_requires ...``): the astra tasks, and the same DAG of plain luigi tasks with
 ``LocalTarget`` files.
@@ -26,14 +26,14 @@ class Good(astra.BaseTask):
         return {"i": self.i}
 
 
-class Broken(astra.BaseTask):
+class BrokenInput(astra.BaseTask):
     def requires(self):
         raise ValueError("Broken cannot say what it needs")
 
 
 class Parent(astra.BaseTask):
     def requires(self) -> list[astra.BaseTask]:
-        return [Good(i=1), Broken()]
+        return [Good(i=1), BrokenInput()]
 
 
 class Top(astra.BaseTask):
@@ -56,14 +56,14 @@ class PlainGood(PlainTask):
     i = luigi.IntParameter()
 
 
-class PlainBroken(PlainTask):
+class PlainBrokenInput(PlainTask):
     def requires(self):
         raise ValueError("Broken cannot say what it needs")
 
 
 class PlainParent(PlainTask):
     def requires(self) -> list[luigi.Task]:
-        return [PlainGood(i=1, root=self.root), PlainBroken(root=self.root)]
+        return [PlainGood(i=1, root=self.root), PlainBrokenInput(root=self.root)]
 
 
 class PlainTop(PlainTask):
@@ -87,7 +87,7 @@ def test_a_broken_requires_stops_only_what_depends_on_it(database_url, tmp_path)
 
     expected = outcome(plain.stdout)
     assert "2 ran successfully" in expected and "Good(i=1,2)" in expected, plain.stdout
-    assert "Broken()" in expected, plain.stdout
+    assert "BrokenInput()" in expected, plain.stdout
     assert outcome(astra_run.stdout) == expected, astra_run.stdout
     assert astra_run.stdout.count("Broken cannot say what it needs") >= 1
     assert sorted(Task.select(Task.task_name, Task.status).tuples()) == [("Good", "done"), ("Good", "done")]
@@ -97,5 +97,5 @@ def test_a_broken_requires_stops_only_what_depends_on_it(database_url, tmp_path)
 
     why = astra_command("tasks", "why", "--module", "tests.test_broken_requires", "Top")
     assert why.returncode == 1 and why.stdout == "", why.stdout
-    assert why.stderr.startswith("astra: cannot identify Broken(): its requires() raised ValueError"), why.stderr
+    assert why.stderr.startswith("astra: cannot identify BrokenInput(): its requires() raised ValueError"), why.stderr
     assert len(why.stderr.strip().splitlines()) == 1, why.stderr
