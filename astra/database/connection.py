@@ -273,7 +273,9 @@ def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
     be wrong: closing any descriptor of the file drops the locks SQLite holds on it in this process.)
     """
     try:
-        with db.transaction() as transaction:
+        # IMMEDIATE: take the write lock first, waiting on the busy timeout; a deferred transaction that has read
+        # cannot wait for another writer (--workers N open the file at once) and fails with "database is locked".
+        with db.transaction(lock_type="IMMEDIATE") as transaction:
             (version,) = db.execute_sql("pragma user_version").fetchone()
             db.execute_sql(f"pragma user_version = {int(version)}")
             transaction.rollback()
