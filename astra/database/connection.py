@@ -273,15 +273,16 @@ def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
     be wrong: closing any descriptor of the file drops the locks SQLite holds on it in this process.)
     """
     try:
-        with db.transaction() as transaction:
+        # IMMEDIATE: wait for a busy writer now (a deferred read-then-write could fail at once as "locked").
+        with db.transaction(lock_type="IMMEDIATE") as transaction:
             (version,) = db.execute_sql("pragma user_version").fetchone()
             db.execute_sql(f"pragma user_version = {int(version)}")
             transaction.rollback()
         return
     except peewee.OperationalError as exc:
-        db.close()
         if "readonly" not in str(exc):
-            raise DatabaseNotReady(f"astra: cannot write to SQLite database {path}: {exc}") from None
+            return  # e.g. busy for longer than the timeout: not a reason to stop here, the real write will tell
+        db.close()
     raise DatabaseNotReady(
         f"astra: SQLite database {path} is read-only, so luigi could not record finished tasks; make it "
         "writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
