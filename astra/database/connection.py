@@ -281,9 +281,9 @@ def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
             transaction.rollback()
         return
     except peewee.OperationalError as exc:
-        db.close()
         if "readonly" not in str(exc):
-            raise DatabaseNotReady(f"astra: cannot write to SQLite database {path}: {exc}") from None
+            return  # e.g. busy for longer than the timeout: not a reason to stop here, the real write will tell
+        db.close()
     raise DatabaseNotReady(
         f"astra: SQLite database {path} is read-only, so luigi could not record finished tasks; make it "
         "writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
