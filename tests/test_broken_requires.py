@@ -1,10 +1,10 @@
 """A broken ``requires()`` stops only what depends on it, as in plain luigi.
 
 The DAG is ``Top -> [Parent -> [Good(1), BrokenInput], Good(2)]`` where ``BrokenInput.requires()`` raises. Plain
-luigi runs ``Good(1)`` and ``Good(2)``, names ``BrokenInput`` and leaves ``Parent`` and ``Top`` pending; astra must do the same,
-although the identity of ``Top`` includes that of everything below it. Both run through the real luigi command line
-(``luigi --module tests.test_broken_requires ...``): the astra tasks, and the same DAG of plain luigi tasks with
-``LocalTarget`` files.
+luigi runs ``Good(1)`` and ``Good(2)``, names ``BrokenInput`` and leaves ``Parent`` and ``Top`` pending; astra must
+do the same, although the identity of ``Top`` includes that of everything below it. Both run through the real luigi
+command line (``luigi --module tests.test_broken_requires ...``): the astra tasks, and the same DAG of plain luigi
+tasks with ``LocalTarget`` files.
 """
 
 from __future__ import annotations
