@@ -1,0 +1,121 @@
+"""Schema versions: which astra schema a database holds, and the steps that bring an older one up to date.
+
+Schema 1 is what astra wrote before it recorded versions (``astra.task`` with a text ``result``, no
+``astra.schema_version``). Step N of :data:`STEPS` brings a database from schema N to N + 1, in a transaction of
+its own, and records N + 1 in ``astra.schema_version``; ``astra db upgrade`` applies the steps a database lacks.
+
+Adding a column to ``astra.task`` takes one line here, ``add_column(Task.new_column)`` (nullable, or with a
+default), besides the column in ``models.py`` and ``schema/astradb/astradb.sql`` and the version number that file
+gives a new database (tests/test_versions_schema.py checks they agree).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import peewee
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+
+from astra import values
+from astra.database.models import MODELS, SchemaVersion, Task, utcnow
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change of the schema, from the version before it to the next."""
+
+    description: str
+    apply: Callable[[peewee.Database], None]
+
+
+def _migrator(db: peewee.Database):
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return PostgresqlMigrator(db, schema="astra")
+    return SqliteMigrator(db)
+
+
+def add_column(field: peewee.Field) -> Step:
+    """A step that adds ``field`` (of a model in models.py) to its table."""
+    table = field.model._meta.table_name
+
+    def apply(db: peewee.Database) -> None:
+        if field.column_name not in {column.name for column in db.get_columns(table, schema=_schema(db))}:
+            migrate(_migrator(db).add_column(table, field.column_name, field))
+
+    return Step(f"add column {table}.{field.column_name}", apply)
+
+
+#: Written by astra before schema 2; such text may hold what jsonb and astra.values would read differently.
+_SUSPECT = ("NaN", "Infinity", '"$', "e+", "u0000")
+
+
+def _result_as_json(db: peewee.Database) -> None:
+    """Rewrite results that hold NaN or Infinity (or look like tags) with astra.values; on PostgreSQL, make jsonb."""
+    table = f"astra.{Task._meta.table_name}" if isinstance(db, peewee.PostgresqlDatabase) else Task._meta.table_name
+    marks = " OR ".join(["result LIKE %s" if isinstance(db, peewee.PostgresqlDatabase) else "result LIKE ?"] * 5)
+    rows = db.execute_sql(f"SELECT pk, result FROM {table} WHERE {marks}", [f"%{s}%" for s in _SUSPECT]).fetchall()
+    place = "%s" if isinstance(db, peewee.PostgresqlDatabase) else "?"
+    for pk, text in rows:
+        try:
+            value = json.loads(text)  # Python's parser reads the NaN and Infinity that astra used to write
+        except ValueError:
+            value = text  # not JSON at all: keep the text itself, as a JSON string
+        db.execute_sql(f"UPDATE {table} SET result = {place} WHERE pk = {place}", (values.dumps(value), pk))
+    if isinstance(db, peewee.PostgresqlDatabase):
+        migrate(_migrator(db).alter_column_type("task", "result", Task.result, cast="result::jsonb"))
+
+
+#: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
+STEPS: list[Step] = [
+    Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),
+]
+
+#: The schema this astra reads and writes.
+CURRENT = len(STEPS) + 1
+
+
+def _schema(db: peewee.Database) -> str | None:
+    return "astra" if isinstance(db, peewee.PostgresqlDatabase) else None
+
+
+def recorded(db: peewee.Database) -> int | None:
+    """The schema version ``db`` holds; None if it has no astra tables at all."""
+    if not db.table_exists("task", schema=_schema(db)):
+        return None
+    if not db.table_exists("schema_version", schema=_schema(db)):
+        return 1
+    return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 1
+
+
+def create(db: peewee.Database) -> None:
+    """Create the tables of a new SQLite database, at the current version (PostgreSQL: astradb.sql does it)."""
+    with db.atomic(lock_type="IMMEDIATE"):
+        db.create_tables(MODELS, safe=True)
+        SchemaVersion.insert(version=CURRENT, applied=utcnow()).on_conflict_ignore().execute()
+
+
+def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda version, description: None) -> int:
+    """Apply the steps ``db`` lacks, each in its own transaction; returns the version it held before.
+
+    Raises ValueError if ``db`` has no astra schema, or a newer one than this astra knows.
+    """
+    before = recorded(db)
+    if before is None:
+        raise ValueError("it has no astra schema")
+    if before > CURRENT:
+        raise ValueError(f"it holds astra schema {before}, newer than this astra knows ({CURRENT})")
+    pg = isinstance(db, peewee.PostgresqlDatabase)
+    SchemaVersion.create_table(safe=True)
+    for version in range(before + 1, CURRENT + 1):
+        step = STEPS[version - 2]
+        with db.atomic() if pg else db.atomic(lock_type="IMMEDIATE"):
+            if pg:  # workers wait until the step is done; a second `astra db upgrade` finds it done
+                db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+            if (recorded(db) or 1) >= version:
+                continue
+            step.apply(db)
+            SchemaVersion.insert(version=version, applied=utcnow()).execute()
+        progress(version, step.description)
+    return before
