@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections.abc import Mapping
 from json.encoder import encode_basestring
 
 import numpy
@@ -137,8 +138,13 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
         _write_dict(value, where, out, open_)
     elif kind is list or kind is tuple:
         _write_list(value, where, out, open_)
-    elif isinstance(value, numpy.ndarray):
+    elif kind is numpy.ndarray:
         _write_array(value, where, out, open_)
+    elif isinstance(value, numpy.ndarray):  # an astropy Quantity, a masked array: the numbers alone would mislead
+        raise UnstorableError(
+            f"{where}: cannot store a {kind.__name__} (a numpy array with more to it); store plain arrays, "
+            "e.g. its .value and its unit apart"
+        )
     elif isinstance(value, numpy.generic):
         _write_numpy_scalar(value, where, out)
     elif isinstance(value, datetime.datetime):
@@ -153,7 +159,7 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
         out.append(str(int(value)))
     elif isinstance(value, float):
         out.append(_float(float(value)))
-    elif isinstance(value, dict):
+    elif isinstance(value, Mapping):  # e.g. the frozen dict of a luigi DictParameter
         _write_dict(value, where, out, open_)
     elif isinstance(value, (list, tuple)):
         _write_list(value, where, out, open_)
@@ -177,7 +183,7 @@ def _enter(value: object, where: str, open_: set[int]) -> int:
     return key
 
 
-def _write_dict(value: dict, where: str, out: list[str], open_: set[int]) -> None:
+def _write_dict(value: Mapping, where: str, out: list[str], open_: set[int]) -> None:
     key_id = _enter(value, where, open_)
     escaped = len(value) == 1 and next(iter(value)) in _TAGS
     out.append('{"$dict":{' if escaped else "{")

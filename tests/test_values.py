@@ -215,6 +215,8 @@ def test_dumps_is_strict_json_and_loads_reverses_it():
     assert_same(values.loads(text), expected(value))
     assert_same(values.decode(json.loads(text)), expected(value))
     assert values.dumps(values.encode(value)) == text  # text written once is stored as it is
+    frozen = luigi.DictParameter().normalize({"b": [1, 2], "a": {"c": 1}})  # a Mapping, not a dict
+    assert values.loads(values.dumps(frozen)) == {"b": [1, 2], "a": {"c": 1}}
 
 
 def test_unstorable_values_name_where_they_are():
@@ -222,6 +224,8 @@ def test_unstorable_values_name_where_they_are():
         values.dumps({"a": [1, 2, {"b": {3}}]})
     with pytest.raises(values.UnstorableError, match="numpy array of dtype complex128"):
         values.dumps({"z": np.zeros(3, dtype=complex)})
+    with pytest.raises(values.UnstorableError, match=r'result\["flux"\]: cannot store a MaskedArray'):
+        values.dumps({"flux": np.ma.masked_array([1.0, 2.0], mask=[True, False])})
     deep: list = []
     for _ in range(100_000):
         deep = [deep]

@@ -49,22 +49,43 @@ def add_column(field: peewee.Field) -> Step:
 
 #: Written by astra before schema 2; such text may hold what jsonb and astra.values would read differently.
 _SUSPECT = ("NaN", "Infinity", '"$', "e+", "u0000")
+_CHUNK = 5000
 
 
 def _result_as_json(db: peewee.Database) -> None:
     """Rewrite results that hold NaN or Infinity (or look like tags) with astra.values; on PostgreSQL, make jsonb."""
-    table = f"astra.{Task._meta.table_name}" if isinstance(db, peewee.PostgresqlDatabase) else Task._meta.table_name
-    marks = " OR ".join(["result LIKE %s" if isinstance(db, peewee.PostgresqlDatabase) else "result LIKE ?"] * 5)
-    rows = db.execute_sql(f"SELECT pk, result FROM {table} WHERE {marks}", [f"%{s}%" for s in _SUSPECT]).fetchall()
-    place = "%s" if isinstance(db, peewee.PostgresqlDatabase) else "?"
-    for pk, text in rows:
-        try:
-            value = json.loads(text)  # Python's parser reads the NaN and Infinity that astra used to write
-        except ValueError:
-            value = text  # not JSON at all: keep the text itself, as a JSON string
-        db.execute_sql(f"UPDATE {table} SET result = {place} WHERE pk = {place}", (values.dumps(value), pk))
-    if isinstance(db, peewee.PostgresqlDatabase):
+    pg = isinstance(db, peewee.PostgresqlDatabase)
+    table = "astra.task" if pg else "task"
+    mark = "%s" if pg else "?"
+    suspect = " OR ".join([f"result LIKE {mark}"] * len(_SUSPECT))
+    last = 0
+    while True:  # a chunk at a time, in the order of pk: a million results need not fit in memory
+        rows = db.execute_sql(
+            f"SELECT pk, result FROM {table} WHERE pk > {mark} AND ({suspect}) ORDER BY pk LIMIT {_CHUNK}",
+            [last, *(f"%{text}%" for text in _SUSPECT)],
+        ).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        rewritten = [(pk, values.dumps(_legacy(text))) for pk, text in rows]
+        if pg:
+            db.execute_sql(
+                "UPDATE astra.task SET result = new.result FROM unnest(%s::bigint[], %s::text[]) AS new(pk, result) "
+                "WHERE astra.task.pk = new.pk",
+                ([pk for pk, _ in rewritten], [text for _, text in rewritten]),
+            )
+        else:
+            db.cursor().executemany("UPDATE task SET result = ? WHERE pk = ?", [(t, pk) for pk, t in rewritten])
+    if pg:
         migrate(_migrator(db).alter_column_type("task", "result", Task.result, cast="result::jsonb"))
+
+
+def _legacy(text: str) -> object:
+    """A result as astra wrote it before schema 2 (json.dumps: NaN and Infinity as bare words)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not JSON at all: keep the text itself, as a JSON string
 
 
 #: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
