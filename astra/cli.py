@@ -391,7 +391,7 @@ def show(ref: str, as_json: bool) -> None:
             dynamic = " (dynamic)" if other.dynamic else ""
             click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}{dynamic}")
     if task.result is not None:
-        click.echo(f"result\n  {_short(values.dumps(task.result), 2000)}")
+        click.echo(f"result\n  {_short(json.dumps(values.plain(task.result)), 2000)}")
     if task.error:
         click.echo(f"error\n  {task.error}")
     if task.traceback:

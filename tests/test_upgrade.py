@@ -23,7 +23,7 @@ from tests.conftest import LUIGI, REPO, run_luigi
 from tests.test_cli import astra, astra_many, one_line_error
 from tests.test_schema import SQL, psql
 from tests.test_values import assert_same
-from tests.upgrade_tasks import Broken, Spectrum, Summary, value
+from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, value
 
 #: main before schema versions: its schema file and code are schema 1.
 OLD = "9abb7da"
@@ -75,14 +75,18 @@ def raw_rows(url: str) -> dict[str, list[tuple]]:
 
 @pytest.fixture
 def old_database(backend, tmp_path, request, old_astra, monkeypatch) -> str:
-    """A database made and filled by the old astra: 10 Spectrum + 1 Summary by luigi, 10 by a batch, 1 failed."""
+    """A database made and filled by the old astra: 10 spectra and their summary by luigi, 10 by a batch, 1 failed."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'astra.db'}"  # the old astra creates its SQLite tables itself
     else:
         url = request.getfixturevalue("postgres_database")
         loaded = psql(url, old_astra / "schema" / "astradb" / "astradb.sql")
         assert loaded.returncode == 0, loaded.stderr
-    for args in (["Summary", "--n", "10"], ["Spectra", "--start", "10", "--stop", "20"], ["Broken"]):
+    for args in (
+        ["UpgradeSummary", "--n", "10"],
+        ["UpgradeSpectra", "--start", "10", "--stop", "20"],
+        ["UpgradeFails"],
+    ):
         result = old_luigi(old_astra, url, *args)
         assert "This progress looks" in result.stdout, result.stdout
     monkeypatch.setenv("ASTRA_DATABASE_URL", url)
@@ -103,7 +107,7 @@ def test_upgrade_keeps_every_task_and_result(old_database, backend):
     assert any("NaN" in (text or "") for text in old_results.values())  # what jsonb cannot take as it is
 
     # Today's astra will not use it as it is: one line, saying what to do.
-    refused = run_luigi("--module", "tests.upgrade_tasks", "Summary", "--n", "10", "--local-scheduler")
+    refused = run_luigi("--module", "tests.upgrade_tasks", "UpgradeSummary", "--n", "10", "--local-scheduler")
     lines = [line for line in refused.stdout.splitlines() if line.startswith("astra: ")]
     assert len(lines) == 1 and "Traceback" not in refused.stdout, refused.stdout
     assert "holds astra schema 1" in lines[0] and "run `astra db upgrade`" in lines[0]
@@ -122,23 +126,23 @@ def test_upgrade_keeps_every_task_and_result(old_database, backend):
 
     # Every task reads back with its result: the values the old code returned (NaN and infinities included).
     forget_cached()
-    spectra = [Spectrum(i=i) for i in range(20)]
-    assert all(task.complete() for task in spectra) and Summary(n=10).complete()
+    spectra = [UpgradeSpectrum(i=i) for i in range(20)]
+    assert all(task.complete() for task in spectra) and UpgradeSummary(n=10).complete()
     for task, result in zip(spectra, read_many([task.output() for task in spectra])):
         assert_same(result, value(task.i))
-    assert Summary(n=10).output().read() == {"total": sum(range(10))}
-    assert Task.get(Task.task_hash == task_hash(Broken())).status == "failed"
+    assert UpgradeSummary(n=10).output().read() == {"total": sum(range(10))}
+    assert Task.get(Task.task_hash == task_hash(UpgradeFails())).status == "failed"
 
     # luigi finds everything done, and runs only what was never run.
-    rerun = run_luigi("--module", "tests.upgrade_tasks", "Summary", "--n", "10", "--local-scheduler")
+    rerun = run_luigi("--module", "tests.upgrade_tasks", "UpgradeSummary", "--n", "10", "--local-scheduler")
     assert "1 complete ones were encountered" in rerun.stdout, rerun.stdout
     batch = run_luigi(
-        "--module", "tests.upgrade_tasks", "Spectra", "--start", "10", "--stop", "21", "--local-scheduler"
+        "--module", "tests.upgrade_tasks", "UpgradeSpectra", "--start", "10", "--stop", "21", "--local-scheduler"
     )
     assert "1 ran successfully" in batch.stdout, batch.stdout
-    assert_same(Spectrum(i=20).output().read(), value(20))
+    assert_same(UpgradeSpectrum(i=20).output().read(), value(20))
 
-    shown = astra("tasks", "show", "--json", str(Task.get(Task.task_hash == task_hash(Spectrum(i=0))).pk))
+    shown = astra("tasks", "show", "--json", str(Task.get(Task.task_hash == task_hash(UpgradeSpectrum(i=0))).pk))
     assert json.loads(shown.stdout)["result"]["snr"] == {"$float": "NaN"}
     if backend == "postgresql":
         connection = psycopg2.connect(url)
@@ -153,7 +157,7 @@ def test_upgrade_keeps_every_task_and_result(old_database, backend):
 @pytest.mark.slow
 def test_newer_schema_asks_to_upgrade_astra(database_url):
     SchemaVersion.insert(version=versions.CURRENT + 1, applied=utcnow()).execute()
-    refused = run_luigi("--module", "tests.upgrade_tasks", "Broken", "--local-scheduler")
+    refused = run_luigi("--module", "tests.upgrade_tasks", "UpgradeFails", "--local-scheduler")
     lines = [line for line in refused.stdout.splitlines() if line.startswith("astra: ")]
     assert len(lines) == 1, refused.stdout
     assert f"holds astra schema {versions.CURRENT + 1}" in lines[0] and lines[0].endswith("upgrade astra")

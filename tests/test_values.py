@@ -100,7 +100,7 @@ def test_values_read_back_through_the_luigi_command_line_and_astra_show(database
     assert record["date"] == {"$date": "2026-11-25"}
     assert record["datetime"] == {"$datetime": "2026-11-25T17:30:01.250000+00:00"}
     assert record["snr"] == 12.25 and record["np_int64_near_2_62"] == 2**62 + 1
-    assert '{"snr":{"$float":"NaN"}}' in text.stdout, text.stdout
+    assert '{"snr": {"$float": "NaN"}}' in text.stdout, text.stdout
 
 
 @pytest.mark.parametrize(

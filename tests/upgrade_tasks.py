@@ -25,25 +25,25 @@ def value(i: int) -> dict:
     }
 
 
-class Spectrum(astra.BaseTask):
+class UpgradeSpectrum(astra.BaseTask):
     i = luigi.IntParameter()
 
     def run(self) -> dict:
         return value(self.i)
 
 
-class Summary(astra.BaseTask):
+class UpgradeSummary(astra.BaseTask):
     n = luigi.IntParameter()
 
-    def requires(self) -> list[Spectrum]:
-        return [Spectrum(i=i) for i in range(self.n)]
+    def requires(self) -> list[UpgradeSpectrum]:
+        return [UpgradeSpectrum(i=i) for i in range(self.n)]
 
     def run(self) -> dict:
         return {"total": sum(result["i"] for result in astra.targets.read_many(self.input()))}
 
 
-class Spectra(BatchTask):
-    item_class = Spectrum
+class UpgradeSpectra(BatchTask):
+    item_class = UpgradeSpectrum
     start = luigi.IntParameter()
     stop = luigi.IntParameter()
 
@@ -51,6 +51,6 @@ class Spectra(BatchTask):
         return [{"i": i} for i in range(self.start, self.stop)]
 
 
-class Broken(astra.BaseTask):
+class UpgradeFails(astra.BaseTask):
     def run(self) -> None:
         raise ValueError("broken on purpose")
