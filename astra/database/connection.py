@@ -262,6 +262,8 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
         _bind(db)
         if not db.table_exists("task"):
             versions.create(db)  # a new database (e.g. the embedded default on first use)
+        elif versions.recorded(db) == versions.CURRENT:
+            db.create_tables(MODELS, safe=True)  # a table lost since is made again; older schemas: astra db upgrade
     except (OSError, peewee.DatabaseError) as exc:
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}") from None
     _check_writable(db, path)

@@ -6,7 +6,7 @@ its own, and records N + 1 in ``astra.schema_version``; ``astra db upgrade`` app
 
 Adding a column to ``astra.task`` takes one line here, ``add_column(Task.new_column)`` (nullable, or with a
 default), besides the column in ``models.py`` and ``schema/astradb/astradb.sql`` and the version number that file
-gives a new database (tests/test_versions_schema.py checks they agree).
+gives a new database (tests/test_upgrade.py checks they agree).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import peewee
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
 
 from astra import values
-from astra.database.models import MODELS, SchemaVersion, Task, utcnow
+from astra.database.models import MODELS, Dependency, SchemaVersion, Task, utcnow
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,11 @@ def _legacy(text: str) -> object:
 
 #: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
 STEPS: list[Step] = [
-    Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),
+    Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),  # 2
+    add_column(Task.lease),  # 3
+    add_column(Task.claim_token),  # 4
+    add_column(Task.dynamic_dependencies),  # 5
+    add_column(Dependency.dynamic),  # 6
 ]
 
 #: The schema this astra reads and writes.

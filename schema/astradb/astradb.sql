@@ -12,7 +12,7 @@ create table if not exists astra.schema_version (
     applied timestamp with time zone not null
 );
 -- Only a new database is at the current version; an older one keeps its number until `astra db upgrade`.
-insert into astra.schema_version (version, applied) select 2, now() where to_regclass('astra.task') is null;
+insert into astra.schema_version (version, applied) select 6, now() where to_regclass('astra.task') is null;
 
 create table if not exists astra.task (
     pk bigserial primary key,
