@@ -12,7 +12,7 @@ setup(
     install_requires=[
         "click>=8",
         "luigi>=3.5",
-        "peewee>=3.17",
+        "peewee>=4.5",  # its JSONField: jsonb on PostgreSQL, text on SQLite
         "psycopg2-binary>=2.9",
         "sdssdb>=1.0",
         "numpy",

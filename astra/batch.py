@@ -25,7 +25,6 @@ the first to record it wins), or run the items' requirements (an item whose inpu
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -36,6 +35,7 @@ from itertools import islice
 import luigi
 
 import astra
+from astra import values
 from astra.claims import summarise
 from astra.database import database, queries
 from astra.identity import Item, items, task_version
@@ -126,8 +126,9 @@ class BatchTask(luigi.Task):
             started = time.perf_counter()
             results = self._process_reporting(chunk, total, done + failed, failed)
             duration = (time.perf_counter() - started) / len(chunk)
-            good = [_row(item, duration, result=r) for item, r in zip(chunk, results) if not _failed(r)]
-            bad = [_row(item, duration, error=r) for item, r in zip(chunk, results) if _failed(r)]
+            rows = [_row(item, duration, result) for item, result in zip(chunk, results)]
+            good = [row for row in rows if "error" not in row]
+            bad = [row for row in rows if "error" in row]
             recording = time.perf_counter()
             with queries.transaction():
                 queries.record_items(good, queries.DONE)
@@ -240,7 +241,8 @@ def _unrecorded_run(task: luigi.Task) -> object:
     return result
 
 
-def _row(item: Item, duration: float, result: object = None, error: BaseException | None = None) -> dict:
+def _row(item: Item, duration: float, result: object) -> dict:
+    """The record of one item: done with its result, or failed with the exception it gave (or its result caused)."""
     row = {
         "task_module": item.cls.__module__,
         "task_name": item.cls.get_task_family(),
@@ -252,8 +254,11 @@ def _row(item: Item, duration: float, result: object = None, error: BaseExceptio
         "requires": item.requires,
         "duration": duration,
     }
-    if error is None:
-        row["result"] = None if result is None else json.dumps(result, sort_keys=True, default=str)
-    else:
-        row["error"], row["traceback"] = summarise(error)  # as a lone task's failure is recorded
+    if not _failed(result):
+        try:
+            row["result"] = None if result is None else values.dumps(result)
+            return row
+        except values.UnstorableError as exc:  # this item fails; the others of its chunk keep their results
+            result = exc
+    row["error"], row["traceback"] = summarise(result)  # as a lone task's failure is recorded
     return row

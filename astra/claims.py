@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import luigi
 
 import astra
-from astra import identity, tally
+from astra import identity, tally, values
 from astra.config import settings
 from astra.database import database, queries
 from astra.database.connection import retried
@@ -107,12 +107,14 @@ class Claim:
         return True
 
     def record(self, result: object = None) -> None:
-        """Mark the task done with its result. Call inside ``queries.transaction()``."""
-        import json
+        """Mark the task done with its result. Call inside ``queries.transaction()``.
 
-        text = None if result is None else json.dumps(result, sort_keys=True, default=str)
+        A result that cannot be stored as it is raises :class:`astra.values.UnstorableError` (naming where in the
+        result it is), before anything is written: the caller records the task as failed.
+        """
+        stored = None if result is None else values.encode(result)
         requires = identity.required_hashes(self.task)
-        queries.finish(self.attempt, text, time.monotonic() - self._started, requires, self.dynamic)
+        queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic)
         self.recorded = True
 
     @retried

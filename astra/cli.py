@@ -26,9 +26,9 @@ from luigi.task import flatten
 from luigi.task_register import Register, TaskClassException
 
 import astra
-from astra import identity
+from astra import identity, values
 from astra.batch import BatchTask
-from astra.database import DatabaseError, DatabaseNotReady, create_schema, describe, records
+from astra.database import DatabaseError, DatabaseNotReady, create_schema, describe, records, upgrade_schema
 from astra.database.models import Task
 from astra.targets import database_targets, stale_dynamic_dependencies
 
@@ -132,7 +132,7 @@ TASK_HEADERS = ["pk", "name", "status", "version", "when (UTC)", "duration", "ho
 
 
 def _print_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(json.dumps(value, indent=2, default=str, allow_nan=False))
 
 
 def _say(message: str) -> None:
@@ -266,6 +266,24 @@ def init() -> None:
 
 
 @db.command(context_settings=CONTEXT)
+def upgrade() -> None:
+    """Bring a database made by an older astra to this astra's schema, keeping every task and its result.
+
+    Each step runs in a transaction of its own (on PostgreSQL, workers wait while it runs); running it again
+    does nothing.
+    """
+
+    def progress(version: int, description: str) -> None:
+        click.echo(f"schema {version}: {description}")
+
+    where, before, after = upgrade_schema(progress)
+    if before == after:
+        click.echo(f"{where} already holds astra schema {after}; nothing to do")
+    else:
+        click.echo(f"upgraded {where} from astra schema {before} to {after}")
+
+
+@db.command(context_settings=CONTEXT)
 @json_option
 def status(as_json: bool) -> None:
     """Where the database is (password masked) and how many tasks it holds, per status and per task name."""
@@ -340,7 +358,7 @@ def show(ref: str, as_json: bool) -> None:
     upstream, downstream = records.requires(task.pk), records.required_by(task.pk)
     if as_json:
         record = _record(task, parameters)
-        record["result"] = json.loads(task.result) if task.result is not None else None
+        record["result"] = values.plain(task.result)  # strict JSON: NaN is {"$float": "NaN"}
         record["traceback"] = task.traceback
         record["requires"] = [_edge(t) for t in upstream]
         record["required_by"] = [_edge(t) for t in downstream]
@@ -373,7 +391,7 @@ def show(ref: str, as_json: bool) -> None:
             dynamic = " (dynamic)" if other.dynamic else ""
             click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}{dynamic}")
     if task.result is not None:
-        click.echo(f"result\n  {_short(task.result, 2000)}")
+        click.echo(f"result\n  {_short(json.dumps(values.plain(task.result)), 2000)}")
     if task.error:
         click.echo(f"error\n  {task.error}")
     if task.traceback:

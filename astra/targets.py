@@ -9,7 +9,6 @@ the task at any moment.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import weakref
@@ -253,4 +252,4 @@ def _unchecked(cache: type[_Cache]) -> list[str]:
 def read_many(targets: list[DatabaseTarget]) -> list[object]:
     """The results of many tasks in one query (per chunk), in the order of ``targets``; None where not done."""
     found = queries.results([t.task_hash for t in targets])
-    return [json.loads(found[t.task_hash]) if found.get(t.task_hash) is not None else None for t in targets]
+    return [found.get(t.task_hash) for t in targets]

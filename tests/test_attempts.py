@@ -141,7 +141,7 @@ def test_a_batch_that_records_a_running_task_ends_that_claim(database_url):
     with pytest.raises(queries.ClaimLostError, match="a batch recorded the task meanwhile"), queries.transaction():
         queries.finish(attempt, '"from the claim"', 1.0, [])
     stored = Task.get_by_id(attempt.pk)
-    assert (stored.status, stored.result, stored.host) == ("done", '"from the batch"', socket.gethostname())
+    assert (stored.status, stored.result, stored.host) == ("done", "from the batch", socket.gethostname())
     assert stored.pid == os.getpid()
 
 

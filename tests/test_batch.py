@@ -41,7 +41,7 @@ def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
     rows = rows_by_path([*paths, broken])
     for path in paths:  # the others' results are kept, each as its own EstimateSNR
         assert rows[str(path)].status == "done"
-        assert json.loads(rows[str(path)].result)["snr"] == pytest.approx(signal_to_noise(*read_spectrum(str(path)))[0])
+        assert rows[str(path)].result["snr"] == pytest.approx(signal_to_noise(*read_spectrum(str(path)))[0])
     failed = rows[str(broken)]
     assert failed.status == "failed" and "OSError" in failed.error and failed.traceback
 
@@ -175,7 +175,7 @@ def test_one_failing_item_keeps_the_others_and_a_rerun_does_only_it(database_url
     failed = Task.get(Task.status == "failed")
     assert failed.task_hash == task_hash(Measure(star=517, fail_on=517))
     assert failed.error == "ValueError: star 517 has no good pixels"
-    assert json.loads(Task.get(Task.task_hash == task_hash(Measure(star=3))).result) == 30
+    assert Task.get(Task.task_hash == task_hash(Measure(star=3))).result == 30
     assert batch.complete() is False
 
     MeasureStars.processed = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 
 import luigi
@@ -25,7 +24,7 @@ def test_run_records_completion_and_result(database_url):
     assert luigi.build([task], local_scheduler=True)
     recorded = row(task)
     assert recorded.status == "done"
-    assert json.loads(recorded.result) == {"square": 49}
+    assert recorded.result == {"square": 49}
     assert recorded.task_name == "Leaf" and recorded.task_module == "tests.example_tasks"
     assert recorded.task_id == task.task_id
     assert recorded.completed >= recorded.started >= recorded.created
@@ -64,7 +63,7 @@ def test_own_rows_commit_with_the_completion_row(database_url):
     assert luigi.build([good], local_scheduler=True)
     assert Note.select().where(Note.task_name == good.task_id).count() == 3
     assert row(good).status == "done"
-    assert json.loads(row(good).result) == {"notes": 3}
+    assert row(good).result == {"notes": 3}
 
 
 def test_an_error_inside_completion_rolls_back_own_rows(database_url):

@@ -5,7 +5,6 @@ task that yielded it, never leaving it running.
 
 from __future__ import annotations
 
-import json
 import re
 
 import luigi
@@ -129,7 +128,7 @@ def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_u
     assert "3 ran successfully" in result.summary_text, result.summary_text
     forget_cached()
     assert top.complete()
-    assert json.loads(Task.get(Task.task_name == "YieldsAYielder").result) == {"inner": {"total": 1}}
+    assert Task.get(Task.task_name == "YieldsAYielder").result == {"inner": {"total": 1}}
 
 
 class BrokenRequires(astra.BaseTask):

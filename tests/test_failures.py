@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import luigi
@@ -72,7 +71,7 @@ def test_a_failure_is_recorded_retried_and_replaced_by_a_success(database_url):
     run_fragile(fails=False)
     row = Task.get(Task.task_hash == task_hash(fragile))
     assert (row.status, row.attempts, row.error, row.traceback) == ("done", 3, None, None)
-    assert json.loads(row.result) == {"checked": "flat"}
+    assert row.result == {"checked": "flat"}
     assert row.completed is not None
     forget_cached()
     assert fragile.complete() and after.complete()

@@ -6,7 +6,6 @@ and the expected ratio is worked out here from the arrays written, not by the co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import luigi
@@ -164,7 +163,7 @@ def test_estimate_snr_reads_each_layout(database_url, tmp_path, layout):
     snr, n_good = write(path)
     task = (EstimateSelectedSNR if parameters else EstimateSNR)(spectrum_path=str(path), **parameters)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
-    result = json.loads(Task.get(Task.task_hash == task.output().task_hash).result)
+    result = Task.get(Task.task_hash == task.output().task_hash).result
     assert load_spectrum(path, **parameters).layout == name
     assert result["n_good_pixels"] == n_good
     assert result["snr"] == pytest.approx(snr, rel=1e-5)
@@ -176,7 +175,7 @@ def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
     args = ["--module", "workflows", "EstimateSelectedSNR", "--spectrum-path", str(path), "--fiber", "12"]
     result = run_luigi(*args)
     assert "1 ran successfully" in result.stdout, result.stdout
-    recorded = json.loads(Task.get(Task.task_name == "EstimateSelectedSNR").result)
+    recorded = Task.get(Task.task_name == "EstimateSelectedSNR").result
     assert recorded["snr"] == pytest.approx(snr, rel=1e-5)
 
     without = run_luigi("--module", "workflows", "EstimateSNR", "--spectrum-path", str(path))

@@ -91,7 +91,7 @@ def test_every_record_has_its_provenance(database_url):
         if task.task_family == "Part":
             assert row.duration >= 0.1
         # pid is the process that ran run(): luigi's own with one worker, a forked one with several.
-        assert row.pid == json.loads(row.result)["pid"]
+        assert row.pid == row.result["pid"]
         first_run = row.completed <= middle
         assert (row.pid == main_pid) if first_run else (row.pid not in (main_pid, forked_pid))
     assert sum(tasks[t.task_family, t.task_id].completed <= middle for t in expected) == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ def test_summary_dag_on_each_backend(database_url, tmp_path):
     rows = {t.task_name: t for t in Task.select()}
     assert Task.select().count() == 7 and Task.select().where(Task.status != "done").count() == 0
     snrs = [signal_to_noise(*read_spectrum(str(p)))[0] for p in paths]
-    summary = json.loads(rows["SummariseSNR"].result)
+    summary = rows["SummariseSNR"].result
     assert summary["n_spectra"] == 6
     assert summary["median_snr"] == pytest.approx(statistics.median(snrs))
 

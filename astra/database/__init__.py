@@ -8,6 +8,7 @@ from astra.database.connection import (
     describe,
     is_postgres,
     mask_password,
+    upgrade_schema,
 )
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
 
@@ -23,4 +24,5 @@ __all__ = [
     "describe",
     "is_postgres",
     "mask_password",
+    "upgrade_schema",
 ]

@@ -16,7 +16,9 @@ from typing import TypeVar
 
 import peewee
 
+import astra
 from astra import config
+from astra.database import versions
 from astra.database.models import MODELS, proxy
 from astra.database.urls import MIN_SECRET, BadURLError, mask_password, postgres_connect_kwargs
 
@@ -258,7 +260,10 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
             pragmas={"journal_mode": "wal", "busy_timeout": 60000, "foreign_keys": 1, "synchronous": "normal"},
         )
         _bind(db)
-        db.create_tables(MODELS, safe=True)
+        if not db.table_exists("task"):
+            versions.create(db)  # a new database (e.g. the embedded default on first use)
+        elif versions.recorded(db) == versions.CURRENT:
+            db.create_tables(MODELS, safe=True)  # a table lost since is made again; older schemas: astra db upgrade
     except (OSError, peewee.DatabaseError) as exc:
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}") from None
     _check_writable(db, path)
@@ -385,7 +390,7 @@ def _columns(db: peewee.Database) -> dict[str, set[str]]:
 
 
 def _check_schema(db: peewee.Database, description: str) -> None:
-    """Stop at once unless every table and column the models use is there: otherwise every task would fail."""
+    """Stop with one line unless ``db`` holds the schema this astra reads and writes: every task would fail."""
     prefix = "astra." if isinstance(db, peewee.PostgresqlDatabase) else ""
     columns = _columns(db)
     tables = [model._meta.table_name for model in MODELS]
@@ -393,6 +398,17 @@ def _check_schema(db: peewee.Database, description: str) -> None:
         raise DatabaseNotReady(
             f"astra: {description} has no astra schema; load it with `astra db init` "
             "or `psql -d DBNAME < schema/astradb/astradb.sql`"
+        )
+    version = versions.recorded(db) if "task" in columns else versions.CURRENT
+    if version < versions.CURRENT:
+        raise DatabaseNotReady(
+            f"astra: {description} holds astra schema {version}, older than this astra's ({versions.CURRENT}); "
+            "run `astra db upgrade` (it keeps every task)"
+        )
+    if version > versions.CURRENT:
+        raise DatabaseNotReady(
+            f"astra: {description} holds astra schema {version}, newer than astra {astra.__version__} knows "
+            f"({versions.CURRENT}); upgrade astra"
         )
     missing = [prefix + table for table in tables if table not in columns]
     if missing:
@@ -417,12 +433,12 @@ def create_schema() -> str:
     """Create the astra tables where they are missing and say where. Never drops data.
 
     On PostgreSQL this runs schema/astradb/astradb.sql itself, so ``astra db init`` and ``psql < astradb.sql``
-    give the same tables.
+    give the same tables. A database with an older (or newer) schema is left as it is, with a one-line error.
     """
     key = _settings_key()
     db, description = _open(*key)
     _bind(db)
-    if isinstance(db, peewee.PostgresqlDatabase):
+    if isinstance(db, peewee.PostgresqlDatabase) and versions.recorded(db) in (None, versions.CURRENT):
         with db.atomic():
             db.execute_sql(SCHEMA_SQL.read_text())
     try:
@@ -430,7 +446,29 @@ def create_schema() -> str:
     except DatabaseNotReady:
         db.close()
         raise
+    _use(db, key, description)
+    return description
+
+
+def upgrade_schema(progress=lambda version, description: None) -> tuple[str, int, int]:
+    """Bring the configured database to the current schema (``astra db upgrade``), keeping every row.
+
+    Returns where it is, and the versions before and after. ``progress(version, description)`` is called after
+    each step.
+    """
+    key = _settings_key()
+    db, description = _open(*key)
+    _bind(db)
+    version = versions.recorded(db)
+    if version is None or version > versions.CURRENT:
+        _check_schema(db, description)  # nothing this astra can upgrade: the same line as at opening
+    before = versions.upgrade(db, progress)
+    _use(db, key, description)
+    return description, before, versions.CURRENT
+
+
+def _use(db: peewee.Database, key: tuple, description: str) -> None:
+    """Make ``db`` the database of this process."""
     if _State.database is not None and _State.pid == os.getpid() and _State.database is not db:
         _State.database.close()
     _State.pid, _State.key, _State.database, _State.description = os.getpid(), key, db, description
-    return description

@@ -14,10 +14,14 @@ from peewee import (
     DoubleField,
     ForeignKeyField,
     IntegerField,
+    JSONField,
     Model,
+    PostgresqlDatabase,
     SqliteDatabase,
     TextField,
 )
+
+from astra import values
 
 #: Bound to the real database of this process by :func:`astra.database.database`.
 proxy = DatabaseProxy()
@@ -45,6 +49,24 @@ class UTCDateTimeField(DateTimeField):
         if isinstance(value, datetime.datetime) and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+class ResultField(JSONField):
+    """What ``run()`` returned, written by :mod:`astra.values`: ``jsonb`` on PostgreSQL, JSON text on SQLite.
+
+    peewee's JSONField picks the column type per database (``result->>'snr'`` works on PostgreSQL,
+    ``json_extract(result, '$.snr')`` on SQLite); astra.values keeps NaN, dates and numpy values intact.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(dumps=values.dumps, loads=values.loads, **kwargs)
+
+    def _db_hook(self, database) -> None:
+        super()._db_hook(database)
+        if isinstance(database, PostgresqlDatabase):
+            self._read = values.decode  # psycopg2 has parsed the jsonb already: only the tags are left to resolve
+        elif database is not None:
+            self._read = values.loads
 
 
 class BaseModel(Model):
@@ -75,7 +97,7 @@ class Task(BaseModel):
     claim_token = TextField(null=True)
     attempts = IntegerField()
     astra_version = TextField()
-    result = TextField(null=True)
+    result = ResultField(null=True)
     error = TextField(null=True)
     traceback = TextField(null=True)
     #: How many astra tasks run() yielded (dynamic dependencies, recorded as dynamic edges); None: none.
@@ -117,4 +139,14 @@ class Dependency(BaseModel):
         primary_key = CompositeKey("task", "requires")
 
 
-MODELS = (Task, Parameter, TaskParameter, Dependency)
+class SchemaVersion(BaseModel):
+    """One row per astra schema version this database was brought to (the highest is the one it holds)."""
+
+    version = IntegerField(primary_key=True)
+    applied = UTCDateTimeField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+MODELS = (SchemaVersion, Task, Parameter, TaskParameter, Dependency)

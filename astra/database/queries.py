@@ -149,7 +149,7 @@ def dynamic_dependencies(hashes: Iterable[str]) -> dict[str, list[Recorded]]:
 
 
 def results(hashes: Sequence[str]) -> dict[str, object]:
-    """The JSON text stored as result for each done hash in ``hashes``."""
+    """The result (as ``run()`` returned it, see astra.values) of each done hash in ``hashes``."""
     database()
     found = {}
     for chunk in chunked(list(hashes)):
@@ -371,9 +371,10 @@ def lost(attempt: Attempt) -> str:
 
 
 def finish(
-    attempt: Attempt, result: str | None, duration: float, requires: Iterable[str], dynamic: Iterable[str] = ()
+    attempt: Attempt, result: object, duration: float, requires: Iterable[str], dynamic: Iterable[str] = ()
 ) -> None:
-    """Mark the attempt done with its result and dependency edges. Call inside the caller's transaction.
+    """Mark the attempt done with its result (see astra.values) and dependency edges. Call inside the caller's
+    transaction.
 
     Raises :class:`ClaimLostError`, and writes nothing, if the row is no longer the attempt's.
 
@@ -449,8 +450,9 @@ def record_items(items: Sequence[dict], status: str) -> None:
 
     Each item is a dict with ``task_module``, ``task_name``, ``task_id``, ``task_hash``, ``version``,
     ``astra_version``, ``parameters`` (name -> canonical value), ``requires`` (task hashes) and optionally
-    ``result``, ``error``, ``traceback`` and ``duration``. A task already recorded as done stays as it is (first
-    done wins); a failed or running row is overwritten. Call inside :func:`transaction`.
+    ``result`` (JSON text from :func:`astra.values.dumps`), ``error``, ``traceback`` and ``duration``. A task
+    already recorded as done stays as it is (first done wins); a failed or running row is overwritten. Call
+    inside :func:`transaction`.
     """
     db = database()
     items = list({item["task_hash"]: item for item in items}.values())
@@ -505,7 +507,7 @@ def record_items(items: Sequence[dict], status: str) -> None:
             cursor = db.execute_sql(
                 f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
                 "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                f"%s::text[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
+                f"%s::jsonb[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
                 (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*fresh))),
             )
             task_pks.update(cursor.fetchall())
@@ -515,7 +517,7 @@ def record_items(items: Sequence[dict], status: str) -> None:
                 f"UPDATE {task} SET status = %s, started = %s, heartbeat = %s, completed = %s, host = %s, "
                 f"pid = %s, attempts = {task}.attempts + 1, result = v.result, error = v.error, "
                 "traceback = v.traceback, duration = v.duration, claim_token = NULL, lease = NULL FROM "
-                "unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
+                "unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::float8[]) "
                 "AS v(task_hash, result, error, traceback, duration) "
                 f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, "
                 f"{task}.pk",

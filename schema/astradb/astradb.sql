@@ -5,6 +5,15 @@
 
 create schema if not exists astra;
 
+-- Which astra schema this database holds (astra/database/versions.py; `astra db upgrade` applies the later ones).
+-- A database made by astra before versions were recorded has astra.task but no row here: that is schema 1.
+create table if not exists astra.schema_version (
+    version integer primary key,
+    applied timestamp with time zone not null
+);
+-- Only a new database is at the current version; an older one keeps its number until `astra db upgrade`.
+insert into astra.schema_version (version, applied) select 6, now() where to_regclass('astra.task') is null;
+
 create table if not exists astra.task (
     pk bigserial primary key,
     task_module text not null,
@@ -24,7 +33,7 @@ create table if not exists astra.task (
     claim_token text,                   -- random per claim: only the attempt holding this token writes the row
     attempts integer not null,          -- how many times the task was claimed
     astra_version text not null,
-    result text,                        -- JSON value returned by run()
+    result jsonb,                       -- what run() returned (astra/values.py: NaN, dates tagged)
     error text,
     traceback text,
     dynamic_dependencies integer        -- how many astra tasks run() yielded (recorded as dynamic edges); null: none

@@ -1,0 +1,146 @@
+"""Schema versions: which astra schema a database holds, and the steps that bring an older one up to date.
+
+Schema 1 is what astra wrote before it recorded versions (``astra.task`` with a text ``result``, no
+``astra.schema_version``). Step N of :data:`STEPS` brings a database from schema N to N + 1, in a transaction of
+its own, and records N + 1 in ``astra.schema_version``; ``astra db upgrade`` applies the steps a database lacks.
+
+Adding a column to ``astra.task`` takes one line here, ``add_column(Task.new_column)`` (nullable, or with a
+default), besides the column in ``models.py`` and ``schema/astradb/astradb.sql`` and the version number that file
+gives a new database (tests/test_upgrade.py checks they agree).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import peewee
+from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+
+from astra import values
+from astra.database.models import MODELS, Dependency, SchemaVersion, Task, utcnow
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change of the schema, from the version before it to the next."""
+
+    description: str
+    apply: Callable[[peewee.Database], None]
+
+
+def _migrator(db: peewee.Database):
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return PostgresqlMigrator(db, schema="astra")
+    return SqliteMigrator(db)
+
+
+def add_column(field: peewee.Field) -> Step:
+    """A step that adds ``field`` (of a model in models.py) to its table."""
+    table = field.model._meta.table_name
+
+    def apply(db: peewee.Database) -> None:
+        if field.column_name not in {column.name for column in db.get_columns(table, schema=_schema(db))}:
+            migrate(_migrator(db).add_column(table, field.column_name, field))
+
+    return Step(f"add column {table}.{field.column_name}", apply)
+
+
+#: Written by astra before schema 2; such text may hold what jsonb and astra.values would read differently.
+_SUSPECT = ("NaN", "Infinity", '"$', "e+", "u0000")
+_CHUNK = 5000
+
+
+def _result_as_json(db: peewee.Database) -> None:
+    """Rewrite results that hold NaN or Infinity (or look like tags) with astra.values; on PostgreSQL, make jsonb."""
+    pg = isinstance(db, peewee.PostgresqlDatabase)
+    table = "astra.task" if pg else "task"
+    mark = "%s" if pg else "?"
+    suspect = " OR ".join([f"result LIKE {mark}"] * len(_SUSPECT))
+    last = 0
+    while True:  # a chunk at a time, in the order of pk: a million results need not fit in memory
+        rows = db.execute_sql(
+            f"SELECT pk, result FROM {table} WHERE pk > {mark} AND ({suspect}) ORDER BY pk LIMIT {_CHUNK}",
+            [last, *(f"%{text}%" for text in _SUSPECT)],
+        ).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        rewritten = [(pk, values.dumps(_legacy(text))) for pk, text in rows]
+        if pg:
+            db.execute_sql(
+                "UPDATE astra.task SET result = new.result FROM unnest(%s::bigint[], %s::text[]) AS new(pk, result) "
+                "WHERE astra.task.pk = new.pk",
+                ([pk for pk, _ in rewritten], [text for _, text in rewritten]),
+            )
+        else:
+            db.cursor().executemany("UPDATE task SET result = ? WHERE pk = ?", [(t, pk) for pk, t in rewritten])
+    if pg:
+        migrate(_migrator(db).alter_column_type("task", "result", Task.result, cast="result::jsonb"))
+
+
+def _legacy(text: str) -> object:
+    """A result as astra wrote it before schema 2 (json.dumps: NaN and Infinity as bare words)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # not JSON at all: keep the text itself, as a JSON string
+
+
+#: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
+STEPS: list[Step] = [
+    Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),  # 2
+    add_column(Task.lease),  # 3
+    add_column(Task.claim_token),  # 4
+    add_column(Task.dynamic_dependencies),  # 5
+    add_column(Dependency.dynamic),  # 6
+]
+
+#: The schema this astra reads and writes.
+CURRENT = len(STEPS) + 1
+
+
+def _schema(db: peewee.Database) -> str | None:
+    return "astra" if isinstance(db, peewee.PostgresqlDatabase) else None
+
+
+def recorded(db: peewee.Database) -> int | None:
+    """The schema version ``db`` holds; None if it has no astra tables at all."""
+    if not db.table_exists("task", schema=_schema(db)):
+        return None
+    if not db.table_exists("schema_version", schema=_schema(db)):
+        return 1
+    return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 1
+
+
+def create(db: peewee.Database) -> None:
+    """Create the tables of a new SQLite database, at the current version (PostgreSQL: astradb.sql does it)."""
+    with db.atomic(lock_type="IMMEDIATE"):
+        db.create_tables(MODELS, safe=True)
+        SchemaVersion.insert(version=CURRENT, applied=utcnow()).on_conflict_ignore().execute()
+
+
+def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda version, description: None) -> int:
+    """Apply the steps ``db`` lacks, each in its own transaction; returns the version it held before.
+
+    Raises ValueError if ``db`` has no astra schema, or a newer one than this astra knows.
+    """
+    before = recorded(db)
+    if before is None:
+        raise ValueError("it has no astra schema")
+    if before > CURRENT:
+        raise ValueError(f"it holds astra schema {before}, newer than this astra knows ({CURRENT})")
+    pg = isinstance(db, peewee.PostgresqlDatabase)
+    SchemaVersion.create_table(safe=True)
+    for version in range(before + 1, CURRENT + 1):
+        step = STEPS[version - 2]
+        with db.atomic() if pg else db.atomic(lock_type="IMMEDIATE"):
+            if pg:  # workers wait until the step is done; a second `astra db upgrade` finds it done
+                db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+            if (recorded(db) or 1) >= version:
+                continue
+            step.apply(db)
+            SchemaVersion.insert(version=version, applied=utcnow()).execute()
+        progress(version, step.description)
+    return before

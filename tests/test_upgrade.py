@@ -1,0 +1,209 @@
+"""Schema versions: a database made by the astra of commit 9abb7da, brought up to date by `astra db upgrade`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import tarfile
+from pathlib import Path
+
+import peewee
+import psycopg2
+import pytest
+
+from astra.database import Task, database, versions
+from astra.database.connection import _State
+from astra.database.models import SchemaVersion, utcnow
+from astra.identity import task_hash
+from astra.targets import forget_cached, read_many
+from tests.conftest import LUIGI, REPO, run_luigi
+from tests.test_cli import astra, astra_many, one_line_error
+from tests.test_schema import SQL, psql
+from tests.test_values import assert_same
+from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, value
+
+#: main before schema versions: its schema file and code are schema 1.
+OLD = "9abb7da"
+TABLES = ("task", "parameter", "task_parameter", "dependency")
+
+
+@pytest.fixture(scope="module")
+def old_astra(tmp_path_factory) -> Path:
+    """The astra package of commit 9abb7da, unpacked from git."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", OLD, "astra", "schema"], capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"commit {OLD} is not in this checkout ({exc}); the upgrade test needs its code")
+    where = tmp_path_factory.mktemp("astra-9abb7da")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where, filter="data")
+    return where
+
+
+def old_luigi(old: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``luigi ARGS`` with the old astra (and this checkout's tests package for the task module)."""
+    env = {**os.environ, "ASTRA_DATABASE_URL": url, "PYTHONPATH": os.pathsep.join([str(old), str(REPO)])}
+    return subprocess.run(
+        [LUIGI, "--module", "tests.upgrade_tasks", *args, "--local-scheduler"],
+        env=env, cwd=old, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def raw_rows(url: str) -> dict[str, list[tuple]]:
+    """Every row of the four tables, read without astra (results as the JSON text or jsonb they hold)."""
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///") :])
+        prefix = ""
+    else:
+        connection = psycopg2.connect(url)
+        prefix = "astra."
+    try:
+        found = {}
+        for table in TABLES:
+            cursor = connection.cursor()
+            cursor.execute(f"select * from {prefix}{table} order by 1, 2")
+            found[table] = cursor.fetchall()
+        return found
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def old_database(backend, tmp_path, request, old_astra, monkeypatch) -> str:
+    """A database made and filled by the old astra: 10 spectra and their summary by luigi, 10 by a batch, 1 failed."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'astra.db'}"  # the old astra creates its SQLite tables itself
+    else:
+        url = request.getfixturevalue("postgres_database")
+        loaded = psql(url, old_astra / "schema" / "astradb" / "astradb.sql")
+        assert loaded.returncode == 0, loaded.stderr
+    for args in (
+        ["UpgradeSummary", "--n", "10"],
+        ["UpgradeSpectra", "--start", "10", "--stop", "20"],
+        ["UpgradeFails"],
+    ):
+        result = old_luigi(old_astra, url, *args)
+        assert "This progress looks" in result.stdout, result.stdout
+    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+    forget_cached()
+    yield url
+    forget_cached()
+    if _State.database is not None and _State.pid == os.getpid():
+        _State.database.close()
+    _State.pid = _State.key = _State.database = None
+
+
+@pytest.mark.slow
+def test_upgrade_keeps_every_task_and_result(old_database, backend):
+    url = old_database
+    before = raw_rows(url)
+    assert len(before["task"]) == 22 and len(before["dependency"]) == 10
+    old_results = {row[4]: row[16] for row in before["task"]}  # task_hash -> result text (old column order)
+    assert any("NaN" in (text or "") for text in old_results.values())  # what jsonb cannot take as it is
+
+    # Today's astra will not use it as it is: one line, saying what to do.
+    refused = run_luigi("--module", "tests.upgrade_tasks", "UpgradeSummary", "--n", "10", "--local-scheduler")
+    lines = [line for line in refused.stdout.splitlines() if line.startswith("astra: ")]
+    assert len(lines) == 1 and "Traceback" not in refused.stdout, refused.stdout
+    assert "holds astra schema 1" in lines[0] and "run `astra db upgrade`" in lines[0]
+    assert "astra db upgrade" in one_line_error(astra("tasks", "list"), 1)
+
+    upgraded = astra("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"from astra schema 1 to {versions.CURRENT}" in upgraded.stdout
+    again = astra("db", "upgrade")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+
+    after = raw_rows(url)
+    # The old columns keep their values (the upgrade adds columns after them).
+    for table in ("parameter", "task_parameter", "dependency"):
+        assert [row[: len(before[table][0])] for row in after[table]] == before[table], table
+    width = len(before["task"][0])
+    assert [row[:16] + row[17:width] for row in after["task"]] == [row[:16] + row[17:] for row in before["task"]]
+
+    # Every task reads back with its result: the values the old code returned (NaN and infinities included).
+    forget_cached()
+    spectra = [UpgradeSpectrum(i=i) for i in range(20)]
+    assert all(task.complete() for task in spectra) and UpgradeSummary(n=10).complete()
+    for task, result in zip(spectra, read_many([task.output() for task in spectra])):
+        assert_same(result, value(task.i))
+    assert UpgradeSummary(n=10).output().read() == {"total": sum(range(10))}
+    assert Task.get(Task.task_hash == task_hash(UpgradeFails())).status == "failed"
+
+    # luigi finds everything done, and runs only what was never run.
+    rerun = run_luigi("--module", "tests.upgrade_tasks", "UpgradeSummary", "--n", "10", "--local-scheduler")
+    assert "1 complete ones were encountered" in rerun.stdout, rerun.stdout
+    batch = run_luigi(
+        "--module", "tests.upgrade_tasks", "UpgradeSpectra", "--start", "10", "--stop", "21", "--local-scheduler"
+    )
+    assert "1 ran successfully" in batch.stdout, batch.stdout
+    assert_same(UpgradeSpectrum(i=20).output().read(), value(20))
+
+    shown = astra("tasks", "show", "--json", str(Task.get(Task.task_hash == task_hash(UpgradeSpectrum(i=0))).pk))
+    assert json.loads(shown.stdout)["result"]["snr"] == {"$float": "NaN"}
+    if backend == "postgresql":
+        connection = psycopg2.connect(url)
+        try:
+            cursor = connection.cursor()
+            cursor.execute("select result->>'name' from astra.task where result->>'i' = '7'")
+            assert cursor.fetchall() == [("spec-00007",)]
+        finally:
+            connection.close()
+
+
+@pytest.mark.slow
+def test_newer_schema_asks_to_upgrade_astra(database_url):
+    SchemaVersion.insert(version=versions.CURRENT + 1, applied=utcnow()).execute()
+    refused = run_luigi("--module", "tests.upgrade_tasks", "UpgradeFails", "--local-scheduler")
+    lines = [line for line in refused.stdout.splitlines() if line.startswith("astra: ")]
+    assert len(lines) == 1, refused.stdout
+    assert f"holds astra schema {versions.CURRENT + 1}" in lines[0] and lines[0].endswith("upgrade astra")
+    for result in astra_many(("db", "upgrade"), ("db", "init")):
+        assert one_line_error(result, 1).endswith("upgrade astra")
+
+
+def test_sql_file_records_the_current_version(postgres_database):
+    """`psql < astradb.sql` makes the current schema from nothing; over an old one it claims nothing."""
+    assert psql(postgres_database, SQL).returncode == 0
+    assert psql(postgres_database, SQL).returncode == 0
+    connection = psycopg2.connect(postgres_database)
+    try:
+        cursor = connection.cursor()
+        cursor.execute("select version from astra.schema_version")
+        assert cursor.fetchall() == [(versions.CURRENT,)]
+    finally:
+        connection.close()
+
+
+def test_sql_file_over_an_old_schema_leaves_it_old(postgres_database, old_astra):
+    assert psql(postgres_database, old_astra / "schema" / "astradb" / "astradb.sql").returncode == 0
+    assert psql(postgres_database, SQL).returncode == 0
+    line = one_line_error(astra("tasks", "list", env={"ASTRA_DATABASE_URL": postgres_database}), 1)
+    assert "holds astra schema 1" in line and "astra db upgrade" in line
+
+
+def test_a_new_sqlite_database_is_current(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRA_DATABASE_URL", f"sqlite:///{tmp_path / 'new.db'}")
+    assert versions.recorded(database()) == versions.CURRENT
+
+
+def test_add_column_is_one_step(database_url):
+    """What another column of astra.task takes: add_column(field) adds it once, keeping the rows."""
+    field = peewee.TextField(null=True)
+    field.bind(Task, "queue", set_attribute=False)
+    step = versions.add_column(field)
+    db = database()
+    Task.insert(task_module="m", task_name="T", task_id="T", task_hash="h", version="", status="done",
+                created=utcnow(), attempts=1, astra_version="0").execute()  # fmt: skip
+    with db.atomic():
+        step.apply(db)
+    with db.atomic():
+        step.apply(db)  # a second time does nothing
+    schema = None if database_url.startswith("sqlite") else "astra"
+    assert "queue" in {column.name for column in db.get_columns("task", schema=schema)}
+    assert Task.select().count() == 1
