@@ -19,9 +19,9 @@ from contextlib import contextmanager
 import luigi
 
 import astra
-from astra import identity, tally
+from astra import identity, outputs, tally
 from astra.config import settings
-from astra.database import database, queries
+from astra.database import database, output_tables, queries
 from astra.database.connection import retried
 
 logger = logging.getLogger("luigi-interface")
@@ -110,9 +110,14 @@ class Claim:
         """Mark the task done with its result. Call inside ``queries.transaction()``."""
         import json
 
+        model = outputs.output_model(self.task)
+        if model is not None:  # the result goes into the task's output table, not the result column
+            rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
         text = None if result is None else json.dumps(result, sort_keys=True, default=str)
         requires = identity.required_hashes(self.task)
         queries.finish(self.attempt, text, time.monotonic() - self._started, requires, self.dynamic)
+        if model is not None:
+            output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
 
     @retried
