@@ -214,7 +214,10 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
             if isinstance(value, np.generic):
                 value = value.item()
             if isinstance(field, ArrayField) and value is not None:
-                value = field.array(value)
+                try:
+                    value = field.array(value)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{where}: {exc}") from None
             values[name] = value
         checked.append(values)
     return checked

@@ -208,7 +208,7 @@ def read(model: type[peewee.Model], hashes: Iterable[str]) -> dict[str, list[pee
     found: dict[str, list[peewee.Model]] = {}
     for chunk in chunked(list(dict.fromkeys(hashes))):
         query = (
-            model.select(model, Task.task_hash)
+            model.select(model, Task.pk, Task.task_hash)
             .join(Task, on=(model.task == Task.pk))
             .where(Task.task_hash.in_(chunk), Task.status == DONE)
             .order_by(model.pk)
