@@ -8,7 +8,7 @@ nested JSON values, are written as JSON text where a format has no place for the
 from __future__ import annotations
 
 import datetime
-import importlib.util
+import importlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -132,8 +132,10 @@ def render(found: Table, fmt: str) -> str:
 
 
 def _needs(package: str, what: str) -> None:
-    if importlib.util.find_spec(package) is None:
-        raise ExportError(f"{what} needs {package}, which is not installed: pip install {package}")
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        raise ExportError(f"{what} needs {package}, which is not installed: pip install {package}") from None
 
 
 def write(found: Table, fmt: str, path: str) -> None:
