@@ -32,7 +32,7 @@ from luigi.parameter import ParameterVisibility
 
 from astra.database import output_tables
 from astra.database.models import Task, proxy
-from astra.identity import canonical_value
+from astra.identity import canonical_value, task_hash
 
 #: PostgreSQL element type of an :class:`ArrayField`, by numpy dtype.
 POSTGRES_TYPES = {
@@ -228,12 +228,18 @@ def parameter_names(task_class: type[luigi.Task]) -> list[str]:
     return [name for name, p in task_class.get_params() if p.visibility != ParameterVisibility.PRIVATE]
 
 
-def results(task_class: type[luigi.Task], version: str | None = None, **parameters: object) -> peewee.ModelSelect:
+def results(
+    task_class: type[luigi.Task],
+    version: str | None = None,
+    tasks: Iterable[luigi.Task] | None = None,
+    **parameters: object,
+) -> peewee.ModelSelect:
     """The output rows of every done task of ``task_class``, as a peewee query.
 
     Each row is an instance of the class's output model with, beside its own fields, ``task_pk``, ``version``,
     ``completed`` and one attribute per parameter of the task (its recorded text). Keyword arguments select
-    tasks by parameter value (``spectrum_path="/data/spec-1.fits"``) and ``version`` by version; add
+    tasks by parameter value (``spectrum_path="/data/spec-1.fits"``), ``version`` by version and ``tasks`` (task
+    instances, e.g. ``self.requires()`` of a task that needs them) picks those very tasks; add
     ``.where(Model.snr > 10)``, joins or ``.order_by()`` as with any peewee query. Rows of every recorded version
     come back unless ``version`` is given (bumping a version leaves the old rows with the old tasks).
     """
@@ -252,8 +258,9 @@ def results(task_class: type[luigi.Task], version: str | None = None, **paramete
         if isinstance(value, str):
             value = parameter.parse(value)
         where.append((name, canonical_value(parameter, parameter.normalize(value))))
+    hashes = None if tasks is None else [task_hash(task) for task in luigi.task.flatten(tasks)]
     return output_tables.select_rows(
         model,
-        output_tables.done_tasks(task_class.get_task_family(), task_class.__module__, where, version),
+        output_tables.done_tasks(task_class.get_task_family(), task_class.__module__, where, version, hashes),
         names,
     )

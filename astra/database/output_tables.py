@@ -219,11 +219,24 @@ def read(model: type[peewee.Model], hashes: Iterable[str]) -> dict[str, list[pee
 
 
 def done_tasks(
-    name: str, module: str | None, parameters: Sequence[tuple[str, str]], version: str | None
+    name: str,
+    module: str | None,
+    parameters: Sequence[tuple[str, str]],
+    version: str | None,
+    hashes: Sequence[str] | None = None,
 ) -> peewee.ModelSelect:
-    """The pks of done tasks named ``name`` (from ``module``) with these (name, canonical value) parameters."""
-    database()
+    """The pks of done tasks named ``name`` (from ``module``) with these (name, canonical value) parameters,
+    of ``version`` and among ``hashes`` where given.
+    """
+    db = database()
     query = Task.select(Task.pk).where(Task.task_name == name, Task.status == DONE)
+    if hashes is not None:
+        hashes = list(dict.fromkeys(hashes))
+        # One array parameter on PostgreSQL; SQLite takes up to 32766 values in a list.
+        if is_postgres(db):
+            query = query.where(peewee.NodeList((Task.task_hash, peewee.SQL("= ANY(%s)", (hashes,)))))
+        else:
+            query = query.where(Task.task_hash.in_(hashes))
     if module:
         query = query.where(Task.task_module == module)
     if version is not None:
