@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterable
 
 import luigi
@@ -30,7 +31,7 @@ import numpy as np
 import peewee
 from luigi.parameter import ParameterVisibility
 
-from astra.database import output_tables
+from astra.database import is_postgres, output_tables
 from astra.database.models import Task, proxy
 from astra.identity import canonical_value, task_hash
 
@@ -213,6 +214,11 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
             if isinstance(value, np.generic):
                 value = value.item()
+            if isinstance(value, float) and math.isnan(value) and not field.null and not is_postgres():
+                raise ValueError(
+                    f"{where}: {model.__name__}.{name} is NaN, which SQLite stores as NULL, and the column may not "
+                    "be null (declare it with null=True)"
+                )
             if isinstance(field, ArrayField) and value is not None:
                 try:
                     value = field.array(value)

@@ -90,6 +90,7 @@ class VisitsBatch(BatchTask):
     chunk_size = 50
     stars = luigi.IntParameter(default=120)
     bad = luigi.IntParameter(default=-1)
+    nan = luigi.IntParameter(default=-1)
 
     def parameter_sets(self):
         return [{"star": star} for star in range(self.stars)]
@@ -101,6 +102,8 @@ class VisitsBatch(BatchTask):
             rows = [{"visit": v, "rv": star + v / 10, "spectrum": np.full(100, v, dtype=np.float32)} for v in range(3)]
             if star == self.bad:
                 rows[1]["colour"] = "red"
+            if star == self.nan:
+                rows[2]["rv"] = float("nan")  # rv may not be null: fine on PostgreSQL, not storable on SQLite
             results.append(rows)
         return results
 

@@ -257,3 +257,16 @@ def test_db_init_module_creates_output_tables(postgres_database, monkeypatch):
             output_tables.ready(Visit)
         finally:
             Visit._meta.table_name = saved
+
+
+def test_nan_in_a_column_that_may_not_be_null(outputs_db):
+    """PostgreSQL keeps the NaN; SQLite would store NULL, so there the item fails alone, saying why."""
+    if is_postgres():
+        VisitsBatch(stars=5, nan=3).run()
+        assert math.isnan(MeasureVisits(star=3).output().read()[2].rv)
+        return
+    with pytest.raises(BatchError, match="1 of 5 items failed"):
+        VisitsBatch(stars=5, nan=3).run()
+    bad = record(MeasureVisits(star=3))
+    assert bad.status == "failed" and "Visit.rv is NaN, which SQLite stores as NULL" in bad.error
+    assert Visit.select().count() == 4 * 3
