@@ -83,6 +83,25 @@ class ArrayField(peewee.Field):
         elements["value"] = array.ravel()
         return header.tobytes() + elements.tobytes()
 
+    def postgres_binary_block(self, values: list) -> np.ndarray | None:
+        """Many arrays of one shape in PostgreSQL's binary array format, one record per array (None if they
+        differ in shape or one is missing): the COPY data of a whole chunk is then built by numpy at once.
+        """
+        if any(value is None for value in values):
+            return None
+        # Rows checked by rows() hold arrays of this dtype already.
+        arrays = [v if isinstance(v, np.ndarray) and v.dtype == self.dtype else self.array(v) for v in values]
+        shape = arrays[0].shape if arrays else ()
+        if any(array.shape != shape for array in arrays):
+            return None
+        oid, size = _ELEMENTS[self.dtype]
+        element = np.dtype([("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
+        block = np.empty(len(arrays), dtype=[("header", ">i4", (3 + 2 * len(shape),)), ("elements", element, shape)])
+        block["header"] = [len(shape), 0, oid, *(n for dim in shape for n in (dim, 1))]
+        block["elements"]["length"] = size
+        block["elements"]["value"] = np.stack(arrays) if arrays else np.empty((0, *shape))
+        return block
+
     def ddl_datatype(self, ctx):
         return peewee.SQL(self.postgres_type if _is_postgres(self.model) else "BLOB")
 

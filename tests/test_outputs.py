@@ -15,6 +15,7 @@ import astra
 from astra.batch import BatchError
 from astra.database import Task, database, is_postgres, output_tables, records
 from astra.database.connection import SCHEMA_SQL, DatabaseNotReady
+from astra.database.queries import transaction
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.conftest import run_luigi
@@ -270,3 +271,16 @@ def test_nan_in_a_column_that_may_not_be_null(outputs_db):
     bad = record(MeasureVisits(star=3))
     assert bad.status == "failed" and "Visit.rv is NaN, which SQLite stores as NULL" in bad.error
     assert Visit.select().count() == 4 * 3
+
+
+def test_arrays_of_different_shapes_in_one_insert(outputs_db):
+    """One statement packs a chunk whose arrays share a shape; differing shapes (and nulls) take the general path."""
+    assert build(MeasureVisits(star=1, visits=0), Measure(i=2))
+    pk = record(MeasureVisits(star=1, visits=0)).pk
+    rows = [{"visit": v, "rv": 0.5, "spectrum": np.arange(v + 1, dtype=np.float32)} for v in range(3)]
+    with transaction():
+        output_tables.insert(Visit, [(pk, row) for row in rows])
+    read = [r.spectrum for r in MeasureVisits(star=1, visits=0).output().read()]
+    assert [list(r) for r in read] == [[0.0], [0.0, 1.0], [0.0, 1.0, 2.0]]
+    measured = Measure(i=2).output().read()  # text, a time and nulls beside the arrays
+    assert measured.label == "x" and measured.when.year == 2026 and measured.counts.shape == (2, 3)

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import peewee
 from peewee import JOIN
 
@@ -176,6 +177,46 @@ def _encoder(kind: str, field: peewee.Field):
     return _BINARY.get(kind)
 
 
+#: Numbers of a fixed size, by PostgreSQL type: a chunk of them is packed by numpy, not row by row.
+_FIXED = {
+    "BIGINT": ">i8",
+    "INTEGER": ">i4",
+    "SMALLINT": ">i2",
+    "DOUBLE PRECISION": ">f8",
+    "REAL": ">f4",
+    "BOOLEAN": "?",
+}
+
+
+def _packed(fields, kinds, rows) -> bytes | None:
+    """The COPY tuples of ``rows`` built as one numpy structured array, or None if a value needs more care
+    (a NULL, text, a time, arrays of different shapes).
+    """
+    layout, columns = [("count", ">i2")], {}
+    for i, (field, kind) in enumerate(zip(fields, kinds)):
+        if field.name == "task":
+            values = np.array([pk for pk, _ in rows], dtype=">i8")
+        elif hasattr(field, "postgres_binary_block"):
+            values = field.postgres_binary_block([row[field.name] for _, row in rows])
+            if values is None:
+                return None
+        elif kind in _FIXED:
+            raw = [row[field.name] for _, row in rows]
+            if any(value is None for value in raw):
+                return None
+            values = np.array([field.db_value(value) for value in raw], dtype=_FIXED[kind])
+        else:
+            return None
+        layout += [(f"length{i}", ">i4"), (f"value{i}", values.dtype)]
+        columns[i] = values
+    packed = np.empty(len(rows), dtype=layout)
+    packed["count"] = len(fields)
+    for i, values in columns.items():
+        packed[f"length{i}"] = values.dtype.itemsize
+        packed[f"value{i}"] = values
+    return packed.tobytes()
+
+
 def _copy(db, model, fields, kinds, rows) -> None:
     """``rows`` into ``model``'s table with one ``COPY ... FROM STDIN (FORMAT binary)``."""
     encoders = [_encoder(kind, field) for kind, field in zip(kinds, fields)]
@@ -184,7 +225,8 @@ def _copy(db, model, fields, kinds, rows) -> None:
     length = struct.Struct(">i").pack
     buffer = io.BytesIO()
     buffer.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
-    for pk, row in rows:
+    packed = _packed(fields, kinds, rows)
+    for pk, row in rows if packed is None else ():
         parts = [count]
         for field, encode in zip(fields, encoders):
             value = pk if field.name == "task" else row[field.name]
@@ -196,6 +238,8 @@ def _copy(db, model, fields, kinds, rows) -> None:
                 data = encode(value)
                 parts += (length(len(data)), data)
         buffer.write(b"".join(parts))
+    if packed is not None:
+        buffer.write(packed)
     buffer.write(struct.pack(">h", -1))
     buffer.seek(0)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
