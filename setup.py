@@ -18,6 +18,10 @@ setup(
         "numpy",
         "astropy",
     ],
-    extras_require={"test": ["pytest>=7", "ruff"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff"],
+        # astra results --format parquet, and --plot
+        "export": ["pyarrow", "matplotlib"],
+    },
     entry_points={"console_scripts": ["astra=astra.cli:main"]},
 )

@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
+from astra.outputs import ArrayField, OutputModel, results  # noqa: E402
 from astra.targets import DatabaseTarget  # noqa: E402
 from astra.tasks import BaseTask  # noqa: E402
 
-__all__ = ["BaseTask", "DatabaseTarget", "__version__"]
+__all__ = ["ArrayField", "BaseTask", "DatabaseTarget", "OutputModel", "__version__", "results"]

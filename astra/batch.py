@@ -35,9 +35,9 @@ from itertools import islice
 import luigi
 
 import astra
-from astra import values
+from astra import outputs, values
 from astra.claims import summarise
-from astra.database import database, queries
+from astra.database import database, output_tables, queries
 from astra.identity import Item, items, task_version
 from astra.tasks import BaseTask, run_unrecorded
 
@@ -101,6 +101,9 @@ class BatchTask(luigi.Task):
             asker.shutdown(wait=True, cancel_futures=False)
 
     def complete(self) -> bool:
+        model = outputs.output_model(self.item_class)
+        if model is not None:
+            output_tables.ready(model)  # stop the scan at once if the items' output table is missing
         return next(self.pending(), None) is None
 
     def process(self, chunk: list[Item]) -> list[object]:
@@ -122,17 +125,25 @@ class BatchTask(luigi.Task):
         first_error = ""
         self._started = time.monotonic()
         self._logged_at = self._started
+        model = outputs.output_model(self.item_class)
         for chunk in _chunks(self.pending(), self.chunk_size):
             started = time.perf_counter()
             results = self._process_reporting(chunk, total, done + failed, failed)
+            output_rows: dict[str, list[dict]] = {}
+            if model is not None:  # the results go into the output table, not the result column
+                results = [_output_rows(model, item, r, output_rows) for item, r in zip(chunk, results)]
             duration = (time.perf_counter() - started) / len(chunk)
-            rows = [_row(item, duration, result) for item, result in zip(chunk, results)]
-            good = [row for row in rows if "error" not in row]
-            bad = [row for row in rows if "error" in row]
+            records = [_row(item, duration, result) for item, result in zip(chunk, results)]
+            good = [record for record in records if "error" not in record]
+            bad = [record for record in records if "error" in record]
             recording = time.perf_counter()
             with queries.transaction():
-                queries.record_items(good, queries.DONE)
+                written = queries.record_items(good, queries.DONE)
                 queries.record_items(bad, queries.FAILED)
+                if model is not None:
+                    # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
+                    made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
+                    output_tables.insert(model, made)
             self.recording_seconds += time.perf_counter() - recording
             done += len(good)
             failed += len(bad)
@@ -231,6 +242,17 @@ def _length(iterable: Iterable) -> int | None:
 
 def _failed(result: object) -> bool:
     return isinstance(result, BaseException)
+
+
+def _output_rows(model: type, item: Item, result: object, rows: dict[str, list[dict]]) -> object:
+    """Check ``result`` as rows of ``model`` and keep them by the item's hash; the item fails if they are wrong."""
+    if _failed(result):
+        return result
+    try:
+        rows[item.task_hash] = outputs.rows(model, result, f"{item.task_id}: run()")
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _unrecorded_run(task: luigi.Task) -> object:

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 import luigi
 
 import astra
-from astra import identity, tally, values
+from astra import identity, outputs, tally, values
 from astra.config import settings
-from astra.database import database, queries
+from astra.database import database, output_tables, queries
 from astra.database.connection import retried
 
 logger = logging.getLogger("luigi-interface")
@@ -112,9 +112,14 @@ class Claim:
         A result that cannot be stored as it is raises :class:`astra.values.UnstorableError` (naming where in the
         result it is), before anything is written: the caller records the task as failed.
         """
+        model = outputs.output_model(self.task)
+        if model is not None:  # the result goes into the task's output table, not the result column
+            rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
         stored = None if result is None else values.encode(result)
         requires = identity.required_hashes(self.task)
         queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic)
+        if model is not None:
+            output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
 
     @retried

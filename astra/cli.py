@@ -7,6 +7,7 @@ nothing matched or something failed (an unreachable database, a task that is not
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import importlib
@@ -26,9 +27,18 @@ from luigi.task import flatten
 from luigi.task_register import Register, TaskClassException
 
 import astra
-from astra import identity, values
+from astra import export, identity, outputs, values
 from astra.batch import BatchTask
-from astra.database import DatabaseError, DatabaseNotReady, create_schema, describe, records, upgrade_schema
+from astra.database import (
+    DatabaseError,
+    DatabaseNotReady,
+    create_schema,
+    describe,
+    output_tables,
+    records,
+    upgrade_schema,
+)
+from astra.database.connection import SCHEMA_SQL
 from astra.database.models import Task
 from astra.targets import database_targets, stale_dynamic_dependencies
 
@@ -255,14 +265,61 @@ def tasks(ctx: click.Context) -> None:
     _help_if_bare(ctx)
 
 
+module_option = click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Also the output tables of every astra.OutputModel in this module (repeat for several).",
+)
+
+
+def _import_modules(names: Sequence[str]) -> list:
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # task modules live where the user is, as for luigi --module
+    found = []
+    for name in names:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise click.UsageError(f"cannot import module {name!r}: {exc}") from None
+    return found
+
+
+def _output_models(names: Sequence[str]) -> list:
+    models = outputs.models_in(_import_modules(names))
+    if names and not models:
+        _say(f"note: no astra.OutputModel in {', '.join(names)}")
+    return models
+
+
 @db.command(context_settings=CONTEXT)
-def init() -> None:
+@module_option
+def init(modules: tuple[str, ...]) -> None:
     """Create the astra schema in the configured database (a no-op where it exists; never drops data).
 
     On PostgreSQL this runs schema/astradb/astradb.sql. The database is $ASTRA_DATABASE_URL, else [astra] in
-    luigi.cfg, else ~/.astra/astra.db.
+    luigi.cfg, else ~/.astra/astra.db. With --module, also the output tables of the tasks in those modules.
     """
+    models = _output_models(modules)
     click.echo(f"astra schema ready in {create_schema()}")
+    output_tables.create(models)
+    for model in models:
+        click.echo(f"output table {output_tables.table_name(model)} ready ({model.__module__}.{model.__name__})")
+
+
+@db.command(context_settings=CONTEXT)
+@module_option
+def sql(modules: tuple[str, ...]) -> None:
+    """Print the PostgreSQL DDL of the astra schema, or with --module of those modules' output tables.
+
+    For whoever owns the database: `astra db sql --module workflows | psql -d sdss5db`. Safe to run again.
+    """
+    if not modules:
+        click.echo(SCHEMA_SQL.read_text().rstrip())
+        return
+    for statement in output_tables.ddl(_output_models(modules)):
+        click.echo(statement)
 
 
 @db.command(context_settings=CONTEXT)
@@ -687,6 +744,140 @@ def _print_why(task, task_hash, record, not_done, candidates, wanted, stale) -> 
         )
         for line in _difference_lines(candidate, wanted):
             click.echo(f"    {line}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results
+
+
+def _task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
+    """The task class named ``name``, imported from ``modules`` or where its records say; None if it cannot be."""
+    try:
+        _import_modules(modules or records.modules_of(name))
+    except click.UsageError as exc:
+        _say(f"note: {exc.format_message()}; using the recorded JSON results")
+    try:
+        return Register.get_task_cls(name)
+    except TaskClassException:
+        return None
+
+
+def _typed(cls: type[luigi.Task] | None, name: str, text: str | None) -> object:
+    """A recorded parameter value as its parameter parses it (an int for an IntParameter), else as recorded."""
+    parameter = dict(cls.get_params()).get(name) if cls is not None else None
+    if parameter is None or text is None:
+        return text
+    try:
+        value = parameter.parse(text)
+    except Exception:  # recorded by another version of the class: keep the text
+        return text
+    return value if isinstance(value, (int, float, str, bool)) else text
+
+
+def _results_table(name: str, filters: records.Filters, version: str | None):
+    """The astropy Table of the results of the done tasks named ``name`` that match ``filters``."""
+    tasks = records.select(filters)
+    if version is not None:
+        tasks = tasks.where(Task.version == version)
+    cls = _task_class(name, filters.modules)
+    model = outputs.output_model(cls) if cls is not None else None
+    if model is not None:
+        parameters = outputs.parameter_names(cls)
+        query = output_tables.select_rows(model, tasks.select(Task.pk).order_by(), parameters)
+        fields = [f for f in model._meta.fields if f not in ("pk", "task")]
+        task_columns = [output_tables.task_column(model, n) for n in [*parameters, "version", "completed"]]
+        names = ["task_pk", *task_columns, *fields]
+        typed = dict(zip(task_columns, parameters))
+        rows = (
+            [_typed(cls, typed[a], getattr(row, a)) if a in typed else getattr(row, a) for a in names]
+            for row in query.iterator()
+        )
+        return export.table(names, rows)
+    found = list(tasks.order_by(Task.pk))
+    parameters = records.parameters_of([task.pk for task in found])
+    parameter_names = list(dict.fromkeys(key for task in found for key in parameters[task.pk]))
+    values = [json.loads(task.result) if task.result is not None else None for task in found]
+    keys = list(dict.fromkeys(k for value in values if isinstance(value, dict) for k in value))
+    if any(value is not None and not isinstance(value, dict) for value in values):
+        keys.append("result")  # results that are not dicts: one column with the whole value
+    names = ["task_pk", *parameter_names, "version", "completed"]
+    names += [key if key not in names else f"result_{key}" for key in keys]
+    rows = []
+    for task, value in zip(found, values):
+        given = parameters[task.pk]
+        row = [task.pk, *(_typed(cls, k, given.get(k)) for k in parameter_names), task.version, task.completed]
+        for key in keys:
+            if isinstance(value, dict):
+                row.append(value.get(key))
+            else:
+                row.append(value if key == "result" else None)
+        rows.append(row)
+    return export.table(names, rows)
+
+
+@cli.command("results", context_settings=CONTEXT)
+@click.argument("name")
+@filter_options
+@click.option("--version", "task_version", help="Only tasks of this version (default: every recorded version).")
+@click.option("--columns", help="Comma-separated columns to keep, in that order (default: all).")
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), help="Output format (default: table).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--plot", metavar="COLUMN|X,Y", help="Draw a histogram of COLUMN or a scatter of X,Y into -o FILE.")
+@json_option
+def results(
+    name: str,
+    filters: records.Filters,
+    task_version: str | None,
+    columns: str | None,
+    fmt: str | None,
+    output: str | None,
+    plot: str | None,
+    as_json: bool,
+) -> None:
+    """The results of the done tasks named NAME: one row per output row (or per task, for tasks without one).
+
+    Columns: task_pk, the task's parameters, version, completed, then the output columns (for a task without an
+    output model, the top-level keys of its result). Select tasks with the filters of `astra tasks list`.
+
+    \b
+      astra results EstimateSNR --format fits -o snr.fits
+      astra results EstimateSNR --plot snr -o snr.png
+    """
+    if filters.names and set(filters.names) != {name}:
+        raise click.UsageError(f"results are those of NAME ({name}); --name cannot ask for others")
+    if filters.statuses and set(filters.statuses) != {"done"}:
+        raise click.UsageError("only done tasks have results; leave out --status")
+    if as_json:
+        if fmt not in (None, "json"):
+            raise click.UsageError(f"--json and --format {fmt} contradict each other")
+        fmt = "json"
+    fmt = fmt or "table"
+    if (fmt in export.BINARY or plot) and not output:
+        raise click.UsageError(f"{'--plot' if plot else f'--format {fmt}'} writes a file: give -o FILE")
+    filters = dataclasses.replace(filters, names=(name,), statuses=("done",))
+    found = _results_table(name, filters, task_version)
+    if not len(found):
+        raise (
+            _nothing_matches(filters)
+            if name not in records.known_names()
+            else click.ClickException(f"no done {name} task has results that match")
+        )
+    try:
+        if columns:
+            found = export.keep(found, [c.strip() for c in columns.split(",") if c.strip()])
+        if plot:
+            wanted = [c.strip() for c in plot.split(",")]
+            if len(wanted) not in (1, 2):
+                raise click.UsageError("--plot takes one column (histogram) or two, X,Y (scatter plot)")
+            drawn = export.plot(found, wanted, output, name)
+            _say(f"drew {drawn} of {len(found)} rows into {output}")
+        elif output:
+            export.write(found, fmt, output)
+            _say(f"wrote {len(found)} rows, {len(found.colnames)} columns to {output}")
+        else:
+            click.echo(export.render(found, fmt))
+    except export.ExportError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import luigi
 import peewee
 from luigi.task import flatten
 
-from astra.database import DatabaseError, describe, queries
+from astra import outputs
+from astra.database import DatabaseError, describe, output_tables, queries
 from astra.identity import IdentityError, recorded_task_hash, task_hash
 
 
@@ -61,6 +62,7 @@ class DatabaseTarget(luigi.Target):
 
     def __init__(self, task: luigi.Task) -> None:
         self.task_id = task.task_id
+        self.output_model = outputs.output_model(task)
         self.identity_error: IdentityError | None = None
         try:
             self.task_hash: str | None = task_hash(task)
@@ -81,6 +83,8 @@ class DatabaseTarget(luigi.Target):
         return hash(self._key())
 
     def exists(self) -> bool:
+        if self.output_model is not None:
+            output_tables.ready(self.output_model)  # once per process: stop now if its table is missing
         if self.task_hash is None:
             return False
         cache = _Cache.here()
@@ -106,7 +110,10 @@ class DatabaseTarget(luigi.Target):
         _Cache.not_done.pop(self.task_hash, None)
 
     def read(self) -> object:
-        """The value the task's ``run()`` returned, or None if it is not done."""
+        """The value the task's ``run()`` returned, or None if it is not done.
+
+        For a task with an ``output_model``: its output row (a model instance), or a list when it made several.
+        """
         return read_many([self])[0]
 
 
@@ -251,5 +258,18 @@ def _unchecked(cache: type[_Cache]) -> list[str]:
 
 def read_many(targets: list[DatabaseTarget]) -> list[object]:
     """The results of many tasks in one query (per chunk), in the order of ``targets``; None where not done."""
-    found = queries.results([t.task_hash for t in targets])
-    return [found.get(t.task_hash) for t in targets]
+    found = queries.results([t.task_hash for t in targets if _model(t) is None])
+    values = [found.get(t.task_hash) for t in targets]
+    models = {_model(t) for t in targets} - {None}
+    if models:
+        done = queries.done_hashes(t.task_hash for t in targets if _model(t) is not None and t.task_hash)
+        rows = {model: output_tables.read(model, done) for model in models}
+        for i, target in enumerate(targets):
+            if _model(target) is not None and target.task_hash in done:
+                made = rows[_model(target)].get(target.task_hash, [])
+                values[i] = made[0] if len(made) == 1 else made
+    return values
+
+
+def _model(target: DatabaseTarget) -> type | None:
+    return getattr(target, "output_model", None)  # a target pickled by an older astra has none

@@ -13,6 +13,8 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
     the root alone (astra still works out the root's identity, which includes those of the N tasks).
 (b) cold run: N trivial tasks run from nothing, one worker.
 (c) scale: N items of one batched task (bench.tasks.Spectra), cold (processed and recorded) and warm (found done).
+(d) outputs: N items each with an output row of five floats and a 100-element float32 array (bench.tasks.FittedSpectra)
+    beside the same N items without output rows, on PostgreSQL: `python bench/run.py --only outputs`.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def measure(what: str, kind: str, n: int) -> dict:
         task = tasks.Everything(kind=leaf_kind, n=n)
     elif what in ("scale-cold", "scale-warm"):
         task = tasks.Spectra(stop=n)
+    elif what == "outputs-cold":
+        task = tasks.FittedSpectra(stop=n)
     elif what == "record-astra":  # set-up of the warm scan, not measured
         tasks.AstraRecorded(n=n).run()
         from astra.batch import BatchTask
@@ -84,7 +88,7 @@ def measure(what: str, kind: str, n: int) -> dict:
         "ok": bool(ok) and task.complete(),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    if what == "scale-cold":
+    if what in ("scale-cold", "outputs-cold"):
         result["recording_seconds"] = getattr(task, "recording_seconds", None)
     return result
 
@@ -205,8 +209,9 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=10000, help="tasks in the warm scan")
     parser.add_argument("--cold", type=int, default=2000, help="tasks in the cold run")
     parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
+    parser.add_argument("--output-items", type=int, default=100_000, help="items in the outputs benchmark")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="warm,cold,scale", help="comma-separated: warm, cold, scale")
+    parser.add_argument("--only", default="warm,cold,scale,outputs", help="comma-separated: warm, cold, scale, outputs")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -215,7 +220,7 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.kind, args.n)))
         return
     if args.quick:
-        args.warm, args.cold, args.items = 1000, 200, 20000
+        args.warm, args.cold, args.items, args.output_items = 1000, 200, 20000, 10000
     only = set(args.only.split(","))
 
     print(machine(), flush=True)
@@ -235,6 +240,8 @@ def main() -> None:
             cold(bench, args.cold, args.repeat, urls)
         if "scale" in only:
             scale(bench, args.items, urls)
+        if "outputs" in only:
+            with_outputs(bench, args.output_items, args.repeat)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -304,6 +311,37 @@ def scale(bench: Bench, n: int, urls: dict) -> None:
             f"{cold_run['peak_rss_mb']:.0f} | {warm_run['seconds']:.1f} | {warm_run['peak_rss_mb']:.0f} |"
         )
         print(f"{name}: cold {cold_run}, warm {warm_run}", flush=True)
+    print("\n" + "\n".join(lines), flush=True)
+
+
+def with_outputs(bench: Bench, n: int, repeat: int) -> None:
+    print(f"\n## (d) output rows: {n:,} batch items on PostgreSQL, with and without an output row each\n", flush=True)
+    sys.path.insert(0, str(REPO))  # this checkout's astra, as in the measuring processes
+    from astra.database import output_tables
+    from bench import tasks
+
+    def fresh(kind: str) -> None:
+        bench.new_postgres("astra_bench_outputs", astra_schema=True)
+        bench.admin(*output_tables.ddl([tasks.Fit]), database="astra_bench_outputs")
+
+    url = f"{POSTGRES}/astra_bench_outputs"
+    runs: dict[str, list[dict]] = {"scale-cold": [], "outputs-cold": []}
+    for _ in range(repeat):
+        for what in runs:  # interleaved, so a busy moment of the machine is spread over both
+            runs[what].append(bench.run(what, "astra", n, url, reset=fresh))
+    lines = [
+        "| items | runs | median s | items/s end to end | items/s recording only | peak RSS (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for what, name in (("scale-cold", "without output rows"), ("outputs-cold", "with an output row each")):
+        seconds = median(runs[what])
+        recording = median(runs[what], "recording_seconds")
+        each = ", ".join(f"{r['seconds']:.1f}" for r in runs[what])
+        lines.append(
+            f"| {name} | {each} | {seconds:.1f} | {n / seconds:,.0f} "
+            f"| {n / recording:,.0f} | {max(r['peak_rss_mb'] for r in runs[what]):.0f} |"
+        )
+        print(f"{name}: {runs[what]}", flush=True)
     print("\n" + "\n".join(lines), flush=True)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 import luigi
+import numpy as np
+import peewee
 from luigi.contrib.postgres import PostgresTarget
 
 import astra
@@ -138,3 +140,44 @@ class AstraRecorded(BatchTask):
 
     def process(self, chunk: list) -> list[None]:
         return [None] * len(chunk)
+
+
+class Fit(astra.OutputModel):
+    """One output row per item of the outputs benchmark: five floats and a 100-element array."""
+
+    teff = peewee.DoubleField()
+    logg = peewee.DoubleField()
+    fe_h = peewee.DoubleField()
+    v_rad = peewee.DoubleField()
+    chi2 = peewee.DoubleField()
+    model_flux = astra.ArrayField("float32")
+
+    class Meta:
+        table_name = "bench_fit"
+
+
+class FitSpectrum(astra.BaseTask):
+    """The item of the outputs benchmark: the same parameters as ``Spectrum``, with an output row."""
+
+    output_model = Fit
+    spectrum_id = luigi.IntParameter()
+    release = luigi.Parameter(default="dr19")
+
+
+class FittedSpectra(BatchTask):
+    """``Spectra`` with an output row per item (made up by numpy, so the figures are astra's own costs)."""
+
+    item_class = FitSpectrum
+    chunk_size = 5000
+    start = luigi.IntParameter(default=0)
+    stop = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return ({"spectrum_id": i} for i in range(self.start, self.stop))
+
+    def process(self, chunk: list) -> list[dict]:
+        rng = np.random.default_rng(chunk[0].values["spectrum_id"])
+        scalars = rng.normal(size=(len(chunk), 5)).tolist()
+        fluxes = rng.normal(size=(len(chunk), 100)).astype(np.float32)
+        names = ("teff", "logg", "fe_h", "v_rad", "chi2")
+        return [{**dict(zip(names, values)), "model_flux": flux} for values, flux in zip(scalars, fluxes)]

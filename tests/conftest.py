@@ -16,7 +16,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from astra.database import create_schema
+import workflows
+from astra import outputs
+from astra.database import create_schema, output_tables
 from astra.database.connection import _State
 from astra.targets import forget_cached
 
@@ -83,6 +85,7 @@ def database_url(backend, tmp_path, monkeypatch, request) -> str:
     monkeypatch.setenv("ASTRA_DATABASE_URL", url)
     forget_cached()
     create_schema()
+    output_tables.create(outputs.models_in([workflows]))  # `astra db init --module workflows`
     yield url
     forget_cached()
     _close_connections()

@@ -41,7 +41,8 @@ def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
     rows = rows_by_path([*paths, broken])
     for path in paths:  # the others' results are kept, each as its own EstimateSNR
         assert rows[str(path)].status == "done"
-        assert rows[str(path)].result["snr"] == pytest.approx(signal_to_noise(*read_spectrum(str(path)))[0])
+        row = EstimateSNR(spectrum_path=str(path)).output().read()  # its row in astra.snr, written by the batch
+        assert row.snr == pytest.approx(signal_to_noise(*read_spectrum(str(path)))[0])
     failed = rows[str(broken)]
     assert failed.status == "failed" and "OSError" in failed.error and failed.traceback
 

@@ -15,11 +15,12 @@ import luigi
 import pytest
 
 import astra
-from astra.database import Task, create_schema
+from astra.database import Task, create_schema, output_tables
 from astra.database.models import utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.conftest import LUIGI, REPO, run_luigi
+from workflows import SNR
 
 
 class Hold(astra.BaseTask):
@@ -61,6 +62,7 @@ def postgres_url(postgres_database, monkeypatch) -> str:
     monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
     forget_cached()
     create_schema()
+    output_tables.create([SNR])  # the example's output table: astra db init --module workflows
     yield postgres_database
     forget_cached()
 

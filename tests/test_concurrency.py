@@ -14,9 +14,11 @@ from workflows.spectra import simulate
 
 def test_four_processes_share_one_dag_on_postgres(postgres_database, monkeypatch, tmp_path):
     monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
-    from astra.database import create_schema
+    from astra.database import create_schema, output_tables
+    from workflows import SNR
 
     create_schema()
+    output_tables.create([SNR])  # astra db init --module workflows
     simulate(tmp_path / "spectra", count=200, seed=5)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [LUIGI, "--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra")]

@@ -67,8 +67,10 @@ def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     env = {"SDSSDB_CONFIG_PATH": str(tmp_path / "sdssdb.yml"), "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
 
     script = (
-        "from astra.database import create_schema, database, describe\n"
-        "print(create_schema()); db = database(); print(type(db).__name__, db.psycopg_version)"
+        "from astra.database import create_schema, database, describe, output_tables\n"
+        "from workflows import SNR\n"
+        "print(create_schema()); db = database(); print(type(db).__name__, db.psycopg_version)\n"
+        "output_tables.create([SNR])  # astra db init --module workflows\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script],

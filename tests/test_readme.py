@@ -7,8 +7,10 @@ import re
 import shlex
 import subprocess
 
+import astra
 from astra.database import Task
 from tests.conftest import LUIGI, REPO, run_luigi
+from workflows import EstimateSNR
 
 
 def test_readme_task_example_runs(database_url, tmp_path):
@@ -23,9 +25,9 @@ def test_readme_task_example_runs(database_url, tmp_path):
     result = run_luigi(*args, env={"PYTHONPATH": "."}, cwd=tmp_path)
     assert "2 ran successfully" in result.stdout, result.stdout
     flag = Task.get(Task.task_name == "FlagLowSNR")
-    snr = Task.get(Task.task_name == "EstimateSNR")
+    (snr,) = astra.results(EstimateSNR)
     assert flag.version == "1"
-    assert flag.result["low_snr"] == (snr.result["snr"] < 10.0)
+    assert flag.result["low_snr"] == (snr.snr < 10.0)
 
 
 def test_without_pythonpath_the_module_is_not_found_as_the_readme_warns(tmp_path):

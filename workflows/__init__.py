@@ -8,15 +8,17 @@ luigi --module workflows EstimateSNRBatch --spectra-dir /path/to/spectra --local
 from __future__ import annotations
 
 import glob
+import math
 import os
 import statistics
 
 import luigi
+import peewee
 
 import astra
 from astra.batch import BatchTask
-from astra.targets import read_many
 from workflows.formats import EXAMPLE_SPECTRA, Spectrum, load_spectrum, signal_to_noise
+from workflows.spectra import wavelength_range
 
 
 class SpectrumFile(luigi.ExternalTask):
@@ -28,6 +30,18 @@ class SpectrumFile(luigi.ExternalTask):
         return luigi.LocalTarget(self.path)
 
 
+class SNR(astra.OutputModel):
+    """What EstimateSNR measures in one spectrum: a row of table ``astra.snr``, linked to its task."""
+
+    snr = peewee.DoubleField(null=True)  # NaN when no pixel is good (stored as NULL on SQLite)
+    n_good_pixels = peewee.IntegerField()
+    wavelength_min = peewee.DoubleField(null=True)  # Angstrom, over the good pixels
+    wavelength_max = peewee.DoubleField(null=True)
+
+    class Meta:
+        table_name = "snr"
+
+
 class EstimateSNR(astra.BaseTask):
     """The signal-to-noise ratio of one spectrum: median of flux * sqrt(ivar) over good pixels.
 
@@ -36,6 +50,7 @@ class EstimateSNR(astra.BaseTask):
     another HDU of an mwm file, use :class:`EstimateSelectedSNR`.
     """
 
+    output_model = SNR
     spectrum_path = luigi.Parameter(default=str(EXAMPLE_SPECTRA / "spec-00001.fits"))
 
     def requires(self) -> SpectrumFile:
@@ -47,7 +62,8 @@ class EstimateSNR(astra.BaseTask):
     def run(self) -> dict:
         spectrum = self.spectrum()
         snr, n_good = signal_to_noise(spectrum.flux, spectrum.ivar, spectrum.mask)
-        return {"snr": snr, "n_good_pixels": n_good}
+        low, high = wavelength_range(spectrum.wavelength, spectrum.flux, spectrum.ivar, spectrum.mask)
+        return {"snr": snr, "n_good_pixels": n_good, "wavelength_min": low, "wavelength_max": high}
 
 
 class EstimateSelectedSNR(EstimateSNR):
@@ -75,11 +91,14 @@ class SummariseSNR(astra.BaseTask):
         return [EstimateSNR(spectrum_path=path) for path in paths]
 
     def run(self) -> dict:
-        snrs = [result["snr"] for result in read_many(self.input())]
-        if not snrs:
+        rows = list(astra.results(EstimateSNR, tasks=self.requires()))
+        if not rows:
             raise ValueError(f"no spectra match {self.pattern!r} in {self.spectra_dir}")
+        snrs = [row.snr for row in rows if row.snr is not None and math.isfinite(row.snr)]
+        if not snrs:
+            raise ValueError(f"no spectrum in {self.spectra_dir} matching {self.pattern!r} has a good pixel")
         return {
-            "n_spectra": len(snrs),
+            "n_spectra": len(rows),
             "median_snr": statistics.median(snrs),
             "min_snr": min(snrs),
             "max_snr": max(snrs),

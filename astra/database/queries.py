@@ -445,7 +445,7 @@ def _table(model: type[peewee.Model], db: peewee.Database) -> str:
     return f"astra.{model._meta.table_name}" if is_postgres(db) else model._meta.table_name
 
 
-def record_items(items: Sequence[dict], status: str) -> None:
+def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
     """Record many tasks as ``status`` (done or failed) at once, with their parameters and dependency edges.
 
     Each item is a dict with ``task_module``, ``task_name``, ``task_id``, ``task_hash``, ``version``,
@@ -453,11 +453,13 @@ def record_items(items: Sequence[dict], status: str) -> None:
     ``result`` (JSON text from :func:`astra.values.dumps`), ``error``, ``traceback`` and ``duration``. A task
     already recorded as done stays as it is (first done wins); a failed or running row is overwritten. Call
     inside :func:`transaction`.
+
+    Returns the pk of each task row written (those already done are left out), by hash.
     """
     db = database()
     items = list({item["task_hash"]: item for item in items}.values())
     if not items:
-        return
+        return {}
     for item in items:
         text.check_identity(item, item["parameters"], postgres=is_postgres(db))
     now = utcnow()
@@ -548,11 +550,13 @@ def record_items(items: Sequence[dict], status: str) -> None:
                     "ON CONFLICT DO NOTHING",
                     tuple(list(column) for column in zip(*pairs)),
                 )
-        return
+        return task_pks
     # SQLite runs in this process: executemany costs no round trips. It keeps peewee's text form of naive UTC.
     stamp = str(now.replace(tzinfo=None))
     constants = (status, stamp, stamp, stamp, stamp if completed else None, host, pid)
     connection = db.connection()
+    # The write lock is held (IMMEDIATE), so what is done now stays as it is until this transaction ends.
+    already = done_hashes(item["task_hash"] for item in items)
     connection.executemany(f"{insert} VALUES ({', '.join('?' * 17)}, 1) {upsert}", [(*row, *constants) for row in rows])
     connection.executemany(
         f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
@@ -568,6 +572,7 @@ def record_items(items: Sequence[dict], status: str) -> None:
             f"INSERT OR IGNORE INTO {table} (task_pk, {column}) VALUES (?, ?)",
             [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks],
         )
+    return {item["task_hash"]: task_pks[item["task_hash"]] for item in items if item["task_hash"] not in already}
 
 
 def _pks(db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:

@@ -1,0 +1,291 @@
+"""Typed outputs: a task's results as rows of a table of its own, linked to the task that made them.
+
+A task that sets ``output_model`` to an :class:`OutputModel` gets what its ``run()`` returns inserted into that
+table, in the same transaction as its done record: a dict is one row, a list of dicts (or model instances) many
+rows, e.g. one per visit::
+
+    class SNROutput(astra.OutputModel):
+        snr = peewee.DoubleField()
+        flux = astra.ArrayField("float32")
+
+    class EstimateSNR(astra.BaseTask):
+        output_model = SNROutput
+
+        def run(self):
+            return {"snr": 12.5, "flux": flux}
+
+``task.output().read()`` gives the row back as a model instance, and :func:`results` is a peewee query over the
+rows of every done task of a class, with the tasks' parameters, version and completion time beside them. Rows go
+when their task is forgotten (``on delete cascade``). Backend differences live in the field types only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable
+
+import luigi
+import numpy as np
+import peewee
+from luigi.parameter import ParameterVisibility
+
+from astra.database import is_postgres, output_tables
+from astra.database.models import Task, proxy
+from astra.identity import canonical_value, task_hash
+
+#: PostgreSQL element type of an :class:`ArrayField`, by numpy dtype.
+POSTGRES_TYPES = {
+    np.dtype("float32"): "REAL",
+    np.dtype("float64"): "DOUBLE PRECISION",
+    np.dtype("int16"): "SMALLINT",
+    np.dtype("int32"): "INTEGER",
+    np.dtype("int64"): "BIGINT",
+    np.dtype("bool"): "BOOLEAN",
+}
+
+
+def _is_postgres(model: type[peewee.Model]) -> bool:
+    db = model._meta.database
+    return isinstance(getattr(db, "obj", db), peewee.PostgresqlDatabase)
+
+
+class ArrayField(peewee.Field):
+    """A numpy array of one ``dtype``, any shape: ``real[]``, ``double precision[]``, ``bigint[]``... on
+    PostgreSQL (so SQL can index into it, and NaN stays NaN); on SQLite the array's bytes with its dtype and shape
+    (numpy's ``.npy`` format). Reads give numpy arrays back.
+    """
+
+    field_type = "BLOB"
+
+    def __init__(self, dtype: object = "float64", *args, **kwargs) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in POSTGRES_TYPES:
+            known = ", ".join(str(d) for d in POSTGRES_TYPES)
+            raise TypeError(f"astra.ArrayField({self.dtype}): the dtype must be one of {known}")
+        super().__init__(*args, **kwargs)
+
+    @property
+    def postgres_type(self) -> str:
+        return f"{POSTGRES_TYPES[self.dtype]}[]"
+
+    def postgres_binary(self, value: object) -> bytes:
+        """``value`` in PostgreSQL's binary array format, for ``COPY ... (FORMAT binary)``: no number becomes text.
+
+        Dimensions, then each element as its length and its big-endian bytes.
+        """
+        array = self.array(value)
+        oid, size = _ELEMENTS[self.dtype]
+        header = np.array([array.ndim, 0, oid, *(n for dim in array.shape for n in (dim, 1))], dtype=">i4")
+        elements = np.empty(array.size, dtype=[("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
+        elements["length"] = size
+        elements["value"] = array.ravel()
+        return header.tobytes() + elements.tobytes()
+
+    def postgres_binary_block(self, values: list) -> np.ndarray | None:
+        """Many arrays of one shape in PostgreSQL's binary array format, one record per array (None if they
+        differ in shape or one is missing): the COPY data of a whole chunk is then built by numpy at once.
+        """
+        if any(value is None for value in values):
+            return None
+        # Rows checked by rows() hold arrays of this dtype already.
+        arrays = [v if isinstance(v, np.ndarray) and v.dtype == self.dtype else self.array(v) for v in values]
+        shape = arrays[0].shape if arrays else ()
+        if any(array.shape != shape for array in arrays):
+            return None
+        oid, size = _ELEMENTS[self.dtype]
+        element = np.dtype([("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
+        block = np.empty(len(arrays), dtype=[("header", ">i4", (3 + 2 * len(shape),)), ("elements", element, shape)])
+        block["header"] = [len(shape), 0, oid, *(n for dim in shape for n in (dim, 1))]
+        block["elements"]["length"] = size
+        block["elements"]["value"] = np.stack(arrays) if arrays else np.empty((0, *shape))
+        return block
+
+    def ddl_datatype(self, ctx):
+        return peewee.SQL(self.postgres_type if _is_postgres(self.model) else "BLOB")
+
+    def array(self, value: object) -> np.ndarray:
+        """``value`` as an array of this field's dtype; an error rather than a lossy cast (e.g. floats to ints)."""
+        array = np.asarray(value)
+        if array.ndim == 0:
+            raise ValueError(f"{self.model.__name__}.{self.name}: expected an array, got the scalar {value!r}")
+        if array.dtype != self.dtype and not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
+            raise ValueError(
+                f"{self.model.__name__}.{self.name}: cannot store an array of {array.dtype} as {self.dtype}"
+            )
+        return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def db_value(self, value):
+        if value is None:
+            return None
+        array = self.array(value)
+        if _is_postgres(self.model):
+            # An array literal, '{{1.5,NaN},{...}}', which the server parses into the column's type (JSON's NaN
+            # and Infinity are PostgreSQL's too). One string per array travels far faster than a list of floats.
+            text = json.dumps(array.tolist(), separators=(",", ":"))
+            return text.translate(_BRACES)
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+
+    def python_value(self, value):
+        if value is None or isinstance(value, np.ndarray):
+            return value
+        if isinstance(value, (bytes, memoryview)):
+            return np.load(io.BytesIO(bytes(value)), allow_pickle=False)
+        if isinstance(value, str):  # an array literal, e.g. from a query that cast the column to text
+            value = json.loads(value.translate(_BRACKETS))
+        return np.array(value, dtype=self.dtype)
+
+
+#: PostgreSQL's type oid and size of an element of an :class:`ArrayField`, by numpy dtype.
+_ELEMENTS = {
+    np.dtype("float32"): (700, 4),
+    np.dtype("float64"): (701, 8),
+    np.dtype("int16"): (21, 2),
+    np.dtype("int32"): (23, 4),
+    np.dtype("int64"): (20, 8),
+    np.dtype("bool"): (16, 1),
+}
+_BRACES = str.maketrans("[]", "{}")
+_BRACKETS = str.maketrans("{}", "[]")
+
+
+class OutputModel(peewee.Model):
+    """Base of an output table: subclass it with the columns a task returns; ``pk`` and ``task`` come with it.
+
+    ``task`` (column ``task_pk``) links each row to the ``astra.task`` row of the task that made it, and is
+    deleted with it. The table lives in the ``astra`` schema on PostgreSQL (create it with ``astra db init
+    --module MODULE``) and is created on first use on SQLite. Name it with ``class Meta: table_name = ...``;
+    the default is the class name in snake case.
+    """
+
+    pk = peewee.BigAutoField()
+    task = peewee.ForeignKeyField(Task, column_name="task_pk", index=True, on_delete="CASCADE", backref="+")
+
+    class Meta:
+        database = proxy
+        schema = "astra"
+        legacy_table_names = False
+
+
+def output_model(task: luigi.Task | type[luigi.Task]) -> type[OutputModel] | None:
+    """The output model a task (or task class) declares, or None."""
+    model = getattr(task, "output_model", None)
+    if model is None:
+        return None
+    if not (isinstance(model, type) and issubclass(model, OutputModel)):
+        name = task.get_task_family()
+        raise TypeError(f"{name}.output_model must be a subclass of astra.OutputModel, not {model!r}")
+    return model
+
+
+def models_in(modules: Iterable[object]) -> list[type[OutputModel]]:
+    """Every output model defined in, or named by a task class of, these modules (in order, once each)."""
+    found: dict[type[OutputModel], None] = {}
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, OutputModel) and value is not OutputModel:
+                found[value] = None
+            elif isinstance(value, type) and issubclass(value, luigi.Task):
+                model = getattr(value, "output_model", None)
+                if isinstance(model, type) and issubclass(model, OutputModel):
+                    found[model] = None
+    return list(found)
+
+
+def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[dict]:
+    """The rows ``result`` stands for: a dict is one row, a list of dicts or ``model`` instances many, None none.
+
+    Each row is checked against the model's fields (an unknown name, or a missing value for a column without a
+    default that may not be null, is an error naming the task and field); numpy scalars become Python ones.
+    """
+    if result is None:
+        return []
+    if isinstance(result, (dict, model)):
+        result = [result]
+    if not isinstance(result, (list, tuple)):
+        raise TypeError(
+            f"{task} returned {type(result).__name__}; with output_model = {model.__name__} it must return a dict "
+            f"(one row), or a list of dicts or {model.__name__} instances"
+        )
+    fields = {name: field for name, field in model._meta.fields.items() if name not in ("pk", "task")}
+    checked = []
+    for i, row in enumerate(result):
+        where = f"{task}: row {i}" if len(result) > 1 else task
+        if isinstance(row, model):
+            row = {name: row.__data__[name] for name in fields if name in row.__data__}
+        elif not isinstance(row, dict):
+            raise TypeError(f"{where} is a {type(row).__name__}, not a dict or {model.__name__}")
+        unknown = [key for key in row if key not in fields]
+        if unknown:
+            raise ValueError(f"{where}: {model.__name__} has no field {unknown[0]!r} (its fields: {', '.join(fields)})")
+        values = {}
+        for name, field in fields.items():
+            if name in row:
+                value = row[name]
+            elif field.default is not None:
+                value = field.default() if callable(field.default) else field.default
+            elif field.null:
+                value = None
+            else:
+                raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
+            if isinstance(value, np.generic):
+                value = value.item()
+            if isinstance(value, float) and math.isnan(value) and not field.null and not is_postgres():
+                raise ValueError(
+                    f"{where}: {model.__name__}.{name} is NaN, which SQLite stores as NULL, and the column may not "
+                    "be null (declare it with null=True)"
+                )
+            if isinstance(field, ArrayField) and value is not None:
+                try:
+                    value = field.array(value)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+            values[name] = value
+        checked.append(values)
+    return checked
+
+
+def parameter_names(task_class: type[luigi.Task]) -> list[str]:
+    """The names of the parameters astra records for a task class (every one but the private ones)."""
+    return [name for name, p in task_class.get_params() if p.visibility != ParameterVisibility.PRIVATE]
+
+
+def results(
+    task_class: type[luigi.Task],
+    version: str | None = None,
+    tasks: Iterable[luigi.Task] | None = None,
+    **parameters: object,
+) -> peewee.ModelSelect:
+    """The output rows of every done task of ``task_class``, as a peewee query.
+
+    Each row is an instance of the class's output model with, beside its own fields, ``task_pk``, ``version``,
+    ``completed`` and one attribute per parameter of the task (its recorded text). Keyword arguments select
+    tasks by parameter value (``spectrum_path="/data/spec-1.fits"``), ``version`` by version and ``tasks`` (task
+    instances, e.g. ``self.requires()`` of a task that needs them) picks those very tasks; add
+    ``.where(Model.snr > 10)``, joins or ``.order_by()`` as with any peewee query. Rows of every recorded version
+    come back unless ``version`` is given (bumping a version leaves the old rows with the old tasks).
+    """
+    model = output_model(task_class)
+    if model is None:
+        raise TypeError(f"{task_class.get_task_family()} has no output_model; read its results with read_many()")
+    params = dict(task_class.get_params())
+    names = parameter_names(task_class)
+    where = []
+    for name, value in parameters.items():
+        if name not in names:
+            raise ValueError(
+                f"{task_class.get_task_family()} has no parameter {name!r} (its parameters: {', '.join(names)})"
+            )
+        parameter = params[name]
+        if isinstance(value, str):
+            value = parameter.parse(value)
+        where.append((name, canonical_value(parameter, parameter.normalize(value))))
+    hashes = None if tasks is None else [task_hash(task) for task in luigi.task.flatten(tasks)]
+    return output_tables.select_rows(
+        model,
+        output_tables.done_tasks(task_class.get_task_family(), task_class.__module__, where, version, hashes),
+        names,
+    )

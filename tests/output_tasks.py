@@ -1,0 +1,120 @@
+"""Tasks with output tables, for tests/test_outputs.py (importable as ``luigi --module tests.output_tasks``)."""
+
+from __future__ import annotations
+
+import datetime
+
+import luigi
+import numpy as np
+import peewee
+
+import astra
+from astra.batch import BatchTask
+
+
+class Measurement(astra.OutputModel):
+    """One row per task: scalars of several types and two arrays."""
+
+    snr = peewee.DoubleField(null=True)
+    n_good = peewee.BigIntegerField()
+    flag = peewee.BooleanField(default=False)
+    label = peewee.TextField(null=True)
+    when = peewee.DateTimeField(null=True)
+    flux = astra.ArrayField("float64", null=True)
+    counts = astra.ArrayField("int64", null=True)
+
+
+class Measure(astra.BaseTask):
+    output_model = Measurement
+    i = luigi.IntParameter()
+    label = luigi.Parameter(default="x")
+
+    def run(self) -> dict:
+        flux = np.arange(2000, dtype=float) * 0.5
+        flux[7] = np.nan
+        flux[8] = np.inf
+        return {
+            "snr": float("nan") if self.i < 0 else 10.0 + self.i,
+            "n_good": np.int64(2**62 + 3),
+            "flag": np.bool_(True),
+            "label": self.label,
+            "when": datetime.datetime(2026, 11, 25, 12, 0),
+            "flux": flux,
+            "counts": np.arange(6, dtype=np.int64).reshape(2, 3) + 2**62,
+        }
+
+
+class Visit(astra.OutputModel):
+    visit = peewee.IntegerField()
+    rv = peewee.DoubleField()
+    spectrum = astra.ArrayField("float32")
+
+    class Meta:
+        table_name = "test_visit"
+
+
+class MeasureVisits(astra.BaseTask):
+    """Many rows per task: one per visit (dicts and model instances mixed)."""
+
+    output_model = Visit
+    star = luigi.IntParameter()
+    visits = luigi.IntParameter(default=3)
+
+    def run(self) -> list:
+        rows = []
+        for v in range(self.visits):
+            values = {"visit": v, "rv": self.star + v / 10, "spectrum": np.full(100, v, dtype=np.float32)}
+            rows.append(values if v % 2 else Visit(**values))
+        return rows
+
+
+class BadOutput(astra.BaseTask):
+    output_model = Visit
+    what = luigi.Parameter(default="unknown-field")
+
+    def run(self) -> object:
+        row = {"visit": 1, "rv": 1.0, "spectrum": np.zeros(3, dtype=np.float32)}
+        if self.what == "unknown-field":
+            row["colour"] = "red"
+        elif self.what == "lossy":
+            row["spectrum"] = np.zeros(3, dtype=complex)
+        elif self.what == "missing":
+            del row["rv"]
+        elif self.what == "scalar":
+            return 3
+        return row
+
+
+class VisitsBatch(BatchTask):
+    item_class = MeasureVisits
+    chunk_size = 50
+    stars = luigi.IntParameter(default=120)
+    bad = luigi.IntParameter(default=-1)
+    nan = luigi.IntParameter(default=-1)
+
+    def parameter_sets(self):
+        return [{"star": star} for star in range(self.stars)]
+
+    def process(self, chunk: list) -> list:
+        results = []
+        for item in chunk:
+            star = item.values["star"]
+            rows = [{"visit": v, "rv": star + v / 10, "spectrum": np.full(100, v, dtype=np.float32)} for v in range(3)]
+            if star == self.bad:
+                rows[1]["colour"] = "red"
+            if star == self.nan:
+                rows[2]["rv"] = float("nan")  # rv may not be null: fine on PostgreSQL, not storable on SQLite
+            results.append(rows)
+        return results
+
+
+class PlainResult(astra.BaseTask):
+    """No output model: the keys of its JSON result are the columns of ``astra results``."""
+
+    i = luigi.IntParameter()
+
+    def run(self) -> dict:
+        result = {"square": self.i * self.i, "values": [self.i, self.i + 1, self.i + 2]}
+        if self.i % 2:
+            result["odd"] = True
+        return result

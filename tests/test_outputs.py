@@ -1,0 +1,286 @@
+"""Typed outputs: output tables, ArrayField, reading, results(), batches, forget and versions, on both backends."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import luigi
+import numpy as np
+import peewee
+import psycopg2
+import pytest
+
+import astra
+from astra.batch import BatchError
+from astra.database import Task, database, is_postgres, output_tables, records
+from astra.database.connection import SCHEMA_SQL, DatabaseNotReady
+from astra.database.queries import transaction
+from astra.identity import task_hash
+from astra.targets import forget_cached
+from tests.conftest import run_luigi
+from tests.output_tasks import (
+    BadOutput,
+    Measure,
+    Measurement,
+    MeasureVisits,
+    PlainResult,
+    Visit,
+    VisitsBatch,
+)
+
+MODELS = [Measurement, Visit]
+
+
+@pytest.fixture
+def outputs_db(database_url):
+    """An astra database whose output tables exist (``astra db init --module`` does this on PostgreSQL)."""
+    if is_postgres():
+        output_tables.create(MODELS)
+    return database_url
+
+
+def build(*tasks: luigi.Task) -> bool:
+    forget_cached()
+    # luigi keeps one instance per task, which keeps its identity: new ones, for tests that change a version.
+    luigi.task_register.Register.clear_instance_cache()
+    return luigi.build(list(tasks), local_scheduler=True, log_level="WARNING")
+
+
+def record(task: luigi.Task) -> Task:
+    luigi.task_register.Register.clear_instance_cache()
+    return Task.get(Task.task_hash == task_hash(task))
+
+
+def test_one_row_keeps_its_values(outputs_db):
+    assert build(Measure(i=1), Measure(i=-1))
+    row = Measure(i=1).output().read()
+    assert isinstance(row, Measurement)
+    assert row.snr == 11.0
+    assert row.n_good == 2**62 + 3 and isinstance(row.n_good, int)
+    assert row.flag is True and row.label == "x"
+    assert isinstance(row.flux, np.ndarray) and row.flux.dtype == np.float64 and row.flux.shape == (2000,)
+    expected = np.arange(2000, dtype=float) * 0.5
+    expected[7], expected[8] = np.nan, np.inf
+    np.testing.assert_array_equal(row.flux, expected)  # NaN and inf inside arrays survive on both backends
+    assert row.counts.dtype == np.int64 and row.counts.shape == (2, 3)
+    assert row.counts[1, 2] == 2**62 + 5
+    # The rows are the result: the JSON column stays empty, and the row links to the task's record.
+    assert record(Measure(i=1)).result is None and row.task_pk == record(Measure(i=1)).pk
+    nan_row = Measure(i=-1).output().read()
+    if is_postgres():
+        assert math.isnan(nan_row.snr)  # double precision keeps NaN
+    else:
+        assert nan_row.snr is None  # SQLite stores a NaN REAL as NULL (documented)
+
+
+def test_many_rows_per_task(outputs_db):
+    assert build(MeasureVisits(star=1, visits=4), MeasureVisits(star=2, visits=1), MeasureVisits(star=3, visits=0))
+    rows = MeasureVisits(star=1, visits=4).output().read()
+    assert [r.visit for r in rows] == [0, 1, 2, 3]  # dicts and model instances alike, in order
+    assert [r.rv for r in rows] == [1.0, 1.1, 1.2, 1.3]
+    assert all(r.spectrum.dtype == np.float32 and r.spectrum.shape == (100,) for r in rows)
+    assert isinstance(MeasureVisits(star=2, visits=1).output().read(), Visit)  # one row: the instance itself
+    assert MeasureVisits(star=3, visits=0).output().read() == []  # done, with no rows
+    assert MeasureVisits(star=4).output().read() is None  # not done
+    read = astra.targets.read_many([MeasureVisits(star=2, visits=1).output(), PlainResult(i=3).output()])
+    assert isinstance(read[0], Visit) and read[1] is None
+
+
+@pytest.mark.parametrize(
+    "what, message",
+    [
+        ("unknown-field", "Visit has no field 'colour'"),
+        ("lossy", "cannot store an array of complex128 as float32"),
+        ("missing", "no value for Visit.rv"),
+        ("scalar", "returned int"),
+    ],
+)
+def test_bad_rows_fail_the_task_and_write_nothing(outputs_db, what, message):
+    assert not build(BadOutput(what=what))
+    failed = record(BadOutput(what=what))
+    assert failed.status == "failed" and message in failed.error and "BadOutput.run()" in failed.error
+    assert Visit.select().count() == 0
+
+
+def test_results_query_with_parameters_version_and_time(outputs_db):
+    assert build(*(MeasureVisits(star=s, visits=2) for s in range(3)), Measure(i=5, label="b"))
+    query = astra.results(MeasureVisits)
+    rows = list(query)
+    assert len(rows) == 6
+    assert {(r.star, r.visits) for r in rows} == {("0", "2"), ("1", "2"), ("2", "2")}  # recorded text
+    assert all(r.version == "" and r.completed is not None and r.completed.tzinfo for r in rows)
+    assert [r.visit for r in astra.results(MeasureVisits, star=1)] == [0, 1]
+    assert [r.rv for r in astra.results(MeasureVisits, star="2").where(Visit.visit == 1)] == [2.1]
+    assert astra.results(MeasureVisits).where(Visit.rv > 1.05).count() == 3
+    # A parameter an output field also has comes with a task_ prefix.
+    (measured,) = astra.results(Measure, label="b")
+    assert measured.task_label == "b" and measured.label == "b" and measured.i == "5"
+    assert astra.results(MeasureVisits, version="2").count() == 0
+    with pytest.raises(ValueError, match="has no parameter 'colour'"):
+        astra.results(MeasureVisits, colour="red")
+    with pytest.raises(TypeError, match="no output_model"):
+        astra.results(PlainResult)
+    # Only done tasks: a failed one has no rows and does not show.
+    assert not build(BadOutput())
+    assert astra.results(BadOutput).count() == 0
+
+
+def test_forget_deletes_output_rows_with_their_tasks(outputs_db):
+    assert build(MeasureVisits(star=1), MeasureVisits(star=2))
+    assert Visit.select().count() == 6
+    forgotten = records.forget([record(MeasureVisits(star=1)).pk])
+    assert len(forgotten.tasks) == 1
+    assert Visit.select().count() == 3  # on delete cascade
+    assert {r.star for r in astra.results(MeasureVisits)} == {"2"}
+    assert build(MeasureVisits(star=1))  # runs again, and its rows come back
+    assert Visit.select().count() == 6
+
+
+def test_a_new_version_leaves_old_rows_with_the_old_task(outputs_db, monkeypatch):
+    assert build(MeasureVisits(star=1, visits=1))
+    old = record(MeasureVisits(star=1, visits=1))
+    monkeypatch.setattr(MeasureVisits, "version", "2")
+    assert build(MeasureVisits(star=1, visits=1))
+    new = record(MeasureVisits(star=1, visits=1))
+    assert new.pk != old.pk
+    assert sorted((r.version, r.task_pk) for r in astra.results(MeasureVisits)) == [("", old.pk), ("2", new.pk)]
+    assert [r.task_pk for r in astra.results(MeasureVisits, version="2")] == [new.pk]
+
+
+def test_batch_items_get_their_rows_in_one_statement_per_chunk(outputs_db, monkeypatch):
+    db = database()
+    statements = []
+    if is_postgres():
+        cursor = db.cursor
+
+        def counting_cursor(*args, **kwargs):
+            real = cursor(*args, **kwargs)
+
+            class Counting:
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def __iter__(self):
+                    return iter(real)
+
+                def copy_expert(self, sql, *args, **kwargs):
+                    statements.append(sql)
+                    return real.copy_expert(sql, *args, **kwargs)
+
+            return Counting()
+
+        monkeypatch.setattr(db, "cursor", counting_cursor)
+    else:
+        connection = db.connection()
+
+        class Counting:
+            def __getattr__(self, name):
+                return getattr(connection, name)
+
+            def executemany(self, sql, rows):
+                if "test_visit" in sql:
+                    statements.append(sql)
+                return connection.executemany(sql, rows)
+
+        monkeypatch.setattr(db, "connection", lambda: Counting())
+    assert build(MeasureVisits(star=7))  # done alone first: the batch leaves it and its rows as they are
+    del statements[:]
+    assert build(VisitsBatch(stars=120))
+    assert len(statements) == 3  # 119 items to record, 50 per chunk: one insert of the rows per chunk
+    assert Visit.select().count() == 360
+    per_task = Visit.select(Visit.task, peewee.fn.COUNT(Visit.pk)).group_by(Visit.task).tuples()
+    assert sorted(n for _, n in per_task) == [3] * 120
+    row = MeasureVisits(star=42).output().read()[2]
+    assert row.rv == pytest.approx(42.2) and np.all(row.spectrum == 2)
+
+
+def test_a_batch_item_with_bad_rows_fails_alone(outputs_db):
+    with pytest.raises(BatchError, match="1 of 20 items failed"):
+        VisitsBatch(stars=20, bad=7).run()
+    bad = record(MeasureVisits(star=7))
+    assert bad.status == "failed" and "has no field 'colour'" in bad.error
+    assert Visit.select().count() == 19 * 3
+    assert {r.star for r in astra.results(MeasureVisits)} == {str(s) for s in range(20) if s != 7}
+
+
+def test_sqlite_creates_output_tables_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASTRA_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert not database().table_exists("test_visit")
+    assert astra.results(MeasureVisits).count() == 0
+    assert database().table_exists("test_visit")
+
+
+def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp_path):
+    env = {"ASTRA_DATABASE_URL": postgres_database}
+    subprocess.run(["psql", "-q", postgres_database], input=SCHEMA_SQL.read_text(), text=True, check=True)
+    ran = run_luigi("--module", "tests.output_tasks", "MeasureVisits", "--star", "1", "--local-scheduler", env=env)
+    lines = [line for line in ran.stdout.splitlines() if line.startswith("astra:")]
+    assert lines == [
+        f"astra: {postgres_database} has no output table astra.test_visit for Visit; create it with "
+        "`astra db init --module tests.output_tasks` (or `astra db sql --module tests.output_tasks | psql`)"
+    ], ran.stdout
+    assert "Traceback" not in ran.stdout
+    # The DDL that `astra db sql` prints, fed to psql, creates the tables; then luigi runs.
+    from tests.test_cli import astra as astra_command
+
+    ddl = astra_command("db", "sql", "--module", "tests.output_tasks", env=env)
+    assert ddl.returncode == 0 and "ON DELETE CASCADE" in ddl.stdout and "REAL[]" in ddl.stdout
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres_database], input=ddl.stdout, text=True, check=True)
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres_database], input=ddl.stdout, text=True, check=True)
+    ran = run_luigi("--module", "tests.output_tasks", "MeasureVisits", "--star", "1", "--local-scheduler", env=env)
+    assert "1 ran successfully" in ran.stdout, ran.stdout
+    connection = psycopg2.connect(postgres_database)
+    try:
+        cursor = connection.cursor()
+        cursor.execute("select count(*), min(array_length(spectrum, 1)) from astra.test_visit")
+        assert cursor.fetchone() == (3, 100)
+    finally:
+        connection.close()
+
+
+def test_db_init_module_creates_output_tables(postgres_database, monkeypatch):
+    from tests.test_cli import astra as astra_command
+
+    env = {"ASTRA_DATABASE_URL": postgres_database}
+    made = astra_command("db", "init", "--module", "tests.output_tasks", env=env)
+    assert made.returncode == 0, made.stderr
+    assert "output table astra.measurement ready" in made.stdout and "astra.test_visit" in made.stdout
+    again = astra_command("db", "init", "--module", "tests.output_tasks", env=env)
+    assert again.returncode == 0, again.stderr
+    wrong = astra_command("db", "init", "--module", "no_such_module", env=env)
+    assert wrong.returncode == 2 and "cannot import module 'no_such_module'" in wrong.stderr
+    monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
+    with pytest.raises(DatabaseNotReady, match="no output table"):
+        output_tables._ready.clear()
+        Visit._meta.table_name, saved = "never_made", Visit._meta.table_name
+        try:
+            output_tables.ready(Visit)
+        finally:
+            Visit._meta.table_name = saved
+
+
+def test_nan_in_a_column_that_may_not_be_null(outputs_db):
+    """PostgreSQL keeps the NaN; SQLite would store NULL, so there the item fails alone, saying why."""
+    if is_postgres():
+        VisitsBatch(stars=5, nan=3).run()
+        assert math.isnan(MeasureVisits(star=3).output().read()[2].rv)
+        return
+    with pytest.raises(BatchError, match="1 of 5 items failed"):
+        VisitsBatch(stars=5, nan=3).run()
+    bad = record(MeasureVisits(star=3))
+    assert bad.status == "failed" and "Visit.rv is NaN, which SQLite stores as NULL" in bad.error
+    assert Visit.select().count() == 4 * 3
+
+
+def test_arrays_of_different_shapes_in_one_insert(outputs_db):
+    """One statement packs a chunk whose arrays share a shape; differing shapes (and nulls) take the general path."""
+    assert build(MeasureVisits(star=1, visits=0), Measure(i=2))
+    pk = record(MeasureVisits(star=1, visits=0)).pk
+    rows = [{"visit": v, "rv": 0.5, "spectrum": np.arange(v + 1, dtype=np.float32)} for v in range(3)]
+    with transaction():
+        output_tables.insert(Visit, [(pk, row) for row in rows])
+    read = [r.spectrum for r in MeasureVisits(star=1, visits=0).output().read()]
+    assert [list(r) for r in read] == [[0.0], [0.0, 1.0], [0.0, 1.0, 2.0]]
+    measured = Measure(i=2).output().read()  # text, a time and nulls beside the arrays
+    assert measured.label == "x" and measured.when.year == 2026 and measured.counts.shape == (2, 3)

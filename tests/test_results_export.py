@@ -1,0 +1,139 @@
+"""``astra results``: output rows (or JSON results) exported as text, CSV, strict JSON, FITS and Parquet, and drawn."""
+
+from __future__ import annotations
+
+import json
+
+import luigi
+import pytest
+from astropy.table import Table
+
+from astra.database import is_postgres, output_tables
+from astra.targets import forget_cached
+from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Visit
+from tests.test_cli import astra
+
+
+def strict(text: str) -> object:
+    def reject(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+@pytest.fixture
+def results_db(database_url):
+    if is_postgres():
+        output_tables.create([Measurement, Visit])
+    forget_cached()
+    tasks = [MeasureVisits(star=s, visits=2) for s in range(3)] + [Measure(i=1), Measure(i=-1)]
+    tasks += [PlainResult(i=i) for i in range(3)]
+    assert luigi.build(tasks, local_scheduler=True, log_level="WARNING")
+    return database_url
+
+
+def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
+    path = tmp_path / "visits.fits"
+    made = astra("results", "MeasureVisits", "--format", "fits", "-o", str(path))
+    assert made.returncode == 0, made.stderr
+    assert "wrote 6 rows, 8 columns" in made.stderr
+    table = Table.read(path)
+    assert table.colnames == ["task_pk", "star", "visits", "version", "completed", "visit", "rv", "spectrum"]
+    assert len(table) == 6 and table["spectrum"].shape == (6, 100) and table["spectrum"].dtype.str[1:] == "f4"
+    assert table["star"].dtype.kind == "i" and sorted(table["star"]) == [0, 0, 1, 1, 2, 2]
+    assert sorted(table["rv"]) == pytest.approx([0.0, 0.1, 1.0, 1.1, 2.0, 2.1])
+    assert all(row["spectrum"][0] == row["visit"] for row in table)
+
+    filtered = astra(
+        "results",
+        "MeasureVisits",
+        "--where",
+        "star=1",
+        "--columns",
+        "task_pk,rv,spectrum",
+        "--format",
+        "fits",
+        "-o",
+        str(path),
+    )
+    assert filtered.returncode == 0, filtered.stderr
+    table = Table.read(path)
+    assert table.colnames == ["task_pk", "rv", "spectrum"] and list(table["rv"]) == pytest.approx([1.0, 1.1])
+
+    measured = astra("results", "Measure", "--format", "fits", "-o", str(path))
+    assert measured.returncode == 0, measured.stderr
+    table = Table.read(path)
+    assert table["counts"].shape == (2, 2, 3) and table["counts"].dtype.str[1:] == "i8"
+    assert table["n_good"][0] == 2**62 + 3 and table["flux"].shape == (2, 2000)
+    assert "task_label" in table.colnames and "label" in table.colnames  # a parameter named like a field
+
+
+def test_text_csv_and_strict_json(results_db):
+    shown = astra("results", "MeasureVisits")
+    assert shown.returncode == 0 and shown.stdout.splitlines()[0].split()[:3] == ["task_pk", "star", "visits"]
+    csv = astra("results", "MeasureVisits", "--format", "csv")
+    table = Table.read(csv.stdout, format="ascii.csv")
+    assert len(table) == 6 and len(json.loads(table["spectrum"][0])) == 100  # arrays as JSON text in CSV
+    for args in (["--json"], ["--format", "json"]):
+        made = astra("results", "Measure", *args)
+        rows = strict(made.stdout)
+        assert [row["snr"] for row in rows] == [11.0, None]  # NaN is null in strict JSON
+        assert rows[0]["flux"][7] is None and rows[0]["flux"][9] == 4.5 and rows[0]["n_good"] == 2**62 + 3
+        assert rows[0]["counts"] == [[2**62, 2**62 + 1, 2**62 + 2], [2**62 + 3, 2**62 + 4, 2**62 + 5]]
+
+
+def test_parquet_and_its_missing_extra(results_db, tmp_path):
+    pyarrow = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "visits.parquet"
+    made = astra("results", "MeasureVisits", "--format", "parquet", "-o", str(path))
+    assert made.returncode == 0, made.stderr
+    table = pyarrow.read_table(path)
+    assert table.num_rows == 6 and table.column_names[-1] == "spectrum"
+    assert len(table.column("spectrum")[0]) == 100
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "pyarrow.py").write_text("raise ImportError('pyarrow is not installed here')\n")
+    missing = astra(
+        "results", "MeasureVisits", "--format", "parquet", "-o", str(path), env={"PYTHONPATH": str(blocked)}
+    )
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [
+        "astra: --format parquet needs pyarrow, which is not installed: pip install pyarrow"
+    ]
+
+
+def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_path):
+    path = tmp_path / "plain.fits"
+    made = astra("results", "PlainResult", "--format", "fits", "-o", str(path))
+    assert made.returncode == 0, made.stderr
+    table = Table.read(path)
+    assert table.colnames == ["task_pk", "i", "version", "completed", "square", "values", "odd"]
+    assert list(table["square"]) == [0, 1, 4] and table["values"].shape == (3, 3)
+    rows = strict(astra("results", "PlainResult", "--json").stdout)
+    assert [row["odd"] for row in rows] == [None, True, None]  # a key some results lack: null where missing
+
+
+def test_plots(results_db, tmp_path):
+    pytest.importorskip("matplotlib")
+    histogram, scatter = tmp_path / "rv.png", tmp_path / "scatter.png"
+    made = astra("results", "MeasureVisits", "--plot", "rv", "-o", str(histogram))
+    assert made.returncode == 0 and "drew 6 of 6 rows" in made.stderr, made.stderr
+    assert histogram.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    made = astra("results", "MeasureVisits", "--plot", "star,rv", "-o", str(scatter))
+    assert made.returncode == 0 and scatter.read_bytes()[:4] == b"\x89PNG"
+    wrong = astra("results", "MeasureVisits", "--plot", "spectrum", "-o", str(scatter))
+    assert wrong.returncode == 1 and "needs numbers" in wrong.stderr
+
+
+def test_usage_errors_are_one_line(results_db, tmp_path):
+    cases = [
+        (["MeasureVisits", "--format", "fits"], 2, "--format fits writes a file: give -o FILE"),
+        (["MeasureVisits", "--columns", "rv,colour"], 1, "no column 'colour'"),
+        (["MeasureVisits", "--status", "failed"], 2, "only done tasks have results"),
+        (["Nothing"], 1, "no task is named 'Nothing'"),
+        (["MeasureVisits", "--where", "star=99"], 1, "no done MeasureVisits task has results that match"),
+    ]
+    for args, code, message in cases:
+        made = astra("results", *args)
+        assert made.returncode == code and message in made.stderr, (args, made.stderr)
+        assert len(made.stderr.strip().splitlines()) == 1 and "Traceback" not in made.stderr
