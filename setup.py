@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import setup
+
+# The version is written once, in astra/__init__.py.
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("astra/__init__.py").read_text(), re.M).group(1)
 
 setup(
     name="sdss-astra",  # the PyPI name "astra" belongs to an unrelated project; the import name stays astra
-    version="0.1.0",
+    version=VERSION,
     description="The task layer of the SDSS-V pipeline: luigi tasks whose completion is recorded in a database",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
