@@ -138,3 +138,13 @@ class AstraRecorded(BatchTask):
 
     def process(self, chunk: list) -> list[None]:
         return [None] * len(chunk)
+
+
+class Trivial(astra.BaseTask):
+    """Does nothing (bench/slurm_overhead.py): what is left of its wall time is astra's, and SLURM's."""
+
+    i = luigi.IntParameter()
+    run_name = luigi.Parameter()
+
+    def run(self) -> dict:
+        return {"i": self.i}
