@@ -17,6 +17,7 @@ from astra.database import Task, create_schema
 from astra.targets import forget_cached
 from tests.conftest import REPO, _close_connections, run_luigi
 from tests.test_claims import background, postgres_url, start_later, wait_for  # noqa: F401 -- postgres_url is a fixture
+from tests.test_luigid import luigid  # noqa: F401 -- a fixture
 from workflows.spectra import simulate
 
 pytestmark = pytest.mark.slurm
@@ -224,31 +225,26 @@ def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sq
     assert f"SLURM job {job} cancelled: the luigi process was interrupted" in task.error
 
 
-def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, tmp_path):
-    from tests.test_luigid import Luigid
-
-    server = Luigid(tmp_path / "luigid")
+def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, luigid, tmp_path):  # noqa: F811
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "d", "--seconds", "4")
-    args += ["--slurm-sbatch-args=--hold", *server.worker_args()]  # pending until the test releases it
+    args += ["--slurm-sbatch-args=--hold", *luigid.worker_args()]  # pending until the test releases it
     seen = []
 
     def message(wanted: str) -> bool:
-        running = server.api("task_list", status="RUNNING")
+        running = luigid.api("task_list", status="RUNNING")
         for task_id in running:
-            said = server.api("get_task_status_message", task_id=task_id)["statusMessage"]
+            said = luigid.api("get_task_status_message", task_id=task_id)["statusMessage"]
             if said and said not in seen:
                 seen.append(said)
         return any(wanted in said for said in seen)
 
-    try:
-        with background((args, tmp_path / "d.log")) as (luigi,):
-            wait_for(lambda: message("PENDING"), timeout=60, what="a PENDING message")
-            subprocess.run(["scontrol", "release", row(task_name="Sleep").slurm_job_id], check=True)
-            wait_for(lambda: message(f"RUNNING on {slurm_cluster}"), timeout=60, what="a RUNNING message")
-            assert luigi.wait(timeout=120) == 0
-    finally:
-        server.stop()
+    with background((args, tmp_path / "d.log")) as (luigi,):
+        wait_for(lambda: message("PENDING") or luigi.process.poll() is not None, timeout=60, what="PENDING")
+        assert message("PENDING"), luigi.text()[-3000:]
+        subprocess.run(["scontrol", "release", row(task_name="Sleep").slurm_job_id], check=True)
+        wait_for(lambda: message(f"RUNNING on {slurm_cluster}"), timeout=60, what="a RUNNING message")
+        assert luigi.wait(timeout=120) == 0
     job = row(task_name="Sleep").slurm_job_id
     assert f"SLURM job {job} PENDING" in seen and f"SLURM job {job} RUNNING on {slurm_cluster}" in seen, seen
 

@@ -12,7 +12,7 @@ import pytest
 from astra.database import Task
 from tests.conftest import REPO, run_luigi
 from tests.test_claims import postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
-from tests.test_luigid import Luigid
+from tests.test_luigid import luigid  # noqa: F401 -- a fixture
 from tests.test_slurm import jobs_of, scontrol, slurm_args
 from workflows.spectra import simulate
 
@@ -23,12 +23,13 @@ pytestmark = pytest.mark.slurm
 def test_batch_runs_as_an_array_of_shares_and_a_rerun_submits_only_unfinished_shares(
     slurm_cluster,
     postgres_url,  # noqa: F811
+    luigid,  # noqa: F811
     tmp_path,
 ):
     spectra = tmp_path / "spectra"
     simulate(spectra, count=9, seed=2)
     logs = tmp_path / "logs"
-    server = Luigid(tmp_path / "luigid")
+    server = luigid
     args = slurm_args(logs, "--module", "workflows", "EstimateSNRBatch", "--spectra-dir", str(spectra))
     args += ["--jobs", "3", *server.worker_args()]
     try:
@@ -65,10 +66,10 @@ def test_batch_runs_as_an_array_of_shares_and_a_rerun_submits_only_unfinished_sh
 
 
 @pytest.mark.slow
-def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgres_url, luigid, tmp_path):  # noqa: F811
     spectra = tmp_path / "spectra"
     simulate(spectra, count=8, seed=4)
-    server = Luigid(tmp_path / "luigid")
+    server = luigid  # and $LUIGI_CONFIG_PATH names a config that uses it, which the pilots inherit
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
