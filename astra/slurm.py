@@ -189,7 +189,7 @@ def run_batch(batch: luigi.Task) -> None:
     except BaseException:
         _cancel(job_id)
         raise
-    progress.describe(states, force=True)
+    _status(batch, progress.describe(states, force=True))
     bad = [state for state in states if state.state != "COMPLETED"]
     if bad:
         first = bad[0]

@@ -174,8 +174,9 @@ def test_failures_leave_the_task_failed_with_the_slurm_state_and_a_rerun_runs_it
 
 
 def _running_job(name: str) -> str | None:
+    """The job running task ``name``, once it has taken the claim over (its Python is up and holds the row)."""
     task = Task.select().where(Task.task_name == name).first()
-    if task is None or not task.slurm_job_id:
+    if task is None or not task.slurm_job_id or not task.slurm_node:
         return None
     return task.slurm_job_id if scontrol(task.slurm_job_id).get("JobState") == "RUNNING" else None
 
