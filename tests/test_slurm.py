@@ -55,6 +55,11 @@ def row(**where) -> Task:
     return query.get()
 
 
+def result_of(task: Task) -> object:
+    """A task's result as Python (the result column holds JSON)."""
+    return json.loads(task.result) if isinstance(task.result, str) else task.result
+
+
 def scontrol(job_id: str) -> dict[str, str]:
     out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
     return dict(re.findall(r"(\w+)=(\S*)", out))
@@ -87,7 +92,7 @@ def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_clu
         assert task.slurm_node == slurm_cluster
         assert task.attempts == 1 and task.duration is not None
     summary = row(task_name="SummariseSNR")
-    assert json.loads(summary.result)["n_spectra"] == 12
+    assert result_of(summary)["n_spectra"] == 12
 
     shown = astra_cli("tasks", "show", str(summary.pk))
     assert f"SLURM job {summary.slurm_job_id} on {slurm_cluster}" in shown
@@ -103,7 +108,7 @@ def test_result_and_records_match_a_local_run(slurm_cluster, database_url, tmp_p
     done = run_luigi(*slurm_args(logs, "--module", "tests.example_tasks", "Node", "--n", "2", "--local-scheduler"))
     assert "3 ran successfully" in done.stdout, done.stdout[-3000:]
     node = row(task_name="Node")
-    assert json.loads(node.result) == {"total": 1}
+    assert result_of(node) == {"total": 1}
     assert node.slurm_job_id in jobs_of(logs) and node.slurm_node == slurm_cluster
     # The dependency edges are recorded by the job, as a local run records them.
     assert {edge.requires.task_name for edge in node.dependencies} == {"Leaf"}
@@ -116,7 +121,7 @@ def test_a_class_can_choose_slurm_and_its_own_job_settings(slurm_cluster, sqlite
     done = run_luigi(*args, "--local-scheduler")
     assert "1 ran successfully" in done.stdout, done.stdout[-3000:]
     task = row(task_name="AlwaysSlurm")
-    assert json.loads(task.result) == {"job": task.slurm_job_id, "node": slurm_cluster}
+    assert result_of(task) == {"job": task.slurm_job_id, "node": slurm_cluster}
     job = scontrol(task.slurm_job_id)
     assert job["TimeLimit"] == "00:05:00"  # slurm_time = "5"
     assert (
@@ -209,7 +214,7 @@ def test_killed_luigi_process_leaves_the_job_to_record_its_result_once(slurm_clu
     assert "1 ran successfully" in second.stdout or "complete ones were encountered" in second.stdout, second.stdout
     task = row(task_name="Sleep")
     assert task.status == "done" and task.attempts == 1 and task.slurm_job_id == job
-    assert json.loads(task.result) == {"slept": 6.0, "job": job}  # the first job's result, recorded once
+    assert result_of(task) == {"slept": 6.0, "job": job}  # the first job's result, recorded once
     assert list(jobs_of(logs)) == [job]
 
 
@@ -273,7 +278,7 @@ def test_a_pending_job_whose_luigi_process_died_does_not_run_a_task_taken_over(s
     subprocess.run(["scontrol", "release", job], check=True)
     wait_for(lambda: scontrol(job).get("JobState") in ("COMPLETED", "FAILED"), timeout=90, what=f"job {job} to end")
     task = row(task_name="Sleep")
-    assert task.status == "done" and task.attempts == 2 and json.loads(task.result)["slept"] == 0.0
+    assert task.status == "done" and task.attempts == 2 and result_of(task)["slept"] == 0.0
     assert "no longer claimed by attempt 1" in (logs / f"{jobs_of(logs)[job]}-{job}.err").read_text()
 
 
@@ -308,7 +313,7 @@ def test_a_pending_job_keeps_its_claim_past_the_lease(slurm_cluster, sqlite_url,
         subprocess.run(["scontrol", "release", job], check=True)
         assert started[0].wait(timeout=120) == 0 and local.wait(timeout=120) == 0
     task = row(task_name="Sleep")
-    assert task.status == "done" and task.attempts == 1 and json.loads(task.result) == {"slept": 1.0, "job": job}
+    assert task.status == "done" and task.attempts == 1 and result_of(task) == {"slept": 1.0, "job": job}
 
 
 def _submitted(name: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from astra.database import Task
 from tests.conftest import REPO, run_luigi
 from tests.test_claims import postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
 from tests.test_luigid import luigid  # noqa: F401 -- a fixture
-from tests.test_slurm import jobs_of, scontrol, slurm_args
+from tests.test_slurm import jobs_of, result_of, scontrol, slurm_args
 from workflows.spectra import simulate
 
 pytestmark = pytest.mark.slurm
@@ -99,5 +98,5 @@ def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgre
     assert len(tasks) == 9 and {task.status for task in tasks} == {"done"}
     assert {task.attempts for task in tasks} == {1}  # every task ran once, whichever element reached it
     assert not any(task.slurm_job_id for task in tasks)  # run inside the pilots, not as jobs of their own
-    assert json.loads(Task.get(Task.task_name == "SummariseSNR").result)["n_spectra"] == 8
+    assert result_of(Task.get(Task.task_name == "SummariseSNR"))["n_spectra"] == 8
     assert any(task_id.startswith("SummariseSNR") for task_id in done)
