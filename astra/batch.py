@@ -35,7 +35,7 @@ from itertools import islice
 import luigi
 
 import astra
-from astra import outputs, values
+from astra import outputs, slurm, values
 from astra.claims import summarise
 from astra.database import database, output_tables, queries
 from astra.identity import Item, items, task_version
@@ -58,6 +58,10 @@ class BatchTask(luigi.Task):
     item_class: type[BaseTask] = BaseTask
     #: Items processed and recorded per transaction.
     chunk_size: int = 1000
+    #: Where run() runs: "local", "slurm" (a SLURM job array of ``jobs`` shares) or None for ``[astra] executor``.
+    executor: str | None = None
+    #: Shares (SLURM array elements) under the SLURM executor; 0: ``slurm_jobs`` of the class, else ``[slurm] jobs``.
+    jobs = luigi.IntParameter(default=0, significant=False, description="SLURM array elements to split the items into")
     #: Seconds this batch has spent writing records (for the logs and benchmarks).
     recording_seconds: float = 0.0
     #: Longest time, in seconds of work, between two progress reports to luigid.
@@ -120,6 +124,8 @@ class BatchTask(luigi.Task):
         return results
 
     def run(self) -> None:
+        if slurm.wanted(self):
+            return slurm.run_batch(self)  # a SLURM job array, each element running this method on its share
         total = _length(self.parameter_sets())
         done = failed = 0
         first_error = ""

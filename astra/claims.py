@@ -100,11 +100,15 @@ class Claim:
                 "astra: %s: attempt %d, taking over from %s pid %s (%s)", task, got.attempts, was.host, was.pid, why
             )
         tally.count(tally.RAN)
-        self.attempt = got
-        self._started = time.monotonic()
-        self._beat = threading.Thread(target=self._heartbeat, args=(lease / 4,), daemon=True)
-        self._beat.start()
+        self.adopt(got)
         return True
+
+    def adopt(self, attempt: queries.Attempt) -> None:
+        """Hold ``attempt`` from now on, heartbeating it (a SLURM job holds what its luigi worker claimed)."""
+        self.attempt = attempt
+        self._started = time.monotonic()
+        self._beat = threading.Thread(target=self._heartbeat, args=(settings().lease / 4,), daemon=True)
+        self._beat.start()
 
     def record(self, result: object = None) -> None:
         """Mark the task done with its result. Call inside ``queries.transaction()``.
@@ -130,6 +134,8 @@ class Claim:
 
     def fail(self, exc: BaseException) -> None:
         """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
+        if self.recorded:  # already recorded, as done or (by astra.slurm, with what SLURM said) as failed
+            return
         error, summary = summarise(exc)
         try:
             if not queries.fail(self.attempt, error, summary, time.monotonic() - self._started):

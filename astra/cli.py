@@ -111,6 +111,8 @@ def _record(task: Task, parameters: dict[str, str] | None = None) -> dict:
         "attempts": task.attempts,
         "astra_version": task.astra_version,
         "error": task.error,
+        "slurm_job_id": task.slurm_job_id,
+        "slurm_node": task.slurm_node,
     }
     if parameters is not None:
         record["parameters"] = parameters
@@ -436,6 +438,8 @@ def show(ref: str, as_json: bool) -> None:
         ("attempts", str(task.attempts)),
         ("astra", task.astra_version),
     ]
+    if task.slurm_job_id:
+        fields.append(("slurm", f"SLURM job {task.slurm_job_id} on {task.slurm_node or '(not started)'}"))
     click.echo(f"task {task.pk}: {task.task_name}")
     for label, value in fields:
         click.echo(f"  {label:<10} {value}")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import luigi
 from luigi.task import flatten
 
+from astra import slurm
 from astra.claims import Claim, holding
 from astra.targets import DatabaseTarget, completed, database_targets, note_created, prefetch, reopen_if_stale
 
@@ -30,6 +31,8 @@ class BaseTask(luigi.Task):
     """
 
     version: str = ""
+    #: Where run() runs: "local", "slurm" (as a SLURM job, see astra.slurm) or None for ``[astra] executor``.
+    executor: str | None = None
 
     _astra_claim: Claim | None = None
     _astra_in_run: bool = False  # inside the outermost run() of this task (recorded or not)
@@ -161,7 +164,7 @@ def recorded(run: Callable) -> Callable:
             if claim is None:
                 return None
             try:
-                result = run(self, *args, **kwargs)
+                result = slurm.execute(self, claim, functools.partial(run, self, *args, **kwargs))
             except BaseException as exc:
                 _end(self, claim, error=exc)
                 raise

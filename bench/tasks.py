@@ -181,3 +181,13 @@ class FittedSpectra(BatchTask):
         fluxes = rng.normal(size=(len(chunk), 100)).astype(np.float32)
         names = ("teff", "logg", "fe_h", "v_rad", "chi2")
         return [{**dict(zip(names, values)), "model_flux": flux} for values, flux in zip(scalars, fluxes)]
+
+
+class Trivial(astra.BaseTask):
+    """Does nothing (bench/slurm_overhead.py): what is left of its wall time is astra's, and SLURM's."""
+
+    i = luigi.IntParameter()
+    run_name = luigi.Parameter()
+
+    def run(self) -> dict:
+        return {"i": self.i}

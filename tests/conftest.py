@@ -104,3 +104,22 @@ def run_luigi(*args: str, env: dict | None = None, cwd: Path | None = None, time
         text=True,
         timeout=timeout,
     )
+
+
+SLURM_LOCAL = REPO / "scripts" / "slurm-local"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A running SLURM cluster (``scripts/slurm-local start`` brings up a local one); the name of its node.
+
+    Without one (and no way to start one), the test is skipped with the reason, unless ASTRA_REQUIRE_SLURM=1 (as
+    in CI), which makes it fail instead.
+    """
+    started = subprocess.run([str(SLURM_LOCAL), "start"], capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        message = f"no SLURM cluster: scripts/slurm-local start said: {(started.stderr or started.stdout).strip()}"
+        if os.environ.get("ASTRA_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()

@@ -102,6 +102,8 @@ class Task(BaseModel):
     traceback = TextField(null=True)
     #: How many astra tasks run() yielded (dynamic dependencies, recorded as dynamic edges); None: none.
     dynamic_dependencies = IntegerField(null=True)
+    slurm_job_id = TextField(null=True)
+    slurm_node = TextField(null=True)
 
     class Meta:
         indexes = ((("task_name", "status"), False),)

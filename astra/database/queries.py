@@ -255,6 +255,8 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
             claim_token=token,
             completed=None,
             duration=None,
+            slurm_job_id=None,
+            slurm_node=None,
         )
         if row is None:
             with _atomic(db):
@@ -429,6 +431,50 @@ def fail(attempt: Attempt, error: str, traceback: str, duration: float) -> bool:
             .where(*_mine(attempt))
             .execute()
         )
+
+
+# A task run as a SLURM job (astra.slurm): the luigi worker holds the claim until the job starts; the job then holds
+# the same attempt (its claim token), so it can record its result even if the worker is gone.
+
+
+@retried
+def note_job(attempt: Attempt, job_id: str) -> None:
+    """Record which SLURM job was submitted for this attempt."""
+    Task.update(slurm_job_id=job_id).where(*_mine(attempt)).execute()
+
+
+@retried
+def hand_over(attempt: Attempt, job_id: str, node: str) -> bool:
+    """Make this process (a SLURM job) the holder of ``attempt``. False if the attempt is no longer running."""
+    db = database()
+    host, pid = socket.gethostname(), os.getpid()
+    with _atomic(db):
+        return bool(
+            Task.update(host=host, pid=pid, heartbeat=_now(db), slurm_job_id=job_id, slurm_node=node)
+            .where(*_mine(attempt))
+            .execute()
+        )
+
+
+@retried
+def attempt_status(attempt: Attempt) -> str | None:
+    """The status of the row while it still belongs to ``attempt``; None once another attempt took it."""
+    database()
+    return Task.select(Task.status).where(*_mine(attempt)[:-1]).scalar()  # [:-1]: whatever its status
+
+
+@retried
+def job_failed(attempt: Attempt, error: str, traceback: str, duration: float | None) -> None:
+    """Record the attempt failed with what SLURM says, over the job's own record of its failure (never over done)."""
+    db = database()
+    with _atomic(db):
+        Task.update(
+            status=FAILED,
+            error=text.escaped(error),
+            traceback=text.escaped(traceback),
+            duration=peewee.fn.coalesce(Task.duration, duration),
+            completed=None,
+        ).where(*_mine(attempt)[:-1], Task.status != DONE).execute()
 
 
 def transaction():

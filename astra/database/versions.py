@@ -95,6 +95,8 @@ STEPS: list[Step] = [
     add_column(Task.claim_token),  # 4
     add_column(Task.dynamic_dependencies),  # 5
     add_column(Dependency.dynamic),  # 6
+    add_column(Task.slurm_job_id),  # 7
+    add_column(Task.slurm_node),  # 8
 ]
 
 #: The schema this astra reads and writes.

@@ -12,7 +12,7 @@ create table if not exists astra.schema_version (
     applied timestamp with time zone not null
 );
 -- Only a new database is at the current version; an older one keeps its number until `astra db upgrade`.
-insert into astra.schema_version (version, applied) select 6, now() where to_regclass('astra.task') is null;
+insert into astra.schema_version (version, applied) select 8, now() where to_regclass('astra.task') is null;
 
 create table if not exists astra.task (
     pk bigserial primary key,
@@ -36,11 +36,15 @@ create table if not exists astra.task (
     result jsonb,                       -- what run() returned (astra/values.py: NaN, dates tagged)
     error text,
     traceback text,
-    dynamic_dependencies integer        -- how many astra tasks run() yielded (recorded as dynamic edges); null: none
+    dynamic_dependencies integer,       -- how many astra tasks run() yielded (recorded as dynamic edges); null: none
+    slurm_job_id text,                  -- the SLURM job (or array element, 123_4) that ran the task
+    slurm_node text                     -- the node that job ran on
 );
 -- Columns added after the first release, for tables created before them.
 alter table astra.task add column if not exists lease double precision;
 alter table astra.task add column if not exists claim_token text;
+alter table astra.task add column if not exists slurm_job_id text;
+alter table astra.task add column if not exists slurm_node text;
 create unique index if not exists task_task_hash on astra.task (task_hash);
 create index if not exists task_task_name_status on astra.task (task_name, status);
 create index if not exists task_task_id on astra.task (task_id);

@@ -1,0 +1,86 @@
+"""Tasks for the SLURM tests (``luigi --module tests.slurm_tasks``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import luigi
+
+import astra
+from astra.batch import BatchTask
+from tests.example_tasks import Leaf
+
+
+class Sleep(astra.BaseTask):
+    """Sleeps, then returns how long it slept: ``seconds`` is not part of the identity, so a rerun may differ."""
+
+    name = luigi.Parameter()
+    seconds = luigi.FloatParameter(default=0.0, significant=False)
+
+    def run(self) -> dict:
+        time.sleep(self.seconds)
+        return {"slept": self.seconds, "job": os.environ.get("SLURM_JOB_ID")}
+
+
+class ExitsBadly(astra.BaseTask):
+    """Says why on stderr and exits with code 7, as a crashing program would."""
+
+    name = luigi.Parameter()
+
+    def run(self) -> None:
+        print("reading the spectrum: disk quota exceeded", file=sys.stderr, flush=True)
+        os._exit(7)
+
+
+class Raises(astra.BaseTask):
+    name = luigi.Parameter()
+
+    def run(self) -> None:
+        raise ValueError(f"no lines found in {self.name}")
+
+
+class OneMinute(astra.BaseTask):
+    """Asks SLURM for one minute and needs longer."""
+
+    name = luigi.Parameter()
+    slurm_time = "1"
+
+    def run(self) -> None:
+        time.sleep(600)
+
+
+class Greedy(astra.BaseTask):
+    """Asks SLURM for 200 MB and takes 1 GB."""
+
+    name = luigi.Parameter()
+    slurm_mem = "200M"
+
+    def run(self) -> None:
+        hog = []
+        for _ in range(20):
+            hog.append(bytearray(50 * 2**20))
+            time.sleep(0.05)
+
+
+class AlwaysSlurm(astra.BaseTask):
+    """Runs as a SLURM job whatever ``[astra] executor`` says, with settings of its own."""
+
+    i = luigi.IntParameter()
+    executor = "slurm"
+    slurm_time = "5"
+    slurm_sbatch_args = "--comment=astra-class-setting"
+
+    def run(self) -> dict:
+        return {"job": os.environ.get("SLURM_JOB_ID"), "node": os.environ.get("SLURMD_NODENAME")}
+
+
+class Leaves(BatchTask):
+    """Leaf for i in range(n), as one batch."""
+
+    item_class = Leaf
+    n = luigi.IntParameter()
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"i": i} for i in range(self.n)]

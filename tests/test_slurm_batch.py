@@ -1,0 +1,102 @@
+"""Batches as SLURM job arrays, and pilot workers (an array of luigi processes), on a real cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from astra.database import Task
+from tests.conftest import REPO, run_luigi
+from tests.test_claims import postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
+from tests.test_luigid import luigid  # noqa: F401 -- a fixture
+from tests.test_slurm import jobs_of, result_of, scontrol, slurm_args
+from workflows.spectra import simulate
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.mark.slow
+def test_batch_runs_as_an_array_of_shares_and_a_rerun_submits_only_unfinished_shares(
+    slurm_cluster,
+    postgres_url,  # noqa: F811
+    luigid,  # noqa: F811
+    tmp_path,
+):
+    spectra = tmp_path / "spectra"
+    simulate(spectra, count=9, seed=2)
+    logs = tmp_path / "logs"
+    server = luigid
+    args = slurm_args(logs, "--module", "workflows", "EstimateSNRBatch", "--spectra-dir", str(spectra))
+    args += ["--jobs", "3", *server.worker_args()]
+    try:
+        first = run_luigi(*args)
+        assert "1 ran successfully" in first.stdout, first.stdout[-3000:]
+        (batch_id,) = server.api("task_list", status="DONE")
+        progress = server.api("get_task_status_message", task_id=batch_id)["statusMessage"]
+    finally:
+        server.stop()
+    elements = jobs_of(logs)
+    array = {job.split("_")[0] for job in elements}
+    assert len(array) == 1 and sorted(job.split("_")[1] for job in elements) == ["0", "1", "2"]
+    assert "9 of 9 items done" in progress, progress
+    items = list(Task.select())
+    assert len(items) == 9 and {item.status for item in items} == {"done"}
+    assert {item.task_name for item in items} == {"EstimateSNR"}
+
+    again = run_luigi(*slurm_args(logs, "--module", "workflows", "EstimateSNRBatch", "--spectra-dir", str(spectra),
+                                  "--jobs", "3", "--local-scheduler"))  # fmt: skip
+    assert "1 complete ones were encountered" in again.stdout and jobs_of(logs) == elements
+
+    # Forget one item: only its share is submitted again, and only that item is recorded again.
+    forgotten = items[4]
+    Task.delete().where(Task.pk == forgotten.pk).execute()
+    third = run_luigi(*slurm_args(logs, "--module", "workflows", "EstimateSNRBatch", "--spectra-dir", str(spectra),
+                                  "--jobs", "3", "--local-scheduler"))  # fmt: skip
+    assert "1 ran successfully" in third.stdout, third.stdout[-3000:]
+    new = sorted(set(jobs_of(logs)) - set(elements))
+    assert len(new) == 1, new
+    assert Task.select().where(Task.status == "done").count() == 9
+    assert {item.pk for item in Task.select()} - {item.pk for item in items} == {
+        Task.get(Task.task_hash == forgotten.task_hash).pk
+    }
+
+
+@pytest.mark.slow
+def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgres_url, luigid, tmp_path):  # noqa: F811
+    spectra = tmp_path / "spectra"
+    simulate(spectra, count=8, seed=4)
+    server = luigid  # and $LUIGI_CONFIG_PATH names a config that uses it, which the pilots inherit
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ASTRA_SCHEDULER": f"127.0.0.1:{server.port}",
+        "ASTRA_WORKERS": "2",
+        "ASTRA_PYTHON": sys.executable,
+    }
+    command = ["sbatch", "--parsable", "--array=0-1", f"--output={tmp_path}/pilot-%A_%a.out"]
+    command += [str(REPO / "scripts" / "pilot.sbatch"), "--module", "workflows", "SummariseSNR"]
+    command += ["--spectra-dir", str(spectra)]
+    try:
+        job = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+        def finished() -> bool:
+            states = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+            return states.count("JobState=COMPLETED") == 2 or "FAILED" in states or "CANCELLED" in states
+
+        wait_for(finished, timeout=240, what=f"pilot array {job}")
+        done = server.api("task_list", status="DONE")
+    finally:
+        server.stop()
+    outputs = "\n".join(path.read_text() for path in sorted(tmp_path.glob("pilot-*.out")))
+    assert scontrol(f"{job}_0").get("JobState") == "COMPLETED", outputs[-4000:]
+    assert scontrol(f"{job}_1").get("JobState") == "COMPLETED", outputs[-4000:]
+    assert outputs.count("pilot ") == 2
+    tasks = list(Task.select())
+    assert len(tasks) == 9 and {task.status for task in tasks} == {"done"}
+    assert {task.attempts for task in tasks} == {1}  # every task ran once, whichever element reached it
+    assert not any(task.slurm_job_id for task in tasks)  # run inside the pilots, not as jobs of their own
+    assert result_of(Task.get(Task.task_name == "SummariseSNR"))["n_spectra"] == 8
+    assert any(task_id.startswith("SummariseSNR") for task_id in done)
