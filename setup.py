@@ -25,7 +25,7 @@ setup(
         "astropy",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        "test": ["pytest>=7", "ruff", "pyarrow", "matplotlib"],  # the export tests use the export extra too
         # astra results --format parquet, and --plot
         "export": ["pyarrow", "matplotlib"],
     },
