@@ -25,7 +25,8 @@ setup(
         "astropy",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff", "pyarrow", "matplotlib"],  # the export tests use the export extra too
+        # The export tests use the export extra too.
+        "test": ["pytest>=7", "pytest-xdist", "ruff", "pyarrow", "matplotlib"],
         # astra results --format parquet, and --plot
         "export": ["pyarrow", "matplotlib"],
     },

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,14 @@ POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.
 BACKENDS = ["sqlite", "postgresql"]
 # The luigi console script installed beside this Python.
 LUIGI = str(Path(sys.executable).with_name("luigi"))
+
+# pytest-xdist runs test files in several worker processes at once. The luigi command refuses to start while a
+# process with the same command line holds its lock in $TMPDIR/luigi, so each worker gets a TMPDIR of its own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _worker_tmp = Path(tempfile.gettempdir()) / f"astra-tests-{os.getpid()}-{os.environ['PYTEST_XDIST_WORKER']}"
+    _worker_tmp.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(_worker_tmp)
+    tempfile.tempdir = None  # make gettempdir() read TMPDIR again
 
 
 def _postgres_or_skip() -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+import astra
 from astra.database import Task
 from tests.conftest import run_luigi
 from workflows import EstimateSelectedSNR, EstimateSNR
@@ -163,10 +164,10 @@ def test_estimate_snr_reads_each_layout(database_url, tmp_path, layout):
     snr, n_good = write(path)
     task = (EstimateSelectedSNR if parameters else EstimateSNR)(spectrum_path=str(path), **parameters)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
-    result = Task.get(Task.task_hash == task.output().task_hash).result
+    row = task.output().read()  # its row of the output table astra.snr
     assert load_spectrum(path, **parameters).layout == name
-    assert result["n_good_pixels"] == n_good
-    assert result["snr"] == pytest.approx(snr, rel=1e-5)
+    assert row.n_good_pixels == n_good
+    assert row.snr == pytest.approx(snr, rel=1e-5)
 
 
 def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
@@ -175,8 +176,8 @@ def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
     args = ["--module", "workflows", "EstimateSelectedSNR", "--spectrum-path", str(path), "--fiber", "12"]
     result = run_luigi(*args)
     assert "1 ran successfully" in result.stdout, result.stdout
-    recorded = Task.get(Task.task_name == "EstimateSelectedSNR").result
-    assert recorded["snr"] == pytest.approx(snr, rel=1e-5)
+    (recorded,) = astra.results(EstimateSelectedSNR)
+    assert recorded.snr == pytest.approx(snr, rel=1e-5)
 
     without = run_luigi("--module", "workflows", "EstimateSNR", "--spectrum-path", str(path))
     assert without.returncode == 30, without.stdout  # [retcode] task_failed in the shipped luigi.cfg

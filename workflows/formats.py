@@ -229,9 +229,11 @@ def _read_mwm(hdus: fits.HDUList, path: str, hdu: str, **_) -> Spectrum:
     wavelength = _column(table, "wavelength", "lambda")
     if wavelength is None and {"CRVAL", "CDELT", "NPIXELS"} <= set(header):
         wavelength = 10 ** (header["CRVAL"] + header["CDELT"] * np.arange(header["NPIXELS"]))
+    # One wavelength grid in the header serves every row (visit) of the table.
+    wavelength = np.full(flux.shape, np.nan) if wavelength is None else np.asarray(wavelength, dtype=float)
     return Spectrum(
         layout="mwm",
-        wavelength=np.full(flux.size, np.nan) if wavelength is None else np.asarray(wavelength, dtype=float).ravel(),
+        wavelength=np.broadcast_to(wavelength, flux.shape).ravel(),
         flux=flux.ravel(),
         ivar=ivar.ravel(),
         mask=np.zeros(flux.size, dtype=np.int64) if mask is None else mask.ravel(),
