@@ -797,10 +797,11 @@ def _results_table(name: str, filters: records.Filters, version: str | None):
             for row in query.iterator()
         )
         return export.table(names, rows)
-    found = list(tasks.order_by(Task.pk))
+    # Listing leaves results out (they can be large); here they are the table.
+    found = list(tasks.select_extend(Task.result).order_by(Task.pk))
     parameters = records.parameters_of([task.pk for task in found])
     parameter_names = list(dict.fromkeys(key for task in found for key in parameters[task.pk]))
-    values = [json.loads(task.result) if task.result is not None else None for task in found]
+    values = [task.result for task in found]  # decoded by the result field (astra/values.py)
     keys = list(dict.fromkeys(k for value in values if isinstance(value, dict) for k in value))
     if any(value is not None and not isinstance(value, dict) for value in values):
         keys.append("result")  # results that are not dicts: one column with the whole value

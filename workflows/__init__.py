@@ -17,8 +17,7 @@ import peewee
 
 import astra
 from astra.batch import BatchTask
-from workflows.formats import EXAMPLE_SPECTRA, Spectrum, load_spectrum, signal_to_noise
-from workflows.spectra import wavelength_range
+from workflows.formats import EXAMPLE_SPECTRA, Spectrum, load_spectrum, signal_to_noise, wavelength_range
 
 
 class SpectrumFile(luigi.ExternalTask):

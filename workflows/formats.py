@@ -59,6 +59,16 @@ def signal_to_noise(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> tup
     return float(np.median(flux[good] * np.sqrt(ivar[good]))), int(good.sum())
 
 
+def wavelength_range(
+    wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray
+) -> tuple[float | None, float | None]:
+    """The shortest and longest wavelength among the good pixels (None, None when none is good or known)."""
+    good = (ivar > 0) & (mask == 0) & np.isfinite(flux) & np.isfinite(wavelength)
+    if not good.any():
+        return None, None
+    return float(wavelength[good].min()), float(wavelength[good].max())
+
+
 def read_spectrum(path: str | Path, fiber: int | None = None, hdu: str = "") -> tuple[np.ndarray, ...]:
     """Flux, inverse variance and pixel mask of the spectrum in ``path`` (see :func:`load_spectrum`)."""
     spectrum = load_spectrum(path, fiber=fiber, hdu=hdu)

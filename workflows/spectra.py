@@ -20,19 +20,8 @@ __all__ = [
     "read_spectrum",
     "signal_to_noise",
     "simulate",
-    "wavelength_range",
     "write_spectrum",
 ]
-
-
-def wavelength_range(
-    wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray
-) -> tuple[float | None, float | None]:
-    """The shortest and longest wavelength among the good pixels (None, None when none is good or known)."""
-    good = (ivar > 0) & (mask == 0) & np.isfinite(flux) & np.isfinite(wavelength)
-    if not good.any():
-        return None, None
-    return float(wavelength[good].min()), float(wavelength[good].max())
 
 
 def write_spectrum(path: str | Path, snr: float, seed: int, n_pixels: int = 3000) -> Path:
