@@ -37,7 +37,8 @@ import luigi
 import astra
 from astra import outputs, slurm, values
 from astra.claims import summarise
-from astra.database import database, output_tables, queries
+from astra.database import output_tables, queries
+from astra.database.connection import close_thread_connection
 from astra.identity import Item, items, task_version
 from astra.tasks import BaseTask, run_unrecorded
 
@@ -230,7 +231,7 @@ def _done(chunk: list[Item]) -> set[str]:
 
 
 def _close_connection() -> None:
-    database().close()  # the asker thread's own connection
+    close_thread_connection()  # the asker thread's own connection
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:

@@ -21,8 +21,8 @@ import luigi
 import astra
 from astra import identity, outputs, tally, values
 from astra.config import settings
-from astra.database import database, output_tables, queries
-from astra.database.connection import retried
+from astra.database import output_tables, queries
+from astra.database.connection import close_thread_connection, retried
 
 logger = logging.getLogger("luigi-interface")
 
@@ -161,7 +161,7 @@ class Claim:
                 except Exception as exc:  # a missed beat is harmless unless it lasts a whole lease
                     logger.warning("astra: heartbeat for %s failed: %s", self.task, exc)
         finally:
-            database().close()
+            close_thread_connection()
 
     def _status(self, message: str) -> None:
         if callable(self.task.set_status_message):

@@ -217,6 +217,16 @@ def database() -> peewee.Database:
     return db
 
 
+def close_thread_connection() -> None:
+    """Close the calling thread's connection to this process's database, if it has one; never open one.
+
+    For helper threads (heartbeats, a batch's asker) as they end: calling :func:`database` there could open a
+    connection just to close it, to another database if the settings changed meanwhile.
+    """
+    if _State.database is not None and _State.pid == os.getpid():
+        _State.database.close()  # peewee keeps one connection per thread: this closes the caller's only
+
+
 def describe() -> str:
     """Where the database of this process points, with any password masked."""
     database()
