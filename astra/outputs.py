@@ -31,7 +31,9 @@ import numpy as np
 import peewee
 from luigi.parameter import ParameterVisibility
 
-from astra.database import is_postgres, output_tables
+from astra.database import output_tables
+from astra.database.connection import database
+from astra.database.dialect import SchemaFromDialect, dialect, of_model
 from astra.database.models import Task, proxy
 from astra.identity import canonical_value, task_hash
 
@@ -44,11 +46,6 @@ POSTGRES_TYPES = {
     np.dtype("int64"): "BIGINT",
     np.dtype("bool"): "BOOLEAN",
 }
-
-
-def _is_postgres(model: type[peewee.Model]) -> bool:
-    db = model._meta.database
-    return isinstance(getattr(db, "obj", db), peewee.PostgresqlDatabase)
 
 
 class ArrayField(peewee.Field):
@@ -103,7 +100,7 @@ class ArrayField(peewee.Field):
         return block
 
     def ddl_datatype(self, ctx):
-        return peewee.SQL(self.postgres_type if _is_postgres(self.model) else "BLOB")
+        return peewee.SQL(of_model(self.model).array_type(self))
 
     def array(self, value: object) -> np.ndarray:
         """``value`` as an array of this field's dtype; an error rather than a lossy cast (e.g. floats to ints)."""
@@ -119,15 +116,7 @@ class ArrayField(peewee.Field):
     def db_value(self, value):
         if value is None:
             return None
-        array = self.array(value)
-        if _is_postgres(self.model):
-            # An array literal, '{{1.5,NaN},{...}}', which the server parses into the column's type (JSON's NaN
-            # and Infinity are PostgreSQL's too). One string per array travels far faster than a list of floats.
-            text = json.dumps(array.tolist(), separators=(",", ":"))
-            return text.translate(_BRACES)
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        return buffer.getvalue()
+        return of_model(self.model).array_value(self.array(value))
 
     def python_value(self, value):
         if value is None or isinstance(value, np.ndarray):
@@ -148,7 +137,6 @@ _ELEMENTS = {
     np.dtype("int64"): (20, 8),
     np.dtype("bool"): (16, 1),
 }
-_BRACES = str.maketrans("[]", "{}")
 _BRACKETS = str.maketrans("{}", "[]")
 
 
@@ -166,7 +154,7 @@ class OutputModel(peewee.Model):
 
     class Meta:
         database = proxy
-        schema = "astra"
+        model_metadata_class = SchemaFromDialect  # astra.name on PostgreSQL, name on SQLite
         legacy_table_names = False
 
 
@@ -233,7 +221,7 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
             if isinstance(value, np.generic):
                 value = value.item()
-            if isinstance(value, float) and math.isnan(value) and not field.null and not is_postgres():
+            if isinstance(value, float) and math.isnan(value) and not field.null and not dialect(database()).keeps_nan:
                 raise ValueError(
                     f"{where}: {model.__name__}.{name} is NaN, which SQLite stores as NULL, and the column may not "
                     "be null (declare it with null=True)"

@@ -6,8 +6,8 @@ from astra.database.connection import (
     create_schema,
     database,
     describe,
-    is_postgres,
     mask_password,
+    reset,
     upgrade_schema,
 )
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
@@ -22,7 +22,7 @@ __all__ = [
     "create_schema",
     "database",
     "describe",
-    "is_postgres",
     "mask_password",
+    "reset",
     "upgrade_schema",
 ]

@@ -19,6 +19,7 @@ import peewee
 import astra
 from astra import config
 from astra.database import versions
+from astra.database.dialect import POSTGRESQL, SQLite, dialect
 from astra.database.models import MODELS, proxy
 from astra.database.urls import MIN_SECRET, BadURLError, mask_password, postgres_connect_kwargs
 
@@ -47,14 +48,6 @@ class DatabaseError(RuntimeError):
 
 class ConnectionLostError(DatabaseError):
     """The connection to PostgreSQL was lost inside a transaction: the server rolled it back, nothing was written."""
-
-
-class _State:
-    pid: int | None = None
-    key: tuple | None = None
-    database: peewee.Database | None = None
-    description: str = ""
-    inherited: list = []  # databases opened by a parent process: kept alive so a child never closes their sockets
 
 
 class Reconnecting:
@@ -192,29 +185,85 @@ def _url_override() -> str:
     return config.command_line_value("database_url") or os.environ.get(config.DATABASE_URL_ENV, "")
 
 
+class Database:
+    """The database of this process: its peewee connection, where it points, and who opened it.
+
+    Opened lazily by :meth:`get` from the settings, and opened again when they change. A forked child opens its
+    own connection on first use and never closes its parent's: closing (or garbage-collecting) the parent's
+    connection object would end the session the parent is still using over the same socket, so the child keeps
+    that one object alive, unused, in :attr:`inherited` (which already holds its grandparent's, and so on: one per
+    generation of processes, never more than one per process).
+    """
+
+    def __init__(self) -> None:
+        self.pid: int | None = None  # the process that opened :attr:`db`
+        self.key: tuple | None = None  # the settings it was opened from
+        self.db: peewee.Database | None = None
+        self.description = ""
+        self.inherited: tuple[peewee.Database, ...] = ()
+
+    def get(self) -> peewee.Database:
+        """The database of this process, opened (and, for SQLite, created) on first use."""
+        pid = os.getpid()
+        override = _url_override()
+        if self.pid == pid and self.db is not None and (not override or self.key[0] == override):
+            return self.db
+        key = _settings_key()
+        if self.pid == pid and self.key == key and self.db is not None:
+            return self.db
+        # A forked worker whose parent was connected must not give up at once if the server is restarting.
+        patient = self.db is not None and self.pid != pid and self.key == key
+        self._let_go()
+        self.pid, self.key = pid, key
+        config.check_scheduler()
+        db, description = _open(*key, patient=patient)
+        proxy.initialize(db)
+        _check_schema(db, description)
+        self.db, self.description = db, description
+        return db
+
+    @property
+    def dialect(self) -> SQLite:
+        """The dialect of this process's database (opening it if need be)."""
+        return dialect(self.get())
+
+    def use(self, db: peewee.Database, key: tuple, description: str) -> None:
+        """Make ``db``, opened from the settings ``key``, the database of this process."""
+        if self.db is not db:
+            self._let_go()
+        self.pid, self.key, self.db, self.description = os.getpid(), key, db, description
+        proxy.initialize(db)
+
+    def close_thread(self) -> None:
+        """Close the calling thread's connection, if this process opened the database; never open one."""
+        if self.db is not None and self.pid == os.getpid():
+            self.db.close()  # peewee keeps one connection per thread: this closes the caller's only
+
+    def reset(self) -> None:
+        """Close this process's connection (never a parent's) and forget the database: the next use opens it
+        again from the settings. For tests, and for code that changed the settings."""
+        self._let_go()
+        self.pid = self.key = None
+        self.description = ""
+
+    def _let_go(self) -> None:
+        """Stop using :attr:`db`: close it if this process opened it, else keep it alive (see the class)."""
+        if self.db is None:
+            return
+        if self.pid == os.getpid():
+            self.db.close()
+        elif not any(db is self.db for db in self.inherited):
+            self.inherited += (self.db,)
+        self.db = None
+
+
+#: The database of this process.
+DATABASE = Database()
+
+
 def database() -> peewee.Database:
     """The database of this process, opened (and, for SQLite, created) on first use."""
-    pid = os.getpid()
-    override = _url_override()
-    if _State.pid == pid and _State.database is not None and (not override or _State.key[0] == override):
-        return _State.database
-    key = _settings_key()
-    if _State.pid == pid and _State.key == key and _State.database is not None:
-        return _State.database
-    if _State.database is not None:
-        if _State.pid == pid:
-            _State.database.close()
-        else:
-            _State.inherited.append(_State.database)
-    # A forked worker whose parent was connected must not give up at once if the server is restarting.
-    patient = _State.database is not None and _State.pid != pid and _State.key == key
-    _State.pid, _State.key, _State.database = pid, key, None
-    config.check_scheduler()
-    db, description = _open(*key, patient=patient)
-    _bind(db)
-    _check_schema(db, description)
-    _State.database, _State.description = db, description
-    return db
+    return DATABASE.get()
 
 
 def close_thread_connection() -> None:
@@ -223,25 +272,23 @@ def close_thread_connection() -> None:
     For helper threads (heartbeats, a batch's asker) as they end: calling :func:`database` there could open a
     connection just to close it, to another database if the settings changed meanwhile.
     """
-    if _State.database is not None and _State.pid == os.getpid():
-        _State.database.close()  # peewee keeps one connection per thread: this closes the caller's only
+    DATABASE.close_thread()
 
 
 def describe() -> str:
     """Where the database of this process points, with any password masked."""
-    database()
-    return _State.description
+    DATABASE.get()
+    return DATABASE.description
+
+
+def reset() -> None:
+    """Close this process's connection and forget the database (see :meth:`Database.reset`)."""
+    DATABASE.reset()
 
 
 def is_postgres(db: peewee.Database | None = None) -> bool:
-    return isinstance(db or database(), peewee.PostgresqlDatabase)
-
-
-def _bind(db: peewee.Database) -> None:
-    proxy.initialize(db)
-    schema = "astra" if isinstance(db, peewee.PostgresqlDatabase) else None
-    for model in MODELS:
-        model._meta.schema = schema
+    """Whether ``db`` (by default this process's database) is PostgreSQL. For tests: astra asks its dialect."""
+    return dialect(db or database()) is POSTGRESQL
 
 
 def _open(url: str, profile: str, dbname: str, patient: bool = False) -> tuple[peewee.Database, str]:
@@ -269,7 +316,7 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
             # WAL lets readers go on while one process writes; the busy timeout makes writers queue, not fail.
             pragmas={"journal_mode": "wal", "busy_timeout": 60000, "foreign_keys": 1, "synchronous": "normal"},
         )
-        _bind(db)
+        proxy.initialize(db)
         if not db.table_exists("task"):
             versions.create(db)  # a new database (e.g. the embedded default on first use)
         elif versions.recorded(db) == versions.CURRENT:
@@ -389,10 +436,7 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
 
 def _columns(db: peewee.Database) -> dict[str, set[str]]:
     """The columns of each astra table in ``db``, in one query."""
-    if isinstance(db, peewee.PostgresqlDatabase):
-        sql = "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
-    else:
-        sql = "select m.name, p.name from sqlite_master m join pragma_table_info(m.name) p where m.type = 'table'"
+    sql = dialect(db).columns_sql()
     found: dict[str, set[str]] = {}
     for table, column in db.execute_sql(sql).fetchall():
         found.setdefault(table, set()).add(column)
@@ -401,7 +445,7 @@ def _columns(db: peewee.Database) -> dict[str, set[str]]:
 
 def _check_schema(db: peewee.Database, description: str) -> None:
     """Stop with one line unless ``db`` holds the schema this astra reads and writes: every task would fail."""
-    prefix = "astra." if isinstance(db, peewee.PostgresqlDatabase) else ""
+    prefix = f"{dialect(db).schema}." if dialect(db).schema else ""
     columns = _columns(db)
     tables = [model._meta.table_name for model in MODELS]
     if not any(table in columns for table in tables):
@@ -447,8 +491,8 @@ def create_schema() -> str:
     """
     key = _settings_key()
     db, description = _open(*key)
-    _bind(db)
-    if isinstance(db, peewee.PostgresqlDatabase) and versions.recorded(db) in (None, versions.CURRENT):
+    proxy.initialize(db)
+    if not dialect(db).creates_tables_on_use and versions.recorded(db) in (None, versions.CURRENT):
         with db.atomic():
             db.execute_sql(SCHEMA_SQL.read_text())
     try:
@@ -456,7 +500,7 @@ def create_schema() -> str:
     except DatabaseNotReady:
         db.close()
         raise
-    _use(db, key, description)
+    DATABASE.use(db, key, description)
     return description
 
 
@@ -468,17 +512,10 @@ def upgrade_schema(progress=lambda version, description: None) -> tuple[str, int
     """
     key = _settings_key()
     db, description = _open(*key)
-    _bind(db)
+    proxy.initialize(db)
     version = versions.recorded(db)
     if version is None or version > versions.CURRENT:
         _check_schema(db, description)  # nothing this astra can upgrade: the same line as at opening
     before = versions.upgrade(db, progress)
-    _use(db, key, description)
+    DATABASE.use(db, key, description)
     return description, before, versions.CURRENT
-
-
-def _use(db: peewee.Database, key: tuple, description: str) -> None:
-    """Make ``db`` the database of this process."""
-    if _State.database is not None and _State.pid == os.getpid() and _State.database is not db:
-        _State.database.close()
-    _State.pid, _State.key, _State.database, _State.description = os.getpid(), key, db, description

@@ -16,12 +16,11 @@ from peewee import (
     IntegerField,
     JSONField,
     Model,
-    PostgresqlDatabase,
-    SqliteDatabase,
     TextField,
 )
 
 from astra import values
+from astra.database.dialect import SchemaFromDialect, dialect
 
 #: Bound to the real database of this process by :func:`astra.database.database`.
 proxy = DatabaseProxy()
@@ -40,8 +39,7 @@ class UTCDateTimeField(DateTimeField):
 
     def db_value(self, value):
         if isinstance(value, datetime.datetime) and value.tzinfo is not None:
-            if isinstance(self.model._meta.database.obj, SqliteDatabase):
-                value = value.astimezone(UTC).replace(tzinfo=None)
+            value = dialect(self.model._meta.database).naive_utc(value)
         return super().db_value(value)
 
     def python_value(self, value):
@@ -63,16 +61,14 @@ class ResultField(JSONField):
 
     def _db_hook(self, database) -> None:
         super()._db_hook(database)
-        if isinstance(database, PostgresqlDatabase):
-            self._read = values.decode  # psycopg2 has parsed the jsonb already: only the tags are left to resolve
-        elif database is not None:
-            self._read = values.loads
+        if database is not None:
+            self._read = dialect(database).result_reader()
 
 
 class BaseModel(Model):
     class Meta:
         database = proxy
-        schema = "astra"
+        model_metadata_class = SchemaFromDialect  # astra.task on PostgreSQL, task on SQLite
         legacy_table_names = False
 
 

@@ -7,28 +7,21 @@ a missing one stops the process with one line naming that command.
 
 from __future__ import annotations
 
-import datetime
-import io
-import struct
 import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 
-import numpy as np
 import peewee
 from peewee import JOIN
 
-from astra.database.connection import DatabaseNotReady, database, describe, is_postgres
+from astra.database.connection import DatabaseNotReady, database, describe
+from astra.database.dialect import POSTGRESQL, dialect
 from astra.database.models import Parameter, Task, TaskParameter
 from astra.database.queries import DONE, chunked
 from astra.identity import parameter_hash
 
 #: The output models known to be usable, per open database (a forked child shares its parent's knowledge).
 _ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _bind(model: type[peewee.Model], db: peewee.Database) -> None:
-    model._meta.schema = "astra" if is_postgres(db) else None
 
 
 def table_name(model: type[peewee.Model]) -> str:
@@ -41,9 +34,8 @@ def ready(model: type[peewee.Model]) -> None:
     known = _ready.setdefault(db, set())
     if model in known:
         return
-    _bind(model, db)
-    if is_postgres(db):
-        if not db.table_exists(model._meta.table_name, schema="astra"):
+    if not dialect(db).creates_tables_on_use:  # whoever owns the schema makes the table
+        if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
             raise DatabaseNotReady(
                 f"astra: {describe()} has no output table {table_name(model)} for {model.__name__}; create it with "
                 f"`astra db init --module {model.__module__}` (or `astra db sql --module {model.__module__} | psql`)"
@@ -56,8 +48,6 @@ def ready(model: type[peewee.Model]) -> None:
 def create(models: Sequence[type[peewee.Model]]) -> None:
     """Create the tables of ``models`` where they are missing (never drops data). The astra schema must exist."""
     db = database()
-    for model in models:
-        _bind(model, db)
     with db.atomic():
         db.create_tables(list(models), safe=True)
     _ready.setdefault(db, set()).update(models)
@@ -67,16 +57,8 @@ def create(models: Sequence[type[peewee.Model]]) -> None:
 def _postgres_dialect(models: Sequence[type[peewee.Model]]):
     """Render ``models`` (and the task table they refer to) as PostgreSQL's, without connecting anywhere."""
     everything = [Task, *models]
-    schemas = [model._meta.schema for model in everything]
-    postgres = peewee.PostgresqlDatabase(None)
-    try:
-        with postgres.bind_ctx(everything, bind_refs=False, bind_backrefs=False):
-            for model in everything:
-                model._meta.schema = "astra"
-            yield
-    finally:
-        for model, schema in zip(everything, schemas):
-            model._meta.schema = schema
+    with POSTGRESQL.offline().bind_ctx(everything, bind_refs=False, bind_backrefs=False):
+        yield  # the models' schema follows the database they are bound to (dialect.SchemaFromDialect)
 
 
 def ddl(models: Sequence[type[peewee.Model]]) -> list[str]:
@@ -108,142 +90,7 @@ def insert(model: type[peewee.Model], rows: Sequence[tuple[int, dict]]) -> None:
     db = database()
     fields = _columns(model)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
-    if not is_postgres(db):
-        marks = ", ".join("?" * len(fields))
-        db.connection().executemany(
-            f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({marks})',
-            [
-                tuple(pk if field.name == "task" else field.db_value(row[field.name]) for field in fields)
-                for pk, row in rows
-            ],
-        )
-        return
-    kinds = [_postgres_type(db, field) for field in fields]
-    if all(_encoder(kind, field) for kind, field in zip(kinds, fields)):
-        _copy(db, model, fields, kinds, rows)
-        return
-    arrays, selected = [], []
-    for i, field in enumerate(fields):
-        typed = getattr(field, "postgres_type", None)  # an astra.ArrayField: its literals are cast on the server
-        kind = "TEXT" if typed else kinds[i]
-        arrays.append(f"%s::{kind}[]")
-        selected.append(f"c{i}::{typed}" if typed else f"c{i}")
-    aliases = ", ".join(f"c{i}" for i in range(len(fields)))
-    sql = (
-        f"INSERT INTO {table_name(model)} ({names}) SELECT {', '.join(selected)} "
-        f"FROM unnest({', '.join(arrays)}) AS u({aliases})"
-    )
-    for chunk in chunked(list(rows)):
-        columns = [
-            [pk for pk, _ in chunk] if field.name == "task" else [field.db_value(row[field.name]) for _, row in chunk]
-            for field in fields
-        ]
-        db.execute_sql(sql, tuple(columns))
-
-
-def _postgres_type(db: peewee.Database, field: peewee.Field) -> str:
-    context = db.get_sql_context()
-    return context.sql(field.ddl_datatype(context)).query()[0]
-
-
-# COPY in binary: numbers travel as their bytes, which PostgreSQL takes without parsing text (parsing a float
-# array's text costs about a microsecond per element on each side). Types without an encoder here go through
-# INSERT ... SELECT FROM unnest() instead.
-_EPOCH = datetime.datetime(2000, 1, 1)
-_BINARY = {
-    "BIGINT": struct.Struct(">q").pack,
-    "INTEGER": struct.Struct(">i").pack,
-    "SMALLINT": struct.Struct(">h").pack,
-    "DOUBLE PRECISION": struct.Struct(">d").pack,
-    "REAL": struct.Struct(">f").pack,
-    "BOOLEAN": lambda value: b"\x01" if value else b"\x00",
-    "TEXT": lambda value: str(value).encode(),
-}
-
-
-def _timestamp(value: datetime.datetime) -> bytes:
-    if value.tzinfo is not None:
-        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return struct.pack(">q", (value - _EPOCH) // datetime.timedelta(microseconds=1))
-
-
-def _encoder(kind: str, field: peewee.Field):
-    if hasattr(field, "postgres_binary"):
-        return field.postgres_binary
-    if kind in ("TIMESTAMP", "TIMESTAMPTZ"):
-        return lambda value: _timestamp(value if isinstance(value, datetime.datetime) else field.python_value(value))
-    if kind.startswith("VARCHAR"):
-        return _BINARY["TEXT"]
-    return _BINARY.get(kind)
-
-
-#: Numbers of a fixed size, by PostgreSQL type: a chunk of them is packed by numpy, not row by row.
-_FIXED = {
-    "BIGINT": ">i8",
-    "INTEGER": ">i4",
-    "SMALLINT": ">i2",
-    "DOUBLE PRECISION": ">f8",
-    "REAL": ">f4",
-    "BOOLEAN": "?",
-}
-
-
-def _packed(fields, kinds, rows) -> bytes | None:
-    """The COPY tuples of ``rows`` built as one numpy structured array, or None if a value needs more care
-    (a NULL, text, a time, arrays of different shapes).
-    """
-    layout, columns = [("count", ">i2")], {}
-    for i, (field, kind) in enumerate(zip(fields, kinds)):
-        if field.name == "task":
-            values = np.array([pk for pk, _ in rows], dtype=">i8")
-        elif hasattr(field, "postgres_binary_block"):
-            values = field.postgres_binary_block([row[field.name] for _, row in rows])
-            if values is None:
-                return None
-        elif kind in _FIXED:
-            raw = [row[field.name] for _, row in rows]
-            if any(value is None for value in raw):
-                return None
-            values = np.array([field.db_value(value) for value in raw], dtype=_FIXED[kind])
-        else:
-            return None
-        layout += [(f"length{i}", ">i4"), (f"value{i}", values.dtype)]
-        columns[i] = values
-    packed = np.empty(len(rows), dtype=layout)
-    packed["count"] = len(fields)
-    for i, values in columns.items():
-        packed[f"length{i}"] = values.dtype.itemsize
-        packed[f"value{i}"] = values
-    return packed.tobytes()
-
-
-def _copy(db, model, fields, kinds, rows) -> None:
-    """``rows`` into ``model``'s table with one ``COPY ... FROM STDIN (FORMAT binary)``."""
-    encoders = [_encoder(kind, field) for kind, field in zip(kinds, fields)]
-    count = struct.pack(">h", len(fields))
-    null = struct.pack(">i", -1)
-    length = struct.Struct(">i").pack
-    buffer = io.BytesIO()
-    buffer.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
-    packed = _packed(fields, kinds, rows)
-    for pk, row in rows if packed is None else ():
-        parts = [count]
-        for field, encode in zip(fields, encoders):
-            value = pk if field.name == "task" else row[field.name]
-            if value is not None and not hasattr(field, "postgres_binary"):
-                value = field.db_value(value)
-            if value is None:
-                parts.append(null)
-            else:
-                data = encode(value)
-                parts += (length(len(data)), data)
-        buffer.write(b"".join(parts))
-    if packed is not None:
-        buffer.write(packed)
-    buffer.write(struct.pack(">h", -1))
-    buffer.seek(0)
-    names = ", ".join(f'"{field.column_name}"' for field in fields)
-    db.cursor().copy_expert(f"COPY {table_name(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
+    dialect(db).insert_rows(db, model, fields, names, rows)
 
 
 def read(model: type[peewee.Model], hashes: Iterable[str]) -> dict[str, list[peewee.Model]]:
@@ -277,10 +124,7 @@ def done_tasks(
     if hashes is not None:
         hashes = list(dict.fromkeys(hashes))
         # One array parameter on PostgreSQL; SQLite takes up to 32766 values in a list.
-        if is_postgres(db):
-            query = query.where(peewee.NodeList((Task.task_hash, peewee.SQL("= ANY(%s)", (hashes,)))))
-        else:
-            query = query.where(Task.task_hash.in_(hashes))
+        query = dialect(db).where_one_of(query, Task.task_hash, hashes)
     if module:
         query = query.where(Task.task_module == module)
     if version is not None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import peewee
 
 from astra.database import text
-from astra.database.connection import DatabaseError, database, is_postgres, retried
+from astra.database.connection import DatabaseError, database, retried
+from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter, utcnow
 from astra.identity import parameter_hash
 
@@ -29,7 +30,7 @@ def chunked(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
 def _atomic(db: peewee.Database):
     # SQLite: take the write lock up front, so two writers queue on the busy timeout instead of one of them
     # failing at once when it upgrades a read transaction.
-    return db.atomic() if is_postgres(db) else db.atomic(lock_type="IMMEDIATE")
+    return dialect(db).atomic(db)
 
 
 def _not_flushed(db: peewee.Database) -> None:
@@ -39,8 +40,7 @@ def _not_flushed(db: peewee.Database) -> None:
     task is run again, which is what happens to any task whose worker died. Done and failed records, and the
     task's own rows, stay durable.
     """
-    if is_postgres(db):
-        db.execute_sql("set local synchronous_commit = off")
+    dialect(db).not_flushed(db)
 
 
 def done_hashes(hashes: Iterable[str]) -> set[str]:
@@ -59,11 +59,8 @@ def done_rows(hashes: Iterable[str]) -> dict[str, int]:
     # The status is compared here, not in SQL: given "status = 'done'", PostgreSQL may pick the (task_name,
     # status) index and read every done row of the table, instead of looking up each hash.
     for chunk in chunked(hashes):
-        if is_postgres(db):
-            sql, params = f"SELECT {columns} FROM {table} WHERE task_hash = ANY(%s)", (list(chunk),)
-        else:
-            marks = ", ".join("?" * len(chunk))
-            sql, params = f"SELECT {columns} FROM {table} WHERE task_hash IN ({marks})", tuple(chunk)
+        where, params = dialect(db).is_one_of("task_hash", chunk)
+        sql = f"SELECT {columns} FROM {table} WHERE {where}"
         found.update(
             (task_hash, dynamic or 0) for task_hash, status, dynamic in db.execute_sql(sql, params) if status == DONE
         )
@@ -204,14 +201,12 @@ def _now(db: peewee.Database):
     Hosts' clocks may disagree by more than a lease; the server's does not disagree with itself. SQLite lives on
     one host, so its clock is this host's.
     """
-    return peewee.SQL("now()") if is_postgres(db) else utcnow()
+    return dialect(db).now()
 
 
 def _silence(db: peewee.Database) -> peewee.Node:
     """Seconds since a task's last heartbeat, worked out by the database."""
-    if is_postgres(db):
-        return peewee.fn.date_part("epoch", peewee.fn.now() - Task.heartbeat)
-    return (peewee.fn.julianday("now") - peewee.fn.julianday(Task.heartbeat)) * 86400.0
+    return dialect(db).seconds_since(Task.heartbeat)
 
 
 @retried
@@ -224,7 +219,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
     in the row for others to go by), is taken over: of several processes trying at once, exactly one wins.
     """
     db = database()
-    text.check_identity(fields, params, postgres=is_postgres(db))
+    text.check_identity(fields, params, nul_forbidden=dialect(db).nul_forbidden)
     host, pid = socket.gethostname(), os.getpid()
     while True:
         # Look first, insert only when absent: on PostgreSQL every INSERT takes a value of the pk sequence, even
@@ -488,7 +483,7 @@ def transaction():
 
 
 def _table(model: type[peewee.Model], db: peewee.Database) -> str:
-    return f"astra.{model._meta.table_name}" if is_postgres(db) else model._meta.table_name
+    return dialect(db).table(model)
 
 
 def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
@@ -507,7 +502,7 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
     if not items:
         return {}
     for item in items:
-        text.check_identity(item, item["parameters"], postgres=is_postgres(db))
+        text.check_identity(item, item["parameters"], nul_forbidden=dialect(db).nul_forbidden)
     now = utcnow()
     host, pid = socket.gethostname(), os.getpid()
     completed = now if status == DONE else None
@@ -544,91 +539,12 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
             links.append((item["task_hash"], key))
         edges.extend((item["task_hash"], required) for required in item["requires"])
     insert = f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
-    if is_postgres(db):
-        # Rows travel as one array per column; RETURNING gives the keys, so no later join on the long hashes.
-        # Rows already there (a retried failure) are updated, not inserted again: an INSERT that ends in ON
-        # CONFLICT still takes a value of the pk sequence.
-        known = _pks(db, task, "task_hash", [row[3] for row in rows])
-        fresh = [row for row in rows if row[3] not in known]
-        task_pks = {}
-        if fresh:
-            cursor = db.execute_sql(
-                f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
-                "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                f"%s::jsonb[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
-                (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*fresh))),
-            )
-            task_pks.update(cursor.fetchall())
-        again = [(row[3], *row[6:]) for row in rows if row[3] in known]
-        if again:
-            cursor = db.execute_sql(
-                f"UPDATE {task} SET status = %s, started = %s, heartbeat = %s, completed = %s, host = %s, "
-                f"pid = %s, attempts = {task}.attempts + 1, result = v.result, error = v.error, "
-                "traceback = v.traceback, duration = v.duration, claim_token = NULL, lease = NULL FROM "
-                "unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::float8[]) "
-                "AS v(task_hash, result, error, traceback, duration) "
-                f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, "
-                f"{task}.pk",
-                (status, now, now, completed, host, pid, *(list(column) for column in zip(*again))),
-            )
-            task_pks.update(cursor.fetchall())
-        parameter_pks = _pks(db, parameter, "parameter_hash", list(parameters))
-        missing = [value for key, value in parameters.items() if key not in parameter_pks]
-        if missing:
-            cursor = db.execute_sql(
-                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) SELECT * FROM "
-                "unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING parameter_hash, pk",
-                tuple(list(column) for column in zip(*missing)),
-            )
-            parameter_pks.update(cursor.fetchall())
-            parameter_pks.update(
-                _pks(db, parameter, "parameter_hash", [h for h in parameters if h not in parameter_pks])
-            )
-        required_pks = _pks(db, task, "task_hash", list({required for _, required in edges}))
-        for table, column, pairs, pks in (
-            (task_parameter, "parameter_pk", links, parameter_pks),
-            (dependency, "requires_pk", edges, required_pks),
-        ):
-            pairs = [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks]
-            if pairs:
-                db.execute_sql(
-                    f"INSERT INTO {table} (task_pk, {column}) SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
-                    "ON CONFLICT DO NOTHING",
-                    tuple(list(column) for column in zip(*pairs)),
-                )
-        return task_pks
-    # SQLite runs in this process: executemany costs no round trips. It keeps peewee's text form of naive UTC.
-    stamp = str(now.replace(tzinfo=None))
-    constants = (status, stamp, stamp, stamp, stamp if completed else None, host, pid)
-    connection = db.connection()
-    # The write lock is held (IMMEDIATE), so what is done now stays as it is until this transaction ends.
-    already = done_hashes(item["task_hash"] for item in items)
-    connection.executemany(f"{insert} VALUES ({', '.join('?' * 17)}, 1) {upsert}", [(*row, *constants) for row in rows])
-    connection.executemany(
-        f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
-        list(parameters.values()),
-    )
-    task_pks = _pks(db, task, "task_hash", [item["task_hash"] for item in items] + [r for _, r in edges])
-    parameter_pks = _pks(db, parameter, "parameter_hash", list(parameters))
-    for table, column, pairs, pks in (
-        (task_parameter, "parameter_pk", links, parameter_pks),
-        (dependency, "requires_pk", edges, task_pks),
-    ):
-        connection.executemany(
-            f"INSERT OR IGNORE INTO {table} (task_pk, {column}) VALUES (?, ?)",
-            [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks],
-        )
-    return {item["task_hash"]: task_pks[item["task_hash"]] for item in items if item["task_hash"] not in already}
+    tables = (task, parameter, task_parameter, dependency)
+    constants = (now, completed, status, host, pid)
+    prepared = (insert, upsert, rows, parameters, links, edges, items, tables, constants)
+    return dialect(db).record_items(db, *prepared, done_hashes)
 
 
 def _pks(db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
     """The primary keys of the rows of ``table`` whose ``column`` is one of ``hashes``."""
-    found = {}
-    for chunk in chunked(hashes):
-        if is_postgres(db):
-            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s)", (list(chunk),))
-        else:
-            marks = ", ".join("?" * len(chunk))
-            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})", tuple(chunk))
-        found.update(cursor.fetchall())
-    return found
+    return dialect(db).keys(db, table, column, hashes)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import peewee
 from peewee import JOIN, Case, fn
 
-from astra.database.connection import DatabaseError, database, is_postgres
+from astra.database.connection import DatabaseError, database
+from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
 from astra.database.queries import chunked, transaction
 from astra.identity import parameter_hash
@@ -65,11 +66,7 @@ def _matches(field: peewee.Field, parts: list[str | None]) -> peewee.Node:
 
     GLOB on SQLite (its LIKE ignores case), where ``[c]`` stands for a literal c; LIKE on PostgreSQL.
     """
-    if is_postgres():
-        like = "".join("%" if part is None else re.sub(r"([\\%_])", r"\\\1", part) for part in parts)
-        return peewee.NodeList((field, peewee.SQL("LIKE"), like, peewee.SQL("ESCAPE '\\'")))
-    glob = "".join("*" if part is None else re.sub(r"([*?\[])", r"[\1]", part) for part in parts)
-    return peewee.NodeList((field, peewee.SQL("GLOB"), glob))
+    return dialect(database()).matches(field, parts)
 
 
 def _with_parameter(name: str, value: str) -> peewee.Expression:

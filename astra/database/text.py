@@ -24,9 +24,12 @@ class UnstorableTextError(DatabaseError):
     """Text that names a task holds a character the database cannot store."""
 
 
-def problem(text: str, postgres: bool) -> str | None:
-    """What in ``text`` the database cannot store, in words, or None if it can store all of it."""
-    if postgres and "\x00" in text:
+def problem(text: str, nul_forbidden: bool) -> str | None:
+    """What in ``text`` the database cannot store, in words, or None if it can store all of it.
+
+    ``nul_forbidden``: the database's text cannot hold NUL (PostgreSQL's; see astra.database.dialect).
+    """
+    if nul_forbidden and "\x00" in text:
         return f"a NUL character (at position {text.index(chr(0))}), which PostgreSQL cannot store"
     try:
         text.encode("utf-8")
@@ -38,12 +41,12 @@ def problem(text: str, postgres: bool) -> str | None:
     return None
 
 
-def check_identity(fields: dict, params: dict[str, str], postgres: bool) -> None:
+def check_identity(fields: dict, params: dict[str, str], nul_forbidden: bool) -> None:
     """Raise :class:`UnstorableTextError` if a task's identity text (``fields`` and ``params``) cannot be stored."""
     named = [(f"parameter {name!r}", value) for name, value in params.items()]
     named += [(field, fields[field]) for field in IDENTITY_FIELDS if isinstance(fields.get(field), str)]
     for what, value in named:
-        trouble = problem(value, postgres)
+        trouble = problem(value, nul_forbidden)
         if trouble is not None:
             raise UnstorableTextError(
                 f"astra: {what} of {fields.get('task_name', 'the task')} holds {trouble}; the task was not run. "

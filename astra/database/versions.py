@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee
-from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+from playhouse.migrate import migrate
 
 from astra import values
+from astra.database.dialect import dialect
 from astra.database.models import MODELS, Dependency, SchemaVersion, Task, utcnow
 
 
@@ -30,19 +31,13 @@ class Step:
     apply: Callable[[peewee.Database], None]
 
 
-def _migrator(db: peewee.Database):
-    if isinstance(db, peewee.PostgresqlDatabase):
-        return PostgresqlMigrator(db, schema="astra")
-    return SqliteMigrator(db)
-
-
 def add_column(field: peewee.Field) -> Step:
     """A step that adds ``field`` (of a model in models.py) to its table."""
     table = field.model._meta.table_name
 
     def apply(db: peewee.Database) -> None:
-        if field.column_name not in {column.name for column in db.get_columns(table, schema=_schema(db))}:
-            migrate(_migrator(db).add_column(table, field.column_name, field))
+        if field.column_name not in {column.name for column in db.get_columns(table, schema=dialect(db).schema)}:
+            migrate(dialect(db).migrator(db).add_column(table, field.column_name, field))
 
     return Step(f"add column {table}.{field.column_name}", apply)
 
@@ -54,9 +49,7 @@ _CHUNK = 5000
 
 def _result_as_json(db: peewee.Database) -> None:
     """Rewrite results that hold NaN or Infinity (or look like tags) with astra.values; on PostgreSQL, make jsonb."""
-    pg = isinstance(db, peewee.PostgresqlDatabase)
-    table = "astra.task" if pg else "task"
-    mark = "%s" if pg else "?"
+    table, mark = dialect(db).table(Task), dialect(db).mark
     suspect = " OR ".join([f"result LIKE {mark}"] * len(_SUSPECT))
     last = 0
     while True:  # a chunk at a time, in the order of pk: a million results need not fit in memory
@@ -68,16 +61,8 @@ def _result_as_json(db: peewee.Database) -> None:
             break
         last = rows[-1][0]
         rewritten = [(pk, values.dumps(_legacy(text))) for pk, text in rows]
-        if pg:
-            db.execute_sql(
-                "UPDATE astra.task SET result = new.result FROM unnest(%s::bigint[], %s::text[]) AS new(pk, result) "
-                "WHERE astra.task.pk = new.pk",
-                ([pk for pk, _ in rewritten], [text for _, text in rewritten]),
-            )
-        else:
-            db.cursor().executemany("UPDATE task SET result = ? WHERE pk = ?", [(t, pk) for pk, t in rewritten])
-    if pg:
-        migrate(_migrator(db).alter_column_type("task", "result", Task.result, cast="result::jsonb"))
+        dialect(db).rewrite_results(db, rewritten)
+    dialect(db).results_as_json(db, Task.result)
 
 
 def _legacy(text: str) -> object:
@@ -103,22 +88,18 @@ STEPS: list[Step] = [
 CURRENT = len(STEPS) + 1
 
 
-def _schema(db: peewee.Database) -> str | None:
-    return "astra" if isinstance(db, peewee.PostgresqlDatabase) else None
-
-
 def recorded(db: peewee.Database) -> int | None:
     """The schema version ``db`` holds; None if it has no astra tables at all."""
-    if not db.table_exists("task", schema=_schema(db)):
+    if not db.table_exists("task", schema=dialect(db).schema):
         return None
-    if not db.table_exists("schema_version", schema=_schema(db)):
+    if not db.table_exists("schema_version", schema=dialect(db).schema):
         return 1
     return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 1
 
 
 def create(db: peewee.Database) -> None:
     """Create the tables of a new SQLite database, at the current version (PostgreSQL: astradb.sql does it)."""
-    with db.atomic(lock_type="IMMEDIATE"):
+    with dialect(db).atomic(db):
         db.create_tables(MODELS, safe=True)
         SchemaVersion.insert(version=CURRENT, applied=utcnow()).on_conflict_ignore().execute()
 
@@ -133,13 +114,11 @@ def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda v
         raise ValueError("it has no astra schema")
     if before > CURRENT:
         raise ValueError(f"it holds astra schema {before}, newer than this astra knows ({CURRENT})")
-    pg = isinstance(db, peewee.PostgresqlDatabase)
     SchemaVersion.create_table(safe=True)
     for version in range(before + 1, CURRENT + 1):
         step = STEPS[version - 2]
-        with db.atomic() if pg else db.atomic(lock_type="IMMEDIATE"):
-            if pg:  # workers wait until the step is done; a second `astra db upgrade` finds it done
-                db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+        with dialect(db).atomic(db):
+            dialect(db).lock_for_upgrade(db)  # workers wait until the step is done; a second upgrade finds it done
             if (recorded(db) or 1) >= version:
                 continue
             step.apply(db)

@@ -1,0 +1,517 @@
+"""Every difference between SQLite and PostgreSQL that astra knows of, in one place.
+
+Two classes with the same methods, :class:`SQLite` and :class:`PostgreSQL`; :func:`dialect` gives the one of a
+database (or of a model, through the database it is bound to). Code elsewhere asks the dialect to do the thing
+(``dialect(db).atomic(db)``), never which backend it is on; tests/test_architecture.py checks that.
+
+Tables live in PostgreSQL's ``astra`` schema; SQLite has no schemas, so there the same names stand alone. The
+models take their schema from the database they are bound to (:class:`SchemaFromDialect`), so nothing rewrites
+them when a database opens.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import re
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import peewee
+
+from astra import values
+
+UTC = datetime.timezone.utc
+
+#: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
+CHUNK = 5000
+
+#: Python's JSON brackets as PostgreSQL's array-literal braces, and back.
+_BRACES = str.maketrans("[]", "{}")
+
+
+def _chunked(items: Sequence, size: int = CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SQLite:
+    """SQLite: one file on this host, no schemas, ``?`` placeholders, a write lock taken up front."""
+
+    name = "sqlite"
+    #: The schema that holds astra's tables (None: the tables' names stand alone).
+    schema: str | None = None
+    #: The placeholder of a bound parameter in plain SQL.
+    mark = "?"
+    #: Whether text may hold NUL (see astra.database.text.check_identity).
+    nul_forbidden = False
+    #: Whether a float column keeps NaN (SQLite stores NaN as NULL).
+    keeps_nan = False
+    #: Whether astra creates its tables when a process first uses them (else schema/astradb/astradb.sql, or
+    #: ``astra db init``, by whoever owns the schema).
+    creates_tables_on_use = True
+
+    def table(self, model: type[peewee.Model]) -> str:
+        """The name of ``model``'s table as plain SQL writes it."""
+        return model._meta.table_name
+
+    def atomic(self, db: peewee.Database):
+        """A transaction that takes the write lock up front, so two writers queue on the busy timeout instead of
+        one of them failing at once when it upgrades a read transaction."""
+        return db.atomic(lock_type="IMMEDIATE")
+
+    def not_flushed(self, db: peewee.Database) -> None:
+        """Let the current transaction commit without waiting for the disk (nothing to do on SQLite)."""
+
+    def now(self):
+        """The current time for timestamps that other hosts compare. SQLite lives on one host: its clock."""
+        return datetime.datetime.now(UTC)
+
+    def seconds_since(self, column: peewee.Node) -> peewee.Node:
+        """Seconds since the time in ``column``, worked out by the database."""
+        return (peewee.fn.julianday("now") - peewee.fn.julianday(column)) * 86400.0
+
+    def matches(self, field: peewee.Field, parts: list[str | None]) -> peewee.Node:
+        """``field`` matches ``parts`` (None: any text) case-sensitively: GLOB (SQLite's LIKE ignores case),
+        where ``[c]`` stands for a literal c."""
+        glob = "".join("*" if part is None else re.sub(r"([*?\[])", r"[\1]", part) for part in parts)
+        return peewee.NodeList((field, peewee.SQL("GLOB"), glob))
+
+    def migrator(self, db: peewee.Database):
+        from playhouse.migrate import SqliteMigrator
+
+        return SqliteMigrator(db)
+
+    def lock_for_upgrade(self, db: peewee.Database) -> None:
+        """Keep workers out while a schema step runs (the IMMEDIATE transaction of :meth:`atomic` does it)."""
+
+    def columns_sql(self) -> str:
+        """A query of (table, column) for every astra table."""
+        return "select m.name, p.name from sqlite_master m join pragma_table_info(m.name) p where m.type = 'table'"
+
+    def naive_utc(self, value: datetime.datetime) -> datetime.datetime:
+        """An aware time as stored: SQLite has no time zones, so naive UTC."""
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def result_reader(self):
+        """How a result read from the database becomes Python: SQLite gives the JSON text."""
+        return values.loads
+
+    def array_type(self, field: peewee.Field) -> str:
+        """The column type of an astra.ArrayField: the array's bytes in numpy's ``.npy`` format."""
+        return "BLOB"
+
+    def array_value(self, array: np.ndarray) -> object:
+        """An array as the database takes it."""
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+
+    def is_one_of(self, column: str, keys: Sequence) -> tuple[str, tuple]:
+        """Plain SQL (and its parameters) for ``column`` being one of ``keys`` (at most CHUNK of them)."""
+        return f"{column} IN ({', '.join('?' * len(keys))})", tuple(keys)
+
+    def where_one_of(self, query: peewee.ModelSelect, field: peewee.Field, keys: list) -> peewee.ModelSelect:
+        """``query`` restricted to rows whose ``field`` is one of ``keys`` (SQLite takes up to 32766 values)."""
+        return query.where(field.in_(keys))
+
+    def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
+        """The primary keys of the rows of ``table`` whose ``column`` is one of ``hashes``."""
+        found = {}
+        for chunk in _chunked(hashes):
+            marks = ", ".join("?" * len(chunk))
+            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})", tuple(chunk))
+            found.update(cursor.fetchall())
+        return found
+
+    def record_items(self, db, insert, upsert, rows, parameters, links, edges, items, tables, constants, done_hashes):
+        """The SQLite half of :func:`astra.database.queries.record_items`, which prepares every argument."""
+        task, parameter, task_parameter, dependency = tables
+        now, completed, status, host, pid = constants
+        # SQLite runs in this process: executemany costs no round trips. It keeps peewee's text form of naive UTC.
+        stamp = str(now.replace(tzinfo=None))
+        constants = (status, stamp, stamp, stamp, stamp if completed else None, host, pid)
+        connection = db.connection()
+        # The write lock is held (IMMEDIATE), so what is done now stays as it is until this transaction ends.
+        already = done_hashes(item["task_hash"] for item in items)
+        connection.executemany(
+            f"{insert} VALUES ({', '.join('?' * 17)}, 1) {upsert}", [(*row, *constants) for row in rows]
+        )
+        connection.executemany(
+            f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
+            list(parameters.values()),
+        )
+        task_pks = self.keys(db, task, "task_hash", [item["task_hash"] for item in items] + [r for _, r in edges])
+        parameter_pks = self.keys(db, parameter, "parameter_hash", list(parameters))
+        for table, column, pairs, pks in (
+            (task_parameter, "parameter_pk", links, parameter_pks),
+            (dependency, "requires_pk", edges, task_pks),
+        ):
+            connection.executemany(
+                f"INSERT OR IGNORE INTO {table} (task_pk, {column}) VALUES (?, ?)",
+                [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks],
+            )
+        return {item["task_hash"]: task_pks[item["task_hash"]] for item in items if item["task_hash"] not in already}
+
+    def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
+        """``rows`` (task pk, {field name: value}) into ``model``'s table: executemany (SQLite runs in this
+        process, where it costs no round trips). ``names`` are the quoted column names of ``fields``."""
+        marks = ", ".join("?" * len(fields))
+        db.connection().executemany(
+            f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({marks})',
+            [
+                tuple(pk if field.name == "task" else field.db_value(row[field.name]) for field in fields)
+                for pk, row in rows
+            ],
+        )
+
+    def rewrite_results(self, db: peewee.Database, rewritten: list[tuple[int, str]]) -> None:
+        """Set the result of each (task pk, JSON text) in ``rewritten``."""
+        db.cursor().executemany("UPDATE task SET result = ? WHERE pk = ?", [(t, pk) for pk, t in rewritten])
+
+    def results_as_json(self, db: peewee.Database, result: peewee.Field) -> None:
+        """Give the task table's result column its JSON type (SQLite's is text already)."""
+
+
+class PostgreSQL(SQLite):
+    """PostgreSQL: a server other hosts share, the ``astra`` schema, ``%s`` placeholders, arrays and jsonb.
+
+    A subclass only to share the docstrings: every method of :class:`SQLite` that differs is written again here.
+    """
+
+    name = "postgresql"
+    schema = "astra"
+    mark = "%s"
+    nul_forbidden = True
+    keeps_nan = True
+    creates_tables_on_use = False
+
+    def table(self, model: type[peewee.Model]) -> str:
+        return f"astra.{model._meta.table_name}"
+
+    def offline(self) -> peewee.Database:
+        """A PostgreSQL database that connects nowhere: bound to models, it renders their SQL (DDL)."""
+        return peewee.PostgresqlDatabase(None)
+
+    def atomic(self, db: peewee.Database):
+        return db.atomic()
+
+    def not_flushed(self, db: peewee.Database) -> None:
+        """Let the current transaction commit without waiting for PostgreSQL to flush it to disk (~3 ms here).
+
+        Only for claims and heartbeats: if the server crashes just after such a commit, the claim is lost and the
+        task is run again, which is what happens to any task whose worker died. Done and failed records, and the
+        task's own rows, stay durable.
+        """
+        db.execute_sql("set local synchronous_commit = off")
+
+    def now(self):
+        """The server's clock: hosts' clocks may disagree by more than a lease; the server's does not disagree
+        with itself."""
+        return peewee.SQL("now()")
+
+    def seconds_since(self, column: peewee.Node) -> peewee.Node:
+        return peewee.fn.date_part("epoch", peewee.fn.now() - column)
+
+    def matches(self, field: peewee.Field, parts: list[str | None]) -> peewee.Node:
+        like = "".join("%" if part is None else re.sub(r"([\\%_])", r"\\\1", part) for part in parts)
+        return peewee.NodeList((field, peewee.SQL("LIKE"), like, peewee.SQL("ESCAPE '\\'")))
+
+    def migrator(self, db: peewee.Database):
+        from playhouse.migrate import PostgresqlMigrator
+
+        return PostgresqlMigrator(db, schema="astra")
+
+    def lock_for_upgrade(self, db: peewee.Database) -> None:
+        # Workers wait until the step is done; a second `astra db upgrade` finds it done.
+        db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+
+    def columns_sql(self) -> str:
+        return "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
+
+    def naive_utc(self, value: datetime.datetime) -> datetime.datetime:
+        return value  # a timestamptz keeps the zone
+
+    def result_reader(self):
+        return values.decode  # psycopg2 has parsed the jsonb already: only the tags are left to resolve
+
+    def array_type(self, field: peewee.Field) -> str:
+        return field.postgres_type
+
+    def array_value(self, array: np.ndarray) -> object:
+        # An array literal, '{{1.5,NaN},{...}}', which the server parses into the column's type (JSON's NaN
+        # and Infinity are PostgreSQL's too). One string per array travels far faster than a list of floats.
+        text = json.dumps(array.tolist(), separators=(",", ":"))
+        return text.translate(_BRACES)
+
+    def is_one_of(self, column: str, keys: Sequence) -> tuple[str, tuple]:
+        return f"{column} = ANY(%s)", (list(keys),)
+
+    def where_one_of(self, query: peewee.ModelSelect, field: peewee.Field, keys: list) -> peewee.ModelSelect:
+        # One array parameter: PostgreSQL plans long IN lists slowly.
+        return query.where(peewee.NodeList((field, peewee.SQL("= ANY(%s)", (keys,)))))
+
+    def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
+        found = {}
+        for chunk in _chunked(hashes):
+            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s)", (list(chunk),))
+            found.update(cursor.fetchall())
+        return found
+
+    def record_items(self, db, insert, upsert, rows, parameters, links, edges, items, tables, constants, done_hashes):
+        """The PostgreSQL half of :func:`astra.database.queries.record_items`, which prepares every argument."""
+        task, parameter, task_parameter, dependency = tables
+        now, completed, status, host, pid = constants
+        _pks = self.keys
+        # Rows travel as one array per column; RETURNING gives the keys, so no later join on the long hashes.
+        # Rows already there (a retried failure) are updated, not inserted again: an INSERT that ends in ON
+        # CONFLICT still takes a value of the pk sequence.
+        known = _pks(db, task, "task_hash", [row[3] for row in rows])
+        fresh = [row for row in rows if row[3] not in known]
+        task_pks = {}
+        if fresh:
+            cursor = db.execute_sql(
+                f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
+                "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+                f"%s::jsonb[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
+                (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*fresh))),
+            )
+            task_pks.update(cursor.fetchall())
+        again = [(row[3], *row[6:]) for row in rows if row[3] in known]
+        if again:
+            cursor = db.execute_sql(
+                f"UPDATE {task} SET status = %s, started = %s, heartbeat = %s, completed = %s, host = %s, "
+                f"pid = %s, attempts = {task}.attempts + 1, result = v.result, error = v.error, "
+                "traceback = v.traceback, duration = v.duration, claim_token = NULL, lease = NULL FROM "
+                "unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::float8[]) "
+                "AS v(task_hash, result, error, traceback, duration) "
+                f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> 'done' RETURNING {task}.task_hash, "
+                f"{task}.pk",
+                (status, now, now, completed, host, pid, *(list(column) for column in zip(*again))),
+            )
+            task_pks.update(cursor.fetchall())
+        parameter_pks = _pks(db, parameter, "parameter_hash", list(parameters))
+        missing = [value for key, value in parameters.items() if key not in parameter_pks]
+        if missing:
+            cursor = db.execute_sql(
+                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) SELECT * FROM "
+                "unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING parameter_hash, pk",
+                tuple(list(column) for column in zip(*missing)),
+            )
+            parameter_pks.update(cursor.fetchall())
+            parameter_pks.update(
+                _pks(db, parameter, "parameter_hash", [h for h in parameters if h not in parameter_pks])
+            )
+        required_pks = _pks(db, task, "task_hash", list({required for _, required in edges}))
+        for table, column, pairs, pks in (
+            (task_parameter, "parameter_pk", links, parameter_pks),
+            (dependency, "requires_pk", edges, required_pks),
+        ):
+            pairs = [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks]
+            if pairs:
+                db.execute_sql(
+                    f"INSERT INTO {table} (task_pk, {column}) SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
+                    "ON CONFLICT DO NOTHING",
+                    tuple(list(column) for column in zip(*pairs)),
+                )
+        return task_pks
+
+    def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
+        """One COPY in binary where every column has an encoder, else the rows as one array per column, unpacked
+        by unnest(), one statement per chunk."""
+        kinds = [_postgres_type(db, field) for field in fields]
+        if all(_encoder(kind, field) for kind, field in zip(kinds, fields)):
+            _copy(db, model, fields, kinds, rows)
+            return
+        arrays, selected = [], []
+        for i, field in enumerate(fields):
+            typed = getattr(field, "postgres_type", None)  # an astra.ArrayField: its literals are cast on the server
+            kind = "TEXT" if typed else kinds[i]
+            arrays.append(f"%s::{kind}[]")
+            selected.append(f"c{i}::{typed}" if typed else f"c{i}")
+        aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+        sql = (
+            f"INSERT INTO {self.table(model)} ({names}) SELECT {', '.join(selected)} "
+            f"FROM unnest({', '.join(arrays)}) AS u({aliases})"
+        )
+        for chunk in _chunked(list(rows)):
+            columns = [
+                [pk for pk, _ in chunk]
+                if field.name == "task"
+                else [field.db_value(row[field.name]) for _, row in chunk]
+                for field in fields
+            ]
+            db.execute_sql(sql, tuple(columns))
+
+    def rewrite_results(self, db: peewee.Database, rewritten: list[tuple[int, str]]) -> None:
+        db.execute_sql(
+            "UPDATE astra.task SET result = new.result FROM unnest(%s::bigint[], %s::text[]) AS new(pk, result) "
+            "WHERE astra.task.pk = new.pk",
+            ([pk for pk, _ in rewritten], [text for _, text in rewritten]),
+        )
+
+    def results_as_json(self, db: peewee.Database, result: peewee.Field) -> None:
+        from playhouse.migrate import migrate
+
+        migrate(self.migrator(db).alter_column_type("task", "result", result, cast="result::jsonb"))
+
+
+SQLITE, POSTGRESQL = SQLite(), PostgreSQL()
+
+
+def _postgres_type(db: peewee.Database, field: peewee.Field) -> str:
+    context = db.get_sql_context()
+    return context.sql(field.ddl_datatype(context)).query()[0]
+
+
+# COPY in binary: numbers travel as their bytes, which PostgreSQL takes without parsing text (parsing a float
+# array's text costs about a microsecond per element on each side). Types without an encoder here go through
+# INSERT ... SELECT FROM unnest() instead.
+_EPOCH = datetime.datetime(2000, 1, 1)
+_BINARY = {
+    "BIGINT": struct.Struct(">q").pack,
+    "INTEGER": struct.Struct(">i").pack,
+    "SMALLINT": struct.Struct(">h").pack,
+    "DOUBLE PRECISION": struct.Struct(">d").pack,
+    "REAL": struct.Struct(">f").pack,
+    "BOOLEAN": lambda value: b"\x01" if value else b"\x00",
+    "TEXT": lambda value: str(value).encode(),
+}
+
+
+def _timestamp(value: datetime.datetime) -> bytes:
+    if value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return struct.pack(">q", (value - _EPOCH) // datetime.timedelta(microseconds=1))
+
+
+def _encoder(kind: str, field: peewee.Field):
+    if hasattr(field, "postgres_binary"):
+        return field.postgres_binary
+    if kind in ("TIMESTAMP", "TIMESTAMPTZ"):
+        return lambda value: _timestamp(value if isinstance(value, datetime.datetime) else field.python_value(value))
+    if kind.startswith("VARCHAR"):
+        return _BINARY["TEXT"]
+    return _BINARY.get(kind)
+
+
+#: Numbers of a fixed size, by PostgreSQL type: a chunk of them is packed by numpy, not row by row.
+_FIXED = {
+    "BIGINT": ">i8",
+    "INTEGER": ">i4",
+    "SMALLINT": ">i2",
+    "DOUBLE PRECISION": ">f8",
+    "REAL": ">f4",
+    "BOOLEAN": "?",
+}
+
+
+def _packed(fields, kinds, rows) -> bytes | None:
+    """The COPY tuples of ``rows`` built as one numpy structured array, or None if a value needs more care
+    (a NULL, text, a time, arrays of different shapes).
+    """
+    layout, columns = [("count", ">i2")], {}
+    for i, (field, kind) in enumerate(zip(fields, kinds)):
+        if field.name == "task":
+            values = np.array([pk for pk, _ in rows], dtype=">i8")
+        elif hasattr(field, "postgres_binary_block"):
+            values = field.postgres_binary_block([row[field.name] for _, row in rows])
+            if values is None:
+                return None
+        elif kind in _FIXED:
+            raw = [row[field.name] for _, row in rows]
+            if any(value is None for value in raw):
+                return None
+            values = np.array([field.db_value(value) for value in raw], dtype=_FIXED[kind])
+        else:
+            return None
+        layout += [(f"length{i}", ">i4"), (f"value{i}", values.dtype)]
+        columns[i] = values
+    packed = np.empty(len(rows), dtype=layout)
+    packed["count"] = len(fields)
+    for i, values in columns.items():
+        packed[f"length{i}"] = values.dtype.itemsize
+        packed[f"value{i}"] = values
+    return packed.tobytes()
+
+
+def _copy(db, model, fields, kinds, rows) -> None:
+    """``rows`` into ``model``'s table with one ``COPY ... FROM STDIN (FORMAT binary)``."""
+    encoders = [_encoder(kind, field) for kind, field in zip(kinds, fields)]
+    count = struct.pack(">h", len(fields))
+    null = struct.pack(">i", -1)
+    length = struct.Struct(">i").pack
+    buffer = io.BytesIO()
+    buffer.write(b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0))
+    packed = _packed(fields, kinds, rows)
+    for pk, row in rows if packed is None else ():
+        parts = [count]
+        for field, encode in zip(fields, encoders):
+            value = pk if field.name == "task" else row[field.name]
+            if value is not None and not hasattr(field, "postgres_binary"):
+                value = field.db_value(value)
+            if value is None:
+                parts.append(null)
+            else:
+                data = encode(value)
+                parts += (length(len(data)), data)
+        buffer.write(b"".join(parts))
+    if packed is not None:
+        buffer.write(packed)
+    buffer.write(struct.pack(">h", -1))
+    buffer.seek(0)
+    names = ", ".join(f'"{field.column_name}"' for field in fields)
+    db.cursor().copy_expert(f"COPY {POSTGRESQL.table(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
+
+
+def dialect(db: peewee.Database | peewee.DatabaseProxy | None) -> SQLite:
+    """The dialect of ``db`` (a proxy stands for the database it points to; an unbound one for PostgreSQL's,
+    whose schema the models name by default)."""
+    if isinstance(db, peewee.DatabaseProxy):
+        db = db.obj
+    return SQLITE if isinstance(db, peewee.SqliteDatabase) else POSTGRESQL
+
+
+def of_model(model: type[peewee.Model]) -> SQLite:
+    """The dialect of the database ``model`` is bound to."""
+    return dialect(model._meta.database)
+
+
+class SchemaFromDialect(peewee.Metadata):
+    """Model metadata whose schema is the dialect's of the database the model is bound to: ``astra`` on
+    PostgreSQL, none on SQLite. The one place that decides whether astra's tables carry the ``astra.`` prefix.
+
+    A schema set by hand (``model._meta.schema = ...``) is ignored; a model bound to no database names PostgreSQL's.
+    """
+
+    @property
+    def schema(self) -> str | None:
+        return dialect(self.database).schema
+
+    @schema.setter
+    def schema(self, value: str | None) -> None:
+        self._schema = value  # set by peewee as the model is made; not what the model uses
+
+    @property
+    def table(self) -> peewee.Table:
+        schema = self.schema
+        if self._table is None or self._table._schema != schema:
+            self._table = peewee.Table(
+                self.table_name,
+                [field.column_name for field in self.sorted_fields],
+                schema=schema,
+                _model=self.model,
+                _database=self.database,
+            )
+        return self._table
+
+    @table.deleter
+    def table(self) -> None:
+        self._table = None
+
+    @property
+    def entity(self) -> peewee.Entity:
+        schema = self.schema
+        return peewee.Entity(schema, self.table_name) if schema else peewee.Entity(self.table_name)
