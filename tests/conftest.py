@@ -20,7 +20,7 @@ import pytest
 import workflows
 from astra import outputs
 from astra.database import create_schema, output_tables
-from astra.database.connection import _State
+from astra.database.connection import reset
 from astra.targets import forget_cached
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,9 +74,7 @@ def postgres_database():
 
 
 def _close_connections() -> None:
-    if _State.database is not None and _State.pid == os.getpid():
-        _State.database.close()
-    _State.pid = _State.key = _State.database = None
+    reset()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -10,7 +10,8 @@ import luigi
 import pytest
 
 import astra
-from astra.database import Parameter, Task, database, is_postgres, queries
+from astra.database import Parameter, Task, database, queries
+from astra.database.connection import is_postgres
 from tests.test_claims import Hold, background, hold_args, runners, start_later, wait_for
 
 

@@ -8,7 +8,8 @@ import luigi
 import pytest
 
 from astra import DatabaseTarget
-from astra.database import DatabaseError, Task, database, is_postgres
+from astra.database import DatabaseError, Task, database
+from astra.database.connection import is_postgres
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.example_tasks import Failing, Leaf, Node, Note, WritesNotes

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from astra.database import describe
-from astra.database.connection import _State
+from astra.database.connection import reset
 from tests.conftest import REPO, _postgres_or_skip, run_luigi
 from tests.test_claims import free_port
 
@@ -28,7 +28,7 @@ def luigi_config():
     yield config
     if config.has_section("astra"):
         config.remove_section("astra")
-    _State.pid = _State.key = _State.database = None
+    reset()
 
 
 def test_environment_overrides_the_astra_section(tmp_path, monkeypatch, luigi_config):
@@ -140,7 +140,8 @@ def test_unknown_url_scheme_is_one_clear_line(tmp_path):
 
 
 def _child_backend_pid(queue) -> None:
-    from astra.database import database, is_postgres
+    from astra.database import database
+    from astra.database.connection import is_postgres
 
     db = database()
     queue.put(db.execute_sql("select pg_backend_pid()").fetchone()[0] if is_postgres() else os.getpid())

@@ -13,8 +13,8 @@ import pytest
 
 import astra
 from astra.batch import BatchError
-from astra.database import Task, database, is_postgres, output_tables, records
-from astra.database.connection import SCHEMA_SQL, DatabaseNotReady
+from astra.database import Task, database, output_tables, records
+from astra.database.connection import SCHEMA_SQL, DatabaseNotReady, is_postgres
 from astra.database.queries import transaction
 from astra.identity import task_hash
 from astra.targets import forget_cached

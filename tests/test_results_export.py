@@ -8,7 +8,8 @@ import luigi
 import pytest
 from astropy.table import Table
 
-from astra.database import is_postgres, output_tables
+from astra.database import output_tables
+from astra.database.connection import is_postgres
 from astra.targets import forget_cached
 from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Visit
 from tests.test_cli import astra

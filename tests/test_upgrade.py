@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from astra.database import Task, database, versions
-from astra.database.connection import _State
+from astra.database.connection import reset
 from astra.database.models import SchemaVersion, utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
@@ -93,9 +93,7 @@ def old_database(backend, tmp_path, request, old_astra, monkeypatch) -> str:
     forget_cached()
     yield url
     forget_cached()
-    if _State.database is not None and _State.pid == os.getpid():
-        _State.database.close()
-    _State.pid = _State.key = _State.database = None
+    reset()
 
 
 @pytest.mark.slow
