@@ -1,5 +1,8 @@
 """Opening the database: one lazily opened connection per process, chosen by the ``[astra]`` settings.
 
+:data:`DATABASE` (a :class:`Database`) owns it; :func:`database` is the way in. What differs between SQLite and
+PostgreSQL once a database is open lives in :mod:`astra.database.dialect`.
+
 Order of precedence: ``--astra-database-url`` on the luigi command line, ``$ASTRA_DATABASE_URL``,
 ``[astra] database_url``, ``[astra] profile`` (through sdssdb), then an SQLite file at ``~/.astra/astra.db``.
 """

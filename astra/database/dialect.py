@@ -28,6 +28,9 @@ UTC = datetime.timezone.utc
 #: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
 CHUNK = 5000
 
+#: The status of a finished task (astra.database.queries.DONE, which imports this module).
+DONE = "done"
+
 #: Python's JSON brackets as PostgreSQL's array-literal braces, and back.
 _BRACES = str.maketrans("[]", "{}")
 
@@ -287,7 +290,7 @@ class PostgreSQL(SQLite):
                 "traceback = v.traceback, duration = v.duration, claim_token = NULL, lease = NULL FROM "
                 "unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::float8[]) "
                 "AS v(task_hash, result, error, traceback, duration) "
-                f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> 'done' RETURNING {task}.task_hash, "
+                f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, "
                 f"{task}.pk",
                 (status, now, now, completed, host, pid, *(list(column) for column in zip(*again))),
             )
@@ -359,6 +362,9 @@ class PostgreSQL(SQLite):
 
 
 SQLITE, POSTGRESQL = SQLite(), PostgreSQL()
+
+
+# PostgreSQL's bulk insert of output rows (PostgreSQL.insert_rows).
 
 
 def _postgres_type(db: peewee.Database, field: peewee.Field) -> str:
