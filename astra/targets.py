@@ -13,6 +13,7 @@ import os
 import time
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import luigi
 import peewee
@@ -185,7 +186,31 @@ def reopen_if_stale(task: luigi.Task) -> bool:
     return True
 
 
-def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Stale:
+    """Why a done task is not complete any more: one of its dynamic dependencies changed. ``str()`` says it.
+
+    Either ``missing`` of the ``expected`` dynamic dependencies are no longer recorded, or ``dependency`` (as
+    ``Name(key=value, ...)``) is recorded with ``status`` other than done, or it is done but under
+    ``recorded_hash`` while its class makes it ``current_hash`` today (None if the class cannot be rebuilt).
+    """
+
+    expected: int
+    missing: int = 0
+    dependency: str | None = None
+    status: str | None = None
+    recorded_hash: str | None = None
+    current_hash: str | None = None
+
+    def __str__(self) -> str:
+        if self.missing:
+            return f"{self.missing} of its {self.expected} dynamic dependencies are no longer recorded"
+        if self.status != queries.DONE:
+            return f"its dynamic dependency {self.dependency} is {self.status}"
+        return f"its dynamic dependency {self.dependency} is now a different task (a new version or upstream)"
+
+
+def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, Stale]:
     """Which of the done ``tasks`` (hash -> how many dynamic dependencies it recorded) are not complete, and why.
 
     luigi learns of a dynamic dependency only by running the task that yields it, so a change to one (a new
@@ -196,7 +221,7 @@ def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, str]:
     (two with parameters) per level of nested dynamic dependencies; the answers are kept like any other "done".
     """
     cache = _Cache.here()
-    stale: dict[str, str] = {}
+    stale: dict[str, Stale] = {}
     needs: dict[str, list[str]] = {}  # a task whose own records are current -> dynamic dependencies it needs
     frontier = dict(tasks)
     while frontier:
@@ -206,17 +231,17 @@ def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, str]:
             dependencies = recorded.get(task, [])
             reason = None
             if len(dependencies) < expected:
-                reason = f"{expected - len(dependencies)} of its {expected} dynamic dependencies are no longer recorded"
+                reason = Stale(expected, missing=expected - len(dependencies))
             for dependency in dependencies:
                 if reason:
                     break
                 name = f"{dependency.task_name}({', '.join(f'{k}={v}' for k, v in dependency.parameters.items())})"
                 if dependency.status != queries.DONE:
-                    reason = f"its dynamic dependency {name} is {dependency.status}"
-                elif recorded_task_hash(dependency.task_module, dependency.task_name, dependency.parameters) != (
-                    dependency.task_hash
-                ):
-                    reason = f"its dynamic dependency {name} is now a different task (a new version or upstream)"
+                    reason = Stale(expected, dependency=name, status=dependency.status)
+                else:
+                    current = recorded_task_hash(dependency.task_module, dependency.task_name, dependency.parameters)
+                    if current != dependency.task_hash:
+                        reason = Stale(expected, 0, name, dependency.status, dependency.task_hash, current)
             if reason:
                 stale[task] = reason
                 continue

@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import re
 
+from luigi.task_register import Register
+
 from tests.test_cli import SPECTRA, Broken, astra_many, main, one_line_error, run_pipeline
 from workflows import EstimateSNR
 from workflows.spectra import EXAMPLE_SPECTRA
+
+
+def reason(kind, parameter=None, recorded=None, asked=None, task=None, status=None) -> dict:
+    """One reason of ``why --json``, as it prints it."""
+    return {"kind": kind, "parameter": parameter, "recorded": recorded, "asked": asked, "task": task, "status": status}
 
 
 def test_why_done_not_recorded_and_failed(database_url, capsys):
@@ -25,13 +32,19 @@ def test_why_done_not_recorded_and_failed(database_url, capsys):
 
     assert unknown.returncode == 1, unknown.stderr
     explained = json.loads(unknown.stdout)
-    assert explained["status"] == "not recorded" and explained["record"] is None
+    assert explained["status"] == "not recorded" and explained["record"] is None and explained["complete"] is False
     assert explained["task"] == f"EstimateSNR(spectrum_path={missing})"
+    assert (explained["task_module"], explained["task_name"]) == ("workflows", "EstimateSNR")
+    assert re.fullmatch(r"[0-9a-f]{64}", explained["task_hash"]) and explained["task_id"].startswith("EstimateSNR_")
+    assert explained["reasons"] == [reason("not_recorded")]
     assert len(explained["closest"]) == 3
+    recorded = set()
     for candidate in explained["closest"]:
         assert candidate["record"]["task_name"] == "EstimateSNR"
-        (difference,) = candidate["differences"]
-        assert difference.startswith("parameter spectrum_path: recorded '") and f"asked '{missing}'" in difference
+        (difference,) = candidate["differences"]  # data only: the sentences are in the text output
+        assert difference == reason("parameter", "spectrum_path", difference["recorded"], missing)
+        recorded.add(difference["recorded"])
+    assert len(recorded) == 3 and recorded <= set(SPECTRA)
 
     pair = main(capsys, "tasks", "why", "SummariseSNR", "--pattern", "spec-0000[12].fits")
     assert pair.returncode == 1
@@ -45,6 +58,9 @@ def test_why_done_not_recorded_and_failed(database_url, capsys):
     assert failed.returncode == 1
     assert failed.stdout.startswith("Broken(reason=broken on purpose) failed: task ")
     assert "  error: ValueError: broken on purpose\nluigi will run it again." in failed.stdout
+    failed = json.loads(main(capsys, "tasks", "why", "Broken", "--json").stdout)
+    assert failed["status"] == "failed" and failed["reasons"] == [reason("failed", status="failed")]
+    assert failed["record"]["error"] == "ValueError: broken on purpose" and failed["closest"] == []
 
     # A batch is done when all its items are.
     batch = main(capsys, "tasks", "why", "EstimateSNRBatch", "--spectra-dir", str(EXAMPLE_SPECTRA))
@@ -58,6 +74,40 @@ def test_why_done_not_recorded_and_failed(database_url, capsys):
 
     never = main(capsys, "tasks", "why", "--module", "tests.test_cli", "Broken", "--reason", "other")
     assert "No Broken task" not in never.stdout and "parameter reason: recorded 'broken on purpose'" in never.stdout
+
+
+def test_why_json_says_what_differs_as_data(database_url, capsys, monkeypatch):
+    """``--json`` gives each difference as kind, parameter, recorded and asked values; the text says it in words."""
+    run_pipeline()
+    done = json.loads(main(capsys, "tasks", "why", "EstimateSNR", "--spectrum-path", SPECTRA[0], "--json").stdout)
+    assert done["complete"] is True and done["status"] == "done" and done["reasons"] == []
+    assert done["record"]["task_hash"] == done["task_hash"]
+
+    # A summary asked for other inputs: a parameter, and upstream tasks it was not made from, each as data.
+    pair = json.loads(main(capsys, "tasks", "why", "SummariseSNR", "--pattern", "spec-0000[12].fits", "--json").stdout)
+    (closest,) = pair["closest"]
+    parameter, *upstream = closest["differences"]
+    assert parameter == reason("parameter", "pattern", "*.fits", "spec-0000[12].fits")
+    assert len(upstream) == 3 and {d["kind"] for d in upstream} == {"dependency"}
+    for dependency in upstream:
+        assert dependency["asked"] is None and dependency["status"] == "done"
+        assert dependency["recorded"] == dependency["task"]["task_hash"]
+        assert dependency["task"]["task_id"].startswith("EstimateSNR_")
+
+    # A new version of EstimateSNR: the closest record has the same parameters, and differs by its version only.
+    monkeypatch.setattr(EstimateSNR, "version", "2")
+    Register.clear_instance_cache()  # instances made before the change remember their identity
+    try:
+        bumped = main(capsys, "tasks", "why", "EstimateSNR", "--spectrum-path", SPECTRA[0], "--json")
+        text = main(capsys, "tasks", "why", "EstimateSNR", "--spectrum-path", SPECTRA[0])
+    finally:
+        Register.clear_instance_cache()
+    assert bumped.returncode == 1
+    explained = json.loads(bumped.stdout)
+    assert explained["version"] == "2" and explained["reasons"] == [reason("not_recorded")]
+    closest = explained["closest"][0]
+    assert closest["differences"] == [reason("version", None, "", "2")]
+    assert "    version: recorded '(none)', asked '2'" in text.stdout.splitlines()
 
 
 def test_why_usage_errors(database_url, capsys):

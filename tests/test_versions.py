@@ -88,6 +88,8 @@ def test_bumping_a_version_reruns_the_task_and_what_depends_on_it(database_url, 
     assert explained["upstream_not_done"] == ["Calibrate(night=1)"]
     closest = explained["closest"][0]
     assert closest["record"]["pk"] == newest.pk
-    assert closest["differences"][0].startswith("upstream: needs Calibrate(night=1) (not recorded, hash ")
-    assert closest["differences"][1].startswith("upstream: was made from task ")
-    assert "(version 2)" in closest["differences"][1]
+    needs, made_from = closest["differences"]
+    assert needs["kind"] == made_from["kind"] == "dependency"
+    assert needs["task"]["task"] == "Calibrate(night=1)" and needs["status"] == "not recorded"
+    assert needs["recorded"] is None and needs["asked"] == needs["task"]["task_hash"]
+    assert made_from["task"]["version"] == "2" and made_from["status"] == "done" and made_from["asked"] is None

@@ -1,0 +1,65 @@
+"""The ``astra`` command: look at, explain and forget the task records in the astra database.
+
+Tables are for people; ``--json`` prints the same records for scripts. Exit codes: 0 when all went well, 1 when
+nothing matched or something failed (an unreachable database, a task that is not done), 2 for a usage error.
+
+One module per command group (:mod:`.db`, :mod:`.tasks` with :mod:`.why`, :mod:`.results`), each a thin layer
+over the query and explanation modules below it (``astra.database.records``, ``astra.explain``,
+``astra.results_table``); :mod:`.formats` and :mod:`.options` are what they share.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import peewee
+
+from astra import __version__
+from astra.cli.db import db
+from astra.cli.formats import say
+from astra.cli.options import CONTEXT, help_if_bare
+from astra.cli.results import results
+from astra.cli.tasks import tasks
+from astra.cli.why import why
+from astra.database import DatabaseError, DatabaseNotReady
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="astra")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Look at, explain and forget the task records in the astra database."""
+    help_if_bare(ctx)
+
+
+cli.add_command(db)
+tasks.add_command(why)
+cli.add_command(tasks)
+cli.add_command(results)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``astra`` console script."""
+    try:
+        code = cli.main(args, prog_name="astra", standalone_mode=False)
+    except DatabaseNotReady as exc:
+        say(str(exc.code))
+        code = 1
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        say(f"astra: {exc.format_message()}{hint}")
+        code = 2
+    except click.Abort:
+        # An answer piped in is not echoed, so the prompt's line is still open.
+        say(("" if sys.stdin.isatty() else "\n") + "astra: aborted, nothing changed")
+        code = 1
+    except click.ClickException as exc:
+        say(f"astra: {exc.format_message()}")
+        code = exc.exit_code
+    except (DatabaseError, peewee.PeeweeException) as exc:
+        lines = str(exc).strip().splitlines()
+        say(f"astra: database error: {lines[0] if lines else type(exc).__name__}")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,97 @@
+"""``astra db``: create the astra schema (and output tables), print its DDL, upgrade it, say what it holds."""
+
+from __future__ import annotations
+
+import click
+
+from astra.cli import formats
+from astra.cli.options import CONTEXT, help_if_bare, json_option, module_option, output_models
+from astra.database import create_schema, describe, output_tables, records, upgrade_schema
+from astra.database.connection import SCHEMA_SQL
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.pass_context
+def db(ctx: click.Context) -> None:
+    """The astra database: create its schema, see what it holds."""
+    help_if_bare(ctx)
+
+
+@db.command(context_settings=CONTEXT)
+@module_option
+def init(modules: tuple[str, ...]) -> None:
+    """Create the astra schema in the configured database (a no-op where it exists; never drops data).
+
+    On PostgreSQL this runs schema/astradb/astradb.sql. The database is $ASTRA_DATABASE_URL, else [astra] in
+    luigi.cfg, else ~/.astra/astra.db. With --module, also the output tables of the tasks in those modules.
+    """
+    models = output_models(modules)
+    click.echo(f"astra schema ready in {create_schema()}")
+    output_tables.create(models)
+    for model in models:
+        click.echo(f"output table {output_tables.table_name(model)} ready ({model.__module__}.{model.__name__})")
+
+
+@db.command(context_settings=CONTEXT)
+@module_option
+def sql(modules: tuple[str, ...]) -> None:
+    """Print the PostgreSQL DDL of the astra schema, or with --module of those modules' output tables.
+
+    For whoever owns the database: `astra db sql --module workflows | psql -d sdss5db`. Safe to run again.
+    """
+    if not modules:
+        click.echo(SCHEMA_SQL.read_text().rstrip())
+        return
+    for statement in output_tables.ddl(output_models(modules)):
+        click.echo(statement)
+
+
+@db.command(context_settings=CONTEXT)
+def upgrade() -> None:
+    """Bring a database made by an older astra to this astra's schema, keeping every task and its result.
+
+    Each step runs in a transaction of its own (on PostgreSQL, workers wait while it runs); running it again
+    does nothing.
+    """
+
+    def progress(version: int, description: str) -> None:
+        click.echo(f"schema {version}: {description}")
+
+    where, before, after = upgrade_schema(progress)
+    if before == after:
+        click.echo(f"{where} already holds astra schema {after}; nothing to do")
+    else:
+        click.echo(f"upgraded {where} from astra schema {before} to {after}")
+
+
+@db.command(context_settings=CONTEXT)
+@json_option
+def status(as_json: bool) -> None:
+    """Where the database is (password masked) and how many tasks it holds, per status and per task name."""
+    where = describe()
+    summary = records.summary()
+    if as_json:
+        names = [{"task_name": name, **counts, "total": sum(counts.values())} for name, counts in summary.names.items()]
+        formats.print_json(
+            {
+                "database": where,
+                "total": summary.total,
+                "statuses": summary.statuses,
+                "names": names,
+                "parameters": summary.parameters,
+                "dependencies": summary.dependencies,
+            }
+        )
+        return
+    counts = ", ".join(f"{status} {n}" for status, n in summary.statuses.items())
+    click.echo(f"database      {where}")
+    click.echo(f"tasks         {summary.total} ({counts})")
+    click.echo(f"parameters    {summary.parameters} distinct values")
+    click.echo(f"dependencies  {summary.dependencies} edges")
+    if summary.names:
+        rows = [
+            [name, *(str(counts[s]) for s in records.STATUSES), str(sum(counts.values()))]
+            for name, counts in summary.names.items()
+        ]
+        click.echo()
+        click.echo(formats.table(["name", *records.STATUSES, "total"], rows))

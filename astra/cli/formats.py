@@ -1,0 +1,114 @@
+"""How the ``astra`` command writes things: times, durations, tables for people, records as JSON for scripts."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+
+import click
+import luigi
+
+from astra.database.models import Task
+
+UTC = datetime.timezone.utc
+
+#: The columns of a task listing (``astra tasks list``, ``astra tasks forget``).
+TASK_HEADERS = ["pk", "name", "status", "version", "when (UTC)", "duration", "host", "hash", "parameters"]
+
+
+def time(value: datetime.datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def iso(value: datetime.datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, seconds = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def short(value: str, width: int = 40) -> str:
+    # The end of a long value (a file name, the last digits) tells values apart better than its start.
+    return value if len(value) <= width else "..." + value[-(width - 3) :]
+
+
+def name(task: luigi.Task | str, width: int = 200) -> str:
+    """A task as luigi writes it, cut short: a batch's list of a million files is no use on a terminal."""
+    text = str(task)
+    return text if len(text) <= width else text[: width - 4] + "...)"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
+    lines = [headers, ["-" * width for width in widths], *rows]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def record(task: Task, parameters: dict[str, str] | None = None) -> dict:
+    """A task record as plain JSON values."""
+    found = {
+        "pk": task.pk,
+        "task_module": task.task_module,
+        "task_name": task.task_name,
+        "task_id": task.task_id,
+        "task_hash": task.task_hash,
+        "version": task.version,
+        "status": task.status,
+        "created": iso(task.created),
+        "started": iso(task.started),
+        "heartbeat": iso(task.heartbeat),
+        "completed": iso(task.completed),
+        "duration": task.duration,
+        "host": task.host,
+        "pid": task.pid,
+        "attempts": task.attempts,
+        "astra_version": task.astra_version,
+        "error": task.error,
+        "slurm_job_id": task.slurm_job_id,
+        "slurm_node": task.slurm_node,
+    }
+    if parameters is not None:
+        found["parameters"] = parameters
+    return found
+
+
+def edge(task: Task) -> dict:
+    """A required or requiring task, as JSON."""
+    return {k: getattr(task, k) for k in ("pk", "task_name", "task_id", "task_hash", "status", "dynamic")}
+
+
+def task_rows(tasks: Sequence[Task], parameters: dict[int, dict[str, str]]) -> list[list[str]]:
+    """The rows of a task listing (see TASK_HEADERS)."""
+    return [
+        [
+            str(task.pk),
+            task.task_name,
+            task.status,
+            task.version or "-",
+            time(task.completed or task.started or task.created),
+            duration(task.duration),
+            task.host or "-",
+            task.task_hash[:12],
+            " ".join(f"{key}={short(value)}" for key, value in parameters[task.pk].items()),
+        ]
+        for task in tasks
+    ]
+
+
+def print_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, allow_nan=False))
+
+
+def say(message: str) -> None:
+    """A note for the person at the terminal (stderr, so stdout stays clean for scripts)."""
+    click.echo(message, err=True)

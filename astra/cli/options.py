@@ -1,0 +1,141 @@
+"""What the commands share: their context settings, the options that select tasks, importing the user's modules."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+import click
+
+from astra import outputs
+from astra.cli.formats import UTC, say
+from astra.database import records
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+module_option = click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Also the output tables of every astra.OutputModel in this module (repeat for several).",
+)
+
+
+class When(click.ParamType):
+    """A time (ISO 8601, UTC unless it says otherwise) or an age such as ``30m``, ``2h``, ``7d``."""
+
+    name = "WHEN"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    def convert(self, value, param, ctx) -> datetime.datetime:
+        if isinstance(value, datetime.datetime):
+            return value
+        text = value.strip()
+        age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
+        if age:
+            seconds = float(age.group(1)) * self.UNITS[age.group(2)]
+            return datetime.datetime.now(UTC) - datetime.timedelta(seconds=seconds)
+        try:
+            when = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither a time (2026-11-25, 2026-11-25T14:00) nor an age (30m, 2h, 7d)")
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _parse_where(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values:
+        key, equals, wanted = value.partition("=")
+        key = key.strip().replace("-", "_")  # --spectrum-path on luigi's command line is spectrum_path here
+        if not equals or not key:
+            raise click.BadParameter(f"{value!r} is not key=value", ctx=ctx, param=param)
+        pairs.append((key, wanted))
+    return tuple(pairs)
+
+
+def filter_options(command: Callable) -> Callable:
+    """The options that select tasks, collected into a ``filters`` argument."""
+    options = [
+        click.option("--name", "names", multiple=True, help="Task name (luigi family). Repeat for several."),
+        click.option("--module", "modules", multiple=True, help="Module the task class is defined in."),
+        click.option(
+            "--status", "statuses", multiple=True, type=click.Choice(records.STATUSES), help="Recorded status."
+        ),
+        click.option(
+            "--where",
+            multiple=True,
+            callback=_parse_where,
+            metavar="KEY=VALUE",
+            help=(
+                "Parameter value as stored (see `astra tasks show`); * matches any text, \\* is a literal * and "
+                "\\\\ a literal backslash. Repeat to require all."
+            ),
+        ),
+        click.option("--since", type=When(), help="Created, started or completed since: a UTC time or an age (2h)."),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args, names, modules, statuses, where, since, **kwargs):
+        filters = records.Filters(tuple(names), tuple(modules), tuple(statuses), where, since)
+        return command(*args, filters=filters, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def nothing_matches(filters: records.Filters) -> click.ClickException:
+    """Why nothing matched, when the filters name something that does not exist at all."""
+    hints = []
+    unknown = [name for name in filters.names if name not in records.known_names()]
+    if unknown:
+        known = ", ".join(records.known_names()) or "none yet"
+        hints.append(f"no task is named {', '.join(map(repr, unknown))} (recorded: {known})")
+    missing = records.unknown_parameter_names(key for key, _ in filters.where)
+    if missing:
+        hints.append(f"no task has a parameter {', '.join(map(repr, missing))}")
+    return click.ClickException("no tasks match" + (": " + "; ".join(hints) if hints else ""))
+
+
+def help_if_bare(ctx: click.Context) -> None:
+    """A group called without a command shows its help, as a usage error."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
+
+
+def look_where_the_user_is() -> None:
+    """Find task modules in the current directory too (last), as ``luigi --module`` does.
+
+    The console script's path starts at its own directory, not at the user's.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
+def import_modules(names: Sequence[str]) -> list:
+    """Import the modules ``names`` (a usage error if one cannot be)."""
+    look_where_the_user_is()
+    found = []
+    for name in names:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise click.UsageError(f"cannot import module {name!r}: {exc}") from None
+    return found
+
+
+def output_models(names: Sequence[str]) -> list:
+    """The astra.OutputModels in the modules ``names``."""
+    models = outputs.models_in(import_modules(names))
+    if names and not models:
+        say(f"note: no astra.OutputModel in {', '.join(names)}")
+    return models

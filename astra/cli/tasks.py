@@ -1,0 +1,180 @@
+"""``astra tasks``: list, show and forget recorded tasks (``why`` is in :mod:`astra.cli.why`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import click
+
+from astra import values
+from astra.cli import formats
+from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches
+from astra.database import records
+from astra.database.models import Task
+
+#: How many tasks ``forget`` lists before it asks; the rest are counted per task name.
+SHOWN = 20
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.pass_context
+def tasks(ctx: click.Context) -> None:
+    """Recorded tasks: list, show, explain (why) and forget them."""
+    help_if_bare(ctx)
+
+
+@tasks.command("list", context_settings=CONTEXT)
+@filter_options
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0), help="At most this many (0: all).")
+@json_option
+def list_tasks(filters: records.Filters, limit: int, as_json: bool) -> None:
+    """List recorded tasks, newest first. Exit code 1 when none match."""
+    found = records.find(filters, limit)
+    parameters = records.parameters_of([task.pk for task in found])
+    if as_json:
+        formats.print_json([formats.record(task, parameters[task.pk]) for task in found])
+    elif found:
+        click.echo(formats.table(formats.TASK_HEADERS, formats.task_rows(found, parameters)))
+    if not found:
+        raise nothing_matches(filters)
+    if limit and len(found) == limit:
+        total = records.count(filters)
+        if total > limit:
+            formats.say(f"({limit} of {total} shown; --limit 0 shows all)")
+
+
+def _resolve(ref: str) -> Task:
+    try:
+        task = records.resolve(ref)
+    except records.AmbiguousReferenceError as exc:
+        raise click.ClickException(f"{exc}; give the pk or a longer hash") from None
+    if task is None:
+        raise click.ClickException(f"no task has pk, luigi task_id or hash (prefix) {ref!r}")
+    return task
+
+
+@tasks.command(context_settings=CONTEXT)
+@click.argument("ref")
+@json_option
+def show(ref: str, as_json: bool) -> None:
+    """Everything recorded about one task: REF is its pk, its hash (or a unique prefix) or its luigi task_id."""
+    task = records.whole(_resolve(ref).pk)  # the only task whose result is loaded
+    if task is None:
+        raise click.ClickException(f"task {ref!r} was forgotten meanwhile")
+    parameters = records.parameters_of([task.pk])[task.pk]
+    upstream, downstream = records.requires(task.pk), records.required_by(task.pk)
+    if as_json:
+        record = formats.record(task, parameters)
+        record["result"] = values.plain(task.result)  # strict JSON: NaN is {"$float": "NaN"}
+        record["traceback"] = task.traceback
+        record["requires"] = [formats.edge(t) for t in upstream]
+        record["required_by"] = [formats.edge(t) for t in downstream]
+        formats.print_json(record)
+        return
+    fields = [
+        ("status", task.status),
+        ("module", task.task_module),
+        ("luigi id", task.task_id),
+        ("hash", task.task_hash),
+        ("version", task.version or "(none)"),
+        ("created", formats.time(task.created)),
+        ("started", formats.time(task.started)),
+        ("heartbeat", formats.time(task.heartbeat)),
+        ("completed", formats.time(task.completed)),
+        ("duration", formats.duration(task.duration)),
+        ("host", f"{task.host or '-'} (pid {task.pid or '-'})"),
+        ("attempts", str(task.attempts)),
+        ("astra", task.astra_version),
+    ]
+    if task.slurm_job_id:
+        fields.append(("slurm", f"SLURM job {task.slurm_job_id} on {task.slurm_node or '(not started)'}"))
+    click.echo(f"task {task.pk}: {task.task_name}")
+    for label, value in fields:
+        click.echo(f"  {label:<10} {value}")
+    click.echo(f"parameters ({len(parameters)})")
+    for key, value in parameters.items():
+        click.echo(f"  {key} = {value}")
+    for label, linked in (("requires", upstream), ("required by", downstream)):
+        click.echo(f"{label} ({len(linked)})")
+        for other in linked:
+            dynamic = " (dynamic)" if other.dynamic else ""
+            click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}{dynamic}")
+    if task.result is not None:
+        click.echo(f"result\n  {formats.short(json.dumps(values.plain(task.result)), 2000)}")
+    if task.error:
+        click.echo(f"error\n  {task.error}")
+    if task.traceback:
+        click.echo("traceback\n" + "\n".join("  " + line for line in task.traceback.rstrip().splitlines()))
+
+
+@tasks.command(context_settings=CONTEXT)
+@click.argument("refs", nargs=-1, metavar="[REF]...")
+@filter_options
+@click.option("--all", "everything", is_flag=True, help="Every task (when no REF or filter is given).")
+@click.option("--cascade", is_flag=True, help="Also forget every task downstream that required them.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be forgotten.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def forget(
+    refs: tuple[str, ...],
+    filters: records.Filters,
+    everything: bool,
+    cascade: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    """Delete task records, so luigi runs those tasks again next time they are asked for.
+
+    Select the tasks by REF (pk, hash or luigi task_id) or by filters. Their parameters stay where other tasks
+    still use them. Everything is deleted in one transaction.
+    """
+    if refs and (filters or everything):
+        raise click.UsageError("give task references or filters, not both")
+    if not (refs or filters or everything):
+        raise click.UsageError("say which tasks to forget: REF..., filters (see --help) or --all")
+    chosen = [_resolve(ref) for ref in refs] if refs else records.find(filters)
+    if not chosen:
+        raise nothing_matches(filters)
+    if cascade:
+        chosen += records.get(records.downstream(task.pk for task in chosen))
+    chosen = list({task.pk: task for task in chosen}.values())
+    running = sum(task.status == "running" for task in chosen)
+    if not as_json:
+        _describe_plan(chosen, cascade)
+        if running:
+            formats.say(f"note: {running} of them are running; their workers will not be able to record them")
+    if dry_run:
+        if as_json:
+            formats.print_json({"dry_run": True, "tasks": [formats.record(task) for task in chosen]})
+        else:
+            formats.say("dry run: nothing forgotten")
+        return
+    if not yes:
+        click.confirm(f"Forget these {len(chosen)} tasks?", abort=True, err=True)
+    forgotten = records.forget([task.pk for task in chosen], cascade=cascade)
+    if as_json:
+        formats.print_json(
+            {
+                "dry_run": False,
+                "tasks": [formats.record(task) for task in forgotten.tasks],
+                "parameters_removed": forgotten.parameters,
+            }
+        )
+    else:
+        click.echo(
+            f"forgot {len(forgotten.tasks)} tasks; "
+            f"removed {forgotten.parameters} parameter values that no task uses any more"
+        )
+
+
+def _describe_plan(chosen: list[Task], cascade: bool) -> None:
+    per_name = Counter(task.task_name for task in chosen)
+    summary = ", ".join(f"{n} {name}" for name, n in sorted(per_name.items()))
+    click.echo(f"{len(chosen)} tasks to forget ({summary}){' with everything downstream' if cascade else ''}:")
+    shown = sorted(chosen, key=lambda task: task.pk)[:SHOWN]
+    parameters = records.parameters_of([t.pk for t in shown])
+    click.echo(formats.table(formats.TASK_HEADERS, formats.task_rows(shown, parameters)))
+    if len(chosen) > SHOWN:
+        click.echo(f"... and {len(chosen) - SHOWN} more")
