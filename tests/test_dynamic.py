@@ -5,6 +5,7 @@ task that yielded it, never leaving it running.
 
 from __future__ import annotations
 
+import json
 import re
 
 import luigi
@@ -49,8 +50,10 @@ def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_ur
         assert "This progress looks :)" in result.stdout, result.stdout
         return summary(result.stdout)
 
-    def why(module: str = "mymodule"):
-        return astra_command("tasks", "why", "--module", module, "MedianSNR", "--spectra-dir", str(spectra), env=env)
+    def why(module: str = "mymodule", *more: str):
+        return astra_command(
+            "tasks", "why", "--module", module, "MedianSNR", "--spectra-dir", str(spectra), *more, env=env
+        )
 
     assert "4 ran successfully" in luigi_run()
     median = Task.get(Task.task_name == "MedianSNR")
@@ -67,6 +70,9 @@ def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_ur
     assert stale.returncode == 1, stale.stdout + stale.stderr
     assert "is recorded done" in stale.stdout and "but luigi will run it again" in stale.stdout
     assert "is now a different task" in stale.stdout
+    (reason,) = json.loads(why("bumped", "--json").stdout)["reasons"]
+    assert reason["kind"] == "dynamic_dependency" and reason["task"]["task"].startswith("EstimateSNR(")
+    assert reason["recorded"] == reason["task"]["task_hash"] and reason["asked"] != reason["recorded"]
     assert "4 ran successfully" in luigi_run("bumped")
     median = Task.get(Task.task_name == "MedianSNR")
     assert median.status == "done" and median.attempts > first_attempts and median.error is None
