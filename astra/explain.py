@@ -46,10 +46,11 @@ class Reason:
     """One reason a task is not done, or one way a recorded task differs from the task asked for.
 
     ``kind`` is one of :data:`KINDS`. ``parameter`` names the parameter that differs; ``recorded`` and ``asked`` are
-    the two values that differ, the record's and the asked task's (a dependency: the hash each side has; a dynamic
-    dependency no longer recorded: how many are recorded and how many were). ``task`` identifies the other task a
-    dependency reason is about, ``status`` is the recorded status of the task the reason is about ("not recorded"
-    for none). Each is None where it does not apply.
+    the two values that differ, the record's and the asked task's. For a dependency that is the required task's
+    hash on the side that has it (None on the other); for a dynamic dependency that is now another task, its
+    recorded hash and the hash its class gives it today; for dynamic dependencies no longer recorded, how many still
+    are and how many the task had. ``task`` identifies the other task a dependency reason is about, ``status`` is the
+    recorded status of the task the reason is about ("not recorded" for none). Each is None where it does not apply.
     """
 
     kind: str
