@@ -23,6 +23,7 @@ setup(
         "sdssdb>=1.0",
         "numpy",
         "astropy",
+        "fitsio>=1.2",  # reads the example workflow's FITS tables in C, ~5x faster than astropy (still the fallback)
     ],
     extras_require={
         # The export tests use the export extra too.

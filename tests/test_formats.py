@@ -17,7 +17,13 @@ import astra
 from astra.database import Task
 from tests.conftest import run_luigi
 from workflows import EstimateSelectedSNR, EstimateSNR
-from workflows.formats import load_spectrum
+from workflows.formats import (
+    UnknownLayoutError,
+    load_spectrum,
+    read_spectrum,
+    signal_to_noise,
+    wavelength_range,
+)
 
 N_PIXELS = 500
 
@@ -168,6 +174,8 @@ def test_estimate_snr_reads_each_layout(database_url, tmp_path, layout):
     assert load_spectrum(path, **parameters).layout == name
     assert row.n_good_pixels == n_good
     assert row.snr == pytest.approx(snr, rel=1e-5)
+    # The task read the file with fitsio; what it recorded is exactly what the astropy reader gives.
+    assert row.snr == signal_to_noise(*read_spectrum(path, reader="astropy", **parameters))[0]
 
 
 def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
@@ -195,3 +203,60 @@ def test_an_unknown_layout_fails_with_one_line_naming_the_hdus(database_url, tmp
     assert row.status == "failed"
     assert "\n" not in row.error
     assert "HDUs found: 0 PRIMARY (image 4x5), 1 - (table: RA)" in row.error, row.error
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fitsio_reads_the_same_arrays_as_astropy(tmp_path, layout):
+    """astropy is the reference: the fitsio reader gives the same pixels, bit for bit (both convert the same stored
+    float32 and int32 values to float64 and int64, and take the wavelength grid from the same header values)."""
+    write, parameters, _ = LAYOUTS[layout]
+    path = tmp_path / "spectrum.fits"
+    write(path)
+    reference = load_spectrum(path, reader="astropy", **parameters)
+    fast = load_spectrum(path, reader="fitsio", **parameters)
+    assert fast.layout == reference.layout
+    for name in ("wavelength", "flux", "ivar", "mask"):
+        got, want = getattr(fast, name), getattr(reference, name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    for measure in (signal_to_noise, wavelength_range):
+        arrays = [(s.wavelength,) if measure is wavelength_range else () for s in (fast, reference)]
+        fast_value = measure(*arrays[0], fast.flux, fast.ivar, fast.mask)
+        assert fast_value == measure(*arrays[1], reference.flux, reference.ivar, reference.mask)
+
+
+def test_both_readers_fail_alike(tmp_path):
+    image = tmp_path / "image.fits"
+    fits.HDUList(
+        [fits.PrimaryHDU(np.zeros((4, 5))), fits.BinTableHDU.from_columns([fits.Column("RA", "D", array=[1.0])])]
+    ).writeto(image)
+    plate = tmp_path / "spPlate.fits"
+    write_spplate(plate, seed=11, fiber=1)
+    mwm = tmp_path / "mwmStar.fits"
+    write_mwm(mwm, seed=12, filled="BOSS/APO", n_rows=1)
+    for path, parameters, error in [
+        (image, {}, UnknownLayoutError),
+        (plate, {}, ValueError),
+        (plate, {"fiber": 21}, ValueError),
+        (mwm, {"hdu": "APOGEE/LCO"}, ValueError),
+        (mwm, {"hdu": "APOGEE/XYZ"}, ValueError),
+    ]:
+        messages = []
+        for reader in ("astropy", "fitsio"):
+            with pytest.raises(error) as raised:
+                load_spectrum(path, reader=reader, **parameters)
+            messages.append(str(raised.value))
+        assert messages[0] == messages[1]
+        if path == image:
+            assert "HDUs found: 0 PRIMARY (image 4x5), 1 - (table: RA)" in messages[0]
+
+
+def test_files_fitsio_cannot_open_are_read_by_astropy(tmp_path):
+    """A name cfitsio would parse as an instruction, and a file it refuses: astropy reads one, explains the other."""
+    odd = tmp_path / "spec[1]+2.fits"
+    snr, _ = write_spec(odd, seed=13)
+    assert signal_to_noise(*read_spectrum(odd))[0] == pytest.approx(snr, rel=1e-5)
+    broken = tmp_path / "broken.fits"
+    broken.write_text("not a FITS file")
+    with pytest.raises(OSError, match="No SIMPLE card found"):  # astropy's words, as before fitsio
+        load_spectrum(broken)

@@ -18,21 +18,38 @@ model describes them (https://data.sdss.org/datamodel/) and as specutils' ``sdss
   rows. ``hdu`` names the one to use (default: the first with rows); all its rows are used.
 
 APOGEE errors become inverse variances (1 / error**2, 0 where the error is not positive and finite).
+
+Files are read with ``fitsio`` (cfitsio, in C) when it is installed: about five times faster than astropy on the
+tables of ``spec`` files, and it reads one fibre of an spPlate instead of the whole image. astropy stays the
+reference (``reader="astropy"``; tests/test_formats.py checks that both give the same arrays), and reads what
+fitsio cannot open: a path cfitsio would take for its extended syntax (``file.fits[1]``), or a file it refuses.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
+try:
+    import fitsio
+except ImportError:  # astropy reads every layout too, only slower
+    fitsio = None
+
 #: Example spectra shipped with the repository, used when no other spectra are given.
 EXAMPLE_SPECTRA = Path(__file__).resolve().parent / "data" / "spectra"
 
 #: The instrument HDUs of mwmVisit/mwmStar files.
 MWM_HDUS = ("BOSS/APO", "BOSS/LCO", "APOGEE/APO", "APOGEE/LCO")
+
+#: The libraries load_spectrum can read files with.
+READERS = ("fitsio", "astropy")
+
+#: Paths fitsio is given: cfitsio reads ``[``, ``(``, ``+``, ``!`` and ``scheme://`` in a name as instructions.
+_PLAIN_PATH = re.compile(r"[\w./@%=,~ -]+")
 
 
 class UnknownLayoutError(ValueError):
@@ -69,82 +86,261 @@ def wavelength_range(
     return float(wavelength[good].min()), float(wavelength[good].max())
 
 
-def read_spectrum(path: str | Path, fiber: int | None = None, hdu: str = "") -> tuple[np.ndarray, ...]:
+def read_spectrum(
+    path: str | Path, fiber: int | None = None, hdu: str = "", reader: str = ""
+) -> tuple[np.ndarray, ...]:
     """Flux, inverse variance and pixel mask of the spectrum in ``path`` (see :func:`load_spectrum`)."""
-    spectrum = load_spectrum(path, fiber=fiber, hdu=hdu)
+    spectrum = load_spectrum(path, fiber=fiber, hdu=hdu, reader=reader)
     return spectrum.flux, spectrum.ivar, spectrum.mask
 
 
-def load_spectrum(path: str | Path, fiber: int | None = None, hdu: str = "") -> Spectrum:
-    """The spectrum in ``path``, in whichever layout the file has; ``fiber`` for spPlate, ``hdu`` for mwm files."""
-    with fits.open(path, memmap=False) as hdus:
-        layout = detect_layout(hdus)
-        if fiber is not None and layout != "spPlate":
-            raise ValueError(f"{path} is a {layout} file, which holds one spectrum: leave out --fiber")
-        if hdu and layout != "mwm":
-            raise ValueError(f"{path} is a {layout} file: --hdu is only for mwmVisit/mwmStar files")
-        spectrum = _READERS[layout](hdus, path=str(path), fiber=fiber, hdu=hdu)
-    return spectrum
+def load_spectrum(path: str | Path, fiber: int | None = None, hdu: str = "", reader: str = "") -> Spectrum:
+    """The spectrum in ``path``, in whichever layout the file has; ``fiber`` for spPlate, ``hdu`` for mwm files.
+
+    ``reader`` is "fitsio" or "astropy"; by default fitsio where it is installed and can open the file, else astropy.
+    """
+    if reader not in ("", *READERS):
+        raise ValueError(f"reader must be one of {', '.join(READERS)}, not {reader!r}")
+    if reader != "astropy" and fitsio is not None and _PLAIN_PATH.fullmatch(str(path)):
+        try:
+            with _FitsioFile(str(path)) as hdus:
+                return _load(hdus, path, fiber, hdu)
+        except OSError:  # a file cfitsio refuses: astropy reads it, or says better than cfitsio what is wrong
+            if reader == "fitsio":
+                raise
+    elif reader == "fitsio":
+        raise ValueError(f"fitsio cannot read {path}: " + ("it is not installed" if fitsio is None else "its name"))
+    with _AstropyFile(path) as hdus:
+        return _load(hdus, path, fiber, hdu)
 
 
-def detect_layout(hdus: fits.HDUList) -> str:
+def _load(hdus: FitsFile, path: str | Path, fiber: int | None, hdu: str) -> Spectrum:
+    layout = detect_layout(hdus)
+    if fiber is not None and layout != "spPlate":
+        raise ValueError(f"{path} is a {layout} file, which holds one spectrum: leave out --fiber")
+    if hdu and layout != "mwm":
+        raise ValueError(f"{path} is a {layout} file: --hdu is only for mwmVisit/mwmStar files")
+    return _READERS[layout](hdus, path=str(path), fiber=fiber, hdu=hdu)
+
+
+class FitsFile:
+    """An open FITS file as the layout readers see it, whichever library reads it: HDUs by number.
+
+    HDU names are upper case (``PRIMARY`` for an unnamed first HDU); :meth:`kind` is "image" (with data), "empty"
+    (an image HDU without data), "table" (binary) or "ascii table".
+    """
+
+    path = ""
+    names: list[str] = []
+
+    def index(self, name: str) -> int:
+        return self.names.index(name.upper())
+
+    def kind(self, i: int) -> str:
+        raise NotImplementedError
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        """The shape of an image HDU's data, as numpy gives it."""
+        raise NotImplementedError
+
+    def keywords(self, i: int) -> set[str]:
+        raise NotImplementedError
+
+    def value(self, i: int, keyword: str) -> object:
+        raise NotImplementedError
+
+    def columns(self, i: int) -> list[str]:
+        """The column names of a table HDU, as written."""
+        raise NotImplementedError
+
+    def rows(self, i: int) -> int:
+        raise NotImplementedError
+
+    def image(self, i: int, row: int | None = None) -> np.ndarray:
+        """An image HDU's data, or one row of a 2-d image."""
+        raise NotImplementedError
+
+    def column(self, i: int, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> FitsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _AstropyFile(FitsFile):
+    """The reference reader."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.hdus = fits.open(path, memmap=False)
+        self.path = str(path)
+        self.names = [h.name.upper() for h in self.hdus]
+
+    def kind(self, i: int) -> str:
+        h = self.hdus[i]
+        if isinstance(h, fits.BinTableHDU):
+            return "table"
+        if isinstance(h, fits.TableHDU):
+            return "ascii table"
+        if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and h.data is not None:
+            return "image"
+        return "empty"
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return self.hdus[i].data.shape
+
+    def keywords(self, i: int) -> set[str]:
+        return set(self.hdus[i].header)
+
+    def value(self, i: int, keyword: str) -> object:
+        return self.hdus[i].header[keyword]
+
+    def columns(self, i: int) -> list[str]:
+        return list(self.hdus[i].columns.names or [])
+
+    def rows(self, i: int) -> int:
+        data = self.hdus[i].data
+        return 0 if data is None else len(data)
+
+    def image(self, i: int, row: int | None = None) -> np.ndarray:
+        data = self.hdus[i].data
+        return data if row is None else data[row]
+
+    def column(self, i: int, name: str) -> np.ndarray:
+        return self.hdus[i].data[name]
+
+    def close(self) -> None:
+        self.hdus.close()
+
+
+class _FitsioFile(FitsFile):
+    """cfitsio through fitsio: a table is read whole (one read, faster than column by column), an image row alone."""
+
+    _KINDS = {"BINARY_TBL": "table", "ASCII_TBL": "ascii table"}
+
+    def __init__(self, path: str) -> None:
+        self.fits = fitsio.FITS(path)
+        self.path = path
+        self.hdus = list(self.fits)
+        self.names = [h.get_extname().strip().upper() for h in self.hdus]
+        if self.names and not self.names[0]:
+            self.names[0] = "PRIMARY"
+        self._headers: dict[int, object] = {}
+        self._tables: dict[int, np.ndarray] = {}
+
+    def kind(self, i: int) -> str:
+        kind = self.hdus[i].get_exttype()
+        if kind == "IMAGE_HDU":
+            return "image" if self.hdus[i].has_data() else "empty"
+        return self._KINDS.get(kind, "empty")
+
+    def shape(self, i: int) -> tuple[int, ...]:
+        return tuple(self.hdus[i].get_dims())
+
+    def _header(self, i: int):
+        if i not in self._headers:
+            self._headers[i] = self.hdus[i].read_header()
+        return self._headers[i]
+
+    def keywords(self, i: int) -> set[str]:
+        return set(self._header(i).keys())
+
+    def value(self, i: int, keyword: str) -> object:
+        return self._header(i)[keyword]
+
+    def columns(self, i: int) -> list[str]:
+        return list(self.hdus[i].get_colnames())
+
+    def rows(self, i: int) -> int:
+        return self.hdus[i].get_nrows()
+
+    def image(self, i: int, row: int | None = None) -> np.ndarray:
+        if row is None:
+            return self.hdus[i].read()
+        return self.hdus[i][row : row + 1, :][0]
+
+    def column(self, i: int, name: str) -> np.ndarray:
+        if i not in self._tables:
+            self._tables[i] = self.hdus[i].read()
+        return self._tables[i][name]
+
+    def close(self) -> None:
+        self.fits.close()
+
+
+def detect_layout(hdus: FitsFile | fits.HDUList) -> str:
     """The layout of an open FITS file: spec, spPlate, apStar, apVisit or mwm; UnknownLayoutError if none fits."""
-    names = [h.name.upper() for h in hdus]
-    if "COADD" in names and _columns(hdus["COADD"]) >= {"flux", "ivar"}:
+    if isinstance(hdus, fits.HDUList):
+        hdus = _wrap(hdus)
+    names = hdus.names
+    count = len(names)
+    if "COADD" in names and _columns(hdus, hdus.index("COADD")) >= {"flux", "ivar"}:
         return "spec"
-    if any(name in MWM_HDUS and isinstance(hdus[name], fits.BinTableHDU) for name in names):
+    if any(name in MWM_HDUS and hdus.kind(hdus.index(name)) == "table" for name in names):
         return "mwm"
-    images = [h for h in hdus if _is_image(h)]
-    primary = hdus[0]
+    images = [i for i in range(count) if hdus.kind(i) == "image"]
     if (
-        _is_image(primary)
-        and primary.data.ndim == 2
-        and {"COEFF0", "COEFF1"} <= set(primary.header)
-        and len(hdus) >= 3
-        and all(_is_image(h) and h.data.shape == primary.data.shape for h in hdus[1:3])
+        0 in images
+        and len(hdus.shape(0)) == 2
+        and {"COEFF0", "COEFF1"} <= hdus.keywords(0)
+        and count >= 3
+        and all(i in images and hdus.shape(i) == hdus.shape(0) for i in (1, 2))
     ):
         return "spPlate"
-    if primary.data is None and len(hdus) >= 4 and all(h in images for h in hdus[1:4]):
-        shape = hdus[1].data.shape
-        if all(h.data.shape == shape for h in hdus[2:4]):
-            if {"CRVAL1", "CDELT1"} <= set(hdus[1].header):
+    if hdus.kind(0) == "empty" and count >= 4 and all(i in images for i in (1, 2, 3)):
+        shape = hdus.shape(1)
+        if all(hdus.shape(i) == shape for i in (2, 3)):
+            if {"CRVAL1", "CDELT1"} <= hdus.keywords(1):
                 return "apStar"
-            if len(hdus) >= 5 and _is_image(hdus[4]) and hdus[4].data.shape == shape:
+            if count >= 5 and 4 in images and hdus.shape(4) == shape:
                 return "apVisit"
     raise UnknownLayoutError(
-        f"{Path(hdus.filename() or '?').name} is not a spectrum layout astra reads (spec, spPlate, apStar, apVisit, "
+        f"{Path(hdus.path or '?').name} is not a spectrum layout astra reads (spec, spPlate, apStar, apVisit, "
         f"mwmVisit/mwmStar); HDUs found: {describe_hdus(hdus)}"
     )
 
 
-def describe_hdus(hdus: fits.HDUList) -> str:
+def describe_hdus(hdus: FitsFile | fits.HDUList) -> str:
     """``0 PRIMARY (image 10x3), 1 FOO (table: a, b)``: what a file holds, for an error message."""
+    if isinstance(hdus, fits.HDUList):
+        hdus = _wrap(hdus)
     parts = []
-    for index, h in enumerate(hdus):
-        if isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
-            what = f"table: {', '.join(h.columns.names)}" if h.columns.names else "table"
-        elif h.data is None:
+    for index, name in enumerate(hdus.names):
+        kind = hdus.kind(index)
+        if kind.endswith("table"):
+            columns = hdus.columns(index)
+            what = f"table: {', '.join(columns)}" if columns else "table"
+        elif kind == "empty":
             what = "no data"
         else:
-            what = f"image {'x'.join(str(n) for n in h.data.shape)}"
-        parts.append(f"{index} {h.name or '-'} ({what})")
+            what = f"image {'x'.join(str(n) for n in hdus.shape(index))}"
+        parts.append(f"{index} {name or '-'} ({what})")
     return ", ".join(parts)
 
 
-def _is_image(h: fits.hdu.base.ExtensionHDU) -> bool:
-    return isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) and h.data is not None
+def _wrap(hdus: fits.HDUList) -> _AstropyFile:
+    """An HDUList opened elsewhere, seen as a FitsFile (closing it stays with whoever opened it)."""
+    wrapped = _AstropyFile.__new__(_AstropyFile)
+    wrapped.hdus, wrapped.path = hdus, hdus.filename() or ""
+    wrapped.names = [h.name.upper() for h in hdus]
+    return wrapped
 
 
-def _columns(h) -> set[str]:
-    return {name.lower() for name in h.columns.names} if isinstance(h, (fits.BinTableHDU, fits.TableHDU)) else set()
+def _columns(hdus: FitsFile, i: int) -> set[str]:
+    return {name.lower() for name in hdus.columns(i)} if hdus.kind(i).endswith("table") else set()
 
 
-def _column(table: fits.FITS_rec, *names: str, dtype: type = float) -> np.ndarray | None:
-    """The first of ``names`` that ``table`` has (FITS column names are case-insensitive), or None."""
-    present = {name.lower(): name for name in table.columns.names}
+def _column(hdus: FitsFile, i: int, *names: str, dtype: type = float) -> np.ndarray | None:
+    """The first of ``names`` that table HDU ``i`` has (FITS column names are case-insensitive), or None."""
+    present = {name.lower(): name for name in hdus.columns(i)}
     for name in names:
         if name in present:
-            return np.asarray(table[present[name]], dtype=dtype)
+            return np.asarray(hdus.column(i, present[name]), dtype=dtype)
     return None
 
 
@@ -156,66 +352,61 @@ def _ivar_from_error(error: np.ndarray) -> np.ndarray:
     return ivar
 
 
-def _read_spec(hdus: fits.HDUList, **_) -> Spectrum:
-    data = hdus["COADD"].data
-    loglam = _column(data, "loglam")
-    flux = _column(data, "flux")
-    mask = _column(data, "and_mask", dtype=np.int64)
+def _read_spec(hdus: FitsFile, **_) -> Spectrum:
+    coadd = hdus.index("COADD")
+    loglam = _column(hdus, coadd, "loglam")
+    flux = _column(hdus, coadd, "flux")
+    mask = _column(hdus, coadd, "and_mask", dtype=np.int64)
     return Spectrum(
         layout="spec",
         wavelength=10**loglam if loglam is not None else np.full(flux.shape, np.nan),
         flux=flux,
-        ivar=_column(data, "ivar"),
+        ivar=_column(hdus, coadd, "ivar"),
         mask=mask if mask is not None else np.zeros(flux.shape, dtype=np.int64),
     )
 
 
-def _read_spplate(hdus: fits.HDUList, path: str, fiber: int | None, **_) -> Spectrum:
-    flux = hdus[0].data
-    n_fibers, n_pixels = flux.shape
+def _read_spplate(hdus: FitsFile, path: str, fiber: int | None, **_) -> Spectrum:
+    n_fibers, n_pixels = hdus.shape(0)
     if fiber is None or not 1 <= fiber <= n_fibers:
         raise ValueError(
             f"{path} is an spPlate file of {n_fibers} fibres: use EstimateSelectedSNR --fiber 1..{n_fibers}"
         )
-    header = hdus[0].header
     row = fiber - 1
     return Spectrum(
         layout="spPlate",
-        wavelength=10 ** (header["COEFF0"] + header["COEFF1"] * np.arange(n_pixels)),
-        flux=np.asarray(flux[row], dtype=float),
-        ivar=np.asarray(hdus[1].data[row], dtype=float),
-        mask=np.asarray(hdus[2].data[row], dtype=np.int64),
+        wavelength=10 ** (hdus.value(0, "COEFF0") + hdus.value(0, "COEFF1") * np.arange(n_pixels)),
+        flux=np.asarray(hdus.image(0, row), dtype=float),
+        ivar=np.asarray(hdus.image(1, row), dtype=float),
+        mask=np.asarray(hdus.image(2, row), dtype=np.int64),
     )
 
 
-def _read_apstar(hdus: fits.HDUList, **_) -> Spectrum:
-    def first_row(image: np.ndarray) -> np.ndarray:
-        return image[0] if image.ndim == 2 else image
-
-    header = hdus[1].header
-    flux = np.asarray(first_row(hdus[1].data), dtype=float)
+def _read_apstar(hdus: FitsFile, **_) -> Spectrum:
+    row = 0 if len(hdus.shape(1)) == 2 else None  # the first (combined) row, or the only one
+    flux = np.asarray(hdus.image(1, row), dtype=float)
     return Spectrum(
         layout="apStar",
-        wavelength=10 ** (header["CRVAL1"] + header["CDELT1"] * np.arange(flux.size)),
+        wavelength=10 ** (hdus.value(1, "CRVAL1") + hdus.value(1, "CDELT1") * np.arange(flux.size)),
         flux=flux,
-        ivar=_ivar_from_error(first_row(hdus[2].data)),
-        mask=np.asarray(first_row(hdus[3].data), dtype=np.int64),
+        ivar=_ivar_from_error(hdus.image(2, row)),
+        mask=np.asarray(hdus.image(3, row), dtype=np.int64),
     )
 
 
-def _read_apvisit(hdus: fits.HDUList, **_) -> Spectrum:
+def _read_apvisit(hdus: FitsFile, **_) -> Spectrum:
     return Spectrum(
         layout="apVisit",
-        wavelength=np.asarray(hdus[4].data, dtype=float).ravel(),
-        flux=np.asarray(hdus[1].data, dtype=float).ravel(),
-        ivar=_ivar_from_error(hdus[2].data).ravel(),
-        mask=np.asarray(hdus[3].data, dtype=np.int64).ravel(),
+        wavelength=np.asarray(hdus.image(4), dtype=float).ravel(),
+        flux=np.asarray(hdus.image(1), dtype=float).ravel(),
+        ivar=_ivar_from_error(hdus.image(2)).ravel(),
+        mask=np.asarray(hdus.image(3), dtype=np.int64).ravel(),
     )
 
 
-def _read_mwm(hdus: fits.HDUList, path: str, hdu: str, **_) -> Spectrum:
-    present = [h.name for h in hdus if h.name in MWM_HDUS]
-    with_rows = [name for name in present if hdus[name].data is not None and len(hdus[name].data)]
+def _read_mwm(hdus: FitsFile, path: str, hdu: str, **_) -> Spectrum:
+    present = [name for name in hdus.names if name in MWM_HDUS]
+    with_rows = [name for name in present if hdus.rows(hdus.index(name))]
     if hdu:
         if hdu.upper() not in present:
             raise ValueError(f"{path} has no HDU {hdu!r}; it has {', '.join(present)}")
@@ -224,21 +415,22 @@ def _read_mwm(hdus: fits.HDUList, path: str, hdu: str, **_) -> Spectrum:
         name = with_rows[0]
     else:
         raise ValueError(f"{path} holds no spectra: its HDUs {', '.join(present)} are all empty")
-    table = hdus[name].data
-    if table is None or not len(table):
+    table = hdus.index(name)
+    if not hdus.rows(table):
         raise ValueError(f"{path}: HDU {name} is empty; these have spectra: {', '.join(with_rows) or 'none'}")
-    flux = _column(table, "flux")
-    ivar = _column(table, "ivar")
+    flux = _column(hdus, table, "flux")
+    ivar = _column(hdus, table, "ivar")
     if ivar is None:
-        error = _column(table, "e_flux")
+        error = _column(hdus, table, "e_flux")
         if error is None:
             raise ValueError(f"{path}: HDU {name} has neither ivar nor e_flux")
         ivar = _ivar_from_error(error)
-    mask = _column(table, "pixel_flags", "bitmask", dtype=np.int64)
-    header = hdus[name].header
-    wavelength = _column(table, "wavelength", "lambda")
-    if wavelength is None and {"CRVAL", "CDELT", "NPIXELS"} <= set(header):
-        wavelength = 10 ** (header["CRVAL"] + header["CDELT"] * np.arange(header["NPIXELS"]))
+    mask = _column(hdus, table, "pixel_flags", "bitmask", dtype=np.int64)
+    keywords = hdus.keywords(table)
+    wavelength = _column(hdus, table, "wavelength", "lambda")
+    if wavelength is None and {"CRVAL", "CDELT", "NPIXELS"} <= keywords:
+        crval, cdelt, n_pixels = (hdus.value(table, keyword) for keyword in ("CRVAL", "CDELT", "NPIXELS"))
+        wavelength = 10 ** (crval + cdelt * np.arange(n_pixels))
     # One wavelength grid in the header serves every row (visit) of the table.
     wavelength = np.full(flux.shape, np.nan) if wavelength is None else np.asarray(wavelength, dtype=float)
     return Spectrum(
