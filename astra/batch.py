@@ -19,6 +19,12 @@ once, e.g. with numpy) and recorded ``chunk_size`` at a time, in one transaction
 ``run()`` raises is recorded as failed with its error and the others carry on; at the end the batch fails, naming
 how many items failed, so luigi reports it and a re-run tries just those again.
 
+With ``--processes N`` (or ``[astra] batch_processes``) the chunks are worked in a pool of N processes, each
+with a fresh interpreter (never a fork of this one, whose database connection and helper threads must stay its
+own). The pool only computes: it sends back each item's record, and this process writes the records, one
+transaction per chunk, as with one process. A pool process that dies (killed, out of memory) takes nothing with it
+but the items it held: they stay not done, the batch fails, and a re-run works them.
+
 What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
 the first to record it wins), or run the items' requirements (an item whose input is missing fails).
 """
@@ -26,16 +32,21 @@ the first to record it wins), or run the items' requirements (an item whose inpu
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import pickle
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 
 import luigi
 
 import astra
-from astra import outputs, slurm, values
+from astra import config, outputs, slurm, values
 from astra.claims import summarise
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection
@@ -47,6 +58,10 @@ logger = logging.getLogger("luigi-interface")
 
 class BatchError(RuntimeError):
     """Some items of a batch failed (each is recorded as failed, with its error, in ``astra.task``)."""
+
+
+class PoolBrokenError(RuntimeError):
+    """A process of a batch's pool died; the items it was working on are not recorded (a re-run works them)."""
 
 
 class BatchTask(luigi.Task):
@@ -63,6 +78,10 @@ class BatchTask(luigi.Task):
     executor: str | None = None
     #: Shares (SLURM array elements) under the SLURM executor; 0: ``slurm_jobs`` of the class, else ``[slurm] jobs``.
     jobs = luigi.IntParameter(default=0, significant=False, description="SLURM array elements to split the items into")
+    #: Processes that work the chunks at once; 0: ``[astra] batch_processes`` (default 1: this process alone).
+    processes = luigi.IntParameter(
+        default=0, significant=False, description="processes that work the items at once (0: [astra] batch_processes)"
+    )
     #: Seconds this batch has spent writing records (for the logs and benchmarks).
     recording_seconds: float = 0.0
     #: Longest time, in seconds of work, between two progress reports to luigid.
@@ -133,14 +152,9 @@ class BatchTask(luigi.Task):
         self._started = time.monotonic()
         self._logged_at = self._started
         model = outputs.output_model(self.item_class)
-        for chunk in _chunks(self.pending(), self.chunk_size):
-            started = time.perf_counter()
-            results = self._process_reporting(chunk, total, done + failed, failed)
-            output_rows: dict[str, list[dict]] = {}
-            if model is not None:  # the results go into the output table, not the result column
-                results = [_output_rows(model, item, r, output_rows) for item, r in zip(chunk, results)]
-            duration = (time.perf_counter() - started) / len(chunk)
-            records = [_row(item, duration, result) for item, result in zip(chunk, results)]
+        processes = self.processes or config.settings().batch_processes
+        worked = self._work_in_pool(model, total, processes) if processes > 1 else self._work_here(model, total)
+        for records, output_rows in worked:
             good = [record for record in records if "error" not in record]
             bad = [record for record in records if "error" in record]
             recording = time.perf_counter()
@@ -160,6 +174,83 @@ class BatchTask(luigi.Task):
         self._progress(done + failed, total, failed, final=True)
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
+
+    def _work_here(self, model: type | None, total: int | None) -> Iterator[tuple[list[dict], dict]]:
+        """The records of the pending items and their output rows by task hash, a chunk at a time, worked here."""
+        before = failed = 0
+        for chunk in _chunks(self.pending(), self.chunk_size):
+            started = time.perf_counter()
+            results = self._process_reporting(chunk, total, before, failed)
+            records, output_rows = _records(model, chunk, results, time.perf_counter() - started)
+            before += len(chunk)
+            failed += sum(1 for record in records if "error" in record)
+            yield records, output_rows
+
+    def _work_in_pool(self, model: type | None, total: int | None, processes: int) -> Iterator[tuple[list[dict], dict]]:
+        """As :meth:`_work_here`, the chunks worked by a pool of ``processes`` processes, in parts.
+
+        A part goes to whichever process is free; it starts as one item and grows to as many as take about
+        ``progress_seconds / 2``, at most a share of a chunk, so every process has work and luigid hears of
+        progress. Two parts per process are kept in flight, and the next chunk is started while the oldest is
+        finished and recorded, so the pool does not wait for the database.
+        """
+        try:
+            spec = pickle.dumps((type(self), self.param_kwargs))
+        except Exception as exc:  # e.g. a class made by type() at run time: a new interpreter cannot import it
+            logger.warning("%s: working in one process: the pool cannot rebuild the batch (%s)", self.task_id, exc)
+            yield from self._work_here(model, total)
+            return
+        context = multiprocessing.get_context("spawn")  # a fork would share this process's connection and threads
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(spec, _env()))
+        chunks = _chunks(self.pending(), self.chunk_size)
+        open_chunks: deque[_Chunk] = deque()
+        busy: set[Future] = set()
+        worked = worked_failed = 0
+        per_item = 0.0
+        try:
+            while True:
+                while len(busy) < 2 * processes:  # hand out parts: of the oldest chunk not yet handed out in full
+                    chunk = next((c for c in open_chunks if c.sent < len(c.items)), None)
+                    if chunk is None:
+                        items = next(chunks, None) if len(open_chunks) < 2 else None
+                        if items is None:
+                            break
+                        chunk = _Chunk(items)
+                        open_chunks.append(chunk)
+                    share = -(-len(chunk.items) // processes)
+                    wanted = int(self.progress_seconds / 2 / per_item) if per_item > 0 else share
+                    self._part_size = max(1, min(share, wanted, 2 * self._part_size))
+                    part = chunk.items[chunk.sent : chunk.sent + self._part_size]
+                    chunk.sent += len(part)
+                    fields = [(item.cls, item.values, item.task_hash, item.parameters, item.requires) for item in part]
+                    future = pool.submit(_work_part, fields)
+                    chunk.parts.append(future)
+                    busy.add(future)
+                if open_chunks and open_chunks[0].finished():
+                    records: list[dict] = []
+                    output_rows: dict[str, list[dict]] = {}
+                    for future in open_chunks.popleft().parts:
+                        part_records, part_rows, _ = future.result()
+                        records += part_records
+                        output_rows.update(part_rows)
+                    yield records, output_rows
+                    continue
+                if not busy:
+                    return
+                finished, busy = wait(busy, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    part_records, _, seconds = future.result()
+                    worked += len(part_records)
+                    worked_failed += sum(1 for record in part_records if "error" in record)
+                    per_item = seconds / len(part_records)
+                self._progress(worked, total, worked_failed)
+        except BrokenProcessPool as exc:
+            raise PoolBrokenError(
+                f"a process of {self.task_id}'s pool ended abruptly (killed, or out of memory?); the items it and "
+                "the others were working on are not recorded: run the batch again to finish them"
+            ) from exc
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _process_reporting(self, chunk: list[Item], total: int | None, before: int, failed: int) -> list[object]:
         """:meth:`process` the chunk in parts of about ``progress_seconds / 2`` each, reporting after each part.
@@ -232,6 +323,65 @@ def _done(chunk: list[Item]) -> set[str]:
 
 def _close_connection() -> None:
     close_thread_connection()  # the asker thread's own connection
+
+
+class _Chunk:
+    """Items recorded in one transaction, handed to the pool in parts."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self.sent = 0
+        self.parts: list[Future] = []
+
+    def finished(self) -> bool:
+        return self.sent == len(self.items) and all(part.done() for part in self.parts)
+
+
+#: The batch a pool process works for (set by _start_worker in each pool process).
+_worker_batch: BatchTask | None = None
+
+
+def _env() -> dict[str, str | None]:
+    """What decides a pool process's settings and is not in the environment it starts with: the database URL given
+    on the luigi command line (so an item's run() that reads the database reads the same one)."""
+    url = config.command_line_value("database_url") or os.environ.get(config.DATABASE_URL_ENV)
+    return {config.DATABASE_URL_ENV: url}
+
+
+def _start_worker(spec: bytes, env: dict[str, str | None]) -> None:
+    """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
+    global _worker_batch
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    cls, kwargs = pickle.loads(spec)
+    _worker_batch = cls(**kwargs)
+
+
+def _work_part(part: list[tuple]) -> tuple[list[dict], dict[str, list[dict]], float]:
+    """In a pool process: the records (and output rows) of a part of a chunk, and the seconds it took."""
+    batch = _worker_batch
+    items = [Item(*fields) for fields in part]
+    started = time.perf_counter()
+    results = batch.process(items)
+    if len(results) != len(items):
+        raise ValueError(f"{type(batch).__name__}.process() gave {len(results)} results for {len(items)} items")
+    records, output_rows = _records(outputs.output_model(batch.item_class), items, results, 0.0)
+    seconds = time.perf_counter() - started
+    for record in records:
+        record["duration"] = seconds / len(items)
+    return records, output_rows, seconds
+
+
+def _records(model: type | None, chunk: list[Item], results: list[object], seconds: float) -> tuple[list[dict], dict]:
+    """The records of a chunk's items (done with their results, or failed), and output rows by task hash."""
+    output_rows: dict[str, list[dict]] = {}
+    if model is not None:  # the results go into the output table, not the result column
+        results = [_output_rows(model, item, r, output_rows) for item, r in zip(chunk, results)]
+    duration = seconds / len(chunk)
+    return [_row(item, duration, result) for item, result in zip(chunk, results)], output_rows
 
 
 def _chunks(iterable: Iterable, size: int) -> Iterator[list]:

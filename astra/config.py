@@ -37,6 +37,10 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
         description="seconds this worker's running tasks may go without a heartbeat before another worker takes them "
         "over (recorded in each task's row, so every worker goes by the holder's lease)",
     )
+    batch_processes = luigi.IntParameter(
+        default=1,
+        description="processes that work a batch's items at once (a BatchTask's --processes beats this)",
+    )
     executor = luigi.Parameter(
         default="local",
         description="where run() runs: in the luigi worker (local) or as a SLURM job (slurm; see [slurm])",

@@ -1,0 +1,192 @@
+"""A batch worked by a pool of processes (``--processes N``) records every item as one process does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import luigi
+import pytest
+
+import astra
+from astra.batch import BatchError, BatchTask, PoolBrokenError
+from astra.database import Task
+from astra.identity import task_hash
+from tests.conftest import run_luigi
+from tests.test_batch import Measure, rows_by_path, summary
+from tests.test_claims import wait_for
+from workflows import EstimateSNR, EstimateSNRBatch
+from workflows.spectra import read_spectrum, signal_to_noise, simulate
+
+
+class Stars(BatchTask):
+    """Measure's items, as tests/test_batch.py's MeasureStars, but nothing kept in the class: pools do not share it."""
+
+    item_class = Measure
+    chunk_size = 400
+    stars = luigi.IntParameter()
+    fail_on = luigi.IntParameter(default=-1)
+
+    def parameter_sets(self):
+        return [{"star": star, "fail_on": self.fail_on} for star in range(self.stars)]
+
+
+def test_a_pool_records_every_item_as_one_process_does(database_url):
+    progress, messages = [], []
+    batch = Stars(stars=1000, fail_on=517, processes=2)
+    batch.set_progress_percentage, batch.set_status_message = progress.append, messages.append
+    with pytest.raises(BatchError, match="1 of 1000 items failed"):
+        batch.run()
+    assert progress[-1] == 100 and messages[-1] == "1000 of 1000 items done or tried, 1 failed"
+    done = Task.select().where(Task.task_name == "Measure", Task.status == "done")
+    assert sorted(row.result for row in done) == [10 * star for star in range(1000) if star != 517]
+    failed = Task.get(Task.status == "failed")
+    assert failed.task_hash == task_hash(Measure(star=517, fail_on=517))
+    assert failed.error == "ValueError: star 517 has no good pixels"
+    assert "in run" in failed.traceback  # the traceback summary made where the item ran
+    # This process wrote every record, as it does alone (the pool only computes).
+    assert {row.pid for row in Task.select()} == {os.getpid()}
+    assert all(row.duration is not None and row.duration >= 0 for row in Task.select())
+
+    again = Stars(stars=1000, processes=2)  # star 517 works now; only it is worked again
+    again.run()
+    assert again.complete() is True
+    assert Task.get(Task.task_hash == task_hash(Measure(star=517))).attempts == 2
+    assert Task.select().where(Task.status == "done").count() == 1000
+
+
+def test_processes_do_not_change_any_identity(tmp_path):
+    paths = [str(p) for p in simulate(tmp_path / "spectra", count=2, seed=3)]
+    alone, pooled = EstimateSNRBatch(spectra=paths), EstimateSNRBatch(spectra=paths, processes=2)
+    assert alone.task_id == pooled.task_id
+    assert astra.identity.task_hash(alone) == astra.identity.task_hash(pooled)
+    assert [i.task_hash for i in alone.items()] == [i.task_hash for i in pooled.items()]
+    assert [i.task_hash for i in pooled.items()] == [task_hash(EstimateSNR(spectrum_path=p)) for p in paths]
+
+
+class Rendezvous(astra.BaseTask):
+    """Returns the pid of the process that ran it, once ``meet`` processes have run one (so every one has work)."""
+
+    n = luigi.IntParameter()
+    workdir = luigi.Parameter(significant=False)
+    meet = luigi.IntParameter(default=1, significant=False)
+
+    def run(self) -> int:
+        Path(self.workdir, str(os.getpid())).touch()
+        wait_for(lambda: len(os.listdir(self.workdir)) >= self.meet, timeout=120, what="the other pool processes")
+        return os.getpid()
+
+
+class Meeting(BatchTask):
+    item_class = Rendezvous
+    count = luigi.IntParameter(default=20)
+    workdir = luigi.Parameter(significant=False)
+    meet = luigi.IntParameter(default=1, significant=False)
+
+    def parameter_sets(self):
+        return [{"n": n, "workdir": self.workdir, "meet": self.meet} for n in range(self.count)]
+
+
+@pytest.mark.parametrize(
+    "parameter, configured, used",
+    [(0, None, 1), (2, None, 2), (0, "2", 2), (1, "2", 1)],
+    ids=["default", "parameter", "configured", "parameter beats configuration"],
+)
+def test_processes_come_from_the_parameter_else_the_configuration(database_url, tmp_path, parameter, configured, used):
+    (tmp_path / "pids").mkdir()
+    if configured is not None:
+        luigi.configuration.get_config().set("astra", "batch_processes", configured)
+    try:
+        Meeting(workdir=str(tmp_path / "pids"), meet=used, processes=parameter).run()
+    finally:
+        if configured is not None:
+            luigi.configuration.get_config().remove_option("astra", "batch_processes")
+    pids = {row.result for row in Task.select().where(Task.task_name == "Rendezvous")}
+    assert Task.select().where(Task.status == "done").count() == 20
+    assert len(pids) == used
+    assert (pids == {os.getpid()}) == (used == 1)
+
+
+class Victim(astra.BaseTask):
+    """Item ``victim`` writes its pid and waits to be killed while ``workdir/block`` exists; the others return n."""
+
+    n = luigi.IntParameter()
+    victim = luigi.IntParameter(significant=False)
+    workdir = luigi.Parameter(significant=False)
+
+    def run(self) -> int:
+        if self.n == self.victim and Path(self.workdir, "block").exists():
+            Path(self.workdir, "victim.pid").write_text(str(os.getpid()))
+            wait_for(lambda: not Path(self.workdir, "block").exists(), timeout=120, what="being killed")
+        return self.n
+
+
+class Victims(BatchTask):
+    item_class = Victim
+    chunk_size = 10
+    workdir = luigi.Parameter(significant=False)
+
+    def parameter_sets(self):
+        return [{"n": n, "victim": 25, "workdir": self.workdir} for n in range(40)]
+
+
+def test_a_killed_pool_process_leaves_its_items_not_done_and_a_rerun_finishes_them(database_url, tmp_path):
+    (tmp_path / "block").touch()
+    raised: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            Victims(workdir=str(tmp_path), processes=2).run()
+        except BaseException as exc:  # noqa: BLE001 -- looked at below
+            raised.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    victim = tmp_path / "victim.pid"
+    wait_for(victim.exists, timeout=120, what="the victim item to start")
+    time.sleep(0.5)  # let the other process go on with what it has
+    os.kill(int(victim.read_text()), signal.SIGKILL)
+    worker.join(timeout=120)
+    assert len(raised) == 1 and isinstance(raised[0], PoolBrokenError), raised
+    assert "run the batch again" in str(raised[0])
+
+    rows = {row.task_hash: row for row in Task.select()}
+    expected = {task_hash(Victim(n=n, victim=25, workdir=str(tmp_path))): n for n in range(40)}
+    assert task_hash(Victim(n=25, victim=25, workdir="")) not in rows  # the killed item: nothing recorded
+    assert len(rows) >= 10  # the first chunk was recorded before the victim's chunk was handed out
+    for key, row in rows.items():  # whatever was recorded is right
+        assert (row.status, row.result, row.attempts) == ("done", expected[key], 1)
+    recorded = {key: row.completed for key, row in rows.items()}
+
+    (tmp_path / "block").unlink()
+    Victims(workdir=str(tmp_path), processes=2).run()
+    after = {row.task_hash: row for row in Task.select()}
+    assert sorted(row.result for row in after.values()) == list(range(40))
+    assert all(row.status == "done" and row.attempts == 1 for row in after.values())
+    assert all(after[key].completed == completed for key, completed in recorded.items())  # not done twice
+
+
+def test_estimate_snr_batch_in_two_processes_from_the_command_line(database_url, tmp_path):
+    spectra = tmp_path / "spectra"
+    paths = simulate(spectra, count=30, seed=4)
+    broken = spectra / "spec-00031.fits"
+    broken.write_text("not a FITS file")
+    args = ["--module", "workflows", "EstimateSNRBatch", "--spectra-dir", str(spectra), "--processes", "2"]
+    first = run_luigi(*args, "--local-scheduler")
+    assert "1 of 31 items failed" in first.stdout, first.stdout
+    rows = rows_by_path([*paths, broken])
+    for path in paths:
+        assert rows[str(path)].status == "done"
+        row = EstimateSNR(spectrum_path=str(path)).output().read()
+        assert row.snr == signal_to_noise(*read_spectrum(str(path), reader="astropy"))[0]
+    failed = rows[str(broken)]
+    assert failed.status == "failed" and "OSError" in failed.error and "No SIMPLE card" in failed.error
+    assert failed.traceback
+    assert len({row.pid for row in rows.values()}) == 1  # the luigi process recorded them all
+
+    broken.unlink()
+    second = run_luigi(*args, "--local-scheduler")
+    assert "1 complete ones were encountered" in summary(second.stdout), second.stdout
