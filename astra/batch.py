@@ -22,8 +22,10 @@ how many items failed, so luigi reports it and a re-run tries just those again.
 With ``--processes N`` (or ``[astra] batch_processes``) the chunks are worked in a pool of N processes, each
 with a fresh interpreter (never a fork of this one, whose database connection and helper threads must stay its
 own). The pool only computes: it sends back each item's record, and this process writes the records, one
-transaction per chunk, as with one process. A pool process that dies (killed, out of memory) takes nothing with it
-but the items it held: they stay not done, the batch fails, and a re-run works them.
+transaction per chunk, as with one process. (As in any program that starts processes this way, a script that
+calls ``luigi.build`` itself must do so under ``if __name__ == "__main__":``.) A pool process that dies (killed,
+out of memory) takes nothing with it but the items it held: they stay not done, the batch fails, and a re-run
+works them.
 
 What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
 the first to record it wins), or run the items' requirements (an item whose input is missing fails).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import sys
@@ -189,10 +192,12 @@ class BatchTask(luigi.Task):
     def _work_in_pool(self, model: type | None, total: int | None, processes: int) -> Iterator[tuple[list[dict], dict]]:
         """As :meth:`_work_here`, the chunks worked by a pool of ``processes`` processes, in parts.
 
-        A part goes to whichever process is free; it starts as one item and grows to as many as take about
-        ``progress_seconds / 2``, at most a share of a chunk, so every process has work and luigid hears of
-        progress. Two parts per process are kept in flight, and the next chunk is started while the oldest is
-        finished and recorded, so the pool does not wait for the database.
+        A pool process gets a part of a chunk as parameter sets, and works out the items' identities, which of
+        them are done (one query), and the records of the others: all that costs per item, so this process is
+        left with handing out parts and writing records. A part starts as one item and grows to as many as take
+        about ``progress_seconds / 2``, at most a share of a chunk, so every process has work and luigid hears
+        of progress. Two parts per process are kept in flight, and the next chunk is handed out while the oldest
+        is finished and recorded, so the pool does not wait for the database.
         """
         try:
             spec = pickle.dumps((type(self), self.param_kwargs))
@@ -202,35 +207,36 @@ class BatchTask(luigi.Task):
             return
         context = multiprocessing.get_context("spawn")  # a fork would share this process's connection and threads
         pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(spec, _env()))
-        chunks = _chunks(self.pending(), self.chunk_size)
+        for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
+            pool.submit(_ready)
+        chunks = _chunks(self.parameter_sets(), self.chunk_size)
         open_chunks: deque[_Chunk] = deque()
         busy: set[Future] = set()
-        worked = worked_failed = 0
+        self._skipped = worked = worked_failed = 0
         per_item = 0.0
         try:
             while True:
                 while len(busy) < 2 * processes:  # hand out parts: of the oldest chunk not yet handed out in full
-                    chunk = next((c for c in open_chunks if c.sent < len(c.items)), None)
+                    chunk = next((c for c in open_chunks if c.sent < len(c.sets)), None)
                     if chunk is None:
-                        items = next(chunks, None) if len(open_chunks) < 2 else None
-                        if items is None:
+                        sets = next(chunks, None) if len(open_chunks) < 2 else None
+                        if sets is None:
                             break
-                        chunk = _Chunk(items)
+                        chunk = _Chunk(sets)
                         open_chunks.append(chunk)
-                    share = -(-len(chunk.items) // processes)
+                    share = -(-len(chunk.sets) // processes)
                     wanted = int(self.progress_seconds / 2 / per_item) if per_item > 0 else share
                     self._part_size = max(1, min(share, wanted, 2 * self._part_size))
-                    part = chunk.items[chunk.sent : chunk.sent + self._part_size]
+                    part = chunk.sets[chunk.sent : chunk.sent + self._part_size]
                     chunk.sent += len(part)
-                    fields = [(item.cls, item.values, item.task_hash, item.parameters, item.requires) for item in part]
-                    future = pool.submit(_work_part, fields)
+                    future = pool.submit(_work_part, part)
                     chunk.parts.append(future)
                     busy.add(future)
                 if open_chunks and open_chunks[0].finished():
                     records: list[dict] = []
                     output_rows: dict[str, list[dict]] = {}
                     for future in open_chunks.popleft().parts:
-                        part_records, part_rows, _ = future.result()
+                        part_records, part_rows, _, _ = future.result()
                         records += part_records
                         output_rows.update(part_rows)
                     yield records, output_rows
@@ -239,10 +245,11 @@ class BatchTask(luigi.Task):
                     return
                 finished, busy = wait(busy, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    part_records, _, seconds = future.result()
+                    part_records, _, seconds, skipped = future.result()
+                    self._skipped += skipped
                     worked += len(part_records)
                     worked_failed += sum(1 for record in part_records if "error" in record)
-                    per_item = seconds / len(part_records)
+                    per_item = seconds / (len(part_records) + skipped)
                 self._progress(worked, total, worked_failed)
         except BrokenProcessPool as exc:
             raise PoolBrokenError(
@@ -326,15 +333,15 @@ def _close_connection() -> None:
 
 
 class _Chunk:
-    """Items recorded in one transaction, handed to the pool in parts."""
+    """Parameter sets whose records are written in one transaction, handed to the pool in parts."""
 
-    def __init__(self, items: list[Item]) -> None:
-        self.items = items
+    def __init__(self, sets: list[dict]) -> None:
+        self.sets = sets
         self.sent = 0
         self.parts: list[Future] = []
 
     def finished(self) -> bool:
-        return self.sent == len(self.items) and all(part.done() for part in self.parts)
+        return self.sent == len(self.sets) and all(part.done() for part in self.parts)
 
 
 #: The batch a pool process works for (set by _start_worker in each pool process).
@@ -342,10 +349,9 @@ _worker_batch: BatchTask | None = None
 
 
 def _env() -> dict[str, str | None]:
-    """What decides a pool process's settings and is not in the environment it starts with: the database URL given
-    on the luigi command line (so an item's run() that reads the database reads the same one)."""
-    url = config.command_line_value("database_url") or os.environ.get(config.DATABASE_URL_ENV)
-    return {config.DATABASE_URL_ENV: url}
+    """What decides a pool process's settings and may not be in the environment it starts with: the database URL
+    (given on the luigi command line, say), so that it finds done items and an item's run() reads the same one."""
+    return {config.DATABASE_URL_ENV: config.database_url() or None}
 
 
 def _start_worker(spec: bytes, env: dict[str, str | None]) -> None:
@@ -356,23 +362,34 @@ def _start_worker(spec: bytes, env: dict[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    # Close the connection as the process ends (a pool process does not run atexit), so the server sees a goodbye.
+    multiprocessing.util.Finalize(None, close_thread_connection, exitpriority=10)
     cls, kwargs = pickle.loads(spec)
     _worker_batch = cls(**kwargs)
 
 
-def _work_part(part: list[tuple]) -> tuple[list[dict], dict[str, list[dict]], float]:
-    """In a pool process: the records (and output rows) of a part of a chunk, and the seconds it took."""
+def _ready() -> None:
+    """Nothing: submitted once per process to start it."""
+
+
+def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], float, int]:
+    """In a pool process: the records (and output rows) of the items of ``sets`` not yet done, the seconds it
+    took, and how many were done already."""
     batch = _worker_batch
-    items = [Item(*fields) for fields in part]
     started = time.perf_counter()
-    results = batch.process(items)
-    if len(results) != len(items):
-        raise ValueError(f"{type(batch).__name__}.process() gave {len(results)} results for {len(items)} items")
-    records, output_rows = _records(outputs.output_model(batch.item_class), items, results, 0.0)
+    part = list(items(batch.item_class, sets))
+    done = _done(part)
+    todo = [item for item in part if item.task_hash not in done]
+    if not todo:
+        return [], {}, time.perf_counter() - started, len(part)
+    results = batch.process(todo)
+    if len(results) != len(todo):
+        raise ValueError(f"{type(batch).__name__}.process() gave {len(results)} results for {len(todo)} items")
+    records, output_rows = _records(outputs.output_model(batch.item_class), todo, results, 0.0)
     seconds = time.perf_counter() - started
     for record in records:
-        record["duration"] = seconds / len(items)
-    return records, output_rows, seconds
+        record["duration"] = seconds / len(part)
+    return records, output_rows, seconds, len(part) - len(todo)
 
 
 def _records(model: type | None, chunk: list[Item], results: list[object], seconds: float) -> tuple[list[dict], dict]:

@@ -85,8 +85,10 @@ class SlowBatch(BatchTask):
 
 
 @pytest.mark.slow
-def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid, tmp_path):  # noqa: F811 -- fixtures
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid, tmp_path, processes):  # noqa: F811
     args = ["--module", "tests.test_progress", "SlowBatch", "--run-id", "luigid", *luigid.worker_args()]
+    args += ["--processes", processes]  # a pool reports as its parts come back
     task_id = SlowBatch(run_id="luigid").task_id
     seen: list[tuple[float, str]] = []  # (when, status message) each time luigid shows a new one
     with background((args, tmp_path / "batch.out", {"ASTRA_DATABASE_URL": postgres_url})) as (batch,):

@@ -25,6 +25,16 @@ class SpectrumFile(luigi.ExternalTask):
 
     path = luigi.Parameter()
 
+    @classmethod
+    def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
+        # As astra.BaseTask does: luigi walks dir(cls) on every call, several times per instance, and a batch
+        # creates one of these per spectrum (to work out each EstimateSNR's identity); the parameters never change.
+        params = cls.__dict__.get("_params")
+        if params is None:
+            params = super().get_params()
+            type.__setattr__(cls, "_params", params)
+        return list(params)
+
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(self.path)
 

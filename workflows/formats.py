@@ -30,9 +30,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 try:
     import fitsio
@@ -177,11 +180,15 @@ class _AstropyFile(FitsFile):
     """The reference reader."""
 
     def __init__(self, path: str | Path) -> None:
+        from astropy.io import fits  # imported when needed: it takes longer than reading a few hundred files
+
         self.hdus = fits.open(path, memmap=False)
         self.path = str(path)
         self.names = [h.name.upper() for h in self.hdus]
 
     def kind(self, i: int) -> str:
+        from astropy.io import fits
+
         h = self.hdus[i]
         if isinstance(h, fits.BinTableHDU):
             return "table"
@@ -275,7 +282,7 @@ class _FitsioFile(FitsFile):
 
 def detect_layout(hdus: FitsFile | fits.HDUList) -> str:
     """The layout of an open FITS file: spec, spPlate, apStar, apVisit or mwm; UnknownLayoutError if none fits."""
-    if isinstance(hdus, fits.HDUList):
+    if not isinstance(hdus, FitsFile):  # an astropy HDUList
         hdus = _wrap(hdus)
     names = hdus.names
     count = len(names)
@@ -307,7 +314,7 @@ def detect_layout(hdus: FitsFile | fits.HDUList) -> str:
 
 def describe_hdus(hdus: FitsFile | fits.HDUList) -> str:
     """``0 PRIMARY (image 10x3), 1 FOO (table: a, b)``: what a file holds, for an error message."""
-    if isinstance(hdus, fits.HDUList):
+    if not isinstance(hdus, FitsFile):  # an astropy HDUList
         hdus = _wrap(hdus)
     parts = []
     for index, name in enumerate(hdus.names):
