@@ -109,7 +109,9 @@ class BatchTask(luigi.Task):
     def pending(self) -> Iterator[Item]:
         """The items not yet recorded as done, asking the database once per chunk of items."""
         self._skipped = 0
-        chunks = _chunks(self.items(), queries.CHUNK)
+        # The first chunks are small: complete() of a batch not yet run stops at the first item not done, having
+        # worked out the identities of just the first two chunks.
+        chunks = _chunks(self.items(), queries.CHUNK, first=100)
         # The database answers about one chunk (in a thread of its own) while the next chunk is hashed: each
         # takes about as long as the other, so a million items are checked in about half the time.
         asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch")
@@ -401,10 +403,13 @@ def _records(model: type | None, chunk: list[Item], results: list[object], secon
     return [_row(item, duration, result) for item, result in zip(chunk, results)], output_rows
 
 
-def _chunks(iterable: Iterable, size: int) -> Iterator[list]:
+def _chunks(iterable: Iterable, size: int, first: int | None = None) -> Iterator[list]:
+    """Lists of ``size`` items; with ``first``, the first list has that many and each next one four times more."""
     iterator = iter(iterable)
-    while chunk := list(islice(iterator, size)):
+    length = min(first or size, size)
+    while chunk := list(islice(iterator, length)):
         yield chunk
+        length = min(4 * length, size)
 
 
 def _length(iterable: Iterable) -> int | None:
