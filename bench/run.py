@@ -15,6 +15,9 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
 (c) scale: N items of one batched task (bench.tasks.Spectra), cold (processed and recorded) and warm (found done).
 (d) outputs: N items each with an output row of five floats and a 100-element float32 array (bench.tasks.FittedSpectra)
     beside the same N items without output rows, on PostgreSQL: `python bench/run.py --only outputs`.
+(e) batch: EstimateSNRBatch over 20,000 simulated spectra against a plain loop over the same files, 1 and 2
+    processes, SQLite and PostgreSQL: `python bench/run.py --only batch` (bench/batch_vs_loop.py, which has more
+    options, e.g. --profile).
 """
 
 from __future__ import annotations
@@ -211,7 +214,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
     parser.add_argument("--output-items", type=int, default=100_000, help="items in the outputs benchmark")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="warm,cold,scale,outputs", help="comma-separated: warm, cold, scale, outputs")
+    parser.add_argument(
+        "--only", default="warm,cold,scale,outputs", help="comma-separated: warm, cold, scale, outputs, batch"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -222,6 +227,14 @@ def main() -> None:
     if args.quick:
         args.warm, args.cold, args.items, args.output_items = 1000, 200, 20000, 10000
     only = set(args.only.split(","))
+    if "batch" in only:  # whole processes of its own, on databases of its own
+        sys.path.insert(0, str(REPO))
+        from bench import batch_vs_loop
+
+        batch_vs_loop.main(["--count", "2000"] if args.quick else [])
+        only.discard("batch")
+        if not only:
+            return
 
     print(machine(), flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="astra-bench-"))
