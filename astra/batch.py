@@ -199,7 +199,9 @@ class BatchTask(luigi.Task):
         left with handing out parts and writing records. A part starts as one item and grows to as many as take
         about ``progress_seconds / 2``, at most a share of a chunk, so every process has work and luigid hears
         of progress. Two parts per process are kept in flight, and the next chunk is handed out while the oldest
-        is finished and recorded, so the pool does not wait for the database.
+        is finished and recorded, so the pool does not wait for the database. The pool processes rebuild the
+        batch from its class and parameters, and work from :meth:`parameter_sets` (not :meth:`items` or
+        :meth:`pending`), with :meth:`process`.
         """
         try:
             spec = pickle.dumps((type(self), self.param_kwargs))
