@@ -97,6 +97,7 @@ class BatchTask(luigi.Task):
     _reported_at = 0.0
     _logged_at = 0.0
     _started = 0.0
+    _furthest = (0, 0)
 
     def parameter_sets(self) -> Iterable[dict]:
         """The items, as keyword arguments of ``item_class`` (a generator is fine: items are streamed)."""
@@ -156,6 +157,7 @@ class BatchTask(luigi.Task):
         first_error = ""
         self._started = time.monotonic()
         self._logged_at = self._started
+        self._furthest = (0, 0)
         model = outputs.output_model(self.item_class)
         processes = self.processes or config.settings().batch_processes
         worked = self._work_in_pool(model, total, processes) if processes > 1 else self._work_here(model, total)
@@ -288,7 +290,9 @@ class BatchTask(luigi.Task):
 
     def _progress(self, processed: int, total: int | None, failed: int, final: bool = False) -> None:
         """Tell luigid (at most once a second) and, in a terminal, the log (every ``log_seconds``) how far it got."""
-        processed += self._skipped
+        # A pool reports items worked before they are recorded: never show fewer than shown already.
+        processed, failed = max(processed + self._skipped, self._furthest[0]), max(failed, self._furthest[1])
+        self._furthest = (processed, failed)
         now = time.monotonic()
         if now - self._logged_at >= self.log_seconds and _in_terminal():
             self._logged_at = now
