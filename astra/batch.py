@@ -390,14 +390,13 @@ def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], flo
     todo = [item for item in part if item.task_hash not in done]
     if not todo:
         return [], {}, time.perf_counter() - started, len(part)
+    working = time.perf_counter()
     results = batch.process(todo)
     if len(results) != len(todo):
         raise ValueError(f"{type(batch).__name__}.process() gave {len(results)} results for {len(todo)} items")
-    records, output_rows = _records(outputs.output_model(batch.item_class), todo, results, 0.0)
-    seconds = time.perf_counter() - started
-    for record in records:
-        record["duration"] = seconds / len(part)
-    return records, output_rows, seconds, len(part) - len(todo)
+    model = outputs.output_model(batch.item_class)
+    records, output_rows = _records(model, todo, results, time.perf_counter() - working)
+    return records, output_rows, time.perf_counter() - started, len(part) - len(todo)
 
 
 def _records(model: type | None, chunk: list[Item], results: list[object], seconds: float) -> tuple[list[dict], dict]:
