@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import resource
 import shutil
 import statistics
 import subprocess
@@ -103,15 +104,19 @@ def fresh_database(backend: str, workdir: Path) -> str:
     return url
 
 
-def timed(command: list[str], url: str, workdir: Path) -> float:
-    """Seconds the command takes, start to exit; a batch must also have succeeded."""
+def timed(command: list[str], url: str, workdir: Path) -> tuple[float, float]:
+    """Wall seconds the command takes, start to exit, and the CPU seconds (user + system) of it and the processes
+    it started (not those of the PostgreSQL server); a batch must also have succeeded."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, env=env(url), cwd=workdir, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     failed = LUIGI in command and "This progress looks :)" not in done.stdout + done.stderr
     if done.returncode != 0 or failed:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, cpu
 
 
 def batch_command(directory: Path, processes: int, *extra: str) -> list[str]:
@@ -129,25 +134,34 @@ def compare(directory: Path, count: int, repeat: int, backends: list[str], workd
     for backend in backends:
         kinds += [(f"EstimateSNRBatch, {backend}, 1 process", backend, 1)]
         kinds += [(f"EstimateSNRBatch, {backend}, --processes 2", backend, 2)]
-    runs: dict[str, list[tuple[float, str]]] = {name: [] for name, _, _ in kinds}
+    runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name, _, _ in kinds}
     for turn in range(repeat):
         for name, what, how in kinds:  # interleaved, so a busy moment of the machine is spread over every kind
             if what == "loop":
-                seconds = timed([sys.executable, "-c", LOOP, str(directory), how], "", workdir)
+                seconds, cpu = timed([sys.executable, "-c", LOOP, str(directory), how], "", workdir)
             else:
                 url = fresh_database(what, workdir)
-                seconds = timed(batch_command(directory, how), url, workdir)
-            runs[name].append((seconds, load()))
-            print(f"  run {turn + 1}: {name}: {seconds:.1f} s ({load()})", flush=True)
-    anchor = statistics.median(s for s, _ in runs[kinds[0][0]])
-    fast = statistics.median(s for s, _ in runs[kinds[1][0]])
-    print(f"\n{count:,} spectra, whole processes, median of {repeat} run(s) each:\n")
-    print("| what | median s | runs (s, load 1/5 min) | ratio to astropy loop | ratio to fitsio loop |")
-    print("|---|---|---|---|---|")
+                seconds, cpu = timed(batch_command(directory, how), url, workdir)
+            runs[name].append((seconds, cpu, load()))
+            print(f"  run {turn + 1}: {name}: {seconds:.1f} s, CPU {cpu:.1f} s ({load()})", flush=True)
+
+    def median(name: str, index: int = 0) -> float:
+        return statistics.median(run[index] for run in runs[name])
+
+    anchor, fast = median(kinds[0][0]), median(kinds[1][0])
+    cpu_anchor, cpu_fast = median(kinds[0][0], 1), median(kinds[1][0], 1)
+    print(f"\n{count:,} spectra, whole processes, median of {repeat} run(s) each. CPU: user + system seconds of the")
+    print("process and those it started (a pool's included; the PostgreSQL server's not), less moved by other load.\n")
+    print("| what | wall s | ratio to astropy loop | ratio to fitsio loop | CPU s | CPU ratio to astropy loop | CPU "
+          "ratio to fitsio loop | runs: wall s (load 1/5 min) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, _, _ in kinds:
-        seconds = statistics.median(s for s, _ in runs[name])
-        each = ", ".join(f"{s:.1f} ({where})" for s, where in runs[name])
-        print(f"| {name} | {seconds:.1f} | {each} | {seconds / anchor:.2f}x | {seconds / fast:.2f}x |")
+        seconds, cpu = median(name), median(name, 1)
+        each = ", ".join(f"{s:.1f} ({where})" for s, _, where in runs[name])
+        print(
+            f"| {name} | {seconds:.1f} | {seconds / anchor:.2f}x | {seconds / fast:.2f}x | {cpu:.1f} | "
+            f"{cpu / cpu_anchor:.2f}x | {cpu / cpu_fast:.2f}x | {each} |"
+        )
 
 
 def profile(directory: Path, backend: str, processes: int, top: int, workdir: Path) -> None:
@@ -155,7 +169,7 @@ def profile(directory: Path, backend: str, processes: int, top: int, workdir: Pa
     url = fresh_database(backend, workdir)
     output = workdir / "batch.prof"
     command = [sys.executable, "-m", "cProfile", "-o", str(output), *batch_command(directory, processes)]
-    seconds = timed(command, url, workdir)
+    seconds, _ = timed(command, url, workdir)
     stats = pstats.Stats(str(output))
     print(f"\ncProfile of EstimateSNRBatch on {backend}, {processes} process(es): {seconds:.1f} s under the profiler\n")
     total = max(entry[3] for entry in stats.stats.values())  # cumulative time of the outermost call
