@@ -177,7 +177,7 @@ def profile(directory: Path, backend: str, processes: int, top: int, workdir: Pa
         ("reading the files (load_spectrum)", "formats.py", "load_spectrum"),
         ("signal_to_noise + wavelength_range", "formats.py", ("signal_to_noise", "wavelength_range")),
         ("item identities (hashing)", "identity.py", "items"),
-        ("asking which items are done (a helper thread: cProfile sees it only with the pool)", "batch.py", "_done"),
+        ("asking which items are done (in a helper thread or the pool: cProfile sees none)", "batch.py", "_done"),
         ("records made from results", "batch.py", "_records"),
         ("writing records (record_items)", "queries.py", "record_items"),
         ("writing astra.snr rows", "output_tables.py", "insert"),
