@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # The export tests use the export extra too.
-        "test": ["pytest>=7", "pytest-xdist", "ruff", "pyarrow", "matplotlib"],
+        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "ruff", "pyarrow", "matplotlib"],
         # astra results --format parquet, and --plot
         "export": ["pyarrow", "matplotlib"],
     },

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import luigi
 from luigi.parameter import ParameterVisibility
@@ -43,14 +44,65 @@ def canonical_value(parameter: luigi.Parameter, value: object) -> str:
 
 def parameters(task: luigi.Task, significant_only: bool = False) -> dict[str, str]:
     """The task's non-private parameters as canonical strings, sorted by name."""
-    values = {}
-    for name, parameter in task.get_params():
-        if parameter.visibility == ParameterVisibility.PRIVATE:
-            continue
-        if significant_only and not parameter.significant:
-            continue
-        values[name] = canonical_value(parameter, getattr(task, name))
-    return dict(sorted(values.items()))
+    layout = _layout(type(task))
+    shown = layout.significant if significant_only else layout.shown
+    return {name: write(getattr(task, name)) for name, write in shown}
+
+
+class _Layout:
+    """How the identity of a task class is written, worked out once per class.
+
+    Its non-private parameters sorted by name, each with the function that writes its value as a canonical string,
+    and the significant ones among them. Like ``BaseTask.get_params``, this takes a class's parameters as fixed
+    once it is defined. :meth:`hash` is where :func:`task_hash` and :func:`items` both hash an identity.
+    """
+
+    __slots__ = ("shown", "significant", "keys")
+
+    def __init__(self, cls: type[luigi.Task]) -> None:
+        shown = sorted(
+            ((name, p) for name, p in cls.get_params() if p.visibility != ParameterVisibility.PRIVATE),
+            key=lambda pair: pair[0],
+        )
+        self.shown = [(name, _writer(p)) for name, p in shown]
+        self.significant = [(name, _writer(p)) for name, p in shown if p.significant]
+        self.keys = [(name, f"{_json_string(name)}:") for name, _ in self.significant]
+
+    def hash(self, frame: tuple[str, str], texts: dict[str, str]) -> str:
+        """The sha256 (hex) of the identity with ``frame`` (from :func:`_frame`) and these parameters.
+
+        ``texts`` holds at least the significant parameters, as :func:`parameters` writes them. What is hashed is
+        ``json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` of the :func:`identity`
+        dict, written here without json.dumps, which takes several times as long to walk a dict.
+        """
+        try:
+            body = ",".join([key + _json_string(texts[name]) for name, key in self.keys])
+        except TypeError:  # a parameter whose serialize() gives something other than a string
+            body = ",".join([key + _canonical_json(texts[name]) for name, key in self.keys])
+        head, tail = frame
+        return hashlib.sha256(_utf8(head + body + tail)).hexdigest()
+
+
+def _frame(module: str, name: str, version: str, requires: list[str]) -> tuple[str, str]:
+    """The JSON text of an identity before and after its parameters (keys in sorted order, as json.dumps has them)."""
+    return (
+        f'{{"module":{_json_string(module)},"name":{_json_string(name)},"parameters":{{',
+        f'}},"requires":[{",".join(map(_json_string, requires))}],"version":{_json_string(version)}}}',
+    )
+
+
+def _writer(parameter: luigi.Parameter) -> Callable[[object], str]:
+    if isinstance(parameter, _JSON_PARAMETERS):
+        return functools.partial(canonical_value, parameter)
+    return parameter.serialize
+
+
+def _layout(cls: type[luigi.Task]) -> _Layout:
+    layout = cls.__dict__.get("_astra_layout")
+    if layout is None:
+        layout = _Layout(cls)
+        type.__setattr__(cls, "_astra_layout", layout)
+    return layout
 
 
 def task_version(task: luigi.Task) -> str:
@@ -130,7 +182,9 @@ def task_hash(task: luigi.Task) -> str:
         on_path.discard(id(below))
         hashes = sorted({required.__dict__["_astra_task_hash"] for required in requires})
         try:
-            below.__dict__["_astra_task_hash"] = _sha256(_identity(below, hashes))
+            texts = parameters(below, significant_only=True)
+            frame = _frame(below.task_module, below.task_family, task_version(below), hashes)
+            below.__dict__["_astra_task_hash"] = _layout(type(below)).hash(frame, texts)
         except Exception as exc:  # a parameter that cannot be serialised
             error = IdentityError(f"cannot identify {below}: {exc!r}")
             error.__cause__ = exc
@@ -156,10 +210,6 @@ def recorded_task_hash(module: str, name: str, parameters: dict[str, str]) -> st
 
 def _canonical_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _sha256(identity: dict) -> str:
-    return hashlib.sha256(_utf8(_canonical_json(identity))).hexdigest()
 
 
 #: A string as json.dumps(..., ensure_ascii=False) writes it.
@@ -215,25 +265,19 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
     """The identities of ``cls(**values)`` for many parameter sets: the same hashes :func:`task_hash` gives.
 
     A class that requires nothing is hashed straight from the values, without creating a luigi task per set: luigi
-    takes tens of microseconds to create one, too slow for millions. Other classes are created and hashed.
+    takes tens of microseconds to create one, too slow for millions. Other classes (see :func:`_values_only`) are
+    created and hashed. Either way the text is written and hashed by the same :class:`_Layout` as in
+    :func:`task_hash`, and tests/test_identity.py checks both against :func:`identity` for every kind of parameter.
     """
     params = cls.get_params()
-    if cls.requires is not luigi.Task.requires:
+    if not _values_only(cls):
         for values in parameter_sets:
             task = type.__call__(cls, **values)
-            requires = required_hashes(task)
-            yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), requires, task)
+            yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), required_hashes(task), task)
         return
     named = dict(params)
-    shown = sorted((name, p) for name, p in params if p.visibility != ParameterVisibility.PRIVATE)
-    significant = [(name, _json_string(name)) for name, p in shown if p.significant]
-    writers = [
-        (name, functools.partial(canonical_value, p) if isinstance(p, _JSON_PARAMETERS) else p.serialize)
-        for name, p in shown
-    ]
-    # The text _sha256 would hash, written out directly: json.dumps of a dict is the slowest step here.
-    head = _canonical_json({"module": cls.__module__, "name": cls.get_task_family(), "parameters": {}})[:-3]
-    tail = _canonical_json({"requires": [], "version": task_version(cls)})[1:]
+    layout = _layout(cls)
+    frame = _frame(cls.__module__, cls.task_family, task_version(cls), [])
     defaults: dict[frozenset, dict] = {}
     for given in parameter_sets:
         keys = frozenset(given)
@@ -247,10 +291,26 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
             value = named[name].normalize(value)
             values[name] = tuple(value) if isinstance(value, (list, set)) else value  # as luigi stores it
         values.update(defaults[keys])
-        texts = {name: write(values[name]) for name, write in writers}
-        body = ",".join([f"{key}:{_json_string(texts[name])}" for name, key in significant])
-        hashed = hashlib.sha256(_utf8(f"{head}{{{body}}},{tail}")).hexdigest()
-        yield Item(cls, values, hashed, texts, [])
+        texts = {name: write(values[name]) for name, write in layout.shown}
+        yield Item(cls, values, layout.hash(frame, texts), texts, [])
+
+
+def _values_only(cls: type[luigi.Task]) -> bool:
+    """Whether the identity of a task of ``cls`` follows from its parameter values alone, without creating it.
+
+    Not so when it requires other tasks, or when its module, name, version or values could depend on the instance:
+    a ``task_module``, ``task_family`` or ``version`` of its own that is not a plain string, or an ``__init__`` of
+    its own (which may change them).
+    """
+    if cls.requires is not luigi.Task.requires:
+        return False
+    for name in ("task_module", "task_family"):
+        if inspect.getattr_static(cls, name) is not luigi.Task.__dict__[name]:
+            return False
+    if not isinstance(inspect.getattr_static(cls, "version", ""), str):
+        return False
+    init = next(c for c in cls.__mro__ if "__init__" in vars(c))
+    return init is luigi.Task or init.__module__.split(".")[0] == "astra"
 
 
 def parameter_hash(name: str, value: str) -> str:

@@ -6,7 +6,8 @@
 Every figure is measured in a new Python process (no caches carried over), around ``luigi.build`` only (imports
 and interpreter start-up excluded, the same for every kind of target), with ``--repeat`` runs per figure,
 interleaved, of which the median is shown. All databases live on the same PostgreSQL server: $ASTRA_BENCH_POSTGRES,
-default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and drops) databases astra_bench_*.
+default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and drops) databases astra_bench_*
+($ASTRA_BENCH_DB names another prefix, so that two benchmarks can run at once).
 
 (a) warm scan: every task done; luigi asked to build a root over N tasks. "all N asked": the root is a
     WrapperTask, so luigi asks each of the N tasks. "root only": the root has its own output, done, so luigi asks
@@ -18,6 +19,10 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
 (e) batch: EstimateSNRBatch over 20,000 simulated spectra against a plain loop over the same files, 1 and 2
     processes, SQLite and PostgreSQL: `python bench/run.py --only batch` (bench/batch_vs_loop.py, which has more
     options, e.g. --profile).
+(f) root: the root-only warm check of (a) as whole processes, start-up and imports included, as a user meets it:
+    `luigi --module bench.tasks AstraRoot --n N` (and LocalRoot, PostgresRoot), default N = 5,000:
+    `python bench/run.py --only root [--root-tasks N] [--profile]`. ``--profile`` then runs each astra kind once
+    more under cProfile and prints the top entries, to say where the time beyond LocalTarget's goes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+#: The prefix of the benchmark's databases.
+DB = os.environ.get("ASTRA_BENCH_DB", "astra_bench")
 KINDS = ("local", "postgres", "astra", "astra-sqlite")
 
 
@@ -135,7 +142,7 @@ class Bench:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
             "BENCH_DIR": str(self.workdir),
-            "BENCH_POSTGRES": f"{server}/astra_bench_luigi/{user}",
+            "BENCH_POSTGRES": f"{server}/{DB}_luigi/{user}",
             "ASTRA_DATABASE_URL": astra_url,
         }
 
@@ -214,8 +221,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
     parser.add_argument("--output-items", type=int, default=100_000, help="items in the outputs benchmark")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--root-tasks", type=int, default=5000, help="tasks below the root in the root benchmark")
+    parser.add_argument("--profile", action="store_true", help="root benchmark: also print a cProfile of astra's run")
     parser.add_argument(
-        "--only", default="warm,cold,scale,outputs", help="comma-separated: warm, cold, scale, outputs, batch"
+        "--only",
+        default="warm,cold,scale,outputs,root",
+        help="comma-separated: warm, cold, scale, outputs, batch, root",
     )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -225,7 +236,7 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.kind, args.n)))
         return
     if args.quick:
-        args.warm, args.cold, args.items, args.output_items = 1000, 200, 20000, 10000
+        args.warm, args.cold, args.items, args.output_items, args.root_tasks = 1000, 200, 20000, 10000, 1000
     only = set(args.only.split(","))
     if "batch" in only:  # whole processes of its own, on databases of its own
         sys.path.insert(0, str(REPO))
@@ -240,11 +251,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="astra-bench-"))
     bench = Bench(workdir)
     try:
-        bench.new_postgres("astra_bench_luigi", astra_schema=False)
+        bench.new_postgres(f"{DB}_luigi", astra_schema=False)
         urls = {
             "local": "",
             "postgres": "",
-            "astra": bench.new_postgres("astra_bench", astra_schema=True),
+            "astra": bench.new_postgres(DB, astra_schema=True),
             "astra-sqlite": f"sqlite:///{workdir / 'astra.db'}",
         }
         if "warm" in only:
@@ -255,6 +266,8 @@ def main() -> None:
             scale(bench, args.items, urls)
         if "outputs" in only:
             with_outputs(bench, args.output_items, args.repeat)
+        if "root" in only:
+            root_processes(bench, args.root_tasks, max(args.repeat, 5), urls, args.profile)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -262,6 +275,15 @@ def main() -> None:
 
 def warm(bench: Bench, n: int, repeat: int, urls: dict) -> None:
     print(f"\n## (a) warm scan: {n:,} tasks, all done\n", flush=True)
+    all_done(bench, n, urls)
+    all_asked = compare(bench, "warm-all", n, repeat, urls)
+    print(table(f"All {n:,} asked (WrapperTask root):", all_asked), flush=True)
+    root_only = compare(bench, "warm-root", n, repeat, urls)
+    print("\n" + table(f"Root only (root with its own output, done; {n:,} tasks below it):", root_only), flush=True)
+
+
+def all_done(bench: Bench, n: int, urls: dict) -> None:
+    """Record ``n`` leaves and their root as done, for every kind of target."""
     (bench.workdir / "local").mkdir(exist_ok=True)
     for i in range(n):
         (bench.workdir / "local" / f"{i}.txt").write_text("done\n")
@@ -272,14 +294,67 @@ def warm(bench: Bench, n: int, repeat: int, urls: dict) -> None:
         "truncate table_updates",
         f"insert into table_updates (update_id, target_table) select 'leaf-' || i, 'bench' from generate_series(0, "
         f"{n - 1}) i union all select 'root-{n}', 'bench'",
-        database="astra_bench_luigi",
+        database=f"{DB}_luigi",
     )
     for kind in ("astra", "astra-sqlite"):
         bench.run("record-astra", kind, n, urls[kind])
-    all_asked = compare(bench, "warm-all", n, repeat, urls)
-    print(table(f"All {n:,} asked (WrapperTask root):", all_asked), flush=True)
-    root_only = compare(bench, "warm-root", n, repeat, urls)
-    print("\n" + table(f"Root only (root with its own output, done; {n:,} tasks below it):", root_only), flush=True)
+
+
+ROOTS = {"local": "LocalRoot", "postgres": "PostgresRoot", "astra": "AstraRoot", "astra-sqlite": "AstraRoot"}
+
+
+def root_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool) -> None:
+    """The root-only warm check, each a whole ``luigi --module bench.tasks <Root> --n N`` process."""
+    print(f"\n## (e) root-only warm check, whole processes: a done root over {n:,} done tasks\n", flush=True)
+    all_done(bench, n, urls)
+
+    def luigi(kind: str, *before: str) -> list[str]:
+        return [sys.executable, *before, "-m", "luigi", "--module", "bench.tasks", ROOTS[kind], "--n", str(n)]
+
+    def once(kind: str) -> dict:
+        wait_for_postgres()
+        started = time.perf_counter()
+        done = subprocess.run(
+            [*luigi(kind), "--local-scheduler"], env=bench.env(kind, urls[kind]), capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - started
+        if done.returncode != 0 or "1 complete ones were encountered" not in done.stdout + done.stderr:
+            raise RuntimeError(f"{ROOTS[kind]} ({kind}) did not find its root done:\n{done.stdout}\n{done.stderr}")
+        return {"seconds": seconds}
+
+    for kind in KINDS:  # warm up the file system cache and the server, not measured
+        once(kind)
+    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    load = os.getloadavg()[0]
+    for _ in range(repeat):
+        for kind in KINDS:  # interleaved, so a slow moment of the machine is spread over every kind
+            runs[kind].append(once(kind))
+    title = (
+        f"`luigi --module bench.tasks <Root> --n {n}` (root done, {n:,} done tasks below it), whole processes; "
+        f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after:"
+    )
+    print(table(title, runs), flush=True)
+    if profile:
+        for kind in ("astra-sqlite", "astra"):
+            stats = bench.workdir / f"root-{kind}.prof"
+            subprocess.run(
+                [*luigi(kind, "-m", "cProfile", "-o", str(stats)), "--local-scheduler"],
+                env=bench.env(kind, urls[kind]), capture_output=True, check=True,
+            )  # fmt: skip
+            print(f"\n### cProfile of {ROOTS[kind]} ({kind})\n", flush=True)
+            print_profile(stats)
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """The entries of a cProfile file with the most time of their own, and with the most time including callees."""
+    import io
+    import pstats
+
+    for order in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(str(path), stream=out).strip_dirs().sort_stats(order).print_stats(top)
+        text = out.getvalue()
+        print(f"By {order}:\n```\n{text[text.index('   ncalls') :].rstrip()}\n```", flush=True)
 
 
 def cold(bench: Bench, n: int, repeat: int, urls: dict) -> None:
@@ -287,10 +362,8 @@ def cold(bench: Bench, n: int, repeat: int, urls: dict) -> None:
 
     def reset(kind: str) -> None:
         shutil.rmtree(bench.workdir / "local", ignore_errors=True)
-        bench.admin("drop table if exists table_updates", database="astra_bench_luigi")
-        bench.admin(
-            "truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database="astra_bench"
-        )
+        bench.admin("drop table if exists table_updates", database=f"{DB}_luigi")
+        bench.admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
         sqlite = bench.workdir / "astra.db"
         for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
             path.unlink(missing_ok=True)
@@ -310,12 +383,12 @@ def scale(bench: Bench, n: int, urls: dict) -> None:
 
     def fresh(kind: str) -> None:
         if kind == "astra":
-            bench.new_postgres("astra_bench_scale", astra_schema=True)
+            bench.new_postgres(f"{DB}_scale", astra_schema=True)
         for path in (sqlite, sqlite.with_name("scale.db-wal"), sqlite.with_name("scale.db-shm")):
             path.unlink(missing_ok=True)
 
     for kind, name in (("astra", "PostgreSQL"), ("astra-sqlite", "SQLite")):
-        url = f"{POSTGRES}/astra_bench_scale" if kind == "astra" else f"sqlite:///{sqlite}"
+        url = f"{POSTGRES}/{DB}_scale" if kind == "astra" else f"sqlite:///{sqlite}"
         cold_run = bench.run("scale-cold", kind, n, url, reset=fresh)
         warm_run = bench.run("scale-warm", kind, n, url)
         recording = cold_run["recording_seconds"]
@@ -334,10 +407,10 @@ def with_outputs(bench: Bench, n: int, repeat: int) -> None:
     from bench import tasks
 
     def fresh(kind: str) -> None:
-        bench.new_postgres("astra_bench_outputs", astra_schema=True)
-        bench.admin(*output_tables.ddl([tasks.Fit]), database="astra_bench_outputs")
+        bench.new_postgres(f"{DB}_outputs", astra_schema=True)
+        bench.admin(*output_tables.ddl([tasks.Fit]), database=f"{DB}_outputs")
 
-    url = f"{POSTGRES}/astra_bench_outputs"
+    url = f"{POSTGRES}/{DB}_outputs"
     runs: dict[str, list[dict]] = {"scale-cold": [], "outputs-cold": []}
     for _ in range(repeat):
         for what in runs:  # interleaved, so a busy moment of the machine is spread over both

@@ -1,0 +1,73 @@
+"""Tasks for tests/test_identity.py: one parameter of every kind luigi has, as a plain luigi task and as a BaseTask."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from pathlib import Path
+
+import luigi
+from luigi.parameter import ParameterVisibility
+
+import astra
+
+
+class Colour(enum.Enum):
+    RED = 1
+    GREEN = 2
+    BLÅ = 3
+
+
+class Other(luigi.Task):
+    """A task class, the value of a TaskParameter."""
+
+
+class Parameters:
+    """Every kind of luigi parameter, each with a default, so that any of them may be left out."""
+
+    text = luigi.Parameter(default="")
+    string = luigi.StrParameter(default="s")
+    integer = luigi.IntParameter(default=0)
+    real = luigi.FloatParameter(default=0.0)
+    flag = luigi.BoolParameter(default=False)
+    day = luigi.DateParameter(default=datetime.date(2020, 1, 1))
+    hour = luigi.DateHourParameter(default=datetime.datetime(2020, 1, 1, 3))
+    minute = luigi.DateMinuteParameter(default=datetime.datetime(2020, 1, 1, 3, 4))
+    second = luigi.DateSecondParameter(default=datetime.datetime(2020, 1, 1, 3, 4, 5))
+    month = luigi.MonthParameter(default=datetime.date(2020, 2, 1))
+    year = luigi.YearParameter(default=datetime.date(2020, 1, 1))
+    interval = luigi.DateIntervalParameter(default=luigi.date_interval.Year(2020))
+    delta = luigi.TimeDeltaParameter(default=datetime.timedelta(hours=1))
+    colour = luigi.EnumParameter(enum=Colour, default=Colour.RED)
+    colours = luigi.EnumListParameter(enum=Colour, default=())
+    listed = luigi.ListParameter(default=[])
+    tupled = luigi.TupleParameter(default=())
+    mapping = luigi.DictParameter(default={})
+    numerical = luigi.NumericalParameter(var_type=float, min_value=-1e308, max_value=1e308, default=0.5)
+    whole = luigi.NumericalParameter(var_type=int, min_value=-(10**30), max_value=10**30, default=1)
+    choice = luigi.ChoiceParameter(choices=["a", "b", "ü"], default="a")
+    choices = luigi.ChoiceListParameter(choices=["a", "b", "ü"], default=())
+    optional = luigi.OptionalParameter()
+    optional_str = luigi.OptionalStrParameter()
+    optional_int = luigi.OptionalIntParameter()
+    optional_float = luigi.OptionalFloatParameter()
+    optional_bool = luigi.OptionalBoolParameter()
+    optional_dict = luigi.OptionalDictParameter()
+    optional_list = luigi.OptionalListParameter()
+    optional_tuple = luigi.OptionalTupleParameter()
+    optional_numerical = luigi.OptionalNumericalParameter(var_type=float, min_value=0.0, max_value=1.0, default=None)
+    optional_choice = luigi.OptionalChoiceParameter(choices=["a", "b"], default=None)
+    optional_path = luigi.OptionalPathParameter()
+    path = luigi.PathParameter(default=Path("."))
+    task = luigi.TaskParameter(default=Other)
+    note = luigi.Parameter(default="", significant=False)
+    hidden = luigi.Parameter(default="", visibility=ParameterVisibility.HIDDEN)
+    private = luigi.Parameter(default="", visibility=ParameterVisibility.PRIVATE)
+
+
+class EveryParameter(Parameters, luigi.Task):
+    pass
+
+
+class EveryParameterBase(Parameters, astra.BaseTask):
+    version = "3"
