@@ -28,14 +28,16 @@ class _Cache:
     pid: int | None = None
     done: set[str] = set()
     not_done: dict[str, float] = {}  # hash -> when the database said so (time.monotonic())
-    unchecked: weakref.WeakSet = weakref.WeakSet()  # BaseTasks created here whose state was never asked
+    # BaseTasks created here whose state was never asked, by id(): a WeakSet would hash them, which makes luigi
+    # work out their task_id (see BaseTask.task_id)
+    unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     @classmethod
     def here(cls) -> type[_Cache]:
         # A forked worker inherits the parent's knowledge of what is done, which stays true; the one-shot
         # negatives it must find out itself.
         if cls.pid != os.getpid():
-            cls.pid, cls.not_done, cls.unchecked = os.getpid(), {}, weakref.WeakSet()
+            cls.pid, cls.not_done, cls.unchecked = os.getpid(), {}, weakref.WeakValueDictionary()
         return cls
 
 
@@ -45,12 +47,18 @@ NOT_DONE_FOR = 60.0
 
 def forget_cached() -> None:
     """Drop everything this process has cached about which tasks are done."""
-    _Cache.done, _Cache.not_done, _Cache.unchecked = set(), {}, weakref.WeakSet()
+    _Cache.done, _Cache.not_done, _Cache.unchecked = set(), {}, weakref.WeakValueDictionary()
+
+
+#: BaseTasks created in this process so far (to tell how many were created to identify one task: those below it).
+_created = 0
 
 
 def note_created(task: luigi.Task) -> None:
     """Remember a new task: the next time the database must be asked about one task, it is asked about it too."""
-    _Cache.here().unchecked.add(task)
+    global _created
+    _created += 1
+    _Cache.here().unchecked[id(task)] = task
 
 
 class DatabaseTarget(luigi.Target):
@@ -65,10 +73,12 @@ class DatabaseTarget(luigi.Target):
         self.task_id = task.task_id
         self.output_model = outputs.output_model(task)
         self.identity_error: IdentityError | None = None
+        created = _created
         try:
             self.task_hash: str | None = task_hash(task)
         except IdentityError as exc:
             self.task_hash, self.identity_error = None, exc
+        self.created_below = _created - created  # tasks created to work out its identity: all below it
 
     def __repr__(self) -> str:
         return f"DatabaseTarget({self.task_id})"
@@ -95,6 +105,12 @@ class DatabaseTarget(luigi.Target):
         if asked is not None and time.monotonic() - asked < NOT_DONE_FOR:
             return False
         try:
+            if 2 * getattr(self, "created_below", 0) > len(cache.unchecked):
+                # Most tasks never asked about were created to identify this one, so they are below it, and luigi
+                # looks at them only if this one is not done (a root's check): ask about this one alone first.
+                _ask([self.task_hash])
+                if self.task_hash in cache.done:
+                    return True
             # Its siblings are likely next: a plain luigi WrapperTask's complete() asks its children one by one,
             # and so does luigi's worker. So ask about every task this process created and never asked about.
             _ask([self.task_hash, *_unchecked(cache)])
@@ -128,7 +144,7 @@ def prefetch(tasks: Iterable[luigi.Task]) -> None:
     cache = _Cache.here()
     tasks = list(tasks)
     for task in tasks:
-        cache.unchecked.discard(task)
+        cache.unchecked.pop(id(task), None)
     now = time.monotonic()
     _ask(
         [
@@ -270,7 +286,7 @@ def _unchecked(cache: type[_Cache]) -> list[str]:
     hashes = []
     while cache.unchecked:
         # Hashing a task creates the tasks it requires; they are taken in the next round.
-        tasks = list(cache.unchecked)
+        tasks = list(cache.unchecked.values())
         cache.unchecked.clear()
         for task in tasks:
             try:

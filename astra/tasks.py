@@ -12,12 +12,12 @@ from contextlib import contextmanager
 import luigi
 from luigi.task import flatten
 
-from astra import slurm
+from astra import creation, slurm
 from astra.claims import Claim, holding
 from astra.targets import DatabaseTarget, completed, database_targets, note_created, prefetch, reopen_if_stale
 
 
-class BaseTask(luigi.Task):
+class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
     """Subclass this and write ``run()``; astra records the task as done when ``run()`` returns.
 
     - ``output()`` is a :class:`~astra.DatabaseTarget`, so luigi skips the task once it is recorded as done.
@@ -46,8 +46,23 @@ class BaseTask(luigi.Task):
             cls.run = run
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        creation.initialise(self, super().__init__, args, kwargs)  # luigi's Task.__init__, a little faster
         note_created(self)
+
+    @property
+    def task_id(self) -> str:
+        """luigi's task_id, worked out when first asked (tasks created only to identify another never need it)."""
+        task_id = self.__dict__.get("_astra_task_id")
+        if task_id is None:
+            task_id = self.__dict__["_astra_task_id"] = creation.task_id(self)
+        return task_id
+
+    @task_id.setter
+    def task_id(self, value: str) -> None:
+        self.__dict__["_astra_task_id"] = value
+
+    def __hash__(self) -> int:
+        return hash(self.task_id)  # as luigi's, which keeps hash(self.task_id) from __init__
 
     @classmethod
     def get_params(cls) -> list[tuple[str, luigi.Parameter]]:
@@ -58,6 +73,11 @@ class BaseTask(luigi.Task):
             params = super().get_params()
             type.__setattr__(cls, "_astra_params", params)
         return list(params)
+
+    @classmethod
+    def get_param_values(cls, params: list, args: tuple, kwargs: dict) -> list[tuple[str, object]]:
+        # luigi's, worked out once per new task and faster where nothing but the given values matters.
+        return creation.param_values(cls, params, args, kwargs, super().get_param_values)
 
     def output(self) -> DatabaseTarget:
         return DatabaseTarget(self)

@@ -313,14 +313,14 @@ def root_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool)
 
     def once(kind: str) -> dict:
         wait_for_postgres()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _children_cpu()
         done = subprocess.run(
             [*luigi(kind), "--local-scheduler"], env=bench.env(kind, urls[kind]), capture_output=True, text=True
         )
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu
         if done.returncode != 0 or "1 complete ones were encountered" not in done.stdout + done.stderr:
             raise RuntimeError(f"{ROOTS[kind]} ({kind}) did not find its root done:\n{done.stdout}\n{done.stderr}")
-        return {"seconds": seconds}
+        return {"seconds": seconds, "cpu": cpu}
 
     for kind in KINDS:  # warm up the file system cache and the server, not measured
         once(kind)
@@ -334,6 +334,11 @@ def root_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool)
         f"load average {load:.2f} before, {os.getloadavg()[0]:.2f} after:"
     )
     print(table(title, runs), flush=True)
+    # CPU time (user + system) of the same processes: on a busy machine it moves less than wall time does.
+    local = median(runs["local"], "cpu")
+    print("\n| target | median CPU time (s) | ratio to LocalTarget |\n|---|---|---|", flush=True)
+    for kind, kind_runs in runs.items():
+        print(f"| {kind} | {median(kind_runs, 'cpu'):.3f} | {median(kind_runs, 'cpu') / local:.2f}x |", flush=True)
     if profile:
         for kind in ("astra-sqlite", "astra"):
             stats = bench.workdir / f"root-{kind}.prof"
@@ -343,6 +348,11 @@ def root_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool)
             )  # fmt: skip
             print(f"\n### cProfile of {ROOTS[kind]} ({kind})\n", flush=True)
             print_profile(stats)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def print_profile(path: Path, top: int = 25) -> None:

@@ -71,3 +71,53 @@ class EveryParameter(Parameters, luigi.Task):
 
 class EveryParameterBase(Parameters, astra.BaseTask):
     version = "3"
+
+
+class WarmLeaf(astra.BaseTask):
+    """One of many tasks below a root (tests/test_creation.py)."""
+
+    i = luigi.IntParameter()
+
+
+class WarmRoot(astra.BaseTask):
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[WarmLeaf]:
+        return [WarmLeaf(i=i) for i in range(self.n)]
+
+
+class Spring(astra.BaseTask):
+    """The source of a long chain of tasks."""
+
+
+class Link(astra.BaseTask):
+    """Link ``k`` of a chain: requires link ``k - 1``, and the first one the spring."""
+
+    k = luigi.IntParameter()
+
+    def requires(self) -> luigi.Task:
+        return Link(k=self.k - 1) if self.k > 0 else Spring()
+
+
+class WithInit(astra.BaseTask):
+    """A task with an ``__init__`` of its own, which creates another task before luigi sets its values."""
+
+    i = luigi.IntParameter()
+    label = luigi.Parameter(default="x")
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.made_before = WarmLeaf(i=-1)
+        super().__init__(*args, **kwargs)
+        self.doubled = self.i * 2
+
+
+class MixinWithInit(luigi.Task):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mixed = True
+
+
+class WithMixinInit(astra.BaseTask, MixinWithInit):
+    """A task whose next ``__init__`` after BaseTask's is a mixin's, not luigi's."""
+
+    i = luigi.IntParameter()

@@ -1,0 +1,111 @@
+"""Creating BaseTasks: luigi's own rules, at a fraction of luigi's cost.
+
+A task's identity includes those of the tasks it requires, so checking one root means creating every task below it
+(see :mod:`astra.identity`); most of that time went into luigi working out each new task's parameter values twice
+(once to look the task up in its instance cache, once more in ``Task.__init__``), each time writing the arguments
+into an error message in case one is needed, and asking the configuration for every parameter. Here the values are
+worked out once per task, and when every parameter is given by keyword (and luigi's configuration has no section
+for the task) simply by normalising them, which is all luigi does then too. Anything else goes to luigi.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from collections.abc import Callable, Sequence
+
+import luigi
+from luigi.task_register import Register
+
+#: The values worked out for the task being created in this thread, for its ``Task.__init__`` to take.
+_creating = threading.local()
+
+
+class TaskRegister(Register):
+    """luigi's metaclass, looking new tasks up in luigi's instance cache after working out their values once."""
+
+    def __call__(cls, *args, **kwargs):  # noqa: N805 -- a metaclass method, as luigi's Register names it
+        params = cls.get_params()
+        values = cls.get_param_values(params, args, kwargs)
+        cache = cls._Register__instance_cache  # luigi's, shared with every other task class
+        if cache is None:  # luigi.task_register.Register.disable_instance_cache()
+            return _create(cls, args, kwargs, params, values)
+        key = (cls, tuple(values))
+        try:
+            hash(key)
+        except TypeError:  # a value that cannot be hashed: no instance cache, as in luigi
+            return _create(cls, args, kwargs, params, values)
+        if key not in cache:
+            cache[key] = _create(cls, args, kwargs, params, values)
+        return cache[key]
+
+
+def _create(cls: type, args: tuple, kwargs: dict, params: list, values: list) -> luigi.Task:
+    # Nested creations (an __init__ that creates other tasks) keep their own; the outer one is put back after.
+    outer = getattr(_creating, "task", None)
+    _creating.task = (cls, args, kwargs, params, values)
+    try:
+        return type.__call__(cls, *args, **kwargs)
+    finally:
+        _creating.task = outer
+
+
+def initialise(task: luigi.Task, luigis: Callable, args: tuple, kwargs: dict) -> None:
+    """``luigis(*args, **kwargs)``, where ``luigis`` is the next ``__init__`` after BaseTask's for ``task``.
+
+    When that is luigi's own ``Task.__init__`` and the values were just worked out, this does what it does without
+    working them out again, and leaves ``task_id`` (an md5 of the parameters as JSON) to ``BaseTask.task_id``, for
+    when it is first asked: a task created only to identify the one above it never needs it.
+    """
+    creating = getattr(_creating, "task", None)
+    if (
+        getattr(luigis, "__func__", None) is not luigi.Task.__init__
+        or creating is None
+        or creating[0] is not type(task)
+        or not _same(creating, task.get_params(), args, kwargs)
+    ):
+        luigis(*args, **kwargs)
+        return
+    values = creating[4]
+    for name, value in values:
+        setattr(task, name, value)
+    task.param_kwargs = dict(values)
+    task._warn_on_wrong_param_types()
+    task.set_tracking_url = None
+    task.set_status_message = None
+    task.set_progress_percentage = None
+
+
+def task_id(task: luigi.Task) -> str:
+    """luigi's ``task_id`` of ``task``, as its ``Task.__init__`` works it out."""
+    return luigi.task.task_id_str(task.get_task_family(), task.to_str_params(only_significant=True, only_public=True))
+
+
+def param_values(cls: type, params: list, args: Sequence, kwargs: dict, luigis: Callable) -> list[tuple[str, object]]:
+    """What luigi's ``Task.get_param_values(params, args, kwargs)`` returns (``luigis`` is that method)."""
+    creating = getattr(_creating, "task", None)
+    if creating is not None and creating[0] is cls and _same(creating, params, args, kwargs):
+        return list(creating[4])
+    if args or len(kwargs) != len(params) or cls.get_task_family() in luigi.configuration.get_config().sections():
+        return luigis(params, args, kwargs)  # defaults, positional arguments, or a config section: luigi's rules
+    named = dict(params)
+    if kwargs.keys() != named.keys():
+        return luigis(params, args, kwargs)  # an unknown parameter: luigi's error
+    values = {name: named[name].normalize(value) for name, value in kwargs.items()}
+    return [(name, _as_stored(values[name])) for name, _ in params]
+
+
+def _as_stored(value: object) -> object:
+    return tuple(value) if isinstance(value, (list, set)) else value  # lists and sets become tuples, as in luigi
+
+
+def _same(creating: tuple, params: list, args: Sequence, kwargs: dict) -> bool:
+    """Whether these are the very arguments of the task being created (so its values are known)."""
+    _, given_args, given_kwargs, given_params, _ = creating
+    return (
+        params == given_params
+        and len(args) == len(given_args)
+        and all(map(operator.is_, args, given_args))
+        and list(kwargs) == list(given_kwargs)
+        and all(map(operator.is_, kwargs.values(), given_kwargs.values()))
+    )
