@@ -305,7 +305,7 @@ ROOTS = {"local": "LocalRoot", "postgres": "PostgresRoot", "astra": "AstraRoot",
 
 def root_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool) -> None:
     """The root-only warm check, each a whole ``luigi --module bench.tasks <Root> --n N`` process."""
-    print(f"\n## (e) root-only warm check, whole processes: a done root over {n:,} done tasks\n", flush=True)
+    print(f"\n## (f) root-only warm check, whole processes: a done root over {n:,} done tasks\n", flush=True)
     all_done(bench, n, urls)
 
     def luigi(kind: str, *before: str) -> list[str]:
