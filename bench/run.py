@@ -18,6 +18,8 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
 (e) batch: EstimateSNRBatch over 20,000 simulated spectra against a plain loop over the same files, 1 and 2
     processes, SQLite and PostgreSQL: `python bench/run.py --only batch` (bench/batch_vs_loop.py, which has more
     options, e.g. --profile).
+(f) recording: 100,000 batch items recorded on PostgreSQL and SQLite beside the same rows written without astra, and
+    the all-done check over 1,000,000 items (bench/recording.py): `python bench/run.py --only recording [--profile]`.
 """
 
 from __future__ import annotations
@@ -213,9 +215,14 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=2000, help="tasks in the cold run")
     parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
     parser.add_argument("--output-items", type=int, default=100_000, help="items in the outputs benchmark")
+    parser.add_argument("--record-items", type=int, default=100_000, help="items in the recording benchmark")
+    parser.add_argument("--done-items", type=int, default=1_000_000, help="items of the all-done check")
+    parser.add_argument("--profile", action="store_true", help="recording: cProfile's top entries of astra's runs")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--only", default="warm,cold,scale,outputs", help="comma-separated: warm, cold, scale, outputs, batch"
+        "--only",
+        default="warm,cold,scale,outputs",
+        help="comma-separated: warm, cold, scale, outputs, batch, recording",
     )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -226,6 +233,7 @@ def main() -> None:
         return
     if args.quick:
         args.warm, args.cold, args.items, args.output_items = 1000, 200, 20000, 10000
+        args.record_items, args.done_items = 20000, 100000
     only = set(args.only.split(","))
     if "batch" in only:  # whole processes of its own, on databases of its own
         sys.path.insert(0, str(REPO))
@@ -255,6 +263,10 @@ def main() -> None:
             scale(bench, args.items, urls)
         if "outputs" in only:
             with_outputs(bench, args.output_items, args.repeat)
+        if "recording" in only:
+            from bench.recording import recording
+
+            recording(bench, args.record_items, args.done_items, args.profile)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)
