@@ -264,6 +264,7 @@ def main() -> None:
         if "outputs" in only:
             with_outputs(bench, args.output_items, args.repeat)
         if "recording" in only:
+            sys.path.insert(0, str(REPO))
             from bench.recording import recording
 
             recording(bench, args.record_items, args.done_items, args.profile)
