@@ -355,7 +355,6 @@ class PostgreSQL(SQLite):
     def _copy_new(self, db, tables, status, fresh, missing) -> tuple[dict[str, int], dict[str, int]]:
         """Copy the new task rows ``fresh`` and parameter rows ``missing`` in; their pks, by hash."""
         task, parameter, _, _ = tables
-        now = None
         task_pks, parameter_pks = {}, {}
         for table, rows, pks in ((task, fresh, task_pks), (parameter, missing, parameter_pks)):
             if not rows:
