@@ -23,6 +23,8 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
     `luigi --module bench.tasks AstraRoot --n N` (and LocalRoot, PostgresRoot), default N = 5,000:
     `python bench/run.py --only root [--root-tasks N] [--profile]`. ``--profile`` then runs each astra kind once
     more under cProfile and prints the top entries, to say where the time beyond LocalTarget's goes.
+(g) recording: 100,000 batch items recorded on PostgreSQL and SQLite beside the same rows written without astra, and
+    the all-done check over 1,000,000 items (bench/recording.py): `python bench/run.py --only recording [--profile]`.
 """
 
 from __future__ import annotations
@@ -220,13 +222,17 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=2000, help="tasks in the cold run")
     parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
     parser.add_argument("--output-items", type=int, default=100_000, help="items in the outputs benchmark")
+    parser.add_argument("--record-items", type=int, default=100_000, help="items in the recording benchmark")
+    parser.add_argument("--done-items", type=int, default=1_000_000, help="items of the all-done check")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--root-tasks", type=int, default=5000, help="tasks below the root in the root benchmark")
-    parser.add_argument("--profile", action="store_true", help="root benchmark: also print a cProfile of astra's run")
+    parser.add_argument(
+        "--profile", action="store_true", help="root and recording: also print cProfile's top entries of astra's runs"
+    )
     parser.add_argument(
         "--only",
-        default="warm,cold,scale,outputs,root",
-        help="comma-separated: warm, cold, scale, outputs, batch, root",
+        default="warm,cold,scale,outputs,root,recording",
+        help="comma-separated: warm, cold, scale, outputs, batch, root, recording",
     )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -237,6 +243,7 @@ def main() -> None:
         return
     if args.quick:
         args.warm, args.cold, args.items, args.output_items, args.root_tasks = 1000, 200, 20000, 10000, 1000
+        args.record_items, args.done_items = 20000, 100000
     only = set(args.only.split(","))
     if "batch" in only:  # whole processes of its own, on databases of its own
         sys.path.insert(0, str(REPO))
@@ -268,6 +275,11 @@ def main() -> None:
             with_outputs(bench, args.output_items, args.repeat)
         if "root" in only:
             root_processes(bench, args.root_tasks, max(args.repeat, 5), urls, args.profile)
+        if "recording" in only:
+            sys.path.insert(0, str(REPO))
+            from bench.recording import recording
+
+            recording(bench, args.record_items, args.done_items, args.profile)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -165,7 +165,8 @@ def test_batch_items_get_their_rows_in_one_statement_per_chunk(outputs_db, monke
                     return iter(real)
 
                 def copy_expert(self, sql, *args, **kwargs):
-                    statements.append(sql)
+                    if "test_visit" in sql:  # the task rows travel by COPY too
+                        statements.append(sql)
                     return real.copy_expert(sql, *args, **kwargs)
 
             return Counting()

@@ -14,9 +14,11 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 import re
+import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import peewee
@@ -30,6 +32,9 @@ CHUNK = 5000
 
 #: The status of a finished task (astra.database.queries.DONE, which imports this module).
 DONE = "done"
+
+#: The columns of a task row that :meth:`SQLite.record_items` takes from each item, in this order.
+ITEM_COLUMNS = "task_module, task_name, task_id, task_hash, version, astra_version, result, error, traceback, duration"
 
 #: Python's JSON brackets as PostgreSQL's array-literal braces, and back.
 _BRACES = str.maketrans("[]", "{}")
@@ -129,24 +134,38 @@ class SQLite:
             found.update(cursor.fetchall())
         return found
 
-    def record_items(self, db, insert, upsert, rows, parameters, links, edges, items, tables, constants, done_hashes):
-        """The SQLite half of :func:`astra.database.queries.record_items`, which prepares every argument."""
+    def record_items(
+        self,
+        db: peewee.Database,
+        tables: tuple[str, str, str, str],
+        status: str,
+        rows: list[tuple],
+        parameters: dict[str, tuple[str, str, str]],
+        links: list[tuple[str, str]],
+        edges: list[tuple[str, str]],
+    ) -> dict[str, int]:
+        """The SQLite half of :func:`astra.database.queries.record_items`, which prepares every argument.
+
+        SQLite runs in this process: executemany costs no round trips. Its clock is this host's (the server's),
+        kept in peewee's text form of naive UTC.
+        """
         task, parameter, task_parameter, dependency = tables
-        now, completed, status, host, pid = constants
-        # SQLite runs in this process: executemany costs no round trips. It keeps peewee's text form of naive UTC.
-        stamp = str(now.replace(tzinfo=None))
-        constants = (status, stamp, stamp, stamp, stamp if completed else None, host, pid)
+        stamp = str(self.now().replace(tzinfo=None))
+        constants = (status, stamp, stamp, stamp, stamp if status == DONE else None, socket.gethostname(), os.getpid())
         connection = db.connection()
+        hashes = [row[3] for row in rows]
         # The write lock is held (IMMEDIATE), so what is done now stays as it is until this transaction ends.
-        already = done_hashes(item["task_hash"] for item in items)
+        already = {h for h, s in self._statuses(db, task, hashes) if s == DONE}
         connection.executemany(
-            f"{insert} VALUES ({', '.join('?' * 17)}, 1) {upsert}", [(*row, *constants) for row in rows]
+            f"INSERT INTO {task} ({ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, "
+            f"attempts) VALUES ({', '.join('?' * 17)}, 1) {_upsert(task)}",
+            [(*row, *constants) for row in rows],
         )
         connection.executemany(
             f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
             list(parameters.values()),
         )
-        task_pks = self.keys(db, task, "task_hash", [item["task_hash"] for item in items] + [r for _, r in edges])
+        task_pks = self.keys(db, task, "task_hash", hashes + [r for _, r in edges])
         parameter_pks = self.keys(db, parameter, "parameter_hash", list(parameters))
         for table, column, pairs, pks in (
             (task_parameter, "parameter_pk", links, parameter_pks),
@@ -156,7 +175,15 @@ class SQLite:
                 f"INSERT OR IGNORE INTO {table} (task_pk, {column}) VALUES (?, ?)",
                 [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks],
             )
-        return {item["task_hash"]: task_pks[item["task_hash"]] for item in items if item["task_hash"] not in already}
+        return {h: task_pks[h] for h in hashes if h not in already}
+
+    def _statuses(self, db: peewee.Database, task: str, hashes: list[str]) -> list[tuple[str, str]]:
+        found = []
+        for chunk in _chunked(hashes):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT task_hash, status FROM {task} WHERE task_hash IN ({marks})"
+            found += db.execute_sql(sql, tuple(chunk)).fetchall()
+        return found
 
     def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
         """``rows`` (task pk, {field name: value}) into ``model``'s table: executemany (SQLite runs in this
@@ -263,63 +290,130 @@ class PostgreSQL(SQLite):
             found.update(cursor.fetchall())
         return found
 
-    def record_items(self, db, insert, upsert, rows, parameters, links, edges, items, tables, constants, done_hashes):
-        """The PostgreSQL half of :func:`astra.database.queries.record_items`, which prepares every argument."""
+    def record_items(self, db, tables, status, rows, parameters, links, edges):
+        """The PostgreSQL half of :func:`astra.database.queries.record_items`.
+
+        Rows new to the database travel by ``COPY`` (the fastest way into the server), with primary keys taken
+        from the sequences and times from the server's clock (the transaction's ``now()``, as for a task claimed
+        alone), so nothing comes back per row and no key is taken for a row that is not written. Should another
+        worker record some of the same tasks or parameters meanwhile, the copy fails on their keys and the chunk
+        goes the slower way, ``INSERT ... ON CONFLICT`` from a staging table.
+        """
         task, parameter, task_parameter, dependency = tables
-        now, completed, status, host, pid = constants
-        _pks = self.keys
-        # Rows travel as one array per column; RETURNING gives the keys, so no later join on the long hashes.
-        # Rows already there (a retried failure) are updated, not inserted again: an INSERT that ends in ON
-        # CONFLICT still takes a value of the pk sequence.
-        known = _pks(db, task, "task_hash", [row[3] for row in rows])
+        known = self.keys(db, task, "task_hash", [row[3] for row in rows])
         fresh = [row for row in rows if row[3] not in known]
-        task_pks = {}
-        if fresh:
-            cursor = db.execute_sql(
-                f"{insert} SELECT *, %s, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s, "
-                "%s::int, 1 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                f"%s::jsonb[], %s::text[], %s::text[], %s::float8[]) {upsert} RETURNING task_hash, pk",
-                (status, now, now, now, completed, host, pid, *(list(column) for column in zip(*fresh))),
-            )
-            task_pks.update(cursor.fetchall())
         again = [(row[3], *row[6:]) for row in rows if row[3] in known]
-        if again:
+        parameter_pks = self.keys(db, parameter, "parameter_hash", list(parameters))
+        missing = [value for key, value in parameters.items() if key not in parameter_pks]
+        new: dict[str, int] = {}  # task rows inserted by this call
+        task_pks: dict[str, int] = {}  # every task row written by this call
+        if fresh or missing:
+            db.execute_sql("SAVEPOINT astra_record_items")
+            try:
+                new, made = self._copy_new(db, tables, status, fresh, missing)
+            except peewee.IntegrityError:  # another worker recorded some of them just now
+                db.execute_sql("ROLLBACK TO SAVEPOINT astra_record_items")
+                new, updated, made = self._insert_new(db, tables, status, fresh, missing)
+                task_pks.update(updated)
+            db.execute_sql("RELEASE SAVEPOINT astra_record_items")
+            parameter_pks.update(made)
+            if len(parameter_pks) < len(parameters):  # another worker inserted some of them just now
+                late = [key for key in parameters if key not in parameter_pks]
+                parameter_pks.update(self.keys(db, parameter, "parameter_hash", late))
+        task_pks.update(new)
+        if again:  # rows already there (a retried failure): updated unless done
+            names = ("hashes", "results", "errors", "tracebacks", "durations")
             cursor = db.execute_sql(
-                f"UPDATE {task} SET status = %s, started = %s, heartbeat = %s, completed = %s, host = %s, "
-                f"pid = %s, attempts = {task}.attempts + 1, result = v.result, error = v.error, "
-                "traceback = v.traceback, duration = v.duration, claim_token = NULL, lease = NULL FROM "
-                "unnest(%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::float8[]) "
-                "AS v(task_hash, result, error, traceback, duration) "
-                f"WHERE {task}.task_hash = v.task_hash AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, "
-                f"{task}.pk",
-                (status, now, now, completed, host, pid, *(list(column) for column in zip(*again))),
+                f"UPDATE {task} SET status = %(status)s, started = now(), heartbeat = now(), "
+                f"completed = {'now()' if status == DONE else 'NULL'}, host = %(host)s, pid = %(pid)s, "
+                f"attempts = {task}.attempts + 1, result = v.result, error = v.error, traceback = v.traceback, "
+                "duration = v.duration, claim_token = NULL, lease = NULL FROM unnest(%(hashes)s::text[], "
+                "%(results)s::jsonb[], %(errors)s::text[], %(tracebacks)s::text[], %(durations)s::float8[]) "
+                f"AS v(task_hash, result, error, traceback, duration) WHERE {task}.task_hash = v.task_hash "
+                f"AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, {task}.pk",
+                {**_here(status), **dict(zip(names, map(list, zip(*again))))},
             )
             task_pks.update(cursor.fetchall())
-        parameter_pks = _pks(db, parameter, "parameter_hash", list(parameters))
-        missing = [value for key, value in parameters.items() if key not in parameter_pks]
-        if missing:
-            cursor = db.execute_sql(
-                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) SELECT * FROM "
-                "unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING RETURNING parameter_hash, pk",
-                tuple(list(column) for column in zip(*missing)),
-            )
-            parameter_pks.update(cursor.fetchall())
-            parameter_pks.update(
-                _pks(db, parameter, "parameter_hash", [h for h in parameters if h not in parameter_pks])
-            )
-        required_pks = _pks(db, task, "task_hash", list({required for _, required in edges}))
+        required_pks = self.keys(db, task, "task_hash", list({required for _, required in edges}))
+        inserted = set(new.values())
         for table, column, pairs, pks in (
             (task_parameter, "parameter_pk", links, parameter_pks),
             (dependency, "requires_pk", edges, required_pks),
         ):
             pairs = [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks]
-            if pairs:
+            # The links of a task row inserted just now cannot be there yet: copied straight in.
+            self._copy_in(db, f"{table} (task_pk, {column})", [pair for pair in pairs if pair[0] in inserted])
+            again_pairs = [pair for pair in pairs if pair[0] not in inserted]
+            if again_pairs:
                 db.execute_sql(
                     f"INSERT INTO {table} (task_pk, {column}) SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
                     "ON CONFLICT DO NOTHING",
-                    tuple(list(column) for column in zip(*pairs)),
+                    tuple(list(column) for column in zip(*again_pairs)),
                 )
         return task_pks
+
+    def _copy_new(self, db, tables, status, fresh, missing) -> tuple[dict[str, int], dict[str, int]]:
+        """Copy the new task rows ``fresh`` and parameter rows ``missing`` in; their pks, by hash."""
+        task, parameter, _, _ = tables
+        task_pks, parameter_pks = {}, {}
+        for table, rows, pks in ((task, fresh, task_pks), (parameter, missing, parameter_pks)):
+            if not rows:
+                continue
+            # The sequence's name is looked up once, not once per key.
+            cursor = db.execute_sql(
+                "SELECT now(), array_agg(nextval(s.name)) FROM (SELECT pg_get_serial_sequence(%s, 'pk')::regclass "
+                "AS name) AS s, generate_series(1, %s) GROUP BY 1",
+                (table, len(rows)),
+            )
+            now, keys = cursor.fetchone()
+            if table == task:
+                here = _here(status)
+                same = (status, now, now, now, now if status == DONE else None, here["host"], here["pid"], 1)
+                columns = f"pk, {ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, attempts"
+                self._copy_in(db, f"{task} ({columns})", [(pk, *row) for pk, row in zip(keys, rows)], same)
+                pks.update((row[3], pk) for pk, row in zip(keys, rows))
+            else:
+                columns = "pk, parameter_name, parameter_value, parameter_hash"
+                self._copy_in(db, f"{parameter} ({columns})", [(pk, *row) for pk, row in zip(keys, rows)])
+                pks.update((row[2], pk) for pk, row in zip(keys, rows))
+        return task_pks, parameter_pks
+
+    def _insert_new(self, db, tables, status, fresh, missing) -> tuple[dict[str, int], ...]:
+        """:meth:`_copy_new` where some rows may be there by now: through a staging table, ``ON CONFLICT``.
+
+        Returns the pks of the task rows inserted, of those updated (another worker's failed or running row,
+        which may have its links already) and of the parameters inserted, by hash.
+        """
+        task, parameter, _, _ = tables
+        db.execute_sql(_STAGING)
+        task_pks, updated = {}, {}
+        if fresh:
+            self._copy_in(db, f"astra_stage_task ({ITEM_COLUMNS})", fresh)
+            completed = "now()" if status == DONE else "NULL"
+            cursor = db.execute_sql(
+                f"INSERT INTO {task} ({ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, "
+                f"attempts) SELECT *, %(status)s, now(), now(), now(), {completed}, %(host)s, %(pid)s, 1 "
+                f"FROM astra_stage_task {_upsert(task)} RETURNING task_hash, pk, xmax = 0",
+                _here(status),
+            )
+            for task_hash, pk, inserted in cursor.fetchall():
+                (task_pks if inserted else updated)[task_hash] = pk
+        parameter_pks = {}
+        if missing:
+            self._copy_in(db, "astra_stage_parameter (parameter_name, parameter_value, parameter_hash)", missing)
+            cursor = db.execute_sql(
+                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) "
+                "SELECT * FROM astra_stage_parameter ON CONFLICT DO NOTHING RETURNING parameter_hash, pk"
+            )
+            parameter_pks = dict(cursor.fetchall())
+        return task_pks, updated, parameter_pks
+
+    def _copy_in(self, db: peewee.Database, target: str, rows: list[Sequence], same: Sequence = ()) -> None:
+        """``COPY target FROM STDIN`` with ``rows`` (each followed by ``same``); errors as peewee's, like those of
+        any other statement."""
+        if rows:
+            with peewee.__exception_wrapper__:
+                db.cursor().copy_expert(f"COPY {target} FROM STDIN", _copy_text(rows, same))
 
     def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
         """One COPY in binary where every column has an encoder, else the rows as one array per column, unpacked
@@ -470,6 +564,57 @@ def _copy(db, model, fields, kinds, rows) -> None:
     buffer.seek(0)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
     db.cursor().copy_expert(f"COPY {POSTGRESQL.table(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
+
+
+def _here(status: str) -> dict:
+    return {"status": status, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+#: Per connection, created on first use: rows on their way in, gone at the end of each transaction.
+_STAGING = (
+    "SET LOCAL client_min_messages = warning; "  # not a notice per chunk that the tables exist
+    "CREATE TEMPORARY TABLE IF NOT EXISTS astra_stage_task (task_module text, task_name text, task_id text, "
+    "task_hash text, version text, astra_version text, result jsonb, error text, traceback text, "
+    "duration double precision) ON COMMIT DELETE ROWS; "
+    "CREATE TEMPORARY TABLE IF NOT EXISTS astra_stage_parameter (parameter_name text, parameter_value text, "
+    "parameter_hash text) ON COMMIT DELETE ROWS; "
+    "DELETE FROM astra_stage_task; DELETE FROM astra_stage_parameter"
+)
+
+#: What COPY's text format writes as a backslash escape.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(rows: Iterable[Sequence], same: Sequence = ()) -> io.StringIO:
+    """``rows``, each followed by the values ``same``, in COPY's text format (tab-separated, ``\\N`` for NULL)."""
+    escapes = _COPY_ESCAPES
+    # Written out inline rather than a function per value: this runs for every value of a million items.
+    tail = "".join(["\t" + _copy_value(value) for value in same]) + "\n"
+    lines = [
+        "\t".join([v.translate(escapes) if v.__class__ is str else "\\N" if v is None else _copy_value(v) for v in row])
+        + tail
+        for row in rows
+    ]
+    return io.StringIO("".join(lines))
+
+
+def _copy_value(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    return str(value)
+
+
+def _upsert(task: str) -> str:
+    """A task row recorded again by a batch: a failed or running row is overwritten, a done one stays."""
+    return (
+        f"ON CONFLICT (task_hash) DO UPDATE SET status = excluded.status, started = excluded.started, "
+        f"heartbeat = excluded.heartbeat, completed = excluded.completed, duration = excluded.duration, "
+        f"host = excluded.host, pid = excluded.pid, attempts = {task}.attempts + 1, result = excluded.result, "
+        f"error = excluded.error, traceback = excluded.traceback, claim_token = NULL, lease = NULL "
+        f"WHERE {task}.status <> '{DONE}'"
+    )
 
 
 def dialect(db: peewee.Database | peewee.DatabaseProxy | None) -> SQLite:

@@ -13,7 +13,7 @@ import peewee
 from astra.database import text
 from astra.database.connection import DatabaseError, database, retried
 from astra.database.dialect import dialect
-from astra.database.models import Dependency, Parameter, Task, TaskParameter, utcnow
+from astra.database.models import Dependency, Parameter, Task, TaskParameter
 from astra.identity import parameter_hash
 
 #: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
@@ -477,9 +477,8 @@ def transaction():
     return _atomic(database())
 
 
-# Many items at once (astra.batch): one statement per table per chunk, with no per-row round trip. On PostgreSQL
-# the rows travel as arrays and are unpacked by unnest(); on SQLite, which runs in this process, executemany is as
-# fast and simpler.
+# Many items at once (astra.batch): a few statements per chunk, whatever its size, with no per-row round trip.
+# How the rows travel is the dialect's business (COPY on PostgreSQL, executemany on SQLite).
 
 
 def _table(model: type[peewee.Model], db: peewee.Database) -> str:
@@ -492,8 +491,8 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
     Each item is a dict with ``task_module``, ``task_name``, ``task_id``, ``task_hash``, ``version``,
     ``astra_version``, ``parameters`` (name -> canonical value), ``requires`` (task hashes) and optionally
     ``result`` (JSON text from :func:`astra.values.dumps`), ``error``, ``traceback`` and ``duration``. A task
-    already recorded as done stays as it is (first done wins); a failed or running row is overwritten. Call
-    inside :func:`transaction`.
+    already recorded as done stays as it is (first done wins); a failed or running row is overwritten. Times are
+    the database's clock, as for a task claimed alone. Call inside :func:`transaction`.
 
     Returns the pk of each task row written (those already done are left out), by hash.
     """
@@ -501,20 +500,7 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
     items = list({item["task_hash"]: item for item in items}.values())
     if not items:
         return {}
-    for item in items:
-        text.check_identity(item, item["parameters"], nul_forbidden=dialect(db).nul_forbidden)
-    now = utcnow()
-    host, pid = socket.gethostname(), os.getpid()
-    completed = now if status == DONE else None
-    task, parameter, task_parameter, dependency = (_table(m, db) for m in (Task, Parameter, TaskParameter, Dependency))
-    columns = "task_module, task_name, task_id, task_hash, version, astra_version, result, error, traceback, duration"
-    upsert = (
-        f"ON CONFLICT (task_hash) DO UPDATE SET status = excluded.status, started = excluded.started, "
-        f"heartbeat = excluded.heartbeat, completed = excluded.completed, duration = excluded.duration, "
-        f"host = excluded.host, pid = excluded.pid, attempts = {task}.attempts + 1, result = excluded.result, "
-        f"error = excluded.error, traceback = excluded.traceback, claim_token = NULL, lease = NULL "
-        f"WHERE {task}.status <> '{DONE}'"
-    )
+    _check_identities(items, nul_forbidden=dialect(db).nul_forbidden)
     rows = [
         (
             item["task_module"],
@@ -530,21 +516,28 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
         )
         for item in items
     ]
-    parameters = {}
+    parameters: dict[str, tuple[str, str, str]] = {}
+    hashes: dict[tuple[str, str], str] = {}  # most values are shared: each distinct pair is hashed once
     links, edges = [], []
     for item in items:
-        for name, value in item["parameters"].items():
-            key = parameter_hash(name, value)
-            parameters[key] = (name, value, key)
-            links.append((item["task_hash"], key))
-        edges.extend((item["task_hash"], required) for required in item["requires"])
-    insert = f"INSERT INTO {task} ({columns}, status, created, started, heartbeat, completed, host, pid, attempts) "
-    tables = (task, parameter, task_parameter, dependency)
-    constants = (now, completed, status, host, pid)
-    prepared = (insert, upsert, rows, parameters, links, edges, items, tables, constants)
-    return dialect(db).record_items(db, *prepared, done_hashes)
+        task_hash = item["task_hash"]
+        for pair in item["parameters"].items():
+            key = hashes.get(pair)
+            if key is None:
+                key = hashes[pair] = parameter_hash(*pair)
+                parameters[key] = (*pair, key)
+            links.append((task_hash, key))
+        edges.extend((task_hash, required) for required in item["requires"])
+    tables = tuple(_table(m, db) for m in (Task, Parameter, TaskParameter, Dependency))
+    return dialect(db).record_items(db, tables, status, rows, parameters, links, edges)
 
 
-def _pks(db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
-    """The primary keys of the rows of ``table`` whose ``column`` is one of ``hashes``."""
-    return dialect(db).keys(db, table, column, hashes)
+def _check_identities(items: list[dict], nul_forbidden: bool) -> None:
+    """:func:`text.check_identity` for every item, at the cost of one check of all their text when it is fine."""
+    whole = "".join(
+        "".join([*(item[field] for field in text.IDENTITY_FIELDS), *item["parameters"].values()]) for item in items
+    )
+    if text.problem(whole, nul_forbidden) is None:
+        return
+    for item in items:  # the first item at fault, named as a task alone would be
+        text.check_identity(item, item["parameters"], nul_forbidden=nul_forbidden)
