@@ -10,8 +10,8 @@ import pytest
 from astra.database import Parameter, Task
 from astra.identity import parameter_hash, task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
 from tests.example_tasks import WithOptions
+from tests.helpers import run_luigi
 
 AWKWARD = {
     "quotes": 'it\'s "quoted" `and` back\\slashed',

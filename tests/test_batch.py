@@ -7,12 +7,12 @@ import json
 import luigi
 import pytest
 
-from astra import BaseTask
-from astra.batch import BatchError, BatchTask
+from astra.batch import BatchError
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
+from tests.batch_tasks import Measure, MeasureStars
+from tests.helpers import run_luigi
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
 
@@ -109,39 +109,6 @@ def test_a_batch_item_is_recorded_like_a_lone_task(database_url, tmp_path):
     for field in ("task_module", "task_name", "version", "status", "astra_version"):
         assert getattr(row_alone, field) == getattr(row_batched, field)
     assert row_batched.task_id == EstimateSNR(spectrum_path=batched).task_id
-
-
-class Measure(BaseTask):
-    """An item with every kind of parameter luigi has: identity must not depend on how it was created."""
-
-    star = luigi.IntParameter()
-    band = luigi.Parameter(default="g")
-    options = luigi.DictParameter(default={"b": 1, "a": [2, 3]})
-    secret = luigi.Parameter(default="h", visibility=luigi.parameter.ParameterVisibility.HIDDEN)
-    scratch = luigi.Parameter(default="p", visibility=luigi.parameter.ParameterVisibility.PRIVATE)
-    note = luigi.Parameter(default="", significant=False)
-    fail_on = luigi.IntParameter(default=-1, significant=False)
-
-    def run(self) -> int:
-        if self.star == self.fail_on:
-            raise ValueError(f"star {self.star} has no good pixels")
-        return self.star * 10
-
-
-class MeasureStars(BatchTask):
-    item_class = Measure
-    chunk_size = 400
-    stars = luigi.IntParameter()
-    fail_on = luigi.IntParameter(default=-1)
-
-    processed: list[int] = []
-
-    def parameter_sets(self):
-        return [{"star": star, "fail_on": self.fail_on} for star in range(self.stars)]
-
-    def process(self, chunk):
-        MeasureStars.processed.extend(item.values["star"] for item in chunk)
-        return super().process(chunk)
 
 
 def test_item_identities_equal_those_of_lone_tasks():

@@ -16,8 +16,7 @@ import psycopg2
 import pytest
 
 from astra.database import create_schema
-from tests.conftest import run_luigi
-from tests.test_cli import astra
+from tests.helpers import astra, run_luigi
 
 ESTIMATE = ["--module", "workflows", "EstimateSNR", "--local-scheduler", "--no-lock"]
 

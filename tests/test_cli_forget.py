@@ -6,8 +6,7 @@ import json
 
 from astra.database import Dependency, Parameter, Task
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
-from tests.test_cli import SPECTRA, astra, main, one_line_error, run_pipeline
+from tests.helpers import SPECTRA, astra, main, one_line_error, run_luigi, run_pipeline
 from workflows import EstimateSNR, SummariseSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 

@@ -7,9 +7,8 @@ import json
 import luigi
 
 from astra.database import Parameter
-from tests.conftest import run_luigi
 from tests.example_tasks import WithOptions
-from tests.test_cli import astra, main
+from tests.helpers import astra, main, run_luigi
 
 LABELS = ["*.fits", "a.fits", "b*.fits", "x\\y.fits", "x\\*y", "100%_done", "100xxdone", "[ab].fits", "a?c", "abc"]
 

@@ -15,8 +15,8 @@ import pytest
 
 from astra.database import describe
 from astra.database.connection import reset
-from tests.conftest import REPO, _postgres_or_skip, run_luigi
-from tests.test_claims import free_port
+from tests.helpers import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, REPO, free_port, run_luigi, subprocess_env
+from tests.helpers import luigi_error_line as one_line_error
 
 SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00002.fits")
 
@@ -62,7 +62,9 @@ def luigi_without_database_env(*args: str, tmp_path: Path, **env: str):
 
 def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     dbname = postgres_database.rsplit("/", 1)[1]
-    (tmp_path / "sdssdb.yml").write_text("astratest:\n  host: 127.0.0.1\n  port: 5432\n  user: postgres\n")
+    (tmp_path / "sdssdb.yml").write_text(
+        f"astratest:\n  host: {POSTGRES_HOST}\n  port: {POSTGRES_PORT}\n  user: {POSTGRES_USER}\n"
+    )
     (tmp_path / "luigi.cfg").write_text(f"[astra]\nprofile = astratest\ndbname = {dbname}\n")
     env = {"SDSSDB_CONFIG_PATH": str(tmp_path / "sdssdb.yml"), "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
 
@@ -74,7 +76,7 @@ def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "-c", script],
-        env={**os.environ, **env, "ASTRA_DATABASE_URL": "", "PYTHONPATH": str(REPO)},
+        env=subprocess_env({**env, "ASTRA_DATABASE_URL": ""}),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -99,15 +101,6 @@ def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     cursor.execute("select task_name, status from astra.task")
     assert cursor.fetchall() == [("EstimateSNR", "done")]
     connection.close()
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The astra line of a luigi run that stopped; fails if luigi printed a traceback instead."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stdout, result.stdout
-    lines = [line for line in result.stdout.splitlines() if line.startswith("astra: ")]
-    assert len(lines) == 1, result.stdout
-    return lines[0]
 
 
 def test_missing_profile_is_one_clear_line(tmp_path):
@@ -219,13 +212,12 @@ def _with_pgpass(tmp_path: Path, line: str) -> None:
 
 @pytest.mark.parametrize(
     ("user", "dbname", "reason"),
-    [("postgres", "astra_no_such_database", 'database "astra_no_such_database" does not exist'),
+    [(POSTGRES_USER, "astra_no_such_database", 'database "astra_no_such_database" does not exist'),
      ("astra_no_such_role", "postgres", 'role "astra_no_such_role" does not exist')],
 )  # fmt: skip
-def test_profile_that_cannot_connect_says_the_server_reason(tmp_path, user, dbname, reason):
-    _postgres_or_skip()
-    _with_pgpass(tmp_path, f"127.0.0.1:5432:*:{user}:pr0file-s3cret")
-    profile = f"astratest:\n  host: 127.0.0.1\n  port: 5432\n  user: {user}\n"
+def test_profile_that_cannot_connect_says_the_server_reason(postgres_server, tmp_path, user, dbname, reason):
+    _with_pgpass(tmp_path, f"{POSTGRES_HOST}:{POSTGRES_PORT}:*:{user}:pr0file-s3cret")
+    profile = f"astratest:\n  host: {POSTGRES_HOST}\n  port: {POSTGRES_PORT}\n  user: {user}\n"
     result, seconds = _profile_run(tmp_path, profile, dbname)
     line = one_line_error(result)
     assert reason in line and "sdssdb profile 'astratest'" in line, line

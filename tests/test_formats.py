@@ -15,7 +15,7 @@ from astropy.io import fits
 
 import astra
 from astra.database import Task
-from tests.conftest import run_luigi
+from tests.helpers import run_luigi
 from workflows import EstimateSelectedSNR, EstimateSNR
 from workflows.formats import (
     UnknownLayoutError,

@@ -12,8 +12,8 @@ import luigi
 
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import identity, parameter_hash, parameters, task_hash
-from tests.conftest import REPO
-from tests.example_tasks import Leaf, Node, WithOptions
+from tests.example_tasks import Leaf, Node, Versioned, WithOptions
+from tests.helpers import REPO
 
 HASH_IN_SUBPROCESS = """
 import json, sys
@@ -56,9 +56,6 @@ def test_identity_covers_module_family_version_and_requirements():
     assert described["name"] == "Node"
     assert described["requires"] == sorted([task_hash(Leaf(i=0)), task_hash(Leaf(i=1))])
     assert task_hash(Node(n=2, start=1)) != task_hash(node)
-
-    class Versioned(Leaf):
-        version = "2"
 
     assert task_hash(Versioned(i=1)) != task_hash(Leaf(i=1))
 

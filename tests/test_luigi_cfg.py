@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from astra.database import Task
-from tests.conftest import REPO, run_luigi
-from tests.test_claims import free_port
-from tests.test_config import one_line_error
-from tests.test_luigid import luigid  # noqa: F401 -- a fixture
+from tests.helpers import REPO, free_port, run_luigi
+from tests.helpers import luigi_error_line as one_line_error
 
 SHIPPED = (REPO / "luigi.cfg").read_text()
 SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00003.fits")
@@ -39,7 +37,7 @@ def test_the_bare_command_runs_from_the_checkout(database_url):
     assert Task.get(Task.task_name == "EstimateSNR").status == "done"
 
 
-def test_a_configured_luigid_is_used(database_url, luigid, tmp_path, monkeypatch):  # noqa: F811 -- a fixture
+def test_a_configured_luigid_is_used(database_url, luigid, tmp_path, monkeypatch):
     """The README's way to name a luigid: edit local_scheduler and scheduler_host/port in luigi.cfg."""
     monkeypatch.delenv("LUIGI_CONFIG_PATH")  # the luigid fixture's: this test writes its own luigi.cfg
     config = SHIPPED.replace("local_scheduler = true", "local_scheduler = false")

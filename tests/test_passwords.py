@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,20 +17,13 @@ from urllib.parse import quote
 import pytest
 
 from astra.database import mask_password
-from tests.conftest import run_luigi
-from tests.test_cli import astra
+from tests.helpers import astra, free_port, run_luigi
 
 #: Distinct words, so that a test can look for every piece of the password in the output.
 PIECES = ["alpha1", "bravo2", "charlie3", "delta4", "echo5"]
 PASSWORD = "alpha1/bravo2#charlie3?delta4@echo5:"
 BIN = Path("/usr/lib/postgresql/15/bin")
 ESTIMATE = ["--module", "workflows", "EstimateSNR", "--local-scheduler", "--no-lock"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def password_server():
     password_file.write_text(PASSWORD + "\n")
     if run_as:
         shutil.chown(password_file, "postgres")
-    data, port = str(Path(directory, "data")), _free_port()
+    data, port = str(Path(directory, "data")), free_port()
     try:
         subprocess.run(
             [*run_as, initdb, "-D", data, "-U", "astra", "-A", "scram-sha-256", f"--pwfile={password_file}", "-N"],
@@ -125,7 +117,7 @@ def _wrong_urls(server: str) -> dict[str, str]:
         "wrong password": f"postgresql://astra:{PASSWORD}x@{server}/astra",
         "unknown role": f"postgresql://nobody:{PASSWORD}@{server}/astra",
         "bad port": f"postgresql://astra:{PASSWORD}@127.0.0.1:{port}x/astra",
-        "nothing listening": f"postgresql://astra:{PASSWORD}@127.0.0.1:{_free_port()}/astra",
+        "nothing listening": f"postgresql://astra:{PASSWORD}@127.0.0.1:{free_port()}/astra",
         "no host": f"postgresql://astra:{PASSWORD}@/astra",
         "password echoed by the driver": f"postgresql://astra:alpha1@{server}/astra?connect_timeout=alpha1",
         "password in the query": f"postgresql://astra@{server}/astra?password={PASSWORD}&sslmode=disable",

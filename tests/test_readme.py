@@ -9,7 +9,7 @@ import subprocess
 
 import astra
 from astra.database import Task
-from tests.conftest import LUIGI, REPO, run_luigi
+from tests.helpers import LUIGI, REPO, run_luigi
 from workflows import EstimateSNR
 
 

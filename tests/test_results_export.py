@@ -11,8 +11,8 @@ from astropy.table import Table
 from astra.database import output_tables
 from astra.database.connection import is_postgres
 from astra.targets import forget_cached
+from tests.helpers import astra
 from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Visit
-from tests.test_cli import astra
 
 
 def strict(text: str) -> object:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import peewee
 import psycopg2
 import pytest
@@ -13,38 +10,8 @@ from astra.database import Parameter, Task, TaskParameter, create_schema, databa
 from astra.database.models import MODELS, proxy, utcnow
 from astra.database.queries import _record_parameters
 from astra.identity import parameter_hash
-
-REPO = Path(__file__).resolve().parent.parent
-SQL = REPO / "schema" / "astradb" / "astradb.sql"
-
-
-def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
-    with open(sql_file) as stdin:
-        return subprocess.run(
-            ["psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", url], stdin=stdin, capture_output=True, text=True
-        )
-
-
-def describe_schema(url: str) -> dict:
-    """Columns, indexes and constraints of schema astra, as PostgreSQL reports them."""
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(
-            "select table_name, column_name, data_type, is_nullable from information_schema.columns "
-            "where table_schema = 'astra' order by table_name, column_name"
-        )
-        columns = cursor.fetchall()
-        cursor.execute("select indexname, indexdef from pg_indexes where schemaname = 'astra' order by indexname")
-        indexes = cursor.fetchall()
-        cursor.execute(
-            "select conrelid::regclass::text, contype, pg_get_constraintdef(oid) from pg_constraint "
-            "where connamespace = 'astra'::regnamespace order by 1, 2, 3"
-        )
-        constraints = cursor.fetchall()
-        return {"columns": columns, "indexes": indexes, "constraints": constraints}
-    finally:
-        connection.close()
+from tests.helpers import SCHEMA_SQL as SQL
+from tests.helpers import describe_schema, psql
 
 
 def test_sql_file_creates_the_three_tables(postgres_database):

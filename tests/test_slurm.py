@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,39 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from astra.database import Task, create_schema
-from astra.targets import forget_cached
-from tests.conftest import REPO, _close_connections, run_luigi
-from tests.test_claims import background, postgres_url, start_later, wait_for  # noqa: F401 -- postgres_url is a fixture
-from tests.test_luigid import luigid  # noqa: F401 -- a fixture
+from astra.database import Task
+from tests.helpers import (
+    astra,
+    background,
+    jobs_of,
+    result_of,
+    run_luigi,
+    scontrol,
+    slurm_args,
+    start_later,
+    wait_for,
+)
 from workflows.spectra import simulate
 
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture
-def sqlite_url(tmp_path, monkeypatch) -> str:
-    """An SQLite astra database (only), for tests whose point does not depend on the backend."""
-    url = f"sqlite:///{tmp_path / 'astra.db'}"
-    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
-    forget_cached()
-    create_schema()
-    yield url
-    forget_cached()
-    _close_connections()
-
-
-def slurm_args(log_dir: Path, *args: str) -> list[str]:
-    return [*args, "--astra-executor", "slurm", "--slurm-log-dir", str(log_dir), "--slurm-poll", "0.2"]
-
-
-def jobs_of(log_dir: Path) -> dict[str, str]:
-    """The jobs that ran, from their stderr files (``<task_id>-<job>.err``): job id -> job name."""
-    jobs = {}
-    for path in log_dir.glob("*.err") if log_dir.exists() else []:
-        name, _, job = path.stem.rpartition("-")
-        jobs[job] = name
-    return jobs
 
 
 def row(**where) -> Task:
@@ -55,25 +36,14 @@ def row(**where) -> Task:
     return query.get()
 
 
-def result_of(task: Task) -> object:
-    """A task's result as Python (the result column holds JSON)."""
-    return json.loads(task.result) if isinstance(task.result, str) else task.result
-
-
-def scontrol(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
-
-
 def astra_cli(*args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "astra.cli", *args], capture_output=True, text=True, env=env, cwd=REPO)
+    done = astra(*args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.mark.slow
-def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_cluster, postgres_url, tmp_path):
     spectra = tmp_path / "spectra"
     simulate(spectra, count=12, seed=5)
     logs = tmp_path / "logs"
@@ -131,7 +101,7 @@ def test_a_class_can_choose_slurm_and_its_own_job_settings(slurm_cluster, sqlite
 
 
 @pytest.mark.slow
-def test_failures_leave_the_task_failed_with_the_slurm_state_and_a_rerun_runs_it(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_failures_leave_the_task_failed_with_the_slurm_state_and_a_rerun_runs_it(slurm_cluster, postgres_url, tmp_path):
     logs = tmp_path / "logs"
     # A time limit is counted in whole minutes and checked every 30 s: start that one first, check it last.
     with background(
@@ -187,7 +157,7 @@ def _running_job(name: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, postgres_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(
         logs, "--module", "tests.example_tasks", "Node", "--n", "6", "--workers", "3", "--local-scheduler"
@@ -231,7 +201,7 @@ def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sq
     assert f"SLURM job {job} cancelled: the luigi process was interrupted" in task.error
 
 
-def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, luigid, tmp_path):  # noqa: F811
+def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, luigid, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "d", "--seconds", "4")
     args += ["--slurm-sbatch-args=--hold", *luigid.worker_args()]  # pending until the test releases it

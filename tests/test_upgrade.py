@@ -19,10 +19,8 @@ from astra.database.connection import reset
 from astra.database.models import SchemaVersion, utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
-from tests.conftest import LUIGI, REPO, run_luigi
-from tests.test_cli import astra, astra_many, one_line_error
-from tests.test_schema import SQL, psql
-from tests.test_values import assert_same
+from tests.helpers import LUIGI, REPO, assert_same, astra, astra_many, one_line_error, psql, run_luigi
+from tests.helpers import SCHEMA_SQL as SQL
 from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, value
 
 #: main before schema versions: its schema file and code are schema 1.

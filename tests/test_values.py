@@ -15,8 +15,7 @@ from astra import values
 from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
-from tests.conftest import run_luigi
-from tests.test_cli import astra_many
+from tests.helpers import assert_same, astra_many, run_luigi
 from tests.value_tasks import SAMPLES, ReadsBack, Returns, ReturnsBatch, ReturnsInCompletion, everything
 
 
@@ -31,25 +30,6 @@ def expected(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [expected(item) for item in value]
     return value
-
-
-def assert_same(got: object, want: object, where: str = "result") -> None:
-    """Equal values of the very same types (an int is not a float, NaN equals NaN, -0.0 is not 0.0)."""
-    assert type(got) is type(want), f"{where}: {got!r} ({type(got).__name__}) != {want!r} ({type(want).__name__})"
-    if isinstance(want, float):
-        assert (math.isnan(got) and math.isnan(want)) or (
-            got == want and math.copysign(1, got) == math.copysign(1, want)
-        ), f"{where}: {got!r} != {want!r}"
-    elif isinstance(want, dict):
-        assert list(sorted(got)) == list(sorted(want)), f"{where}: keys {sorted(got)} != {sorted(want)}"
-        for key in want:
-            assert_same(got[key], want[key], f"{where}[{key!r}]")
-    elif isinstance(want, list):
-        assert len(got) == len(want), f"{where}: {len(got)} items, not {len(want)}"
-        for index, (one, other) in enumerate(zip(got, want)):
-            assert_same(one, other, f"{where}[{index}]")
-    else:
-        assert got == want, f"{where}: {got!r} != {want!r}"
 
 
 def strict_json(text: str) -> object:

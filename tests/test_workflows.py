@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 from astra.database import Task
 from astra.targets import forget_cached
-from tests.conftest import REPO, run_luigi
+from tests.helpers import REPO, run_luigi, subprocess_env
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
 
 
@@ -83,7 +82,7 @@ def test_the_simulator_runs_as_a_module_without_warnings(tmp_path):
     """``python -m workflows.spectra`` used to warn that workflows.spectra was in sys.modules before it ran."""
     result = subprocess.run(
         [sys.executable, "-m", "workflows.spectra", str(tmp_path), "--count", "2"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
