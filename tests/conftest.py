@@ -14,7 +14,8 @@ import os
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg2
@@ -68,8 +69,22 @@ def postgres_server() -> str:
     return POSTGRES
 
 
+@pytest.fixture(scope="session")
+def _drop_later() -> Iterator[Callable[[str], None]]:
+    """Drops databases in a thread of their own while the next tests run; the session waits for the last ones.
+
+    DROP DATABASE waits for the server to write its changes out, a second or more on a busy machine: most of the
+    time of a short PostgreSQL test. A drop that failed is an error of the session's last test.
+    """
+    drops: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-database") as pool:
+        yield lambda name: drops.append(pool.submit(_admin, f"drop database if exists {name} with (force)"))
+    for drop in drops:
+        drop.result()
+
+
 @pytest.fixture
-def postgres_database(postgres_server):
+def postgres_database(postgres_server, _drop_later):
     """The URL of a new, empty PostgreSQL database (no astra schema), dropped after the test."""
     name = f"astra_test_{uuid.uuid4().hex[:12]}"
     _admin(f"create database {name}")
@@ -77,7 +92,7 @@ def postgres_database(postgres_server):
         yield f"{postgres_server}/{name}"
     finally:
         reset()
-        _admin(f"drop database if exists {name} with (force)")
+        _drop_later(name)
 
 
 @pytest.fixture(params=BACKENDS)
