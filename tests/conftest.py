@@ -71,13 +71,14 @@ def postgres_server() -> str:
 
 @pytest.fixture(scope="session")
 def _drop_later() -> Iterator[Callable[[str], None]]:
-    """Drops databases in a thread of their own while the next tests run; the session waits for the last ones.
+    """Drops databases in threads while the next tests run; the session waits for the last ones.
 
-    DROP DATABASE waits for the server to write its changes out, a second or more on a busy machine: most of the
-    time of a short PostgreSQL test. A drop that failed is an error of the session's last test.
+    DROP DATABASE waits for a checkpoint of the whole server (PostgreSQL 15), seconds on a busy machine: most of
+    the time of a short PostgreSQL test, had it waited. Drops under way at once share one checkpoint, hence several
+    threads. A drop that failed is an error of the session's last test.
     """
     drops: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drop-database") as pool:
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="drop-database") as pool:
         yield lambda name: drops.append(pool.submit(_admin, f"drop database if exists {name} with (force)"))
     for drop in drops:
         drop.result()

@@ -25,6 +25,7 @@ def assert_no_key_burnt() -> None:
             assert last == len(pks), f"{table}: the sequence gave out {last} keys for {len(pks)} rows"
 
 
+@pytest.mark.slow
 def test_polling_a_claimed_task_burns_no_keys(database_url, tmp_path):
     args = hold_args(tmp_path, "polled", "--astra-lease", "2")  # a waiter with lease 2 asks ten times a second
     with background() as started:
@@ -58,6 +59,7 @@ def _item(name: str, shared: str, **extra) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_claims_and_batches_that_meet_existing_rows_burn_no_keys(database_url):
     """Parameters shared with earlier tasks, and a batch's failed items recorded again, take no new keys."""
     for name in ("a", "b", "c"):

@@ -37,6 +37,7 @@ def row(name: str, tmp_path: Path) -> Task | None:
     return Task.get_or_none(Task.task_hash == identity.task_hash(Slow(name=name, workdir=str(tmp_path))))
 
 
+@pytest.mark.slow
 def test_a_forgotten_slow_worker_writes_nothing_on_the_row_that_took_its_pk(database_url, backend, tmp_path):
     """The issue's scenario with real processes: slow A is forgotten, B gets A's pk, A finishes: B's row is B's."""
     with background() as started:
@@ -69,6 +70,7 @@ def test_a_forgotten_slow_worker_writes_nothing_on_the_row_that_took_its_pk(data
     assert after.pid == other.pid
 
 
+@pytest.mark.slow
 def test_a_forgotten_task_run_again_keeps_the_new_attempts_result(database_url, tmp_path):
     """The same task forgotten and started again by another process: only the new attempt's record stands."""
     with background() as started:
@@ -88,6 +90,7 @@ def test_a_forgotten_task_run_again_keeps_the_new_attempts_result(database_url, 
     assert (done.status, done.pid, done.attempts) == ("done", second.pid, 1)
 
 
+@pytest.mark.slow
 def test_every_write_of_a_lost_attempt_misses_the_row_that_took_its_pk(database_url, backend):
     """heartbeat, finish, fail and completion(): none of them touches another attempt's row."""
     old = queries.claim(slow_fields("a"), {"name": "a"}, 60)
@@ -119,6 +122,7 @@ def test_a_batch_that_records_a_running_task_ends_that_claim(database_url):
     assert stored.pid == os.getpid()
 
 
+@pytest.mark.slow
 def test_rows_written_in_completion_are_rolled_back_when_the_record_was_forgotten(database_url, backend):
     assert luigi.build([ForgottenMidway()], local_scheduler=True, log_level="CRITICAL") is False
     assert Note.select().count() == 0  # the task's own rows went with the record they belonged to

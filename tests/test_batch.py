@@ -28,6 +28,7 @@ def rows_by_path(paths) -> dict[str, Task]:
     }
 
 
+@pytest.mark.slow
 def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
     spectra = tmp_path / "spectra"
     paths = simulate(spectra, count=6, seed=5)
@@ -62,6 +63,7 @@ def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
     assert "1 complete ones were encountered" in summary(third.stdout)
 
 
+@pytest.mark.slow
 def test_estimate_snr_batch_takes_a_list_or_a_glob(database_url, tmp_path):
     paths = [str(p) for p in simulate(tmp_path / "spectra", count=4, seed=6)]
     listed = run_luigi(
@@ -129,6 +131,7 @@ def test_item_identities_equal_those_of_lone_tasks():
         list(items(Measure, [{"band": "r"}]))
 
 
+@pytest.mark.slow
 def test_one_failing_item_keeps_the_others_and_a_rerun_does_only_it(database_url):
     MeasureStars.processed = []
     progress, messages = [], []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from astra.database import Task
 from tests.helpers import astra as astra_command
 from tests.helpers import run_luigi
@@ -24,6 +26,7 @@ def outcome(output: str) -> str:
     return text.replace("(, ", "(").replace("Good(i=1) and Good(i=2)", "Good(i=1,2)")
 
 
+@pytest.mark.slow
 def test_a_broken_requires_stops_only_what_depends_on_it(database_url, tmp_path):
     plain = run_luigi(
         "--module", "tests.broken_requires_tasks", "PlainTop", "--root", str(tmp_path), "--local-scheduler"

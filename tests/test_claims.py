@@ -14,6 +14,7 @@ from tests.claims_tasks import hold_args, row_of, runners
 from tests.helpers import background, run_luigi, start_later, wait_for
 
 
+@pytest.mark.slow
 def test_a_second_scheduler_waits_for_the_first_and_does_not_run_again(database_url, tmp_path):
     args = hold_args(tmp_path, "shared")
     with background() as started:
@@ -33,6 +34,7 @@ def test_a_second_scheduler_waits_for_the_first_and_does_not_run_again(database_
     assert "was not run by this process" in second.text()
 
 
+@pytest.mark.slow
 def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
     """The holder is alive but stopped (SIGSTOP): no heartbeats, so after ``lease`` seconds another takes over."""
     args = hold_args(tmp_path, "stalled", "--astra-lease", "2")
@@ -57,6 +59,7 @@ def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
     assert (row.status, row.attempts, row.pid, row.error) == ("done", 2, successor.pid, None)
 
 
+@pytest.mark.slow
 def test_a_dead_claim_from_another_host_is_taken_over_after_the_lease(database_url, tmp_path):
     """A holder on another machine cannot be checked by pid: only its silence for ``[astra] lease`` frees the task."""
     (tmp_path / "luigi.cfg").write_text("[astra]\nlease = 2\n")
@@ -105,6 +108,7 @@ def test_a_live_holder_with_a_long_lease_is_not_taken_over_by_a_worker_with_a_sh
     assert (row.status, row.attempts, row.pid, row.lease) == ("done", 1, holder.pid, 8.0)
 
 
+@pytest.mark.slow
 def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with_a_long_one(database_url, tmp_path):
     """A stopped holder with lease 2 is taken over after 2 s, although the successor's own lease is 600 s."""
     with background() as started:
@@ -119,6 +123,7 @@ def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with
     assert (row.status, row.attempts, row.pid, row.lease) == ("done", 2, successor.pid, 600.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lease", ["0", "nan"])
 def test_a_lease_no_one_could_keep_is_refused_in_one_line(database_url, tmp_path, lease):
     (tmp_path / "odd.release").touch()

@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 
 import psycopg2
+import pytest
 
 import astra as astra_package
 from tests.cli_tasks import Broken
@@ -28,6 +29,7 @@ from workflows import EstimateSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 
 
+@pytest.mark.slow
 def test_help_on_every_command(capsys):
     assert ASTRA.exists(), "run `pip install -e .` so the astra console script exists"
     script = astra("--help")
@@ -49,6 +51,7 @@ def test_help_on_every_command(capsys):
     assert bare.returncode == 2 and "Commands:" in bare.stdout
 
 
+@pytest.mark.slow
 def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
     # trust authentication ignores the password, which lets the test check that it is never shown.
     url = with_password(postgres_database, "hunter2")
@@ -83,6 +86,7 @@ def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
     assert "tasks         0" in status.stdout
 
 
+@pytest.mark.slow
 def test_db_init_on_sqlite(tmp_path):
     path = tmp_path / "new" / "astra.db"
     result = astra("db", "init", env={"ASTRA_DATABASE_URL": f"sqlite:///{path}"})
@@ -92,6 +96,7 @@ def test_db_init_on_sqlite(tmp_path):
     assert {"task", "parameter", "task_parameter", "dependency"} <= tables
 
 
+@pytest.mark.slow
 def test_db_status_counts_per_status_and_name(database_url, capsys):
     run_pipeline(Broken())
     text = astra("db", "status")
@@ -108,6 +113,7 @@ def test_db_status_counts_per_status_and_name(database_url, capsys):
     assert {"task_name": "EstimateSNR", "done": 5, "running": 0, "failed": 0, "total": 5} in status["names"]
 
 
+@pytest.mark.slow
 def test_list_with_filters(database_url, capsys):
     run_pipeline(Broken())
     everything, table = astra_many(
@@ -151,6 +157,7 @@ def test_list_with_filters(database_url, capsys):
     assert one_line_error(nothing, 1) == "astra: no tasks match"
 
 
+@pytest.mark.slow
 def test_bad_filters_give_one_line(database_url, capsys):
     run_pipeline()
     where, parameter = astra_many(
@@ -172,6 +179,7 @@ def test_bad_filters_give_one_line(database_url, capsys):
     assert "No such command 'frobnicate'" in one_line_error(command, 2)
 
 
+@pytest.mark.slow
 def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     run_pipeline(Broken())
     first = EstimateSNR(spectrum_path=SPECTRA[0])
@@ -209,6 +217,7 @@ def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     assert one_line_error(missing, 1) == "astra: no task has pk, luigi task_id or hash (prefix) 'no-such-task'"
 
 
+@pytest.mark.slow
 def test_unreachable_database_and_missing_schema_give_one_line(postgres_database, monkeypatch, capsys):
     refused = "postgresql://postgres:hunter2@127.0.0.1:1/astra"
     cases = [(refused, "cannot connect to"), (postgres_database, "has no astra schema"), ("mysql://x/astra", "mysql")]

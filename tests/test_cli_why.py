@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from luigi.task_register import Register
 
 from tests.cli_tasks import Broken
@@ -18,6 +19,7 @@ def reason(kind, parameter=None, recorded=None, asked=None, task=None, status=No
     return {"kind": kind, "parameter": parameter, "recorded": recorded, "asked": asked, "task": task, "status": status}
 
 
+@pytest.mark.slow
 def test_why_done_not_recorded_and_failed(database_url, capsys):
     run_pipeline(Broken())
     first = EstimateSNR(spectrum_path=SPECTRA[0])
@@ -111,6 +113,7 @@ def test_why_json_says_what_differs_as_data(database_url, capsys, monkeypatch):
     assert "    version: recorded '(none)', asked '2'" in text.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_why_usage_errors(database_url, capsys):
     run_pipeline()
     unknown_task = main(capsys, "tasks", "why", "NoSuchTask", "--x", "1")

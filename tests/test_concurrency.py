@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import peewee
+import pytest
 
 from astra.database import Parameter, Task, TaskParameter
 from tests.helpers import background
 from workflows.spectra import simulate
 
 
+@pytest.mark.slow
 def test_four_processes_share_one_dag_on_postgres(postgres_database, monkeypatch, tmp_path):
     monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
     from astra.database import create_schema, output_tables

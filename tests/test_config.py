@@ -60,6 +60,7 @@ def luigi_without_database_env(*args: str, tmp_path: Path, **env: str):
     return run_luigi(*args, env=clean, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     dbname = postgres_database.rsplit("/", 1)[1]
     (tmp_path / "sdssdb.yml").write_text(
@@ -103,6 +104,7 @@ def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     connection.close()
 
 
+@pytest.mark.slow
 def test_missing_profile_is_one_clear_line(tmp_path):
     (tmp_path / "luigi.cfg").write_text("[astra]\nprofile = no_such_profile\n")
     result = luigi_without_database_env(
@@ -113,6 +115,7 @@ def test_missing_profile_is_one_clear_line(tmp_path):
     assert "no profile 'no_such_profile'" in line and "sdssdb.yml" in line
 
 
+@pytest.mark.slow
 def test_schema_not_loaded_is_one_clear_line(postgres_database, tmp_path):
     result = run_luigi(
         "--module", "workflows", "EstimateSNR", "--local-scheduler",
@@ -122,6 +125,7 @@ def test_schema_not_loaded_is_one_clear_line(postgres_database, tmp_path):
     assert "no astra schema" in line and "astra db init" in line and "astradb.sql" in line
 
 
+@pytest.mark.slow
 def test_unknown_url_scheme_is_one_clear_line(tmp_path):
     result = run_luigi(
         "--module", "workflows", "EstimateSNR", "--local-scheduler",
@@ -174,6 +178,7 @@ def _recorded(path: Path) -> list[str]:
         return [name for (name,) in connection.execute("select task_name from task")]
 
 
+@pytest.mark.slow
 def test_command_line_beats_environment_beats_luigi_cfg(tmp_path):
     """``--astra-database-url``, then $ASTRA_DATABASE_URL, then ``[astra] database_url``: through the real CLI."""
     places = {name: tmp_path / f"{name}.db" for name in ("cfg", "env", "cmdline")}
@@ -210,6 +215,7 @@ def _with_pgpass(tmp_path: Path, line: str) -> None:
     (tmp_path / ".pgpass").chmod(0o600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("user", "dbname", "reason"),
     [(POSTGRES_USER, "astra_no_such_database", 'database "astra_no_such_database" does not exist'),
@@ -225,6 +231,7 @@ def test_profile_that_cannot_connect_says_the_server_reason(postgres_server, tmp
     assert seconds < 30, seconds
 
 
+@pytest.mark.slow
 def test_profile_to_a_silent_server_stops_within_10_seconds(tmp_path):
     """A port that takes connections but never answers (a hung server, a firewall): the 5 s connect timeout."""
     # The same command against a port that refuses at once: how long luigi itself takes on this machine now.

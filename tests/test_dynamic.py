@@ -32,6 +32,7 @@ def edges_of(name: str) -> list[tuple[str, bool]]:
     return sorted((edge.requires.task_name, edge.dynamic) for edge in query)
 
 
+@pytest.mark.slow
 def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_url, tmp_path):
     readme = (REPO / "README.md").read_text()
     example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "MedianSNR" in block)
@@ -97,6 +98,7 @@ def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_ur
     assert Task.get(Task.task_name == "MedianSNR").status == "done"
 
 
+@pytest.mark.slow
 def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_url):
     top = YieldsAYielder()
     assert luigi.build([top], local_scheduler=True, log_level="WARNING")
@@ -133,6 +135,7 @@ def test_a_yielded_task_that_breaks_fails_the_task_that_yielded_it(database_url,
     assert row.error.startswith(error), row.error
 
 
+@pytest.mark.slow
 def test_a_yielded_broken_task_through_the_luigi_command_line(database_url):
     result = run_luigi("--module", "tests.dynamic_tasks", "YieldsBroken", "--local-scheduler")
     assert "1 failed" in summary(result.stdout), result.stdout

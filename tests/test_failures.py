@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
@@ -20,6 +22,7 @@ def run_fragile(*, fails: bool) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_a_failure_is_recorded_retried_and_replaced_by_a_success(database_url):
     fragile = Fragile(name="flat")
     after = AfterFragile(name="flat")

@@ -20,6 +20,7 @@ from tests.helpers import POSTGRES_USER, background, free_port, run_luigi, start
 PASSWORD = "hunter2-secret"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_no_completed_row_and_the_next_run_finishes(database_url, tmp_path):
     with background() as started:
         killed = start_later(started, hold_args(tmp_path, "killed"), tmp_path / "killed.out")
@@ -41,6 +42,7 @@ def test_a_killed_worker_leaves_no_completed_row_and_the_next_run_finishes(datab
     assert runners(tmp_path, "killed") == [killed.pid, row.pid]
 
 
+@pytest.mark.slow
 def test_dropped_connections_mid_dag_are_reopened(postgres_url, tmp_path):
     args = ["--module", "tests.faults_tasks", "Pauses", "--n", "12", "--local-scheduler", "--workers", "2"]
     admin = psycopg2.connect(postgres_url)
@@ -69,6 +71,7 @@ def test_dropped_connections_mid_dag_are_reopened(postgres_url, tmp_path):
     assert Task.get(Task.task_hash == task_hash(Pauses(n=12))).status == "done"
 
 
+@pytest.mark.slow
 def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):
     env = {"ASTRA_DATABASE_URL": with_password(postgres_url, PASSWORD)}
     args = ["--module", "tests.faults_tasks", "WritesTally", "--label", "cut", "--local-scheduler"]
@@ -89,6 +92,7 @@ def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):
     assert sorted(t.value for t in Tally.select().where(Tally.label == "cut")) == [0, 1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["environment", "command line"])
 def test_an_unreachable_database_is_one_clear_line_within_ten_seconds(where):
     url = f"postgresql://astra:{PASSWORD}@127.0.0.1:{free_port()}/astra"

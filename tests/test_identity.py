@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import luigi
+import pytest
 
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import identity, parameter_hash, parameters, task_hash
@@ -31,6 +32,7 @@ def hash_in_new_process(options_json: str, seed: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_equal_dicts_are_the_same_task_in_separate_processes():
     first = hash_in_new_process('{"x": 1, "y": 2}', seed="1")
     second = hash_in_new_process('{"y": 2, "x": 1}', seed="2")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from astra.database import Task
 from tests.helpers import background
 from workflows.spectra import simulate
@@ -15,6 +17,7 @@ def ran_successfully(output: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+@pytest.mark.slow
 def test_two_machines_share_one_luigid_and_every_task_runs_once(postgres_url, luigid, tmp_path):
     simulate(tmp_path / "spectra", count=20, seed=11)
     args = ["--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra"), "--workers", "2"]

@@ -212,6 +212,7 @@ def test_sqlite_creates_output_tables_on_first_use(tmp_path, monkeypatch):
     assert database().table_exists("test_visit")
 
 
+@pytest.mark.slow
 def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp_path):
     env = {"ASTRA_DATABASE_URL": postgres_database}
     subprocess.run(["psql", "-q", postgres_database], input=SCHEMA_SQL.read_text(), text=True, check=True)
@@ -238,6 +239,7 @@ def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp
         connection.close()
 
 
+@pytest.mark.slow
 def test_db_init_module_creates_output_tables(postgres_database, monkeypatch):
     env = {"ASTRA_DATABASE_URL": postgres_database}
     made = astra_command("db", "init", "--module", "tests.output_tasks", env=env)

@@ -85,6 +85,7 @@ def _assert_no_password(text: str) -> None:
         assert piece not in text, text
 
 
+@pytest.mark.slow
 def test_a_percent_encoded_password_reaches_the_server_decoded(password_server, tmp_path):
     url = f"postgresql://astra:{quote(PASSWORD, safe='')}@{password_server}/astra"
     env = {"ASTRA_DATABASE_URL": url, "HOME": str(tmp_path)}
@@ -100,6 +101,7 @@ def test_a_percent_encoded_password_reaches_the_server_decoded(password_server, 
     assert wrong.returncode == 1 and "password authentication failed" in wrong.stderr, wrong.stderr
 
 
+@pytest.mark.slow
 def test_a_password_that_is_not_percent_encoded_still_works_and_is_never_shown(password_server, tmp_path):
     url = f"postgresql://astra:{PASSWORD}@{password_server}/astra"
     env = {"ASTRA_DATABASE_URL": url, "HOME": str(tmp_path)}
@@ -151,5 +153,6 @@ def test_mask_password_hides_every_piece_of_any_password():
     assert mask_password(f"postgresql://astra:{PASSWORD}@db:5432/sdss5db") == "postgresql://astra:***@db:5432/sdss5db"
 
 
+@pytest.mark.slow
 def test_a_short_password_does_not_garble_the_rest_of_the_url():
     assert mask_password("postgresql://u:p@host.example/postgres") == "postgresql://u:***@host.example/postgres"

@@ -36,6 +36,7 @@ def half_done(database_url):
     return database_url
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("root", [PrefetchRoot, PrefetchWrapper], ids=["BaseTask-root", "WrapperTask-root"])
 @pytest.mark.parametrize("workers", [1, 4])
 def test_scan_of_2021_tasks_needs_few_queries(half_done, root, workers):

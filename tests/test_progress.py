@@ -15,6 +15,7 @@ from tests.helpers import LUIGI, REPO, background, subprocess_env, wait_for
 from tests.progress_tasks import Crunch, SlowBatch
 
 
+@pytest.mark.slow
 def test_progress_shows_in_luigid(postgres_url, luigid, tmp_path):
     release = tmp_path / "release"
     args = ["--module", "tests.progress_tasks", "Crunch", "--release", str(release), *luigid.worker_args()]
@@ -66,6 +67,7 @@ def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid,
     assert (final["status_message"], final["progress_percentage"]) == ("300 of 300 items done or tried, 0 failed", 100)
 
 
+@pytest.mark.slow
 def test_a_batch_in_a_terminal_logs_its_rate_and_time_left(database_url, tmp_path):
     """stderr is a terminal (a pseudo-terminal here): a line with items done, rate and time left, every log_seconds."""
     args = ["--module", "tests.progress_tasks", "SlowBatch", "--run-id", "tty", "--count", "100", "--log-seconds", "1"]

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import luigi
+import pytest
 
 import astra
 from astra.database import Dependency, Task
@@ -31,6 +32,7 @@ def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+@pytest.mark.slow
 def test_every_record_has_its_provenance(database_url, tmp_path):
     before = now()
     main_pid, _ = run_luigi_process(tmp_path / "first.out", "Whole", "--n", "2")

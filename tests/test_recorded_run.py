@@ -37,6 +37,7 @@ EXPECTED = {  # what each shape's run() returns for i
 }
 
 
+@pytest.mark.slow
 def test_every_shape_of_run_is_recorded_and_then_skipped(database_url):
     first = run_luigi("--module", "tests.recorded_run_tasks", "AllShapes", "--local-scheduler")
     # The shapes, the wrapper and two Leafs (NoRun requires Leaf(i=3), MixinGenerator yields it, too).
@@ -68,6 +69,7 @@ def test_a_mixin_that_fails_before_the_own_run_is_recorded_failed(database_url, 
     assert row.status == "failed" and row.error == "RuntimeError: the pre-step failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [SuperCaller, MixinFirst, WithPreStep])
 def test_a_batch_runs_the_items_own_code_without_recording_it(database_url, shape):
     assert luigi.build([batch_of(shape)()], local_scheduler=True, log_level="CRITICAL")

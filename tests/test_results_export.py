@@ -33,6 +33,7 @@ def results_db(database_url):
     return database_url
 
 
+@pytest.mark.slow
 def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
     path = tmp_path / "visits.fits"
     made = astra("results", "MeasureVisits", "--format", "fits", "-o", str(path))
@@ -69,6 +70,7 @@ def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
     assert "task_label" in table.colnames and "label" in table.colnames  # a parameter named like a field
 
 
+@pytest.mark.slow
 def test_text_csv_and_strict_json(results_db):
     shown = astra("results", "MeasureVisits")
     assert shown.returncode == 0 and shown.stdout.splitlines()[0].split()[:3] == ["task_pk", "star", "visits"]
@@ -83,6 +85,7 @@ def test_text_csv_and_strict_json(results_db):
         assert rows[0]["counts"] == [[2**62, 2**62 + 1, 2**62 + 2], [2**62 + 3, 2**62 + 4, 2**62 + 5]]
 
 
+@pytest.mark.slow
 def test_parquet_and_its_missing_extra(results_db, tmp_path):
     pyarrow = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "visits.parquet"
@@ -103,6 +106,7 @@ def test_parquet_and_its_missing_extra(results_db, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_path):
     path = tmp_path / "plain.fits"
     made = astra("results", "PlainResult", "--format", "fits", "-o", str(path))
@@ -114,6 +118,7 @@ def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_pat
     assert [row["odd"] for row in rows] == [None, True, None]  # a key some results lack: null where missing
 
 
+@pytest.mark.slow
 def test_plots(results_db, tmp_path):
     pytest.importorskip("matplotlib")
     histogram, scatter = tmp_path / "rv.png", tmp_path / "scatter.png"
@@ -126,6 +131,7 @@ def test_plots(results_db, tmp_path):
     assert wrong.returncode == 1 and "needs numbers" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line(results_db, tmp_path):
     cases = [
         (["MeasureVisits", "--format", "fits"], 2, "--format fits writes a file: give -o FILE"),

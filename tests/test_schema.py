@@ -10,8 +10,8 @@ from astra.database import Parameter, Task, TaskParameter, create_schema, databa
 from astra.database.models import MODELS, proxy, utcnow
 from astra.database.queries import _record_parameters
 from astra.identity import parameter_hash
+from tests.helpers import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, describe_schema, psql
 from tests.helpers import SCHEMA_SQL as SQL
-from tests.helpers import describe_schema, psql
 
 
 def test_sql_file_creates_the_three_tables(postgres_database):
@@ -44,6 +44,7 @@ def test_loading_the_sql_file_twice_keeps_data(postgres_database, monkeypatch):
     connection.close()
 
 
+@pytest.mark.slow
 def test_sql_file_and_peewee_models_agree(postgres_database, monkeypatch):
     """The SQL file and the models describe the same columns, types, nullability, indexes and constraints."""
     assert psql(postgres_database, SQL).returncode == 0
@@ -55,7 +56,9 @@ def test_sql_file_and_peewee_models_agree(postgres_database, monkeypatch):
     admin.cursor().execute(f"create database {other.rsplit('/', 1)[1]}")
     admin.close()
     try:
-        db = peewee.PostgresqlDatabase(other.rsplit("/", 1)[1], host="127.0.0.1", user="postgres")
+        db = peewee.PostgresqlDatabase(
+            other.rsplit("/", 1)[1], host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER
+        )
         proxy.initialize(db)
         for model in MODELS:
             model._meta.schema = "astra"

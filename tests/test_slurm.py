@@ -73,6 +73,7 @@ def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_clu
     assert jobs_of(logs) == jobs  # nothing submitted
 
 
+@pytest.mark.slow
 def test_result_and_records_match_a_local_run(slurm_cluster, database_url, tmp_path):
     logs = tmp_path / "logs"
     done = run_luigi(*slurm_args(logs, "--module", "tests.example_tasks", "Node", "--n", "2", "--local-scheduler"))
@@ -84,6 +85,7 @@ def test_result_and_records_match_a_local_run(slurm_cluster, database_url, tmp_p
     assert {edge.requires.task_name for edge in node.dependencies} == {"Leaf"}
 
 
+@pytest.mark.slow
 def test_a_class_can_choose_slurm_and_its_own_job_settings(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     # No --astra-executor: the class says executor = "slurm".
@@ -172,6 +174,7 @@ def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, 
     assert len(jobs) == 7 and sorted(jobs) == sorted(task.slurm_job_id for task in tasks)
 
 
+@pytest.mark.slow
 def test_killed_luigi_process_leaves_the_job_to_record_its_result_once(slurm_cluster, database_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "k", "--local-scheduler")
@@ -188,6 +191,7 @@ def test_killed_luigi_process_leaves_the_job_to_record_its_result_once(slurm_clu
     assert list(jobs_of(logs)) == [job]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sqlite_url, tmp_path, workers):
     logs = tmp_path / "logs"
@@ -201,6 +205,7 @@ def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sq
     assert f"SLURM job {job} cancelled: the luigi process was interrupted" in task.error
 
 
+@pytest.mark.slow
 def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, luigid, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "d", "--seconds", "4")
@@ -225,6 +230,7 @@ def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_u
     assert f"SLURM job {job} PENDING" in seen and f"SLURM job {job} RUNNING on {slurm_cluster}" in seen, seen
 
 
+@pytest.mark.slow
 def test_non_astra_tasks_stay_local(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     spectra = tmp_path / "spectra"
@@ -234,6 +240,7 @@ def test_non_astra_tasks_stay_local(slurm_cluster, sqlite_url, tmp_path):
     assert "1 complete ones" in done.stdout and not jobs_of(logs)
 
 
+@pytest.mark.slow
 def test_a_pending_job_whose_luigi_process_died_does_not_run_a_task_taken_over(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "p", "--local-scheduler")
@@ -252,6 +259,7 @@ def test_a_pending_job_whose_luigi_process_died_does_not_run_a_task_taken_over(s
     assert "no longer claimed by attempt 1" in (logs / f"{jobs_of(logs)[job]}-{job}.err").read_text()
 
 
+@pytest.mark.slow
 def test_without_sbatch_the_task_fails_with_one_clear_line(sqlite_url, tmp_path):
     env = {"PATH": f"{tmp_path}:{Path(sys.executable).parent}"}  # no SLURM commands on it
     done = run_luigi(*slurm_args(tmp_path / "logs", "--module", "tests.example_tasks", "Leaf", "--i", "3",
@@ -261,6 +269,7 @@ def test_without_sbatch_the_task_fails_with_one_clear_line(sqlite_url, tmp_path)
     assert "astra: sbatch not found" in done.stdout
 
 
+@pytest.mark.slow
 def test_an_unknown_executor_fails_the_task_with_one_clear_line(sqlite_url):
     done = run_luigi("--module", "tests.example_tasks", "Leaf", "--i", "3", "--astra-executor", "pbs",
                      "--local-scheduler")  # fmt: skip
@@ -269,6 +278,7 @@ def test_an_unknown_executor_fails_the_task_with_one_clear_line(sqlite_url):
     assert task.error == "ValueError: astra: [astra] executor (or --astra-executor) is 'pbs'; use 'local' or 'slurm'"
 
 
+@pytest.mark.slow
 def test_a_pending_job_keeps_its_claim_past_the_lease(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     args = ["--module", "tests.slurm_tasks", "Sleep", "--name", "l", "--astra-lease", "2", "--local-scheduler"]

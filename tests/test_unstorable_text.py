@@ -46,6 +46,7 @@ def test_a_nul_in_a_parameter_is_kept_on_sqlite_and_refused_clearly_on_postgresq
     assert rows() == []  # nothing half-written, and nothing left running
 
 
+@pytest.mark.slow
 def test_a_nul_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_path):
     (tmp_path / "spectra").mkdir()
     (tmp_path / "spectra" / "spec-1.fits").touch()
@@ -56,6 +57,7 @@ def test_a_nul_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_pa
     assert "\\x00 at byte 7" in row.traceback
 
 
+@pytest.mark.slow
 def test_an_undecodable_byte_in_a_parameter_stops_the_task_with_one_clear_line(database_url):
     result = run_luigi(*luigi_args("Echo", "--value", UNDECODABLE))
     assert "1 failed:" in result.stdout.split("Execution Summary")[1], result.stdout
@@ -67,6 +69,7 @@ def test_an_undecodable_byte_in_a_parameter_stops_the_task_with_one_clear_line(d
     assert rows() == []
 
 
+@pytest.mark.slow
 def test_an_undecodable_byte_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_path):
     (tmp_path / "spectra").mkdir()
     open(os.path.join(os.fsencode(tmp_path / "spectra"), b"spec-\xff.fits"), "w").close()

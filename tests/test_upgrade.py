@@ -176,6 +176,7 @@ def test_sql_file_records_the_current_version(postgres_database):
         connection.close()
 
 
+@pytest.mark.slow
 def test_sql_file_over_an_old_schema_leaves_it_old(postgres_database, old_astra):
     assert psql(postgres_database, old_astra / "schema" / "astradb" / "astradb.sql").returncode == 0
     assert psql(postgres_database, SQL).returncode == 0

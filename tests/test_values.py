@@ -103,6 +103,7 @@ def test_a_value_that_cannot_be_stored_fails_the_task(database_url, kind, messag
         assert not task.complete()
 
 
+@pytest.mark.slow
 def test_an_unstorable_value_fails_through_the_luigi_command_line(database_url):
     result = run_luigi("--module", "tests.value_tasks", "Returns", "--kind", "object", "--local-scheduler")
     assert "1 failed" in result.stdout, result.stdout
@@ -126,6 +127,7 @@ def test_a_batch_chunk_with_one_bad_item_records_the_others(database_url):
     assert 'result["thing"]: cannot store a value of type object' in row(Returns(kind="object")).error
 
 
+@pytest.mark.slow
 def test_a_batch_from_the_luigi_command_line(database_url):
     kinds = ["everything", "cycle", "nan"]
     result = run_luigi(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import luigi
+import pytest
 
 from astra.database import Task
 from astra.targets import forget_cached
@@ -28,6 +29,7 @@ def versions() -> list[tuple[str, str]]:
     return sorted(Task.select(Task.task_name, Task.version).where(Task.status == "done").tuples())
 
 
+@pytest.mark.slow
 def test_bumping_a_version_reruns_the_task_and_what_depends_on_it(database_url, monkeypatch):
     assert "2 ran successfully" in run("Reduce")
 
