@@ -40,6 +40,7 @@ def test_environment_overrides_the_astra_section(tmp_path, monkeypatch, luigi_co
     assert (tmp_path / "from-env.db").exists()
 
 
+@pytest.mark.slow
 def test_nothing_configured_means_sqlite_in_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ASTRA_DATABASE_URL", "LUIGI_CONFIG_PATH")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
