@@ -11,7 +11,7 @@ from astropy.table import Table
 from astra.database import output_tables
 from astra.database.connection import is_postgres
 from astra.targets import forget_cached
-from tests.helpers import astra
+from tests.helpers import astra, astra_many
 from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Visit
 
 
@@ -140,7 +140,6 @@ def test_usage_errors_are_one_line(results_db, tmp_path):
         (["Nothing"], 1, "no task is named 'Nothing'"),
         (["MeasureVisits", "--where", "star=99"], 1, "no done MeasureVisits task has results that match"),
     ]
-    for args, code, message in cases:
-        made = astra("results", *args)
+    for (args, code, message), made in zip(cases, astra_many(*(("results", *args) for args, _, _ in cases))):
         assert made.returncode == code and message in made.stderr, (args, made.stderr)
         assert len(made.stderr.strip().splitlines()) == 1 and "Traceback" not in made.stderr
