@@ -72,13 +72,16 @@ def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
 
 @pytest.mark.slow
 def test_text_csv_and_strict_json(results_db):
-    shown = astra("results", "MeasureVisits")
+    shown, csv, *as_json = astra_many(
+        ("results", "MeasureVisits"),
+        ("results", "MeasureVisits", "--format", "csv"),
+        ("results", "Measure", "--json"),
+        ("results", "Measure", "--format", "json"),
+    )
     assert shown.returncode == 0 and shown.stdout.splitlines()[0].split()[:3] == ["task_pk", "star", "visits"]
-    csv = astra("results", "MeasureVisits", "--format", "csv")
     table = Table.read(csv.stdout, format="ascii.csv")
     assert len(table) == 6 and len(json.loads(table["spectrum"][0])) == 100  # arrays as JSON text in CSV
-    for args in (["--json"], ["--format", "json"]):
-        made = astra("results", "Measure", *args)
+    for made in as_json:
         rows = strict(made.stdout)
         assert [row["snr"] for row in rows] == [11.0, None]  # NaN is null in strict JSON
         assert rows[0]["flux"][7] is None and rows[0]["flux"][9] == 4.5 and rows[0]["n_good"] == 2**62 + 3
