@@ -73,6 +73,11 @@ def run_luigi(*args: str, env: dict | None = None, cwd: Path | None = None, time
     )
 
 
+def summary(output: str) -> str:
+    """luigi's execution summary in the output of a ``luigi`` command."""
+    return output.split("===== Luigi Execution Summary =====")[1]
+
+
 def luigi_error_line(result: subprocess.CompletedProcess) -> str:
     """The astra line of a luigi run that stopped; fails if luigi printed a traceback instead."""
     assert result.returncode != 0
@@ -329,6 +334,32 @@ def assert_same(got: object, want: object, where: str = "result") -> None:
             assert_same(one, other, f"{where}[{index}]")
     else:
         assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def rows_by_path(paths) -> dict:
+    """The EstimateSNR row of each spectrum path (None where there is none), read afresh."""
+    from astra.database import Task
+    from astra.identity import task_hash
+    from astra.targets import forget_cached
+    from workflows import EstimateSNR
+
+    forget_cached()
+    return {
+        str(path): Task.get_or_none(Task.task_hash == task_hash(EstimateSNR(spectrum_path=str(path)))) for path in paths
+    }
+
+
+def assert_no_key_burnt() -> None:
+    """Every pk given out so far belongs to a row: 1..n, and on PostgreSQL the sequence stands at n."""
+    from astra.database import Parameter, Task, database
+    from astra.database.connection import is_postgres
+
+    for model, table in ((Task, "task"), (Parameter, "parameter")):
+        pks = sorted(pk for (pk,) in model.select(model.pk).tuples())
+        assert pks == list(range(1, len(pks) + 1)), table
+        if is_postgres():
+            (last,) = database().execute_sql(f"select last_value from astra.{table}_pk_seq").fetchone()
+            assert last == len(pks), f"{table}: the sequence gave out {last} keys for {len(pks)} rows"
 
 
 class QueryCounter(logging.Handler):

@@ -9,20 +9,9 @@ import luigi
 import pytest
 
 import astra
-from astra.database import Parameter, Task, database, queries
-from astra.database.connection import is_postgres
+from astra.database import Task, queries
 from tests.claims_tasks import hold, hold_args, runners
-from tests.helpers import background, start_later, wait_for
-
-
-def assert_no_key_burnt() -> None:
-    """Every pk given out so far belongs to a row: 1..n, and on PostgreSQL the sequence stands at n."""
-    for model, table in ((Task, "task"), (Parameter, "parameter")):
-        pks = sorted(pk for (pk,) in model.select(model.pk).tuples())
-        assert pks == list(range(1, len(pks) + 1)), table
-        if is_postgres():
-            (last,) = database().execute_sql(f"select last_value from astra.{table}_pk_seq").fetchone()
-            assert last == len(pks), f"{table}: the sequence gave out {last} keys for {len(pks)} rows"
+from tests.helpers import assert_no_key_burnt, background, start_later, wait_for
 
 
 @pytest.mark.slow

@@ -10,22 +10,10 @@ import pytest
 from astra.batch import BatchError
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
-from astra.targets import forget_cached
 from tests.batch_tasks import Measure, MeasureStars
-from tests.helpers import run_luigi
+from tests.helpers import rows_by_path, run_luigi, summary
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
-
-
-def summary(output: str) -> str:
-    return output.split("===== Luigi Execution Summary =====")[1]
-
-
-def rows_by_path(paths) -> dict[str, Task]:
-    forget_cached()
-    return {
-        str(path): Task.get_or_none(Task.task_hash == task_hash(EstimateSNR(spectrum_path=str(path)))) for path in paths
-    }
 
 
 @pytest.mark.slow

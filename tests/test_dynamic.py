@@ -16,13 +16,9 @@ from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.dynamic_tasks import Yielder, YieldsAYielder, YieldsBroken, YieldsNonsense, YieldsWithFailingCheck
 from tests.example_tasks import Leaf
-from tests.helpers import REPO, run_luigi
+from tests.helpers import REPO, run_luigi, summary
 from tests.helpers import astra as astra_command
 from workflows.spectra import simulate
-
-
-def summary(output: str) -> str:
-    return output.split("===== Luigi Execution Summary =====")[1]
 
 
 def edges_of(name: str) -> list[tuple[str, bool]]:

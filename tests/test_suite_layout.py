@@ -18,7 +18,7 @@ import astra
 TESTS = Path(__file__).resolve().parent
 #: Modules no other file of the suite may import: the test files, and conftest.py (pytest loads it itself).
 PRIVATE = re.compile(r"^(tests)?\.?(test_\w+|conftest)$")
-#: A test file named as a module in text, e.g. ``luigi --module tests.test_x`` or a recorded task_module.
+#: A test file (or conftest) named as a module, e.g. in ``luigi --module tests.test_x``.
 NAMED = re.compile(r"\btests\.(test_\w+|conftest)\b")
 
 
@@ -61,11 +61,25 @@ def _is_task(base: ast.expr, namespace: dict, found: list[str]) -> bool:
 
 
 def names_a_test_module(path: Path) -> list[str]:
-    return [
-        node.value
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and NAMED.search(node.value)
-    ]
+    """Test files (or conftest) named where a task module goes: after ``--module``, in a list or a call's
+    arguments, or inside one string (``"luigi --module tests.test_x ..."``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        texts = [item.value if isinstance(item, ast.Constant) else None for item in _items(node)]
+        found += [after for before, after in zip(texts, texts[1:]) if before == "--module" and _names(after)]
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "--module" in node.value:
+            found += [node.value] if _names(node.value) else []
+    return found
+
+
+def _items(node: ast.AST) -> list[ast.expr]:
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return node.elts
+    return node.args if isinstance(node, ast.Call) else []
+
+
+def _names(text: object) -> bool:
+    return isinstance(text, str) and bool(NAMED.search(text))
 
 
 def test_no_file_of_the_suite_imports_a_test_file_or_conftest():
@@ -104,8 +118,9 @@ def test_the_checks_find_what_they_look_for(tmp_path):
         "class Child(Plain):\n    pass\n"
         "class NotATask(dict):\n    pass\n"
         "def test_x():\n    class Local(astra.BaseTask):\n        pass\n"
-        "    return ['--module', 'tests.test_x', 'Local']\n"
+        "    run_luigi('--module', 'tests.test_x', 'Local')\n"
+        "    return {'task_module': 'tests.test_bad_layout'}, 'luigi --module tests.conftest Local'\n"
     )
     assert private_imports(bad) == ["tests.test_claims", "tests.conftest", ".test_cli", ".test_values"]
     assert task_classes(bad.read_text(), {"luigi": luigi, "astra": astra}) == ["Plain", "Child", "Local"]
-    assert names_a_test_module(bad) == ["tests.test_x"]
+    assert names_a_test_module(bad) == ["tests.test_x", "luigi --module tests.conftest Local"]
