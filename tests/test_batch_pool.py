@@ -55,6 +55,7 @@ def test_processes_do_not_change_any_identity(tmp_path):
     assert [i.task_hash for i in pooled.items()] == [task_hash(EstimateSNR(spectrum_path=p)) for p in paths]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "parameter, configured, used",
     [(0, None, 1), (2, None, 2), (0, "2", 2), (1, "2", 1)],
