@@ -12,7 +12,7 @@ included, the same for every kind), so luigi's start-up and astra's bookkeeping 
   ``read_spectrum`` was before fitsio);
 - loop, fitsio: the same loop with ``read_spectrum``'s default reader;
 - ``luigi --module workflows EstimateSNRBatch --spectra-dir DIR --local-scheduler [--processes 2]`` on a fresh
-  SQLite file and on a fresh PostgreSQL database ($ASTRA_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432,
+  SQLite file and on a fresh PostgreSQL database ($ASTRA_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432,
   where it creates and drops astra_bench_batch); the batch records each spectrum as an EstimateSNR task with its
   row in astra.snr (schema and output table made before the clock starts).
 
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 DATABASE = "astra_bench_batch"
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 

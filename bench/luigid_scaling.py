@@ -9,7 +9,7 @@ runs N trivial astra tasks (``Tick``, run() does nothing) under one ``Ticks`` wr
 a real luigid started by this script or with ``--local-scheduler``. "luigid CPU" is the CPU time luigid itself
 used during that run. The last rows run the same N items as ONE luigi task (``TickBatch``, an astra.batch.BatchTask)
 through luigid. The astra database is a fresh PostgreSQL database (created and dropped here) on
-$ASTRA_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432.
+$ASTRA_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import astra
 from astra.batch import BatchTask
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 BIN = Path(sys.executable).parent
 
 

@@ -5,7 +5,7 @@
 
 Every figure is measured in a new Python process (no caches carried over), around ``luigi.build`` only (imports
 and interpreter start-up excluded, the same for every kind of target), with ``--repeat`` runs per figure,
-interleaved, of which the median is shown. All databases live on the same PostgreSQL server: $ASTRA_BENCH_POSTGRES,
+interleaved, of which the median is shown. All databases live on the same PostgreSQL server: $ASTRA_TEST_POSTGRES,
 default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and drops) databases astra_bench_*
 ($ASTRA_BENCH_DB names another prefix, so that two benchmarks can run at once).
 
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 #: The prefix of the benchmark's databases.
 DB = os.environ.get("ASTRA_BENCH_DB", "astra_bench")
 KINDS = ("local", "postgres", "astra", "astra-sqlite")

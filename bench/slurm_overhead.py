@@ -6,7 +6,7 @@
 Each task is timed in the luigi worker from luigi's START event to its SUCCESS event: claim, run (locally, or:
 submit, wait for the job, which starts Python, rebuilds the task, runs and records it), and recording. One worker,
 so the tasks run one after another and no job queues behind another. The database is a new PostgreSQL database
-on $ASTRA_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432), dropped at the end.
+on $ASTRA_TEST_POSTGRES (default postgresql://postgres@127.0.0.1:5432), dropped at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))  # this checkout's astra, not an installed one
 
 from bench.tasks import Trivial  # noqa: E402
 
-POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 _started: dict[str, float] = {}

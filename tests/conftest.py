@@ -1,17 +1,21 @@
-"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL.
+"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL; a luigid; a SLURM cluster.
 
 PostgreSQL tests create their own database (``astra_test_<random>``) on $ASTRA_TEST_POSTGRES (default
 ``postgresql://postgres@127.0.0.1:5432``) and drop it afterwards. Without a server they are skipped, unless
 ASTRA_REQUIRE_POSTGRES=1 (as in CI), which makes them fail instead.
+
+Helpers that are no fixtures (running luigi or astra, waiting, ...) are in tests/helpers.py; test files never import
+this module or each other.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg2
@@ -22,12 +26,9 @@ from astra import outputs
 from astra.database import create_schema, output_tables
 from astra.database.connection import reset
 from astra.targets import forget_cached
+from tests.helpers import POSTGRES, REPO, Luigid
 
-REPO = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 BACKENDS = ["sqlite", "postgresql"]
-# The luigi console script installed beside this Python.
-LUIGI = str(Path(sys.executable).with_name("luigi"))
 
 # pytest-xdist runs test files in several worker processes at once. The luigi command refuses to start while a
 # process with the same command line holds its lock in $TMPDIR/luigi, so each worker gets a TMPDIR of its own.
@@ -43,8 +44,9 @@ def _postgres_or_skip() -> None:
         psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
     except psycopg2.OperationalError as exc:
         message = (
-            f"PostgreSQL is not reachable at {POSTGRES} ({str(exc).strip()}); start it, or point "
-            "ASTRA_TEST_POSTGRES at a server where you may create databases"
+            f"PostgreSQL is not reachable at {POSTGRES} ({str(exc).strip()}): start it, or set "
+            "ASTRA_TEST_POSTGRES=postgresql://user@host:port to a server where that user may create databases "
+            "(ASTRA_REQUIRE_POSTGRES=1 makes this a failure instead of a skip)"
         )
         if os.environ.get("ASTRA_REQUIRE_POSTGRES") == "1":
             pytest.fail(message)
@@ -61,20 +63,37 @@ def _admin(sql: str) -> None:
 
 
 @pytest.fixture
-def postgres_database():
-    """The URL of a new, empty PostgreSQL database (no astra schema), dropped after the test."""
+def postgres_server() -> str:
+    """The URL of the PostgreSQL server ($ASTRA_TEST_POSTGRES, without a database); skips the test without one."""
     _postgres_or_skip()
+    return POSTGRES
+
+
+@pytest.fixture(scope="session")
+def _drop_later() -> Iterator[Callable[[str], None]]:
+    """Drops databases in threads while the next tests run; the session waits for the last ones.
+
+    DROP DATABASE waits for a checkpoint of the whole server (PostgreSQL 15), seconds on a busy machine: most of
+    the time of a short PostgreSQL test, had it waited. Drops under way at once share one checkpoint, hence several
+    threads. A drop that failed is an error of the session's last test.
+    """
+    drops: list[Future] = []
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="drop-database") as pool:
+        yield lambda name: drops.append(pool.submit(_admin, f"drop database if exists {name} with (force)"))
+    for drop in drops:
+        drop.result()
+
+
+@pytest.fixture
+def postgres_database(postgres_server, _drop_later):
+    """The URL of a new, empty PostgreSQL database (no astra schema), dropped after the test."""
     name = f"astra_test_{uuid.uuid4().hex[:12]}"
     _admin(f"create database {name}")
     try:
-        yield f"{POSTGRES}/{name}"
+        yield f"{postgres_server}/{name}"
     finally:
-        _close_connections()
-        _admin(f"drop database if exists {name} with (force)")
-
-
-def _close_connections() -> None:
-    reset()
+        reset()
+        _drop_later(name)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -95,22 +114,43 @@ def database_url(backend, tmp_path, monkeypatch, request) -> str:
     output_tables.create(outputs.models_in([workflows]))  # `astra db init --module workflows`
     yield url
     forget_cached()
-    _close_connections()
+    reset()
 
 
-def run_luigi(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
-    """Run the real ``luigi`` command line; returns the CompletedProcess (stdout and stderr merged)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [LUIGI, *args],
-        env=full_env,
-        cwd=cwd or REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+@pytest.fixture
+def postgres_url(postgres_database, monkeypatch) -> str:
+    """A PostgreSQL astra database (only) for this test and the luigi processes it starts."""
+    from workflows import SNR
+
+    monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
+    forget_cached()
+    create_schema()
+    output_tables.create([SNR])  # the example's output table: astra db init --module workflows
+    yield postgres_database
+    forget_cached()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path, monkeypatch) -> str:
+    """An SQLite astra database (only), for tests whose point does not depend on the backend."""
+    url = f"sqlite:///{tmp_path / 'astra.db'}"
+    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+    forget_cached()
+    create_schema()
+    yield url
+    forget_cached()
+    reset()
+
+
+@pytest.fixture
+def luigid(tmp_path, monkeypatch) -> Iterator[Luigid]:
+    """A luigid, and $LUIGI_CONFIG_PATH naming a config that uses it for every luigi command the test starts."""
+    server = Luigid(tmp_path / "luigid")
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(server.client_config))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 SLURM_LOCAL = REPO / "scripts" / "slurm-local"

@@ -17,6 +17,12 @@ class Leaf(astra.BaseTask):
         return {"square": self.i * self.i}
 
 
+class Versioned(Leaf):
+    """A Leaf at version 2."""
+
+    version = "2"
+
+
 class Node(astra.BaseTask):
     n = luigi.IntParameter(default=10)
     start = luigi.IntParameter(default=0)

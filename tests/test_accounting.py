@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import luigi
 import pytest
 
 import astra
-from astra.database import Parameter, Task, database, queries
-from astra.database.connection import is_postgres
-from tests.test_claims import Hold, background, hold_args, runners, start_later, wait_for
+from astra.database import Task, queries
+from tests.claims_tasks import hold, hold_args, runners
+from tests.helpers import assert_no_key_burnt, background, start_later, wait_for
 
 
-class Both(luigi.WrapperTask):
-    """Two Hold tasks, ``one`` and ``two``, with their logs and release files in ``workdir``."""
-
-    workdir = luigi.Parameter()
-
-    def requires(self) -> list[Hold]:
-        return [held(Path(self.workdir), name) for name in ("one", "two")]
-
-
-def held(workdir: Path, name: str) -> Hold:
-    return Hold(name=name, runs_log=str(workdir / f"{name}.log"), release=str(workdir / f"{name}.release"))
-
-
-def assert_no_key_burnt() -> None:
-    """Every pk given out so far belongs to a row: 1..n, and on PostgreSQL the sequence stands at n."""
-    for model, table in ((Task, "task"), (Parameter, "parameter")):
-        pks = sorted(pk for (pk,) in model.select(model.pk).tuples())
-        assert pks == list(range(1, len(pks) + 1)), table
-        if is_postgres():
-            (last,) = database().execute_sql(f"select last_value from astra.{table}_pk_seq").fetchone()
-            assert last == len(pks), f"{table}: the sequence gave out {last} keys for {len(pks)} rows"
-
-
+@pytest.mark.slow
 def test_polling_a_claimed_task_burns_no_keys(database_url, tmp_path):
     args = hold_args(tmp_path, "polled", "--astra-lease", "2")  # a waiter with lease 2 asks ten times a second
     with background() as started:
@@ -52,14 +29,14 @@ def test_polling_a_claimed_task_burns_no_keys(database_url, tmp_path):
     assert_no_key_burnt()
 
     (tmp_path / "next.release").touch()
-    assert luigi.build([held(tmp_path, "next")], local_scheduler=True, log_level="WARNING")
+    assert luigi.build([hold(tmp_path, "next")], local_scheduler=True, log_level="WARNING")
     assert [pk for (pk,) in Task.select(Task.pk).order_by(Task.pk).tuples()] == [1, 2]
     assert_no_key_burnt()
 
 
 def _item(name: str, shared: str, **extra) -> dict:
     return {
-        "task_module": "tests.test_accounting",
+        "task_module": "tests.claims_tasks",
         "task_name": "Item",
         "task_id": f"Item_{name}",
         "task_hash": name * 16,
@@ -71,6 +48,7 @@ def _item(name: str, shared: str, **extra) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_claims_and_batches_that_meet_existing_rows_burn_no_keys(database_url):
     """Parameters shared with earlier tasks, and a batch's failed items recorded again, take no new keys."""
     for name in ("a", "b", "c"):
@@ -90,7 +68,7 @@ def test_claims_and_batches_that_meet_existing_rows_burn_no_keys(database_url):
 @pytest.mark.slow
 def test_a_process_says_which_tasks_it_did_not_run_itself(database_url, tmp_path):
     """Two processes run the same two tasks (with two workers each): the second says it ran neither."""
-    args = ["--module", "tests.test_accounting", "Both", "--workdir", str(tmp_path), "--workers", "2"]
+    args = ["--module", "tests.claims_tasks", "Both", "--workdir", str(tmp_path), "--workers", "2"]
     args += ["--local-scheduler", "--no-lock"]
     with background() as started:
         first = start_later(started, args, tmp_path / "first.out")

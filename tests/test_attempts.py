@@ -9,34 +9,19 @@ from pathlib import Path
 import luigi
 import pytest
 
-import astra
 from astra import identity
 from astra.database import Task, queries
 from astra.targets import forget_cached
+from tests.attempts_tasks import ForgottenMidway, Slow, slow_fields
 from tests.example_tasks import Note
-from tests.test_claims import background, start_later, wait_for
-from tests.test_cli import astra as astra_command
-
-
-class Slow(astra.BaseTask):
-    """Touches ``started`` and waits until ``release`` exists; then fails if ``fails``, else returns its name."""
-
-    name = luigi.Parameter()
-    workdir = luigi.Parameter(significant=False)
-    fails = luigi.BoolParameter(default=False, significant=False)
-
-    def run(self) -> dict:
-        Path(self.workdir, f"{self.name}.started").touch()
-        wait_for(lambda: Path(self.workdir, f"{self.name}.release").exists(), timeout=120)
-        if self.fails:
-            raise RuntimeError(f"{self.name} always fails")
-        return {"made by": self.name}
+from tests.helpers import astra as astra_command
+from tests.helpers import background, start_later, wait_for
 
 
 def slow_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [
         "--module",
-        "tests.test_attempts",
+        "tests.attempts_tasks",
         "Slow",
         "--name",
         name,
@@ -52,6 +37,7 @@ def row(name: str, tmp_path: Path) -> Task | None:
     return Task.get_or_none(Task.task_hash == identity.task_hash(Slow(name=name, workdir=str(tmp_path))))
 
 
+@pytest.mark.slow
 def test_a_forgotten_slow_worker_writes_nothing_on_the_row_that_took_its_pk(database_url, backend, tmp_path):
     """The issue's scenario with real processes: slow A is forgotten, B gets A's pk, A finishes: B's row is B's."""
     with background() as started:
@@ -84,6 +70,7 @@ def test_a_forgotten_slow_worker_writes_nothing_on_the_row_that_took_its_pk(data
     assert after.pid == other.pid
 
 
+@pytest.mark.slow
 def test_a_forgotten_task_run_again_keeps_the_new_attempts_result(database_url, tmp_path):
     """The same task forgotten and started again by another process: only the new attempt's record stands."""
     with background() as started:
@@ -103,22 +90,12 @@ def test_a_forgotten_task_run_again_keeps_the_new_attempts_result(database_url, 
     assert (done.status, done.pid, done.attempts) == ("done", second.pid, 1)
 
 
-def _fields(name: str) -> dict:
-    return {
-        "task_module": "tests.test_attempts",
-        "task_name": "Slow",
-        "task_id": f"Slow_{name}",
-        "task_hash": name * 8,
-        "version": "",
-        "astra_version": astra.__version__,
-    }
-
-
+@pytest.mark.slow
 def test_every_write_of_a_lost_attempt_misses_the_row_that_took_its_pk(database_url, backend):
     """heartbeat, finish, fail and completion(): none of them touches another attempt's row."""
-    old = queries.claim(_fields("a"), {"name": "a"}, 60)
+    old = queries.claim(slow_fields("a"), {"name": "a"}, 60)
     Task.delete().where(Task.pk == old.pk).execute()  # as `astra tasks forget` does
-    new = queries.claim(_fields("b"), {"name": "b"}, 60)
+    new = queries.claim(slow_fields("b"), {"name": "b"}, 60)
     if backend == "sqlite":
         assert new.pk == old.pk
     before = Task.get_by_id(new.pk)
@@ -134,8 +111,8 @@ def test_every_write_of_a_lost_attempt_misses_the_row_that_took_its_pk(database_
 
 def test_a_batch_that_records_a_running_task_ends_that_claim(database_url):
     """A batch wrote the row meanwhile: the claim's own result does not replace the batch's."""
-    attempt = queries.claim(_fields("c"), {"name": "c"}, 60)
-    item = {**_fields("c"), "parameters": {"name": "c"}, "requires": [], "result": '"from the batch"'}
+    attempt = queries.claim(slow_fields("c"), {"name": "c"}, 60)
+    item = {**slow_fields("c"), "parameters": {"name": "c"}, "requires": [], "result": '"from the batch"'}
     with queries.transaction():
         queries.record_items([item], queries.DONE)
     with pytest.raises(queries.ClaimLostError, match="a batch recorded the task meanwhile"), queries.transaction():
@@ -145,20 +122,9 @@ def test_a_batch_that_records_a_running_task_ends_that_claim(database_url):
     assert stored.pid == os.getpid()
 
 
-class ForgottenMidway(astra.BaseTask):
-    """Is forgotten (by the real ``astra`` command) while it runs; another task claims the pk; then it writes notes."""
-
-    def run(self) -> None:
-        Note.create_table(safe=True)
-        mine = Task.get(Task.task_hash == identity.task_hash(self))
-        assert astra_command("tasks", "forget", str(mine.pk), "--yes").returncode == 0
-        queries.claim(_fields("b"), {"name": "b"}, 60)
-        with self.completion(result={"notes": 2}):
-            Note.insert_many([{"task_name": self.task_id, "value": i} for i in range(2)]).execute()
-
-
+@pytest.mark.slow
 def test_rows_written_in_completion_are_rolled_back_when_the_record_was_forgotten(database_url, backend):
     assert luigi.build([ForgottenMidway()], local_scheduler=True, log_level="CRITICAL") is False
     assert Note.select().count() == 0  # the task's own rows went with the record they belonged to
     (other,) = Task.select()
-    assert (other.task_hash, other.status, other.result) == (_fields("b")["task_hash"], "running", None)
+    assert (other.task_hash, other.status, other.result) == (slow_fields("b")["task_hash"], "running", None)

@@ -10,8 +10,8 @@ import pytest
 from astra.database import Parameter, Task
 from astra.identity import parameter_hash, task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
 from tests.example_tasks import WithOptions
+from tests.helpers import run_luigi
 
 AWKWARD = {
     "quotes": 'it\'s "quoted" `and` back\\slashed',
@@ -41,6 +41,7 @@ def test_awkward_values_round_trip(database_url, kind):
     assert WithOptions(options={"value": value, kind: [value]}, label=value + " ").complete() is False
 
 
+@pytest.mark.slow
 def test_awkward_values_from_the_command_line(database_url):
     value = AWKWARD["sql"] + AWKWARD["unicode"] + AWKWARD["quotes"]
     args = ["--module", "tests.example_tasks", "WithOptions", "--options", json.dumps({"v": value})]

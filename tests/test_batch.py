@@ -7,27 +7,16 @@ import json
 import luigi
 import pytest
 
-from astra import BaseTask
-from astra.batch import BatchError, BatchTask
+from astra.batch import BatchError
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
-from astra.targets import forget_cached
-from tests.conftest import run_luigi
+from tests.batch_tasks import Measure, MeasureStars
+from tests.helpers import rows_by_path, run_luigi, summary
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
 
 
-def summary(output: str) -> str:
-    return output.split("===== Luigi Execution Summary =====")[1]
-
-
-def rows_by_path(paths) -> dict[str, Task]:
-    forget_cached()
-    return {
-        str(path): Task.get_or_none(Task.task_hash == task_hash(EstimateSNR(spectrum_path=str(path)))) for path in paths
-    }
-
-
+@pytest.mark.slow
 def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
     spectra = tmp_path / "spectra"
     paths = simulate(spectra, count=6, seed=5)
@@ -62,6 +51,7 @@ def test_estimate_snr_batch_from_the_command_line(database_url, tmp_path):
     assert "1 complete ones were encountered" in summary(third.stdout)
 
 
+@pytest.mark.slow
 def test_estimate_snr_batch_takes_a_list_or_a_glob(database_url, tmp_path):
     paths = [str(p) for p in simulate(tmp_path / "spectra", count=4, seed=6)]
     listed = run_luigi(
@@ -111,39 +101,6 @@ def test_a_batch_item_is_recorded_like_a_lone_task(database_url, tmp_path):
     assert row_batched.task_id == EstimateSNR(spectrum_path=batched).task_id
 
 
-class Measure(BaseTask):
-    """An item with every kind of parameter luigi has: identity must not depend on how it was created."""
-
-    star = luigi.IntParameter()
-    band = luigi.Parameter(default="g")
-    options = luigi.DictParameter(default={"b": 1, "a": [2, 3]})
-    secret = luigi.Parameter(default="h", visibility=luigi.parameter.ParameterVisibility.HIDDEN)
-    scratch = luigi.Parameter(default="p", visibility=luigi.parameter.ParameterVisibility.PRIVATE)
-    note = luigi.Parameter(default="", significant=False)
-    fail_on = luigi.IntParameter(default=-1, significant=False)
-
-    def run(self) -> int:
-        if self.star == self.fail_on:
-            raise ValueError(f"star {self.star} has no good pixels")
-        return self.star * 10
-
-
-class MeasureStars(BatchTask):
-    item_class = Measure
-    chunk_size = 400
-    stars = luigi.IntParameter()
-    fail_on = luigi.IntParameter(default=-1)
-
-    processed: list[int] = []
-
-    def parameter_sets(self):
-        return [{"star": star, "fail_on": self.fail_on} for star in range(self.stars)]
-
-    def process(self, chunk):
-        MeasureStars.processed.extend(item.values["star"] for item in chunk)
-        return super().process(chunk)
-
-
 def test_item_identities_equal_those_of_lone_tasks():
     sets = [
         {"star": 1},
@@ -162,6 +119,7 @@ def test_item_identities_equal_those_of_lone_tasks():
         list(items(Measure, [{"band": "r"}]))
 
 
+@pytest.mark.slow
 def test_one_failing_item_keeps_the_others_and_a_rerun_does_only_it(database_url):
     MeasureStars.processed = []
     progress, messages = [], []

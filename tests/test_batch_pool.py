@@ -6,34 +6,22 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import luigi
 import pytest
 
 import astra
-from astra.batch import BatchError, BatchTask, PoolBrokenError
+from astra.batch import BatchError, PoolBrokenError
 from astra.database import Task
 from astra.identity import task_hash
-from tests.conftest import run_luigi
-from tests.test_batch import Measure, rows_by_path, summary
-from tests.test_claims import wait_for
+from tests.batch_pool_tasks import Meeting, Stars, Victim, Victims
+from tests.batch_tasks import Measure
+from tests.helpers import rows_by_path, run_luigi, summary, wait_for
 from workflows import EstimateSNR, EstimateSNRBatch
 from workflows.spectra import read_spectrum, signal_to_noise, simulate
 
 
-class Stars(BatchTask):
-    """Measure's items, as tests/test_batch.py's MeasureStars, but nothing kept in the class: pools do not share it."""
-
-    item_class = Measure
-    chunk_size = 400
-    stars = luigi.IntParameter()
-    fail_on = luigi.IntParameter(default=-1)
-
-    def parameter_sets(self):
-        return [{"star": star, "fail_on": self.fail_on} for star in range(self.stars)]
-
-
+@pytest.mark.slow
 def test_a_pool_records_every_item_as_one_process_does(database_url):
     progress, messages = [], []
     batch = Stars(stars=1000, fail_on=517, processes=2)
@@ -67,29 +55,7 @@ def test_processes_do_not_change_any_identity(tmp_path):
     assert [i.task_hash for i in pooled.items()] == [task_hash(EstimateSNR(spectrum_path=p)) for p in paths]
 
 
-class Rendezvous(astra.BaseTask):
-    """Returns the pid of the process that ran it, once ``meet`` processes have run one (so every one has work)."""
-
-    n = luigi.IntParameter()
-    workdir = luigi.Parameter(significant=False)
-    meet = luigi.IntParameter(default=1, significant=False)
-
-    def run(self) -> int:
-        Path(self.workdir, str(os.getpid())).touch()
-        wait_for(lambda: len(os.listdir(self.workdir)) >= self.meet, timeout=120, what="the other pool processes")
-        return os.getpid()
-
-
-class Meeting(BatchTask):
-    item_class = Rendezvous
-    count = luigi.IntParameter(default=20)
-    workdir = luigi.Parameter(significant=False)
-    meet = luigi.IntParameter(default=1, significant=False)
-
-    def parameter_sets(self):
-        return [{"n": n, "workdir": self.workdir, "meet": self.meet} for n in range(self.count)]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "parameter, configured, used",
     [(0, None, 1), (2, None, 2), (0, "2", 2), (1, "2", 1)],
@@ -110,29 +76,7 @@ def test_processes_come_from_the_parameter_else_the_configuration(database_url, 
     assert (pids == {os.getpid()}) == (used == 1)
 
 
-class Victim(astra.BaseTask):
-    """Item ``victim`` writes its pid and waits to be killed while ``workdir/block`` exists; the others return n."""
-
-    n = luigi.IntParameter()
-    victim = luigi.IntParameter(significant=False)
-    workdir = luigi.Parameter(significant=False)
-
-    def run(self) -> int:
-        if self.n == self.victim and Path(self.workdir, "block").exists():
-            Path(self.workdir, "victim.pid").write_text(str(os.getpid()))
-            wait_for(lambda: not Path(self.workdir, "block").exists(), timeout=120, what="being killed")
-        return self.n
-
-
-class Victims(BatchTask):
-    item_class = Victim
-    chunk_size = 10
-    workdir = luigi.Parameter(significant=False)
-
-    def parameter_sets(self):
-        return [{"n": n, "victim": 25, "workdir": self.workdir} for n in range(40)]
-
-
+@pytest.mark.slow
 def test_a_killed_pool_process_leaves_its_items_not_done_and_a_rerun_finishes_them(database_url, tmp_path):
     (tmp_path / "block").touch()
     raised: list[BaseException] = []
@@ -169,6 +113,7 @@ def test_a_killed_pool_process_leaves_its_items_not_done_and_a_rerun_finishes_th
     assert all(after[key].completed == completed for key, completed in recorded.items())  # not done twice
 
 
+@pytest.mark.slow
 def test_estimate_snr_batch_in_two_processes_from_the_command_line(database_url, tmp_path):
     spectra = tmp_path / "spectra"
     paths = simulate(spectra, count=30, seed=4)

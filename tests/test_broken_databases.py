@@ -16,8 +16,7 @@ import psycopg2
 import pytest
 
 from astra.database import create_schema
-from tests.conftest import run_luigi
-from tests.test_cli import astra
+from tests.helpers import astra, run_luigi
 
 ESTIMATE = ["--module", "workflows", "EstimateSNR", "--local-scheduler", "--no-lock"]
 
@@ -70,6 +69,7 @@ def _read_only(path: Path):
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_a_read_only_sqlite_file_stops_luigi_with_one_line(tmp_path, monkeypatch):
     path = tmp_path / "astra.db"
     url = f"sqlite:///{path}"
@@ -81,6 +81,7 @@ def test_a_read_only_sqlite_file_stops_luigi_with_one_line(tmp_path, monkeypatch
     assert "1 ran successfully" in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_a_half_loaded_schema_stops_luigi_until_db_init_completes_it(database_url, backend):
     prefix = "astra." if backend == "postgresql" else ""
     _execute(database_url, f"drop table {prefix}task_parameter")
@@ -96,6 +97,7 @@ def test_a_half_loaded_schema_stops_luigi_until_db_init_completes_it(database_ur
     assert result.returncode == 0 and "1 ran successfully" in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_an_older_table_layout_stops_luigi_with_one_line(database_url, backend):
     prefix = "astra." if backend == "postgresql" else ""
     _execute(database_url, f"alter table {prefix}task drop column traceback")

@@ -3,72 +3,19 @@
 The DAG is ``Top -> [Parent -> [Good(1), BrokenInput], Good(2)]`` where ``BrokenInput.requires()`` raises. Plain
 luigi runs ``Good(1)`` and ``Good(2)``, names ``BrokenInput`` and leaves ``Parent`` and ``Top`` pending; astra must
 do the same, although the identity of ``Top`` includes that of everything below it. Both run through the real luigi
-command line (``luigi --module tests.test_broken_requires ...``): the astra tasks, and the same DAG of plain luigi
+command line (``luigi --module tests.broken_requires_tasks ...``): the astra tasks, and the same DAG of plain luigi
 tasks with ``LocalTarget`` files.
 """
 
 from __future__ import annotations
 
-import os
 import re
 
-import luigi
+import pytest
 
-import astra
 from astra.database import Task
-from tests.conftest import run_luigi
-
-
-class Good(astra.BaseTask):
-    i = luigi.IntParameter()
-
-    def run(self) -> dict:
-        return {"i": self.i}
-
-
-class BrokenInput(astra.BaseTask):
-    def requires(self):
-        raise ValueError("Broken cannot say what it needs")
-
-
-class Parent(astra.BaseTask):
-    def requires(self) -> list[astra.BaseTask]:
-        return [Good(i=1), BrokenInput()]
-
-
-class Top(astra.BaseTask):
-    def requires(self) -> list[astra.BaseTask]:
-        return [Parent(), Good(i=2)]
-
-
-class PlainTask(luigi.Task):
-    root = luigi.Parameter()
-
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(os.path.join(self.root, self.task_id))
-
-    def run(self) -> None:
-        with self.output().open("w") as out:
-            out.write("done")
-
-
-class PlainGood(PlainTask):
-    i = luigi.IntParameter()
-
-
-class PlainBrokenInput(PlainTask):
-    def requires(self):
-        raise ValueError("Broken cannot say what it needs")
-
-
-class PlainParent(PlainTask):
-    def requires(self) -> list[luigi.Task]:
-        return [PlainGood(i=1, root=self.root), PlainBrokenInput(root=self.root)]
-
-
-class PlainTop(PlainTask):
-    def requires(self) -> list[luigi.Task]:
-        return [PlainParent(root=self.root), PlainGood(i=2, root=self.root)]
+from tests.helpers import astra as astra_command
+from tests.helpers import run_luigi
 
 
 def outcome(output: str) -> str:
@@ -79,11 +26,12 @@ def outcome(output: str) -> str:
     return text.replace("(, ", "(").replace("Good(i=1) and Good(i=2)", "Good(i=1,2)")
 
 
+@pytest.mark.slow
 def test_a_broken_requires_stops_only_what_depends_on_it(database_url, tmp_path):
     plain = run_luigi(
-        "--module", "tests.test_broken_requires", "PlainTop", "--root", str(tmp_path), "--local-scheduler"
+        "--module", "tests.broken_requires_tasks", "PlainTop", "--root", str(tmp_path), "--local-scheduler"
     )
-    astra_run = run_luigi("--module", "tests.test_broken_requires", "Top", "--local-scheduler")
+    astra_run = run_luigi("--module", "tests.broken_requires_tasks", "Top", "--local-scheduler")
 
     expected = outcome(plain.stdout)
     assert "2 ran successfully" in expected and "Good(i=1,2)" in expected, plain.stdout
@@ -93,9 +41,7 @@ def test_a_broken_requires_stops_only_what_depends_on_it(database_url, tmp_path)
     assert sorted(Task.select(Task.task_name, Task.status).tuples()) == [("Good", "done"), ("Good", "done")]
 
     # `why` says which task is broken, in one line.
-    from tests.test_cli import astra as astra_command
-
-    why = astra_command("tasks", "why", "--module", "tests.test_broken_requires", "Top")
+    why = astra_command("tasks", "why", "--module", "tests.broken_requires_tasks", "Top")
     assert why.returncode == 1 and why.stdout == "", why.stdout
     assert why.stderr.startswith("astra: cannot identify BrokenInput(): its requires() raised ValueError"), why.stderr
     assert len(why.stderr.strip().splitlines()) == 1, why.stderr

@@ -10,51 +10,15 @@ import pytest
 from luigi.tools.range import RangeDaily
 
 from astra import BaseTask
-from astra.batch import BatchTask
 from astra.database import Task
 from astra.identity import task_hash
-from astra.targets import forget_cached, read_many
+from astra.targets import forget_cached
 from astra.tasks import dynamic_requirements
-from tests.test_prefetch import QueryCounter
+from tests.bulk_complete_tasks import Nightly, Square, SumOfSquares, recorder
+from tests.helpers import QueryCounter
 
 TODAY = datetime.date.today()
 DAYS = [TODAY - datetime.timedelta(days=n) for n in range(30, 0, -1)]
-
-
-class Nightly(BaseTask):
-    """One night of one observatory."""
-
-    night = luigi.DateParameter()
-    observatory = luigi.Parameter(default="apo")
-
-    def run(self) -> str:
-        return f"{self.observatory} {self.night}"
-
-
-class Square(BaseTask):
-    i = luigi.IntParameter()
-
-    def run(self) -> int:
-        return self.i * self.i
-
-
-class SumOfSquares(BaseTask):
-    """Finds out what it needs only when it runs, and yields it all at once."""
-
-    n = luigi.IntParameter()
-
-    def run(self):
-        targets = yield dynamic_requirements([Square(i=i) for i in range(self.n)])
-        return sum(read_many(targets))
-
-
-class RecordDone(BatchTask):
-    """Runs items of any class in a batch (what another process could have done meanwhile)."""
-
-    sets: list = []
-
-    def parameter_sets(self) -> list[dict]:
-        return self.sets
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +29,7 @@ def new_task_instances():
 
 
 def record_done(item_class: type[BaseTask], sets: list[dict]) -> None:
-    type("Recorder", (RecordDone,), {"item_class": item_class, "sets": sets})().run()
+    recorder(item_class, sets).run()
     forget_cached()
 
 

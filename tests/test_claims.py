@@ -2,153 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import luigi
 import pytest
 
-import astra
-from astra.database import Task, create_schema, output_tables
+from astra.database import Task
 from astra.database.models import utcnow
-from astra.identity import task_hash
-from astra.targets import forget_cached
-from tests.conftest import LUIGI, REPO, run_luigi
-from workflows import SNR
+from tests.claims_tasks import hold_args, row_of, runners
+from tests.helpers import background, run_luigi, start_later, wait_for
 
 
-class Hold(astra.BaseTask):
-    """Notes the pid that runs it in ``runs_log``, then holds on until the file ``release`` exists."""
-
-    name = luigi.Parameter()
-    runs_log = luigi.Parameter(significant=False)
-    release = luigi.Parameter(significant=False)
-
-    def run(self) -> dict:
-        with open(self.runs_log, "a") as log:
-            log.write(f"{os.getpid()}\n")
-        wait_for(lambda: os.path.exists(self.release), timeout=60)
-        return {"pid": os.getpid()}
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30, what: str = "a condition") -> object:
-    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on (now)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def postgres_url(postgres_database, monkeypatch) -> str:
-    """A PostgreSQL astra database (only) for this test and the luigi processes it starts."""
-    monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
-    forget_cached()
-    create_schema()
-    output_tables.create([SNR])  # the example's output table: astra db init --module workflows
-    yield postgres_database
-    forget_cached()
-
-
-class Luigi:
-    """A ``luigi`` command line running in the background, its output going to a file."""
-
-    def __init__(self, args: list[str], output: Path, env: dict | None = None) -> None:
-        self.output = output
-        full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
-        with open(output, "w") as sink:
-            # Its own process group, so that the test can stop (or kill) it with all of its worker processes.
-            self.process = subprocess.Popen(
-                [LUIGI, *args], env=full_env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def text(self) -> str:
-        return self.output.read_text()
-
-    def signal(self, number: int) -> None:
-        os.killpg(self.process.pid, number)
-
-    def wait(self, timeout: float = 120) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.signal(signal.SIGKILL)
-            self.process.wait()
-
-
-@contextmanager
-def background(*runs: tuple[list[str], Path] | tuple[list[str], Path, dict]) -> Iterator[list[Luigi]]:
-    """Start luigi command lines in the background; kill whatever is left of them afterwards."""
-    started = []
-    try:
-        for run in runs:
-            started.append(Luigi(*run))
-        yield started
-    finally:
-        for process in started:
-            process.stop()
-
-
-def start_later(started: list[Luigi], args: list[str], output: Path, env: dict | None = None) -> Luigi:
-    """Start one more luigi process that ``background`` will clean up."""
-    process = Luigi(args, output, env)
-    started.append(process)
-    return process
-
-
-def hold_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
-    return [
-        "--module",
-        "tests.test_claims",
-        "Hold",
-        "--name",
-        name,
-        "--runs-log",
-        str(tmp_path / f"{name}.log"),
-        "--release",
-        str(tmp_path / f"{name}.release"),
-        "--local-scheduler",
-        "--no-lock",  # luigi's own lock refuses a second identical command line on one host
-        *extra,
-    ]
-
-
-def hold(tmp_path: Path, name: str) -> Hold:
-    """The Hold task that ``hold_args(tmp_path, name)`` runs."""
-    return Hold(name=name, runs_log=str(tmp_path / f"{name}.log"), release=str(tmp_path / f"{name}.release"))
-
-
-def row_of(name: str, tmp_path: Path) -> Task | None:
-    return Task.get_or_none(Task.task_hash == task_hash(hold(tmp_path, name)))
-
-
-def runners(tmp_path: Path, name: str) -> list[int]:
-    log = tmp_path / f"{name}.log"
-    return [int(line) for line in log.read_text().split()] if log.exists() else []
-
-
+@pytest.mark.slow
 def test_a_second_scheduler_waits_for_the_first_and_does_not_run_again(database_url, tmp_path):
     args = hold_args(tmp_path, "shared")
     with background() as started:
@@ -168,6 +34,7 @@ def test_a_second_scheduler_waits_for_the_first_and_does_not_run_again(database_
     assert "was not run by this process" in second.text()
 
 
+@pytest.mark.slow
 def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
     """The holder is alive but stopped (SIGSTOP): no heartbeats, so after ``lease`` seconds another takes over."""
     args = hold_args(tmp_path, "stalled", "--astra-lease", "2")
@@ -192,6 +59,7 @@ def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
     assert (row.status, row.attempts, row.pid, row.error) == ("done", 2, successor.pid, None)
 
 
+@pytest.mark.slow
 def test_a_dead_claim_from_another_host_is_taken_over_after_the_lease(database_url, tmp_path):
     """A holder on another machine cannot be checked by pid: only its silence for ``[astra] lease`` frees the task."""
     (tmp_path / "luigi.cfg").write_text("[astra]\nlease = 2\n")
@@ -240,6 +108,7 @@ def test_a_live_holder_with_a_long_lease_is_not_taken_over_by_a_worker_with_a_sh
     assert (row.status, row.attempts, row.pid, row.lease) == ("done", 1, holder.pid, 8.0)
 
 
+@pytest.mark.slow
 def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with_a_long_one(database_url, tmp_path):
     """A stopped holder with lease 2 is taken over after 2 s, although the successor's own lease is 600 s."""
     with background() as started:
@@ -254,6 +123,7 @@ def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with
     assert (row.status, row.attempts, row.pid, row.lease) == ("done", 2, successor.pid, 600.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lease", ["0", "nan"])
 def test_a_lease_no_one_could_keep_is_refused_in_one_line(database_url, tmp_path, lease):
     (tmp_path / "odd.release").touch()

@@ -1,107 +1,35 @@
-"""The ``astra`` command, driven as a subprocess (the installed console script) on SQLite and PostgreSQL.
-
-Helpers here (``astra``, ``astra_many``, ``run_pipeline``) are shared by the other tests/test_cli_*.py files.
-"""
+"""The ``astra`` command, driven as a subprocess (the installed console script) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
-import luigi
 import psycopg2
 import pytest
 
 import astra as astra_package
-from astra import cli
-from tests.conftest import POSTGRES, REPO
-from tests.test_schema import describe_schema
-from workflows import EstimateSNR, SummariseSNR
+from tests.cli_tasks import Broken
+from tests.helpers import (
+    ASTRA,
+    POSTGRES,
+    POSTGRES_USER,
+    REPO,
+    SPECTRA,
+    astra,
+    astra_many,
+    describe_schema,
+    main,
+    one_line_error,
+    run_pipeline,
+    with_password,
+)
+from workflows import EstimateSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 
-#: The console script that ``pip install`` puts beside this Python.
-ASTRA = Path(sys.executable).with_name("astra")
 
-SPECTRA = sorted(str(path) for path in EXAMPLE_SPECTRA.glob("*.fits"))
-
-
-class Broken(astra_package.BaseTask):
-    """A task that always fails, for failed records."""
-
-    reason = luigi.Parameter(default="broken on purpose")
-
-    def run(self) -> None:
-        raise ValueError(self.reason)
-
-
-def _command(args: tuple[str, ...], env: dict | None) -> tuple[list[str], dict]:
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH", "")]))
-    return [str(ASTRA), *args], full_env
-
-
-def astra(*args: str, input: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``astra ARGS`` (stdin ``input``, so a prompt never waits); stdout and stderr kept apart."""
-    command, full_env = _command(args, env)
-    return subprocess.run(command, input=input, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=60)
-
-
-def astra_many(*commands: tuple[str, ...], env: dict | None = None) -> list[subprocess.CompletedProcess]:
-    """Run several read-only ``astra`` commands at once (each one pays for importing luigi)."""
-    running = []
-    for args in commands:
-        command, full_env = _command(args, env)
-        running.append(
-            subprocess.Popen(
-                command,
-                env=full_env,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    done = []
-    for args, process in zip(commands, running):
-        stdout, stderr = process.communicate(timeout=60)
-        done.append(subprocess.CompletedProcess([str(ASTRA), *args], process.returncode, stdout, stderr))
-    return done
-
-
-def main(capsys, *args: str) -> subprocess.CompletedProcess:
-    """Run ``astra ARGS`` in this process, through the same ``main()`` as the console script.
-
-    Cheaper than a subprocess (which spends most of its time importing luigi); the tests use it for the many
-    variations of a command once the subprocess has shown the command itself.
-    """
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(list(args))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(["astra", *args], exit_info.value.code, out, err)
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
-    """Assert that the command failed with ``code`` and a single line on stderr; return that line."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("astra: ")
-    return lines[0]
-
-
-def run_pipeline(*tasks: luigi.Task) -> None:
-    """Run the example pipeline (5 EstimateSNR -> SummariseSNR), plus ``tasks``, in this process."""
-    assert luigi.build([SummariseSNR(), *tasks], local_scheduler=True, log_level="WARNING") is not None
-
-
+@pytest.mark.slow
 def test_help_on_every_command(capsys):
     assert ASTRA.exists(), "run `pip install -e .` so the astra console script exists"
     script = astra("--help")
@@ -123,16 +51,17 @@ def test_help_on_every_command(capsys):
     assert bare.returncode == 2 and "Commands:" in bare.stdout
 
 
+@pytest.mark.slow
 def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
     # trust authentication ignores the password, which lets the test check that it is never shown.
-    url = postgres_database.replace("://postgres@", "://postgres:hunter2@")
+    url = with_password(postgres_database, "hunter2")
     env = {"ASTRA_DATABASE_URL": url}
     before = astra("db", "status", env=env)
     assert "no astra schema" in one_line_error(before, 1)
 
     first = astra("db", "init", env=env)
     assert first.returncode == 0, first.stderr
-    assert "postgres:***@" in first.stdout and "hunter2" not in first.stdout + first.stderr
+    assert f"{POSTGRES_USER}:***@" in first.stdout and "hunter2" not in first.stdout + first.stderr
     again = astra("db", "init", env=env)  # safe to run twice
     assert again.returncode == 0, again.stderr
 
@@ -153,10 +82,11 @@ def test_db_init_on_postgresql_loads_the_sql_file(postgres_database):
 
     status = astra("db", "status", env=env)
     assert status.returncode == 0, status.stderr
-    assert "postgres:***@" in status.stdout and "hunter2" not in status.stdout
+    assert f"{POSTGRES_USER}:***@" in status.stdout and "hunter2" not in status.stdout
     assert "tasks         0" in status.stdout
 
 
+@pytest.mark.slow
 def test_db_init_on_sqlite(tmp_path):
     path = tmp_path / "new" / "astra.db"
     result = astra("db", "init", env={"ASTRA_DATABASE_URL": f"sqlite:///{path}"})
@@ -166,6 +96,7 @@ def test_db_init_on_sqlite(tmp_path):
     assert {"task", "parameter", "task_parameter", "dependency"} <= tables
 
 
+@pytest.mark.slow
 def test_db_status_counts_per_status_and_name(database_url, capsys):
     run_pipeline(Broken())
     text = astra("db", "status")
@@ -182,6 +113,7 @@ def test_db_status_counts_per_status_and_name(database_url, capsys):
     assert {"task_name": "EstimateSNR", "done": 5, "running": 0, "failed": 0, "total": 5} in status["names"]
 
 
+@pytest.mark.slow
 def test_list_with_filters(database_url, capsys):
     run_pipeline(Broken())
     everything, table = astra_many(
@@ -200,7 +132,7 @@ def test_list_with_filters(database_url, capsys):
     upper = main(capsys, "tasks", "list", "--where", "spectrum_path=*SPEC-00002.FITS")
     limited = main(capsys, "tasks", "list", "--since", "1h", "--limit", "2")
     future = main(capsys, "tasks", "list", "--since", "2999-01-01", "--json")
-    nothing = main(capsys, "tasks", "list", "--status", "done", "--module", "tests.test_cli")
+    nothing = main(capsys, "tasks", "list", "--status", "done", "--module", "tests.cli_tasks")
     records = json.loads(everything.stdout)
     assert everything.returncode == 0 and len(records) == 7
     assert [r["pk"] for r in records] == sorted((r["pk"] for r in records), reverse=True)  # newest first
@@ -215,7 +147,7 @@ def test_list_with_filters(database_url, capsys):
     assert table.returncode == 0
     header, rule, *rows = table.stdout.splitlines()
     assert header.split()[:3] == ["pk", "name", "status"] and set(rule) <= {"-", " "}
-    assert [row.split()[1] for row in rows] == ["SummariseSNR"]  # Broken lives in tests.test_cli
+    assert [row.split()[1] for row in rows] == ["SummariseSNR"]  # Broken lives in tests.cli_tasks
 
     assert limited.returncode == 0 and len(limited.stdout.splitlines()) == 4
     assert limited.stderr.strip() == "(2 of 7 shown; --limit 0 shows all)"
@@ -225,6 +157,7 @@ def test_list_with_filters(database_url, capsys):
     assert one_line_error(nothing, 1) == "astra: no tasks match"
 
 
+@pytest.mark.slow
 def test_bad_filters_give_one_line(database_url, capsys):
     run_pipeline()
     where, parameter = astra_many(
@@ -246,6 +179,7 @@ def test_bad_filters_give_one_line(database_url, capsys):
     assert "No such command 'frobnicate'" in one_line_error(command, 2)
 
 
+@pytest.mark.slow
 def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     run_pipeline(Broken())
     first = EstimateSNR(spectrum_path=SPECTRA[0])
@@ -283,6 +217,7 @@ def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     assert one_line_error(missing, 1) == "astra: no task has pk, luigi task_id or hash (prefix) 'no-such-task'"
 
 
+@pytest.mark.slow
 def test_unreachable_database_and_missing_schema_give_one_line(postgres_database, monkeypatch, capsys):
     refused = "postgresql://postgres:hunter2@127.0.0.1:1/astra"
     cases = [(refused, "cannot connect to"), (postgres_database, "has no astra schema"), ("mysql://x/astra", "mysql")]

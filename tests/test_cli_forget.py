@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from astra.database import Dependency, Parameter, Task
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
-from tests.test_cli import SPECTRA, astra, main, one_line_error, run_pipeline
+from tests.helpers import SPECTRA, astra, main, one_line_error, run_luigi, run_pipeline
 from workflows import EstimateSNR, SummariseSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 
@@ -21,6 +22,7 @@ def parameter_values() -> set[tuple[str, str]]:
     return set(Parameter.select(Parameter.parameter_name, Parameter.parameter_value).tuples())
 
 
+@pytest.mark.slow
 def test_forget_with_cascade_then_luigi_reruns_exactly_those(database_url, capsys):
     pair = SummariseSNR(pattern="spec-0000[12].fits")  # needs only the first two spectra
     run_pipeline(pair)
@@ -75,6 +77,7 @@ def test_forget_with_cascade_then_luigi_reruns_exactly_those(database_url, capsy
     assert Dependency.select().count() == 5
 
 
+@pytest.mark.slow
 def test_forget_needs_a_selection(database_url, capsys):
     run_pipeline()
     nothing = main(capsys, "tasks", "forget", "--yes")

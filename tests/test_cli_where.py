@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import luigi
+import pytest
 
 from astra.database import Parameter
-from tests.conftest import run_luigi
 from tests.example_tasks import WithOptions
-from tests.test_cli import astra, main
+from tests.helpers import astra, main, run_luigi
 
 LABELS = ["*.fits", "a.fits", "b*.fits", "x\\y.fits", "x\\*y", "100%_done", "100xxdone", "[ab].fits", "a?c", "abc"]
 
@@ -36,6 +36,7 @@ def labels_of(capsys, pattern: str) -> list[str]:
     return sorted(task["parameters"]["label"] for task in json.loads(result.stdout or "[]"))
 
 
+@pytest.mark.slow
 def test_where_escapes_a_literal_star_and_backslash(database_url, capsys):
     assert luigi.build([WithOptions(options={}, label=label) for label in LABELS], local_scheduler=True)
     for pattern, labels in EXPECTED.items():

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from luigi.task_register import Register
 
-from tests.test_cli import SPECTRA, Broken, astra_many, main, one_line_error, run_pipeline
+from tests.cli_tasks import Broken
+from tests.helpers import SPECTRA, astra_many, main, one_line_error, run_pipeline
 from workflows import EstimateSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 
@@ -17,6 +19,7 @@ def reason(kind, parameter=None, recorded=None, asked=None, task=None, status=No
     return {"kind": kind, "parameter": parameter, "recorded": recorded, "asked": asked, "task": task, "status": status}
 
 
+@pytest.mark.slow
 def test_why_done_not_recorded_and_failed(database_url, capsys):
     run_pipeline(Broken())
     first = EstimateSNR(spectrum_path=SPECTRA[0])
@@ -54,7 +57,7 @@ def test_why_done_not_recorded_and_failed(database_url, capsys):
     assert lines[3] == "    parameter pattern: recorded '*.fits', asked 'spec-0000[12].fits'"
     assert lines[4] == "    upstream differs too: was made from 3 tasks this one does not need"
 
-    failed = main(capsys, "tasks", "why", "--module", "tests.test_cli", "Broken")
+    failed = main(capsys, "tasks", "why", "--module", "tests.cli_tasks", "Broken")
     assert failed.returncode == 1
     assert failed.stdout.startswith("Broken(reason=broken on purpose) failed: task ")
     assert "  error: ValueError: broken on purpose\nluigi will run it again." in failed.stdout
@@ -72,7 +75,7 @@ def test_why_done_not_recorded_and_failed(database_url, capsys):
     assert explained["items"] == 2 and explained["statuses"] == {"done": 1, "not recorded": 1}
     assert [item["parameters"] for item in explained["not_done"]] == [{"spectrum_path": missing}]
 
-    never = main(capsys, "tasks", "why", "--module", "tests.test_cli", "Broken", "--reason", "other")
+    never = main(capsys, "tasks", "why", "--module", "tests.cli_tasks", "Broken", "--reason", "other")
     assert "No Broken task" not in never.stdout and "parameter reason: recorded 'broken on purpose'" in never.stdout
 
 
@@ -110,6 +113,7 @@ def test_why_json_says_what_differs_as_data(database_url, capsys, monkeypatch):
     assert "    version: recorded '(none)', asked '2'" in text.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_why_usage_errors(database_url, capsys):
     run_pipeline()
     unknown_task = main(capsys, "tasks", "why", "NoSuchTask", "--x", "1")

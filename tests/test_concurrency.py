@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import peewee
+import pytest
 
 from astra.database import Parameter, Task, TaskParameter
-from tests.conftest import LUIGI, REPO
+from tests.helpers import background
 from workflows.spectra import simulate
 
 
+@pytest.mark.slow
 def test_four_processes_share_one_dag_on_postgres(postgres_database, monkeypatch, tmp_path):
     monkeypatch.setenv("ASTRA_DATABASE_URL", postgres_database)
     from astra.database import create_schema, output_tables
@@ -20,22 +19,13 @@ def test_four_processes_share_one_dag_on_postgres(postgres_database, monkeypatch
     create_schema()
     output_tables.create([SNR])  # astra db init --module workflows
     simulate(tmp_path / "spectra", count=200, seed=5)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [LUIGI, "--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra")]
-    processes = [
-        subprocess.Popen(
-            [*args, "--local-scheduler", "--no-lock"],  # luigi locks one command per host
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    outputs = [process.communicate(timeout=400)[0] for process in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output
+    args = ["--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra")]
+    args += ["--local-scheduler", "--no-lock"]  # luigi locks one command per host
+    with background(*((args, tmp_path / f"{n}.out") for n in range(4))) as processes:
+        for process in processes:
+            assert process.wait(timeout=400) == 0, process.text()
+    for process in processes:
+        output = process.text()
         assert "This progress looks :)" in output, output
         assert "ERROR" not in output, output
 

@@ -15,8 +15,8 @@ import pytest
 
 from astra.database import describe
 from astra.database.connection import reset
-from tests.conftest import REPO, _postgres_or_skip, run_luigi
-from tests.test_claims import free_port
+from tests.helpers import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, REPO, free_port, run_luigi, subprocess_env
+from tests.helpers import luigi_error_line as one_line_error
 
 SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00002.fits")
 
@@ -40,6 +40,7 @@ def test_environment_overrides_the_astra_section(tmp_path, monkeypatch, luigi_co
     assert (tmp_path / "from-env.db").exists()
 
 
+@pytest.mark.slow
 def test_nothing_configured_means_sqlite_in_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ASTRA_DATABASE_URL", "LUIGI_CONFIG_PATH")}
     env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO))
@@ -60,9 +61,12 @@ def luigi_without_database_env(*args: str, tmp_path: Path, **env: str):
     return run_luigi(*args, env=clean, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     dbname = postgres_database.rsplit("/", 1)[1]
-    (tmp_path / "sdssdb.yml").write_text("astratest:\n  host: 127.0.0.1\n  port: 5432\n  user: postgres\n")
+    (tmp_path / "sdssdb.yml").write_text(
+        f"astratest:\n  host: {POSTGRES_HOST}\n  port: {POSTGRES_PORT}\n  user: {POSTGRES_USER}\n"
+    )
     (tmp_path / "luigi.cfg").write_text(f"[astra]\nprofile = astratest\ndbname = {dbname}\n")
     env = {"SDSSDB_CONFIG_PATH": str(tmp_path / "sdssdb.yml"), "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg")}
 
@@ -74,7 +78,7 @@ def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "-c", script],
-        env={**os.environ, **env, "ASTRA_DATABASE_URL": "", "PYTHONPATH": str(REPO)},
+        env=subprocess_env({**env, "ASTRA_DATABASE_URL": ""}),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -101,15 +105,7 @@ def test_sdssdb_profile_connects_with_psycopg2(postgres_database, tmp_path):
     connection.close()
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """The astra line of a luigi run that stopped; fails if luigi printed a traceback instead."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stdout, result.stdout
-    lines = [line for line in result.stdout.splitlines() if line.startswith("astra: ")]
-    assert len(lines) == 1, result.stdout
-    return lines[0]
-
-
+@pytest.mark.slow
 def test_missing_profile_is_one_clear_line(tmp_path):
     (tmp_path / "luigi.cfg").write_text("[astra]\nprofile = no_such_profile\n")
     result = luigi_without_database_env(
@@ -120,6 +116,7 @@ def test_missing_profile_is_one_clear_line(tmp_path):
     assert "no profile 'no_such_profile'" in line and "sdssdb.yml" in line
 
 
+@pytest.mark.slow
 def test_schema_not_loaded_is_one_clear_line(postgres_database, tmp_path):
     result = run_luigi(
         "--module", "workflows", "EstimateSNR", "--local-scheduler",
@@ -129,6 +126,7 @@ def test_schema_not_loaded_is_one_clear_line(postgres_database, tmp_path):
     assert "no astra schema" in line and "astra db init" in line and "astradb.sql" in line
 
 
+@pytest.mark.slow
 def test_unknown_url_scheme_is_one_clear_line(tmp_path):
     result = run_luigi(
         "--module", "workflows", "EstimateSNR", "--local-scheduler",
@@ -181,6 +179,7 @@ def _recorded(path: Path) -> list[str]:
         return [name for (name,) in connection.execute("select task_name from task")]
 
 
+@pytest.mark.slow
 def test_command_line_beats_environment_beats_luigi_cfg(tmp_path):
     """``--astra-database-url``, then $ASTRA_DATABASE_URL, then ``[astra] database_url``: through the real CLI."""
     places = {name: tmp_path / f"{name}.db" for name in ("cfg", "env", "cmdline")}
@@ -217,15 +216,15 @@ def _with_pgpass(tmp_path: Path, line: str) -> None:
     (tmp_path / ".pgpass").chmod(0o600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("user", "dbname", "reason"),
-    [("postgres", "astra_no_such_database", 'database "astra_no_such_database" does not exist'),
+    [(POSTGRES_USER, "astra_no_such_database", 'database "astra_no_such_database" does not exist'),
      ("astra_no_such_role", "postgres", 'role "astra_no_such_role" does not exist')],
 )  # fmt: skip
-def test_profile_that_cannot_connect_says_the_server_reason(tmp_path, user, dbname, reason):
-    _postgres_or_skip()
-    _with_pgpass(tmp_path, f"127.0.0.1:5432:*:{user}:pr0file-s3cret")
-    profile = f"astratest:\n  host: 127.0.0.1\n  port: 5432\n  user: {user}\n"
+def test_profile_that_cannot_connect_says_the_server_reason(postgres_server, tmp_path, user, dbname, reason):
+    _with_pgpass(tmp_path, f"{POSTGRES_HOST}:{POSTGRES_PORT}:*:{user}:pr0file-s3cret")
+    profile = f"astratest:\n  host: {POSTGRES_HOST}\n  port: {POSTGRES_PORT}\n  user: {user}\n"
     result, seconds = _profile_run(tmp_path, profile, dbname)
     line = one_line_error(result)
     assert reason in line and "sdssdb profile 'astratest'" in line, line
@@ -233,6 +232,7 @@ def test_profile_that_cannot_connect_says_the_server_reason(tmp_path, user, dbna
     assert seconds < 30, seconds
 
 
+@pytest.mark.slow
 def test_profile_to_a_silent_server_stops_within_10_seconds(tmp_path):
     """A port that takes connections but never answers (a hung server, a firewall): the 5 s connect timeout."""
     # The same command against a port that refuses at once: how long luigi itself takes on this machine now.

@@ -10,56 +10,21 @@ are all still to do.
 
 from __future__ import annotations
 
-import os
 import re
 
-import luigi
 import pytest
 from luigi.scheduler import Scheduler
 from luigi.worker import Worker
 
-import astra
-from astra.batch import BatchTask
 from astra.database import Dependency, Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
+from tests.deep_chain_tasks import Night, PlainNight
+from tests.helpers import astra as astra_command
+from tests.helpers import run_luigi
 
 DEPTH = 10_000
 MADE = DEPTH - 10  # nights made before the luigi command runs
-
-
-class Night(astra.BaseTask):
-    n = luigi.IntParameter()
-
-    def requires(self) -> list[Night]:
-        return [Night(n=self.n - 1)] if self.n > 0 else []
-
-    def run(self) -> dict:
-        return {"night": self.n}
-
-
-class EarlierNights(BatchTask):
-    item_class = Night
-    below = luigi.IntParameter()
-
-    def parameter_sets(self):
-        return ({"n": n} for n in range(self.below))
-
-
-class PlainNight(luigi.Task):
-    n = luigi.IntParameter()
-    root = luigi.Parameter()
-
-    def requires(self) -> list[PlainNight]:
-        return [PlainNight(n=self.n - 1, root=self.root)] if self.n > 0 else []
-
-    def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(os.path.join(self.root, str(self.n)))
-
-    def run(self) -> None:
-        with self.output().open("w") as out:
-            out.write(str(self.n))
 
 
 def outcome(output: str) -> str:
@@ -69,9 +34,7 @@ def outcome(output: str) -> str:
 
 @pytest.mark.slow
 def test_a_chain_of_ten_thousand_nights(database_url, tmp_path):
-    from tests.test_cli import astra as astra_command
-
-    module = ["--module", "tests.test_deep_chain"]
+    module = ["--module", "tests.deep_chain_tasks"]
     made = run_luigi(*module, "EarlierNights", "--below", str(MADE), "--local-scheduler", timeout=600)
     assert "1 ran successfully" in outcome(made.stdout), made.stdout
     assert Dependency.select().count() == MADE - 1
@@ -114,7 +77,7 @@ def test_a_chain_of_ten_thousand_nights(database_url, tmp_path):
 @pytest.mark.slow
 def test_a_chain_deeper_than_pythons_recursion_runs_whole(database_url, tmp_path):
     """300 nights, none made yet (astra used to fail from about 246): both run all of them."""
-    module = ["--module", "tests.test_deep_chain"]
+    module = ["--module", "tests.deep_chain_tasks"]
     plain = run_luigi(*module, "PlainNight", "--n", "299", "--root", str(tmp_path), "--local-scheduler")
     deep = run_luigi(*module, "Night", "--n", "299", "--local-scheduler")
     assert "300 ran successfully" in outcome(plain.stdout), plain.stdout

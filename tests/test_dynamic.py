@@ -11,19 +11,14 @@ import re
 import luigi
 import pytest
 
-import astra
 from astra.database import Dependency, Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from astra.tasks import dynamic_requirements
-from tests.conftest import REPO, run_luigi
+from tests.dynamic_tasks import Yielder, YieldsAYielder, YieldsBroken, YieldsNonsense, YieldsWithFailingCheck
 from tests.example_tasks import Leaf
-from tests.test_cli import astra as astra_command
+from tests.helpers import REPO, run_luigi, summary
+from tests.helpers import astra as astra_command
 from workflows.spectra import simulate
-
-
-def summary(output: str) -> str:
-    return output.split("===== Luigi Execution Summary =====")[1]
 
 
 def edges_of(name: str) -> list[tuple[str, bool]]:
@@ -33,6 +28,7 @@ def edges_of(name: str) -> list[tuple[str, bool]]:
     return sorted((edge.requires.task_name, edge.dynamic) for edge in query)
 
 
+@pytest.mark.slow
 def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_url, tmp_path):
     readme = (REPO / "README.md").read_text()
     example = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "MedianSNR" in block)
@@ -98,24 +94,7 @@ def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_ur
     assert Task.get(Task.task_name == "MedianSNR").status == "done"
 
 
-class Yielder(astra.BaseTask):
-    """Yields Leafs, found only when it runs."""
-
-    n = luigi.IntParameter()
-
-    def run(self):
-        outputs = yield dynamic_requirements([Leaf(i=i) for i in range(self.n)])
-        return {"total": sum(result["square"] for result in astra.targets.read_many(outputs))}
-
-
-class YieldsAYielder(astra.BaseTask):
-    """A dynamic dependency that has dynamic dependencies of its own."""
-
-    def run(self):
-        output = yield Yielder(n=2)
-        return {"inner": output.read()}
-
-
+@pytest.mark.slow
 def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_url):
     top = YieldsAYielder()
     assert luigi.build([top], local_scheduler=True, log_level="WARNING")
@@ -137,29 +116,6 @@ def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_u
     assert Task.get(Task.task_name == "YieldsAYielder").result == {"inner": {"total": 1}}
 
 
-class BrokenRequires(astra.BaseTask):
-    def requires(self):
-        raise ValueError("cannot say what I need")
-
-
-class YieldsBroken(astra.BaseTask):
-    def run(self):
-        yield BrokenRequires()
-
-
-class YieldsNonsense(astra.BaseTask):
-    def run(self):
-        yield 42
-
-
-class YieldsWithFailingCheck(astra.BaseTask):
-    def run(self):
-        def complete(complete_fn):
-            raise RuntimeError("the custom completeness check failed")
-
-        yield luigi.DynamicRequirements([Leaf(i=1)], complete)
-
-
 @pytest.mark.parametrize(
     ("task", "error"),
     [
@@ -175,8 +131,9 @@ def test_a_yielded_task_that_breaks_fails_the_task_that_yielded_it(database_url,
     assert row.error.startswith(error), row.error
 
 
+@pytest.mark.slow
 def test_a_yielded_broken_task_through_the_luigi_command_line(database_url):
-    result = run_luigi("--module", "tests.test_dynamic", "YieldsBroken", "--local-scheduler")
+    result = run_luigi("--module", "tests.dynamic_tasks", "YieldsBroken", "--local-scheduler")
     assert "1 failed" in summary(result.stdout), result.stdout
     assert "cannot say what I need" in result.stdout
     row = Task.get(Task.task_name == "YieldsBroken")

@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import pytest
 
-import luigi
-
-import astra
 from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
-
-
-class Fragile(astra.BaseTask):
-    """Fails while $FRAGILE_FAILS is set, deep in a helper, so that the traceback has something to show."""
-
-    name = luigi.Parameter()
-
-    def run(self) -> dict:
-        return {"checked": check_calibration(self.name)}
-
-
-def check_calibration(name: str) -> str:
-    if os.environ.get("FRAGILE_FAILS"):
-        raise ValueError(f"calibration of {name} is missing\nsecond line of the message")
-    return name
-
-
-class AfterFragile(astra.BaseTask):
-    name = luigi.Parameter()
-
-    def requires(self) -> Fragile:
-        return Fragile(name=self.name)
-
-    def run(self) -> None:
-        pass
+from tests.failures_tasks import AfterFragile, Fragile
+from tests.helpers import run_luigi
 
 
 def run_fragile(*, fails: bool) -> str:
-    args = ["--module", "tests.test_failures", "AfterFragile", "--name", "flat", "--local-scheduler"]
+    args = ["--module", "tests.failures_tasks", "AfterFragile", "--name", "flat", "--local-scheduler"]
     result = run_luigi(*args, env={"FRAGILE_FAILS": "1" if fails else ""})
     summary = result.stdout.split("===== Luigi Execution Summary =====")[1]
     if fails:
@@ -49,6 +22,7 @@ def run_fragile(*, fails: bool) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_a_failure_is_recorded_retried_and_replaced_by_a_success(database_url):
     fragile = Fragile(name="flat")
     after = AfterFragile(name="flat")

@@ -2,88 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
-from urllib.parse import urlsplit, urlunsplit
 
-import luigi
 import psycopg2
 import pytest
-from peewee import IntegerField, Model, TextField
 
-import astra
-from astra.database import Task, database
-from astra.database.models import proxy
+from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
-from tests.test_claims import (  # noqa: F401 -- postgres_url is a fixture
-    background,
-    free_port,
-    hold,
-    hold_args,
-    postgres_url,
-    row_of,
-    runners,
-    start_later,
-    wait_for,
-)
+from tests.claims_tasks import hold, hold_args, row_of, runners
+from tests.faults_tasks import Pauses, Tally, WritesTally
+from tests.helpers import POSTGRES_USER, background, free_port, run_luigi, start_later, wait_for, with_password
 
 #: Trust authentication accepts any password: enough to show that it never reaches the output.
 PASSWORD = "hunter2-secret"
 
 
-def with_password(url: str) -> str:
-    parts = urlsplit(url)
-    user, _, where = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.split(':')[0]}:{PASSWORD}@{where}"))
-
-
-class Pause(astra.BaseTask):
-    i = luigi.IntParameter()
-
-    def run(self) -> dict:
-        time.sleep(0.3)
-        return {"i": self.i}
-
-
-class Pauses(astra.BaseTask):
-    n = luigi.IntParameter()
-
-    def requires(self) -> list[Pause]:
-        return [Pause(i=i) for i in range(self.n)]
-
-    def run(self) -> dict:
-        return {"n": len(astra.targets.read_many(self.input()))}
-
-
-class Tally(Model):
-    """A table of a task's own, written in one transaction with the task's completion record."""
-
-    label = TextField()
-    value = IntegerField()
-
-    class Meta:
-        database = proxy
-        table_name = "test_tally"
-
-
-class WritesTally(astra.BaseTask):
-    """Writes three rows; with $DROP_CONNECTION set, its connection is cut after the second one."""
-
-    label = luigi.Parameter()
-
-    def run(self) -> None:
-        Tally.create_table(safe=True)
-        with self.completion(result={"rows": 3}):
-            Tally.insert_many([{"label": self.label, "value": i} for i in range(2)]).execute()
-            if os.environ.get("DROP_CONNECTION"):
-                database().execute_sql("select pg_terminate_backend(pg_backend_pid())")
-            Tally.insert(label=self.label, value=2).execute()
-
-
+@pytest.mark.slow
 def test_a_killed_worker_leaves_no_completed_row_and_the_next_run_finishes(database_url, tmp_path):
     with background() as started:
         killed = start_later(started, hold_args(tmp_path, "killed"), tmp_path / "killed.out")
@@ -105,12 +42,14 @@ def test_a_killed_worker_leaves_no_completed_row_and_the_next_run_finishes(datab
     assert runners(tmp_path, "killed") == [killed.pid, row.pid]
 
 
-def test_dropped_connections_mid_dag_are_reopened(postgres_url, tmp_path):  # noqa: F811 -- fixture
-    args = ["--module", "tests.test_faults", "Pauses", "--n", "12", "--local-scheduler", "--workers", "2"]
+@pytest.mark.slow
+def test_dropped_connections_mid_dag_are_reopened(postgres_url, tmp_path):
+    args = ["--module", "tests.faults_tasks", "Pauses", "--n", "12", "--local-scheduler", "--workers", "2"]
     admin = psycopg2.connect(postgres_url)
     admin.autocommit = True
     dropped = 0
-    with background((args, tmp_path / "dag.out", {"ASTRA_DATABASE_URL": with_password(postgres_url)})) as (dag,):
+    env = {"ASTRA_DATABASE_URL": with_password(postgres_url, PASSWORD)}
+    with background((args, tmp_path / "dag.out", env)) as (dag,):
         wait_for(lambda: Task.select().where(Task.status == "done").count(), what="the first task to finish")
         while dag.process.poll() is None and dropped < 4:
             with admin.cursor() as cursor:  # every connection of the luigi processes to this database
@@ -132,11 +71,12 @@ def test_dropped_connections_mid_dag_are_reopened(postgres_url, tmp_path):  # no
     assert Task.get(Task.task_hash == task_hash(Pauses(n=12))).status == "done"
 
 
-def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):  # noqa: F811 -- fixture
-    env = {"ASTRA_DATABASE_URL": with_password(postgres_url)}
-    args = ["--module", "tests.test_faults", "WritesTally", "--label", "cut", "--local-scheduler"]
+@pytest.mark.slow
+def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):
+    env = {"ASTRA_DATABASE_URL": with_password(postgres_url, PASSWORD)}
+    args = ["--module", "tests.faults_tasks", "WritesTally", "--label", "cut", "--local-scheduler"]
     first = run_luigi(*args, env={**env, "DROP_CONNECTION": "1"}, timeout=60)
-    assert "lost the connection to postgresql://postgres:***@" in first.stdout
+    assert f"lost the connection to postgresql://{POSTGRES_USER}:***@" in first.stdout
     assert "inside a transaction, which the server rolled back" in first.stdout
     assert PASSWORD not in first.stdout
 
@@ -152,6 +92,7 @@ def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):  #
     assert sorted(t.value for t in Tally.select().where(Tally.label == "cut")) == [0, 1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["environment", "command line"])
 def test_an_unreachable_database_is_one_clear_line_within_ten_seconds(where):
     url = f"postgresql://astra:{PASSWORD}@127.0.0.1:{free_port()}/astra"

@@ -15,7 +15,7 @@ from astropy.io import fits
 
 import astra
 from astra.database import Task
-from tests.conftest import run_luigi
+from tests.helpers import run_luigi
 from workflows import EstimateSelectedSNR, EstimateSNR
 from workflows.formats import (
     UnknownLayoutError,
@@ -178,6 +178,7 @@ def test_estimate_snr_reads_each_layout(database_url, tmp_path, layout):
     assert row.snr == signal_to_noise(*read_spectrum(path, reader="astropy", **parameters))[0]
 
 
+@pytest.mark.slow
 def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
     path = tmp_path / "spPlate-1234-56789.fits"
     snr, _ = write_spplate(path, seed=10, fiber=12)
@@ -192,6 +193,7 @@ def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
     assert "spPlate file of 20 fibres: use EstimateSelectedSNR --fiber 1..20" in without.stdout
 
 
+@pytest.mark.slow
 def test_an_unknown_layout_fails_with_one_line_naming_the_hdus(database_url, tmp_path):
     path = tmp_path / "image.fits"
     fits.HDUList(

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import identity, items, parameter_hash, parameters, task_hash
-from tests.conftest import REPO
-from tests.example_tasks import Leaf, Node, WithOptions
+from tests.example_tasks import Leaf, Node, Versioned, WithOptions
+from tests.helpers import REPO
 from tests.identity_tasks import Colour, EveryParameter, EveryParameterBase, Other
 
 HASH_IN_SUBPROCESS = """
@@ -38,6 +38,7 @@ def hash_in_new_process(options_json: str, seed: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_equal_dicts_are_the_same_task_in_separate_processes():
     first = hash_in_new_process('{"x": 1, "y": 2}', seed="1")
     second = hash_in_new_process('{"y": 2, "x": 1}', seed="2")
@@ -63,9 +64,6 @@ def test_identity_covers_module_family_version_and_requirements():
     assert described["name"] == "Node"
     assert described["requires"] == sorted([task_hash(Leaf(i=0)), task_hash(Leaf(i=1))])
     assert task_hash(Node(n=2, start=1)) != task_hash(node)
-
-    class Versioned(Leaf):
-        version = "2"
 
     assert task_hash(Versioned(i=1)) != task_hash(Leaf(i=1))
 

@@ -6,7 +6,6 @@ Peak memory is that of the real ``astra`` subprocess, read by a small parent pro
 
 from __future__ import annotations
 
-import os
 import resource  # noqa: F401  (used in the parent script below; fails early where there is none)
 import subprocess
 import sys
@@ -14,13 +13,11 @@ import sys
 import luigi
 import pytest
 
-import astra
 from astra.database import Task
-from tests.conftest import REPO
-from tests.test_cli import ASTRA
+from tests.helpers import ASTRA, subprocess_env
+from tests.listing_memory_tasks import SIZE, LargeResult
 
-RESULTS = 10
-SIZE = 6_000_000  # characters per result: 60 MB in all
+RESULTS = 10  # of SIZE characters each: 60 MB in all
 
 PEAK = """
 import resource, subprocess, sys
@@ -29,18 +26,14 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 """
 
 
-class LargeResult(astra.BaseTask):
-    index = luigi.IntParameter()
-
-    def run(self) -> str:
-        return f"{self.index}" * SIZE
-
-
 def _peak_bytes(*args: str) -> int:
     """The peak resident memory of ``astra ARGS`` run as a subprocess."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(
-        [sys.executable, "-c", PEAK, str(ASTRA), *args], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", PEAK, str(ASTRA), *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     return int(out.stdout)

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from astra.database import Task
-from tests.conftest import REPO, run_luigi
-from tests.test_claims import free_port
-from tests.test_config import one_line_error
-from tests.test_luigid import luigid  # noqa: F401 -- a fixture
+from tests.helpers import REPO, free_port, run_luigi
+from tests.helpers import luigi_error_line as one_line_error
 
 SHIPPED = (REPO / "luigi.cfg").read_text()
 SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00003.fits")
@@ -31,6 +29,7 @@ def bare(*args: str, cwd: Path = REPO, **env: str):
     return result, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_the_bare_command_runs_from_the_checkout(database_url):
     result, seconds = bare("--spectrum-path", SPECTRUM)
     assert result.returncode == 0, result.stdout
@@ -39,7 +38,8 @@ def test_the_bare_command_runs_from_the_checkout(database_url):
     assert Task.get(Task.task_name == "EstimateSNR").status == "done"
 
 
-def test_a_configured_luigid_is_used(database_url, luigid, tmp_path, monkeypatch):  # noqa: F811 -- a fixture
+@pytest.mark.slow
+def test_a_configured_luigid_is_used(database_url, luigid, tmp_path, monkeypatch):
     """The README's way to name a luigid: edit local_scheduler and scheduler_host/port in luigi.cfg."""
     monkeypatch.delenv("LUIGI_CONFIG_PATH")  # the luigid fixture's: this test writes its own luigi.cfg
     config = SHIPPED.replace("local_scheduler = true", "local_scheduler = false")
@@ -54,6 +54,7 @@ def test_a_configured_luigid_is_used(database_url, luigid, tmp_path, monkeypatch
     assert task_id in luigid.api("task_list", status="DONE")
 
 
+@pytest.mark.slow
 def test_no_luigid_where_one_is_configured_stops_within_seconds(database_url, tmp_path):
     port = free_port()  # nothing listens there
     (tmp_path / "luigi.cfg").write_text(f"[core]\nscheduler_host = 127.0.0.1\nscheduler_port = {port}\n")
@@ -65,6 +66,7 @@ def test_no_luigid_where_one_is_configured_stops_within_seconds(database_url, tm
     assert seconds < 30, seconds  # was 62 s of luigi's retries (plus start-up on a loaded machine)
 
 
+@pytest.mark.slow
 def test_a_luigid_named_on_the_command_line_is_not_silently_ignored(database_url):
     result, _ = bare("--spectrum-path", SPECTRUM, "--scheduler-host", "127.0.0.1", "--scheduler-port", "1")
     line = one_line_error(result)
@@ -78,6 +80,7 @@ def test_no_old_scheduler_option_names_in_the_shipped_config():
         assert not re.search(r"^#? *default_scheduler_\w+ *=", text, re.MULTILINE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("spectrum", "code"),
     [("not-a-fits-file", 30), ("missing", 20)],  # [retcode] task_failed, missing_data

@@ -2,86 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
-import signal
-import subprocess
-import sys
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from astra.database import Task
-from tests.test_claims import background, free_port, postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
+from tests.helpers import background
 from workflows.spectra import simulate
-
-LUIGID = str(Path(sys.executable).with_name("luigid"))
-
-
-class Luigid:
-    """A luigid on a free loopback port with its own state file and log directory."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.state = directory / "state.pickle"
-        self.logdir = directory / "logs"
-        self.logdir.mkdir(parents=True)
-        command = [LUIGID, "--address", "127.0.0.1", "--port", str(self.port)]
-        command += ["--state-path", str(self.state), "--logdir", str(self.logdir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        # What a user writes to use this luigid (the repository's luigi.cfg picks the local scheduler).
-        self.client_config = directory / "client.cfg"
-        self.client_config.write_text(
-            f"[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\nscheduler_port = {self.port}\n"
-        )
-        wait_for(self._answers, timeout=30, what=f"luigid on port {self.port}")
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"luigid exited with {self.process.returncode}: {self.log()}")
-        try:
-            self.api("task_list", status="DONE")
-        except OSError:
-            return False
-        return True
-
-    def api(self, method: str, **data: object) -> object:
-        """``GET /api/<method>?data=<json>``, as the dashboard does; the response."""
-        with urllib.request.urlopen(f"{self.url}/api/{method}?data={quote(json.dumps(data))}", timeout=10) as answer:
-            return json.load(answer)["response"]
-
-    def worker_args(self) -> list[str]:
-        return ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(self.port)]
-
-    def log(self) -> str:
-        path = self.logdir / "luigi-server.log"
-        return path.read_text() if path.exists() else ""
-
-    def stop(self) -> int:
-        """Stop luigid as an operator would (SIGTERM): it saves its state and exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-@pytest.fixture
-def luigid(tmp_path, monkeypatch) -> Iterator[Luigid]:
-    """A luigid, and $LUIGI_CONFIG_PATH naming a config that uses it for every luigi command the test starts."""
-    server = Luigid(tmp_path / "luigid")
-    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(server.client_config))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def ran_successfully(output: str) -> int:
@@ -90,7 +17,8 @@ def ran_successfully(output: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def test_two_machines_share_one_luigid_and_every_task_runs_once(postgres_url, luigid, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_two_machines_share_one_luigid_and_every_task_runs_once(postgres_url, luigid, tmp_path):
     simulate(tmp_path / "spectra", count=20, seed=11)
     args = ["--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra"), "--workers", "2"]
     args += luigid.worker_args()

@@ -18,7 +18,8 @@ from astra.database.connection import SCHEMA_SQL, DatabaseNotReady, is_postgres
 from astra.database.queries import transaction
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
+from tests.helpers import astra as astra_command
+from tests.helpers import run_luigi
 from tests.output_tasks import (
     BadOutput,
     Measure,
@@ -212,6 +213,7 @@ def test_sqlite_creates_output_tables_on_first_use(tmp_path, monkeypatch):
     assert database().table_exists("test_visit")
 
 
+@pytest.mark.slow
 def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp_path):
     env = {"ASTRA_DATABASE_URL": postgres_database}
     subprocess.run(["psql", "-q", postgres_database], input=SCHEMA_SQL.read_text(), text=True, check=True)
@@ -223,8 +225,6 @@ def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp
     ], ran.stdout
     assert "Traceback" not in ran.stdout
     # The DDL that `astra db sql` prints, fed to psql, creates the tables; then luigi runs.
-    from tests.test_cli import astra as astra_command
-
     ddl = astra_command("db", "sql", "--module", "tests.output_tasks", env=env)
     assert ddl.returncode == 0 and "ON DELETE CASCADE" in ddl.stdout and "REAL[]" in ddl.stdout
     subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres_database], input=ddl.stdout, text=True, check=True)
@@ -240,9 +240,8 @@ def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp
         connection.close()
 
 
+@pytest.mark.slow
 def test_db_init_module_creates_output_tables(postgres_database, monkeypatch):
-    from tests.test_cli import astra as astra_command
-
     env = {"ASTRA_DATABASE_URL": postgres_database}
     made = astra_command("db", "init", "--module", "tests.output_tasks", env=env)
     assert made.returncode == 0, made.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,20 +17,13 @@ from urllib.parse import quote
 import pytest
 
 from astra.database import mask_password
-from tests.conftest import run_luigi
-from tests.test_cli import astra
+from tests.helpers import astra, free_port, run_luigi
 
 #: Distinct words, so that a test can look for every piece of the password in the output.
 PIECES = ["alpha1", "bravo2", "charlie3", "delta4", "echo5"]
 PASSWORD = "alpha1/bravo2#charlie3?delta4@echo5:"
 BIN = Path("/usr/lib/postgresql/15/bin")
 ESTIMATE = ["--module", "workflows", "EstimateSNR", "--local-scheduler", "--no-lock"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def password_server():
     password_file.write_text(PASSWORD + "\n")
     if run_as:
         shutil.chown(password_file, "postgres")
-    data, port = str(Path(directory, "data")), _free_port()
+    data, port = str(Path(directory, "data")), free_port()
     try:
         subprocess.run(
             [*run_as, initdb, "-D", data, "-U", "astra", "-A", "scram-sha-256", f"--pwfile={password_file}", "-N"],
@@ -93,6 +85,7 @@ def _assert_no_password(text: str) -> None:
         assert piece not in text, text
 
 
+@pytest.mark.slow
 def test_a_percent_encoded_password_reaches_the_server_decoded(password_server, tmp_path):
     url = f"postgresql://astra:{quote(PASSWORD, safe='')}@{password_server}/astra"
     env = {"ASTRA_DATABASE_URL": url, "HOME": str(tmp_path)}
@@ -108,6 +101,7 @@ def test_a_percent_encoded_password_reaches_the_server_decoded(password_server, 
     assert wrong.returncode == 1 and "password authentication failed" in wrong.stderr, wrong.stderr
 
 
+@pytest.mark.slow
 def test_a_password_that_is_not_percent_encoded_still_works_and_is_never_shown(password_server, tmp_path):
     url = f"postgresql://astra:{PASSWORD}@{password_server}/astra"
     env = {"ASTRA_DATABASE_URL": url, "HOME": str(tmp_path)}
@@ -125,7 +119,7 @@ def _wrong_urls(server: str) -> dict[str, str]:
         "wrong password": f"postgresql://astra:{PASSWORD}x@{server}/astra",
         "unknown role": f"postgresql://nobody:{PASSWORD}@{server}/astra",
         "bad port": f"postgresql://astra:{PASSWORD}@127.0.0.1:{port}x/astra",
-        "nothing listening": f"postgresql://astra:{PASSWORD}@127.0.0.1:{_free_port()}/astra",
+        "nothing listening": f"postgresql://astra:{PASSWORD}@127.0.0.1:{free_port()}/astra",
         "no host": f"postgresql://astra:{PASSWORD}@/astra",
         "password echoed by the driver": f"postgresql://astra:alpha1@{server}/astra?connect_timeout=alpha1",
         "password in the query": f"postgresql://astra@{server}/astra?password={PASSWORD}&sslmode=disable",
@@ -159,5 +153,6 @@ def test_mask_password_hides_every_piece_of_any_password():
     assert mask_password(f"postgresql://astra:{PASSWORD}@db:5432/sdss5db") == "postgresql://astra:***@db:5432/sdss5db"
 
 
+@pytest.mark.slow
 def test_a_short_password_does_not_garble_the_rest_of_the_url():
     assert mask_password("postgresql://u:p@host.example/postgres") == "postgresql://u:***@host.example/postgres"

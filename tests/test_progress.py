@@ -8,35 +8,17 @@ import re
 import subprocess
 import time
 
-import luigi
 import pytest
 
-import astra
-from astra.batch import BatchTask
 from astra.database import Task
-from tests.conftest import LUIGI, REPO
-from tests.test_claims import background, postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
-from tests.test_luigid import luigid  # noqa: F401 -- a fixture
+from tests.helpers import LUIGI, REPO, background, subprocess_env, wait_for
+from tests.progress_tasks import Crunch, SlowBatch
 
 
-class Crunch(astra.BaseTask):
-    """Works through ``steps`` items, stopping halfway until the file ``release`` exists."""
-
-    steps = luigi.IntParameter(default=4)
-    release = luigi.Parameter(significant=False)
-
-    def run(self) -> dict:
-        for step in range(self.steps):
-            self.progress(step, self.steps, "spectra")
-            if step == self.steps // 2:
-                wait_for(lambda: os.path.exists(self.release), timeout=60, what="the release file")
-        self.progress(self.steps, self.steps, "spectra")
-        return {"steps": self.steps}
-
-
-def test_progress_shows_in_luigid(postgres_url, luigid, tmp_path):  # noqa: F811 -- fixtures
+@pytest.mark.slow
+def test_progress_shows_in_luigid(postgres_url, luigid, tmp_path):
     release = tmp_path / "release"
-    args = ["--module", "tests.test_progress", "Crunch", "--release", str(release), *luigid.worker_args()]
+    args = ["--module", "tests.progress_tasks", "Crunch", "--release", str(release), *luigid.worker_args()]
     task_id = Crunch(release=str(release)).task_id
 
     def running() -> dict | None:
@@ -61,33 +43,10 @@ def test_progress_outside_a_worker_does_nothing():
     assert task.set_status_message is None and task.set_progress_percentage is None
 
 
-class SlowItem(astra.BaseTask):
-    """An item that takes ``seconds`` to compute."""
-
-    n = luigi.IntParameter()
-    seconds = luigi.FloatParameter(default=0.03)
-
-    def run(self) -> int:
-        time.sleep(self.seconds)
-        return self.n
-
-
-class SlowBatch(BatchTask):
-    """A few hundred slow items: one chunk, which used to show nothing in luigid until it ended."""
-
-    item_class = SlowItem
-    count = luigi.IntParameter(default=300)
-    run_id = luigi.Parameter()
-    log_seconds = luigi.FloatParameter(default=30.0, significant=False)  # BatchTask's setting, for the test
-
-    def parameter_sets(self) -> list[dict]:
-        return [{"n": n} for n in range(self.count)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", ["1", "2"])
-def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid, tmp_path, processes):  # noqa: F811
-    args = ["--module", "tests.test_progress", "SlowBatch", "--run-id", "luigid", *luigid.worker_args()]
+def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid, tmp_path, processes):
+    args = ["--module", "tests.progress_tasks", "SlowBatch", "--run-id", "luigid", *luigid.worker_args()]
     args += ["--processes", processes]  # a pool reports as its parts come back
     task_id = SlowBatch(run_id="luigid").task_id
     seen: list[tuple[float, str]] = []  # (when, status message) each time luigid shows a new one
@@ -108,10 +67,11 @@ def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid,
     assert (final["status_message"], final["progress_percentage"]) == ("300 of 300 items done or tried, 0 failed", 100)
 
 
+@pytest.mark.slow
 def test_a_batch_in_a_terminal_logs_its_rate_and_time_left(database_url, tmp_path):
     """stderr is a terminal (a pseudo-terminal here): a line with items done, rate and time left, every log_seconds."""
-    args = ["--module", "tests.test_progress", "SlowBatch", "--run-id", "tty", "--count", "100", "--log-seconds", "1"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ASTRA_DATABASE_URL": database_url}
+    args = ["--module", "tests.progress_tasks", "SlowBatch", "--run-id", "tty", "--count", "100", "--log-seconds", "1"]
+    env = subprocess_env({"ASTRA_DATABASE_URL": database_url})
     leader, follower = pty.openpty()
     process = subprocess.Popen([LUIGI, *args, "--local-scheduler"], stdin=follower, stdout=follower, stderr=follower,
                                cwd=REPO, env=env, close_fds=True)  # fmt: skip

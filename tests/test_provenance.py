@@ -6,73 +6,38 @@ import datetime
 import json
 import os
 import socket
-import subprocess
-import time
+from pathlib import Path
 
 import luigi
+import pytest
 
 import astra
 from astra.database import Dependency, Task
 from astra.identity import task_hash
+from tests.helpers import astra as astra_command
+from tests.helpers import background
+from tests.provenance_tasks import Flaky, Part, Whole
 
 
-class Part(astra.BaseTask):
-    i = luigi.IntParameter()
-
-    def run(self) -> dict:
-        time.sleep(0.1)
-        return {"pid": os.getpid()}
-
-
-class Whole(astra.BaseTask):
-    n = luigi.IntParameter(default=2)
-
-    def requires(self) -> list[Part]:
-        return [Part(i=i) for i in range(self.n)]
-
-    def run(self) -> dict:
-        return {"pid": os.getpid()}
-
-
-class Flaky(astra.BaseTask):
-    """Fails until the file ``ready`` exists."""
-
-    ready = luigi.Parameter()
-
-    def run(self) -> None:
-        if not os.path.exists(self.ready):
-            raise RuntimeError(f"{self.ready} is not there yet")
-
-
-def run_luigi_process(*args: str) -> tuple[int, str]:
-    """Run the real luigi command line; the pid of its main process and its output."""
-    from tests.conftest import LUIGI, REPO  # here, so that luigi's import of this module stays light
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(
-        [LUIGI, "--module", "tests.test_provenance", *args, "--local-scheduler"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output, _ = process.communicate(timeout=120)
-    assert "This progress looks :)" in output, output
-    return process.pid, output
+def run_luigi_process(output: Path, *args: str) -> tuple[int, str]:
+    """Run the real luigi command line, its output going to the file ``output``; the pid of its main process and
+    its output."""
+    with background((["--module", "tests.provenance_tasks", *args, "--local-scheduler"], output)) as (process,):
+        process.wait()
+    assert "This progress looks :)" in process.text(), process.text()
+    return process.pid, process.text()
 
 
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def test_every_record_has_its_provenance(database_url):
-    from tests.test_cli import astra as astra_command
-
+@pytest.mark.slow
+def test_every_record_has_its_provenance(database_url, tmp_path):
     before = now()
-    main_pid, _ = run_luigi_process("Whole", "--n", "2")
+    main_pid, _ = run_luigi_process(tmp_path / "first.out", "Whole", "--n", "2")
     middle = now()
-    forked_pid, _ = run_luigi_process("Whole", "--n", "4", "--workers", "2")
+    forked_pid, _ = run_luigi_process(tmp_path / "second.out", "Whole", "--n", "4", "--workers", "2")
     after = now()
 
     tasks = {(t.task_name, t.task_id): t for t in Task.select()}
@@ -81,7 +46,7 @@ def test_every_record_has_its_provenance(database_url):
     for task in expected:
         row = tasks[task.task_family, task.task_id]
         assert row.status == "done" and row.attempts == 1
-        assert row.task_module == "tests.test_provenance" and row.version == ""
+        assert row.task_module == "tests.provenance_tasks" and row.version == ""
         assert row.task_hash == task_hash(task)
         assert row.astra_version == astra.__version__
         assert row.host == socket.gethostname()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import astra
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DOCUMENTED = {
     "BaseTask",

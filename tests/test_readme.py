@@ -7,12 +7,15 @@ import re
 import shlex
 import subprocess
 
+import pytest
+
 import astra
 from astra.database import Task
-from tests.conftest import LUIGI, REPO, run_luigi
+from tests.helpers import LUIGI, REPO, run_luigi
 from workflows import EstimateSNR
 
 
+@pytest.mark.slow
 def test_readme_task_example_runs(database_url, tmp_path):
     """As the README says: save the example as mymodule.py, run its command from that directory."""
     readme = (REPO / "README.md").read_text()

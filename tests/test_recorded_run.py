@@ -1,103 +1,31 @@
 """Whatever run() luigi calls on a BaseTask is recorded: its own, a mixin's, an inherited one, or none at all.
 
-The classes below are run with the real luigi command line (``luigi --module tests.test_recorded_run ...``).
+The classes in tests/recorded_run_tasks.py are run with the real luigi command line
+(``luigi --module tests.recorded_run_tasks ...``).
 """
 
 from __future__ import annotations
 
-import os
-
 import luigi
 import pytest
 
-import astra
-from astra.batch import BatchTask
 from astra.database import Dependency, Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from astra.tasks import dynamic_requirements
-from tests.conftest import run_luigi
 from tests.example_tasks import Leaf
+from tests.helpers import run_luigi
+from tests.recorded_run_tasks import (
+    SHAPES,
+    MixinFirst,
+    MixinGenerator,
+    NoRun,
+    PlainAhead,
+    ReturnsGenerator,
+    SuperCaller,
+    WithPreStep,
+    batch_of,
+)
 
-
-class ComputeMixin:
-    """A plain class that brings run() to the task classes that use it."""
-
-    def run(self) -> dict:
-        return {"computed": self.i * 10}
-
-
-class MixinFirst(ComputeMixin, astra.BaseTask):
-    i = luigi.IntParameter()
-
-
-class Measured(astra.BaseTask):
-    i = luigi.IntParameter()
-
-    def run(self) -> dict:
-        return {"measured": self.i}
-
-
-class PlainRun:
-    def run(self) -> dict:
-        return {"plain": self.i}
-
-
-class PlainAhead(PlainRun, Measured):
-    """run() comes from the plain class, ahead of Measured's own in the MRO."""
-
-
-class NoRun(astra.BaseTask):
-    """Only gathers what it requires: luigi calls its (empty) default run()."""
-
-    i = luigi.IntParameter()
-
-    def requires(self) -> Leaf:
-        return Leaf(i=self.i)
-
-
-class SuperCaller(Measured):
-    def run(self) -> dict:
-        return {**super().run(), "extra": True}
-
-
-class PreStep:
-    """A plain mixin that does something before the task's own run()."""
-
-    def run(self) -> dict:
-        if os.environ.get("PRE_STEP_FAILS"):
-            raise RuntimeError("the pre-step failed")
-        return {**super().run(), "pre": True}
-
-
-class WithPreStep(PreStep, Measured):
-    pass
-
-
-class YieldingMixin:
-    def run(self):
-        outputs = yield [Leaf(i=self.i)]
-        return {"leaf": outputs[0].read()}
-
-
-class MixinGenerator(YieldingMixin, astra.BaseTask):
-    i = luigi.IntParameter()
-
-
-class ReturnsGenerator(astra.BaseTask):
-    """run() is no generator function, but returns a generator: luigi drives it all the same."""
-
-    i = luigi.IntParameter()
-
-    def run(self):
-        return self.steps()
-
-    def steps(self):
-        outputs = yield dynamic_requirements([Leaf(i=self.i + 1)])
-        return {"leaf": outputs[0].read()}
-
-
-SHAPES = [MixinFirst, PlainAhead, NoRun, SuperCaller, WithPreStep, MixinGenerator, ReturnsGenerator]
 EXPECTED = {  # what each shape's run() returns for i
     MixinFirst: lambda i: {"computed": i * 10},
     PlainAhead: lambda i: {"plain": i},
@@ -109,13 +37,9 @@ EXPECTED = {  # what each shape's run() returns for i
 }
 
 
-class AllShapes(luigi.WrapperTask):
-    def requires(self) -> list[astra.BaseTask]:
-        return [shape(i=3) for shape in SHAPES]
-
-
+@pytest.mark.slow
 def test_every_shape_of_run_is_recorded_and_then_skipped(database_url):
-    first = run_luigi("--module", "tests.test_recorded_run", "AllShapes", "--local-scheduler")
+    first = run_luigi("--module", "tests.recorded_run_tasks", "AllShapes", "--local-scheduler")
     # The shapes, the wrapper and two Leafs (NoRun requires Leaf(i=3), MixinGenerator yields it, too).
     assert "10 ran successfully" in first.stdout, first.stdout
     forget_cached()
@@ -133,7 +57,7 @@ def test_every_shape_of_run_is_recorded_and_then_skipped(database_url):
         )
         assert edge.dynamic and edge.requires.task_hash == task_hash(leaf)
 
-    second = run_luigi("--module", "tests.test_recorded_run", "AllShapes", "--local-scheduler")
+    second = run_luigi("--module", "tests.recorded_run_tasks", "AllShapes", "--local-scheduler")
     assert "ran successfully" not in second.stdout and "complete ones were encountered" in second.stdout, second.stdout
 
 
@@ -145,15 +69,10 @@ def test_a_mixin_that_fails_before_the_own_run_is_recorded_failed(database_url, 
     assert row.status == "failed" and row.error == "RuntimeError: the pre-step failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [SuperCaller, MixinFirst, WithPreStep])
 def test_a_batch_runs_the_items_own_code_without_recording_it(database_url, shape):
-    class Batch(BatchTask):
-        item_class = shape
-
-        def parameter_sets(self):
-            return [{"i": i} for i in range(3)]
-
-    assert luigi.build([Batch()], local_scheduler=True, log_level="CRITICAL")
+    assert luigi.build([batch_of(shape)()], local_scheduler=True, log_level="CRITICAL")
     rows = {row.task_hash: row for row in Task.select()}
     assert len(rows) == 3  # the items only: nothing claimed rows of its own
     for i in range(3):

@@ -11,8 +11,8 @@ from astropy.table import Table
 from astra.database import output_tables
 from astra.database.connection import is_postgres
 from astra.targets import forget_cached
+from tests.helpers import astra, astra_many
 from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Visit
-from tests.test_cli import astra
 
 
 def strict(text: str) -> object:
@@ -33,6 +33,7 @@ def results_db(database_url):
     return database_url
 
 
+@pytest.mark.slow
 def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
     path = tmp_path / "visits.fits"
     made = astra("results", "MeasureVisits", "--format", "fits", "-o", str(path))
@@ -69,20 +70,25 @@ def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
     assert "task_label" in table.colnames and "label" in table.colnames  # a parameter named like a field
 
 
+@pytest.mark.slow
 def test_text_csv_and_strict_json(results_db):
-    shown = astra("results", "MeasureVisits")
+    shown, csv, *as_json = astra_many(
+        ("results", "MeasureVisits"),
+        ("results", "MeasureVisits", "--format", "csv"),
+        ("results", "Measure", "--json"),
+        ("results", "Measure", "--format", "json"),
+    )
     assert shown.returncode == 0 and shown.stdout.splitlines()[0].split()[:3] == ["task_pk", "star", "visits"]
-    csv = astra("results", "MeasureVisits", "--format", "csv")
     table = Table.read(csv.stdout, format="ascii.csv")
     assert len(table) == 6 and len(json.loads(table["spectrum"][0])) == 100  # arrays as JSON text in CSV
-    for args in (["--json"], ["--format", "json"]):
-        made = astra("results", "Measure", *args)
+    for made in as_json:
         rows = strict(made.stdout)
         assert [row["snr"] for row in rows] == [11.0, None]  # NaN is null in strict JSON
         assert rows[0]["flux"][7] is None and rows[0]["flux"][9] == 4.5 and rows[0]["n_good"] == 2**62 + 3
         assert rows[0]["counts"] == [[2**62, 2**62 + 1, 2**62 + 2], [2**62 + 3, 2**62 + 4, 2**62 + 5]]
 
 
+@pytest.mark.slow
 def test_parquet_and_its_missing_extra(results_db, tmp_path):
     pyarrow = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "visits.parquet"
@@ -103,6 +109,7 @@ def test_parquet_and_its_missing_extra(results_db, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_path):
     path = tmp_path / "plain.fits"
     made = astra("results", "PlainResult", "--format", "fits", "-o", str(path))
@@ -114,6 +121,7 @@ def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_pat
     assert [row["odd"] for row in rows] == [None, True, None]  # a key some results lack: null where missing
 
 
+@pytest.mark.slow
 def test_plots(results_db, tmp_path):
     pytest.importorskip("matplotlib")
     histogram, scatter = tmp_path / "rv.png", tmp_path / "scatter.png"
@@ -126,6 +134,7 @@ def test_plots(results_db, tmp_path):
     assert wrong.returncode == 1 and "needs numbers" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line(results_db, tmp_path):
     cases = [
         (["MeasureVisits", "--format", "fits"], 2, "--format fits writes a file: give -o FILE"),
@@ -134,7 +143,6 @@ def test_usage_errors_are_one_line(results_db, tmp_path):
         (["Nothing"], 1, "no task is named 'Nothing'"),
         (["MeasureVisits", "--where", "star=99"], 1, "no done MeasureVisits task has results that match"),
     ]
-    for args, code, message in cases:
-        made = astra("results", *args)
+    for (args, code, message), made in zip(cases, astra_many(*(("results", *args) for args, _, _ in cases))):
         assert made.returncode == code and message in made.stderr, (args, made.stderr)
         assert len(made.stderr.strip().splitlines()) == 1 and "Traceback" not in made.stderr

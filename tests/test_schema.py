@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import peewee
 import psycopg2
 import pytest
@@ -13,38 +10,8 @@ from astra.database import Parameter, Task, TaskParameter, create_schema, databa
 from astra.database.models import MODELS, proxy, utcnow
 from astra.database.queries import _record_parameters
 from astra.identity import parameter_hash
-
-REPO = Path(__file__).resolve().parent.parent
-SQL = REPO / "schema" / "astradb" / "astradb.sql"
-
-
-def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
-    with open(sql_file) as stdin:
-        return subprocess.run(
-            ["psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", url], stdin=stdin, capture_output=True, text=True
-        )
-
-
-def describe_schema(url: str) -> dict:
-    """Columns, indexes and constraints of schema astra, as PostgreSQL reports them."""
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(
-            "select table_name, column_name, data_type, is_nullable from information_schema.columns "
-            "where table_schema = 'astra' order by table_name, column_name"
-        )
-        columns = cursor.fetchall()
-        cursor.execute("select indexname, indexdef from pg_indexes where schemaname = 'astra' order by indexname")
-        indexes = cursor.fetchall()
-        cursor.execute(
-            "select conrelid::regclass::text, contype, pg_get_constraintdef(oid) from pg_constraint "
-            "where connamespace = 'astra'::regnamespace order by 1, 2, 3"
-        )
-        constraints = cursor.fetchall()
-        return {"columns": columns, "indexes": indexes, "constraints": constraints}
-    finally:
-        connection.close()
+from tests.helpers import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, describe_schema, psql
+from tests.helpers import SCHEMA_SQL as SQL
 
 
 def test_sql_file_creates_the_three_tables(postgres_database):
@@ -77,6 +44,7 @@ def test_loading_the_sql_file_twice_keeps_data(postgres_database, monkeypatch):
     connection.close()
 
 
+@pytest.mark.slow
 def test_sql_file_and_peewee_models_agree(postgres_database, monkeypatch):
     """The SQL file and the models describe the same columns, types, nullability, indexes and constraints."""
     assert psql(postgres_database, SQL).returncode == 0
@@ -88,7 +56,9 @@ def test_sql_file_and_peewee_models_agree(postgres_database, monkeypatch):
     admin.cursor().execute(f"create database {other.rsplit('/', 1)[1]}")
     admin.close()
     try:
-        db = peewee.PostgresqlDatabase(other.rsplit("/", 1)[1], host="127.0.0.1", user="postgres")
+        db = peewee.PostgresqlDatabase(
+            other.rsplit("/", 1)[1], host=POSTGRES_HOST, port=POSTGRES_PORT, user=POSTGRES_USER
+        )
         proxy.initialize(db)
         for model in MODELS:
             model._meta.schema = "astra"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,39 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from astra.database import Task, create_schema
-from astra.targets import forget_cached
-from tests.conftest import REPO, _close_connections, run_luigi
-from tests.test_claims import background, postgres_url, start_later, wait_for  # noqa: F401 -- postgres_url is a fixture
-from tests.test_luigid import luigid  # noqa: F401 -- a fixture
+from astra.database import Task
+from tests.helpers import (
+    astra,
+    background,
+    jobs_of,
+    result_of,
+    run_luigi,
+    scontrol,
+    slurm_args,
+    start_later,
+    wait_for,
+)
 from workflows.spectra import simulate
 
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture
-def sqlite_url(tmp_path, monkeypatch) -> str:
-    """An SQLite astra database (only), for tests whose point does not depend on the backend."""
-    url = f"sqlite:///{tmp_path / 'astra.db'}"
-    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
-    forget_cached()
-    create_schema()
-    yield url
-    forget_cached()
-    _close_connections()
-
-
-def slurm_args(log_dir: Path, *args: str) -> list[str]:
-    return [*args, "--astra-executor", "slurm", "--slurm-log-dir", str(log_dir), "--slurm-poll", "0.2"]
-
-
-def jobs_of(log_dir: Path) -> dict[str, str]:
-    """The jobs that ran, from their stderr files (``<task_id>-<job>.err``): job id -> job name."""
-    jobs = {}
-    for path in log_dir.glob("*.err") if log_dir.exists() else []:
-        name, _, job = path.stem.rpartition("-")
-        jobs[job] = name
-    return jobs
 
 
 def row(**where) -> Task:
@@ -55,25 +36,14 @@ def row(**where) -> Task:
     return query.get()
 
 
-def result_of(task: Task) -> object:
-    """A task's result as Python (the result column holds JSON)."""
-    return json.loads(task.result) if isinstance(task.result, str) else task.result
-
-
-def scontrol(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
-    return dict(re.findall(r"(\w+)=(\S*)", out))
-
-
 def astra_cli(*args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "astra.cli", *args], capture_output=True, text=True, env=env, cwd=REPO)
+    done = astra(*args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 @pytest.mark.slow
-def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_cluster, postgres_url, tmp_path):
     spectra = tmp_path / "spectra"
     simulate(spectra, count=12, seed=5)
     logs = tmp_path / "logs"
@@ -103,6 +73,7 @@ def test_example_dag_runs_one_job_per_task_and_a_rerun_submits_nothing(slurm_clu
     assert jobs_of(logs) == jobs  # nothing submitted
 
 
+@pytest.mark.slow
 def test_result_and_records_match_a_local_run(slurm_cluster, database_url, tmp_path):
     logs = tmp_path / "logs"
     done = run_luigi(*slurm_args(logs, "--module", "tests.example_tasks", "Node", "--n", "2", "--local-scheduler"))
@@ -114,6 +85,7 @@ def test_result_and_records_match_a_local_run(slurm_cluster, database_url, tmp_p
     assert {edge.requires.task_name for edge in node.dependencies} == {"Leaf"}
 
 
+@pytest.mark.slow
 def test_a_class_can_choose_slurm_and_its_own_job_settings(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     # No --astra-executor: the class says executor = "slurm".
@@ -131,7 +103,7 @@ def test_a_class_can_choose_slurm_and_its_own_job_settings(slurm_cluster, sqlite
 
 
 @pytest.mark.slow
-def test_failures_leave_the_task_failed_with_the_slurm_state_and_a_rerun_runs_it(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_failures_leave_the_task_failed_with_the_slurm_state_and_a_rerun_runs_it(slurm_cluster, postgres_url, tmp_path):
     logs = tmp_path / "logs"
     # A time limit is counted in whole minutes and checked every 30 s: start that one first, check it last.
     with background(
@@ -187,7 +159,7 @@ def _running_job(name: str) -> str | None:
 
 
 @pytest.mark.slow
-def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, postgres_url, tmp_path):  # noqa: F811
+def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, postgres_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(
         logs, "--module", "tests.example_tasks", "Node", "--n", "6", "--workers", "3", "--local-scheduler"
@@ -202,6 +174,7 @@ def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, 
     assert len(jobs) == 7 and sorted(jobs) == sorted(task.slurm_job_id for task in tasks)
 
 
+@pytest.mark.slow
 def test_killed_luigi_process_leaves_the_job_to_record_its_result_once(slurm_cluster, database_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "k", "--local-scheduler")
@@ -218,6 +191,7 @@ def test_killed_luigi_process_leaves_the_job_to_record_its_result_once(slurm_clu
     assert list(jobs_of(logs)) == [job]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sqlite_url, tmp_path, workers):
     logs = tmp_path / "logs"
@@ -231,7 +205,8 @@ def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sq
     assert f"SLURM job {job} cancelled: the luigi process was interrupted" in task.error
 
 
-def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, luigid, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_url, luigid, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "d", "--seconds", "4")
     args += ["--slurm-sbatch-args=--hold", *luigid.worker_args()]  # pending until the test releases it
@@ -255,6 +230,7 @@ def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_u
     assert f"SLURM job {job} PENDING" in seen and f"SLURM job {job} RUNNING on {slurm_cluster}" in seen, seen
 
 
+@pytest.mark.slow
 def test_non_astra_tasks_stay_local(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     spectra = tmp_path / "spectra"
@@ -264,6 +240,7 @@ def test_non_astra_tasks_stay_local(slurm_cluster, sqlite_url, tmp_path):
     assert "1 complete ones" in done.stdout and not jobs_of(logs)
 
 
+@pytest.mark.slow
 def test_a_pending_job_whose_luigi_process_died_does_not_run_a_task_taken_over(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "p", "--local-scheduler")
@@ -282,6 +259,7 @@ def test_a_pending_job_whose_luigi_process_died_does_not_run_a_task_taken_over(s
     assert "no longer claimed by attempt 1" in (logs / f"{jobs_of(logs)[job]}-{job}.err").read_text()
 
 
+@pytest.mark.slow
 def test_without_sbatch_the_task_fails_with_one_clear_line(sqlite_url, tmp_path):
     env = {"PATH": f"{tmp_path}:{Path(sys.executable).parent}"}  # no SLURM commands on it
     done = run_luigi(*slurm_args(tmp_path / "logs", "--module", "tests.example_tasks", "Leaf", "--i", "3",
@@ -291,6 +269,7 @@ def test_without_sbatch_the_task_fails_with_one_clear_line(sqlite_url, tmp_path)
     assert "astra: sbatch not found" in done.stdout
 
 
+@pytest.mark.slow
 def test_an_unknown_executor_fails_the_task_with_one_clear_line(sqlite_url):
     done = run_luigi("--module", "tests.example_tasks", "Leaf", "--i", "3", "--astra-executor", "pbs",
                      "--local-scheduler")  # fmt: skip
@@ -299,6 +278,7 @@ def test_an_unknown_executor_fails_the_task_with_one_clear_line(sqlite_url):
     assert task.error == "ValueError: astra: [astra] executor (or --astra-executor) is 'pbs'; use 'local' or 'slurm'"
 
 
+@pytest.mark.slow
 def test_a_pending_job_keeps_its_claim_past_the_lease(slurm_cluster, sqlite_url, tmp_path):
     logs = tmp_path / "logs"
     args = ["--module", "tests.slurm_tasks", "Sleep", "--name", "l", "--astra-lease", "2", "--local-scheduler"]

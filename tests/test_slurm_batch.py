@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
 from astra.database import Task
-from tests.conftest import REPO, run_luigi
-from tests.test_claims import postgres_url, wait_for  # noqa: F401 -- postgres_url is a fixture
-from tests.test_luigid import luigid  # noqa: F401 -- a fixture
-from tests.test_slurm import jobs_of, result_of, scontrol, slurm_args
+from tests.helpers import REPO, jobs_of, result_of, run_luigi, scontrol, slurm_args, subprocess_env, wait_for
 from workflows.spectra import simulate
 
 pytestmark = pytest.mark.slurm
@@ -21,8 +17,8 @@ pytestmark = pytest.mark.slurm
 @pytest.mark.slow
 def test_batch_runs_as_an_array_of_shares_and_a_rerun_submits_only_unfinished_shares(
     slurm_cluster,
-    postgres_url,  # noqa: F811
-    luigid,  # noqa: F811
+    postgres_url,
+    luigid,
     tmp_path,
 ):
     spectra = tmp_path / "spectra"
@@ -65,17 +61,13 @@ def test_batch_runs_as_an_array_of_shares_and_a_rerun_submits_only_unfinished_sh
 
 
 @pytest.mark.slow
-def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgres_url, luigid, tmp_path):  # noqa: F811
+def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgres_url, luigid, tmp_path):
     spectra = tmp_path / "spectra"
     simulate(spectra, count=8, seed=4)
     server = luigid  # and $LUIGI_CONFIG_PATH names a config that uses it, which the pilots inherit
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "ASTRA_SCHEDULER": f"127.0.0.1:{server.port}",
-        "ASTRA_WORKERS": "2",
-        "ASTRA_PYTHON": sys.executable,
-    }
+    env = subprocess_env(
+        {"ASTRA_SCHEDULER": f"127.0.0.1:{server.port}", "ASTRA_WORKERS": "2", "ASTRA_PYTHON": sys.executable}
+    )
     command = ["sbatch", "--parsable", "--array=0-1", f"--output={tmp_path}/pilot-%A_%a.out"]
     command += [str(REPO / "scripts" / "pilot.sbatch"), "--module", "workflows", "SummariseSNR"]
     command += ["--spectra-dir", str(spectra)]

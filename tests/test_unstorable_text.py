@@ -10,41 +10,13 @@ import pytest
 
 import astra
 from astra import identity
-from astra.batch import BatchTask
 from astra.database import Parameter, Task, queries
 from astra.targets import forget_cached
-from tests.conftest import run_luigi
+from tests.helpers import run_luigi
+from tests.unstorable_text_tasks import Echo, Mute, MuteBatch
 
 #: What Python makes of the byte 0xff on a command line (or in a file name): a lone surrogate.
 UNDECODABLE = os.fsdecode(b"spec-\xff.fits")
-
-
-class Echo(astra.BaseTask):
-    value = luigi.Parameter()
-
-    def run(self) -> dict:
-        return {"value": self.value}
-
-
-class Complains(astra.BaseTask):
-    """Raises an error naming the first file in ``directory`` (as Python decodes its name), with a NUL if ``nul``."""
-
-    directory = luigi.Parameter()
-    nul = luigi.BoolParameter(default=False)
-
-    def run(self) -> None:
-        name = sorted(os.listdir(self.directory))[0]
-        raise ValueError(f"cannot read {name}" + ("\x00 at byte 7" if self.nul else ""))
-
-
-class UnprintableError(Exception):
-    def __str__(self) -> str:
-        raise RuntimeError("no words for it")
-
-
-class Mute(astra.BaseTask):
-    def run(self) -> None:
-        raise UnprintableError()
 
 
 def rows() -> list[Task]:
@@ -53,7 +25,7 @@ def rows() -> list[Task]:
 
 
 def luigi_args(family: str, *extra: str) -> list[str]:
-    return ["--module", "tests.test_unstorable_text", family, *extra, "--local-scheduler", "--no-lock"]
+    return ["--module", "tests.unstorable_text_tasks", family, *extra, "--local-scheduler", "--no-lock"]
 
 
 def test_a_nul_in_a_parameter_is_kept_on_sqlite_and_refused_clearly_on_postgresql(database_url, backend, caplog):
@@ -74,6 +46,7 @@ def test_a_nul_in_a_parameter_is_kept_on_sqlite_and_refused_clearly_on_postgresq
     assert rows() == []  # nothing half-written, and nothing left running
 
 
+@pytest.mark.slow
 def test_a_nul_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_path):
     (tmp_path / "spectra").mkdir()
     (tmp_path / "spectra" / "spec-1.fits").touch()
@@ -84,6 +57,7 @@ def test_a_nul_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_pa
     assert "\\x00 at byte 7" in row.traceback
 
 
+@pytest.mark.slow
 def test_an_undecodable_byte_in_a_parameter_stops_the_task_with_one_clear_line(database_url):
     result = run_luigi(*luigi_args("Echo", "--value", UNDECODABLE))
     assert "1 failed:" in result.stdout.split("Execution Summary")[1], result.stdout
@@ -95,6 +69,7 @@ def test_an_undecodable_byte_in_a_parameter_stops_the_task_with_one_clear_line(d
     assert rows() == []
 
 
+@pytest.mark.slow
 def test_an_undecodable_byte_in_an_error_message_is_recorded_as_a_failure(database_url, tmp_path):
     (tmp_path / "spectra").mkdir()
     open(os.path.join(os.fsencode(tmp_path / "spectra"), b"spec-\xff.fits"), "w").close()
@@ -114,7 +89,7 @@ def test_an_exception_that_cannot_be_printed_is_still_recorded_as_a_failure(data
 
 def test_batch_errors_with_unstorable_text_are_recorded_escaped(database_url):
     item = {
-        "task_module": "tests.test_unstorable_text",
+        "task_module": "tests.unstorable_text_tasks",
         "task_name": "Echo",
         "task_id": "Echo_x",
         "task_hash": "x" * 64,
@@ -137,7 +112,7 @@ def test_batch_errors_with_unstorable_text_are_recorded_escaped(database_url):
 
 def test_a_batch_item_with_an_undecodable_parameter_fails_clearly(database_url):
     item = {
-        "task_module": "tests.test_unstorable_text",
+        "task_module": "tests.unstorable_text_tasks",
         "task_name": "Echo",
         "task_id": "Echo_y",
         "task_hash": identity.task_hash(Echo(value=UNDECODABLE)),
@@ -151,15 +126,6 @@ def test_a_batch_item_with_an_undecodable_parameter_fails_clearly(database_url):
         with queries.transaction():
             queries.record_items([item], queries.DONE)
     assert rows() == []
-
-
-class MuteBatch(BatchTask):
-    """One item, Mute(), whose exception cannot be printed."""
-
-    item_class = Mute
-
-    def parameter_sets(self) -> list[dict]:
-        return [{}]
 
 
 def test_a_batch_item_whose_exception_cannot_be_printed_is_recorded_as_failed(database_url):

@@ -19,10 +19,8 @@ from astra.database.connection import reset
 from astra.database.models import SchemaVersion, utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
-from tests.conftest import LUIGI, REPO, run_luigi
-from tests.test_cli import astra, astra_many, one_line_error
-from tests.test_schema import SQL, psql
-from tests.test_values import assert_same
+from tests.helpers import LUIGI, REPO, assert_same, astra, astra_many, one_line_error, psql, run_luigi
+from tests.helpers import SCHEMA_SQL as SQL
 from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, value
 
 #: main before schema versions: its schema file and code are schema 1.
@@ -178,6 +176,7 @@ def test_sql_file_records_the_current_version(postgres_database):
         connection.close()
 
 
+@pytest.mark.slow
 def test_sql_file_over_an_old_schema_leaves_it_old(postgres_database, old_astra):
     assert psql(postgres_database, old_astra / "schema" / "astradb" / "astradb.sql").returncode == 0
     assert psql(postgres_database, SQL).returncode == 0

@@ -15,8 +15,7 @@ from astra import values
 from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
-from tests.conftest import run_luigi
-from tests.test_cli import astra_many
+from tests.helpers import assert_same, astra_many, run_luigi
 from tests.value_tasks import SAMPLES, ReadsBack, Returns, ReturnsBatch, ReturnsInCompletion, everything
 
 
@@ -31,25 +30,6 @@ def expected(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [expected(item) for item in value]
     return value
-
-
-def assert_same(got: object, want: object, where: str = "result") -> None:
-    """Equal values of the very same types (an int is not a float, NaN equals NaN, -0.0 is not 0.0)."""
-    assert type(got) is type(want), f"{where}: {got!r} ({type(got).__name__}) != {want!r} ({type(want).__name__})"
-    if isinstance(want, float):
-        assert (math.isnan(got) and math.isnan(want)) or (
-            got == want and math.copysign(1, got) == math.copysign(1, want)
-        ), f"{where}: {got!r} != {want!r}"
-    elif isinstance(want, dict):
-        assert list(sorted(got)) == list(sorted(want)), f"{where}: keys {sorted(got)} != {sorted(want)}"
-        for key in want:
-            assert_same(got[key], want[key], f"{where}[{key!r}]")
-    elif isinstance(want, list):
-        assert len(got) == len(want), f"{where}: {len(got)} items, not {len(want)}"
-        for index, (one, other) in enumerate(zip(got, want)):
-            assert_same(one, other, f"{where}[{index}]")
-    else:
-        assert got == want, f"{where}: {got!r} != {want!r}"
 
 
 def strict_json(text: str) -> object:
@@ -123,6 +103,7 @@ def test_a_value_that_cannot_be_stored_fails_the_task(database_url, kind, messag
         assert not task.complete()
 
 
+@pytest.mark.slow
 def test_an_unstorable_value_fails_through_the_luigi_command_line(database_url):
     result = run_luigi("--module", "tests.value_tasks", "Returns", "--kind", "object", "--local-scheduler")
     assert "1 failed" in result.stdout, result.stdout
@@ -146,6 +127,7 @@ def test_a_batch_chunk_with_one_bad_item_records_the_others(database_url):
     assert 'result["thing"]: cannot store a value of type object' in row(Returns(kind="object")).error
 
 
+@pytest.mark.slow
 def test_a_batch_from_the_luigi_command_line(database_url):
     kinds = ["everything", "cycle", "nan"]
     result = run_luigi(

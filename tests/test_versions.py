@@ -1,46 +1,26 @@
 """A task's ``version`` is part of its identity: bumping it runs that task, and what depends on it, again.
 
-The tasks below read their versions from the environment when the module is imported, so each luigi command in
-the tests plays a different release of the code (``luigi --module tests.test_versions ...``).
+The tasks (tests/versions_tasks.py) read their versions from the environment when the module is imported, so each
+luigi command in the tests plays a different release of the code (``luigi --module tests.versions_tasks ...``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import luigi
+import pytest
 
-import astra
 from astra.database import Task
 from astra.targets import forget_cached
-
-
-class Calibrate(astra.BaseTask):
-    version = os.environ.get("TEST_CALIBRATE_VERSION", "1")
-    night = luigi.IntParameter(default=1)
-
-    def run(self) -> dict:
-        return {"night": self.night, "calibrated_with": self.version}
-
-
-class Reduce(astra.BaseTask):
-    version = os.environ.get("TEST_REDUCE_VERSION", "1")
-    night = luigi.IntParameter(default=1)
-
-    def requires(self) -> Calibrate:
-        return Calibrate(night=self.night)
-
-    def run(self) -> dict:
-        return {"calibration": self.input().read()}
+from tests.helpers import astra_many, one_line_error, run_luigi
+from tests.versions_tasks import Reduce
 
 
 def run(task: str, calibrate: str = "1", reduce: str = "1") -> str:
     """Run ``task`` with the real luigi command line and these versions; the run's summary of what ran."""
-    from tests.conftest import run_luigi  # here, so that luigi's import of this module stays light
-
     env = {"TEST_CALIBRATE_VERSION": calibrate, "TEST_REDUCE_VERSION": reduce}
-    result = run_luigi("--module", "tests.test_versions", task, "--local-scheduler", env=env)
+    result = run_luigi("--module", "tests.versions_tasks", task, "--local-scheduler", env=env)
     assert "This progress looks :)" in result.stdout, result.stdout
     return result.stdout
 
@@ -49,9 +29,8 @@ def versions() -> list[tuple[str, str]]:
     return sorted(Task.select(Task.task_name, Task.version).where(Task.status == "done").tuples())
 
 
+@pytest.mark.slow
 def test_bumping_a_version_reruns_the_task_and_what_depends_on_it(database_url, monkeypatch):
-    from tests.test_cli import astra_many, one_line_error
-
     assert "2 ran successfully" in run("Reduce")
 
     # A new version of Reduce alone (here with luigi.build, in this process): Calibrate stays done.
@@ -73,7 +52,7 @@ def test_bumping_a_version_reruns_the_task_and_what_depends_on_it(database_url, 
     env = {"TEST_CALIBRATE_VERSION": "3", "TEST_REDUCE_VERSION": "2"}
     same_id, calibrate, reduce = astra_many(
         ("tasks", "show", newest.task_id),
-        ("tasks", "why", "Calibrate", "--module", "tests.test_versions"),
+        ("tasks", "why", "Calibrate", "--module", "tests.versions_tasks"),
         ("tasks", "why", "Reduce", "--night", "1", "--json"),
         env=env,
     )

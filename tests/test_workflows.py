@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 from astra.database import Task
 from astra.targets import forget_cached
-from tests.conftest import REPO, run_luigi
+from tests.helpers import REPO, run_luigi, subprocess_env
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
 
 
@@ -19,6 +18,7 @@ def summary_says(output: str, phrase: str) -> bool:
     return phrase in output.split("===== Luigi Execution Summary =====")[1]
 
 
+@pytest.mark.slow
 def test_estimate_snr_runs_once_in_a_fresh_clone(tmp_path):
     """No configuration at all: the SQLite default under $HOME, the shipped example spectrum."""
     env = {"ASTRA_DATABASE_URL": "", "HOME": str(tmp_path)}
@@ -32,6 +32,7 @@ def test_estimate_snr_runs_once_in_a_fresh_clone(tmp_path):
     assert (tmp_path / ".astra" / "astra.db").exists()
 
 
+@pytest.mark.slow
 def test_summary_dag_on_each_backend(database_url, tmp_path):
     paths = simulate(tmp_path / "spectra", count=6, seed=3)
     args = ["--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra"), "--local-scheduler"]
@@ -65,6 +66,7 @@ def test_shipped_examples_exist():
     assert len(list((REPO / "workflows" / "data" / "spectra").glob("spec-*.fits"))) == 5
 
 
+@pytest.mark.slow
 def test_unknown_task_gets_luigis_error_and_records_nothing(database_url):
     result = run_luigi("--module", "workflows", "NoSuchTask", "--local-scheduler")
     assert result.returncode != 0
@@ -72,6 +74,7 @@ def test_unknown_task_gets_luigis_error_and_records_nothing(database_url):
     assert Task.select().count() == 0
 
 
+@pytest.mark.slow
 def test_malformed_parameter_gets_luigis_error_and_records_nothing(database_url):
     result = run_luigi("--module", "tests.example_tasks", "Leaf", "--i", "seven", "--local-scheduler")
     assert result.returncode != 0
@@ -79,11 +82,12 @@ def test_malformed_parameter_gets_luigis_error_and_records_nothing(database_url)
     assert Task.select().count() == 0
 
 
+@pytest.mark.slow
 def test_the_simulator_runs_as_a_module_without_warnings(tmp_path):
     """``python -m workflows.spectra`` used to warn that workflows.spectra was in sys.modules before it ran."""
     result = subprocess.run(
         [sys.executable, "-m", "workflows.spectra", str(tmp_path), "--count", "2"],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )

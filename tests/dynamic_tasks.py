@@ -1,0 +1,50 @@
+"""Tasks with dynamic dependencies, some of them broken (``luigi --module tests.dynamic_tasks``)."""
+
+from __future__ import annotations
+
+import luigi
+
+import astra
+from astra.tasks import dynamic_requirements
+from tests.example_tasks import Leaf
+
+
+class Yielder(astra.BaseTask):
+    """Yields Leafs, found only when it runs."""
+
+    n = luigi.IntParameter()
+
+    def run(self):
+        outputs = yield dynamic_requirements([Leaf(i=i) for i in range(self.n)])
+        return {"total": sum(result["square"] for result in astra.targets.read_many(outputs))}
+
+
+class YieldsAYielder(astra.BaseTask):
+    """A dynamic dependency that has dynamic dependencies of its own."""
+
+    def run(self):
+        output = yield Yielder(n=2)
+        return {"inner": output.read()}
+
+
+class BrokenRequires(astra.BaseTask):
+    def requires(self):
+        raise ValueError("cannot say what I need")
+
+
+class YieldsBroken(astra.BaseTask):
+    def run(self):
+        yield BrokenRequires()
+
+
+class YieldsNonsense(astra.BaseTask):
+    def run(self):
+        yield 42
+
+
+class YieldsWithFailingCheck(astra.BaseTask):
+    def run(self):
+        def complete(complete_fn):
+            raise RuntimeError("the custom completeness check failed")
+
+        yield luigi.DynamicRequirements([Leaf(i=1)], complete)
