@@ -6,7 +6,8 @@
 Every figure is measured in a new Python process (no caches carried over), around ``luigi.build`` only (imports
 and interpreter start-up excluded, the same for every kind of target), with ``--repeat`` runs per figure,
 interleaved, of which the median is shown. All databases live on the same PostgreSQL server: $ASTRA_BENCH_POSTGRES,
-default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and drops) databases astra_bench_*.
+default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and drops) databases astra_bench_*
+($ASTRA_BENCH_DB names another prefix, so that two benchmarks can run at once).
 
 (a) warm scan: every task done; luigi asked to build a root over N tasks. "all N asked": the root is a
     WrapperTask, so luigi asks each of the N tasks. "root only": the root has its own output, done, so luigi asks
@@ -18,6 +19,11 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
 (e) batch: EstimateSNRBatch over 20,000 simulated spectra against a plain loop over the same files, 1 and 2
     processes, SQLite and PostgreSQL: `python bench/run.py --only batch` (bench/batch_vs_loop.py, which has more
     options, e.g. --profile).
+(f) cold processes: N trivial tasks from nothing, timed as whole ``luigi`` command-line processes (interpreter start,
+    imports, scan, runs, exit), astra on PostgreSQL and on SQLite beside LocalTarget and PostgresTarget:
+    `python bench/run.py --only cold-cli [--cold-cli 1000] [--profile]`. ``--profile`` then runs astra once more on
+    each database under cProfile and prints where its time goes (top functions, and the share of astra, peewee,
+    the database driver and luigi).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES = os.environ.get("ASTRA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+#: The prefix of the benchmark's databases.
+DB = os.environ.get("ASTRA_BENCH_DB", "astra_bench")
 KINDS = ("local", "postgres", "astra", "astra-sqlite")
 
 
@@ -135,7 +143,7 @@ class Bench:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
             "BENCH_DIR": str(self.workdir),
-            "BENCH_POSTGRES": f"{server}/astra_bench_luigi/{user}",
+            "BENCH_POSTGRES": f"{server}/{DB}_luigi/{user}",
             "ASTRA_DATABASE_URL": astra_url,
         }
 
@@ -214,8 +222,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000, help="items in the scale benchmark")
     parser.add_argument("--output-items", type=int, default=100_000, help="items in the outputs benchmark")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cold-cli", type=int, default=1000, help="tasks in the cold run of whole luigi processes")
+    parser.add_argument("--profile", action="store_true", help="with cold-cli: profile astra's processes (cProfile)")
     parser.add_argument(
-        "--only", default="warm,cold,scale,outputs", help="comma-separated: warm, cold, scale, outputs, batch"
+        "--only",
+        default="warm,cold,scale,outputs",
+        help="comma-separated: warm, cold, scale, outputs, batch, cold-cli",
     )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -240,11 +252,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="astra-bench-"))
     bench = Bench(workdir)
     try:
-        bench.new_postgres("astra_bench_luigi", astra_schema=False)
+        bench.new_postgres(f"{DB}_luigi", astra_schema=False)
         urls = {
             "local": "",
             "postgres": "",
-            "astra": bench.new_postgres("astra_bench", astra_schema=True),
+            "astra": bench.new_postgres(DB, astra_schema=True),
             "astra-sqlite": f"sqlite:///{workdir / 'astra.db'}",
         }
         if "warm" in only:
@@ -255,6 +267,8 @@ def main() -> None:
             scale(bench, args.items, urls)
         if "outputs" in only:
             with_outputs(bench, args.output_items, args.repeat)
+        if "cold-cli" in only:
+            cold_processes(bench, args.cold_cli, args.repeat, urls, args.profile)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -272,7 +286,7 @@ def warm(bench: Bench, n: int, repeat: int, urls: dict) -> None:
         "truncate table_updates",
         f"insert into table_updates (update_id, target_table) select 'leaf-' || i, 'bench' from generate_series(0, "
         f"{n - 1}) i union all select 'root-{n}', 'bench'",
-        database="astra_bench_luigi",
+        database=f"{DB}_luigi",
     )
     for kind in ("astra", "astra-sqlite"):
         bench.run("record-astra", kind, n, urls[kind])
@@ -287,16 +301,109 @@ def cold(bench: Bench, n: int, repeat: int, urls: dict) -> None:
 
     def reset(kind: str) -> None:
         shutil.rmtree(bench.workdir / "local", ignore_errors=True)
-        bench.admin("drop table if exists table_updates", database="astra_bench_luigi")
-        bench.admin(
-            "truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database="astra_bench"
-        )
+        bench.admin("drop table if exists table_updates", database=f"{DB}_luigi")
+        bench.admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
         sqlite = bench.workdir / "astra.db"
         for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
             path.unlink(missing_ok=True)
 
     runs = compare(bench, "cold", n, repeat, urls, reset)
     print(table(f"{n:,} tasks run:", runs), flush=True)
+
+
+def _reset_cold(bench: Bench, kind: str) -> None:
+    """Nothing done: no files, no marker table, empty astra tables (PostgreSQL) and no SQLite file."""
+    shutil.rmtree(bench.workdir / "local", ignore_errors=True)
+    (bench.workdir / "local").mkdir()
+    bench.admin("drop table if exists table_updates", database=f"{DB}_luigi")
+    bench.admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
+    sqlite = bench.workdir / "astra.db"
+    for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
+        path.unlink(missing_ok=True)
+
+
+def _luigi_command(n: int, kind: str) -> list[str]:
+    leaf_kind = "astra" if kind.startswith("astra") else kind
+    return [
+        "-m", "luigi", "--module", "bench.tasks", "Everything", "--kind", leaf_kind, "--n", str(n),
+        "--local-scheduler", "--workers", "1", "--log-level", "WARNING",
+        "--retcode-task-failed", "1", "--retcode-scheduling-error", "1", "--retcode-missing-data", "1",
+    ]  # fmt: skip
+
+
+def cold_process(bench: Bench, n: int, kind: str, url: str, profile: Path | None = None) -> dict:
+    """One whole ``luigi`` process running ``n`` trivial tasks from nothing (optionally under cProfile)."""
+    wait_for_postgres()
+    _reset_cold(bench, kind)
+    command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []), *_luigi_command(n, kind)]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=bench.env(kind, url), capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"cold-cli {kind} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return {"seconds": seconds}
+
+
+def cold_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool) -> None:
+    print(f"\n## (e) cold run, whole luigi processes: {n:,} trivial tasks from nothing, one worker\n", flush=True)
+    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for turn in range(repeat):
+        for kind in KINDS:  # interleaved, so a slow moment of the machine is spread over every kind
+            if kind == "postgres" and turn > 0:
+                continue  # one run of PostgresTarget shows how far behind it is, and takes minutes
+            runs[kind].append(cold_process(bench, n, kind, urls[kind]))
+    load = os.getloadavg()
+    print(table(f"{n:,} tasks run, each figure a whole `luigi` process (load average {load[0]:.2f}):", runs))
+    postgres_anchor = median(runs["postgres"])
+    print(
+        f"\nastra on PostgreSQL / PostgresTarget: {median(runs['astra']) / postgres_anchor:.2f}x; "
+        f"astra on SQLite / PostgresTarget: {median(runs['astra-sqlite']) / postgres_anchor:.2f}x",
+        flush=True,
+    )
+    if profile:
+        for kind in ("astra", "astra-sqlite"):
+            path = bench.workdir / f"{kind}.prof"
+            cold_process(bench, n, kind, urls[kind], profile=path)
+            name = "SQLite" if kind == "astra-sqlite" else "PostgreSQL"
+            print(f"\n### Where astra's time goes on {name} ({n:,} tasks, one profiled process)\n", flush=True)
+            print(profile_summary(path), flush=True)
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    """The share of the profiled time spent in astra, peewee, the database drivers, luigi and the rest, and the
+    functions that take most time of their own."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    total = stats.total_tt
+    areas = {"astra": 0.0, "peewee": 0.0, "database driver": 0.0, "luigi": 0.0, "other": 0.0}
+    rows = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
+        if "/astra/" in filename:
+            area = "astra"
+        elif "peewee" in filename or "playhouse" in filename:
+            area = "peewee"
+        elif any(driver in filename or driver in name for driver in ("psycopg", "sqlite3")):
+            area = "database driver"
+        elif "/luigi/" in filename:
+            area = "luigi"
+        else:
+            area = "other"
+        areas[area] += own
+        rows.append((own, calls, cumulative, f"{Path(filename).name}:{line}({name})"))
+    lines = [f"total {total:.2f} s; own time by area: " + ", ".join(f"{a} {s:.2f} s" for a, s in areas.items())]
+    lines += ["", "| own s | calls | cumulative s | function |", "|---|---|---|---|"]
+    for own, calls, cumulative, where in sorted(rows, reverse=True)[:top]:
+        lines.append(f"| {own:.3f} | {calls} | {cumulative:.3f} | {where} |")
+    lines += ["", "astra's functions by cumulative time (what they spend, with what they call):", ""]
+    stats_astra = [
+        (cumulative, calls, f"{Path(f).name}:{line}({name})")
+        for (f, line, name), (_, calls, _own, cumulative, _) in stats.stats.items()
+        if "/astra/" in f
+    ]
+    for cumulative, calls, where in sorted(stats_astra, reverse=True)[:top]:
+        lines.append(f"- {cumulative:.3f} s, {calls} calls: {where}")
+    return "\n".join(lines)
 
 
 def scale(bench: Bench, n: int, urls: dict) -> None:
@@ -310,12 +417,12 @@ def scale(bench: Bench, n: int, urls: dict) -> None:
 
     def fresh(kind: str) -> None:
         if kind == "astra":
-            bench.new_postgres("astra_bench_scale", astra_schema=True)
+            bench.new_postgres(f"{DB}_scale", astra_schema=True)
         for path in (sqlite, sqlite.with_name("scale.db-wal"), sqlite.with_name("scale.db-shm")):
             path.unlink(missing_ok=True)
 
     for kind, name in (("astra", "PostgreSQL"), ("astra-sqlite", "SQLite")):
-        url = f"{POSTGRES}/astra_bench_scale" if kind == "astra" else f"sqlite:///{sqlite}"
+        url = f"{POSTGRES}/{DB}_scale" if kind == "astra" else f"sqlite:///{sqlite}"
         cold_run = bench.run("scale-cold", kind, n, url, reset=fresh)
         warm_run = bench.run("scale-warm", kind, n, url)
         recording = cold_run["recording_seconds"]
@@ -334,10 +441,10 @@ def with_outputs(bench: Bench, n: int, repeat: int) -> None:
     from bench import tasks
 
     def fresh(kind: str) -> None:
-        bench.new_postgres("astra_bench_outputs", astra_schema=True)
-        bench.admin(*output_tables.ddl([tasks.Fit]), database="astra_bench_outputs")
+        bench.new_postgres(f"{DB}_outputs", astra_schema=True)
+        bench.admin(*output_tables.ddl([tasks.Fit]), database=f"{DB}_outputs")
 
-    url = f"{POSTGRES}/astra_bench_outputs"
+    url = f"{POSTGRES}/{DB}_outputs"
     runs: dict[str, list[dict]] = {"scale-cold": [], "outputs-cold": []}
     for _ in range(repeat):
         for what in runs:  # interleaved, so a busy moment of the machine is spread over both
