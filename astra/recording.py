@@ -211,23 +211,29 @@ class Heartbeats:
     """One thread per process that beats every claim the process holds, each every ``lease / 4`` seconds.
 
     A thread per claim, started and joined around every run, cost a trivial task more than its records. This one
-    starts with the first claim and then waits while there is none to beat, with its connection closed.
+    starts with the first claim and sleeps until the next beat is due; with no claim left it closes its
+    connection and waits to be told of the next.
     """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._due: dict[Claim, tuple[float, float]] = {}  # claim -> (next beat by time.monotonic(), interval)
         self._beating: Claim | None = None
+        self._waiting_until: float | None = None  # when the thread wakes (math.inf: when told); None: it is busy
         self._thread: threading.Thread | None = None
 
     def hold(self, claim: Claim, interval: float) -> None:
         """Beat ``claim`` every ``interval`` seconds from now on."""
         with self._changed:
-            self._due[claim] = (time.monotonic() + interval, interval)
+            due = time.monotonic() + interval
+            self._due[claim] = (due, interval)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="astra-heartbeats", daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
+            # Wake the thread only if it would sleep past this beat: each wake-up costs the running task a switch
+            # of the interpreter lock (up to 5 ms), more than a trivial task's records.
+            if self._waiting_until is not None and due < self._waiting_until:
+                self._changed.notify_all()
 
     def let_go(self, claim: Claim) -> None:
         """Beat ``claim`` no more; returns once no beat of it is under way."""
@@ -235,7 +241,6 @@ class Heartbeats:
             self._due.pop(claim, None)
             while self._beating is claim:
                 self._changed.wait()
-            self._changed.notify_all()
 
     def _run(self) -> None:
         connected = False
@@ -268,9 +273,12 @@ class Heartbeats:
                     self._due[claim] = (now + interval, interval)
                     self._beating = claim
                     return claim
+                self._waiting_until = due
                 self._changed.wait(due - now)
             else:
+                self._waiting_until = math.inf
                 self._changed.wait()
+            self._waiting_until = None
 
 
 _heartbeats = Heartbeats()
