@@ -48,13 +48,12 @@ from itertools import islice
 
 import luigi
 
-import astra
 from astra import config, outputs, slurm, values
-from astra.claims import summarise
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection
-from astra.identity import Item, items, task_version
-from astra.tasks import BaseTask, run_unrecorded
+from astra.identity import Item, items
+from astra.recording import fields, run_unrecorded, summarise
+from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
 
@@ -450,12 +449,7 @@ def _unrecorded_run(task: luigi.Task) -> object:
 def _row(item: Item, duration: float, result: object) -> dict:
     """The record of one item: done with its result, or failed with the exception it gave (or its result caused)."""
     row = {
-        "task_module": item.cls.__module__,
-        "task_name": item.cls.get_task_family(),
-        "task_id": item.task_id,
-        "task_hash": item.task_hash,
-        "version": task_version(item.cls),
-        "astra_version": astra.__version__,
+        **fields(item.cls, item.task_id, item.task_hash),  # as a lone task's row has them
         "parameters": item.parameters,
         "requires": item.requires,
         "duration": duration,

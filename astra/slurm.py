@@ -30,13 +30,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 from luigi.task_register import load_task
 
-from astra.claims import Claim
 from astra.config import DATABASE_URL_ENV, database_url, settings
 from astra.database import queries
+
+if TYPE_CHECKING:
+    from astra.recording import Claim
 
 #: Job states after which a job runs no more (``scontrol`` names; COMPLETED means exit code 0).
 FINISHED = {
@@ -74,14 +77,15 @@ class SlurmJobError(RuntimeError):
     """A SLURM job ended without recording its task as done."""
 
 
-def wanted(task: luigi.Task) -> bool:
-    """Whether ``task`` runs as a SLURM job: its class's ``executor``, else ``[astra] executor``."""
+def wanted(task: luigi.Task, config: luigi.Config | None = None) -> bool:
+    """Whether ``task`` runs as a SLURM job: its class's ``executor``, else ``[astra] executor`` (of ``config``, the
+    ``[astra]`` settings if read already)."""
     if _in_job:
         return False
     executor = getattr(task, "executor", None)
     where = f"{type(task).__name__}.executor"
     if not executor:
-        executor, where = settings().executor, "[astra] executor (or --astra-executor)"
+        executor, where = (config or settings()).executor, "[astra] executor (or --astra-executor)"
     if executor not in ("local", "slurm"):
         raise ValueError(f"astra: {where} is {executor!r}; use 'local' or 'slurm'")
     return executor == "slurm"
@@ -95,7 +99,7 @@ def options(task: luigi.Task) -> dict:
 
 def execute(task: luigi.Task, claim: Claim, run: Callable[[], object]) -> object:
     """Run ``run`` here, or, under the SLURM executor, the task as a job: the one call from astra's recording."""
-    if not wanted(task):
+    if not wanted(task, claim.settings):
         return run()
     run_as_job(task, claim)
     return None
@@ -422,7 +426,7 @@ def main(argv: list[str]) -> int:
 
 
 def _run_attempt(task: luigi.Task, attempt: queries.Attempt, job_id: str, node: str) -> int:
-    from astra.tasks import run_unrecorded  # not at the top: astra.tasks imports this module
+    from astra.recording import Claim, run_unrecorded  # not at the top: astra.recording imports this module
 
     if not queries.hand_over(attempt, job_id, node):
         print(f"astra: {task} is no longer claimed by attempt {attempt.attempts} (taken over or finished); "

@@ -24,21 +24,54 @@ from astra.database import DatabaseError, describe, output_tables, queries
 from astra.identity import IdentityError, recorded_task_hash, task_hash
 
 
-class _Cache:
-    pid: int | None = None
-    done: set[str] = set()
-    not_done: dict[str, float] = {}  # hash -> when the database said so (time.monotonic())
-    # BaseTasks created here whose state was never asked, by id(): a WeakSet would hash them, which makes luigi
-    # work out their task_id (see BaseTask.task_id)
-    unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+class Known:
+    """What this process knows of which tasks are done: the answers ``complete()`` is given without a query.
 
-    @classmethod
-    def here(cls) -> type[_Cache]:
-        # A forked worker inherits the parent's knowledge of what is done, which stays true; the one-shot
-        # negatives it must find out itself.
-        if cls.pid != os.getpid():
-            cls.pid, cls.not_done, cls.unchecked = os.getpid(), {}, weakref.WeakValueDictionary()
-        return cls
+    ``done`` holds for good (a task never becomes undone behind our back, short of ``astra tasks forget``);
+    ``not_done`` (hash -> when the database said so, by ``time.monotonic()``) answers one check, for at most
+    :data:`NOT_DONE_FOR` seconds, because another worker may finish the task at any moment; ``unchecked`` holds
+    the BaseTasks created here whose state was never asked (by ``id()``: a WeakSet would hash them, which makes
+    luigi work out their task_id, see BaseTask.task_id), asked about together with the next one that is; ``created``
+    counts the BaseTasks created here, to tell how many were created to identify one task (those below it).
+    """
+
+    def __init__(self, done: set[str] | None = None) -> None:
+        self.done: set[str] = done if done is not None else set()
+        self.not_done: dict[str, float] = {}
+        self.unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.created = 0
+
+    def mark_done(self, task_hash: str) -> None:
+        """The task is done (this process recorded it, or the database said so)."""
+        self.done.add(task_hash)
+        self.not_done.pop(task_hash, None)
+
+    def mark_not_done(self, task_hash: str) -> None:
+        """The task is done no more (this process reopened it)."""
+        self.done.discard(task_hash)
+
+    def note_created(self, task: luigi.Task) -> None:
+        """Remember a new task: the next time the database must be asked about one task, it is asked about it too."""
+        self.created += 1
+        self.unchecked[id(task)] = task
+
+
+_known = Known()
+
+
+def known() -> Known:
+    """This process's :class:`Known`."""
+    return _known
+
+
+def _forked() -> None:
+    # A forked worker inherits the parent's knowledge of what is done, which stays true; the one-shot negatives
+    # and the tasks to ask about it must find out itself.
+    global _known
+    _known = Known(done=_known.done)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 #: Seconds for which a "not done" from a prefetch may answer one ``complete()``; after that, ask again.
@@ -47,18 +80,13 @@ NOT_DONE_FOR = 60.0
 
 def forget_cached() -> None:
     """Drop everything this process has cached about which tasks are done."""
-    _Cache.done, _Cache.not_done, _Cache.unchecked = set(), {}, weakref.WeakValueDictionary()
-
-
-#: BaseTasks created in this process so far (to tell how many were created to identify one task: those below it).
-_created = 0
+    global _known
+    _known = Known()
 
 
 def note_created(task: luigi.Task) -> None:
-    """Remember a new task: the next time the database must be asked about one task, it is asked about it too."""
-    global _created
-    _created += 1
-    _Cache.here().unchecked[id(task)] = task
+    """Remember a new task (see :meth:`Known.note_created`)."""
+    known().note_created(task)
 
 
 class DatabaseTarget(luigi.Target):
@@ -73,12 +101,12 @@ class DatabaseTarget(luigi.Target):
         self.task_id = task.task_id
         self.output_model = outputs.output_model(task)
         self.identity_error: IdentityError | None = None
-        created = _created
+        created = known().created
         try:
             self.task_hash: str | None = task_hash(task)
         except IdentityError as exc:
             self.task_hash, self.identity_error = None, exc
-        self.created_below = _created - created  # tasks created to work out its identity: all below it
+        self.created_below = known().created - created  # tasks created to work out its identity: all below it
 
     def __repr__(self) -> str:
         return f"DatabaseTarget({self.task_id})"
@@ -98,7 +126,7 @@ class DatabaseTarget(luigi.Target):
             output_tables.ready(self.output_model)  # once per process: stop now if its table is missing
         if self.task_hash is None:
             return False
-        cache = _Cache.here()
+        cache = known()
         if self.task_hash in cache.done:
             return True
         asked = cache.not_done.pop(self.task_hash, None)
@@ -123,8 +151,7 @@ class DatabaseTarget(luigi.Target):
 
     def mark_done(self) -> None:
         """Remember in this process that the task is done (after this process recorded it)."""
-        _Cache.here().done.add(self.task_hash)
-        _Cache.not_done.pop(self.task_hash, None)
+        known().mark_done(self.task_hash)
 
     def read(self) -> object:
         """The value the task's ``run()`` returned, or None if it is not done.
@@ -141,7 +168,7 @@ def database_targets(tasks: Iterable[luigi.Task]) -> list[DatabaseTarget]:
 
 def prefetch(tasks: Iterable[luigi.Task]) -> None:
     """Find out with one query (per chunk) which of ``tasks`` are done, for their next ``complete()`` calls."""
-    cache = _Cache.here()
+    cache = known()
     tasks = list(tasks)
     for task in tasks:
         cache.unchecked.pop(id(task), None)
@@ -169,7 +196,7 @@ def completed(tasks: Iterable[luigi.Task]) -> list[bool]:
 def _ask(hashes: list[str]) -> None:
     if not hashes:
         return
-    cache = _Cache.here()
+    cache = known()
     found = queries.done_rows(hashes)
     done = {h for h, dynamic in found.items() if not dynamic}
     with_dynamic = {h: dynamic for h, dynamic in found.items() if dynamic}
@@ -198,7 +225,7 @@ def reopen_if_stale(task: luigi.Task) -> bool:
     if reason is None:
         return False
     queries.reopen(target.task_hash, attempts, f"not complete any more: {reason}")
-    _Cache.here().done.discard(target.task_hash)
+    known().mark_not_done(target.task_hash)
     return True
 
 
@@ -236,7 +263,7 @@ def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, Stale]:
     A task whose dynamic dependencies changed therefore runs again, yielding their current versions. One query
     (two with parameters) per level of nested dynamic dependencies; the answers are kept like any other "done".
     """
-    cache = _Cache.here()
+    cache = known()
     stale: dict[str, Stale] = {}
     needs: dict[str, list[str]] = {}  # a task whose own records are current -> dynamic dependencies it needs
     frontier = dict(tasks)
@@ -263,8 +290,8 @@ def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, Stale]:
                 continue
             needs[task] = [d.task_hash for d in dependencies]
             for dependency in dependencies:
-                known = dependency.task_hash in cache.done or dependency.task_hash in needs
-                if dependency.dynamic_dependencies and not known:
+                seen = dependency.task_hash in cache.done or dependency.task_hash in needs
+                if dependency.dynamic_dependencies and not seen:
                     following[dependency.task_hash] = dependency.dynamic_dependencies
         frontier = following
     # A task is complete when everything it needs is; deeper levels were found later, so settle those first.
@@ -281,7 +308,7 @@ def stale_dynamic_dependencies(tasks: dict[str, int]) -> dict[str, Stale]:
     return {task: reason for task, reason in stale.items() if task in tasks}
 
 
-def _unchecked(cache: type[_Cache]) -> list[str]:
+def _unchecked(cache: Known) -> list[str]:
     """The hashes of the tasks created in this process that were never asked about (and forget them)."""
     hashes = []
     while cache.unchecked:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
-import types
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import luigi
 from luigi.task import flatten
 
-from astra import creation, slurm
-from astra.claims import Claim, holding
-from astra.targets import DatabaseTarget, completed, database_targets, note_created, prefetch, reopen_if_stale
+from astra import creation, recording
+from astra.recording import recorded  # noqa: F401 -- the README names astra.tasks.recorded()
+from astra.targets import DatabaseTarget, completed, known, prefetch
 
 
 class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
@@ -34,20 +31,20 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
     #: Where run() runs: "local", "slurm" (as a SLURM job, see astra.slurm) or None for ``[astra] executor``.
     executor: str | None = None
 
-    _astra_claim: Claim | None = None
+    _astra_claim: recording.Claim | None = None
     _astra_in_run: bool = False  # inside the outermost run() of this task (recorded or not)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         # luigi calls run() and nothing else. So whatever run() this class resolves to (its own, a mixin's, one
-        # inherited through plain classes, or luigi's empty default) is wrapped here, once, by recorded().
-        run = recorded(cls.run)
+        # inherited through plain classes, or luigi's empty default) is recorded: see astra.recording.
+        run = recording.recorded(cls.run)
         if run is not cls.run:
             cls.run = run
 
     def __init__(self, *args, **kwargs) -> None:
         creation.initialise(self, super().__init__, args, kwargs)  # luigi's Task.__init__, a little faster
-        note_created(self)
+        known().note_created(self)
 
     @property
     def task_id(self) -> str:
@@ -122,7 +119,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
         """Inside ``run()``: a transaction for the task's own rows, which also records the task as done."""
         if self._astra_claim is None:
             raise RuntimeError("completion() works only inside run() of a BaseTask")
-        with holding(self._astra_claim, result):
+        with recording.holding(self._astra_claim, result):
             yield
 
 
@@ -150,137 +147,5 @@ def _instantiate(cls: Callable, parameters: object) -> luigi.Task:
     return cls(parameters)
 
 
-def recorded(run: Callable) -> Callable:
-    """``run`` wrapped so that the task is claimed before it and recorded as done or failed after it.
-
-    This is the one place where recording happens: ``BaseTask.__init_subclass__`` applies it to the ``run`` that
-    each subclass resolves to, which is the one luigi calls. It is applied once (a wrapped ``run`` is returned as
-    it is). Inside a run that is already going (a subclass's ``run()`` calling ``super().run()``, or
-    :func:`run_unrecorded`) the wrapped function simply runs. A ``run()`` that is a generator (it yields dynamic
-    dependencies), or that returns one, is recorded when the generator finishes, with the tasks it yielded.
-    """
-    if getattr(run, "_astra_recorded", False):
-        return run
-
-    if inspect.isgeneratorfunction(run):
-
-        @functools.wraps(run)
-        def wrapper(self, *args, **kwargs):
-            if self._astra_in_run:
-                return (yield from run(self, *args, **kwargs))
-            claim = _start(self)
-            if claim is None:
-                return None  # another worker finished it meanwhile
-            yield from _follow(self, claim, run(self, *args, **kwargs))
-            return None
-
-    else:
-
-        @functools.wraps(run)
-        def wrapper(self, *args, **kwargs):
-            if self._astra_in_run:
-                return run(self, *args, **kwargs)
-            claim = _start(self)
-            if claim is None:
-                return None
-            try:
-                result = slurm.execute(self, claim, functools.partial(run, self, *args, **kwargs))
-            except BaseException as exc:
-                _end(self, claim, error=exc)
-                raise
-            if isinstance(result, types.GeneratorType):  # ``return self.steps()``: luigi drives it, so shall we
-                return _follow(self, claim, result)
-            _end(self, claim, result)
-            return None
-
-    wrapper._astra_recorded = True
-    return wrapper
-
-
-def run_unrecorded(task: BaseTask) -> object:
-    """What ``task.run()`` returns, without the claim and record around it (:mod:`astra.batch` records items)."""
-    task._astra_in_run = True
-    try:
-        return task.run()
-    finally:
-        task._astra_in_run = False
-
-
-def _start(task: BaseTask) -> Claim | None:
-    """Claim ``task`` for this process; None if it is done (another worker finished it meanwhile)."""
-    claim = Claim(task)
-    while not claim.acquire():
-        if not reopen_if_stale(task):  # luigi found it not complete: its dynamic dependencies may have changed
-            return None
-    task._astra_claim, task._astra_in_run = claim, True
-    return claim
-
-
-def _end(task: BaseTask, claim: Claim, result: object = None, error: BaseException | None = None) -> None:
-    """Record the task as done with ``result``, or failed with ``error``; then let go of the claim."""
-    try:
-        if error is not None:
-            claim.fail(error)
-            return
-        try:
-            if not claim.recorded:  # completion() records inside run()
-                claim.finish(result)
-        except BaseException as exc:
-            claim.fail(exc)
-            raise
-        for target in database_targets([task]):
-            target.mark_done()
-    finally:
-        _let_go(task, claim)
-
-
-def _let_go(task: BaseTask, claim: Claim) -> None:
-    claim.release()
-    task._astra_claim, task._astra_in_run = None, False
-
-
-def _follow(task: BaseTask, claim: Claim, steps: Generator) -> Generator:
-    """Pass what ``run()`` yields on to luigi, and luigi's answers back, noting the tasks yielded; record at the end.
-
-    luigi drops the generator when a yielded task is not complete yet: then the claim is let go (the row stays
-    ``running``, and luigi calls ``run()`` again once those tasks are done). Anything else that stops it records
-    the task as failed; that includes a yielded task whose identity cannot be worked out (its requires() raises),
-    which would otherwise leave the task waiting for something luigi cannot schedule.
-    """
-    try:
-        answer = None
-        while True:
-            try:
-                wanted = steps.send(answer)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            tasks = wanted.flat_requirements if isinstance(wanted, luigi.DynamicRequirements) else flatten(wanted)
-            for target in database_targets(tasks):
-                if target.identity_error is not None:
-                    raise target.identity_error
-                claim.dynamic[target.task_hash] = None
-            try:
-                answer = yield wanted
-            except GeneratorExit:
-                steps.close()
-                raise
-    except GeneratorExit:
-        _let_go(task, claim)
-        raise
-    except BaseException as exc:
-        _end(task, claim, error=exc)
-        raise
-    _end(task, claim, result)
-
-
-@BaseTask.event_handler(luigi.Event.FAILURE)
-def _failed_outside_run(task: luigi.Task, exception: BaseException) -> None:
-    """luigi failed a task while its run() was suspended at a yield (e.g. checking what it yielded raised).
-
-    The generator is only dropped after this, so the claim is still held: record the failure, or the row would
-    stay ``running``.
-    """
-    claim = getattr(task, "_astra_claim", None)
-    if isinstance(task, BaseTask) and claim is not None:
-        claim.fail(exception)
+# luigi's FAILURE event, for a run() suspended at a yield when luigi fails the task.
+BaseTask.event_handler(luigi.Event.FAILURE)(recording.failed_outside_run)

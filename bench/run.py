@@ -25,6 +25,11 @@ default postgresql://postgres@127.0.0.1:5432, where the benchmark creates (and d
     more under cProfile and prints the top entries, to say where the time beyond LocalTarget's goes.
 (g) recording: 100,000 batch items recorded on PostgreSQL and SQLite beside the same rows written without astra, and
     the all-done check over 1,000,000 items (bench/recording.py): `python bench/run.py --only recording [--profile]`.
+(h) cold processes: N trivial tasks from nothing, timed as whole ``luigi`` command-line processes (interpreter start,
+    imports, scan, runs, exit), astra on PostgreSQL and on SQLite beside LocalTarget and PostgresTarget:
+    `python bench/run.py --only cold-cli [--cold-cli 1000] [--profile]`. ``--profile`` then runs astra once more on
+    each database under cProfile and prints where its time goes (top functions, and the share of astra, peewee,
+    the database driver and luigi).
 """
 
 from __future__ import annotations
@@ -226,13 +231,14 @@ def main() -> None:
     parser.add_argument("--done-items", type=int, default=1_000_000, help="items of the all-done check")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--root-tasks", type=int, default=5000, help="tasks below the root in the root benchmark")
+    parser.add_argument("--cold-cli", type=int, default=1000, help="tasks in the cold run of whole luigi processes")
     parser.add_argument(
-        "--profile", action="store_true", help="root and recording: also print cProfile's top entries of astra's runs"
+        "--profile", action="store_true", help="root, recording and cold-cli: also print cProfile's top entries"
     )
     parser.add_argument(
         "--only",
-        default="warm,cold,scale,outputs,root,recording",
-        help="comma-separated: warm, cold, scale, outputs, batch, root, recording",
+        default="warm,cold,scale,outputs,root,recording,cold-cli",
+        help="comma-separated: warm, cold, scale, outputs, batch, root, recording, cold-cli",
     )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -243,7 +249,7 @@ def main() -> None:
         return
     if args.quick:
         args.warm, args.cold, args.items, args.output_items, args.root_tasks = 1000, 200, 20000, 10000, 1000
-        args.record_items, args.done_items = 20000, 100000
+        args.record_items, args.done_items, args.cold_cli = 20000, 100000, 200
     only = set(args.only.split(","))
     if "batch" in only:  # whole processes of its own, on databases of its own
         sys.path.insert(0, str(REPO))
@@ -280,6 +286,8 @@ def main() -> None:
             from bench.recording import recording
 
             recording(bench, args.record_items, args.done_items, args.profile)
+        if "cold-cli" in only:
+            cold_processes(bench, args.cold_cli, args.repeat, urls, args.profile)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -403,6 +411,101 @@ def cold(bench: Bench, n: int, repeat: int, urls: dict) -> None:
 
     runs = compare(bench, "cold", n, repeat, urls, reset)
     print(table(f"{n:,} tasks run:", runs), flush=True)
+
+
+def _reset_cold(bench: Bench, kind: str) -> None:
+    """Nothing done: no files, no marker table, empty astra tables (PostgreSQL) and no SQLite file."""
+    shutil.rmtree(bench.workdir / "local", ignore_errors=True)
+    (bench.workdir / "local").mkdir()
+    bench.admin("drop table if exists table_updates", database=f"{DB}_luigi")
+    bench.admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
+    sqlite = bench.workdir / "astra.db"
+    for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
+        path.unlink(missing_ok=True)
+
+
+def _luigi_command(n: int, kind: str) -> list[str]:
+    leaf_kind = "astra" if kind.startswith("astra") else kind
+    return [
+        "-m", "luigi", "--module", "bench.tasks", "Everything", "--kind", leaf_kind, "--n", str(n),
+        "--local-scheduler", "--workers", "1", "--log-level", "WARNING",
+        "--retcode-task-failed", "1", "--retcode-scheduling-error", "1", "--retcode-missing-data", "1",
+    ]  # fmt: skip
+
+
+def cold_process(bench: Bench, n: int, kind: str, url: str, profile: Path | None = None) -> dict:
+    """One whole ``luigi`` process running ``n`` trivial tasks from nothing (optionally under cProfile)."""
+    wait_for_postgres()
+    _reset_cold(bench, kind)
+    command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []), *_luigi_command(n, kind)]
+    started = time.perf_counter()
+    done = subprocess.run(command, env=bench.env(kind, url), capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"cold-cli {kind} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return {"seconds": seconds}
+
+
+def cold_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool) -> None:
+    print(f"\n## (e) cold run, whole luigi processes: {n:,} trivial tasks from nothing, one worker\n", flush=True)
+    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    for turn in range(repeat):
+        for kind in KINDS:  # interleaved, so a slow moment of the machine is spread over every kind
+            if kind == "postgres" and turn > 0:
+                continue  # one run of PostgresTarget shows how far behind it is, and takes minutes
+            runs[kind].append(cold_process(bench, n, kind, urls[kind]))
+    load = os.getloadavg()
+    print(table(f"{n:,} tasks run, each figure a whole `luigi` process (load average {load[0]:.2f}):", runs))
+    postgres_anchor = median(runs["postgres"])
+    print(
+        f"\nastra on PostgreSQL / PostgresTarget: {median(runs['astra']) / postgres_anchor:.2f}x; "
+        f"astra on SQLite / PostgresTarget: {median(runs['astra-sqlite']) / postgres_anchor:.2f}x",
+        flush=True,
+    )
+    if profile:
+        for kind in ("astra", "astra-sqlite"):
+            path = bench.workdir / f"{kind}.prof"
+            cold_process(bench, n, kind, urls[kind], profile=path)
+            name = "SQLite" if kind == "astra-sqlite" else "PostgreSQL"
+            print(f"\n### Where astra's time goes on {name} ({n:,} tasks, one profiled process)\n", flush=True)
+            print(profile_summary(path), flush=True)
+
+
+def profile_summary(path: Path, top: int = 25) -> str:
+    """The share of the profiled time spent in astra, peewee, the database drivers, luigi and the rest, and the
+    functions that take most time of their own."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    total = stats.total_tt
+    areas = {"astra": 0.0, "peewee": 0.0, "database driver": 0.0, "luigi": 0.0, "other": 0.0}
+    rows = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
+        if "/astra/" in filename:
+            area = "astra"
+        elif "peewee" in filename or "playhouse" in filename:
+            area = "peewee"
+        elif any(driver in filename or driver in name for driver in ("psycopg", "sqlite3")):
+            area = "database driver"
+        elif "/luigi/" in filename:
+            area = "luigi"
+        else:
+            area = "other"
+        areas[area] += own
+        rows.append((own, calls, cumulative, f"{Path(filename).name}:{line}({name})"))
+    lines = [f"total {total:.2f} s; own time by area: " + ", ".join(f"{a} {s:.2f} s" for a, s in areas.items())]
+    lines += ["", "| own s | calls | cumulative s | function |", "|---|---|---|---|"]
+    for own, calls, cumulative, where in sorted(rows, reverse=True)[:top]:
+        lines.append(f"| {own:.3f} | {calls} | {cumulative:.3f} | {where} |")
+    lines += ["", "astra's functions by cumulative time (what they spend, with what they call):", ""]
+    stats_astra = [
+        (cumulative, calls, f"{Path(f).name}:{line}({name})")
+        for (f, line, name), (_, calls, _own, cumulative, _) in stats.stats.items()
+        if "/astra/" in f
+    ]
+    for cumulative, calls, where in sorted(stats_astra, reverse=True)[:top]:
+        lines.append(f"- {cumulative:.3f} s, {calls} calls: {where}")
+    return "\n".join(lines)
 
 
 def scale(bench: Bench, n: int, urls: dict) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from astra.claims import Claim
+from astra.recording import Claim
 from tests.example_tasks import Leaf
 
 
@@ -16,3 +16,37 @@ def test_a_heartbeat_ending_after_the_settings_changed_opens_no_other_database(d
     claim.release()
     assert not elsewhere.exists()
     assert not elsewhere.parent.exists()
+
+
+def test_one_thread_beats_every_claim_of_the_process(database_url, monkeypatch):
+    import threading
+    import time
+
+    import luigi
+
+    from astra.database import Task
+    from astra.identity import task_hash
+
+    config = luigi.configuration.get_config()
+    monkeypatch.setattr(config, "get", _with_lease(config.get, "0.4"))
+    claims = [Claim(Leaf(i=i)) for i in (21, 22)]
+    assert all(claim.acquire() for claim in claims)
+    first = {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
+    time.sleep(0.6)  # a beat every 0.1 s
+    for claim in claims:
+        assert Task.get(Task.task_hash == task_hash(claim.task)).heartbeat > first[claim.task.task_id]
+    assert [t.name for t in threading.enumerate()].count("astra-heartbeats") == 1
+    for claim in claims:
+        claim.release()
+    stopped = {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
+    time.sleep(0.3)
+    assert stopped == {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
+
+
+def _with_lease(get, lease: str):
+    def patched(section, option, *args, **kwargs):
+        if (section, option) == ("astra", "lease"):
+            return lease
+        return get(section, option, *args, **kwargs)
+
+    return patched

@@ -24,14 +24,13 @@ import numpy as np
 import peewee
 
 from astra import values
+from astra.database.status import DONE, RUNNING
 
 UTC = datetime.timezone.utc
 
 #: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
 CHUNK = 5000
 
-#: The status of a finished task (astra.database.queries.DONE, which imports this module).
-DONE = "done"
 
 #: The columns of a task row that :meth:`SQLite.record_items` takes from each item, in this order.
 ITEM_COLUMNS = "task_module, task_name, task_id, task_hash, version, astra_version, result, error, traceback, duration"
@@ -203,6 +202,87 @@ class SQLite:
 
     def results_as_json(self, db: peewee.Database, result: peewee.Field) -> None:
         """Give the task table's result column its JSON type (SQLite's is text already)."""
+
+    # A claim and a finish (astra.database.queries.claim and finish): one round trip each where it can be.
+
+    def claim_new(
+        self, db: peewee.Database, tables: tuple[str, ...], row: dict, parameters: list[tuple[str, str, str]]
+    ) -> tuple | None:
+        """Insert the claimed task's row with its parameters, unless a row with its hash exists: then that row.
+
+        ``tables`` are the names of the task, parameter, task_parameter and dependency tables; ``row`` holds the
+        new row's columns (and ``lease``, ``host``, ``pid``, ``claim_token``); ``parameters`` are ``(name, value,
+        hash)``. Returns ``(pk, status, host, pid, lease, claim_token, attempts,
+        silence, inserted, linked)``, where ``linked`` counts the parameters linked to a new row; None if another
+        process inserted the row just now. Neither a look nor a lost race takes a key (SQLite reuses no sequence).
+        """
+        task, parameter, task_parameter, _ = tables
+        # One transaction, with the write lock taken up front: the statements in it are calls within this process.
+        with db.atomic(lock_type="IMMEDIATE"):
+            new = db.execute_sql(
+                f"INSERT INTO {task} (task_module, task_name, task_id, task_hash, version, astra_version, status, "
+                "created, started, heartbeat, host, pid, lease, claim_token, attempts) SELECT :task_module, "
+                f":task_name, :task_id, :task_hash, :version, :astra_version, '{RUNNING}', :now, :now, :now, :host, "
+                f":pid, :lease, :claim_token, 1 WHERE NOT EXISTS (SELECT 1 FROM {task} WHERE task_hash = :task_hash) "
+                "RETURNING pk",
+                {**row, "now": self._now_text()},
+            ).fetchone()
+            if new is None:
+                found = db.execute_sql(
+                    f"SELECT pk, status, host, pid, lease, claim_token, attempts, "
+                    f"(julianday('now') - julianday(heartbeat)) * 86400.0, 0, 0 FROM {task} WHERE task_hash = ?",
+                    (row["task_hash"],),
+                ).fetchone()
+                return tuple(found) if found else None
+            # executemany, not JSON: SQLite's JSON functions end a text at a NUL, which SQLite itself stores.
+            cursor = db.cursor()
+            cursor.executemany(
+                f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                parameters,
+            )
+            cursor.executemany(
+                f"INSERT INTO {task_parameter} (task_pk, parameter_pk) SELECT ?, pk FROM {parameter} "
+                "WHERE parameter_hash = ? ON CONFLICT DO NOTHING",
+                [(new[0], key) for _, _, key in parameters],
+            )
+            linked = len(parameters)  # the write lock is held: no other process stored a parameter meanwhile
+        return (new[0], RUNNING, row["host"], row["pid"], row["lease"], row["claim_token"], 1, 0.0, 1, linked)
+
+    def finish(self, db: peewee.Database, tables: tuple[str, ...], row: dict, edges: str | None) -> bool:
+        """Mark the attempt's row done and add its dependency edges (JSON ``[[task hash, dynamic], ...]``).
+
+        False, writing nothing, if the row is no longer the attempt's. One statement without edges; with them,
+        the caller holds a transaction.
+        """
+        task, _, _, dependency = tables
+        done = db.execute_sql(
+            f"UPDATE {task} SET status = '{DONE}', completed = :now, heartbeat = :now, duration = :duration, "
+            "result = json(:result), dynamic_dependencies = :dynamic WHERE pk = :pk AND task_hash = :task_hash "
+            f"AND claim_token = :claim_token AND status = '{RUNNING}' RETURNING pk",
+            {**row, "now": self._now_text()},
+        ).fetchone()
+        if done is not None and edges:
+            db.execute_sql(
+                f"INSERT INTO {dependency} (task_pk, requires_pk, dynamic) SELECT :pk, t.pk, "
+                f"json_extract(edge.value, '$[1]') FROM json_each(:edges) AS edge JOIN {task} AS t "
+                "ON t.task_hash = json_extract(edge.value, '$[0]') WHERE true "
+                "ON CONFLICT DO NOTHING",
+                {"pk": row["pk"], "edges": edges},
+            )
+        return done is not None
+
+    def _now_text(self) -> str:
+        """Now, as peewee writes a time into SQLite: the text of naive UTC."""
+        return str(self.naive_utc(self.now()))
+
+    def finish_statements(self, edges: str | None) -> int:
+        """How many statements :meth:`finish` runs (more than one need a transaction around them)."""
+        return 2 if edges else 1
+
+    def unflushed(self, sql: str) -> str:
+        """``sql`` run so that its commit need not wait for the disk (SQLite in WAL mode waits for none)."""
+        return sql
 
 
 class PostgreSQL(SQLite):
@@ -453,6 +533,81 @@ class PostgreSQL(SQLite):
         from playhouse.migrate import migrate
 
         migrate(self.migrator(db).alter_column_type("task", "result", result, cast="result::jsonb"))
+
+    def claim_new(
+        self, db: peewee.Database, tables: tuple[str, ...], row: dict, parameters: list[tuple[str, str, str]]
+    ) -> tuple | None:
+        task, parameter, task_parameter, _ = tables
+        # One statement: look for the row; insert it only if absent (every INSERT takes a value of the pk
+        # sequence, even one ON CONFLICT drops, and a waiting worker asks once a second); insert only the
+        # parameters not stored yet, for the same reason; link them. All CTEs see one snapshot: a parameter that
+        # another process stores at the same moment is neither seen nor inserted, and ``linked`` comes up short.
+        sql = f"""
+            WITH existing AS (
+                SELECT pk, status, host, pid, lease, claim_token, attempts,
+                    date_part('epoch', now() - heartbeat) AS silence
+                FROM {task} WHERE task_hash = %(task_hash)s
+            ), new AS (
+                INSERT INTO {task} (task_module, task_name, task_id, task_hash, version, astra_version, status,
+                    created, started, heartbeat, host, pid, lease, claim_token, attempts)
+                SELECT %(task_module)s, %(task_name)s, %(task_id)s, %(task_hash)s, %(version)s, %(astra_version)s,
+                    '{RUNNING}', now(), now(), now(), %(host)s, %(pid)s, %(lease)s, %(claim_token)s, 1
+                WHERE NOT EXISTS (SELECT FROM existing)
+                ON CONFLICT (task_hash) DO NOTHING
+                RETURNING pk
+            ), given AS (
+                SELECT p ->> 0 AS name, p ->> 1 AS value, p ->> 2 AS hash
+                FROM json_array_elements(%(parameters)s::json) AS p
+            ), known AS (
+                SELECT stored.pk FROM given JOIN {parameter} AS stored ON stored.parameter_hash = given.hash
+            ), added AS (
+                INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash)
+                SELECT name, value, hash FROM given
+                WHERE EXISTS (SELECT FROM new)
+                    AND NOT EXISTS (SELECT FROM {parameter} AS stored WHERE stored.parameter_hash = given.hash)
+                ON CONFLICT DO NOTHING
+                RETURNING pk
+            ), linked AS (
+                INSERT INTO {task_parameter} (task_pk, parameter_pk)
+                SELECT new.pk, p.pk FROM new, (SELECT pk FROM known UNION ALL SELECT pk FROM added) AS p
+                ON CONFLICT DO NOTHING
+                RETURNING 1
+            )
+            SELECT pk, '{RUNNING}', %(host)s, %(pid)s, %(lease)s::float8, %(claim_token)s, 1, 0.0::float8, 1,
+                (SELECT count(*) FROM linked) FROM new
+            UNION ALL
+            SELECT pk, status, host, pid, lease, claim_token, attempts, silence, 0, 0 FROM existing
+        """
+        found = db.execute_sql(self.unflushed(sql), {**row, "parameters": json.dumps(parameters)}).fetchone()
+        return tuple(found) if found else None
+
+    def finish(self, db: peewee.Database, tables: tuple[str, ...], row: dict, edges: str | None) -> bool:
+        task, _, _, dependency = tables
+        sql = f"""
+            WITH done AS (
+                UPDATE {task} SET status = '{DONE}', completed = now(), heartbeat = now(), duration = %(duration)s,
+                    result = %(result)s::jsonb, dynamic_dependencies = %(dynamic)s
+                WHERE pk = %(pk)s AND task_hash = %(task_hash)s AND claim_token = %(claim_token)s
+                    AND status = '{RUNNING}'
+                RETURNING pk
+            ), edges AS (
+                INSERT INTO {dependency} (task_pk, requires_pk, dynamic)
+                SELECT done.pk, t.pk, (edge ->> 1)::boolean
+                FROM done, json_array_elements(%(edges)s::json) AS edge JOIN {task} AS t ON t.task_hash = edge ->> 0
+                ON CONFLICT DO NOTHING
+            )
+            SELECT count(*) FROM done
+        """
+        (done,) = db.execute_sql(sql, {**row, "edges": edges or "[]"}).fetchone()
+        return bool(done)
+
+    def finish_statements(self, edges: str | None) -> int:
+        return 1
+
+    def unflushed(self, sql: str) -> str:
+        # Claims and heartbeats only: if the server crashes just after such a commit, the claim is lost and the
+        # task is run again, as any task whose worker died. One message: its statements are one transaction.
+        return f"SET LOCAL synchronous_commit = off; {sql}"
 
 
 SQLITE, POSTGRESQL = SQLite(), PostgreSQL()

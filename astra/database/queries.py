@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import peewee
 
+from astra import values
 from astra.database import text
 from astra.database.connection import DatabaseError, database, retried
 from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
+from astra.database.status import DONE, FAILED, RUNNING
 from astra.identity import parameter_hash
 
 #: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
 CHUNK = 5000
-
-RUNNING, DONE, FAILED = "running", "done", "failed"
 
 
 def chunked(items: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
@@ -209,6 +212,21 @@ def _silence(db: peewee.Database) -> peewee.Node:
     return dialect(db).seconds_since(Task.heartbeat)
 
 
+class _Row(NamedTuple):
+    """A task row as a claim finds it (see :meth:`astra.database.dialect.SQLite.claim_new`)."""
+
+    pk: int
+    status: str
+    host: str | None
+    pid: int | None
+    lease: float | None
+    claim_token: str | None
+    attempts: int
+    silence: float | None
+    inserted: int
+    linked: int
+
+
 @retried
 def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holder:
     """Claim the task described by ``fields`` (a new ``astra.task`` row) for this process.
@@ -217,53 +235,30 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
     another process, or (with status ``done``) the one that finished the task. A failed task, or one whose holder
     died on this host or sent no heartbeat for the holder's own lease (``lease`` here is this process's, recorded
     in the row for others to go by), is taken over: of several processes trying at once, exactly one wins.
+
+    A task met for the first time costs one round trip to PostgreSQL (see dialect ``claim_new``).
     """
     db = database()
     text.check_identity(fields, params, nul_forbidden=dialect(db).nul_forbidden)
     host, pid = socket.gethostname(), os.getpid()
+    parameters = [(name, value, parameter_hash(name, value)) for name, value in params.items()]
     while True:
-        # Look first, insert only when absent: on PostgreSQL every INSERT takes a value of the pk sequence, even
-        # one that ON CONFLICT then drops, and a waiting worker asks once a second.
-        row = (
-            Task.select(
-                Task.pk,
-                Task.status,
-                Task.host,
-                Task.pid,
-                Task.lease,
-                Task.claim_token,
-                Task.attempts,
-                _silence(db).alias("silence"),
-            )
-            .where(Task.task_hash == fields["task_hash"])
-            .first()
-        )
-        now = _now(db)
         token = secrets.token_hex(16)
-        mine = dict(
-            status=RUNNING,
-            started=now,
-            heartbeat=now,
-            host=host,
-            pid=pid,
-            lease=lease,
-            claim_token=token,
-            completed=None,
-            duration=None,
-            slurm_job_id=None,
-            slurm_node=None,
-        )
-        if row is None:
-            with _atomic(db):
-                _not_flushed(db)
-                inserted = (
-                    Task.insert(created=now, attempts=1, **fields, **mine).on_conflict_ignore().as_rowcount().execute()
-                )
-                if inserted:
-                    task_pk = Task.select(Task.pk).where(Task.task_hash == fields["task_hash"]).scalar()
-                    _record_parameters(task_pk, params)
-                    return Attempt(task_pk, fields["task_hash"], token, 1)
+        new = {
+            **fields,
+            "host": host,
+            "pid": pid,
+            "lease": lease,
+            "claim_token": token,
+        }
+        found = dialect(db).claim_new(db, _claim_tables(db), new, parameters)
+        if found is None:
             continue  # another process inserted it just now
+        row = _Row(*found)
+        if row.inserted:
+            if row.linked < len(parameters):  # another process stored one of the parameters at the same moment
+                _record_parameters(row.pk, params)
+            return Attempt(row.pk, fields["task_hash"], token, 1)
         holder = Holder(row.host, row.pid, row.silence, row.status, row.lease)
         if row.status == DONE:
             return holder
@@ -284,17 +279,28 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
                 conditions.append(_silence(db) > holder_lease)
             else:
                 return holder
+        now = _now(db)
         with _atomic(db):
             _not_flushed(db)
             taken = (
                 Task.update(
+                    status=RUNNING,
+                    started=now,
+                    heartbeat=now,
+                    host=host,
+                    pid=pid,
+                    lease=lease,
+                    claim_token=token,
+                    completed=None,
+                    duration=None,
+                    slurm_job_id=None,
+                    slurm_node=None,
                     attempts=row.attempts + 1,
                     error=None,
                     traceback=None,
                     result=None,
                     # The attempt that makes the result is the one whose astra version the record names.
                     astra_version=fields["astra_version"],
-                    **mine,
                 )
                 .where(*conditions)
                 .execute()
@@ -303,7 +309,12 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
             return Attempt(row.pk, fields["task_hash"], token, row.attempts + 1, holder)
 
 
-def _holder_died(row: Task) -> bool:
+def _claim_tables(db: peewee.Database) -> tuple[str, ...]:
+    """The names of the task, parameter, task_parameter and dependency tables, as plain SQL writes them."""
+    return tuple(_table(model, db) for model in (Task, Parameter, TaskParameter, Dependency))
+
+
+def _holder_died(row: _Row) -> bool:
     """Whether a running claim belongs to a process on this host that no longer runs it."""
     if row.host != socket.gethostname() or row.pid is None:
         return False
@@ -370,44 +381,39 @@ def lost(attempt: Attempt) -> str:
 def finish(
     attempt: Attempt, result: object, duration: float, requires: Iterable[str], dynamic: Iterable[str] = ()
 ) -> None:
-    """Mark the attempt done with its result (see astra.values) and dependency edges. Call inside the caller's
-    transaction.
+    """Mark the attempt done with its result (see astra.values) and dependency edges.
 
     Raises :class:`ClaimLostError`, and writes nothing, if the row is no longer the attempt's.
 
     ``requires`` are the hashes of what ``requires()`` returned, ``dynamic`` those of the tasks ``run()`` yielded;
     how many of the latter there were is kept too, so that a dynamic dependency whose record goes is noticed.
+    A first attempt is one statement on PostgreSQL (one round trip); whatever takes more opens a transaction,
+    unless the caller holds one (e.g. with the task's own rows).
     """
+    db = database()
     requires = list(dict.fromkeys(requires))
     dynamic = [h for h in dict.fromkeys(dynamic) if h not in set(requires)]
-    now = _now(database())
-    updated = (
-        Task.update(
-            status=DONE,
-            completed=now,
-            heartbeat=now,
-            duration=duration,
-            result=result,
-            dynamic_dependencies=len(dynamic) or None,
-        )
-        .where(*_mine(attempt))
-        .execute()
-    )
-    if not updated:
-        raise ClaimLostError(
-            f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results were "
-            "not recorded (if it was taken over: was there no heartbeat within the lease?)"
-        )
-    # The edges of this run only: a task run again (see targets.reopen_if_stale) may now need other tasks.
-    Dependency.delete().where(Dependency.task == attempt.pk).execute()
-    for hashes, is_dynamic in ((requires, False), (dynamic, True)):
-        for chunk in chunked(hashes):
-            required = Task.select(peewee.Value(attempt.pk), Task.pk, peewee.Value(is_dynamic)).where(
-                Task.task_hash.in_(chunk)
+    edges = json.dumps([[h, False] for h in requires] + [[h, True] for h in dynamic]) if requires or dynamic else None
+    row = {
+        "pk": attempt.pk,
+        "task_hash": attempt.task_hash,
+        "claim_token": attempt.token,
+        "duration": duration,
+        "result": None if result is None else values.dumps(result),
+        "dynamic": len(dynamic) or None,
+    }
+    again = attempt.attempts > 1  # an earlier attempt may have left edges: this run's only are kept
+    alone = not again and dialect(db).finish_statements(edges) == 1
+    with contextlib.nullcontext() if alone or db.in_transaction() else _atomic(db):
+        if again:
+            Dependency.delete().where(
+                Dependency.task == attempt.pk, peewee.fn.EXISTS(Task.select(Task.pk).where(*_mine(attempt)))
+            ).execute()
+        if not dialect(db).finish(db, _claim_tables(db), row, edges):
+            raise ClaimLostError(
+                f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results "
+                "were not recorded (if it was taken over: was there no heartbeat within the lease?)"
             )
-            Dependency.insert_from(
-                required, [Dependency.task, Dependency.requires, Dependency.dynamic]
-            ).on_conflict_ignore().execute()
 
 
 @retried

@@ -17,9 +17,8 @@ from astra.database.connection import DatabaseError, database
 from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
 from astra.database.queries import chunked, transaction
+from astra.database.status import DONE, STATUSES
 from astra.identity import parameter_hash
-
-STATUSES = ("done", "running", "failed")
 
 #: Every column of a task but its result and traceback, which can be large: all that listing a task shows.
 SUMMARY_FIELDS = tuple(f for f in Task._meta.sorted_fields if f.name not in ("result", "traceback"))
@@ -382,7 +381,7 @@ def closest(
             candidate.module = (task.task_module, module)
         if task.version != version:
             candidate.version = (task.version, version)
-        if task.status == "done":  # edges are recorded when a task finishes
+        if task.status == DONE:  # edges are recorded when a task finishes
             upstream = requires(task.pk)
             upstream_hashes = {t.task_hash for t in upstream}
             candidate.missing_requires = sorted(set(required) - upstream_hashes)

@@ -1,0 +1,436 @@
+"""Recording: how one run of a task becomes its ``astra.task`` row. :class:`astra.BaseTask` delegates to this module.
+
+A run takes these steps, all of them here:
+
+1. **claim** (:meth:`Claim.acquire`): before ``run()``, the task's row is taken atomically (status ``running``,
+   host, pid, start time, a random token). Another process that reaches a claimed task waits until the holder
+   finishes, fails or goes silent for its ``[astra] lease``; then it takes the task over. This is what stops two
+   workers, even under two separate luigi schedulers, from running one task twice.
+2. **heartbeat** (:meth:`Claim.adopt`): a thread tells other workers every ``lease / 4`` seconds that the claim
+   is alive.
+3. **finish** (:meth:`Claim.finish`, or :meth:`Claim.record` inside ``BaseTask.completion()``): when ``run()``
+   returns, the row becomes ``done`` with the result, in one transaction with the task's own rows.
+4. **fail** (:meth:`Claim.fail`): an exception makes the row ``failed``, with the error (:func:`summarise`).
+5. **done-cache**: this process's :func:`astra.targets.known` learns that the task is done.
+
+luigi calls ``task.run()`` and nothing else, so :func:`recorded` wraps, once per class, whatever ``run()`` a
+``BaseTask`` subclass resolves to (its own, a mixin's, an inherited one or luigi's empty default) in
+:func:`run_recorded`, which takes the steps above around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import os
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
+
+import luigi
+from luigi.task import flatten
+
+import astra
+from astra import identity, outputs, slurm, tally, values
+from astra.config import settings
+from astra.database import output_tables, queries
+from astra.database.connection import close_thread_connection, retried
+from astra.targets import database_targets, known, reopen_if_stale
+
+logger = logging.getLogger("luigi-interface")
+
+#: The longest error line and traceback kept in a row (characters): the first line of the message, the last frames.
+ERROR_CHARS, TRACEBACK_CHARS, TRACEBACK_FRAMES = 2000, 20000, 15
+
+
+def summarise(exc: BaseException) -> tuple[str, str]:
+    """A one-line error and a traceback summary (the last frames only) for ``astra.task``; never raises.
+
+    The one summary of a failure: a task's, a batch item's and a SLURM job's are written alike.
+    """
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ raises must still be recorded as a failure
+        message = "<str() of the exception failed>"
+    lines = message.strip().splitlines()
+    error = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:ERROR_CHARS]
+    summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES))
+    return error, summary[-TRACEBACK_CHARS:]
+
+
+def fields(cls: type[luigi.Task], task_id: str, task_hash: str) -> dict:
+    """The identity columns of a task's row: the same for a task run alone and for a batch item."""
+    return {
+        "task_module": cls.__module__,
+        "task_name": cls.get_task_family(),
+        "task_id": task_id,
+        "task_hash": task_hash,
+        "version": identity.task_version(cls),
+        "astra_version": astra.__version__,
+    }
+
+
+class Claim:
+    """One attempt of this process at one task."""
+
+    def __init__(self, task: luigi.Task) -> None:
+        self.task = task
+        self.attempt: queries.Attempt | None = None
+        self.recorded = False
+        #: Hashes of the astra tasks run() yielded (dynamic dependencies), recorded as edges with the task.
+        self.dynamic: dict[str, None] = {}
+        #: The ``[astra]`` settings, read once per claim (reading them costs as much as a trivial task's record).
+        self.settings = None
+        self._started = 0.0
+
+    def acquire(self) -> bool:
+        """Wait until this process may run the task (True) or another process has finished it (False)."""
+        task = self.task
+        row = fields(type(task), task.task_id, identity.task_hash(task))
+        params = identity.parameters(task)
+        self.settings = settings()
+        lease = self.settings.lease
+        if not 0 < lease < math.inf:  # also NaN: a lease no one can wait out, or a heartbeat loop without pause
+            raise ValueError(f"astra: [astra] lease must be a positive number of seconds, not {lease!r}")
+        said, said_at = None, 0.0
+        while True:
+            got = queries.claim(row, params, lease)
+            if isinstance(got, queries.Attempt):
+                break
+            if got.status == queries.DONE:
+                # luigi will count the task as run by this process: say plainly that it was not.
+                tally.count(tally.NOT_RUN)
+                self._status(
+                    f"was not run by this process: {got.host} pid {got.pid} ran it (luigi counts it as run here)"
+                )
+                return False
+            # Say so when the holder changes and once a minute: each message is a request to luigid, too.
+            if (got.host, got.pid) != said or time.monotonic() - said_at > 60:
+                said, said_at = (got.host, got.pid), time.monotonic()
+                silence = f"{got.silence:.0f} s" if got.silence is not None else "never"
+                self._status(
+                    f"waiting: {got.host} pid {got.pid} is running this task (last heartbeat {silence} ago; "
+                    f"taken over after {_lease(got, lease):g} s of silence)"
+                )
+            time.sleep(min(1.0, max(0.1, lease / 20)))  # short: a waiting worker holds a luigi slot
+        if got.previous is not None:
+            was = got.previous
+            if was.status == queries.FAILED:
+                why = "it failed"
+            elif was.silence is not None and was.silence > _lease(was, lease):
+                why = f"no heartbeat for {was.silence:.0f} s (its lease: {_lease(was, lease):g} s)"
+            else:
+                why = "its process is gone"
+            logger.info(
+                "astra: %s: attempt %d, taking over from %s pid %s (%s)", task, got.attempts, was.host, was.pid, why
+            )
+        tally.count(tally.RAN)
+        self.adopt(got)
+        return True
+
+    def adopt(self, attempt: queries.Attempt) -> None:
+        """Hold ``attempt`` from now on, heartbeating it (a SLURM job holds what its luigi worker claimed)."""
+        if self.settings is None:
+            self.settings = settings()
+        self.attempt = attempt
+        self._started = time.monotonic()
+        heartbeats().hold(self, self.settings.lease / 4)
+
+    def record(self, result: object = None) -> None:
+        """Mark the task done with its result, in the caller's transaction if one is open.
+
+        A result that cannot be stored as it is raises :class:`astra.values.UnstorableError` (naming where in the
+        result it is), before anything is written: the caller records the task as failed.
+        """
+        model = outputs.output_model(self.task)
+        if model is not None:  # the result goes into the task's output table, not the result column
+            rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
+        stored = None if result is None else values.encode(result)
+        requires = identity.required_hashes(self.task)
+        queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic)
+        if model is not None:
+            output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
+        self.recorded = True
+
+    @retried
+    def finish(self, result: object = None) -> None:
+        """Mark the task done (all of it again if the connection drops meanwhile).
+
+        Without an output table that is one statement where the database allows it (one round trip on
+        PostgreSQL, see :func:`astra.database.queries.finish`); with one, the rows and the record share a
+        transaction.
+        """
+        if outputs.output_model(self.task) is None:
+            self.record(result)
+            return
+        with queries.transaction():
+            self.record(result)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
+        if self.recorded:  # already recorded, as done or (by astra.slurm, with what SLURM said) as failed
+            return
+        error, summary = summarise(exc)
+        try:
+            if not queries.fail(self.attempt, error, summary, time.monotonic() - self._started):
+                logger.warning("astra: the failure of %s was not recorded: %s", self.task, queries.lost(self.attempt))
+        except BaseException as db_exc:  # the original error matters more; say why it was not recorded
+            logger.error("astra: could not record the failure of %s: %s", self.task, db_exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat (once this returns, no beat of this claim is under way)."""
+        heartbeats().let_go(self)
+
+    def beat(self) -> bool:
+        """Tell other workers this claim is alive; False once it is no longer this process's (stop beating)."""
+        try:
+            if not queries.heartbeat(self.attempt):
+                logger.warning("astra: %s is no longer this worker's: %s", self.task, queries.lost(self.attempt))
+                return False
+        except Exception as exc:  # a missed beat is harmless unless it lasts a whole lease
+            logger.warning("astra: heartbeat for %s failed: %s", self.task, exc)
+        return True
+
+    def _status(self, message: str) -> None:
+        if callable(self.task.set_status_message):
+            self.task.set_status_message(message)
+        logger.info("astra: %s: %s", self.task, message)
+
+
+def _lease(holder: queries.Holder, default: float) -> float:
+    """The lease a holder promised to keep (its own ``[astra] lease``); ``default`` for rows that do not say."""
+    return holder.lease if holder.lease is not None else default
+
+
+class Heartbeats:
+    """One thread per process that beats every claim the process holds, each every ``lease / 4`` seconds.
+
+    A thread per claim, started and joined around every run, cost a trivial task more than its records. This one
+    starts with the first claim and sleeps until the next beat is due; with no claim left it closes its
+    connection and waits to be told of the next.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._due: dict[Claim, tuple[float, float]] = {}  # claim -> (next beat by time.monotonic(), interval)
+        self._beating: Claim | None = None
+        self._waiting_until: float | None = None  # when the thread wakes (math.inf: when told); None: it is busy
+        self._thread: threading.Thread | None = None
+
+    def hold(self, claim: Claim, interval: float) -> None:
+        """Beat ``claim`` every ``interval`` seconds from now on."""
+        with self._changed:
+            due = time.monotonic() + interval
+            self._due[claim] = (due, interval)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="astra-heartbeats", daemon=True)
+                self._thread.start()
+            # Wake the thread only if it would sleep past this beat: each wake-up costs the running task a switch
+            # of the interpreter lock (up to 5 ms), more than a trivial task's records.
+            if self._waiting_until is not None and due < self._waiting_until:
+                self._changed.notify_all()
+
+    def let_go(self, claim: Claim) -> None:
+        """Beat ``claim`` no more; returns once no beat of it is under way."""
+        with self._changed:
+            self._due.pop(claim, None)
+            while self._beating is claim:
+                self._changed.wait()
+
+    def _run(self) -> None:
+        connected = False
+        while True:
+            with self._changed:
+                claim = self._next(connected)
+            if claim is None:  # nothing to beat: close the connection while waiting
+                close_thread_connection()
+                connected = False
+                continue
+            connected, keep = True, False
+            try:
+                keep = claim.beat()
+            finally:
+                with self._changed:
+                    if not keep:
+                        self._due.pop(claim, None)
+                    self._beating = None
+                    self._changed.notify_all()
+
+    def _next(self, connected: bool) -> Claim | None:
+        """Wait (holding the lock) for the next claim due a beat; None when there is none and a connection open."""
+        while True:
+            if not self._due and connected:
+                return None
+            now = time.monotonic()
+            if self._due:
+                claim, (due, interval) = min(self._due.items(), key=lambda item: item[1][0])
+                if due <= now:
+                    self._due[claim] = (now + interval, interval)
+                    self._beating = claim
+                    return claim
+                self._waiting_until = due
+                self._changed.wait(due - now)
+            else:
+                self._waiting_until = math.inf
+                self._changed.wait()
+            self._waiting_until = None
+
+
+_heartbeats = Heartbeats()
+
+
+def heartbeats() -> Heartbeats:
+    """This process's :class:`Heartbeats`."""
+    return _heartbeats
+
+
+def _forked() -> None:
+    global _heartbeats
+    _heartbeats = Heartbeats()  # the parent's thread is not in a forked child, and its lock may be held
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+@contextmanager
+def holding(claim: Claim, result: object = None):
+    """A transaction in which the task writes its own rows; leaving it cleanly records the task as done."""
+    with queries.transaction():
+        yield
+        claim.record(result)
+
+
+# The run: what happens around the run() that luigi calls.
+
+
+def recorded(run: Callable) -> Callable:
+    """``run`` (a ``run`` method) wrapped in :func:`run_recorded`; applied once, by ``BaseTask.__init_subclass__``.
+
+    A wrapped ``run`` is returned as it is, so a class whose ``run`` is inherited from an astra class is not
+    wrapped twice. Inside a run that is already going (a subclass's ``run()`` calling ``super().run()``, or
+    :func:`run_unrecorded`), the wrapped function simply runs.
+    """
+    if getattr(run, "_astra_recorded", False):
+        return run
+    local = inspect.isgeneratorfunction(run)  # it yields dynamic dependencies: it runs here, never as a SLURM job
+
+    @functools.wraps(run)
+    def wrapped(task, *args, **kwargs):
+        call = functools.partial(run, task, *args, **kwargs)
+        return call() if task._astra_in_run else run_recorded(task, call, local)
+
+    wrapped._astra_recorded = True
+    return wrapped
+
+
+def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = False) -> object:
+    """Claim ``task``, ``call`` its run, and record it as done or failed; what luigi should get back from run().
+
+    A run that is (or returns) a generator, yielding dynamic dependencies, is followed by :func:`_follow` and
+    recorded when it finishes, with the tasks it yielded. ``local``: run here even under the SLURM executor.
+    """
+    claim = _start(task)
+    if claim is None:
+        return None  # another worker finished it meanwhile
+    try:
+        result = call() if local else slurm.execute(task, claim, call)
+    except BaseException as exc:
+        _end(task, claim, error=exc)
+        raise
+    if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
+        return _follow(task, claim, result)
+    _end(task, claim, result)
+    return None
+
+
+def run_unrecorded(task: luigi.Task) -> object:
+    """What ``task.run()`` returns, without the claim and record around it (:mod:`astra.batch` records items)."""
+    task._astra_in_run = True
+    try:
+        return task.run()
+    finally:
+        task._astra_in_run = False
+
+
+def _start(task: luigi.Task) -> Claim | None:
+    """Claim ``task`` for this process; None if it is done (another worker finished it meanwhile)."""
+    claim = Claim(task)
+    while not claim.acquire():
+        if not reopen_if_stale(task):  # luigi found it not complete: its dynamic dependencies may have changed
+            return None
+    task._astra_claim, task._astra_in_run = claim, True
+    return claim
+
+
+def _end(task: luigi.Task, claim: Claim, result: object = None, error: BaseException | None = None) -> None:
+    """Record the task as done with ``result``, or failed with ``error``; then let go of the claim."""
+    try:
+        if error is not None:
+            claim.fail(error)
+            return
+        try:
+            if not claim.recorded:  # completion() records inside run()
+                claim.finish(result)
+        except BaseException as exc:
+            claim.fail(exc)
+            raise
+        for target in database_targets([task]):
+            known().mark_done(target.task_hash)
+    finally:
+        _let_go(task, claim)
+
+
+def _let_go(task: luigi.Task, claim: Claim) -> None:
+    claim.release()
+    task._astra_claim, task._astra_in_run = None, False
+
+
+def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
+    """Pass what ``run()`` yields on to luigi, and luigi's answers back, noting the tasks yielded; record at the end.
+
+    luigi drops the generator when a yielded task is not complete yet: then the claim is let go (the row stays
+    ``running``, and luigi calls ``run()`` again once those tasks are done). Anything else that stops it records
+    the task as failed; that includes a yielded task whose identity cannot be worked out (its requires() raises),
+    which would otherwise leave the task waiting for something luigi cannot schedule.
+    """
+    try:
+        answer = None
+        while True:
+            try:
+                wanted = steps.send(answer)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            tasks = wanted.flat_requirements if isinstance(wanted, luigi.DynamicRequirements) else flatten(wanted)
+            for target in database_targets(tasks):
+                if target.identity_error is not None:
+                    raise target.identity_error
+                claim.dynamic[target.task_hash] = None
+            try:
+                answer = yield wanted
+            except GeneratorExit:
+                steps.close()
+                raise
+    except GeneratorExit:
+        _let_go(task, claim)
+        raise
+    except BaseException as exc:
+        _end(task, claim, error=exc)
+        raise
+    _end(task, claim, result)
+
+
+def failed_outside_run(task: luigi.Task, exception: BaseException) -> None:
+    """luigi failed a task while its run() was suspended at a yield (e.g. checking what it yielded raised).
+
+    The generator is only dropped after this, so the claim is still held: record the failure, or the row would
+    stay ``running``. ``BaseTask`` registers this for luigi's FAILURE event.
+    """
+    claim = getattr(task, "_astra_claim", None)
+    if claim is not None:
+        claim.fail(exception)

@@ -1,0 +1,98 @@
+"""A task met for the first time is claimed and finished in at most two round trips to the database.
+
+What is counted is every statement astra's process sends through the database's cursors (``BEGIN`` and
+``COMMIT`` included), in the thread that runs the task (the heartbeat thread is left out). On PostgreSQL each
+statement is a round trip to the server. SQLite has no server: there a round trip is a transaction (a lock taken
+and a commit), and the statements inside one are calls within this process.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import luigi
+import pytest
+
+import astra
+from astra.database import Dependency, Task, TaskParameter, database
+from astra.identity import task_hash
+from astra.targets import known
+from tests.example_tasks import Leaf, WithOptions
+
+
+class NeedsLeaves(astra.BaseTask):
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[Leaf]:
+        return [Leaf(i=i) for i in range(self.n)]
+
+    def run(self) -> dict:
+        return {"n": self.n}
+
+
+class Counting:
+    """A database cursor that notes each statement it runs."""
+
+    def __init__(self, cursor, statements: list[str]) -> None:
+        self._cursor, self._statements = cursor, statements
+
+    def execute(self, sql, params=None):
+        if threading.current_thread() is threading.main_thread():
+            self._statements.append(" ".join(str(sql).split()))
+        return self._cursor.execute(sql, params) if params is not None else self._cursor.execute(sql)
+
+    def executemany(self, sql, rows):
+        if threading.current_thread() is threading.main_thread():
+            self._statements.append(" ".join(str(sql).split()))
+        return self._cursor.executemany(sql, rows)
+
+    def __getattr__(self, name: str):
+        return getattr(self._cursor, name)
+
+
+@pytest.fixture
+def statements(database_url, monkeypatch) -> list[str]:
+    """The statements sent from now on (the database is opened first)."""
+    db = database()
+    sent: list[str] = []
+    cursor = db.cursor
+    monkeypatch.setattr(db, "cursor", lambda *args, **kwargs: Counting(cursor(*args, **kwargs), sent))
+    return sent
+
+
+def round_trips(statements: list[str], backend: str) -> int:
+    if backend == "postgresql":
+        return len(statements)
+    trips, inside = 0, False
+    for sql in statements:
+        word = sql.split()[0].upper()
+        if not inside:
+            trips += 1
+        inside = (inside or word == "BEGIN") and word not in ("COMMIT", "ROLLBACK")
+    return trips
+
+
+@pytest.mark.parametrize("make", [lambda: Leaf(i=41), lambda: WithOptions(options={"a": [1, 2]}, label="x")])
+def test_a_cold_task_is_claimed_and_finished_in_two_round_trips(statements, backend, make):
+    task = make()
+    task_hash(task)  # its identity needs no database
+    task.run()
+    assert round_trips(statements, backend) <= 2, statements
+    row = Task.get(Task.task_hash == task_hash(task))
+    assert row.status == "done" and row.attempts == 1 and row.claim_token is not None
+    linked = TaskParameter.select().where(TaskParameter.task == row.pk).count()
+    assert linked == len([p for p in type(task).get_params() if p[1].significant]), statements
+    assert task_hash(task) in known().done  # this process knows it is done without asking
+
+
+def test_a_cold_task_with_requirements_records_its_edges_in_the_same_round_trips(statements, backend):
+    task = NeedsLeaves(n=3)
+    for leaf in task.requires():
+        leaf.run()
+    del statements[:]
+    task.run()
+    # On SQLite the finish with edges is two statements in one transaction: still one round trip.
+    assert round_trips(statements, backend) <= 2, statements
+    row = Task.get(Task.task_hash == task_hash(task))
+    assert row.status == "done" and row.result == {"n": 3}
+    assert Dependency.select().where(Dependency.task == row.pk).count() == 3
