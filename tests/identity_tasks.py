@@ -10,6 +10,7 @@ import luigi
 from luigi.parameter import ParameterVisibility
 
 import astra
+from astra.batch import BatchTask
 
 
 class Colour(enum.Enum):
@@ -121,3 +122,17 @@ class WithMixinInit(astra.BaseTask, MixinWithInit):
     """A task whose next ``__init__`` after BaseTask's is a mixin's, not luigi's."""
 
     i = luigi.IntParameter()
+
+
+def record_done(item_class: type, parameter_sets: list[dict]) -> None:
+    """Record these items of ``item_class`` done, through a batch made for them."""
+
+    class Record(BatchTask):
+        def parameter_sets(self) -> list[dict]:
+            return parameter_sets
+
+        def process(self, chunk: list) -> list[None]:
+            return [None] * len(chunk)
+
+    Record.item_class = item_class
+    Record().run()

@@ -8,7 +8,7 @@ import pytest
 
 import astra
 from astra.database import Parameter, Task, TaskParameter, database, dialect, queries
-from tests.test_accounting import assert_no_key_burnt
+from tests.helpers import assert_no_key_burnt
 
 #: Text that COPY's text format writes escaped: tab, newline, carriage return and backslash.
 AWKWARD = "a\tb\nc\rd\\e \\N"

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from luigi.task import task_id_str
 
-from astra.batch import BatchTask
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.identity_tasks import (
@@ -26,8 +25,9 @@ from tests.identity_tasks import (
     WarmRoot,
     WithInit,
     WithMixinInit,
+    record_done,
 )
-from tests.test_identity import EVERY_KIND
+from tests.identity_values import EVERY_KIND
 
 
 def luigis_values(cls: type, *args, **kwargs) -> list:
@@ -117,18 +117,6 @@ class QueryCounter(logging.Handler):
 
 
 N = 5000
-
-
-def record_done(item_class: type, parameter_sets: list[dict]) -> None:
-    class Record(BatchTask):
-        def parameter_sets(self) -> list[dict]:
-            return parameter_sets
-
-        def process(self, chunk: list) -> list[None]:
-            return [None] * len(chunk)
-
-    Record.item_class = item_class
-    Record().run()
 
 
 def fresh() -> None:

@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import threading
 
-import luigi
 import pytest
 
-import astra
 from astra.database import Dependency, Task, TaskParameter, database
 from astra.identity import task_hash
 from astra.targets import known
 from tests.example_tasks import Leaf, WithOptions
-
-
-class NeedsLeaves(astra.BaseTask):
-    n = luigi.IntParameter()
-
-    def requires(self) -> list[Leaf]:
-        return [Leaf(i=i) for i in range(self.n)]
-
-    def run(self) -> dict:
-        return {"n": self.n}
+from tests.round_trips_tasks import NeedsLeaves
 
 
 class Counting:
