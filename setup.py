@@ -3,8 +3,8 @@ from pathlib import Path
 
 from setuptools import setup
 
-# The version is written once, in astra/__init__.py.
-VERSION = re.search(r'^__version__ = "([^"]+)"', Path("astra/__init__.py").read_text(), re.M).group(1)
+# The version is written once, in astra/version.py.
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("astra/version.py").read_text(), re.M).group(1)
 
 setup(
     name="sdss-astra",  # the PyPI name "astra" belongs to an unrelated project; the import name stays astra

@@ -1,12 +1,10 @@
 """astra: the task layer of the SDSS-V pipeline. Luigi tasks whose completion is recorded in a database."""
 
-# The one place the version is written: setup.py reads it from here.
-__version__ = "0.1.0"
-
-from astra.batch import BatchTask  # noqa: E402
-from astra.outputs import ArrayField, OutputModel, results  # noqa: E402
-from astra.targets import DatabaseTarget, read_many  # noqa: E402
-from astra.tasks import BaseTask, dynamic_requirements  # noqa: E402
+from astra.batch import BatchTask
+from astra.outputs import ArrayField, OutputModel, results
+from astra.targets import DatabaseTarget, read_many
+from astra.tasks import BaseTask, dynamic_requirements
+from astra.version import __version__
 
 __all__ = [
     "ArrayField",

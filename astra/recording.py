@@ -35,12 +35,12 @@ from contextlib import contextmanager
 import luigi
 from luigi.task import flatten
 
-import astra
 from astra import identity, outputs, slurm, tally, values
 from astra.config import settings
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried
 from astra.targets import database_targets, known, reopen_if_stale
+from astra.version import __version__
 
 logger = logging.getLogger("luigi-interface")
 
@@ -71,7 +71,7 @@ def fields(cls: type[luigi.Task], task_id: str, task_hash: str) -> dict:
         "task_id": task_id,
         "task_hash": task_hash,
         "version": identity.task_version(cls),
-        "astra_version": astra.__version__,
+        "astra_version": __version__,
     }
 
 

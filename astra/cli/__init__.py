@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import click
 import peewee
 
-from astra import __version__
 from astra.cli.db import db
 from astra.cli.formats import say
 from astra.cli.options import CONTEXT, help_if_bare
@@ -24,6 +23,7 @@ from astra.cli.results import results
 from astra.cli.tasks import tasks
 from astra.cli.why import why
 from astra.database import DatabaseError, DatabaseNotReady
+from astra.version import __version__
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)

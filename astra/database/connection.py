@@ -19,12 +19,12 @@ from typing import TypeVar
 
 import peewee
 
-import astra
 from astra import config
 from astra.database import versions
 from astra.database.dialect import POSTGRESQL, SQLite, dialect
 from astra.database.models import MODELS, proxy
 from astra.database.urls import MIN_SECRET, BadURLError, mask_password, postgres_connect_kwargs
+from astra.version import __version__
 
 SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
 
@@ -464,7 +464,7 @@ def _check_schema(db: peewee.Database, description: str) -> None:
         )
     if version > versions.CURRENT:
         raise DatabaseNotReady(
-            f"astra: {description} holds astra schema {version}, newer than astra {astra.__version__} knows "
+            f"astra: {description} holds astra schema {version}, newer than astra {__version__} knows "
             f"({versions.CURRENT}); upgrade astra"
         )
     missing = [prefix + table for table in tables if table not in columns]
