@@ -135,6 +135,11 @@ def _identity(task: luigi.Task, requires: list[str]) -> dict:
 
 def required_hashes(task: luigi.Task) -> list[str]:
     """The sorted, distinct hashes of the tasks ``task`` requires."""
+    # task_hash keeps the ones it hashed: calling requires() again would create (or look up) every required task
+    # a second time, a good part of the cost of identifying a batch item.
+    known = task.__dict__.get("_astra_requires")
+    if known is not None:
+        return list(known)
     return sorted({task_hash(required) for required in flatten(task.requires())})
 
 
@@ -185,6 +190,7 @@ def task_hash(task: luigi.Task) -> str:
             texts = parameters(below, significant_only=True)
             frame = _frame(below.task_module, below.task_family, task_version(below), hashes)
             below.__dict__["_astra_task_hash"] = _layout(type(below)).hash(frame, texts)
+            below.__dict__["_astra_requires"] = hashes
         except Exception as exc:  # a parameter that cannot be serialised
             error = IdentityError(f"cannot identify {below}: {exc!r}")
             error.__cause__ = exc
@@ -277,21 +283,27 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
         return
     named = dict(params)
     layout = _layout(cls)
+    shown = layout.shown
     frame = _frame(cls.__module__, cls.task_family, task_version(cls), [])
-    defaults: dict[frozenset, dict] = {}
+    # Per tuple of given names (in their order, which is the order of the values): how to normalise each given
+    # value, and the values of the others. luigi's own rules (config sections, unknown or missing parameters)
+    # decide those, and they stay the same for every set that gives the same names. A million items usually give
+    # one tuple of names, so the loop below does only what each item needs.
+    plans: dict[tuple, tuple[list, dict]] = {}
     for given in parameter_sets:
-        keys = frozenset(given)
-        if keys not in defaults:
-            # luigi's own rules (config sections, unknown or missing parameters) decide the other values, which
-            # stay the same for every set that gives the same names.
+        keys = tuple(given)
+        plan = plans.get(keys)
+        if plan is None:
             resolved = dict(cls.get_param_values(params, [], given))
-            defaults[keys] = {name: value for name, value in resolved.items() if name not in keys}
+            defaults = {name: value for name, value in resolved.items() if name not in given}
+            plan = plans[keys] = ([(name, named[name].normalize) for name in keys], defaults)
+        normalizers, defaults = plan
         values = {}
-        for name, value in given.items():
-            value = named[name].normalize(value)
+        for name, normalize in normalizers:
+            value = normalize(given[name])
             values[name] = tuple(value) if isinstance(value, (list, set)) else value  # as luigi stores it
-        values.update(defaults[keys])
-        texts = {name: write(values[name]) for name, write in layout.shown}
+        values.update(defaults)
+        texts = {name: write(values[name]) for name, write in shown}
         yield Item(cls, values, layout.hash(frame, texts), texts, [])
 
 
