@@ -40,6 +40,17 @@ class TaskRegister(Register):
         return cache[key]
 
 
+def create(cls: type, kwargs: dict) -> luigi.Task:
+    """A new ``cls(**kwargs)`` of a BaseTask class, outside luigi's instance cache, created as TaskRegister does.
+
+    For :func:`astra.identity.items`, which creates one task per batch item only to identify it: calling the class
+    itself would keep every one in luigi's instance cache, and ``type.__call__`` alone would have luigi work the
+    values out once more and write the task_id that identifying it never needs.
+    """
+    params = cls.get_params()
+    return _create(cls, (), kwargs, params, cls.get_param_values(params, (), kwargs))
+
+
 def _create(cls: type, args: tuple, kwargs: dict, params: list, values: list) -> luigi.Task:
     # Nested creations (an __init__ that creates other tasks) keep their own; the outer one is put back after.
     outer = getattr(_creating, "task", None)

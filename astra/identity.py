@@ -19,6 +19,8 @@ import luigi
 from luigi.parameter import ParameterVisibility
 from luigi.task import flatten
 
+from astra import creation
+
 # Parameters whose serialised form is JSON: luigi writes dicts in insertion order, so two equal dicts could
 # serialise differently. astra re-writes them with sorted keys.
 _JSON_PARAMETERS = (
@@ -277,8 +279,10 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
     """
     params = cls.get_params()
     if not _values_only(cls):
+        astra_task = isinstance(cls, creation.TaskRegister)
         for values in parameter_sets:
-            task = type.__call__(cls, **values)
+            # Outside luigi's instance cache, so that a million of them can go once identified.
+            task = creation.create(cls, values) if astra_task else type.__call__(cls, **values)
             yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), required_hashes(task), task)
         return
     named = dict(params)
