@@ -12,6 +12,7 @@ import luigi
 import pytest
 
 import astra
+from astra import recording
 from astra.database import Dependency, Task
 from astra.identity import task_hash
 from tests.helpers import astra as astra_command
@@ -85,7 +86,8 @@ def test_failed_then_retried_task_keeps_its_history(database_url, tmp_path, monk
     ready = tmp_path / "ready"
     task = Flaky(ready=str(ready))
     with monkeypatch.context() as older:
-        older.setattr(astra, "__version__", "0.0.1")  # the failed attempt ran under an older astra
+        # the failed attempt ran under an older astra (the version astra.recording writes in each record)
+        older.setattr(recording, "__version__", "0.0.1")
         assert luigi.build([task], local_scheduler=True, log_level="CRITICAL") is False
     failed = Task.get(Task.task_hash == task_hash(task))
     assert failed.status == "failed" and failed.attempts == 1
