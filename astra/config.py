@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from urllib.parse import urlsplit
 
 import luigi
 from luigi.cmdline_parser import CmdlineParser
+from luigi.task_register import TaskClassNotFoundException
 
 #: Environment variable that overrides ``[astra] database_url`` (but not ``--astra-database-url``).
 DATABASE_URL_ENV = "ASTRA_DATABASE_URL"
@@ -119,3 +121,28 @@ def check_scheduler() -> None:
             f"astra: no luigid answers at {url} ({reason}); start one (luigid --port {port}), or run without "
             "it: add --local-scheduler, or set [core] local_scheduler = true in luigi.cfg"
         ) from None
+
+
+def _unknown_task_in_one_line(previous_hook):
+    """``sys.excepthook`` that says in one line that the ``luigi`` command names a task no imported module defines.
+
+    luigi raises TaskClassNotFoundException while it parses its command line, outside any error handling of its
+    own, so a mistyped task name would otherwise end in a traceback. Every other exception goes to the previous hook.
+    """
+
+    def hook(kind, exc, traceback):
+        if not issubclass(kind, TaskClassNotFoundException):
+            return previous_hook(kind, exc, traceback)
+        first, *candidates = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = first.split(" Did you mean:")[0].split(" Candidates are:")[0].rstrip(".")  # luigi lists every task
+        offer = f" (did you mean {', '.join(candidates[:5])}?)" if candidates and len(candidates) <= 5 else ""
+        print(
+            f"astra: luigi knows {first[0].lower()}{first[1:]}{offer}; check its name, and that --module names the "
+            "module that defines it",
+            file=sys.stderr,
+        )
+
+    return hook
+
+
+sys.excepthook = _unknown_task_in_one_line(sys.excepthook)

@@ -50,3 +50,15 @@ def test_awkward_values_from_the_command_line(database_url):
     second = run_luigi(*args, "--label", value, "--local-scheduler")
     assert "1 complete ones were encountered" in second.stdout, second.stdout
     assert Parameter.get(Parameter.parameter_hash == parameter_hash("label", value)).parameter_value == value
+
+
+@pytest.mark.parametrize(
+    ("name", "offer"), [("EstimateSNRR", "(did you mean EstimateSNR, EstimateSNRBatch?)"), ("Zzzzqq", "")]
+)
+def test_an_unknown_task_is_one_line_not_a_traceback(database_url, name, offer):
+    done = run_luigi("--module", "workflows", name, "--local-scheduler", env={"ASTRA_DATABASE_URL": database_url})
+    assert done.returncode != 0
+    assert done.stdout.strip().splitlines() == [
+        f"astra: luigi knows no task {name}{' ' + offer if offer else ''}; check its name, and that --module names "
+        "the module that defines it"
+    ]
