@@ -40,6 +40,25 @@ def test_environment_overrides_the_astra_section(tmp_path, monkeypatch, luigi_co
     assert (tmp_path / "from-env.db").exists()
 
 
+def test_settings_follow_luigi_cfg_and_the_command_line(luigi_config):
+    """The settings are read once and kept, so every change of what they come from must be seen."""
+    from luigi.cmdline_parser import CmdlineParser
+
+    from astra.config import settings
+
+    assert settings().lease == 120.0
+    luigi_config.set("astra", "lease", "5")
+    assert settings().lease == 5.0
+    luigi_config.set("astra", "lease", "7")
+    luigi_config.set("astra", "batch_processes", "3")
+    assert (settings().lease, settings().batch_processes) == (7.0, 3)
+    with CmdlineParser.global_instance(["--astra-lease", "9", "--astra-executor", "slurm", "Task"]):
+        assert (settings().lease, settings().executor) == (9.0, "slurm")
+    assert (settings().lease, settings().executor) == (7.0, "local")
+    luigi_config.remove_section("astra")
+    assert (settings().lease, settings().batch_processes) == (120.0, 1)
+
+
 @pytest.mark.slow
 def test_nothing_configured_means_sqlite_in_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ASTRA_DATABASE_URL", "LUIGI_CONFIG_PATH")}

@@ -6,6 +6,7 @@ import signal
 import socket
 import time
 
+import luigi
 import psycopg2
 import pytest
 
@@ -69,6 +70,28 @@ def test_dropped_connections_mid_dag_are_reopened(postgres_url, tmp_path):
     assert Task.select().count() == 13
     assert Task.select().where(Task.status != "done").count() == 0, output
     assert Task.get(Task.task_hash == task_hash(Pauses(n=12))).status == "done"
+
+
+def test_claims_go_on_when_the_server_forgets_prepared_statements(postgres_url):
+    """Claims and finishes are prepared once per connection: a DISCARD ALL (as poolers send) or a new connection
+    after a drop must prepare them again, not fail the task."""
+    from astra.database import database
+
+    def run(n: int) -> None:
+        task = Pauses(n=n)
+        assert luigi.build([task], local_scheduler=True, workers=1)
+        assert Task.get(Task.task_hash == task_hash(task)).status == "done"
+
+    run(1)
+    database().execute_sql("DISCARD ALL")
+    assert database().execute_sql("select count(*) from pg_prepared_statements").fetchone()[0] == 0
+    run(2)
+    admin = psycopg2.connect(postgres_url)
+    with admin, admin.cursor() as cursor:
+        cursor.execute("select pg_terminate_backend(%s)", (database().connection().get_backend_pid(),))
+    admin.close()
+    run(3)
+    assert Task.select().where(Task.status == "done").count() == 6
 
 
 @pytest.mark.slow

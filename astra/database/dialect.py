@@ -12,12 +12,14 @@ them when a database opens.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
 import re
 import socket
 import struct
+import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -279,10 +281,6 @@ class SQLite:
     def finish_statements(self, edges: str | None) -> int:
         """How many statements :meth:`finish` runs (more than one need a transaction around them)."""
         return 2 if edges else 1
-
-    def unflushed(self, sql: str) -> str:
-        """``sql`` run so that its commit need not wait for the disk (SQLite in WAL mode waits for none)."""
-        return sql
 
 
 class PostgreSQL(SQLite):
@@ -556,20 +554,21 @@ class PostgreSQL(SQLite):
                 ON CONFLICT (task_hash) DO NOTHING
                 RETURNING pk
             ), given AS (
-                SELECT p ->> 0 AS name, p ->> 1 AS value, p ->> 2 AS hash
+                -- Each parameter looked up by its own index probe: as a join, a prepared statement's generic plan
+                -- (which guesses 100 parameters) hashes the whole parameter table instead.
+                SELECT p ->> 0 AS name, p ->> 1 AS value, p ->> 2 AS hash,
+                    (SELECT stored.pk FROM {parameter} AS stored WHERE stored.parameter_hash = p ->> 2) AS pk
                 FROM json_array_elements(%(parameters)s::json) AS p
-            ), known AS (
-                SELECT stored.pk FROM given JOIN {parameter} AS stored ON stored.parameter_hash = given.hash
             ), added AS (
                 INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash)
                 SELECT name, value, hash FROM given
-                WHERE EXISTS (SELECT FROM new)
-                    AND NOT EXISTS (SELECT FROM {parameter} AS stored WHERE stored.parameter_hash = given.hash)
+                WHERE pk IS NULL AND EXISTS (SELECT FROM new)
                 ON CONFLICT DO NOTHING
                 RETURNING pk
             ), linked AS (
                 INSERT INTO {task_parameter} (task_pk, parameter_pk)
-                SELECT new.pk, p.pk FROM new, (SELECT pk FROM known UNION ALL SELECT pk FROM added) AS p
+                SELECT new.pk, p.pk
+                FROM new, (SELECT pk FROM given WHERE pk IS NOT NULL UNION ALL SELECT pk FROM added) AS p
                 ON CONFLICT DO NOTHING
                 RETURNING 1
             )
@@ -578,7 +577,10 @@ class PostgreSQL(SQLite):
             UNION ALL
             SELECT pk, status, host, pid, lease, claim_token, attempts, silence, 0, 0 FROM existing
         """
-        found = db.execute_sql(self.unflushed(sql), {**row, "parameters": json.dumps(parameters)}).fetchone()
+        # Claims and heartbeats only commit without waiting for the disk: if the server crashes just after, the
+        # claim is lost and the task is run again, as any task whose worker died. One message, one transaction.
+        params = {**row, "parameters": json.dumps(parameters)}
+        found = prepared(sql).execute(db, params, before="SET LOCAL synchronous_commit = off").fetchone()
         return tuple(found) if found else None
 
     def finish(self, db: peewee.Database, tables: tuple[str, ...], row: dict, edges: str | None) -> bool:
@@ -590,27 +592,69 @@ class PostgreSQL(SQLite):
                 WHERE pk = %(pk)s AND task_hash = %(task_hash)s AND claim_token = %(claim_token)s
                     AND status = '{RUNNING}'
                 RETURNING pk
+            ), required AS MATERIALIZED (
+                -- One index probe per edge (as a join, the generic plan would hash the whole task table).
+                SELECT (SELECT t.pk FROM {task} AS t WHERE t.task_hash = edge ->> 0) AS pk,
+                    (edge ->> 1)::boolean AS dynamic
+                FROM json_array_elements(%(edges)s::json) AS edge
             ), edges AS (
                 INSERT INTO {dependency} (task_pk, requires_pk, dynamic)
-                SELECT done.pk, t.pk, (edge ->> 1)::boolean
-                FROM done, json_array_elements(%(edges)s::json) AS edge JOIN {task} AS t ON t.task_hash = edge ->> 0
+                SELECT done.pk, required.pk, required.dynamic FROM done, required WHERE required.pk IS NOT NULL
                 ON CONFLICT DO NOTHING
             )
             SELECT count(*) FROM done
         """
-        (done,) = db.execute_sql(sql, {**row, "edges": edges or "[]"}).fetchone()
+        (done,) = prepared(sql).execute(db, {**row, "edges": edges or "[]"}).fetchone()
         return bool(done)
 
     def finish_statements(self, edges: str | None) -> int:
         return 1
 
-    def unflushed(self, sql: str) -> str:
-        # Claims and heartbeats only: if the server crashes just after such a commit, the claim is lost and the
-        # task is run again, as any task whose worker died. One message: its statements are one transaction.
-        return f"SET LOCAL synchronous_commit = off; {sql}"
-
 
 SQLITE, POSTGRESQL = SQLite(), PostgreSQL()
+
+
+class Prepared:
+    """A PostgreSQL statement planned once per connection (``PREPARE``), then only executed.
+
+    Planning the claim's CTEs takes about as long as running them. The statement is prepared in the same message
+    as its first execution on each connection, so a new connection (after a reconnect) prepares it again.
+    """
+
+    def __init__(self, sql: str) -> None:
+        self.names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+        positional = re.sub(r"%\((\w+)\)s", lambda m: f"${self.names.index(m.group(1)) + 1}", sql)
+        self.name = "astra_" + hashlib.sha1(positional.encode()).hexdigest()[:16]
+        self.prepare = f"PREPARE {self.name} AS {positional}"
+        self.run = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.names))})"
+        #: The connections (psycopg2's) on which the statement is prepared.
+        self.connections: weakref.WeakSet = weakref.WeakSet()
+
+    def execute(self, db: peewee.Database, params: dict, before: str = ""):
+        """Run the statement with ``params`` (by name) after the statement ``before``; the cursor."""
+        values = tuple(params[name] for name in self.names)
+        connection = db.connection()
+        if connection in self.connections:
+            try:
+                return db.execute_sql("; ".join(filter(None, (before, self.run))), values)
+            except peewee.DatabaseError as exc:
+                # The server forgot it (DISCARD ALL, or a pooler that handed over another session): prepare again.
+                driver = exc.__context__  # psycopg2's error, which peewee's replaced
+                if getattr(driver, "pgcode", None) != "26000" or db.in_transaction():
+                    raise
+        cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
+        self.connections.add(db.connection())
+        return cursor
+
+
+_prepared: dict[str, Prepared] = {}
+
+
+def prepared(sql: str) -> Prepared:
+    """The :class:`Prepared` statement of ``sql`` (with ``%(name)s`` placeholders), made once per process."""
+    if sql not in _prepared:
+        _prepared[sql] = Prepared(sql)
+    return _prepared[sql]
 
 
 # PostgreSQL's bulk insert of output rows (PostgreSQL.insert_rows).
