@@ -43,6 +43,12 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
         default=1,
         description="processes that work a batch's items at once (a BatchTask's --processes beats this)",
     )
+    synchronous_commit = luigi.BoolParameter(
+        default=False,
+        description="wait for the disk on each task's done record: true, and a crash of the database server loses "
+        "none; false (the default), and it may lose the last fraction of a second of them, whose tasks then run "
+        "again (as after any crash: nothing is ever recorded done that was not)",
+    )
     executor = luigi.Parameter(
         default="local",
         description="where run() runs: in the luigi worker (local) or as a SLURM job (slurm; see [slurm])",

@@ -152,7 +152,8 @@ class Claim:
             rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
         stored = None if result is None else values.encode(result)
         requires = identity.required_hashes(self.task)
-        queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic)
+        durable = (self.settings or settings()).synchronous_commit
+        queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable)
         if model is not None:
             output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 
+import luigi
 import pytest
 
 from astra.database import Dependency, Task, TaskParameter, database
+from astra.database.connection import reset
 from astra.identity import task_hash
 from astra.targets import known
 from tests.example_tasks import Leaf, WithOptions
@@ -85,3 +87,29 @@ def test_a_cold_task_with_requirements_records_its_edges_in_the_same_round_trips
     row = Task.get(Task.task_hash == task_hash(task))
     assert row.status == "done" and row.result == {"n": 3}
     assert Dependency.select().where(Dependency.task == row.pk).count() == 3
+
+
+@pytest.fixture
+def synchronous_commit(request):
+    """``[astra] synchronous_commit`` set to the test's parameter, removed afterwards."""
+    config = luigi.configuration.get_config()
+    config.set("astra", "synchronous_commit", request.param)
+    reset()  # SQLite decides when it opens
+    yield request.param == "true"
+    config.remove_option("astra", "synchronous_commit")
+    reset()
+
+
+@pytest.mark.parametrize("synchronous_commit", ["false", "true"], indirect=True)
+def test_done_records_wait_for_the_disk_only_when_asked(synchronous_commit, statements, backend):
+    task = Leaf(i=43 if synchronous_commit else 44)
+    task.run()
+    sent = list(statements)
+    assert Task.get(Task.task_hash == task_hash(task)).status == "done"
+    if backend == "postgresql":
+        # The claim never waits; the done record waits unless told not to, for this transaction alone.
+        unflushed = [sql for sql in sent if sql.startswith("SET LOCAL synchronous_commit = off")]
+        assert len(sent) == 2 and len(unflushed) == (1 if synchronous_commit else 2), sent
+        assert database().execute_sql("SHOW synchronous_commit").fetchone()[0] == "on"
+    else:
+        assert database().execute_sql("PRAGMA synchronous").fetchone()[0] == (2 if synchronous_commit else 1)

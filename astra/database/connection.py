@@ -317,7 +317,14 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
             path,
             timeout=60,
             # WAL lets readers go on while one process writes; the busy timeout makes writers queue, not fail.
-            pragmas={"journal_mode": "wal", "busy_timeout": 60000, "foreign_keys": 1, "synchronous": "normal"},
+            # NORMAL: in WAL mode a commit does not wait for the disk, and a crash may lose the last ones; FULL
+            # waits ([astra] synchronous_commit, as on PostgreSQL).
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": 60000,
+                "foreign_keys": 1,
+                "synchronous": "full" if config.settings().synchronous_commit else "normal",
+            },
         )
         proxy.initialize(db)
         if not db.table_exists("task"):

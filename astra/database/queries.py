@@ -379,7 +379,12 @@ def lost(attempt: Attempt) -> str:
 
 
 def finish(
-    attempt: Attempt, result: object, duration: float, requires: Iterable[str], dynamic: Iterable[str] = ()
+    attempt: Attempt,
+    result: object,
+    duration: float,
+    requires: Iterable[str],
+    dynamic: Iterable[str] = (),
+    durable: bool = True,
 ) -> None:
     """Mark the attempt done with its result (see astra.values) and dependency edges.
 
@@ -388,7 +393,8 @@ def finish(
     ``requires`` are the hashes of what ``requires()`` returned, ``dynamic`` those of the tasks ``run()`` yielded;
     how many of the latter there were is kept too, so that a dynamic dependency whose record goes is noticed.
     A first attempt is one statement on PostgreSQL (one round trip); whatever takes more opens a transaction,
-    unless the caller holds one (e.g. with the task's own rows).
+    unless the caller holds one (e.g. with the task's own rows). ``durable``: the commit waits for the disk
+    (``[astra] synchronous_commit``).
     """
     db = database()
     requires = list(dict.fromkeys(requires))
@@ -409,7 +415,7 @@ def finish(
             Dependency.delete().where(
                 Dependency.task == attempt.pk, peewee.fn.EXISTS(Task.select(Task.pk).where(*_mine(attempt)))
             ).execute()
-        if not dialect(db).finish(db, _claim_tables(db), row, edges):
+        if not dialect(db).finish(db, _claim_tables(db), row, edges, durable):
             raise ClaimLostError(
                 f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results "
                 "were not recorded (if it was taken over: was there no heartbeat within the lease?)"
