@@ -52,6 +52,8 @@ POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.
 #: The prefix of the benchmark's databases.
 DB = os.environ.get("ASTRA_BENCH_DB", "astra_bench")
 KINDS = ("local", "postgres", "astra", "astra-sqlite")
+#: astra with ``[astra] synchronous_commit = true`` (done records wait for the disk), and the kind it is a variant of.
+DURABLE = {"astra-durable": "astra", "astra-sqlite-durable": "astra-sqlite"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,7 +153,13 @@ class Bench:
             "BENCH_DIR": str(self.workdir),
             "BENCH_POSTGRES": f"{server}/{DB}_luigi/{user}",
             "ASTRA_DATABASE_URL": astra_url,
+            **({"LUIGI_CONFIG_PATH": str(self.durable_cfg())} if kind in DURABLE else {}),
         }
+
+    def durable_cfg(self) -> Path:
+        path = self.workdir / "durable.cfg"
+        path.write_text("[astra]\nsynchronous_commit = true\n")
+        return path
 
     def run(self, what: str, kind: str, n: int, astra_url: str, reset=None) -> dict:
         command = [sys.executable, str(Path(__file__).resolve()), "--measure", what, "--kind", kind, "--n", str(n)]
@@ -210,6 +218,8 @@ def table(title: str, runs: dict[str, list[dict]]) -> str:
         "postgres": "luigi.contrib.postgres.PostgresTarget",
         "astra": "astra DatabaseTarget, PostgreSQL",
         "astra-sqlite": "astra DatabaseTarget, SQLite",
+        "astra-durable": "astra DatabaseTarget, PostgreSQL, `synchronous_commit = true`",
+        "astra-sqlite-durable": "astra DatabaseTarget, SQLite, `synchronous_commit = true`",
     }
     lines = [f"{title}", "", "| target | median wall time (s) | runs (s) | ratio to LocalTarget |", "|---|---|---|---|"]
     for kind, kind_runs in runs.items():
@@ -448,12 +458,13 @@ def cold_process(bench: Bench, n: int, kind: str, url: str, profile: Path | None
 
 def cold_processes(bench: Bench, n: int, repeat: int, urls: dict, profile: bool) -> None:
     print(f"\n## (e) cold run, whole luigi processes: {n:,} trivial tasks from nothing, one worker\n", flush=True)
-    runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+    kinds = (*KINDS, *DURABLE)
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for turn in range(repeat):
-        for kind in KINDS:  # interleaved, so a slow moment of the machine is spread over every kind
+        for kind in kinds:  # interleaved, so a slow moment of the machine is spread over every kind
             if kind == "postgres" and turn > 0:
                 continue  # one run of PostgresTarget shows how far behind it is, and takes minutes
-            runs[kind].append(cold_process(bench, n, kind, urls[kind]))
+            runs[kind].append(cold_process(bench, n, kind, urls[DURABLE.get(kind, kind)]))
     load = os.getloadavg()
     print(table(f"{n:,} tasks run, each figure a whole `luigi` process (load average {load[0]:.2f}):", runs))
     postgres_anchor = median(runs["postgres"])
