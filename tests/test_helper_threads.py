@@ -18,7 +18,7 @@ def test_a_heartbeat_ending_after_the_settings_changed_opens_no_other_database(d
     assert not elsewhere.parent.exists()
 
 
-def test_one_thread_beats_every_claim_of_the_process(database_url, monkeypatch):
+def test_one_thread_beats_every_claim_of_the_process(database_url):
     import threading
     import time
 
@@ -28,9 +28,12 @@ def test_one_thread_beats_every_claim_of_the_process(database_url, monkeypatch):
     from astra.identity import task_hash
 
     config = luigi.configuration.get_config()
-    monkeypatch.setattr(config, "get", _with_lease(config.get, "0.4"))
-    claims = [Claim(Leaf(i=i)) for i in (21, 22)]
-    assert all(claim.acquire() for claim in claims)
+    config.set("astra", "lease", "0.4")
+    try:
+        claims = [Claim(Leaf(i=i)) for i in (21, 22)]
+        assert all(claim.acquire() for claim in claims)
+    finally:
+        config.remove_option("astra", "lease")
     first = {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
     time.sleep(0.6)  # a beat every 0.1 s
     for claim in claims:
@@ -42,11 +45,3 @@ def test_one_thread_beats_every_claim_of_the_process(database_url, monkeypatch):
     time.sleep(0.3)
     assert stopped == {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
 
-
-def _with_lease(get, lease: str):
-    def patched(section, option, *args, **kwargs):
-        if (section, option) == ("astra", "lease"):
-            return lease
-        return get(section, option, *args, **kwargs)
-
-    return patched
