@@ -637,11 +637,19 @@ class Prepared:
         self.run = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.names))})"
         #: The connections (psycopg2's) on which the statement is prepared.
         self.connections: weakref.WeakSet = weakref.WeakSet()
+        #: Those on which preparing it failed: the PREPARE stays when the EXECUTE after it fails (a cancel, a
+        #: deadlock, a timeout), so whether it is there only the session knows.
+        self.uncertain: weakref.WeakSet = weakref.WeakSet()
 
     def execute(self, db: peewee.Database, params: dict, before: str = ""):
         """Run the statement with ``params`` (by name) after the statement ``before``; the cursor."""
         values = tuple(params[name] for name in self.names)
         connection = db.connection()
+        if connection in self.uncertain:
+            found = db.execute_sql("SELECT 1 FROM pg_prepared_statements WHERE name = %s", (self.name,)).fetchone()
+            if found and db.connection() is connection:
+                self.connections.add(connection)
+            self.uncertain.discard(connection)
         if connection in self.connections:
             try:
                 return db.execute_sql("; ".join(filter(None, (before, self.run))), values)
@@ -650,7 +658,11 @@ class Prepared:
                 driver = exc.__context__  # psycopg2's error, which peewee's replaced
                 if getattr(driver, "pgcode", None) != "26000" or db.in_transaction():
                     raise
-        cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
+        try:
+            cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
+        except BaseException:
+            self.uncertain.add(db.connection())
+            raise
         self.connections.add(db.connection())
         return cursor
 
