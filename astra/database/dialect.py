@@ -500,7 +500,7 @@ class PostgreSQL(SQLite):
         """One COPY in binary where every column has an encoder, else the rows as one array per column, unpacked
         by unnest(), one statement per chunk."""
         kinds = [_postgres_type(db, field) for field in fields]
-        if all(_encoder(kind, field) for kind, field in zip(kinds, fields)):
+        if all(_encoder(kind, field) for kind, field in zip(kinds, fields)) and not _zoned(fields, kinds, rows):
             _copy(db, model, fields, kinds, rows)
             return
         arrays, selected = [], []
@@ -704,6 +704,18 @@ def _timestamp(value: datetime.datetime) -> bytes:
     if value.tzinfo is not None:
         value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return struct.pack(">q", (value - _EPOCH) // datetime.timedelta(microseconds=1))
+
+
+def _zoned(fields, kinds, rows) -> bool:
+    """Whether a time among ``rows`` needs the session's time zone, which binary COPY would take for UTC: an aware
+    time in a ``timestamp`` column, a naive one in a ``timestamptz`` column. The server converts those."""
+    for field, kind in zip(fields, kinds):
+        if kind in ("TIMESTAMP", "TIMESTAMPTZ") and field.name != "task":
+            for _, row in rows:
+                value = row.get(field.name)
+                if isinstance(value, datetime.datetime) and (value.tzinfo is not None) == (kind == "TIMESTAMP"):
+                    return True
+    return False
 
 
 def _encoder(kind: str, field: peewee.Field):
