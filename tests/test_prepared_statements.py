@@ -7,8 +7,8 @@ import psycopg2
 import pytest
 
 import astra
-from astra.database import queries
-from astra.database.connection import database
+from astra.database import dialect, queries
+from astra.database.connection import database, reset
 
 
 def fields(name: str) -> dict:
@@ -71,3 +71,14 @@ def test_a_finish_that_failed_on_the_server_leaves_the_next_finishes_working_in_
         fields("a")["task_hash"],
         fields("b")["task_hash"],
     }
+
+
+def test_a_session_that_has_the_statement_already_runs_it(postgres_url):
+    """A connection pooler may hand astra a server session where another client prepared the claim already: the
+    first claim on that connection runs it instead of failing on PREPARE (42P05)."""
+    queries.claim(fields("a"), {"name": "a"}, 60)
+    statements = list(dialect._prepared.values())
+    reset()  # a new connection, which astra has not prepared anything on
+    for statement in statements:  # ... but whose session has them, as a pooler's may
+        database().execute_sql(statement.prepare)
+    assert isinstance(queries.claim(fields("b"), {"name": "b"}, 60), queries.Attempt)
