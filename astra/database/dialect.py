@@ -660,9 +660,13 @@ class Prepared:
                     raise
         try:
             cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
-        except BaseException:
-            self.uncertain.add(db.connection())
-            raise
+        except BaseException as exc:
+            self.uncertain.add(connection)
+            # The session has it already (a pooler that handed over a session where it was prepared): run it.
+            if getattr(exc.__context__, "pgcode", None) != "42P05" or db.in_transaction():
+                raise
+            cursor = db.execute_sql("; ".join(filter(None, (before, self.run))), values)
+            self.uncertain.discard(connection)
         self.connections.add(db.connection())
         return cursor
 
