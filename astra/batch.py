@@ -33,7 +33,6 @@ the first to record it wins), or run the items' requirements (an item whose inpu
 
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -48,7 +47,6 @@ from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 
 import luigi
-from luigi.cmdline_parser import CmdlineParser
 
 from astra import config, outputs, slurm, values
 from astra.database import output_tables, queries
@@ -213,7 +211,7 @@ class BatchTask(luigi.Task):
             yield from self._work_here(model, total)
             return
         context = multiprocessing.get_context("spawn")  # a fork would share this process's connection and threads
-        initargs = (spec, _env(), _command_line())
+        initargs = (spec, _env(), config.command_line())
         pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=initargs)
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
@@ -364,14 +362,7 @@ def _env() -> dict[str, str | None]:
     return {config.DATABASE_URL_ENV: config.database_url() or None}
 
 
-def _command_line() -> argparse.Namespace | None:
-    """The values of the running ``luigi`` command line (``--Item-band r``), which decide parameters an item does
-    not give (and so its identity) before luigi.cfg does; a new interpreter does not see them unless told."""
-    parser = CmdlineParser.get_instance()
-    return None if parser is None else parser.known_args
-
-
-def _start_worker(spec: bytes, env: dict[str, str | None], command_line: argparse.Namespace | None = None) -> None:
+def _start_worker(spec: bytes, env: dict[str, str | None], command_line: dict | None = None) -> None:
     """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
     global _worker_batch
     for name, value in env.items():
@@ -379,10 +370,7 @@ def _start_worker(spec: bytes, env: dict[str, str | None], command_line: argpars
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    if command_line is not None:
-        parser = object.__new__(CmdlineParser)  # as luigi's, without parsing (and importing) all over again
-        parser.known_args = command_line
-        CmdlineParser._instance = parser
+    config.adopt_command_line(command_line)  # the item parameters it sets decide identities
     # Close the connection as the process ends (a pool process does not run atexit), so the server sees a goodbye.
     multiprocessing.util.Finalize(None, close_thread_connection, exitpriority=10)
     cls, kwargs = pickle.loads(spec)
