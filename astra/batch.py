@@ -211,7 +211,8 @@ class BatchTask(luigi.Task):
             yield from self._work_here(model, total)
             return
         context = multiprocessing.get_context("spawn")  # a fork would share this process's connection and threads
-        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(spec, _env()))
+        initargs = (spec, _env(), config.command_line())
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=initargs)
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
         chunks = _chunks(self.parameter_sets(), self.chunk_size)
@@ -361,7 +362,7 @@ def _env() -> dict[str, str | None]:
     return {config.DATABASE_URL_ENV: config.database_url() or None}
 
 
-def _start_worker(spec: bytes, env: dict[str, str | None]) -> None:
+def _start_worker(spec: bytes, env: dict[str, str | None], command_line: dict | None = None) -> None:
     """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
     global _worker_batch
     for name, value in env.items():
@@ -369,6 +370,7 @@ def _start_worker(spec: bytes, env: dict[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    config.adopt_command_line(command_line)  # the item parameters it sets decide identities
     # Close the connection as the process ends (a pool process does not run atexit), so the server sees a goodbye.
     multiprocessing.util.Finalize(None, close_thread_connection, exitpriority=10)
     cls, kwargs = pickle.loads(spec)

@@ -6,6 +6,7 @@ environment (``$ASTRA_DATABASE_URL``), then ``[astra]`` in luigi.cfg, then the d
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import sys
@@ -99,6 +100,29 @@ def command_line_value(name: str) -> str:
     if parser is None:
         return ""
     return getattr(parser.known_args, f"{astra.get_task_family()}_{name}", None) or ""
+
+
+def command_line() -> dict | None:
+    """The values of the running ``luigi`` command line (``--Item-band r``), for :func:`adopt_command_line`.
+
+    They decide the parameters a task is not given, before luigi.cfg does, and so its identity: a new interpreter
+    that works for this one (a batch's pool process, a SLURM job) must see them too. Only the values given, and
+    only those JSON can carry: luigi takes an empty (or absent) one for none.
+    """
+    parser = CmdlineParser.get_instance()
+    if parser is None:
+        return None
+    plain = (str, int, float, bool)
+    return {name: value for name, value in vars(parser.known_args).items() if value and isinstance(value, plain)}
+
+
+def adopt_command_line(values: dict | None) -> None:
+    """In a new interpreter: the luigi command line that :func:`command_line` gave (None: there was none)."""
+    if values is None:
+        return
+    parser = object.__new__(CmdlineParser)  # as luigi's, without parsing (and importing) the arguments again
+    parser.known_args = argparse.Namespace(**values)
+    CmdlineParser._instance = parser
 
 
 class SchedulerNotReady(SystemExit):

@@ -31,7 +31,7 @@ import numpy as np
 import peewee
 from luigi.parameter import ParameterVisibility
 
-from astra.database import output_tables
+from astra.database import output_tables, text
 from astra.database.connection import database
 from astra.database.dialect import SchemaFromDialect, dialect, of_model
 from astra.database.models import Task, proxy
@@ -200,6 +200,7 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
         )
     fields = {name: field for name, field in model._meta.fields.items() if name not in ("pk", "task")}
     checked = []
+    nul_forbidden = None  # whether the database's text may hold NUL, asked at the first text
     for i, row in enumerate(result):
         where = f"{task}: row {i}" if len(result) > 1 else task
         if isinstance(row, model):
@@ -226,6 +227,12 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                     f"{where}: {model.__name__}.{name} is NaN, which SQLite stores as NULL, and the column may not "
                     "be null (declare it with null=True)"
                 )
+            if isinstance(value, str):
+                if nul_forbidden is None:
+                    nul_forbidden = dialect(database()).nul_forbidden
+                trouble = text.problem(value, nul_forbidden)
+                if trouble is not None:
+                    raise ValueError(f"{where}: {model.__name__}.{name} holds {trouble}")
             if isinstance(field, ArrayField) and value is not None:
                 try:
                     value = field.array(value)

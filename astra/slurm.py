@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import luigi
 from luigi.task_register import load_task
 
-from astra.config import DATABASE_URL_ENV, database_url, settings
+from astra.config import DATABASE_URL_ENV, adopt_command_line, command_line, database_url, settings
 from astra.database import queries
 
 if TYPE_CHECKING:
@@ -367,6 +367,7 @@ def _spec(task: luigi.Task) -> dict:
         "params": task.to_str_params(),
         "astra": {name: str(getattr(config, name)) for name, _ in config.get_params() if name != "executor"},
         "database_url": database_url(),  # as this process resolved it (command line, environment, luigi.cfg)
+        "command_line": command_line(),  # it decides parameters not given, of the tasks below and of batch items
     }
 
 
@@ -415,6 +416,7 @@ def main(argv: list[str]) -> int:
     if spec["database_url"]:
         os.environ[DATABASE_URL_ENV] = spec["database_url"]
     importlib.import_module(spec["module"])
+    adopt_command_line(spec.get("command_line"))
     task = load_task(spec["module"], spec["family"], spec["params"])
     job_id = os.environ.get("SLURM_JOB_ID", "")
     if "SLURM_ARRAY_JOB_ID" in os.environ:

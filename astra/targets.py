@@ -170,13 +170,18 @@ def prefetch(tasks: Iterable[luigi.Task]) -> None:
     """Find out with one query (per chunk) which of ``tasks`` are done, for their next ``complete()`` calls."""
     cache = known()
     tasks = list(tasks)
+    targets = []
     for task in tasks:
         cache.unchecked.pop(id(task), None)
+        try:
+            targets += database_targets([task])
+        except Exception:  # its output() fails: luigi finds out when it checks that task, and names it
+            continue
     now = time.monotonic()
     _ask(
         [
             t.task_hash
-            for t in database_targets(tasks)
+            for t in targets
             # A fresh "not done" answers the next check already: a DAG found not done in one query (see
             # _unchecked) is then walked without asking again, however deep it is.
             if t.task_hash is not None

@@ -133,7 +133,12 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
     elif kind is float:
         out.append(_float(value))
     elif kind is int:
-        out.append(str(value))
+        try:
+            out.append(str(value))
+        except ValueError:  # more digits than Python writes as text (sys.get_int_max_str_digits())
+            raise UnstorableError(
+                f"{where}: cannot store an int of about {value.bit_length() * 0.30103:.0f} digits"
+            ) from None
     elif kind is dict:
         _write_dict(value, where, out, open_)
     elif kind is list or kind is tuple:

@@ -61,3 +61,20 @@ class PlainParent(PlainTask):
 class PlainTop(PlainTask):
     def requires(self) -> list[luigi.Task]:
         return [PlainParent(root=self.root), PlainGood(i=2, root=self.root)]
+
+
+class NoOutput(luigi.Task):
+    """A plain luigi task whose ``output()`` raises: luigi names it, and runs what does not depend on it."""
+
+    def output(self):
+        raise ValueError("NoOutput cannot say where its output goes")
+
+
+class Siblings(astra.BaseTask):
+    def requires(self) -> list[luigi.Task]:
+        return [NoOutput(), Good(i=3)]
+
+
+class PlainSiblings(PlainTask):
+    def requires(self) -> list[luigi.Task]:
+        return [NoOutput(), PlainGood(i=3, root=self.root)]

@@ -118,3 +118,25 @@ class PlainResult(astra.BaseTask):
         if self.i % 2:
             result["odd"] = True
         return result
+
+
+class Labelled(astra.BaseTask):
+    """One Measurement row, labelled with ``LABELS[label]`` (text a database may not be able to store)."""
+
+    output_model = Measurement
+    i = luigi.IntParameter()
+    label = luigi.Parameter(default="plain")
+
+    def run(self) -> dict:
+        return {"n_good": self.i, "label": LABELS[self.label]}
+
+
+LABELS = {"plain": "a label", "nul": "a\x00b", "surrogate": "spec-\udcff.fits"}
+
+
+class LabelledBatch(BatchTask):
+    item_class = Labelled
+    labels = luigi.ListParameter()
+
+    def parameter_sets(self):
+        return [{"i": i, "label": label} for i, label in enumerate(self.labels)]

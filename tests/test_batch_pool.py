@@ -135,3 +135,13 @@ def test_estimate_snr_batch_in_two_processes_from_the_command_line(database_url,
     broken.unlink()
     second = run_luigi(*args, "--local-scheduler")
     assert "1 complete ones were encountered" in summary(second.stdout), second.stdout
+
+
+def test_a_pool_works_the_items_with_the_values_given_on_the_luigi_command_line(database_url):
+    """``--Measure-band r`` on the command line sets the items' band, in a pool as in one process: the pool
+    processes are new interpreters, which do not see the luigi command line unless they are told it."""
+    args = ["--module", "tests.batch_pool_tasks", "Stars", "--stars", "5", "--Measure-band", "r", "--local-scheduler"]
+    ran = run_luigi(*args, "--processes", "2")
+    assert ran.returncode == 0, ran.stdout
+    assert [Measure(star=star, band="r").complete() for star in range(5)] == [True] * 5
+    assert [Measure(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 
+import luigi
 import pytest
 
 from astra.database import Task
+from tests.broken_requires_tasks import Good, PlainSiblings, Siblings
 from tests.helpers import astra as astra_command
 from tests.helpers import run_luigi
 
@@ -45,3 +47,14 @@ def test_a_broken_requires_stops_only_what_depends_on_it(database_url, tmp_path)
     assert why.returncode == 1 and why.stdout == "", why.stdout
     assert why.stderr.startswith("astra: cannot identify BrokenInput(): its requires() raised ValueError"), why.stderr
     assert len(why.stderr.strip().splitlines()) == 1, why.stderr
+
+
+def test_a_requirement_whose_output_raises_stops_only_what_depends_on_it(database_url, tmp_path):
+    """``BaseTask.deps()`` asks about every requirement at once: one whose ``output()`` raises must not make the
+    whole deps() raise, which blamed the task above it and left its other requirements unrun."""
+    plain = luigi.build([PlainSiblings(root=str(tmp_path))], local_scheduler=True, detailed_summary=True)
+    with_astra = luigi.build([Siblings()], local_scheduler=True, detailed_summary=True)
+    expected = outcome(plain.summary_text)
+    assert "Good(i=3)" in expected and "NoOutput()" in expected, expected
+    assert outcome(with_astra.summary_text) == expected
+    assert Good(i=3).complete()

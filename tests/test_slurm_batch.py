@@ -92,3 +92,17 @@ def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgre
     assert not any(task.slurm_job_id for task in tasks)  # run inside the pilots, not as jobs of their own
     assert result_of(Task.get(Task.task_name == "SummariseSNR"))["n_spectra"] == 8
     assert any(task_id.startswith("SummariseSNR") for task_id in done)
+
+
+def test_a_batch_array_works_the_items_with_the_values_given_on_the_luigi_command_line(
+    slurm_cluster, postgres_url, tmp_path
+):
+    """``--Measure-band r`` sets the items' band in the array's jobs too, as in the luigi process that submits
+    them: a job is a new interpreter, which does not see the luigi command line unless it is told."""
+    from tests.batch_tasks import Measure
+
+    args = slurm_args(tmp_path / "logs", "--module", "tests.batch_pool_tasks", "Stars", "--stars", "3", "--jobs", "1")
+    ran = run_luigi(*args, "--Measure-band", "r", "--local-scheduler")
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    assert [Measure(star=star, band="r").complete() for star in range(3)] == [True] * 3
+    assert [Measure(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"

@@ -127,6 +127,17 @@ def test_a_batch_chunk_with_one_bad_item_records_the_others(database_url):
     assert 'result["thing"]: cannot store a value of type object' in row(Returns(kind="object")).error
 
 
+def test_a_batch_item_whose_result_has_too_many_digits_fails_alone(database_url):
+    """An int Python will not write as text (over 4300 digits) is a result that cannot be stored: that item fails,
+    as one with an object in its result does, and the rest of its chunk is recorded."""
+    batch = ReturnsBatch(kinds=["plain", "huge_int"])
+    assert not luigi.build([batch], local_scheduler=True)
+    forget_cached()
+    assert row(Returns(kind="plain")).status == "done"
+    huge = row(Returns(kind="huge_int"))
+    assert huge.status == "failed" and 'result["n"]: cannot store' in huge.error, huge.error
+
+
 @pytest.mark.slow
 def test_a_batch_from_the_luigi_command_line(database_url):
     kinds = ["everything", "cycle", "nan"]

@@ -75,6 +75,7 @@ SAMPLES = {
     "cycle": _cycle,
     "complex": lambda: {"z": [1, 1j]},
     "scalar": lambda: np.float64(2.5),
+    "huge_int": lambda: {"n": 10**5000},  # more digits than Python writes as text (sys.get_int_max_str_digits)
 }
 
 

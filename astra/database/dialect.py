@@ -500,7 +500,7 @@ class PostgreSQL(SQLite):
         """One COPY in binary where every column has an encoder, else the rows as one array per column, unpacked
         by unnest(), one statement per chunk."""
         kinds = [_postgres_type(db, field) for field in fields]
-        if all(_encoder(kind, field) for kind, field in zip(kinds, fields)):
+        if all(_encoder(kind, field) for kind, field in zip(kinds, fields)) and not _zoned(fields, kinds, rows):
             _copy(db, model, fields, kinds, rows)
             return
         arrays, selected = [], []
@@ -637,11 +637,19 @@ class Prepared:
         self.run = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.names))})"
         #: The connections (psycopg2's) on which the statement is prepared.
         self.connections: weakref.WeakSet = weakref.WeakSet()
+        #: Those on which preparing it failed: the PREPARE stays when the EXECUTE after it fails (a cancel, a
+        #: deadlock, a timeout), so whether it is there only the session knows.
+        self.uncertain: weakref.WeakSet = weakref.WeakSet()
 
     def execute(self, db: peewee.Database, params: dict, before: str = ""):
         """Run the statement with ``params`` (by name) after the statement ``before``; the cursor."""
         values = tuple(params[name] for name in self.names)
         connection = db.connection()
+        if connection in self.uncertain:
+            found = db.execute_sql("SELECT 1 FROM pg_prepared_statements WHERE name = %s", (self.name,)).fetchone()
+            if found and db.connection() is connection:
+                self.connections.add(connection)
+            self.uncertain.discard(connection)
         if connection in self.connections:
             try:
                 return db.execute_sql("; ".join(filter(None, (before, self.run))), values)
@@ -650,7 +658,15 @@ class Prepared:
                 driver = exc.__context__  # psycopg2's error, which peewee's replaced
                 if getattr(driver, "pgcode", None) != "26000" or db.in_transaction():
                     raise
-        cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
+        try:
+            cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
+        except BaseException as exc:
+            self.uncertain.add(connection)
+            # The session has it already (a pooler that handed over a session where it was prepared): run it.
+            if getattr(exc.__context__, "pgcode", None) != "42P05" or db.in_transaction():
+                raise
+            cursor = db.execute_sql("; ".join(filter(None, (before, self.run))), values)
+            self.uncertain.discard(connection)
         self.connections.add(db.connection())
         return cursor
 
@@ -692,6 +708,18 @@ def _timestamp(value: datetime.datetime) -> bytes:
     if value.tzinfo is not None:
         value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return struct.pack(">q", (value - _EPOCH) // datetime.timedelta(microseconds=1))
+
+
+def _zoned(fields, kinds, rows) -> bool:
+    """Whether a time among ``rows`` needs the session's time zone, which binary COPY would take for UTC: an aware
+    time in a ``timestamp`` column, a naive one in a ``timestamptz`` column. The server converts those."""
+    for field, kind in zip(fields, kinds):
+        if kind in ("TIMESTAMP", "TIMESTAMPTZ") and field.name != "task":
+            for _, row in rows:
+                value = row.get(field.name)
+                if isinstance(value, datetime.datetime) and (value.tzinfo is not None) == (kind == "TIMESTAMP"):
+                    return True
+    return False
 
 
 def _encoder(kind: str, field: peewee.Field):
