@@ -110,24 +110,31 @@ class BatchTask(luigi.Task):
         """The items not yet recorded as done, asking the database once per chunk of items."""
         self._skipped = 0
         # The first chunks are small: complete() of a batch not yet run stops at the first item not done, having
-        # worked out the identities of just the first two chunks.
+        # worked out the identities of just the first chunk.
         chunks = _chunks(self.items(), queries.CHUNK, first=100)
-        # The database answers about one chunk (in a thread of its own) while the next chunk is hashed: each
-        # takes about as long as the other, so a million items are checked in about half the time.
-        asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch")
+        # The database answers about earlier chunks (in threads of their own, each with its connection) while the
+        # next chunk is hashed. Two askers once chunks are full: a lookup of 5,000 hashes keeps the server busier
+        # than hashing them keeps this process, and two queries at once use two of the server's cores.
+        askers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch") for _ in range(_ASKERS)]
+        asked: deque[tuple[list[Item], Future]] = deque()
         try:
-            chunk = next(chunks, None)
-            answer = asker.submit(_done, chunk) if chunk else None
-            while chunk:
-                following = next(chunks, None)
-                following_answer = asker.submit(_done, following) if following else None
-                done = answer.result()
-                self._skipped += len(done)
-                yield from (item for item in chunk if item.task_hash not in done)
-                chunk, answer = following, following_answer
+            for number, chunk in enumerate(chunks):
+                asked.append((chunk, askers[number % _ASKERS].submit(_done, chunk)))
+                # A small chunk (the first few, the last) is answered before the next is hashed; full ones keep a
+                # question open per asker.
+                while asked and (len(asked) == _ASKERS or len(chunk) < queries.CHUNK):
+                    yield from self._not_done(*asked.popleft())
+            while asked:
+                yield from self._not_done(*asked.popleft())
         finally:
-            asker.submit(_close_connection)
-            asker.shutdown(wait=True, cancel_futures=False)
+            for asker in askers:
+                asker.submit(_close_connection)
+                asker.shutdown(wait=True, cancel_futures=False)
+
+    def _not_done(self, chunk: list[Item], answer: Future) -> Iterator[Item]:
+        done = answer.result()
+        self._skipped += len(done)
+        return (item for item in chunk if item.task_hash not in done)
 
     def complete(self) -> bool:
         model = outputs.output_model(self.item_class)
@@ -329,6 +336,10 @@ def _duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+#: Threads that ask the database which items are done, each about a chunk of its own.
+_ASKERS = 2
 
 
 def _done(chunk: list[Item]) -> set[str]:
