@@ -274,16 +274,20 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
 
     A class that requires nothing is hashed straight from the values, without creating a luigi task per set: luigi
     takes tens of microseconds to create one, too slow for millions. Other classes (see :func:`_values_only`) are
-    created and hashed. Either way the text is written and hashed by the same :class:`_Layout` as in
-    :func:`task_hash`, and tests/test_identity.py checks both against :func:`identity` for every kind of parameter.
+    created and hashed with the tasks they require, plain ones made quickly (:func:`creation.identifying`). Either
+    way the text is written and hashed by the same :class:`_Layout` as in :func:`task_hash`, and
+    tests/test_identity.py checks both against :func:`identity` for every kind of parameter, and the quickly made
+    tasks against luigi's.
     """
     params = cls.get_params()
     if not _values_only(cls):
         astra_task = isinstance(cls, creation.TaskRegister)
         for values in parameter_sets:
-            # Outside luigi's instance cache, so that a million of them can go once identified.
+            # Outside luigi's instance cache, so that a million of them can go once identified; so are the plain
+            # tasks they require (creation.identifying).
             task = creation.create(cls, values) if astra_task else type.__call__(cls, **values)
-            yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), required_hashes(task), task)
+            hashed = creation.identifying(functools.partial(task_hash, task))
+            yield Item(cls, task.param_kwargs, hashed, parameters(task), required_hashes(task), task)
         return
     named = dict(params)
     layout = _layout(cls)
