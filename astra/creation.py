@@ -8,8 +8,8 @@ worked out once per task, and when every parameter is given (and luigi's configu
 task) simply by normalising them, which is all luigi does then too. Anything else goes to luigi.
 
 Identifying a batch item creates the plain luigi tasks it requires too, often one ``luigi.ExternalTask`` (an input
-file) per item. Inside :func:`identifying` those are made the same quick way, outside luigi's instance cache (which
-would keep a million of them), when luigi would do nothing else: see :func:`_quick`.
+file) per item. Inside :func:`quickly` those are made the same quick way, outside
+luigi's instance cache (which would keep a million of them), when luigi would do nothing else: see :func:`_quick`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ T = TypeVar("T")
 
 #: The values worked out for the task being created in this thread, for its ``Task.__init__`` to take.
 _creating = threading.local()
-#: ``on`` while this thread identifies batch items (:func:`identifying`).
-_identifying = threading.local()
+#: ``on`` while this thread identifies or runs batch items (:func:`quickly`).
+_quickly = threading.local()
 
 
 class TaskRegister(Register):
@@ -134,18 +134,17 @@ def _given_values(cls: type, params: list, args: Sequence, kwargs: dict) -> list
     return [(name, _as_stored(named[name].normalize(given[name]))) for name, _ in params]
 
 
-def identifying(call: Callable[[], T]) -> T:
+def quickly(call: Callable[[], T]) -> T:
     """``call()``, with the plain luigi tasks it creates in this thread made as :func:`_quick` says.
 
-    For :func:`astra.identity.items`, around working out an item's identity: the tasks it requires are created only
-    to be hashed, one per item.
+    For :func:`astra.identity.items`, which creates the tasks each batch item requires, one set per item.
     """
-    outer = getattr(_identifying, "on", False)
-    _identifying.on = True
+    outer = getattr(_quickly, "on", False)
+    _quickly.on = True
     try:
         return call()
     finally:
-        _identifying.on = outer
+        _quickly.on = outer
 
 
 def _quick(cls: type, args: tuple, kwargs: dict) -> luigi.Task | None:
@@ -183,8 +182,8 @@ def _quick(cls: type, args: tuple, kwargs: dict) -> luigi.Task | None:
 _luigis_call = getattr(Register.__call__, "luigis", Register.__call__)
 
 
-def _call(cls, *args, **kwargs):  # noqa: N805 -- luigi's Register.__call__, quicker inside identifying()
-    if getattr(_identifying, "on", False):
+def _call(cls, *args, **kwargs):  # noqa: N805 -- luigi's Register.__call__, quicker inside quickly()
+    if getattr(_quickly, "on", False):
         task = _quick(cls, args, kwargs)
         if task is not None:
             return task
@@ -192,7 +191,7 @@ def _call(cls, *args, **kwargs):  # noqa: N805 -- luigi's Register.__call__, qui
 
 
 # Every plain luigi task is created through its metaclass's __call__: the one hook where the tasks a batch item
-# requires can be made quickly. Outside identifying() it is luigi's own, one thread-local look-up later.
+# requires can be made quickly. Outside quickly() it is luigi's own, one thread-local look-up later.
 _call.luigis = _luigis_call
 Register.__call__ = _call
 

@@ -155,13 +155,26 @@ def test_items_make_the_plain_tasks_they_require_as_luigi_does(cls, data):
     (required,) = flatten(task.requires())  # made by luigi, kept in its cache
     assert item.requires == [task_hash(required)]
     assert item.task_hash == task_hash(task) == reference_hash(task)
-    quick = creation.identifying(task.requires)
+    quick = creation.quickly(task.requires)
     assert quick is not required
     assert (quick.task_id, hash(quick), quick.to_str_params()) == (
         required.task_id,
         hash(required),
         required.to_str_params(),
     )
+
+
+def test_a_batch_item_keeps_the_tasks_it_was_identified_with_for_its_input():
+    from workflows import EstimateSNR, SpectrumFile
+
+    luigi.task_register.Register.clear_instance_cache()
+    (item,) = items(EstimateSNR, [{"spectrum_path": "/data/spec-1.fits"}])
+    target = item.task.input()  # what run() reads: the output of the SpectrumFile made when it was identified
+    assert target.path == "/data/spec-1.fits"
+    assert item.task.input() is not target  # a new target each time, as luigi's input() gives
+    cached = luigi.task_register.Register._Register__instance_cache.values()
+    assert not any(isinstance(task, SpectrumFile) for task in cached)  # not made again, nor kept by luigi
+    assert item.requires == [task_hash(SpectrumFile(path="/data/spec-1.fits"))]
 
 
 def test_insignificant_and_private_parameters_leave_the_hash_alone():
