@@ -167,23 +167,29 @@ class BatchTask(luigi.Task):
         model = outputs.output_model(self.item_class)
         processes = self.processes or config.settings().batch_processes
         worked = self._work_in_pool(model, total, processes) if processes > 1 else self._work_here(model, total)
-        for records, output_rows in worked:
-            good = [record for record in records if "error" not in record]
-            bad = [record for record in records if "error" in record]
-            recording = time.perf_counter()
-            with queries.transaction():
-                written = queries.record_items(good, queries.DONE)
-                queries.record_items(bad, queries.FAILED)
-                if model is not None:
-                    # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
-                    made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
-                    output_tables.insert(model, made)
-            self.recording_seconds += time.perf_counter() - recording
-            done += len(good)
-            failed += len(bad)
-            if bad and not first_error:
-                first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
-            self._progress(done + failed, total, failed)
+        # Each chunk's records are written by a thread of their own while the next chunk is worked: the database
+        # (the PostgreSQL server, or SQLite's C code) then works beside this thread, as both let go of the
+        # interpreter while they work. One chunk at most waits to be written.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch-writer")
+        writing: deque[Future] = deque()
+        try:
+            for records, output_rows in worked:
+                good = [record for record in records if "error" not in record]
+                bad = [record for record in records if "error" in record]
+                while writing:
+                    self.recording_seconds += writing.popleft().result()
+                writing.append(writer.submit(_write, model, good, bad, output_rows))
+                done += len(good)
+                failed += len(bad)
+                if bad and not first_error:
+                    first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
+                self._progress(done + failed, total, failed)
+            while writing:
+                self.recording_seconds += writing.popleft().result()
+        finally:
+            # However run() ends (a pool process died, say), what was handed to the writer is written first.
+            writer.submit(_close_connection)
+            writer.shutdown(wait=True)
         self._progress(done + failed, total, failed, final=True)
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
@@ -342,12 +348,25 @@ def _duration(seconds: float) -> str:
 _ASKERS = 2
 
 
+def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: dict[str, list[dict]]) -> float:
+    """Record a chunk's items, done or failed, and their output rows, in one transaction; the seconds it took."""
+    started = time.perf_counter()
+    with queries.transaction():
+        written = queries.record_items(good, queries.DONE)
+        queries.record_items(bad, queries.FAILED)
+        if model is not None:
+            # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
+            made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
+            output_tables.insert(model, made)
+    return time.perf_counter() - started
+
+
 def _done(chunk: list[Item]) -> set[str]:
     return queries.done_hashes([item.task_hash for item in chunk])
 
 
 def _close_connection() -> None:
-    close_thread_connection()  # the asker thread's own connection
+    close_thread_connection()  # the helper thread's own connection (an asker's, the writer's)
 
 
 class _Chunk:
