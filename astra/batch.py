@@ -19,13 +19,14 @@ once, e.g. with numpy) and recorded ``chunk_size`` at a time, in one transaction
 ``run()`` raises is recorded as failed with its error and the others carry on; at the end the batch fails, naming
 how many items failed, so luigi reports it and a re-run tries just those again.
 
-With ``--processes N`` (or ``[astra] batch_processes``) the chunks are worked in a pool of N processes, each
-with a fresh interpreter (never a fork of this one, whose database connection and helper threads must stay its
-own). The pool only computes: it sends back each item's record, and this process writes the records, one
-transaction per chunk, as with one process. (As in any program that starts processes this way, a script that
-calls ``luigi.build`` itself must do so under ``if __name__ == "__main__":``.) A pool process that dies (killed,
-out of memory) takes nothing with it but the items it held: they stay not done, the batch fails, and a re-run
-works them.
+With ``--processes N`` (or ``[astra] batch_processes``) the chunks are worked in a pool of N processes, never
+forks of this one, whose database connection and helper threads must stay its own: they are forked from a fresh
+interpreter (multiprocessing's forkserver) that has imported astra and the batch's modules once, so N processes
+cost one interpreter start and its imports rather than N. The pool only computes: it sends back each item's
+record, and this process writes the records, one transaction per chunk, as with one process. (As in any program
+that starts processes this way, a script that calls ``luigi.build`` itself must do so under ``if __name__ ==
+"__main__":``.) A pool process that dies (killed, out of memory) takes nothing with it but the items it held: they
+stay not done, the batch fails, and a re-run works them.
 
 What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
 the first to record it wins), or run the items' requirements (an item whose input is missing fails).
@@ -223,8 +224,9 @@ class BatchTask(luigi.Task):
             logger.warning("%s: working in one process: the pool cannot rebuild the batch (%s)", self.task_id, exc)
             yield from self._work_here(model, total)
             return
-        context = multiprocessing.get_context("spawn")  # a fork would share this process's connection and threads
-        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(spec, _env()))
+        pool = ProcessPoolExecutor(
+            processes, mp_context=_context(self), initializer=_start_worker, initargs=(spec, _env(), os.getcwd())
+        )
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
         chunks = _chunks(self.parameter_sets(), self.chunk_size)
@@ -385,15 +387,31 @@ class _Chunk:
 _worker_batch: BatchTask | None = None
 
 
+def _context(batch: BatchTask) -> multiprocessing.context.BaseContext:
+    """Where pool processes come from: forks of a server process started afresh (a fork of this process would share
+    its connection and threads), which imports astra and the batch's modules once for all of them.
+
+    The server lives as long as this process, so a later batch (of other modules) has its pool processes import
+    those themselves; ``_start_worker`` gives each process this process's working directory and database URL.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    modules = {__name__, type(batch).__module__, batch.item_class.__module__} - {"__main__", "__mp_main__"}
+    context.set_forkserver_preload(sorted(modules))  # only until the server has started: then it is as it is
+    return context
+
+
 def _env() -> dict[str, str | None]:
     """What decides a pool process's settings and may not be in the environment it starts with: the database URL
     (given on the luigi command line, say), so that it finds done items and an item's run() reads the same one."""
     return {config.DATABASE_URL_ENV: config.database_url() or None}
 
 
-def _start_worker(spec: bytes, env: dict[str, str | None]) -> None:
+def _start_worker(spec: bytes, env: dict[str, str | None], directory: str) -> None:
     """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
     global _worker_batch
+    os.chdir(directory)  # a fork of the server is where the server started: relative paths must mean the same here
     for name, value in env.items():
         if value is None:
             os.environ.pop(name, None)
