@@ -85,7 +85,7 @@ class BatchTask(luigi.Task):
     processes = luigi.IntParameter(
         default=0, significant=False, description="processes that work the items at once (0: [astra] batch_processes)"
     )
-    #: Seconds this batch has spent writing records (for the logs and benchmarks).
+    #: Seconds spent inside the transactions that write records, in a thread beside the work (for benchmarks).
     recording_seconds: float = 0.0
     #: Longest time, in seconds of work, between two progress reports to luigid.
     progress_seconds: float = 2.0
