@@ -19,13 +19,14 @@ once, e.g. with numpy) and recorded ``chunk_size`` at a time, in one transaction
 ``run()`` raises is recorded as failed with its error and the others carry on; at the end the batch fails, naming
 how many items failed, so luigi reports it and a re-run tries just those again.
 
-With ``--processes N`` (or ``[astra] batch_processes``) the chunks are worked in a pool of N processes, each
-with a fresh interpreter (never a fork of this one, whose database connection and helper threads must stay its
-own). The pool only computes: it sends back each item's record, and this process writes the records, one
-transaction per chunk, as with one process. (As in any program that starts processes this way, a script that
-calls ``luigi.build`` itself must do so under ``if __name__ == "__main__":``.) A pool process that dies (killed,
-out of memory) takes nothing with it but the items it held: they stay not done, the batch fails, and a re-run
-works them.
+With ``--processes N`` (or ``[astra] batch_processes``) the chunks are worked in a pool of N processes, never
+forks of this one, whose database connection and helper threads must stay its own: they are forked from a fresh
+interpreter (multiprocessing's forkserver) that has imported astra and the batch's modules once, so N processes
+cost one interpreter start and its imports rather than N. The pool only computes: it sends back each item's
+record, and this process writes the records, one transaction per chunk, as with one process. (As in any program
+that starts processes this way, a script that calls ``luigi.build`` itself must do so under ``if __name__ ==
+"__main__":``.) A pool process that dies (killed, out of memory) takes nothing with it but the items it held: they
+stay not done, the batch fails, and a re-run works them.
 
 What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
 the first to record it wins), or run the items' requirements (an item whose input is missing fails).
@@ -84,7 +85,7 @@ class BatchTask(luigi.Task):
     processes = luigi.IntParameter(
         default=0, significant=False, description="processes that work the items at once (0: [astra] batch_processes)"
     )
-    #: Seconds this batch has spent writing records (for the logs and benchmarks).
+    #: Seconds spent inside the transactions that write records, in a thread beside the work (for benchmarks).
     recording_seconds: float = 0.0
     #: Longest time, in seconds of work, between two progress reports to luigid.
     progress_seconds: float = 2.0
@@ -110,24 +111,31 @@ class BatchTask(luigi.Task):
         """The items not yet recorded as done, asking the database once per chunk of items."""
         self._skipped = 0
         # The first chunks are small: complete() of a batch not yet run stops at the first item not done, having
-        # worked out the identities of just the first two chunks.
+        # worked out the identities of just the first chunk.
         chunks = _chunks(self.items(), queries.CHUNK, first=100)
-        # The database answers about one chunk (in a thread of its own) while the next chunk is hashed: each
-        # takes about as long as the other, so a million items are checked in about half the time.
-        asker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch")
+        # The database answers about earlier chunks (in threads of their own, each with its connection) while the
+        # next chunk is hashed. Two askers once chunks are full: a lookup of 5,000 hashes keeps the server busier
+        # than hashing them keeps this process, and two queries at once use two of the server's cores.
+        askers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch") for _ in range(_ASKERS)]
+        asked: deque[tuple[list[Item], Future]] = deque()
         try:
-            chunk = next(chunks, None)
-            answer = asker.submit(_done, chunk) if chunk else None
-            while chunk:
-                following = next(chunks, None)
-                following_answer = asker.submit(_done, following) if following else None
-                done = answer.result()
-                self._skipped += len(done)
-                yield from (item for item in chunk if item.task_hash not in done)
-                chunk, answer = following, following_answer
+            for number, chunk in enumerate(chunks):
+                asked.append((chunk, askers[number % _ASKERS].submit(_done, chunk)))
+                # A small chunk (the first few, the last) is answered before the next is hashed; full ones keep a
+                # question open per asker.
+                while asked and (len(asked) == _ASKERS or len(chunk) < queries.CHUNK):
+                    yield from self._not_done(*asked.popleft())
+            while asked:
+                yield from self._not_done(*asked.popleft())
         finally:
-            asker.submit(_close_connection)
-            asker.shutdown(wait=True, cancel_futures=False)
+            for asker in askers:
+                asker.submit(_close_connection)
+                asker.shutdown(wait=True, cancel_futures=False)
+
+    def _not_done(self, chunk: list[Item], answer: Future) -> Iterator[Item]:
+        done = answer.result()
+        self._skipped += len(done)
+        return (item for item in chunk if item.task_hash not in done)
 
     def complete(self) -> bool:
         model = outputs.output_model(self.item_class)
@@ -160,23 +168,29 @@ class BatchTask(luigi.Task):
         model = outputs.output_model(self.item_class)
         processes = self.processes or config.settings().batch_processes
         worked = self._work_in_pool(model, total, processes) if processes > 1 else self._work_here(model, total)
-        for records, output_rows in worked:
-            good = [record for record in records if "error" not in record]
-            bad = [record for record in records if "error" in record]
-            recording = time.perf_counter()
-            with queries.transaction():
-                written = queries.record_items(good, queries.DONE)
-                queries.record_items(bad, queries.FAILED)
-                if model is not None:
-                    # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
-                    made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
-                    output_tables.insert(model, made)
-            self.recording_seconds += time.perf_counter() - recording
-            done += len(good)
-            failed += len(bad)
-            if bad and not first_error:
-                first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
-            self._progress(done + failed, total, failed)
+        # Each chunk's records are written by a thread of their own while the next chunk is worked: the database
+        # (the PostgreSQL server, or SQLite's C code) then works beside this thread, as both let go of the
+        # interpreter while they work. One chunk at most waits to be written.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch-writer")
+        writing: deque[Future] = deque()
+        try:
+            for records, output_rows in worked:
+                good = [record for record in records if "error" not in record]
+                bad = [record for record in records if "error" in record]
+                while writing:
+                    self.recording_seconds += writing.popleft().result()
+                writing.append(writer.submit(_write, model, good, bad, output_rows))
+                done += len(good)
+                failed += len(bad)
+                if bad and not first_error:
+                    first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
+                self._progress(done + failed, total, failed)
+            while writing:
+                self.recording_seconds += writing.popleft().result()
+        finally:
+            # However run() ends (a pool process died, say), what was handed to the writer is written first.
+            writer.submit(_close_connection)
+            writer.shutdown(wait=True)
         self._progress(done + failed, total, failed, final=True)
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
@@ -210,9 +224,8 @@ class BatchTask(luigi.Task):
             logger.warning("%s: working in one process: the pool cannot rebuild the batch (%s)", self.task_id, exc)
             yield from self._work_here(model, total)
             return
-        context = multiprocessing.get_context("spawn")  # a fork would share this process's connection and threads
-        initargs = (spec, _env(), config.command_line())
-        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=initargs)
+        initargs = (spec, _env(), os.getcwd(), config.command_line())
+        pool = ProcessPoolExecutor(processes, mp_context=_context(self), initializer=_start_worker, initargs=initargs)
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
         chunks = _chunks(self.parameter_sets(), self.chunk_size)
@@ -332,12 +345,29 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
+#: Threads that ask the database which items are done, each about a chunk of its own.
+_ASKERS = 2
+
+
+def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: dict[str, list[dict]]) -> float:
+    """Record a chunk's items, done or failed, and their output rows, in one transaction; the seconds it took."""
+    started = time.perf_counter()
+    with queries.transaction():
+        written = queries.record_items(good, queries.DONE)
+        queries.record_items(bad, queries.FAILED)
+        if model is not None:
+            # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
+            made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
+            output_tables.insert(model, made)
+    return time.perf_counter() - started
+
+
 def _done(chunk: list[Item]) -> set[str]:
     return queries.done_hashes([item.task_hash for item in chunk])
 
 
 def _close_connection() -> None:
-    close_thread_connection()  # the asker thread's own connection
+    close_thread_connection()  # the helper thread's own connection (an asker's, the writer's)
 
 
 class _Chunk:
@@ -356,15 +386,31 @@ class _Chunk:
 _worker_batch: BatchTask | None = None
 
 
+def _context(batch: BatchTask) -> multiprocessing.context.BaseContext:
+    """Where pool processes come from: forks of a server process started afresh (a fork of this process would share
+    its connection and threads), which imports astra and the batch's modules once for all of them.
+
+    The server lives as long as this process, so a later batch (of other modules) has its pool processes import
+    those themselves; ``_start_worker`` gives each process this process's working directory and database URL.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    modules = {__name__, type(batch).__module__, batch.item_class.__module__} - {"__main__", "__mp_main__"}
+    context.set_forkserver_preload(sorted(modules))  # only until the server has started: then it is as it is
+    return context
+
+
 def _env() -> dict[str, str | None]:
     """What decides a pool process's settings and may not be in the environment it starts with: the database URL
     (given on the luigi command line, say), so that it finds done items and an item's run() reads the same one."""
     return {config.DATABASE_URL_ENV: config.database_url() or None}
 
 
-def _start_worker(spec: bytes, env: dict[str, str | None], command_line: dict | None = None) -> None:
+def _start_worker(spec: bytes, env: dict[str, str | None], directory: str, command_line: dict | None = None) -> None:
     """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
     global _worker_batch
+    os.chdir(directory)  # a fork of the server is where the server started: relative paths must mean the same here
     for name, value in env.items():
         if value is None:
             os.environ.pop(name, None)

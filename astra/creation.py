@@ -4,8 +4,12 @@ A task's identity includes those of the tasks it requires, so checking one root 
 (see :mod:`astra.identity`); most of that time went into luigi working out each new task's parameter values twice
 (once to look the task up in its instance cache, once more in ``Task.__init__``), each time writing the arguments
 into an error message in case one is needed, and asking the configuration for every parameter. Here the values are
-worked out once per task, and when every parameter is given by keyword (and luigi's configuration has no section
-for the task) simply by normalising them, which is all luigi does then too. Anything else goes to luigi.
+worked out once per task, and when every parameter is given (and luigi's configuration has no section for the
+task) simply by normalising them, which is all luigi does then too. Anything else goes to luigi.
+
+Identifying a batch item creates the plain luigi tasks it requires too, often one ``luigi.ExternalTask`` (an input
+file) per item. Inside :func:`quickly` those are made the same quick way, outside
+luigi's instance cache (which would keep a million of them), when luigi would do nothing else: see :func:`_quick`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from __future__ import annotations
 import operator
 import threading
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import luigi
 from luigi.task_register import Register
 
+T = TypeVar("T")
+
 #: The values worked out for the task being created in this thread, for its ``Task.__init__`` to take.
 _creating = threading.local()
+#: ``on`` while this thread identifies or runs batch items (:func:`quickly`).
+_quickly = threading.local()
 
 
 class TaskRegister(Register):
@@ -77,7 +86,11 @@ def initialise(task: luigi.Task, luigis: Callable, args: tuple, kwargs: dict) ->
     ):
         luigis(*args, **kwargs)
         return
-    values = creating[4]
+    _set_values(task, creating[4])
+
+
+def _set_values(task: luigi.Task, values: list[tuple[str, object]]) -> None:
+    """What luigi's ``Task.__init__`` does with the values, but for the task_id (and its hash)."""
     for name, value in values:
         setattr(task, name, value)
     task.param_kwargs = dict(values)
@@ -97,13 +110,90 @@ def param_values(cls: type, params: list, args: Sequence, kwargs: dict, luigis: 
     creating = getattr(_creating, "task", None)
     if creating is not None and creating[0] is cls and _same(creating, params, args, kwargs):
         return list(creating[4])
-    if args or len(kwargs) != len(params) or cls.get_task_family() in luigi.configuration.get_config().sections():
-        return luigis(params, args, kwargs)  # defaults, positional arguments, or a config section: luigi's rules
+    values = _given_values(cls, params, args, kwargs)
+    return luigis(params, args, kwargs) if values is None else values
+
+
+def _given_values(cls: type, params: list, args: Sequence, kwargs: dict) -> list[tuple[str, object]] | None:
+    """luigi's parameter values when each parameter is given once and no config section applies, else None.
+
+    Then luigi only normalises each value, the positional arguments in the order of the positional parameters.
+    Defaults, a config section for the task, or any mistake (luigi's error) are left to luigi.
+    """
+    if len(args) + len(kwargs) != len(params):
+        return None
+    given = kwargs
+    if args:
+        given = dict(zip([name for name, p in params if p.positional], args))
+        if len(given) != len(args) or given.keys() & kwargs.keys():
+            return None  # too many positional arguments, or one given twice: luigi's error
+        given.update(kwargs)
     named = dict(params)
-    if kwargs.keys() != named.keys():
-        return luigis(params, args, kwargs)  # an unknown parameter: luigi's error
-    values = {name: named[name].normalize(value) for name, value in kwargs.items()}
-    return [(name, _as_stored(values[name])) for name, _ in params]
+    if given.keys() != named.keys() or cls.get_task_family() in luigi.configuration.get_config().sections():
+        return None
+    return [(name, _as_stored(named[name].normalize(given[name]))) for name, _ in params]
+
+
+def quickly(call: Callable[[], T]) -> T:
+    """``call()``, with the plain luigi tasks it creates in this thread made as :func:`_quick` says.
+
+    For :func:`astra.identity.items`, which creates the tasks each batch item requires, one set per item.
+    """
+    outer = getattr(_quickly, "on", False)
+    _quickly.on = True
+    try:
+        return call()
+    finally:
+        _quickly.on = outer
+
+
+def _quick(cls: type, args: tuple, kwargs: dict) -> luigi.Task | None:
+    """A plain luigi task made without luigi's instance cache and with its values worked out once, or None.
+
+    Only for a class that requires nothing (made again for each item, such a task costs no more than looking it up
+    in the cache, while one that requires others would have all of those identified again each time) and that
+    luigi's ``Task.__init__`` would make from the values alone; and only when each parameter is given
+    (:func:`_given_values`). The task is the one luigi would make: same values, same task_id.
+    """
+    plain = cls.__dict__.get("_astra_quick")
+    if plain is None:
+        init = next(c for c in cls.__mro__ if "__init__" in vars(c))
+        plain = (
+            init is luigi.Task
+            and cls.__new__ is object.__new__
+            and cls.requires is luigi.Task.requires
+            and getattr(cls.get_param_values, "__func__", None) is luigi.Task.get_param_values.__func__
+            and getattr(cls.get_task_family, "__func__", None) is luigi.Task.get_task_family.__func__
+        )
+        type.__setattr__(cls, "_astra_quick", plain)
+    if not plain:
+        return None
+    values = _given_values(cls, cls.get_params(), args, kwargs)
+    if values is None:
+        return None
+    task = object.__new__(cls)
+    _set_values(task, values)
+    task.task_id = task_id(task)
+    task._Task__hash = hash(task.task_id)
+    return task
+
+
+#: luigi's own Register.__call__ (also when this module is imported again, by importlib.reload say).
+_luigis_call = getattr(Register.__call__, "luigis", Register.__call__)
+
+
+def _call(cls, *args, **kwargs):  # noqa: N805 -- luigi's Register.__call__, quicker inside quickly()
+    if getattr(_quickly, "on", False):
+        task = _quick(cls, args, kwargs)
+        if task is not None:
+            return task
+    return _luigis_call(cls, *args, **kwargs)
+
+
+# Every plain luigi task is created through its metaclass's __call__: the one hook where the tasks a batch item
+# requires can be made quickly. Outside quickly() it is luigi's own, one thread-local look-up later.
+_call.luigis = _luigis_call
+Register.__call__ = _call
 
 
 def _as_stored(value: object) -> object:

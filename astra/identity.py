@@ -167,7 +167,8 @@ def task_hash(task: luigi.Task) -> str:
                 error = IdentityError(f"{current} requires itself")
             if error is None:
                 try:
-                    path.append((current, flatten(current.requires()), 0))
+                    required = current.__dict__.get("_astra_required")  # a batch item's, see items()
+                    path.append((current, flatten(current.requires() if required is None else required), 0))
                     on_path.add(id(current))
                 except Exception as exc:
                     error = IdentityError(f"cannot identify {current}: its requires() raised {exc!r}")
@@ -274,16 +275,20 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
 
     A class that requires nothing is hashed straight from the values, without creating a luigi task per set: luigi
     takes tens of microseconds to create one, too slow for millions. Other classes (see :func:`_values_only`) are
-    created and hashed. Either way the text is written and hashed by the same :class:`_Layout` as in
-    :func:`task_hash`, and tests/test_identity.py checks both against :func:`identity` for every kind of parameter.
+    created and hashed with the tasks they require, plain ones made quickly (:func:`creation.quickly`). Either
+    way the text is written and hashed by the same :class:`_Layout` as in :func:`task_hash`, and
+    tests/test_identity.py checks both against :func:`identity` for every kind of parameter, and the quickly made
+    tasks against luigi's.
     """
     params = cls.get_params()
     if not _values_only(cls):
         astra_task = isinstance(cls, creation.TaskRegister)
         for values in parameter_sets:
-            # Outside luigi's instance cache, so that a million of them can go once identified.
+            # Outside luigi's instance cache, so that a million of them can go once identified; so are the plain
+            # tasks they require (creation.quickly).
             task = creation.create(cls, values) if astra_task else type.__call__(cls, **values)
-            yield Item(cls, task.param_kwargs, task_hash(task), parameters(task), required_hashes(task), task)
+            hashed = creation.quickly(functools.partial(_identify_item, task))
+            yield Item(cls, task.param_kwargs, hashed, parameters(task), required_hashes(task), task)
         return
     named = dict(params)
     layout = _layout(cls)
@@ -309,6 +314,12 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
         values.update(defaults)
         texts = {name: write(values[name]) for name, write in shown}
         yield Item(cls, values, layout.hash(frame, texts), texts, [])
+
+
+def _identify_item(task: luigi.Task) -> str:
+    # The item keeps what its requires() gave, for BaseTask.input() in its run(): those very tasks, not new ones.
+    task.__dict__["_astra_required"] = task.requires()
+    return task_hash(task)
 
 
 def _values_only(cls: type[luigi.Task]) -> bool:

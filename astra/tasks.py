@@ -79,6 +79,12 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
     def output(self) -> DatabaseTarget:
         return DatabaseTarget(self)
 
+    def input(self):  # noqa: ANN201 -- luigi's: the outputs of what requires() gives, in its structure
+        # A batch item keeps what its requires() gave when it was identified (astra.identity.items): the very tasks
+        # its identity was worked out from, made once per item.
+        required = self.__dict__.get("_astra_required")
+        return luigi.task.getpaths(self.requires() if required is None else required)
+
     def progress(self, done: int, total: int, message: str = "") -> None:
         """Inside ``run()``: show ``done`` of ``total`` (and ``message``) in luigid's dashboard.
 

@@ -106,7 +106,8 @@ def fresh_database(backend: str, workdir: Path) -> str:
 
 def timed(command: list[str], url: str, workdir: Path) -> tuple[float, float]:
     """Wall seconds the command takes, start to exit, and the CPU seconds (user + system) of it and the processes
-    it started (not those of the PostgreSQL server); a batch must also have succeeded."""
+    it waited for (not those of the PostgreSQL server, nor a batch pool's, forked by the forkserver); a batch must
+    also have succeeded."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, env=env(url), cwd=workdir, capture_output=True, text=True)
@@ -151,7 +152,8 @@ def compare(directory: Path, count: int, repeat: int, backends: list[str], workd
     anchor, fast = median(kinds[0][0]), median(kinds[1][0])
     cpu_anchor, cpu_fast = median(kinds[0][0], 1), median(kinds[1][0], 1)
     print(f"\n{count:,} spectra, whole processes, median of {repeat} run(s) each. CPU: user + system seconds of the")
-    print("process and those it started (a pool's included; the PostgreSQL server's not), less moved by other load.\n")
+    print("process and those it started (the PostgreSQL server's not), less moved by other load; a pool's processes")
+    print("(--processes) are not counted: they are children of multiprocessing's forkserver, not waited for.\n")
     print("| what | wall s | ratio to astropy loop | ratio to fitsio loop | CPU s | CPU ratio to astropy loop | CPU "
           "ratio to fitsio loop | runs: wall s (load 1/5 min) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

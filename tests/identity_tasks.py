@@ -74,6 +74,22 @@ class EveryParameterBase(Parameters, astra.BaseTask):
     version = "3"
 
 
+class NeedsEveryParameter(Parameters, astra.BaseTask):
+    """Requires the plain luigi task EveryParameter with all its own values, given by keyword."""
+
+    def requires(self) -> EveryParameter:
+        return EveryParameter(**self.param_kwargs)
+
+
+class NeedsEveryParameterPositionally(Parameters, astra.BaseTask):
+    """As NeedsEveryParameter, the values of EveryParameter's positional parameters given by position."""
+
+    def requires(self) -> EveryParameter:
+        positional = [name for name, p in EveryParameter.get_params() if p.positional]
+        by_name = {name: value for name, value in self.param_kwargs.items() if name not in positional}
+        return EveryParameter(*[self.param_kwargs[name] for name in positional], **by_name)
+
+
 class WarmLeaf(astra.BaseTask):
     """One of many tasks below a root (tests/test_creation.py)."""
 

@@ -15,12 +15,20 @@ import luigi
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from luigi.task import flatten
 
+from astra import creation
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import identity, items, parameter_hash, parameters, task_hash
 from tests.example_tasks import Leaf, Node, Versioned, WithOptions
 from tests.helpers import REPO
-from tests.identity_tasks import Colour, EveryParameter, EveryParameterBase
+from tests.identity_tasks import (
+    Colour,
+    EveryParameter,
+    EveryParameterBase,
+    NeedsEveryParameter,
+    NeedsEveryParameterPositionally,
+)
 from tests.identity_values import EVERY_KIND
 
 HASH_IN_SUBPROCESS = """
@@ -130,6 +138,43 @@ def test_task_hash_and_items_agree_for_every_kind_of_parameter(cls, data):
     names = data.draw(st.sets(st.sampled_from(sorted(EVERY_KIND))))
     values = {name: data.draw(EVERY_KIND[name], label=name) for name in sorted(names)}
     check_one_identity(cls, values)
+
+
+@pytest.mark.parametrize("cls", [NeedsEveryParameter, NeedsEveryParameterPositionally])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_items_make_the_plain_tasks_they_require_as_luigi_does(cls, data):
+    """items() makes the plain task an item requires without luigi's instance cache: the same task, the same hash."""
+    names = data.draw(st.sets(st.sampled_from(sorted(EVERY_KIND))))
+    values = {name: data.draw(EVERY_KIND[name], label=name) for name in sorted(names)}
+    luigi.task_register.Register.clear_instance_cache()
+    (item,) = items(cls, [values])
+    cached = luigi.task_register.Register._Register__instance_cache.values()
+    assert not any(isinstance(task, EveryParameter) for task in cached)  # made quickly, not kept
+    task = cls(**values)
+    (required,) = flatten(task.requires())  # made by luigi, kept in its cache
+    assert item.requires == [task_hash(required)]
+    assert item.task_hash == task_hash(task) == reference_hash(task)
+    quick = creation.quickly(task.requires)
+    assert quick is not required
+    assert (quick.task_id, hash(quick), quick.to_str_params()) == (
+        required.task_id,
+        hash(required),
+        required.to_str_params(),
+    )
+
+
+def test_a_batch_item_keeps_the_tasks_it_was_identified_with_for_its_input():
+    from workflows import EstimateSNR, SpectrumFile
+
+    luigi.task_register.Register.clear_instance_cache()
+    (item,) = items(EstimateSNR, [{"spectrum_path": "/data/spec-1.fits"}])
+    target = item.task.input()  # what run() reads: the output of the SpectrumFile made when it was identified
+    assert target.path == "/data/spec-1.fits"
+    assert item.task.input() is not target  # a new target each time, as luigi's input() gives
+    cached = luigi.task_register.Register._Register__instance_cache.values()
+    assert not any(isinstance(task, SpectrumFile) for task in cached)  # not made again, nor kept by luigi
+    assert item.requires == [task_hash(SpectrumFile(path="/data/spec-1.fits"))]
 
 
 def test_insignificant_and_private_parameters_leave_the_hash_alone():
