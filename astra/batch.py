@@ -175,6 +175,13 @@ class BatchTask(luigi.Task):
         writing: deque[Future] = deque()
         try:
             for records, output_rows in worked:
+                refused = queries.unrecordable(records)
+                if refused:  # these alone fail; a record of the others is no less true without them
+                    records = [record for record in records if record["task_hash"] not in refused]
+                    for reason in refused.values():
+                        logger.error("%s", reason)
+                    failed += len(refused)
+                    first_error = first_error or next(iter(refused.values()))
                 good = [record for record in records if "error" not in record]
                 bad = [record for record in records if "error" in record]
                 while writing:

@@ -13,7 +13,7 @@ from astra import identity
 from astra.database import Parameter, Task, queries
 from astra.targets import forget_cached
 from tests.helpers import run_luigi
-from tests.unstorable_text_tasks import Echo, Mute, MuteBatch
+from tests.unstorable_text_tasks import Echo, EchoBatch, Mute, MuteBatch
 
 #: What Python makes of the byte 0xff on a command line (or in a file name): a lone surrogate.
 UNDECODABLE = os.fsdecode(b"spec-\xff.fits")
@@ -136,3 +136,20 @@ def test_a_batch_item_whose_exception_cannot_be_printed_is_recorded_as_failed(da
         "failed",
         "UnprintableError: <str() of the exception failed>",
     )
+
+
+def test_a_batch_item_whose_parameter_no_record_can_hold_fails_alone(database_url, backend, caplog):
+    """One badly named file among many: the others are recorded, and the batch fails naming that one."""
+    names = ["a.fits", UNDECODABLE, "b\x00.fits", "c.fits"]
+    unstorable = {UNDECODABLE} | ({"b\x00.fits"} if backend == "postgresql" else set())
+    batch = EchoBatch(values=names)
+    for attempt in (1, 2):  # the second run finds the others done, and fails again on those alone
+        with caplog.at_level(logging.ERROR, logger="luigi-interface"):
+            result = luigi.build([batch], local_scheduler=True, detailed_summary=True)
+        assert result.status.name == "FAILED", result.summary_text
+        recorded = {row.result["value"] for row in rows() if row.status == "done"}
+        assert recorded == set(names) - unstorable
+        assert not [row for row in rows() if row.status != "done"]
+    assert "astra: parameter 'value' of Echo holds '\\udcff' (at position 5)" in caplog.text
+    assert "it was run but not recorded" in caplog.text
+    assert not batch.complete()

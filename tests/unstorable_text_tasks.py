@@ -45,3 +45,13 @@ class MuteBatch(BatchTask):
 
     def parameter_sets(self) -> list[dict]:
         return [{}]
+
+
+class EchoBatch(BatchTask):
+    """Echo over ``values``, given as JSON (a list of texts)."""
+
+    item_class = Echo
+    values = luigi.ListParameter()
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"value": value} for value in self.values]

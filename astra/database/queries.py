@@ -544,6 +544,24 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
     return dialect(db).record_items(db, tables, status, rows, parameters, links, edges)
 
 
+def unrecordable(items: Sequence[dict]) -> dict[str, str]:
+    """The items of :func:`record_items` that no record can hold (their identity's text cannot be stored), by task
+    hash, each with the reason: a batch leaves them out rather than lose the whole chunk with them."""
+    nul_forbidden = dialect(database()).nul_forbidden
+    try:
+        _check_identities(list(items), nul_forbidden)
+        return {}
+    except text.UnstorableTextError:
+        pass
+    refused = {}
+    for item in items:
+        try:
+            text.check_identity(item, item["parameters"], nul_forbidden, consequence="it was run but not recorded")
+        except text.UnstorableTextError as exc:
+            refused[item["task_hash"]] = str(exc)
+    return refused
+
+
 def _check_identities(items: list[dict], nul_forbidden: bool) -> None:
     """:func:`text.check_identity` for every item, at the cost of one check of all their text when it is fine."""
     whole = "".join(

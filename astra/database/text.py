@@ -41,7 +41,9 @@ def problem(text: str, nul_forbidden: bool) -> str | None:
     return None
 
 
-def check_identity(fields: dict, params: dict[str, str], nul_forbidden: bool) -> None:
+def check_identity(
+    fields: dict, params: dict[str, str], nul_forbidden: bool, consequence: str = "the task was not run"
+) -> None:
     """Raise :class:`UnstorableTextError` if a task's identity text (``fields`` and ``params``) cannot be stored."""
     named = [(f"parameter {name!r}", value) for name, value in params.items()]
     named += [(field, fields[field]) for field in IDENTITY_FIELDS if isinstance(fields.get(field), str)]
@@ -49,7 +51,7 @@ def check_identity(fields: dict, params: dict[str, str], nul_forbidden: bool) ->
         trouble = problem(value, nul_forbidden)
         if trouble is not None:
             raise UnstorableTextError(
-                f"astra: {what} of {fields.get('task_name', 'the task')} holds {trouble}; the task was not run. "
+                f"astra: {what} of {fields.get('task_name', 'the task')} holds {trouble}; {consequence}. "
                 "Pass the value without it (e.g. percent- or base64-encoded)"
             )
 
