@@ -61,6 +61,9 @@ class SQLite:
     #: Whether astra creates its tables when a process first uses them (else schema/astradb/astradb.sql, or
     #: ``astra db init``, by whoever owns the schema).
     creates_tables_on_use = True
+    #: Whether the references of ``task_parameter`` are checked by triggers once per statement (see
+    #: :meth:`check_links_per_statement`) rather than by foreign keys the tables are created with.
+    links_checked_per_statement = False
 
     def table(self, model: type[peewee.Model]) -> str:
         """The name of ``model``'s table as plain SQL writes it."""
@@ -95,6 +98,16 @@ class SQLite:
 
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         """Keep workers out while a schema step runs (the IMMEDIATE transaction of :meth:`atomic` does it)."""
+
+    def check_links_per_statement(self, db: peewee.Database) -> None:
+        """Check the references of ``task_parameter`` once per statement rather than per row (schema 9).
+
+        Nothing to do on SQLite: its foreign keys are checked in this process, at no cost worth saving.
+        """
+
+    def lock_links(self, db: peewee.Database) -> None:
+        """Before deleting tasks or parameters: wait for the transactions writing links, keep new ones out until
+        this transaction ends (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
 
     def columns_sql(self) -> str:
         """A query of (table, column) for every astra table."""
@@ -298,6 +311,7 @@ class PostgreSQL(SQLite):
     nul_forbidden = True
     keeps_nan = True
     creates_tables_on_use = False
+    links_checked_per_statement = True
 
     def table(self, model: type[peewee.Model]) -> str:
         return f"astra.{model._meta.table_name}"
@@ -338,6 +352,16 @@ class PostgreSQL(SQLite):
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         # Workers wait until the step is done; a second `astra db upgrade` finds it done.
         db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+
+    def check_links_per_statement(self, db: peewee.Database) -> None:
+        # Triggers in, then foreign keys out, in the caller's transaction: no moment without a check.
+        db.execute_sql(_LINK_CHECKS)
+        db.execute_sql(_DROP_LINK_KEYS)
+
+    def lock_links(self, db: peewee.Database) -> None:
+        # What deleting a task or a parameter takes anyway (astradb.sql's triggers), taken first: two deletes
+        # that each hold rows of astra.task_parameter would otherwise wait for one another.
+        db.execute_sql("LOCK TABLE astra.task_parameter IN SHARE ROW EXCLUSIVE MODE")
 
     def columns_sql(self) -> str:
         return "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
@@ -799,6 +823,97 @@ def _copy(db, model, fields, kinds, rows) -> None:
     buffer.seek(0)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
     db.cursor().copy_expert(f"COPY {POSTGRESQL.table(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
+
+
+#: The references of ``astra.task_parameter`` as schema 9 checks them: triggers that look at each statement's links
+#: at once, where foreign keys ran a query per link (the same text as in schema/astradb/astradb.sql, which says why
+#: this is safe against concurrent writers; tests/test_links.py checks they agree).
+_LINK_CHECKS = """
+create or replace function astra.task_parameter_check() returns trigger language plpgsql as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        -- This snapshot may predate a delete: lock the rows as a foreign key does, which fails on a deleted one.
+        perform from astra.task as t where t.pk in (select task_pk from new_links) for key share of t;
+        perform from astra.parameter as p where p.pk in (select parameter_pk from new_links) for key share of p;
+    end if;
+    if exists (select from (select distinct task_pk from new_links) as l
+               where not exists (select from astra.task as t where t.pk = l.task_pk)) then
+        raise foreign_key_violation using message = 'astra.task_parameter: a link to a task not in astra.task';
+    end if;
+    if exists (select from (select distinct parameter_pk from new_links) as l
+               where not exists (select from astra.parameter as p where p.pk = l.parameter_pk)) then
+        raise foreign_key_violation
+            using message = 'astra.task_parameter: a link to a parameter not in astra.parameter';
+    end if;
+    return null;
+end $$;
+
+create or replace function astra.task_deleted() returns trigger language plpgsql as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'astra: delete from astra.task in a READ COMMITTED transaction (see astra.task_parameter)'
+            using errcode = 'feature_not_supported';
+    end if;
+    lock table astra.task_parameter in share row exclusive mode;  -- see above: the links of concurrent writers
+    delete from astra.task_parameter as l using old_rows as o where l.task_pk = o.pk;
+    return null;
+end $$;
+
+create or replace function astra.parameter_deleted() returns trigger language plpgsql as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'astra: delete from astra.parameter in a READ COMMITTED transaction (see astra.task_parameter)'
+            using errcode = 'feature_not_supported';
+    end if;
+    lock table astra.task_parameter in share row exclusive mode;  -- see above: the links of concurrent writers
+    if exists (select from astra.task_parameter as l join old_rows as o on l.parameter_pk = o.pk) then
+        raise foreign_key_violation using message = 'astra.parameter: a parameter still linked to a task';
+    end if;
+    return null;
+end $$;
+
+-- A task or parameter keeps its pk, and is truncated only together with astra.task_parameter.
+create or replace function astra.links_kept() returns trigger language plpgsql as $$
+begin
+    if tg_op = 'UPDATE' then
+        raise foreign_key_violation using message = 'astra.' || tg_table_name || ': a pk is never changed';
+    end if;
+    if exists (select from astra.task_parameter) then
+        raise foreign_key_violation
+            using message = 'astra.' || tg_table_name || ': truncate it together with astra.task_parameter';
+    end if;
+    return null;
+end $$;
+
+create or replace trigger task_parameter_inserted after insert on astra.task_parameter
+    referencing new table as new_links for each statement execute function astra.task_parameter_check();
+create or replace trigger task_parameter_updated after update on astra.task_parameter
+    referencing new table as new_links for each statement execute function astra.task_parameter_check();
+create or replace trigger task_deleted after delete on astra.task
+    referencing old table as old_rows for each statement execute function astra.task_deleted();
+create or replace trigger parameter_deleted after delete on astra.parameter
+    referencing old table as old_rows for each statement execute function astra.parameter_deleted();
+create or replace trigger task_pk_kept before update of pk on astra.task
+    for each row when (old.pk <> new.pk) execute function astra.links_kept();
+create or replace trigger parameter_pk_kept before update of pk on astra.parameter
+    for each row when (old.pk <> new.pk) execute function astra.links_kept();
+create or replace trigger task_truncated after truncate on astra.task
+    for each statement execute function astra.links_kept();
+create or replace trigger parameter_truncated after truncate on astra.parameter
+    for each statement execute function astra.links_kept();
+"""
+
+#: The foreign keys of ``astra.task_parameter`` before schema 9, whatever their names.
+_DROP_LINK_KEYS = """
+do $$
+declare name text;
+begin
+    for name in select conname from pg_constraint
+                where conrelid = 'astra.task_parameter'::regclass and contype = 'f' loop
+        execute 'alter table astra.task_parameter drop constraint ' || quote_ident(name);
+    end loop;
+end $$
+"""
 
 
 def _here(status: str) -> dict:
