@@ -464,10 +464,11 @@ class PostgreSQL(SQLite):
         for table, rows, pks in ((task, fresh, task_pks), (parameter, missing, parameter_pks)):
             if not rows:
                 continue
-            # The sequence's name is looked up once, not once per key.
+            # The sequence's name is looked up once (a scalar subquery, which PostgreSQL runs once), not once per
+            # key, which cost ten times more than the key itself.
             cursor = db.execute_sql(
-                "SELECT now(), array_agg(nextval(s.name)) FROM (SELECT pg_get_serial_sequence(%s, 'pk')::regclass "
-                "AS name) AS s, generate_series(1, %s) GROUP BY 1",
+                "SELECT now(), array_agg(nextval((SELECT pg_get_serial_sequence(%s, 'pk')::regclass))) "
+                "FROM generate_series(1, %s)",
                 (table, len(rows)),
             )
             now, keys = cursor.fetchone()
