@@ -961,18 +961,20 @@ def _copy_text_plain(rows: Sequence[Sequence], tail: str) -> str | None:
     """
     if len(set(map(len, rows))) != 1:
         return None  # no rows, or rows of different lengths
+    kinds = [set(map(type, column)) for column in zip(*rows)]
+    if all(kind == {int} for kind in kinds) and set(map(type, rows)) == {tuple}:  # keys: a format does it all
+        return "".join(map(("\t".join(["%d"] * len(kinds)) + tail.replace("%", "%%")).__mod__, rows))
     columns = []
-    for column in zip(*rows):
-        kinds = set(map(type, column))
-        if kinds == {str}:
+    for column, kind in zip(zip(*rows), kinds):
+        if kind == {str}:
             if _needs_escape("".join(column)):
                 return None
             columns.append(column)
-        elif kinds <= {int, float}:
+        elif kind <= {int, float}:
             columns.append(map(str, column))
-        elif kinds == {type(None)}:
+        elif kind == {type(None)}:
             columns.append(("\\N",) * len(column))
-        elif kinds == {str, type(None)}:
+        elif kind == {str, type(None)}:
             if _needs_escape("".join(filter(None, column))):
                 return None
             columns.append(["\\N" if v is None else v for v in column])
