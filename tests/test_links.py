@@ -250,6 +250,37 @@ def test_forget_waits_for_a_recording_in_progress(sessions, postgres_url):
     reset()
 
 
+def test_forgetting_a_task_a_batch_records_again(sessions):
+    """The batch holds the task's row, then writes its links; forget waits for it, then takes them along."""
+    recorder = sessions()
+    recorder.run("update astra.task set status = 'failed', attempts = attempts + 1 where task_hash = 'a'")
+    done = []
+    thread = threading.Thread(target=lambda: done.append(forget([_pk("task", "task_hash", "a")])))
+    thread.start()
+    time.sleep(1.0)
+    recorder.run("insert into astra.parameter (parameter_name, parameter_value, parameter_hash) values ('q', '2', 'q')")
+    recorder.run("insert into astra.task_parameter select t.pk, p.pk from astra.task as t, astra.parameter as p "
+                 "where t.task_hash = 'a' and p.parameter_hash = 'q'")  # fmt: skip
+    assert not done
+    recorder.connection.commit()
+    thread.join(30)
+    assert done and [task.task_hash for task in done[0].tasks] == ["a"]
+    assert [link.task.task_hash for link in TaskParameter.select()] == ["b"]  # a's links, q's too, went with a
+    reset()
+
+
+def test_two_forgets_at_once(sessions):
+    done = []
+    threads = [threading.Thread(target=lambda n=n: done.append(forget([_pk("task", "task_hash", n)]))) for n in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(len(forgotten.tasks) for forgotten in done) == [1, 1]
+    assert Task.select().count() == TaskParameter.select().count() == Parameter.select().count() == 0
+    reset()
+
+
 def test_two_batches_of_overlapping_items_at_once(postgres_url):
     """Two processes record overlapping items with the same parameters at the same time: every link is there."""
     script = (

@@ -105,9 +105,8 @@ class SQLite:
         Nothing to do on SQLite: its foreign keys are checked in this process, at no cost worth saving.
         """
 
-    def lock_links(self, db: peewee.Database) -> None:
-        """Before deleting tasks or parameters: wait for the transactions writing links, keep new ones out until
-        this transaction ends (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
+    def lock_for_forget(self, db: peewee.Database) -> None:
+        """One forget at a time (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
 
     def columns_sql(self) -> str:
         """A query of (table, column) for every astra table."""
@@ -358,10 +357,11 @@ class PostgreSQL(SQLite):
         db.execute_sql(_LINK_CHECKS)
         db.execute_sql(_DROP_LINK_KEYS)
 
-    def lock_links(self, db: peewee.Database) -> None:
-        # What deleting a task or a parameter takes anyway (astradb.sql's triggers), taken first: two deletes
-        # that each hold rows of astra.task_parameter would otherwise wait for one another.
-        db.execute_sql("LOCK TABLE astra.task_parameter IN SHARE ROW EXCLUSIVE MODE")
+    def lock_for_forget(self, db: peewee.Database) -> None:
+        # Deleting tasks locks astra.task_parameter once their links are deleted (astradb.sql's triggers): two
+        # forgets at once would each wait for the other's links. Not that table lock up front, though: a batch
+        # re-recording a task being forgotten would hold the task's row while waiting for it (a deadlock).
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_FORGET_LOCK,))
 
     def columns_sql(self) -> str:
         return "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
@@ -903,6 +903,9 @@ create or replace trigger task_truncated after truncate on astra.task
 create or replace trigger parameter_truncated after truncate on astra.parameter
     for each statement execute function astra.links_kept();
 """
+
+#: The advisory lock a forget holds: a key of astra's own (the bytes of "astrafor").
+_FORGET_LOCK = int.from_bytes(b"astrafor", "big") >> 1
 
 #: The foreign keys of ``astra.task_parameter`` before schema 9, whatever their names.
 _DROP_LINK_KEYS = """

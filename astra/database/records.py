@@ -266,7 +266,7 @@ def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
     try:
         with transaction():
             db = database()
-            dialect(db).lock_links(db)  # before any row: a recording in progress finishes first
+            dialect(db).lock_for_forget(db)
             if cascade:
                 # Again inside the transaction: a dependent recorded since the caller looked is forgotten as well.
                 pks |= downstream(pks)
