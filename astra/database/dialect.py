@@ -20,7 +20,7 @@ import re
 import socket
 import struct
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import peewee
@@ -61,6 +61,9 @@ class SQLite:
     #: Whether astra creates its tables when a process first uses them (else schema/astradb/astradb.sql, or
     #: ``astra db init``, by whoever owns the schema).
     creates_tables_on_use = True
+    #: Whether the references of ``task_parameter`` are checked by triggers once per statement (see
+    #: :meth:`check_links_per_statement`) rather than by foreign keys the tables are created with.
+    links_checked_per_statement = False
 
     def table(self, model: type[peewee.Model]) -> str:
         """The name of ``model``'s table as plain SQL writes it."""
@@ -95,6 +98,15 @@ class SQLite:
 
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         """Keep workers out while a schema step runs (the IMMEDIATE transaction of :meth:`atomic` does it)."""
+
+    def check_links_per_statement(self, db: peewee.Database) -> None:
+        """Check the references of ``task_parameter`` once per statement rather than per row (schema 9).
+
+        Nothing to do on SQLite: its foreign keys are checked in this process, at no cost worth saving.
+        """
+
+    def lock_for_forget(self, db: peewee.Database) -> None:
+        """One forget at a time (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
 
     def columns_sql(self) -> str:
         """A query of (table, column) for every astra table."""
@@ -298,6 +310,7 @@ class PostgreSQL(SQLite):
     nul_forbidden = True
     keeps_nan = True
     creates_tables_on_use = False
+    links_checked_per_statement = True
 
     def table(self, model: type[peewee.Model]) -> str:
         return f"astra.{model._meta.table_name}"
@@ -338,6 +351,17 @@ class PostgreSQL(SQLite):
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         # Workers wait until the step is done; a second `astra db upgrade` finds it done.
         db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+
+    def check_links_per_statement(self, db: peewee.Database) -> None:
+        # Triggers in, then foreign keys out, in the caller's transaction: no moment without a check.
+        db.execute_sql(_LINK_CHECKS)
+        db.execute_sql(_DROP_LINK_KEYS)
+
+    def lock_for_forget(self, db: peewee.Database) -> None:
+        # Deleting tasks locks astra.task_parameter once their links are deleted (astradb.sql's triggers): two
+        # forgets at once would each wait for the other's links. Not that table lock up front, though: a batch
+        # re-recording a task being forgotten would hold the task's row while waiting for it (a deadlock).
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_FORGET_LOCK,))
 
     def columns_sql(self) -> str:
         return "select table_name, column_name from information_schema.columns where table_schema = 'astra'"
@@ -440,10 +464,11 @@ class PostgreSQL(SQLite):
         for table, rows, pks in ((task, fresh, task_pks), (parameter, missing, parameter_pks)):
             if not rows:
                 continue
-            # The sequence's name is looked up once, not once per key.
+            # The sequence's name is looked up once (a scalar subquery, which PostgreSQL runs once), not once per
+            # key, which cost ten times more than the key itself.
             cursor = db.execute_sql(
-                "SELECT now(), array_agg(nextval(s.name)) FROM (SELECT pg_get_serial_sequence(%s, 'pk')::regclass "
-                "AS name) AS s, generate_series(1, %s) GROUP BY 1",
+                "SELECT now(), array_agg(nextval((SELECT pg_get_serial_sequence(%s, 'pk')::regclass))) "
+                "FROM generate_series(1, %s)",
                 (table, len(rows)),
             )
             now, keys = cursor.fetchone()
@@ -801,6 +826,102 @@ def _copy(db, model, fields, kinds, rows) -> None:
     db.cursor().copy_expert(f"COPY {POSTGRESQL.table(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
 
 
+#: The references of ``astra.task_parameter`` as schema 9 checks them: triggers that look at each statement's links
+#: at once, where foreign keys ran a query per link (the same text as in schema/astradb/astradb.sql, which says why
+#: this is safe against concurrent writers; tests/test_links.py checks they agree).
+_LINK_CHECKS = """
+create or replace function astra.task_parameter_check() returns trigger language plpgsql as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        -- This snapshot may predate a delete: lock the rows as a foreign key does, which fails on a deleted one.
+        perform from astra.task as t where t.pk in (select task_pk from new_links) for key share of t;
+        perform from astra.parameter as p where p.pk in (select parameter_pk from new_links) for key share of p;
+    end if;
+    -- One index probe per key, written so that no plan can scan the whole table instead: the plan is kept for
+    -- the session, and the statement that made it may have had a thousand times fewer or more links.
+    if exists (select from (select distinct task_pk from new_links) as l
+               where (select t.pk from astra.task as t where t.pk = l.task_pk) is null) then
+        raise foreign_key_violation using message = 'astra.task_parameter: a link to a task not in astra.task';
+    end if;
+    if exists (select from (select distinct parameter_pk from new_links) as l
+               where (select p.pk from astra.parameter as p where p.pk = l.parameter_pk) is null) then
+        raise foreign_key_violation
+            using message = 'astra.task_parameter: a link to a parameter not in astra.parameter';
+    end if;
+    return null;
+end $$;
+
+create or replace function astra.task_deleted() returns trigger language plpgsql as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'astra: delete from astra.task in a READ COMMITTED transaction (see astra.task_parameter)'
+            using errcode = 'feature_not_supported';
+    end if;
+    lock table astra.task_parameter in share row exclusive mode;  -- see above: the links of concurrent writers
+    delete from astra.task_parameter where task_pk = any (array(select pk from old_rows));  -- by its index
+    return null;
+end $$;
+
+create or replace function astra.parameter_deleted() returns trigger language plpgsql as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'astra: delete from astra.parameter in a READ COMMITTED transaction (see astra.task_parameter)'
+            using errcode = 'feature_not_supported';
+    end if;
+    lock table astra.task_parameter in share row exclusive mode;  -- see above: the links of concurrent writers
+    if exists (select from astra.task_parameter where parameter_pk = any (array(select pk from old_rows))) then
+        raise foreign_key_violation using message = 'astra.parameter: a parameter still linked to a task';
+    end if;
+    return null;
+end $$;
+
+-- A task or parameter keeps its pk, and is truncated only together with astra.task_parameter.
+create or replace function astra.links_kept() returns trigger language plpgsql as $$
+begin
+    if tg_op = 'UPDATE' then
+        raise foreign_key_violation using message = 'astra.' || tg_table_name || ': a pk is never changed';
+    end if;
+    if exists (select from astra.task_parameter) then
+        raise foreign_key_violation
+            using message = 'astra.' || tg_table_name || ': truncate it together with astra.task_parameter';
+    end if;
+    return null;
+end $$;
+
+create or replace trigger task_parameter_inserted after insert on astra.task_parameter
+    referencing new table as new_links for each statement execute function astra.task_parameter_check();
+create or replace trigger task_parameter_updated after update on astra.task_parameter
+    referencing new table as new_links for each statement execute function astra.task_parameter_check();
+create or replace trigger task_deleted after delete on astra.task
+    referencing old table as old_rows for each statement execute function astra.task_deleted();
+create or replace trigger parameter_deleted after delete on astra.parameter
+    referencing old table as old_rows for each statement execute function astra.parameter_deleted();
+create or replace trigger task_pk_kept before update of pk on astra.task
+    for each row when (old.pk <> new.pk) execute function astra.links_kept();
+create or replace trigger parameter_pk_kept before update of pk on astra.parameter
+    for each row when (old.pk <> new.pk) execute function astra.links_kept();
+create or replace trigger task_truncated after truncate on astra.task
+    for each statement execute function astra.links_kept();
+create or replace trigger parameter_truncated after truncate on astra.parameter
+    for each statement execute function astra.links_kept();
+"""
+
+#: The advisory lock a forget holds: a key of astra's own (the bytes of "astrafor").
+_FORGET_LOCK = int.from_bytes(b"astrafor", "big") >> 1
+
+#: The foreign keys of ``astra.task_parameter`` before schema 9, whatever their names.
+_DROP_LINK_KEYS = """
+do $$
+declare name text;
+begin
+    for name in select conname from pg_constraint
+                where conrelid = 'astra.task_parameter'::regclass and contype = 'f' loop
+        execute 'alter table astra.task_parameter drop constraint ' || quote_ident(name);
+    end loop;
+end $$
+"""
+
+
 def _here(status: str) -> dict:
     return {"status": status, "host": socket.gethostname(), "pid": os.getpid()}
 
@@ -820,17 +941,55 @@ _STAGING = (
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_text(rows: Iterable[Sequence], same: Sequence = ()) -> io.StringIO:
+def _copy_text(rows: Sequence[Sequence], same: Sequence = ()) -> io.StringIO:
     """``rows``, each followed by the values ``same``, in COPY's text format (tab-separated, ``\\N`` for NULL)."""
-    escapes = _COPY_ESCAPES
-    # Written out inline rather than a function per value: this runs for every value of a million items.
     tail = "".join(["\t" + _copy_value(value) for value in same]) + "\n"
-    lines = [
-        "\t".join([v.translate(escapes) if v.__class__ is str else "\\N" if v is None else _copy_value(v) for v in row])
-        + tail
-        for row in rows
-    ]
-    return io.StringIO("".join(lines))
+    text = _copy_text_plain(rows, tail)
+    if text is None:
+        escapes = _COPY_ESCAPES
+        lines = [
+            "\t".join(
+                [v.translate(escapes) if v.__class__ is str else "\\N" if v is None else _copy_value(v) for v in row]
+            )
+            + tail
+            for row in rows
+        ]
+        text = "".join(lines)
+    return io.StringIO(text)
+
+
+def _copy_text_plain(rows: Sequence[Sequence], tail: str) -> str | None:
+    """:func:`_copy_text`'s text where no value needs an escape (the usual case), else None.
+
+    A column at a time, so that the work per value is done by ``map`` and ``join``: this runs for every value of
+    a million items. Numbers never need an escape; text is looked through once, a column at a time.
+    """
+    if len(set(map(len, rows))) != 1:
+        return None  # no rows, or rows of different lengths
+    kinds = [set(map(type, column)) for column in zip(*rows)]
+    if all(kind == {int} for kind in kinds) and set(map(type, rows)) == {tuple}:  # keys: a format does it all
+        return "".join(map(("\t".join(["%d"] * len(kinds)) + tail.replace("%", "%%")).__mod__, rows))
+    columns = []
+    for column, kind in zip(zip(*rows), kinds):
+        if kind == {str}:
+            if _needs_escape("".join(column)):
+                return None
+            columns.append(column)
+        elif kind <= {int, float}:
+            columns.append(map(str, column))
+        elif kind == {type(None)}:
+            columns.append(("\\N",) * len(column))
+        elif kind == {str, type(None)}:
+            if _needs_escape("".join(filter(None, column))):
+                return None
+            columns.append(["\\N" if v is None else v for v in column])
+        else:
+            return None
+    return tail.join(map("\t".join, zip(*columns))) + tail
+
+
+def _needs_escape(text: str) -> bool:
+    return "\\" in text or "\t" in text or "\n" in text or "\r" in text
 
 
 def _copy_value(value: object) -> str:

@@ -114,11 +114,25 @@ class Parameter(BaseModel):
     parameter_hash = TextField(unique=True)
 
 
+class LinkField(ForeignKeyField):
+    """A reference of ``task_parameter``: a foreign key on SQLite; on PostgreSQL a column that triggers check once
+    per statement (schema 9, see :meth:`astra.database.dialect.PostgreSQL.check_links_per_statement`), so the
+    table is created without the constraint there."""
+
+    @property
+    def deferred(self) -> bool:  # peewee creates the constraint of a foreign key with the table unless deferred
+        return dialect(self.model._meta.database).links_checked_per_statement
+
+    @deferred.setter
+    def deferred(self, value) -> None:
+        pass  # set by ForeignKeyField.__init__; the dialect decides
+
+
 class TaskParameter(BaseModel):
     """Which parameters a task was given."""
 
-    task = ForeignKeyField(Task, column_name="task_pk", on_delete="CASCADE", backref="task_parameters", index=False)
-    parameter = ForeignKeyField(Parameter, column_name="parameter_pk", backref="task_parameters")
+    task = LinkField(Task, column_name="task_pk", on_delete="CASCADE", backref="task_parameters", index=False)
+    parameter = LinkField(Parameter, column_name="parameter_pk", backref="task_parameters")
 
     class Meta:
         primary_key = CompositeKey("task", "parameter")

@@ -539,7 +539,8 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
                 key = hashes[pair] = parameter_hash(*pair)
                 parameters[key] = (*pair, key)
             links.append((task_hash, key))
-        edges.extend((task_hash, required) for required in item["requires"])
+        if item["requires"]:  # no generator for an item that requires nothing (0.3 us of ~30 per item)
+            edges.extend((task_hash, required) for required in item["requires"])
     tables = tuple(_table(m, db) for m in (Task, Parameter, TaskParameter, Dependency))
     return dialect(db).record_items(db, tables, status, rows, parameters, links, edges)
 

@@ -265,6 +265,8 @@ def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
     pks = set(pks)
     try:
         with transaction():
+            db = database()
+            dialect(db).lock_for_forget(db)
             if cascade:
                 # Again inside the transaction: a dependent recorded since the caller looked is forgotten as well.
                 pks |= downstream(pks)

@@ -73,6 +73,11 @@ def _legacy(text: str) -> object:
         return text  # not JSON at all: keep the text itself, as a JSON string
 
 
+def _links_per_statement(db: peewee.Database) -> None:
+    """Triggers rather than foreign keys for the references of task_parameter, where the dialect wants them."""
+    dialect(db).check_links_per_statement(db)
+
+
 #: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
 STEPS: list[Step] = [
     Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),  # 2
@@ -82,6 +87,7 @@ STEPS: list[Step] = [
     add_column(Dependency.dynamic),  # 6
     add_column(Task.slurm_job_id),  # 7
     add_column(Task.slurm_node),  # 8
+    Step("task_parameter's references checked per statement, not per row (PostgreSQL)", _links_per_statement),  # 9
 ]
 
 #: The schema this astra reads and writes.
