@@ -143,7 +143,7 @@ def test_a_batch_item_whose_parameter_no_record_can_hold_fails_alone(database_ur
     names = ["a.fits", UNDECODABLE, "b\x00.fits", "c.fits"]
     unstorable = {UNDECODABLE} | ({"b\x00.fits"} if backend == "postgresql" else set())
     batch = EchoBatch(values=names)
-    for attempt in (1, 2):  # the second run finds the others done, and fails again on those alone
+    for _run in (1, 2):  # the second run finds the others done, and fails again on those alone
         with caplog.at_level(logging.ERROR, logger="luigi-interface"):
             result = luigi.build([batch], local_scheduler=True, detailed_summary=True)
         assert result.status.name == "FAILED", result.summary_text

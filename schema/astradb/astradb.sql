@@ -144,19 +144,30 @@ begin
     return null;
 end $$;
 
-create or replace trigger task_parameter_inserted after insert on astra.task_parameter
+-- In one transaction: no statement finds the links unchecked between a drop and its create.
+begin;
+drop trigger if exists task_parameter_inserted on astra.task_parameter;
+create trigger task_parameter_inserted after insert on astra.task_parameter
     referencing new table as new_links for each statement execute function astra.task_parameter_check();
-create or replace trigger task_parameter_updated after update on astra.task_parameter
+drop trigger if exists task_parameter_updated on astra.task_parameter;
+create trigger task_parameter_updated after update on astra.task_parameter
     referencing new table as new_links for each statement execute function astra.task_parameter_check();
-create or replace trigger task_deleted after delete on astra.task
+drop trigger if exists task_deleted on astra.task;
+create trigger task_deleted after delete on astra.task
     referencing old table as old_rows for each statement execute function astra.task_deleted();
-create or replace trigger parameter_deleted after delete on astra.parameter
+drop trigger if exists parameter_deleted on astra.parameter;
+create trigger parameter_deleted after delete on astra.parameter
     referencing old table as old_rows for each statement execute function astra.parameter_deleted();
-create or replace trigger task_pk_kept before update of pk on astra.task
+drop trigger if exists task_pk_kept on astra.task;
+create trigger task_pk_kept before update of pk on astra.task
     for each row when (old.pk <> new.pk) execute function astra.links_kept();
-create or replace trigger parameter_pk_kept before update of pk on astra.parameter
+drop trigger if exists parameter_pk_kept on astra.parameter;
+create trigger parameter_pk_kept before update of pk on astra.parameter
     for each row when (old.pk <> new.pk) execute function astra.links_kept();
-create or replace trigger task_truncated after truncate on astra.task
+drop trigger if exists task_truncated on astra.task;
+create trigger task_truncated after truncate on astra.task
     for each statement execute function astra.links_kept();
-create or replace trigger parameter_truncated after truncate on astra.parameter
+drop trigger if exists parameter_truncated on astra.parameter;
+create trigger parameter_truncated after truncate on astra.parameter
     for each statement execute function astra.links_kept();
+commit;
