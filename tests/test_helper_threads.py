@@ -44,4 +44,3 @@ def test_one_thread_beats_every_claim_of_the_process(database_url):
     stopped = {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
     time.sleep(0.3)
     assert stopped == {c.task.task_id: Task.get(Task.task_hash == task_hash(c.task)).heartbeat for c in claims}
-
