@@ -82,3 +82,16 @@ def test_a_session_that_has_the_statement_already_runs_it(postgres_url):
     for statement in statements:  # ... but whose session has them, as a pooler's may
         database().execute_sql(statement.prepare)
     assert isinstance(queries.claim(fields("b"), {"name": "b"}, 60), queries.Attempt)
+
+
+def test_a_finish_in_a_transaction_needs_nothing_prepared_in_the_session(postgres_url):
+    """Inside a transaction (a task's own rows with its record) a missing statement would abort the transaction:
+    there the finish is sent as a plain statement, whatever the session holds (a pooler's may hold nothing)."""
+    first = queries.claim(fields("a"), {"name": "a"}, 60)
+    second = queries.claim(fields("b"), {"name": "b"}, 60)
+    queries.finish(first, {"ok": 1}, 0.1, [])  # the finish is prepared on this connection now
+    database().execute_sql("DISCARD ALL")  # ... and gone from the session, without astra knowing
+    with queries.transaction():
+        queries.finish(second, {"ok": 2}, 0.1, [])
+    assert queries.done_hashes([fields("b")["task_hash"]]) == {fields("b")["task_hash"]}
+    assert database().execute_sql("select count(*) from pg_prepared_statements").fetchone()[0] == 0

@@ -651,47 +651,41 @@ class Prepared:
     """A PostgreSQL statement planned once per connection (``PREPARE``), then only executed.
 
     Planning the claim's CTEs takes about as long as running them. The statement is prepared in the same message
-    as its first execution on each connection, so a new connection (after a reconnect) prepares it again.
+    as its first execution on each connection, so a new connection (after a reconnect) prepares it again. Only
+    outside a transaction: there, if the session turns out not to have it (``DISCARD ALL``, a pooler that handed
+    over another session) or to have it already, the statement is simply sent again the other way; inside one, such
+    an error would abort the transaction and lose what it wrote, so the plain statement is sent instead.
     """
 
     def __init__(self, sql: str) -> None:
+        self.sql = sql
         self.names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
         positional = re.sub(r"%\((\w+)\)s", lambda m: f"${self.names.index(m.group(1)) + 1}", sql)
         self.name = "astra_" + hashlib.sha1(positional.encode()).hexdigest()[:16]
         self.prepare = f"PREPARE {self.name} AS {positional}"
         self.run = f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.names))})"
-        #: The connections (psycopg2's) on which the statement is prepared.
+        #: The connections (psycopg2's) on which the statement is known to be prepared.
         self.connections: weakref.WeakSet = weakref.WeakSet()
-        #: Those on which preparing it failed: the PREPARE stays when the EXECUTE after it fails (a cancel, a
-        #: deadlock, a timeout), so whether it is there only the session knows.
-        self.uncertain: weakref.WeakSet = weakref.WeakSet()
 
     def execute(self, db: peewee.Database, params: dict, before: str = ""):
         """Run the statement with ``params`` (by name) after the statement ``before``; the cursor."""
+        if db.in_transaction():
+            return db.execute_sql("; ".join(filter(None, (before, self.sql))), params)
         values = tuple(params[name] for name in self.names)
         connection = db.connection()
-        if connection in self.uncertain:
-            found = db.execute_sql("SELECT 1 FROM pg_prepared_statements WHERE name = %s", (self.name,)).fetchone()
-            if found and db.connection() is connection:
-                self.connections.add(connection)
-            self.uncertain.discard(connection)
-        if connection in self.connections:
-            try:
-                return db.execute_sql("; ".join(filter(None, (before, self.run))), values)
-            except peewee.DatabaseError as exc:
-                # The server forgot it (DISCARD ALL, or a pooler that handed over another session): prepare again.
-                driver = exc.__context__  # psycopg2's error, which peewee's replaced
-                if getattr(driver, "pgcode", None) != "26000" or db.in_transaction():
-                    raise
+        prepared = connection in self.connections
         try:
-            cursor = db.execute_sql("; ".join(filter(None, (before, self.prepare, self.run))), values)
-        except BaseException as exc:
-            self.uncertain.add(connection)
-            # The session has it already (a pooler that handed over a session where it was prepared): run it.
-            if getattr(exc.__context__, "pgcode", None) != "42P05" or db.in_transaction():
+            sql = (before, self.run) if prepared else (before, self.prepare, self.run)
+            cursor = db.execute_sql("; ".join(filter(None, sql)), values)
+        except peewee.DatabaseError as exc:
+            # Not there after all (26000), or there already (42P05; a PREPARE stays even when the EXECUTE sent with
+            # it fails): the other way. Anything else is the statement's own error.
+            self.connections.discard(connection)
+            code = getattr(exc.__context__, "pgcode", None)  # psycopg2's error, which peewee's replaced
+            if code not in ("26000", "42P05") or db.in_transaction():
                 raise
-            cursor = db.execute_sql("; ".join(filter(None, (before, self.run))), values)
-            self.uncertain.discard(connection)
+            sql = (before, self.prepare, self.run) if code == "26000" else (before, self.run)
+            cursor = db.execute_sql("; ".join(filter(None, sql)), values)
         self.connections.add(db.connection())
         return cursor
 
