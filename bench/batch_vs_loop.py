@@ -11,6 +11,7 @@ included, the same for every kind), so luigi's start-up and astra's bookkeeping 
 - loop, astropy: ``[signal_to_noise(*read_spectrum(p, reader="astropy")) for p in paths]``, the anchor (what
   ``read_spectrum`` was before fitsio);
 - loop, fitsio: the same loop with ``read_spectrum``'s default reader;
+- loop, fitsio, all of EstimateSNR's outputs: that loop computing the wavelength range too, as the batch's items do;
 - ``luigi --module workflows EstimateSNRBatch --spectra-dir DIR --local-scheduler [--processes 2]`` on a fresh
   SQLite file and on a fresh PostgreSQL database ($ASTRA_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432,
   where it creates and drops astra_bench_batch); the batch records each spectrum as an EstimateSNR task with its
@@ -46,6 +47,18 @@ from workflows.formats import read_spectrum, signal_to_noise
 paths = sorted(glob.glob(os.path.join(sys.argv[1], "*.fits")))
 snrs = [signal_to_noise(*read_spectrum(path, reader=sys.argv[2]))[0] for path in paths]
 assert len(snrs) == len(paths)
+"""
+
+#: The loop doing all that EstimateSNR.run() does: the signal-to-noise ratio and the wavelength range.
+LOOP_ALL = """
+import glob, os, sys
+from workflows.formats import load_spectrum, signal_to_noise, wavelength_range
+paths = sorted(glob.glob(os.path.join(sys.argv[1], "*.fits")))
+rows = []
+for path in paths:
+    s = load_spectrum(path)
+    rows.append((*signal_to_noise(s.flux, s.ivar, s.mask), *wavelength_range(s.wavelength, s.flux, s.ivar, s.mask)))
+assert len(rows) == len(paths)
 """
 
 PREPARE = """
@@ -132,14 +145,16 @@ def load() -> str:
 
 def compare(directory: Path, count: int, repeat: int, backends: list[str], workdir: Path) -> None:
     kinds = [("loop, astropy reader (anchor)", "loop", "astropy"), ("loop, fitsio reader", "loop", "")]
+    kinds += [("loop, fitsio reader, all of EstimateSNR's outputs", "loop-all", "")]
     for backend in backends:
         kinds += [(f"EstimateSNRBatch, {backend}, 1 process", backend, 1)]
         kinds += [(f"EstimateSNRBatch, {backend}, --processes 2", backend, 2)]
     runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name, _, _ in kinds}
     for turn in range(repeat):
         for name, what, how in kinds:  # interleaved, so a busy moment of the machine is spread over every kind
-            if what == "loop":
-                seconds, cpu = timed([sys.executable, "-c", LOOP, str(directory), how], "", workdir)
+            if what.startswith("loop"):
+                script = LOOP if what == "loop" else LOOP_ALL
+                seconds, cpu = timed([sys.executable, "-c", script, str(directory), how], "", workdir)
             else:
                 url = fresh_database(what, workdir)
                 seconds, cpu = timed(batch_command(directory, how), url, workdir)
