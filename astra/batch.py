@@ -231,7 +231,7 @@ class BatchTask(luigi.Task):
             logger.warning("%s: working in one process: the pool cannot rebuild the batch (%s)", self.task_id, exc)
             yield from self._work_here(model, total)
             return
-        initargs = (spec, _env(), os.getcwd(), config.command_line())
+        initargs = (spec, _env(), os.getcwd(), config.command_line(), config.luigi_config())
         pool = ProcessPoolExecutor(processes, mp_context=_context(self), initializer=_start_worker, initargs=initargs)
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
@@ -414,7 +414,9 @@ def _env() -> dict[str, str | None]:
     return {config.DATABASE_URL_ENV: config.database_url() or None}
 
 
-def _start_worker(spec: bytes, env: dict[str, str | None], directory: str, command_line: dict | None = None) -> None:
+def _start_worker(
+    spec: bytes, env: dict[str, str | None], directory: str, command_line: dict | None, luigi_config: dict | None
+) -> None:
     """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
     global _worker_batch
     os.chdir(directory)  # a fork of the server is where the server started: relative paths must mean the same here
@@ -424,6 +426,7 @@ def _start_worker(spec: bytes, env: dict[str, str | None], directory: str, comma
         else:
             os.environ[name] = value
     config.adopt_command_line(command_line)  # the item parameters it sets decide identities
+    config.adopt_luigi_config(luigi_config)  # so does luigi's configuration, as a script may have changed it
     # Close the connection as the process ends (a pool process does not run atexit), so the server sees a goodbye.
     multiprocessing.util.Finalize(None, close_thread_connection, exitpriority=10)
     cls, kwargs = pickle.loads(spec)

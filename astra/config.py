@@ -125,6 +125,28 @@ def adopt_command_line(values: dict | None) -> None:
     CmdlineParser._instance = parser
 
 
+def luigi_config() -> dict[str, dict[str, str]] | None:
+    """luigi's configuration as this process has it: its files, and whatever a script set in memory since.
+
+    It decides the parameters a task is not given, and so identities, like the command line: a pool process must
+    see it too (:func:`adopt_luigi_config`). None for luigi's TOML parser, which keeps no in-memory changes apart.
+    """
+    parser = luigi.configuration.get_config()
+    if isinstance(getattr(parser, "data", None), dict):
+        return None
+    return {section: dict(parser.items(section, raw=True)) for section in parser.sections()}
+
+
+def adopt_luigi_config(sections: dict[str, dict[str, str]] | None) -> None:
+    """In a new interpreter: luigi's configuration as :func:`luigi_config` gave it, over what its files say."""
+    parser = luigi.configuration.get_config()
+    for section, options in (sections or {}).items():
+        if not parser.has_section(section):
+            parser.add_section(section)
+        for option, value in options.items():
+            parser.set(section, option, value)
+
+
 class SchedulerNotReady(SystemExit):
     """The luigi command cannot use the scheduler it would use; a SystemExit so that it stops with one line.
 

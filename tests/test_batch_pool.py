@@ -145,3 +145,16 @@ def test_a_pool_works_the_items_with_the_values_given_on_the_luigi_command_line(
     assert ran.returncode == 0, ran.stdout
     assert [Measure(star=star, band="r").complete() for star in range(5)] == [True] * 5
     assert [Measure(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
+
+
+def test_a_pool_works_the_items_with_the_configuration_a_script_set(database_url):
+    """A script may set luigi's configuration in memory (``[Measure] band = r``): the pool processes must work the
+    items with it, as this process identifies them, or they would record other items as done."""
+    config = luigi.configuration.get_config()
+    config.set("Measure", "band", "r")
+    try:
+        assert luigi.build([Stars(stars=5, processes=2)], local_scheduler=True, log_level="WARNING")
+    finally:
+        config.remove_section("Measure")
+    assert [Measure(star=star, band="r").complete() for star in range(5)] == [True] * 5
+    assert [Measure(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
