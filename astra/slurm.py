@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING
 import luigi
 from luigi.task_register import load_task
 
-from astra.config import DATABASE_URL_ENV, adopt_command_line, command_line, database_url, settings
+from astra.config import (
+    DATABASE_URL_ENV,
+    adopt_command_line,
+    adopt_luigi_config,
+    command_line,
+    database_url,
+    luigi_config,
+    settings,
+)
 from astra.database import queries
 
 if TYPE_CHECKING:
@@ -368,6 +376,7 @@ def _spec(task: luigi.Task) -> dict:
         "astra": {name: str(getattr(config, name)) for name, _ in config.get_params() if name != "executor"},
         "database_url": database_url(),  # as this process resolved it (command line, environment, luigi.cfg)
         "command_line": command_line(),  # it decides parameters not given, of the tasks below and of batch items
+        "luigi_config": luigi_config(),  # so does luigi's configuration, which a script may have set in memory
     }
 
 
@@ -410,6 +419,7 @@ def main(argv: list[str]) -> int:
     global _in_job
     _in_job = True
     spec = json.loads(argv[0])
+    adopt_luigi_config(spec.get("luigi_config"))
     config = luigi.configuration.get_config()
     for name, value in spec["astra"].items():
         config.set("astra", name, value)

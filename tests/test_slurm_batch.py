@@ -106,3 +106,26 @@ def test_a_batch_array_works_the_items_with_the_values_given_on_the_luigi_comman
     assert ran.returncode == 0, ran.stdout[-3000:]
     assert [Measure(star=star, band="r").complete() for star in range(3)] == [True] * 3
     assert [Measure(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"
+
+
+def test_a_batch_array_works_the_items_with_the_configuration_a_script_set(slurm_cluster, postgres_url, tmp_path):
+    """A script that sets luigi's configuration in memory (``[Measure] band = r``) and submits a batch array: the
+    jobs must work the items with it, as the submitting process identifies them."""
+    from tests.batch_tasks import Measure
+
+    script = f"""
+import luigi
+from tests.batch_pool_tasks import Stars
+config = luigi.configuration.get_config()
+for section, option, value in [("Measure", "band", "r"), ("astra", "executor", "slurm"),
+                               ("slurm", "log_dir", {str(tmp_path / "logs")!r}), ("slurm", "poll", "0.2")]:
+    config.set(section, option, value)
+assert luigi.build([Stars(stars=3, jobs=1)], local_scheduler=True)
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env({"ASTRA_DATABASE_URL": postgres_url}), cwd=REPO,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert [Measure(star=star, band="r").complete() for star in range(3)] == [True] * 3
+    assert [Measure(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"
