@@ -37,7 +37,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-POSTGRES = os.environ.get("ASTRA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.run import POSTGRES, admin  # noqa: E402
+
 DATABASE = "astra_bench_batch"
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 
@@ -90,18 +94,6 @@ def spectra(count: int, cache: Path | None) -> Path:
 def env(url: str = "") -> dict:
     paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)), "ASTRA_DATABASE_URL": url}
-
-
-def admin(*statements: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(f"{POSTGRES}/postgres")
-    connection.autocommit = True
-    try:
-        for statement in statements:
-            connection.cursor().execute(statement)
-    finally:
-        connection.close()
 
 
 def fresh_database(backend: str, workdir: Path) -> str:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.run import Bench, machine  # noqa: E402
+from bench.run import Bench, admin, machine  # noqa: E402
 
 CHUNK = 5000
 
@@ -235,7 +235,7 @@ def recording(bench: Bench, n: int, done_items: int, profile: bool) -> None:
     url = r.fresh_postgres("astra_bench_recording")
     line("anchor: INSERT of the same rows (execute_values)", "PostgreSQL", r.run("insert", n, url), n)
     markers = min(n, 200)  # a new connection per touch: a thousand take a minute
-    bench.admin("drop table if exists table_updates", database="astra_bench_luigi")
+    admin("drop table if exists table_updates", database="astra_bench_luigi")
     line(f"anchor: luigi PostgresTarget.touch() ({markers:,} items)", "PostgreSQL",
          r.run("postgres-target", markers, url), markers)  # fmt: skip
     url = r.fresh_sqlite("recording")

@@ -116,33 +116,35 @@ def measure(what: str, kind: str, n: int) -> dict:
 # Orchestration.
 
 
+def admin(*statements: str, database: str = "postgres") -> None:
+    """Run ``statements`` on ``database`` of the benchmark's PostgreSQL server, each committed at once."""
+    import psycopg2
+
+    connection = psycopg2.connect(f"{POSTGRES}/{database}")
+    connection.autocommit = True
+    try:
+        for statement in statements:
+            connection.cursor().execute(statement)
+    finally:
+        connection.close()
+
+
 class Bench:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.databases: list[str] = []
 
-    def admin(self, *statements: str, database: str = "postgres") -> None:
-        import psycopg2
-
-        connection = psycopg2.connect(f"{POSTGRES}/{database}")
-        connection.autocommit = True
-        try:
-            for statement in statements:
-                connection.cursor().execute(statement)
-        finally:
-            connection.close()
-
     def new_postgres(self, name: str, astra_schema: bool) -> str:
-        self.admin(f"drop database if exists {name} with (force)", f"create database {name}")
+        admin(f"drop database if exists {name} with (force)", f"create database {name}")
         self.databases.append(name)
         if astra_schema:
-            self.admin((REPO / "schema" / "astradb" / "astradb.sql").read_text(), database=name)
+            admin((REPO / "schema" / "astradb" / "astradb.sql").read_text(), database=name)
         return f"{POSTGRES}/{name}"
 
     def drop_all(self) -> None:
         wait_for_postgres()
         for name in self.databases:
-            self.admin(f"drop database if exists {name} with (force)")
+            admin(f"drop database if exists {name} with (force)")
 
     def env(self, kind: str, astra_url: str) -> dict:
         host = POSTGRES.split("://", 1)[1]
@@ -318,7 +320,7 @@ def all_done(bench: Bench, n: int, urls: dict) -> None:
     for i in range(n):
         (bench.workdir / "local" / f"{i}.txt").write_text("done\n")
     (bench.workdir / "local" / f"root-{n}.txt").write_text("done\n")
-    bench.admin(
+    admin(
         "create table if not exists table_updates (update_id text primary key, target_table text, "
         "inserted timestamp default now())",
         "truncate table_updates",
@@ -413,8 +415,8 @@ def cold(bench: Bench, n: int, repeat: int, urls: dict) -> None:
 
     def reset(kind: str) -> None:
         shutil.rmtree(bench.workdir / "local", ignore_errors=True)
-        bench.admin("drop table if exists table_updates", database=f"{DB}_luigi")
-        bench.admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
+        admin("drop table if exists table_updates", database=f"{DB}_luigi")
+        admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
         sqlite = bench.workdir / "astra.db"
         for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
             path.unlink(missing_ok=True)
@@ -427,8 +429,8 @@ def _reset_cold(bench: Bench, kind: str) -> None:
     """Nothing done: no files, no marker table, empty astra tables (PostgreSQL) and no SQLite file."""
     shutil.rmtree(bench.workdir / "local", ignore_errors=True)
     (bench.workdir / "local").mkdir()
-    bench.admin("drop table if exists table_updates", database=f"{DB}_luigi")
-    bench.admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
+    admin("drop table if exists table_updates", database=f"{DB}_luigi")
+    admin("truncate astra.task, astra.parameter, astra.task_parameter, astra.dependency", database=DB)
     sqlite = bench.workdir / "astra.db"
     for path in (sqlite, sqlite.with_name("astra.db-wal"), sqlite.with_name("astra.db-shm")):
         path.unlink(missing_ok=True)
@@ -555,7 +557,7 @@ def with_outputs(bench: Bench, n: int, repeat: int) -> None:
 
     def fresh(kind: str) -> None:
         bench.new_postgres(f"{DB}_outputs", astra_schema=True)
-        bench.admin(*output_tables.ddl([tasks.Fit]), database=f"{DB}_outputs")
+        admin(*output_tables.ddl([tasks.Fit]), database=f"{DB}_outputs")
 
     url = f"{POSTGRES}/{DB}_outputs"
     runs: dict[str, list[dict]] = {"scale-cold": [], "outputs-cold": []}
