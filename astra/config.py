@@ -75,8 +75,8 @@ _read: tuple[tuple, astra] | None = None
 def _settings_key() -> tuple:
     """Everything :class:`astra` is read from: the ``[astra]`` section of luigi.cfg and ``--astra-*`` options."""
     parser, section = luigi.configuration.get_config(), astra.get_task_family()
-    toml = getattr(parser, "data", None)  # luigi's TOML parser keeps its sections there, not in ConfigParser's
-    if isinstance(toml, dict):
+    toml = _toml_sections(parser)
+    if toml is not None:
         stored = repr(toml.get(section))
     else:
         stored = tuple(parser.items(section)) if parser.has_section(section) else ()
@@ -86,6 +86,12 @@ def _settings_key() -> tuple:
 
 
 _NAMES = astra.get_param_names()
+
+
+def _toml_sections(parser: object) -> dict | None:
+    """The sections of luigi's TOML parser, which keeps them apart from ConfigParser's; None for the ini parser."""
+    sections = getattr(parser, "data", None)
+    return sections if isinstance(sections, dict) else None
 
 
 def database_url() -> str:
@@ -132,7 +138,7 @@ def luigi_config() -> dict[str, dict[str, str]] | None:
     see it too (:func:`adopt_luigi_config`). None for luigi's TOML parser, which keeps no in-memory changes apart.
     """
     parser = luigi.configuration.get_config()
-    if isinstance(getattr(parser, "data", None), dict):
+    if _toml_sections(parser) is not None:
         return None
     return {section: dict(parser.items(section, raw=True)) for section in parser.sections()}
 

@@ -135,6 +135,13 @@ def _identity(task: luigi.Task, requires: list[str]) -> dict:
     }
 
 
+def requirements(task: luigi.Task) -> object:
+    """What ``task.requires()`` gives; for a batch item, what it gave when the item was identified (:func:`items`),
+    so that its ``input()`` uses those very tasks rather than making them again."""
+    kept = task.__dict__.get("_astra_required_tasks")
+    return task.requires() if kept is None else kept
+
+
 def required_hashes(task: luigi.Task) -> list[str]:
     """The sorted, distinct hashes of the tasks ``task`` requires."""
     # task_hash keeps the ones it hashed: calling requires() again would create (or look up) every required task
@@ -167,8 +174,7 @@ def task_hash(task: luigi.Task) -> str:
                 error = IdentityError(f"{current} requires itself")
             if error is None:
                 try:
-                    required = current.__dict__.get("_astra_required")  # a batch item's, see items()
-                    path.append((current, flatten(current.requires() if required is None else required), 0))
+                    path.append((current, flatten(requirements(current)), 0))
                     on_path.add(id(current))
                 except Exception as exc:
                     error = IdentityError(f"cannot identify {current}: its requires() raised {exc!r}")
@@ -317,8 +323,8 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
 
 
 def _identify_item(task: luigi.Task) -> str:
-    # The item keeps what its requires() gave, for BaseTask.input() in its run(): those very tasks, not new ones.
-    task.__dict__["_astra_required"] = task.requires()
+    # The item keeps what its requires() gave (see requirements()), made quickly by the caller.
+    task.__dict__["_astra_required_tasks"] = task.requires()
     return task_hash(task)
 
 

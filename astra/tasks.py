@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import luigi
 from luigi.task import flatten
 
-from astra import creation, recording
+from astra import creation, identity, recording
 from astra.recording import recorded  # noqa: F401 -- the README names astra.tasks.recorded()
 from astra.targets import DatabaseTarget, completed, known, prefetch
 
@@ -80,10 +80,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
         return DatabaseTarget(self)
 
     def input(self):  # noqa: ANN201 -- luigi's: the outputs of what requires() gives, in its structure
-        # A batch item keeps what its requires() gave when it was identified (astra.identity.items): the very tasks
-        # its identity was worked out from, made once per item.
-        required = self.__dict__.get("_astra_required")
-        return luigi.task.getpaths(self.requires() if required is None else required)
+        return luigi.task.getpaths(identity.requirements(self))
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         """Inside ``run()``: show ``done`` of ``total`` (and ``message``) in luigid's dashboard.

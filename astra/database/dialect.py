@@ -605,8 +605,8 @@ class PostgreSQL(SQLite):
             UNION ALL
             SELECT pk, status, host, pid, lease, claim_token, attempts, silence, 0, 0 FROM existing
         """
-        # Claims and heartbeats only commit without waiting for the disk: if the server crashes just after, the
-        # claim is lost and the task is run again, as any task whose worker died. One message, one transaction.
+        # A claim never waits for the disk: if the server crashes just after, the claim is lost and the task is run
+        # again, as any task whose worker died. One message, one transaction.
         params = {**row, "parameters": json.dumps(parameters)}
         found = prepared(sql).execute(db, params, before="SET LOCAL synchronous_commit = off").fetchone()
         return tuple(found) if found else None
@@ -682,7 +682,7 @@ class Prepared:
             # it fails): the other way. Anything else is the statement's own error.
             self.connections.discard(connection)
             code = getattr(exc.__context__, "pgcode", None)  # psycopg2's error, which peewee's replaced
-            if code not in ("26000", "42P05") or db.in_transaction():
+            if code not in ("26000", "42P05"):
                 raise
             sql = (before, self.prepare, self.run) if code == "26000" else (before, self.run)
             cursor = db.execute_sql("; ".join(filter(None, sql)), values)
