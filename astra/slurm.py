@@ -56,6 +56,10 @@ FINISHED = {
 }  # fmt: skip
 #: Lines of the job's stderr kept in the task's error.
 STDERR_LINES = 20
+#: The environment variable that hands a job its specification (:func:`submit`).
+SPEC_ENV = "ASTRA_SLURM_SPEC"
+#: Longest specification an environment variable takes (Linux refuses a longer single string: MAX_ARG_STRLEN).
+SPEC_BYTES = 128 * 1024 - 1 - len(SPEC_ENV) - 1
 
 _in_job = False  # True inside a job (:func:`main`): there run() runs here, whatever the executor says
 
@@ -249,11 +253,22 @@ def submit(spec: dict, name: str, settings_: dict, array: str | None = None) -> 
     if array:
         command.append(f"--array={array}")
     command += shlex.split(settings_["sbatch_args"])
+    # The specification holds secrets (the database URL's password, luigi's whole configuration): it goes in the
+    # job's environment, which only its owner can read, never on the command line (`ps` shows that to everyone)
+    # or in the job script. sbatch's --export=ALL hands the environment it runs with to the job.
+    env = _environment(spec)
+    env[SPEC_ENV] = json.dumps(spec)
+    if len(env[SPEC_ENV].encode()) > SPEC_BYTES:
+        raise SlurmJobError(
+            f"astra: the SLURM job's specification (the task's parameters and luigi's configuration) is "
+            f"{len(env[SPEC_ENV].encode())} bytes, more than an environment variable holds ({SPEC_BYTES}); "
+            "make luigi.cfg smaller"
+        )
     # -c, not -m astra.slurm: under -m this module would be loaded twice (as __main__ and by astra.tasks).
-    entry = "import sys; from astra.slurm import main; sys.exit(main(sys.argv[1:]))"
-    script = f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(entry)} {shlex.quote(json.dumps(spec))}\n"
+    entry = "import sys; from astra.slurm import main; sys.exit(main())"
+    script = f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(entry)}\n"
     try:
-        done = subprocess.run(command, input=script, capture_output=True, text=True, env=_environment(spec))
+        done = subprocess.run(command, input=script, capture_output=True, text=True, env=env)
     except FileNotFoundError:
         raise SlurmJobError(
             "astra: sbatch not found; run on a host of a SLURM cluster (or start one here with "
@@ -414,11 +429,11 @@ def _stderr_tail(path: Path) -> str:
 # The job's side.
 
 
-def main(argv: list[str]) -> int:
-    """The job's entry point, given SPEC (JSON): run (a share of) the task described by SPEC, inside a SLURM job."""
+def main() -> int:
+    """The job's entry point: run (a share of) the task that ``$ASTRA_SLURM_SPEC`` (JSON) describes, in a SLURM job."""
     global _in_job
     _in_job = True
-    spec = json.loads(argv[0])
+    spec = json.loads(os.environ.pop(SPEC_ENV))  # not for the task's own subprocesses
     adopt_luigi_config(spec.get("luigi_config"))
     config = luigi.configuration.get_config()
     for name, value in spec["astra"].items():
