@@ -50,6 +50,11 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
         "none; false (the default), and it may lose the last fraction of a second of them, whose tasks then run "
         "again (as after any crash: nothing is ever recorded done that was not)",
     )
+    sqlite_lock_timeout = luigi.FloatParameter(
+        default=60.0,
+        description="seconds a worker waits for an SQLite database's write lock while another process holds it (e.g. "
+        "a task inside a long completion() block) before its statement fails with one line; readers never wait",
+    )
     executor = luigi.Parameter(
         default="local",
         description="where run() runs: in the luigi worker (local) or as a SLURM job (slurm; see [slurm])",

@@ -9,9 +9,11 @@ Order of precedence: ``--astra-database-url`` on the luigi command line, ``$ASTR
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,44 @@ class DatabaseError(RuntimeError):
 
 class ConnectionLostError(DatabaseError):
     """The connection to PostgreSQL was lost inside a transaction: the server rolled it back, nothing was written."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """Another process held an SQLite database's write lock for longer than ``[astra] sqlite_lock_timeout``."""
+
+
+class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
+    """The SQLite database astra opens: a write lock that another process keeps past the busy timeout is one line.
+
+    SQLite says only "database is locked"; this says which file, how long it waited, why and what to do.
+    """
+
+    lock_timeout = 60.0
+
+    def execute_sql(self, sql, params=None):
+        with self._said_locked():
+            return super().execute_sql(sql, params)
+
+    def begin(self, *args, **kwargs):
+        with self._said_locked():
+            return super().begin(*args, **kwargs)
+
+    def commit(self):
+        with self._said_locked():
+            return super().commit()
+
+    @contextlib.contextmanager
+    def _said_locked(self):
+        try:
+            yield
+        except peewee.OperationalError as exc:
+            if "database is locked" not in str(exc):
+                raise
+            raise DatabaseLockedError(
+                f"astra: SQLite database {self.database} stayed locked by another process for "
+                f"{self.lock_timeout:g} s ([astra] sqlite_lock_timeout), e.g. a task writing inside a long "
+                "completion() block; run again once it is done, raise the timeout, or use PostgreSQL"
+            ) from None
 
 
 class Reconnecting:
@@ -313,19 +353,21 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
     description = f"sqlite:///{path}"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        db = peewee.SqliteDatabase(
+        lock_timeout = config.settings().sqlite_lock_timeout
+        db = LockWaitingSqliteDatabase(
             path,
-            timeout=60,
+            timeout=lock_timeout,
             # WAL lets readers go on while one process writes; the busy timeout makes writers queue, not fail.
             # NORMAL: in WAL mode a commit does not wait for the disk, and a crash may lose the last ones; FULL
             # waits ([astra] synchronous_commit, as on PostgreSQL).
             pragmas={
                 "journal_mode": "wal",
-                "busy_timeout": 60000,
+                "busy_timeout": _milliseconds(lock_timeout),
                 "foreign_keys": 1,
                 "synchronous": "full" if config.settings().synchronous_commit else "normal",
             },
         )
+        db.lock_timeout = lock_timeout
         proxy.initialize(db)
         if not db.table_exists("task"):
             versions.create(db)  # a new database (e.g. the embedded default on first use)
@@ -337,25 +379,36 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
     return db, description
 
 
-def _check_writable(db: peewee.SqliteDatabase, path: str) -> None:
+def _milliseconds(seconds: float) -> int:
+    return max(0, min(int(seconds * 1000), 2**31 - 1))
+
+
+def _check_writable(db: LockWaitingSqliteDatabase, path: str) -> None:
     """Stop at once on a database astra could read but not record in (SQLite would fail only at the first write).
 
     A write that is rolled back: SQLite refuses it at once on a read-only file, also for root on an immutable
     file or a read-only mount, where the permission bits would say nothing. (Opening the file here to try would
-    be wrong: closing any descriptor of the file drops the locks SQLite holds on it in this process.)
+    be wrong: closing any descriptor of the file drops the locks SQLite holds on it in this process.) It never
+    waits for the write lock: with WAL, readers (``astra tasks list``) go on beside a writer, and a lock held by
+    another process means the file takes writes.
     """
+    connection = db.connection()
+    connection.execute("pragma busy_timeout = 0")
     try:
-        # IMMEDIATE: take the write lock first, waiting on the busy timeout; a deferred transaction that has read
-        # cannot wait for another writer (--workers N open the file at once) and fails with "database is locked".
-        with db.transaction(lock_type="IMMEDIATE") as transaction:
-            (version,) = db.execute_sql("pragma user_version").fetchone()
-            db.execute_sql(f"pragma user_version = {int(version)}")
-            transaction.rollback()
+        connection.execute("begin immediate")
+        try:
+            (version,) = connection.execute("pragma user_version").fetchone()
+            connection.execute(f"pragma user_version = {int(version)}")
+        finally:
+            connection.execute("rollback")
         return
-    except peewee.OperationalError as exc:
+    except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc):
-            return  # e.g. busy for longer than the timeout: not a reason to stop here, the real write will tell
+            return  # locked by another writer: the real write will wait for it (and tell, if it must)
         db.close()
+    finally:
+        if not db.is_closed():
+            connection.execute(f"pragma busy_timeout = {_milliseconds(db.lock_timeout)}")
     raise DatabaseNotReady(
         f"astra: SQLite database {path} is read-only, so luigi could not record finished tasks; make it "
         "writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
