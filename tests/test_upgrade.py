@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import sqlite3
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import peewee
@@ -19,7 +21,19 @@ from astra.database.connection import reset
 from astra.database.models import SchemaVersion, utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
-from tests.helpers import LUIGI, REPO, assert_same, astra, astra_many, one_line_error, psql, run_luigi
+from tests.helpers import (
+    ASTRA,
+    LUIGI,
+    REPO,
+    assert_same,
+    astra,
+    astra_many,
+    one_line_error,
+    psql,
+    run_luigi,
+    subprocess_env,
+    wait_for,
+)
 from tests.helpers import SCHEMA_SQL as SQL
 from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, value
 
@@ -150,6 +164,83 @@ def test_upgrade_keeps_every_task_and_result(old_database, backend):
             assert cursor.fetchall() == [("spec-00007",)]
         finally:
             connection.close()
+
+
+@contextlib.contextmanager
+def _write_lock(url: str):
+    """Hold what an upgrade's first step needs (SQLite's write lock, astra.task on PostgreSQL) until the block ends."""
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///") :], isolation_level=None)
+        connection.execute("begin immediate")
+    else:
+        connection = psycopg2.connect(url)
+        connection.cursor().execute("lock table astra.task in access exclusive mode")
+    try:
+        yield
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+def _waiting(url: str, processes: list[subprocess.Popen]) -> bool:
+    """Whether ``processes`` are all waiting for a lock in the database at ``url`` (on SQLite: have opened it)."""
+    if url.startswith("sqlite:///"):
+        path = os.path.realpath(url[len("sqlite:///") :])
+        opened = [p for p in processes if any(os.path.realpath(fd) == path for fd in _fds(p.pid))]
+        return len(opened) == len(processes)
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] >= len(processes)
+    finally:
+        connection.close()
+
+
+def _fds(pid: int) -> list[str]:
+    try:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:  # gone, or a descriptor closed meanwhile
+        return []
+
+
+@pytest.mark.slow
+def test_two_upgrades_at_once_wait_for_each_other(old_database, backend):
+    url = old_database
+    before = raw_rows(url)
+    with _write_lock(url):  # both upgrades get under way, then wait for it
+        upgrades = [
+            subprocess.Popen([str(ASTRA), "db", "upgrade"], env=subprocess_env(), cwd=REPO, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]  # fmt: skip
+        try:
+            wait_for(lambda: _waiting(url, upgrades), timeout=120, what="both upgrades to wait for the lock")
+            time.sleep(2 if backend == "sqlite" else 0.5)  # SQLite: from opening the file to waiting for its lock
+        except BaseException:
+            for upgrade in upgrades:
+                upgrade.kill()
+            raise
+    outputs = [upgrade.communicate(timeout=120) for upgrade in upgrades]
+    for upgrade, (stdout, stderr) in zip(upgrades, outputs):
+        assert upgrade.returncode == 0, stdout + stderr
+        assert "Traceback" not in stderr, stderr
+    said = [stdout for stdout, _ in outputs]
+    upgraded = [text for text in said if f"from astra schema 1 to {versions.CURRENT}" in text]
+    idle = [text for text in said if f"already holds astra schema {versions.CURRENT}; nothing to do" in text]
+    assert len(upgraded) == len(idle) == 1, said
+
+    database()
+    versions_recorded = sorted(row.version for row in SchemaVersion.select())
+    assert versions_recorded == list(range(2, versions.CURRENT + 1))
+    after = raw_rows(url)
+    for table in ("parameter", "task_parameter", "dependency"):
+        assert [row[: len(before[table][0])] for row in after[table]] == before[table], table
+    assert len(after["task"]) == len(before["task"]) == 22
+    listing = astra("tasks", "list", "--json")
+    assert listing.returncode == 0 and len(json.loads(listing.stdout)) == 22, listing.stderr
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def upgrade() -> None:
     """Bring a database made by an older astra to this astra's schema, keeping every task and its result.
 
     Each step runs in a transaction of its own (on PostgreSQL, workers wait while it runs); running it again
-    does nothing.
+    does nothing, and a second upgrade started meanwhile waits for the first, then has nothing to do.
     """
 
     def progress(version: int, description: str) -> None:

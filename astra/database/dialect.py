@@ -11,6 +11,7 @@ them when a database opens.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -95,6 +96,11 @@ class SQLite:
         from playhouse.migrate import SqliteMigrator
 
         return SqliteMigrator(db)
+
+    def one_upgrade(self, db: peewee.Database):
+        """A block that no other ``astra db upgrade`` runs beside: one write transaction around the whole upgrade
+        (its steps are savepoints), so the second finds the first's work done."""
+        return db.atomic(lock_type="IMMEDIATE")
 
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         """Keep workers out while a schema step runs (the IMMEDIATE transaction of :meth:`atomic` does it)."""
@@ -347,6 +353,17 @@ class PostgreSQL(SQLite):
         from playhouse.migrate import PostgresqlMigrator
 
         return PostgresqlMigrator(db, schema="astra")
+
+    @contextlib.contextmanager
+    def one_upgrade(self, db: peewee.Database):
+        # An advisory lock of the session, taken before any DDL: two CREATE TABLE IF NOT EXISTS at once would fail
+        # on the catalogue's unique keys. Each step still commits on its own.
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (_UPGRADE_LOCK,))
+        try:
+            yield
+        finally:
+            if not db.is_closed():
+                db.execute_sql("SELECT pg_advisory_unlock(%s)", (_UPGRADE_LOCK,))
 
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         # Workers wait until the step is done; a second `astra db upgrade` finds it done.
@@ -910,6 +927,8 @@ create trigger parameter_truncated after truncate on astra.parameter
 
 #: The advisory lock a forget holds: a key of astra's own (the bytes of "astrafor").
 _FORGET_LOCK = int.from_bytes(b"astrafor", "big") >> 1
+#: The advisory lock an upgrade holds (the bytes of "astraupg").
+_UPGRADE_LOCK = int.from_bytes(b"astraupg", "big") >> 1
 
 #: The foreign keys of ``astra.task_parameter`` before schema 9, whatever their names.
 _DROP_LINK_KEYS = """

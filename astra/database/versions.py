@@ -113,21 +113,23 @@ def create(db: peewee.Database) -> None:
 def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda version, description: None) -> int:
     """Apply the steps ``db`` lacks, each in its own transaction; returns the version it held before.
 
+    Upgrades run one at a time: a second waits for the first, then finds the steps done and returns the current
+    version.
+
     Raises ValueError if ``db`` has no astra schema, or a newer one than this astra knows.
     """
-    before = recorded(db)
-    if before is None:
-        raise ValueError("it has no astra schema")
-    if before > CURRENT:
-        raise ValueError(f"it holds astra schema {before}, newer than this astra knows ({CURRENT})")
-    SchemaVersion.create_table(safe=True)
-    for version in range(before + 1, CURRENT + 1):
-        step = STEPS[version - 2]
-        with dialect(db).atomic(db):
-            dialect(db).lock_for_upgrade(db)  # workers wait until the step is done; a second upgrade finds it done
-            if (recorded(db) or 1) >= version:
-                continue
-            step.apply(db)
-            SchemaVersion.insert(version=version, applied=utcnow()).execute()
-        progress(version, step.description)
+    with dialect(db).one_upgrade(db):  # a second upgrade waits here, then finds nothing to do
+        before = recorded(db)
+        if before is None:
+            raise ValueError("it has no astra schema")
+        if before > CURRENT:
+            raise ValueError(f"it holds astra schema {before}, newer than this astra knows ({CURRENT})")
+        SchemaVersion.create_table(safe=True)
+        for version in range(before + 1, CURRENT + 1):
+            step = STEPS[version - 2]
+            with dialect(db).atomic(db):
+                dialect(db).lock_for_upgrade(db)  # workers wait until the step is done
+                step.apply(db)
+                SchemaVersion.insert(version=version, applied=utcnow()).execute()
+            progress(version, step.description)
     return before
