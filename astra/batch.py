@@ -51,7 +51,7 @@ import luigi
 
 from astra import config, outputs, slurm, values
 from astra.database import output_tables, queries
-from astra.database.connection import close_thread_connection
+from astra.database.connection import close_thread_connection, retried
 from astra.identity import Item, items
 from astra.recording import fields, run_unrecorded, summarise
 from astra.tasks import BaseTask
@@ -356,8 +356,10 @@ def _duration(seconds: float) -> str:
 _ASKERS = 2
 
 
+@retried
 def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: dict[str, list[dict]]) -> float:
-    """Record a chunk's items, done or failed, and their output rows, in one transaction; the seconds it took."""
+    """Record a chunk's items, done or failed, and their output rows, in one transaction (all of it again if the
+    connection drops meanwhile); the seconds it took."""
     started = time.perf_counter()
     with queries.transaction():
         written = queries.record_items(good, queries.DONE)

@@ -15,7 +15,19 @@ from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
 from tests.faults_tasks import Pauses, Tally, WritesTally
-from tests.helpers import POSTGRES_USER, background, free_port, run_luigi, start_later, wait_for, with_password
+from tests.helpers import (
+    POSTGRES_USER,
+    background,
+    free_port,
+    rows_by_path,
+    run_luigi,
+    start_later,
+    summary,
+    wait_for,
+    with_password,
+)
+from workflows import SNR
+from workflows.spectra import read_spectrum, signal_to_noise, simulate
 
 #: Trust authentication accepts any password: enough to show that it never reaches the output.
 PASSWORD = "hunter2-secret"
@@ -113,6 +125,103 @@ def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):
     row = Task.get(Task.task_hash == task_hash(WritesTally(label="cut")))
     assert (row.status, row.attempts, row.error) == ("done", 2, None)
     assert sorted(t.value for t in Tally.select().where(Tally.label == "cut")) == [0, 1, 2]
+
+
+#: A statement trigger that makes each insert (a COPY too) into a table wait in the server first, long enough for a
+#: test to cut the connection while the COPY is under way.
+SLOW_INSERTS = """
+create or replace function public.astra_test_pause() returns trigger language plpgsql as $$
+begin
+    perform pg_sleep(1);
+    return null;
+end $$;
+"""
+
+
+def _slow_copies(admin, tables: list[str]) -> None:
+    with admin.cursor() as cursor:
+        cursor.execute(SLOW_INSERTS)
+        for table in tables:
+            cursor.execute(
+                f"create trigger astra_test_pause before insert on {table} "
+                "for each statement execute function public.astra_test_pause()"
+            )
+
+
+def _cut_copies(admin, process, tables: list[str]) -> list[str]:
+    """Terminate the connection of the first COPY into each of ``tables`` while ``process`` runs; the tables cut."""
+    cut: list[str] = []
+    while process.poll() is None and len(cut) < len(tables):
+        table = tables[len(cut)]
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = current_database() "
+                "and pid <> pg_backend_pid() and state = 'active' and query like %s",
+                (f"COPY {table} %",),
+            )
+            if cursor.fetchone()[0]:
+                cut.append(table)
+        time.sleep(0.02)
+    return cut
+
+
+@pytest.mark.slow
+def test_a_batch_whose_connection_drops_during_copy_finishes_and_records_each_item_once(postgres_url, tmp_path):
+    paths = simulate(tmp_path / "spectra", count=40, seed=7)
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    _slow_copies(admin, ["astra.task", "astra.snr"])
+    env = {"ASTRA_DATABASE_URL": with_password(postgres_url, PASSWORD)}
+    args = [
+        "--module",
+        "workflows",
+        "EstimateSNRBatch",
+        "--spectra-dir",
+        str(tmp_path / "spectra"),
+        "--local-scheduler",
+    ]
+    with background((args, tmp_path / "batch.out", env)) as (batch,):
+        cut = _cut_copies(admin, batch.process, ["astra.task", "astra.snr"])
+        assert batch.wait() == 0, batch.text()
+    admin.close()
+
+    output = batch.text()
+    assert cut == ["astra.task", "astra.snr"], output  # the item rows' COPY, then the output rows' in the retry
+    assert "1 ran successfully" in summary(output), output
+    assert output.count("lost the connection to") == 2 and PASSWORD not in output
+    assert "Traceback" not in output, output
+    rows = rows_by_path(paths)
+    assert all(row is not None and (row.status, row.attempts) == ("done", 1) for row in rows.values()), rows
+    assert Task.select().count() == len(paths)
+    measured = {row.task.pk: row for row in SNR.select()}
+    assert len(measured) == SNR.select().count() == len(paths)  # one row per item: nothing written twice
+    for path in paths:
+        snr, n_good = signal_to_noise(*read_spectrum(str(path), reader="astropy"))
+        row = measured[rows[str(path)].pk]
+        assert (row.snr, row.n_good_pixels) == (snr, n_good)
+
+
+@pytest.mark.slow
+def test_a_task_whose_connection_drops_while_writing_its_output_rows_is_done(postgres_url, tmp_path):
+    (path,) = simulate(tmp_path / "spectra", count=1, seed=8)
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    _slow_copies(admin, ["astra.snr"])
+    env = {"ASTRA_DATABASE_URL": with_password(postgres_url, PASSWORD)}
+    args = ["--module", "workflows", "EstimateSNR", "--spectrum-path", str(path), "--local-scheduler"]
+    with background((args, tmp_path / "task.out", env)) as (task,):
+        cut = _cut_copies(admin, task.process, ["astra.snr"])
+        assert task.wait() == 0, task.text()
+    admin.close()
+
+    output = task.text()
+    assert cut == ["astra.snr"], output
+    assert "1 ran successfully" in summary(output), output
+    assert "lost the connection to" in output and PASSWORD not in output
+    row = rows_by_path([path])[str(path)]
+    assert (row.status, row.attempts, row.error) == ("done", 1, None)
+    (measured,) = SNR.select().where(SNR.task == row.pk)
+    assert measured.snr == signal_to_noise(*read_spectrum(str(path), reader="astropy"))[0]
 
 
 @pytest.mark.slow

@@ -135,6 +135,19 @@ class Reconnecting:
             return None
         return super().rollback()
 
+    def copy_from(self, sql: str, data) -> None:
+        """``sql``, a ``COPY ... FROM STDIN``, with the file ``data``: run again, or raised, as any statement is."""
+        try:
+            return self._copy(sql, data)
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            self._recover(exc)
+        data.seek(0)
+        return self._copy(sql, data)
+
+    def _copy(self, sql: str, data) -> None:
+        with peewee.__exception_wrapper__:
+            self.cursor().copy_expert(sql, data)
+
     def _why(self, exc: BaseException) -> str:
         return _reason(exc, self.secrets)
 
@@ -207,9 +220,10 @@ def retried(function: F) -> F:
         for attempt in range(3):
             try:
                 return function(*args, **kwargs)
-            except ConnectionLostError:
+            except ConnectionLostError as exc:
                 if attempt == 2 or database().in_transaction():
                     raise
+                logger.warning("%s; running the transaction again", exc)
         raise AssertionError("unreachable")
 
     return wrapper

@@ -532,11 +532,9 @@ class PostgreSQL(SQLite):
         return task_pks, updated, parameter_pks
 
     def _copy_in(self, db: peewee.Database, target: str, rows: list[Sequence], same: Sequence = ()) -> None:
-        """``COPY target FROM STDIN`` with ``rows`` (each followed by ``same``); errors as peewee's, like those of
-        any other statement."""
+        """``COPY target FROM STDIN`` with ``rows`` (each followed by ``same``), as any other statement."""
         if rows:
-            with peewee.__exception_wrapper__:
-                db.cursor().copy_expert(f"COPY {target} FROM STDIN", _copy_text(rows, same))
+            _copy_from(db, f"COPY {target} FROM STDIN", _copy_text(rows, same))
 
     def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
         """One COPY in binary where every column has an encoder, else the rows as one array per column, unpacked
@@ -834,7 +832,18 @@ def _copy(db, model, fields, kinds, rows) -> None:
     buffer.write(struct.pack(">h", -1))
     buffer.seek(0)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
-    db.cursor().copy_expert(f"COPY {POSTGRESQL.table(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
+    _copy_from(db, f"COPY {POSTGRESQL.table(model)} ({names}) FROM STDIN WITH (FORMAT binary)", buffer)
+
+
+def _copy_from(db: peewee.Database, sql: str, data: io.IOBase) -> None:
+    """``sql``, a ``COPY ... FROM STDIN``, with ``data``; errors as peewee's, and a lost connection handled as for
+    any other statement by astra's databases (``copy_from`` of astra.database.connection.Reconnecting)."""
+    copy_from = getattr(db, "copy_from", None)
+    if copy_from is not None:
+        copy_from(sql, data)
+        return
+    with peewee.__exception_wrapper__:
+        db.cursor().copy_expert(sql, data)
 
 
 #: The references of ``astra.task_parameter`` as schema 9 checks them: triggers that look at each statement's links
