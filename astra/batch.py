@@ -39,7 +39,9 @@ import multiprocessing
 import multiprocessing.util
 import os
 import pickle
+import select
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -231,7 +233,7 @@ class BatchTask(luigi.Task):
             logger.warning("%s: working in one process: the pool cannot rebuild the batch (%s)", self.task_id, exc)
             yield from self._work_here(model, total)
             return
-        initargs = (spec, _env(), os.getcwd(), config.command_line(), config.luigi_config())
+        initargs = (spec, _env(), os.getcwd(), config.command_line(), config.luigi_config(), os.getpid())
         pool = ProcessPoolExecutor(processes, mp_context=_context(self), initializer=_start_worker, initargs=initargs)
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
@@ -417,10 +419,17 @@ def _env() -> dict[str, str | None]:
 
 
 def _start_worker(
-    spec: bytes, env: dict[str, str | None], directory: str, command_line: dict | None, luigi_config: dict | None
+    spec: bytes,
+    env: dict[str, str | None],
+    directory: str,
+    command_line: dict | None,
+    luigi_config: dict | None,
+    owner: int,
 ) -> None:
-    """In a new pool process: the settings, and the batch rebuilt from its class and parameters."""
+    """In a new pool process: the settings, and the batch rebuilt from its class and parameters; the process ends
+    when ``owner``, the process whose pool it is, does."""
     global _worker_batch
+    threading.Thread(target=_end_with, args=(owner,), name="astra-pool-owner", daemon=True).start()
     os.chdir(directory)  # a fork of the server is where the server started: relative paths must mean the same here
     for name, value in env.items():
         if value is None:
@@ -433,6 +442,36 @@ def _start_worker(
     multiprocessing.util.Finalize(None, close_thread_connection, exitpriority=10)
     cls, kwargs = pickle.loads(spec)
     _worker_batch = cls(**kwargs)
+
+
+def _end_with(owner: int) -> None:
+    """End this pool process as soon as process ``owner`` ends, however it ends (a SIGKILL says no goodbye).
+
+    Without this a pool process whose owner was killed waits for work forever (it holds the write end of its own
+    queue), and keeps the forkserver, the resource tracker and its database connection alive with it; once the
+    pool processes are gone, the forkserver and the resource tracker see their pipes close and end themselves.
+    The kernel closes the connection's socket, so the server ends that session at once.
+    """
+    try:
+        handle = os.pidfd_open(owner)  # Linux: readable once the process has ended
+    except (AttributeError, OSError):  # elsewhere, or it has ended already
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [])
+    else:
+        while _alive(owner):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the number: the owner has ended
+        return False
+    return True
 
 
 def _ready() -> None:

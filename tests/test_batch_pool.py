@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import luigi
+import psycopg2
 import pytest
 
 import astra
 from astra.batch import BatchError, PoolBrokenError
 from astra.database import Task
+from astra.database.connection import reset
 from astra.identity import task_hash
 from tests.batch_pool_tasks import Meeting, Stars, Victim, Victims
 from tests.batch_tasks import Measure
-from tests.helpers import rows_by_path, run_luigi, summary, wait_for
+from tests.helpers import background, rows_by_path, run_luigi, summary, wait_for
 from workflows import EstimateSNR, EstimateSNRBatch
 from workflows.spectra import read_spectrum, signal_to_noise, simulate
 
@@ -158,3 +162,54 @@ def test_a_pool_works_the_items_with_the_configuration_a_script_set(database_url
         config.remove_section("Measure")
     assert [Measure(star=star, band="r").complete() for star in range(5)] == [True] * 5
     assert [Measure(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
+
+
+def _session_processes(session: int) -> list[str]:
+    """The live processes (not zombies) of a session, as ``pid command``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+            command = Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):  # not a process, or one that ended meanwhile
+            continue
+        state, _, _, sid = stat.rpartition(")")[2].split()[:4]
+        if int(sid) == session and state != "Z":
+            found.append(f"{entry} {command[:200]}")
+    return found
+
+
+def _connections(url: str) -> int:
+    """Sessions of other processes connected to the database at ``url``."""
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_a_killed_luigi_leaves_no_pool_process_and_no_connection_behind(postgres_url, tmp_path):
+    """SIGKILL of the luigi process alone (not its process group): its pool, the forkserver and the resource
+    tracker go too, and with them every connection to the database."""
+    reset()  # this process's own connection (the fixture's) is not counted below
+    (tmp_path / "block").touch()
+    args = ["--module", "tests.batch_pool_tasks", "Victims", "--workdir", str(tmp_path), "--processes", "2"]
+    with background(([*args, "--local-scheduler"], tmp_path / "luigi.out")) as (luigi_process,):
+        try:
+            wait_for((tmp_path / "victim.pid").exists, timeout=120, what="an item to start in the pool")
+            assert len(_session_processes(luigi_process.pid)) >= 4  # luigi, forkserver, two pool processes, ...
+            assert _connections(postgres_url) >= 2  # luigi's and the pool processes'
+            os.kill(luigi_process.pid, signal.SIGKILL)
+            luigi_process.wait()
+            time.sleep(10)
+            left = _session_processes(luigi_process.pid)
+            assert left == [], left
+            assert _connections(postgres_url) == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(luigi_process.pid, signal.SIGKILL)  # whatever is left, in the test's own process group
