@@ -396,6 +396,23 @@ def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
         )
 
 
+def sessions(url: str, condition: str = "true") -> int:
+    """How many sessions of other processes in the database at ``url`` meet ``condition`` (SQL on
+    pg_stat_activity), e.g. ``wait_event_type = 'Lock'``."""
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() "
+            f"and ({condition})"
+        )
+        return cursor.fetchone()[0]
+    finally:
+        connection.close()
+
+
 def describe_schema(url: str) -> dict:
     """Columns, indexes and constraints of schema astra, as PostgreSQL reports them."""
     import psycopg2

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import luigi
-import psycopg2
 import pytest
 
 import astra
@@ -20,7 +19,7 @@ from astra.database.connection import reset
 from astra.identity import task_hash
 from tests.batch_pool_tasks import Meeting, Stars, Victim, Victims
 from tests.batch_tasks import Measure
-from tests.helpers import background, rows_by_path, run_luigi, summary, wait_for
+from tests.helpers import background, rows_by_path, run_luigi, sessions, summary, wait_for
 from workflows import EstimateSNR, EstimateSNRBatch
 from workflows.spectra import read_spectrum, signal_to_noise, simulate
 
@@ -179,19 +178,6 @@ def _session_processes(session: int) -> list[str]:
     return found
 
 
-def _connections(url: str) -> int:
-    """Sessions of other processes connected to the database at ``url``."""
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(
-            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
-        )
-        return cursor.fetchone()[0]
-    finally:
-        connection.close()
-
-
 @pytest.mark.slow
 def test_a_killed_luigi_leaves_no_pool_process_and_no_connection_behind(postgres_url, tmp_path):
     """SIGKILL of the luigi process alone (not its process group): its pool, the forkserver and the resource
@@ -203,13 +189,13 @@ def test_a_killed_luigi_leaves_no_pool_process_and_no_connection_behind(postgres
         try:
             wait_for((tmp_path / "victim.pid").exists, timeout=120, what="an item to start in the pool")
             assert len(_session_processes(luigi_process.pid)) >= 4  # luigi, forkserver, two pool processes, ...
-            assert _connections(postgres_url) >= 2  # luigi's and the pool processes'
+            assert sessions(postgres_url) >= 2  # luigi's and the pool processes'
             os.kill(luigi_process.pid, signal.SIGKILL)
             luigi_process.wait()
             time.sleep(10)
             left = _session_processes(luigi_process.pid)
             assert left == [], left
-            assert _connections(postgres_url) == 0
+            assert sessions(postgres_url) == 0
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(luigi_process.pid, signal.SIGKILL)  # whatever is left, in the test's own process group

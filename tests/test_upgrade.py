@@ -31,6 +31,7 @@ from tests.helpers import (
     one_line_error,
     psql,
     run_luigi,
+    sessions,
     subprocess_env,
     wait_for,
 )
@@ -188,15 +189,7 @@ def _waiting(url: str, processes: list[subprocess.Popen]) -> bool:
         path = os.path.realpath(url[len("sqlite:///") :])
         opened = [p for p in processes if any(os.path.realpath(fd) == path for fd in _fds(p.pid))]
         return len(opened) == len(processes)
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(
-            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"
-        )
-        return cursor.fetchone()[0] >= len(processes)
-    finally:
-        connection.close()
+    return sessions(url, "wait_event_type = 'Lock'") >= len(processes)
 
 
 def _fds(pid: int) -> list[str]:
