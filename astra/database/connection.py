@@ -9,7 +9,6 @@ Order of precedence: ``--astra-database-url`` on the luigi command line, ``$ASTR
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -68,24 +67,29 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
     lock_timeout = 60.0
 
     def execute_sql(self, sql, params=None):
-        with self._said_locked():
+        try:
             return super().execute_sql(sql, params)
+        except peewee.OperationalError as exc:
+            self._locked(exc)
+            raise
 
     def begin(self, *args, **kwargs):
-        with self._said_locked():
+        try:
             return super().begin(*args, **kwargs)
+        except peewee.OperationalError as exc:
+            self._locked(exc)
+            raise
 
     def commit(self):
-        with self._said_locked():
-            return super().commit()
-
-    @contextlib.contextmanager
-    def _said_locked(self):
         try:
-            yield
+            return super().commit()
         except peewee.OperationalError as exc:
-            if "database is locked" not in str(exc):
-                raise
+            self._locked(exc)
+            raise
+
+    def _locked(self, exc: peewee.OperationalError) -> None:
+        """Raise :class:`DatabaseLockedError` if ``exc`` is SQLite's busy timeout running out."""
+        if "database is locked" in str(exc):
             raise DatabaseLockedError(
                 f"astra: SQLite database {self.database} stayed locked by another process for "
                 f"{self.lock_timeout:g} s ([astra] sqlite_lock_timeout), e.g. a task writing inside a long "
