@@ -69,7 +69,7 @@ def test_a_writer_waits_for_the_lock_a_bounded_time_then_fails_with_one_line(sql
     assert waited < 60, f"waited {waited:.0f} s"
     lines = [line for line in output.splitlines() if "stayed locked" in line]
     assert lines and all("DatabaseLockedError: astra: SQLite database " in line for line in lines), output
-    assert "stayed locked by another process for 3 s ([astra] sqlite_lock_timeout)" in lines[0]
+    assert "stayed locked by another writer for 3 s ([astra] sqlite_lock_timeout)" in lines[0]
     assert "database is locked" not in output
     assert "1 failed" in output, output
     assert Task.get_or_none(Task.task_hash == task_hash(Records(label="second"))) is None  # nothing half-recorded

@@ -91,7 +91,7 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
         """Raise :class:`DatabaseLockedError` if ``exc`` is SQLite's busy timeout running out."""
         if "database is locked" in str(exc):
             raise DatabaseLockedError(
-                f"astra: SQLite database {self.database} stayed locked by another process for "
+                f"astra: SQLite database {self.database} stayed locked by another writer for "
                 f"{self.lock_timeout:g} s ([astra] sqlite_lock_timeout), e.g. a task writing inside a long "
                 "completion() block; run again once it is done, raise the timeout, or use PostgreSQL"
             ) from None

@@ -111,7 +111,8 @@ def create(db: peewee.Database) -> None:
 
 
 def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda version, description: None) -> int:
-    """Apply the steps ``db`` lacks, each in its own transaction; returns the version it held before.
+    """Apply the steps ``db`` lacks, each in its own transaction (on SQLite, savepoints of one transaction that
+    holds the write lock throughout); returns the version it held before.
 
     Upgrades run one at a time: a second waits for the first, then finds the steps done and returns the current
     version.
