@@ -467,9 +467,7 @@ def _end_with(owner: int) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process took the number: the owner has ended
+    except (ProcessLookupError, PermissionError):  # gone; or another user's process took its number
         return False
     return True
 
