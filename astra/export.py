@@ -1,25 +1,47 @@
-"""Results as an astropy Table, for ``astra results``: written as text, CSV, strict JSON, FITS or Parquet, or drawn.
+"""Results as an astropy Table, for ``astra results``: written as text, CSV, ECSV, strict JSON, FITS or Parquet.
 
 One row per output row (or per task, for a task without an output model, whose JSON result's top-level keys become
 the columns). Arrays of one shape become vector columns (FITS ``TFORM`` with a repeat count); ragged ones, and
 nested JSON values, are written as JSON text where a format has no place for them.
+
+Each column's unit and description travel with it: FITS ``TUNITn``/``TCOMMn``, the ECSV header, Parquet field
+metadata. The table's ``meta`` (the provenance: astra version, query, time, database) becomes FITS header keywords,
+ECSV header entries and Parquet schema metadata. Files are written beside their destination and moved into place
+once complete, so a failed export never leaves a partial file under the name asked for.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import importlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+import os
+import stat
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
 
-FORMATS = ("table", "csv", "json", "fits", "parquet")
+FORMATS = ("table", "csv", "ecsv", "json", "fits", "parquet")
 #: Formats that are files, never printed to a terminal.
 BINARY = ("fits", "parquet")
+
+
+#: The provenance an export records (FITS header keywords, ECSV header, Parquet schema metadata), and what each says.
+PROVENANCE = {
+    "ASTRAVER": "astra version that wrote this file",
+    "DATE": "when this file was written (UTC)",
+    "TASKNAME": "task name (luigi family) of these results",
+    "TASKVERS": "task version asked for (* is every version)",
+    "QUERY": "astra results arguments that chose the rows",
+    "DATABASE": "astra database of the results",
+}
 
 
 class ExportError(ValueError):
@@ -28,6 +50,12 @@ class ExportError(ValueError):
 
 def column(name: str, values: Sequence[object]) -> Column:
     """An astropy column from Python values: None is masked, equal-shaped arrays make a vector column."""
+    try:
+        data = np.array(values)  # numbers, text and same-shaped arrays without a None: one step for a million
+    except ValueError:  # arrays of different shapes
+        data = None
+    if data is not None and data.dtype.kind in "biufU":
+        return Column(data, name=name)
     present = [v for v in values if v is not None]
     mask = [v is None for v in values]
     if present and all(isinstance(v, (np.ndarray, list, tuple)) for v in present):
@@ -66,11 +94,16 @@ def table(names: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     return Table([column(name, [row[i] for row in rows]) for i, name in enumerate(names)])
 
 
+def check_columns(wanted: Sequence[str], names: Sequence[str]) -> None:
+    """An ExportError if ``wanted`` names a column that is not among ``names``."""
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise ExportError(f"no column {unknown[0]!r}; the columns are: {', '.join(names)}")
+
+
 def keep(found: Table, columns: Sequence[str]) -> Table:
     """Only ``columns`` of ``found``, in that order."""
-    unknown = [name for name in columns if name not in found.colnames]
-    if unknown:
-        raise ExportError(f"no column {unknown[0]!r}; the columns are: {', '.join(found.colnames)}")
+    check_columns(columns, found.colnames)
     return found[list(columns)]
 
 
@@ -128,6 +161,14 @@ def render(found: Table, fmt: str) -> str:
         return buffer.getvalue().rstrip("\n")
     if fmt == "json":
         return json.dumps(records(found), indent=2, allow_nan=False)
+    if fmt == "ecsv":
+        import io
+
+        buffer = io.StringIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a unit astropy does not know is written as given
+            found.write(buffer, format="ascii.ecsv")
+        return buffer.getvalue().rstrip("\n")
     raise ExportError(f"{fmt} is not a text format")
 
 
@@ -138,46 +179,289 @@ def _needs(package: str, what: str) -> None:
         raise ExportError(f"{what} needs {package}, which is not installed: pip install {package}") from None
 
 
+def annotate(found: Table, name: str, unit: str | None = None, description: str | None = None) -> None:
+    """Give column ``name`` its unit and description. The unit is kept as the model writes it, whatever astropy
+    makes of it: its FITS writer would drop a function unit such as ``dex`` or ``mag``.
+    """
+    column = found[name]
+    if unit:
+        from astropy import units
+
+        column.unit = units.UnrecognizedUnit(unit)  # its text, as written; readers parse it
+    if description:
+        column.description = description
+
+
+def _ascii(text: str) -> str:
+    """``text`` as a FITS header can hold it: printable ASCII, anything else escaped (``\\u00e9``)."""
+    return "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _unit(column: Column) -> str | None:
+    return None if column.unit is None else column.unit.to_string()
+
+
+def _fits_hdu(found: Table):
+    """The table as a FITS binary table HDU: TUNITn, TCOMMn, and ``found.meta`` as header keywords."""
+    from astropy.io import fits
+
+    for name in found.colnames:
+        column = found[name]
+        if column.dtype.kind == "U":
+            for i, value in enumerate(column):
+                if not np.ma.is_masked(value) and not str(value).isascii():
+                    raise ExportError(
+                        f"FITS holds ASCII text only, and column {name!r} holds {str(value)!r} (row {i + 1}); "
+                        "write --format parquet or ecsv (UTF-8), or leave the column out with --columns"
+                    )
+    plain = Table(found.columns, meta={}, copy=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a unit outside the FITS standard is written as given
+            hdu = fits.table_to_hdu(plain)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"FITS cannot hold this table: {exc}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a comment cut short beside a long description
+        for i, name in enumerate(found.colnames, start=1):
+            description = found[name].description
+            if description:
+                hdu.header.set(f"TCOMM{i}", _ascii(description), after=f"TFORM{i}")
+        for key, value in found.meta.items():
+            value = _ascii(value) if isinstance(value, str) else value
+            comment = PROVENANCE.get(key, "")
+            # A card holds 80 characters: a long value goes on in CONTINUE cards, without its comment.
+            hdu.header[key] = (value, comment if len(str(value)) + len(comment) < 56 else "")
+    return hdu
+
+
+def _arrow(found: Table):
+    """The table as a pyarrow Table: masked values are nulls, arrays (nested) fixed-size lists, and each field
+    carries its description and unit as field metadata, the table's ``meta`` as schema metadata.
+    """
+    import pyarrow
+
+    try:
+        return _arrow_table(found)
+    except (pyarrow.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        raise ExportError(f"Parquet cannot hold this table: {exc}") from None
+
+
+def _arrow_table(found: Table):
+    import pyarrow
+
+    arrays, fields = [], []
+    for name in found.colnames:
+        column = found[name]
+        data = np.asarray(column)
+        mask = None
+        if isinstance(column, MaskedColumn) and len(column):
+            rows = np.ma.getmaskarray(column).reshape(len(column), -1).all(axis=1)  # column() masks whole rows
+            mask = rows if rows.any() else None
+        if data.ndim > 1:
+            values = pyarrow.array(data.ravel())
+            for size in reversed(data.shape[2:]):
+                values = pyarrow.FixedSizeListArray.from_arrays(values, size)
+            array = pyarrow.FixedSizeListArray.from_arrays(values, data.shape[1], mask=_arrow_mask(mask))
+        else:
+            array = pyarrow.array(data.tolist() if data.dtype.kind == "U" else data, mask=mask)
+        metadata = {
+            key: value for key, value in (("description", column.description), ("unit", _unit(column))) if value
+        }
+        arrays.append(array)
+        fields.append(pyarrow.field(name, array.type, metadata=metadata or None))
+    metadata = {key: str(value) for key, value in found.meta.items()}
+    return pyarrow.Table.from_arrays(arrays, schema=pyarrow.schema(fields, metadata=metadata or None))
+
+
+def _arrow_mask(mask: np.ndarray | None):
+    import pyarrow
+
+    return None if mask is None else pyarrow.array(mask)
+
+
+@contextmanager
+def _replacing(path: str) -> Iterator[str]:
+    """A temporary file beside ``path`` to write; it becomes ``path`` only once the writing is complete.
+
+    Anything that is not a plain file (``/dev/stdout``, a pipe) is written directly. An OSError (a missing
+    folder, a full disk) is an ExportError naming the file.
+    """
+    target = Path(path)
+    folder = target.parent
+    temporary = None
+    try:
+        if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+            yield path
+            return
+        if not folder.is_dir():
+            raise ExportError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+        os.close(handle)
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, target)
+    except OSError as exc:
+        # Asked before the partial file goes: once it is gone, a disk that was full is not any more.
+        raise ExportError(f"cannot write {path}: {_reason(exc, folder)}") from None
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _reason(error: BaseException, folder: Path) -> str:
+    """What the system said (e.g. "No space left on device"), also under a library's own OSError: astropy's FITS
+    writer raises its own, from numpy's, neither of which keeps the system's error number.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    try:
+        if os.statvfs(folder).f_bavail == 0:
+            return os.strerror(errno.ENOSPC)
+    except OSError:
+        pass
+    return str(error)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str) -> None:
+    """Stop early, before a long query, when ``path`` cannot be written (its folder is missing)."""
+    target = Path(path)
+    if not target.exists() and not target.parent.is_dir():
+        raise ExportError(f"cannot write {path}: the folder {target.parent} does not exist (create it first)")
+
+
 def write(found: Table, fmt: str, path: str) -> None:
-    """Write the table to ``path`` in ``fmt`` (replacing the file)."""
-    if fmt in ("table", "csv", "json"):
-        Path(path).write_text(render(found, fmt) + "\n")
-        return
-    if fmt == "fits":
-        found.write(path, format="fits", overwrite=True)
-        return
+    """Write the table to ``path`` in ``fmt`` (replacing the file, only once the new one is complete)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if fmt == "parquet":
         _needs("pyarrow", "--format parquet")
-        found.write(path, format="parquet", overwrite=True)
-        return
-    raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    # Everything that can fail on the table's content fails before a file is opened.
+    if fmt == "fits":
+        written = _fits_hdu(found)
+    elif fmt == "parquet":
+        written = _arrow(found)
+    else:
+        written = (render(found, fmt) + "\n").encode("utf-8")
+    with _replacing(path) as temporary:
+        if fmt == "fits":
+            from astropy.io import fits
+
+            fits.HDUList([fits.PrimaryHDU(), written]).writeto(temporary, overwrite=True)
+        elif fmt == "parquet":
+            import pyarrow.parquet
+
+            pyarrow.parquet.write_table(written, temporary)
+        else:
+            with open(temporary, "wb") as file:
+                file.write(written)
 
 
-def plot(found: Table, columns: Sequence[str], path: str, title: str) -> int:
-    """A histogram of one column, or a scatter plot of two, saved to ``path``. The number of points drawn."""
+#: Above this many points a scatter plot becomes a 2-D histogram (dots would hide each other).
+SCATTER_LIMIT = 5000
+LOG_AXES = ("x", "y", "xy")
+
+
+def label(found: Table, name: str) -> str:
+    """An axis label: the column's name, its description and its unit, e.g. ``teff: effective temperature [K]``."""
+    column = found[name]
+    text = f"{name}: {column.description}" if column.description else name
+    if len(text) > 60:
+        text = text[:57] + "..."
+    unit = _unit(column)
+    return f"{text} [{unit}]" if unit else text
+
+
+def _bins(n: int, given: int | None, most: int) -> int:
+    # Rice's rule (2 n^(1/3)), within bounds: a few bins for ten rows, `most` for a million.
+    return given or min(most, max(5, math.ceil(2 * n ** (1 / 3))))
+
+
+def plot(
+    found: Table, columns: Sequence[str], path: str, title: str, bins: int | None = None, log: str = ""
+) -> tuple[int, str]:
+    """A histogram of one column, or a plot of Y against X (dots, or a 2-D histogram for many rows), saved to
+    ``path``. Axes are labelled with descriptions and units; ``log`` (x, y or xy) makes those axes logarithmic.
+    The number of points drawn, and what was drawn (e.g. "histogram of 20 bins, log y").
+    """
     _needs("matplotlib", "--plot")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import MaxNLocator
 
+    if log not in ("", *LOG_AXES):
+        raise ExportError(f"--log takes x, y or xy, not {log!r}")
     data = []
     for name in keep(found, columns).colnames:
         values = found[name]
         if values.ndim > 1 or values.dtype.kind not in "iuf":
             raise ExportError(f"--plot needs numbers, and column {name!r} holds {values.dtype} values")
         data.append(np.ma.filled(values.astype(float), np.nan))
-    finite = np.all([np.isfinite(values) for values in data], axis=0)
-    figure, axes = plt.subplots(figsize=(6, 4), layout="constrained")
-    if len(data) == 1:
-        axes.hist(data[0][finite], bins="auto")
-        axes.set_xlabel(columns[0])
+    usable = np.all([np.isfinite(values) for values in data], axis=0)
+    for axis, values in zip("xy", data):  # a histogram's y axis counts rows, which a log scale can show
+        if axis in log:
+            usable &= values > 0
+    points = [values[usable] for values in data]
+    n = int(usable.sum())
+    figure, axes = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    if suffix not in figure.canvas.get_supported_filetypes():
+        plt.close(figure)
+        known = ", ".join(sorted(figure.canvas.get_supported_filetypes()))
+        raise ExportError(f"--plot cannot draw a .{suffix} file; name one of: {known}")
+    if len(points) == 1:
+        x = points[0]
+        edges = _edges(x, _bins(n, bins, 100), "x" in log)
+        axes.hist(x, bins=edges, histtype="stepfilled", alpha=0.8)
+        axes.set_xlabel(label(found, columns[0]))
         axes.set_ylabel("rows")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        kind = f"histogram of {len(edges) - 1} bins"
+    elif n > SCATTER_LIMIT:
+        x, y = points
+        count = _bins(n, bins, 200)
+        drawn = axes.hist2d(
+            x, y, bins=[_edges(x, count, "x" in log), _edges(y, count, "y" in log)], norm=LogNorm(), cmap="viridis"
+        )
+        figure.colorbar(drawn[3], ax=axes, label="rows per bin")
+        kind = f"2-D histogram of {count} x {count} bins"
     else:
-        axes.scatter(data[0][finite], data[1][finite], s=8)
-        axes.set_xlabel(columns[0])
-        axes.set_ylabel(columns[1])
-    axes.set_title(f"{title} ({int(finite.sum())} of {len(found)} rows)")
-    figure.savefig(path)
+        axes.scatter(points[0], points[1], s=max(2, min(20, 4000 / max(n, 1))), alpha=0.8 if n > 100 else 1)
+        kind = "scatter plot"
+    if len(points) == 2:
+        axes.set_xlabel(label(found, columns[0]))
+        axes.set_ylabel(label(found, columns[1]))
+    for axis in log:
+        getattr(axes, f"set_{axis}scale")("log")
+    if log:
+        kind += f", log {log}"
+    axes.set_title(f"{title}: {n} of {len(found)} rows")
+    with _replacing(path) as temporary:
+        figure.savefig(temporary, format=suffix)
     plt.close(figure)
-    return int(finite.sum())
+    return n, kind
+
+
+def _edges(values: np.ndarray, count: int, logarithmic: bool) -> np.ndarray:
+    """``count`` bins over ``values``, spaced evenly (in the logarithm, when ``logarithmic``)."""
+    if not len(values):
+        return np.linspace(0, 1, count + 1)
+    low, high = float(values.min()), float(values.max())
+    if logarithmic:
+        low, high = math.log10(low), math.log10(high)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, count + 1)
+    return 10**edges if logarithmic else edges

@@ -14,6 +14,16 @@ rows, e.g. one per visit::
         def run(self):
             return {"snr": 12.5, "flux": flux}
 
+Describe the columns for those who read the exports: peewee's ``help_text`` is a column's description, and
+``Meta.units`` maps field names to units (any astropy/FITS unit string)::
+
+    class SNROutput(astra.OutputModel):
+        snr = peewee.DoubleField(help_text="median signal-to-noise ratio per pixel")
+        wavelength_min = peewee.DoubleField(help_text="shortest wavelength of a good pixel")
+
+        class Meta:
+            units = {"wavelength_min": "Angstrom"}
+
 ``task.output().read()`` gives the row back as a model instance, and :func:`results` is a peewee query over the
 rows of every done task of a class, with the tasks' parameters, version and completion time beside them. Rows go
 when their task is forgotten (``on delete cascade``). Backend differences live in the field types only.
@@ -24,7 +34,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import luigi
 import numpy as np
@@ -52,16 +62,28 @@ class ArrayField(peewee.Field):
     """A numpy array of one ``dtype``, any shape: ``real[]``, ``double precision[]``, ``bigint[]``... on
     PostgreSQL (so SQL can index into it, and NaN stays NaN); on SQLite the array's bytes with its dtype and shape
     (numpy's ``.npy`` format). Reads give numpy arrays back.
+
+    ``shape`` declares the arrays' shape, None for a length that varies: ``shape=(None, 3)`` takes (n, 3) arrays,
+    and an empty one reads back as (0, 3) on both backends. PostgreSQL keeps no shape for an empty array (it reads
+    back as (0,)), so an empty array of more than one dimension needs its shape declared.
     """
 
     field_type = "BLOB"
 
-    def __init__(self, dtype: object = "float64", *args, **kwargs) -> None:
+    def __init__(self, dtype: object = "float64", *args, shape: Sequence[int | None] | None = None, **kwargs) -> None:
         self.dtype = np.dtype(dtype)
         if self.dtype not in POSTGRES_TYPES:
             known = ", ".join(str(d) for d in POSTGRES_TYPES)
             raise TypeError(f"astra.ArrayField({self.dtype}): the dtype must be one of {known}")
+        self.shape = None if shape is None else tuple(shape)
+        if self.shape is not None and not all(n is None or (isinstance(n, int) and n >= 0) for n in self.shape):
+            raise TypeError(f"astra.ArrayField(shape={shape!r}): each length must be a whole number or None")
         super().__init__(*args, **kwargs)
+
+    @property
+    def empty_shape(self) -> tuple[int, ...] | None:
+        """The shape an empty array of this field reads back with (None if undeclared: one dimension)."""
+        return None if self.shape is None else tuple(n or 0 for n in self.shape)
 
     @property
     def postgres_type(self) -> str:
@@ -111,6 +133,19 @@ class ArrayField(peewee.Field):
             raise ValueError(
                 f"{self.model.__name__}.{self.name}: cannot store an array of {array.dtype} as {self.dtype}"
             )
+        if self.shape is not None and (
+            array.ndim != len(self.shape) or any(n is not None and n != m for n, m in zip(self.shape, array.shape))
+        ):
+            raise ValueError(
+                f"{self.model.__name__}.{self.name}: expected an array of shape {_shape(self.shape)}, got {array.shape}"
+            )
+        if array.size == 0 and array.ndim > 1 and array.shape != self.empty_shape:
+            declared = _shape(tuple(None if i == 0 else n for i, n in enumerate(array.shape)))
+            raise ValueError(
+                f"{self.model.__name__}.{self.name}: an empty array of shape {array.shape} would read back as "
+                + (f"{self.empty_shape}" if self.shape else "(0,) on PostgreSQL")
+                + f"; declare its shape, e.g. astra.ArrayField('{self.dtype}', shape={declared})"
+            )
         return np.ascontiguousarray(array, dtype=self.dtype)
 
     def db_value(self, value):
@@ -125,7 +160,15 @@ class ArrayField(peewee.Field):
             return np.load(io.BytesIO(bytes(value)), allow_pickle=False)
         if isinstance(value, str):  # an array literal, e.g. from a query that cast the column to text
             value = json.loads(value.translate(_BRACKETS))
-        return np.array(value, dtype=self.dtype)
+        array = np.array(value, dtype=self.dtype)
+        if array.size == 0 and self.shape is not None:  # PostgreSQL's empty arrays have no dimensions
+            return array.reshape(self.empty_shape)
+        return array
+
+
+def _shape(shape: tuple[int | None, ...]) -> str:
+    """A shape as one writes it in Python: (None, 3), (5,)."""
+    return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(str(n) for n in shape)})"
 
 
 #: PostgreSQL's type oid and size of an element of an :class:`ArrayField`, by numpy dtype.
@@ -156,6 +199,20 @@ class OutputModel(peewee.Model):
         database = proxy
         model_metadata_class = SchemaFromDialect  # astra.name on PostgreSQL, name on SQLite
         legacy_table_names = False
+
+
+def units(model: type[OutputModel]) -> dict[str, str]:
+    """The units a model's ``Meta.units`` gives its fields (an error naming the model if it names no field)."""
+    given = getattr(model._meta, "units", None) or {}
+    if not isinstance(given, dict):
+        raise TypeError(f"{model.__name__}.Meta.units must be a dict of field name to unit, not {given!r}")
+    unknown = [name for name in given if name not in model._meta.fields]
+    if unknown:
+        fields = ", ".join(name for name in model._meta.fields if name not in ("pk", "task"))
+        raise TypeError(
+            f"{model.__name__}.Meta.units names {unknown[0]!r}, which is not a field (its fields: {fields})"
+        )
+    return dict(given)
 
 
 def output_model(task: luigi.Task | type[luigi.Task]) -> type[OutputModel] | None:

@@ -6,6 +6,9 @@ keys become the columns; :mod:`astra.export` writes the table.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+
 import luigi
 import peewee
 from astropy.table import Table
@@ -15,16 +18,23 @@ from astra.database import output_tables, records
 from astra.database.models import Task
 
 
-def _typed(cls: type[luigi.Task] | None, name: str, text: str | None) -> object:
-    """A recorded parameter value as its parameter parses it (an int for an IntParameter), else as recorded."""
+def _parser(cls: type[luigi.Task] | None, name: str) -> Callable[[str | None], object]:
+    """Recorded parameter text to its value as the parameter parses it (an int for an IntParameter), else the text
+    as recorded (by another version of the class, or a value that is no plain number or string).
+    """
     parameter = dict(cls.get_params()).get(name) if cls is not None else None
-    if parameter is None or text is None:
-        return text
-    try:
-        value = parameter.parse(text)
-    except Exception:  # recorded by another version of the class: keep the text
-        return text
-    return value if isinstance(value, (int, float, str, bool)) else text
+
+    @functools.lru_cache(maxsize=4096)  # many rows share a task, many tasks a value
+    def typed(text: str | None) -> object:
+        if parameter is None or text is None:
+            return text
+        try:
+            value = parameter.parse(text)
+        except Exception:  # recorded by another version of the class: keep the text
+            return text
+        return value if isinstance(value, (int, float, str, bool)) else text
+
+    return typed
 
 
 def matching(filters: records.Filters, version: str | None) -> peewee.ModelSelect:
@@ -33,29 +43,23 @@ def matching(filters: records.Filters, version: str | None) -> peewee.ModelSelec
     return tasks if version is None else tasks.where(Task.version == version)
 
 
-def results_table(cls: type[luigi.Task] | None, tasks: peewee.ModelSelect) -> Table:
+def results_table(
+    cls: type[luigi.Task] | None, tasks: peewee.ModelSelect, columns: Sequence[str] | None = None
+) -> Table:
     """The results of ``tasks`` (done tasks, from :func:`matching`) as one table.
 
     ``cls`` is their task class, None when it cannot be imported: then the recorded JSON results make the table,
-    with parameters as recorded (text).
+    with parameters as recorded (text). ``columns`` (None: all) are the columns needed: for a class with an output
+    model only those are read (a plot of two columns of a million rows reads two columns).
     """
     model = outputs.output_model(cls) if cls is not None else None
     if model is not None:
-        parameters = outputs.parameter_names(cls)
-        query = output_tables.select_rows(model, tasks.select(Task.pk).order_by(), parameters)
-        fields = [f for f in model._meta.fields if f not in ("pk", "task")]
-        task_columns = [output_tables.task_column(model, n) for n in [*parameters, "version", "completed"]]
-        names = ["task_pk", *task_columns, *fields]
-        typed = dict(zip(task_columns, parameters))
-        rows = (
-            [_typed(cls, typed[a], getattr(row, a)) if a in typed else getattr(row, a) for a in names]
-            for row in query.iterator()
-        )
-        return export.table(names, rows)
+        return _output_rows(cls, model, tasks, columns)
     # Listing leaves results out (they can be large); here they are the table.
     found = list(tasks.select_extend(Task.result).order_by(Task.pk))
     parameters = records.parameters_of([task.pk for task in found])
     parameter_names = list(dict.fromkeys(key for task in found for key in parameters[task.pk]))
+    typed = {name: _parser(cls, name) for name in parameter_names}
     values = [task.result for task in found]  # decoded by the result field (astra/values.py)
     keys = list(dict.fromkeys(k for value in values if isinstance(value, dict) for k in value))
     if any(value is not None and not isinstance(value, dict) for value in values):
@@ -65,11 +69,77 @@ def results_table(cls: type[luigi.Task] | None, tasks: peewee.ModelSelect) -> Ta
     rows = []
     for task, value in zip(found, values):
         given = parameters[task.pk]
-        row = [task.pk, *(_typed(cls, k, given.get(k)) for k in parameter_names), task.version, task.completed]
+        row = [task.pk, *(typed[k](given.get(k)) for k in parameter_names), task.version, task.completed]
         for key in keys:
             if isinstance(value, dict):
                 row.append(value.get(key))
             else:
                 row.append(value if key == "result" else None)
         rows.append(row)
-    return export.table(names, rows)
+    found = export.table(names, rows)
+    _describe_task_columns(found, cls, {name: name for name in ["task_pk", *parameter_names, "version", "completed"]})
+    return found
+
+
+def _output_rows(
+    cls: type[luigi.Task], model: type[outputs.OutputModel], tasks: peewee.ModelSelect, wanted: Sequence[str] | None
+) -> Table:
+    """The rows of ``model`` made by ``tasks``, with the tasks' columns beside them; only the ``wanted`` ones.
+
+    The output rows are read alone, and each task's version, completion time and parameters once per task (a
+    task may have many rows).
+    """
+    parameters = outputs.parameter_names(cls)
+    fields = [name for name in model._meta.fields if name not in ("pk", "task")]
+    task_columns = {output_tables.task_column(model, n): n for n in [*parameters, "version", "completed"]}
+    names = ["task_pk", *task_columns, *fields]
+    if wanted is not None:
+        export.check_columns(wanted, names)
+        names = [name for name in names if name in wanted]
+    chosen = [name for name in fields if name in names]
+    pks, values = output_tables.columns_of(model, tasks.select(Task.pk).order_by(), chosen)
+    values["task_pk"] = pks
+    needed = {column: what for column, what in task_columns.items() if column in names}
+    if needed:
+        per_task = {
+            pk: {"version": version, "completed": completed}
+            for pk, version, completed in tasks.select(Task.pk, Task.version, Task.completed)
+            .order_by()
+            .tuples()
+            .iterator()
+        }
+        if set(needed.values()) - {"version", "completed"}:
+            recorded = records.parameters_of(list(dict.fromkeys(pks)))
+            for pk, given in recorded.items():
+                per_task[pk].update({name: given.get(name) for name in parameters})
+        for column, what in needed.items():
+            typed = _parser(cls, what) if what in parameters else None
+            by_task = {
+                pk: (typed(task[what]) if typed else task[what]) for pk, task in per_task.items() if what in task
+            }
+            values[column] = [by_task.get(pk) for pk in pks]
+    found = Table([export.column(name, values[name]) for name in names])
+    _describe_task_columns(found, cls, {"task_pk": "task_pk", **needed} if "task_pk" in names else needed)
+    units = outputs.units(model)
+    for name in chosen:
+        export.annotate(found, name, units.get(name), model._meta.fields[name].help_text)
+    return found
+
+
+#: The descriptions of the columns every results table has.
+TASK_COLUMNS = {
+    "task_pk": "pk of the task in astra.task that made this row",
+    "version": "version of the task",
+    "completed": "when the task was recorded done (UTC, ISO 8601)",
+}
+
+
+def _describe_task_columns(found: Table, cls: type[luigi.Task] | None, columns: dict[str, str]) -> None:
+    """Describe the task columns (``columns`` maps each column to what it is): a parameter by its luigi
+    description, else by its name.
+    """
+    parameters = dict(cls.get_params()) if cls is not None else {}
+    for column, what in columns.items():
+        parameter = parameters.get(what)
+        described = getattr(parameter, "description", None)
+        export.annotate(found, column, description=TASK_COLUMNS.get(what) or described or f"task parameter {what}")

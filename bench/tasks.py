@@ -191,3 +191,50 @@ class Trivial(astra.BaseTask):
 
     def run(self) -> dict:
         return {"i": self.i}
+
+
+class Star(astra.OutputModel):
+    """Rows of the plot benchmark (bench/plots.py): three numbers per star, many stars per field."""
+
+    teff = peewee.DoubleField(help_text="effective temperature")
+    logg = peewee.DoubleField(help_text="surface gravity, log10(g / (cm s^-2))")
+    snr = peewee.DoubleField(help_text="signal-to-noise ratio per pixel")
+
+    class Meta:
+        table_name = "bench_star"
+        units = {"teff": "K", "logg": "dex"}
+
+
+class FieldStars(astra.BaseTask):
+    """The item of the plot benchmark: one field of ``stars`` stars, one row each."""
+
+    output_model = Star
+    field = luigi.IntParameter()
+    stars = luigi.IntParameter(default=1000)
+
+
+class Fields(BatchTask):
+    """``n`` FieldStars items, their rows made up by numpy (a main sequence and a giant branch)."""
+
+    item_class = FieldStars
+    chunk_size = 50
+    n = luigi.IntParameter()
+    stars = luigi.IntParameter(default=1000)
+
+    def parameter_sets(self):
+        return ({"field": i, "stars": self.stars} for i in range(self.n))
+
+    def process(self, chunk: list) -> list[list[dict]]:
+        made = []
+        for item in chunk:
+            rng = np.random.default_rng(item.values["field"])
+            teff = rng.normal(5500, 900, self.stars).clip(3000, 9000)
+            giant = rng.random(self.stars) < 0.3
+            logg = np.where(giant, 2.5 + (teff - 4000) / 2000, 4.6 - (teff - 4000) / 8000) + rng.normal(
+                0, 0.15, self.stars
+            )
+            snr = rng.lognormal(3, 0.8, self.stars)
+            made.append(
+                [{"teff": t, "logg": g, "snr": s} for t, g, s in zip(teff.tolist(), logg.tolist(), snr.tolist())]
+            )
+        return made

@@ -140,3 +140,52 @@ class LabelledBatch(BatchTask):
 
     def parameter_sets(self):
         return [{"i": i, "label": label} for i, label in enumerate(self.labels)]
+
+
+class Star(astra.OutputModel):
+    """Described columns: help_text and Meta.units become the units and descriptions of exports and plots."""
+
+    teff = peewee.DoubleField(help_text="effective temperature")
+    logg = peewee.DoubleField(null=True, help_text="surface gravity, log10(g / (cm s^-2))")
+    spectrum = astra.ArrayField("float32", null=True, help_text="model flux")
+
+    class Meta:
+        table_name = "test_star"
+        units = {"teff": "K", "logg": "dex", "spectrum": "erg / (Angstrom cm2 s)"}
+
+
+class FitStar(astra.BaseTask):
+    """``rows`` rows of a star: a straight line in teff against logg, each row its own spectrum."""
+
+    output_model = Star
+    star = luigi.Parameter(description="name of the star")
+    rows = luigi.IntParameter(default=1)
+
+    def run(self) -> list[dict]:
+        teff = 4000 + 3000 * np.arange(self.rows) / max(self.rows - 1, 1)
+        logg = 5 - teff / 2000
+        return [
+            {"teff": t, "logg": g, "spectrum": np.full(10, i, dtype=np.float32)}
+            for i, (t, g) in enumerate(zip(teff.tolist(), logg.tolist()))
+        ]
+
+
+class Lines(astra.OutputModel):
+    """Lines found in a spectrum, (wavelength, flux, width) each: a (0, 3) array when there are none."""
+
+    lines = astra.ArrayField("float64", shape=(None, 3), help_text="wavelength, flux and width of each line")
+    lines_undeclared = astra.ArrayField("float64", null=True)
+
+    class Meta:
+        table_name = "test_lines"
+
+
+class FindLines(astra.BaseTask):
+    output_model = Lines
+    n = luigi.IntParameter()
+    #: Put the lines in the field that does not declare their shape too.
+    undeclared = luigi.BoolParameter(default=False)
+
+    def run(self) -> dict:
+        lines = np.arange(self.n * 3, dtype=float).reshape(self.n, 3)
+        return {"lines": lines, "lines_undeclared": lines if self.undeclared else None}

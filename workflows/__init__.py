@@ -42,13 +42,15 @@ class SpectrumFile(luigi.ExternalTask):
 class SNR(astra.OutputModel):
     """What EstimateSNR measures in one spectrum: a row of table ``astra.snr``, linked to its task."""
 
-    snr = peewee.DoubleField(null=True)  # NaN when no pixel is good (stored as NULL on SQLite)
-    n_good_pixels = peewee.IntegerField()
-    wavelength_min = peewee.DoubleField(null=True)  # Angstrom, over the good pixels
-    wavelength_max = peewee.DoubleField(null=True)
+    # help_text and Meta.units describe the columns in exports (FITS TCOMMn/TUNITn, ECSV, Parquet) and plots.
+    snr = peewee.DoubleField(null=True, help_text="median of flux * sqrt(ivar) over the good pixels")  # NaN if none
+    n_good_pixels = peewee.IntegerField(help_text="pixels with ivar > 0, no mask bit and a finite flux")
+    wavelength_min = peewee.DoubleField(null=True, help_text="shortest wavelength of a good pixel")
+    wavelength_max = peewee.DoubleField(null=True, help_text="longest wavelength of a good pixel")
 
     class Meta:
         table_name = "snr"
+        units = {"wavelength_min": "Angstrom", "wavelength_max": "Angstrom"}
 
 
 class EstimateSNR(astra.BaseTask):
@@ -60,7 +62,7 @@ class EstimateSNR(astra.BaseTask):
     """
 
     output_model = SNR
-    spectrum_path = luigi.Parameter(default=str(EXAMPLE_SPECTRA / "spec-00001.fits"))
+    spectrum_path = luigi.Parameter(default=str(EXAMPLE_SPECTRA / "spec-00001.fits"), description="spectrum file")
 
     def requires(self) -> SpectrumFile:
         return SpectrumFile(self.spectrum_path)

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 import click
+import luigi
+from luigi.task_register import Register, TaskClassException
 
 from astra import outputs
 from astra.cli.formats import UTC, say
@@ -138,4 +140,21 @@ def output_models(names: Sequence[str]) -> list:
     models = outputs.models_in(import_modules(names))
     if names and not models:
         say(f"note: no astra.OutputModel in {', '.join(names)}")
+    for model in models:
+        try:
+            outputs.units(model)
+        except TypeError as exc:
+            raise click.UsageError(str(exc)) from None
     return models
+
+
+def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
+    """The task class named ``name``, imported from ``modules`` or where its records say; None if it cannot be."""
+    try:
+        import_modules(modules or records.modules_of(name))
+    except click.UsageError as exc:
+        say(f"note: {exc.format_message()}; using the recorded JSON results")
+    try:
+        return Register.get_task_cls(name)
+    except TaskClassException:
+        return None

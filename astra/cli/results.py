@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import datetime
+import shlex
 
 import click
-import luigi
-from luigi.task_register import Register, TaskClassException
 
 from astra import export
 from astra.cli import formats
-from astra.cli.options import CONTEXT, filter_options, import_modules, json_option, nothing_matches
+from astra.cli.options import CONTEXT, filter_options, json_option, nothing_matches, task_class
 from astra.database import records
+from astra.database.connection import describe
 from astra.results_table import matching, results_table
+from astra.version import __version__
 
 
-def _task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
-    """The task class named ``name``, imported from ``modules`` or where its records say; None if it cannot be."""
-    try:
-        import_modules(modules or records.modules_of(name))
-    except click.UsageError as exc:
-        formats.say(f"note: {exc.format_message()}; using the recorded JSON results")
-    try:
-        return Register.get_task_cls(name)
-    except TaskClassException:
-        return None
+def provenance(name: str, filters: records.Filters, task_version: str | None) -> dict[str, str]:
+    """What an exported file records of where its rows come from (see export.PROVENANCE)."""
+    query = [name, *(f"--module={m}" for m in filters.modules), *(f"--where={k}={v}" for k, v in filters.where)]
+    if filters.since:
+        query.append(f"--since={filters.since.astimezone(formats.UTC).isoformat()}")
+    if task_version is not None:
+        query.append(f"--version={task_version}")
+    return {
+        "ASTRAVER": __version__,
+        "DATE": datetime.datetime.now(formats.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        "TASKNAME": name,
+        "TASKVERS": "*" if task_version is None else task_version,
+        "QUERY": shlex.join(query),
+        "DATABASE": describe(),
+    }
 
 
 @click.command("results", context_settings=CONTEXT)
@@ -35,7 +41,9 @@ def _task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
 @click.option("--columns", help="Comma-separated columns to keep, in that order (default: all).")
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), help="Output format (default: table).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
-@click.option("--plot", metavar="COLUMN|X,Y", help="Draw a histogram of COLUMN or a scatter of X,Y into -o FILE.")
+@click.option("--plot", metavar="COLUMN|X,Y", help="Draw a histogram of COLUMN, or Y against X, into -o FILE.")
+@click.option("--bins", type=click.IntRange(min=1), help="--plot: bins of the histogram (per axis for X,Y).")
+@click.option("--log", type=click.Choice(export.LOG_AXES), help="--plot: logarithmic x axis, y axis or both.")
 @json_option
 def results(
     name: str,
@@ -45,16 +53,20 @@ def results(
     fmt: str | None,
     output: str | None,
     plot: str | None,
+    bins: int | None,
+    log: str | None,
     as_json: bool,
 ) -> None:
     """The results of the done tasks named NAME: one row per output row (or per task, for tasks without one).
 
     Columns: task_pk, the task's parameters, version, completed, then the output columns (for a task without an
-    output model, the top-level keys of its result). Select tasks with the filters of `astra tasks list`.
+    output model, the top-level keys of its result). Select tasks with the filters of `astra tasks list`. FITS,
+    ECSV and Parquet files carry each column's unit and description, and where the rows come from.
 
     \b
       astra results EstimateSNR --format fits -o snr.fits
       astra results EstimateSNR --plot snr -o snr.png
+      astra results EstimateSNR --plot wavelength_min,snr --log y --bins 50 -o snr.png
     """
     if filters.names and set(filters.names) != {name}:
         raise click.UsageError(f"results are those of NAME ({name}); --name cannot ask for others")
@@ -67,24 +79,33 @@ def results(
     fmt = fmt or "table"
     if (fmt in export.BINARY or plot) and not output:
         raise click.UsageError(f"{'--plot' if plot else f'--format {fmt}'} writes a file: give -o FILE")
+    if (bins or log) and not plot:
+        raise click.UsageError(f"{'--bins' if bins else '--log'} shapes a plot: give --plot too")
+    kept = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    drawn = [c.strip() for c in plot.split(",")] if plot else None
+    if drawn is not None and len(drawn) not in (1, 2):
+        raise click.UsageError("--plot takes one column (histogram) or two, X,Y (Y against X)")
     filters = dataclasses.replace(filters, names=(name,), statuses=("done",))
-    tasks = matching(filters, task_version)
-    found = results_table(_task_class(name, filters.modules), tasks)
-    if not len(found):
-        raise (
-            nothing_matches(filters)
-            if name not in records.known_names()
-            else click.ClickException(f"no done {name} task has results that match")
-        )
     try:
-        if columns:
-            found = export.keep(found, [c.strip() for c in columns.split(",") if c.strip()])
-        if plot:
-            wanted = [c.strip() for c in plot.split(",")]
-            if len(wanted) not in (1, 2):
-                raise click.UsageError("--plot takes one column (histogram) or two, X,Y (scatter plot)")
-            drawn = export.plot(found, wanted, output, name)
-            formats.say(f"drew {drawn} of {len(found)} rows into {output}")
+        if output:
+            export.check_writable(output)  # before a query that may take a while
+        cls = task_class(name, filters.modules)
+        try:
+            found = results_table(cls, matching(filters, task_version), drawn or kept)
+        except TypeError as exc:  # the class's output model is wrong, e.g. its Meta.units names no field
+            raise click.ClickException(str(exc)) from None
+        if not len(found):
+            raise (
+                nothing_matches(filters)
+                if name not in records.known_names()
+                else click.ClickException(f"no done {name} task has results that match")
+            )
+        found.meta.update(provenance(name, filters, task_version))
+        if kept and not drawn:
+            found = export.keep(found, kept)
+        if drawn:
+            points, kind = export.plot(found, drawn, output, name, bins=bins, log=log or "")
+            formats.say(f"drew {points} of {len(found)} rows into {output} ({kind})")
         elif output:
             export.write(found, fmt, output)
             formats.say(f"wrote {len(found)} rows, {len(found.colnames)} columns to {output}")

@@ -6,15 +6,37 @@ import json
 from collections import Counter
 
 import click
+from astropy.table import Table
 
-from astra import values
+from astra import export, outputs, values
 from astra.cli import formats
-from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches
-from astra.database import records
+from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches, task_class
+from astra.database import output_tables, records
 from astra.database.models import Task
 
 #: How many tasks ``forget`` lists before it asks; the rest are counted per task name.
 SHOWN = 20
+#: How many output rows ``show`` prints.
+SHOWN_ROWS = 5
+
+
+def _output_rows(task: Task) -> tuple[str, Table, int] | None:
+    """The output table of a task whose class has an output model, its first rows there (as a table) and how
+    many rows it made; None for a task without one, or whose class cannot be imported.
+    """
+    if task.status != "done":
+        return None
+    cls = task_class(task.task_name, [task.task_module])
+    model = outputs.output_model(cls) if cls is not None else None
+    if model is None:
+        return None
+    fields = [name for name in model._meta.fields if name not in ("pk", "task")]
+    rows, total = output_tables.first_rows(model, task.pk, SHOWN_ROWS)
+    found = export.table(fields, [[getattr(row, name) for name in fields] for row in rows])
+    units = outputs.units(model)
+    for name in fields:
+        export.annotate(found, name, units.get(name), model._meta.fields[name].help_text)
+    return output_tables.table_name(model), found, total
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
@@ -64,9 +86,17 @@ def show(ref: str, as_json: bool) -> None:
         raise click.ClickException(f"task {ref!r} was forgotten meanwhile")
     parameters = records.parameters_of([task.pk])[task.pk]
     upstream, downstream = records.requires(task.pk), records.required_by(task.pk)
+    try:
+        output = _output_rows(task)
+    except TypeError as exc:  # the class's output model is wrong, e.g. its Meta.units names no field
+        raise click.ClickException(str(exc)) from None
     if as_json:
         record = formats.record(task, parameters)
         record["result"] = values.plain(task.result)  # strict JSON: NaN is {"$float": "NaN"}
+        if output is not None:
+            table, found, total = output
+            # The rows are the result of a task with an output model (strict JSON: NaN is null, as in `results`).
+            record["output"] = {"table": table, "rows": total, "first_rows": export.records(found)}
         record["traceback"] = task.traceback
         record["requires"] = [formats.edge(t) for t in upstream]
         record["required_by"] = [formats.edge(t) for t in downstream]
@@ -102,6 +132,12 @@ def show(ref: str, as_json: bool) -> None:
             click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}{dynamic}")
     if task.result is not None:
         click.echo(f"result\n  {formats.short(json.dumps(values.plain(task.result)), 2000)}")
+    if output is not None:
+        table, found, total = output
+        more = f", the first {len(found)} shown; all: astra results {task.task_name}" if total > len(found) else ""
+        click.echo(f"output rows ({total} in {table}{more})")
+        if len(found):
+            click.echo("\n".join("  " + line for line in found.pformat(max_lines=-1, max_width=-1)))
     if task.error:
         click.echo(f"error\n  {task.error}")
     if task.traceback:

@@ -1,0 +1,218 @@
+"""Products a release can ship: exports that carry units, descriptions and provenance; plots labelled with them;
+output rows in ``astra tasks show``; export trouble in one line; empty arrays that keep their shape."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import uuid
+
+import luigi
+import numpy as np
+import peewee
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from astra import outputs
+from astra.database import output_tables
+from astra.database.connection import is_postgres
+from astra.targets import forget_cached
+from astra.version import __version__
+from tests.helpers import astra, astra_many, one_line_error, with_password
+from tests.output_tasks import FindLines, FitStar, Lines, Star
+
+PASSWORD = "pw-never-shown-9"
+
+
+def build(*tasks: luigi.Task) -> bool:
+    forget_cached()
+    luigi.task_register.Register.clear_instance_cache()
+    return luigi.build(list(tasks), local_scheduler=True, log_level="WARNING")
+
+
+@pytest.fixture
+def stars_db(database_url):
+    """Described rows of three stars (one of them of 8 rows), and $ASTRA_DATABASE_URL with a password in it."""
+    if is_postgres():
+        output_tables.create([Star, Lines])
+    assert build(FitStar(star="alpha"), FitStar(star="beta", rows=8), FitStar(star="Ëta Carinae"))
+    return with_password(database_url, PASSWORD) if database_url.startswith("postgres") else database_url
+
+
+def test_fits_ecsv_and_parquet_carry_units_descriptions_and_provenance(stars_db, tmp_path):
+    env = {"ASTRA_DATABASE_URL": stars_db}
+    path = tmp_path / "stars.fits"
+    started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    made, ecsv = astra_many(
+        ("results", "FitStar", "--where", "star=alpha", "--format", "fits", "-o", str(path)),
+        ("results", "FitStar", "--where", "star=beta", "--format", "ecsv"),
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    table = Table.read(path)
+    assert table.colnames == ["task_pk", "star", "rows", "version", "completed", "teff", "logg", "spectrum"]
+    assert str(table["teff"].unit) == "K" and str(table["logg"].unit) == "dex"
+    assert table["spectrum"].unit.is_equivalent("erg / (Angstrom cm2 s)") and table["spectrum"].shape == (1, 10)
+    header = fits.getheader(path, 1)
+    comments = {header[f"TTYPE{i}"]: header.get(f"TCOMM{i}") for i in range(1, header["TFIELDS"] + 1)}
+    assert comments["teff"] == "effective temperature"
+    assert comments["logg"] == "surface gravity, log10(g / (cm s^-2))"
+    assert comments["star"] == "name of the star"  # the luigi parameter's description
+    assert comments["completed"].startswith("when the task was recorded done")
+    assert header["TUNIT6"] == "K"
+    assert header["ASTRAVER"] == __version__ and header["TASKNAME"] == "FitStar" and header["TASKVERS"] == "*"
+    assert header["QUERY"] == "FitStar --where=star=alpha"
+    assert PASSWORD not in repr(header) and header["DATABASE"] == stars_db.replace(PASSWORD, "***")
+    written = datetime.datetime.fromisoformat(header["DATE"]).replace(tzinfo=datetime.timezone.utc)
+    assert started - datetime.timedelta(seconds=1) <= written <= datetime.datetime.now(datetime.timezone.utc)
+
+    assert ecsv.returncode == 0, ecsv.stderr
+    table = Table.read(ecsv.stdout, format="ascii.ecsv")
+    assert len(table) == 8 and str(table["teff"].unit) == "K" and table["teff"].description == "effective temperature"
+    assert table.meta["QUERY"] == "FitStar --where=star=beta" and PASSWORD not in ecsv.stdout
+
+    pyarrow = pytest.importorskip("pyarrow.parquet")
+    parquet = tmp_path / "stars.parquet"
+    made = astra("results", "FitStar", "--format", "parquet", "-o", str(parquet), env=env)
+    assert made.returncode == 0, made.stderr
+    schema = pyarrow.read_schema(parquet)
+    assert schema.field("teff").metadata == {b"description": b"effective temperature", b"unit": b"K"}
+    assert schema.field("star").metadata[b"description"] == b"name of the star"
+    assert schema.metadata[b"TASKNAME"] == b"FitStar" and PASSWORD.encode() not in schema.metadata[b"DATABASE"]
+    read = pyarrow.read_table(parquet)
+    assert sorted(read.column("star").to_pylist()) == ["alpha"] + ["beta"] * 8 + ["Ëta Carinae"]
+    assert len(read.column("spectrum")[0].as_py()) == 10
+
+
+def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
+    env = {"ASTRA_DATABASE_URL": stars_db}
+    path = tmp_path / "stars.fits"
+    refused, chosen = astra_many(
+        ("results", "FitStar", "--format", "fits", "-o", str(path)),
+        ("results", "FitStar", "--where", "star=Ë*", "--columns", "teff,logg", "--format", "fits", "-o", str(path)),
+        env=env,
+    )
+    line = one_line_error(refused, 1)
+    assert "FITS holds ASCII text only, and column 'star' holds 'Ëta Carinae'" in line and "--format parquet" in line
+    # Left out, the column is no trouble; the query in the header is escaped to ASCII.
+    assert chosen.returncode == 0, chosen.stderr
+    assert Table.read(path)["teff"].tolist() == [4000.0]
+    assert fits.getheader(path, 1)["QUERY"] == "FitStar '--where=star=\\xcb*'"
+
+
+def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_path):
+    env = {"ASTRA_DATABASE_URL": stars_db}
+    missing = tmp_path / "no-such-folder" / "stars.fits"
+    full = astra_many(
+        ("results", "FitStar", "--format", "csv", "-o", str(missing)),
+        ("results", "FitStar", "--plot", "teff", "-o", str(missing.with_suffix(".png"))),
+        ("results", "FitStar", "--where", "star=alpha", "--format", "fits", "-o", "/dev/full"),
+        env=env,
+    )
+    for made in full[:2]:
+        assert one_line_error(made, 1) == (
+            f"astra: cannot write {made.args[-1]}: the folder {missing.parent} does not exist (create it first)"
+        )
+    assert one_line_error(full[2], 1) == "astra: cannot write /dev/full: No space left on device"
+    assert not missing.parent.exists()
+
+    # A disk that fills up half way: the file asked for keeps its old content, and no partial file is left.
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        target = disk / "stars.fits"
+        target.write_bytes(b"the previous export\n")
+        assert build(FitStar(star="big", rows=2000))  # some 200 kB of FITS
+        made = astra("results", "FitStar", "--where", "star=big", "--format", "fits", "-o", str(target), env=env)
+        assert one_line_error(made, 1) == f"astra: cannot write {target}: No space left on device"
+        assert target.read_bytes() == b"the previous export\n" and os.listdir(disk) == ["stars.fits"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def svg_text(path) -> list[str]:
+    return re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text())
+
+
+def test_plots_are_labelled_with_descriptions_and_units_and_take_bins_and_log(stars_db, tmp_path):
+    pytest.importorskip("matplotlib")
+    config = tmp_path / "matplotlib"
+    config.mkdir()
+    (config / "matplotlibrc").write_text("svg.fonttype: none\n")  # text as text, for the test to read
+    env = {"ASTRA_DATABASE_URL": stars_db, "MPLCONFIGDIR": str(config)}
+    assert build(FitStar(star="many", rows=6000))
+    histogram, few, many = tmp_path / "h.svg", tmp_path / "few.svg", tmp_path / "many.png"
+    made = astra_many(
+        ("results", "FitStar", "--plot", "teff", "--bins", "7", "--log", "y", "-o", str(histogram)),
+        ("results", "FitStar", "--where", "star=beta", "--plot", "teff,logg", "--log", "x", "-o", str(few)),
+        ("results", "FitStar", "--plot", "teff,logg", "--bins", "40", "-o", str(many)),
+        ("results", "FitStar", "--plot", "teff", "--log", "z", "-o", str(many)),
+        ("results", "FitStar", "--bins", "3"),
+        env=env,
+    )
+    assert made[0].returncode == 0, made[0].stderr
+    assert made[0].stderr.strip() == f"drew 6010 of 6010 rows into {histogram} (histogram of 7 bins, log y)"
+    assert "teff: effective temperature [K]" in svg_text(histogram) and "rows" in svg_text(histogram)
+    assert made[1].stderr.strip() == f"drew 8 of 8 rows into {few} (scatter plot, log x)"
+    assert "logg: surface gravity, log10(g / (cm s^-2)) [dex]" in svg_text(few)
+    assert made[2].stderr.strip() == f"drew 6010 of 6010 rows into {many} (2-D histogram of 40 x 40 bins)"
+    assert many.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--log" in one_line_error(made[3], 2) and "'z' is not one of 'x', 'y', 'xy'" in made[3].stderr
+    assert one_line_error(made[4], 2).startswith("astra: --bins shapes a plot: give --plot too")
+
+
+def test_tasks_show_shows_the_output_rows(stars_db):
+    env = {"ASTRA_DATABASE_URL": stars_db}
+    found = json.loads(astra("tasks", "list", "--name", "FitStar", "--where", "star=beta", "--json", env=env).stdout)
+    pk = str(found[0]["pk"])
+    shown, as_json = astra_many(("tasks", "show", pk), ("tasks", "show", pk, "--json"), env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.split("output rows ", 1)[1].splitlines()
+    assert lines[0] == "(8 in astra.test_star, the first 5 shown; all: astra results FitStar)"
+    assert lines[1].split() == ["teff", "logg", "spectrum"] and lines[2].split()[:2] == ["K", "dex"]
+    assert [float(line.split()[0]) for line in lines[4:]] == pytest.approx([4000 + 3000 * i / 7 for i in range(5)])
+    record = json.loads(as_json.stdout)
+    assert record["result"] is None
+    assert record["output"]["table"] == "astra.test_star" and record["output"]["rows"] == 8
+    assert [row["teff"] for row in record["output"]["first_rows"]] == pytest.approx(
+        [4000 + 3000 * i / 7 for i in range(5)]
+    )
+    assert record["output"]["first_rows"][1]["spectrum"] == [1.0] * 10
+
+
+def test_empty_arrays_keep_their_shape(database_url):
+    if is_postgres():
+        output_tables.create([Lines])
+    assert build(FindLines(n=0), FindLines(n=2))
+    assert FindLines(n=0).output().read().lines.shape == (0, 3)
+    assert FindLines(n=2).output().read().lines.shape == (2, 3)
+    # Where the shape is not declared, an empty (0, 3) array would read back as (0,) on PostgreSQL: refused on
+    # both backends, saying what to declare, and the task is not done.
+    assert not build(FindLines(n=0, undeclared=True))
+    shown = json.loads(astra("tasks", "list", "--name", "FindLines", "--status", "failed", "--json").stdout)
+    assert len(shown) == 1
+    error = json.loads(astra("tasks", "show", str(shown[0]["pk"]), "--json").stdout)["error"]
+    assert "Lines.lines_undeclared: an empty array of shape (0, 3) would read back as (0,) on PostgreSQL" in error
+    assert "astra.ArrayField('float64', shape=(None, 3))" in error
+    assert build(FindLines(n=1, undeclared=True))  # a (1, 3) array keeps its shape on both without a declaration
+
+
+def test_units_must_name_fields(sqlite_url):
+    class Bad(outputs.OutputModel):
+        teff = peewee.DoubleField()
+
+        class Meta:
+            table_name = f"bad_{uuid.uuid4().hex[:8]}"
+            units = {"tef": "K"}
+
+    with pytest.raises(TypeError, match=r"Bad.Meta.units names 'tef', which is not a field \(its fields: teff\)"):
+        outputs.units(Bad)
+    assert outputs.units(Star) == {"teff": "K", "logg": "dex", "spectrum": "erg / (Angstrom cm2 s)"}
+    assert np.dtype(Lines.lines.dtype) == np.float64 and Lines.lines.empty_shape == (0, 3)
