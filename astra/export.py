@@ -352,18 +352,19 @@ def write(found: Table, fmt: str, path: str) -> None:
         written = _arrow(found)
     else:
         written = (render(found, fmt) + "\n").encode("utf-8")
-    with _replacing(path) as temporary:
+    # Each writer gets a file opened here: given a name, astropy's "overwrite" deletes what is there first, which
+    # for a device (/dev/stdout, /dev/full) is the device itself.
+    with _replacing(path) as temporary, open(temporary, "wb") as file:
         if fmt == "fits":
             from astropy.io import fits
 
-            fits.HDUList([fits.PrimaryHDU(), written]).writeto(temporary, overwrite=True)
+            fits.HDUList([fits.PrimaryHDU(), written]).writeto(file)
         elif fmt == "parquet":
             import pyarrow.parquet
 
-            pyarrow.parquet.write_table(written, temporary)
+            pyarrow.parquet.write_table(written, file)
         else:
-            with open(temporary, "wb") as file:
-                file.write(written)
+            file.write(written)
 
 
 #: Above this many points a scatter plot becomes a 2-D histogram (dots would hide each other).
@@ -448,8 +449,8 @@ def plot(
     if log:
         kind += f", log {log}"
     axes.set_title(f"{title}: {n} of {len(found)} rows")
-    with _replacing(path) as temporary:
-        figure.savefig(temporary, format=suffix)
+    with _replacing(path) as temporary, open(temporary, "wb") as file:
+        figure.savefig(file, format=suffix)
     plt.close(figure)
     return n, kind
 

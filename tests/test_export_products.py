@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import stat
 import subprocess
 import uuid
 
@@ -118,6 +119,7 @@ def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_pat
             f"astra: cannot write {made.args[-1]}: the folder {missing.parent} does not exist (create it first)"
         )
     assert one_line_error(full[2], 1) == "astra: cannot write /dev/full: No space left on device"
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # written to, not replaced by a file
     assert not missing.parent.exists()
 
     # A disk that fills up half way: the file asked for keeps its old content, and no partial file is left.
