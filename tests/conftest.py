@@ -1,4 +1,4 @@
-"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL; a luigid; a SLURM cluster.
+"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL; a luigid; a SLURM cluster; a pgbouncer.
 
 PostgreSQL tests create their own database (``astra_test_<random>``) on $ASTRA_TEST_POSTGRES (default
 ``postgresql://postgres@127.0.0.1:5432``) and drop it afterwards. Without a server they are skipped, unless
@@ -10,8 +10,10 @@ this module or each other.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ from astra import outputs
 from astra.database import create_schema, output_tables
 from astra.database.connection import reset
 from astra.targets import forget_cached
-from tests.helpers import POSTGRES, REPO, Luigid
+from tests.helpers import OLD, POSTGRES, REPO, Luigid
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -170,3 +172,58 @@ def slurm_cluster() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def old_astra(tmp_path_factory) -> Path:
+    """The astra package of commit 9abb7da (schema 1), unpacked from git."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", OLD, "astra", "schema"], capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"commit {OLD} is not in this checkout ({exc}); the upgrade test needs its code")
+    where = tmp_path_factory.mktemp("astra-9abb7da")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where, filter="data")
+    return where
+
+
+#: A pgbouncer in transaction mode in front of the tests' PostgreSQL server (``scripts/pgbouncer-local start``).
+PGBOUNCER = os.environ.get("ASTRA_TEST_PGBOUNCER", "postgresql://postgres@127.0.0.1:6432").rstrip("/")
+
+
+@pytest.fixture
+def pgbouncer_database(postgres_database) -> str:
+    """``postgres_database`` (new and empty) reached through pgbouncer.
+
+    Never starts one: without a pgbouncer answering at $ASTRA_TEST_PGBOUNCER the test is skipped with the way to
+    start one, unless ASTRA_REQUIRE_PGBOUNCER=1 (as in CI), which makes it fail instead.
+    """
+    url = f"{PGBOUNCER}/{postgres_database.rpartition('/')[2]}"
+    try:
+        psycopg2.connect(url, connect_timeout=3).close()
+    except psycopg2.OperationalError as exc:
+        message = (
+            f"no pgbouncer answers at {PGBOUNCER} ({str(exc).strip()}): start one with scripts/pgbouncer-local start "
+            "(ASTRA_REQUIRE_PGBOUNCER=1 makes this a failure instead of a skip)"
+        )
+        if os.environ.get("ASTRA_REQUIRE_PGBOUNCER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def pgbouncer_url(pgbouncer_database, monkeypatch) -> str:
+    """An astra database made through pgbouncer (``astra db init --module workflows``), where $ASTRA_DATABASE_URL
+    points."""
+    from workflows import SNR
+
+    monkeypatch.setenv("ASTRA_DATABASE_URL", pgbouncer_database)
+    forget_cached()
+    create_schema()
+    output_tables.create([SNR])
+    yield pgbouncer_database
+    forget_cached()
+    reset()

@@ -388,6 +388,19 @@ class QueryCounter(logging.Handler):
 # PostgreSQL ------------------------------------------------------------------------------------------------------
 
 
+#: main before schema versions: its schema file and code are schema 1 (the ``old_astra`` fixture unpacks them).
+OLD = "9abb7da"
+
+
+def old_luigi(old: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``luigi ARGS`` with the old astra (and this checkout's tests package for the task module)."""
+    env = {**os.environ, "ASTRA_DATABASE_URL": url, "PYTHONPATH": os.pathsep.join([str(old), str(REPO)])}
+    return subprocess.run(
+        [LUIGI, "--module", "tests.upgrade_tasks", *args, "--local-scheduler"],
+        env=env, cwd=old, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+
+
 def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
     """Load ``sql_file`` with psql, stopping at the first error."""
     with open(sql_file) as stdin:
@@ -435,3 +448,44 @@ def describe_schema(url: str) -> dict:
         return {"columns": columns, "indexes": indexes, "constraints": constraints}
     finally:
         connection.close()
+
+
+class ServerConnections:
+    """Counts, in a thread, the server's connections to the database of ``url`` (pg_stat_activity) every 20 ms, the
+    counter's own excepted: :attr:`now` and the most seen, :attr:`most`."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        import psycopg2
+
+        self.connection = psycopg2.connect(url)
+        self.connection.autocommit = True
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._count, daemon=True)
+
+    @property
+    def now(self) -> int:
+        return self.scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        )
+
+    def scalar(self, sql: str) -> object:
+        """What ``sql`` answers, asked on the counter's own connection (which is not counted)."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchone()[0]
+
+    def _count(self) -> None:
+        while not self._stop.wait(0.02):
+            self.most = max(self.most, self.now)
+
+    def __enter__(self) -> ServerConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.connection.close()

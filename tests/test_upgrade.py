@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sqlite3
 import subprocess
-import tarfile
 import time
-from pathlib import Path
 
 import peewee
 import psycopg2
@@ -23,11 +20,11 @@ from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
 from tests.helpers import (
     ASTRA,
-    LUIGI,
     REPO,
     assert_same,
     astra,
     astra_many,
+    old_luigi,
     one_line_error,
     psql,
     run_luigi,
@@ -38,33 +35,7 @@ from tests.helpers import (
 from tests.helpers import SCHEMA_SQL as SQL
 from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, value
 
-#: main before schema versions: its schema file and code are schema 1.
-OLD = "9abb7da"
 TABLES = ("task", "parameter", "task_parameter", "dependency")
-
-
-@pytest.fixture(scope="module")
-def old_astra(tmp_path_factory) -> Path:
-    """The astra package of commit 9abb7da, unpacked from git."""
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", OLD, "astra", "schema"], capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"commit {OLD} is not in this checkout ({exc}); the upgrade test needs its code")
-    where = tmp_path_factory.mktemp("astra-9abb7da")
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(where, filter="data")
-    return where
-
-
-def old_luigi(old: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    """Run ``luigi ARGS`` with the old astra (and this checkout's tests package for the task module)."""
-    env = {**os.environ, "ASTRA_DATABASE_URL": url, "PYTHONPATH": os.pathsep.join([str(old), str(REPO)])}
-    return subprocess.run(
-        [LUIGI, "--module", "tests.upgrade_tasks", *args, "--local-scheduler"],
-        env=env, cwd=old, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-    )  # fmt: skip
 
 
 def raw_rows(url: str) -> dict[str, list[tuple]]:
