@@ -53,7 +53,7 @@ import luigi
 
 from astra import config, outputs, slurm, values
 from astra.database import output_tables, queries
-from astra.database.connection import close_thread_connection, retried
+from astra.database.connection import close_thread_connection, retried, use_own_connection
 from astra.identity import Item, items
 from astra.recording import fields, run_unrecorded, summarise
 from astra.tasks import BaseTask
@@ -363,6 +363,7 @@ def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: d
     """Record a chunk's items, done or failed, and their output rows, in one transaction (all of it again if the
     connection drops meanwhile); the seconds it took."""
     started = time.perf_counter()
+    use_own_connection()  # the writer works beside the main thread, which keeps the process's connection
     with queries.transaction():
         written = queries.record_items(good, queries.DONE)
         queries.record_items(bad, queries.FAILED)
@@ -374,6 +375,7 @@ def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: d
 
 
 def _done(chunk: list[Item]) -> set[str]:
+    use_own_connection()  # an asker works beside the other and the main thread, each on a connection of its own
     return queries.done_hashes([item.task_hash for item in chunk])
 
 

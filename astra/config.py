@@ -55,6 +55,20 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
         description="seconds a worker waits for an SQLite database's write lock while another process holds it (e.g. "
         "a task inside a long completion() block) before its statement fails with one line; readers never wait",
     )
+    pooler = luigi.ChoiceParameter(
+        default="auto",
+        choices=["auto", "transaction", "session", "none"],
+        var_type=str,
+        description="what stands between astra and PostgreSQL: transaction (a pooler such as pgbouncer in "
+        "transaction mode: nothing may outlive a transaction, so no statement is prepared), session or none (the "
+        "session is kept: claims and finishes are prepared once per connection), or auto (the default): "
+        "transaction if the server session differs from the one the connection was opened with, as behind pgbouncer",
+    )
+    idle_close = luigi.FloatParameter(
+        default=60.0,
+        description="seconds a process's database connection may stay unused before it is closed (it is opened "
+        "again when next needed): an idle luigi worker or SLURM job holds no connection of the server's",
+    )
     executor = luigi.Parameter(
         default="local",
         description="where run() runs: in the luigi worker (local) or as a SLURM job (slurm; see [slurm])",

@@ -38,7 +38,7 @@ from luigi.task import flatten
 from astra import identity, outputs, slurm, tally, values
 from astra.config import settings
 from astra.database import output_tables, queries
-from astra.database.connection import close_thread_connection, retried
+from astra.database.connection import close_thread_connection, retried, sharing
 from astra.targets import database_targets, known, reopen_if_stale
 from astra.version import __version__
 
@@ -212,8 +212,9 @@ class Heartbeats:
     """One thread per process that beats every claim the process holds, each every ``lease / 4`` seconds.
 
     A thread per claim, started and joined around every run, cost a trivial task more than its records. This one
-    starts with the first claim and sleeps until the next beat is due; with no claim left it closes its
-    connection and waits to be told of the next.
+    starts with the first claim and sleeps until the next beat is due; with no claim left it waits to be told of the
+    next. It beats through the process's connection (:func:`astra.database.connection.sharing`), or through one
+    of its own, closed again, while another thread's transaction holds that one.
     """
 
     def __init__(self) -> None:
@@ -248,13 +249,15 @@ class Heartbeats:
         while True:
             with self._changed:
                 claim = self._next(connected)
-            if claim is None:  # nothing to beat: close the connection while waiting
+            if claim is None:  # nothing to beat: close its connection while waiting (SQLite's is the thread's)
                 close_thread_connection()
                 connected = False
                 continue
             connected, keep = True, False
             try:
-                keep = claim.beat()
+                # The process's connection, unless a transaction holds it for long: a late beat may cost the claim.
+                with sharing(wait=0.2):
+                    keep = claim.beat()
             finally:
                 with self._changed:
                     if not keep:

@@ -9,6 +9,7 @@ Order of precedence: ``--astra-database-url`` on the luigi command line, ``$ASTR
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -24,6 +25,7 @@ from astra import config
 from astra.database import versions
 from astra.database.dialect import POSTGRESQL, SQLite, dialect
 from astra.database.models import MODELS, proxy
+from astra.database.session import SharedSession
 from astra.database.urls import MIN_SECRET, BadURLError, mask_password, postgres_connect_kwargs
 from astra.version import __version__
 
@@ -195,8 +197,8 @@ class Reconnecting:
             pause = min(pause * 2, 5.0)
 
 
-class ReconnectingPostgresqlDatabase(Reconnecting, peewee.PostgresqlDatabase):
-    """The PostgreSQL database astra opens from a URL."""
+class ReconnectingPostgresqlDatabase(SharedSession, Reconnecting, peewee.PostgresqlDatabase):
+    """The PostgreSQL database astra opens from a URL: one connection per process, which reconnects."""
 
 
 def _reason(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
@@ -296,9 +298,16 @@ class Database:
         proxy.initialize(db)
 
     def close_thread(self) -> None:
-        """Close the calling thread's connection, if this process opened the database; never open one."""
+        """Close the calling thread's connection, if this process opened the database; never open one.
+
+        On PostgreSQL that is the thread's own connection, if it uses one (the process's stays for its other
+        threads, until idle); SQLite's connections are each thread's.
+        """
         if self.db is not None and self.pid == os.getpid():
-            self.db.close()  # peewee keeps one connection per thread: this closes the caller's only
+            if isinstance(self.db, SharedSession):
+                self.db.close_own()
+            else:
+                self.db.close()
 
     def reset(self) -> None:
         """Close this process's connection (never a parent's) and forget the database: the next use opens it
@@ -334,6 +343,21 @@ def close_thread_connection() -> None:
     connection just to close it, to another database if the settings changed meanwhile.
     """
     DATABASE.close_thread()
+
+
+def use_own_connection() -> None:
+    """The calling thread uses a connection of its own (until :func:`close_thread_connection`), not the process's
+    PostgreSQL connection: for helper threads that query beside the main thread for speed (a batch's)."""
+    db = database()
+    if isinstance(db, SharedSession):
+        db.use_own()
+
+
+def sharing(wait: float):
+    """A block in which the calling thread uses the process's PostgreSQL connection if it is free within ``wait``
+    seconds, else one of its own (a heartbeat must not wait out a task's long transaction)."""
+    db = database()
+    return db.sharing(wait) if isinstance(db, SharedSession) else contextlib.nullcontext()
 
 
 def describe() -> str:
@@ -477,8 +501,8 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
             f"astra: sdssdb has no profile {profile!r} (known: {', '.join(sorted(sdssdb_config))}); add it to "
             "~/.config/sdss/sdssdb.yml (or $SDSSDB_CONFIG_PATH), or set ASTRA_DATABASE_URL instead"
         )
-    # Still a PeeweeDatabaseConnection (and named so), which also reconnects.
-    db = type("PeeweeDatabaseConnection", (Reconnecting, PeeweeDatabaseConnection), {})(
+    # Still a PeeweeDatabaseConnection (and named so), which also reconnects and is shared by the threads.
+    db = type("PeeweeDatabaseConnection", (SharedSession, Reconnecting, PeeweeDatabaseConnection), {})(
         profile=profile, autoconnect=False, use_psycopg3=False
     )
     params = {key: db._config[key] for key in ("user", "host", "port") if db._config.get(key) is not None}
@@ -491,13 +515,14 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
         params["password"] = None
     peewee.PostgresqlDatabase.init(db, dbname, prefer_psycopg3=False, **params, **POSTGRES_OPTIONS)
     try:
-        peewee.PostgresqlDatabase.connect(db)
+        SharedSession.connect(db)  # not sdssdb's profile-aware connect(), which would start from scratch
     except peewee.OperationalError as exc:
         raise DatabaseNotReady(
             f"astra: cannot connect to {description}: {mask_password(_reason(exc))}. Check the profile in "
             "sdssdb.yml and the password in ~/.pgpass"
         ) from None
     db.dbname = dbname
+    db.autoconnect = True  # opened again after [astra] idle_close
     db.post_connect()
     return db, description
 

@@ -16,6 +16,7 @@ import datetime
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import socket
@@ -30,6 +31,8 @@ from astra import values
 from astra.database.status import DONE, RUNNING
 
 UTC = datetime.timezone.utc
+
+logger = logging.getLogger("luigi-interface")
 
 #: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
 CHUNK = 5000
@@ -667,9 +670,12 @@ class Prepared:
 
     Planning the claim's CTEs takes about as long as running them. The statement is prepared in the same message
     as its first execution on each connection, so a new connection (after a reconnect) prepares it again. Only
-    outside a transaction: there, if the session turns out not to have it (``DISCARD ALL``, a pooler that handed
-    over another session) or to have it already, the statement is simply sent again the other way; inside one, such
-    an error would abort the transaction and lose what it wrote, so the plain statement is sent instead.
+    where the server session outlives the transaction (not behind a pooler in transaction mode, see
+    :mod:`astra.database.session`), and only outside a transaction: there, if the session turns out not to have it
+    (``DISCARD ALL``, a pooler that handed over another session) or to have it already, the statement is sent again
+    the other way, and should that fail too, the session is not kept and the plain statement is sent from then on
+    (each attempt is one message, one transaction: a statement that failed this way ran nothing). Inside a
+    transaction such an error would abort the transaction and lose what it wrote, so the plain statement is sent.
     """
 
     def __init__(self, sql: str) -> None:
@@ -684,8 +690,8 @@ class Prepared:
 
     def execute(self, db: peewee.Database, params: dict, before: str = ""):
         """Run the statement with ``params`` (by name) after the statement ``before``; the cursor."""
-        if db.in_transaction():
-            return db.execute_sql("; ".join(filter(None, (before, self.sql))), params)
+        if db.in_transaction() or not getattr(db, "keeps_session", True):
+            return self._plain(db, params, before)
         values = tuple(params[name] for name in self.names)
         connection = db.connection()
         prepared = connection in self.connections
@@ -696,13 +702,37 @@ class Prepared:
             # Not there after all (26000), or there already (42P05; a PREPARE stays even when the EXECUTE sent with
             # it fails): the other way. Anything else is the statement's own error.
             self.connections.discard(connection)
-            code = getattr(exc.__context__, "pgcode", None)  # psycopg2's error, which peewee's replaced
-            if code not in ("26000", "42P05"):
+            code = _code(exc)
+            if code not in _SESSION_LOST:
                 raise
             sql = (before, self.prepare, self.run) if code == "26000" else (before, self.run)
-            cursor = db.execute_sql("; ".join(filter(None, sql)), values)
+            try:
+                cursor = db.execute_sql("; ".join(filter(None, sql)), values)
+            except peewee.DatabaseError as again:
+                if _code(again) not in _SESSION_LOST:
+                    raise
+                # Both ways wrong: each message meets another session, as behind a pooler in transaction mode.
+                logger.warning(
+                    "astra: %s keeps no session between transactions (a connection pooler?): no statement is "
+                    "prepared from now on; set [astra] pooler = transaction to say so",
+                    getattr(db, "description", "the database"),
+                )
+                db.keeps_session = False
+                return self._plain(db, params, before)
         self.connections.add(db.connection())
         return cursor
+
+    def _plain(self, db: peewee.Database, params: dict, before: str):
+        """The statement sent as it is, planned afresh: it needs nothing of the session."""
+        return db.execute_sql("; ".join(filter(None, (before, self.sql))), params)
+
+
+#: SQLSTATEs of a prepared statement the session does not have (26000) or has already (42P05).
+_SESSION_LOST = ("26000", "42P05")
+
+
+def _code(exc: peewee.DatabaseError) -> str | None:
+    return getattr(exc.__context__, "pgcode", None)  # psycopg2's error, which peewee's replaced
 
 
 _prepared: dict[str, Prepared] = {}
