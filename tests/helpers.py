@@ -409,6 +409,10 @@ def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
         )
 
 
+#: How many sessions of other processes are in the database of the connection that asks.
+OTHER_SESSIONS = "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+
+
 def sessions(url: str, condition: str = "true") -> int:
     """How many sessions of other processes in the database at ``url`` meet ``condition`` (SQL on
     pg_stat_activity), e.g. ``wait_event_type = 'Lock'``."""
@@ -417,10 +421,7 @@ def sessions(url: str, condition: str = "true") -> int:
     connection = psycopg2.connect(url)
     try:
         cursor = connection.cursor()
-        cursor.execute(
-            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() "
-            f"and ({condition})"
-        )
+        cursor.execute(f"{OTHER_SESSIONS} and ({condition})")
         return cursor.fetchone()[0]
     finally:
         connection.close()
@@ -467,9 +468,7 @@ class ServerConnections:
 
     @property
     def now(self) -> int:
-        return self.scalar(
-            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
-        )
+        return self.scalar(OTHER_SESSIONS)
 
     def scalar(self, sql: str) -> object:
         """What ``sql`` answers, asked on the counter's own connection (which is not counted)."""

@@ -14,8 +14,10 @@ import pytest
 from astra.database import Task
 from astra.database.connection import database
 from tests.helpers import (
+    REPO,
     ServerConnections,
     astra,
+    astra_many,
     background,
     jobs_of,
     old_luigi,
@@ -109,8 +111,9 @@ def test_astra_db_upgrade_through_pgbouncer(pgbouncer_database, postgres_databas
     old = old_luigi(old_astra, postgres_database, "UpgradeSummary", "--n", "4")
     assert "This progress looks :)" in old.stdout, old.stdout
     env = {"ASTRA_DATABASE_URL": pgbouncer_database}
-    upgraded = astra("db", "upgrade", env=env)
-    assert upgraded.returncode == 0, upgraded.stderr
+    for upgraded in astra_many(("db", "upgrade"), ("db", "upgrade"), env=env):  # two at once: one after the other
+        assert upgraded.returncode == 0, upgraded.stderr
+    assert _advisory_locks(postgres_database) == 0  # none left held by a pooled server session
     assert "astra db upgrade" not in astra("tasks", "list", env=env).stderr
     more = run_luigi("--module", "tests.upgrade_tasks", "UpgradeSummary", "--n", "6", "--local-scheduler", env=env)
     assert "This progress looks :)" in more.stdout, more.stdout
@@ -118,6 +121,19 @@ def test_astra_db_upgrade_through_pgbouncer(pgbouncer_database, postgres_databas
     monkeypatch.setenv("ASTRA_DATABASE_URL", pgbouncer_database)
     database()
     assert Task.select().where(Task.status == "done").count() == Task.select().count() == 6 + 2
+
+
+def _advisory_locks(url: str) -> int:
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute("select count(*) from pg_locks where locktype = 'advisory' and database = "
+                       "(select oid from pg_database where datname = current_database())")  # fmt: skip
+        return cursor.fetchone()[0]
+    finally:
+        connection.close()
 
 
 @pytest.mark.slurm
@@ -131,3 +147,32 @@ def test_a_slurm_job_array_records_through_pgbouncer(slurm_cluster, pgbouncer_ur
     assert len(jobs_of(logs)) == 3
     assert Task.select().where(Task.status == "done").count() == Task.select().count() == 9
     assert SNR.select().count() == 9
+
+
+#: SQL that would leave state in the server session for a later transaction, which behind a pooler in transaction
+#: mode may run in another session, or another client's transaction in this one.
+SESSION_STATE = {
+    "a session SET (not SET LOCAL)": r"(^|[;\"'(])\s*SET\s+(?!LOCAL\b)(SESSION\s+)?\w+(\.\w+)?\s*(=|TO\b)",
+    "a session advisory lock (pg_advisory_xact_lock lasts the transaction)": r"pg_(try_)?advisory_lock(_shared)?\s*\(",
+    "LISTEN": r"\bLISTEN\s+\w",
+    "a cursor held past its transaction": r"WITH\s+HOLD|withhold|named_cursor|cursor\(\s*name",
+    "a temporary table not made in each transaction that uses it": r"CREATE\s+TEMP(ORARY)?\s+TABLE\s+(?!IF NOT EXISTS)",
+    "a prepared statement outside dialect.Prepared": r"\bPREPARE\s+\w+",
+}
+
+
+@pytest.mark.parametrize("what", SESSION_STATE)
+def test_no_statement_relies_on_the_session(what):
+    """Every statement of astra/database (and the schema file it runs) keeps to one transaction; the exceptions, the
+    prepared claims and finishes (dialect.Prepared) and the upgrade's lock (one_upgrade), ask whether the session
+    is kept."""
+    pattern = re.compile(SESSION_STATE[what], re.I | re.M)
+    found = []
+    for path in [*sorted((REPO / "astra" / "database").glob("*.py")), REPO / "astra" / "database" / "astradb.sql"]:
+        text = path.read_text()
+        if path.name == "dialect.py":  # the two places that ask whether the session is kept
+            text = text.replace(text[text.index("class Prepared") : text.index("def prepared(")], "")
+            upgrade = text.index("def one_upgrade", text.index("class PostgreSQL"))
+            text = text.replace(text[upgrade : text.index("def lock_for_upgrade", upgrade)], "")
+        found += [f"{path.name}: {match.group(0).strip()}" for match in pattern.finditer(text)]
+    assert not found, f"{what}: {found}"

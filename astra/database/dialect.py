@@ -359,6 +359,13 @@ class PostgreSQL(SQLite):
 
     @contextlib.contextmanager
     def one_upgrade(self, db: peewee.Database):
+        if not getattr(db, "keeps_session", True):
+            # Behind a pooler in transaction mode a session's lock would stay with whichever server session took it
+            # (and the unlock go to another): there the whole upgrade is one transaction, under a transaction's lock.
+            with db.atomic():
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
+                yield
+            return
         # An advisory lock of the session, taken before any DDL: two CREATE TABLE IF NOT EXISTS at once would fail
         # on the catalogue's unique keys. Each step still commits on its own.
         db.execute_sql("SELECT pg_advisory_lock(%s)", (_UPGRADE_LOCK,))
