@@ -224,6 +224,16 @@ def background(*runs: tuple[list[str], Path] | tuple[list[str], Path, dict]) -> 
             process.stop()
 
 
+def finished_cleanly(processes: list[Luigi], timeout: float = 600) -> None:
+    """Wait for each luigi process; each must exit 0 with "This progress looks :)" and no ERROR line."""
+    for process in processes:
+        assert process.wait(timeout=timeout) == 0, process.text()
+    for process in processes:
+        output = process.text()
+        assert "This progress looks :)" in output, output
+        assert "ERROR" not in output, output
+
+
 def start_later(started: list[Luigi], args: list[str], output: Path, env: dict | None = None) -> Luigi:
     """Start one more luigi process that ``background`` will clean up."""
     process = Luigi(args, output, env)

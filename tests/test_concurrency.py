@@ -6,7 +6,7 @@ import peewee
 import pytest
 
 from astra.database import Parameter, Task, TaskParameter
-from tests.helpers import background
+from tests.helpers import background, finished_cleanly
 from workflows.spectra import simulate
 
 
@@ -22,12 +22,7 @@ def test_four_processes_share_one_dag_on_postgres(postgres_database, monkeypatch
     args = ["--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra")]
     args += ["--local-scheduler", "--no-lock"]  # luigi locks one command per host
     with background(*((args, tmp_path / f"{n}.out") for n in range(4))) as processes:
-        for process in processes:
-            assert process.wait(timeout=400) == 0, process.text()
-    for process in processes:
-        output = process.text()
-        assert "This progress looks :)" in output, output
-        assert "ERROR" not in output, output
+        finished_cleanly(processes, timeout=400)
 
     assert Task.select().count() == 201
     assert Task.select().where(Task.status != "done").count() == 0
