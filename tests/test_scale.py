@@ -3,11 +3,15 @@ the ``astra`` command keep plans that start from the selective side on tables no
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import uuid
 
 import psycopg2
+import pytest
 
-from tests.helpers import REPO, astra, run_luigi
+from tests.helpers import REPO, astra, main, run_luigi
 
 SPECTRA = 23  # several nights of 5 spectra, and one night not full
 PER_NIGHT = "5"
@@ -67,3 +71,149 @@ def test_fill_writes_what_astra_writes(postgres_database, postgres_server, monke
     for table in by_astra:
         assert by_sql[table] == by_astra[table], table
     assert REPO  # the fill reads the schema from this checkout
+
+
+# Plan shapes without statistics -------------------------------------------------------------------------------
+
+#: A sequential scan of an astra table (not of the system catalogues, which peewee reads to find the tables).
+ASTRA_SCAN = re.compile(r"Seq Scan on (task|parameter|task_parameter|dependency|scale_fit)\b")
+#: A list of primary keys: the planner knows how many rows it names without statistics (the key is unique), and
+#: scans a table this small for a chunk of 5,000 keys, but probes the index of a table of millions.
+BY_PRIMARY_KEY = re.compile(r'WHERE \(+"t1"\."pk" IN \(')
+#: Tasks of the database the plans are checked on: small, but large enough that a scan is not the best plan.
+PLANNED = 40_000
+
+
+@pytest.fixture
+def unanalysed(postgres_server, monkeypatch, _drop_later):
+    """A database filled by bench/scale.py with PLANNED tasks and never analysed; $ASTRA_DATABASE_URL points at it."""
+    from astra.targets import forget_cached
+    from bench import scale
+
+    name = f"astra_test_{uuid.uuid4().hex[:12]}"
+    scale.admin(f"create database {name}")
+    url = f"{postgres_server}/{name}"
+    try:
+        scale.fill(url, PLANNED, analyze=False, say=lambda text: None)
+        monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+        forget_cached()
+        yield url
+    finally:
+        forget_cached()
+        _drop_later(name)
+
+
+def _statements(capsys, *args: str) -> list[tuple[str, object]]:
+    """The SELECTs that ``astra ARGS`` sends (run in this process)."""
+    sent: list[tuple[str, object]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, tuple) and record.msg[0].lstrip().upper().startswith(("SELECT", "WITH")):
+                sent.append(record.msg)
+
+    logger, handler = logging.getLogger("peewee"), Keep()
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.DEBUG
+    try:
+        done = main(capsys, *args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert done.returncode in (0, 1), done.stderr
+    return sent
+
+
+def _scans(url: str, statements: list[tuple[str, object]]) -> list[str]:
+    """The sequential scans of astra tables in the plans of ``statements`` (EXPLAIN, no ANALYZE)."""
+    connection = psycopg2.connect(url)
+    cursor = connection.cursor()
+    cursor.execute(
+        "select count(*) from pg_statistic s join pg_class c on c.oid = s.starelid "
+        "join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'astra'"
+    )
+    assert cursor.fetchone()[0] == 0, "the database was analysed"
+    scans = []
+    for sql, params in statements:
+        if BY_PRIMARY_KEY.search(sql):
+            continue
+        cursor.execute("EXPLAIN " + sql, params or None)
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+        scans += [f"{line.strip()} in {sql[:300]}" for line in plan.splitlines() if ASTRA_SCAN.search(line)]
+    connection.close()
+    return scans
+
+
+def test_commands_plan_by_keys_without_statistics(unanalysed, capsys):
+    """Every statement of the commands that select tasks finds its rows by index, on tables never analysed: no
+    sequential scan of astra.task, task_parameter, parameter, dependency or an output table."""
+    from bench.scale_tasks import PER_NIGHT
+
+    spectra = PLANNED // 2
+    night, middle = spectra // 2 // PER_NIGHT, spectra // 2
+    path = f"/sdss/dr19/spec-{middle:09d}.fits"
+    commands = [
+        ("results", "ScaleFit", "--where", f"night={night}", "--format", "csv"),
+        ("results", "ScaleFit", "--where", f"path={path}"),
+        ("results", "ScaleFit", "--where", "release=dr19", "--where", f"night={night}", "--format", "json"),
+        ("results", "ScaleVisit", "--where", f"path={path[:-7]}*", "--format", "csv"),
+        ("tasks", "list", "--where", "release=dr19"),
+        ("tasks", "list", "--where", f"night={night}"),
+        ("tasks", "list", "--name", "ScaleFit", "--where", f"path={path}"),
+        ("tasks", "list", "--status", "failed"),
+        ("tasks", "list", "--name", "ScaleVisit"),
+        ("tasks", "list"),
+        ("tasks", "show", str(2 * middle + 2)),
+        (
+            "tasks",
+            "why",
+            "--module",
+            "bench.scale_tasks",
+            "ScaleFit",
+            "--release",
+            "dr19",
+            "--night",
+            str(night),
+            "--path",
+            "/sdss/dr19/not-recorded.fits",
+        ),  # fmt: skip
+        ("tasks", "forget", "--name", "ScaleVisit", "--where", f"night={night}", "--cascade", "--dry-run"),
+    ]
+    for command in commands:
+        assert _scans(unanalysed, _statements(capsys, *command)) == [], command
+
+
+def test_db_status_estimates_a_large_database(unanalysed, capsys, monkeypatch):
+    """On a large database (here: above a lowered threshold) `astra db status` counts what is rare, estimates the
+    rest without reading it, and says so."""
+    from astra.database import records
+
+    monkeypatch.setattr(records, "ESTIMATED", 1000)
+    assert _scans(unanalysed, _statements(capsys, "db", "status")) == []
+    status = main(capsys, "db", "status", "--json")
+    found = json.loads(status.stdout)
+    assert found["estimated"] is True
+    assert found["statuses"]["failed"] == found["statuses"]["running"] == 0  # counted: none
+    assert [name["task_name"] for name in found["names"]] == ["ScaleFit", "ScaleVisit"]
+    text = main(capsys, "db", "status").stdout
+    assert "planner's estimates" in text
+
+
+def test_forget_cascade_deletes_by_keys(unanalysed, capsys):
+    """A forget with everything downstream deletes what it should, in a transaction planned by keys."""
+    from bench.scale_tasks import PER_NIGHT
+
+    forgotten = main(capsys, "tasks", "forget", "--name", "ScaleVisit", "--where", "night=1", "--cascade", "-y")
+    assert forgotten.returncode == 0, forgotten.stderr
+    assert f"forgot {2 * PER_NIGHT} tasks" in forgotten.stdout
+    connection = psycopg2.connect(unanalysed)
+    cursor = connection.cursor()
+    cursor.execute("select count(*), count(distinct task_name) from astra.task")
+    assert cursor.fetchone() == (PLANNED - 2 * PER_NIGHT, 2)
+    cursor.execute(
+        "select (select count(*) from astra.task_parameter), (select count(*) from astra.dependency), "
+        "(select count(*) from astra.scale_fit), (select count(*) from astra.parameter where parameter_name = 'path')"
+    )
+    left = PLANNED - 2 * PER_NIGHT
+    assert cursor.fetchone() == (3 * left, left // 2, left // 2, left // 2)
+    connection.close()
