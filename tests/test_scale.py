@@ -144,11 +144,18 @@ def _scans(url: str, statements: list[tuple[str, object]]) -> list[str]:
     return scans
 
 
-def test_commands_plan_by_keys_without_statistics(unanalysed, capsys):
+@pytest.mark.parametrize("listed", [None, 100])
+def test_commands_plan_by_keys_without_statistics(unanalysed, capsys, monkeypatch, listed):
     """Every statement of the commands that select tasks finds its rows by index, on tables never analysed: no
-    sequential scan of astra.task, task_parameter, parameter, dependency or an output table."""
+    sequential scan of astra.task, task_parameter, parameter, dependency or an output table. With ``listed``, any
+    filter of more tasks than that counts as common (checked task by task), as a night or a data release does on a
+    database of millions."""
+    from astra.database import records
     from bench.scale_tasks import PER_NIGHT
 
+    if listed:
+        monkeypatch.setattr(records, "LISTED", listed)
+        monkeypatch.setattr(records, "SHARED", listed)
     spectra = PLANNED // 2
     night, middle = spectra // 2 // PER_NIGHT, spectra // 2
     path = f"/sdss/dr19/spec-{middle:09d}.fits"
@@ -158,6 +165,7 @@ def test_commands_plan_by_keys_without_statistics(unanalysed, capsys):
         ("results", "ScaleFit", "--where", "release=dr19", "--where", f"night={night}", "--format", "json"),
         ("results", "ScaleVisit", "--where", f"path={path[:-7]}*", "--format", "csv"),
         ("tasks", "list", "--where", "release=dr19"),
+        ("tasks", "list", "--where", "path=/sdss/*", "--where", f"night={night}"),
         ("tasks", "list", "--where", f"night={night}"),
         ("tasks", "list", "--name", "ScaleFit", "--where", f"path={path}"),
         ("tasks", "list", "--status", "failed"),
@@ -181,6 +189,19 @@ def test_commands_plan_by_keys_without_statistics(unanalysed, capsys):
     ]
     for command in commands:
         assert _scans(unanalysed, _statements(capsys, *command)) == [], command
+    # and they find what they should
+    listed = main(capsys, "tasks", "list", "--where", f"night={night}", "--where", "release=dr19", "--json")
+    assert len(json.loads(listed.stdout)) == 100 and "of more than 10,000" not in listed.stderr
+    assert f"(100 of {2 * PER_NIGHT} shown" in listed.stderr
+    found = main(
+        capsys, "results", "ScaleFit", "--where", f"night={night}", "--where", "release=*19", "--format", "csv"
+    )
+    assert len(found.stdout.splitlines()) == 1 + PER_NIGHT
+    assert {line.split(",")[2] for line in found.stdout.splitlines()[1:]} == {str(night)}
+    common = main(capsys, "tasks", "list", "--where", "path=/sdss/*", "--where", f"night={night}", "--limit", "0")
+    assert len(common.stdout.splitlines()) == 2 + 2 * PER_NIGHT
+    one = main(capsys, "results", "ScaleFit", "--where", f"path={path}", "--format", "json")
+    assert [row["path"] for row in json.loads(one.stdout)] == [path]
 
 
 def test_db_status_estimates_a_large_database(unanalysed, capsys, monkeypatch):

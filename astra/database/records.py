@@ -147,13 +147,18 @@ def _has(name: str, value: str, parameter_pks: list[int] | None) -> peewee.Expre
     """
     probe = TaskParameter.select(TaskParameter.task).where(TaskParameter.task == Task.pk)
     if parameter_pks is not None and len(parameter_pks) <= PROBED:
-        return probe.where(TaskParameter.parameter.in_(parameter_pks)).limit(1).is_null(False)
+        return _found(probe.where(TaskParameter.parameter.in_(parameter_pks)).limit(1))
     given = Parameter.select(Parameter.pk).where(
         Parameter.pk == TaskParameter.parameter,
         Parameter.parameter_name == name,
         _matches(Parameter.parameter_value, wildcard_parts(value)),
     )
-    return probe.where(given.is_null(False)).limit(1).is_null(False)
+    return _found(probe.where(_found(given)).limit(1))
+
+
+def _found(subquery: peewee.ModelSelect) -> peewee.Node:
+    """``subquery`` (of one row at most) gives a row."""
+    return peewee.NodeList((subquery, peewee.SQL("IS NOT NULL")))
 
 
 def _wanted(filters: Filters) -> Callable[[tuple], bool]:
