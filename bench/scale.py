@@ -13,7 +13,8 @@ task has three parameters: the data release (shared by all), the night (shared b
 autovacuum off).
 
 Each command is run ``--repeat`` times as a whole process (interpreter start-up and imports included) and the
-median is shown, with the peak memory of the process, then once more in a process that records every read
+median is shown, with its CPU time (user and system, which moves less than wall time on a busy machine) and the
+peak memory of the process, then once more in a process that records every read
 statement the command sends and runs ``EXPLAIN (ANALYZE, BUFFERS)`` of each afterwards: "server" is the sum of
 their execution times, "pages" the shared buffers they touched (8 kB each; "read" of them from outside
 PostgreSQL's cache). $ASTRA_TEST_POSTGRES names the server (default postgresql://postgres@127.0.0.1:5432).
@@ -209,6 +210,7 @@ def commands(n: int, workdir: Path) -> list[tuple[str, list[str], list[str] | No
         ["tasks", "forget", "--name", "ScaleVisit", "--where", f"night={j}", "--cascade", "-y"] for j in (1, 2, 3)
     ]
     return [
+        ("--version (start-up, no database)", ["--version"], None),
         ("db status", ["db", "status"], None),
         ("tasks list (no filter)", ["tasks", "list"], None),
         (f"tasks list --where release={RELEASE} (every task)", ["tasks", "list", "--where", f"release={RELEASE}"],
@@ -254,8 +256,8 @@ def run_process(command: list[str], env: dict) -> dict:
     seconds = time.perf_counter() - started
     stderr = process.stderr.read()
     process.stderr.close()
-    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "code": os.waitstatus_to_exitcode(status),
-            "stderr": stderr[-500:]}  # fmt: skip
+    return {"seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024,
+            "code": os.waitstatus_to_exitcode(status), "stderr": stderr[-500:]}  # fmt: skip
 
 
 def astra_command(arguments: list[str]) -> list[str]:
@@ -314,8 +316,8 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     lines = [
-        "| command | median s (runs) | peak MB | server ms (statements) | pages hit / read | slowest statement ms |",
-        "|---|---|---|---|---|---|",
+        "| command | median s (runs) | CPU s | peak MB | server ms (statements) | pages hit / read | slowest ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, arguments, explain_arguments in commands(n, workdir):
         if only and only not in label:
@@ -332,7 +334,8 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
         server = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
         codes = {run["code"] for run in runs}
         seconds = ", ".join(f"{run['seconds']:.2f}" for run in runs)
-        failed = "" if codes <= {0, 1} else f" (exit {codes}: {runs[-1]['stderr'].strip().splitlines()[-1:]})"
+        broken = not codes <= {0, 1} or any("Traceback" in run["stderr"] for run in runs)
+        failed = f" (FAILED, exit {codes}: {runs[-1]['stderr'].strip().splitlines()[-1:]})" if broken else ""
         cells = (
             [f"{server['server_ms']:,.0f} ({server['statements']})", f"{server['hit']:,} / {server['read']:,}",
              f"{server['slowest_ms']:,.0f}"]
@@ -340,7 +343,8 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
         )  # fmt: skip
         line = (
             f"| `astra {label}`{failed} | {statistics.median(r['seconds'] for r in runs):.2f} ({seconds}) | "
-            f"{max(r['rss_mb'] for r in runs):.0f} | {' | '.join(cells)} |"
+            f"{statistics.median(r['cpu'] for r in runs):.2f} | {max(r['rss_mb'] for r in runs):.0f} | "
+            f"{' | '.join(cells)} |"
         )
         lines.append(line)
         print(line, flush=True)
