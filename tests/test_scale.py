@@ -155,6 +155,7 @@ def test_commands_plan_by_keys_without_statistics(unanalysed, capsys, monkeypatc
 
     if listed:
         monkeypatch.setattr(records, "LISTED", listed)
+        monkeypatch.setattr(records, "LISTED_ALL", listed)
         monkeypatch.setattr(records, "SHARED", listed)
     spectra = PLANNED // 2
     night, middle = spectra // 2 // PER_NIGHT, spectra // 2

@@ -76,12 +76,14 @@ def _matches(field: peewee.Field, parts: list[str | None]) -> peewee.Node:
 #: How many task pks one filter may list before it counts as common: a common filter is checked task by task while
 #: the tasks are walked newest first, a rare one lists its tasks (see :func:`pks`).
 LISTED = 100_000
+#: The same for a query of every match (no limit): it lists far more before walking the whole table instead.
+LISTED_ALL = 2_000_000
 #: Tasks read per statement while walking the table newest first (the first windows are smaller).
 WINDOW = 200_000
 #: How many parameter pks a probe of one task names; beyond, it looks at the task's own parameters instead.
 PROBED = 100
 #: How many tasks may share a value for :func:`closest` to rank them all; beyond, it ranks the newest few.
-SHARED = 10_000
+SHARED = 1_000
 #: Above how many tasks (as the planner estimates them) ``astra db status`` estimates rather than counts.
 ESTIMATED = 1_000_000
 #: How many matches ``count`` counts exactly before it says "more than".
@@ -190,23 +192,24 @@ def pks(filters: Filters, limit: int | None = None) -> list[int]:
     """The pks of the tasks that match ``filters``, newest first, at most ``limit`` of them.
 
     What it costs follows what it returns, not how many tasks the database holds, whatever the planner knows:
-    each filter that matches at most :data:`LISTED` tasks lists them by an index (a parameter value by
-    task_parameter's parameter_pk, names and statuses by the (task_name, status) index), and only the tasks on
-    every such list are read, by pk. When no filter is that rare, the tasks are read newest first, a range of pks at
-    a time, each checked against the filters (parameters by a probe of task_parameter per task), until ``limit``
-    match: a filter most tasks match finds them at once.
+    each filter that matches at most :data:`LISTED` tasks (:data:`LISTED_ALL` without a limit) lists them by an
+    index (a parameter value by task_parameter's parameter_pk, names and statuses by the (task_name, status)
+    index), and only the tasks on every such list are read, by pk. When no filter is that rare, the tasks are read
+    newest first, a range of pks at a time, each checked against the filters (parameters by a probe of
+    task_parameter per task), until ``limit`` match: a filter most tasks match finds them at once.
     """
     database()
+    bound = LISTED if limit else LISTED_ALL
     lists: list[list[int]] = []
     probes = []  # filters too common to list, checked task by task
     for name, value in filters.where:
-        parameter_pks = _parameter_pks(name, value, LISTED)
+        parameter_pks = _parameter_pks(name, value, bound)
         if parameter_pks == []:
             return []
-        linked = None if parameter_pks is None else _linked(parameter_pks, LISTED)
+        linked = None if parameter_pks is None else _linked(parameter_pks, bound)
         (probes.append(_has(name, value, parameter_pks)) if linked is None else lists.append(linked))
     if filters.names or filters.statuses:
-        named = _named(filters.names, filters.statuses, LISTED)
+        named = _named(filters.names, filters.statuses, bound)
         if named is not None:
             lists.append(named)
     wanted = _wanted(filters)
