@@ -196,7 +196,7 @@ def fill(url: str, n: int, analyze: bool = True, say=print) -> None:
 # The commands timed.
 
 
-def commands(n: int, workdir: Path) -> list[tuple[str, list[str], list[str] | None]]:
+def commands(n: int, workdir: Path, url: str | None = None) -> list[tuple[str, list[str], list[str] | None]]:
     """(label, astra arguments, arguments of the explained run if not the same) of each command timed."""
     spectra = n // 2
     middle = spectra // 2
@@ -206,9 +206,12 @@ def commands(n: int, workdir: Path) -> list[tuple[str, list[str], list[str] | No
     digits = 9 - len(str(max(min(100_000, spectra // 2), 1) - 1))
     prefix = f"/sdss/{RELEASE}/spec-{middle:09d}"[: -9 + digits] if digits < 9 else path[:-5]
     big = f"path={prefix}*"
-    forget = [
-        ["tasks", "forget", "--name", "ScaleVisit", "--where", f"night={j}", "--cascade", "-y"] for j in (1, 2, 3)
-    ]
+    # Nights of their own, from the last (full) ones down: each run forgets what it names, and a kept database
+    # timed again still has the nights that come next.
+    last = spectra // scale_tasks.PER_NIGHT - 1
+    done = _forgotten_nights(url, last) if url else 0
+    gone = [last - done - j for j in range(4)]
+    forget = [["tasks", "forget", "--name", "ScaleVisit", "--where", f"night={j}", "--cascade", "-y"] for j in gone[:3]]
     return [
         ("--version (start-up, no database)", ["--version"], None),
         ("db status", ["db", "status"], None),
@@ -231,7 +234,7 @@ def commands(n: int, workdir: Path) -> list[tuple[str, list[str], list[str] | No
         (
             f"tasks forget --cascade ({2 * min(scale_tasks.PER_NIGHT, spectra):,} tasks)",
             forget,  # a night of its own per run: each forgets what it names
-            ["tasks", "forget", "--name", "ScaleVisit", "--where", "night=4", "--cascade", "--dry-run"],
+            ["tasks", "forget", "--name", "ScaleVisit", "--where", f"night={gone[3]}", "--cascade", "--dry-run"],
         ),
         ("results ScaleFit --where path=P (1 row)", ["results", "ScaleFit", "--where", f"path={path}"], None),
         (
@@ -319,7 +322,7 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
         "| command | median s (runs) | CPU s | peak MB | server ms (statements) | pages hit / read | slowest ms |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, arguments, explain_arguments in commands(n, workdir):
+    for label, arguments, explain_arguments in commands(n, workdir, url):
         if only and only not in label:
             continue
         runs = []
@@ -351,6 +354,26 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
         if server and server["slowest_ms"] > 500:
             print(f"    slowest: {server['slowest']}", flush=True)
     return lines
+
+
+def _forgotten_nights(url: str, last: int) -> int:
+    """How many nights from ``last`` down earlier runs forgot (the first visit of each gone)."""
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        missing = 0
+        while last - missing >= 0:  # the visit of spectrum k is task 2k + 1
+            cursor.execute(
+                "select 1 from astra.task where pk = %s", (2 * (last - missing) * scale_tasks.PER_NIGHT + 1,)
+            )
+            if cursor.fetchone() is not None:
+                break
+            missing += 1
+        return missing
+    finally:
+        connection.close()
 
 
 def sizes(url: str) -> list[str]:

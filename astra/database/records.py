@@ -208,7 +208,7 @@ def pks(filters: Filters, limit: int | None = None) -> list[int]:
             return []
         linked = None if parameter_pks is None else _linked(parameter_pks, bound)
         (probes.append(_has(name, value, parameter_pks)) if linked is None else lists.append(linked))
-    if filters.names or filters.statuses:
+    if (filters.names or filters.statuses) and not lists:  # with a list, they are checked on its tasks
         named = _named(filters.names, filters.statuses, bound)
         if named is not None:
             lists.append(named)
