@@ -358,22 +358,15 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
 
 def _forgotten_nights(url: str, last: int) -> int:
     """How many nights from ``last`` down earlier runs forgot (the first visit of each gone)."""
-    import psycopg2
-
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        missing = 0
-        while last - missing >= 0:  # the visit of spectrum k is task 2k + 1
-            cursor.execute(
-                "select 1 from astra.task where pk = %s", (2 * (last - missing) * scale_tasks.PER_NIGHT + 1,)
-            )
-            if cursor.fetchone() is not None:
-                break
-            missing += 1
-        return missing
-    finally:
-        connection.close()
+    missing = 0
+    # The visit of spectrum k is task 2k + 1.
+    while (
+        last - missing >= 0
+        and _one(url, "select 1 from astra.task where pk = %s", (2 * (last - missing) * scale_tasks.PER_NIGHT + 1,))
+        is None
+    ):
+        missing += 1
+    return missing
 
 
 def sizes(url: str) -> list[str]:
@@ -450,40 +443,30 @@ def main() -> None:
             print(f"kept database {name} ({url})", flush=True)
 
 
-def _exists(name: str) -> bool:
+def _one(url: str, sql: str, params: tuple = ()) -> object:
+    """The first value of the first row of ``sql`` on the database at ``url`` (None if no row)."""
     import psycopg2
 
-    connection = psycopg2.connect(f"{POSTGRES}/postgres")
+    connection = psycopg2.connect(url)
     try:
         cursor = connection.cursor()
-        cursor.execute("select 1 from pg_database where datname = %s", (name,))
-        return cursor.fetchone() is not None
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        return None if row is None else row[0]
     finally:
         connection.close()
+
+
+def _exists(name: str) -> bool:
+    return _one(f"{POSTGRES}/postgres", "select 1 from pg_database where datname = %s", (name,)) is not None
 
 
 def _has_tasks(url: str) -> bool:
-    import psycopg2
-
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute("select to_regclass('astra.task') is not null")
-        return cursor.fetchone()[0] and _task_count(url) > 0
-    finally:
-        connection.close()
+    return bool(_one(url, "select to_regclass('astra.task') is not null")) and _task_count(url) > 0
 
 
 def _task_count(url: str) -> int:
-    import psycopg2
-
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute("select max(pk) from astra.task")  # not count(*): a probe of the pk index
-        return cursor.fetchone()[0] or 0
-    finally:
-        connection.close()
+    return _one(url, "select max(pk) from astra.task") or 0  # not count(*): a probe of the pk index
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import os
 
 import luigi
 import numpy as np
-import peewee
 
 import astra
+import bench.tasks  # its Fit, not imported by name: `astra db init --module` would make its table too
 from astra.batch import BatchTask
 
 #: Spectra per night ($SCALE_PER_NIGHT: the test of the fill makes several nights of a few spectra).
@@ -37,15 +37,9 @@ def spectrum(k: int) -> dict:
     return {"release": RELEASE, "night": night(k), "path": path(k)}
 
 
-class ScaleFitRow(astra.OutputModel):
-    """The output row of a fit: five numbers and a model spectrum."""
-
-    teff = peewee.DoubleField()
-    logg = peewee.DoubleField()
-    fe_h = peewee.DoubleField()
-    v_rad = peewee.DoubleField()
-    chi2 = peewee.DoubleField()
-    model_flux = astra.ArrayField("float32")
+class ScaleFitRow(bench.tasks.Fit):
+    """The output row of a fit: five numbers and a model spectrum (bench.tasks.Fit's columns, in a table of its
+    own)."""
 
     class Meta:
         table_name = "scale_fit"
