@@ -10,12 +10,11 @@ import functools
 from collections.abc import Callable, Sequence
 
 import luigi
-import peewee
 from astropy.table import Table
 
 from astra import export, outputs
 from astra.database import output_tables, records
-from astra.database.models import Task
+from astra.database.queries import chunked
 
 
 def _parser(cls: type[luigi.Task] | None, name: str) -> Callable[[str | None], object]:
@@ -37,15 +36,15 @@ def _parser(cls: type[luigi.Task] | None, name: str) -> Callable[[str | None], o
     return typed
 
 
-def matching(filters: records.Filters, version: str | None) -> peewee.ModelSelect:
-    """The tasks that match ``filters`` and, unless None, ``version``."""
-    tasks = records.select(filters)
-    return tasks if version is None else tasks.where(Task.version == version)
+def matching(filters: records.Filters, version: str | None) -> list[int]:
+    """The pks of the tasks that match ``filters`` and, unless None, ``version``, in pk order."""
+    found = sorted(records.pks(filters))
+    if version is None:
+        return found
+    return [task.pk for chunk in chunked(found) for task in records.get(chunk) if task.version == version]
 
 
-def results_table(
-    cls: type[luigi.Task] | None, tasks: peewee.ModelSelect, columns: Sequence[str] | None = None
-) -> Table:
+def results_table(cls: type[luigi.Task] | None, tasks: Sequence[int], columns: Sequence[str] | None = None) -> Table:
     """The results of ``tasks`` (done tasks, from :func:`matching`) as one table.
 
     ``cls`` is their task class, None when it cannot be imported: then the recorded JSON results make the table,
@@ -56,7 +55,7 @@ def results_table(
     if model is not None:
         return _output_rows(cls, model, tasks, columns)
     # Listing leaves results out (they can be large); here they are the table.
-    found = list(tasks.select_extend(Task.result).order_by(Task.pk))
+    found = [task for chunk in chunked(sorted(tasks)) for task in records.with_results(chunk)]
     parameters = records.parameters_of([task.pk for task in found])
     parameter_names = list(dict.fromkeys(key for task in found for key in parameters[task.pk]))
     typed = {name: _parser(cls, name) for name in parameter_names}
@@ -82,7 +81,7 @@ def results_table(
 
 
 def _output_rows(
-    cls: type[luigi.Task], model: type[outputs.OutputModel], tasks: peewee.ModelSelect, wanted: Sequence[str] | None
+    cls: type[luigi.Task], model: type[outputs.OutputModel], tasks: Sequence[int], wanted: Sequence[str] | None
 ) -> Table:
     """The rows of ``model`` made by ``tasks``, with the tasks' columns beside them; only the ``wanted`` ones.
 
@@ -97,16 +96,12 @@ def _output_rows(
         export.check_columns(wanted, names)
         names = [name for name in names if name in wanted]
     chosen = [name for name in fields if name in names]
-    pks, values = output_tables.columns_of(model, tasks.select(Task.pk).order_by(), chosen)
+    pks, values = output_tables.columns_of(model, tasks, chosen)
     values["task_pk"] = pks
     needed = {column: what for column, what in task_columns.items() if column in names}
     if needed:
         per_task = {
-            pk: {"version": version, "completed": completed}
-            for pk, version, completed in tasks.select(Task.pk, Task.version, Task.completed)
-            .order_by()
-            .tuples()
-            .iterator()
+            pk: {"version": version, "completed": completed} for pk, version, completed in records.versions_of(tasks)
         }
         if set(needed.values()) - {"version", "completed"}:
             recorded = records.parameters_of(list(dict.fromkeys(pks)))

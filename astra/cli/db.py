@@ -67,7 +67,11 @@ def upgrade() -> None:
 @db.command(context_settings=CONTEXT)
 @json_option
 def status(as_json: bool) -> None:
-    """Where the database is (password masked) and how many tasks it holds, per status and per task name."""
+    """Where the database is (password masked) and how many tasks it holds, per status and per task name.
+
+    On a database of more than a million tasks, numbers above 10,000 are the planner's estimates (counting them
+    would read every task), and say so.
+    """
     where = describe()
     summary = records.summary()
     if as_json:
@@ -80,6 +84,7 @@ def status(as_json: bool) -> None:
                 "names": names,
                 "parameters": summary.parameters,
                 "dependencies": summary.dependencies,
+                "estimated": summary.estimated,
             }
         )
         return
@@ -88,6 +93,10 @@ def status(as_json: bool) -> None:
     click.echo(f"tasks         {summary.total} ({counts})")
     click.echo(f"parameters    {summary.parameters} distinct values")
     click.echo(f"dependencies  {summary.dependencies} edges")
+    if summary.estimated:
+        click.echo(
+            f"(numbers above {records.COUNTED:,} are the planner's estimates; ANALYZE astra.task for fresh ones)"
+        )
     if summary.names:
         rows = [
             [name, *(str(counts[s]) for s in records.STATUSES), str(sum(counts.values()))]

@@ -61,8 +61,12 @@ def list_tasks(filters: records.Filters, limit: int, as_json: bool) -> None:
     if not found:
         raise nothing_matches(filters)
     if limit and len(found) == limit:
-        total = records.count(filters)
-        if total > limit:
+        # Counted up to a bound: an exact count of a filter most tasks match would read them all.
+        most = max(records.COUNTED, limit)
+        total = records.count(filters, most)
+        if total > most:
+            formats.say(f"({limit} of more than {most:,} shown; --limit 0 shows all)")
+        elif total > limit:
             formats.say(f"({limit} of {total} shown; --limit 0 shows all)")
 
 

@@ -156,6 +156,33 @@ class SQLite:
             found.update(cursor.fetchall())
         return found
 
+    def linked(
+        self, db: peewee.Database, table: str, key: str, value: str, keys: Sequence[int], most: int | None = None
+    ) -> list[tuple[int, int]]:
+        """``(key, value)`` of the rows of ``table`` whose column ``key`` is one of ``keys`` (at most ``most`` rows
+        per key), each key looked up by its own probe of an index that starts with ``key``.
+
+        SQLite plans an ``IN`` list as one index probe per value, and runs in this process, where a query per key
+        costs no round trip.
+        """
+        found: list[tuple[int, int]] = []
+        if most is not None:
+            for one in keys:
+                sql = f"SELECT {key}, {value} FROM {table} WHERE {key} = ? LIMIT {int(most)}"
+                found += db.execute_sql(sql, (one,)).fetchall()
+            return found
+        for chunk in _chunked(list(keys)):
+            sql = f"SELECT {key}, {value} FROM {table} WHERE {key} IN ({', '.join('?' * len(chunk))})"
+            found += db.execute_sql(sql, tuple(chunk)).fetchall()
+        return found
+
+    def estimated_rows(self, db: peewee.Database, query: peewee.Query) -> int | None:
+        """How many rows ``query`` gives, as the planner estimates it; None where there is no such estimate."""
+        return None
+
+    def by_keys_only(self, db: peewee.Database) -> None:
+        """Plan the rest of this transaction's statements as index probes (SQLite always does, given an index)."""
+
     def record_items(
         self,
         db: peewee.Database,
@@ -421,6 +448,32 @@ class PostgreSQL(SQLite):
             cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s)", (list(chunk),))
             found.update(cursor.fetchall())
         return found
+
+    def linked(self, db, table, key, value, keys, most=None):
+        # One scalar subquery per key, which PostgreSQL runs as its own probe of the index: as a join or an
+        # "= ANY(list)", the plan depends on how many rows the planner expects per key, which it guesses (one in
+        # 200 of the table) until an ANALYZE, and then reads the whole table for a list of a few hundred keys.
+        limit = f" LIMIT {int(most)}" if most is not None else ""
+        sql = (
+            f"SELECT k.key, unnest((SELECT array_agg(r.v) FROM (SELECT {value} AS v FROM {table} "
+            f"WHERE {key} = k.key{limit}) AS r)) FROM unnest(%s::bigint[]) AS k(key)"
+        )
+        found: list[tuple[int, int]] = []
+        for chunk in _chunked(list(keys)):
+            found += db.execute_sql(sql, (list(chunk),)).fetchall()
+        return found
+
+    def estimated_rows(self, db, query):
+        sql, params = query.sql()
+        (plan,) = db.execute_sql(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchone()[0]
+        return int(plan["Plan"]["Plan Rows"])
+
+    def by_keys_only(self, db: peewee.Database) -> None:
+        # Statements that find rows by keys (a forget's deletes): without statistics, PostgreSQL guesses one row in
+        # 200 per key and scans the whole table for a few hundred keys. For the rest of the transaction only.
+        db.execute_sql(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+        )
 
     def record_items(self, db, tables, status, rows, parameters, links, edges):
         """The PostgreSQL half of :func:`astra.database.queries.record_items`.

@@ -181,15 +181,23 @@ _PLAIN = {
 
 
 def columns_of(
-    model: type[peewee.Model], tasks: peewee.ModelSelect, fields: Sequence[str]
+    model: type[peewee.Model], tasks: Sequence[int], fields: Sequence[str]
 ) -> tuple[list[int], dict[str, list]]:
-    """The task pk of each row of ``model`` made by ``tasks`` (a query of task pks), in the order the rows were
-    inserted, and the values of ``fields`` in those rows: only the columns asked for, without a join.
+    """The task pk of each row of ``model`` made by ``tasks`` (task pks), in the order of the tasks and then of the
+    rows, and the values of ``fields`` in those rows: only the columns asked for, without a join. A chunk of tasks
+    at a time, each task's rows found by a probe of the index on task_pk (see
+    :meth:`astra.database.dialect.SQLite.linked`), whatever the planner knows of the table.
     """
     ready(model)
+    db = database()
     chosen = [model._meta.fields[name] for name in fields]
-    query = model.select(model.task, *chosen).where(model.task.in_(tasks)).order_by(model.pk)
-    rows = database().execute(query).fetchall()
+    rows: list = []
+    for chunk in chunked(list(tasks)):
+        pks = [pk for _, pk in dialect(db).linked(db, dialect(db).table(model), "task_pk", "pk", chunk)]
+        for part in chunked(sorted(pks)):
+            query = model.select(model.task, *chosen).where(model.pk.in_(list(part)))
+            rows += db.execute(query.order_by(model.task, model.pk)).fetchall()
+    rows.sort(key=lambda row: row[0])  # stable: each task's rows stay in the order they were inserted
     columns = list(zip(*rows)) if rows else [()] * (1 + len(chosen))
     values = {}
     for field, column in zip(chosen, columns[1:]):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import peewee
-from peewee import JOIN, Case, fn
+from peewee import fn
 
 from astra.database.connection import DatabaseError, database
 from astra.database.dialect import dialect
@@ -60,6 +60,11 @@ def wildcard_parts(pattern: str) -> list[str | None]:
     return [part for part in parts if part != ""]
 
 
+def literal(value: str) -> str:
+    """The pattern (see :func:`wildcard_parts`) that matches ``value`` alone."""
+    return value.replace("\\", "\\\\").replace("*", "\\*")
+
+
 def _matches(field: peewee.Field, parts: list[str | None]) -> peewee.Node:
     """``field`` matches ``parts`` (from :func:`wildcard_parts`), case-sensitively on both backends.
 
@@ -68,86 +73,229 @@ def _matches(field: peewee.Field, parts: list[str | None]) -> peewee.Node:
     return dialect(database()).matches(field, parts)
 
 
-def _with_parameter(name: str, value: str) -> peewee.Expression:
-    """Tasks that were given parameter ``name`` with ``value`` (a pattern: see :func:`wildcard_parts`)."""
-    having = TaskParameter.select(TaskParameter.task).join(Parameter)
+#: How many task pks one filter may list before it counts as common: a common filter is checked task by task while
+#: the tasks are walked newest first, a rare one lists its tasks (see :func:`pks`).
+LISTED = 100_000
+#: The same for a query of every match (no limit): it lists far more before walking the whole table instead.
+LISTED_ALL = 2_000_000
+#: Tasks read per statement while walking the table newest first (the first windows are smaller).
+WINDOW = 200_000
+#: How many parameter pks a probe of one task names; beyond, it looks at the task's own parameters instead.
+PROBED = 100
+#: How many tasks may share a value for :func:`closest` to rank them all; beyond, it ranks the newest few.
+SHARED = 1_000
+#: Above how many tasks (as the planner estimates them) ``astra db status`` estimates rather than counts.
+ESTIMATED = 1_000_000
+#: How many matches ``count`` counts exactly before it says "more than".
+COUNTED = 10_000
+
+
+def _parameter_pks(name: str, value: str, bound: int) -> list[int] | None:
+    """The pks of the parameter rows ``name`` = ``value`` (a pattern: see :func:`wildcard_parts`); None if a
+    pattern matches more than ``bound``."""
     parts = wildcard_parts(value)
-    if None in parts:
-        having = having.where(Parameter.parameter_name == name, _matches(Parameter.parameter_value, parts))
-    else:
-        having = having.where(Parameter.parameter_hash == parameter_hash(name, "".join(parts)))
-    return Task.pk.in_(having)
+    if None not in parts:
+        key = parameter_hash(name, "".join(parts))
+        return [pk for (pk,) in Parameter.select(Parameter.pk).where(Parameter.parameter_hash == key).tuples()]
+    query = Parameter.select(Parameter.pk).where(
+        Parameter.parameter_name == name, _matches(Parameter.parameter_value, parts)
+    )
+    return _listed(query, bound)
+
+
+def _listed(query: peewee.ModelSelect, bound: int) -> list[int] | None:
+    """The pks ``query`` (of one pk column) gives, or None if there are more than ``bound``."""
+    found = [pk for (pk,) in query.limit(bound + 1).tuples()]
+    return None if len(found) > bound else found
+
+
+def _links(key: str, value: str, keys: Sequence[int], most: int | None = None) -> list[tuple[int, int]]:
+    """``(key, value)`` of the task_parameter rows whose ``key`` column is one of ``keys``, by index probes."""
+    db = database()
+    return dialect(db).linked(db, dialect(db).table(TaskParameter), key, value, keys, most)
+
+
+def _linked(parameter_pks: list[int], bound: int) -> list[int] | None:
+    """The tasks linked to one of ``parameter_pks``, by the index on parameter_pk; None if more than ``bound``."""
+    found: set[int] = set()
+    for chunk in chunked(parameter_pks):
+        found.update(task for _, task in _links("parameter_pk", "task_pk", chunk, most=bound + 1))
+        if len(found) > bound:
+            return None
+    return list(found)
+
+
+def _named(names: Sequence[str], statuses: Sequence[str], bound: int) -> list[int] | None:
+    """The tasks with one of ``names`` (every name if none) and one of ``statuses`` (every status if none), by the
+    (task_name, status) index one pair at a time; None if more than ``bound``."""
+    found: list[int] = []
+    for name in names or known_names():
+        for status in statuses or STATUSES:
+            query = Task.select(Task.pk).where(Task.task_name == name, Task.status == status)
+            listed = _listed(query, bound - len(found))
+            if listed is None:
+                return None
+            found += listed
+    return found
+
+
+def _has(name: str, value: str, parameter_pks: list[int] | None) -> peewee.Expression:
+    """The task was given ``name`` = ``value`` (the pks of those parameters if known): a probe of task_parameter's
+    primary key per task.
+
+    Scalar subqueries, which PostgreSQL runs per row rather than turning them into joins: as a join (IN, EXISTS)
+    the plan depends on how many links the planner expects the parameter to have, which it cannot know before an
+    ANALYZE and misjudges by 10^4 for a value most tasks share.
+    """
+    probe = TaskParameter.select(TaskParameter.task).where(TaskParameter.task == Task.pk)
+    if parameter_pks is not None and len(parameter_pks) <= PROBED:
+        return _found(probe.where(TaskParameter.parameter.in_(parameter_pks)).limit(1))
+    given = Parameter.select(Parameter.pk).where(
+        Parameter.pk == TaskParameter.parameter,
+        Parameter.parameter_name == name,
+        _matches(Parameter.parameter_value, wildcard_parts(value)),
+    )
+    return _found(probe.where(_found(given)).limit(1))
+
+
+def _found(subquery: peewee.ModelSelect) -> peewee.Node:
+    """``subquery`` (of one row at most) gives a row."""
+    return peewee.NodeList((subquery, peewee.SQL("IS NOT NULL")))
+
+
+def _wanted(filters: Filters) -> Callable[[tuple], bool]:
+    """Whether a row of :data:`_CHECKED` matches the filters on the task's own columns (checked here, not in SQL:
+    in SQL, the planner might walk an index of one of them instead of the pk range it is given)."""
+    names, modules, statuses, since = set(filters.names), set(filters.modules), set(filters.statuses), filters.since
+
+    def wanted(row: tuple) -> bool:
+        _, name, module, status, *times = row
+        if (
+            (names and name not in names)
+            or (modules and module not in modules)
+            or (statuses and status not in statuses)
+        ):
+            return False
+        return since is None or any(time is not None and _aware(time) >= since for time in times)
+
+    return wanted
+
+
+def _aware(time: datetime.datetime) -> datetime.datetime:
+    return time if time.tzinfo is not None else time.replace(tzinfo=datetime.timezone.utc)
+
+
+_CHECKED = (Task.pk, Task.task_name, Task.task_module, Task.status, Task.created, Task.started, Task.completed)
+
+
+def pks(filters: Filters, limit: int | None = None) -> list[int]:
+    """The pks of the tasks that match ``filters``, newest first, at most ``limit`` of them.
+
+    What it costs follows what it returns, not how many tasks the database holds, whatever the planner knows:
+    each filter that matches at most :data:`LISTED` tasks (:data:`LISTED_ALL` without a limit) lists them by an
+    index (a parameter value by task_parameter's parameter_pk, names and statuses by the (task_name, status)
+    index), and only the tasks on every such list are read, by pk. When no filter is that rare, the tasks are read
+    newest first, a range of pks at a time, each checked against the filters (parameters by a probe of
+    task_parameter per task), until ``limit`` match: a filter most tasks match finds them at once.
+    """
+    database()
+    bound = LISTED if limit else LISTED_ALL
+    lists: list[list[int]] = []
+    probes = []  # filters too common to list, checked task by task
+    for name, value in filters.where:
+        parameter_pks = _parameter_pks(name, value, bound)
+        if parameter_pks == []:
+            return []
+        linked = None if parameter_pks is None else _linked(parameter_pks, bound)
+        (probes.append(_has(name, value, parameter_pks)) if linked is None else lists.append(linked))
+    if (filters.names or filters.statuses) and not lists:  # with a list, they are checked on its tasks
+        named = _named(filters.names, filters.statuses, bound)
+        if named is not None:
+            lists.append(named)
+    wanted = _wanted(filters)
+    found: list[int] = []
+    if lists:
+        candidates = sorted(set.intersection(*map(set, lists)), reverse=True)
+        for chunk in chunked(candidates):
+            query = Task.select(*_CHECKED).where(Task.pk.in_(list(chunk)), *probes).order_by(Task.pk.desc())
+            found += [row[0] for row in query.tuples() if wanted(row)]
+            if limit and len(found) >= limit:
+                break
+        return found[:limit] if limit else found
+    top = Task.select(fn.MAX(Task.pk)).scalar()
+    window = 1_000
+    while top is not None and top > 0 and not (limit and len(found) >= limit):
+        query = Task.select(*_CHECKED).where(Task.pk <= top, Task.pk > top - window, *probes).order_by(Task.pk.desc())
+        found += [row[0] for row in query.tuples() if wanted(row)]
+        top -= window
+        window = min(window * 4, WINDOW)
+    return found[:limit] if limit else found
 
 
 def select(filters: Filters) -> peewee.ModelSelect:
-    """The tasks that match ``filters``, newest first."""
+    """The tasks that match ``filters``, newest first (a query of the tasks :func:`pks` finds)."""
     database()
-    query = _tasks()
-    if filters.names:
-        query = query.where(Task.task_name.in_(filters.names))
-    if filters.modules:
-        query = query.where(Task.task_module.in_(filters.modules))
-    if filters.statuses:
-        query = query.where(Task.status.in_(filters.statuses))
-    for name, value in filters.where:
-        query = query.where(_with_parameter(name, value))
-    if filters.since is not None:
-        since = filters.since
-        query = query.where((Task.created >= since) | (Task.started >= since) | (Task.completed >= since))
-    return query.order_by(Task.pk.desc())
+    return _tasks().where(Task.pk.in_(pks(filters))).order_by(Task.pk.desc())
 
 
 def find(filters: Filters, limit: int | None = None) -> list[Task]:
     """The tasks that match ``filters``, newest first, at most ``limit`` of them."""
-    query = select(filters)
-    if limit:
-        query = query.limit(limit)
-    return list(query)
+    return sorted(get(pks(filters, limit)), key=lambda task: task.pk, reverse=True)
 
 
-def count(filters: Filters) -> int:
-    """How many tasks match ``filters``."""
-    return select(filters).order_by().count()
+def count(filters: Filters, most: int | None = None) -> int:
+    """How many tasks match ``filters``; with ``most``, counted up to ``most`` + 1 only."""
+    return len(pks(filters, most + 1 if most is not None else None))
 
 
 def unknown_parameter_names(names: Iterable[str]) -> list[str]:
     """Those of ``names`` that no recorded task has as a parameter."""
-    names = list(dict.fromkeys(names))
-    if not names:
-        return []
     database()
-    query = Parameter.select(Parameter.parameter_name).where(Parameter.parameter_name.in_(names)).distinct()
-    known = {name for (name,) in query.tuples()}
-    return [name for name in names if name not in known]
+    # One probe of the parameter_name index per name: DISTINCT would read every value of a name.
+    return [
+        name
+        for name in dict.fromkeys(names)
+        if Parameter.select(Parameter.pk).where(Parameter.parameter_name == name).limit(1).scalar() is None
+    ]
 
 
 def known_names() -> list[str]:
     """Every task name (luigi family) with at least one record."""
-    database()
-    return [name for (name,) in Task.select(Task.task_name).distinct().order_by(Task.task_name).tuples()]
+    db = database()
+    # One probe of the (task_name, status) index per name, rather than DISTINCT, which reads every task.
+    task = dialect(db).table(Task)
+    sql = (
+        f"WITH RECURSIVE name(value) AS (SELECT min(task_name) FROM {task} UNION ALL "
+        f"SELECT (SELECT min(task_name) FROM {task} WHERE task_name > name.value) FROM name "
+        "WHERE name.value IS NOT NULL) SELECT value FROM name WHERE value IS NOT NULL"
+    )
+    return [name for (name,) in db.execute_sql(sql)]
+
+
+#: How many records of a name :func:`modules_of` looks at.
+SAMPLED = 1000
 
 
 def modules_of(name: str) -> list[str]:
-    """The modules that recorded tasks named ``name`` were defined in."""
+    """The modules that recorded tasks named ``name`` were defined in, as :data:`SAMPLED` of them say (enough to
+    import the class: reading every record of a name would cost as much as the records are many)."""
     database()
-    query = Task.select(Task.task_module).where(Task.task_name == name).distinct().order_by(Task.task_module)
-    return [module for (module,) in query.tuples()]
+    sample = Task.select(Task.task_module).where(Task.task_name == name).limit(SAMPLED)
+    return sorted({module for (module,) in sample.tuples()})
 
 
 def parameters_of(pks: Sequence[int]) -> dict[int, dict[str, str]]:
     """The recorded parameters of each task in ``pks``, sorted by name."""
     database()
+    links = _links("task_pk", "parameter_pk", list(dict.fromkeys(pks)))
+    values: dict[int, tuple[str, str]] = {}
+    for chunk in chunked(sorted({parameter for _, parameter in links})):
+        query = Parameter.select(Parameter.pk, Parameter.parameter_name, Parameter.parameter_value)
+        values.update((pk, (name, value)) for pk, name, value in query.where(Parameter.pk.in_(list(chunk))).tuples())
     found: dict[int, dict[str, str]] = {pk: {} for pk in pks}
-    for chunk in chunked(list(pks)):
-        query = (
-            TaskParameter.select(TaskParameter.task, Parameter.parameter_name, Parameter.parameter_value)
-            .join(Parameter)
-            .where(TaskParameter.task.in_(chunk))
-            .order_by(Parameter.parameter_name)
-            .tuples()
-        )
-        for pk, name, value in query:
-            found[pk][name] = value
+    for task, parameter in sorted(links, key=lambda link: values[link[1]][0]):
+        name, value = values[parameter]
+        found[task][name] = value
     return found
 
 
@@ -193,6 +341,22 @@ def get(pks: Iterable[int]) -> list[Task]:
     return found
 
 
+def with_results(tasks: Sequence[int]) -> list[Task]:
+    """The tasks ``tasks`` (pks, at most CHUNK) with their version, completion time and result, in pk order."""
+    database()
+    columns = (Task.pk, Task.version, Task.completed, Task.result)
+    return list(Task.select(*columns).where(Task.pk.in_(list(tasks))).order_by(Task.pk))
+
+
+def versions_of(tasks: Sequence[int]) -> list[tuple[int, str, datetime.datetime | None]]:
+    """``(pk, version, completed)`` of each of the tasks ``tasks`` that exists, a chunk of pks at a time."""
+    database()
+    columns = (Task.pk, Task.version, Task.completed)
+    return [
+        row for chunk in chunked(list(tasks)) for row in Task.select(*columns).where(Task.pk.in_(list(chunk))).tuples()
+    ]
+
+
 def by_hash(task_hash: str) -> Task | None:
     database()
     return _tasks().where(Task.task_hash == task_hash).first()
@@ -231,21 +395,20 @@ def required_by(pk: int) -> list[Task]:
 def downstream(pks: Iterable[int]) -> set[int]:
     """Every task that required one of ``pks``, directly or through others (``pks`` themselves excluded).
 
-    One recursive query per CHUNK of ``pks``, however long the chains below them are (a task that requires the
-    previous night's run makes chains of thousands).
+    One level of dependants at a time, each task's found by its own probe of the index on requires_pk (a
+    recursive query joins the whole edge table per level once the planner expects many rows); a chain of
+    thousands of tasks (a task that requires the previous night's run) is a query per link of it.
     """
-    database()
+    db = database()
     pks = set(pks)
     found: set[int] = set()
-    for chunk in chunked(sorted(pks)):
-        first = Dependency.select(Dependency.task).where(Dependency.requires.in_(chunk))
-        below = first.cte("below", recursive=True, columns=("pk",))
-        following = Dependency.alias()
-        # UNION (not UNION ALL) drops rows already found, so it ends on shared dependants and even on cycles.
-        later = following.select(following.task).join(below, on=(following.requires == below.c.pk))
-        query = below.union(later).select_from(below.c.pk)
-        found.update(pk for (pk,) in query.tuples())
-    return found - pks
+    level = sorted(pks)
+    while level:
+        edges = dialect(db).linked(db, dialect(db).table(Dependency), "requires_pk", "task_pk", level)
+        new = {task for _, task in edges} - found - pks  # ends on shared dependants, and on cycles
+        found |= new
+        level = sorted(new)
+    return found
 
 
 @dataclass(frozen=True)
@@ -272,10 +435,8 @@ def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
                 pks |= downstream(pks)
             tasks = get(pks)
             pks = [task.pk for task in tasks]
-            parameter_pks: set[int] = set()
-            for chunk in chunked(pks):
-                query = TaskParameter.select(TaskParameter.parameter).where(TaskParameter.task.in_(chunk)).tuples()
-                parameter_pks.update(pk for (pk,) in query)
+            parameter_pks = {parameter for _, parameter in _links("task_pk", "parameter_pk", pks)}
+            dialect(db).by_keys_only(db)  # every statement below finds its rows by keys
             for chunk in chunked(pks):
                 Dependency.delete().where(Dependency.task.in_(chunk) | Dependency.requires.in_(chunk)).execute()
                 TaskParameter.delete().where(TaskParameter.task.in_(chunk)).execute()
@@ -298,6 +459,8 @@ class Summary:
     names: dict[str, dict[str, int]]
     parameters: int
     dependencies: int
+    #: Whether some numbers are the planner's estimates (a large database), not counts.
+    estimated: bool = False
 
     @property
     def total(self) -> int:
@@ -305,7 +468,33 @@ class Summary:
 
 
 def summary() -> Summary:
-    database()
+    """How many tasks there are, per status and per task name: counted on a small database; on a large one, the
+    numbers above :data:`COUNTED` are the planner's estimates (``estimated``), since counting would read it all."""
+    db = database()
+    if (dialect(db).estimated_rows(db, Task.select(Task.pk)) or 0) < ESTIMATED:
+        return _counted()
+    statuses = {status: 0 for status in STATUSES}
+    names: dict[str, dict[str, int]] = {}
+    estimated = False
+    for name in known_names():
+        names[name] = {}
+        for status in STATUSES:
+            query = Task.select(Task.pk).where(Task.task_name == name, Task.status == status)
+            listed = _listed(query, COUNTED)
+            n = len(listed) if listed is not None else dialect(db).estimated_rows(db, query)
+            estimated |= listed is None
+            names[name][status] = n
+            statuses[status] += n
+    return Summary(
+        statuses=statuses,
+        names=names,
+        parameters=dialect(db).estimated_rows(db, Parameter.select(Parameter.pk)),
+        dependencies=dialect(db).estimated_rows(db, Dependency.select(Dependency.task)),
+        estimated=True,
+    )
+
+
+def _counted() -> Summary:
     statuses = {status: 0 for status in STATUSES}
     names: dict[str, dict[str, int]] = {}
     query = Task.select(Task.task_name, Task.status, fn.COUNT(Task.pk)).group_by(Task.task_name, Task.status)
@@ -349,27 +538,23 @@ def closest(
     tasks it requires (astra tasks; others leave no record to compare with).
     """
     database()
-    hashes = [parameter_hash(key, value) for key, value in parameters.items()]
-    shared = (
-        TaskParameter.select(TaskParameter.task.alias("task_pk"), fn.COUNT(TaskParameter.parameter).alias("n"))
-        .join(Parameter)
-        .where(Parameter.parameter_hash.in_(hashes or [""]))
-        .group_by(TaskParameter.task)
-    )
-    n_shared = fn.COALESCE(shared.c.n, 0)
-    query = (
-        _tasks()
-        .join(shared, JOIN.LEFT_OUTER, on=(Task.pk == shared.c.task_pk))
-        .where(Task.task_name == name)
-        .order_by(
-            n_shared.desc(),
-            Case(None, [(Task.version == version, 1)], 0).desc(),
-            Case(None, [(Task.task_module == module, 1)], 0).desc(),
-            Task.pk.desc(),
-        )
-        .limit(limit)
-    )
-    tasks = list(query)
+    # The records to rank: those given a value of the wanted task that few tasks share (by the index on
+    # parameter_pk), and for each value many share, the newest few of the family given it (checked task by task,
+    # newest first): never every task of the family, nor every link of a value all of them share.
+    pool: set[int] = set()
+    for key, value in parameters.items():
+        given = (key, literal(value))
+        linked = _linked(_parameter_pks(*given, bound=0), SHARED)
+        pool.update(pks(Filters(names=(name,), where=(given,)), limit) if linked is None else linked)
+    pool.update(pks(Filters(names=(name,)), limit))  # the newest of the family, if nothing is shared
+    found = [task for task in get(pool) if task.task_name == name]
+    recorded = parameters_of([task.pk for task in found])
+
+    def rank(task: Task) -> tuple:
+        shared = sum(recorded[task.pk].get(key) == value for key, value in parameters.items())
+        return (shared, task.version == version, task.task_module == module, task.pk)
+
+    tasks = sorted(found, key=rank, reverse=True)[:limit]
     recorded = parameters_of([task.pk for task in tasks])
     candidates = []
     for task in tasks:
