@@ -64,7 +64,7 @@ def startup(repeat: int = 5) -> float:
     took = []
     for _ in range(repeat):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import astra.slurm, bench.tasks"], check=True, cwd=REPO)
+        subprocess.run([sys.executable, "-c", "import astra.executors.slurm_job, bench.tasks"], check=True, cwd=REPO)
         took.append(time.perf_counter() - started)
     return statistics.median(took)
 
