@@ -144,6 +144,8 @@ def main() -> None:
 
         create_schema()
         with tempfile.TemporaryDirectory() as log_dir:
+            # astra shares its squeue answers with the user's other processes through $TMPDIR: count this run's own.
+            os.environ["TMPDIR"], tempfile.tempdir = log_dir, None
             log = count_calls(Path(log_dir))
             seen, _ = calls(log, 0)
             for executor in ("local", "slurm"):

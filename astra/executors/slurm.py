@@ -56,8 +56,7 @@ SPEC_BYTES = 128 * 1024 - 1 - len(SPEC_ENV) - 1
 ENTRY = "import sys; from astra.executors.slurm_job import main; sys.exit(main())"
 
 
-SETTINGS = ("partition", "account", "qos", "time", "mem", "cpus_per_task", "sbatch_args", "log_dir", "jobs")
-SETTINGS += ("max_running", "poll", "poll_max")
+SETTINGS = tuple(slurm.get_param_names())
 
 
 class SlurmJobError(RuntimeError):
@@ -133,7 +132,7 @@ class SlurmExecutor(Executor):
         """
         settings_ = options(batch)
         base = _job_name(batch)
-        live = queue().live(base)
+        live = [state for state in queue().live(base) if "_" in state.job_id]  # array elements
         shares = getattr(batch, "jobs", 0) or settings_["jobs"]
         layouts = {_layout(state) for state in live}
         if layouts:
