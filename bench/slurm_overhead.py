@@ -171,8 +171,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for way, work, each, total, made in rows:
         print(f"| {way} | {work} | {each:.3g} | {total:.1f} | {made} |")
-    bare, job = startup("pass"), startup("import astra.executors.slurm_job, bench.tasks")
-    print(f"\nstart-up, median of 5: `python -c pass` {bare:.2f} s; a job's imports before run() {job:.2f} s")
+    bare, luigi_only = startup("pass"), startup("import luigi")
+    job = startup("import astra.executors.slurm_job, bench.tasks")
+    print(f"\nstart-up, median of 5: `python -c pass` {bare:.2f} s, `import luigi` {luigi_only:.2f} s, a job's imports "
+          f"before run() {job:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
