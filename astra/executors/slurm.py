@@ -92,8 +92,8 @@ class SlurmExecutor(Executor):
         submitted = time.time()
         _status(task, f"SLURM job {job_id} submitted")
 
-        def recorded() -> bool:  # by the job, done or failed
-            return queries.attempt_status(attempt) != queries.RUNNING
+        def recorded() -> bool:  # by the job, done or failed (a row taken over or forgotten: SLURM says when it ends)
+            return queries.attempt_status(attempt) in (queries.DONE, queries.FAILED)
 
         try:
             states = _follow(task, [job_id], submitted, settings_, recorded, lambda s: _describe(job_id, s))
