@@ -94,3 +94,15 @@ def test_the_console_names_each_job_submitted(slurm_cluster, sqlite_url, tmp_pat
                                  "--local-scheduler"))  # fmt: skip
     job = Task.get(Task.task_name == "Sleep").slurm_job_id
     assert f"SLURM job {job} submitted for Sleep(name=c" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_another_users_shared_directory_is_refused_in_one_line(slurm_cluster, sqlite_url, tmp_path):
+    """The squeue answers astra shares live in a directory only this user may write: one that others may (made by
+    someone else in a shared /tmp, say) could feed false answers, so it is refused."""
+    (tmp_path / "tmp" / f"astra-slurm-{os.getuid()}").mkdir(parents=True)
+    (tmp_path / "tmp" / f"astra-slurm-{os.getuid()}").chmod(0o777)
+    done = run_luigi(*slurm_args(tmp_path / "logs", "--module", "tests.slurm_tasks", "Sleep", "--name", "u",
+                                 "--local-scheduler"), env={"TMPDIR": str(tmp_path / "tmp")})  # fmt: skip
+    task = Task.get(Task.task_name == "Sleep")
+    assert task.status == "failed" and "is not a directory only you can use; remove it" in task.error, done.stdout

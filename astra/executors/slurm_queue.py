@@ -19,6 +19,7 @@ import getpass
 import json
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import time
@@ -93,9 +94,19 @@ class Queue:
             if JobState(job_id, *fields).live
         ]
 
+    def _own_directory(self) -> None:
+        """The shared directory, which must be this user's alone: another user's could feed us false answers."""
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        found = self.directory.lstat()
+        if found.st_uid != os.getuid() or found.st_mode & 0o077 or not stat.S_ISDIR(found.st_mode):
+            raise RuntimeError(
+                f"astra: {self.directory} is not a directory only you can use; remove it (astra shares SLURM's "
+                "answers between your processes there)"
+            )
+
     def _answer(self, first: float, most: float) -> dict:
         """The shared answer of the last poll; a new one if it is older than the interval (0: always)."""
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        self._own_directory()
         with open(self.directory / "squeue.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             path = self.directory / "squeue.json"
