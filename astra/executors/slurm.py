@@ -19,6 +19,7 @@ attribute named ``slurm_<setting>``, e.g. ``slurm_sbatch_args = "--gres=gpu:1"``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ import luigi
 
 from astra.config import command_line, database_url, luigi_config, settings, slurm
 from astra.database import queries
+from astra.database.urls import mask_password
 from astra.executors import Executor
 from astra.executors.slurm_queue import JobState, details, max_array_size, queue
 
@@ -123,7 +125,7 @@ class SlurmExecutor(Executor):
         claim.recorded = True
         raise SlurmJobError(error)
 
-    def run_batch(self, batch: BatchTask) -> None:
+    def run_batch(self, batch: BatchTask, adopt: bool = True) -> None:
         """Run a batch as job arrays, one element per share holding items not yet done; raise if any fails.
 
         Item k goes to share k mod the number of shares. Live elements of an earlier run's arrays for this batch
@@ -132,7 +134,7 @@ class SlurmExecutor(Executor):
         """
         settings_ = options(batch)
         base = _job_name(batch)
-        live = [state for state in queue().live(base) if "_" in state.job_id]  # array elements
+        live = [state for state in queue().live(base) if "_" in state.job_id] if adopt else []  # array elements
         shares = getattr(batch, "jobs", 0) or settings_["jobs"]
         layouts = {_layout(state) for state in live}
         if layouts:
@@ -170,6 +172,10 @@ class SlurmExecutor(Executor):
             raise
         _status(batch, progress.describe(states, force=True))
         bad = [state for state in states if state.finished and state.state != "COMPLETED"]
+        if adopt and running and not bad and not progress.all_done():
+            # Adopted elements ended without recording all their items (they were working for a run whose items
+            # were forgotten meanwhile, say): submit what is left, adopting nothing this time.
+            return self.run_batch(batch, adopt=False)
         if bad and not progress.all_done():
             first = details(bad[0].job_id)
             tail = _stderr_tail(_log_path(settings_, names[first.job_id], first.job_id, ".err"))
@@ -395,9 +401,13 @@ def _environment(spec: dict) -> dict:
 
 
 def _job_name(task: luigi.Task) -> str:
-    """The task's luigi id as a job name (which finds a task's jobs again): cut short, it keeps its hash at the end."""
+    """The task's luigi id and its database as a job name (which finds a task's jobs again, for this database
+    only): cut short, the id keeps its hash at the end."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", task.task_id)
-    return name if len(name) <= 100 else f"{name[:89]}_{name[-10:]}"
+    name = name if len(name) <= 90 else f"{name[:79]}_{name[-10:]}"
+    config = settings()
+    where = mask_password(database_url()) or f"{config.profile}/{config.dbname}"  # no password, not even hashed
+    return f"{name}.{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
 def _log_path(settings_: dict, name: str, job_id: str, suffix: str) -> Path:
