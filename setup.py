@@ -13,7 +13,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["astra", "astra.cli", "astra.database", "workflows"],
+    packages=["astra", "astra.cli", "astra.database", "astra.executors", "workflows"],
     package_data={"astra.database": ["astradb.sql"], "workflows": ["data/spectra/*.fits"]},
     install_requires=[
         "click>=8",

@@ -51,9 +51,10 @@ from itertools import islice
 
 import luigi
 
-from astra import config, outputs, slurm, values
+from astra import config, outputs, values
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, use_own_connection
+from astra.executors import executor_for
 from astra.identity import Item, items
 from astra.recording import fields, run_unrecorded, summarise
 from astra.tasks import BaseTask
@@ -95,6 +96,8 @@ class BatchTask(luigi.Task):
     log_seconds: float = 30.0
 
     _skipped = 0
+    _share: tuple[int, int] | None = None
+    _job: tuple[str, str] | None = None
     _part_size = 1
     _reported_at = 0.0
     _logged_at = 0.0
@@ -107,7 +110,14 @@ class BatchTask(luigi.Task):
 
     def items(self) -> Iterator[Item]:
         """The items with their identities (task hashes), in the order of :meth:`parameter_sets`."""
-        return items(self.item_class, self.parameter_sets())
+        return items(self.item_class, self._parameter_sets())
+
+    def _parameter_sets(self) -> Iterable[dict]:
+        """The parameter sets of the share this process works (all of them outside a share)."""
+        if self._share is None:
+            return self.parameter_sets()
+        share, shares = self._share
+        return [sets for index, sets in enumerate(self.parameter_sets()) if index % shares == share]
 
     def pending(self) -> Iterator[Item]:
         """The items not yet recorded as done, asking the database once per chunk of items."""
@@ -159,9 +169,13 @@ class BatchTask(luigi.Task):
         return results
 
     def run(self) -> None:
-        if slurm.wanted(self):
-            return slurm.run_batch(self)  # a SLURM job array, each element running this method on its share
-        total = _length(self.parameter_sets())
+        executor_for(self).run_batch(self)  # here (work()), or in shares elsewhere, each running work() on its own
+
+    def work(self, share: tuple[int, int] | None = None, job: tuple[str, str] | None = None) -> None:
+        """Work the items not yet done, here or in this process's pool; with ``share`` = (k, n) only items k, k + n,
+        k + 2n, ...; ``job`` = (SLURM job id, node) is recorded with each item."""
+        self._share, self._job = share, job
+        total = _length(self._parameter_sets())
         done = failed = 0
         first_error = ""
         self._started = time.monotonic()
@@ -188,7 +202,7 @@ class BatchTask(luigi.Task):
                 bad = [record for record in records if "error" in record]
                 while writing:
                     self.recording_seconds += writing.popleft().result()
-                writing.append(writer.submit(_write, model, good, bad, output_rows))
+                writing.append(writer.submit(_write, model, good, bad, output_rows, self._job))
                 done += len(good)
                 failed += len(bad)
                 if bad and not first_error:
@@ -237,7 +251,7 @@ class BatchTask(luigi.Task):
         pool = ProcessPoolExecutor(processes, mp_context=_context(self), initializer=_start_worker, initargs=initargs)
         for _ in range(processes):  # start them all now: they import while this process reads the parameter sets
             pool.submit(_ready)
-        chunks = _chunks(self.parameter_sets(), self.chunk_size)
+        chunks = _chunks(self._parameter_sets(), self.chunk_size)
         open_chunks: deque[_Chunk] = deque()
         busy: set[Future] = set()
         self._skipped = worked = worked_failed = 0
@@ -359,14 +373,18 @@ _ASKERS = 2
 
 
 @retried
-def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: dict[str, list[dict]]) -> float:
-    """Record a chunk's items, done or failed, and their output rows, in one transaction (all of it again if the
-    connection drops meanwhile); the seconds it took."""
+def _write(
+    model: type | None, good: list[dict], bad: list[dict], output_rows: dict[str, list[dict]], job: tuple | None
+) -> float:
+    """Record a chunk's items, done or failed, and their output rows (and the SLURM ``job`` (id, node) that worked
+    them), in one transaction (all of it again if the connection drops meanwhile); the seconds it took."""
     started = time.perf_counter()
     use_own_connection()  # the writer works beside the main thread, which keeps the process's connection
     with queries.transaction():
         written = queries.record_items(good, queries.DONE)
-        queries.record_items(bad, queries.FAILED)
+        failed = queries.record_items(bad, queries.FAILED)
+        if job is not None:
+            queries.note_items_job([*written.values(), *failed.values()], *job)
         if model is not None:
             # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
             made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]

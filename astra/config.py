@@ -1,4 +1,4 @@
-"""The ``[astra]`` section of luigi's configuration.
+"""The ``[astra]`` and ``[slurm]`` sections of luigi's configuration.
 
 Where a setting comes from, first found wins: the ``luigi`` command line (``--astra-database-url``), then the
 environment (``$ASTRA_DATABASE_URL``), then ``[astra]`` in luigi.cfg, then the default.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
+import threading
 from urllib.parse import urlsplit
 
 import luigi
@@ -72,6 +74,32 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
     executor = luigi.Parameter(
         default="local",
         description="where run() runs: in the luigi worker (local) or as a SLURM job (slurm; see [slurm])",
+    )
+
+
+class slurm(luigi.Config):  # noqa: N801 -- luigi names the config section after the class
+    """Settings of the jobs the SLURM executor submits: ``[slurm]`` in luigi.cfg or ``--slurm-<name>``."""
+
+    partition = luigi.Parameter(default="", description="sbatch --partition (empty: the cluster's default)")
+    account = luigi.Parameter(default="", description="sbatch --account")
+    qos = luigi.Parameter(default="", description="sbatch --qos")
+    time = luigi.Parameter(default="", description="sbatch --time, e.g. 2:00:00 (SLURM counts whole minutes)")
+    mem = luigi.Parameter(default="", description="sbatch --mem, e.g. 4G")
+    cpus_per_task = luigi.IntParameter(default=0, description="sbatch --cpus-per-task (0: the cluster's default)")
+    sbatch_args = luigi.Parameter(default="", description="more sbatch arguments, e.g. --gres=gpu:1 --exclusive")
+    log_dir = luigi.Parameter(
+        default=os.path.join("~", ".astra", "slurm"),
+        description="where each job's stdout and stderr go (<task_id>-<job>.out/.err); must be visible to the nodes",
+    )
+    jobs = luigi.IntParameter(default=1, description="array elements (shares) a BatchTask is split into")
+    max_running = luigi.IntParameter(
+        default=0, description="array elements of a batch that run at once (sbatch --array=...%N; 0: no limit)"
+    )
+    poll = luigi.FloatParameter(
+        default=1.0, description="seconds between two looks at the database for a job's record, and SLURM's first"
+    )
+    poll_max = luigi.FloatParameter(
+        default=60.0, description="longest interval, in seconds, between two squeue calls (one for all jobs)"
     )
 
 
@@ -198,6 +226,7 @@ def check_scheduler() -> None:
     if parser is None or _scheduler_checked:
         return
     _scheduler_checked = True  # forked workers inherit this: the parent has checked
+    _sigterm_as_ctrl_c()
     args = parser.known_args
     core = luigi.interface.core()
     if core.local_scheduler:
@@ -225,6 +254,14 @@ def check_scheduler() -> None:
             f"astra: no luigid answers at {url} ({reason}); start one (luigid --port {port}), or run without "
             "it: add --local-scheduler, or set [core] local_scheduler = true in luigi.cfg"
         ) from None
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM to the ``luigi`` command acts as Ctrl-C does: luigi then stops the worker processes it forked (each
+    gets SIGTERM), and the SLURM executor in them cancels their jobs. Left as it is, SIGTERM ends the luigi process
+    at once, and its forked workers cannot tell that from SIGKILL (after which their jobs must run on)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _unknown_task_in_one_line(previous_hook):

@@ -35,10 +35,11 @@ from contextlib import contextmanager
 import luigi
 from luigi.task import flatten
 
-from astra import identity, outputs, slurm, tally, values
+from astra import identity, outputs, tally, values
 from astra.config import settings
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, sharing
+from astra.executors import executor_for
 from astra.targets import database_targets, known, reopen_if_stale
 from astra.version import __version__
 
@@ -174,7 +175,7 @@ class Claim:
 
     def fail(self, exc: BaseException) -> None:
         """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
-        if self.recorded:  # already recorded, as done or (by astra.slurm, with what SLURM said) as failed
+        if self.recorded:  # already recorded, as done or (by the SLURM executor, with what SLURM said) as failed
             return
         error, summary = summarise(exc)
         try:
@@ -321,7 +322,7 @@ def recorded(run: Callable) -> Callable:
     """
     if getattr(run, "_astra_recorded", False):
         return run
-    local = inspect.isgeneratorfunction(run)  # it yields dynamic dependencies: it runs here, never as a SLURM job
+    local = inspect.isgeneratorfunction(run)  # it yields dynamic dependencies: it runs here, whatever the executor
 
     @functools.wraps(run)
     def wrapped(task, *args, **kwargs):
@@ -336,13 +337,13 @@ def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = Fal
     """Claim ``task``, ``call`` its run, and record it as done or failed; what luigi should get back from run().
 
     A run that is (or returns) a generator, yielding dynamic dependencies, is followed by :func:`_follow` and
-    recorded when it finishes, with the tasks it yielded. ``local``: run here even under the SLURM executor.
+    recorded when it finishes, with the tasks it yielded. ``local``: run here whatever the task's executor.
     """
     claim = _start(task)
     if claim is None:
         return None  # another worker finished it meanwhile
     try:
-        result = call() if local else slurm.execute(task, claim, call)
+        result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
     except BaseException as exc:
         _end(task, claim, error=exc)
         raise

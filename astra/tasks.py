@@ -28,7 +28,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
     """
 
     version: str = ""
-    #: Where run() runs: "local", "slurm" (as a SLURM job, see astra.slurm) or None for ``[astra] executor``.
+    #: Where run() runs: "local", "slurm" (as a SLURM job, see astra.executors.slurm) or None for ``[astra] executor``.
     executor: str | None = None
 
     _astra_claim: recording.Claim | None = None

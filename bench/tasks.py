@@ -238,3 +238,13 @@ class Fields(BatchTask):
                 [{"teff": t, "logg": g, "snr": s} for t, g, s in zip(teff.tolist(), logg.tolist(), snr.tolist())]
             )
         return made
+
+
+class Trivials(luigi.WrapperTask):
+    """``n`` Trivial tasks (bench/slurm_overhead.py runs them all inside one pilot job)."""
+
+    n = luigi.IntParameter()
+    run_name = luigi.Parameter()
+
+    def requires(self) -> list[Trivial]:
+        return [Trivial(i=i, run_name=self.run_name) for i in range(self.n)]

@@ -301,7 +301,17 @@ class Luigid:
 
 def slurm_args(log_dir: Path, *args: str) -> list[str]:
     """``args`` with astra's SLURM executor, its logs in ``log_dir``, polling often."""
-    return [*args, "--astra-executor", "slurm", "--slurm-log-dir", str(log_dir), "--slurm-poll", "0.2"]
+    return [
+        *args,
+        "--astra-executor",
+        "slurm",
+        "--slurm-log-dir",
+        str(log_dir),
+        "--slurm-poll",
+        "0.2",
+        "--slurm-poll-max",
+        "2",
+    ]
 
 
 def jobs_of(log_dir: Path) -> dict[str, str]:

@@ -84,3 +84,40 @@ class Leaves(BatchTask):
 
     def parameter_sets(self) -> list[dict]:
         return [{"i": i} for i in range(self.n)]
+
+
+class Sleeps(luigi.WrapperTask):
+    """``n`` Sleep tasks named ``<prefix><i>``, for as many luigi workers at once."""
+
+    n = luigi.IntParameter()
+    prefix = luigi.Parameter(default="w")
+    seconds = luigi.FloatParameter(default=0.0, significant=False)
+
+    def requires(self) -> list[Sleep]:
+        return [Sleep(name=f"{self.prefix}{i}", seconds=self.seconds) for i in range(self.n)]
+
+
+class Tally(astra.BaseTask):
+    """Sleeps, then appends its name to ``<tally_dir>/<name>``: a file with two lines is an item computed twice."""
+
+    name = luigi.Parameter()
+    tally_dir = luigi.Parameter(significant=False)
+    seconds = luigi.FloatParameter(default=0.0, significant=False)
+
+    def run(self) -> dict:
+        time.sleep(self.seconds)
+        with open(os.path.join(self.tally_dir, self.name), "a") as tally:
+            tally.write(f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}\n")
+        return {"name": self.name}
+
+
+class Tallies(BatchTask):
+    """Tally for names ``t0`` ... ``t<n-1>``, as one batch."""
+
+    item_class = Tally
+    n = luigi.IntParameter()
+    tally_dir = luigi.Parameter(significant=False)
+    seconds = luigi.FloatParameter(default=0.0, significant=False)
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"name": f"t{i}", "tally_dir": self.tally_dir, "seconds": self.seconds} for i in range(self.n)]

@@ -192,13 +192,18 @@ def test_killed_luigi_process_leaves_the_job_to_record_its_result_once(slurm_clu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_sigterm_cancels_the_jobs_and_records_the_tasks_failed(slurm_cluster, sqlite_url, tmp_path, workers):
+@pytest.mark.parametrize("workers, ctrl_c", [("1", False), ("2", False), ("2", True)])
+def test_sigterm_or_ctrl_c_cancels_the_jobs_and_records_the_tasks_failed(
+    slurm_cluster, sqlite_url, tmp_path, workers, ctrl_c
+):
     logs = tmp_path / "logs"
     args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "s", "--seconds", "120")
     with background((args + ["--workers", workers, "--local-scheduler"], tmp_path / "term.log")) as (luigi,):
         job = wait_for(lambda: _running_job("Sleep"), timeout=90, what="the Sleep job to run")
-        os.kill(luigi.pid, signal.SIGTERM)  # the luigi process only, as `kill PID` would
+        if ctrl_c:
+            luigi.signal(signal.SIGINT)  # as Ctrl-C in a terminal: to the whole process group
+        else:
+            os.kill(luigi.pid, signal.SIGTERM)  # the luigi process only, as `kill PID` would
         wait_for(lambda: scontrol(job).get("JobState") == "CANCELLED", timeout=60, what=f"job {job} cancelled")
         wait_for(lambda: row(task_name="Sleep").status == "failed", timeout=60, what="the task recorded failed")
     task = row(task_name="Sleep")
@@ -256,7 +261,8 @@ def test_a_pending_job_whose_luigi_process_died_does_not_run_a_task_taken_over(s
     wait_for(lambda: scontrol(job).get("JobState") in ("COMPLETED", "FAILED"), timeout=90, what=f"job {job} to end")
     task = row(task_name="Sleep")
     assert task.status == "done" and task.attempts == 2 and result_of(task)["slept"] == 0.0
-    assert "no longer claimed by attempt 1" in (logs / f"{jobs_of(logs)[job]}-{job}.err").read_text()
+    stderr = (logs / f"{jobs_of(logs)[job]}-{job}.err").read_text()
+    assert "no longer claimed by an attempt that runs SLURM job" in stderr
 
 
 @pytest.mark.slow

@@ -118,7 +118,8 @@ import luigi
 from tests.batch_pool_tasks import Stars
 config = luigi.configuration.get_config()
 for section, option, value in [("Measure", "band", "r"), ("astra", "executor", "slurm"),
-                               ("slurm", "log_dir", {str(tmp_path / "logs")!r}), ("slurm", "poll", "0.2")]:
+                               ("slurm", "log_dir", {str(tmp_path / "logs")!r}), ("slurm", "poll", "0.2"),
+                               ("slurm", "poll_max", "2")]:
     config.set(section, option, value)
 assert luigi.build([Stars(stars=3, jobs=1)], local_scheduler=True)
 """

@@ -440,27 +440,38 @@ def fail(attempt: Attempt, error: str, traceback: str, duration: float) -> bool:
         )
 
 
-# A task run as a SLURM job (astra.slurm): the luigi worker holds the claim until the job starts; the job then holds
-# the same attempt (its claim token), so it can record its result even if the worker is gone.
+# A task run as a SLURM job (astra.executors.slurm): the luigi worker holds the claim until the job starts; the job
+# then holds the same attempt, so it can record its result even if the worker is gone. The job is known by the id
+# the holder noted in the row: a later worker that takes the task over from a dead one may adopt its pending job.
 
 
 @retried
 def note_job(attempt: Attempt, job_id: str) -> None:
-    """Record which SLURM job was submitted for this attempt."""
+    """Record which SLURM job runs this attempt (the job takes the attempt over when it starts)."""
     Task.update(slurm_job_id=job_id).where(*_mine(attempt)).execute()
 
 
 @retried
-def hand_over(attempt: Attempt, job_id: str, node: str) -> bool:
-    """Make this process (a SLURM job) the holder of ``attempt``. False if the attempt is no longer running."""
+def hand_over(task_hash: str, job_id: str, node: str) -> Attempt | None:
+    """Make this process (SLURM job ``job_id``) the holder of the running attempt that names it; None if no
+    running attempt does (taken over by a worker that did not adopt this job, or finished)."""
     db = database()
     host, pid = socket.gethostname(), os.getpid()
+    mine = (Task.task_hash == task_hash, Task.slurm_job_id == job_id, Task.status == RUNNING)
     with _atomic(db):
-        return bool(
-            Task.update(host=host, pid=pid, heartbeat=_now(db), slurm_job_id=job_id, slurm_node=node)
-            .where(*_mine(attempt))
-            .execute()
-        )
+        row = Task.select(Task.pk, Task.claim_token, Task.attempts).where(*mine).tuples().first()
+        if row is None:
+            return None
+        attempt = Attempt(row[0], task_hash, row[1], row[2])
+        Task.update(host=host, pid=pid, heartbeat=_now(db), slurm_node=node).where(*_mine(attempt)).execute()
+    return attempt
+
+
+def note_items_job(pks: Iterable[int], job_id: str, node: str) -> None:
+    """Record the SLURM job (``ARRAYID_INDEX``) and node that worked these batch items (in the caller's
+    transaction, which records them)."""
+    for chunk in chunked(list(pks)):
+        Task.update(slurm_job_id=job_id, slurm_node=node).where(Task.pk.in_(chunk)).execute()
 
 
 @retried
