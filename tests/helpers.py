@@ -250,15 +250,24 @@ class Luigid:
         self.state = directory / "state.pickle"
         self.logdir = directory / "logs"
         self.logdir.mkdir(parents=True)
-        command = [LUIGID, "--address", "127.0.0.1", "--port", str(self.port)]
-        command += ["--state-path", str(self.state), "--logdir", str(self.logdir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         # What a user writes to use this luigid (the repository's luigi.cfg picks the local scheduler).
         self.client_config = directory / "client.cfg"
         self.client_config.write_text(
             f"[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\nscheduler_port = {self.port}\n"
         )
+        self.start()
+
+    def start(self) -> None:
+        """Start luigid on :attr:`port` (again, after :meth:`kill`: as an operator restarts a lost one)."""
+        command = [LUIGID, "--address", "127.0.0.1", "--port", str(self.port)]
+        command += ["--state-path", str(self.state), "--logdir", str(self.logdir)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._answers, timeout=30, what=f"luigid on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL luigid, as a lost host would: it saves no state."""
+        self.process.kill()
+        self.process.wait()
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
