@@ -10,7 +10,7 @@ import re
 import pytest
 
 from astra.database import Task
-from tests.helpers import REPO, astra, background, one_line_error, run_luigi, summary, wait_for
+from tests.helpers import REPO, Luigid, astra, background, one_line_error, run_luigi, summary, wait_for
 
 #: The codes astra gives luigi's [retcode] (astra.outcome.EXIT_CODES), as the README documents them.
 MISSING_DATA, NOT_RUN, TASK_FAILED = 20, 25, 30
@@ -122,13 +122,25 @@ def test_a_luigid_restarted_mid_run_ends_the_run_non_zero_saying_so(postgres_url
     assert Task.select().where(Task.status == "done").count() == 31
 
 
+@pytest.fixture
+def patient_luigid(tmp_path, monkeypatch):
+    """A luigid that keeps a DONE task done for 10 minutes whatever a worker says (luigi's default: 10 s)."""
+    server = Luigid(tmp_path / "luigid", scheduler="stable_done_cooldown_secs = 600")
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(server.client_config))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
-def test_two_clients_with_two_databases_on_one_luigid(postgres_url, luigid, tmp_path):
+def test_two_clients_with_two_databases_on_one_luigid(postgres_url, patient_luigid, tmp_path):
+    luigid = patient_luigid
     args = ["--module", "tests.faults_tasks", "Pauses", "--n", "3"]
     first = run_luigi(*args, cwd=tmp_path)
     assert first.returncode == 0 and "4 ran successfully" in summary(first.stdout), first.stdout
-    # Another client, another database, within luigid's 10 s in which it keeps a DONE task done whatever a worker
-    # says: luigid hands it nothing, because it holds every task as done.
+    # Another client, another database: luigid hands it nothing, because it holds every task as done (for its
+    # stable_done_cooldown_secs; from then on it would give the tasks to whoever asks, and each client runs them).
     other = f"sqlite:///{tmp_path / 'other.db'}"
     second = run_luigi(*args, env={"ASTRA_DATABASE_URL": other}, cwd=tmp_path)
     assert second.returncode == NOT_RUN, second.stdout
