@@ -3,7 +3,8 @@ a last line that says why the requested task is not done when it is not.
 
 luigi exits 0 when a task failed unless ``[retcode]`` says otherwise, and most users never write that section: a
 failed run would look like a good one to every script, cron job and batch job. So importing astra gives luigi the
-codes its own documentation recommends, for every option the configuration does not set itself.
+codes its own documentation recommends, for every option the configuration does not set itself. A failure astra
+recorded is one line in luigi's log rather than a traceback, and the run is judged by the records at its end.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def default_exit_codes() -> None:
     a file read later (luigi reads files over what is in memory), and ``--retcode-task-failed N`` on the command
     line. Setting it when astra is imported is soon enough for the ``luigi`` command: run_with_retcodes makes its
     ``retcode()`` inside ``CmdlineParser.global_instance(argv)``, and building that parser imports ``--module``
-    first (luigi 3.8, luigi/cmdline_parser.py), and with it astra. That needs no hold on luigi's Config instance
-    cache, which would tie astra to how luigi caches the object rather than to a configuration value.
+    first (luigi 3.8, luigi/cmdline_parser.py), and with it astra. So the defaults need no hold on luigi's Config
+    instance cache, which ties astra to how luigi keeps an object rather than to a configuration value (only
+    :func:`judge_each_run`, which has no other way, takes that hold).
     """
     parser = luigi.configuration.get_config()
     for name, code in EXIT_CODES.items():
@@ -239,7 +241,7 @@ def _luigid_view(url: str, root: luigi.Task, not_done: set[str]) -> list[str]:
             f"{connection.describe()} has no done record of: another luigi client that records to another database "
             "shares this luigid, which knows tasks by luigi's task_id alone; give each database a luigid of its own"
         )
-    elsewhere = {node["worker_running"] for node in graph.values() if node["status"] == "RUNNING"}
+    elsewhere = {node["worker_running"] for node in graph.values() if node["status"] == "RUNNING"} - {None}
     if elsewhere:
         reasons.append(
             f"luigid gave some of them to other workers, still running: {_named(sorted(map(str, elsewhere)))}"
