@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import luigi
@@ -198,6 +199,41 @@ def adopt_luigi_config(sections: dict[str, dict[str, str]] | None) -> None:
             parser.add_section(section)
         for option, value in options.items():
             parser.set(section, option, value)
+
+
+def luigi_command_arguments() -> list[str] | None:
+    """The arguments of the running ``luigi`` command, as luigi parses them; None when astra runs in anything else.
+
+    luigi's command (its console script, or ``python -m luigi``) parses ``sys.argv[1:]``, and imports ``--module``
+    (and so astra) while it does: before it has made its own parser available (CmdlineParser.get_instance()).
+    """
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and (program.name == "luigi" or program.parts[-2:] == ("luigi", "__main__.py")):
+        return sys.argv[1:]
+    return None
+
+
+def scheduler_from_command_line() -> None:
+    """Make a luigid named on the ``luigi`` command line the scheduler, whatever luigi.cfg says about
+    ``[core] local_scheduler``: the command line wins, as it does for every other setting.
+
+    luigi itself would keep the local scheduler and ignore ``--scheduler-host``. Called as astra is imported,
+    which is before luigi reads ``[core]`` to choose its scheduler; ``--local-scheduler`` still wins over all.
+    """
+    arguments = luigi_command_arguments()
+    if arguments is None:
+        return
+    options = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in ("--scheduler-host", "--scheduler-port", "--scheduler-url"):
+        options.add_argument(name)
+    options.add_argument("--local-scheduler", action="store_true")
+    given, _ = options.parse_known_args(arguments)
+    if given.local_scheduler or not (given.scheduler_host or given.scheduler_port or given.scheduler_url):
+        return
+    parser = luigi.configuration.get_config()
+    if not parser.has_section("core"):
+        parser.add_section("core")
+    parser.set("core", "local_scheduler", "false")
 
 
 class SchedulerNotReady(SystemExit):

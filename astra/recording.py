@@ -64,6 +64,11 @@ def summarise(exc: BaseException) -> tuple[str, str]:
     return error, summary[-TRACEBACK_CHARS:]
 
 
+def recorded_failure(exc: BaseException) -> tuple[int, str] | None:
+    """The task row (pk) and the one-line error that recorded a task's failure with ``exc``; None if none did."""
+    return getattr(exc, "_astra_failure", None)
+
+
 def fields(cls: type[luigi.Task], task_id: str, task_hash: str) -> dict:
     """The identity columns of a task's row: the same for a task run alone and for a batch item."""
     return {
@@ -181,8 +186,14 @@ class Claim:
         try:
             if not queries.fail(self.attempt, error, summary, time.monotonic() - self._started):
                 logger.warning("astra: the failure of %s was not recorded: %s", self.task, queries.lost(self.attempt))
+                return
         except BaseException as db_exc:  # the original error matters more; say why it was not recorded
             logger.error("astra: could not record the failure of %s: %s", self.task, db_exc)
+            return
+        try:
+            exc._astra_failure = (self.attempt.pk, error)
+        except AttributeError:  # an exception class without a __dict__: luigi shows its traceback
+            pass
 
     def release(self) -> None:
         """Stop the heartbeat (once this returns, no beat of this claim is under way)."""

@@ -244,21 +244,34 @@ def start_later(started: list[Luigi], args: list[str], output: Path, env: dict |
 class Luigid:
     """A luigid on a free loopback port with its own state file and log directory (the ``luigid`` fixture)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, scheduler: str = "") -> None:
+        """``scheduler``: lines for luigid's own ``[scheduler]`` section."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = directory / "state.pickle"
         self.logdir = directory / "logs"
         self.logdir.mkdir(parents=True)
-        command = [LUIGID, "--address", "127.0.0.1", "--port", str(self.port)]
-        command += ["--state-path", str(self.state), "--logdir", str(self.logdir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.config = directory / "luigid.cfg"
+        self.config.write_text(f"[scheduler]\n{scheduler}\n")
         # What a user writes to use this luigid (the repository's luigi.cfg picks the local scheduler).
         self.client_config = directory / "client.cfg"
         self.client_config.write_text(
             f"[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\nscheduler_port = {self.port}\n"
         )
+        self.start()
+
+    def start(self) -> None:
+        """Start luigid on :attr:`port` (again, after :meth:`kill`: as an operator restarts a lost one)."""
+        command = [LUIGID, "--address", "127.0.0.1", "--port", str(self.port)]
+        command += ["--state-path", str(self.state), "--logdir", str(self.logdir)]
+        env = {**os.environ, "LUIGI_CONFIG_PATH": str(self.config)}
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._answers, timeout=30, what=f"luigid on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL luigid, as a lost host would: it saves no state."""
+        self.process.kill()
+        self.process.wait()
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:

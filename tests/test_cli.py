@@ -193,6 +193,7 @@ def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     by_hash = main(capsys, "tasks", "show", estimate["task_hash"], "--json")
     by_task_id = main(capsys, "tasks", "show", first.task_id, "--json")
     failed = main(capsys, "tasks", "show", str(broken["pk"]))
+    traced = main(capsys, "tasks", "show", str(broken["pk"]), "--traceback")
     missing = main(capsys, "tasks", "show", "no-such-task")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f"task {summary['pk']}: SummariseSNR\n  status     done\n")
@@ -213,7 +214,10 @@ def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
 
     assert failed.returncode == 0
     assert "status     failed" in failed.stdout and "error\n  ValueError: broken on purpose" in failed.stdout
-    assert "traceback\n" in failed.stdout and "raise ValueError(self.reason)" in failed.stdout
+    assert f"traceback\n  astra tasks show --traceback {broken['pk']}\n" in failed.stdout  # one line: where it is
+    assert "raise ValueError(self.reason)" not in failed.stdout
+    assert traced.stdout.startswith(failed.stdout.split("traceback\n")[0]) and "traceback\n" in traced.stdout
+    assert "raise ValueError(self.reason)" in traced.stdout
     assert one_line_error(missing, 1) == "astra: no task has pk, luigi task_id or hash (prefix) 'no-such-task'"
 
 

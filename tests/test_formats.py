@@ -189,7 +189,7 @@ def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
     assert recorded.snr == pytest.approx(snr, rel=1e-5)
 
     without = run_luigi("--module", "workflows", "EstimateSNR", "--spectrum-path", str(path))
-    assert without.returncode == 30, without.stdout  # [retcode] task_failed in the shipped luigi.cfg
+    assert without.returncode == 30, without.stdout  # [retcode] task_failed, astra's default
     assert "spPlate file of 20 fibres: use EstimateSelectedSNR --fiber 1..20" in without.stdout
 
 

@@ -67,11 +67,17 @@ def test_no_luigid_where_one_is_configured_stops_within_seconds(database_url, tm
 
 
 @pytest.mark.slow
-def test_a_luigid_named_on_the_command_line_is_not_silently_ignored(database_url):
+def test_a_luigid_named_on_the_command_line_wins_over_the_shipped_config(database_url, luigid, monkeypatch):
+    """The checkout's luigi.cfg says local_scheduler = true; --scheduler-host/--scheduler-port still use luigid."""
+    monkeypatch.delenv("LUIGI_CONFIG_PATH")  # the luigid fixture's: only the shipped luigi.cfg
+    assert "\nlocal_scheduler = true\n" in SHIPPED
+    result, _ = bare("--spectrum-path", SPECTRUM, "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid.port))
+    assert result.returncode == 0 and "1 ran successfully" in result.stdout, result.stdout
+    task_id = Task.get(Task.task_name == "EstimateSNR").task_id
+    assert task_id in luigid.api("task_list", status="DONE")
+
     result, _ = bare("--spectrum-path", SPECTRUM, "--scheduler-host", "127.0.0.1", "--scheduler-port", "1")
-    line = one_line_error(result)
-    assert "--scheduler-host --scheduler-port" in line and "local_scheduler = false" in line, line
-    assert not Task.select().exists()
+    assert "no luigid answers at http://127.0.0.1:1/" in one_line_error(result)
 
 
 def test_no_old_scheduler_option_names_in_the_shipped_config():

@@ -27,9 +27,14 @@ def test_two_machines_share_one_luigid_and_every_task_runs_once(postgres_url, lu
         for name in ("machine-a", "machine-b")
     ]
     with background(*machines) as workers:
-        for worker in workers:
-            assert worker.wait() == 0, worker.text()
+        codes = [worker.wait() for worker in workers]
     outputs = [worker.text() for worker in workers]
+    # The machine that ran SummariseSNR exits 0 (luigi would say 25: it counts the other machine's tasks as "not
+    # granted run permission"). The other one stops when luigid has nothing left for it; if the DAG was not done
+    # then, it exits 10 or 25 ([retcode] already_running, not_run) and says why.
+    assert 0 in codes and set(codes) <= {0, 10, 25}, outputs
+    for code, output in zip(codes, outputs):
+        assert code == 0 or "astra: SummariseSNR(" in output.split("Luigi Execution Summary")[-1], output
 
     rows = list(Task.select())
     assert len(rows) == 21  # 20 EstimateSNR and one SummariseSNR

@@ -104,6 +104,8 @@ def load_spectrum(path: str | Path, fiber: int | None = None, hdu: str = "", rea
     """
     if reader not in ("", *READERS):
         raise ValueError(f"reader must be one of {', '.join(READERS)}, not {reader!r}")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a spectrum file (SummariseSNR --spectra-dir takes one)")
     if reader != "astropy" and fitsio is not None and _PLAIN_PATH.fullmatch(str(path)):
         try:
             with _FitsioFile(str(path)) as hdus:
@@ -182,7 +184,13 @@ class _AstropyFile(FitsFile):
     def __init__(self, path: str | Path) -> None:
         from astropy.io import fits  # imported when needed: it takes longer than reading a few hundred files
 
-        self.hdus = fits.open(path, memmap=False)
+        try:
+            self.hdus = fits.open(path, memmap=False)
+        except OSError as exc:
+            if exc.errno is not None:  # missing, unreadable: the system's words say it
+                raise
+            # astropy's words ("No SIMPLE card found, ...") do not name the file, nor say that it is not FITS.
+            raise OSError(f"{path} is not a FITS file: {str(exc).split('. ')[0]}") from exc
         self.path = str(path)
         self.names = [h.name.upper() for h in self.hdus]
 

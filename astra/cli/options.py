@@ -8,6 +8,7 @@ import importlib
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 import click
@@ -123,6 +124,14 @@ def look_where_the_user_is() -> None:
         sys.path.append(os.getcwd())
 
 
+def _where_it_failed(exc: Exception) -> str:
+    """``Kind: message (file, line N)`` of an exception raised while a module was imported."""
+    if isinstance(exc, SyntaxError):
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{type(exc).__name__}: {exc} ({frame.filename}, line {frame.lineno})"
+
+
 def import_modules(names: Sequence[str]) -> list:
     """Import the modules ``names`` (a usage error if one cannot be)."""
     look_where_the_user_is()
@@ -131,7 +140,10 @@ def import_modules(names: Sequence[str]) -> list:
         try:
             found.append(importlib.import_module(name))
         except ImportError as exc:
-            raise click.UsageError(f"cannot import module {name!r}: {exc}") from None
+            fix = "; run from the directory that holds it, or add that to PYTHONPATH" if exc.name == name else ""
+            raise click.UsageError(f"cannot import module {name!r}: {exc}{fix}") from None
+        except Exception as exc:  # the module is there but fails as it is imported: say where
+            raise click.UsageError(f"cannot import module {name!r}: {_where_it_failed(exc)}") from None
     return found
 
 

@@ -82,8 +82,9 @@ def _resolve(ref: str) -> Task:
 
 @tasks.command(context_settings=CONTEXT)
 @click.argument("ref")
+@click.option("--traceback", "with_traceback", is_flag=True, help="Also the traceback of a failed task.")
 @json_option
-def show(ref: str, as_json: bool) -> None:
+def show(ref: str, with_traceback: bool, as_json: bool) -> None:
     """Everything recorded about one task: REF is its pk, its hash (or a unique prefix) or its luigi task_id."""
     task = records.whole(_resolve(ref).pk)  # the only task whose result is loaded
     if task is None:
@@ -144,8 +145,10 @@ def show(ref: str, as_json: bool) -> None:
             click.echo("\n".join("  " + line for line in found.pformat(max_lines=-1, max_width=-1)))
     if task.error:
         click.echo(f"error\n  {task.error}")
-    if task.traceback:
+    if task.traceback and with_traceback:
         click.echo("traceback\n" + "\n".join("  " + line for line in task.traceback.rstrip().splitlines()))
+    elif task.traceback:
+        click.echo(f"traceback\n  astra tasks show --traceback {task.pk}")
 
 
 @tasks.command(context_settings=CONTEXT)

@@ -360,6 +360,11 @@ def sharing(wait: float):
     return db.sharing(wait) if isinstance(db, SharedSession) else contextlib.nullcontext()
 
 
+def is_open() -> bool:
+    """Whether this process has opened its database (and not let go of it since); never opens it."""
+    return DATABASE.db is not None and DATABASE.pid == os.getpid()
+
+
 def describe() -> str:
     """Where the database of this process points, with any password masked."""
     DATABASE.get()

@@ -1,0 +1,249 @@
+"""The outcome of a ``luigi`` command: the exit code it ends with (luigi's ``[retcode]``), judged by the records, and
+a last line that says why the requested task is not done when it is not.
+
+luigi exits 0 when a task failed unless ``[retcode]`` says otherwise, and most users never write that section: a
+failed run would look like a good one to every script, cron job and batch job. So importing astra gives luigi the
+codes its own documentation recommends, for every option the configuration does not set itself. A failure astra
+recorded is one line in luigi's log rather than a traceback, and the run is judged by the records at its end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import urllib.request
+from urllib.parse import quote, urljoin
+
+import luigi
+import luigi.interface
+import luigi.retcodes
+from luigi.cmdline_parser import CmdlineParser
+
+from astra import config, recording
+from astra.database import connection, records
+from astra.targets import completed, database_targets, forget_cached
+
+logger = logging.getLogger("luigi-interface")
+
+#: The codes luigi's documentation recommends (the highest of what happened wins); luigi's own defaults are 0,
+#: but for unhandled_exception (4).
+EXIT_CODES = {
+    # Another `luigi` with the same command line runs on this host (its lock), or luigid gave a task the requested
+    # one needs to another worker, which was still running it when this run ended (the requested task not done).
+    "already_running": 10,
+    # An input that no task makes (an ExternalTask, e.g. a spectrum file) does not exist.
+    "missing_data": 20,
+    # luigi left the requested task not done: luigid did not grant run permission to what it needs (luigid restarted
+    # and forgot the run, or holds it as done for another client), or it was left pending.
+    "not_run": 25,
+    # A task's run() raised (astra records it as failed, with the error).
+    "task_failed": 30,
+    # A task's complete() or requires() raised, or the database could not be read.
+    "scheduling_error": 35,
+    # luigi itself failed, e.g. luigid stopped answering for good.
+    "unhandled_exception": 40,
+}
+
+
+def default_exit_codes() -> None:
+    """Give luigi :data:`EXIT_CODES` for the ``[retcode]`` options the configuration does not set.
+
+    Set in luigi's configuration, in memory, so any value of the user's wins: from luigi.cfg, $LUIGI_CONFIG_PATH or
+    a file read later (luigi reads files over what is in memory), and ``--retcode-task-failed N`` on the command
+    line. Setting it when astra is imported is soon enough for the ``luigi`` command: run_with_retcodes makes its
+    ``retcode()`` inside ``CmdlineParser.global_instance(argv)``, and building that parser imports ``--module``
+    first (luigi 3.8, luigi/cmdline_parser.py), and with it astra. So the defaults need no hold on luigi's Config
+    instance cache, which ties astra to how luigi keeps an object rather than to a configuration value (only
+    :func:`judge_each_run`, which has no other way, takes that hold).
+    """
+    parser = luigi.configuration.get_config()
+    for name, code in EXIT_CODES.items():
+        if not parser.has_option("retcode", name):  # luigi's has_option also finds the dashed spelling
+            if not parser.has_section("retcode"):
+                parser.add_section("retcode")
+            parser.set("retcode", name, str(code))
+
+
+class OneLineFailures(logging.Filter):
+    """luigi's line for a failed task, with the error astra recorded in place of the traceback that follows it.
+
+    A spectrum path that is a directory or not FITS used to print 40-75 lines; the traceback is in the task's
+    record, one command away (``astra tasks show --traceback PK``), so the line says where.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failure = recording.recorded_failure(record.exc_info[1]) if record.exc_info else None
+        if failure is not None and isinstance(record.args, tuple):
+            record.msg = f"{record.msg}: %s (the traceback: astra tasks show --traceback %d)"
+            record.args = (*record.args, failure[1], failure[0])
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def failures_in_one_line() -> None:
+    """In the ``luigi`` command, say a failure astra recorded in one line (see :class:`OneLineFailures`)."""
+    if config.luigi_command_arguments() is not None:
+        logger.addFilter(OneLineFailures())
+
+
+def judge_each_run() -> None:
+    """In the ``luigi`` command, let the records decide whether the requested task is done, once luigi has run.
+
+    luigi's summary, and the exit code it makes of it, say what this process saw. Its "not granted run permission"
+    (``not_run``) covers a luigid that restarted and forgot the run, tasks luigid holds as done for another client
+    that records to another database, and tasks another worker ran: with several hosts on one luigid every host
+    counts the others' tasks so, the one that ran the requested task too. So after luigi's run (and its summary),
+    astra looks at the records: requested task done, and luigi's ``not_run`` and ``already_running`` count for
+    nothing; not done, and they stand, with one line that says why (the records, compared with what luigid holds).
+
+    luigi offers no hook at the end of a run: the ``luigi`` command (``run_with_retcodes``) calls
+    ``luigi.interface._run`` by name and then reads the codes from its ``retcode()`` Config object, which luigi's
+    instance cache gives to anyone who makes one with the same values. astra wraps that function, and sets the two
+    codes on that object. Should either change in luigi, the wrapper is not called or the object is another: luigi's
+    own code stands, which errs on the side of non-zero.
+    """
+    arguments = config.luigi_command_arguments()
+    if arguments is None or getattr(luigi.interface._run, "_astra_judged", False):
+        return
+    run = luigi.interface._run
+
+    @functools.wraps(run)
+    def judged(*args, **kwargs):  # noqa: ANN202 -- luigi's
+        try:
+            result = run(*args, **kwargs)
+        except Exception:
+            _judge(arguments)  # e.g. luigid stopped answering for good: luigi's traceback follows
+            raise
+        _judge(arguments)
+        return result
+
+    judged._astra_judged = True
+    luigi.interface._run = judged
+
+
+def _judge(arguments: list[str]) -> None:
+    if not connection.is_open():
+        return  # the run never got as far as the database (a task of luigi's own): nothing to compare
+    try:
+        line = unfinished(arguments)
+        if line is None:
+            with CmdlineParser.global_instance(arguments, allow_override=True):
+                codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
+            codes.not_run = codes.already_running = 0
+    except Exception as exc:  # the judgement must never end a run in a traceback of its own
+        logger.debug("astra: could not tell whether the requested task is done: %s", exc)
+        return
+    if line:
+        logger.error(line)
+
+
+def unfinished(arguments: list[str]) -> str | None:
+    """Why the task of the ``luigi`` command line ``arguments`` is not done, in one line; None if it is done."""
+    with CmdlineParser.global_instance(arguments, allow_override=True) as parser:
+        root = parser.get_task_obj()
+        settings = luigi.interface.core()
+    if root.complete():
+        return None
+    forget_cached()  # "not done" may be an answer kept from the scan: ask again
+    if root.complete():
+        return None
+    tasks = _needed(root)
+    astra_tasks = {task.task_id: task for task in tasks.values() if database_targets([task])}
+    not_done = [task for task, done in zip(astra_tasks.values(), completed(astra_tasks.values())) if not done]
+    by_hash = {database_targets([task])[0].task_hash: task for task in not_done}
+    rows = records.recorded(by_hash)
+    reasons = [
+        *_failed_or_running(root, rows, by_hash),
+        *_missing_inputs(task for task_id, task in tasks.items() if task_id not in astra_tasks),
+    ]
+    if not settings.local_scheduler:
+        url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}/"
+        reasons += _luigid_view(url, root, {task.task_id for task in not_done})
+    if not reasons:
+        reasons.append("luigi left it pending")
+    counted = (
+        f" ({len(not_done)} of the {len(astra_tasks)} astra tasks it needs are not done)" if len(tasks) > 2 else ""
+    )
+    return f"astra: {root} is not done: {'; '.join(reasons)}{counted}"
+
+
+#: How many tasks a line names before it counts the rest.
+NAMED = 3
+
+#: Seconds to wait for luigid's answer at the end of a run.
+LUIGID_SECONDS = 5.0
+
+
+def _needed(root: luigi.Task, limit: int = 1_000_000) -> dict[str, luigi.Task]:
+    """``root`` and every task below it, by luigi task_id (each ``deps()`` asks astra about its children at once)."""
+    found = {root.task_id: root}
+    waiting = [root]
+    while waiting and len(found) < limit:
+        try:
+            below = waiting.pop().deps()
+        except Exception:  # a broken requires(): luigi named it already
+            continue
+        for task in below:
+            if task.task_id not in found:
+                found[task.task_id] = task
+                waiting.append(task)
+    return found
+
+
+def _named(names: list[str]) -> str:
+    more = f" and {len(names) - NAMED} more" if len(names) > NAMED else ""
+    return ", ".join(names[:NAMED]) + more
+
+
+def _failed_or_running(root: luigi.Task, rows: dict, tasks: dict[str, luigi.Task]) -> list[str]:
+    """The records of the tasks not done (``rows``, by hash) that failed or are running."""
+    failed = [row for row in rows.values() if row.status == "failed"]
+    running = [row for row in rows.values() if row.status == "running"]
+    reasons = []
+    if failed:
+        first = failed[0]
+        who = "it" if tasks[first.task_hash] is root else tasks[first.task_hash]
+        also = f"; {len(failed) - 1} more failed" if len(failed) > 1 else ""
+        reasons.append(f"{who} failed with {first.error} (astra tasks show --traceback {first.pk}){also}")
+    if running:
+        where = [f"{row.task_id} on {row.host} pid {row.pid}" for row in running]
+        reasons.append(f"{len(running)} still running ({_named(where)})")
+    return reasons
+
+
+def _missing_inputs(tasks) -> list[str]:
+    missing = [str(task) for task in tasks if getattr(task, "run", None) is None and not task.complete()]
+    if not missing:
+        return []
+    return [
+        f"its input {_named(missing)} does not exist" if len(missing) == 1 else f"inputs missing: {_named(missing)}"
+    ]
+
+
+def _luigid_view(url: str, root: luigi.Task, not_done: set[str]) -> list[str]:
+    """What luigid at ``url`` holds of ``root``'s tasks, where that explains why they are not done here."""
+    query = quote(json.dumps({"task_id": root.task_id, "include_done": True}))
+    try:
+        with urllib.request.urlopen(urljoin(url, f"api/dep_graph?data={query}"), timeout=LUIGID_SECONDS) as answer:
+            graph = json.load(answer)["response"]
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"luigid at {url} does not answer ({getattr(exc, 'reason', exc)})"]
+    if not graph:
+        return [
+            f"luigid at {url} does not know it any more (it was restarted, or lost its state): run the command again"
+        ]
+    reasons = []
+    held_done = sorted(task_id for task_id, node in graph.items() if node["status"] == "DONE" and task_id in not_done)
+    if held_done:
+        reasons.append(
+            f"luigid at {url} holds {len(held_done)} of them as done ({_named(held_done)}) that "
+            f"{connection.describe()} has no done record of: another luigi client that records to another database "
+            "shares this luigid, which knows tasks by luigi's task_id alone; give each database a luigid of its own"
+        )
+    elsewhere = {node["worker_running"] for node in graph.values() if node["status"] == "RUNNING"} - {None}
+    if elsewhere:
+        reasons.append(
+            f"luigid gave some of them to other workers, still running: {_named(sorted(map(str, elsewhere)))}"
+        )
+    return reasons
