@@ -1,10 +1,27 @@
-"""astra: the task layer of the SDSS-V pipeline. Luigi tasks whose completion is recorded in a database."""
+"""astra: the task layer of the SDSS-V pipeline. Luigi tasks whose completion is recorded in a database.
 
-from astra.batch import BatchTask
-from astra.outputs import ArrayField, OutputModel, results
-from astra.targets import DatabaseTarget, read_many
-from astra.tasks import BaseTask, dynamic_requirements
+The public names below are imported when first used (PEP 562), so ``import astra`` and ``astra --version`` start
+fast, and ``astra.BatchTask`` (with its process pool) or numpy are imported only by code that uses them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from astra.database import drivers
 from astra.version import __version__
+
+#: Each public name, and the module that defines it.
+_DEFINED_IN = {
+    "ArrayField": "astra.outputs",
+    "BaseTask": "astra.tasks",
+    "BatchTask": "astra.batch",
+    "DatabaseTarget": "astra.targets",
+    "OutputModel": "astra.outputs",
+    "dynamic_requirements": "astra.tasks",
+    "read_many": "astra.targets",
+    "results": "astra.outputs",
+}
 
 __all__ = [
     "ArrayField",
@@ -17,3 +34,18 @@ __all__ = [
     "read_many",
     "results",
 ]
+
+drivers.hide_psycopg3_from_peewee()
+
+
+def __getattr__(name: str) -> object:
+    module = _DEFINED_IN.get(name)
+    if module is None:
+        raise AttributeError(f"module 'astra' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # asked once: later uses find it here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
