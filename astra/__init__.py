@@ -1,17 +1,27 @@
-"""astra: the task layer of the SDSS-V pipeline. Luigi tasks whose completion is recorded in a database."""
+"""astra: the task layer of the SDSS-V pipeline. Luigi tasks whose completion is recorded in a database.
 
-from astra import config, outcome
-from astra.batch import BatchTask
-from astra.outputs import ArrayField, OutputModel, results
-from astra.targets import DatabaseTarget, read_many
-from astra.tasks import BaseTask, dynamic_requirements
+The public names below are imported when first used (PEP 562), so ``import astra`` and ``astra --version`` start
+fast, and ``astra.BatchTask`` (with its process pool) or numpy are imported only by code that uses them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from astra.database import drivers
 from astra.version import __version__
 
-# What the `luigi` command that imports astra (with --module) does: read before luigi reads [retcode] and [core].
-outcome.default_exit_codes()  # a failed run must not exit 0 (luigi's default) where no luigi.cfg says otherwise
-config.scheduler_from_command_line()  # --scheduler-host beats luigi.cfg's local_scheduler = true
-outcome.failures_in_one_line()  # a failed task's error, not its traceback (which its record keeps)
-outcome.judge_each_run()  # the records decide whether the requested task is done; one line if it is not
+#: Each public name, and the module that defines it.
+_DEFINED_IN = {
+    "ArrayField": "astra.outputs",
+    "BaseTask": "astra.tasks",
+    "BatchTask": "astra.batch",
+    "DatabaseTarget": "astra.targets",
+    "OutputModel": "astra.outputs",
+    "dynamic_requirements": "astra.tasks",
+    "read_many": "astra.targets",
+    "results": "astra.outputs",
+}
 
 __all__ = [
     "ArrayField",
@@ -24,3 +34,18 @@ __all__ = [
     "read_many",
     "results",
 ]
+
+drivers.hide_psycopg3_from_peewee()
+
+
+def __getattr__(name: str) -> object:
+    module = _DEFINED_IN.get(name)
+    if module is None:
+        raise AttributeError(f"module 'astra' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # asked once: later uses find it here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -35,9 +35,9 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import luigi
-import numpy as np
 import peewee
 from luigi.parameter import ParameterVisibility
 
@@ -46,15 +46,19 @@ from astra.database.connection import database
 from astra.database.dialect import SchemaFromDialect, dialect, of_model
 from astra.database.models import Task, proxy
 from astra.identity import canonical_value, task_hash
+from astra.values import imported_numpy
 
-#: PostgreSQL element type of an :class:`ArrayField`, by numpy dtype.
+if TYPE_CHECKING:
+    import numpy as np
+
+#: PostgreSQL element type of an :class:`ArrayField`, by numpy dtype name (numpy is imported by the first field).
 POSTGRES_TYPES = {
-    np.dtype("float32"): "REAL",
-    np.dtype("float64"): "DOUBLE PRECISION",
-    np.dtype("int16"): "SMALLINT",
-    np.dtype("int32"): "INTEGER",
-    np.dtype("int64"): "BIGINT",
-    np.dtype("bool"): "BOOLEAN",
+    "float32": "REAL",
+    "float64": "DOUBLE PRECISION",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "bool": "BOOLEAN",
 }
 
 
@@ -71,8 +75,10 @@ class ArrayField(peewee.Field):
     field_type = "BLOB"
 
     def __init__(self, dtype: object = "float64", *args, shape: Sequence[int | None] | None = None, **kwargs) -> None:
+        import numpy as np
+
         self.dtype = np.dtype(dtype)
-        if self.dtype not in POSTGRES_TYPES:
+        if self.dtype.name not in POSTGRES_TYPES:
             known = ", ".join(str(d) for d in POSTGRES_TYPES)
             raise TypeError(f"astra.ArrayField({self.dtype}): the dtype must be one of {known}")
         self.shape = None if shape is None else tuple(shape)
@@ -87,15 +93,17 @@ class ArrayField(peewee.Field):
 
     @property
     def postgres_type(self) -> str:
-        return f"{POSTGRES_TYPES[self.dtype]}[]"
+        return f"{POSTGRES_TYPES[self.dtype.name]}[]"
 
     def postgres_binary(self, value: object) -> bytes:
         """``value`` in PostgreSQL's binary array format, for ``COPY ... (FORMAT binary)``: no number becomes text.
 
         Dimensions, then each element as its length and its big-endian bytes.
         """
+        import numpy as np
+
         array = self.array(value)
-        oid, size = _ELEMENTS[self.dtype]
+        oid, size = _ELEMENTS[self.dtype.name]
         header = np.array([array.ndim, 0, oid, *(n for dim in array.shape for n in (dim, 1))], dtype=">i4")
         elements = np.empty(array.size, dtype=[("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
         elements["length"] = size
@@ -106,6 +114,8 @@ class ArrayField(peewee.Field):
         """Many arrays of one shape in PostgreSQL's binary array format, one record per array (None if they
         differ in shape or one is missing): the COPY data of a whole chunk is then built by numpy at once.
         """
+        import numpy as np
+
         if any(value is None for value in values):
             return None
         # Rows checked by rows() hold arrays of this dtype already.
@@ -113,7 +123,7 @@ class ArrayField(peewee.Field):
         shape = arrays[0].shape if arrays else ()
         if any(array.shape != shape for array in arrays):
             return None
-        oid, size = _ELEMENTS[self.dtype]
+        oid, size = _ELEMENTS[self.dtype.name]
         element = np.dtype([("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
         block = np.empty(len(arrays), dtype=[("header", ">i4", (3 + 2 * len(shape),)), ("elements", element, shape)])
         block["header"] = [len(shape), 0, oid, *(n for dim in shape for n in (dim, 1))]
@@ -126,6 +136,8 @@ class ArrayField(peewee.Field):
 
     def array(self, value: object) -> np.ndarray:
         """``value`` as an array of this field's dtype; an error rather than a lossy cast (e.g. floats to ints)."""
+        import numpy as np
+
         array = np.asarray(value)
         if array.ndim == 0:
             raise ValueError(f"{self.model.__name__}.{self.name}: expected an array, got the scalar {value!r}")
@@ -154,6 +166,8 @@ class ArrayField(peewee.Field):
         return of_model(self.model).array_value(self.array(value))
 
     def python_value(self, value):
+        import numpy as np
+
         if value is None or isinstance(value, np.ndarray):
             return value
         if isinstance(value, (bytes, memoryview)):
@@ -171,14 +185,14 @@ def _shape(shape: tuple[int | None, ...]) -> str:
     return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(str(n) for n in shape)})"
 
 
-#: PostgreSQL's type oid and size of an element of an :class:`ArrayField`, by numpy dtype.
+#: PostgreSQL's type oid and size of an element of an :class:`ArrayField`, by numpy dtype name.
 _ELEMENTS = {
-    np.dtype("float32"): (700, 4),
-    np.dtype("float64"): (701, 8),
-    np.dtype("int16"): (21, 2),
-    np.dtype("int32"): (23, 4),
-    np.dtype("int64"): (20, 8),
-    np.dtype("bool"): (16, 1),
+    "float32": (700, 4),
+    "float64": (701, 8),
+    "int16": (21, 2),
+    "int32": (23, 4),
+    "int64": (20, 8),
+    "bool": (16, 1),
 }
 _BRACKETS = str.maketrans("{}", "[]")
 
@@ -258,6 +272,7 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
     fields = {name: field for name, field in model._meta.fields.items() if name not in ("pk", "task")}
     checked = []
     nul_forbidden = None  # whether the database's text may hold NUL, asked at the first text
+    numpy = imported_numpy()
     for i, row in enumerate(result):
         where = f"{task}: row {i}" if len(result) > 1 else task
         if isinstance(row, model):
@@ -277,7 +292,7 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 value = None
             else:
                 raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
-            if isinstance(value, np.generic):
+            if numpy is not None and isinstance(value, numpy.generic):
                 value = value.item()
             if isinstance(value, float) and math.isnan(value) and not field.null and not dialect(database()).keeps_nan:
                 raise ValueError(

@@ -4,8 +4,9 @@ A task that another worker is running when this process reaches it is waited for
 without running it; luigi cannot tell and counts it among the tasks this process "ran successfully". astra says
 so in a log line per task (``... was not run by this process``) and, when the process exits, in one line for the
 process and the worker processes it forked (``--workers N``): how many tasks it ran itself and how many luigi
-counts that other workers ran. The counts live in shared memory made when astra is first imported, before luigi
-forks its workers, so every worker adds to the same two numbers.
+counts that other workers ran. The counts live in shared memory made when this module is first imported (with
+``astra.BaseTask``, so by any module that defines an astra task), before luigi forks its workers, so every worker
+adds to the same two numbers.
 """
 
 from __future__ import annotations

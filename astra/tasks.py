@@ -152,3 +152,12 @@ def _instantiate(cls: Callable, parameters: object) -> luigi.Task:
 
 # luigi's FAILURE event, for a run() suspended at a yield when luigi fails the task.
 BaseTask.event_handler(luigi.Event.FAILURE)(recording.failed_outside_run)
+
+# What the `luigi` command that imports a module of astra tasks does, as that module is imported: before luigi reads
+# [retcode] and [core]. Here rather than in astra/__init__.py, which imports no luigi (fast start-up, issue 22).
+from astra import config, outcome  # noqa: E402
+
+outcome.default_exit_codes()  # a failed run must not exit 0 (luigi's default) where no luigi.cfg says otherwise
+config.scheduler_from_command_line()  # --scheduler-host beats luigi.cfg's local_scheduler = true
+outcome.failures_in_one_line()  # a failed task's error, not its traceback (which its record keeps)
+outcome.judge_each_run()  # the records decide whether the requested task is done; one line if it is not

@@ -22,10 +22,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
 from collections.abc import Mapping
 from json.encoder import encode_basestring
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import numpy
+if TYPE_CHECKING:
+    import numpy
 
 #: Floats this large are written in full with a ".0" (not as 1e+16): jsonb would otherwise give back an integer.
 _EXPONENT_FROM = 1e16
@@ -128,7 +132,7 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
         out.append(_string(value, where))
     elif value is None:
         out.append("null")
-    elif kind is bool or kind is numpy.bool_:
+    elif kind is bool:
         out.append("true" if value else "false")
     elif kind is float:
         out.append(_float(value))
@@ -143,15 +147,8 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
         _write_dict(value, where, out, open_)
     elif kind is list or kind is tuple:
         _write_list(value, where, out, open_)
-    elif kind is numpy.ndarray:
-        _write_array(value, where, out, open_)
-    elif isinstance(value, numpy.ndarray):  # an astropy Quantity, a masked array: the numbers alone would mislead
-        raise UnstorableError(
-            f"{where}: cannot store a {kind.__name__} (a numpy array with more to it); store plain arrays, "
-            "e.g. its .value and its unit apart"
-        )
-    elif isinstance(value, numpy.generic):
-        _write_numpy_scalar(value, where, out)
+    elif _is_numpy(value):
+        _write_numpy(value, where, out, open_)
     elif isinstance(value, datetime.datetime):
         out.append(_tagged("$datetime", value.isoformat()))
     elif isinstance(value, datetime.date):
@@ -170,6 +167,36 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
         _write_list(value, where, out, open_)
     else:
         raise UnstorableError(f"{where}: cannot store a value of type {kind.__name__} ({_show(value)})")
+
+
+def imported_numpy() -> ModuleType | None:
+    """numpy if this process has imported it, else None.
+
+    A numpy value exists only once numpy has been imported, so astra never imports numpy (~0.1 s) to ask whether a
+    value is one.
+    """
+    return sys.modules.get("numpy")
+
+
+def _is_numpy(value: object) -> bool:
+    numpy = imported_numpy()
+    return numpy is not None and isinstance(value, (numpy.ndarray, numpy.generic))
+
+
+def _write_numpy(value: numpy.ndarray | numpy.generic, where: str, out: list[str], open_: set[int]) -> None:
+    import numpy
+
+    if type(value) is numpy.ndarray:
+        _write_array(value, where, out, open_)
+    elif isinstance(value, numpy.ndarray):  # an astropy Quantity, a masked array: the numbers alone would mislead
+        raise UnstorableError(
+            f"{where}: cannot store a {type(value).__name__} (a numpy array with more to it); store plain arrays, "
+            "e.g. its .value and its unit apart"
+        )
+    elif isinstance(value, numpy.bool_):
+        out.append("true" if value else "false")
+    else:
+        _write_numpy_scalar(value, where, out)
 
 
 def _show(value: object) -> str:
@@ -221,6 +248,8 @@ def _write_list(value: list | tuple, where: str, out: list[str], open_: set[int]
 
 
 def _write_array(array: numpy.ndarray, where: str, out: list[str], open_: set[int]) -> None:
+    import numpy
+
     kind = array.dtype.kind
     if kind in "biu":
         out.append(json.dumps(array.tolist()))
@@ -238,6 +267,8 @@ def _write_array(array: numpy.ndarray, where: str, out: list[str], open_: set[in
 
 
 def _write_numpy_scalar(value: numpy.generic, where: str, out: list[str]) -> None:
+    import numpy
+
     if isinstance(value, numpy.integer):
         out.append(str(int(value)))
     elif isinstance(value, numpy.floating) and value.dtype.itemsize <= 8:

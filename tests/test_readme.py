@@ -23,7 +23,7 @@ def test_readme_task_example_runs(database_url, tmp_path):
     (tmp_path / "mymodule.py").write_text(example)
     command = re.search(r"^PYTHONPATH=\. (luigi --module mymodule FlagLowSNR .*)$", readme, re.M)[1]
     spectrum = REPO / "workflows" / "data" / "spectra" / "spec-00003.fits"
-    args = shlex.split(command.replace("/data/spec-00001.fits", str(spectrum)))[1:]
+    args = shlex.split(command.replace("workflows/data/spectra/spec-00001.fits", str(spectrum)))[1:]
     # PYTHONPATH=. as the README says (the checkout after it stands for `pip install .`)
     result = run_luigi(*args, env={"PYTHONPATH": "."}, cwd=tmp_path)
     assert "2 ran successfully" in result.stdout, result.stdout

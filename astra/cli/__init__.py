@@ -5,7 +5,8 @@ nothing matched or something failed (an unreachable database, a task that is not
 
 One module per command group (:mod:`.db`, :mod:`.tasks` with :mod:`.why`, :mod:`.results`), each a thin layer
 over the query and explanation modules below it (``astra.database.records``, ``astra.explain``,
-``astra.results_table``); :mod:`.formats` and :mod:`.options` are what they share.
+``astra.results_table``); :mod:`.formats` and :mod:`.options` are what they share. Each is imported only when its
+command runs (:class:`~.lazy_group.LazyGroup`): ``astra --version`` imports neither luigi nor peewee.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ import sys
 from collections.abc import Sequence
 
 import click
-import peewee
 
-from astra.cli.db import db
 from astra.cli.formats import say
+from astra.cli.lazy_group import LazyGroup
 from astra.cli.options import CONTEXT, help_if_bare
-from astra.cli.results import results
-from astra.cli.tasks import tasks
-from astra.cli.why import why
-from astra.database import DatabaseError, DatabaseNotReady
 from astra.version import __version__
 
+COMMANDS = {"db": "astra.cli.db:db", "tasks": "astra.cli.tasks:tasks", "results": "astra.cli.results:results"}
 
-@click.group(invoke_without_command=True, context_settings=CONTEXT)
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, invoke_without_command=True, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="astra")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -34,19 +32,10 @@ def cli(ctx: click.Context) -> None:
     help_if_bare(ctx)
 
 
-cli.add_command(db)
-tasks.add_command(why)
-cli.add_command(tasks)
-cli.add_command(results)
-
-
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``astra`` console script."""
     try:
         code = cli.main(args, prog_name="astra", standalone_mode=False)
-    except DatabaseNotReady as exc:
-        say(str(exc.code))
-        code = 1
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         say(f"astra: {exc.format_message()}{hint}")
@@ -58,8 +47,24 @@ def main(args: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         say(f"astra: {exc.format_message()}")
         code = exc.exit_code
-    except (DatabaseError, peewee.PeeweeException) as exc:
-        lines = str(exc).strip().splitlines()
-        say(f"astra: database error: {lines[0] if lines else type(exc).__name__}")
+    except (Exception, SystemExit) as exc:  # DatabaseNotReady is a SystemExit (see there)
+        line = _database_failure(exc)
+        if line is None:
+            raise
+        say(line)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _database_failure(exc: BaseException) -> str | None:
+    """The one line that says what went wrong with the database, or None if ``exc`` is about something else."""
+    import peewee  # here, not at the top: --version needs no database, and most commands no database error
+
+    from astra.database import DatabaseError, DatabaseNotReady
+
+    if isinstance(exc, DatabaseNotReady):
+        return str(exc.code)
+    if isinstance(exc, (DatabaseError, peewee.PeeweeException)):
+        lines = str(exc).strip().splitlines()
+        return f"astra: database error: {lines[0] if lines else type(exc).__name__}"
+    return None

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
-import luigi
 
-from astra.database.models import Task
+if TYPE_CHECKING:
+    import luigi
+
+    from astra.database.models import Task
 
 UTC = datetime.timezone.utc
 

@@ -10,14 +10,16 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import click
-import luigi
-from luigi.task_register import Register, TaskClassException
 
-from astra import outputs
 from astra.cli.formats import UTC, say
-from astra.database import records
+
+if TYPE_CHECKING:
+    import luigi
+
+    from astra.database import records
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -66,6 +68,8 @@ def _parse_where(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], 
 
 def filter_options(command: Callable) -> Callable:
     """The options that select tasks, collected into a ``filters`` argument."""
+    from astra.database import records  # here: `astra --version` imports this module, and needs no database
+
     options = [
         click.option("--name", "names", multiple=True, help="Task name (luigi family). Repeat for several."),
         click.option("--module", "modules", multiple=True, help="Module the task class is defined in."),
@@ -97,6 +101,8 @@ def filter_options(command: Callable) -> Callable:
 
 def nothing_matches(filters: records.Filters) -> click.ClickException:
     """Why nothing matched, when the filters name something that does not exist at all."""
+    from astra.database import records
+
     hints = []
     unknown = [name for name in filters.names if name not in records.known_names()]
     if unknown:
@@ -149,6 +155,8 @@ def import_modules(names: Sequence[str]) -> list:
 
 def output_models(names: Sequence[str]) -> list:
     """The astra.OutputModels in the modules ``names``."""
+    from astra import outputs
+
     models = outputs.models_in(import_modules(names))
     if names and not models:
         say(f"note: no astra.OutputModel in {', '.join(names)}")
@@ -162,6 +170,10 @@ def output_models(names: Sequence[str]) -> list:
 
 def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
     """The task class named ``name``, imported from ``modules`` or where its records say; None if it cannot be."""
+    from luigi.task_register import Register, TaskClassException
+
+    from astra.database import records
+
     try:
         import_modules(modules or records.modules_of(name))
     except click.UsageError as exc:

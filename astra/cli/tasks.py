@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import click
-from astropy.table import Table
 
-from astra import export, outputs, values
+from astra import outputs, values
 from astra.cli import formats
+from astra.cli.lazy_group import LazyGroup
 from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches, task_class
 from astra.database import output_tables, records
 from astra.database.models import Task
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 #: How many tasks ``forget`` lists before it asks; the rest are counted per task name.
 SHOWN = 20
@@ -30,6 +34,8 @@ def _output_rows(task: Task) -> tuple[str, Table, int] | None:
     model = outputs.output_model(cls) if cls is not None else None
     if model is None:
         return None
+    from astra import export  # only for a task with an output model: export imports astropy (~0.2 s)
+
     fields = [name for name in model._meta.fields if name not in ("pk", "task")]
     rows, total = output_tables.first_rows(model, task.pk, SHOWN_ROWS)
     found = export.table(fields, [[getattr(row, name) for name in fields] for row in rows])
@@ -39,7 +45,9 @@ def _output_rows(task: Task) -> tuple[str, Table, int] | None:
     return output_tables.table_name(model), found, total
 
 
-@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.group(
+    cls=LazyGroup, lazy_commands={"why": "astra.cli.why:why"}, invoke_without_command=True, context_settings=CONTEXT
+)
 @click.pass_context
 def tasks(ctx: click.Context) -> None:
     """Recorded tasks: list, show, explain (why) and forget them."""
@@ -101,6 +109,8 @@ def show(ref: str, with_traceback: bool, as_json: bool) -> None:
         if output is not None:
             table, found, total = output
             # The rows are the result of a task with an output model (strict JSON: NaN is null, as in `results`).
+            from astra import export  # imported already, by _output_rows
+
             record["output"] = {"table": table, "rows": total, "first_rows": export.records(found)}
         record["traceback"] = task.traceback
         record["requires"] = [formats.edge(t) for t in upstream]

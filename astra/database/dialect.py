@@ -23,12 +23,15 @@ import socket
 import struct
 import weakref
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
 import peewee
 
 from astra import values
 from astra.database.status import DONE, RUNNING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 UTC = datetime.timezone.utc
 
@@ -135,6 +138,8 @@ class SQLite:
 
     def array_value(self, array: np.ndarray) -> object:
         """An array as the database takes it."""
+        import numpy as np  # only for output tables with arrays: numpy is ~0.1 s to import
+
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         return buffer.getvalue()
@@ -871,6 +876,8 @@ def _packed(fields, kinds, rows) -> bytes | None:
     """The COPY tuples of ``rows`` built as one numpy structured array, or None if a value needs more care
     (a NULL, text, a time, arrays of different shapes).
     """
+    import numpy as np  # only when output rows are written: numpy is ~0.1 s to import
+
     layout, columns = [("count", ">i2")], {}
     for i, (field, kind) in enumerate(zip(fields, kinds)):
         if field.name == "task":

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import peewee
-from playhouse.migrate import migrate
 
 from astra import values
 from astra.database.dialect import dialect
@@ -36,6 +35,8 @@ def add_column(field: peewee.Field) -> Step:
     table = field.model._meta.table_name
 
     def apply(db: peewee.Database) -> None:
+        from playhouse.migrate import migrate  # only to upgrade: it imports peewee's PostgreSQL extensions too
+
         if field.column_name not in {column.name for column in db.get_columns(table, schema=dialect(db).schema)}:
             migrate(dialect(db).migrator(db).add_column(table, field.column_name, field))
 
