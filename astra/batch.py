@@ -367,8 +367,10 @@ def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: d
         written = queries.record_items(good, queries.DONE)
         queries.record_items(bad, queries.FAILED)
         if model is not None:
-            # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
+            # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows. An item
+            # recorded again (reopened, or a claim taken over) loses the rows of its earlier run.
             made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
+            output_tables.delete_rows(model, written.values())
             output_tables.insert(model, made)
     return time.perf_counter() - started
 

@@ -155,6 +155,8 @@ class Claim:
         durable = (self.settings or settings()).synchronous_commit
         queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable)
         if model is not None:
+            if self.attempt.attempts > 1:  # an earlier attempt may have been done (reopened since): its rows go
+                output_tables.delete_rows(model, [self.attempt.pk])
             output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
 

@@ -78,6 +78,22 @@ def _columns(model: type[peewee.Model]) -> list[peewee.Field]:
     return [field for name, field in model._meta.fields.items() if name != "pk"]
 
 
+def delete_rows(model: type[peewee.Model], task_pks: Iterable[int]) -> None:
+    """Delete every row of the tasks ``task_pks`` (those of an earlier run), in the caller's transaction.
+
+    A task's rows are those of its last successful run, and only those: whatever records a task again calls this
+    in the transaction that inserts the new rows.
+    """
+    task_pks = list(dict.fromkeys(task_pks))
+    if not task_pks:
+        return
+    ready(model)
+    db = database()
+    for chunk in chunked(task_pks):
+        where, params = dialect(db).is_one_of("task_pk", chunk)
+        db.execute_sql(f"DELETE FROM {dialect(db).table(model)} WHERE {where}", params)
+
+
 def insert(model: type[peewee.Model], rows: Sequence[tuple[int, dict]]) -> None:
     """Insert ``rows`` (task pk, {field name: value}) into ``model``'s table with one statement per chunk.
 
