@@ -363,6 +363,8 @@ def _write(model: type | None, good: list[dict], bad: list[dict], output_rows: d
     """Record a chunk's items, done or failed, and their output rows, in one transaction (all of it again if the
     connection drops meanwhile); the seconds it took."""
     started = time.perf_counter()
+    if model is not None:
+        output_tables.ready(model)  # before the records: a table that does not fit stops the batch
     with queries.transaction():
         written = queries.record_items(good, queries.DONE)
         queries.record_items(bad, queries.FAILED)

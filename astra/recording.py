@@ -150,6 +150,7 @@ class Claim:
         model = outputs.output_model(self.task)
         if model is not None:  # the result goes into the task's output table, not the result column
             rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
+            output_tables.ready(model)  # before the record: a table that does not fit stops the process
         stored = None if result is None else values.encode(result)
         requires = identity.required_hashes(self.task)
         durable = (self.settings or settings()).synchronous_commit

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import peewee
 from peewee import JOIN
 
+from astra.database import output_schema
 from astra.database.connection import DatabaseNotReady, database, describe
 from astra.database.dialect import POSTGRESQL, dialect
 from astra.database.models import Parameter, Task, TaskParameter
@@ -29,20 +30,29 @@ def table_name(model: type[peewee.Model]) -> str:
 
 
 def ready(model: type[peewee.Model]) -> None:
-    """Make sure ``model``'s table can be used: create it on SQLite; on PostgreSQL stop if it is missing."""
+    """Make sure ``model``'s table can be used, once per process: stop (one line naming the command that fixes it)
+    if it does not fit the model (see :mod:`astra.database.output_schema`). A missing table that no task wrote to
+    is created on SQLite; on PostgreSQL the process stops."""
     db = database()
     known = _ready.setdefault(db, set())
     if model in known:
         return
-    if not dialect(db).creates_tables_on_use:  # whoever owns the schema makes the table
-        if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+    trouble = output_schema.problem(model)
+    if trouble is not None:
+        raise DatabaseNotReady(trouble)
+    if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+        if not dialect(db).creates_tables_on_use:  # whoever owns the schema makes the table
             raise DatabaseNotReady(
                 f"astra: {describe()} has no output table {table_name(model)} for {model.__name__}; create it with "
                 f"`astra db init --module {model.__module__}` (or `astra db sql --module {model.__module__} | psql`)"
             )
-    else:
         db.create_tables([model], safe=True)
     known.add(model)
+
+
+def forget_checked() -> None:
+    """Check every output table again before its next use (after a migration)."""
+    _ready.pop(database(), None)
 
 
 def create(models: Sequence[type[peewee.Model]]) -> None:
