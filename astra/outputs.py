@@ -122,7 +122,8 @@ class ArrayField(peewee.Field):
         if value is None or isinstance(value, np.ndarray):
             return value
         if isinstance(value, (bytes, memoryview)):
-            return np.load(io.BytesIO(bytes(value)), allow_pickle=False)
+            # SQLite keeps each array's own dtype: give the model's, whatever an older model stored.
+            return np.load(io.BytesIO(bytes(value)), allow_pickle=False).astype(self.dtype, copy=False)
         if isinstance(value, str):  # an array literal, e.g. from a query that cast the column to text
             value = json.loads(value.translate(_BRACKETS))
         return np.array(value, dtype=self.dtype)

@@ -385,6 +385,26 @@ class QueryCounter(logging.Handler):
         self._logger.setLevel(self._level)
 
 
+# Older releases --------------------------------------------------------------------------------------------------
+
+
+def unpack_commit(commit: str, paths: list[str], where: Path) -> Path:
+    """``paths`` of this repository as they were at ``commit``, unpacked into ``where`` (skips the test if the
+    checkout does not have that commit)."""
+    import io
+    import tarfile
+
+    import pytest
+
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, *paths], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"commit {commit} is not in this checkout ({exc}); the test needs its code")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(where, filter="data")
+    return where
+
+
 # PostgreSQL ------------------------------------------------------------------------------------------------------
 
 

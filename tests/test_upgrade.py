@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sqlite3
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from tests.helpers import (
     run_luigi,
     sessions,
     subprocess_env,
+    unpack_commit,
     wait_for,
 )
 from tests.helpers import SCHEMA_SQL as SQL
@@ -46,16 +45,7 @@ TABLES = ("task", "parameter", "task_parameter", "dependency")
 @pytest.fixture(scope="module")
 def old_astra(tmp_path_factory) -> Path:
     """The astra package of commit 9abb7da, unpacked from git."""
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", OLD, "astra", "schema"], capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"commit {OLD} is not in this checkout ({exc}); the upgrade test needs its code")
-    where = tmp_path_factory.mktemp("astra-9abb7da")
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(where, filter="data")
-    return where
+    return unpack_commit(OLD, ["astra", "schema"], tmp_path_factory.mktemp("astra-9abb7da"))
 
 
 def old_luigi(old: Path, url: str, *args: str) -> subprocess.CompletedProcess:

@@ -280,7 +280,7 @@ def _carry(
                 continue
             carried.append(task.pk)
             rows += [(task.pk, row) for row in made]
-        output_tables.insert(model, rows)
+        output_tables.insert(model, rows, checked=True)
         for chunk in chunked(carried):
             Task.update(result=None).where(Task.pk.in_(chunk)).execute()
         for pk, why in reopened.items():

@@ -104,15 +104,17 @@ def delete_rows(model: type[peewee.Model], task_pks: Iterable[int]) -> None:
         db.execute_sql(f"DELETE FROM {dialect(db).table(model)} WHERE {where}", params)
 
 
-def insert(model: type[peewee.Model], rows: Sequence[tuple[int, dict]]) -> None:
+def insert(model: type[peewee.Model], rows: Sequence[tuple[int, dict]], checked: bool = False) -> None:
     """Insert ``rows`` (task pk, {field name: value}) into ``model``'s table with one statement per chunk.
 
     Call inside the transaction that records the tasks as done. On PostgreSQL the rows travel as one array per
     column, unpacked by unnest(); SQLite runs in this process, where executemany costs no round trips.
+    ``checked``: the caller knows the table fits (a migration making it fit), so :func:`ready` is not asked.
     """
     if not rows:
         return
-    ready(model)
+    if not checked:
+        ready(model)
     db = database()
     fields = _columns(model)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
