@@ -2,7 +2,8 @@
 (``luigi --module tests.evolving_tasks``).
 
 ``$EVOLVING`` lists what this release changed, separated by commas: ``logg`` (a new nullable column), ``mass`` (a
-new column that may not be null), ``float64`` (the flux arrays become float64), ``renamed`` (a new table name).
+new column that may not be null), ``float64`` (the flux arrays become float64), ``renamed`` (a new table name),
+``version2`` (FitStar's version is "2").
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Fit(astra.OutputModel):
 
 class FitStar(astra.BaseTask):
     output_model = Fit
+    version = "2" if "version2" in CHANGES else ""
     star = luigi.IntParameter()
 
     def run(self) -> dict:

@@ -165,3 +165,23 @@ def test_a_renamed_table_keeps_its_rows_and_downstream_counts_them(first_release
     assert "This progress looks :)" in ran.stdout and "3 complete ones" in summary(ran.stdout), ran.stdout
     assert rows("renamed", "CountFits")[0]["n_rows"] == 3
     assert len(rows("renamed")) == 3
+
+
+@pytest.mark.slow
+def test_results_show_the_declared_version_by_default(first_release):
+    """After a version bump, `astra results` shows the new version's rows and says how many it left out."""
+    assert "This progress looks :)" in luigi("version2", "CountFits", "--n", "2").stdout
+    shown = astra("results", "FitStar", *MODULE, "--json", env=release("version2"))
+    assert shown.returncode == 0, shown.stderr
+    assert sorted((row["star"], row["version"]) for row in json.loads(shown.stdout)) == [(0, "2"), (1, "2")]
+    assert shown.stderr.strip() == "note: left out 3 rows of versions other than '2' (--all-versions)"
+    every = astra("results", "FitStar", *MODULE, "--json", "--all-versions", env=release("version2"))
+    assert len(json.loads(every.stdout)) == 5 and every.stderr == ""
+    old = astra("results", "FitStar", *MODULE, "--json", "--version", "", env=release("version2"))
+    assert sorted(row["star"] for row in json.loads(old.stdout)) == [0, 1, 2]
+    assert "left out 2 rows" in old.stderr
+    none = astra("results", "FitStar", *MODULE, "--version", "3", env=release("version2"))
+    assert none.returncode == 1
+    assert none.stderr.strip() == (
+        "astra: no done FitStar task of version '3' has results that match; 5 of other versions do (--all-versions)"
+    )

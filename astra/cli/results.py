@@ -7,12 +7,14 @@ from collections.abc import Sequence
 
 import click
 import luigi
+import peewee
 from luigi.task_register import Register, TaskClassException
 
-from astra import export
+from astra import export, identity, outputs
 from astra.cli import formats
 from astra.cli.options import CONTEXT, filter_options, import_modules, json_option, nothing_matches
-from astra.database import records
+from astra.database import output_tables, records
+from astra.database.models import Task
 from astra.results_table import matching, results_table
 
 
@@ -28,10 +30,17 @@ def _task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
         return None
 
 
+def _rows(cls: type[luigi.Task] | None, tasks: peewee.ModelSelect) -> int:
+    """How many rows ``astra results`` would show for ``tasks``: their output rows, or one per task."""
+    model = outputs.output_model(cls) if cls is not None else None
+    return output_tables.count_rows(model, tasks.select(Task.pk)) if model is not None else tasks.count()
+
+
 @click.command("results", context_settings=CONTEXT)
 @click.argument("name")
 @filter_options
-@click.option("--version", "task_version", help="Only tasks of this version (default: every recorded version).")
+@click.option("--version", "task_version", help="Only tasks of this version (default: the version the class declares).")
+@click.option("--all-versions", is_flag=True, help="The tasks of every recorded version.")
 @click.option("--columns", help="Comma-separated columns to keep, in that order (default: all).")
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), help="Output format (default: table).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
@@ -41,6 +50,7 @@ def results(
     name: str,
     filters: records.Filters,
     task_version: str | None,
+    all_versions: bool,
     columns: str | None,
     fmt: str | None,
     output: str | None,
@@ -68,14 +78,24 @@ def results(
     if (fmt in export.BINARY or plot) and not output:
         raise click.UsageError(f"{'--plot' if plot else f'--format {fmt}'} writes a file: give -o FILE")
     filters = dataclasses.replace(filters, names=(name,), statuses=("done",))
-    tasks = matching(filters, task_version)
-    found = results_table(_task_class(name, filters.modules), tasks)
+    cls = _task_class(name, filters.modules)
+    if task_version is not None and all_versions:
+        raise click.UsageError("--version and --all-versions contradict each other")
+    if task_version is None and not all_versions and cls is not None:
+        task_version = identity.task_version(cls)
+    found = results_table(cls, matching(filters, task_version))
+    others = 0 if task_version is None else _rows(cls, matching(filters, None).where(Task.version != task_version))
     if not len(found):
-        raise (
-            nothing_matches(filters)
-            if name not in records.known_names()
-            else click.ClickException(f"no done {name} task has results that match")
-        )
+        if name not in records.known_names():
+            raise nothing_matches(filters)
+        if others:
+            raise click.ClickException(
+                f"no done {name} task of version {task_version!r} has results that match; {others} of other "
+                "versions do (--all-versions)"
+            )
+        raise click.ClickException(f"no done {name} task has results that match")
+    if others:
+        formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
     try:
         if columns:
             found = export.keep(found, [c.strip() for c in columns.split(",") if c.strip()])

@@ -167,6 +167,12 @@ def done_tasks(
     return query
 
 
+def count_rows(model: type[peewee.Model], tasks: peewee.ModelSelect) -> int:
+    """How many rows of ``model`` the tasks ``tasks`` (a query of task pks) made."""
+    ready(model)
+    return model.select().where(model.task.in_(tasks)).count()
+
+
 def task_column(model: type[peewee.Model], wanted: str) -> str:
     """The attribute that task column ``wanted`` has in :func:`select_rows`: ``task_`` first if ``model`` has it."""
     return f"task_{wanted}" if wanted in model._meta.fields or wanted == "task_pk" else wanted
