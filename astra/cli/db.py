@@ -73,7 +73,7 @@ def migrate(modules: tuple[str, ...], dry_run: bool, allow_loss: bool) -> None:
         if not changes:
             click.echo(f"{table} fits {model.__module__}.{model.__name__}; nothing to do")
         for change in changes:
-            click.echo(f"{table}: {change.what}")
+            click.echo(f"{table}: {change.what} ({'dry run: not migrated' if dry_run else 'migrated'})")
     if dry_run:
         for statement in migrated.statements:
             click.echo(f"{statement.rstrip(';')};")

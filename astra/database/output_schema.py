@@ -295,8 +295,7 @@ def problem(model: type[peewee.Model]) -> str | None:
     found = [change.what for change in changes(model) if change.stops]
     if not found:
         return None
-    schema = dialect(database()).schema
-    table = f"{schema}.{model._meta.table_name}" if schema else model._meta.table_name
+    table = dialect(database()).table(model)
     return (
         f"astra: output table {table} of {describe()} does not fit {model.__module__}.{model.__name__}: "
         f"{'; '.join(found)}; run `astra db migrate --module {model.__module__}` (--dry-run prints the SQL)"

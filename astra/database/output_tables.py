@@ -26,7 +26,8 @@ _ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def table_name(model: type[peewee.Model]) -> str:
-    return f"astra.{model._meta.table_name}"
+    """``model``'s table as a user names it: ``astra.name`` on PostgreSQL, ``name`` on SQLite."""
+    return dialect(database()).table(model)
 
 
 def ready(model: type[peewee.Model]) -> None:
