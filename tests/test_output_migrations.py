@@ -185,3 +185,36 @@ def test_results_show_the_declared_version_by_default(first_release):
     assert none.stderr.strip() == (
         "astra: no done FitStar task of version '3' has results that match; 5 of other versions do (--all-versions)"
     )
+
+
+@pytest.mark.slow
+def test_a_column_the_model_lost_is_kept_unless_asked(first_release):
+    url = first_release
+    assert migrate("logg").returncode == 0
+    ran = luigi("", "FitStar", "--star", "7")  # the model without logg: the column stays, null for new rows
+    assert "This progress looks :)" in ran.stdout, ran.stdout
+    assert "logg" in [name for (name,) in _columns(url)]
+    kept = migrate("")
+    assert kept.returncode == 0 and "nothing to do" in kept.stdout, kept.stdout + kept.stderr
+    dropped = migrate("", "--allow-data-loss")
+    assert dropped.returncode == 0 and "column logg is not in the model (migrated)" in dropped.stdout, dropped.stdout
+    assert "logg" not in [name for (name,) in _columns(url)]
+    assert len(rows("")) == 4
+
+
+@pytest.mark.slow
+def test_json_results_of_an_earlier_release_are_carried_or_run_again(database_url):
+    url = database_url
+    assert astra("db", "init", *MODULE, env=release("json")).returncode == 0
+    assert "This progress looks :)" in luigi("json", "CountFits", "--n", "3").stdout
+    line = luigi_error_line(luigi("", "CountFits", "--n", "4"))
+    assert "done FitStar tasks were recorded before it had this output table" in line, line
+    migrated = migrate("")
+    assert migrated.returncode == 0, migrated.stderr
+    failed = sql(url, "select error from astra.task where task_name = 'FitStar' and status = 'failed'")
+    assert len(failed) == 1 and "has no field 'note'" in failed[0][0], failed
+    assert sorted(row["star"] for row in rows("")) == [0, 1]  # carried, with their values
+    ran = luigi("", "CountFits", "--n", "4")
+    assert "This progress looks :)" in ran.stdout, ran.stdout
+    assert "3 ran successfully" in summary(ran.stdout), ran.stdout  # FitStar 2 again, FitStar 3, CountFits
+    assert {row["star"]: row["teff"] for row in rows("")} == {0: 5000.0, 1: 5001.0, 2: 5002.0, 3: 5003.0}

@@ -76,7 +76,8 @@ def migrate(modules: tuple[str, ...], dry_run: bool, allow_loss: bool) -> None:
             click.echo(f"{table}: {change.what} ({'dry run: not migrated' if dry_run else 'migrated'})")
     if dry_run:
         for statement in migrated.statements:
-            click.echo(f"{statement.rstrip(';')};")
+            if not statement.lstrip().upper().startswith(("SELECT", "PRAGMA")):  # what it read to plan its work
+                click.echo(f"{statement.rstrip(';')};")
         formats.say("dry run: nothing was changed")
 
 
