@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 
 import numpy as np
-import psycopg2
 import pytest
 
-from tests.helpers import astra, luigi_error_line, run_luigi, summary
+from tests.helpers import astra, luigi_error_line, raw_sql, run_luigi, summary
 
 MODULE = ("--module", "tests.evolving_tasks")
 
@@ -36,21 +34,6 @@ def rows(changes: str, name: str = "FitStar") -> list[dict]:
     return json.loads(shown.stdout)
 
 
-def sql(url: str, statement: str) -> list[tuple]:
-    """Rows of a statement run without astra (``astra.`` is the schema on PostgreSQL, nothing on SQLite)."""
-    if url.startswith("sqlite:///"):
-        connection = sqlite3.connect(url[len("sqlite:///") :])
-        statement = statement.replace("astra.", "")
-    else:
-        connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(statement)
-        return cursor.fetchall()
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def first_release(database_url):
     """Three FitStars recorded by the first release (flux float32, no logg)."""
@@ -62,7 +45,7 @@ def first_release(database_url):
 
 
 def done_stars(url: str) -> int:
-    return sql(url, "select count(*) from astra.task where task_name = 'FitStar' and status = 'done'")[0][0]
+    return raw_sql(url, "select count(*) from astra.task where task_name = 'FitStar' and status = 'done'")[0][0]
 
 
 @pytest.mark.slow
@@ -96,8 +79,8 @@ def test_a_new_nullable_column(first_release):
 
 def _columns(url: str) -> list[tuple]:
     if url.startswith("sqlite:///"):
-        return [(row[1],) for row in sql(url, "pragma table_info(evolving_fit)")]
-    return sql(url, "select column_name from information_schema.columns where table_name = 'evolving_fit'")
+        return [(row[1],) for row in raw_sql(url, "pragma table_info(evolving_fit)")]
+    return raw_sql(url, "select column_name from information_schema.columns where table_name = 'evolving_fit'")
 
 
 @pytest.mark.slow
@@ -114,9 +97,9 @@ def test_a_column_that_may_not_be_null_is_refused(first_release):
 
 def _flux_dtype(url: str) -> str:
     if url.startswith("sqlite:///"):
-        (blob,) = sql(url, "select flux from evolving_fit limit 1")[0]
+        (blob,) = raw_sql(url, "select flux from evolving_fit limit 1")[0]
         return str(np.load(io.BytesIO(blob)).dtype)
-    (kind,) = sql(
+    (kind,) = raw_sql(
         url,
         "select format_type(atttypid, atttypmod) from pg_attribute "
         "where attrelid = 'astra.evolving_fit'::regclass and attname = 'flux'",
@@ -158,7 +141,7 @@ def test_a_renamed_table_keeps_its_rows_and_downstream_counts_them(first_release
     url = first_release
     line = luigi_error_line(luigi("renamed", "CountFits", "--n", "3"))
     assert "evolving_fit_v2 is missing and evolving_fit holds the rows of FitStar" in line, line
-    assert sql(url, "select count(*) from astra.task where task_name = 'CountFits'") == [(0,)]
+    assert raw_sql(url, "select count(*) from astra.task where task_name = 'CountFits'") == [(0,)]
     done = migrate("renamed")
     assert done.returncode == 0, done.stderr
     ran = luigi("renamed", "CountFits", "--n", "3")
@@ -211,7 +194,7 @@ def test_json_results_of_an_earlier_release_are_carried_or_run_again(database_ur
     assert "done FitStar tasks were recorded before it had this output table" in line, line
     migrated = migrate("")
     assert migrated.returncode == 0, migrated.stderr
-    failed = sql(url, "select error from astra.task where task_name = 'FitStar' and status = 'failed'")
+    failed = raw_sql(url, "select error from astra.task where task_name = 'FitStar' and status = 'failed'")
     assert len(failed) == 1 and "has no field 'note'" in failed[0][0], failed
     assert sorted(row["star"] for row in rows("")) == [0, 1]  # carried, with their values
     ran = luigi("", "CountFits", "--n", "4")

@@ -5,16 +5,20 @@ first release (commit 9abb7da), when EstimateSNR had a JSON result and no output
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-import subprocess
 
-import psycopg2
 import pytest
 
-from astra.database.connection import reset
-from astra.targets import forget_cached
-from tests.helpers import LUIGI, astra, luigi_error_line, psql, run_luigi, summary, unpack_commit
+from tests.helpers import (
+    astra,
+    luigi_error_line,
+    old_schema_database,
+    raw_sql,
+    run_luigi,
+    run_old_luigi,
+    summary,
+    unpack_commit,
+    using_database,
+)
 
 FIRST = "9abb7da"
 
@@ -25,39 +29,14 @@ def first_release(tmp_path_factory):
     return unpack_commit(FIRST, ["astra", "schema", "workflows"], tmp_path_factory.mktemp("astra-first"))
 
 
-def raw(url: str, statement: str) -> list[tuple]:
-    if url.startswith("sqlite:///"):
-        connection = sqlite3.connect(url[len("sqlite:///") :])
-        statement = statement.replace("astra.", "")
-    else:
-        connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(statement)
-        return cursor.fetchall()
-    finally:
-        connection.close()
-
-
 @pytest.fixture
 def first_release_database(backend, tmp_path, request, first_release, monkeypatch):
     """A database in which the first release ran its SummariseSNR over its 5 example spectra."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'astra.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-        assert psql(url, first_release / "schema" / "astradb" / "astradb.sql").returncode == 0
-    ran = subprocess.run(
-        [LUIGI, "--module", "workflows", "SummariseSNR", "--local-scheduler"],
-        env={**os.environ, "ASTRA_DATABASE_URL": url, "PYTHONPATH": str(first_release)},
-        cwd=first_release, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-    )  # fmt: skip
+    url = old_schema_database(backend, tmp_path, request, first_release)
+    ran = run_old_luigi(first_release, url, "--module", "workflows", "SummariseSNR")
     assert "This progress looks :)" in ran.stdout, ran.stdout
-    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
-    forget_cached()
-    yield url
-    forget_cached()
-    reset()
+    with using_database(url, monkeypatch):
+        yield url
 
 
 @pytest.mark.slow
@@ -66,7 +45,7 @@ def test_first_release_estimates_are_carried_into_the_output_table(first_release
     spectra = str(first_release / "workflows" / "data" / "spectra")
     old = {
         path: json.loads(result) if isinstance(result, str) else result
-        for path, result in raw(
+        for path, result in raw_sql(
             url,
             "select p.parameter_value, t.result from astra.task t join astra.task_parameter tp on tp.task_pk = t.pk "
             "join astra.parameter p on p.pk = tp.parameter_pk where t.task_name = 'EstimateSNR'",
@@ -97,5 +76,7 @@ def test_first_release_estimates_are_carried_into_the_output_table(first_release
     ran = run_luigi(*summarise, "--local-scheduler")
     assert "This progress looks :)" in ran.stdout, ran.stdout
     assert "1 ran successfully" in summary(ran.stdout) and "5 complete ones" in summary(ran.stdout), ran.stdout
-    (result,) = raw(url, "select result from astra.task where task_name = 'SummariseSNR' order by pk desc limit 1")[0]
+    (result,) = raw_sql(url, "select result from astra.task where task_name = 'SummariseSNR' order by pk desc limit 1")[
+        0
+    ]
     assert (json.loads(result) if isinstance(result, str) else result)["n_spectra"] == 5
