@@ -380,14 +380,18 @@ def _write(
     them), in one transaction (all of it again if the connection drops meanwhile); the seconds it took."""
     started = time.perf_counter()
     use_own_connection()  # the writer works beside the main thread, which keeps the process's connection
+    if model is not None:
+        output_tables.ready(model)  # before the records: a table that does not fit stops the batch
     with queries.transaction():
         written = queries.record_items(good, queries.DONE)
         failed = queries.record_items(bad, queries.FAILED)
         if job is not None:
             queries.note_items_job([*written.values(), *failed.values()], *job)
         if model is not None:
-            # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows.
+            # Only for the rows this chunk wrote: an item another batch recorded first keeps its rows. An item
+            # recorded again (reopened, or a claim taken over) loses the rows of its earlier run.
             made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
+            output_tables.delete_rows(model, written.values())
             output_tables.insert(model, made)
     return time.perf_counter() - started
 

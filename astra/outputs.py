@@ -45,7 +45,7 @@ from astra.database import output_tables, text
 from astra.database.connection import database
 from astra.database.dialect import SchemaFromDialect, dialect, of_model
 from astra.database.models import Task, proxy
-from astra.identity import canonical_value, task_hash
+from astra.identity import canonical_value, task_hash, task_version
 from astra.values import imported_numpy
 
 if TYPE_CHECKING:
@@ -171,7 +171,8 @@ class ArrayField(peewee.Field):
         if value is None or isinstance(value, np.ndarray):
             return value
         if isinstance(value, (bytes, memoryview)):
-            return np.load(io.BytesIO(bytes(value)), allow_pickle=False)
+            # SQLite keeps each array's own dtype: give the model's, whatever an older model stored.
+            return np.load(io.BytesIO(bytes(value)), allow_pickle=False).astype(self.dtype, copy=False)
         if isinstance(value, str):  # an array literal, e.g. from a query that cast the column to text
             value = json.loads(value.translate(_BRACKETS))
         array = np.array(value, dtype=self.dtype)
@@ -324,17 +325,22 @@ def results(
     task_class: type[luigi.Task],
     version: str | None = None,
     tasks: Iterable[luigi.Task] | None = None,
+    all_versions: bool = False,
     **parameters: object,
 ) -> peewee.ModelSelect:
-    """The output rows of every done task of ``task_class``, as a peewee query.
+    """The output rows of the done tasks of ``task_class`` at the version the class declares, as a peewee query.
 
     Each row is an instance of the class's output model with, beside its own fields, ``task_pk``, ``version``,
     ``completed`` and one attribute per parameter of the task (its recorded text). Keyword arguments select
-    tasks by parameter value (``spectrum_path="/data/spec-1.fits"``), ``version`` by version and ``tasks`` (task
-    instances, e.g. ``self.requires()`` of a task that needs them) picks those very tasks; add
-    ``.where(Model.snr > 10)``, joins or ``.order_by()`` as with any peewee query. Rows of every recorded version
-    come back unless ``version`` is given (bumping a version leaves the old rows with the old tasks).
+    tasks by parameter value (``spectrum_path="/data/spec-1.fits"``), ``version`` another version,
+    ``all_versions=True`` every recorded version (bumping a version leaves the old rows with the old tasks), and
+    ``tasks`` (task instances, e.g. ``self.requires()`` of a task that needs them) picks those very tasks, whatever
+    their version; add ``.where(Model.snr > 10)``, joins or ``.order_by()`` as with any peewee query.
     """
+    if version is not None and all_versions:
+        raise ValueError("results(): give version or all_versions=True, not both")
+    if version is None and tasks is None and not all_versions:
+        version = task_version(task_class)
     model = output_model(task_class)
     if model is None:
         raise TypeError(f"{task_class.get_task_family()} has no output_model; read its results with read_many()")

@@ -156,11 +156,14 @@ class Claim:
         model = outputs.output_model(self.task)
         if model is not None:  # the result goes into the task's output table, not the result column
             rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
+            output_tables.ready(model)  # before the record: a table that does not fit stops the process
         stored = None if result is None else values.encode(result)
         requires = identity.required_hashes(self.task)
         durable = (self.settings or settings()).synchronous_commit
         queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable)
         if model is not None:
+            if self.attempt.attempts > 1:  # an earlier attempt may have been done (reopened since): its rows go
+                output_tables.delete_rows(model, [self.attempt.pk])
             output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
 

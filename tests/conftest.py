@@ -10,10 +10,8 @@ this module or each other.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +26,7 @@ from astra import outputs
 from astra.database import create_schema, output_tables
 from astra.database.connection import reset
 from astra.targets import forget_cached
-from tests.helpers import OLD, POSTGRES, REPO, Luigid
+from tests.helpers import OLD, POSTGRES, REPO, Luigid, unpack_commit
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -185,16 +183,7 @@ def slurm_cluster() -> str:
 @pytest.fixture(scope="session")
 def old_astra(tmp_path_factory) -> Path:
     """The astra package of commit 9abb7da (schema 1), unpacked from git."""
-    try:
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", OLD, "astra", "schema"], capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"commit {OLD} is not in this checkout ({exc}); the upgrade test needs its code")
-    where = tmp_path_factory.mktemp("astra-9abb7da")
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(where, filter="data")
-    return where
+    return unpack_commit(OLD, ["astra", "schema"], tmp_path_factory.mktemp("astra-9abb7da"))
 
 
 #: A pgbouncer in transaction mode in front of the tests' PostgreSQL server (``scripts/pgbouncer-local start``).

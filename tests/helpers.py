@@ -418,6 +418,82 @@ class QueryCounter(logging.Handler):
         self._logger.setLevel(self._level)
 
 
+# Older releases --------------------------------------------------------------------------------------------------
+
+
+def unpack_commit(commit: str, paths: list[str], where: Path) -> Path:
+    """``paths`` of this repository as they were at ``commit``, unpacked into ``where`` (skips the test if the
+    checkout does not have that commit)."""
+    import io
+    import tarfile
+
+    import pytest
+
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, *paths], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"commit {commit} is not in this checkout ({exc}); the test needs its code")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(where, filter="data")
+    return where
+
+
+def run_old_luigi(checkout: Path, url: str, *args: str, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``luigi ARGS --local-scheduler`` with the astra of an unpacked older ``checkout`` on database ``url``
+    (``path``: more directories on PYTHONPATH after it, e.g. this checkout for a tests/ task module)."""
+    env = {**os.environ, "ASTRA_DATABASE_URL": url, "PYTHONPATH": os.pathsep.join(map(str, [checkout, *path]))}
+    return subprocess.run(
+        [LUIGI, *args, "--local-scheduler"],
+        env=env, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def old_schema_database(backend: str, tmp_path: Path, request, checkout: Path) -> str:
+    """The URL of a new database for the astra of an older ``checkout``: an SQLite file it creates itself, or a
+    PostgreSQL database (the ``postgres_database`` fixture) with that checkout's schema file loaded."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'astra.db'}"
+    url = request.getfixturevalue("postgres_database")
+    loaded = psql(url, checkout / "schema" / "astradb" / "astradb.sql")
+    assert loaded.returncode == 0, loaded.stderr
+    return url
+
+
+@contextmanager
+def using_database(url: str, monkeypatch) -> Iterator[str]:
+    """$ASTRA_DATABASE_URL set to ``url`` (for this process and those it starts), with nothing cached from before;
+    this process's connection closed afterwards."""
+    from astra.database.connection import reset
+    from astra.targets import forget_cached
+
+    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
+    forget_cached()
+    try:
+        yield url
+    finally:
+        forget_cached()
+        reset()
+
+
+def raw_sql(url: str, statement: str) -> list[tuple]:
+    """The rows of ``statement``, run without astra (``astra.`` names the schema on PostgreSQL, nothing on SQLite)."""
+    import sqlite3
+
+    import psycopg2
+
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///") :])
+        statement = statement.replace("astra.", "")
+    else:
+        connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(statement)
+        return cursor.fetchall()
+    finally:
+        connection.close()
+
+
 # PostgreSQL ------------------------------------------------------------------------------------------------------
 
 
@@ -427,11 +503,7 @@ OLD = "9abb7da"
 
 def old_luigi(old: Path, url: str, *args: str) -> subprocess.CompletedProcess:
     """Run ``luigi ARGS`` with the old astra (and this checkout's tests package for the task module)."""
-    env = {**os.environ, "ASTRA_DATABASE_URL": url, "PYTHONPATH": os.pathsep.join([str(old), str(REPO)])}
-    return subprocess.run(
-        [LUIGI, "--module", "tests.upgrade_tasks", *args, "--local-scheduler"],
-        env=env, cwd=old, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-    )  # fmt: skip
+    return run_old_luigi(old, url, "--module", "tests.upgrade_tasks", *args, path=(REPO,))
 
 
 def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:

@@ -145,8 +145,12 @@ def test_a_new_version_leaves_old_rows_with_the_old_task(outputs_db, monkeypatch
     assert build(MeasureVisits(star=1, visits=1))
     new = record(MeasureVisits(star=1, visits=1))
     assert new.pk != old.pk
-    assert sorted((r.version, r.task_pk) for r in astra.results(MeasureVisits)) == [("", old.pk), ("2", new.pk)]
-    assert [r.task_pk for r in astra.results(MeasureVisits, version="2")] == [new.pk]
+    everything = astra.results(MeasureVisits, all_versions=True)
+    assert sorted((r.version, r.task_pk) for r in everything) == [("", old.pk), ("2", new.pk)]
+    assert [r.task_pk for r in astra.results(MeasureVisits)] == [new.pk]  # the version the class declares
+    assert [r.task_pk for r in astra.results(MeasureVisits, version="")] == [old.pk]
+    with pytest.raises(ValueError, match="not both"):
+        astra.results(MeasureVisits, version="2", all_versions=True)
 
 
 def test_batch_items_get_their_rows_in_one_statement_per_chunk(outputs_db, monkeypatch):

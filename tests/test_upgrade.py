@@ -14,7 +14,6 @@ import psycopg2
 import pytest
 
 from astra.database import Task, database, versions
-from astra.database.connection import reset
 from astra.database.models import SchemaVersion, utcnow
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
@@ -25,11 +24,13 @@ from tests.helpers import (
     astra,
     astra_many,
     old_luigi,
+    old_schema_database,
     one_line_error,
     psql,
     run_luigi,
     sessions,
     subprocess_env,
+    using_database,
     wait_for,
 )
 from tests.helpers import SCHEMA_SQL as SQL
@@ -60,12 +61,7 @@ def raw_rows(url: str) -> dict[str, list[tuple]]:
 @pytest.fixture
 def old_database(backend, tmp_path, request, old_astra, monkeypatch) -> str:
     """A database made and filled by the old astra: 10 spectra and their summary by luigi, 10 by a batch, 1 failed."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'astra.db'}"  # the old astra creates its SQLite tables itself
-    else:
-        url = request.getfixturevalue("postgres_database")
-        loaded = psql(url, old_astra / "schema" / "astradb" / "astradb.sql")
-        assert loaded.returncode == 0, loaded.stderr
+    url = old_schema_database(backend, tmp_path, request, old_astra)  # the old astra creates SQLite tables itself
     for args in (
         ["UpgradeSummary", "--n", "10"],
         ["UpgradeSpectra", "--start", "10", "--stop", "20"],
@@ -73,11 +69,8 @@ def old_database(backend, tmp_path, request, old_astra, monkeypatch) -> str:
     ):
         result = old_luigi(old_astra, url, *args)
         assert "This progress looks" in result.stdout, result.stdout
-    monkeypatch.setenv("ASTRA_DATABASE_URL", url)
-    forget_cached()
-    yield url
-    forget_cached()
-    reset()
+    with using_database(url, monkeypatch):
+        yield url
 
 
 @pytest.mark.slow

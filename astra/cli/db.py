@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import click
 
+from astra import outputs
 from astra.cli import formats
-from astra.cli.options import CONTEXT, help_if_bare, json_option, module_option, output_models
-from astra.database import create_schema, describe, output_tables, records, upgrade_schema
+from astra.cli.options import CONTEXT, MODULE_HELP, help_if_bare, json_option, module_option, output_models
+from astra.database import (
+    DatabaseNotReady,
+    create_schema,
+    describe,
+    output_schema,
+    output_tables,
+    records,
+    upgrade_schema,
+)
 from astra.database.connection import SCHEMA_SQL
 
 
@@ -27,9 +36,49 @@ def init(modules: tuple[str, ...]) -> None:
     """
     models = output_models(modules)
     click.echo(f"astra schema ready in {create_schema()}")
+    for model in models:  # a table that no longer fits its model is astra db migrate's, which keeps its rows
+        trouble = output_schema.problem(model)
+        if trouble is not None:
+            raise DatabaseNotReady(trouble)
     output_tables.create(models)
     for model in models:
         click.echo(f"output table {output_tables.table_name(model)} ready ({model.__module__}.{model.__name__})")
+
+
+@db.command(context_settings=CONTEXT)
+@click.option("--module", "modules", multiple=True, required=True, metavar="MODULE", help=MODULE_HELP)
+@click.option("--dry-run", is_flag=True, help="Print what would change and the SQL, and change nothing.")
+@click.option(
+    "--allow-data-loss", "allow_loss", is_flag=True, help="Also drop columns the models lost, and cast narrower types."
+)
+def migrate(modules: tuple[str, ...], dry_run: bool, allow_loss: bool) -> None:
+    """Make the output tables of the models in MODULE fit them again, keeping every row, in one transaction.
+
+    Adds missing tables and nullable columns, widens types where no value changes, renames the table a model's
+    rows are in to its new table_name, and turns the JSON results of tasks recorded before their class had an
+    output model into rows (the tasks whose results do not fit run again). It refuses, saying what to do, what
+    would lose or reinterpret values (a dropped column, a narrower type) unless --allow-data-loss.
+
+    \b
+      astra db migrate --module workflows --dry-run
+      astra db migrate --module workflows
+    """
+    models = output_models(modules)
+    try:
+        migrated = output_schema.migrate(models, outputs.rows, allow_loss=allow_loss, dry_run=dry_run)
+    except output_schema.MigrationRefusedError as exc:
+        raise click.ClickException(str(exc)) from None
+    for model, changes in migrated.changes.items():
+        table = output_tables.table_name(model)
+        if not changes:
+            click.echo(f"{table} fits {model.__module__}.{model.__name__}; nothing to do")
+        for change in changes:
+            click.echo(f"{table}: {change.what} ({'dry run: not migrated' if dry_run else 'migrated'})")
+    if dry_run:
+        for statement in migrated.statements:
+            if not statement.lstrip().upper().startswith(("SELECT", "PRAGMA")):  # what it read to plan its work
+                click.echo(f"{statement.rstrip(';')};")
+        formats.say("dry run: nothing was changed")
 
 
 @db.command(context_settings=CONTEXT)

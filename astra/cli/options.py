@@ -25,12 +25,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
+MODULE_HELP = "The output tables of every astra.OutputModel in this module (repeat for several)."
 module_option = click.option(
-    "--module",
-    "modules",
-    multiple=True,
-    metavar="MODULE",
-    help="Also the output tables of every astra.OutputModel in this module (repeat for several).",
+    "--module", "modules", multiple=True, metavar="MODULE", help=f"Also {MODULE_HELP[0].lower()}{MODULE_HELP[1:]}"
 )
 
 

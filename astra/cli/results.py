@@ -8,11 +8,13 @@ import shlex
 
 import click
 
-from astra import export
+from astra import export, identity, outputs
 from astra.cli import formats
 from astra.cli.options import CONTEXT, filter_options, json_option, nothing_matches, task_class
-from astra.database import records
+from astra.database import output_tables, records
 from astra.database.connection import describe
+from astra.database.models import Task
+from astra.database.queries import chunked
 from astra.results_table import matching, results_table
 from astra.version import __version__
 
@@ -34,10 +36,21 @@ def provenance(name: str, filters: records.Filters, task_version: str | None) ->
     }
 
 
+def _rows(cls: type | None, tasks: list[int]) -> int:
+    """How many rows ``astra results`` would show for ``tasks`` (pks): their output rows, or one per task."""
+    model = outputs.output_model(cls) if cls is not None else None
+    if model is None:
+        return len(tasks)
+    return sum(
+        output_tables.count_rows(model, Task.select(Task.pk).where(Task.pk.in_(chunk))) for chunk in chunked(tasks)
+    )
+
+
 @click.command("results", context_settings=CONTEXT)
 @click.argument("name")
 @filter_options
-@click.option("--version", "task_version", help="Only tasks of this version (default: every recorded version).")
+@click.option("--version", "task_version", help="Only tasks of this version (default: the version the class declares).")
+@click.option("--all-versions", is_flag=True, help="The tasks of every recorded version.")
 @click.option("--columns", help="Comma-separated columns to keep, in that order (default: all).")
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), help="Output format (default: table).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
@@ -49,6 +62,7 @@ def results(
     name: str,
     filters: records.Filters,
     task_version: str | None,
+    all_versions: bool,
     columns: str | None,
     fmt: str | None,
     output: str | None,
@@ -86,20 +100,34 @@ def results(
     if drawn is not None and len(drawn) not in (1, 2):
         raise click.UsageError("--plot takes one column (histogram) or two, X,Y (Y against X)")
     filters = dataclasses.replace(filters, names=(name,), statuses=("done",))
+    if task_version is not None and all_versions:
+        raise click.UsageError("--version and --all-versions contradict each other")
     try:
         if output:
             export.check_writable(output)  # before a query that may take a while
         cls = task_class(name, filters.modules)
+        if task_version is None and not all_versions and cls is not None:
+            task_version = identity.task_version(cls)
+        every = matching(filters, None)
+        chosen = every
+        if task_version is not None:
+            chosen = [pk for pk, version, _ in records.versions_of(every) if version == task_version]
         try:
-            found = results_table(cls, matching(filters, task_version), drawn or kept)
+            found = results_table(cls, chosen, drawn or kept)
         except TypeError as exc:  # the class's output model is wrong, e.g. its Meta.units names no field
             raise click.ClickException(str(exc)) from None
+        others = _rows(cls, sorted(set(every) - set(chosen)))
         if not len(found):
-            raise (
-                nothing_matches(filters)
-                if name not in records.known_names()
-                else click.ClickException(f"no done {name} task has results that match")
-            )
+            if name not in records.known_names():
+                raise nothing_matches(filters)
+            if others:
+                raise click.ClickException(
+                    f"no done {name} task of version {task_version!r} has results that match; {others} rows of "
+                    "other versions do (--all-versions)"
+                )
+            raise click.ClickException(f"no done {name} task has results that match")
+        if others:
+            formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
         found.meta.update(provenance(name, filters, task_version))
         if kept and not drawn:
             found = export.keep(found, kept)

@@ -338,6 +338,50 @@ class SQLite:
         """How many statements :meth:`finish` runs (more than one need a transaction around them)."""
         return 2 if edges else 1
 
+    # Output tables as they are, for astra.database.output_schema to compare with their models.
+
+    def column_types(self, db: peewee.Database, table: str) -> dict[str, tuple[str, bool]]:
+        """Each column of output table ``table``: its type as :meth:`declared_type` writes one, and whether it
+        may not be null."""
+        return {column.name: (column.data_type.lower(), not column.null) for column in db.get_columns(table)}
+
+    def declared_type(self, db: peewee.Database, field: peewee.Field) -> str:
+        """The type of ``field``'s column as :meth:`column_types` gives it (lower case, as created)."""
+        return _ddl_type(db, field).lower()
+
+    def stored_dtype(self, db: peewee.Database, table: str, column: str) -> np.dtype | None:
+        """The dtype of the arrays an astra.ArrayField column holds where its type does not say it (SQLite: a
+        BLOB whatever the dtype, so that of one stored array); None if it holds none."""
+        row = db.execute_sql(f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL LIMIT 1').fetchone()
+        if row is None:
+            return None
+        buffer = io.BytesIO(bytes(row[0]))
+        version = np.lib.format.read_magic(buffer)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(buffer)[2]
+
+    def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
+        """Store every array of ``column`` as ``dtype`` (SQLite keeps each array's dtype in its bytes)."""
+        last = 0
+        while True:
+            rows = db.execute_sql(
+                f'SELECT pk, "{column}" FROM "{table}" WHERE pk > ? AND "{column}" IS NOT NULL ORDER BY pk LIMIT ?',
+                (last, CHUNK),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            new = [
+                (self.array_value(np.load(io.BytesIO(bytes(b)), allow_pickle=False).astype(dtype)), pk)
+                for pk, b in rows
+            ]
+            db.cursor().executemany(f'UPDATE "{table}" SET "{column}" = ? WHERE pk = ?', new)
+
+    def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
+        """The playhouse.migrate operation that gives ``field``'s column its ``declared`` type (SQLite rebuilds
+        the table)."""
+        return migrator.alter_column_type(table, field.column_name, field)
+
 
 class PostgreSQL(SQLite):
     """PostgreSQL: a server other hosts share, the ``astra`` schema, ``%s`` placeholders, arrays and jsonb.
@@ -607,7 +651,7 @@ class PostgreSQL(SQLite):
     def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
         """One COPY in binary where every column has an encoder, else the rows as one array per column, unpacked
         by unnest(), one statement per chunk."""
-        kinds = [_postgres_type(db, field) for field in fields]
+        kinds = [_ddl_type(db, field) for field in fields]
         if all(_encoder(kind, field) for kind, field in zip(kinds, fields)) and not _zoned(fields, kinds, rows):
             _copy(db, model, fields, kinds, rows)
             return
@@ -726,8 +770,52 @@ class PostgreSQL(SQLite):
     def finish_statements(self, edges: str | None) -> int:
         return 1
 
+    def column_types(self, db: peewee.Database, table: str) -> dict[str, tuple[str, bool]]:
+        # format_type() names arrays' element types, which information_schema calls ARRAY.
+        cursor = db.execute_sql(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            (f'astra."{table}"',),
+        )
+        return {name: (kind, not_null) for name, kind, not_null in cursor.fetchall()}
+
+    def declared_type(self, db: peewee.Database, field: peewee.Field) -> str:
+        kind = re.sub(r",\s+", ",", _ddl_type(db, field).lower())
+        for short, long in _FORMAT_TYPES:
+            kind = re.sub(short, long, kind)
+        return kind
+
+    def stored_dtype(self, db: peewee.Database, table: str, column: str) -> np.dtype | None:
+        return None  # the column's type says it: real[], double precision[], ...
+
+    def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
+        pass  # the type change of the column rewrote them
+
+    def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
+        return migrator.alter_column_type(table, field.column_name, field, cast=f'"{field.column_name}"::{declared}')
+
 
 SQLITE, POSTGRESQL = SQLite(), PostgreSQL()
+
+
+def _ddl_type(db: peewee.Database, field: peewee.Field) -> str:
+    """The column type ``field`` is created with on ``db``."""
+    context = db.get_sql_context()
+    return context.sql(field.ddl_datatype(context)).query()[0]
+
+
+#: peewee's names of PostgreSQL types and format_type()'s (what the catalog says), as regular expressions.
+_FORMAT_TYPES = [
+    (r"^timestamptz\b", "timestamp with time zone"),
+    (r"^timestamp\b(?! with)", "timestamp without time zone"),
+    (r"^time\b(?! with)", "time without time zone"),
+    (r"^varchar\b", "character varying"),
+    (r"^char\b", "character"),
+    (r"^decimal\b", "numeric"),
+    (r"^bigserial\b", "bigint"),
+    (r"^serial\b", "integer"),
+    (r"^int\b", "integer"),
+]
 
 
 class Prepared:
@@ -811,11 +899,6 @@ def prepared(sql: str) -> Prepared:
 
 
 # PostgreSQL's bulk insert of output rows (PostgreSQL.insert_rows).
-
-
-def _postgres_type(db: peewee.Database, field: peewee.Field) -> str:
-    context = db.get_sql_context()
-    return context.sql(field.ddl_datatype(context)).query()[0]
 
 
 # COPY in binary: numbers travel as their bytes, which PostgreSQL takes without parsing text (parsing a float

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import peewee
 from peewee import JOIN
 
+from astra.database import output_schema
 from astra.database.connection import DatabaseNotReady, database, describe
 from astra.database.dialect import POSTGRESQL, dialect
 from astra.database.models import Parameter, Task, TaskParameter
@@ -25,24 +26,34 @@ _ready: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def table_name(model: type[peewee.Model]) -> str:
-    return f"astra.{model._meta.table_name}"
+    """``model``'s table as a user names it: ``astra.name`` on PostgreSQL, ``name`` on SQLite."""
+    return dialect(database()).table(model)
 
 
 def ready(model: type[peewee.Model]) -> None:
-    """Make sure ``model``'s table can be used: create it on SQLite; on PostgreSQL stop if it is missing."""
+    """Make sure ``model``'s table can be used, once per process: stop (one line naming the command that fixes it)
+    if it does not fit the model (see :mod:`astra.database.output_schema`). A missing table that no task wrote to
+    is created on SQLite; on PostgreSQL the process stops."""
     db = database()
     known = _ready.setdefault(db, set())
     if model in known:
         return
-    if not dialect(db).creates_tables_on_use:  # whoever owns the schema makes the table
-        if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+    trouble = output_schema.problem(model)
+    if trouble is not None:
+        raise DatabaseNotReady(trouble)
+    if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+        if not dialect(db).creates_tables_on_use:  # whoever owns the schema makes the table
             raise DatabaseNotReady(
                 f"astra: {describe()} has no output table {table_name(model)} for {model.__name__}; create it with "
                 f"`astra db init --module {model.__module__}` (or `astra db sql --module {model.__module__} | psql`)"
             )
-    else:
         db.create_tables([model], safe=True)
     known.add(model)
+
+
+def forget_checked() -> None:
+    """Check every output table again before its next use (after a migration)."""
+    _ready.pop(database(), None)
 
 
 def create(models: Sequence[type[peewee.Model]]) -> None:
@@ -78,15 +89,33 @@ def _columns(model: type[peewee.Model]) -> list[peewee.Field]:
     return [field for name, field in model._meta.fields.items() if name != "pk"]
 
 
-def insert(model: type[peewee.Model], rows: Sequence[tuple[int, dict]]) -> None:
+def delete_rows(model: type[peewee.Model], task_pks: Iterable[int]) -> None:
+    """Delete every row of the tasks ``task_pks`` (those of an earlier run), in the caller's transaction.
+
+    A task's rows are those of its last successful run, and only those: whatever records a task again calls this
+    in the transaction that inserts the new rows.
+    """
+    task_pks = list(dict.fromkeys(task_pks))
+    if not task_pks:
+        return
+    ready(model)
+    db = database()
+    for chunk in chunked(task_pks):
+        where, params = dialect(db).is_one_of("task_pk", chunk)
+        db.execute_sql(f"DELETE FROM {dialect(db).table(model)} WHERE {where}", params)
+
+
+def insert(model: type[peewee.Model], rows: Sequence[tuple[int, dict]], checked: bool = False) -> None:
     """Insert ``rows`` (task pk, {field name: value}) into ``model``'s table with one statement per chunk.
 
     Call inside the transaction that records the tasks as done. On PostgreSQL the rows travel as one array per
     column, unpacked by unnest(); SQLite runs in this process, where executemany costs no round trips.
+    ``checked``: the caller knows the table fits (a migration making it fit), so :func:`ready` is not asked.
     """
     if not rows:
         return
-    ready(model)
+    if not checked:
+        ready(model)
     db = database()
     fields = _columns(model)
     names = ", ".join(f'"{field.column_name}"' for field in fields)
@@ -137,6 +166,12 @@ def done_tasks(
         )
         query = query.where(Task.pk.in_(given))
     return query
+
+
+def count_rows(model: type[peewee.Model], tasks: peewee.ModelSelect) -> int:
+    """How many rows of ``model`` the tasks ``tasks`` (a query of task pks) made."""
+    ready(model)
+    return model.select().where(model.task.in_(tasks)).count()
 
 
 def task_column(model: type[peewee.Model], wanted: str) -> str:

@@ -1,0 +1,366 @@
+"""How an output table differs from its model, and the migration that makes it fit (``astra db migrate``).
+
+Output models change between releases of a pipeline: a column more, a wider type, a new table name, an output table
+for a task that had a JSON result. :func:`changes` compares a model with its table and with the records of the tasks
+that use it; :func:`astra.database.output_tables.ready` stops a process whose tables do not fit (before any task
+computes), and :func:`migrate` makes them fit, all in one transaction:
+
+- missing tables are created and missing columns added (nullable, or with a default), keeping every row;
+- a type is widened where no value changes (``real[]`` -> ``double precision[]``, ``integer`` -> ``bigint``; on
+  SQLite, whose array columns are BLOBs whatever the dtype, float32 -> float64 arrays are rewritten);
+- the table that holds the rows of the model's tasks is renamed to the model's new ``table_name``;
+- a column the model no longer has may be null from then on (its values stay);
+- the JSON result of a done task recorded before its class had this output model becomes its rows where it fits the
+  model (every key a field, the required ones given); a task whose result does not fit, or whose rows are gone with
+  a dropped table, is reopened, so that luigi runs it again.
+
+What would lose or reinterpret values (dropping a column, narrowing or changing a type) is refused, saying what to
+do, unless the caller allows it (``--allow-data-loss``): then columns are dropped and values cast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import peewee
+from luigi.task_register import Register, TaskClassException
+from playhouse.migrate import migrate as run_operations
+
+from astra.database.connection import database, describe
+from astra.database.dialect import dialect
+from astra.database.models import MODELS, Task
+from astra.database.queries import chunked
+from astra.database.status import DONE, FAILED
+
+#: Type changes that keep every value, as the dialect names types (arrays: the same with ``[]``).
+WIDER = {
+    ("smallint", "integer"),
+    ("smallint", "bigint"),
+    ("integer", "bigint"),
+    ("smallint", "real"),
+    ("smallint", "double precision"),
+    ("integer", "double precision"),
+    ("real", "double precision"),
+}
+WIDER |= {(f"{a}[]", f"{b}[]") for a, b in WIDER}
+
+#: Turns rows a task returned into checked rows of a model (astra.outputs.rows), for carrying JSON results over.
+RowsOf = Callable[[type[peewee.Model], object, str], list[dict]]
+
+
+class MigrationRefusedError(ValueError):
+    """The migration would lose or reinterpret values, or cannot be done without the user's decision."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One way an output table does not fit its model, and what migrating does about it."""
+
+    #: What differs, e.g. ``column logg is missing``.
+    what: str
+    #: Makes the table fit (given the database); None where only the user can decide (``refusal`` says what to do).
+    apply: Callable[[peewee.Database], None] | None
+    #: Done only when the user allows values to be lost or reinterpreted.
+    lossy: bool = False
+    #: Whether a process must stop until it is done (a column the model no longer has, left null, need not).
+    stops: bool = True
+    #: What the user should do when the change is not made.
+    refusal: str = ""
+
+
+def owners(model: type[peewee.Model]) -> list[tuple[str, str]]:
+    """(module, task name) of every task class luigi knows whose ``output_model`` is ``model``."""
+    found = []
+    for name in Register.task_names():
+        try:
+            cls = Register.get_task_cls(name)
+        except TaskClassException:  # two classes of one name: luigi refuses to run either
+            continue
+        if getattr(cls, "output_model", None) is model:
+            found.append((cls.__module__, cls.get_task_family()))
+    return found
+
+
+def _of(owned: Sequence[tuple[str, str]]) -> peewee.Expression:
+    """Tasks of the classes ``owned`` ((module, name) pairs)."""
+    condition = None
+    for module, name in owned:
+        one = (Task.task_module == module) & (Task.task_name == name)
+        condition = one if condition is None else condition | one
+    return condition if condition is not None else peewee.SQL("1 = 0")
+
+
+def _names(owned: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(name for _, name in owned)
+
+
+def changes(
+    model: type[peewee.Model], owned: Sequence[tuple[str, str]] | None = None, rows_of: RowsOf | None = None
+) -> list[Change]:
+    """How ``model``'s table differs from the model, and from the records of its tasks (``owned``, by default the
+    task classes luigi knows that use it). Empty when the table fits. ``rows_of`` checks the rows that JSON results
+    become (needed only to apply the changes)."""
+    db = database()
+    table = model._meta.table_name
+    owned = owners(model) if owned is None else owned
+    done = Task.select(Task.pk).where(_of(owned), Task.status == DONE)
+    if db.table_exists(table, schema=dialect(db).schema):
+        found = _columns(db, model, table)
+        if done.where(Task.result.is_null(False)).exists():
+            found.append(
+                Change(
+                    f"done {_names(owned)} tasks were recorded before it had this output table (their results are "
+                    "JSON): their results become its rows where they fit it, the others run again",
+                    lambda db: _carry(db, model, owned, rows_of, rowless=False),
+                )
+            )
+        return found
+    if not done.exists():
+        return [Change(f"table {table} is missing", lambda db: db.create_tables([model]), stops=False)]
+    holders = _holders(db, model, owned)
+    if len(holders) > 1:
+        return [
+            Change(
+                f"table {table} is missing and tables {', '.join(holders)} hold rows of {_names(owned)}",
+                None,
+                refusal=f"rename the one that holds {model.__name__}'s rows to {table} (ALTER TABLE ... RENAME TO)",
+            )
+        ]
+    if holders:
+        (old,) = holders
+        rename = Change(
+            f"table {table} is missing and {old} holds the rows of {_names(owned)}: {old} is renamed {table}",
+            lambda db: run_operations(dialect(db).migrator(db).rename_table(old, table)),
+        )
+        return [rename, *_columns(db, model, old, table)]
+    return [
+        Change(f"table {table} is missing", lambda db: db.create_tables([model])),
+        Change(
+            f"done {_names(owned)} tasks have no rows in it: their JSON results become rows where they fit, the "
+            "others run again",
+            lambda db: _carry(db, model, owned, rows_of, rowless=True),
+        ),
+    ]
+
+
+def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target: str | None = None) -> list[Change]:
+    """How the columns of ``table`` differ from ``model``'s fields; the changes apply to ``target`` (the table's
+    name once renamed)."""
+    target = target or table
+    language = dialect(db)
+    have = language.column_types(db, table)
+    found = []
+    for field in model._meta.sorted_fields:
+        column = field.column_name
+        declared = language.declared_type(db, field)
+        if column not in have:
+            if not field.null and field.default is None:
+                found.append(
+                    Change(
+                        f"column {column} is missing",
+                        None,
+                        refusal=f"the rows it holds need a value: declare {model.__name__}.{field.name} with "
+                        "null=True or a default",
+                    )
+                )
+            else:
+                found.append(Change(f"column {column} is missing", _add(target, field)))
+            continue
+        kind, not_null = have[column]
+        if kind != declared:
+            found.append(_retype(model, target, field, kind, declared))
+        elif hasattr(field, "dtype"):  # an astra.ArrayField, whose dtype the column type may not say (SQLite)
+            stored = language.stored_dtype(db, table, column)
+            if stored is not None and stored != field.dtype:
+                lossless = np.can_cast(stored, field.dtype, casting="safe")
+                found.append(
+                    Change(
+                        f"column {column} holds {stored} arrays, the model says {field.dtype}",
+                        lambda db, column=column, dtype=field.dtype: dialect(db).rewrite_arrays(
+                            db, target, column, dtype
+                        ),
+                        lossy=not lossless,
+                        refusal="" if lossless else "their values would change",
+                    )
+                )
+        if not_null and field.null:
+            found.append(Change(f"column {column} may not be null, the model says it may", _nullable(target, column)))
+    columns = {field.column_name for field in model._meta.sorted_fields}
+    for column, (_, not_null) in have.items():
+        if column in columns:
+            continue
+        drop = Change(
+            f"column {column} is not in the model",
+            lambda db, column=column: run_operations(dialect(db).migrator(db).drop_column(target, column)),
+            lossy=True,
+            stops=False,
+            refusal="its values would go",
+        )
+        found.append(drop)
+        if not_null:  # new rows could not be inserted without a value for it
+            found.append(Change(f"column {column} is not in the model and may not be null", _nullable(target, column)))
+    return found
+
+
+def _add(table: str, field: peewee.Field) -> Callable[[peewee.Database], None]:
+    return lambda db: run_operations(dialect(db).migrator(db).add_column(table, field.column_name, field))
+
+
+def _nullable(table: str, column: str) -> Callable[[peewee.Database], None]:
+    return lambda db: run_operations(dialect(db).migrator(db).drop_not_null(table, column))
+
+
+def _retype(model: type[peewee.Model], table: str, field: peewee.Field, kind: str, declared: str) -> Change:
+    lossless = (kind, declared) in WIDER or (kind.startswith("character varying") and declared == "text")
+
+    def apply(db: peewee.Database) -> None:
+        run_operations(dialect(db).type_change(dialect(db).migrator(db), table, field, declared))
+
+    return Change(
+        f"column {field.column_name} is {kind}, the model says {declared}",
+        apply,
+        lossy=not lossless,
+        refusal="" if lossless else "its values would be cast",
+    )
+
+
+def _holders(db: peewee.Database, model: type[peewee.Model], owned: Sequence[tuple[str, str]]) -> list[str]:
+    """The tables (other than astra's own) that hold rows of tasks of ``owned``: where a renamed model's rows are."""
+    language = dialect(db)
+    own = {m._meta.table_name for m in MODELS} | {model._meta.table_name}
+    found = []
+    for table in db.get_tables(schema=language.schema):
+        if table in own or "task_pk" not in language.column_types(db, table):
+            continue
+        rows = peewee.Table(table, ["task_pk"], schema=language.schema)
+        mine = Task.select(Task.pk).where(_of(owned))
+        if rows.select(peewee.SQL("1")).where(rows.task_pk.in_(mine)).limit(1).bind(db).scalar():
+            found.append(table)
+    return found
+
+
+def _carry(
+    db: peewee.Database,
+    model: type[peewee.Model],
+    owned: Sequence[tuple[str, str]],
+    rows_of: RowsOf | None,
+    rowless: bool,
+) -> None:
+    """Make rows of the JSON results of the done tasks of ``owned`` where they fit ``model``; reopen the others
+    (and with ``rowless``, done tasks without a result, whose rows went with their table)."""
+    from astra.database import output_tables  # it imports this module to check tables
+
+    last = 0
+    while True:
+        query = (
+            Task.select(Task.pk, Task.task_name, Task.result)
+            .where(_of(owned), Task.status == DONE, Task.pk > last)
+            .order_by(Task.pk)
+            .limit(5000)
+        )
+        if not rowless:
+            query = query.where(Task.result.is_null(False))
+        tasks = list(query)
+        if not tasks:
+            return
+        last = tasks[-1].pk
+        carried, rows, reopened = [], [], {}
+        for task in tasks:
+            if task.result is None:
+                reopened[task.pk] = f"its rows went with the output table {model._meta.table_name}"
+                continue
+            try:
+                made = rows_of(model, task.result, f"the result of {task.task_name} task {task.pk}")
+            except (TypeError, ValueError) as exc:
+                reopened[task.pk] = f"its result, recorded before it had an output table, does not fit it: {exc}"
+                continue
+            carried.append(task.pk)
+            rows += [(task.pk, row) for row in made]
+        output_tables.insert(model, rows, checked=True)
+        for chunk in chunked(carried):
+            Task.update(result=None).where(Task.pk.in_(chunk)).execute()
+        for pk, why in reopened.items():
+            Task.update(status=FAILED, error=f"not complete any more: {why}"[:2000], traceback=None).where(
+                Task.pk == pk, Task.status == DONE
+            ).execute()
+
+
+def problem(model: type[peewee.Model]) -> str | None:
+    """The line that stops a process whose ``model`` does not fit its table; None if it fits (a missing table no
+    task wrote to is the caller's: created on SQLite, asked for on PostgreSQL)."""
+    found = [change.what for change in changes(model) if change.stops]
+    if not found:
+        return None
+    table = dialect(database()).table(model)
+    return (
+        f"astra: output table {table} of {describe()} does not fit {model.__module__}.{model.__name__}: "
+        f"{'; '.join(found)}; run `astra db migrate --module {model.__module__}` (--dry-run prints the SQL)"
+    )
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """What :func:`migrate` did (or, dry, would do): per model, its changes; the SQL it ran."""
+
+    changes: dict[type[peewee.Model], list[Change]]
+    statements: list[str]
+
+
+def migrate(
+    models: Sequence[type[peewee.Model]], rows_of: RowsOf, allow_loss: bool = False, dry_run: bool = False
+) -> Migrated:
+    """Make the tables of ``models`` fit them, in one transaction (rolled back when ``dry_run``).
+
+    Raises :class:`MigrationRefusedError` (having changed nothing) if a change would lose or reinterpret values and
+    ``allow_loss`` is not given, or needs the user's decision.
+    """
+    from astra.database import output_tables  # it imports this module to check tables
+
+    db = database()
+    done: dict[type[peewee.Model], list[Change]] = {}
+    statements: list[str] = []
+    with dialect(db).atomic(db) as transaction:
+        planned = {model: changes(model, rows_of=rows_of) for model in models}
+        for model, found in planned.items():
+            for change in found:
+                table = model._meta.table_name
+                if change.apply is None:
+                    raise MigrationRefusedError(f"cannot migrate {table}: {change.what}; {change.refusal}")
+                if change.lossy and not allow_loss and change.stops:
+                    raise MigrationRefusedError(
+                        f"will not migrate {table}: {change.what} ({change.refusal}); change the model back, "
+                        "or run again with --allow-data-loss to do it anyway"
+                    )
+        with _recording(statements):
+            for model, found in planned.items():
+                done[model] = [change for change in found if allow_loss or not change.lossy]
+                for change in done[model]:
+                    change.apply(db)
+        if dry_run:
+            transaction.rollback()
+    output_tables.forget_checked()
+    return Migrated(done, statements)
+
+
+@contextmanager
+def _recording(statements: list[str]) -> Iterator[None]:
+    """Note the SQL peewee runs meanwhile (it logs each statement at DEBUG)."""
+
+    class Note(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, tuple) and record.msg:
+                statements.append(str(record.msg[0]))
+
+    logger = logging.getLogger("peewee")
+    handler, level = Note(logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

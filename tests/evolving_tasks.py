@@ -1,0 +1,62 @@
+"""An output model that changes from one release of a pipeline to the next, for tests/test_output_migrations.py
+(``luigi --module tests.evolving_tasks``).
+
+``$EVOLVING`` lists what this release changed, separated by commas: ``logg`` (a new nullable column), ``mass`` (a
+new column that may not be null), ``float64`` (the flux arrays become float64), ``renamed`` (a new table name),
+``version2`` (FitStar's version is "2"); ``json`` is a release before FitStar had an output model (its result was
+JSON, with a note for star 2 that the model has no column for).
+"""
+
+from __future__ import annotations
+
+import os
+
+import luigi
+import numpy as np
+import peewee
+
+import astra
+
+CHANGES = set(os.environ.get("EVOLVING", "").split(","))
+
+
+class Fit(astra.OutputModel):
+    teff = peewee.DoubleField()
+    flux = astra.ArrayField("float64" if "float64" in CHANGES else "float32")
+    if "logg" in CHANGES:
+        logg = peewee.DoubleField(null=True)
+    if "mass" in CHANGES:
+        mass = peewee.DoubleField()
+
+    class Meta:
+        table_name = "evolving_fit_v2" if "renamed" in CHANGES else "evolving_fit"
+
+
+class FitStar(astra.BaseTask):
+    output_model = None if "json" in CHANGES else Fit
+    version = "2" if "version2" in CHANGES else ""
+    star = luigi.IntParameter()
+
+    def run(self) -> dict:
+        row = {"teff": 5000.0 + self.star, "flux": np.array([0.1, 0.2, 0.3]) * self.star}
+        if "json" in CHANGES and self.star == 2:
+            row["note"] = "no column for this"
+        if "logg" in CHANGES:
+            row["logg"] = 4.0 + self.star / 10
+        if "mass" in CHANGES:
+            row["mass"] = 1.0
+        return row
+
+
+class CountFits(astra.BaseTask):
+    """How many rows the FitStars of stars 0..n-1 made (a downstream task that reads an output table)."""
+
+    n = luigi.IntParameter(default=3)
+
+    def requires(self) -> list[FitStar]:
+        return [FitStar(star=star) for star in range(self.n)]
+
+    def run(self) -> dict:
+        if FitStar.output_model is None:  # the release of JSON results: one per task
+            return {"n_rows": len(astra.read_many(self.input()))}
+        return {"n_rows": astra.results(FitStar, tasks=self.requires()).count()}

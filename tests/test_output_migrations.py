@@ -1,0 +1,203 @@
+"""Output tables that evolve with their models (issue 18, item 2), on both backends, through the real ``luigi`` and
+``astra`` commands: a process whose model no longer fits its table stops before any task computes, with one line
+naming the command; ``astra db migrate`` makes it fit keeping every row, and refuses what would lose values."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import astra, luigi_error_line, raw_sql, run_luigi, summary
+
+MODULE = ("--module", "tests.evolving_tasks")
+
+
+def release(changes: str = "") -> dict:
+    """The environment of a release of tests/evolving_tasks.py that made ``changes``."""
+    return {"EVOLVING": changes}
+
+
+def luigi(changes: str, *args: str):
+    return run_luigi(*MODULE, *args, "--local-scheduler", env=release(changes))
+
+
+def migrate(changes: str, *args: str):
+    return astra("db", "migrate", *MODULE, *args, env=release(changes))
+
+
+def rows(changes: str, name: str = "FitStar") -> list[dict]:
+    shown = astra("results", name, *MODULE, "--json", env=release(changes))
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+@pytest.fixture
+def first_release(database_url):
+    """Three FitStars recorded by the first release (flux float32, no logg)."""
+    made = astra("db", "init", *MODULE, env=release())
+    assert made.returncode == 0, made.stderr
+    for star in range(3):
+        assert "This progress looks :)" in luigi("", "FitStar", "--star", str(star)).stdout
+    return database_url
+
+
+def done_stars(url: str) -> int:
+    return raw_sql(url, "select count(*) from astra.task where task_name = 'FitStar' and status = 'done'")[0][0]
+
+
+@pytest.mark.slow
+def test_a_new_nullable_column(first_release):
+    url = first_release
+    stopped = luigi("logg", "FitStar", "--star", "5")
+    line = luigi_error_line(stopped)
+    assert "output table" in line and "evolving_fit" in line and "column logg is missing" in line, line
+    assert line.endswith("run `astra db migrate --module tests.evolving_tasks` (--dry-run prints the SQL)"), line
+    assert done_stars(url) == 3  # stopped before anything ran
+    shown = astra("results", "FitStar", *MODULE, env=release("logg"))
+    assert shown.returncode == 1 and "column logg is missing" in shown.stderr and "Traceback" not in shown.stderr
+
+    dry = migrate("logg", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "column logg is missing" in dry.stdout and "ADD COLUMN" in dry.stdout and "logg" in dry.stdout, dry.stdout
+    assert "logg" not in [name for (name,) in _columns(url)]
+
+    done = migrate("logg")
+    assert done.returncode == 0, done.stderr
+    assert "column logg is missing" in done.stdout
+    assert "logg" in [name for (name,) in _columns(url)]
+    assert "nothing to do" in migrate("logg").stdout  # again: nothing left
+
+    ran = luigi("logg", "FitStar", "--star", "5")
+    assert "This progress looks :)" in ran.stdout, ran.stdout
+    found = {row["star"]: row for row in rows("logg")}
+    assert sorted(found) == [0, 1, 2, 5]  # the old rows are kept
+    assert found[5]["logg"] == 4.5 and found[1]["logg"] is None and found[1]["teff"] == 5001.0
+
+
+def _columns(url: str) -> list[tuple]:
+    if url.startswith("sqlite:///"):
+        return [(row[1],) for row in raw_sql(url, "pragma table_info(evolving_fit)")]
+    return raw_sql(url, "select column_name from information_schema.columns where table_name = 'evolving_fit'")
+
+
+@pytest.mark.slow
+def test_a_column_that_may_not_be_null_is_refused(first_release):
+    line = luigi_error_line(luigi("mass", "FitStar", "--star", "5"))
+    assert "column mass is missing" in line, line
+    refused = migrate("mass")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        "astra: cannot migrate evolving_fit: column mass is missing; the rows it holds need a value: declare "
+        "Fit.mass with null=True or a default"
+    )
+
+
+def _flux_dtype(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        (blob,) = raw_sql(url, "select flux from evolving_fit limit 1")[0]
+        return str(np.load(io.BytesIO(blob)).dtype)
+    (kind,) = raw_sql(
+        url,
+        "select format_type(atttypid, atttypmod) from pg_attribute "
+        "where attrelid = 'astra.evolving_fit'::regclass and attname = 'flux'",
+    )[0]
+    return kind
+
+
+@pytest.mark.slow
+def test_an_array_dtype_widened_then_narrowed(first_release):
+    url = first_release
+    assert _flux_dtype(url) in ("float32", "real[]")
+    line = luigi_error_line(luigi("float64", "FitStar", "--star", "5"))
+    assert (
+        "column flux is real[], the model says double precision[]" in line
+        or "column flux holds float32 arrays, the model says float64" in line
+    ), line
+    done = migrate("float64")
+    assert done.returncode == 0, done.stderr
+    assert _flux_dtype(url) in ("float64", "double precision[]")
+    assert "This progress looks :)" in luigi("float64", "FitStar", "--star", "5").stdout
+    flux = {row["star"]: row["flux"] for row in rows("float64")}
+    assert flux[1] == [np.float32(0.1), np.float32(0.2), np.float32(0.3)]  # the float32 values, exactly
+    assert flux[5] == [0.5, 1.0, 1.5]
+
+    # Back to float32: values would change, so it is refused unless asked for.
+    line = luigi_error_line(luigi("", "FitStar", "--star", "6"))
+    assert "flux" in line and "float32" in line or "real[]" in line, line
+    refused = migrate("")
+    assert refused.returncode == 1 and "--allow-data-loss" in refused.stderr and "flux" in refused.stderr
+    assert _flux_dtype(url) in ("float64", "double precision[]")
+    forced = migrate("", "--allow-data-loss")
+    assert forced.returncode == 0, forced.stderr
+    assert _flux_dtype(url) in ("float32", "real[]")
+    assert "This progress looks :)" in luigi("", "FitStar", "--star", "6").stdout
+
+
+@pytest.mark.slow
+def test_a_renamed_table_keeps_its_rows_and_downstream_counts_them(first_release):
+    url = first_release
+    line = luigi_error_line(luigi("renamed", "CountFits", "--n", "3"))
+    assert "evolving_fit_v2 is missing and evolving_fit holds the rows of FitStar" in line, line
+    assert raw_sql(url, "select count(*) from astra.task where task_name = 'CountFits'") == [(0,)]
+    done = migrate("renamed")
+    assert done.returncode == 0, done.stderr
+    ran = luigi("renamed", "CountFits", "--n", "3")
+    assert "This progress looks :)" in ran.stdout and "3 complete ones" in summary(ran.stdout), ran.stdout
+    assert rows("renamed", "CountFits")[0]["n_rows"] == 3
+    assert len(rows("renamed")) == 3
+
+
+@pytest.mark.slow
+def test_results_show_the_declared_version_by_default(first_release):
+    """After a version bump, `astra results` shows the new version's rows and says how many it left out."""
+    assert "This progress looks :)" in luigi("version2", "CountFits", "--n", "2").stdout
+    shown = astra("results", "FitStar", *MODULE, "--json", env=release("version2"))
+    assert shown.returncode == 0, shown.stderr
+    assert sorted((row["star"], row["version"]) for row in json.loads(shown.stdout)) == [(0, "2"), (1, "2")]
+    assert shown.stderr.strip() == "note: left out 3 rows of versions other than '2' (--all-versions)"
+    every = astra("results", "FitStar", *MODULE, "--json", "--all-versions", env=release("version2"))
+    assert len(json.loads(every.stdout)) == 5 and every.stderr == ""
+    old = astra("results", "FitStar", *MODULE, "--json", "--version", "", env=release("version2"))
+    assert sorted(row["star"] for row in json.loads(old.stdout)) == [0, 1, 2]
+    assert "left out 2 rows" in old.stderr
+    none = astra("results", "FitStar", *MODULE, "--version", "3", env=release("version2"))
+    assert none.returncode == 1
+    assert none.stderr.strip() == (
+        "astra: no done FitStar task of version '3' has results that match; 5 of other versions do (--all-versions)"
+    )
+
+
+@pytest.mark.slow
+def test_a_column_the_model_lost_is_kept_unless_asked(first_release):
+    url = first_release
+    assert migrate("logg").returncode == 0
+    ran = luigi("", "FitStar", "--star", "7")  # the model without logg: the column stays, null for new rows
+    assert "This progress looks :)" in ran.stdout, ran.stdout
+    assert "logg" in [name for (name,) in _columns(url)]
+    kept = migrate("")
+    assert kept.returncode == 0 and "nothing to do" in kept.stdout, kept.stdout + kept.stderr
+    dropped = migrate("", "--allow-data-loss")
+    assert dropped.returncode == 0 and "column logg is not in the model (migrated)" in dropped.stdout, dropped.stdout
+    assert "logg" not in [name for (name,) in _columns(url)]
+    assert len(rows("")) == 4
+
+
+@pytest.mark.slow
+def test_json_results_of_an_earlier_release_are_carried_or_run_again(database_url):
+    url = database_url
+    assert astra("db", "init", *MODULE, env=release("json")).returncode == 0
+    assert "This progress looks :)" in luigi("json", "CountFits", "--n", "3").stdout
+    line = luigi_error_line(luigi("", "CountFits", "--n", "4"))
+    assert "done FitStar tasks were recorded before it had this output table" in line, line
+    migrated = migrate("")
+    assert migrated.returncode == 0, migrated.stderr
+    failed = raw_sql(url, "select error from astra.task where task_name = 'FitStar' and status = 'failed'")
+    assert len(failed) == 1 and "has no field 'note'" in failed[0][0], failed
+    assert sorted(row["star"] for row in rows("")) == [0, 1]  # carried, with their values
+    ran = luigi("", "CountFits", "--n", "4")
+    assert "This progress looks :)" in ran.stdout, ran.stdout
+    assert "3 ran successfully" in summary(ran.stdout), ran.stdout  # FitStar 2 again, FitStar 3, CountFits
+    assert {row["star"]: row["teff"] for row in rows("")} == {0: 5000.0, 1: 5001.0, 2: 5002.0, 3: 5003.0}
