@@ -45,6 +45,11 @@ def init(modules: tuple[str, ...]) -> None:
         click.echo(f"output table {output_tables.table_name(model)} ready ({model.__module__}.{model.__name__})")
 
 
+def _write_checked(model: type, rows: list[tuple[int, dict]]) -> None:
+    """Rows a migration carries over, written into a table it is making fit (so not checked against it first)."""
+    output_tables.insert(model, rows, checked=True)
+
+
 @db.command(context_settings=CONTEXT)
 @click.option("--module", "modules", multiple=True, required=True, metavar="MODULE", help=MODULE_HELP)
 @click.option("--dry-run", is_flag=True, help="Print what would change and the SQL, and change nothing.")
@@ -65,9 +70,11 @@ def migrate(modules: tuple[str, ...], dry_run: bool, allow_loss: bool) -> None:
     """
     models = output_models(modules)
     try:
-        migrated = output_schema.migrate(models, outputs.rows, allow_loss=allow_loss, dry_run=dry_run)
+        migrated = output_schema.migrate(models, outputs.rows, _write_checked, allow_loss=allow_loss, dry_run=dry_run)
     except output_schema.MigrationRefusedError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        output_tables.forget_checked()  # the tables are checked again when next used
     for model, changes in migrated.changes.items():
         table = output_tables.table_name(model)
         if not changes:

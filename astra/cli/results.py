@@ -19,18 +19,18 @@ from astra.results_table import matching, results_table
 from astra.version import __version__
 
 
-def provenance(name: str, filters: records.Filters, task_version: str | None) -> dict[str, str]:
-    """What an exported file records of where its rows come from (see export.PROVENANCE)."""
+def provenance(name: str, filters: records.Filters, task_version: str | None, asked: list[str]) -> dict[str, str]:
+    """What an exported file records of where its rows come from (see export.PROVENANCE): ``task_version`` is the
+    version of its rows (None: every version), ``asked`` the version options given on the command line."""
     query = [name, *(f"--module={m}" for m in filters.modules), *(f"--where={k}={v}" for k, v in filters.where)]
     if filters.since:
         query.append(f"--since={filters.since.astimezone(formats.UTC).isoformat()}")
-    if task_version is not None:
-        query.append(f"--version={task_version}")
+    query += asked
     return {
         "ASTRAVER": __version__,
         "DATE": datetime.datetime.now(formats.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         "TASKNAME": name,
-        "TASKVERS": "*" if task_version is None else task_version,
+        "TASKVERS": "*" if task_version is None else task_version,  # '' for a class that declares no version
         "QUERY": shlex.join(query),
         "DATABASE": describe(),
     }
@@ -106,6 +106,9 @@ def results(
         if output:
             export.check_writable(output)  # before a query that may take a while
         cls = task_class(name, filters.modules)
+        asked = (
+            [f"--version={task_version}"] if task_version is not None else ["--all-versions"] if all_versions else []
+        )
         if task_version is None and not all_versions and cls is not None:
             task_version = identity.task_version(cls)
         every = matching(filters, None)
@@ -122,13 +125,13 @@ def results(
                 raise nothing_matches(filters)
             if others:
                 raise click.ClickException(
-                    f"no done {name} task of version {task_version!r} has results that match; {others} rows of "
-                    "other versions do (--all-versions)"
+                    f"no done {name} task of version {task_version!r} has results that match; {others} of other "
+                    "versions do (--all-versions)"
                 )
             raise click.ClickException(f"no done {name} task has results that match")
         if others:
             formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
-        found.meta.update(provenance(name, filters, task_version))
+        found.meta.update(provenance(name, filters, task_version, asked))
         if kept and not drawn:
             found = export.keep(found, kept)
         if drawn:

@@ -352,6 +352,8 @@ class SQLite:
     def stored_dtype(self, db: peewee.Database, table: str, column: str) -> np.dtype | None:
         """The dtype of the arrays an astra.ArrayField column holds where its type does not say it (SQLite: a
         BLOB whatever the dtype, so that of one stored array); None if it holds none."""
+        import numpy as np  # only when an array column is compared or rewritten
+
         row = db.execute_sql(f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL LIMIT 1').fetchone()
         if row is None:
             return None
@@ -362,6 +364,8 @@ class SQLite:
 
     def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
         """Store every array of ``column`` as ``dtype`` (SQLite keeps each array's dtype in its bytes)."""
+        import numpy as np  # only when an array column is compared or rewritten
+
         last = 0
         while True:
             rows = db.execute_sql(

@@ -25,10 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import peewee
 from luigi.task_register import Register, TaskClassException
-from playhouse.migrate import migrate as run_operations
 
 from astra.database.connection import database, describe
 from astra.database.dialect import dialect
@@ -50,6 +48,15 @@ WIDER |= {(f"{a}[]", f"{b}[]") for a, b in WIDER}
 
 #: Turns rows a task returned into checked rows of a model (astra.outputs.rows), for carrying JSON results over.
 RowsOf = Callable[[type[peewee.Model], object, str], list[dict]]
+#: How rows (task pk, row) are written into an output table: ``output_tables.insert``, which imports this module.
+Write = Callable[[type[peewee.Model], list[tuple[int, dict]]], None]
+
+
+def run_operations(*operations: object) -> None:
+    """Run playhouse.migrate operations (imported here: only a migration needs it)."""
+    from playhouse.migrate import migrate
+
+    migrate(*operations)
 
 
 class MigrationRefusedError(ValueError):
@@ -99,7 +106,10 @@ def _names(owned: Sequence[tuple[str, str]]) -> str:
 
 
 def changes(
-    model: type[peewee.Model], owned: Sequence[tuple[str, str]] | None = None, rows_of: RowsOf | None = None
+    model: type[peewee.Model],
+    owned: Sequence[tuple[str, str]] | None = None,
+    rows_of: RowsOf | None = None,
+    write: Write | None = None,
 ) -> list[Change]:
     """How ``model``'s table differs from the model, and from the records of its tasks (``owned``, by default the
     task classes luigi knows that use it). Empty when the table fits. ``rows_of`` checks the rows that JSON results
@@ -115,7 +125,7 @@ def changes(
                 Change(
                     f"done {_names(owned)} tasks were recorded before it had this output table (their results are "
                     "JSON): their results become its rows where they fit it, the others run again",
-                    lambda db: _carry(db, model, owned, rows_of, rowless=False),
+                    lambda db: _carry(db, model, owned, rows_of, write, rowless=False),
                 )
             )
         return found
@@ -142,7 +152,7 @@ def changes(
         Change(
             f"done {_names(owned)} tasks have no rows in it: their JSON results become rows where they fit, the "
             "others run again",
-            lambda db: _carry(db, model, owned, rows_of, rowless=True),
+            lambda db: _carry(db, model, owned, rows_of, write, rowless=True),
         ),
     ]
 
@@ -176,6 +186,8 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
         elif hasattr(field, "dtype"):  # an astra.ArrayField, whose dtype the column type may not say (SQLite)
             stored = language.stored_dtype(db, table, column)
             if stored is not None and stored != field.dtype:
+                import numpy as np  # only where an array column is compared
+
                 lossless = np.can_cast(stored, field.dtype, casting="safe")
                 found.append(
                     Change(
@@ -248,12 +260,11 @@ def _carry(
     model: type[peewee.Model],
     owned: Sequence[tuple[str, str]],
     rows_of: RowsOf | None,
+    write: Write | None,
     rowless: bool,
 ) -> None:
     """Make rows of the JSON results of the done tasks of ``owned`` where they fit ``model``; reopen the others
     (and with ``rowless``, done tasks without a result, whose rows went with their table)."""
-    from astra.database import output_tables  # it imports this module to check tables
-
     last = 0
     while True:
         query = (
@@ -280,7 +291,7 @@ def _carry(
                 continue
             carried.append(task.pk)
             rows += [(task.pk, row) for row in made]
-        output_tables.insert(model, rows, checked=True)
+        write(model, rows)
         for chunk in chunked(carried):
             Task.update(result=None).where(Task.pk.in_(chunk)).execute()
         for pk, why in reopened.items():
@@ -311,20 +322,22 @@ class Migrated:
 
 
 def migrate(
-    models: Sequence[type[peewee.Model]], rows_of: RowsOf, allow_loss: bool = False, dry_run: bool = False
+    models: Sequence[type[peewee.Model]],
+    rows_of: RowsOf,
+    write: Write,
+    allow_loss: bool = False,
+    dry_run: bool = False,
 ) -> Migrated:
     """Make the tables of ``models`` fit them, in one transaction (rolled back when ``dry_run``).
 
     Raises :class:`MigrationRefusedError` (having changed nothing) if a change would lose or reinterpret values and
     ``allow_loss`` is not given, or needs the user's decision.
     """
-    from astra.database import output_tables  # it imports this module to check tables
-
     db = database()
     done: dict[type[peewee.Model], list[Change]] = {}
     statements: list[str] = []
     with dialect(db).atomic(db) as transaction:
-        planned = {model: changes(model, rows_of=rows_of) for model in models}
+        planned = {model: changes(model, rows_of=rows_of, write=write) for model in models}
         for model, found in planned.items():
             for change in found:
                 table = model._meta.table_name
@@ -342,7 +355,6 @@ def migrate(
                     change.apply(db)
         if dry_run:
             transaction.rollback()
-    output_tables.forget_checked()
     return Migrated(done, statements)
 
 
