@@ -162,7 +162,7 @@ def _running_job(name: str) -> str | None:
 def test_two_luigi_processes_on_one_dag_run_each_task_as_one_job(slurm_cluster, postgres_url, tmp_path):
     logs = tmp_path / "logs"
     args = slurm_args(
-        logs, "--module", "tests.example_tasks", "Node", "--n", "6", "--workers", "3", "--local-scheduler"
+        logs, "--module", "tests.example_tasks", "Node", "--n", "6", "--workers", "3", "--local-scheduler", "--no-lock"
     )
     with background((args, tmp_path / "a.log"), (args, tmp_path / "b.log")) as runs:
         for run in runs:
