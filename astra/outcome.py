@@ -74,10 +74,17 @@ class OneLineFailures(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        failure = recording.recorded_failure(record.exc_info[1]) if record.exc_info else None
+        error = record.exc_info[1] if record.exc_info else None
+        failure = recording.recorded_failure(error) if error is not None else None
         if failure is not None and isinstance(record.args, tuple):
             record.msg = f"{record.msg}: %s (the traceback: astra tasks show --traceback %d)"
             record.args = (*record.args, failure[1], failure[0])
+            record.exc_info = record.exc_text = None
+        elif isinstance(error, connection.DatabaseError) and isinstance(record.args, tuple):
+            # astra's own database errors (e.g. an SQLite lock held past sqlite_lock_timeout before the task could
+            # be claimed, so nothing recorded) are one line that says what to do: their traceback says no more.
+            record.msg = f"{record.msg}: %s: %s"
+            record.args = (*record.args, type(error).__name__, error)
             record.exc_info = record.exc_text = None
         return True
 

@@ -71,6 +71,7 @@ def test_a_writer_waits_for_the_lock_a_bounded_time_then_fails_with_one_line(sql
     assert lines and all("DatabaseLockedError: astra: SQLite database " in line for line in lines), output
     assert "stayed locked by another writer for 3 s ([astra] sqlite_lock_timeout)" in lines[0]
     assert "database is locked" not in output
+    assert "Traceback" not in output, output  # one line, not luigi's traceback around it
     assert "1 failed" in output, output
     assert Task.get_or_none(Task.task_hash == task_hash(Records(label="second"))) is None  # nothing half-recorded
 
