@@ -8,7 +8,7 @@ import time
 
 from astra.database import Task
 from astra.identity import task_hash
-from tests.helpers import astra_many, background, run_luigi, subprocess_env, wait_for
+from tests.helpers import astra, astra_many, background, run_luigi, subprocess_env, wait_for
 from tests.locks_tasks import HoldsWriteLock, Records
 
 #: Times the reading of the database in a process of its own, once astra is imported (importing luigi alone takes
@@ -62,6 +62,9 @@ def test_a_writer_waits_for_the_lock_a_bounded_time_then_fails_with_one_line(sql
         started = time.monotonic()
         blocked = run_luigi(*waiter, "--astra-sqlite-lock-timeout", "3", timeout=120)
         waited = time.monotonic() - started
+        config = tmp_path / "short-wait.cfg"
+        config.write_text("[astra]\nsqlite_lock_timeout = 2\n")
+        forget = astra("tasks", "forget", "--all", "-y", env={"LUIGI_CONFIG_PATH": str(config)})
         assert not (work / "left").exists(), "the holder let go before the waiter gave up"
         (work / "release").touch()
         assert holder.wait() == 0, holder.text()
@@ -74,6 +77,11 @@ def test_a_writer_waits_for_the_lock_a_bounded_time_then_fails_with_one_line(sql
     assert "Traceback" not in output, output  # one line, not luigi's traceback around it
     assert "1 failed" in output, output
     assert Task.get_or_none(Task.task_hash == task_hash(Records(label="second"))) is None  # nothing half-recorded
+    # The astra command says the same in one line, once prefixed.
+    assert forget.returncode == 1, forget.stdout + forget.stderr
+    error = forget.stderr.strip().splitlines()[-1]  # after a note that a task is running
+    assert error.startswith("astra: SQLite database ") and "stayed locked" in error, forget.stderr
+    assert "astra: database error" not in forget.stderr and "Traceback" not in forget.stderr, forget.stderr
 
     again = run_luigi(*waiter)
     assert again.returncode == 0 and "1 ran successfully" in again.stdout, again.stdout

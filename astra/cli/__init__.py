@@ -66,5 +66,7 @@ def _database_failure(exc: BaseException) -> str | None:
         return str(exc.code)
     if isinstance(exc, (DatabaseError, peewee.PeeweeException)):
         lines = str(exc).strip().splitlines()
-        return f"astra: database error: {lines[0] if lines else type(exc).__name__}"
+        line = lines[0] if lines else type(exc).__name__
+        # astra's own errors already say what went wrong and start with "astra: "; the driver's do not.
+        return line if line.startswith("astra: ") else f"astra: database error: {line}"
     return None
