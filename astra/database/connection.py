@@ -605,6 +605,7 @@ def create_schema() -> str:
     proxy.initialize(db)
     if not dialect(db).creates_tables_on_use and versions.recorded(db) in (None, versions.CURRENT):
         with db.atomic():
+            dialect(db).lock_for_init(db)
             db.execute_sql(SCHEMA_SQL.read_text())
     try:
         _check_schema(db, description)  # e.g. an older layout, which creating missing tables does not change

@@ -111,6 +111,9 @@ class SQLite:
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         """Keep workers out while a schema step runs (the IMMEDIATE transaction of :meth:`atomic` does it)."""
 
+    def lock_for_init(self, db: peewee.Database) -> None:
+        """Let one ``astra db init`` at a time create the schema (SQLite creates its tables on use instead)."""
+
     def check_links_per_statement(self, db: peewee.Database) -> None:
         """Check the references of ``task_parameter`` once per statement rather than per row (schema 9).
 
@@ -458,6 +461,11 @@ class PostgreSQL(SQLite):
     def lock_for_upgrade(self, db: peewee.Database) -> None:
         # Workers wait until the step is done; a second `astra db upgrade` finds it done.
         db.execute_sql("LOCK TABLE astra.task, astra.schema_version IN ACCESS EXCLUSIVE MODE")
+
+    def lock_for_init(self, db: peewee.Database) -> None:
+        # Two `astra db init` at once on an empty database would both CREATE SCHEMA IF NOT EXISTS and one fail on the
+        # catalogue's unique keys: the second waits for the first's transaction, then finds everything there.
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
 
     def check_links_per_statement(self, db: peewee.Database) -> None:
         # Triggers in, then foreign keys out, in the caller's transaction: no moment without a check.
