@@ -1282,3 +1282,17 @@ class SchemaFromDialect(peewee.Metadata):
     def entity(self) -> peewee.Entity:
         schema = self.schema
         return peewee.Entity(schema, self.table_name) if schema else peewee.Entity(self.table_name)
+
+
+class DialectIndex(peewee.ModelIndex):
+    """An index declared with the model (a partial one, say, which ``Meta.indexes`` cannot express) whose table is
+    the model's as it is created: ``astra.task`` on PostgreSQL, ``task`` on SQLite (peewee's own would keep the
+    table of the moment it was declared)."""
+
+    @property
+    def _table(self) -> peewee.Table:
+        return self._model._meta.table
+
+    @_table.setter
+    def _table(self, value: peewee.Table) -> None:
+        pass  # set by Index.__init__; the model's metadata decides

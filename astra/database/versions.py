@@ -79,6 +79,11 @@ def _links_per_statement(db: peewee.Database) -> None:
     dialect(db).check_links_per_statement(db)
 
 
+def _indexes(db: peewee.Database) -> None:
+    """The indexes models.py declares that ``db`` lacks (peewee's CREATE INDEX IF NOT EXISTS)."""
+    Task._schema.create_indexes(safe=True)
+
+
 #: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
 STEPS: list[Step] = [
     Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),  # 2
@@ -89,6 +94,7 @@ STEPS: list[Step] = [
     add_column(Task.slurm_job_id),  # 7
     add_column(Task.slurm_node),  # 8
     Step("task_parameter's references checked per statement, not per row (PostgreSQL)", _links_per_statement),  # 9
+    Step("an index of done tasks with a JSON result (what the pre-run check of output tables asks)", _indexes),  # 10
 ]
 
 #: The schema this astra reads and writes.

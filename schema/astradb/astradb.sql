@@ -12,7 +12,7 @@ create table if not exists astra.schema_version (
     applied timestamp with time zone not null
 );
 -- Only a new database is at the current version; an older one keeps its number until `astra db upgrade`.
-insert into astra.schema_version (version, applied) select 9, now() where to_regclass('astra.task') is null;
+insert into astra.schema_version (version, applied) select 10, now() where to_regclass('astra.task') is null;
 
 create table if not exists astra.task (
     pk bigserial primary key,
@@ -48,6 +48,8 @@ alter table astra.task add column if not exists slurm_node text;
 create unique index if not exists task_task_hash on astra.task (task_hash);
 create index if not exists task_task_name_status on astra.task (task_name, status);
 create index if not exists task_task_id on astra.task (task_id);
+-- Done tasks with a JSON result: is any task of an output model's class recorded without its rows? (schema 10)
+create index if not exists task_json_result on astra.task (task_name) where result is not null and status = 'done';
 
 create table if not exists astra.parameter (
     pk bigserial primary key,
