@@ -30,7 +30,7 @@ from luigi.task_register import Register, TaskClassException
 
 from astra.database.connection import database, describe
 from astra.database.dialect import dialect
-from astra.database.models import MODELS, Task
+from astra.database.models import CLASS_NAME, JSON_RESULTS, MODELS, Task
 from astra.database.queries import chunked
 from astra.database.status import DONE, FAILED
 
@@ -120,7 +120,8 @@ def changes(
     done = Task.select(Task.pk).where(_of(owned), Task.status == DONE)
     if db.table_exists(table, schema=dialect(db).schema):
         found = _columns(db, model, table)
-        if done.where(Task.result.is_null(False)).exists():
+        json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
+        if json_results.exists():  # one probe of the partial index task_json_result
             found.append(
                 Change(
                     f"done {_names(owned)} tasks were recorded before it had this output table (their results are "

@@ -49,7 +49,8 @@ create unique index if not exists task_task_hash on astra.task (task_hash);
 create index if not exists task_task_name_status on astra.task (task_name, status);
 create index if not exists task_task_id on astra.task (task_id);
 -- Done tasks with a JSON result: is any task of an output model's class recorded without its rows? (schema 10)
-create index if not exists task_json_result on astra.task (task_name) where result is not null and status = 'done';
+create index if not exists task_json_result on astra.task ((task_module || '.' || task_name))
+    where result is not null and status = 'done';
 
 create table if not exists astra.parameter (
     pk bigserial primary key,
