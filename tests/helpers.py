@@ -87,10 +87,16 @@ def luigi_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+#: Seconds after which an astra command counts as hung: a guard, not a measure (on a machine loaded by other work,
+#: a command that takes 1 s alone has taken over 60).
+HANG = 300
+
+
 def astra(*args: str, input: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``astra ARGS`` (the console script; stdin ``input``, so a prompt never waits); stdout and stderr apart."""
     return subprocess.run(
-        [str(ASTRA), *args], input=input, env=subprocess_env(env), cwd=REPO, capture_output=True, text=True, timeout=60
+        [str(ASTRA), *args], input=input, env=subprocess_env(env), cwd=REPO, capture_output=True, text=True,
+        timeout=HANG,
     )
 
 
@@ -110,7 +116,7 @@ def astra_many(*commands: tuple[str, ...], env: dict | None = None) -> list[subp
     ]
     done = []
     for args, process in zip(commands, running):
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=HANG)
         done.append(subprocess.CompletedProcess([str(ASTRA), *args], process.returncode, stdout, stderr))
     return done
 

@@ -236,9 +236,14 @@ def test_an_unreachable_database_is_one_clear_line_within_ten_seconds(where):
     started = time.monotonic()
     result = run_luigi(*args, env=env, timeout=60)
     elapsed = time.monotonic() - started
+    # What starting luigi and importing the module costs on this machine now (seconds on a loaded one): astra's
+    # share, failing at once on a refused connection rather than retrying, is what is left.
+    started = time.monotonic()
+    run_luigi("--module", "workflows", "EstimateSNR", "--help", env=env, timeout=60)
+    start_up = time.monotonic() - started
 
     assert result.returncode != 0
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert elapsed < start_up + 10, f"took {elapsed:.1f} s, of which starting luigi {start_up:.1f} s"
     lines = [line for line in result.stdout.splitlines() if line.startswith("astra:")]
     assert len(lines) == 1, result.stdout
     assert lines[0].startswith("astra: cannot connect to postgresql://astra:***@127.0.0.1:")
