@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import peewee
 import psycopg2
 import pytest
@@ -34,13 +36,13 @@ def test_loading_the_sql_file_twice_keeps_data(postgres_database, monkeypatch):
     connection.autocommit = True
     connection.cursor().execute(
         "insert into astra.task (task_module, task_name, task_id, task_hash, version, status, created, attempts, "
-        "astra_version) values ('m', 'T', 'T__x', 'h', '', 'done', now(), 1, '0')"
+        "astra_version) values ('m', 'T', 'T__x', sha256('h'), '', 'done', now(), 1, '0')"
     )
     again = psql(postgres_database, SQL)
     assert again.returncode == 0, again.stderr
     cursor = connection.cursor()
-    cursor.execute("select task_hash from astra.task")
-    assert cursor.fetchall() == [("h",)]
+    cursor.execute("select encode(task_hash, 'hex') from astra.task")
+    assert cursor.fetchall() == [(hashlib.sha256(b"h").hexdigest(),)]
     connection.close()
 
 
@@ -98,7 +100,7 @@ def _task_row(name: str) -> Task:
         task_module="m",
         task_name=name,
         task_id=name,
-        task_hash=name,
+        task_hash=hashlib.sha256(name.encode()).hexdigest(),
         version="",
         status="done",
         created=utcnow(),
@@ -139,4 +141,4 @@ def test_create_schema_is_idempotent(database_url):
     _task_row("kept")
     create_schema()
     create_schema()
-    assert [t.task_hash for t in Task.select()] == ["kept"]
+    assert [t.task_hash for t in Task.select()] == [hashlib.sha256(b"kept").hexdigest()]

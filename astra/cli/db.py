@@ -113,7 +113,7 @@ def upgrade() -> None:
     def progress(version: int, description: str) -> None:
         click.echo(f"schema {version}: {description}")
 
-    where, before, after = upgrade_schema(progress)
+    where, before, after = upgrade_schema(progress, say=click.echo)
     if before == after:
         click.echo(f"{where} already holds astra schema {after}; nothing to do")
     else:

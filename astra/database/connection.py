@@ -616,11 +616,11 @@ def create_schema() -> str:
     return description
 
 
-def upgrade_schema(progress=lambda version, description: None) -> tuple[str, int, int]:
+def upgrade_schema(progress=lambda version, description: None, say=lambda text: None) -> tuple[str, int, int]:
     """Bring the configured database to the current schema (``astra db upgrade``), keeping every row.
 
     Returns where it is, and the versions before and after. ``progress(version, description)`` is called after
-    each step.
+    each step, ``say(text)`` as a long one goes.
     """
     key = _settings_key()
     db, description = _open(*key)
@@ -628,6 +628,6 @@ def upgrade_schema(progress=lambda version, description: None) -> tuple[str, int
     version = versions.recorded(db)
     if version is None or version > versions.CURRENT:
         _check_schema(db, description)  # nothing this astra can upgrade: the same line as at opening
-    before = versions.upgrade(db, progress)
+    before = versions.upgrade(db, progress, say)
     DATABASE.use(db, key, description)
     return description, before, versions.CURRENT

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import peewee
 
 from astra import values
+from astra.database.keys import read, stored
 from astra.database.status import DONE, RUNNING
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class SQLite:
     #: Whether the references of ``task_parameter`` are checked by triggers once per statement (see
     #: :meth:`check_links_per_statement`) rather than by foreign keys the tables are created with.
     links_checked_per_statement = False
+    #: The index method of an index only ever probed for equality (None: the default, a btree).
+    equality_index: str | None = None
 
     def table(self, model: type[peewee.Model]) -> str:
         """The name of ``model``'s table as plain SQL writes it."""
@@ -120,6 +123,15 @@ class SQLite:
         Nothing to do on SQLite: its foreign keys are checked in this process, at no cost worth saving.
         """
 
+    def prepare_binary_keys(self, db: peewee.Database, say) -> None:
+        """What schema 10 can do in committed parts before its transaction (nothing on SQLite: small databases)."""
+
+    def binary_keys(self, db: peewee.Database) -> None:
+        """Schema 10 in the caller's transaction: the hash keys as their bytes (see astra.database.key_upgrade)."""
+        from astra.database import key_upgrade  # only to upgrade
+
+        key_upgrade.sqlite(db)
+
     def lock_for_forget(self, db: peewee.Database) -> None:
         """One forget at a time (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
 
@@ -156,12 +168,12 @@ class SQLite:
         return query.where(field.in_(keys))
 
     def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
-        """The primary keys of the rows of ``table`` whose ``column`` is one of ``hashes``."""
+        """The primary keys of the rows of ``table`` whose hash key ``column`` is one of ``hashes`` (hex text)."""
         found = {}
         for chunk in _chunked(hashes):
             marks = ", ".join("?" * len(chunk))
-            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})", tuple(chunk))
-            found.update(cursor.fetchall())
+            sql = f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})"
+            found.update((read(key), pk) for key, pk in db.execute_sql(sql, tuple(map(stored, chunk))))
         return found
 
     def linked(
@@ -216,11 +228,11 @@ class SQLite:
         connection.executemany(
             f"INSERT INTO {task} ({ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, "
             f"attempts) VALUES ({', '.join('?' * 17)}, 1) {_upsert(task)}",
-            [(*row, *constants) for row in rows],
+            [(*row[:3], stored(row[3]), *row[4:], *constants) for row in rows],
         )
         connection.executemany(
             f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
-            list(parameters.values()),
+            [(name, value, stored(key)) for name, value, key in parameters.values()],
         )
         task_pks = self.keys(db, task, "task_hash", hashes + [r for _, r in edges])
         parameter_pks = self.keys(db, parameter, "parameter_hash", list(parameters))
@@ -239,7 +251,7 @@ class SQLite:
         for chunk in _chunked(hashes):
             marks = ", ".join("?" * len(chunk))
             sql = f"SELECT task_hash, status FROM {task} WHERE task_hash IN ({marks})"
-            found += db.execute_sql(sql, tuple(chunk)).fetchall()
+            found += [(read(key), status) for key, status in db.execute_sql(sql, tuple(map(stored, chunk)))]
         return found
 
     def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
@@ -275,6 +287,8 @@ class SQLite:
         process inserted the row just now. Neither a look nor a lost race takes a key (SQLite reuses no sequence).
         """
         task, parameter, task_parameter, _ = tables
+        row = {**row, "task_hash": stored(row["task_hash"])}
+        parameters = [(name, value, stored(key)) for name, value, key in parameters]
         # One transaction, with the write lock taken up front: the statements in it are calls within this process.
         with db.atomic(lock_type="IMMEDIATE"):
             new = db.execute_sql(
@@ -321,15 +335,15 @@ class SQLite:
             f"UPDATE {task} SET status = '{DONE}', completed = :now, heartbeat = :now, duration = :duration, "
             "result = json(:result), dynamic_dependencies = :dynamic WHERE pk = :pk AND task_hash = :task_hash "
             f"AND claim_token = :claim_token AND status = '{RUNNING}' RETURNING pk",
-            {**row, "now": self._now_text()},
+            {**row, "task_hash": stored(row["task_hash"]), "now": self._now_text()},
         ).fetchone()
         if done is not None and edges:
-            db.execute_sql(
-                f"INSERT INTO {dependency} (task_pk, requires_pk, dynamic) SELECT :pk, t.pk, "
-                f"json_extract(edge.value, '$[1]') FROM json_each(:edges) AS edge JOIN {task} AS t "
-                "ON t.task_hash = json_extract(edge.value, '$[0]') WHERE true "
-                "ON CONFLICT DO NOTHING",
-                {"pk": row["pk"], "edges": edges},
+            # The keys looked up here, not in SQL: this SQLite has no unhex(); it runs in this process anyway.
+            required = json.loads(edges)
+            pks = self.keys(db, task, "task_hash", [key for key, _ in required])
+            db.cursor().executemany(
+                f"INSERT INTO {dependency} (task_pk, requires_pk, dynamic) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(row["pk"], pks[key], dynamic) for key, dynamic in required if key in pks],
             )
         return done is not None
 
@@ -403,6 +417,7 @@ class PostgreSQL(SQLite):
     keeps_nan = True
     creates_tables_on_use = False
     links_checked_per_statement = True
+    equality_index = "hash"  # half a btree's size on task_id, and as quick for "="
 
     def table(self, model: type[peewee.Model]) -> str:
         return f"astra.{model._meta.table_name}"
@@ -472,6 +487,16 @@ class PostgreSQL(SQLite):
         db.execute_sql(_LINK_CHECKS)
         db.execute_sql(_DROP_LINK_KEYS)
 
+    def prepare_binary_keys(self, db: peewee.Database, say) -> None:
+        from astra.database import key_upgrade  # only to upgrade
+
+        key_upgrade.postgresql_prepare(db, say)
+
+    def binary_keys(self, db: peewee.Database) -> None:
+        from astra.database import key_upgrade  # only to upgrade
+
+        key_upgrade.postgresql_swap(db)
+
     def lock_for_forget(self, db: peewee.Database) -> None:
         # Deleting tasks locks astra.task_parameter once their links are deleted (astradb.sql's triggers): two
         # forgets at once would each wait for the other's links. Not that table lock up front, though: a batch
@@ -500,14 +525,15 @@ class PostgreSQL(SQLite):
         return f"{column} = ANY(%s)", (list(keys),)
 
     def where_one_of(self, query: peewee.ModelSelect, field: peewee.Field, keys: list) -> peewee.ModelSelect:
-        # One array parameter: PostgreSQL plans long IN lists slowly.
-        return query.where(peewee.NodeList((field, peewee.SQL("= ANY(%s)", (keys,)))))
+        # One array parameter: PostgreSQL plans long IN lists slowly. Raw SQL: the values as the field stores them.
+        values = [field.db_value(key) for key in keys]
+        return query.where(peewee.NodeList((field, peewee.SQL("= ANY(%s)", (values,)))))
 
     def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
         found = {}
         for chunk in _chunked(hashes):
-            cursor = db.execute_sql(f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s)", (list(chunk),))
-            found.update(cursor.fetchall())
+            sql = f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s::bytea[])"
+            found.update((read(key), pk) for key, pk in db.execute_sql(sql, (list(map(stored, chunk)),)))
         return found
 
     def linked(self, db, table, key, value, keys, most=None):
@@ -573,13 +599,13 @@ class PostgreSQL(SQLite):
                 f"UPDATE {task} SET status = %(status)s, started = now(), heartbeat = now(), "
                 f"completed = {'now()' if status == DONE else 'NULL'}, host = %(host)s, pid = %(pid)s, "
                 f"attempts = {task}.attempts + 1, result = v.result, error = v.error, traceback = v.traceback, "
-                "duration = v.duration, claim_token = NULL, lease = NULL FROM unnest(%(hashes)s::text[], "
+                "duration = v.duration, claim_token = NULL, lease = NULL FROM unnest(%(hashes)s::bytea[], "
                 "%(results)s::jsonb[], %(errors)s::text[], %(tracebacks)s::text[], %(durations)s::float8[]) "
                 f"AS v(task_hash, result, error, traceback, duration) WHERE {task}.task_hash = v.task_hash "
                 f"AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, {task}.pk",
-                {**_here(status), **dict(zip(names, map(list, zip(*again))))},
+                {**_here(status), **dict(zip(names, map(list, zip(*again)))), "hashes": [stored(r[0]) for r in again]},
             )
-            task_pks.update(cursor.fetchall())
+            task_pks.update((read(key), pk) for key, pk in cursor.fetchall())
         required_pks = self.keys(db, task, "task_hash", list({required for _, required in edges}))
         inserted = set(new.values())
         for table, column, pairs, pks in (
@@ -617,11 +643,13 @@ class PostgreSQL(SQLite):
                 here = _here(status)
                 same = (status, now, now, now, now if status == DONE else None, here["host"], here["pid"], 1)
                 columns = f"pk, {ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, attempts"
-                self._copy_in(db, f"{task} ({columns})", [(pk, *row) for pk, row in zip(keys, rows)], same)
+                copied = [(pk, *row[:3], stored(row[3]), *row[4:]) for pk, row in zip(keys, rows)]
+                self._copy_in(db, f"{task} ({columns})", copied, same)
                 pks.update((row[3], pk) for pk, row in zip(keys, rows))
             else:
                 columns = "pk, parameter_name, parameter_value, parameter_hash"
-                self._copy_in(db, f"{parameter} ({columns})", [(pk, *row) for pk, row in zip(keys, rows)])
+                copied = [(pk, name, value, stored(key)) for pk, (name, value, key) in zip(keys, rows)]
+                self._copy_in(db, f"{parameter} ({columns})", copied)
                 pks.update((row[2], pk) for pk, row in zip(keys, rows))
         return task_pks, parameter_pks
 
@@ -635,7 +663,7 @@ class PostgreSQL(SQLite):
         db.execute_sql(_STAGING)
         task_pks, updated = {}, {}
         if fresh:
-            self._copy_in(db, f"astra_stage_task ({ITEM_COLUMNS})", fresh)
+            self._copy_in(db, f"astra_stage_task ({ITEM_COLUMNS})", [(*r[:3], stored(r[3]), *r[4:]) for r in fresh])
             completed = "now()" if status == DONE else "NULL"
             cursor = db.execute_sql(
                 f"INSERT INTO {task} ({ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, "
@@ -643,16 +671,17 @@ class PostgreSQL(SQLite):
                 f"FROM astra_stage_task {_upsert(task)} RETURNING task_hash, pk, xmax = 0",
                 _here(status),
             )
-            for task_hash, pk, inserted in cursor.fetchall():
-                (task_pks if inserted else updated)[task_hash] = pk
+            for key, pk, inserted in cursor.fetchall():
+                (task_pks if inserted else updated)[read(key)] = pk
         parameter_pks = {}
         if missing:
-            self._copy_in(db, "astra_stage_parameter (parameter_name, parameter_value, parameter_hash)", missing)
+            staged = [(name, value, stored(key)) for name, value, key in missing]
+            self._copy_in(db, "astra_stage_parameter (parameter_name, parameter_value, parameter_hash)", staged)
             cursor = db.execute_sql(
                 f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) "
                 "SELECT * FROM astra_stage_parameter ON CONFLICT DO NOTHING RETURNING parameter_hash, pk"
             )
-            parameter_pks = dict(cursor.fetchall())
+            parameter_pks = {read(key): pk for key, pk in cursor.fetchall()}
         return task_pks, updated, parameter_pks
 
     def _copy_in(self, db: peewee.Database, target: str, rows: list[Sequence], same: Sequence = ()) -> None:
@@ -723,8 +752,9 @@ class PostgreSQL(SQLite):
             ), given AS (
                 -- Each parameter looked up by its own index probe: as a join, a prepared statement's generic plan
                 -- (which guesses 100 parameters) hashes the whole parameter table instead.
-                SELECT p ->> 0 AS name, p ->> 1 AS value, p ->> 2 AS hash,
-                    (SELECT stored.pk FROM {parameter} AS stored WHERE stored.parameter_hash = p ->> 2) AS pk
+                SELECT p ->> 0 AS name, p ->> 1 AS value, decode(p ->> 2, 'hex') AS hash,
+                    (SELECT stored.pk FROM {parameter} AS stored
+                     WHERE stored.parameter_hash = decode(p ->> 2, 'hex')) AS pk
                 FROM json_array_elements(%(parameters)s::json) AS p
             ), added AS (
                 INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash)
@@ -746,7 +776,7 @@ class PostgreSQL(SQLite):
         """
         # A claim never waits for the disk: if the server crashes just after, the claim is lost and the task is run
         # again, as any task whose worker died. One message, one transaction.
-        params = {**row, "parameters": json.dumps(parameters)}
+        params = {**row, "task_hash": stored(row["task_hash"]), "parameters": json.dumps(parameters)}
         found = prepared(sql).execute(db, params, before="SET LOCAL synchronous_commit = off").fetchone()
         return tuple(found) if found else None
 
@@ -763,7 +793,7 @@ class PostgreSQL(SQLite):
                 RETURNING pk
             ), required AS MATERIALIZED (
                 -- One index probe per edge (as a join, the generic plan would hash the whole task table).
-                SELECT (SELECT t.pk FROM {task} AS t WHERE t.task_hash = edge ->> 0) AS pk,
+                SELECT (SELECT t.pk FROM {task} AS t WHERE t.task_hash = decode(edge ->> 0, 'hex')) AS pk,
                     (edge ->> 1)::boolean AS dynamic
                 FROM json_array_elements(%(edges)s::json) AS edge
             ), edges AS (
@@ -776,7 +806,8 @@ class PostgreSQL(SQLite):
         # Not durable: the commit is ordered in the WAL but not waited for (~0.3 ms here); a server crash may lose
         # it, and the task runs again. In a transaction, SET LOCAL covers the whole of it (the task's own rows).
         before = "" if durable else "SET LOCAL synchronous_commit = off"
-        (done,) = prepared(sql).execute(db, {**row, "edges": edges or "[]"}, before=before).fetchone()
+        params = {**row, "task_hash": stored(row["task_hash"]), "edges": edges or "[]"}
+        (done,) = prepared(sql).execute(db, params, before=before).fetchone()
         return bool(done)
 
     def finish_statements(self, edges: str | None) -> int:
@@ -1152,10 +1183,10 @@ def _here(status: str) -> dict:
 _STAGING = (
     "SET LOCAL client_min_messages = warning; "  # not a notice per chunk that the tables exist
     "CREATE TEMPORARY TABLE IF NOT EXISTS astra_stage_task (task_module text, task_name text, task_id text, "
-    "task_hash text, version text, astra_version text, result jsonb, error text, traceback text, "
+    "task_hash bytea, version text, astra_version text, result jsonb, error text, traceback text, "
     "duration double precision) ON COMMIT DELETE ROWS; "
     "CREATE TEMPORARY TABLE IF NOT EXISTS astra_stage_parameter (parameter_name text, parameter_value text, "
-    "parameter_hash text) ON COMMIT DELETE ROWS; "
+    "parameter_hash bytea) ON COMMIT DELETE ROWS; "
     "DELETE FROM astra_stage_task; DELETE FROM astra_stage_parameter"
 )
 
@@ -1199,6 +1230,8 @@ def _copy_text_plain(rows: Sequence[Sequence], tail: str) -> str | None:
             columns.append(column)
         elif kind <= {int, float}:
             columns.append(map(str, column))
+        elif kind == {bytes}:
+            columns.append(map(_copy_bytes, column))
         elif kind == {type(None)}:
             columns.append(("\\N",) * len(column))
         elif kind == {str, type(None)}:
@@ -1219,7 +1252,14 @@ def _copy_value(value: object) -> str:
         return "\\N"
     if isinstance(value, str):
         return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bytes):
+        return _copy_bytes(value)
     return str(value)
+
+
+def _copy_bytes(value: bytes) -> str:
+    """A ``bytea`` in COPY's text format: its hex input form, whose backslash COPY wants escaped."""
+    return "\\\\x" + value.hex()
 
 
 def _upsert(task: str) -> str:

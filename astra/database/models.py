@@ -8,19 +8,23 @@ from peewee import (
     SQL,
     BigAutoField,
     BooleanField,
+    Check,
     CompositeKey,
     DatabaseProxy,
     DateTimeField,
     DoubleField,
     EnclosedNodeList,
+    Field,
     ForeignKeyField,
     IntegerField,
     JSONField,
     Model,
+    ModelIndex,
     TextField,
 )
 
 from astra import values
+from astra.database import keys
 from astra.database.dialect import DialectIndex, SchemaFromDialect, dialect
 
 #: Bound to the real database of this process by :func:`astra.database.database`.
@@ -66,6 +70,53 @@ class ResultField(JSONField):
             self._read = dialect(database).result_reader()
 
 
+class HashField(Field):
+    """A sha256 key (schema 10): its 32 bytes in the database (``bytea``, SQLite's ``BLOB``), hex text in Python.
+
+    Comparisons and ``in_`` lists convert their values through :meth:`db_value`, so queries are written with the hex
+    text astra.identity gives (see :mod:`astra.database.keys`). A check keeps out anything but a digest, e.g. the
+    hex text an astra from before schema 10 would write.
+    """
+
+    field_type = "BLOB"
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("constraints", [Check(f"length({kwargs['column_name']}) = {keys.SIZE}")])
+        super().__init__(**kwargs)
+
+    def db_value(self, value):
+        return None if value is None else keys.stored(value)
+
+    def python_value(self, value):
+        return keys.read(value)
+
+    def starts_with(self, prefix: str):
+        """The keys whose hex text starts with ``prefix`` (hex digits): a range of the index, odd lengths too."""
+        low, high = keys.prefix_range(prefix)
+        return (self >= low) if high is None else (self >= low) & (self < high)
+
+
+class EqualityIndex(ModelIndex):
+    """An index only ever probed for equality: a hash index where the dialect has one (PostgreSQL's is half the size
+    of a btree on the same text), a plain one elsewhere."""
+
+    @property
+    def _using(self) -> str | None:
+        return dialect(self._model._meta.database).equality_index
+
+    @_using.setter
+    def _using(self, value) -> None:
+        pass  # set by ModelIndex.__init__; the dialect decides
+
+    @property
+    def _table(self):
+        return self._model._meta.table  # that of the database the model is bound to now (its schema)
+
+    @_table.setter
+    def _table(self, value) -> None:
+        pass
+
+
 class BaseModel(Model):
     class Meta:
         database = proxy
@@ -79,8 +130,8 @@ class Task(BaseModel):
     pk = BigAutoField()
     task_module = TextField()
     task_name = TextField()
-    task_id = TextField(index=True)
-    task_hash = TextField(unique=True)
+    task_id = TextField()  # indexed for equality only (astra tasks show TASK_ID): see the end of this module
+    task_hash = HashField(unique=True, column_name="task_hash")
     version = TextField()
     status = TextField()
     created = UTCDateTimeField()
@@ -126,7 +177,7 @@ class Parameter(BaseModel):
     pk = BigAutoField()
     parameter_name = TextField(index=True)
     parameter_value = TextField()
-    parameter_hash = TextField(unique=True)
+    parameter_hash = HashField(unique=True, column_name="parameter_hash")
 
 
 class LinkField(ForeignKeyField):
@@ -175,5 +226,7 @@ class SchemaVersion(BaseModel):
     class Meta:
         table_name = "schema_version"
 
+
+Task.add_index(EqualityIndex(Task, [Task.task_id], name="task_task_id"))
 
 MODELS = (SchemaVersion, Task, Parameter, TaskParameter, Dependency)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import peewee
 
 from astra import values
-from astra.database import text
+from astra.database import keys, text
 from astra.database.connection import DatabaseError, database, retried
 from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
@@ -62,10 +62,10 @@ def done_rows(hashes: Iterable[str]) -> dict[str, int]:
     # The status is compared here, not in SQL: given "status = 'done'", PostgreSQL may pick the (task_name,
     # status) index and read every done row of the table, instead of looking up each hash.
     for chunk in chunked(hashes):
-        where, params = dialect(db).is_one_of("task_hash", chunk)
+        where, params = dialect(db).is_one_of("task_hash", [keys.stored(key) for key in chunk])
         sql = f"SELECT {columns} FROM {table} WHERE {where}"
         found.update(
-            (task_hash, dynamic or 0) for task_hash, status, dynamic in db.execute_sql(sql, params) if status == DONE
+            (keys.read(key), dynamic or 0) for key, status, dynamic in db.execute_sql(sql, params) if status == DONE
         )
     return found
 

@@ -324,8 +324,8 @@ def resolve(ref: str) -> Task | None:
     tasks = list(_tasks().where(Task.task_id == ref).order_by(Task.pk).limit(11))
     prefix = ref.lower()
     if not tasks and all(c in "0123456789abcdef" for c in prefix):
-        # A range rather than LIKE, so the unique index on task_hash answers it (hex digits sort before 'g').
-        query = _tasks().where(Task.task_hash >= prefix, Task.task_hash < prefix + "g")
+        # A range of the unique index on task_hash, which holds the bytes the hex digits stand for.
+        query = _tasks().where(Task.task_hash.starts_with(prefix))
         tasks = list(query.order_by(Task.pk).limit(11))
     if len(tasks) > 1:
         raise AmbiguousReferenceError(ref, tasks)

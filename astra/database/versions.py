@@ -28,6 +28,10 @@ class Step:
 
     description: str
     apply: Callable[[peewee.Database], None]
+    #: What can be done before ``apply``, outside any transaction, in committed parts that an interrupted upgrade
+    #: resumes (a rewrite of every row); ``say`` tells the progress. Where the upgrade is one transaction (behind a
+    #: pooler in transaction mode), it does not run and ``apply`` does it all.
+    prepare: Callable[[peewee.Database, Callable[[str], None]], None] | None = None
 
 
 def add_column(field: peewee.Field) -> Step:
@@ -84,6 +88,15 @@ def _indexes(db: peewee.Database) -> None:
     Task._schema.create_indexes(safe=True)
 
 
+def _binary_keys(db: peewee.Database) -> None:
+    """task_hash and parameter_hash as their 32 bytes, task_id's index a hash index where the dialect has them."""
+    dialect(db).binary_keys(db)
+
+
+def _prepare_binary_keys(db: peewee.Database, say: Callable[[str], None]) -> None:
+    dialect(db).prepare_binary_keys(db, say)
+
+
 #: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
 STEPS: list[Step] = [
     Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),  # 2
@@ -95,6 +108,7 @@ STEPS: list[Step] = [
     add_column(Task.slurm_node),  # 8
     Step("task_parameter's references checked per statement, not per row (PostgreSQL)", _links_per_statement),  # 9
     Step("an index of done tasks with a JSON result (what the pre-run check of output tables asks)", _indexes),  # 10
+    Step("sha256 keys as their 32 bytes, a hash index on task_id", _binary_keys, _prepare_binary_keys),  # 11
 ]
 
 #: The schema this astra reads and writes.
@@ -117,9 +131,14 @@ def create(db: peewee.Database) -> None:
         SchemaVersion.insert(version=CURRENT, applied=utcnow()).on_conflict_ignore().execute()
 
 
-def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda version, description: None) -> int:
+def upgrade(
+    db: peewee.Database,
+    progress: Callable[[int, str], None] = lambda version, description: None,
+    say: Callable[[str], None] = lambda text: None,
+) -> int:
     """Apply the steps ``db`` lacks, each in its own transaction (on SQLite, savepoints of one transaction that
-    holds the write lock throughout); returns the version it held before.
+    holds the write lock throughout), after the committed parts a step may prepare; returns the version it held
+    before. ``say`` tells how a long preparation goes.
 
     Upgrades run one at a time: a second waits for the first, then finds the steps done and returns the current
     version.
@@ -135,6 +154,8 @@ def upgrade(db: peewee.Database, progress: Callable[[int, str], None] = lambda v
         SchemaVersion.create_table(safe=True)
         for version in range(before + 1, CURRENT + 1):
             step = STEPS[version - 2]
+            if step.prepare is not None and not db.in_transaction():
+                step.prepare(db, say)  # committed as it goes: a rerun resumes it
             with dialect(db).atomic(db):
                 dialect(db).lock_for_upgrade(db)  # workers wait until the step is done
                 step.apply(db)

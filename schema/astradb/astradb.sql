@@ -12,14 +12,16 @@ create table if not exists astra.schema_version (
     applied timestamp with time zone not null
 );
 -- Only a new database is at the current version; an older one keeps its number until `astra db upgrade`.
-insert into astra.schema_version (version, applied) select 10, now() where to_regclass('astra.task') is null;
+insert into astra.schema_version (version, applied) select 11, now() where to_regclass('astra.task') is null;
 
 create table if not exists astra.task (
     pk bigserial primary key,
     task_module text not null,
     task_name text not null,            -- luigi's task family
     task_id text not null,              -- luigi's task_id, as shown by luigid
-    task_hash text not null,            -- sha256 of module, name, version and significant parameters
+    -- sha256 of module, name, version, significant parameters and what it requires: the 32 bytes (schema 10);
+    -- as text: encode(task_hash, 'hex')
+    task_hash bytea not null check (length(task_hash) = 32),
     version text not null,              -- the task class's version string
     status text not null,               -- running | done | failed
     created timestamp with time zone not null,
@@ -47,7 +49,8 @@ alter table astra.task add column if not exists slurm_job_id text;
 alter table astra.task add column if not exists slurm_node text;
 create unique index if not exists task_task_hash on astra.task (task_hash);
 create index if not exists task_task_name_status on astra.task (task_name, status);
-create index if not exists task_task_id on astra.task (task_id);
+-- task_id is only looked up by equality (astra tasks show TASK_ID): a hash index is half a btree's size.
+create index if not exists task_task_id on astra.task using hash (task_id);
 -- Done tasks with a JSON result: is any task of an output model's class recorded without its rows? (schema 10)
 create index if not exists task_json_result on astra.task ((task_module || '.' || task_name))
     where result is not null and status = 'done';
@@ -56,7 +59,8 @@ create table if not exists astra.parameter (
     pk bigserial primary key,
     parameter_name text not null,
     parameter_value text not null,
-    parameter_hash text not null        -- sha256 of name and value: a btree cannot hold values over ~2.7 kB
+    -- sha256 of name and value, its 32 bytes (a btree cannot hold values over ~2.7 kB); as text: encode(.., 'hex')
+    parameter_hash bytea not null check (length(parameter_hash) = 32)
 );
 create unique index if not exists parameter_parameter_hash on astra.parameter (parameter_hash);
 create index if not exists parameter_parameter_name on astra.parameter (parameter_name);
