@@ -59,7 +59,8 @@ def fill(url: str, rows: int) -> None:
     cursor = connection.cursor()
     cursor.execute(
         "insert into astra.task (task_module, task_name, task_id, task_hash, version, status, created, attempts, "
-        "astra_version) select 'bench', 'Fit', 'Fit_' || i, md5(i::text) || md5((-i)::text), '', 'done', now(), 1, "
+        "astra_version) select 'bench', 'Fit', 'Fit_' || i, decode(md5(i::text) || md5((-i)::text), 'hex'), '', "
+        "'done', now(), 1, "
         "'0' from generate_series(1, %s) as i",
         (rows,),
     )

@@ -54,14 +54,14 @@ def _chunks(n: int) -> list[tuple[list[tuple], list[tuple], list[tuple]]]:
             chunks.append(([], [], []))
         tasks, parameters, links = chunks[-1]
         tasks.append(
-            (pk, Spectrum.__module__, "Spectrum", item.task_id, item.task_hash, version, astra.__version__,
-             str(item.values["spectrum_id"] % 97), None, None, 0.0)
+            (pk, Spectrum.__module__, "Spectrum", item.task_id, bytes.fromhex(item.task_hash), version,
+             astra.__version__, str(item.values["spectrum_id"] % 97), None, None, 0.0)
         )  # fmt: skip
         for name, value in item.parameters.items():
             key = parameter_hash(name, value)
             if key not in known:
                 known[key] = len(known) + 1
-                parameters.append((known[key], name, value, key))
+                parameters.append((known[key], name, value, bytes.fromhex(key)))  # stored as bytes (schema 10)
             links.append((pk, known[key]))
     return chunks
 
@@ -90,7 +90,7 @@ def _anchor_postgres(url: str, n: int, how: str) -> float:
                 ("astra.parameter (pk, parameter_name, parameter_value, parameter_hash)", parameters),
                 ("astra.task_parameter (task_pk, parameter_pk)", links),
             ):
-                text = "".join("\t".join(r"\N" if v is None else str(v) for v in row) + "\n" for row in rows)
+                text = "".join("\t".join(_copy_text(v) for v in row) + "\n" for row in rows)
                 cursor.copy_expert(f"COPY {table} FROM STDIN", io.StringIO(text))
         else:
             template = f"({', '.join(['%s'] * 11)}, 'done', now(), now(), now(), now(), 'bench', 1, 1)"
@@ -101,6 +101,13 @@ def _anchor_postgres(url: str, n: int, how: str) -> float:
     seconds = time.perf_counter() - started
     connection.close()
     return seconds
+
+
+def _copy_text(value: object) -> str:
+    """A value in COPY's text format (ours need no escapes but a bytea's backslash)."""
+    if value is None:
+        return r"\N"
+    return "\\\\x" + value.hex() if isinstance(value, bytes) else str(value)
 
 
 def _anchor_sqlite(path: str, n: int) -> float:

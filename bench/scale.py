@@ -83,7 +83,8 @@ def _task_id_sql(name: str) -> str:
 
 
 def _sha256(text: str) -> str:
-    return f"encode(sha256(convert_to({text}, 'UTF8')), 'hex')"
+    """SQL of the sha256 of the SQL text expression ``text``, its 32 bytes (as astra stores a key, schema 10)."""
+    return f"sha256(convert_to({text}, 'UTF8'))"
 
 
 #: The secondary indexes of the astra tables (and of the output table), made again after the fill: building an
@@ -126,7 +127,7 @@ def fill(url: str, n: int, analyze: bool = True, say=print) -> None:
     cursor.execute("set session_replication_role = replica")
     cursor.execute("set maintenance_work_mem = '1GB'")
     host, pid = socket.gethostname(), os.getpid()
-    parameter_hash = "encode(sha256(convert_to(%s, 'UTF8') || '\\x00'::bytea || convert_to(%s, 'UTF8')), 'hex')"
+    parameter_hash = "sha256(convert_to(%s, 'UTF8') || '\\x00'::bytea || convert_to(%s, 'UTF8'))"
     # Parameter pks: the release 1, night j 2 + j, the path of spectrum k 2 + nights + k.
     cursor.execute(
         "insert into astra.parameter (pk, parameter_name, parameter_value, parameter_hash) "
@@ -149,10 +150,12 @@ def fill(url: str, n: int, analyze: bool = True, say=print) -> None:
         )
         same = f"'done', now(), now(), now(), now(), 0.001, '{host}', {pid}, 1, '{__version__}'"
         cursor.execute(
-            f"with s as materialized (select s.*, {_sha256(_identity_sql('ScaleVisit', None))} as visit "
+            # The visit's hash as hex text: the fit's identity names it so.
+            f"with s as materialized (select s.*, encode({_sha256(_identity_sql('ScaleVisit', None))}, 'hex') as visit "
             f"from ({spectra_sql}) s) "
             f"insert into astra.task ({columns}) "
-            f"select 2 * k + 1, '{MODULE}', 'ScaleVisit', {_task_id_sql('ScaleVisit')}, visit, '', {same}, "
+            f"select 2 * k + 1, '{MODULE}', 'ScaleVisit', {_task_id_sql('ScaleVisit')}, decode(visit, 'hex'), '', "
+            f"{same}, "
             "jsonb_build_object('exposures', k % 5 + 1) from s union all "
             f"select 2 * k + 2, '{MODULE}', 'ScaleFit', {_task_id_sql('ScaleFit')}, "
             f"{_sha256(_identity_sql('ScaleFit', 's.visit'))}, '', {same}, null from s order by 1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 
 import pytest
 
@@ -19,7 +20,7 @@ def _item(name: str, **extra) -> dict:
         "task_module": "tests.test_bulk_recording",
         "task_name": "Item",
         "task_id": f"Item_{name}",
-        "task_hash": (name * 64)[:64],
+        "task_hash": hashlib.sha256(name.encode()).hexdigest(),
         "version": "",
         "astra_version": astra.__version__,
         "parameters": {"name": name, "shared": "same"},

@@ -3,6 +3,7 @@ against concurrent writers, as the foreign keys did before them (SQLite keeps it
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -25,9 +26,14 @@ from tests.helpers import SCHEMA_SQL as SQL
 SCHEMA_8 = "8d084fd"
 
 
+def key(name: str) -> str:
+    """The key (a sha256, as hex text) of the task or parameter the tests call ``name``; in SQL: sha256('name')."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
 def _task(name: str) -> Task:
     return Task.create(
-        task_module="m", task_name="T", task_id=name, task_hash=name, version="", status="done",
+        task_module="m", task_name="T", task_id=name, task_hash=key(name), version="", status="done",
         created=utcnow(), attempts=1, astra_version="0",
     )  # fmt: skip
 
@@ -162,20 +168,23 @@ def sessions(postgres_url):
 
 
 def _pk(table: str, column: str, value: str) -> int:
+    value = bytes.fromhex(key(value)) if column.endswith("_hash") else value
     return database().execute_sql(f"select pk from astra.{table} where {column} = %s", (value,)).fetchone()[0]
 
 
 def test_a_task_deleted_while_a_link_to_it_is_written_takes_the_link(sessions):
     recorder, forgetter = sessions(), sessions()
-    recorder.run("insert into astra.parameter (parameter_name, parameter_value, parameter_hash) values ('q', '2', 'q')")
-    recorder.run("insert into astra.task_parameter select %s, pk from astra.parameter where parameter_hash = 'q'",
-                 _pk("task", "task_hash", "a"))  # fmt: skip
-    forgetter.start("delete from astra.task where task_hash = 'a'")
+    recorder.run(
+        "insert into astra.parameter (parameter_name, parameter_value, parameter_hash) values ('q', '2', sha256('q'))"
+    )
+    recorder.run("insert into astra.task_parameter select %s, pk from astra.parameter "
+                 "where parameter_hash = sha256('q')", _pk("task", "task_hash", "a"))  # fmt: skip
+    forgetter.start("delete from astra.task where task_hash = sha256('a')")
     assert forgetter.waiting()  # for the recorder, whose link it must see
     recorder.connection.commit()
     assert forgetter.finish() is None
     forgetter.connection.commit()
-    assert [link.task.task_hash for link in TaskParameter.select()] == ["b"]
+    assert [link.task.task_hash for link in TaskParameter.select()] == [key("b")]
 
 
 def test_a_link_to_a_task_being_deleted_fails(sessions):
@@ -193,8 +202,8 @@ def test_a_parameter_linked_meanwhile_stays(sessions):
     recorder, forgetter = sessions(), sessions()
     b, p = _pk("task", "task_hash", "b"), _pk("parameter", "parameter_name", "p")
     recorder.run("insert into astra.task (task_module, task_name, task_id, task_hash, version, status, created, "
-                 "attempts, astra_version) values ('m', 'T', 'c', 'c', '', 'done', now(), 1, '0')")  # fmt: skip
-    recorder.run("insert into astra.task_parameter select pk, %s from astra.task where task_hash = 'c'", p)
+                 "attempts, astra_version) values ('m', 'T', 'c', sha256('c'), '', 'done', now(), 1, '0')")  # fmt: skip
+    recorder.run("insert into astra.task_parameter select pk, %s from astra.task where task_hash = sha256('c')", p)
     a = _pk("task", "task_hash", "a")
     forgetter.start(  # waits for the recorder, which linked p to c; then p is in use
         "delete from astra.task where pk in (%s, %s); delete from astra.parameter where pk = %s", a, b, p
@@ -230,15 +239,15 @@ def test_a_link_from_an_older_snapshot_fails(sessions):
 def test_deleting_tasks_needs_read_committed(sessions):
     forgetter = sessions("repeatable read")
     with pytest.raises(psycopg2.errors.FeatureNotSupported):
-        forgetter.run("delete from astra.task where task_hash = 'a'")
+        forgetter.run("delete from astra.task where task_hash = sha256('a')")
 
 
 def test_forget_waits_for_a_recording_in_progress(sessions, postgres_url):
     recorder = sessions()
     recorder.run("insert into astra.task (task_module, task_name, task_id, task_hash, version, status, created, "
-                 "attempts, astra_version) values ('m', 'T', 'c', 'c', '', 'done', now(), 1, '0')")  # fmt: skip
+                 "attempts, astra_version) values ('m', 'T', 'c', sha256('c'), '', 'done', now(), 1, '0')")  # fmt: skip
     recorder.run("insert into astra.task_parameter select t.pk, p.pk from astra.task as t, astra.parameter as p "
-                 "where t.task_hash = 'c'")  # fmt: skip
+                 "where t.task_hash = sha256('c')")  # fmt: skip
     done = []
     thread = threading.Thread(target=lambda: done.append(forget([_pk("task", "task_hash", "a")])))
     thread.start()
@@ -253,19 +262,21 @@ def test_forget_waits_for_a_recording_in_progress(sessions, postgres_url):
 def test_forgetting_a_task_a_batch_records_again(sessions):
     """The batch holds the task's row, then writes its links; forget waits for it, then takes them along."""
     recorder = sessions()
-    recorder.run("update astra.task set status = 'failed', attempts = attempts + 1 where task_hash = 'a'")
+    recorder.run("update astra.task set status = 'failed', attempts = attempts + 1 where task_hash = sha256('a')")
     done = []
     thread = threading.Thread(target=lambda: done.append(forget([_pk("task", "task_hash", "a")])))
     thread.start()
     time.sleep(1.0)
-    recorder.run("insert into astra.parameter (parameter_name, parameter_value, parameter_hash) values ('q', '2', 'q')")
+    recorder.run(
+        "insert into astra.parameter (parameter_name, parameter_value, parameter_hash) values ('q', '2', sha256('q'))"
+    )
     recorder.run("insert into astra.task_parameter select t.pk, p.pk from astra.task as t, astra.parameter as p "
-                 "where t.task_hash = 'a' and p.parameter_hash = 'q'")  # fmt: skip
+                 "where t.task_hash = sha256('a') and p.parameter_hash = sha256('q')")  # fmt: skip
     assert not done
     recorder.connection.commit()
     thread.join(30)
-    assert done and [task.task_hash for task in done[0].tasks] == ["a"]
-    assert [link.task.task_hash for link in TaskParameter.select()] == ["b"]  # a's links, q's too, went with a
+    assert done and [task.task_hash for task in done[0].tasks] == [key("a")]
+    assert [link.task.task_hash for link in TaskParameter.select()] == [key("b")]  # a's links, q's too, went with a
     reset()
 
 
@@ -284,10 +295,11 @@ def test_two_forgets_at_once(sessions):
 def test_two_batches_of_overlapping_items_at_once(postgres_url):
     """Two processes record overlapping items with the same parameters at the same time: every link is there."""
     script = (
-        "import sys\n"
+        "import hashlib, sys\n"
         "from astra.database import queries\n"
         "start = int(sys.argv[1])\n"
-        "items = [dict(task_module='m', task_name='T', task_id=f't{i}', task_hash=f'h{i}', version='',\n"
+        "items = [dict(task_module='m', task_name='T', task_id=f't{i}', version='',\n"
+        "              task_hash=hashlib.sha256(f'h{i}'.encode()).hexdigest(),\n"
         "              astra_version='0', parameters={'i': str(i), 'release': 'dr19'}, requires=[])\n"
         "         for i in range(start, start + 3000)]\n"
         "for first in range(0, 3000, 500):\n"
@@ -347,10 +359,12 @@ def test_schema_8_upgraded_keeps_its_rows_and_is_the_file(schema_8, postgres_dat
     cursor = connection.cursor()
     cursor.execute(
         "insert into astra.task (task_module, task_name, task_id, task_hash, version, status, created, attempts, "
-        "astra_version) select 'm', 'T', 't' || i, 'h' || i, '', 'done', now(), 1, '0' from generate_series(1, 3) i"
+        "astra_version) select 'm', 'T', 't' || i, encode(sha256(('h' || i)::bytea), 'hex'), '', 'done', now(), 1, "
+        "'0' from generate_series(1, 3) i"
     )
     cursor.execute(
-        "insert into astra.parameter (parameter_name, parameter_value, parameter_hash) values ('p', '1', 'p')"
+        "insert into astra.parameter (parameter_name, parameter_value, parameter_hash) "
+        "values ('p', '1', encode(sha256('p'), 'hex'))"
     )
     cursor.execute("insert into astra.task_parameter select t.pk, p.pk from astra.task t, astra.parameter p")
     connection.commit()
@@ -361,7 +375,7 @@ def test_schema_8_upgraded_keeps_its_rows_and_is_the_file(schema_8, postgres_dat
     monkeypatch.setenv("ASTRA_DATABASE_URL", schema_8)
     reset()
     where, before, after = upgrade_schema()
-    assert (before, after) == (8, versions.CURRENT) == (8, 9)
+    assert (before, after) == (8, versions.CURRENT) == (8, 10)
     assert list(TaskParameter.select().order_by(TaskParameter.task).tuples()) == links
     reset()
 
@@ -386,7 +400,7 @@ def test_schema_8_upgraded_keeps_its_rows_and_is_the_file(schema_8, postgres_dat
     # and it works as a new one does
     monkeypatch.setenv("ASTRA_DATABASE_URL", schema_8)
     reset()
-    Task.delete().where(Task.task_hash == "h1").execute()
+    Task.delete().where(Task.task_hash == key("h1")).execute()
     assert TaskParameter.select().count() == 2
     with pytest.raises(peewee.IntegrityError), database().atomic():
         TaskParameter.insert(task=12345, parameter=Parameter.get().pk).execute()

@@ -173,7 +173,7 @@ class SQLite:
         for chunk in _chunked(hashes):
             marks = ", ".join("?" * len(chunk))
             sql = f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})"
-            found.update((read(key), pk) for key, pk in db.execute_sql(sql, tuple(map(stored, chunk))))
+            found.update((read(key), pk) for key, pk in db.execute_sql(sql, tuple(map(stored, chunk))).fetchall())
         return found
 
     def linked(
@@ -251,7 +251,7 @@ class SQLite:
         for chunk in _chunked(hashes):
             marks = ", ".join("?" * len(chunk))
             sql = f"SELECT task_hash, status FROM {task} WHERE task_hash IN ({marks})"
-            found += [(read(key), status) for key, status in db.execute_sql(sql, tuple(map(stored, chunk)))]
+            found += [(read(key), status) for key, status in db.execute_sql(sql, tuple(map(stored, chunk))).fetchall()]
         return found
 
     def insert_rows(self, db: peewee.Database, model: type[peewee.Model], fields: list, names: str, rows) -> None:
@@ -533,7 +533,7 @@ class PostgreSQL(SQLite):
         found = {}
         for chunk in _chunked(hashes):
             sql = f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s::bytea[])"
-            found.update((read(key), pk) for key, pk in db.execute_sql(sql, (list(map(stored, chunk)),)))
+            found.update((read(key), pk) for key, pk in db.execute_sql(sql, (list(map(stored, chunk)),)).fetchall())
         return found
 
     def linked(self, db, table, key, value, keys, most=None):
