@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import luigi
@@ -35,7 +36,7 @@ def slow_fields(name: str) -> dict:
         "task_module": "tests.attempts_tasks",
         "task_name": "Slow",
         "task_id": f"Slow_{name}",
-        "task_hash": name * 8,
+        "task_hash": hashlib.sha256(name.encode()).hexdigest(),
         "version": "",
         "astra_version": astra.__version__,
     }

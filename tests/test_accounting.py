@@ -39,7 +39,7 @@ def _item(name: str, shared: str, **extra) -> dict:
         "task_module": "tests.claims_tasks",
         "task_name": "Item",
         "task_id": f"Item_{name}",
-        "task_hash": name * 16,
+        "task_hash": name * 64,
         "version": "",
         "astra_version": astra.__version__,
         "parameters": {"name": name, "shared": shared},
@@ -61,7 +61,7 @@ def test_claims_and_batches_that_meet_existing_rows_burn_no_keys(database_url):
         with queries.transaction():
             queries.record_items(items, status)
     assert Task.select().where(Task.status == queries.DONE).count() == 5
-    assert Task.get(Task.task_hash == "d" * 16).attempts == 3
+    assert Task.get(Task.task_hash == "d" * 64).attempts == 3
     assert_no_key_burnt()
 
 

@@ -31,7 +31,7 @@ def test_a_time_is_stored_as_a_plain_insert_stores_it_in_a_session_not_in_utc(po
             "task_module": "tests.output_times",
             "task_name": "Timed",
             "task_id": "Timed_1",
-            "task_hash": "t" * 64,
+            "task_hash": "7" * 64,
             "version": "",
             "astra_version": astra.__version__,
         },

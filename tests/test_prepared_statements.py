@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import peewee
 import psycopg2
 import pytest
@@ -16,7 +18,7 @@ def fields(name: str) -> dict:
         "task_module": "tests.prepared",
         "task_name": "Made",
         "task_id": f"Made_{name}",
-        "task_hash": name * 8,
+        "task_hash": hashlib.sha256(name.encode()).hexdigest(),
         "version": "",
         "astra_version": astra.__version__,
     }
@@ -32,7 +34,7 @@ def test_a_claim_that_failed_on_the_server_leaves_the_next_claims_working(postgr
     try:
         blocker.cursor().execute(
             "INSERT INTO astra.task (task_module, task_name, task_id, task_hash, version, status, created, attempts, "
-            "astra_version) VALUES ('m', 'Made', 'Made_a', %s, '', 'failed', now(), 1, '')",
+            "astra_version) VALUES ('m', 'Made', 'Made_a', decode(%s, 'hex'), '', 'failed', now(), 1, '')",
             (fields("a")["task_hash"],),
         )
         db.execute_sql("SET statement_timeout = 300")

@@ -92,7 +92,7 @@ def test_batch_errors_with_unstorable_text_are_recorded_escaped(database_url):
         "task_module": "tests.unstorable_text_tasks",
         "task_name": "Echo",
         "task_id": "Echo_x",
-        "task_hash": "x" * 64,
+        "task_hash": "e" * 64,
         "version": "",
         "astra_version": astra.__version__,
         "parameters": {"value": "x"},

@@ -39,8 +39,9 @@ from tests.upgrade_tasks import UpgradeFails, UpgradeSpectrum, UpgradeSummary, v
 TABLES = ("task", "parameter", "task_parameter", "dependency")
 
 
-def raw_rows(url: str) -> dict[str, list[tuple]]:
-    """Every row of the four tables, read without astra (results as the JSON text or jsonb they hold)."""
+def raw_rows(url: str) -> dict[str, list[dict]]:
+    """Every row of the four tables by column name, read without astra (results as the JSON text or jsonb they
+    hold, keys as hex text whether stored so or, from schema 10, as bytes)."""
     if url.startswith("sqlite:///"):
         connection = sqlite3.connect(url[len("sqlite:///") :])
         prefix = ""
@@ -52,7 +53,14 @@ def raw_rows(url: str) -> dict[str, list[tuple]]:
         for table in TABLES:
             cursor = connection.cursor()
             cursor.execute(f"select * from {prefix}{table} order by 1, 2")
-            found[table] = cursor.fetchall()
+            names = [column[0] for column in cursor.description]
+            found[table] = [
+                {
+                    name: bytes(value).hex() if isinstance(value, (bytes, memoryview)) else value
+                    for name, value in zip(names, row)
+                }
+                for row in cursor.fetchall()
+            ]
         return found
     finally:
         connection.close()
@@ -78,7 +86,7 @@ def test_upgrade_keeps_every_task_and_result(old_database, backend):
     url = old_database
     before = raw_rows(url)
     assert len(before["task"]) == 22 and len(before["dependency"]) == 10
-    old_results = {row[4]: row[16] for row in before["task"]}  # task_hash -> result text (old column order)
+    old_results = {row["task_hash"]: row["result"] for row in before["task"]}
     assert any("NaN" in (text or "") for text in old_results.values())  # what jsonb cannot take as it is
 
     # Today's astra will not use it as it is: one line, saying what to do.
@@ -95,11 +103,13 @@ def test_upgrade_keeps_every_task_and_result(old_database, backend):
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
 
     after = raw_rows(url)
-    # The old columns keep their values (the upgrade adds columns after them).
+    # The old columns keep their values (the upgrade adds columns; the results are JSON now).
     for table in ("parameter", "task_parameter", "dependency"):
-        assert [row[: len(before[table][0])] for row in after[table]] == before[table], table
-    width = len(before["task"][0])
-    assert [row[:16] + row[17:width] for row in after["task"]] == [row[:16] + row[17:] for row in before["task"]]
+        assert [{name: row[name] for name in before[table][0]} for row in after[table]] == before[table], table
+    kept = [name for name in before["task"][0] if name != "result"]
+    assert [{name: row[name] for name in kept} for row in after["task"]] == [
+        {name: row[name] for name in kept} for row in before["task"]
+    ]
 
     # Every task reads back with its result: the values the old code returned (NaN and infinities included).
     forget_cached()
@@ -194,7 +204,7 @@ def test_two_upgrades_at_once_wait_for_each_other(old_database, backend):
     assert versions_recorded == list(range(2, versions.CURRENT + 1))
     after = raw_rows(url)
     for table in ("parameter", "task_parameter", "dependency"):
-        assert [row[: len(before[table][0])] for row in after[table]] == before[table], table
+        assert [{name: row[name] for name in before[table][0]} for row in after[table]] == before[table], table
     assert len(after["task"]) == len(before["task"]) == 22
     listing = astra("tasks", "list", "--json")
     assert listing.returncode == 0 and len(json.loads(listing.stdout)) == 22, listing.stderr
@@ -243,7 +253,7 @@ def test_add_column_is_one_step(database_url):
     field.bind(Task, "queue", set_attribute=False)
     step = versions.add_column(field)
     db = database()
-    Task.insert(task_module="m", task_name="T", task_id="T", task_hash="h", version="", status="done",
+    Task.insert(task_module="m", task_name="T", task_id="T", task_hash="e" * 64, version="", status="done",
                 created=utcnow(), attempts=1, astra_version="0").execute()  # fmt: skip
     with db.atomic():
         step.apply(db)
