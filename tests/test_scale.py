@@ -42,7 +42,8 @@ def _rows(url: str) -> dict[str, list]:
     found = {}
     for name, sql in queries.items():
         cursor.execute(sql)
-        found[name] = sorted(cursor.fetchall(), key=repr)
+        rows = [tuple(bytes(v).hex() if isinstance(v, memoryview) else v for v in row) for row in cursor.fetchall()]
+        found[name] = sorted(rows, key=repr)  # keys (bytea) as hex text: a memoryview's repr is its address
     connection.close()
     return found
 

@@ -465,8 +465,18 @@ class PostgreSQL(SQLite):
                 yield
             return
         # An advisory lock of the session, taken before any DDL: two CREATE TABLE IF NOT EXISTS at once would fail
-        # on the catalogue's unique keys. Each step still commits on its own.
-        db.execute_sql("SELECT pg_advisory_lock(%s)", (_UPGRADE_LOCK,))
+        # on the catalogue's unique keys. Each step still commits on its own. Waited for a second at a time: a
+        # statement waiting holds a snapshot, which the CREATE INDEX CONCURRENTLY of the upgrade holding the lock
+        # (schema 10) would wait for in turn.
+        while True:
+            try:
+                with db.atomic():
+                    db.execute_sql("SET LOCAL lock_timeout = '1s'")
+                    db.execute_sql("SELECT pg_advisory_lock(%s)", (_UPGRADE_LOCK,))
+                break
+            except peewee.OperationalError as exc:
+                if _code(exc) != "55P03":  # lock_not_available: the second is up
+                    raise
         try:
             yield
         finally:

@@ -160,7 +160,8 @@ def postgresql_prepare(db: peewee.Database, say: Callable[[str], None]) -> None:
     for table, column in KEYS:
         if _converted(db, table, column):
             continue
-        _begin(db, table, column)
+        with db.atomic():  # the column comes with its trigger: no row is written between them
+            _begin(db, table, column)
         _fill(db, table, column, say)
         _indexes(db, table, column)
         say(f"  astra.{table}.{column}: filled, checked and indexed")

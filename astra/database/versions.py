@@ -31,7 +31,7 @@ class Step:
     #: What can be done before ``apply``, outside any transaction, in committed parts that an interrupted upgrade
     #: resumes (a rewrite of every row); ``say`` tells the progress. Where the upgrade is one transaction (behind a
     #: pooler in transaction mode), it does not run and ``apply`` does it all.
-    prepare: Callable[[peewee.Database, Callable[[str], None]], None] | None = None
+    beforehand: Callable[[peewee.Database, Callable[[str], None]], None] | None = None
 
 
 def add_column(field: peewee.Field) -> Step:
@@ -154,8 +154,8 @@ def upgrade(
         SchemaVersion.create_table(safe=True)
         for version in range(before + 1, CURRENT + 1):
             step = STEPS[version - 2]
-            if step.prepare is not None and not db.in_transaction():
-                step.prepare(db, say)  # committed as it goes: a rerun resumes it
+            if step.beforehand is not None and not db.in_transaction():
+                step.beforehand(db, say)  # committed as it goes: a rerun resumes it
             with dialect(db).atomic(db):
                 dialect(db).lock_for_upgrade(db)  # workers wait until the step is done
                 step.apply(db)
