@@ -61,7 +61,7 @@ def _chunks(n: int) -> list[tuple[list[tuple], list[tuple], list[tuple]]]:
             key = parameter_hash(name, value)
             if key not in known:
                 known[key] = len(known) + 1
-                parameters.append((known[key], name, value, bytes.fromhex(key)))  # stored as bytes (schema 10)
+                parameters.append((known[key], name, value, bytes.fromhex(key)))  # stored as bytes (schema 11)
             links.append((pk, known[key]))
     return chunks
 

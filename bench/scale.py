@@ -83,7 +83,7 @@ def _task_id_sql(name: str) -> str:
 
 
 def _sha256(text: str) -> str:
-    """SQL of the sha256 of the SQL text expression ``text``, its 32 bytes (as astra stores a key, schema 10)."""
+    """SQL of the sha256 of the SQL text expression ``text``, its 32 bytes (as astra stores a key, schema 11)."""
     return f"sha256(convert_to({text}, 'UTF8'))"
 
 

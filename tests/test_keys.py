@@ -1,4 +1,4 @@
-"""The sha256 keys as stored (schema 10): 32 bytes in the database, hex text in Python; a hex prefix of any length is
+"""The sha256 keys as stored (schema 11): 32 bytes in the database, hex text in Python; a hex prefix of any length is
 a range of the index."""
 
 from __future__ import annotations

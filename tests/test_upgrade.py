@@ -41,7 +41,7 @@ TABLES = ("task", "parameter", "task_parameter", "dependency")
 
 def raw_rows(url: str) -> dict[str, list[dict]]:
     """Every row of the four tables by column name, read without astra (results as the JSON text or jsonb they
-    hold, keys as hex text whether stored so or, from schema 10, as bytes)."""
+    hold, keys as hex text whether stored so or, from schema 11, as bytes)."""
     if url.startswith("sqlite:///"):
         connection = sqlite3.connect(url[len("sqlite:///") :])
         prefix = ""

@@ -124,10 +124,10 @@ class SQLite:
         """
 
     def prepare_binary_keys(self, db: peewee.Database, say) -> None:
-        """What schema 10 can do in committed parts before its transaction (nothing on SQLite: small databases)."""
+        """What schema 11 can do in committed parts before its transaction (nothing on SQLite: small databases)."""
 
     def binary_keys(self, db: peewee.Database) -> None:
-        """Schema 10 in the caller's transaction: the hash keys as their bytes (see astra.database.key_upgrade)."""
+        """Schema 11 in the caller's transaction: the hash keys as their bytes (see astra.database.key_upgrade)."""
         from astra.database import key_upgrade  # only to upgrade
 
         key_upgrade.sqlite(db)
@@ -467,7 +467,7 @@ class PostgreSQL(SQLite):
         # An advisory lock of the session, taken before any DDL: two CREATE TABLE IF NOT EXISTS at once would fail
         # on the catalogue's unique keys. Each step still commits on its own. Waited for a second at a time: a
         # statement waiting holds a snapshot, which the CREATE INDEX CONCURRENTLY of the upgrade holding the lock
-        # (schema 10) would wait for in turn.
+        # (schema 11) would wait for in turn.
         while True:
             try:
                 with db.atomic():

@@ -1,4 +1,4 @@
-"""Schema 10: the sha256 keys ``task.task_hash`` and ``parameter.parameter_hash`` from hex text to their 32 bytes,
+"""Schema 11: the sha256 keys ``task.task_hash`` and ``parameter.parameter_hash`` from hex text to their 32 bytes,
 in place, keeping every row, its pk and so every link, result and output row.
 
 SQLite databases are small: one transaction does it (:func:`sqlite`). On PostgreSQL a database may hold 10^7 tasks,
@@ -12,9 +12,9 @@ so the long part runs in committed parts that can be interrupted (even by SIGKIL
    (one left INVALID by an interrupted build is dropped and built again), and a hash index on ``task_id`` beside
    its btree.
 
-Then :func:`postgresql_swap`, in the transaction that records schema 10, under the upgrade's table locks: the
+Then :func:`postgresql_swap`, in the transaction that records schema 11, under the upgrade's table locks: the
 validated check lets ``SET NOT NULL`` skip the scan, the text column goes (with its index), the new one takes its
-name, the index and check theirs. Schema 10 is recorded only then. Behind a pooler in transaction mode the whole
+name, the index and check theirs. Schema 11 is recorded only then. Behind a pooler in transaction mode the whole
 upgrade is one transaction, so the swap does the parts the preparation would have done itself (non-concurrently).
 The fill leaves a dead version of every row behind: VACUUM makes the space reusable; ``VACUUM FULL`` (which locks
 the tables while it runs) gives it back to the file system.

@@ -1,6 +1,6 @@
 """Hash keys as the database stores them: a sha256 as its 32 bytes (``bytea`` / ``BLOB``), hex text in Python.
 
-``astra.task.task_hash`` and ``astra.parameter.parameter_hash`` hold the digest itself (schema 10): half the bytes
+``astra.task.task_hash`` and ``astra.parameter.parameter_hash`` hold the digest itself (schema 11): half the bytes
 of its hex text in the row and in the unique index every done check probes. astra's Python code passes the hex
 text everywhere (:mod:`astra.identity` makes it); only the database boundary converts, here: the peewee field
 :class:`astra.database.models.HashField` for model queries, the dialect for its own SQL. In SQL, read one as text

@@ -19,7 +19,6 @@ from peewee import (
     IntegerField,
     JSONField,
     Model,
-    ModelIndex,
     TextField,
 )
 
@@ -71,11 +70,11 @@ class ResultField(JSONField):
 
 
 class HashField(Field):
-    """A sha256 key (schema 10): its 32 bytes in the database (``bytea``, SQLite's ``BLOB``), hex text in Python.
+    """A sha256 key (schema 11): its 32 bytes in the database (``bytea``, SQLite's ``BLOB``), hex text in Python.
 
     Comparisons and ``in_`` lists convert their values through :meth:`db_value`, so queries are written with the hex
     text astra.identity gives (see :mod:`astra.database.keys`). A check keeps out anything but a digest, e.g. the
-    hex text an astra from before schema 10 would write.
+    hex text an astra from before schema 11 would write.
     """
 
     field_type = "BLOB"
@@ -96,7 +95,7 @@ class HashField(Field):
         return (self >= low) if high is None else (self >= low) & (self < high)
 
 
-class EqualityIndex(ModelIndex):
+class EqualityIndex(DialectIndex):
     """An index only ever probed for equality: a hash index where the dialect has one (PostgreSQL's is half the size
     of a btree on the same text), a plain one elsewhere."""
 
@@ -107,14 +106,6 @@ class EqualityIndex(ModelIndex):
     @_using.setter
     def _using(self, value) -> None:
         pass  # set by ModelIndex.__init__; the dialect decides
-
-    @property
-    def _table(self):
-        return self._model._meta.table  # that of the database the model is bound to now (its schema)
-
-    @_table.setter
-    def _table(self, value) -> None:
-        pass
 
 
 class BaseModel(Model):

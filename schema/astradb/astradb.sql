@@ -19,7 +19,7 @@ create table if not exists astra.task (
     task_module text not null,
     task_name text not null,            -- luigi's task family
     task_id text not null,              -- luigi's task_id, as shown by luigid
-    -- sha256 of module, name, version, significant parameters and what it requires: the 32 bytes (schema 10);
+    -- sha256 of module, name, version, significant parameters and what it requires: the 32 bytes (schema 11);
     -- as text: encode(task_hash, 'hex')
     task_hash bytea not null check (length(task_hash) = 32),
     version text not null,              -- the task class's version string
