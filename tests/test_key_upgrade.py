@@ -31,6 +31,8 @@ from tests.helpers import SCHEMA_SQL as SQL
 
 #: main before schemas 10 and 11: its schema file and code are schema 9, with the keys as hex text.
 MAIN = "2f2f5c7"
+#: main at schema 10 (an index of JSON results), the last with the keys as hex text.
+MAIN_10 = "000886a"
 TABLES = ("task", "parameter", "task_parameter", "dependency", "snr")
 
 
@@ -38,6 +40,12 @@ TABLES = ("task", "parameter", "task_parameter", "dependency", "snr")
 def schema9(tmp_path_factory):
     """astra, its schema and the example workflows of commit 2f2f5c7."""
     return unpack_commit(MAIN, ["astra", "schema", "workflows"], tmp_path_factory.mktemp("astra-2f2f5c7"))
+
+
+@pytest.fixture(scope="module")
+def schema10(tmp_path_factory):
+    """astra of commit 000886a, schema 10: what still runs while the upgrade to 11 prepares."""
+    return unpack_commit(MAIN_10, ["astra", "schema", "workflows"], tmp_path_factory.mktemp("astra-000886a"))
 
 
 def _old_astra(checkout, url: str, *args: str) -> subprocess.CompletedProcess:
@@ -215,7 +223,7 @@ def _one(url: str, sql: str):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["postgresql"])
-def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schema9):
+def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schema9, schema10):
     url = schema9_database
     _add_rows(url)
     before = content(url)
@@ -238,8 +246,8 @@ def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schem
     total, filled = _one(url, "select count(*), count(task_hash_bytes) from astra.task")
     assert 0 < filled < total, (filled, total)
 
-    # The old astra goes on working meanwhile: the trigger gives its new rows their bytes.
-    ran = old_luigi(schema9, url, "UpgradeSpectra", "--start", "20", "--stop", "25")
+    # The astra of schema 10 (which the killed run reached) goes on working: the trigger gives its new rows their bytes.
+    ran = old_luigi(schema10, url, "UpgradeSpectra", "--start", "20", "--stop", "25")
     assert "This progress looks" in ran.stdout, ran.stdout
     assert _one(url, "select count(*) from astra.task where task_name = 'UpgradeSpectrum' "
                 "and task_hash_bytes = decode(task_hash, 'hex')") == (25,)  # fmt: skip
