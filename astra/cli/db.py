@@ -107,7 +107,9 @@ def upgrade() -> None:
     """Bring a database made by an older astra to this astra's schema, keeping every task and its result.
 
     Each step runs in a transaction of its own (on PostgreSQL, workers wait while it runs); running it again
-    does nothing, and a second upgrade started meanwhile waits for the first, then has nothing to do.
+    does nothing, and a second upgrade started meanwhile waits for the first, then has nothing to do. A step that
+    rewrites every row (schema 11 on PostgreSQL) does that first in committed parts, saying how far it got, while
+    the older astra keeps working: interrupted, it resumes where it stopped.
     """
 
     def progress(version: int, description: str) -> None:
