@@ -10,6 +10,7 @@ identity is computed.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import inspect
 import json
@@ -181,8 +182,19 @@ def task_hash(task: luigi.Task) -> str:
     cached = task.__dict__.get("_astra_task_hash")
     if cached is not None:
         return cached
-    with creation.SECTIONS_READ_ONCE:  # the tasks the walk creates (a root's 5,000 leaves) ask luigi's config once
-        return _walk(task)
+    # A walk may create thousands of tasks (a root's 5,000 leaves), all kept by luigi's instance cache: every 700
+    # new objects would start the garbage collector on the young ones, every tenth time on older ones too, to find
+    # nothing to free (~10% of a walk over 5,000 leaves). So it pauses for the walk (unless something else paused
+    # it), and the tasks the walk creates ask luigi's configuration once, not each.
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        with creation.SECTIONS_READ_ONCE:
+            return _walk(task)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _walk(task: luigi.Task) -> str:
