@@ -59,7 +59,42 @@ def create(cls: type, kwargs: dict) -> luigi.Task:
     return _create(cls, (), kwargs, params, cls.get_param_values(params, (), kwargs))
 
 
+class _Plain:
+    """Which ``__init__`` creating a task may skip, and what it does beyond luigi's (set by astra.tasks)."""
+
+    init: Callable | None = None  # BaseTask.__init__: creation.initialise, then ``created(task)``
+    created: Callable[[luigi.Task], None] = staticmethod(lambda task: None)
+
+
+def skip_init(init: Callable, created: Callable[[luigi.Task], None]) -> None:
+    """Tasks whose ``__init__`` is ``init`` (BaseTask's, which does what luigi's does and then calls ``created``)
+    are created without calling it: when nothing else comes between it and luigi's, what it does is known."""
+    _Plain.init, _Plain.created = init, staticmethod(created)
+
+
+def _plain(cls: type) -> bool:
+    """Whether ``cls``'s tasks may be made without their ``__init__`` (see :func:`skip_init`), kept per class."""
+    plain = cls.__dict__.get("_astra_plain")
+    if plain is None:
+        inits = [c for c in cls.__mro__ if "__init__" in vars(c)]
+        plain = (
+            _Plain.init is not None
+            and cls.__new__ is object.__new__
+            and len(inits) >= 2
+            and inits[0].__dict__["__init__"] is _Plain.init
+            and inits[1] is luigi.Task
+        )
+        type.__setattr__(cls, "_astra_plain", plain)
+    return plain
+
+
 def _create(cls: type, args: tuple, kwargs: dict, params: list, values: list) -> luigi.Task:
+    if _plain(cls):
+        # What BaseTask.__init__ would do (creation.initialise with these very values), without the calls.
+        task = object.__new__(cls)
+        _set_values(task, values)
+        _Plain.created(task)
+        return task
     # Nested creations (an __init__ that creates other tasks) keep their own; the outer one is put back after.
     outer = getattr(_creating, "task", None)
     _creating.task = (cls, args, kwargs, params, values)
