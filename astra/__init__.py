@@ -35,7 +35,7 @@ __all__ = [
     "results",
 ]
 
-drivers.hide_psycopg3_from_peewee()
+drivers.hide_drivers_from_peewee()
 
 
 def __getattr__(name: str) -> object:

@@ -14,7 +14,6 @@ luigi's instance cache (which would keep a million of them), when luigi would do
 
 from __future__ import annotations
 
-import operator
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -60,7 +59,42 @@ def create(cls: type, kwargs: dict) -> luigi.Task:
     return _create(cls, (), kwargs, params, cls.get_param_values(params, (), kwargs))
 
 
+class _Plain:
+    """Which ``__init__`` creating a task may skip, and what it does beyond luigi's (set by astra.tasks)."""
+
+    init: Callable | None = None  # BaseTask.__init__: creation.initialise, then ``created(task)``
+    created: Callable[[luigi.Task], None] = staticmethod(lambda task: None)
+
+
+def skip_init(init: Callable, created: Callable[[luigi.Task], None]) -> None:
+    """Tasks whose ``__init__`` is ``init`` (BaseTask's, which does what luigi's does and then calls ``created``)
+    are created without calling it: when nothing else comes between it and luigi's, what it does is known."""
+    _Plain.init, _Plain.created = init, staticmethod(created)
+
+
+def _plain(cls: type) -> bool:
+    """Whether ``cls``'s tasks may be made without their ``__init__`` (see :func:`skip_init`), kept per class."""
+    plain = cls.__dict__.get("_astra_plain")
+    if plain is None:
+        inits = [c for c in cls.__mro__ if "__init__" in vars(c)]
+        plain = (
+            _Plain.init is not None
+            and cls.__new__ is object.__new__
+            and len(inits) >= 2
+            and inits[0].__dict__["__init__"] is _Plain.init
+            and inits[1] is luigi.Task
+        )
+        type.__setattr__(cls, "_astra_plain", plain)
+    return plain
+
+
 def _create(cls: type, args: tuple, kwargs: dict, params: list, values: list) -> luigi.Task:
+    if _plain(cls):
+        # What BaseTask.__init__ would do (creation.initialise with these very values), without the calls.
+        task = object.__new__(cls)
+        _set_values(task, values)
+        _Plain.created(task)
+        return task
     # Nested creations (an __init__ that creates other tasks) keep their own; the outer one is put back after.
     outer = getattr(_creating, "task", None)
     _creating.task = (cls, args, kwargs, params, values)
@@ -129,9 +163,41 @@ def _given_values(cls: type, params: list, args: Sequence, kwargs: dict) -> list
             return None  # too many positional arguments, or one given twice: luigi's error
         given.update(kwargs)
     named = dict(params)
-    if given.keys() != named.keys() or cls.get_task_family() in luigi.configuration.get_config().sections():
+    if given.keys() != named.keys() or cls.get_task_family() in SECTIONS_READ_ONCE.sections():
         return None
     return [(name, _as_stored(named[name].normalize(given[name]))) for name, _ in params]
+
+
+class _SectionsReadOnce(threading.local):
+    """The sections of luigi's configuration, read once for all the tasks created in this thread inside ``with
+    SECTIONS_READ_ONCE:`` (blocks that create thousands of tasks, and change no configuration), else each time.
+
+    luigi asks for them as it creates each task (for its warning about options no parameter takes), and so does
+    :func:`_given_values`; finding luigi's configuration object and listing its sections cost about as much as the
+    rest of creating a task that is given all its values.
+    """
+
+    names: frozenset[str] | None = None
+    depth = 0
+
+    def sections(self) -> frozenset[str] | list[str]:
+        if self.names is None:
+            sections = luigi.configuration.get_config().sections()
+            if not self.depth:
+                return sections
+            self.names = frozenset(sections)
+        return self.names
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if not self.depth:
+            self.names = None
+
+
+SECTIONS_READ_ONCE = _SectionsReadOnce()
 
 
 def quickly(call: Callable[[], T]) -> T:
@@ -203,10 +269,13 @@ def _as_stored(value: object) -> object:
 def _same(creating: tuple, params: list, args: Sequence, kwargs: dict) -> bool:
     """Whether these are the very arguments of the task being created (so its values are known)."""
     _, given_args, given_kwargs, given_params, _ = creating
-    return (
-        params == given_params
-        and len(args) == len(given_args)
-        and all(map(operator.is_, args, given_args))
-        and list(kwargs) == list(given_kwargs)
-        and all(map(operator.is_, kwargs.values(), given_kwargs.values()))
-    )
+    if len(args) != len(given_args) or len(kwargs) != len(given_kwargs) or params != given_params:
+        return False
+    # A loop rather than all(map(...)): a task has a few arguments, and this runs for every task a root requires.
+    for arg, given in zip(args, given_args):
+        if arg is not given:
+            return False
+    for (name, value), (given_name, given) in zip(kwargs.items(), given_kwargs.items()):
+        if name != given_name or value is not given:
+            return False
+    return True

@@ -10,6 +10,7 @@ identity is computed.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import inspect
 import json
@@ -59,7 +60,7 @@ class _Layout:
     once it is defined. :meth:`hash` is where :func:`task_hash` and :func:`items` both hash an identity.
     """
 
-    __slots__ = ("shown", "significant", "keys")
+    __slots__ = ("shown", "significant", "keys", "leaf_frame")
 
     def __init__(self, cls: type[luigi.Task]) -> None:
         shown = sorted(
@@ -69,6 +70,23 @@ class _Layout:
         self.shown = [(name, _writer(p)) for name, p in shown]
         self.significant = [(name, _writer(p)) for name, p in shown if p.significant]
         self.keys = [(name, f"{_json_string(name)}:") for name, _ in self.significant]
+        #: For a class whose identity follows from the values alone (then it requires nothing): the version and the
+        #: frame of its tasks under that version, worked out once rather than once per task (a root over 5,000
+        #: leaves identifies 5,000 of them). None for other classes.
+        self.leaf_frame: tuple[str, tuple[str, str]] | None = None
+        if _values_only(cls):
+            self.leaf_frame = (task_version(cls), _frame(cls.__module__, cls.task_family, task_version(cls), []))
+
+    def frame_of_leaf(self, task: luigi.Task) -> tuple[str, str] | None:
+        """The frame of ``task``, of a class whose identity follows from the values alone; None for other tasks."""
+        if self.leaf_frame is None or "_astra_required_tasks" in task.__dict__:
+            return None
+        version, frame = self.leaf_frame
+        current = task_version(task)
+        if current != version:  # a class given another version since (tests do)
+            frame = _frame(task.task_module, task.task_family, current, [])
+            self.leaf_frame = (current, frame)
+        return frame
 
     def hash(self, frame: tuple[str, str], texts: dict[str, str]) -> str:
         """The sha256 (hex) of the identity with ``frame`` (from :func:`_frame`) and these parameters.
@@ -164,6 +182,23 @@ def task_hash(task: luigi.Task) -> str:
     cached = task.__dict__.get("_astra_task_hash")
     if cached is not None:
         return cached
+    # A walk may create thousands of tasks (a root's 5,000 leaves), all kept by luigi's instance cache: every 700
+    # new objects would start the garbage collector on the young ones, every tenth time on older ones too, to find
+    # nothing to free (~10% of a walk over 5,000 leaves). So it pauses for the walk (unless something else paused
+    # it), and the tasks the walk creates ask luigi's configuration once, not each.
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        with creation.SECTIONS_READ_ONCE:
+            return _walk(task)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _walk(task: luigi.Task) -> str:
+    """:func:`task_hash` of a task not identified yet."""
     path: list[tuple[luigi.Task, list[luigi.Task], int]] = []  # (task, what it requires, next one to look at)
     on_path: set[int] = set()
     current: luigi.Task | None = task
@@ -173,6 +208,15 @@ def task_hash(task: luigi.Task) -> str:
             if error is None and id(current) in on_path:
                 error = IdentityError(f"{current} requires itself")
             if error is None:
+                layout = _layout(type(current))
+                frame = layout.frame_of_leaf(current)
+                if frame is not None:
+                    # It requires nothing and its class says all but its values: hash it here, in one step.
+                    _identify(current, layout, frame, [], path)
+                    if not path:
+                        return current.__dict__["_astra_task_hash"]
+                    current = None
+                    continue
                 try:
                     path.append((current, flatten(requirements(current)), 0))
                     on_path.add(id(current))
@@ -195,19 +239,31 @@ def task_hash(task: luigi.Task) -> str:
         path.pop()
         on_path.discard(id(below))
         hashes = sorted({required.__dict__["_astra_task_hash"] for required in requires})
-        try:
-            texts = parameters(below, significant_only=True)
-            frame = _frame(below.task_module, below.task_family, task_version(below), hashes)
-            below.__dict__["_astra_task_hash"] = _layout(type(below)).hash(frame, texts)
-            below.__dict__["_astra_requires"] = hashes
-        except Exception as exc:  # a parameter that cannot be serialised
-            error = IdentityError(f"cannot identify {below}: {exc!r}")
-            error.__cause__ = exc
-            for above, _, _ in [*path, (below, None, None)]:
-                above.__dict__["_astra_identity_error"] = error
-            raise error
+        frame = _frame(below.task_module, below.task_family, task_version(below), hashes)
+        _identify(below, _layout(type(below)), frame, hashes, path)
         if not path:
             return below.__dict__["_astra_task_hash"]
+
+
+def _identify(
+    task: luigi.Task,
+    layout: _Layout,
+    frame: tuple[str, str],
+    hashes: list[str],
+    path: list[tuple[luigi.Task, list[luigi.Task], int]] = (),
+) -> None:
+    """Keep on ``task`` its hash and those of what it requires (``hashes``); :func:`task_hash` walks ``path``."""
+    try:
+        texts = {name: write(getattr(task, name)) for name, write in layout.significant}
+        task.__dict__["_astra_task_hash"] = layout.hash(frame, texts)
+        task.__dict__["_astra_requires"] = hashes
+    except Exception as exc:  # a parameter that cannot be serialised
+        error = IdentityError(f"cannot identify {task}: {exc!r}")
+        error.__cause__ = exc
+        # Everything on the path requires ``task``, directly or not: none of it has an identity.
+        for above, _, _ in [*path, (task, None, None)]:
+            above.__dict__["_astra_identity_error"] = error
+        raise error from exc
 
 
 def recorded_task_hash(module: str, name: str, parameters: dict[str, str]) -> str | None:

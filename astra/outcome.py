@@ -18,10 +18,9 @@ from urllib.parse import quote, urljoin
 import luigi
 import luigi.interface
 import luigi.retcodes
-from luigi.cmdline_parser import CmdlineParser
 
 from astra import config, recording
-from astra.database import connection, records
+from astra.database import connection
 from astra.targets import completed, database_targets, forget_cached
 
 logger = logging.getLogger("luigi-interface")
@@ -105,54 +104,62 @@ def judge_each_run() -> None:
     nothing; not done, and they stand, with one line that says why (the records, compared with what luigid holds).
 
     luigi offers no hook at the end of a run: the ``luigi`` command (``run_with_retcodes``) calls
-    ``luigi.interface._run`` by name and then reads the codes from its ``retcode()`` Config object, which luigi's
-    instance cache gives to anyone who makes one with the same values. astra wraps that function, and sets the two
-    codes on that object. Should either change in luigi, the wrapper is not called or the object is another: luigi's
-    own code stands, which errs on the side of non-zero.
+    ``luigi.interface._run``, which parses the command line and, inside that parser's context, hands the requested
+    task to ``luigi.interface._schedule_and_run`` by name; then it reads the codes from its ``retcode()`` Config
+    object, which luigi's instance cache gives to anyone who makes one with the same values. astra wraps
+    ``_schedule_and_run`` for its first call in this process (the command's own run; a ``luigi.build`` inside a task
+    comes later) and judges the very task objects luigi ran, still inside luigi's parser context: parsing the
+    command line again would cost two more parsers of every parameter luigi knows, and tasks made outside that
+    context (the items of a batch whose values come from ``--Item-band r``) would be other tasks. The two codes are
+    set on that ``retcode()`` object. Should either change in luigi, the wrapper is not called or the object is
+    another: luigi's own code stands, which errs on the side of non-zero.
     """
-    arguments = config.luigi_command_arguments()
-    if arguments is None or getattr(luigi.interface._run, "_astra_judged", False):
+    if config.luigi_command_arguments() is None or getattr(luigi.interface._schedule_and_run, "_astra_judged", False):
         return
-    run = luigi.interface._run
+    schedule_and_run = luigi.interface._schedule_and_run
+    first = [True]  # the command's own run is the first call in this process
 
-    @functools.wraps(run)
-    def judged(*args, **kwargs):  # noqa: ANN202 -- luigi's
+    @functools.wraps(schedule_and_run)
+    def judged(tasks, *args, **kwargs):  # noqa: ANN001, ANN202 -- luigi's
+        if not first:
+            return schedule_and_run(tasks, *args, **kwargs)
+        first.clear()
         try:
-            result = run(*args, **kwargs)
+            result = schedule_and_run(tasks, *args, **kwargs)
         except Exception:
-            _judge(arguments)  # e.g. luigid stopped answering for good: luigi's traceback follows
+            _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
-        _judge(arguments)
+        _judge(tasks)
         return result
 
     judged._astra_judged = True
-    luigi.interface._run = judged
+    luigi.interface._schedule_and_run = judged
 
 
-def _judge(arguments: list[str]) -> str | None:
-    """Say, in one line, why the requested task is not done, and return that line; None if it is done (then luigi's
-    ``not_run`` and ``already_running`` count for nothing)."""
+def _judge(tasks: list[luigi.Task]) -> list[str]:
+    """Say, in one line each, why the requested ``tasks`` (luigi's, normally one) are not done, and return those
+    lines; none if they are done (then luigi's ``not_run`` and ``already_running`` count for nothing)."""
     if not connection.is_open():
-        return None  # the run never got as far as the database (a task of luigi's own): nothing to compare
+        return []  # the run never got as far as the database (a task of luigi's own): nothing to compare
     try:
-        line = unfinished(arguments)
-        if line is None:
-            with CmdlineParser.global_instance(arguments, allow_override=True):
-                codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
+        lines = [line for line in map(unfinished, tasks) if line is not None]
+        if not lines:
+            codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
             codes.not_run = codes.already_running = 0
     except Exception as exc:  # the judgement must never end a run in a traceback of its own
         logger.debug("astra: could not tell whether the requested task is done: %s", exc)
-        return None
-    if line:
+        return []
+    for line in lines:
         logger.error(line)
-    return line
+    return lines
 
 
-def unfinished(arguments: list[str]) -> str | None:
-    """Why the task of the ``luigi`` command line ``arguments`` is not done, in one line; None if it is done."""
-    with CmdlineParser.global_instance(arguments, allow_override=True) as parser:
-        root = parser.get_task_obj()
-        settings = luigi.interface.core()
+def unfinished(root: luigi.Task) -> str | None:
+    """Why ``root`` is not done, in one line; None if it is done.
+
+    Inside the luigi command's parser context, as the task was made (see :func:`judge_each_run`).
+    """
+    settings = luigi.interface.core()
     if root.complete():
         return None
     forget_cached()  # "not done" may be an answer kept from the scan: ask again
@@ -162,6 +169,8 @@ def unfinished(arguments: list[str]) -> str | None:
     astra_tasks = {task.task_id: task for task in tasks.values() if database_targets([task])}
     not_done = [task for task, done in zip(astra_tasks.values(), completed(astra_tasks.values())) if not done]
     by_hash = {database_targets([task])[0].task_hash: task for task in not_done}
+    from astra.database import records  # only for a task that is not done: the done check needs none of it
+
     rows = records.recorded(by_hash)
     reasons = [
         *_failed_or_running(root, rows, by_hash),

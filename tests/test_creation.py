@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from luigi.task import task_id_str
 
+from astra import creation
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.identity_tasks import (
@@ -97,6 +98,21 @@ def test_configuration_gives_values_and_warns_of_unknown_keys(monkeypatch):
         warnings.simplefilter("always")
         WarmLeaf(i=99)
     assert any(issubclass(w.category, luigi.parameter.UnconsumedParameterWarning) for w in caught)
+
+
+def test_a_walk_reads_the_configuration_sections_once_and_still_follows_them(monkeypatch):
+    """A root's walk lists luigi's sections once for all the leaves it creates: a section for the leaves' class still
+    sends them luigi's way (its warning about an option no parameter takes), and the walk leaves no snapshot behind."""
+    config = luigi.configuration.get_config()
+    monkeypatch.setattr(config, "_sections", {**config._sections})  # put the configuration back afterwards
+    config.set("WarmLeaf", "stray", "1")
+    WarmLeaf._unconsumed_params = set()
+    fresh()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task_hash(WarmRoot(n=3))
+    assert [w for w in caught if issubclass(w.category, luigi.parameter.UnconsumedParameterWarning)]
+    assert creation.SECTIONS_READ_ONCE.names is None and creation.SECTIONS_READ_ONCE.depth == 0
 
 
 class QueryCounter(logging.Handler):

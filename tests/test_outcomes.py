@@ -84,6 +84,21 @@ def test_a_failed_dependency_exits_non_zero_without_a_luigi_cfg_and_says_which(s
     ], ran.stdout
 
 
+def test_a_batch_whose_items_take_values_from_the_command_line_is_judged_by_the_tasks_luigi_ran(database_url, tmp_path):
+    """``--Measure-band r`` gives the batch's items their band. astra judges the very batch luigi ran, so a done
+    batch ends without a line (one made again outside luigi's parser context would have items of band g, which are
+    not done); a batch whose item failed still ends with the line, and luigi's code for a failure."""
+    args = ["--module", "tests.batch_pool_tasks", "Stars", "--stars", "3", "--Measure-band", "r", "--local-scheduler"]
+    failed = run_luigi(*args, "--fail-on", "1", cwd=tmp_path)
+    assert failed.returncode == TASK_FAILED, failed.stdout
+    (line,) = astra_lines(failed.stdout)
+    assert line.startswith("Stars(stars=3, fail_on=1) is not done: "), failed.stdout
+
+    done = run_luigi(*args, cwd=tmp_path)
+    assert done.returncode == 0 and "1 ran successfully" in summary(done.stdout), done.stdout
+    assert astra_lines(done.stdout) == [] and "is not done" not in done.stdout, done.stdout
+
+
 @pytest.mark.slow
 def test_the_users_configuration_still_decides_the_exit_codes(sqlite_url, tmp_path):
     args = ["--module", "tests.failures_tasks", "Fragile", "--name", "r2", "--local-scheduler"]

@@ -1,5 +1,6 @@
 """Start-up: ``import astra``, ``astra --version``, ``astra tasks show`` and a luigi run that finds its task done
-import nothing heavy (numpy, astropy, pandas, pyarrow, matplotlib, psycopg 3), on SQLite and PostgreSQL.
+import nothing heavy (numpy, astropy, pandas, pyarrow, matplotlib, psycopg 3), on SQLite and PostgreSQL, and on
+SQLite no psycopg2.
 
 Each check runs the real entry point in a fresh Python and reads ``sys.modules`` as that process exits.
 bench/startup.py measures the times.
@@ -84,15 +85,17 @@ def test_a_done_task_and_a_record_import_nothing_heavy(database_url, tmp_path):
     task = ["--module", "tests.startup_tasks", "Light", "--local-scheduler", "--slurm-time", "30"]
     modules, done = imported(tmp_path, "luigi", *task)
     assert "1 ran successfully" in done.stderr + done.stdout, done
+    # The driver of the other backend is not imported either (psycopg2 costs ~0.01 s; see astra.database.drivers).
+    other_driver = ("psycopg2",) if database_url.startswith("sqlite") else ()
     modules, done = imported(tmp_path, "luigi", *task)
     assert "1 complete ones were encountered" in done.stderr + done.stdout, done
-    assert among(modules, HEAVY + ON_DEMAND) == []
+    assert among(modules, HEAVY + ON_DEMAND + other_driver) == []
 
     pk = json.loads(astra("tasks", "list", "--name", "Light", "--json").stdout)[0]["pk"]
     for command in (["tasks", "show", str(pk)], ["db", "status"]):
         modules, done = imported(tmp_path, "astra", *command)
         assert done.returncode == 0, done
-        assert among(modules, HEAVY + ON_DEMAND) == [], command
+        assert among(modules, HEAVY + ON_DEMAND + other_driver) == [], command
 
 
 def test_a_command_imports_what_it_needs(sqlite_url, tmp_path):
@@ -107,13 +110,20 @@ def test_a_command_imports_what_it_needs(sqlite_url, tmp_path):
 
 def test_peewee_gets_psycopg2_and_psycopg_still_imports(tmp_path):
     """psycopg 3 is hidden from peewee's import only: imported later, by anyone, it works as always; imported
-    before astra, peewee keeps it."""
+    before astra, peewee keeps it. psycopg2 is given to peewee when it makes its first PostgreSQL database."""
     script = (
         "import astra, peewee, playhouse.migrate, sys; print(peewee.psycopg is None, 'psycopg' in sys.modules); "
         "import psycopg; print(psycopg.__name__)"
     )
     done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True)
     assert done.stdout.split() == ["True", "False", "psycopg"], done
+    later = (
+        "import astra, peewee, sys; print(peewee.psycopg2 is None, 'psycopg2' in sys.modules); "
+        "db = peewee.PostgresqlDatabase('x'); import psycopg2; "
+        "print(type(db._adapter).__name__, peewee.psycopg2 is psycopg2, db._adapter.json_type is psycopg2.extras.Json)"
+    )
+    done = subprocess.run([sys.executable, "-c", later], env=subprocess_env(), capture_output=True, text=True)
+    assert done.stdout.split() == ["True", "False", "Psycopg2Adapter", "True", "True"], done
     before = "import psycopg, astra, peewee; print(peewee.psycopg is psycopg)"
     done = subprocess.run([sys.executable, "-c", before], env=subprocess_env(), capture_output=True, text=True)
     assert done.stdout.split() == ["True"], done
