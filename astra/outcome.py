@@ -16,6 +16,7 @@ import urllib.request
 from urllib.parse import quote, urljoin
 
 import luigi
+import luigi.execution_summary
 import luigi.interface
 import luigi.retcodes
 
@@ -129,11 +130,27 @@ def judge_each_run() -> None:
         except Exception:
             _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
-        _judge(tasks)
+        if _judge(tasks) and not _counted(result):
+            # luigi saw nothing go wrong (the records changed under it, e.g. a forget meanwhile), so it would exit 0
+            # with the requested task not done: exit as for a task left not run.
+            raise SystemExit(luigi.retcodes.retcode().not_run)
         return result
 
     judged._astra_judged = True
     luigi.interface._schedule_and_run = judged
+
+
+def _counted(result: object) -> bool:
+    """Whether luigi's own summary of the run has something its exit code counts (a failure, a task not run, ...)."""
+    try:
+        found = luigi.execution_summary._summary_dict(result.worker)
+    except Exception:  # another luigi: let its own code stand
+        return True
+    return any(found[kind] for kind in _COUNTED if kind in found)
+
+
+#: The kinds of luigi's summary that make its exit code non-zero (luigi.retcodes.run_with_retcodes).
+_COUNTED = ("still_pending_ext", "failed", "run_by_other_worker", "scheduling_error", "not_run")
 
 
 def _judge(tasks: list[luigi.Task]) -> list[str]:
