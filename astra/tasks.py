@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -164,3 +165,8 @@ outcome.default_exit_codes()  # a failed run must not exit 0 (luigi's default) w
 config.scheduler_from_command_line()  # --scheduler-host beats luigi.cfg's local_scheduler = true
 outcome.failures_in_one_line()  # a failed task's error, not its traceback (which its record keeps)
 outcome.judge_each_run()  # the records decide whether the requested task is done; one line if it is not
+if config.luigi_command_arguments() is not None:
+    # luigi, peewee and astra are imported now, and stay for the life of the command: out of the garbage collector's
+    # sight (gc.freeze), so that no collection walks them again. A full collection of them costs ~0.015 s, and
+    # astra's imports and tasks put a run that finds its work done just past the count that starts one.
+    gc.freeze()

@@ -127,3 +127,34 @@ def test_peewee_gets_psycopg2_and_psycopg_still_imports(tmp_path):
     before = "import psycopg, astra, peewee; print(peewee.psycopg is psycopg)"
     done = subprocess.run([sys.executable, "-c", before], env=subprocess_env(), capture_output=True, text=True)
     assert done.stdout.split() == ["True"], done
+
+
+#: Prints how many objects the garbage collector holds frozen as the process ends, after ``import astra.tasks`` or
+#: a luigi command.
+FROZEN = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen", gc.get_freeze_count()))
+if sys.argv[1] == "import":
+    import astra.tasks
+else:  # as the luigi command, whose name astra goes by
+    from luigi.cmdline import luigi_run
+    sys.argv[0] = "luigi"
+    luigi_run(sys.argv[2:])
+"""
+
+
+def test_only_the_luigi_command_freezes_its_imports(sqlite_url):
+    """In the luigi command astra puts what was imported out of the garbage collector's sight (a full collection
+    of it would cost a run that finds its work done ~0.015 s); a Python that imports astra itself (a notebook,
+    pytest) keeps its collector as it was, so garbage it made before is still collected."""
+
+    def frozen(*args: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", FROZEN, *args], env=subprocess_env(), cwd=REPO, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done
+        return int(done.stdout.split("frozen")[-1])
+
+    assert frozen("luigi", "--module", "tests.startup_tasks", "Light", "--local-scheduler") > 10_000
+    assert frozen("import") == 0
