@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -131,6 +132,25 @@ class ArrayField(peewee.Field):
         block["elements"]["value"] = np.stack(arrays) if arrays else np.empty((0, *shape))
         return block
 
+    def from_postgres_binary(self, data: bytes | memoryview | None) -> np.ndarray | None:
+        """An array read in PostgreSQL's binary array format (``array_send``), as :meth:`python_value` gives it
+        from the array's text: numbers are copied by numpy, never parsed one by one from text into Python floats.
+        """
+        import numpy as np
+
+        if data is None:
+            return None
+        ndim, has_nulls = struct.unpack_from(">ii", data)
+        if has_nulls:  # a NULL element: rare, and numpy has no place for it; as python_value does with the text
+            return self.python_value(_elements_with_nulls(self.dtype, data, ndim))
+        if ndim == 0:  # PostgreSQL's empty arrays have no dimensions
+            empty = np.empty(0, dtype=self.dtype)
+            return empty.reshape(self.empty_shape) if self.shape is not None else empty
+        shape = struct.unpack_from(f">{2 * ndim}i", data, 12)[::2]
+        element = np.dtype([("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
+        values = np.frombuffer(data, dtype=element, offset=12 + 8 * ndim)["value"].astype(self.dtype)
+        return values.reshape(shape)
+
     def ddl_datatype(self, ctx):
         return peewee.SQL(of_model(self.model).array_type(self))
 
@@ -196,6 +216,26 @@ _ELEMENTS = {
     "bool": (16, 1),
 }
 _BRACKETS = str.maketrans("{}", "[]")
+
+
+def _elements_with_nulls(dtype: np.dtype, data: bytes | memoryview, ndim: int) -> list:
+    """The elements of a binary array that holds NULLs, as nested lists with None (as psycopg2 reads the text)."""
+    import numpy as np
+
+    shape = struct.unpack_from(f">{2 * ndim}i", data, 12)[::2]
+    offset, flat = 12 + 8 * ndim, []
+    big = dtype.newbyteorder(">")
+    for _ in range(math.prod(shape)):
+        (length,) = struct.unpack_from(">i", data, offset)
+        offset += 4
+        if length < 0:
+            flat.append(None)
+            continue
+        flat.append(np.frombuffer(data, dtype=big, count=1, offset=offset)[0].item())
+        offset += length
+    for size in reversed(shape[1:]):
+        flat = [flat[i : i + size] for i in range(0, len(flat), size)]
+    return flat
 
 
 class OutputModel(peewee.Model):

@@ -275,6 +275,7 @@ def explained(arguments: list[str], url: str) -> dict:
     import psycopg2
 
     statements: list[tuple[str, object]] = []
+    settings: list[str] = []
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -284,6 +285,8 @@ def explained(arguments: list[str], url: str) -> dict:
                 writes = any(word in sql.upper() for word in ("INSERT ", "UPDATE ", "DELETE "))
                 if head in ("SELECT", "WITH") and not writes and ";" not in sql:
                     statements.append((sql, params))
+                elif sql.upper().startswith("SET LOCAL JIT"):  # planned as the command planned it (reading())
+                    settings.append(sql.replace("LOCAL ", ""))
 
     logger = logging.getLogger("peewee")
     logger.addHandler(Keep())
@@ -299,6 +302,8 @@ def explained(arguments: list[str], url: str) -> dict:
     seconds = time.perf_counter() - started
     connection = psycopg2.connect(url)
     cursor = connection.cursor()
+    for setting in dict.fromkeys(settings):
+        cursor.execute(setting)
     server, hit, read, slowest = 0.0, 0, 0, (0.0, "")
     for sql, params in statements:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params or None)

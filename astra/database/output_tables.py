@@ -220,24 +220,24 @@ def columns_of(
 ) -> tuple[list[int], dict[str, list]]:
     """The task pk of each row of ``model`` made by ``tasks`` (task pks), in the order of the tasks and then of the
     rows, and the values of ``fields`` in those rows: only the columns asked for, without a join. A chunk of tasks
-    at a time, each task's rows found by a probe of the index on task_pk (see
-    :meth:`astra.database.dialect.SQLite.linked`), whatever the planner knows of the table.
+    per statement, each task's rows found by a probe of the index on task_pk (see
+    :meth:`astra.database.dialect.SQLite.rows_by_key`), whatever the planner knows of the table.
     """
     ready(model)
     db = database()
     chosen = [model._meta.fields[name] for name in fields]
-    rows: list = []
-    for chunk in chunked(list(tasks)):
-        pks = [pk for _, pk in dialect(db).linked(db, dialect(db).table(model), "task_pk", "pk", chunk)]
-        for part in chunked(sorted(pks)):
-            query = model.select(model.task, *chosen).where(model.pk.in_(list(part)))
-            rows += db.execute(query.order_by(model.task, model.pk)).fetchall()
-    rows.sort(key=lambda row: row[0])  # stable: each task's rows stay in the order they were inserted
-    columns = list(zip(*rows)) if rows else [()] * (1 + len(chosen))
-    values = {}
-    for field, column in zip(chosen, columns[1:]):
-        values[field.name] = list(column) if type(field) in _PLAIN else [field.python_value(v) for v in column]
-    return list(columns[0]), values
+    readers = [dialect(db).reader(field, f'"{field.column_name}"') for field in chosen]
+    table = dialect(db).table(model)
+    pks: list[int] = []
+    values: dict[str, list] = {field.name: [] for field in chosen}
+    for chunk in chunked(sorted(tasks)):
+        rows = dialect(db).rows_by_key(db, table, "task_pk", [sql for sql, _ in readers] or ["pk"], chunk)
+        columns = list(zip(*rows)) if rows else [()] * (1 + len(chosen))
+        pks += columns[0]
+        for field, (_, convert), column in zip(chosen, readers, columns[1:]):
+            plain = type(field) in _PLAIN and convert == field.python_value
+            values[field.name] += column if plain else [convert(v) for v in column]
+    return pks, values
 
 
 def first_rows(model: type[peewee.Model], task_pk: int, limit: int) -> tuple[list[peewee.Model], int]:

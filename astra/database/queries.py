@@ -500,6 +500,13 @@ def transaction():
     return _atomic(database())
 
 
+def reading():
+    """A transaction for a command that reads much (an export), planned for its index probes (see the dialect's
+    ``reading``)."""
+    db = database()
+    return dialect(db).reading(db)
+
+
 # Many items at once (astra.batch): a few statements per chunk, whatever its size, with no per-row round trip.
 # How the rows travel is the dialect's business (COPY on PostgreSQL, executemany on SQLite).
 
