@@ -19,9 +19,10 @@ import json
 import math
 import os
 import stat
+import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -170,6 +171,107 @@ def render(found: Table, fmt: str) -> str:
             found.write(buffer, format="ascii.ecsv")
         return buffer.getvalue().rstrip("\n")
     raise ExportError(f"{fmt} is not a text format")
+
+
+#: Formats written a chunk of rows at a time (:func:`stream`): memory does not grow with the rows.
+STREAMED = ("csv", "json")
+
+
+class _UnlikeChunkError(Exception):
+    """A chunk whose columns would be written otherwise in one table with the chunks before it."""
+
+
+def _kind(column: Column) -> tuple | None:
+    """What decides how CSV and JSON write a column's values (None: no value, any kind writes the same)."""
+    if column.ndim > 1:  # a vector column: what writes a row is its shape, and masked rows are zeros in CSV
+        return ("vector", column.dtype.kind, column.shape[1:])
+    if isinstance(column, MaskedColumn) and bool(np.all(column.mask)):
+        return None
+    return ("scalar", column.dtype.kind)
+
+
+def stream(tables: Iterable[Table], fmt: str, path: str | None, whole: Callable[[], Table]) -> int:
+    """Write ``tables`` (chunks of one table's rows, with the same columns) as CSV or JSON to ``path`` (None:
+    stdout), one chunk at a time, in the bytes :func:`render` gives for the whole table; the number of rows.
+
+    A chunk's columns are made from its rows alone (:func:`column`), and one table's could differ: arrays of one
+    shape in a chunk but not in the whole, a column of ints in one chunk and of floats in another. When a chunk
+    would be written otherwise than in one table, what was written is dropped and ``whole()`` (the table) is
+    written instead. Stdout gets the text once complete (kept in a temporary file meanwhile).
+    """
+    if fmt not in STREAMED:
+        raise ExportError(f"{fmt} is not written in chunks")
+    with _text_destination(path) as file:
+        try:
+            rows = _stream(tables, fmt, file)
+        except _UnlikeChunkError:
+            file.seek(0)
+            file.truncate()
+            found = whole()
+            file.write(render(found, fmt) + "\n")
+            rows = len(found)
+        if path is None:
+            file.seek(0)
+            while piece := file.read(1 << 20):
+                sys.stdout.write(piece)
+            sys.stdout.flush()
+    return rows
+
+
+def _stream(tables: Iterable[Table], fmt: str, file) -> int:
+    names: list[str] | None = None
+    kinds: dict[str, tuple | None] = {}
+    rows = 0
+    held = ""  # newlines at the end of what was written: the whole table's text has none (render strips them)
+    for found in tables:
+        if not len(found):
+            continue
+        if names is None:
+            names = found.colnames
+            file.write("[\n" if fmt == "json" else "")
+        elif found.colnames != names:
+            raise _UnlikeChunkError()
+        for name in names:
+            kind, known = _kind(found[name]), kinds.get(name)
+            if kind is None:  # no value here: written as nothing, unless the column holds arrays (zeros)
+                if known is not None and known[0] == "vector":
+                    raise _UnlikeChunkError()
+                kinds.setdefault(name, None)
+            elif known is None:
+                if name in kinds and kind[0] == "vector":  # rows written as nothing would have been zeros
+                    raise _UnlikeChunkError()
+                kinds[name] = kind
+            elif kind != known:
+                raise _UnlikeChunkError()
+        if fmt == "json":
+            text = ",\n".join(
+                "\n".join("  " + line for line in json.dumps(record, indent=2, allow_nan=False).split("\n"))
+                for record in records(found)
+            )
+            text = (",\n" if rows else "") + text
+        else:
+            text = render(found, "csv") + "\n"
+            if rows:
+                text = text.split("\n", 1)[1]  # the header, once
+        rows += len(found)
+        stripped = text.rstrip("\n")
+        file.write(held + stripped)
+        held = text[len(stripped) :]
+    if names is not None:
+        file.write("\n]\n" if fmt == "json" else "\n")
+    return rows
+
+
+@contextmanager
+def _text_destination(path: str | None) -> Iterator:
+    """A text file to write: beside ``path``, moved into place once complete (see :func:`_replacing`); a
+    temporary file for stdout (None)."""
+    if path is None:
+        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as file:
+            yield file
+        return
+    with _replacing(path) as temporary, open(temporary, "w+", encoding="utf-8", newline="") as file:
+        yield file
 
 
 def _needs(package: str, what: str) -> None:

@@ -6,15 +6,16 @@ keys become the columns; :mod:`astra.export` writes the table.
 
 from __future__ import annotations
 
+import datetime
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import luigi
 from astropy.table import Table
 
 from astra import export, outputs
 from astra.database import output_tables, records
-from astra.database.queries import chunked
+from astra.database.queries import CHUNK, chunked
 
 
 def _parser(cls: type[luigi.Task] | None, name: str) -> Callable[[str | None], object]:
@@ -44,16 +45,29 @@ def matching(filters: records.Filters, version: str | None) -> list[int]:
     return [task.pk for chunk in chunked(found) for task in records.get(chunk) if task.version == version]
 
 
-def results_table(cls: type[luigi.Task] | None, tasks: Sequence[int], columns: Sequence[str] | None = None) -> Table:
+#: Tasks per chunk of :func:`results_chunks`.
+TASKS_PER_CHUNK = CHUNK
+
+#: Each task's (version, completed), by pk, where the caller has read them already.
+Versions = dict[int, tuple[str, datetime.datetime | None]]
+
+
+def results_table(
+    cls: type[luigi.Task] | None,
+    tasks: Sequence[int],
+    columns: Sequence[str] | None = None,
+    versions: Versions | None = None,
+) -> Table:
     """The results of ``tasks`` (done tasks, from :func:`matching`) as one table.
 
     ``cls`` is their task class, None when it cannot be imported: then the recorded JSON results make the table,
     with parameters as recorded (text). ``columns`` (None: all) are the columns needed: for a class with an output
-    model only those are read (a plot of two columns of a million rows reads two columns).
+    model only those are read (a plot of two columns of a million rows reads two columns). ``versions``: the
+    tasks' versions and completion times if the caller has them (else they are read).
     """
     model = outputs.output_model(cls) if cls is not None else None
     if model is not None:
-        return _output_rows(cls, model, tasks, columns)
+        return _output_rows(cls, model, tasks, columns, versions)
     # Listing leaves results out (they can be large); here they are the table.
     found = [task for chunk in chunked(sorted(tasks)) for task in records.with_results(chunk)]
     parameters = records.parameters_of([task.pk for task in found])
@@ -80,8 +94,26 @@ def results_table(cls: type[luigi.Task] | None, tasks: Sequence[int], columns: S
     return found
 
 
+def results_chunks(
+    cls: type[luigi.Task] | None,
+    tasks: Sequence[int],
+    columns: Sequence[str] | None = None,
+    versions: Versions | None = None,
+) -> Iterator[Table]:
+    """The table of :func:`results_table`, a chunk of tasks at a time (in pk order), for writers that need not
+    hold all the rows at once (:func:`astra.export.stream`). Each chunk's columns are made from its own rows."""
+    model = outputs.output_model(cls) if cls is not None else None
+    if model is not None and columns is not None:  # an unknown column is an error before any query
+        export.check_columns(columns, _output_names(cls, model)[0])
+    return (results_table(cls, chunk, columns, versions) for chunk in chunked(sorted(tasks), TASKS_PER_CHUNK))
+
+
 def _output_rows(
-    cls: type[luigi.Task], model: type[outputs.OutputModel], tasks: Sequence[int], wanted: Sequence[str] | None
+    cls: type[luigi.Task],
+    model: type[outputs.OutputModel],
+    tasks: Sequence[int],
+    wanted: Sequence[str] | None,
+    versions: Versions | None,
 ) -> Table:
     """The rows of ``model`` made by ``tasks``, with the tasks' columns beside them; only the ``wanted`` ones.
 
@@ -89,9 +121,7 @@ def _output_rows(
     task may have many rows).
     """
     parameters = outputs.parameter_names(cls)
-    fields = [name for name in model._meta.fields if name not in ("pk", "task")]
-    task_columns = {output_tables.task_column(model, n): n for n in [*parameters, "version", "completed"]}
-    names = ["task_pk", *task_columns, *fields]
+    names, task_columns, fields = _output_names(cls, model)
     if wanted is not None:
         export.check_columns(wanted, names)
         names = [name for name in names if name in wanted]
@@ -100,9 +130,9 @@ def _output_rows(
     values["task_pk"] = pks
     needed = {column: what for column, what in task_columns.items() if column in names}
     if needed:
-        per_task = {
-            pk: {"version": version, "completed": completed} for pk, version, completed in records.versions_of(tasks)
-        }
+        if versions is None:
+            versions = {pk: (version, completed) for pk, version, completed in records.versions_of(tasks)}
+        per_task = {pk: {"version": versions[pk][0], "completed": versions[pk][1]} for pk in tasks if pk in versions}
         if set(needed.values()) - {"version", "completed"}:
             recorded = records.parameters_of(list(dict.fromkeys(pks)))
             for pk, given in recorded.items():
@@ -119,6 +149,17 @@ def _output_rows(
     for name in chosen:
         export.annotate(found, name, units.get(name), model._meta.fields[name].help_text)
     return found
+
+
+def _output_names(
+    cls: type[luigi.Task], model: type[outputs.OutputModel]
+) -> tuple[list[str], dict[str, str], list[str]]:
+    """Every column of the results of a class with an output model; its task columns (column: what it is: a
+    parameter, version or completed); its output fields."""
+    fields = [name for name in model._meta.fields if name not in ("pk", "task")]
+    what = [*outputs.parameter_names(cls), "version", "completed"]
+    task_columns = {output_tables.task_column(model, n): n for n in what}
+    return ["task_pk", *task_columns, *fields], task_columns, fields
 
 
 #: The descriptions of the columns every results table has.

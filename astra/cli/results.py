@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import shlex
+from itertools import chain
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,9 +16,12 @@ from astra.cli.options import CONTEXT, filter_options, json_option, nothing_matc
 from astra.database import output_tables, records
 from astra.database.connection import describe
 from astra.database.models import Task
-from astra.database.queries import chunked
-from astra.results_table import matching, results_table
+from astra.database.queries import chunked, reading
+from astra.results_table import matching, results_chunks, results_table
 from astra.version import __version__
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 
 def provenance(name: str, filters: records.Filters, task_version: str | None, asked: list[str]) -> dict[str, str]:
@@ -111,36 +116,54 @@ def results(
         )
         if task_version is None and not all_versions and cls is not None:
             task_version = identity.task_version(cls)
-        every = matching(filters, None)
-        chosen = every
-        if task_version is not None:
-            chosen = [pk for pk, version, _ in records.versions_of(every) if version == task_version]
-        try:
-            found = results_table(cls, chosen, drawn or kept)
-        except TypeError as exc:  # the class's output model is wrong, e.g. its Meta.units names no field
-            raise click.ClickException(str(exc)) from None
-        others = _rows(cls, sorted(set(every) - set(chosen)))
-        if not len(found):
-            if name not in records.known_names():
-                raise nothing_matches(filters)
+        with reading():  # one snapshot for every statement, the rows written included
+            every = matching(filters, None)
+            chosen, versions = every, None
+            if task_version is not None:
+                versions = {pk: (version, completed) for pk, version, completed in records.versions_of(every)}
+                chosen = [pk for pk in every if pk in versions and versions[pk][0] == task_version]
+            streamed = fmt in export.STREAMED and not drawn
+            try:
+                if streamed:  # a chunk of tasks at a time: the first with rows now, to know there is one
+                    chunks = results_chunks(cls, chosen, kept, versions)
+                    found = next((table for table in chunks if len(table)), None)
+                else:
+                    found = results_table(cls, chosen, drawn or kept, versions)
+            except TypeError as exc:  # the class's output model is wrong, e.g. its Meta.units names no field
+                raise click.ClickException(str(exc)) from None
+            others = _rows(cls, sorted(set(every) - set(chosen)))
+            if found is None or not len(found):
+                if name not in records.known_names():
+                    raise nothing_matches(filters)
+                if others:
+                    raise click.ClickException(
+                        f"no done {name} task of version {task_version!r} has results that match; {others} of "
+                        "other versions do (--all-versions)"
+                    )
+                raise click.ClickException(f"no done {name} task has results that match")
             if others:
-                raise click.ClickException(
-                    f"no done {name} task of version {task_version!r} has results that match; {others} of other "
-                    "versions do (--all-versions)"
-                )
-            raise click.ClickException(f"no done {name} task has results that match")
-        if others:
-            formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
-        found.meta.update(provenance(name, filters, task_version, asked))
-        if kept and not drawn:
-            found = export.keep(found, kept)
-        if drawn:
-            points, kind = export.plot(found, drawn, output, name, bins=bins, log=log or "")
-            formats.say(f"drew {points} of {len(found)} rows into {output} ({kind})")
-        elif output:
-            export.write(found, fmt, output)
-            formats.say(f"wrote {len(found)} rows, {len(found.colnames)} columns to {output}")
-        else:
-            click.echo(export.render(found, fmt))
+                formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
+            if streamed:
+
+                def whole() -> Table:  # should a chunk's columns differ from the whole table's
+                    table = results_table(cls, chosen, kept, versions)
+                    return export.keep(table, kept) if kept else table
+
+                kept_chunks = (export.keep(table, kept) if kept else table for table in chain([found], chunks))
+                rows = export.stream(kept_chunks, fmt, output, whole)
+                if output:
+                    formats.say(f"wrote {rows} rows, {len(found.colnames if not kept else kept)} columns to {output}")
+                return
+            found.meta.update(provenance(name, filters, task_version, asked))
+            if kept and not drawn:
+                found = export.keep(found, kept)
+            if drawn:
+                points, kind = export.plot(found, drawn, output, name, bins=bins, log=log or "")
+                formats.say(f"drew {points} of {len(found)} rows into {output} ({kind})")
+            elif output:
+                export.write(found, fmt, output)
+                formats.say(f"wrote {len(found)} rows, {len(found.colnames)} columns to {output}")
+            else:
+                click.echo(export.render(found, fmt))
     except export.ExportError as exc:
         raise click.ClickException(str(exc)) from None
