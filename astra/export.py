@@ -146,8 +146,15 @@ def _flat(found: Table) -> Table:
     flat = found.copy(copy_data=False)
     for name in found.colnames:
         if found[name].ndim > 1:
-            flat[name] = [json.dumps(_plain(np.asarray(v))) for v in found[name]]
+            flat[name] = _json_rows(np.asarray(found[name]))
     return flat
+
+
+def _json_rows(data: np.ndarray) -> list[str]:
+    """Each row of ``data`` as the JSON text of ``_plain``: a row of finite numbers straight from ``tolist`` (the
+    JSON encoder in C), the others through ``_plain`` (which writes NaN and infinities as null)."""
+    finite = np.isfinite(data).reshape(len(data), -1).all(axis=1) if data.dtype.kind == "f" else None
+    return [json.dumps(row.tolist() if finite is None or finite[i] else _plain(row)) for i, row in enumerate(data)]
 
 
 def render(found: Table, fmt: str) -> str:
