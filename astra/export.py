@@ -197,9 +197,10 @@ def _kind(column: Column) -> tuple | None:
     return ("scalar", column.dtype.kind)
 
 
-def stream(tables: Iterable[Table], fmt: str, path: str | None, whole: Callable[[], Table]) -> int:
+def stream(tables: Iterable[Table], fmt: str, path: str | None, whole: Callable[[], Table]) -> tuple[int, int]:
     """Write ``tables`` (chunks of one table's rows, with the same columns) as CSV or JSON to ``path`` (None:
-    stdout), one chunk at a time, in the bytes :func:`render` gives for the whole table; the number of rows.
+    stdout), one chunk at a time, in the bytes :func:`render` gives for the whole table; the number of rows and
+    of columns written.
 
     A chunk's columns are made from its rows alone (:func:`column`), and one table's could differ: arrays of one
     shape in a chunk but not in the whole, a column of ints in one chunk and of floats in another. When a chunk
@@ -210,22 +211,22 @@ def stream(tables: Iterable[Table], fmt: str, path: str | None, whole: Callable[
         raise ExportError(f"{fmt} is not written in chunks")
     with _text_destination(path) as file:
         try:
-            rows = _stream(tables, fmt, file)
+            written = _stream(tables, fmt, file)
         except _UnlikeChunkError:
             file.seek(0)
             file.truncate()
             found = whole()
             file.write(render(found, fmt) + "\n")
-            rows = len(found)
+            written = len(found), len(found.colnames)
         if path is None:
             file.seek(0)
             while piece := file.read(1 << 20):
                 sys.stdout.write(piece)
             sys.stdout.flush()
-    return rows
+    return written
 
 
-def _stream(tables: Iterable[Table], fmt: str, file) -> int:
+def _stream(tables: Iterable[Table], fmt: str, file) -> tuple[int, int]:
     names: list[str] | None = None
     kinds: dict[str, tuple | None] = {}
     rows = 0
@@ -266,7 +267,7 @@ def _stream(tables: Iterable[Table], fmt: str, file) -> int:
         held = text[len(stripped) :]
     if names is not None:
         file.write("\n]\n" if fmt == "json" else "\n")
-    return rows
+    return rows, len(names or ())
 
 
 @contextmanager

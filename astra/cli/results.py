@@ -150,9 +150,9 @@ def results(
                     return export.keep(table, kept) if kept else table
 
                 kept_chunks = (export.keep(table, kept) if kept else table for table in chain([found], chunks))
-                rows = export.stream(kept_chunks, fmt, output, whole)
+                rows, written = export.stream(kept_chunks, fmt, output, whole)
                 if output:
-                    formats.say(f"wrote {rows} rows, {len(found.colnames if not kept else kept)} columns to {output}")
+                    formats.say(f"wrote {rows} rows, {written} columns to {output}")
                 return
             found.meta.update(provenance(name, filters, task_version, asked))
             if kept and not drawn:
