@@ -154,7 +154,7 @@ def _scans(url: str, statements: list[tuple[str, object]]) -> list[str]:
 
 
 @pytest.mark.parametrize("listed", [None, 100])
-def test_commands_plan_by_keys_without_statistics(unanalysed, capsys, monkeypatch, listed):
+def test_commands_plan_by_keys_without_statistics(unanalysed, capsys, monkeypatch, tmp_path, listed):
     """Every statement of the commands that select tasks finds its rows by index, on tables never analysed: no
     sequential scan of astra.task, task_parameter, parameter, dependency or an output table. With ``listed``, any
     filter of more tasks than that counts as common (checked task by task), as a night or a data release does on a
@@ -174,6 +174,8 @@ def test_commands_plan_by_keys_without_statistics(unanalysed, capsys, monkeypatc
         ("results", "ScaleFit", "--where", f"path={path}"),
         ("results", "ScaleFit", "--where", "release=dr19", "--where", f"night={night}", "--format", "json"),
         ("results", "ScaleVisit", "--where", f"path={path[:-7]}*", "--format", "csv"),
+        ("results", "ScaleFit", "--where", f"path={path[:-9]}*", "--format", "fits", "-o", str(tmp_path / "f.fits")),
+        ("results", "ScaleFit", "--where", f"path={path[:-9]}*", "--format", "json", "--columns", "path,model_flux"),
         ("tasks", "list", "--where", "release=dr19"),
         ("tasks", "list", "--where", "path=/sdss/*", "--where", f"night={night}"),
         ("tasks", "list", "--where", f"night={night}"),

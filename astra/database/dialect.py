@@ -167,6 +167,10 @@ class SQLite:
         """``query`` restricted to rows whose ``field`` is one of ``keys`` (SQLite takes up to 32766 values)."""
         return query.where(field.in_(keys))
 
+    def one_of(self, field: peewee.Field, keys: Sequence[int]) -> peewee.Node:
+        """``field`` is one of the integer ``keys`` (at most CHUNK of them), as a condition of any statement."""
+        return field.in_(list(keys))
+
     def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
         """The primary keys of the rows of ``table`` whose hash key ``column`` is one of ``hashes`` (hex text)."""
         found = {}
@@ -555,6 +559,10 @@ class PostgreSQL(SQLite):
         # One array parameter: PostgreSQL plans long IN lists slowly. Raw SQL: the values as the field stores them.
         values = [field.db_value(key) for key in keys]
         return query.where(peewee.NodeList((field, peewee.SQL("= ANY(%s)", (values,)))))
+
+    def one_of(self, field, keys):
+        # One array parameter, which peewee renders at once (an IN list costs it ~20 us per value).
+        return peewee.NodeList((field, peewee.SQL("= ANY(%s::bigint[])", (list(keys),))))
 
     def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
         found = {}

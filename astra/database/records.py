@@ -342,10 +342,10 @@ def resolve(ref: str) -> Task | None:
 
 def get(pks: Iterable[int]) -> list[Task]:
     """The tasks with these ``pks``, in pk order."""
-    database()
+    db = database()
     found = []
     for chunk in chunked(sorted(set(pks))):
-        found.extend(_tasks().where(Task.pk.in_(chunk)).order_by(Task.pk))
+        found.extend(_tasks().where(dialect(db).one_of(Task.pk, chunk)).order_by(Task.pk))
     return found
 
 
@@ -449,14 +449,15 @@ def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
             pks = [task.pk for task in tasks]
             parameter_pks = {parameter for _, parameter in _links("task_pk", "parameter_pk", pks)}
             dialect(db).by_keys_only(db)  # every statement below finds its rows by keys
+            one_of = dialect(db).one_of
             for chunk in chunked(pks):
-                Dependency.delete().where(Dependency.task.in_(chunk) | Dependency.requires.in_(chunk)).execute()
-                TaskParameter.delete().where(TaskParameter.task.in_(chunk)).execute()
-                Task.delete().where(Task.pk.in_(chunk)).execute()
+                Dependency.delete().where(one_of(Dependency.task, chunk) | one_of(Dependency.requires, chunk)).execute()
+                TaskParameter.delete().where(one_of(TaskParameter.task, chunk)).execute()
+                Task.delete().where(one_of(Task.pk, chunk)).execute()
             removed = 0
             for chunk in chunked(sorted(parameter_pks)):
                 used = TaskParameter.select().where(TaskParameter.parameter == Parameter.pk)
-                removed += Parameter.delete().where(Parameter.pk.in_(chunk), ~fn.EXISTS(used)).execute()
+                removed += Parameter.delete().where(one_of(Parameter.pk, chunk), ~fn.EXISTS(used)).execute()
     except peewee.IntegrityError as exc:
         # A worker linked one of the parameters to a new task at the same moment; nothing was deleted.
         raise DatabaseError(f"astra: could not forget, a task was recorded meanwhile ({exc}); try again") from None
