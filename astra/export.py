@@ -317,7 +317,7 @@ def _fits_hdu(found: Table):
 
     for name in found.colnames:
         column = found[name]
-        if column.dtype.kind == "U":
+        if column.dtype.kind == "U" and not _ascii_only(column):
             for i, value in enumerate(column):
                 if not np.ma.is_masked(value) and not str(value).isascii():
                     raise ExportError(
@@ -343,6 +343,16 @@ def _fits_hdu(found: Table):
             # A card holds 80 characters: a long value goes on in CONTINUE cards, without its comment.
             hdu.header[key] = (value, comment if len(str(value)) + len(comment) < 56 else "")
     return hdu
+
+
+def _ascii_only(column: Column) -> bool:
+    """Whether every value of a text column is ASCII, asked of all of them at once (numpy's ASCII encoder)."""
+    data = column.filled("") if isinstance(column, MaskedColumn) else column
+    try:
+        np.asarray(data).astype(np.bytes_)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _arrow(found: Table):

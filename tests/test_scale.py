@@ -78,9 +78,9 @@ def test_fill_writes_what_astra_writes(postgres_database, postgres_server, monke
 
 #: A sequential scan of an astra table (not of the system catalogues, which peewee reads to find the tables).
 ASTRA_SCAN = re.compile(r"Seq Scan on (task|parameter|task_parameter|dependency|scale_fit)\b")
-#: A list of primary keys: the planner knows how many rows it names without statistics (the key is unique), and
-#: scans a table this small for a chunk of 5,000 keys, but probes the index of a table of millions.
-BY_PRIMARY_KEY = re.compile(r'WHERE \(+"t1"\."pk" IN \(')
+#: A list (or array) of primary keys: the planner knows how many rows it names without statistics (the key is
+#: unique), and scans a table this small for a chunk of 5,000 keys, but probes the index of a table of millions.
+BY_PRIMARY_KEY = re.compile(r'WHERE \(*"t1"\."pk" (IN \(|= ANY\()')
 #: Tasks of the database the plans are checked on: small, but large enough that a scan is not the best plan.
 PLANNED = 40_000
 
