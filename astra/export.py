@@ -282,6 +282,8 @@ def _indented(value: object, level: int = 1) -> str:
     if isinstance(value, list) and value and all(type(item) in _NUMBERS for item in value):
         elements = json.dumps(value, allow_nan=False)[1:-1].split(", ")
         return "[" + pad + "  " + ("," + pad + "  ").join(elements) + pad + "]"
+    if not isinstance(value, (dict, list, tuple)):  # one line: the indented encoder would work it in Python
+        return json.dumps(value, allow_nan=False)
     return json.dumps(value, indent=2, allow_nan=False).replace("\n", pad)
 
 
