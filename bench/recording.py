@@ -13,7 +13,13 @@ Every figure comes from a new process (``python bench/recording.py --measure ...
   PostgreSQL, ``executemany`` on SQLite; luigi's ``PostgresTarget.touch()`` (a marker row per item) on 200
   items (each opens a connection);
 - the all-done check: ``Spectra(stop=M).complete()`` in a new process once M items are recorded (astra's batch
-  records them first, itself a figure at that scale).
+  records them first, itself a figure at that scale); then the same check of M items that each require a task:
+  ``Continua`` (each item requires its ``Spectrum``, an astra task) and ``Extractions`` (each requires a plain
+  luigi ``ExternalTask``), with the check of ``Spectra`` (items that require nothing) measured again beside them as
+  the anchor. The checks report CPU time (this process's, all threads) beside wall time: on a shared machine the
+  wall time says as much about the neighbours.
+
+    python bench/recording.py --checks-only --done-items 1000000 --repeat 2   # the all-done checks alone
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.run import Bench, admin, machine  # noqa: E402
+from bench.run import DB, Bench, admin, machine  # noqa: E402
 
 CHUNK = 5000
+#: The batches of the all-done check, by the kind of requirement their items have.
+CHECKED = {"none": "Spectra", "astra": "Continua", "luigi": "Extractions"}
 
 
 def _chunks(n: int) -> list[tuple[list[tuple], list[tuple], list[tuple]]]:
@@ -152,17 +160,19 @@ def measure(what: str, n: int, url: str, profile: bool) -> dict:
     if profiler:
         profiler.enable()
     result: dict = {}
+    what, _, required = what.partition(":")  # e.g. "check:astra": the check of items that require an astra task
     if what in ("astra", "check"):
-        from bench.tasks import Spectra
+        import bench.tasks
 
-        task = Spectra(stop=n)
-        started = time.perf_counter()
+        task = getattr(bench.tasks, CHECKED[required or "none"])(stop=n)
+        started, cpu = time.perf_counter(), time.process_time()
         if what == "astra":
             result["ok"] = bool(_build(task))
             result["recording_seconds"] = task.recording_seconds
         else:
             result["ok"] = task.complete()
         result["seconds"] = time.perf_counter() - started
+        result["cpu_seconds"] = time.process_time() - cpu
     elif what in ("copy", "insert"):
         result["seconds"] = _anchor_postgres(url, n, what)
     elif what == "sqlite-insert":
@@ -213,52 +223,68 @@ class Recording:
         return f"sqlite:///{path}"
 
 
-def recording(bench: Bench, n: int, done_items: int, profile: bool) -> None:
-    """Print the recording figures (see the module docstring)."""
+def recording(
+    bench: Bench, n: int, done_items: int, profile: bool, checks_only: bool = False, repeat: int = 1
+) -> None:
+    """Print the recording figures (see the module docstring); ``checks_only``: the all-done checks alone, each
+    ``repeat`` times."""
     print(f"\n## (e) recording: {n:,} batch items, and the all-done check over {done_items:,}\n", flush=True)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     r = Recording(bench, profile)
     lines = [
-        "| what | database | s | items/s | items/s recording only | peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "| what | database | s | CPU s | items/s | items/s recording only | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    profiles = []
+    profiles: list[str] = []
+    line = _table_line(lines, profiles)
+    if not checks_only:
+        url = r.fresh_postgres(f"{DB}_recording")
+        line("astra batch, end to end", "PostgreSQL", r.run("astra", n, url, profile=profile), n)
+        url = r.fresh_postgres(f"{DB}_recording")
+        line("anchor: COPY of the same rows (psycopg2)", "PostgreSQL", r.run("copy", n, url), n)
+        url = r.fresh_postgres(f"{DB}_recording")
+        line("anchor: INSERT of the same rows (execute_values)", "PostgreSQL", r.run("insert", n, url), n)
+        markers = min(n, 200)  # a new connection per touch: a thousand take a minute
+        admin("drop table if exists table_updates", database=f"{DB}_luigi")
+        line(f"anchor: luigi PostgresTarget.touch() ({markers:,} items)", "PostgreSQL",
+             r.run("postgres-target", markers, url), markers)  # fmt: skip
+        url = r.fresh_sqlite("recording")
+        line("astra batch, end to end", "SQLite", r.run("astra", n, url, profile=profile), n)
+        anchor = r.fresh_sqlite("recording-anchor")
+        _sqlite_schema(anchor)
+        line("anchor: executemany INSERT of the same rows (sqlite3)", "SQLite", r.run("sqlite-insert", n, anchor), n)
 
-    def line(what: str, database: str, result: dict, items: int) -> None:
-        recording = result.get("recording_seconds")
-        rate = f"{items / recording:,.0f}" if recording else "-"
-        lines.append(
-            f"| {what} | {database} | {result['seconds']:.2f} | {items / result['seconds']:,.0f} | {rate} "
-            f"| {result['peak_rss_mb']:.0f} |"
-        )
-        print(f"{what}, {database}: {result.get('seconds'):.2f} s", flush=True)
-        if "profile" in result:
-            profiles.append(f"### profile: {what}, {database}\n\n```\n{result['profile']}```")
-
-    url = r.fresh_postgres("astra_bench_recording")
-    line("astra batch, end to end", "PostgreSQL", r.run("astra", n, url, profile=profile), n)
-    url = r.fresh_postgres("astra_bench_recording")
-    line("anchor: COPY of the same rows (psycopg2)", "PostgreSQL", r.run("copy", n, url), n)
-    url = r.fresh_postgres("astra_bench_recording")
-    line("anchor: INSERT of the same rows (execute_values)", "PostgreSQL", r.run("insert", n, url), n)
-    markers = min(n, 200)  # a new connection per touch: a thousand take a minute
-    admin("drop table if exists table_updates", database="astra_bench_luigi")
-    line(f"anchor: luigi PostgresTarget.touch() ({markers:,} items)", "PostgreSQL",
-         r.run("postgres-target", markers, url), markers)  # fmt: skip
-    url = r.fresh_sqlite("recording")
-    line("astra batch, end to end", "SQLite", r.run("astra", n, url, profile=profile), n)
-    anchor = r.fresh_sqlite("recording-anchor")
-    _sqlite_schema(anchor)
-    line("anchor: executemany INSERT of the same rows (sqlite3)", "SQLite", r.run("sqlite-insert", n, anchor), n)
-
-    url = r.fresh_postgres("astra_bench_done")
-    line("astra batch, end to end (setting up the check)", "PostgreSQL", r.run("astra", done_items, url), done_items)
-    line("all-done check: Spectra.complete()", "PostgreSQL", r.run("check", done_items, url, profile=profile),
-         done_items)  # fmt: skip
+    url = r.fresh_postgres(f"{DB}_done")
+    for required in CHECKED:  # the items that require a Spectrum are recorded after the Spectra they require
+        batch = CHECKED[required]
+        line(f"astra batch, end to end (setting up the check): {batch}", "PostgreSQL",
+             r.run(f"astra:{required}", done_items, url), done_items)  # fmt: skip
+    for _ in range(repeat):  # interleaved, so that a busy moment of the machine is shared by every kind
+        for required, batch in CHECKED.items():
+            line(f"all-done check: {batch}.complete() (requires: {required})", "PostgreSQL",
+                 r.run(f"check:{required}", done_items, url, profile=profile), done_items)  # fmt: skip
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     print("\n" + "\n".join(lines), flush=True)
     for text in profiles:
         print("\n" + text, flush=True)
+
+
+def _table_line(lines: list[str], profiles: list[str]):
+    """A function that adds one figure to ``lines`` (and its profile, if any, to ``profiles``) and prints it."""
+
+    def line(what: str, database: str, result: dict, items: int) -> None:
+        recording = result.get("recording_seconds")
+        rate = f"{items / recording:,.0f}" if recording else "-"
+        cpu = f"{result['cpu_seconds']:.2f}" if "cpu_seconds" in result else "-"
+        lines.append(
+            f"| {what} | {database} | {result['seconds']:.2f} | {cpu} | {items / result['seconds']:,.0f} | {rate} "
+            f"| {result['peak_rss_mb']:.0f} |"
+        )
+        print(f"{what}, {database}: {result['seconds']:.2f} s, CPU {cpu} s, load {os.getloadavg()[0]:.2f}", flush=True)
+        if "profile" in result:
+            profiles.append(f"### profile: {what}, {database}\n\n```\n{result['profile']}```")
+
+    return line
 
 
 def _sqlite_schema(url: str) -> None:
@@ -275,6 +301,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--done-items", type=int, default=1_000_000)
     parser.add_argument("--profile", action="store_true", help="cProfile's top entries of the astra runs")
+    parser.add_argument("--checks-only", action="store_true", help="only the all-done checks (and their set-up)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each all-done check, interleaved")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -289,8 +317,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="astra-bench-"))
     bench = Bench(workdir)
     try:
-        bench.new_postgres("astra_bench_luigi", astra_schema=False)
-        recording(bench, args.items, args.done_items, args.profile)
+        bench.new_postgres(f"{DB}_luigi", astra_schema=False)
+        recording(bench, args.items, args.done_items, args.profile, args.checks_only, args.repeat)
     finally:
         bench.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)

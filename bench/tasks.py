@@ -128,6 +128,62 @@ class Spectra(BatchTask):
         return [item.values["spectrum_id"] % 97 for item in chunk]
 
 
+class SpectrumFile(luigi.ExternalTask):
+    """The input file of one spectrum: a plain luigi task, as a pipeline's inputs usually are."""
+
+    spectrum_id = luigi.IntParameter()
+    release = luigi.Parameter(default="dr19")
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(f"/data/{self.release}/spec-{self.spectrum_id}.fits")
+
+
+class Continuum(astra.BaseTask):
+    """The continuum of one spectrum: an item that requires another astra task, its ``Spectrum``."""
+
+    spectrum_id = luigi.IntParameter()
+    release = luigi.Parameter(default="dr19")
+
+    def requires(self) -> Spectrum:
+        return Spectrum(spectrum_id=self.spectrum_id, release=self.release)
+
+
+class Extracted(astra.BaseTask):
+    """One spectrum extracted from its file: an item that requires a plain luigi task, its ``SpectrumFile``."""
+
+    spectrum_id = luigi.IntParameter()
+    release = luigi.Parameter(default="dr19")
+
+    def requires(self) -> SpectrumFile:
+        return SpectrumFile(spectrum_id=self.spectrum_id, release=self.release)
+
+
+class SpectrumRange(BatchTask):
+    """Items ``start`` to ``stop`` - 1 (by ``spectrum_id``) of ``item_class``, recorded without any work."""
+
+    chunk_size = 5000
+    start = luigi.IntParameter(default=0)
+    stop = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return ({"spectrum_id": i} for i in range(self.start, self.stop))
+
+    def process(self, chunk: list) -> list[None]:
+        return [None] * len(chunk)
+
+
+class Continua(SpectrumRange):
+    """Continuum items: each requires its Spectrum (the all-done check of items with a requirement)."""
+
+    item_class = Continuum
+
+
+class Extractions(SpectrumRange):
+    """Extracted items: each requires its SpectrumFile."""
+
+    item_class = Extracted
+
+
 class AstraRecorded(BatchTask):
     """Records AstraLeaf items (and the AstraRoot of them) as done, to set up the warm scan."""
 
