@@ -223,9 +223,7 @@ class Recording:
         return f"sqlite:///{path}"
 
 
-def recording(
-    bench: Bench, n: int, done_items: int, profile: bool, checks_only: bool = False, repeat: int = 1
-) -> None:
+def recording(bench: Bench, n: int, done_items: int, profile: bool, checks_only: bool = False, repeat: int = 1) -> None:
     """Print the recording figures (see the module docstring); ``checks_only``: the all-done checks alone, each
     ``repeat`` times."""
     print(f"\n## (e) recording: {n:,} batch items, and the all-done check over {done_items:,}\n", flush=True)
