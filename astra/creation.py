@@ -10,10 +10,15 @@ task) simply by normalising them, which is all luigi does then too. Anything els
 Identifying a batch item creates the plain luigi tasks it requires too, often one ``luigi.ExternalTask`` (an input
 file) per item. Inside :func:`quickly` those are made the same quick way, outside
 luigi's instance cache (which would keep a million of them), when luigi would do nothing else: see :func:`_quick`.
+
+Checking that a million items are done goes further (:class:`Maker`): the items, and the tasks their ``requires()``
+makes, are made without luigi at all when luigi's ``Task.__init__`` would only set their values (:func:`light`),
+with the values worked out by a plan per class and set of given names that luigi's own ``get_param_values`` made.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -27,12 +32,29 @@ T = TypeVar("T")
 _creating = threading.local()
 #: ``on`` while this thread identifies or runs batch items (:func:`quickly`).
 _quickly = threading.local()
+#: ``maker``: the Maker whose call() this thread is in (see Maker.call), or None.
+_lightly = threading.local()
+#: Functions that do what luigi's own (``Task.__init__``, ``Task.get_param_values``) do, only faster (BaseTask's).
+_as_luigis: set = set()
+
+
+def as_luigis(function: Callable) -> Callable:
+    """Mark ``function`` as doing what luigi's method of the same name does (only faster): see :func:`light`."""
+    _as_luigis.add(getattr(function, "__func__", function))
+    return function
 
 
 class TaskRegister(Register):
     """luigi's metaclass, looking new tasks up in luigi's instance cache after working out their values once."""
 
     def __call__(cls, *args, **kwargs):  # noqa: N805 -- a metaclass method, as luigi's Register names it
+        maker = getattr(_lightly, "maker", None)
+        if maker is not None:
+            return maker.create(cls, args, kwargs, TaskRegister.cached)
+        return TaskRegister.cached(cls, *args, **kwargs)
+
+    def cached(cls, *args, **kwargs):  # noqa: N805
+        """The task from luigi's instance cache, created (and kept there) if it is not in it yet."""
         params = cls.get_params()
         values = cls.get_param_values(params, args, kwargs)
         cache = cls._Register__instance_cache  # luigi's, shared with every other task class
@@ -249,6 +271,13 @@ _luigis_call = getattr(Register.__call__, "luigis", Register.__call__)
 
 
 def _call(cls, *args, **kwargs):  # noqa: N805 -- luigi's Register.__call__, quicker inside quickly()
+    maker = getattr(_lightly, "maker", None)
+    if maker is not None:
+        return maker.create(cls, args, kwargs, _quickly_or_luigis)
+    return _quickly_or_luigis(cls, *args, **kwargs)
+
+
+def _quickly_or_luigis(cls, *args, **kwargs):  # noqa: N805
     if getattr(_quickly, "on", False):
         task = _quick(cls, args, kwargs)
         if task is not None:
@@ -279,3 +308,142 @@ def _same(creating: tuple, params: list, args: Sequence, kwargs: dict) -> bool:
         if name != given_name or value is not given:
             return False
     return True
+
+
+def making(maker: object, function: Callable[[], T]) -> T:
+    """``function()``, with every task it makes in this thread made by ``maker.create(cls, args, kwargs,
+    otherwise)`` (a :class:`Maker`, or what stands in for one) and any other plain luigi task quickly."""
+    outer = getattr(_lightly, "maker", None), getattr(_quickly, "on", False)
+    _lightly.maker, _quickly.on = maker, True
+    try:
+        return function()
+    finally:
+        _lightly.maker, _quickly.on = outer
+
+
+def light(cls: type) -> bool:
+    """Whether a task of ``cls`` can be made without luigi, as :meth:`Maker.make` does, the same task but for
+    luigi's ``task_id`` (a BaseTask works its own out when asked; a plain luigi task made so has none).
+
+    So when luigi's ``Task.__init__`` (after BaseTask's, which only makes it faster) would do nothing but set the
+    values that ``get_param_values`` (luigi's, or BaseTask's) gives: no ``__new__``, ``__init__``,
+    ``__setattr__`` or ``__getattribute__`` of its own or a mixin's, and each parameter stored under its own name.
+    """
+    known = cls.__dict__.get("_astra_light")
+    if known is None:
+        inits = [c for c in cls.__mro__ if "__init__" in vars(c)]
+        own = inits[: inits.index(luigi.Task)] if luigi.Task in inits else None
+        known = (
+            own is not None
+            and all(vars(c)["__init__"] in _as_luigis for c in own)
+            and getattr(cls.get_param_values, "__func__", None) in {*_as_luigis, luigi.Task.get_param_values.__func__}
+            and cls.__new__ is object.__new__
+            and cls.__setattr__ is object.__setattr__
+            and cls.__getattribute__ is object.__getattribute__
+            and cls._warn_on_wrong_param_types is luigi.Task._warn_on_wrong_param_types
+            and all(getattr(p, "_attribute_name", name) == name for name, p in cls.get_params())
+        )
+        type.__setattr__(cls, "_astra_light", known)
+    return known
+
+
+#: For map(isinstance, values, _LISTS): the values luigi stores as tuples.
+_LISTS = itertools.repeat((list, set))
+
+
+def _itself(value: T) -> T:
+    return value
+
+
+#: What luigi's ``Task.__init__`` sets after the values (but for ``task_id`` and its hash).
+_UNSET = {"set_tracking_url": None, "set_status_message": None, "set_progress_percentage": None}
+
+
+class Maker:
+    """Tasks made for one pass over a batch's items, with luigi's values but without luigi's cost.
+
+    :meth:`values` gives the values luigi would: the first time for a class and the names given (and how many
+    given by position), luigi's own ``get_param_values`` works them out (defaults, a config section, or its
+    error), and the plan it leaves (how to normalise each given value, the values of the others) gives them
+    from then on; as for luigi, the configuration is taken as fixed while the items are looked at. :meth:`make`
+    makes a task of a :func:`light` class from them. Inside :meth:`call`, the tasks of light classes that
+    require nothing are made so, and kept in :attr:`made` for the caller to hash; any other task is made by
+    luigi's own rules (inside :func:`quickly`), luigi's instance cache included, with no light task inside it.
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, tuple[list[str], list[Callable], dict]] = {}
+        self._light: dict[type, bool] = {}
+        #: The tasks the last :meth:`call` made light, by ``id()``.
+        self.made: dict[int, luigi.Task] = {}
+
+    def values(self, cls: type, args: tuple, kwargs: dict) -> dict:
+        """luigi's values of ``cls(*args, **kwargs)``, in the order of ``cls.get_params()`` (a new dict)."""
+        key = (cls, len(args), *kwargs)
+        plan = self._plans.get(key)
+        if plan is None:
+            return self._plan(cls, args, kwargs, key)
+        names, normalizers, template = plan
+        values = template.copy()
+        given = (*args, *kwargs.values()) if args else kwargs.values()
+        if normalizers is None:  # luigi's Parameter.normalize for each: the value itself
+            values.update(zip(names, given))
+            if not any(map(isinstance, given, _LISTS)):
+                return values
+            normalizers = [_itself] * len(names)
+        for name, normalize, value in zip(names, normalizers, given):
+            value = normalize(value)
+            values[name] = tuple(value) if isinstance(value, (list, set)) else value  # as luigi stores it
+        return values
+
+    def keeps_given(self, cls: type, args: tuple, kwargs: dict) -> bool:
+        """Whether :meth:`values` of ``cls`` with arguments like these (given before) keeps each given value as it
+        is: luigi's ``Parameter.normalize`` for each (values that are no list or set)."""
+        plan = self._plans.get((cls, len(args), *kwargs))
+        return plan is not None and plan[1] is None
+
+    def _plan(self, cls: type, args: tuple, kwargs: dict, key: tuple) -> dict:
+        params = cls.get_params()
+        values = dict(cls.get_param_values(params, args, kwargs))  # luigi's rules, or its error
+        named = dict(params)
+        names = [name for name, p in params if p.positional][: len(args)] + list(kwargs)
+        normalizers = [named[name].normalize for name in names]
+        if all(getattr(n, "__func__", None) is luigi.Parameter.normalize for n in normalizers):
+            normalizers = None
+        self._plans[key] = (names, normalizers, values.copy())
+        return values
+
+    def make(self, cls: type, values: dict) -> luigi.Task:
+        """A task of a :func:`light` class with these values (from :meth:`values`), outside luigi's instance cache."""
+        task = object.__new__(cls)
+        state = task.__dict__
+        state.update(values)
+        state["param_kwargs"] = values
+        state.update(_UNSET)
+        return task
+
+    def call(self, function: Callable[[], T]) -> T:
+        """``function()`` (a ``requires()``), with the tasks it makes made as the class docstring says."""
+        self.made = {}
+        return making(self, function)
+
+    def untouched(self, task: luigi.Task) -> bool:
+        """Whether ``task`` was made light by the last :meth:`call` and nothing was set on it but its values."""
+        return self.made.get(id(task)) is task and len(task.__dict__) == len(task.param_kwargs) + 1 + len(_UNSET)
+
+    def create(self, cls: type, args: tuple, kwargs: dict, otherwise: Callable) -> luigi.Task:
+        """Inside :meth:`call`: ``cls(*args, **kwargs)``, light if it can be, else by ``otherwise``."""
+        light_class = self._light.get(cls)
+        if light_class is None:
+            light_class = self._light[cls] = light(cls) and cls.requires is luigi.Task.requires
+        if light_class:
+            task = self.make(cls, self.values(cls, args, kwargs))
+            self.made[id(task)] = task
+            return task
+        # luigi's own, with nothing light inside: this task may be kept (luigi's instance cache), and its
+        # ``__init__`` may make others and keep them.
+        _lightly.maker = None
+        try:
+            return otherwise(cls, *args, **kwargs)
+        finally:
+            _lightly.maker = self

@@ -13,14 +13,16 @@ import functools
 import gc
 import hashlib
 import inspect
+import itertools
 import json
+import operator
 from collections.abc import Callable, Iterable, Iterator
 
 import luigi
 from luigi.parameter import ParameterVisibility
 from luigi.task import flatten
 
-from astra import creation
+from astra import creation, fixed_requires
 
 # Parameters whose serialised form is JSON: luigi writes dicts in insertion order, so two equal dicts could
 # serialise differently. astra re-writes them with sorted keys.
@@ -48,8 +50,44 @@ def canonical_value(parameter: luigi.Parameter, value: object) -> str:
 def parameters(task: luigi.Task, significant_only: bool = False) -> dict[str, str]:
     """The task's non-private parameters as canonical strings, sorted by name."""
     layout = _layout(type(task))
-    shown = layout.significant if significant_only else layout.shown
-    return {name: write(getattr(task, name)) for name, write in shown}
+    texts = layout.significant_texts if significant_only else layout.shown_texts
+    return dict(zip(texts.names, texts.of_task(task)))
+
+
+class _Texts:
+    """How to write some parameters of a class as canonical strings (sorted by name), all at once."""
+
+    __slots__ = ("names", "writers", "str_only", "_attributes", "_items")
+
+    def __init__(self, writers: list[tuple[str, Callable[[object], str]]]) -> None:
+        self.names = [name for name, _ in writers]
+        self.writers = [write for _, write in writers]
+        self.str_only = all(write is str for write in self.writers)  # then map(str, ...) writes them, in C
+        self._attributes = _getter(operator.attrgetter, self.names)
+        self._items = _getter(operator.itemgetter, self.names)
+
+    def of_task(self, task: luigi.Task) -> list[str]:
+        """Of a task's values (read as getattr(task, name), which luigi's parameters answer)."""
+        return self._write(self._attributes(task))
+
+    def of_values(self, values: dict) -> list[str]:
+        """Of values by name (at least these names)."""
+        return self._write(self._items(values))
+
+    def _write(self, values: tuple) -> list[str]:
+        if self.str_only:
+            return list(map(str, values))
+        return [write(value) for write, value in zip(self.writers, values)]
+
+
+def _getter(kind: Callable, names: list) -> Callable[[object], tuple]:
+    """``kind(*names)`` (operator.attrgetter or itemgetter), always giving a tuple."""
+    if len(names) > 1:
+        return kind(*names)
+    if names:
+        one = kind(names[0])
+        return lambda source: (one(source),)
+    return lambda source: ()
 
 
 class _Layout:
@@ -60,7 +98,7 @@ class _Layout:
     once it is defined. :meth:`hash` is where :func:`task_hash` and :func:`items` both hash an identity.
     """
 
-    __slots__ = ("shown", "significant", "keys", "leaf_frame")
+    __slots__ = ("shown", "significant", "shown_texts", "significant_texts", "pick", "prefixes", "leaf_frame")
 
     def __init__(self, cls: type[luigi.Task]) -> None:
         shown = sorted(
@@ -69,7 +107,12 @@ class _Layout:
         )
         self.shown = [(name, _writer(p)) for name, p in shown]
         self.significant = [(name, _writer(p)) for name, p in shown if p.significant]
-        self.keys = [(name, f"{_json_string(name)}:") for name, _ in self.significant]
+        self.shown_texts = _Texts(self.shown)
+        self.significant_texts = _Texts(self.significant)
+        # The significant texts among the shown ones (None: all of them are).
+        picked = [i for i, (_, p) in enumerate(shown) if p.significant]
+        self.pick = None if len(picked) == len(shown) else _getter(operator.itemgetter, picked)
+        self.prefixes = [f"{_json_string(name)}:" for name, _ in self.significant]
         #: For a class whose identity follows from the values alone (then it requires nothing): the version and the
         #: frame of its tasks under that version, worked out once rather than once per task (a root over 5,000
         #: leaves identifies 5,000 of them). None for other classes.
@@ -88,19 +131,24 @@ class _Layout:
             self.leaf_frame = (current, frame)
         return frame
 
-    def hash(self, frame: tuple[str, str], texts: dict[str, str]) -> str:
+    def significant_of(self, shown: list[str]) -> list[str]:
+        """The significant ones of the texts of the shown parameters (in the order of :attr:`shown`)."""
+        return shown if self.pick is None else list(self.pick(shown))
+
+    def hash(self, frame: tuple[str, str], texts: list[str]) -> str:
         """The sha256 (hex) of the identity with ``frame`` (from :func:`_frame`) and these parameters.
 
-        ``texts`` holds at least the significant parameters, as :func:`parameters` writes them. What is hashed is
-        ``json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` of the :func:`identity`
-        dict, written here without json.dumps, which takes several times as long to walk a dict.
+        ``texts`` are the significant parameters in the order of :attr:`significant`, as :func:`parameters`
+        writes them. What is hashed is ``json.dumps(identity, sort_keys=True, separators=(",", ":"),
+        ensure_ascii=False)`` of the :func:`identity` dict, written here without json.dumps, which takes several
+        times as long to walk a dict.
         """
         try:
-            body = ",".join([key + _json_string(texts[name]) for name, key in self.keys])
+            body = ",".join(map(operator.add, self.prefixes, map(_json_string, texts)))
         except TypeError:  # a parameter whose serialize() gives something other than a string
-            body = ",".join([key + _canonical_json(texts[name]) for name, key in self.keys])
+            body = ",".join(map(operator.add, self.prefixes, map(_canonical_json, texts)))
         head, tail = frame
-        return hashlib.sha256(_utf8(head + body + tail)).hexdigest()
+        return hashlib.sha256((head + body + tail).encode("utf-8", "surrogatepass")).hexdigest()  # as _utf8()
 
 
 def _frame(module: str, name: str, version: str, requires: list[str]) -> tuple[str, str]:
@@ -111,9 +159,55 @@ def _frame(module: str, name: str, version: str, requires: list[str]) -> tuple[s
     )
 
 
+class _Frames:
+    """:func:`_frame` of the tasks met in one pass over a batch's items, with what their class alone decides (module,
+    name, version: see :func:`_fixed_by_class`) worked out once per class and pass."""
+
+    def __init__(self) -> None:
+        self._fixed: dict[type, tuple[str, str] | None] = {}
+
+    def of(self, task: luigi.Task, requires: list[str]) -> tuple[str, str]:
+        """:func:`_frame` of ``task``, which requires the tasks hashed ``requires``."""
+        cls = type(task)
+        fixed = self._fixed.get(cls, False)
+        if fixed is False:
+            fixed = self._fixed[cls] = self._fixed_by(cls)
+        if fixed is None or "version" in task.__dict__:  # a version of the task's own shadows its class's
+            return _frame(task.task_module, task.task_family, task_version(task), requires)
+        head, version = fixed
+        return head, f'}},"requires":[{",".join(map(_json_string, requires))}],"version":{version}}}'
+
+    def of_class(self, cls: type[luigi.Task], requires: list[str]) -> tuple[str, str]:
+        """:func:`_frame` of a task of ``cls`` (:func:`_fixed_by_class`) that has no version of its own."""
+        fixed = self._fixed.get(cls, False)
+        if fixed is False:
+            fixed = self._fixed[cls] = self._fixed_by(cls)
+        head, version = fixed
+        return head, f'}},"requires":[{",".join(map(_json_string, requires))}],"version":{version}}}'
+
+    @staticmethod
+    def _fixed_by(cls: type[luigi.Task]) -> tuple[str, str] | None:
+        """The frame's text before the parameters, and the version as JSON, if the class alone decides them."""
+        if not _fixed_by_class(cls):
+            return None
+        version = task_version(cls)
+        return _frame(cls.__module__, cls.task_family, version, [])[0], _json_string(version)
+
+
+def _fixed_by_class(cls: type[luigi.Task]) -> bool:
+    """Whether the class alone decides the module, name and version of its tasks: luigi's ``task_module`` and
+    ``task_family`` and a plain string for ``version`` (which a task could still shadow with one of its own)."""
+    for name in ("task_module", "task_family"):
+        if inspect.getattr_static(cls, name) is not luigi.Task.__dict__[name]:
+            return False
+    return isinstance(inspect.getattr_static(cls, "version", ""), str)
+
+
 def _writer(parameter: luigi.Parameter) -> Callable[[object], str]:
     if isinstance(parameter, _JSON_PARAMETERS):
         return functools.partial(canonical_value, parameter)
+    if getattr(parameter.serialize, "__func__", None) is luigi.Parameter.serialize:
+        return str  # what luigi's Parameter.serialize does, without a call of Python code
     return parameter.serialize
 
 
@@ -254,8 +348,7 @@ def _identify(
 ) -> None:
     """Keep on ``task`` its hash and those of what it requires (``hashes``); :func:`task_hash` walks ``path``."""
     try:
-        texts = {name: write(getattr(task, name)) for name, write in layout.significant}
-        task.__dict__["_astra_task_hash"] = layout.hash(frame, texts)
+        task.__dict__["_astra_task_hash"] = layout.hash(frame, layout.significant_texts.of_task(task))
         task.__dict__["_astra_requires"] = hashes
     except Exception as exc:  # a parameter that cannot be serialised
         error = IdentityError(f"cannot identify {task}: {exc!r}")
@@ -290,30 +383,40 @@ _json_string = json.encoder.encode_basestring
 class Item:
     """One parameter set of a task class, with the identity its task would have (see :func:`items`)."""
 
-    __slots__ = ("cls", "values", "task_hash", "parameters", "requires", "_task", "_task_id")
+    __slots__ = ("cls", "values", "task_hash", "_parameters", "requires", "_task", "_task_id")
 
     def __init__(
         self,
         cls: type[luigi.Task],
         values: dict[str, object],
         task_hash: str,
-        parameters: dict[str, str],
+        parameters: dict[str, str] | tuple[list[str], list[str]],
         requires: list[str],
         task: luigi.Task | None = None,
     ) -> None:
         self.cls = cls
         self.values = values  # parameter values, as the task would hold them
         self.task_hash = task_hash
-        self.parameters = parameters  # non-private parameters as canonical strings, as in astra.parameter
+        self._parameters = parameters  # see parameters; or (names, texts), made a dict when first asked
         self.requires = requires  # hashes of the tasks it requires
         self._task = task
         self._task_id: str | None = None
 
     @property
+    def parameters(self) -> dict[str, str]:
+        """The non-private parameters as canonical strings, as in astra.parameter (only items not done need them)."""
+        if type(self._parameters) is tuple:
+            self._parameters = dict(zip(*self._parameters))
+        return self._parameters
+
+    @property
     def task(self) -> luigi.Task:
         """The task itself (created on first use, outside luigi's instance cache so a million of them can go)."""
         if self._task is None:
-            self._task = type.__call__(self.cls, **self.values)
+            self._task = _created_task(self.cls, self.values)
+            if self.cls.requires is not luigi.Task.requires:
+                # What its input() gives (see requirements()), made as when an item is identified the slow way.
+                self._task.__dict__["_astra_required_tasks"] = creation.quickly(self._task.requires)
         return self._task
 
     @property
@@ -335,47 +438,150 @@ class Item:
 def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Item]:
     """The identities of ``cls(**values)`` for many parameter sets: the same hashes :func:`task_hash` gives.
 
-    A class that requires nothing is hashed straight from the values, without creating a luigi task per set: luigi
-    takes tens of microseconds to create one, too slow for millions. Other classes (see :func:`_values_only`) are
-    created and hashed with the tasks they require, plain ones made quickly (:func:`creation.quickly`). Either
-    way the text is written and hashed by the same :class:`_Layout` as in :func:`task_hash`, and
-    tests/test_identity.py checks both against :func:`identity` for every kind of parameter, and the quickly made
-    tasks against luigi's.
+    The fastest of four ways the class allows; each writes the identity with the :class:`_Layout` of
+    :func:`task_hash` (its ``hash`` is the one place an identity is hashed):
+
+    - a class that requires nothing (:func:`_values_only`): hashed straight from the values, no task made;
+    - a :func:`creation.light` class (no ``__init__``, ``__new__``, ``__setattr__`` of its own or a mixin's, see
+      there) whose ``requires()`` only makes tasks of light classes that require nothing from its parameters and
+      constants (:mod:`astra.fixed_requires`: ``return SpectrumFile(path=self.path)``, an input file's
+      ``luigi.ExternalTask`` or an astra task upstream): the item and what it requires hashed from the values, no
+      task made and no ``requires()`` called per item;
+    - any other ``requires()`` of a light class (a loop, a branch, ``**self.param_kwargs``, a generator, ...): the
+      item is made without luigi (:class:`creation.Maker`), its ``requires()`` runs once per item as luigi would
+      run it, and the tasks of light classes that require nothing which it makes are made without luigi too and
+      hashed from their values; any other task it requires is made by luigi's rules and hashed by
+      :func:`task_hash`. Should anything go wrong there (``requires()`` raises, or asks a plain luigi task it
+      made for the ``task_id`` such a task lacks, or hashes it), that item and all after it go the slow way,
+      which raises if luigi would;
+    - any other class, the slow way (:func:`_created`): each item created as luigi would, and hashed with the
+      tasks it requires.
+
+    tests/test_identity.py and tests/test_alldone.py check each way against :func:`task_hash` of tasks luigi
+    made, and against the definition (:func:`identity` as JSON), for every kind of parameter.
     """
-    params = cls.get_params()
-    if not _values_only(cls):
-        astra_task = isinstance(cls, creation.TaskRegister)
-        for values in parameter_sets:
-            # Outside luigi's instance cache, so that a million of them can go once identified; so are the plain
-            # tasks they require (creation.quickly).
-            task = creation.create(cls, values) if astra_task else type.__call__(cls, **values)
-            hashed = creation.quickly(functools.partial(_identify_item, task))
-            yield Item(cls, task.param_kwargs, hashed, parameters(task), required_hashes(task), task)
-        return
-    named = dict(params)
+    maker = creation.Maker()
+    if _values_only(cls):
+        return _from_values(cls, parameter_sets, maker)
+    if not creation.light(cls):
+        return _created(cls, parameter_sets)
+    calls = fixed_requires.calls(cls) if _fixed_by_class(cls) else None
+    if calls is not None and all(_fixed_by_class(call.cls) for call in calls):
+        return _from_fixed_requires(cls, iter(parameter_sets), maker, calls)
+    return _made_light(cls, iter(parameter_sets), maker)
+
+
+def _from_values(cls: type[luigi.Task], parameter_sets: Iterable[dict], maker: creation.Maker) -> Iterator[Item]:
+    """:func:`items` of a class that requires nothing: hashed from the values, no task made."""
     layout = _layout(cls)
-    shown = layout.shown
+    names, write, significant_of = layout.shown_texts.names, layout.shown_texts.of_values, layout.significant_of
     frame = _frame(cls.__module__, cls.task_family, task_version(cls), [])
-    # Per tuple of given names (in their order, which is the order of the values): how to normalise each given
-    # value, and the values of the others. luigi's own rules (config sections, unknown or missing parameters)
-    # decide those, and they stay the same for every set that gives the same names. A million items usually give
-    # one tuple of names, so the loop below does only what each item needs.
-    plans: dict[tuple, tuple[list, dict]] = {}
     for given in parameter_sets:
-        keys = tuple(given)
-        plan = plans.get(keys)
-        if plan is None:
-            resolved = dict(cls.get_param_values(params, [], given))
-            defaults = {name: value for name, value in resolved.items() if name not in given}
-            plan = plans[keys] = ([(name, named[name].normalize) for name in keys], defaults)
-        normalizers, defaults = plan
-        values = {}
-        for name, normalize in normalizers:
-            value = normalize(given[name])
-            values[name] = tuple(value) if isinstance(value, (list, set)) else value  # as luigi stores it
-        values.update(defaults)
-        texts = {name: write(values[name]) for name, write in shown}
-        yield Item(cls, values, layout.hash(frame, texts), texts, [])
+        values = maker.values(cls, (), given)
+        texts = write(values)
+        yield Item(cls, values, layout.hash(frame, significant_of(texts)), (names, texts), [])
+
+
+def _from_fixed_requires(
+    cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: creation.Maker, calls: list[fixed_requires.Call]
+) -> Iterator[Item]:
+    """:func:`items` of a light class whose ``requires()`` is a fixed function of its parameters
+    (:func:`fixed_requires.calls`): the item and what it requires hashed from the values, no task made."""
+    layout = _layout(cls)
+    names, write, significant_of = layout.shown_texts.names, layout.shown_texts.of_values, layout.significant_of
+    frames = _Frames()
+    hash_item, values_of = layout.hash, maker.values
+    made: list[tuple] | None = None  # per task it requires: how its texts are written, how hashed, its frame
+    for given in parameter_sets:
+        try:
+            values = values_of(cls, (), given)
+            if made is None:  # the first item: its calls leave the plans that _required_texts reads
+                made = [
+                    (_required_texts(call, values, maker), _layout(call.cls).hash, frames.of_class(call.cls, []))
+                    for call in calls
+                ]
+            hashes = [hash_required(frame, texts_of(values)) for texts_of, hash_required, frame in made]
+            requires = hashes if len(hashes) == 1 else sorted(set(hashes))
+            texts = write(values)
+            item = Item(cls, values, hash_item(frames.of_class(cls, requires), significant_of(texts)), (names, texts),
+                        requires)  # fmt: skip
+        except Exception:  # luigi's error, say: as luigi would, from this item on (see _made_light)
+            yield from _created(cls, itertools.chain([given], parameter_sets))
+            return
+        yield item
+
+
+def _required_texts(call: fixed_requires.Call, values: dict, maker: creation.Maker) -> Callable[[dict], list[str]]:
+    """How the significant parameters of the task ``call`` makes are written, from the values of the item.
+
+    Those of the task ``maker`` makes from the item's arguments; straight from the item's values where the call
+    passes parameters by name to parameters that keep them as given (luigi's ``Parameter.normalize``): an item's
+    value is no list or set (luigi made it a tuple), so it is the required task's value too, and the others are the
+    defaults of the plan, the same for every item.
+    """
+    required = _layout(call.cls).significant_texts
+    args, kwargs = call.arguments(values)
+    planned = maker.values(call.cls, args, kwargs)  # luigi's values; the plan for the next items
+    by_name = not args and all(isinstance(k, fixed_requires.Parameter) for k in call.keywords)
+    if not by_name or not maker.keeps_given(call.cls, args, kwargs):
+        return lambda values: required.of_values(maker.values(call.cls, *call.arguments(values)))
+    source = dict(zip(call.names, [k.name for k in call.keywords]))  # its parameter -> the item's parameter
+    # (writer, the item's parameter) for a value given, (None, its text) for a default.
+    parts = [
+        (write, source[name]) if name in source else (None, write(planned[name]))
+        for name, write in zip(required.names, required.writers)
+    ]
+    return lambda values: [text if write is None else write(values[text]) for write, text in parts]
+
+
+def _made_light(cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: creation.Maker) -> Iterator[Item]:
+    """:func:`items` of a light class that requires other tasks (see there)."""
+    layout = _layout(cls)
+    names, write, significant_of = layout.shown_texts.names, layout.shown_texts.of_task, layout.significant_of
+    frames = _Frames()
+    for given in parameter_sets:
+        try:
+            task = maker.make(cls, maker.values(cls, (), given))
+            hashes = set()
+            for one in maker.call(functools.partial(_flat_requires, task)):
+                if maker.untouched(one):  # made light, and its class requires nothing
+                    required_layout = _layout(type(one))
+                    texts = required_layout.significant_texts.of_task(one)
+                    hashes.add(required_layout.hash(frames.of(one, []), texts))
+                else:
+                    hashes.add(creation.quickly(functools.partial(task_hash, one)))
+            requires = sorted(hashes)
+            texts = write(task)  # after requires(), as task_hash reads them
+            hashed = layout.hash(frames.of(task, requires), significant_of(texts))
+            item = Item(cls, task.param_kwargs, hashed, (names, texts), requires)
+        except Exception:
+            # luigi's error or the task's own, or a light task missing what luigi's would have: as luigi would,
+            # from this item on (and the error again, if luigi meets it too).
+            yield from _created(cls, itertools.chain([given], parameter_sets))
+            return
+        yield item
+
+
+def _flat_requires(task: luigi.Task) -> list[luigi.Task]:
+    required = task.requires()
+    return [required] if isinstance(required, luigi.Task) else flatten(required)  # a generator runs here, too
+
+
+def _created(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Item]:
+    """:func:`items` the slow way: each item created as luigi would, and hashed with what it requires.
+
+    Outside luigi's instance cache, so that a million of them can go once identified; so are the plain tasks
+    they require (creation.quickly).
+    """
+    for values in parameter_sets:
+        task = _created_task(cls, values)
+        hashed = creation.quickly(functools.partial(_identify_item, task))
+        yield Item(cls, task.param_kwargs, hashed, parameters(task), required_hashes(task), task)
+
+
+def _created_task(cls: type[luigi.Task], values: dict) -> luigi.Task:
+    """``cls(**values)`` as luigi makes it, outside luigi's instance cache."""
+    return creation.create(cls, values) if isinstance(cls, creation.TaskRegister) else type.__call__(cls, **values)
 
 
 def _identify_item(task: luigi.Task) -> str:
@@ -391,12 +597,7 @@ def _values_only(cls: type[luigi.Task]) -> bool:
     a ``task_module``, ``task_family`` or ``version`` of its own that is not a plain string, or an ``__init__`` of
     its own (which may change them).
     """
-    if cls.requires is not luigi.Task.requires:
-        return False
-    for name in ("task_module", "task_family"):
-        if inspect.getattr_static(cls, name) is not luigi.Task.__dict__[name]:
-            return False
-    if not isinstance(inspect.getattr_static(cls, "version", ""), str):
+    if cls.requires is not luigi.Task.requires or not _fixed_by_class(cls):
         return False
     init = next(c for c in cls.__mro__ if "__init__" in vars(c))
     return init is luigi.Task or init.__module__.split(".")[0] == "astra"

@@ -43,6 +43,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
         if run is not cls.run:
             cls.run = run
 
+    @creation.as_luigis  # and it notes the task, which a task made without it misses
     def __init__(self, *args, **kwargs) -> None:
         creation.initialise(self, super().__init__, args, kwargs)  # luigi's Task.__init__, a little faster
         known().note_created(self)
@@ -73,6 +74,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
         return list(params)
 
     @classmethod
+    @creation.as_luigis
     def get_param_values(cls, params: list, args: tuple, kwargs: dict) -> list[tuple[str, object]]:
         # luigi's, worked out once per new task and faster where nothing but the given values matters.
         return creation.param_values(cls, params, args, kwargs, super().get_param_values)
