@@ -254,6 +254,14 @@ def requirements(task: luigi.Task) -> object:
     return task.requires() if kept is None else kept
 
 
+def _kept(required: object) -> object:
+    """What a ``requires()`` gave, in a form that can be read more than once: a generator (or other iterator) run
+    into a list, as luigi's ``input()`` would map it. Hashing the item reads it once, ``input()`` again."""
+    if required is None or isinstance(required, (luigi.Task, list, tuple, dict)):
+        return required
+    return list(required)
+
+
 def required_hashes(task: luigi.Task) -> list[str]:
     """The sorted, distinct hashes of the tasks ``task`` requires."""
     # task_hash keeps the ones it hashed: calling requires() again would create (or look up) every required task
@@ -416,7 +424,7 @@ class Item:
             self._task = _created_task(self.cls, self.values)
             if self.cls.requires is not luigi.Task.requires:
                 # What its input() gives (see requirements()), made as when an item is identified the slow way.
-                self._task.__dict__["_astra_required_tasks"] = creation.quickly(self._task.requires)
+                self._task.__dict__["_astra_required_tasks"] = creation.quickly(lambda: _kept(self._task.requires()))
         return self._task
 
     @property
@@ -586,7 +594,7 @@ def _created_task(cls: type[luigi.Task], values: dict) -> luigi.Task:
 
 def _identify_item(task: luigi.Task) -> str:
     # The item keeps what its requires() gave (see requirements()), made quickly by the caller.
-    task.__dict__["_astra_required_tasks"] = task.requires()
+    task.__dict__["_astra_required_tasks"] = _kept(task.requires())
     return task_hash(task)
 
 

@@ -39,3 +39,44 @@ class MeasureStars(BatchTask):
     def process(self, chunk):
         MeasureStars.processed.extend(item.values["star"] for item in chunk)
         return super().process(chunk)
+
+
+class Exposure(luigi.ExternalTask):
+    """A file an item needs, given by path."""
+
+    path = luigi.Parameter()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(self.path)
+
+
+class ReadsExposures(BaseTask):
+    """An item whose requires() is a generator: its input() must still hold what it yields."""
+
+    path = luigi.Parameter()
+
+    def requires(self):  # noqa: ANN201 -- a generator, as luigi allows
+        yield Exposure(path=self.path)
+        yield Exposure(path=self.path + ".flat")
+
+    def run(self) -> dict:
+        return {"inputs": [target.path for target in self.input()]}
+
+
+class ReadsExposuresItsWay(ReadsExposures):
+    """The same, of a class with an ``__init__`` of its own: its items are made and identified the slow way."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+
+class ReadAllExposures(BatchTask):
+    item_class = ReadsExposures
+    paths = luigi.ListParameter()
+
+    def parameter_sets(self):
+        return [{"path": path} for path in self.paths]
+
+
+class ReadAllExposuresItsWay(ReadAllExposures):
+    item_class = ReadsExposuresItsWay
