@@ -133,7 +133,7 @@ class Plain(luigi.ExternalTask):
         return luigi.LocalTarget(f"/data/{self.release}/{self.i}.fits")
 
 
-class Leaf(astra.BaseTask):
+class Needed(astra.BaseTask):
     """An astra task requiring nothing."""
 
     i = luigi.IntParameter()
@@ -141,13 +141,13 @@ class Leaf(astra.BaseTask):
 
 
 class NeedsLeaf(astra.BaseTask):
-    """The item of the database tests: requires its Leaf."""
+    """The item of the database tests: requires its Needed."""
 
     i = luigi.IntParameter()
     release = luigi.Parameter(default="dr19")
 
-    def requires(self) -> Leaf:
-        return Leaf(i=self.i, release=self.release)
+    def requires(self) -> Needed:
+        return Needed(i=self.i, release=self.release)
 
 
 class NeedsPlain(astra.BaseTask):
@@ -183,22 +183,22 @@ class ChangesWhatItRequires(astra.BaseTask):
 
     i = luigi.IntParameter()
 
-    def requires(self) -> Leaf:
-        leaf = Leaf(i=self.i)
+    def requires(self) -> Needed:
+        leaf = Needed(i=self.i)
         leaf.version = "changed"
         self.version = "mine"
         return leaf
 
 
-class Raises(astra.BaseTask):
+class RaisesInRequires(astra.BaseTask):
     """A requires() that raises for odd i."""
 
     i = luigi.IntParameter()
 
-    def requires(self) -> Leaf:
+    def requires(self) -> Needed:
         if self.i % 2:
             raise ValueError(f"no leaf for {self.i}")
-        return Leaf(i=self.i)
+        return Needed(i=self.i)
 
 
 class Generates(astra.BaseTask):
@@ -207,7 +207,7 @@ class Generates(astra.BaseTask):
     i = luigi.IntParameter()
 
     def requires(self):
-        yield Leaf(i=self.i)
+        yield Needed(i=self.i)
         yield Plain(i=self.i)
 
 
@@ -229,8 +229,8 @@ class WithOwnInit(astra.BaseTask):
         super().__init__(*args, **kwargs)
         self.twice = 2 * self.i
 
-    def requires(self) -> Leaf:
-        return Leaf(i=self.twice)
+    def requires(self) -> Needed:
+        return Needed(i=self.twice)
 
 
 class Branches(astra.BaseTask):
@@ -238,8 +238,8 @@ class Branches(astra.BaseTask):
 
     i = luigi.OptionalIntParameter(default=None)
 
-    def requires(self) -> Leaf:
-        return Leaf(i=0) if self.i is None else Leaf(i=self.i)
+    def requires(self) -> Needed:
+        return Needed(i=0) if self.i is None else Needed(i=self.i)
 
 
 class Formats(astra.BaseTask):
@@ -247,8 +247,8 @@ class Formats(astra.BaseTask):
 
     i = luigi.IntParameter()
 
-    def requires(self) -> Leaf:
-        return Leaf(i=self.i, release=f"dr{self.i}")
+    def requires(self) -> Needed:
+        return Needed(i=self.i, release=f"dr{self.i}")
 
 
 class CallsAMethod(astra.BaseTask):
@@ -256,10 +256,10 @@ class CallsAMethod(astra.BaseTask):
 
     i = luigi.IntParameter()
 
-    def leaf(self) -> Leaf:
-        return Leaf(i=self.i)
+    def leaf(self) -> Needed:
+        return Needed(i=self.i)
 
-    def requires(self) -> Leaf:
+    def requires(self) -> Needed:
         return self.leaf()
 
 
@@ -267,7 +267,7 @@ class CallsAParameter(astra.BaseTask):
     """Not a fixed function: it calls the value of a parameter (a task class), and passes a list."""
 
     i = luigi.IntParameter()
-    kind = luigi.TaskParameter(default=Leaf)
+    kind = luigi.TaskParameter(default=Needed)
 
     def requires(self) -> list:
         return [self.kind(i=self.i), Plain(i=self.i, release=["dr19"])]

@@ -9,14 +9,15 @@ import luigi
 
 import astra
 from astra.batch import BatchTask
-from tests.batch_tasks import Measure
+from tests.batch_tasks import MeasureStar
 from tests.helpers import wait_for
 
 
 class Stars(BatchTask):
-    """Measure's items, as tests/test_batch.py's MeasureStars, but nothing kept in the class: pools do not share it."""
+    """MeasureStar's items, as tests/test_batch.py's MeasureStars, but nothing kept in the class (pools do not share
+    it)."""
 
-    item_class = Measure
+    item_class = MeasureStar
     chunk_size = 400
     stars = luigi.IntParameter()
     fail_on = luigi.IntParameter(default=-1)

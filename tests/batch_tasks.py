@@ -8,7 +8,7 @@ from astra import BaseTask
 from astra.batch import BatchTask
 
 
-class Measure(BaseTask):
+class MeasureStar(BaseTask):
     """An item with every kind of parameter luigi has: identity must not depend on how it was created."""
 
     star = luigi.IntParameter()
@@ -26,7 +26,7 @@ class Measure(BaseTask):
 
 
 class MeasureStars(BatchTask):
-    item_class = Measure
+    item_class = MeasureStar
     chunk_size = 400
     stars = luigi.IntParameter()
     fail_on = luigi.IntParameter(default=-1)

@@ -154,7 +154,7 @@ class Star(astra.OutputModel):
         units = {"teff": "K", "logg": "dex", "spectrum": "erg / (Angstrom cm2 s)"}
 
 
-class FitStar(astra.BaseTask):
+class StarFit(astra.BaseTask):
     """``rows`` rows of a star: a straight line in teff against logg, each row its own spectrum."""
 
     output_model = Star

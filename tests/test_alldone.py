@@ -131,7 +131,7 @@ NOT_FIXED = [
     tasks.NeedsUpstreamMore,  # self.clone()
     tasks.NeedsSeveral,  # a local variable
     tasks.Generates,
-    tasks.Raises,
+    tasks.RaisesInRequires,
     tasks.Branches,
     tasks.Formats,
     tasks.CallsAMethod,
@@ -166,7 +166,7 @@ def test_a_fixed_requires_is_not_called_per_item(cls):
     assert [item.task_hash for item in fast] == [reference_hash(cls(**values)) for values in sets]
 
 
-@pytest.mark.parametrize("cls", [c for c in NOT_FIXED if c not in (tasks.Raises, tasks.AsksTaskId)])
+@pytest.mark.parametrize("cls", [c for c in NOT_FIXED if c not in (tasks.RaisesInRequires, tasks.AsksTaskId)])
 def test_what_is_not_a_fixed_function_is_asked_per_item_and_agrees(cls):
     values = {"k": 12} if cls is tasks.NeedsChain else {} if "integer" in dict(cls.get_params()) else {"i": 3}
     check_fast_is_slow(cls, values)
@@ -215,11 +215,11 @@ def test_a_class_that_is_not_light_goes_the_slow_way():
 
 
 def test_a_requires_that_raises_raises_as_the_slow_way_does():
-    assert [item.values["i"] for item in items(tasks.Raises, [{"i": 0}, {"i": 2}])] == [0, 2]
+    assert [item.values["i"] for item in items(tasks.RaisesInRequires, [{"i": 0}, {"i": 2}])] == [0, 2]
     with pytest.raises(ValueError, match="no leaf for 3"):
-        list(items(tasks.Raises, [{"i": 0}, {"i": 3}, {"i": 4}]))
+        list(items(tasks.RaisesInRequires, [{"i": 0}, {"i": 3}, {"i": 4}]))
     with pytest.raises(ValueError, match="no leaf for 3"):
-        slow_items(tasks.Raises, [{"i": 0}, {"i": 3}])
+        slow_items(tasks.RaisesInRequires, [{"i": 0}, {"i": 3}])
 
 
 def test_light_tasks_stay_out_of_luigis_cache_and_the_item_task_is_luigis():
@@ -296,13 +296,13 @@ def test_a_requirement_not_done_makes_the_check_say_not_done(alldone_database, m
     assert both_ways_complete(batch)
 
     # A new version of what the items require: a requirement never run, so each item is a new task, not done.
-    monkeypatch.setattr(tasks.Leaf, "version", "2")
+    monkeypatch.setattr(tasks.Needed, "version", "2")
     assert not both_ways_complete(batch)
     assert [item.task_hash for item in batch.pending()] == [item.task_hash for item in slow_items(
         tasks.NeedsLeaf, [{"i": i} for i in range(300)])]  # fmt: skip
     batch.run()  # runs them all again, under their new identities
     assert both_ways_complete(batch)
-    monkeypatch.setattr(tasks.Leaf, "version", "")
+    monkeypatch.setattr(tasks.Needed, "version", "")
     assert both_ways_complete(batch)  # the old records still stand for the old identities
 
     # One item's record gone: not done, and that item alone is pending.

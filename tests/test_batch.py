@@ -11,7 +11,7 @@ from astra.batch import BatchError
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
 from tests import batch_tasks
-from tests.batch_tasks import Measure, MeasureStars
+from tests.batch_tasks import MeasureStar, MeasureStars
 from tests.helpers import rows_by_path, run_luigi, summary
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
@@ -108,16 +108,16 @@ def test_item_identities_equal_those_of_lone_tasks():
         {"star": "2", "band": "r"},
         {"star": 3, "options": {"z": [1], "a": {"y": 2, "x": 1}}, "secret": "s", "scratch": "x", "note": "n"},
     ]
-    for item, values in zip(items(Measure, sets), sets):
-        task = Measure(**values)
+    for item, values in zip(items(MeasureStar, sets), sets):
+        task = MeasureStar(**values)
         assert item.task_hash == task_hash(task)
         assert item.task_id == task.task_id
         assert item.parameters == parameters(task)
         assert item.task.param_kwargs == task.param_kwargs
     with pytest.raises(luigi.parameter.UnknownParameterException):
-        list(items(Measure, [{"star": 1, "colour": "red"}]))
+        list(items(MeasureStar, [{"star": 1, "colour": "red"}]))
     with pytest.raises(luigi.parameter.MissingParameterException):
-        list(items(Measure, [{"band": "r"}]))
+        list(items(MeasureStar, [{"band": "r"}]))
 
 
 @pytest.mark.slow
@@ -130,12 +130,12 @@ def test_one_failing_item_keeps_the_others_and_a_rerun_does_only_it(database_url
         batch.run()
     assert sorted(MeasureStars.processed) == list(range(1000))
     assert progress[-1] == 100 and messages[-1] == "1000 of 1000 items done or tried, 1 failed"
-    done = Task.select().where(Task.task_name == "Measure", Task.status == "done")
+    done = Task.select().where(Task.task_name == "MeasureStar", Task.status == "done")
     assert done.count() == 999
     failed = Task.get(Task.status == "failed")
-    assert failed.task_hash == task_hash(Measure(star=517, fail_on=517))
+    assert failed.task_hash == task_hash(MeasureStar(star=517, fail_on=517))
     assert failed.error == "ValueError: star 517 has no good pixels"
-    assert Task.get(Task.task_hash == task_hash(Measure(star=3))).result == 30
+    assert Task.get(Task.task_hash == task_hash(MeasureStar(star=3))).result == 30
     assert batch.complete() is False
 
     MeasureStars.processed = []
@@ -144,7 +144,7 @@ def test_one_failing_item_keeps_the_others_and_a_rerun_does_only_it(database_url
     assert MeasureStars.processed == [517]
     assert again.complete() is True
     assert Task.select().where(Task.status == "done").count() == 1000
-    assert Measure(star=517).complete() is True
+    assert MeasureStar(star=517).complete() is True
 
 
 @pytest.mark.parametrize("way", ["", "ItsWay"])

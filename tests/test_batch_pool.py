@@ -18,7 +18,7 @@ from astra.database import Task
 from astra.database.connection import reset
 from astra.identity import task_hash
 from tests.batch_pool_tasks import Meeting, Stars, Victim, Victims
-from tests.batch_tasks import Measure
+from tests.batch_tasks import MeasureStar
 from tests.helpers import background, rows_by_path, run_luigi, sessions, summary, wait_for
 from workflows import EstimateSNR, EstimateSNRBatch
 from workflows.spectra import read_spectrum, signal_to_noise, simulate
@@ -32,10 +32,10 @@ def test_a_pool_records_every_item_as_one_process_does(database_url):
     with pytest.raises(BatchError, match="1 of 1000 items failed"):
         batch.run()
     assert progress[-1] == 100 and messages[-1] == "1000 of 1000 items done or tried, 1 failed"
-    done = Task.select().where(Task.task_name == "Measure", Task.status == "done")
+    done = Task.select().where(Task.task_name == "MeasureStar", Task.status == "done")
     assert sorted(row.result for row in done) == [10 * star for star in range(1000) if star != 517]
     failed = Task.get(Task.status == "failed")
-    assert failed.task_hash == task_hash(Measure(star=517, fail_on=517))
+    assert failed.task_hash == task_hash(MeasureStar(star=517, fail_on=517))
     assert failed.error == "ValueError: star 517 has no good pixels"
     assert "in run" in failed.traceback  # the traceback summary made where the item ran
     # This process wrote every record, as it does alone (the pool only computes).
@@ -45,7 +45,7 @@ def test_a_pool_records_every_item_as_one_process_does(database_url):
     again = Stars(stars=1000, processes=2)  # star 517 works now; only it is worked again
     again.run()
     assert again.complete() is True
-    assert Task.get(Task.task_hash == task_hash(Measure(star=517))).attempts == 2
+    assert Task.get(Task.task_hash == task_hash(MeasureStar(star=517))).attempts == 2
     assert Task.select().where(Task.status == "done").count() == 1000
 
 
@@ -141,26 +141,27 @@ def test_estimate_snr_batch_in_two_processes_from_the_command_line(database_url,
 
 
 def test_a_pool_works_the_items_with_the_values_given_on_the_luigi_command_line(database_url):
-    """``--Measure-band r`` on the command line sets the items' band, in a pool as in one process: the pool
+    """``--MeasureStar-band r`` on the command line sets the items' band, in a pool as in one process: the pool
     processes are new interpreters, which do not see the luigi command line unless they are told it."""
-    args = ["--module", "tests.batch_pool_tasks", "Stars", "--stars", "5", "--Measure-band", "r", "--local-scheduler"]
+    args = ["--module", "tests.batch_pool_tasks", "Stars", "--stars", "5", "--MeasureStar-band", "r"]
+    args.append("--local-scheduler")
     ran = run_luigi(*args, "--processes", "2")
     assert ran.returncode == 0, ran.stdout
-    assert [Measure(star=star, band="r").complete() for star in range(5)] == [True] * 5
-    assert [Measure(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
+    assert [MeasureStar(star=star, band="r").complete() for star in range(5)] == [True] * 5
+    assert [MeasureStar(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
 
 
 def test_a_pool_works_the_items_with_the_configuration_a_script_set(database_url):
-    """A script may set luigi's configuration in memory (``[Measure] band = r``): the pool processes must work the
+    """A script may set luigi's configuration in memory (``[MeasureStar] band = r``): the pool processes must work the
     items with it, as this process identifies them, or they would record other items as done."""
     config = luigi.configuration.get_config()
-    config.set("Measure", "band", "r")
+    config.set("MeasureStar", "band", "r")
     try:
         assert luigi.build([Stars(stars=5, processes=2)], local_scheduler=True, log_level="WARNING")
     finally:
-        config.remove_section("Measure")
-    assert [Measure(star=star, band="r").complete() for star in range(5)] == [True] * 5
-    assert [Measure(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
+        config.remove_section("MeasureStar")
+    assert [MeasureStar(star=star, band="r").complete() for star in range(5)] == [True] * 5
+    assert [MeasureStar(star=star).complete() for star in range(5)] == [False] * 5  # the default band, "g"
 
 
 def _session_processes(session: int) -> list[str]:

@@ -25,7 +25,7 @@ from astra.identity import task_version
 from astra.targets import forget_cached
 from astra.version import __version__
 from tests.helpers import astra, astra_many, main, one_line_error, with_password
-from tests.output_tasks import FindLines, FitStar, Lines, Star
+from tests.output_tasks import FindLines, Lines, Star, StarFit
 
 PASSWORD = "pw-never-shown-9"
 
@@ -44,7 +44,7 @@ def stars_db(database_url):
     """Described rows of three stars (one of them of 8 rows), and $ASTRA_DATABASE_URL with a password in it."""
     if is_postgres():
         output_tables.create([Star, Lines])
-    assert build(FitStar(star="alpha"), FitStar(star="beta", rows=8), FitStar(star="Ëta Carinae"))
+    assert build(StarFit(star="alpha"), StarFit(star="beta", rows=8), StarFit(star="Ëta Carinae"))
     return with_password(database_url, PASSWORD) if database_url.startswith("postgres") else database_url
 
 
@@ -53,8 +53,8 @@ def test_fits_ecsv_and_parquet_carry_units_descriptions_and_provenance(stars_db,
     path = tmp_path / "stars.fits"
     started = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     made, ecsv = astra_many(
-        ("results", "FitStar", "--where", "star=alpha", "--format", "fits", "-o", str(path)),
-        ("results", "FitStar", "--where", "star=beta", "--format", "ecsv"),
+        ("results", "StarFit", "--where", "star=alpha", "--format", "fits", "-o", str(path)),
+        ("results", "StarFit", "--where", "star=beta", "--format", "ecsv"),
         env=env,
     )
     assert made.returncode == 0, made.stderr
@@ -69,9 +69,9 @@ def test_fits_ecsv_and_parquet_carry_units_descriptions_and_provenance(stars_db,
     assert comments["star"] == "name of the star"  # the luigi parameter's description
     assert comments["completed"].startswith("when the task was recorded done")
     assert header["TUNIT6"] == "K"
-    assert header["ASTRAVER"] == __version__ and header["TASKNAME"] == "FitStar"
-    assert header["TASKVERS"] == task_version(FitStar)  # the declared version's rows, as astra results gives
-    assert header["QUERY"] == "FitStar --where=star=alpha"
+    assert header["ASTRAVER"] == __version__ and header["TASKNAME"] == "StarFit"
+    assert header["TASKVERS"] == task_version(StarFit)  # the declared version's rows, as astra results gives
+    assert header["QUERY"] == "StarFit --where=star=alpha"
     assert PASSWORD not in repr(header) and header["DATABASE"] == stars_db.replace(PASSWORD, "***")
     written = datetime.datetime.fromisoformat(header["DATE"]).replace(tzinfo=datetime.timezone.utc)
     assert started - datetime.timedelta(seconds=1) <= written <= datetime.datetime.now(datetime.timezone.utc)
@@ -79,16 +79,16 @@ def test_fits_ecsv_and_parquet_carry_units_descriptions_and_provenance(stars_db,
     assert ecsv.returncode == 0, ecsv.stderr
     table = Table.read(ecsv.stdout, format="ascii.ecsv")
     assert len(table) == 8 and str(table["teff"].unit) == "K" and table["teff"].description == "effective temperature"
-    assert table.meta["QUERY"] == "FitStar --where=star=beta" and PASSWORD not in ecsv.stdout
+    assert table.meta["QUERY"] == "StarFit --where=star=beta" and PASSWORD not in ecsv.stdout
 
     pyarrow = pytest.importorskip("pyarrow.parquet")
     parquet = tmp_path / "stars.parquet"
-    made = astra("results", "FitStar", "--format", "parquet", "-o", str(parquet), env=env)
+    made = astra("results", "StarFit", "--format", "parquet", "-o", str(parquet), env=env)
     assert made.returncode == 0, made.stderr
     schema = pyarrow.read_schema(parquet)
     assert schema.field("teff").metadata == {b"description": b"effective temperature", b"unit": b"K"}
     assert schema.field("star").metadata[b"description"] == b"name of the star"
-    assert schema.metadata[b"TASKNAME"] == b"FitStar" and PASSWORD.encode() not in schema.metadata[b"DATABASE"]
+    assert schema.metadata[b"TASKNAME"] == b"StarFit" and PASSWORD.encode() not in schema.metadata[b"DATABASE"]
     read = pyarrow.read_table(parquet)
     assert sorted(read.column("star").to_pylist()) == ["alpha"] + ["beta"] * 8 + ["Ëta Carinae"]
     assert len(read.column("spectrum")[0].as_py()) == 10
@@ -98,8 +98,8 @@ def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
     env = {"ASTRA_DATABASE_URL": stars_db}
     path = tmp_path / "stars.fits"
     refused, chosen = astra_many(
-        ("results", "FitStar", "--format", "fits", "-o", str(path)),
-        ("results", "FitStar", "--where", "star=Ë*", "--columns", "teff,logg", "--format", "fits", "-o", str(path)),
+        ("results", "StarFit", "--format", "fits", "-o", str(path)),
+        ("results", "StarFit", "--where", "star=Ë*", "--columns", "teff,logg", "--format", "fits", "-o", str(path)),
         env=env,
     )
     line = one_line_error(refused, 1)
@@ -107,16 +107,16 @@ def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
     # Left out, the column is no trouble; the query in the header is escaped to ASCII.
     assert chosen.returncode == 0, chosen.stderr
     assert Table.read(path)["teff"].tolist() == [4000.0]
-    assert fits.getheader(path, 1)["QUERY"] == "FitStar '--where=star=\\xcb*'"
+    assert fits.getheader(path, 1)["QUERY"] == "StarFit '--where=star=\\xcb*'"
 
 
 def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_path):
     env = {"ASTRA_DATABASE_URL": stars_db}
     missing = tmp_path / "no-such-folder" / "stars.fits"
     full = astra_many(
-        ("results", "FitStar", "--format", "csv", "-o", str(missing)),
-        ("results", "FitStar", "--plot", "teff", "-o", str(missing.with_suffix(".png"))),
-        ("results", "FitStar", "--where", "star=alpha", "--format", "fits", "-o", "/dev/full"),
+        ("results", "StarFit", "--format", "csv", "-o", str(missing)),
+        ("results", "StarFit", "--plot", "teff", "-o", str(missing.with_suffix(".png"))),
+        ("results", "StarFit", "--where", "star=alpha", "--format", "fits", "-o", "/dev/full"),
         env=env,
     )
     for made in full[:2]:
@@ -136,8 +136,8 @@ def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_pat
     try:
         target = disk / "stars.fits"
         target.write_bytes(b"the previous export\n")
-        assert build(FitStar(star="big", rows=2000))  # some 200 kB of FITS
-        made = astra("results", "FitStar", "--where", "star=big", "--format", "fits", "-o", str(target), env=env)
+        assert build(StarFit(star="big", rows=2000))  # some 200 kB of FITS
+        made = astra("results", "StarFit", "--where", "star=big", "--format", "fits", "-o", str(target), env=env)
         assert one_line_error(made, 1) == f"astra: cannot write {target}: No space left on device"
         assert target.read_bytes() == b"the previous export\n" and os.listdir(disk) == ["stars.fits"]
     finally:
@@ -154,17 +154,17 @@ def test_plots_are_labelled_with_descriptions_and_units_and_take_bins_and_log(st
     config.mkdir()
     (config / "matplotlibrc").write_text("svg.fonttype: none\n")  # text as text, for the test to read
     env = {"ASTRA_DATABASE_URL": stars_db, "MPLCONFIGDIR": str(config)}
-    assert build(FitStar(star="many", rows=6000))
+    assert build(StarFit(star="many", rows=6000))
     histogram, few, many = tmp_path / "h.svg", tmp_path / "few.svg", tmp_path / "many.png"
     made = astra_many(
-        ("results", "FitStar", "--plot", "teff", "--bins", "7", "--log", "y", "-o", str(histogram)),
-        ("results", "FitStar", "--where", "star=beta", "--plot", "teff,logg", "--log", "x", "-o", str(few)),
-        ("results", "FitStar", "--plot", "teff,logg", "--bins", "40", "-o", str(many)),
+        ("results", "StarFit", "--plot", "teff", "--bins", "7", "--log", "y", "-o", str(histogram)),
+        ("results", "StarFit", "--where", "star=beta", "--plot", "teff,logg", "--log", "x", "-o", str(few)),
+        ("results", "StarFit", "--plot", "teff,logg", "--bins", "40", "-o", str(many)),
         env=env,
     )
     # Usage errors, in this process (three processes drawing at once are enough for a busy machine).
-    made += [main(capsys, "results", "FitStar", "--plot", "teff", "--log", "z", "-o", str(many))]
-    made += [main(capsys, "results", "FitStar", "--bins", "3")]
+    made += [main(capsys, "results", "StarFit", "--plot", "teff", "--log", "z", "-o", str(many))]
+    made += [main(capsys, "results", "StarFit", "--bins", "3")]
     assert made[0].returncode == 0, made[0].stderr
     assert made[0].stderr.strip() == f"drew 6010 of 6010 rows into {histogram} (histogram of 7 bins, log y)"
     assert "teff: effective temperature [K]" in svg_text(histogram) and "rows" in svg_text(histogram)
@@ -178,13 +178,13 @@ def test_plots_are_labelled_with_descriptions_and_units_and_take_bins_and_log(st
 
 def test_tasks_show_shows_the_output_rows(stars_db):
     env = {"ASTRA_DATABASE_URL": stars_db}
-    found = json.loads(astra("tasks", "list", "--name", "FitStar", "--where", "star=beta", "--json", env=env).stdout)
+    found = json.loads(astra("tasks", "list", "--name", "StarFit", "--where", "star=beta", "--json", env=env).stdout)
     pk = str(found[0]["pk"])
     shown, as_json = astra_many(("tasks", "show", pk), ("tasks", "show", pk, "--json"), env=env)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.split("output rows ", 1)[1].splitlines()
     # The table as a user names it (astra.test_star, or test_star on SQLite where it is in no schema).
-    assert re.fullmatch(r"\(8 in (astra\.)?test_star, the first 5 shown; all: astra results FitStar\)", lines[0])
+    assert re.fullmatch(r"\(8 in (astra\.)?test_star, the first 5 shown; all: astra results StarFit\)", lines[0])
     assert lines[1].split() == ["teff", "logg", "spectrum"] and lines[2].split()[:2] == ["K", "dex"]
     assert [float(line.split()[0]) for line in lines[4:]] == pytest.approx([4000 + 3000 * i / 7 for i in range(5)])
     record = json.loads(as_json.stdout)

@@ -85,10 +85,11 @@ def test_a_failed_dependency_exits_non_zero_without_a_luigi_cfg_and_says_which(s
 
 
 def test_a_batch_whose_items_take_values_from_the_command_line_is_judged_by_the_tasks_luigi_ran(database_url, tmp_path):
-    """``--Measure-band r`` gives the batch's items their band. astra judges the very batch luigi ran, so a done
+    """``--MeasureStar-band r`` gives the batch's items their band. astra judges the very batch luigi ran, so a done
     batch ends without a line (one made again outside luigi's parser context would have items of band g, which are
     not done); a batch whose item failed still ends with the line, and luigi's code for a failure."""
-    args = ["--module", "tests.batch_pool_tasks", "Stars", "--stars", "3", "--Measure-band", "r", "--local-scheduler"]
+    args = ["--module", "tests.batch_pool_tasks", "Stars", "--stars", "3", "--MeasureStar-band", "r"]
+    args.append("--local-scheduler")
     failed = run_luigi(*args, "--fail-on", "1", cwd=tmp_path)
     assert failed.returncode == TASK_FAILED, failed.stdout
     (line,) = astra_lines(failed.stdout)

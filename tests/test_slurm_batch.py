@@ -97,27 +97,27 @@ def test_pilot_array_of_luigi_workers_runs_each_task_once(slurm_cluster, postgre
 def test_a_batch_array_works_the_items_with_the_values_given_on_the_luigi_command_line(
     slurm_cluster, postgres_url, tmp_path
 ):
-    """``--Measure-band r`` sets the items' band in the array's jobs too, as in the luigi process that submits
+    """``--MeasureStar-band r`` sets the items' band in the array's jobs too, as in the luigi process that submits
     them: a job is a new interpreter, which does not see the luigi command line unless it is told."""
-    from tests.batch_tasks import Measure
+    from tests.batch_tasks import MeasureStar
 
     args = slurm_args(tmp_path / "logs", "--module", "tests.batch_pool_tasks", "Stars", "--stars", "3", "--jobs", "1")
-    ran = run_luigi(*args, "--Measure-band", "r", "--local-scheduler")
+    ran = run_luigi(*args, "--MeasureStar-band", "r", "--local-scheduler")
     assert ran.returncode == 0, ran.stdout[-3000:]
-    assert [Measure(star=star, band="r").complete() for star in range(3)] == [True] * 3
-    assert [Measure(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"
+    assert [MeasureStar(star=star, band="r").complete() for star in range(3)] == [True] * 3
+    assert [MeasureStar(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"
 
 
 def test_a_batch_array_works_the_items_with_the_configuration_a_script_set(slurm_cluster, postgres_url, tmp_path):
-    """A script that sets luigi's configuration in memory (``[Measure] band = r``) and submits a batch array: the
+    """A script that sets luigi's configuration in memory (``[MeasureStar] band = r``) and submits a batch array: the
     jobs must work the items with it, as the submitting process identifies them."""
-    from tests.batch_tasks import Measure
+    from tests.batch_tasks import MeasureStar
 
     script = f"""
 import luigi
 from tests.batch_pool_tasks import Stars
 config = luigi.configuration.get_config()
-for section, option, value in [("Measure", "band", "r"), ("astra", "executor", "slurm"),
+for section, option, value in [("MeasureStar", "band", "r"), ("astra", "executor", "slurm"),
                                ("slurm", "log_dir", {str(tmp_path / "logs")!r}), ("slurm", "poll", "0.2"),
                                ("slurm", "poll_max", "2")]:
     config.set(section, option, value)
@@ -128,5 +128,5 @@ assert luigi.build([Stars(stars=3, jobs=1)], local_scheduler=True)
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    assert [Measure(star=star, band="r").complete() for star in range(3)] == [True] * 3
-    assert [Measure(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"
+    assert [MeasureStar(star=star, band="r").complete() for star in range(3)] == [True] * 3
+    assert [MeasureStar(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"

@@ -99,6 +99,17 @@ def test_no_test_file_defines_a_luigi_task():
     )
 
 
+def test_no_two_task_modules_define_a_task_of_the_same_name():
+    """pytest-xdist may run any two test files in one process: two task classes of one name there, and luigi refuses
+    both (TaskClassAmbigiousException), which fails a test only when the files happen to meet."""
+    defined: dict[str, list[str]] = {}
+    for path in sorted(TESTS.glob("*_tasks.py")):
+        namespace = vars(importlib.import_module(f"tests.{path.stem}"))
+        for name in task_classes(path.read_text(), namespace):
+            defined.setdefault(name, []).append(path.name)
+    assert {name: files for name, files in defined.items() if len(files) > 1} == {}
+
+
 def test_no_file_names_a_test_file_as_a_module():
     found = {path.name: names_a_test_module(path) for path in sorted(TESTS.glob("*.py")) if path != Path(__file__)}
     assert not {name: texts for name, texts in found.items() if texts}, (
