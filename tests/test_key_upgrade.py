@@ -21,6 +21,7 @@ from tests.helpers import (
     old_luigi,
     old_schema_database,
     psql,
+    raw_sql,
     run_luigi,
     run_old_luigi,
     subprocess_env,
@@ -211,14 +212,8 @@ def _add_rows(url: str) -> None:
     connection.close()
 
 
-def _one(url: str, sql: str):
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(sql)
-        return cursor.fetchone()
-    finally:
-        connection.close()
+def _one(url: str, sql: str) -> tuple:
+    return raw_sql(url, sql)[0]
 
 
 @pytest.mark.slow
