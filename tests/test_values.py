@@ -165,17 +165,18 @@ def test_result_column_is_queryable_json(database_url, backend):
             query = (
                 "select result->>'snr', (result->>'int')::int, result->'nan'->>'$float', result->>'np_int64_near_2_62' "
             )
-            cursor.execute(query + "from astra.task where task_hash = %s", (hashes[0],))
+            cursor.execute(query + "from astra.task where task_hash = decode(%s, 'hex')", (hashes[0],))
             assert cursor.fetchone() == ("12.25", 7, "NaN", str(2**62 + 1))
             # A NaN snr is a tagged object, not a number: its ->> text is no float, so filter on the type first.
             cursor.execute(
-                "select task_hash from astra.task where jsonb_typeof(result->'snr') = 'number' "
+                "select encode(task_hash, 'hex') from astra.task where jsonb_typeof(result->'snr') = 'number' "
                 "and (result->>'snr')::float > 12.3"
             )
             assert cursor.fetchall() == [(hashes[2],)]
             cursor.execute("create index task_result_snr on astra.task ((result->>'snr'))")
             cursor.execute(
-                "select jsonb_array_length(result->'array_2000') from astra.task where task_hash = %s", (hashes[0],)
+                "select jsonb_array_length(result->'array_2000') from astra.task where task_hash = decode(%s, 'hex')",
+                (hashes[0],),
             )
             assert cursor.fetchone() == (2000,)
             connection.commit()
@@ -188,14 +189,14 @@ def test_result_column_is_queryable_json(database_url, backend):
                 "select json_extract(result, '$.snr'), json_extract(result, '$.np_int64_near_2_62'), "
                 "json_extract(result, '$.nan.$float'), json_array_length(result, '$.array_2000') "
                 "from task where task_hash = ?",
-                (hashes[0],),
+                (bytes.fromhex(hashes[0]),),  # the key's 32 bytes (schema 11)
             )
             assert cursor.fetchone() == (12.25, 2**62 + 1, "NaN", 2000)
             rows = connection.execute(
-                "select task_hash from task where json_type(result, '$.snr') = 'real' "
+                "select hex(task_hash) from task where json_type(result, '$.snr') = 'real' "
                 "and json_extract(result, '$.snr') > 12.3"
             ).fetchall()
-            assert rows == [(hashes[2],)]
+            assert rows == [(hashes[2].upper(),)]
             assert connection.execute("select count(*) from task where json_valid(result)").fetchone() == (3,)
         finally:
             connection.close()

@@ -19,6 +19,7 @@ attribute named ``slurm_<setting>``, e.g. ``slurm_sbatch_args = "--gres=gpu:1"``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,15 +101,16 @@ class SlurmExecutor(Executor):
         try:
             states = _follow(task, [job_id], submitted, settings_, recorded, lambda s: _describe(job_id, s))
         except BaseException as exc:
-            _cancel([job_id])
-            claim.release()
-            if queries.attempt_status(attempt) != queries.DONE:
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    why = f"SLURM job {job_id} cancelled: the luigi process was interrupted ({type(exc).__name__})"
-                else:
-                    why = f"SLURM job {job_id} cancelled: astra could not follow it ({type(exc).__name__}: {exc})"
-                queries.job_failed(attempt, why, why, time.monotonic() - started)
-                claim.recorded = True
+            with _uninterrupted():
+                _cancel([job_id])
+                claim.release()
+                if queries.attempt_status(attempt) != queries.DONE:
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        why = f"SLURM job {job_id} cancelled: the luigi process was interrupted ({type(exc).__name__})"
+                    else:
+                        why = f"SLURM job {job_id} cancelled: astra could not follow it ({type(exc).__name__}: {exc})"
+                    queries.job_failed(attempt, why, why, time.monotonic() - started)
+                    claim.recorded = True
             raise
         claim.release()  # the job has ended or recorded the task: nothing to heartbeat any more
         if queries.attempt_status(attempt) == queries.DONE:
@@ -168,7 +170,8 @@ class SlurmExecutor(Executor):
         try:
             states = _follow(batch, list(names), submitted, settings_, progress.all_done, progress.describe)
         except BaseException:
-            _cancel(list(names))
+            with _uninterrupted():
+                _cancel(list(names))
             raise
         _status(batch, progress.describe(states, force=True))
         bad = [state for state in states if state.finished and state.state != "COMPLETED"]
@@ -349,6 +352,22 @@ def _describe(job_id: str, states: list[JobState]) -> str:
 
 def _cancel(job_ids: list[str]) -> None:
     subprocess.run(["scancel", *job_ids], capture_output=True)
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored while the jobs are cancelled and the task recorded: with several workers, luigi's
+    main process passes an interrupt on to its workers, and a second one here would cut the record short (the task
+    recorded failed with a bare KeyboardInterrupt, its jobs perhaps not cancelled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _on_sigterm():
