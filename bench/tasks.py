@@ -128,7 +128,7 @@ class Spectra(BatchTask):
         return [item.values["spectrum_id"] % 97 for item in chunk]
 
 
-class SpectrumFile(luigi.ExternalTask):
+class RawSpectrum(luigi.ExternalTask):
     """The input file of one spectrum: a plain luigi task, as a pipeline's inputs usually are."""
 
     spectrum_id = luigi.IntParameter()
@@ -149,13 +149,13 @@ class Continuum(astra.BaseTask):
 
 
 class Extracted(astra.BaseTask):
-    """One spectrum extracted from its file: an item that requires a plain luigi task, its ``SpectrumFile``."""
+    """One spectrum extracted from its file: an item that requires a plain luigi task, its ``RawSpectrum``."""
 
     spectrum_id = luigi.IntParameter()
     release = luigi.Parameter(default="dr19")
 
-    def requires(self) -> SpectrumFile:
-        return SpectrumFile(spectrum_id=self.spectrum_id, release=self.release)
+    def requires(self) -> RawSpectrum:
+        return RawSpectrum(spectrum_id=self.spectrum_id, release=self.release)
 
 
 class SpectrumRange(BatchTask):
@@ -179,7 +179,7 @@ class Continua(SpectrumRange):
 
 
 class Extractions(SpectrumRange):
-    """Extracted items: each requires its SpectrumFile."""
+    """Extracted items: each requires its RawSpectrum."""
 
     item_class = Extracted
 

@@ -100,13 +100,18 @@ def test_no_test_file_defines_a_luigi_task():
 
 
 def test_no_two_task_modules_define_a_task_of_the_same_name():
-    """pytest-xdist may run any two test files in one process: two task classes of one name there, and luigi refuses
-    both (TaskClassAmbigiousException), which fails a test only when the files happen to meet."""
+    """pytest-xdist may run any two test files in one process: two task classes of one name there (in the tests', the
+    benchmarks' or the example's task modules), and luigi refuses both (TaskClassAmbigiousException), which fails a
+    test only when the files happen to meet."""
+    repo = TESTS.parent
+    # bench/startup*_tasks.py are left out: bench/startup.py copies them out and times each in a process alone.
+    bench = [path for path in (repo / "bench").glob("*tasks.py") if not path.name.startswith("startup")]
+    modules = [*TESTS.glob("*_tasks.py"), *bench, *(repo / "workflows").glob("*.py")]
     defined: dict[str, list[str]] = {}
-    for path in sorted(TESTS.glob("*_tasks.py")):
-        namespace = vars(importlib.import_module(f"tests.{path.stem}"))
-        for name in task_classes(path.read_text(), namespace):
-            defined.setdefault(name, []).append(path.name)
+    for path in sorted(modules):
+        module = ".".join(path.relative_to(repo).with_suffix("").parts).removesuffix(".__init__")
+        for name in task_classes(path.read_text(), vars(importlib.import_module(module))):
+            defined.setdefault(name, []).append(str(path.relative_to(repo)))
     assert {name: files for name, files in defined.items() if len(files) > 1} == {}
 
 
