@@ -39,6 +39,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     tempfile.tempdir = None  # make gettempdir() read TMPDIR again
 
 
+def _missing(message: str, required_by: str) -> None:
+    """A service the test needs is not there: skip, saying how to get it, or fail where ``$required_by`` is 1 (CI)."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def _postgres_or_skip() -> None:
     try:
         psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
@@ -48,9 +55,7 @@ def _postgres_or_skip() -> None:
             "ASTRA_TEST_POSTGRES=postgresql://user@host:port to a server where that user may create databases "
             "(ASTRA_REQUIRE_POSTGRES=1 makes this a failure instead of a skip)"
         )
-        if os.environ.get("ASTRA_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(message, "ASTRA_REQUIRE_POSTGRES")
 
 
 def _admin(sql: str) -> None:
@@ -174,9 +179,7 @@ def slurm_cluster() -> str:
             f"no SLURM cluster is up ({message}); start one with `scripts/slurm-local start` (as root), or set "
             "ASTRA_START_SLURM=1 to let the tests start it (ASTRA_REQUIRE_SLURM=1 makes this a failure)"
         )
-        if os.environ.get("ASTRA_REQUIRE_SLURM") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(message, "ASTRA_REQUIRE_SLURM")
     return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
 
 
@@ -205,9 +208,7 @@ def pgbouncer_database(postgres_database) -> str:
             f"no pgbouncer answers at {PGBOUNCER} ({str(exc).strip()}): start one with scripts/pgbouncer-local start "
             "(ASTRA_REQUIRE_PGBOUNCER=1 makes this a failure instead of a skip)"
         )
-        if os.environ.get("ASTRA_REQUIRE_PGBOUNCER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(message, "ASTRA_REQUIRE_PGBOUNCER")
     return url
 
 

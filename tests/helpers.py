@@ -512,6 +512,17 @@ def old_luigi(old: Path, url: str, *args: str) -> subprocess.CompletedProcess:
     return run_old_luigi(old, url, "--module", "tests.upgrade_tasks", *args, path=(REPO,))
 
 
+def run_upgrade_tasks(old: Path, url: str) -> None:
+    """tests/upgrade_tasks.py run by the old astra: 10 spectra and their summary by luigi, 10 by a batch, 1 failed."""
+    for args in (
+        ["UpgradeSummary", "--n", "10"],
+        ["UpgradeSpectra", "--start", "10", "--stop", "20"],
+        ["UpgradeFails"],
+    ):
+        ran = old_luigi(old, url, *args)
+        assert "This progress looks" in ran.stdout, ran.stdout
+
+
 def psql(url: str, sql_file: Path) -> subprocess.CompletedProcess:
     """Load ``sql_file`` with psql, stopping at the first error."""
     with open(sql_file) as stdin:

@@ -24,6 +24,7 @@ from tests.helpers import (
     raw_sql,
     run_luigi,
     run_old_luigi,
+    run_upgrade_tasks,
     subprocess_env,
     unpack_commit,
     using_database,
@@ -59,13 +60,7 @@ def _write_with_old_astra(checkout, url: str) -> None:
     """Tasks alone and in a batch, their dependencies, a failure, and output rows (the example's astra.snr)."""
     made = _old_astra(checkout, url, "db", "init", "--module", "workflows")
     assert made.returncode == 0, made.stdout + made.stderr
-    for args in (
-        ["UpgradeSummary", "--n", "10"],
-        ["UpgradeSpectra", "--start", "10", "--stop", "20"],
-        ["UpgradeFails"],
-    ):
-        ran = old_luigi(checkout, url, *args)
-        assert "This progress looks" in ran.stdout, ran.stdout
+    run_upgrade_tasks(checkout, url)
     ran = run_old_luigi(checkout, url, "--module", "workflows", "SummariseSNR")
     assert "This progress looks :)" in ran.stdout, ran.stdout
 

@@ -23,11 +23,11 @@ from tests.helpers import (
     assert_same,
     astra,
     astra_many,
-    old_luigi,
     old_schema_database,
     one_line_error,
     psql,
     run_luigi,
+    run_upgrade_tasks,
     sessions,
     subprocess_env,
     using_database,
@@ -70,13 +70,7 @@ def raw_rows(url: str) -> dict[str, list[dict]]:
 def old_database(backend, tmp_path, request, old_astra, monkeypatch) -> str:
     """A database made and filled by the old astra: 10 spectra and their summary by luigi, 10 by a batch, 1 failed."""
     url = old_schema_database(backend, tmp_path, request, old_astra)  # the old astra creates SQLite tables itself
-    for args in (
-        ["UpgradeSummary", "--n", "10"],
-        ["UpgradeSpectra", "--start", "10", "--stop", "20"],
-        ["UpgradeFails"],
-    ):
-        result = old_luigi(old_astra, url, *args)
-        assert "This progress looks" in result.stdout, result.stdout
+    run_upgrade_tasks(old_astra, url)
     with using_database(url, monkeypatch):
         yield url
 
