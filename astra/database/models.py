@@ -157,9 +157,8 @@ JSON_RESULTS = Task.result.is_null(False) & (Task.status == "done")
 #: task of the class: 1.3 s per process at 10^7 tasks. This partial index answers it in one probe, and tasks with
 #: output rows (no JSON result) add nothing to it. It indexes CLASS_NAME rather than task_name because no other index
 #: serves that expression, so the planner cannot prefer one whose statistics say half its rows match.
-Task._meta.indexes.append(
-    DialectIndex(Task, (EnclosedNodeList([CLASS_NAME]),), where=JSON_RESULTS, name="task_json_result")
-)
+JSON_RESULT_INDEX = DialectIndex(Task, (EnclosedNodeList([CLASS_NAME]),), where=JSON_RESULTS, name="task_json_result")
+Task._meta.indexes.append(JSON_RESULT_INDEX)
 
 
 class Parameter(BaseModel):

@@ -19,7 +19,7 @@ import peewee
 
 from astra import values
 from astra.database.dialect import dialect
-from astra.database.models import MODELS, Dependency, SchemaVersion, Task, utcnow
+from astra.database.models import JSON_RESULT_INDEX, MODELS, Dependency, SchemaVersion, Task, utcnow
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ def _links_per_statement(db: peewee.Database) -> None:
     dialect(db).check_links_per_statement(db)
 
 
-def _indexes(db: peewee.Database) -> None:
-    """The indexes models.py declares that ``db`` lacks (peewee's CREATE INDEX IF NOT EXISTS)."""
-    Task._schema.create_indexes(safe=True)
+def _json_index(db: peewee.Database) -> None:
+    """The index of done tasks with a JSON result (models.JSON_RESULT_INDEX), unless it is there."""
+    db.execute(Task._schema._create_index(JSON_RESULT_INDEX, safe=True))
 
 
 def _binary_keys(db: peewee.Database) -> None:
@@ -107,7 +107,7 @@ STEPS: list[Step] = [
     add_column(Task.slurm_job_id),  # 7
     add_column(Task.slurm_node),  # 8
     Step("task_parameter's references checked per statement, not per row (PostgreSQL)", _links_per_statement),  # 9
-    Step("an index of done tasks with a JSON result (what the pre-run check of output tables asks)", _indexes),  # 10
+    Step("an index of done tasks with a JSON result (what the pre-run check of output tables asks)", _json_index),  # 10
     Step("sha256 keys as their 32 bytes, a hash index on task_id", _binary_keys, _prepare_binary_keys),  # 11
 ]
 
