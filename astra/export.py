@@ -332,8 +332,9 @@ def _unit(column: Column) -> str | None:
     return None if column.unit is None else column.unit.to_string()
 
 
-def _fits_hdu(found: Table):
-    """The table as a FITS binary table HDU: TUNITn, TCOMMn, and ``found.meta`` as header keywords."""
+def _fits_hdu(found: Table, meta: dict | None = None):
+    """The table as a FITS binary table HDU: TUNITn, TCOMMn, and ``meta`` (default: ``found.meta``) as header
+    keywords."""
     from astropy.io import fits
 
     for name in found.colnames:
@@ -358,7 +359,7 @@ def _fits_hdu(found: Table):
             description = found[name].description
             if description:
                 hdu.header.set(f"TCOMM{i}", _ascii(description), after=f"TFORM{i}")
-        for key, value in found.meta.items():
+        for key, value in (found.meta if meta is None else meta).items():
             value = _ascii(value) if isinstance(value, str) else value
             comment = PROVENANCE.get(key, "")
             # A card holds 80 characters: a long value goes on in CONTINUE cards, without its comment.
@@ -480,32 +481,209 @@ def check_writable(path: str) -> None:
         raise ExportError(f"cannot write {path}: the folder {target.parent} does not exist (create it first)")
 
 
+#: A FITS file is made of blocks of this many bytes.
+FITS_BLOCK = 2880
+
+#: Files written a chunk of rows at a time (:func:`write_chunks`): memory holds a chunk, not the table.
+CHUNKED = ("fits", "parquet")
+
+
 def write(found: Table, fmt: str, path: str) -> None:
     """Write the table to ``path`` in ``fmt`` (replacing the file, only once the new one is complete)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     if fmt == "parquet":
         _needs("pyarrow", "--format parquet")
-    # Everything that can fail on the table's content fails before a file is opened.
-    if fmt == "fits":
-        written = _fits_hdu(found)
-    elif fmt == "parquet":
-        written = _arrow(found)
-    else:
-        written = (render(found, fmt) + "\n").encode("utf-8")
+    written = _prepared(found, fmt)  # everything that can fail on the table's content fails before a file is opened
     # Each writer gets a file opened here: given a name, astropy's "overwrite" deletes what is there first, which
     # for a device (/dev/stdout, /dev/full) is the device itself.
     with _replacing(path) as temporary, open(temporary, "wb") as file:
-        if fmt == "fits":
-            from astropy.io import fits
+        _write_prepared(written, fmt, file)
 
-            fits.HDUList([fits.PrimaryHDU(), written]).writeto(file)
-        elif fmt == "parquet":
-            import pyarrow.parquet
 
-            pyarrow.parquet.write_table(written, file)
+def _prepared(found: Table, fmt: str) -> object:
+    """What :func:`_write_prepared` writes: a FITS HDU, a pyarrow Table or the text's bytes."""
+    if fmt == "fits":
+        return _fits_hdu(found)
+    if fmt == "parquet":
+        return _arrow(found)
+    return (render(found, fmt) + "\n").encode("utf-8")
+
+
+def _write_prepared(written: object, fmt: str, file) -> None:
+    if fmt == "fits":
+        from astropy.io import fits
+
+        fits.HDUList([fits.PrimaryHDU(), written]).writeto(file)
+    elif fmt == "parquet":
+        import pyarrow.parquet
+
+        pyarrow.parquet.write_table(written, file)
+    else:
+        file.write(written)
+
+
+def write_chunks(
+    tables: Iterable[Table], fmt: str, path: str, meta: dict, whole: Callable[[], Table]
+) -> tuple[int, int]:
+    """Write ``tables`` (chunks of one table's rows, with the same columns) as FITS or Parquet to ``path``, one
+    chunk at a time, with ``meta`` as the file's provenance; the number of rows and of columns written.
+
+    The file holds what :func:`write` writes for the whole table: a FITS file the same bytes, a Parquet file the
+    same rows (a row group per chunk). Should a chunk's columns be written otherwise than the first's (a text
+    column wider than the first chunk's, masked values where the first had none, ints then floats), what was
+    written is dropped and ``whole()`` (the table) is written instead, as it is when a chunk cannot be written
+    (its error is the table's only if the table has it too) and to a file that cannot seek back (a pipe).
+    """
+    if fmt not in CHUNKED:
+        raise ExportError(f"{fmt} is not written in chunks")
+    if fmt == "parquet":
+        _needs("pyarrow", "--format parquet")
+    with _replacing(path) as temporary, open(temporary, "wb") as file:
+        if file.seekable():
+            try:
+                return (_fits_chunks if fmt == "fits" else _parquet_chunks)(tables, file, meta)
+            except (_UnlikeChunkError, ExportError):  # a chunk's error may not be the table's (arrays of length 0)
+                file.seek(0)
+                file.truncate()
+        found = whole()
+        found.meta.update(meta)
+        _write_prepared(_prepared(found, fmt), fmt, file)
+        return len(found), len(found.colnames)
+
+
+def _like_first(found: Table, first: Table) -> Table:
+    """``found`` with its text columns as wide as ``first``'s where they are narrower (a chunk of shorter paths),
+    as one table of both would hold them. A chunk with other columns (JSON results with other keys) is unlike."""
+    if found.colnames != first.colnames:
+        raise _UnlikeChunkError()
+    for name in found.colnames:
+        here, there = found[name], first[name]
+        if here.dtype.kind == there.dtype.kind == "U" and here.dtype.itemsize < there.dtype.itemsize:
+            wider = here.astype(there.dtype)
+            wider.info.description, wider.unit = here.info.description, here.unit
+            found.replace_column(name, wider)
+    return found
+
+
+def _fits_chunks(tables: Iterable[Table], file, meta: dict) -> tuple[int, int]:
+    """One FITS binary table, a chunk of rows at a time: its header is written first as if it held no row, and
+    again at the end with their number (NAXIS2, on a card of 80 characters: the header keeps its length)."""
+    from astropy.io import fits
+
+    first = header = layout = None
+    rows = size = 0
+    for found in tables:
+        if not len(found):
+            continue
+        found = _like_first(found, first) if first is not None else found
+        # The rows by numpy when laid out as the first chunk's, whose bytes astropy's made alike (checked below).
+        data = _plain_rows(found, layout) if layout is not None and _layout(found) == layout else None
+        if data is None:
+            hdu = _fits_hdu(found, meta)
+            data = _fits_rows(hdu)
+            if hdu.header.get("PCOUNT", 0):  # arrays of varying length, in a heap after the rows
+                raise _UnlikeChunkError()
+            if first is None:
+                first, header = found, hdu.header
+                file.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+                start = file.tell()
+                file.write(_with_rows(header, 0))
+                plain = _layout(found)
+                layout = plain if plain is not None and _plain_rows(found, plain) == data else None
+            elif _columns(hdu.header) != _columns(header):
+                raise _UnlikeChunkError()
+        file.write(data)
+        rows += len(found)
+        size += len(data)
+    if first is None:
+        raise _UnlikeChunkError()  # no row: the empty table, as write() makes it
+    file.write(b"\0" * (-size % FITS_BLOCK))  # the data ends on a whole block, padded with zeros
+    file.seek(start)
+    file.write(_with_rows(header, rows))
+    return rows, len(first.colnames)
+
+
+def _with_rows(header, rows: int) -> bytes:
+    header = header.copy()
+    header["NAXIS2"] = rows
+    return header.tostring().encode("ascii")
+
+
+def _columns(header) -> list[tuple]:
+    """A FITS table header's cards but NAXIS2: the same for two chunks whose rows one table holds alike."""
+    return [(card.keyword, card.value, card.comment) for card in header.cards if card.keyword != "NAXIS2"]
+
+
+def _fits_rows(hdu) -> bytes:
+    """The rows of a binary table HDU, as astropy writes them (big-endian, its fill values), without padding."""
+    import io
+
+    from astropy.io import fits
+
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buffer)
+    offset = len(fits.PrimaryHDU().header.tostring()) + len(hdu.header.tostring())
+    return buffer.getbuffer()[offset : offset + hdu.header["NAXIS1"] * hdu.header["NAXIS2"]].tobytes()
+
+
+def _layout(found: Table) -> np.dtype | None:
+    """The big-endian record of a row of ``found`` in a FITS binary table, for tables of plain columns only:
+    numbers astropy writes as they are (no TZERO offset, no TNULL) and ASCII text; None for any other."""
+    fields = []
+    for name in found.colnames:
+        column = found[name]
+        if isinstance(column, MaskedColumn) and np.ma.getmaskarray(column).any():
+            return None
+        kind, size = column.dtype.kind, column.dtype.itemsize
+        if kind == "U":
+            if column.ndim > 1:
+                return None
+            form = np.dtype(f"S{size // 4}")
+        elif (kind, size) in (("i", 2), ("i", 4), ("i", 8), ("f", 4), ("f", 8)):
+            form = column.dtype.newbyteorder(">")
         else:
-            file.write(written)
+            return None
+        fields.append((name, form, column.shape[1:]))
+    return np.dtype(fields)
+
+
+def _plain_rows(found: Table, layout: np.dtype) -> bytes | None:
+    """The rows of ``found`` in ``layout`` (:func:`_layout`), as numpy makes them; None if text is not ASCII."""
+    rows = np.empty(len(found), dtype=layout)
+    try:
+        for name in found.colnames:
+            rows[name] = np.asarray(found[name])
+    except UnicodeEncodeError:
+        return None
+    return rows.tobytes()
+
+
+def _parquet_chunks(tables: Iterable[Table], file, meta: dict) -> tuple[int, int]:
+    """One Parquet file, a row group per chunk of rows."""
+    import pyarrow.parquet
+
+    metadata = {key: str(value) for key, value in meta.items()} or None
+    first = writer = None
+    rows = 0
+    try:
+        for found in tables:
+            if not len(found):
+                continue
+            found = _like_first(found, first) if first is not None else found
+            arrow = _arrow(found).replace_schema_metadata(metadata)
+            if writer is None:
+                first, writer = found, pyarrow.parquet.ParquetWriter(file, arrow.schema)
+            elif not arrow.schema.equals(writer.schema, check_metadata=True):
+                raise _UnlikeChunkError()
+            writer.write_table(arrow)
+            rows += len(found)
+    finally:
+        if writer is not None:
+            writer.close()
+    if first is None:
+        raise _UnlikeChunkError()
+    return rows, len(first.colnames)
 
 
 #: Above this many points a scatter plot becomes a 2-D histogram (dots would hide each other).

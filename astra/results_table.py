@@ -15,7 +15,7 @@ from astropy.table import Table
 
 from astra import export, outputs
 from astra.database import output_tables, records
-from astra.database.queries import chunked
+from astra.database.queries import ahead, chunked
 
 
 def _parser(cls: type[luigi.Task] | None, name: str) -> Callable[[str | None], object]:
@@ -37,14 +37,6 @@ def _parser(cls: type[luigi.Task] | None, name: str) -> Callable[[str | None], o
     return typed
 
 
-def matching(filters: records.Filters, version: str | None) -> list[int]:
-    """The pks of the tasks that match ``filters`` and, unless None, ``version``, in pk order."""
-    found = sorted(records.pks(filters))
-    if version is None:
-        return found
-    return [task.pk for chunk in chunked(found) for task in records.get(chunk) if task.version == version]
-
-
 #: Tasks per chunk of :func:`results_chunks`: a chunk's rows are held as text while written (~2 MB per 1,000
 #: rows of 100 numbers), and a chunk costs 4 statements.
 TASKS_PER_CHUNK = 1000
@@ -59,7 +51,7 @@ def results_table(
     columns: Sequence[str] | None = None,
     versions: Versions | None = None,
 ) -> Table:
-    """The results of ``tasks`` (done tasks, from :func:`matching`) as one table.
+    """The results of ``tasks`` (pks of done tasks, e.g. from :func:`astra.database.records.versions`) as one table.
 
     ``cls`` is their task class, None when it cannot be imported: then the recorded JSON results make the table,
     with parameters as recorded (text). ``columns`` (None: all) are the columns needed: for a class with an output
@@ -102,11 +94,15 @@ def results_chunks(
     versions: Versions | None = None,
 ) -> Iterator[Table]:
     """The table of :func:`results_table`, a chunk of tasks at a time (in pk order), for writers that need not
-    hold all the rows at once (:func:`astra.export.stream`). Each chunk's columns are made from its own rows."""
+    hold all the rows at once (:func:`astra.export.stream`). Each chunk's columns are made from its own rows.
+    Call inside :func:`astra.database.queries.reading`."""
     model = outputs.output_model(cls) if cls is not None else None
     if model is not None and columns is not None:  # an unknown column is an error before any query
         export.check_columns(columns, _output_names(cls, model)[0])
-    return (results_table(cls, chunk, columns, versions) for chunk in chunked(sorted(tasks), TASKS_PER_CHUNK))
+    # The next chunks are read while the caller writes this one.
+    return ahead(
+        lambda chunk: results_table(cls, chunk, columns, versions), list(chunked(sorted(tasks), TASKS_PER_CHUNK))
+    )
 
 
 def _output_rows(

@@ -176,3 +176,27 @@ def test_no_statement_relies_on_the_session(what):
             text = text.replace(text[upgrade : text.index("def lock_for_upgrade", upgrade)], "")
         found += [f"{path.name}: {match.group(0).strip()}" for match in pattern.finditer(text)]
     assert not found, f"{what}: {found}"
+
+
+def test_results_read_ahead_through_pgbouncer(pgbouncer_url, tmp_path, capsys, monkeypatch):
+    """``astra results`` reads its chunks in helper threads that share its snapshot (``pg_export_snapshot``):
+    through pgbouncer in transaction mode too, in chunks of one task, giving the rows a single thread reads."""
+    from astropy.table import Table
+
+    from astra import results_table
+    from astra.database import queries
+    from tests.helpers import main
+
+    simulate(tmp_path / "spectra", count=20, seed=7)
+    done = run_luigi("--module", "workflows", "SummariseSNR", "--spectra-dir", str(tmp_path / "spectra"),
+                     "--local-scheduler", "--no-lock")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    monkeypatch.setattr(results_table, "TASKS_PER_CHUNK", 1)
+    files = {}
+    for helpers in (queries.HELPERS, 0):  # 0: none, the caller reads every chunk itself
+        monkeypatch.setattr(queries, "HELPERS", helpers)
+        files[helpers] = tmp_path / f"snr{helpers}.fits"
+        written = main(capsys, "results", "EstimateSNR", "--format", "fits", "-o", str(files[helpers]))
+        assert written.returncode == 0 and "wrote 20 rows" in written.stderr, written.stderr
+    read_ahead, alone = (Table.read(files[helpers]) for helpers in (queries.HELPERS, 0))
+    assert read_ahead.pformat(max_lines=-1, max_width=-1) == alone.pformat(max_lines=-1, max_width=-1)

@@ -17,7 +17,7 @@ from astra.database import output_tables, records
 from astra.database.connection import describe
 from astra.database.models import Task
 from astra.database.queries import chunked, reading
-from astra.results_table import matching, results_chunks, results_table
+from astra.results_table import results_chunks, results_table
 from astra.version import __version__
 
 if TYPE_CHECKING:
@@ -117,12 +117,12 @@ def results(
         if task_version is None and not all_versions and cls is not None:
             task_version = identity.task_version(cls)
         with reading():  # one snapshot for every statement, the rows written included
-            every = matching(filters, None)
-            chosen, versions = every, None
+            versions = records.versions(filters)
+            every = list(versions)
+            chosen = every
             if task_version is not None:
-                versions = {pk: (version, completed) for pk, version, completed in records.versions_of(every)}
-                chosen = [pk for pk in every if pk in versions and versions[pk][0] == task_version]
-            streamed = fmt in export.STREAMED and not drawn
+                chosen = [pk for pk in every if versions[pk][0] == task_version]
+            streamed = (fmt in export.STREAMED or (fmt in export.CHUNKED and output)) and not drawn
             try:
                 if streamed:  # a chunk of tasks at a time: the first with rows now, to know there is one
                     chunks = results_chunks(cls, chosen, kept, versions)
@@ -150,7 +150,11 @@ def results(
                     return export.keep(table, kept) if kept else table
 
                 kept_chunks = (export.keep(table, kept) if kept else table for table in chain([found], chunks))
-                rows, written = export.stream(kept_chunks, fmt, output, whole)
+                if fmt in export.CHUNKED:
+                    meta = provenance(name, filters, task_version, asked)
+                    rows, written = export.write_chunks(kept_chunks, fmt, output, meta, whole)
+                else:
+                    rows, written = export.stream(kept_chunks, fmt, output, whole)
                 if output:
                     formats.say(f"wrote {rows} rows, {written} columns to {output}")
                 return

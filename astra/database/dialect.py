@@ -224,6 +224,15 @@ class SQLite:
         """One transaction for a command that reads much (an export): one snapshot for all its statements."""
         return db.atomic()
 
+    def export_snapshot(self, db: peewee.Database) -> str | None:
+        """The name of the snapshot of this ``reading()`` transaction, which another connection can read
+        (:meth:`read_snapshot`); None where no other connection can (SQLite: the helper reads in this thread)."""
+        return None
+
+    def read_snapshot(self, db: peewee.Database, snapshot: str) -> None:
+        """Make the transaction just begun on this thread's own connection read ``snapshot``."""
+        raise NotImplementedError
+
     def record_items(
         self,
         db: peewee.Database,
@@ -621,11 +630,23 @@ class PostgreSQL(SQLite):
     @contextlib.contextmanager
     def reading(self, db: peewee.Database):
         with db.atomic():
+            if db.transaction_depth() == 1:  # else a savepoint: the transaction's isolation is set already
+                # One snapshot for every statement (READ COMMITTED takes one per statement).
+                db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             # astra's statements probe indexes a key at a time, and without statistics the planner expects
             # thousands of rows per probe: a chunk of 5,000 keys is planned above jit_above_cost, and PostgreSQL
             # then compiles it (~0.05-0.2 s of CPU per statement, for a statement that runs in a few ms).
             db.execute_sql("SET LOCAL jit = off")
             yield
+
+    def export_snapshot(self, db):
+        (name,) = db.execute_sql("SELECT pg_export_snapshot()").fetchone()
+        return name
+
+    def read_snapshot(self, db, snapshot):
+        db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        db.execute_sql("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        db.execute_sql("SET LOCAL jit = off")  # planned as the reading transaction's statements are
 
     def record_items(self, db, tables, status, rows, parameters, links, edges):
         """The PostgreSQL half of :func:`astra.database.queries.record_items`.

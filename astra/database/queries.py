@@ -5,21 +5,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import secrets
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import peewee
 
 from astra import values
 from astra.database import keys, text
-from astra.database.connection import DatabaseError, database, retried
+from astra.database.connection import (
+    DatabaseError,
+    close_thread_connection,
+    database,
+    retried,
+    use_own_connection,
+)
 from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
 from astra.database.status import DONE, FAILED, RUNNING
 from astra.identity import parameter_hash
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Keys per ``IN (...)`` query: SQLite allows 32766 bound variables, and PostgreSQL plans long lists slowly.
 CHUNK = 5000
@@ -500,11 +511,87 @@ def transaction():
     return _atomic(database())
 
 
-def reading():
+#: Whether the calling thread is in a :func:`reading` transaction (only there does :func:`ahead` use helpers: a
+#: transaction that writes would not see its own writes from another connection).
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
     """A transaction for a command that reads much (an export), planned for its index probes (see the dialect's
-    ``reading``)."""
+    ``reading``): one snapshot for every statement, those of :func:`ahead` included."""
     db = database()
-    return dialect(db).reading(db)
+    outer = getattr(_reading, "active", False)
+    with dialect(db).reading(db):
+        _reading.active = True
+        try:
+            yield
+        finally:
+            _reading.active = outer
+
+
+#: How many results each helper of :func:`ahead` holds ready before the caller takes them.
+AHEAD = 2
+#: How many helper threads :func:`ahead` starts: while one waits for the server, another turns rows into values
+#: (0: none, the caller makes every item).
+HELPERS = 2
+
+
+def ahead(produce: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    """``produce(item)`` for each of ``items``, in order, made ahead of the caller by helper threads when called
+    inside :func:`reading`: the next chunks' statements run on the server while the caller writes this one.
+
+    On PostgreSQL each helper reads on a connection of its own, in a transaction that reads the snapshot of the
+    caller's (``pg_export_snapshot``), so all see the same rows; on SQLite everything is made in this thread. An
+    exception in ``produce`` is raised here, where its result would have been taken.
+    """
+    db = database()
+    # Outside reading() everything is made here, as it is for a single item.
+    helped = HELPERS > 0 and len(items) > 1 and getattr(_reading, "active", False)
+    snapshot = dialect(db).export_snapshot(db) if helped else None
+    if snapshot is None:
+        yield from map(produce, items)
+        return
+    stop = threading.Event()
+    count = min(HELPERS, len(items))
+    ready = [queue.Queue(maxsize=AHEAD) for _ in range(count)]
+
+    def put(made: queue.Queue, entry: tuple) -> None:
+        while not stop.is_set():
+            try:
+                made.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work(first: int) -> None:  # items first, first + count, ...
+        made = ready[first]
+        try:
+            use_own_connection()
+            with db.atomic():
+                dialect(db).read_snapshot(db, snapshot)
+                for item in items[first::count]:
+                    if stop.is_set():
+                        return
+                    put(made, (True, produce(item)))
+        except BaseException as exc:  # raised in the caller's thread instead
+            put(made, (False, exc))
+        finally:
+            close_thread_connection()
+
+    helpers = [threading.Thread(target=work, args=(i,), name=f"astra-ahead-{i}", daemon=True) for i in range(count)]
+    for helper in helpers:
+        helper.start()
+    try:
+        for i in range(len(items)):
+            made, value = ready[i % count].get()
+            if not made:
+                raise value
+            yield value
+    finally:
+        stop.set()  # the caller stopped taking (or failed): the helpers end after their current item
+        for helper in helpers:
+            helper.join()
 
 
 # Many items at once (astra.batch): a few statements per chunk, whatever its size, with no per-row round trip.

@@ -16,7 +16,7 @@ from peewee import fn
 from astra.database.connection import DatabaseError, database
 from astra.database.dialect import dialect
 from astra.database.models import Dependency, Parameter, Task, TaskParameter
-from astra.database.queries import chunked, transaction
+from astra.database.queries import ahead, chunked, transaction
 from astra.database.status import DONE, STATUSES
 from astra.identity import parameter_hash
 
@@ -118,8 +118,10 @@ def _links(key: str, value: str, keys: Sequence[int], most: int | None = None) -
 def _linked(parameter_pks: list[int], bound: int) -> list[int] | None:
     """The tasks linked to one of ``parameter_pks``, by the index on parameter_pk; None if more than ``bound``."""
     found: set[int] = set()
-    for chunk in chunked(parameter_pks):
-        found.update(task for _, task in _links("parameter_pk", "task_pk", chunk, most=bound + 1))
+    for links in ahead(
+        lambda chunk: _links("parameter_pk", "task_pk", chunk, most=bound + 1), list(chunked(parameter_pks))
+    ):
+        found.update(task for _, task in links)
         if len(found) > bound:
             return None
     return list(found)
@@ -164,12 +166,12 @@ def _found(subquery: peewee.ModelSelect) -> peewee.Node:
 
 
 def _wanted(filters: Filters) -> Callable[[tuple], bool]:
-    """Whether a row of :data:`_CHECKED` matches the filters on the task's own columns (checked here, not in SQL:
-    in SQL, the planner might walk an index of one of them instead of the pk range it is given)."""
+    """Whether a row that starts with :data:`_CHECKED` matches the filters on the task's own columns (checked here,
+    not in SQL: in SQL, the planner might walk an index of one of them instead of the pk range it is given)."""
     names, modules, statuses, since = set(filters.names), set(filters.modules), set(filters.statuses), filters.since
 
     def wanted(row: tuple) -> bool:
-        _, name, module, status, *times = row
+        _, name, module, status, *times = row[: len(_CHECKED)]
         if (
             (names and name not in names)
             or (modules and module not in modules)
@@ -189,7 +191,24 @@ _CHECKED = (Task.pk, Task.task_name, Task.task_module, Task.status, Task.created
 
 
 def pks(filters: Filters, limit: int | None = None) -> list[int]:
-    """The pks of the tasks that match ``filters``, newest first, at most ``limit`` of them.
+    """The pks of the tasks that match ``filters``, newest first, at most ``limit`` of them (see :func:`_matching`)."""
+    return [row[0] for row in _matching(filters, limit)]
+
+
+def versions(filters: Filters) -> dict[int, tuple[str, datetime.datetime | None]]:
+    """The version and completion time of each task that matches ``filters``, by pk, newest first: read with the
+    columns the filters are checked on, not by a second walk of the tasks."""
+    rows = _matching(filters, None, _VERSIONS)  # as the driver gives them (peewee's conversion of each row is slow)
+    return {row[0]: (Task.version.python_value(row[-2]), Task.completed.python_value(row[-1])) for row in rows}
+
+
+#: The columns :func:`versions` reads beside those the filters are checked on.
+_VERSIONS = (Task.version, Task.completed)
+
+
+def _matching(filters: Filters, limit: int | None, extra: tuple[peewee.Field, ...] = ()) -> list[tuple]:
+    """The rows of the tasks that match ``filters``, newest first, at most ``limit`` of them: the pk first, then
+    the columns the filters are checked on, then ``extra``.
 
     What it costs follows what it returns, not how many tasks the database holds, whatever the planner knows:
     each filter that matches at most :data:`LISTED` tasks (:data:`LISTED_ALL` without a limit) lists them by an
@@ -214,17 +233,21 @@ def pks(filters: Filters, limit: int | None = None) -> list[int]:
             lists.append(named)
     wanted = _wanted(filters)
     # The times only for --since: peewee's conversion of three times per task costs more than reading them.
-    checked = _CHECKED if filters.since else _CHECKED[:4]
+    checked = (*_CHECKED, *extra) if filters.since else (*_CHECKED[:4], *extra)
 
     def rows(query: peewee.ModelSelect) -> Iterable[tuple]:
         return query.tuples() if filters.since else db.execute(query)
 
-    found: list[int] = []
+    found: list[tuple] = []
     if lists:
         candidates = sorted(set.intersection(*map(set, lists)), reverse=True)
-        for chunk in chunked(candidates):
-            query = _one_of(db, Task.select(*checked), Task.pk, chunk).where(*probes).order_by(Task.pk.desc())
-            found += [row[0] for row in rows(query) if wanted(row)]
+
+        def check(chunk: Sequence[int]) -> list[tuple]:
+            query = _one_of(db, Task.select(*checked), Task.pk, chunk).where(*probes)
+            return [row for row in rows(query.order_by(Task.pk.desc())) if wanted(row)]
+
+        for matched in ahead(check, list(chunked(candidates))):
+            found += matched
             if limit and len(found) >= limit:
                 break
         return found[:limit] if limit else found
@@ -232,7 +255,7 @@ def pks(filters: Filters, limit: int | None = None) -> list[int]:
     window = 1_000
     while top is not None and top > 0 and not (limit and len(found) >= limit):
         query = Task.select(*checked).where(Task.pk <= top, Task.pk > top - window, *probes).order_by(Task.pk.desc())
-        found += [row[0] for row in rows(query) if wanted(row)]
+        found += [row for row in rows(query) if wanted(row)]
         top -= window
         window = min(window * 4, WINDOW)
     return found[:limit] if limit else found
