@@ -102,3 +102,27 @@ def test_versions_read_with_the_filters(recorded):
     assert len(found) == 3 and list(found) == sorted(found, reverse=True)  # i = 1, 10 and 11
     assert found == {pk: (tasks[pk].version, tasks[pk].completed) for pk in found}
     assert all(completed.tzinfo is not None for _, completed in found.values())
+
+
+def test_helpers_that_cannot_start_leave_their_items_to_the_caller(recorded, monkeypatch):
+    """A helper whose connection the server refuses (``max_connections`` reached) is no error: the caller makes its
+    items, in its own snapshot, and the rest come from the helper that started."""
+    from astra.database.connection import database
+    from astra.database.dialect import dialect
+
+    kind = type(dialect(database()))
+    real = kind.read_snapshot
+
+    def refuse_the_first(self, db, snapshot):
+        if threading.current_thread().name == "astra-ahead-0":
+            raise psycopg2.OperationalError("FATAL:  sorry, too many clients already")
+        return real(self, db, snapshot)
+
+    monkeypatch.setattr(kind, "read_snapshot", refuse_the_first)
+    with queries.reading():
+        made = list(queries.ahead(lambda pk: (pk, _count([pk]), threading.current_thread().name), recorded))
+    assert [(pk, count) for pk, count, _ in made] == [(pk, 1) for pk in recorded]
+    if is_postgres():
+        assert {name for _, _, name in made[0::2]} == {"MainThread"}
+        assert {name for _, _, name in made[1::2]} == {"astra-ahead-1"}
+    assert _helpers() == []

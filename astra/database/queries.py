@@ -537,13 +537,18 @@ AHEAD = 2
 HELPERS = 2
 
 
+#: What a helper of :func:`ahead` that could not start hands over instead of its first result.
+_ALONE = object()
+
+
 def ahead(produce: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
     """``produce(item)`` for each of ``items``, in order, made ahead of the caller by helper threads when called
     inside :func:`reading`: the next chunks' statements run on the server while the caller writes this one.
 
     On PostgreSQL each helper reads on a connection of its own, in a transaction that reads the snapshot of the
     caller's (``pg_export_snapshot``), so all see the same rows; on SQLite everything is made in this thread. An
-    exception in ``produce`` is raised here, where its result would have been taken.
+    exception in ``produce`` is raised here, where its result would have been taken. A helper that cannot open its
+    connection (a server at ``max_connections``) leaves its items to the caller, which makes them in its own snapshot.
     """
     db = database()
     # Outside reading() everything is made here, as it is for a single item.
@@ -566,28 +571,38 @@ def ahead(produce: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
 
     def work(first: int) -> None:  # items first, first + count, ...
         made = ready[first]
+        reading_snapshot = False
         try:
             use_own_connection()
             with db.atomic():
                 dialect(db).read_snapshot(db, snapshot)
+                reading_snapshot = True
                 for item in items[first::count]:
                     if stop.is_set():
                         return
                     put(made, (True, produce(item)))
         except BaseException as exc:  # raised in the caller's thread instead
-            put(made, (False, exc))
+            # A helper that could not start (no connection left on the server) leaves its items to the caller.
+            put(made, (False, exc if reading_snapshot else _ALONE))
         finally:
             close_thread_connection()
 
     helpers = [threading.Thread(target=work, args=(i,), name=f"astra-ahead-{i}", daemon=True) for i in range(count)]
     for helper in helpers:
         helper.start()
+    alone: set[int] = set()  # helpers whose items the caller makes
     try:
         for i in range(len(items)):
-            made, value = ready[i % count].get()
-            if not made:
-                raise value
-            yield value
+            turn = i % count  # the helper that makes item i
+            if turn not in alone:
+                made, value = ready[turn].get()
+                if made:
+                    yield value
+                    continue
+                if value is not _ALONE:
+                    raise value
+                alone.add(turn)
+            yield produce(items[i])
     finally:
         stop.set()  # the caller stopped taking (or failed): the helpers end after their current item
         for helper in helpers:
