@@ -126,3 +126,30 @@ def test_helpers_that_cannot_start_leave_their_items_to_the_caller(recorded, mon
         assert {name for _, _, name in made[0::2]} == {"MainThread"}
         assert {name for _, _, name in made[1::2]} == {"astra-ahead-1"}
     assert _helpers() == []
+
+
+def test_connections_lost_mid_read_are_the_error_said(recorded, database_url):
+    """The server drops the command's connections while its helpers read (``pg_terminate_backend``, as a restart
+    does): the error is the lost connection's, not that of the rollback on the way out (which found the caller's
+    connection gone too), and the next statement opens a new connection."""
+    from astra.database.connection import ConnectionLostError
+
+    if not is_postgres():
+        pytest.skip("SQLite has no server to lose")
+
+    def produce(pk: int) -> int:
+        if pk == recorded[4]:
+            admin = psycopg2.connect(database_url)
+            admin.autocommit = True
+            admin.cursor().execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            admin.close()
+        return _count([pk])
+
+    with pytest.raises(ConnectionLostError, match="lost the connection"):
+        with queries.reading():
+            list(queries.ahead(produce, recorded))
+    assert _helpers() == []
+    assert _count(recorded) == 12

@@ -139,7 +139,15 @@ class Reconnecting:
         if self._lost():
             self._discard()  # the server ended the transaction together with the connection
             return None
-        return super().rollback()
+        try:
+            return super().rollback()
+        except (peewee.OperationalError, peewee.InterfaceError):
+            # Found lost only now (its last statement was before the server went): ended with it all the same. A
+            # rollback on the way out of an error must not replace that error (e.g. a helper's lost connection).
+            if not self._lost():
+                raise
+            self._discard()
+            return None
 
     def copy_from(self, sql: str, data) -> None:
         """``sql``, a ``COPY ... FROM STDIN``, with the file ``data``: run again, or raised, as any statement is."""
