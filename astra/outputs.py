@@ -151,6 +151,24 @@ class ArrayField(peewee.Field):
         values = np.frombuffer(data, dtype=element, offset=12 + 8 * ndim)["value"].astype(self.dtype)
         return values.reshape(shape)
 
+    def many_from_postgres_binary(self, blobs: Sequence[bytes | memoryview | None]) -> list[np.ndarray | None]:
+        """The arrays of :meth:`from_postgres_binary` for many values: parsed by numpy at once when they share
+        their dimensions and hold no NULL (the usual column of spectra), else one by one."""
+        import numpy as np
+
+        first = blobs[0] if blobs else None
+        if first is None or len(first) < 12 or any(blob is None or len(blob) != len(first) for blob in blobs):
+            return [self.from_postgres_binary(blob) for blob in blobs]
+        ndim, has_nulls = struct.unpack_from(">ii", first)
+        head = 12 + 8 * ndim
+        rows = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), len(first))
+        if has_nulls or ndim == 0 or not (rows[:, :head] == rows[0, :head]).all():
+            return [self.from_postgres_binary(blob) for blob in blobs]
+        shape = struct.unpack_from(f">{2 * ndim}i", first, 12)[::2]
+        element = np.dtype([("length", ">i4"), ("value", self.dtype.newbyteorder(">"))])
+        values = np.ascontiguousarray(rows[:, head:]).view(element)["value"].astype(self.dtype)
+        return list(values.reshape(len(blobs), *shape))
+
     def ddl_datatype(self, ctx):
         return peewee.SQL(of_model(self.model).array_type(self))
 

@@ -291,3 +291,37 @@ def test_arrays_of_different_shapes_in_one_insert(outputs_db):
     assert [list(r) for r in read] == [[0.0], [0.0, 1.0], [0.0, 1.0, 2.0]]
     measured = Measure(i=2).output().read()  # text, a time and nulls beside the arrays
     assert measured.label == "x" and measured.when.year == 2026 and measured.counts.shape == (2, 3)
+
+
+ARRAYS_READ_AT_ONCE = {
+    "one shape": ("real", [[1.5, float("nan"), -2.0], [0.0, 1e30, 3.25], [4.0, 5.0, 6.0]]),
+    "two dimensions": ("double precision", [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]),
+    "integers": ("bigint", [[1, 2**62], [-3, 0]]),
+    "shapes that differ": ("real", [[1.0, 2.0], [3.0, 4.0, 5.0], [6.0]]),
+    "a missing array": ("real", [[1.0, 2.0], None, [3.0, 4.0]]),
+    "a NULL element": ("real", [[1.0, None], [2.0, 3.0]]),
+    "empty arrays": ("real", [[], []]),
+}
+
+
+@pytest.mark.parametrize("case", list(ARRAYS_READ_AT_ONCE))
+def test_a_chunk_of_arrays_read_at_once_is_each_array_read_alone(postgres_url, case):
+    """``ArrayField.many_from_postgres_binary`` (a chunk of ``array_send`` values, parsed by numpy at once when
+    they share their dimensions) gives what ``from_postgres_binary`` gives for each, and what the text form gives."""
+    sql_type, arrays = ARRAYS_READ_AT_ONCE[case]
+    dtype = {"real": "float32", "double precision": "float64", "bigint": "int64"}[sql_type]
+    field = astra.ArrayField(dtype, null=True)
+    sql = f"SELECT array_send(%s::{sql_type}[]), %s::{sql_type}[]"
+    rows = [database().execute_sql(sql, (array, array)).fetchone() for array in arrays]
+    blobs, texts = [blob for blob, _ in rows], [text for _, text in rows]
+    together = field.many_from_postgres_binary(blobs)
+    alone = [field.from_postgres_binary(blob) for blob in blobs]
+    from_text = [field.python_value(text) for text in texts]
+    assert len(together) == len(alone) == len(arrays)
+    for a, b, c in zip(together, alone, from_text):
+        if b is None:
+            assert a is None and c is None
+            continue
+        assert a.dtype == b.dtype == c.dtype and a.shape == b.shape == c.shape
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)

@@ -236,7 +236,12 @@ def columns_of(
         pks += columns[0]
         for field, (_, convert), column in zip(chosen, readers, columns[1:]):
             plain = type(field) in _PLAIN and convert == field.python_value
-            values[field.name] += column if plain else [convert(v) for v in column]
+            if plain:
+                values[field.name] += column
+            elif convert == getattr(field, "from_postgres_binary", None):  # a chunk of arrays, by numpy at once
+                values[field.name] += field.many_from_postgres_binary(column)
+            else:
+                values[field.name] += [convert(v) for v in column]
     return pks, values
 
 
