@@ -17,12 +17,22 @@ from astra.targets import forget_cached
 from tests.output_tasks import PlainResult
 
 
-@pytest.fixture
-def recorded(database_url) -> list[int]:
-    """The pks of 12 done tasks."""
+def _twelve_done() -> list[int]:
     forget_cached()
     assert luigi.build([PlainResult(i=i) for i in range(12)], local_scheduler=True, log_level="WARNING")
     return sorted(pk for (pk,) in Task.select(Task.pk).tuples())
+
+
+@pytest.fixture
+def recorded(database_url) -> list[int]:
+    """The pks of 12 done tasks."""
+    return _twelve_done()
+
+
+@pytest.fixture
+def recorded_on_postgres(postgres_url) -> list[int]:
+    """The pks of 12 done tasks, on PostgreSQL."""
+    return _twelve_done()
 
 
 def _helpers() -> list[str]:
@@ -128,18 +138,17 @@ def test_helpers_that_cannot_start_leave_their_items_to_the_caller(recorded, mon
     assert _helpers() == []
 
 
-def test_connections_lost_mid_read_are_the_error_said(recorded, database_url):
+def test_connections_lost_mid_read_are_the_error_said(recorded_on_postgres, postgres_url):
     """The server drops the command's connections while its helpers read (``pg_terminate_backend``, as a restart
     does): the error is the lost connection's, not that of the rollback on the way out (which found the caller's
     connection gone too), and the next statement opens a new connection."""
     from astra.database.connection import ConnectionLostError
 
-    if not is_postgres():
-        pytest.skip("SQLite has no server to lose")
+    recorded = recorded_on_postgres
 
     def produce(pk: int) -> int:
         if pk == recorded[4]:
-            admin = psycopg2.connect(database_url)
+            admin = psycopg2.connect(postgres_url)
             admin.autocommit = True
             admin.cursor().execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
