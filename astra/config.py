@@ -72,6 +72,11 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
         description="seconds a process's database connection may stay unused before it is closed (it is opened "
         "again when next needed): an idle luigi worker or SLURM job holds no connection of the server's",
     )
+    read_helpers = luigi.IntParameter(
+        default=2,
+        description="threads that read ahead for astra results on PostgreSQL, each on a connection of its own for "
+        "as long as the command reads (0: none, the command reads alone on its one connection)",
+    )
     executor = luigi.Parameter(
         default="local",
         description="where run() runs: in the luigi worker (local) or as a SLURM job (slurm; see [slurm])",

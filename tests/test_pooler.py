@@ -181,10 +181,10 @@ def test_no_statement_relies_on_the_session(what):
 def test_results_read_ahead_through_pgbouncer(pgbouncer_url, tmp_path, capsys, monkeypatch):
     """``astra results`` reads its chunks in helper threads that share its snapshot (``pg_export_snapshot``):
     through pgbouncer in transaction mode too, in chunks of one task, giving the rows a single thread reads."""
+    import luigi
     from astropy.table import Table
 
     from astra import results_table
-    from astra.database import queries
     from tests.helpers import main
 
     simulate(tmp_path / "spectra", count=20, seed=7)
@@ -193,10 +193,13 @@ def test_results_read_ahead_through_pgbouncer(pgbouncer_url, tmp_path, capsys, m
     assert done.returncode == 0, done.stdout + done.stderr
     monkeypatch.setattr(results_table, "TASKS_PER_CHUNK", 1)
     files = {}
-    for helpers in (queries.HELPERS, 0):  # 0: none, the caller reads every chunk itself
-        monkeypatch.setattr(queries, "HELPERS", helpers)
-        files[helpers] = tmp_path / f"snr{helpers}.fits"
-        written = main(capsys, "results", "EstimateSNR", "--format", "fits", "-o", str(files[helpers]))
+    for helpers in (2, 0):  # [astra] read_helpers; 0: none, the command reads every chunk itself
+        luigi.configuration.get_config().set("astra", "read_helpers", str(helpers))
+        try:
+            files[helpers] = tmp_path / f"snr{helpers}.fits"
+            written = main(capsys, "results", "EstimateSNR", "--format", "fits", "-o", str(files[helpers]))
+        finally:
+            luigi.configuration.get_config().remove_option("astra", "read_helpers")
         assert written.returncode == 0 and "wrote 20 rows" in written.stderr, written.stderr
-    read_ahead, alone = (Table.read(files[helpers]) for helpers in (queries.HELPERS, 0))
+    read_ahead, alone = (Table.read(files[helpers]) for helpers in (2, 0))
     assert read_ahead.pformat(max_lines=-1, max_width=-1) == alone.pformat(max_lines=-1, max_width=-1)

@@ -10,6 +10,7 @@ import luigi
 import psycopg2
 import pytest
 
+from astra import config
 from astra.database import queries, records
 from astra.database.connection import is_postgres
 from astra.database.models import Task
@@ -58,7 +59,8 @@ def test_in_order_from_the_callers_snapshot(recorded, database_url):
         assert [pks for pks, _, _ in made] == items
         assert [count for _, count, _ in made] == [2] * len(items)
         threads = {name for _, _, name in made}
-        assert threads == ({f"astra-ahead-{i}" for i in range(queries.HELPERS)} if is_postgres() else {"MainThread"})
+        helpers = config.settings().read_helpers
+        assert threads == ({f"astra-ahead-{i}" for i in range(helpers)} if is_postgres() else {"MainThread"})
         assert _count(recorded) == 12
     assert _count(recorded) == (6 if is_postgres() else 12)  # after the reading transaction: what was committed
     assert _helpers() == []
@@ -162,3 +164,14 @@ def test_connections_lost_mid_read_are_the_error_said(recorded_on_postgres, post
             list(queries.ahead(produce, recorded))
     assert _helpers() == []
     assert _count(recorded) == 12
+
+
+def test_read_helpers_zero_reads_alone(recorded):
+    """``[astra] read_helpers = 0``: no helper, the caller makes every item on its one connection."""
+    luigi.configuration.get_config().set("astra", "read_helpers", "0")
+    try:
+        with queries.reading():
+            made = list(queries.ahead(lambda pk: (_count([pk]), threading.current_thread().name), recorded))
+    finally:
+        luigi.configuration.get_config().remove_option("astra", "read_helpers")
+    assert made == [(1, "MainThread")] * 12

@@ -15,7 +15,7 @@ from typing import NamedTuple, TypeVar
 
 import peewee
 
-from astra import values
+from astra import config, values
 from astra.database import keys, text
 from astra.database.connection import (
     DatabaseError,
@@ -532,9 +532,6 @@ def reading() -> Iterator[None]:
 
 #: How many results each helper of :func:`ahead` holds ready before the caller takes them.
 AHEAD = 2
-#: How many helper threads :func:`ahead` starts: while one waits for the server, another turns rows into values
-#: (0: none, the caller makes every item).
-HELPERS = 2
 
 
 #: What a helper of :func:`ahead` that could not start hands over instead of its first result.
@@ -542,8 +539,9 @@ _ALONE = object()
 
 
 def ahead(produce: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
-    """``produce(item)`` for each of ``items``, in order, made ahead of the caller by helper threads when called
-    inside :func:`reading`: the next chunks' statements run on the server while the caller writes this one.
+    """``produce(item)`` for each of ``items``, in order, made ahead of the caller by helper threads (``[astra]
+    read_helpers``) when called inside :func:`reading`: the next chunks' statements run on the server while the
+    caller writes this one.
 
     On PostgreSQL each helper reads on a connection of its own, in a transaction that reads the snapshot of the
     caller's (``pg_export_snapshot``), so all see the same rows; on SQLite everything is made in this thread. An
@@ -552,13 +550,13 @@ def ahead(produce: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
     """
     db = database()
     # Outside reading() everything is made here, as it is for a single item.
-    helped = HELPERS > 0 and len(items) > 1 and getattr(_reading, "active", False)
-    snapshot = dialect(db).export_snapshot(db) if helped else None
+    # How many helpers ([astra] read_helpers): while one waits for the server, another turns rows into values.
+    count = min(config.settings().read_helpers, len(items)) if getattr(_reading, "active", False) else 0
+    snapshot = dialect(db).export_snapshot(db) if count > 0 and len(items) > 1 else None
     if snapshot is None:
         yield from map(produce, items)
         return
     stop = threading.Event()
-    count = min(HELPERS, len(items))
     ready = [queue.Queue(maxsize=AHEAD) for _ in range(count)]
 
     def put(made: queue.Queue, entry: tuple) -> None:
