@@ -137,19 +137,33 @@ def records(found: Table) -> list[dict]:
             if np.ma.is_masked(value) and np.ndim(value) == 0:
                 value = None
             elif isinstance(value, np.ma.MaskedArray):
-                value = value.filled(np.nan) if value.dtype.kind == "f" else value.data
+                if value.mask.all():  # a missing array: null, not an array of nulls (or of zeros) that was never there
+                    value = None
+                else:
+                    value = value.filled(np.nan) if value.dtype.kind == "f" else value.data
             record[name] = _plain(value)
         out.append(record)
     return out
 
 
 def _flat(found: Table) -> Table:
-    """A copy whose vector columns are JSON text, for formats with one value per cell (CSV)."""
+    """A copy whose vector columns are JSON text, for formats with one value per cell (CSV): a missing array is an
+    empty cell, as a missing number is."""
     flat = found.copy(copy_data=False)
     for name in found.colnames:
-        if found[name].ndim > 1:
-            flat[name] = _json_rows(np.asarray(found[name]))
+        vectors = found[name]
+        if vectors.ndim > 1:
+            text = _json_rows(np.asarray(vectors))
+            missing = _missing_rows(vectors)
+            flat[name] = MaskedColumn(text, mask=missing) if missing.any() else text
     return flat
+
+
+def _missing_rows(vectors: Column) -> np.ndarray:
+    """Which rows of a vector column are missing (masked whole)."""
+    if not isinstance(vectors, MaskedColumn):
+        return np.zeros(len(vectors), dtype=bool)
+    return np.asarray(vectors.mask).reshape(len(vectors), -1).all(axis=1)
 
 
 def _json_rows(data: np.ndarray) -> list[str]:
@@ -192,7 +206,7 @@ class _UnlikeChunkError(Exception):
 
 def _kind(column: Column) -> tuple | None:
     """What decides how CSV and JSON write a column's values (None: no value, any kind writes the same)."""
-    if column.ndim > 1:  # a vector column: what writes a row is its shape, and masked rows are zeros in CSV
+    if column.ndim > 1:  # a vector column: what writes a row is its shape
         return ("vector", column.dtype.kind, column.shape[1:])
     if isinstance(column, MaskedColumn) and bool(np.all(column.mask)):
         return None
@@ -243,13 +257,9 @@ def _stream(tables: Iterable[Table], fmt: str, file) -> tuple[int, int]:
             raise _UnlikeChunkError()
         for name in names:
             kind, known = _kind(found[name]), kinds.get(name)
-            if kind is None:  # no value here: written as nothing, unless the column holds arrays (zeros)
-                if known is not None and known[0] == "vector":
-                    raise _UnlikeChunkError()
+            if kind is None:  # no value here: written as nothing, whatever the column holds elsewhere
                 kinds.setdefault(name, None)
             elif known is None:
-                if name in kinds and kind[0] == "vector":  # rows written as nothing would have been zeros
-                    raise _UnlikeChunkError()
                 kinds[name] = kind
             elif kind != known:
                 raise _UnlikeChunkError()

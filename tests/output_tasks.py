@@ -189,3 +189,26 @@ class FindLines(astra.BaseTask):
     def run(self) -> dict:
         lines = np.arange(self.n * 3, dtype=float).reshape(self.n, 3)
         return {"lines": lines, "lines_undeclared": lines if self.undeclared else None}
+
+
+class Sparse(astra.OutputModel):
+    """Arrays that some tasks do not have (null), of floats and of ints."""
+
+    teff = peewee.DoubleField(null=True)
+    flux = astra.ArrayField("float32", null=True)
+    counts = astra.ArrayField("int64", null=True)
+
+    class Meta:
+        table_name = "test_sparse"
+
+
+class SparseFit(astra.BaseTask):
+    """Odd stars have no fit: a row with no value at all."""
+
+    output_model = Sparse
+    star = luigi.IntParameter()
+
+    def run(self) -> dict:
+        if self.star % 2:
+            return {"teff": None, "flux": None, "counts": None}
+        return {"teff": 5000.0 + self.star, "flux": np.full(3, 1.5, dtype=np.float32), "counts": np.arange(3)}

@@ -25,7 +25,7 @@ from astra.identity import task_version
 from astra.targets import forget_cached
 from astra.version import __version__
 from tests.helpers import astra, astra_many, main, one_line_error, with_password
-from tests.output_tasks import FindLines, Lines, Star, StarFit
+from tests.output_tasks import FindLines, Lines, Sparse, SparseFit, Star, StarFit
 
 PASSWORD = "pw-never-shown-9"
 
@@ -211,6 +211,46 @@ def test_empty_arrays_keep_their_shape(database_url):
     assert "Lines.lines_undeclared: an empty array of shape (0, 3) would read back as (0,) on PostgreSQL" in error
     assert "astra.ArrayField('float64', shape=(None, 3))" in error
     assert build(FindLines(n=1, undeclared=True))  # a (1, 3) array keeps its shape on both without a declaration
+
+
+@pytest.mark.parametrize("chunk", [1, 1000])
+def test_a_missing_array_is_missing_in_every_format(database_url, tmp_path, capsys, monkeypatch, chunk):
+    """A task without an array (null) exports no array: an empty cell in CSV as for a missing number, null in JSON,
+    masked in FITS and ECSV, null in Parquet; never zeros, nor an array of nulls, that a reader would take as data.
+    Streamed a task at a time or whole, the same."""
+    import pyarrow.parquet
+
+    from astra import results_table
+
+    if is_postgres():
+        output_tables.create([Sparse])
+    assert build(*[SparseFit(star=i) for i in range(4)])
+    monkeypatch.setattr(results_table, "TASKS_PER_CHUNK", chunk)
+    asked = ("results", "SparseFit", "--columns", "star,teff,flux,counts")
+    header, *rows = main(capsys, *asked, "--format", "csv").stdout.splitlines()
+    assert header == "star,teff,flux,counts"
+    assert sorted(rows) == [  # in the order luigi ran them
+        '0,5000.0,"[1.5, 1.5, 1.5]","[0, 1, 2]"',
+        "1,,,",
+        '2,5002.0,"[1.5, 1.5, 1.5]","[0, 1, 2]"',
+        "3,,,",
+    ]
+    records = json.loads(main(capsys, *asked, "--format", "json").stdout)
+    assert sorted((r["star"], r["flux"], r["counts"]) for r in records) == [
+        (0, [1.5] * 3, [0, 1, 2]), (1, None, None), (2, [1.5] * 3, [0, 1, 2]), (3, None, None)
+    ]
+    for fmt in ("fits", "ecsv", "parquet"):
+        path = tmp_path / f"sparse.{fmt}"
+        assert main(capsys, *asked, "--format", fmt, "-o", str(path)).returncode == 0
+        if fmt == "parquet":
+            made = pyarrow.parquet.read_table(path).sort_by("star").to_pydict()
+            assert made["flux"] == [[1.5] * 3, None, [1.5] * 3, None] and made["counts"][1] is None
+            continue
+        made = Table.read(path)
+        made.sort("star")
+        for name in ("flux", "counts"):
+            assert made[name].mask.all(axis=1).tolist() == [False, True, False, True], (fmt, name)
+            assert made[name][2].tolist() == ([1.5] * 3 if name == "flux" else [0, 1, 2])
 
 
 def test_units_must_name_fields(sqlite_url):
