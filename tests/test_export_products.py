@@ -237,7 +237,10 @@ def test_a_missing_array_is_missing_in_every_format(database_url, tmp_path, caps
     ]
     records = json.loads(main(capsys, *asked, "--format", "json").stdout)
     assert sorted((r["star"], r["flux"], r["counts"]) for r in records) == [
-        (0, [1.5] * 3, [0, 1, 2]), (1, None, None), (2, [1.5] * 3, [0, 1, 2]), (3, None, None)
+        (0, [1.5] * 3, [0, 1, 2]),
+        (1, None, None),
+        (2, [1.5] * 3, [0, 1, 2]),
+        (3, None, None),
     ]
     for fmt in ("fits", "ecsv", "parquet"):
         path = tmp_path / f"sparse.{fmt}"
