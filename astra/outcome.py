@@ -197,7 +197,11 @@ def unfinished(root: luigi.Task) -> str | None:
         url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}/"
         reasons += _luigid_view(url, root, {task.task_id for task in not_done})
     if not reasons:
-        reasons.append("luigi left it pending")
+        db = connection.database()
+        if connection.dialect(db).read_only(db):  # a replica: each task's failure said so above
+            reasons.append("the database is read-only, so nothing could be recorded")
+        else:
+            reasons.append("luigi left it pending")
     counted = (
         f" ({len(not_done)} of the {len(astra_tasks)} astra tasks it needs are not done)" if len(tasks) > 2 else ""
     )

@@ -227,6 +227,110 @@ def pgbouncer_url(pgbouncer_database, monkeypatch) -> str:
     reset()
 
 
+@pytest.fixture
+def postgres_standby() -> Iterator[Standby]:
+    """A PostgreSQL primary and its hot standby (streaming replication), both new, on free ports, in a temporary
+    directory, stopped and removed after the test: a read-only replica such as users point readers at.
+
+    The binaries are PostgreSQL's own (``pg_config --bindir``); as root they run as the ``postgres`` user. Without
+    them the test is skipped, unless ASTRA_REQUIRE_POSTGRES=1 (as in CI).
+    """
+    bindir = _postgres_bindir()
+    if bindir is None:
+        _missing("PostgreSQL's initdb and pg_ctl are not installed here (pg_config --bindir)", "ASTRA_REQUIRE_POSTGRES")
+    standby = Standby(bindir, Path(tempfile.mkdtemp(prefix="astra-standby-")))
+    try:
+        standby.start()
+        yield standby
+    finally:
+        standby.stop()
+
+
+def _postgres_bindir() -> Path | None:
+    try:
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        found = ""
+    candidates = [Path(found)] if found else sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    return next((path for path in candidates if (path / "pg_ctl").exists() and (path / "initdb").exists()), None)
+
+
+class Standby:
+    """A primary (``primary_url``) and its hot standby (``standby_url``), each a server of its own."""
+
+    def __init__(self, bindir: Path, directory: Path) -> None:
+        self.bindir, self.directory = bindir, directory
+        self.ports = _free_ports(2)
+        self.primary_url, self.standby_url = (f"postgresql://postgres@127.0.0.1:{port}" for port in self.ports)
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [str(self.bindir / program), *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+
+    def _pg_ctl(self, name: str, port: int, *options: str) -> None:
+        settings = f"-p {port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off {' '.join(options)}"
+        self._run("pg_ctl", "-D", str(self.directory / name), "-o", settings, "-l", str(self.directory / f"{name}.log"),
+                  "-w", "start")  # fmt: skip
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            os.chown(self.directory, *_postgres_ids())
+        self._run("initdb", "-D", str(self.directory / "primary"), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._pg_ctl("primary", self.ports[0], "-c wal_level=replica")
+        self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.ports[0]), "-U", "postgres", "-R", "-X", "stream",
+                  "-D", str(self.directory / "standby"))  # fmt: skip
+        self._pg_ctl("standby", self.ports[1], "-c hot_standby=on")
+
+    def caught_up(self, timeout: float = 30) -> None:
+        """Wait until the standby has replayed everything the primary has written so far."""
+        import time
+
+        with psycopg2.connect(f"{self.primary_url}/postgres") as primary:
+            (written,) = _one(primary, "select pg_current_wal_lsn()")
+        deadline = time.monotonic() + timeout
+        with psycopg2.connect(f"{self.standby_url}/postgres") as standby:
+            standby.autocommit = True
+            while not _one(standby, "select pg_last_wal_replay_lsn() >= %s::pg_lsn", (written,))[0]:
+                assert time.monotonic() < deadline, "the standby did not catch up"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        import shutil
+
+        for name in ("standby", "primary"):
+            if (self.directory / name / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.directory / name), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _one(connection, sql: str, params: tuple = ()) -> tuple:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:  # all bound at once: never the same port twice
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _postgres_ids() -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
 def _slurm_down() -> str:
     """Why no SLURM cluster takes jobs here, or '' if one does."""
     try:

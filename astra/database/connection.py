@@ -56,6 +56,10 @@ class ConnectionLostError(DatabaseError):
     """The connection to PostgreSQL was lost inside a transaction: the server rolled it back, nothing was written."""
 
 
+class ReadOnlyDatabaseError(DatabaseError):
+    """A write refused by a read-only PostgreSQL server: a hot standby, or ``default_transaction_read_only``."""
+
+
 class DatabaseLockedError(DatabaseError):
     """Another process held an SQLite database's write lock for longer than ``[astra] sqlite_lock_timeout``."""
 
@@ -116,6 +120,9 @@ class Reconnecting:
             return super().execute_sql(sql, params)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             self._recover(exc)
+        except peewee.InternalError as exc:
+            self._read_only(exc)
+            raise
         return super().execute_sql(sql, params)
 
     def begin(self, *args, **kwargs):
@@ -159,8 +166,22 @@ class Reconnecting:
         return self._copy(sql, data)
 
     def _copy(self, sql: str, data) -> None:
-        with peewee.__exception_wrapper__:
-            self.cursor().copy_expert(sql, data)
+        try:
+            with peewee.__exception_wrapper__:
+                self.cursor().copy_expert(sql, data)
+        except peewee.InternalError as exc:
+            self._read_only(exc)
+            raise
+
+    def _read_only(self, exc: peewee.InternalError) -> None:
+        """Raise :class:`ReadOnlyDatabaseError` if ``exc`` is a write refused by a read-only server (SQLSTATE 25006):
+        a user pointed astra at a replica, whose readers work and whose writers can only be told where to go."""
+        if getattr(exc.__context__, "pgcode", None) == "25006":
+            raise ReadOnlyDatabaseError(
+                f"astra: {self.description} is read-only ({self._why(exc)}: a hot standby, or "
+                "default_transaction_read_only); record, forget and db init/upgrade/migrate on its primary "
+                "(ASTRA_DATABASE_URL or [astra] database_url); results and tasks list/show/why work here"
+            ) from None
 
     def _why(self, exc: BaseException) -> str:
         return _reason(exc, self.secrets)

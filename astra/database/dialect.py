@@ -233,6 +233,10 @@ class SQLite:
         """Make the transaction just begun on this thread's own connection read ``snapshot``."""
         raise NotImplementedError
 
+    def read_only(self, db: peewee.Database) -> bool:
+        """Whether the server refuses every write of this session (a hot standby, default_transaction_read_only)."""
+        return False
+
     def record_items(
         self,
         db: peewee.Database,
@@ -642,6 +646,10 @@ class PostgreSQL(SQLite):
     def export_snapshot(self, db):
         (name,) = db.execute_sql("SELECT pg_export_snapshot()").fetchone()
         return name
+
+    def read_only(self, db):
+        (setting,) = db.execute_sql("SELECT current_setting('transaction_read_only')").fetchone()
+        return setting == "on"
 
     def read_snapshot(self, db, snapshot):
         db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
