@@ -736,7 +736,9 @@ def plot(
     data = []
     for name in keep(found, columns).colnames:
         values = found[name]
-        if values.ndim > 1 or values.dtype.kind not in "iuf":
+        if values.ndim > 1:
+            raise ExportError(f"--plot needs one number per row, and column {name!r} holds arrays of {values.dtype}")
+        if values.dtype.kind not in "iuf":
             raise ExportError(f"--plot needs numbers, and column {name!r} holds {values.dtype} values")
         data.append(np.ma.filled(values.astype(float), np.nan))
     usable = np.all([np.isfinite(values) for values in data], axis=0)

@@ -131,7 +131,8 @@ def test_plots(results_db, tmp_path):
     made = astra("results", "MeasureVisits", "--plot", "star,rv", "-o", str(scatter))
     assert made.returncode == 0 and scatter.read_bytes()[:4] == b"\x89PNG"
     wrong = astra("results", "MeasureVisits", "--plot", "spectrum", "-o", str(scatter))
-    assert wrong.returncode == 1 and "needs numbers" in wrong.stderr
+    assert wrong.returncode == 1, wrong.stderr
+    assert "--plot needs one number per row, and column 'spectrum' holds arrays of float32" in wrong.stderr
 
 
 @pytest.mark.slow
@@ -142,6 +143,8 @@ def test_usage_errors_are_one_line(results_db, tmp_path):
         (["MeasureVisits", "--status", "failed"], 2, "only done tasks have results"),
         (["Nothing"], 1, "no task is named 'Nothing'"),
         (["MeasureVisits", "--where", "star=99"], 1, "no done MeasureVisits task has results that match"),
+        (["MeasureVisits", "--where", "colour=red"], 1, "no tasks match: no task has a parameter 'colour'"),
+        (["MeasureVisits", "--columns", "rv,star,rv"], 2, "--columns names 'rv' more than once"),
     ]
     for (args, code, message), made in zip(cases, astra_many(*(("results", *args) for args, _, _ in cases))):
         assert made.returncode == code and message in made.stderr, (args, made.stderr)

@@ -101,6 +101,9 @@ def results(
     if (bins or log) and not plot:
         raise click.UsageError(f"{'--bins' if bins else '--log'} shapes a plot: give --plot too")
     kept = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    twice = sorted({c for c in kept or () if kept.count(c) > 1})
+    if twice:
+        raise click.UsageError(f"--columns names {', '.join(map(repr, twice))} more than once")
     drawn = [c.strip() for c in plot.split(",")] if plot else None
     if drawn is not None and len(drawn) not in (1, 2):
         raise click.UsageError("--plot takes one column (histogram) or two, X,Y (Y against X)")
@@ -133,7 +136,7 @@ def results(
                 raise click.ClickException(str(exc)) from None
             others = _rows(cls, sorted(set(every) - set(chosen)))
             if found is None or not len(found):
-                if name not in records.known_names():
+                if name not in records.known_names() or records.unknown_parameter_names(k for k, _ in filters.where):
                     raise nothing_matches(filters)
                 if others:
                     raise click.ClickException(
