@@ -176,13 +176,14 @@ class ArrayField(peewee.Field):
         """``value`` as an array of this field's dtype; an error rather than a lossy cast (e.g. floats to ints)."""
         import numpy as np
 
-        array = np.asarray(value)
+        where = f"{self.model.__name__}.{self.name}"
+        array = self._unmasked(value)
         if array.ndim == 0:
-            raise ValueError(f"{self.model.__name__}.{self.name}: expected an array, got the scalar {value!r}")
-        if array.dtype != self.dtype and not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
-            raise ValueError(
-                f"{self.model.__name__}.{self.name}: cannot store an array of {array.dtype} as {self.dtype}"
-            )
+            raise ValueError(f"{where}: expected an array, got the scalar {value!r}")
+        if array.dtype != self.dtype:
+            if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
+                raise ValueError(f"{where}: cannot store an array of {array.dtype} as {self.dtype}")
+            _check_fits(where, array, self.dtype)
         if self.shape is not None and (
             array.ndim != len(self.shape) or any(n is not None and n != m for n, m in zip(self.shape, array.shape))
         ):
@@ -197,6 +198,21 @@ class ArrayField(peewee.Field):
                 + f"; declare its shape, e.g. astra.ArrayField('{self.dtype}', shape={declared})"
             )
         return np.ascontiguousarray(array, dtype=self.dtype)
+
+    def _unmasked(self, value: object) -> np.ndarray:
+        """``value`` as a plain array: the masked elements of a masked array are NaN (what a float array stores for
+        a missing value), never the data under the mask; an array of ints cannot hold them."""
+        import numpy as np
+
+        if not isinstance(value, np.ma.MaskedArray) or not np.ma.is_masked(value):
+            return np.asarray(value)
+        if np.dtype(self.dtype).kind != "f":
+            raise ValueError(
+                f"{self.model.__name__}.{self.name}: a masked array cannot be stored as {self.dtype}, which has no "
+                "value for a missing element; fill it (e.g. .filled(-1)) or declare a float dtype (masked is NaN)"
+            )
+        kind = value.dtype if value.dtype.kind == "f" else np.dtype(self.dtype)
+        return value.astype(kind).filled(np.nan)
 
     def db_value(self, value):
         if value is None:
@@ -217,6 +233,28 @@ class ArrayField(peewee.Field):
         if array.size == 0 and self.shape is not None:  # PostgreSQL's empty arrays have no dimensions
             return array.reshape(self.empty_shape)
         return array
+
+
+def _check_fits(where: str, array: np.ndarray, dtype: str) -> None:
+    """Raise unless every value of ``array`` survives the cast to ``dtype`` but for rounding: a float too large for
+    float32 would be stored as an infinity, an int too large for int32 wrapped round to another number."""
+    import numpy as np
+
+    target = np.dtype(dtype)
+    if target.kind == "f":
+        if array.dtype.kind == "f":
+            with np.errstate(over="ignore"):  # the overflow is what this looks for
+                bad = np.isfinite(array) & ~np.isfinite(array.astype(target))
+        else:
+            bad = np.abs(array.astype(np.float64)) > np.finfo(target).max
+    elif target.kind in "iu" and array.dtype.kind in "iub":
+        info = np.iinfo(target)
+        bad = (array < info.min) | (array > info.max)
+    else:
+        return
+    if bad.any():
+        first = array[bad].flat[0].item()
+        raise ValueError(f"{where}: {first!r} does not fit in {dtype}; declare a wider dtype (e.g. float64, int64)")
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:
@@ -313,6 +351,28 @@ def models_in(modules: Iterable[object]) -> list[type[OutputModel]]:
     return list(found)
 
 
+#: peewee's column types that hold fewer values than Python gives: their PostgreSQL name, largest magnitude, and the
+#: field that holds more. SQLite would store any of them, PostgreSQL fails: both refuse, so both keep the same rows.
+_LIMITS = {
+    "SMALLINT": ("smallint", 2**15, "IntegerField"),
+    "INT": ("integer", 2**31, "BigIntegerField"),
+    "BIGINT": ("bigint", 2**63, None),
+    "FLOAT": ("real (a float32)", 3.4028234663852886e38, "DoubleField"),
+}
+
+
+def _beyond(field_type: str, value: int | float) -> str | None:
+    """What ``value`` does not fit in (with the field that would hold it), or None if it fits."""
+    column, limit, wider = _LIMITS[field_type]
+    if field_type == "FLOAT":
+        fits = not math.isfinite(value) or abs(value) <= limit
+    else:
+        fits = not isinstance(value, int) or -limit <= value < limit
+    if fits:
+        return None
+    return f"PostgreSQL's {column}" + (f"; declare a peewee.{wider}" if wider else "")
+
+
 def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[dict]:
     """The rows ``result`` stands for: a dict is one row, a list of dicts or ``model`` instances many, None none.
 
@@ -353,6 +413,10 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
             if numpy is not None and isinstance(value, numpy.generic):
                 value = value.item()
+            if isinstance(value, (int, float)) and field.field_type in _LIMITS:
+                trouble = _beyond(field.field_type, value)
+                if trouble is not None:
+                    raise ValueError(f"{where}: {model.__name__}.{name}: {value!r} does not fit in {trouble}")
             if isinstance(value, float) and math.isnan(value) and not field.null and not dialect(database()).keeps_nan:
                 raise ValueError(
                     f"{where}: {model.__name__}.{name} is NaN, which SQLite stores as NULL, and the column may not "

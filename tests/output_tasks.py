@@ -212,3 +212,43 @@ class SparseFit(astra.BaseTask):
         if self.star % 2:
             return {"teff": None, "flux": None, "counts": None}
         return {"teff": 5000.0 + self.star, "flux": np.full(3, 1.5, dtype=np.float32), "counts": np.arange(3)}
+
+
+class Narrow(astra.OutputModel):
+    """Arrays narrower than what numpy gives by default: values must fit, masked elements have a value to be."""
+
+    flux = astra.ArrayField("float32", null=True)
+    counts = astra.ArrayField("int16", null=True)
+    teff = peewee.FloatField(null=True)  # PostgreSQL's real: a float32
+    n = peewee.IntegerField(null=True)
+    small = peewee.SmallIntegerField(null=True)
+    big = peewee.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "test_narrow"
+
+
+#: What NarrowFit(case=...) returns: a wide array that fits, one that does not, masked ones.
+NARROW_CASES = {
+    "fits": {"flux": np.array([3.4e38, -1e-30, np.nan, np.inf]), "counts": np.array([32767, -32768], dtype=np.int64)},
+    "float too large": {"flux": np.array([1.0, 1e300])},
+    "int too large": {"counts": np.array([1, 40000])},
+    "uint too large": {"counts": np.array([2**63], dtype=np.uint64)},
+    "masked floats": {"flux": np.ma.masked_array([1.0, 99.0, 2.0], mask=[False, True, False])},
+    "masked float32": {"flux": np.ma.masked_array(np.ones(3, dtype=np.float32), mask=[True, False, False])},
+    "masked ints": {"counts": np.ma.masked_array([1, 99, 2], mask=[False, True, False])},
+    "masked nothing": {"counts": np.ma.masked_array([1, 2], mask=False)},
+    "scalars that fit": {"teff": 3.4e38, "n": np.int64(2**31 - 1), "small": -(2**15), "big": -(2**63)},
+    "real too large": {"teff": 1e300},
+    "integer too large": {"n": np.int64(2**31)},
+    "smallint too large": {"small": 2**15},
+    "bigint too large": {"big": 2**63},
+}
+
+
+class NarrowFit(astra.BaseTask):
+    output_model = Narrow
+    case = luigi.Parameter()
+
+    def run(self) -> dict:
+        return {name: None for name in Narrow._meta.fields if name not in ("pk", "task")} | NARROW_CASES[self.case]

@@ -21,10 +21,13 @@ from astra.targets import forget_cached
 from tests.helpers import astra as astra_command
 from tests.helpers import run_luigi
 from tests.output_tasks import (
+    NARROW_CASES,
     BadOutput,
     Measure,
     Measurement,
     MeasureVisits,
+    Narrow,
+    NarrowFit,
     PlainResult,
     Visit,
     VisitsBatch,
@@ -325,3 +328,45 @@ def test_a_chunk_of_arrays_read_at_once_is_each_array_read_alone(postgres_url, c
         assert a.dtype == b.dtype == c.dtype and a.shape == b.shape == c.shape
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+NARROW_FAILURES = {
+    "float too large": "Narrow.flux: 1e+300 does not fit in float32; declare a wider dtype",
+    "int too large": "Narrow.counts: 40000 does not fit in int16; declare a wider dtype",
+    "uint too large": "Narrow.counts: 9223372036854775808 does not fit in int16; declare a wider dtype",
+    "masked ints": "Narrow.counts: a masked array cannot be stored as int16, which has no value for a missing element",
+    "real too large": "Narrow.teff: 1e+300 does not fit in PostgreSQL's real (a float32); declare a peewee.DoubleField",
+    "integer too large": "Narrow.n: 2147483648 does not fit in PostgreSQL's integer; declare a peewee.BigIntegerField",
+    "smallint too large": "Narrow.small: 32768 does not fit in PostgreSQL's smallint; declare a peewee.IntegerField",
+    "bigint too large": "Narrow.big: 9223372036854775808 does not fit in PostgreSQL's bigint",
+}
+
+
+@pytest.mark.parametrize("case", list(NARROW_CASES))
+def test_values_are_stored_as_given_or_refused(database_url, case):
+    """A value too large for its field (an array's dtype, where float32 would make it an infinity and int16 wrap it
+    round; a column of PostgreSQL's, which SQLite alone would have taken) fails the task on both databases rather
+    than being stored as another number; the masked elements of a masked array are NaN, never the data under them."""
+    if is_postgres():
+        output_tables.create([Narrow])
+    done = build(NarrowFit(case=case))
+    if case in NARROW_FAILURES:
+        assert not done
+        failed = record(NarrowFit(case=case))
+        assert failed.status == "failed" and NARROW_FAILURES[case] in failed.error, failed.error
+        assert Narrow.select().count() == 0
+        return
+    assert done
+    row = NarrowFit(case=case).output().read()
+    given = NARROW_CASES[case]
+    for name in ("teff", "n", "small", "big"):
+        expected = given.get(name)
+        assert getattr(row, name) == (expected if expected is None else pytest.approx(expected, rel=1e-7)), name
+    for name in ("flux", "counts"):
+        stored = getattr(row, name)
+        if name not in given:
+            assert stored is None
+            continue
+        expected = np.ma.filled(np.ma.asarray(given[name]).astype(float), np.nan) if name == "flux" else given[name]
+        assert stored.dtype == Narrow._meta.fields[name].dtype
+        np.testing.assert_array_equal(stored, np.asarray(expected).astype(stored.dtype))
