@@ -370,3 +370,22 @@ def test_values_are_stored_as_given_or_refused(database_url, case):
         expected = np.ma.filled(np.ma.asarray(given[name]).astype(float), np.nan) if name == "flux" else given[name]
         assert stored.dtype == Narrow._meta.fields[name].dtype
         np.testing.assert_array_equal(stored, np.asarray(expected).astype(stored.dtype))
+
+
+@pytest.mark.parametrize(
+    "model, field", [("NamedTaskPk", "task_pk"), ("NamedTask", "task"), ("NamedPk", "pk"), ("InColumnPk", "other")]
+)
+def test_a_field_in_the_place_of_astras_columns_stops_with_one_line(database_url, model, field):
+    """A field named (or in a column named) pk, task or task_pk would replace the row's link to its task, or clash
+    with it in the table (a traceback while luigi scheduled): every way to use the model stops, naming the field."""
+    from tests import clash_tasks
+
+    wanted = f"astra: output model tests.clash_tasks.{model} has a field {field!r} in the place of astra's own"
+    for use in (output_tables.create, output_tables.ddl, lambda models: output_tables.ready(models[0])):
+        with pytest.raises(DatabaseNotReady) as stopped:
+            use([getattr(clash_tasks, model)])
+        assert str(stopped.value.code).startswith(wanted)
+    if model == "NamedTaskPk":
+        ran = run_luigi("--module", "tests.clash_tasks", "TakesTaskPk", "--star", "1", "--local-scheduler")
+        assert ran.returncode == 1 and wanted in ran.stdout and "Traceback" not in ran.stdout, ran.stdout[-2000:]
+        assert Task.select().count() == 0

@@ -38,7 +38,7 @@ def ready(model: type[peewee.Model]) -> None:
     known = _ready.setdefault(db, set())
     if model in known:
         return
-    trouble = output_schema.problem(model)
+    trouble = _own_columns_taken(model) or output_schema.problem(model)
     if trouble is not None:
         raise DatabaseNotReady(trouble)
     if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
@@ -51,6 +51,35 @@ def ready(model: type[peewee.Model]) -> None:
     known.add(model)
 
 
+def _own_columns_taken(model: type[peewee.Model]) -> str | None:
+    """The line that stops a process whose ``model`` takes the place of astra's own columns (``pk``, and ``task``
+    in column ``task_pk``, which links each row to its task); None if it leaves them be."""
+    fields = model._meta.fields
+    task, pk = fields.get("task"), fields.get("pk")
+    taken = [
+        field.name
+        for field in fields.values()
+        if field.column_name in ("pk", "task_pk") and field is not task and field is not pk  # not ==: peewee's SQL
+    ]
+    if not isinstance(pk, peewee.BigAutoField) or pk.column_name != "pk":
+        taken.append("pk")
+    if not (isinstance(task, peewee.ForeignKeyField) and task.rel_model is Task and task.column_name == "task_pk"):
+        taken.append("task")
+    if not taken:
+        return None
+    return (
+        f"astra: output model {model.__module__}.{model.__name__} has a field {taken[0]!r} in the place of astra's "
+        "own columns (pk, and task_pk: the task that made each row); give it another name"
+    )
+
+
+def _check_own_columns(models: Iterable[type[peewee.Model]]) -> None:
+    for model in models:
+        trouble = _own_columns_taken(model)
+        if trouble is not None:
+            raise DatabaseNotReady(trouble)
+
+
 def forget_checked() -> None:
     """Check every output table again before its next use (after a migration)."""
     _ready.pop(database(), None)
@@ -58,6 +87,7 @@ def forget_checked() -> None:
 
 def create(models: Sequence[type[peewee.Model]]) -> None:
     """Create the tables of ``models`` where they are missing (never drops data). The astra schema must exist."""
+    _check_own_columns(models)
     db = database()
     with db.atomic():
         db.create_tables(list(models), safe=True)
@@ -74,6 +104,7 @@ def _postgres_dialect(models: Sequence[type[peewee.Model]]):
 
 def ddl(models: Sequence[type[peewee.Model]]) -> list[str]:
     """The PostgreSQL statements that create the tables of ``models`` in the astra schema (idempotent)."""
+    _check_own_columns(models)
     statements = []
     with _postgres_dialect(models):
         for model in models:
