@@ -37,6 +37,11 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        if isinstance(cls.version, luigi.Parameter):  # each process would see another object, and record its repr
+            raise TypeError(
+                f"{cls.__module__}.{cls.__name__}: a luigi parameter named 'version' takes the place of astra's task "
+                "version (a string, part of the task's identity); give the parameter another name"
+            )
         # luigi calls run() and nothing else. So whatever run() this class resolves to (its own, a mixin's, one
         # inherited through plain classes, or luigi's empty default) is recorded: see astra.recording.
         run = recording.recorded(cls.run)

@@ -77,6 +77,22 @@ def test_identity_covers_module_family_version_and_requirements():
     assert task_hash(Versioned(i=1)) != task_hash(Leaf(i=1))
 
 
+def test_a_parameter_named_version_is_refused_where_the_class_is_defined():
+    """luigi would make ``version`` a parameter of each instance and leave the class its Parameter object, whose text
+    (with its address) astra would record as the version, and a batch would hash: another in every process."""
+    import astra
+
+    with pytest.raises(TypeError, match=r"VersionedByParameter: a luigi parameter named 'version' takes the place of "):
+
+        class VersionedByParameter(astra.BaseTask):
+            version = luigi.Parameter(default="a")
+
+    class VersionedByText(astra.BaseTask):  # the version astra knows: a string of the class
+        version = "2"
+
+    assert identity(VersionedByText())["version"] == "2"
+
+
 def test_task_is_found_by_any_parameter_and_rebuilt_from_its_records(database_url):
     task = WithOptions(options={"b": [1, 2], "a": {"z": 1, "y": 2}}, label="find me", note="not significant")
     assert luigi.build([task], local_scheduler=True)
