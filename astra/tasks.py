@@ -14,6 +14,12 @@ from astra import creation, identity, recording
 from astra.recording import recorded  # noqa: F401 -- the README names astra.tasks.recorded()
 from astra.targets import DatabaseTarget, completed, known, note_created, prefetch
 
+#: The class attributes of BaseTask that no luigi parameter may take, with what they are.
+_ASTRAS = {
+    "version": "task version (a string, part of the task's identity)",
+    "executor": "executor (where run() runs: local or slurm)",
+}
+
 
 class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
     """Subclass this and write ``run()``; astra records the task as done when ``run()`` returns.
@@ -37,11 +43,12 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if isinstance(cls.version, luigi.Parameter):  # each process would see another object, and record its repr
-            raise TypeError(
-                f"{cls.__module__}.{cls.__name__}: a luigi parameter named 'version' takes the place of astra's task "
-                "version (a string, part of the task's identity); give the parameter another name"
-            )
+        for name, meaning in _ASTRAS.items():  # luigi leaves the class its Parameter, which astra would read
+            if isinstance(getattr(cls, name), luigi.Parameter):
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__name__}: a luigi parameter named {name!r} takes the place of astra's "
+                    f"{meaning}; give the parameter another name"
+                )
         # luigi calls run() and nothing else. So whatever run() this class resolves to (its own, a mixin's, one
         # inherited through plain classes, or luigi's empty default) is recorded: see astra.recording.
         run = recording.recorded(cls.run)

@@ -77,7 +77,7 @@ def test_identity_covers_module_family_version_and_requirements():
     assert task_hash(Versioned(i=1)) != task_hash(Leaf(i=1))
 
 
-def test_a_parameter_named_version_is_refused_where_the_class_is_defined():
+def test_a_parameter_named_version_or_executor_is_refused_where_the_class_is_defined():
     """luigi would make ``version`` a parameter of each instance and leave the class its Parameter object, whose text
     (with its address) astra would record as the version, and a batch would hash: another in every process."""
     import astra
@@ -86,6 +86,11 @@ def test_a_parameter_named_version_is_refused_where_the_class_is_defined():
 
         class VersionedByParameter(astra.BaseTask):
             version = luigi.Parameter(default="a")
+
+    with pytest.raises(TypeError, match=r"ExecutedByParameter: a luigi parameter named 'executor' takes the place "):
+
+        class ExecutedByParameter(astra.BaseTask):
+            executor = luigi.Parameter(default="local")
 
     class VersionedByText(astra.BaseTask):  # the version astra knows: a string of the class
         version = "2"
