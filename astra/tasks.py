@@ -15,7 +15,7 @@ from astra.recording import recorded  # noqa: F401 -- the README names astra.tas
 from astra.targets import DatabaseTarget, completed, known, note_created, prefetch
 
 #: The class attributes of BaseTask that no luigi parameter may take, with what they are.
-_ASTRAS = {
+_RESERVED = {
     "version": "task version (a string, part of the task's identity)",
     "executor": "executor (where run() runs: local or slurm)",
 }
@@ -43,7 +43,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        for name, meaning in _ASTRAS.items():  # luigi leaves the class its Parameter, which astra would read
+        for name, meaning in _RESERVED.items():  # luigi leaves the class its Parameter, which astra would read
             if isinstance(getattr(cls, name), luigi.Parameter):
                 raise TypeError(
                     f"{cls.__module__}.{cls.__name__}: a luigi parameter named {name!r} takes the place of astra's "
