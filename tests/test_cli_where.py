@@ -68,3 +68,20 @@ def test_where_escapes_a_literal_star_and_backslash(database_url, capsys):
 def test_where_help_tells_the_escape(capsys):
     helped = main(capsys, "tasks", "list", "--help").stdout
     assert "\\* is a literal" in " ".join(helped.split())
+
+
+def test_results_where_takes_values_as_luigi_does(database_url, capsys):
+    """``astra results NAME --where`` reads each value as the class's parameter does on luigi's command line, then
+    writes it as astra recorded it: ``--real 1`` ran the task recorded as real=1.0, and ``--where real=1`` finds it."""
+    from tests.identity_tasks import EveryParameterBase
+
+    assert luigi.build([EveryParameterBase(real=1.0, flag=True, integer=7)], local_scheduler=True, log_level="WARNING")
+    asked = ["real=1", "real=1.0", "real=1e0", "flag=true", "flag=True", "integer=07", "real=1*", "real=2", "real=abc"]
+    found = {
+        where: main(capsys, "results", "EveryParameterBase", "--where", where, "--columns", "task_pk").returncode
+        for where in [*asked, "flag=yes"]
+    }
+    assert found == {
+        "real=1": 0, "real=1.0": 0, "real=1e0": 0, "flag=true": 0, "flag=True": 0, "integer=07": 0, "real=1*": 0,
+        "real=2": 1, "real=abc": 1, "flag=yes": 1,
+    }  # fmt: skip

@@ -179,3 +179,22 @@ def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
         return Register.get_task_cls(name)
     except TaskClassException:
         return None
+
+
+def as_recorded(cls: type[luigi.Task], where: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``--where`` values written as astra records them for ``cls``'s parameters, so that a value given as on luigi's
+    command line finds its tasks: ``snr=1`` is ``1.0`` for a FloatParameter, ``flag=true`` is ``True``. A pattern,
+    and a value the parameter does not parse, stay as given."""
+    from astra.identity import canonical_value
+
+    known = dict(cls.get_params())
+    written = []
+    for key, value in where:
+        parameter = known.get(key)
+        if parameter is not None and "*" not in value and "\\" not in value:
+            try:
+                value = canonical_value(parameter, parameter.parse(value))
+            except Exception:  # not a value of this parameter: no task has it, as given or otherwise
+                pass
+        written.append((key, value))
+    return tuple(written)

@@ -12,7 +12,7 @@ import click
 
 from astra import export, identity, outputs
 from astra.cli import formats
-from astra.cli.options import CONTEXT, filter_options, json_option, nothing_matches, task_class
+from astra.cli.options import CONTEXT, as_recorded, filter_options, json_option, nothing_matches, task_class
 from astra.database import output_tables, records
 from astra.database.connection import describe
 from astra.database.models import Task
@@ -114,6 +114,8 @@ def results(
         if output:
             export.check_writable(output)  # before a query that may take a while
         cls = task_class(name, filters.modules)
+        if cls is not None:
+            filters = dataclasses.replace(filters, where=as_recorded(cls, filters.where))
         asked = (
             [f"--version={task_version}"] if task_version is not None else ["--all-versions"] if all_versions else []
         )
