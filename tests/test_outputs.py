@@ -181,21 +181,14 @@ def test_batch_items_get_their_rows_in_one_statement_per_chunk(outputs_db, monke
 
         monkeypatch.setattr(db, "cursor", counting_cursor)
     else:
-        connect = db.connection  # each thread's own connection (the batch records in a thread of its own)
+        many = db.many  # SQLite's own executemany, on each thread's connection
 
-        class Counting:
-            def __init__(self, connection):
-                self.connection = connection
+        def counting_many(sql, rows):
+            if "test_visit" in sql:
+                statements.append(sql)
+            return many(sql, rows)
 
-            def __getattr__(self, name):
-                return getattr(self.connection, name)
-
-            def executemany(self, sql, rows):
-                if "test_visit" in sql:
-                    statements.append(sql)
-                return self.connection.executemany(sql, rows)
-
-        monkeypatch.setattr(db, "connection", lambda: Counting(connect()))
+        monkeypatch.setattr(db, "many", counting_many)
     assert build(MeasureVisits(star=7))  # done alone first: the batch leaves it and its rows as they are
     del statements[:]
     assert build(VisitsBatch(stars=120))

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -60,12 +61,17 @@ class ReadOnlyDatabaseError(DatabaseError):
     """A write refused by a read-only PostgreSQL server: a hot standby, or ``default_transaction_read_only``."""
 
 
+class DiskFullError(DatabaseError):
+    """The database's disk is full: the transaction that needed the space was not recorded."""
+
+
 class DatabaseLockedError(DatabaseError):
     """Another process held an SQLite database's write lock for longer than ``[astra] sqlite_lock_timeout``."""
 
 
 class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
-    """The SQLite database astra opens: a write lock that another process keeps past the busy timeout is one line.
+    """The SQLite database astra opens: a write lock that another process keeps past the busy timeout is one line,
+    and so is a full disk.
 
     SQLite says only "database is locked"; this says which file, how long it waited, why and what to do.
     """
@@ -93,8 +99,33 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
             self._locked(exc)
             raise
 
+    def many(self, sql: str, rows) -> None:
+        """``sql`` for each of ``rows`` by SQLite's own ``executemany`` (in this process: no round trips to save),
+        its errors said as every statement's are."""
+        try:
+            with peewee.__exception_wrapper__:
+                self.cursor().executemany(sql, rows)
+        except peewee.OperationalError as exc:
+            self._locked(exc)
+            raise
+
+    def rollback(self):
+        # A COMMIT that failed for want of space has ended the transaction already (SQLite rolls it back): a ROLLBACK
+        # now would fail, and its error would replace the one that says why.
+        connection = self._state.conn
+        if connection is not None and not connection.in_transaction:
+            return None
+        return super().rollback()
+
     def _locked(self, exc: peewee.OperationalError) -> None:
-        """Raise :class:`DatabaseLockedError` if ``exc`` is SQLite's busy timeout running out."""
+        """Raise :class:`DatabaseLockedError` if ``exc`` is SQLite's busy timeout running out, and
+        :class:`DiskFullError` if its disk (or ``max_page_count``) is full."""
+        if "database or disk is full" in str(exc):
+            raise DiskFullError(
+                f"astra: SQLite database {self.database} could not grow: its disk is full, so nothing of this "
+                "transaction was recorded; free space there, or point ASTRA_DATABASE_URL (or [astra] database_url) "
+                "at a database on another disk"
+            ) from None
         if "database is locked" in str(exc):
             raise DatabaseLockedError(
                 f"astra: SQLite database {self.database} stayed locked by another writer for "
@@ -121,7 +152,7 @@ class Reconnecting:
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             self._recover(exc)
         except peewee.InternalError as exc:
-            self._read_only(exc)
+            self._refused(exc)
             raise
         return super().execute_sql(sql, params)
 
@@ -170,13 +201,20 @@ class Reconnecting:
             with peewee.__exception_wrapper__:
                 self.cursor().copy_expert(sql, data)
         except peewee.InternalError as exc:
-            self._read_only(exc)
+            self._refused(exc)
             raise
 
-    def _read_only(self, exc: peewee.InternalError) -> None:
+    def _refused(self, exc: peewee.DatabaseError) -> None:
         """Raise :class:`ReadOnlyDatabaseError` if ``exc`` is a write refused by a read-only server (SQLSTATE 25006):
-        a user pointed astra at a replica, whose readers work and whose writers can only be told where to go."""
-        if getattr(exc.__context__, "pgcode", None) == "25006":
+        a user pointed astra at a replica, whose readers work and whose writers can only be told where to go; and
+        :class:`DiskFullError` if the server's disk is full (53100)."""
+        code = getattr(exc.__context__, "pgcode", None)
+        if code == "53100":
+            raise DiskFullError(
+                f"astra: {self.description} could not write: the server's disk is full ({self._why(exc)}), so "
+                "nothing of this transaction was recorded; free space on the server, then run again"
+            ) from None
+        if code == "25006":
             raise ReadOnlyDatabaseError(
                 f"astra: {self.description} is read-only ({self._why(exc)}: a hot standby, or "
                 "default_transaction_read_only); record, forget and db init/upgrade/migrate on its primary "
@@ -196,6 +234,7 @@ class Reconnecting:
     def _recover(self, exc: Exception) -> None:
         """Reopen the connection after ``exc`` if it was lost, or raise."""
         if not self._lost():
+            self._refused(exc)
             raise exc
         if self.in_transaction():
             raise ConnectionLostError(
@@ -450,13 +489,23 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
         elif versions.recorded(db) == versions.CURRENT:
             db.create_tables(MODELS, safe=True)  # a table lost since is made again; older schemas: astra db upgrade
     except (OSError, peewee.DatabaseError) as exc:
-        raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}") from None
+        full = _no_space_left(os.path.dirname(path))  # SQLite says "disk I/O error" when WAL's files cannot grow
+        raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}{full}") from None
     _check_writable(db, path)
     return db, description
 
 
 def _milliseconds(seconds: float) -> int:
     return max(0, min(int(seconds * 1000), 2**31 - 1))
+
+
+def _no_space_left(folder: str) -> str:
+    """What to add to an error in ``folder`` when its disk is full ('' when it is not, or cannot be told)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (its disk is full: free space in {folder})" if free == 0 else ""
 
 
 def _check_writable(db: LockWaitingSqliteDatabase, path: str) -> None:

@@ -255,16 +255,15 @@ class SQLite:
         task, parameter, task_parameter, dependency = tables
         stamp = str(self.now().replace(tzinfo=None))
         constants = (status, stamp, stamp, stamp, stamp if status == DONE else None, socket.gethostname(), os.getpid())
-        connection = db.connection()
         hashes = [row[3] for row in rows]
         # The write lock is held (IMMEDIATE), so what is done now stays as it is until this transaction ends.
         already = {h for h, s in self._statuses(db, task, hashes) if s == DONE}
-        connection.executemany(
+        db.many(
             f"INSERT INTO {task} ({ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, "
             f"attempts) VALUES ({', '.join('?' * 17)}, 1) {_upsert(task)}",
             [(*row[:3], stored(row[3]), *row[4:], *constants) for row in rows],
         )
-        connection.executemany(
+        db.many(
             f"INSERT OR IGNORE INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?)",
             [(name, value, stored(key)) for name, value, key in parameters.values()],
         )
@@ -274,7 +273,7 @@ class SQLite:
             (task_parameter, "parameter_pk", links, parameter_pks),
             (dependency, "requires_pk", edges, task_pks),
         ):
-            connection.executemany(
+            db.many(
                 f"INSERT OR IGNORE INTO {table} (task_pk, {column}) VALUES (?, ?)",
                 [(task_pks[one], pks[other]) for one, other in pairs if one in task_pks and other in pks],
             )
@@ -292,7 +291,7 @@ class SQLite:
         """``rows`` (task pk, {field name: value}) into ``model``'s table: executemany (SQLite runs in this
         process, where it costs no round trips). ``names`` are the quoted column names of ``fields``."""
         marks = ", ".join("?" * len(fields))
-        db.connection().executemany(
+        db.many(
             f'INSERT INTO "{model._meta.table_name}" ({names}) VALUES ({marks})',
             [
                 tuple(pk if field.name == "task" else field.db_value(row[field.name]) for field in fields)
@@ -302,7 +301,7 @@ class SQLite:
 
     def rewrite_results(self, db: peewee.Database, rewritten: list[tuple[int, str]]) -> None:
         """Set the result of each (task pk, JSON text) in ``rewritten``."""
-        db.cursor().executemany("UPDATE task SET result = ? WHERE pk = ?", [(t, pk) for pk, t in rewritten])
+        db.many("UPDATE task SET result = ? WHERE pk = ?", [(t, pk) for pk, t in rewritten])
 
     def results_as_json(self, db: peewee.Database, result: peewee.Field) -> None:
         """Give the task table's result column its JSON type (SQLite's is text already)."""
@@ -341,13 +340,12 @@ class SQLite:
                 ).fetchone()
                 return tuple(found) if found else None
             # executemany, not JSON: SQLite's JSON functions end a text at a NUL, which SQLite itself stores.
-            cursor = db.cursor()
-            cursor.executemany(
+            db.many(
                 f"INSERT INTO {parameter} (parameter_name, parameter_value, parameter_hash) VALUES (?, ?, ?) "
                 "ON CONFLICT DO NOTHING",
                 parameters,
             )
-            cursor.executemany(
+            db.many(
                 f"INSERT INTO {task_parameter} (task_pk, parameter_pk) SELECT ?, pk FROM {parameter} "
                 "WHERE parameter_hash = ? ON CONFLICT DO NOTHING",
                 [(new[0], key) for _, _, key in parameters],
@@ -375,7 +373,7 @@ class SQLite:
             # The keys looked up here, not in SQL: this SQLite has no unhex(); it runs in this process anyway.
             required = json.loads(edges)
             pks = self.keys(db, task, "task_hash", [key for key, _ in required])
-            db.cursor().executemany(
+            db.many(
                 f"INSERT INTO {dependency} (task_pk, requires_pk, dynamic) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(row["pk"], pks[key], dynamic) for key, dynamic in required if key in pks],
             )
@@ -430,7 +428,7 @@ class SQLite:
                 (self.array_value(np.load(io.BytesIO(bytes(b)), allow_pickle=False).astype(dtype)), pk)
                 for pk, b in rows
             ]
-            db.cursor().executemany(f'UPDATE "{table}" SET "{column}" = ? WHERE pk = ?', new)
+            db.many(f'UPDATE "{table}" SET "{column}" = ? WHERE pk = ?', new)
 
     def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
         """The playhouse.migrate operation that gives ``field``'s column its ``declared`` type (SQLite rebuilds
