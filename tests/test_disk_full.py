@@ -56,3 +56,28 @@ def test_a_rollback_after_a_commit_that_ended_the_transaction_keeps_quiet(sqlite
             Task.select().count()
             db.connection().commit()  # what a failed COMMIT leaves: no transaction
             raise ValueError("the cause")
+
+
+def test_a_full_postgresql_disk_stops_the_batch_in_one_line_and_keeps_the_records(postgres_url, caplog):
+    """The server's "could not extend file ...: No space left on device" (SQLSTATE 53100, raised here by a trigger
+    as the server raises it when its disk fills) is one line, and nothing of the transaction is recorded."""
+    db = database()
+    db.execute_sql(
+        "CREATE FUNCTION astra.disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING "
+        "ERRCODE = 'disk_full', MESSAGE = 'could not extend file \"base/1/2\": No space left on device'; END $$"
+    )
+    db.execute_sql(
+        "CREATE TRIGGER disk_full BEFORE INSERT ON astra.task FOR EACH STATEMENT EXECUTE FUNCTION astra.disk_full()"
+    )
+    with caplog.at_level(logging.ERROR, logger="luigi-interface"):
+        assert not luigi.build([MeasureStars(stars=40)], local_scheduler=True, log_level="WARNING")
+    errors = [error for error in _failures(caplog) if isinstance(error, DiskFullError)]
+    assert errors, [str(error) for error in _failures(caplog)]
+    assert str(errors[0]).startswith(f"astra: {postgres_url} could not write: the server's disk is full (could not")
+    assert "\n" not in str(errors[0])
+    assert Task.select().count() == 0
+
+    db.execute_sql("DROP TRIGGER disk_full ON astra.task")
+    forget_cached()
+    assert luigi.build([MeasureStars(stars=40)], local_scheduler=True, log_level="WARNING")
+    assert Task.select().where(Task.status == "done").count() == 40
