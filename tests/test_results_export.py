@@ -149,3 +149,18 @@ def test_usage_errors_are_one_line(results_db, tmp_path):
     for (args, code, message), made in zip(cases, astra_many(*(("results", *args) for args, _, _ in cases))):
         assert made.returncode == code and message in made.stderr, (args, made.stderr)
         assert len(made.stderr.strip().splitlines()) == 1 and "Traceback" not in made.stderr
+
+
+def test_results_whose_class_cannot_be_imported(results_db):
+    """Without its task class (its module moved), astra shows the JSON results it recorded, and says so; results kept
+    in an output table need the model, so an output-model task stops in one line instead of a table without them."""
+    from astra.database import Task
+
+    Task.update(task_module="moved_away.tasks").where(Task.task_name.in_(["MeasureVisits", "PlainResult"])).execute()
+    rows, plain = astra_many(("results", "MeasureVisits", "--format", "csv"), ("results", "PlainResult", "--json"))
+    assert rows.returncode == 1 and rows.stdout == "", rows.stdout
+    note, line = rows.stderr.strip().splitlines()
+    assert note.startswith("note: cannot import module 'moved_away.tasks'")
+    assert line.startswith("astra: the done MeasureVisits tasks recorded no JSON result: their results are in an")
+    assert plain.returncode == 0 and plain.stderr.startswith("note: cannot import module 'moved_away.tasks'")
+    assert len(json.loads(plain.stdout)) == 3

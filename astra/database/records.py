@@ -379,6 +379,13 @@ def with_results(tasks: Sequence[int]) -> list[Task]:
     return list(_one_of(db, query, Task.pk, tasks).order_by(Task.pk))
 
 
+def any_result(tasks: Sequence[int]) -> bool:
+    """Whether any of the tasks ``tasks`` (pks) recorded a JSON result, a chunk of pks at a time."""
+    db = database()
+    query = Task.select(Task.pk).where(Task.result.is_null(False))
+    return any(_one_of(db, query, Task.pk, chunk).exists() for chunk in chunked(list(tasks)))
+
+
 def versions_of(tasks: Sequence[int]) -> list[tuple[int, str, datetime.datetime | None]]:
     """``(pk, version, completed)`` of each of the tasks ``tasks`` that exists, a chunk of pks at a time."""
     db = database()
