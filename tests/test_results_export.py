@@ -161,6 +161,6 @@ def test_results_whose_class_cannot_be_imported(results_db):
     assert rows.returncode == 1 and rows.stdout == "", rows.stdout
     note, line = rows.stderr.strip().splitlines()
     assert note.startswith("note: cannot import module 'moved_away.tasks'")
-    assert line.startswith("astra: the done MeasureVisits tasks recorded no JSON result: their results are in an")
+    assert line.startswith("astra: the done MeasureVisits tasks recorded no JSON result, and an output table is read")
     assert plain.returncode == 0 and plain.stderr.startswith("note: cannot import module 'moved_away.tasks'")
     assert len(json.loads(plain.stdout)) == 3

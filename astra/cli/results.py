@@ -130,9 +130,9 @@ def results(
             if cls is None and chosen and not records.any_result(chosen):
                 # Their results are the rows of an output table, which only its model (in the class's module) reads.
                 raise click.ClickException(
-                    f"the done {name} tasks recorded no JSON result: their results are in an output table, which "
-                    "astra reads through the task class (see the note above); run from the directory that holds its "
-                    "module, or add that to PYTHONPATH"
+                    f"the done {name} tasks recorded no JSON result, and an output table is read through the task "
+                    "class (see the note above); run from the directory that holds its module, or add that to "
+                    "PYTHONPATH"
                 )
             streamed = (fmt in export.STREAMED or (fmt in export.CHUNKED and output)) and not drawn
             try:
