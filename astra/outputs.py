@@ -183,7 +183,10 @@ class ArrayField(peewee.Field):
         if array.dtype != self.dtype:
             if not np.can_cast(array.dtype, self.dtype, casting="same_kind"):
                 raise ValueError(f"{where}: cannot store an array of {array.dtype} as {self.dtype}")
-            _check_fits(where, array, self.dtype)
+            with np.errstate(over="ignore"):  # an overflow is what _check_fits looks for
+                cast = array.astype(self.dtype)
+            _check_fits(where, array, cast)
+            array = cast
         if self.shape is not None and (
             array.ndim != len(self.shape) or any(n is not None and n != m for n, m in zip(self.shape, array.shape))
         ):
@@ -235,26 +238,23 @@ class ArrayField(peewee.Field):
         return array
 
 
-def _check_fits(where: str, array: np.ndarray, dtype: str) -> None:
-    """Raise unless every value of ``array`` survives the cast to ``dtype`` but for rounding: a float too large for
-    float32 would be stored as an infinity, an int too large for int32 wrapped round to another number."""
+def _check_fits(where: str, array: np.ndarray, cast: np.ndarray) -> None:
+    """Raise unless every value of ``array`` survived its ``cast`` but for rounding: a float too large for float32
+    became an infinity, an int too large for int32 wrapped round to another number."""
     import numpy as np
 
-    target = np.dtype(dtype)
-    if target.kind == "f":
-        if array.dtype.kind == "f":
-            with np.errstate(over="ignore"):  # the overflow is what this looks for
-                bad = np.isfinite(array) & ~np.isfinite(array.astype(target))
-        else:
-            bad = np.abs(array.astype(np.float64)) > np.finfo(target).max
-    elif target.kind in "iu" and array.dtype.kind in "iub":
-        info = np.iinfo(target)
+    if cast.dtype.kind == "f":
+        bad = np.isfinite(array) & ~np.isfinite(cast)
+    elif cast.dtype.kind in "iu" and array.dtype.kind in "iub":
+        info = np.iinfo(cast.dtype)
         bad = (array < info.min) | (array > info.max)
     else:
         return
     if bad.any():
         first = array[bad].flat[0].item()
-        raise ValueError(f"{where}: {first!r} does not fit in {dtype}; declare a wider dtype (e.g. float64, int64)")
+        raise ValueError(
+            f"{where}: {first!r} does not fit in {cast.dtype}; declare a wider dtype (e.g. float64, int64)"
+        )
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:

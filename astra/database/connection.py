@@ -82,21 +82,21 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
         try:
             return super().execute_sql(sql, params)
         except peewee.OperationalError as exc:
-            self._locked(exc)
+            self._explain(exc)
             raise
 
     def begin(self, *args, **kwargs):
         try:
             return super().begin(*args, **kwargs)
         except peewee.OperationalError as exc:
-            self._locked(exc)
+            self._explain(exc)
             raise
 
     def commit(self):
         try:
             return super().commit()
         except peewee.OperationalError as exc:
-            self._locked(exc)
+            self._explain(exc)
             raise
 
     def many(self, sql: str, rows) -> None:
@@ -106,7 +106,7 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
             with peewee.__exception_wrapper__:
                 self.cursor().executemany(sql, rows)
         except peewee.OperationalError as exc:
-            self._locked(exc)
+            self._explain(exc)
             raise
 
     def rollback(self):
@@ -117,7 +117,7 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
             return None
         return super().rollback()
 
-    def _locked(self, exc: peewee.OperationalError) -> None:
+    def _explain(self, exc: peewee.OperationalError) -> None:
         """Raise :class:`DatabaseLockedError` if ``exc`` is SQLite's busy timeout running out, and
         :class:`DiskFullError` if its disk (or ``max_page_count``) is full."""
         if "database or disk is full" in str(exc):
