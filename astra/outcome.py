@@ -130,7 +130,7 @@ def judge_each_run() -> None:
         except Exception:
             _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
-        if _judge(tasks) and not _counted(result):
+        if _judge(tasks, _failed(result)) and not _counted(result):
             # luigi saw nothing go wrong (the records changed under it, e.g. a forget meanwhile), so it would exit 0
             # with the requested task not done: exit as for a task left not run.
             raise SystemExit(luigi.retcodes.retcode().not_run)
@@ -138,6 +138,14 @@ def judge_each_run() -> None:
 
     judged._astra_judged = True
     luigi.interface._schedule_and_run = judged
+
+
+def _failed(result: object) -> set[str]:
+    """The task_ids of the tasks luigi's own summary of the run says failed (none if it cannot be read)."""
+    try:
+        return {task.task_id for task in luigi.execution_summary._summary_dict(result.worker)["failed"]}
+    except Exception:  # another luigi
+        return set()
 
 
 def _counted(result: object) -> bool:
@@ -153,13 +161,14 @@ def _counted(result: object) -> bool:
 _COUNTED = ("still_pending_ext", "failed", "run_by_other_worker", "scheduling_error", "not_run")
 
 
-def _judge(tasks: list[luigi.Task]) -> list[str]:
+def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset()) -> list[str]:
     """Say, in one line each, why the requested ``tasks`` (luigi's, normally one) are not done, and return those
-    lines; none if they are done (then luigi's ``not_run`` and ``already_running`` count for nothing)."""
+    lines; none if they are done (then luigi's ``not_run`` and ``already_running`` count for nothing). ``failed``:
+    the task_ids luigi saw fail."""
     if not connection.is_open():
         return []  # the run never got as far as the database (a task of luigi's own): nothing to compare
     try:
-        lines = [line for line in map(unfinished, tasks) if line is not None]
+        lines = [line for line in (unfinished(task, failed) for task in tasks) if line is not None]
         if not lines:
             codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
             codes.not_run = codes.already_running = 0
@@ -171,8 +180,8 @@ def _judge(tasks: list[luigi.Task]) -> list[str]:
     return lines
 
 
-def unfinished(root: luigi.Task) -> str | None:
-    """Why ``root`` is not done, in one line; None if it is done.
+def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
+    """Why ``root`` is not done, in one line; None if it is done. ``failed``: the task_ids luigi saw fail.
 
     Inside the luigi command's parser context, as the task was made (see :func:`judge_each_run`).
     """
@@ -198,8 +207,12 @@ def unfinished(root: luigi.Task) -> str | None:
         reasons += _luigid_view(url, root, {task.task_id for task in not_done})
     if not reasons:
         db = connection.database()
+        unrecorded = [task for task_id, task in tasks.items() if task_id in failed]
         if connection.dialect(db).read_only(db):  # a replica: each task's failure said so above
             reasons.append("the database is read-only, so nothing could be recorded")
+        elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
+            who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
+            reasons.append(f"{who} failed before astra could record why (the error is above)")
         else:
             reasons.append("luigi left it pending")
     counted = (

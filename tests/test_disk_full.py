@@ -11,6 +11,7 @@ from astra.database import Task, database
 from astra.database.connection import DiskFullError, LockWaitingSqliteDatabase
 from astra.targets import forget_cached
 from tests.batch_tasks import MeasureStars
+from tests.helpers import run_luigi
 
 
 def _failures(caplog) -> list[BaseException]:
@@ -76,6 +77,10 @@ def test_a_full_postgresql_disk_stops_the_batch_in_one_line_and_keeps_the_record
     assert str(errors[0]).startswith(f"astra: {postgres_url} could not write: the server's disk is full (could not")
     assert "\n" not in str(errors[0])
     assert Task.select().count() == 0
+    ran = run_luigi("--module", "tests.batch_tasks", "MeasureStars", "--stars", "40", "--local-scheduler")
+    assert ran.returncode == 30 and "Traceback" not in ran.stdout, ran.stdout[-3000:]
+    assert "failed    MeasureStars(stars=40, fail_on=-1): DiskFullError: astra: " in ran.stdout
+    assert "MeasureStars(stars=40, fail_on=-1) is not done: it failed before astra could record why" in ran.stdout
 
     db.execute_sql("DROP TRIGGER disk_full ON astra.task")
     forget_cached()
