@@ -378,7 +378,14 @@ def test_a_field_in_the_place_of_astras_columns_stops_with_one_line(database_url
         with pytest.raises(DatabaseNotReady) as stopped:
             use([getattr(clash_tasks, model)])
         assert str(stopped.value.code).startswith(wanted)
-    if model == "NamedTaskPk":
+    if model == "NamedTaskPk":  # the commands that take a module: migrate would have made task_pk nullable
+        for command in (("db", "migrate"), ("db", "migrate", "--dry-run"), ("db", "init"), ("db", "sql")):
+            refused = astra_command(*command, "--module", "tests.clash_tasks")
+            assert refused.returncode == 1 and refused.stderr.startswith("astra: output model tests.clash_tasks."), (
+                command,
+                refused.stderr,
+            )
+            assert "in the place of astra's own columns" in refused.stderr and "Traceback" not in refused.stderr
         ran = run_luigi("--module", "tests.clash_tasks", "TakesTaskPk", "--star", "1", "--local-scheduler")
         assert ran.returncode == 1 and wanted in ran.stdout and "Traceback" not in ran.stdout, ran.stdout[-2000:]
         assert Task.select().count() == 0

@@ -153,6 +153,7 @@ def import_modules(names: Sequence[str]) -> list:
 def output_models(names: Sequence[str]) -> list:
     """The astra.OutputModels in the modules ``names``."""
     from astra import outputs
+    from astra.database import output_tables
 
     models = outputs.models_in(import_modules(names))
     if names and not models:
@@ -162,6 +163,7 @@ def output_models(names: Sequence[str]) -> list:
             outputs.units(model)
         except TypeError as exc:
             raise click.UsageError(str(exc)) from None
+    output_tables.check_own_columns(models)  # before any command reads or changes their tables
     return models
 
 

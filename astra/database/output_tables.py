@@ -73,7 +73,8 @@ def _own_columns_taken(model: type[peewee.Model]) -> str | None:
     )
 
 
-def _check_own_columns(models: Iterable[type[peewee.Model]]) -> None:
+def check_own_columns(models: Iterable[type[peewee.Model]]) -> None:
+    """Stop (one line) if any of ``models`` has a field in the place of astra's own columns."""
     for model in models:
         trouble = _own_columns_taken(model)
         if trouble is not None:
@@ -87,7 +88,7 @@ def forget_checked() -> None:
 
 def create(models: Sequence[type[peewee.Model]]) -> None:
     """Create the tables of ``models`` where they are missing (never drops data). The astra schema must exist."""
-    _check_own_columns(models)
+    check_own_columns(models)
     db = database()
     with db.atomic():
         db.create_tables(list(models), safe=True)
@@ -104,7 +105,7 @@ def _postgres_dialect(models: Sequence[type[peewee.Model]]):
 
 def ddl(models: Sequence[type[peewee.Model]]) -> list[str]:
     """The PostgreSQL statements that create the tables of ``models`` in the astra schema (idempotent)."""
-    _check_own_columns(models)
+    check_own_columns(models)
     statements = []
     with _postgres_dialect(models):
         for model in models:
