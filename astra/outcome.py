@@ -130,7 +130,8 @@ def judge_each_run() -> None:
         except Exception:
             _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
-        if _judge(tasks, _failed(result)) and not _counted(result):
+        summary = _summary(result)
+        if _judge(tasks, _failed(summary)) and not _counted(summary):
             # luigi saw nothing go wrong (the records changed under it, e.g. a forget meanwhile), so it would exit 0
             # with the requested task not done: exit as for a task left not run.
             raise SystemExit(luigi.retcodes.retcode().not_run)
@@ -140,21 +141,23 @@ def judge_each_run() -> None:
     luigi.interface._schedule_and_run = judged
 
 
-def _failed(result: object) -> set[str]:
-    """The task_ids of the tasks luigi's own summary of the run says failed (none if it cannot be read)."""
+def _summary(result: object) -> dict | None:
+    """luigi's own summary of the run (its sets of tasks by kind); None if it cannot be read (another luigi)."""
     try:
-        return {task.task_id for task in luigi.execution_summary._summary_dict(result.worker)["failed"]}
-    except Exception:  # another luigi
-        return set()
+        return luigi.execution_summary._summary_dict(result.worker)
+    except Exception:
+        return None
 
 
-def _counted(result: object) -> bool:
-    """Whether luigi's own summary of the run has something its exit code counts (a failure, a task not run, ...)."""
-    try:
-        found = luigi.execution_summary._summary_dict(result.worker)
-    except Exception:  # another luigi: let its own code stand
-        return True
-    return any(found[kind] for kind in _COUNTED if kind in found)
+def _failed(summary: dict | None) -> set[str]:
+    """The task_ids of the tasks the summary says failed."""
+    return {task.task_id for task in summary.get("failed", ())} if summary is not None else set()
+
+
+def _counted(summary: dict | None) -> bool:
+    """Whether the summary has something luigi's exit code counts (a failure, a task not run, ...); with no summary,
+    luigi's own code stands."""
+    return summary is None or any(summary[kind] for kind in _COUNTED if kind in summary)
 
 
 #: The kinds of luigi's summary that make its exit code non-zero (luigi.retcodes.run_with_retcodes).
