@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import luigi
 from luigi.parameter import ParameterVisibility
 
@@ -284,3 +286,20 @@ class Items(BatchTask):
 
     def process(self, chunk: list) -> list[None]:
         return [None] * len(chunk)
+
+
+class WatchedItems(Items):
+    """Items whose parameter sets tell ``seen`` the collector's threshold when the check reads them, wait at
+    ``meeting`` (if any) for a check in another thread, and raise if ``fail``."""
+
+    seen: list = []
+    meeting = None
+    fail = luigi.BoolParameter(default=False)
+
+    def parameter_sets(self):
+        self.seen.append(gc.get_threshold()[0])
+        if self.meeting is not None:
+            self.meeting.wait(timeout=30)
+        if self.fail:
+            raise RuntimeError("parameter_sets() failed")
+        return super().parameter_sets()

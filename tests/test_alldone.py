@@ -3,7 +3,9 @@ very identities of the slow way and of luigi's own tasks, and never finds done a
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import threading
 import json
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -311,3 +313,34 @@ def test_a_requirement_not_done_makes_the_check_say_not_done(alldone_database, m
     assert not both_ways_complete(batch)
     forget_cached()
     assert [item.values["i"] for item in batch.pending()] == [123]
+
+
+def test_a_check_puts_the_garbage_collectors_setting_back(alldone_database):
+    """A check runs Python's collector less often while it identifies items (astra.batch._fewer_collections), and
+    leaves the threshold as it found it: after a check that finds the items done or not, one that raises, and two
+    checks in threads at once."""
+    before = gc.get_threshold()
+    watched = tasks.WatchedItems
+    watched.seen = []
+    assert not watched(n=50).complete()
+    watched(n=50).run()  # work, not a check: the threshold as it was
+    assert watched.seen[0] > before[0] and set(watched.seen[1:]) == {before[0]}
+    watched.seen = []
+    assert watched(n=50).complete()
+    with pytest.raises(RuntimeError, match="parameter_sets"):
+        watched(n=50, fail=True).complete()
+    assert len(watched.seen) == 2 and all(seen > before[0] for seen in watched.seen)
+    assert gc.get_threshold() == before
+
+    watched.meeting = threading.Barrier(2)
+    answers = []
+    try:
+        checks = [threading.Thread(target=lambda n=n: answers.append(watched(n=n).complete())) for n in (40, 60)]
+        for check in checks:
+            check.start()
+        for check in checks:
+            check.join(timeout=60)
+    finally:
+        watched.meeting = None
+    assert sorted(answers) == [False, True]
+    assert gc.get_threshold() == before

@@ -16,7 +16,7 @@ from typing import NamedTuple, TypeVar
 import peewee
 
 from astra import config, values
-from astra.database import keys, text
+from astra.database import text
 from astra.database.connection import (
     DatabaseError,
     close_thread_connection,
@@ -59,26 +59,31 @@ def _not_flushed(db: peewee.Database) -> None:
 
 def done_hashes(hashes: Iterable[str]) -> set[str]:
     """Which of ``hashes`` are recorded as done (one query per CHUNK hashes)."""
-    return set(done_rows(hashes))
+    # Only the key and the status, which the unique index of task_hash holds (schema 12): PostgreSQL answers
+    # from the index alone, without reading a row of the table per key.
+    return {key for key, status in _by_hash(hashes, "status") if status == DONE}
 
 
 def done_rows(hashes: Iterable[str]) -> dict[str, int]:
     """Those of ``hashes`` recorded as done, each with how many dynamic dependencies it recorded (0 if none)."""
+    return {
+        key: dynamic or 0 for key, status, dynamic in _by_hash(hashes, "status, dynamic_dependencies") if status == DONE
+    }
+
+
+def _by_hash(hashes: Iterable[str], columns: str) -> Iterator[tuple]:
+    """``(task_hash, *columns)`` of the rows of astra.task whose hash is one of ``hashes``.
+
+    The status is compared by the callers, not in SQL: given "status = 'done'", PostgreSQL may pick the
+    (task_name, status) index and read every done row of the table, instead of looking up each hash.
+    """
     hashes = list(dict.fromkeys(hashes))
     db = database()
-    table = _table(Task, db)
-    found: dict[str, int] = {}
-    columns = "task_hash, status, dynamic_dependencies"
     # Plain SQL: peewee takes ~20 us to build each value of an IN list, more than the database takes to answer.
-    # The status is compared here, not in SQL: given "status = 'done'", PostgreSQL may pick the (task_name,
-    # status) index and read every done row of the table, instead of looking up each hash.
+    sql = f"SELECT {dialect(db).hash_text('task_hash')}, {columns} FROM {_table(Task, db)} WHERE "
     for chunk in chunked(hashes):
-        where, params = dialect(db).is_one_of("task_hash", [keys.stored(key) for key in chunk])
-        sql = f"SELECT {columns} FROM {table} WHERE {where}"
-        found.update(
-            (keys.read(key), dynamic or 0) for key, status, dynamic in db.execute_sql(sql, params) if status == DONE
-        )
-    return found
+        where, params = dialect(db).is_one_of_hashes("task_hash", chunk)
+        yield from db.execute_sql(sql + where, params)
 
 
 def done_attempt(task_hash: str) -> tuple[int, int] | None:
