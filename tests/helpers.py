@@ -95,7 +95,12 @@ HANG = 300
 def astra(*args: str, input: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``astra ARGS`` (the console script; stdin ``input``, so a prompt never waits); stdout and stderr apart."""
     return subprocess.run(
-        [str(ASTRA), *args], input=input, env=subprocess_env(env), cwd=REPO, capture_output=True, text=True,
+        [str(ASTRA), *args],
+        input=input,
+        env=subprocess_env(env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=HANG,
     )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import threading
 import json
+import threading
 import uuid
 from contextlib import contextmanager, nullcontext
 from unittest import mock

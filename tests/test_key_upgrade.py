@@ -1,6 +1,7 @@
 """Schema 11 (issue 21, item 3): a database written by main at commit 2f2f5c7 (schema 9, keys as hex text) is
 converted in place by `astra db upgrade`, keeping every task, result, parameter, link and output row, its tasks still
-done; on PostgreSQL an upgrade killed mid-fill, with the old astra writing meanwhile, resumes to the same end."""
+done; on PostgreSQL an upgrade killed mid-fill, with the old astra writing meanwhile, resumes to the same end.
+Schema 12 (issue 21, item 4): the unique index of task_hash of a database written at schema 11 holds the status."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import psycopg2
 import pytest
 
-from astra.database import versions
+from astra.database import queries, versions
 from tests.helpers import (
     REPO,
     astra,
@@ -35,6 +36,8 @@ from tests.helpers import SCHEMA_SQL as SQL
 MAIN = "2f2f5c7"
 #: main at schema 10 (an index of JSON results), the last with the keys as hex text.
 MAIN_10 = "000886a"
+#: main at schema 11 (the keys as bytes), before the unique index of task_hash held the status.
+MAIN_11 = "e1900a6"
 TABLES = ("task", "parameter", "task_parameter", "dependency", "snr")
 
 
@@ -48,6 +51,12 @@ def schema9(tmp_path_factory):
 def schema10(tmp_path_factory):
     """astra of commit 000886a, schema 10: what still runs while the upgrade to 11 prepares."""
     return unpack_commit(MAIN_10, ["astra", "schema", "workflows"], tmp_path_factory.mktemp("astra-000886a"))
+
+
+@pytest.fixture(scope="module")
+def schema11(tmp_path_factory):
+    """astra of commit e1900a6, schema 11."""
+    return unpack_commit(MAIN_11, ["astra", "schema", "workflows"], tmp_path_factory.mktemp("astra-e1900a6"))
 
 
 def _old_astra(checkout, url: str, *args: str) -> subprocess.CompletedProcess:
@@ -232,7 +241,7 @@ def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schem
         upgrade.wait(timeout=60)
     assert any("up to pk" in line for line in said), said
     # Killed mid-fill: not schema 11 yet, the new column partly filled.
-    assert _one(url, "select max(version) from astra.schema_version") == (versions.CURRENT - 1,)
+    assert _one(url, "select max(version) from astra.schema_version") == (10,)
     total, filled = _one(url, "select count(*), count(task_hash_bytes) from astra.task")
     assert 0 < filled < total, (filled, total)
 
@@ -255,7 +264,7 @@ def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schem
 
     resumed = astra("db", "upgrade")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"from astra schema {versions.CURRENT - 1} to {versions.CURRENT}" in resumed.stdout, resumed.stdout
+    assert f"from astra schema 10 to {versions.CURRENT}" in resumed.stdout, resumed.stdout
     assert content(url) == written
     assert _one(url, "select count(*) from astra.task where length(task_hash) = 32") == (len(written["task"]),)
     assert _astra_schema(url) == _fresh_schema(url)
@@ -264,3 +273,40 @@ def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schem
     more = run_luigi("--module", "tests.upgrade_tasks", "UpgradeSpectra", "--start", "20", "--stop", "26",
                      "--local-scheduler")  # fmt: skip
     assert "1 ran successfully" in more.stdout, more.stdout  # only the one never run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_the_index_of_task_hash_takes_the_status_and_every_task_stays_done(
+    backend, tmp_path, request, schema11, monkeypatch
+):
+    url = old_schema_database(backend, tmp_path, request, schema11)
+    _write_with_old_astra(schema11, url)
+    with using_database(url, monkeypatch):
+        before = content(url)
+        assert _one(url, "select indexdef from pg_indexes where indexname = 'task_task_hash'") == (
+            "CREATE UNIQUE INDEX task_task_hash ON astra.task USING btree (task_hash)",
+        )
+        # A build of the new index interrupted by an earlier run: left INVALID, it is dropped and built again.
+        connection = psycopg2.connect(url)
+        connection.autocommit = True
+        connection.cursor().execute("create unique index task_task_hash_status on astra.task (task_hash)")
+        connection.cursor().execute(
+            "update pg_index set indisvalid = false where indexrelid = 'astra.task_task_hash_status'::regclass"
+        )
+        connection.close()
+
+        upgraded = astra("db", "upgrade")
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        assert f"from astra schema 11 to {versions.CURRENT}" in upgraded.stdout, upgraded.stdout
+        assert content(url) == before
+        assert _astra_schema(url) == _fresh_schema(url)
+        assert _one(url, "select indexdef from pg_indexes where indexname = 'task_task_hash'") == (
+            "CREATE UNIQUE INDEX task_task_hash ON astra.task USING btree (task_hash) INCLUDE (status)",
+        )
+        assert _one(url, "select bool_and(indisvalid), count(*) from pg_index "
+                    "where indrelid = 'astra.task'::regclass") == (True, 5)  # fmt: skip
+        _check_still_done(schema11)
+        done = {row["task_hash"] for row in before["task"] if row["status"] == "done"}
+        assert len(done) == len(before["task"]) - 1  # all but UpgradeFails
+        assert queries.done_hashes(row["task_hash"] for row in before["task"]) == done

@@ -375,7 +375,7 @@ def test_schema_8_upgraded_keeps_its_rows_and_is_the_file(schema_8, postgres_dat
     monkeypatch.setenv("ASTRA_DATABASE_URL", schema_8)
     reset()
     where, before, after = upgrade_schema()
-    assert (before, after) == (8, versions.CURRENT) == (8, 11)
+    assert (before, after) == (8, versions.CURRENT) == (8, 12)
     assert list(TaskParameter.select().order_by(TaskParameter.task).tuples()) == links
     reset()
 

@@ -216,6 +216,42 @@ def test_commands_plan_by_keys_without_statistics(unanalysed, capsys, monkeypatc
     assert [row["path"] for row in json.loads(one.stdout)] == [path]
 
 
+def test_the_all_done_check_reads_the_index_alone(unanalysed):
+    """The all-done check asks for the status of 5,000 keys at a time; the unique index of task_hash holds the status
+    (schema 12), so once the table has been vacuumed (its pages marked all visible) the plan reads the index alone;
+    before that, it probes the index and reads the rows it finds, never the whole table."""
+    from astra.database import queries
+
+    keys = [row[0] for row in _select(unanalysed, "select encode(task_hash, 'hex') from astra.task order by pk")]
+    found = []
+    sent = _sent(lambda: found.append(queries.done_hashes(keys)))
+    assert len(found[0]) == len(keys) == PLANNED  # bench/scale.py records every task done
+    sent = [(sql, params) for sql, params in sent if "task_hash = ANY" in sql]
+    assert len(sent) == PLANNED // queries.CHUNK
+    connection = psycopg2.connect(unanalysed)
+    connection.autocommit = True
+    cursor = connection.cursor()
+    for vacuumed in (False, True):
+        if vacuumed:  # as autovacuum does to a table that has had many rows written
+            cursor.execute("VACUUM ANALYZE astra.task")
+        for sql, params in sent:
+            cursor.execute("EXPLAIN " + sql, params or None)
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+            assert "Seq Scan" not in plan, plan  # before: probes of the index and a read of each row it finds
+            assert ("Index Only Scan using task_task_hash" in plan) == vacuumed, plan
+    connection.close()
+
+
+def _select(url: str, sql: str) -> list[tuple]:
+    connection = psycopg2.connect(url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        connection.close()
+
+
 def test_the_check_before_a_run_of_an_output_model_probes_an_index(unanalysed):
     """Before tasks of an output model run, astra asks whether any done task of the class holds a JSON result (one
     recorded before the class had its table). That is a probe of the partial index task_json_result, not a walk over

@@ -74,6 +74,8 @@ class SQLite:
     links_checked_per_statement = False
     #: The index method of an index only ever probed for equality (None: the default, a btree).
     equality_index: str | None = None
+    #: Whether an index can hold columns it is not keyed on (``INCLUDE``), for scans that read the index alone.
+    index_includes = False
 
     def table(self, model: type[peewee.Model]) -> str:
         """The name of ``model``'s table as plain SQL writes it."""
@@ -131,6 +133,13 @@ class SQLite:
         from astra.database import key_upgrade  # only to upgrade
 
         key_upgrade.sqlite(db)
+
+    def prepare_status_index(self, db: peewee.Database, say) -> None:
+        """What schema 12 can do before its transaction (nothing where an index holds no more than its key)."""
+
+    def status_index(self, db: peewee.Database) -> None:
+        """Schema 12 in the caller's transaction: the unique index of task_hash holds the status too, where the
+        dialect allows it (see astra.database.key_upgrade)."""
 
     def lock_for_forget(self, db: peewee.Database) -> None:
         """One forget at a time (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
@@ -458,6 +467,7 @@ class PostgreSQL(SQLite):
     creates_tables_on_use = False
     links_checked_per_statement = True
     equality_index = "hash"  # half a btree's size on task_id, and as quick for "="
+    index_includes = True
 
     def table(self, model: type[peewee.Model]) -> str:
         return f"astra.{model._meta.table_name}"
@@ -546,6 +556,16 @@ class PostgreSQL(SQLite):
         from astra.database import key_upgrade  # only to upgrade
 
         key_upgrade.postgresql_swap(db)
+
+    def prepare_status_index(self, db, say):
+        from astra.database import key_upgrade  # only to upgrade
+
+        key_upgrade.status_index_prepare(db, say)
+
+    def status_index(self, db):
+        from astra.database import key_upgrade  # only to upgrade
+
+        key_upgrade.status_index_swap(db)
 
     def lock_for_forget(self, db: peewee.Database) -> None:
         # Deleting tasks locks astra.task_parameter once their links are deleted (astradb.sql's triggers): two
@@ -1445,3 +1465,18 @@ class DialectIndex(peewee.ModelIndex):
     @_table.setter
     def _table(self, value: peewee.Table) -> None:
         pass  # set by Index.__init__; the model's metadata decides
+
+
+class CoveringIndex(DialectIndex):
+    """An index that also holds the columns ``include`` where the dialect allows it (PostgreSQL's ``INCLUDE``), so
+    that a query reading only its key and those columns is answered from the index alone; a plain one elsewhere."""
+
+    def __init__(self, *args, include: tuple[str, ...], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.include = include
+
+    def __sql__(self, ctx):
+        super().__sql__(ctx)
+        if dialect(self._model._meta.database).index_includes:
+            ctx.literal(f" INCLUDE ({', '.join(self.include)})")
+        return ctx

@@ -18,6 +18,11 @@ name, the index and check theirs. Schema 11 is recorded only then. Behind a pool
 upgrade is one transaction, so the swap does the parts the preparation would have done itself (non-concurrently).
 The fill leaves a dead version of every row behind: VACUUM makes the space reusable; ``VACUUM FULL`` (which locks
 the tables while it runs) gives it back to the file system.
+
+Schema 12: the unique index of ``task_hash`` holds each task's status too (``INCLUDE``), so the all-done check is
+answered from the index alone. On PostgreSQL :func:`status_index_prepare` builds it beside the old one,
+``CONCURRENTLY`` (astra goes on writing; a build left INVALID is built again), and :func:`status_index_swap` drops
+the old one and gives the new its name, in the transaction that records schema 12.
 """
 
 from __future__ import annotations
@@ -210,3 +215,36 @@ def _indexes_here(db: peewee.Database, table: str, new: str) -> None:
         db.execute_sql(f"DROP INDEX astra.{table}_{new}")
     if not valid:
         db.execute_sql(f"CREATE UNIQUE INDEX {table}_{new} ON astra.{table} ({new})")
+
+
+#: Schema 12's unique index of task_hash, while it is built beside the old one.
+_STATUS_INDEX = "task_task_hash_status"
+
+
+def _holds_status(db: peewee.Database) -> bool:
+    """Whether the unique index of task_hash holds more than its key (the status, schema 12)."""
+    return bool(_one(db, "SELECT i.indnatts > i.indnkeyatts FROM pg_index i WHERE i.indexrelid = "
+                         "to_regclass('astra.task_task_hash')"))  # fmt: skip
+
+
+def status_index_prepare(db: peewee.Database, say: Callable[[str], None]) -> None:
+    """Schema 12, outside any transaction: the index with the status built beside the old one, writers going on."""
+    if _holds_status(db):
+        return
+    say("  astra.task: building the index of task_hash again, with the status (astra goes on writing)")
+    create = f"CREATE UNIQUE INDEX CONCURRENTLY {_STATUS_INDEX} ON astra.task (task_hash) INCLUDE (status)"
+    _concurrently(db, _STATUS_INDEX, create)
+
+
+def status_index_swap(db: peewee.Database) -> None:
+    """Schema 12 in the caller's transaction: the new index takes the old one's place (built here if the
+    preparation did not run, behind a pooler)."""
+    if _holds_status(db):
+        return
+    valid = _index(db, _STATUS_INDEX)
+    if valid is False:
+        db.execute_sql(f"DROP INDEX astra.{_STATUS_INDEX}")
+    if not valid:
+        db.execute_sql(f"CREATE UNIQUE INDEX {_STATUS_INDEX} ON astra.task (task_hash) INCLUDE (status)")
+    db.execute_sql("DROP INDEX astra.task_task_hash")
+    db.execute_sql(f"ALTER INDEX astra.{_STATUS_INDEX} RENAME TO task_task_hash")

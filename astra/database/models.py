@@ -24,7 +24,7 @@ from peewee import (
 
 from astra import values
 from astra.database import keys
-from astra.database.dialect import DialectIndex, SchemaFromDialect, dialect
+from astra.database.dialect import CoveringIndex, DialectIndex, SchemaFromDialect, dialect
 
 #: Bound to the real database of this process by :func:`astra.database.database`.
 proxy = DatabaseProxy()
@@ -122,7 +122,7 @@ class Task(BaseModel):
     task_module = TextField()
     task_name = TextField()
     task_id = TextField()  # indexed for equality only (astra tasks show TASK_ID): see the end of this module
-    task_hash = HashField(unique=True, column_name="task_hash")
+    task_hash = HashField(column_name="task_hash")  # unique: see HASH_INDEX
     version = TextField()
     status = TextField()
     created = UTCDateTimeField()
@@ -218,5 +218,11 @@ class SchemaVersion(BaseModel):
 
 
 Task.add_index(EqualityIndex(Task, [Task.task_id], name="task_task_id"))
+#: The unique index of task_hash, which also holds the status (schema 12): the all-done check asks for the status of
+#: 5,000 keys at a time, and PostgreSQL answers from the index alone instead of reading a row of the table per key,
+#: half its time at 10^6 tasks, and no random read of a table that no longer fits in memory at 10^8. The index is no
+#: larger: 'done' fits in the padding of each entry.
+HASH_INDEX = CoveringIndex(Task, [Task.task_hash], unique=True, name="task_task_hash", include=("status",))
+Task.add_index(HASH_INDEX)
 
 MODELS = (SchemaVersion, Task, Parameter, TaskParameter, Dependency)

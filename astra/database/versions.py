@@ -97,6 +97,14 @@ def _prepare_binary_keys(db: peewee.Database, say: Callable[[str], None]) -> Non
     dialect(db).prepare_binary_keys(db, say)
 
 
+def _status_index(db: peewee.Database) -> None:
+    dialect(db).status_index(db)
+
+
+def _prepare_status_index(db: peewee.Database, say: Callable[[str], None]) -> None:
+    dialect(db).prepare_status_index(db, say)
+
+
 #: In order: STEPS[0] brings schema 1 to 2, STEPS[1] brings 2 to 3, ...
 STEPS: list[Step] = [
     Step("results as JSON with NaN, dates and numpy values kept (jsonb on PostgreSQL)", _result_as_json),  # 2
@@ -109,6 +117,9 @@ STEPS: list[Step] = [
     Step("task_parameter's references checked per statement, not per row (PostgreSQL)", _links_per_statement),  # 9
     Step("an index of done tasks with a JSON result (what the pre-run check of output tables asks)", _json_index),  # 10
     Step("sha256 keys as their 32 bytes, a hash index on task_id", _binary_keys, _prepare_binary_keys),  # 11
+    Step(
+        "the index of task_hash holds the status: done checks read it alone", _status_index, _prepare_status_index
+    ),  # 12
 ]
 
 #: The schema this astra reads and writes.
