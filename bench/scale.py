@@ -215,6 +215,7 @@ def commands(n: int, workdir: Path, url: str | None = None) -> list[tuple[str, l
     done = _forgotten_nights(url, last) if url else 0
     gone = [last - done - j for j in range(4)]
     forget = [["tasks", "forget", "--name", "ScaleVisit", "--where", f"night={j}", "--cascade", "-y"] for j in gone[:3]]
+    checked = max(0, min(1_000_000, gone[3] * scale_tasks.PER_NIGHT))  # spectra that no run forgets
     return [
         ("--version (start-up, no database)", ["--version"], None),
         ("db status", ["db", "status"], None),
@@ -251,6 +252,9 @@ def commands(n: int, workdir: Path, url: str | None = None) -> list[tuple[str, l
                                                             "-o", str(workdir / "big.csv")], None),
         (f"results ScaleVisit --where '{big}' --format csv (JSON results)",
          ["results", "ScaleVisit", "--where", big, "--format", "csv", "-o", str(workdir / "visits.csv")], None),
+        # luigi finds a batch of fits done: the all-done check of its items, each of which requires its visit.
+        (f"luigi ScaleFits --n {checked:,} (all-done check, each item requires a task)",
+         ["luigi", "--module", MODULE, "ScaleFits", "--n", str(checked), "--local-scheduler"], None),
     ]  # fmt: skip
 
 
@@ -267,6 +271,9 @@ def run_process(command: list[str], env: dict) -> dict:
 
 
 def astra_command(arguments: list[str]) -> list[str]:
+    """The command line of ``astra ARGUMENTS`` (or of ``luigi ...``, when they start with ``luigi``)."""
+    if arguments[0] == "luigi":
+        return [sys.executable, "-m", "luigi", *arguments[1:]]
     return [sys.executable, "-m", "astra.cli", *arguments]
 
 
@@ -294,6 +301,10 @@ def explained(arguments: list[str], url: str) -> dict:
     logger.propagate = False
     from astra.cli import main
 
+    if arguments[0] == "luigi":
+        from luigi.cmdline import luigi_run
+
+        main, arguments = luigi_run, arguments[1:]
     started = time.perf_counter()
     try:
         main(arguments)
@@ -352,8 +363,9 @@ def time_commands(url: str, n: int, repeat: int, workdir: Path, only: str | None
              f"{server['slowest_ms']:,.0f}"]
             if server else ["?", "?", "?"]
         )  # fmt: skip
+        shown = label if label.startswith("luigi ") else f"astra {label}"
         line = (
-            f"| `astra {label}`{failed} | {statistics.median(r['seconds'] for r in runs):.2f} ({seconds}) | "
+            f"| `{shown}`{failed} | {statistics.median(r['seconds'] for r in runs):.2f} ({seconds}) | "
             f"{statistics.median(r['cpu'] for r in runs):.2f} | {max(r['rss_mb'] for r in runs):.0f} | "
             f"{' | '.join(cells)} |"
         )

@@ -80,3 +80,14 @@ class ReadAllExposures(BatchTask):
 
 class ReadAllExposuresItsWay(ReadAllExposures):
     item_class = ReadsExposuresItsWay
+
+
+class TalliedStars(MeasureStars):
+    """MeasureStars whose parameter_sets() adds a line to the file ``tally`` each time a check or a run reads them."""
+
+    tally = luigi.Parameter()
+
+    def parameter_sets(self):
+        with open(self.tally, "a") as tally:
+            tally.write("read\n")
+        return super().parameter_sets()

@@ -161,3 +161,24 @@ def test_an_item_whose_requires_is_a_generator_gets_every_input(database_url, tm
     for path in paths:
         row = Task.get(Task.task_hash == task_hash(item(path=path)))
         assert (row.status, row.result) == ("done", {"inputs": [path, path + ".flat"]})
+
+
+@pytest.mark.slow
+def test_a_done_batch_is_checked_once_per_luigi_run(database_url, tmp_path):
+    """luigi asks whether the batch is complete when it schedules, and astra asks again when it judges the run:
+    the second answer is the first (a done item stays done), not another walk over every item."""
+    tally = tmp_path / "tally"
+    args = ["--module", "tests.batch_tasks", "TalliedStars", "--stars", "1200", "--tally", str(tally),
+            "--local-scheduler"]  # fmt: skip
+    first = run_luigi(*args)
+    assert "1 ran successfully" in summary(first.stdout) and first.returncode == 0, first.stdout
+    tally.unlink()
+    again = run_luigi(*args)
+    assert "1 complete ones were encountered" in summary(again.stdout) and again.returncode == 0, again.stdout
+    assert tally.read_text().splitlines() == ["read"]
+    # Found not done, it is asked again at the end, after the run: the batch ran the item forgotten meanwhile.
+    Task.delete().where(Task.task_hash == items(MeasureStar, [{"star": 7}]).__next__().task_hash).execute()
+    tally.unlink()
+    third = run_luigi(*args)
+    assert "1 ran successfully" in summary(third.stdout) and third.returncode == 0, third.stdout
+    assert len(tally.read_text().splitlines()) >= 3  # the check, the run, the check of the judge
