@@ -59,7 +59,6 @@ from astra.database.connection import close_thread_connection, retried, use_own_
 from astra.executors import executor_for
 from astra.identity import Item, items
 from astra.recording import fields, run_unrecorded, summarise
-from astra.targets import Known, known
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
@@ -106,7 +105,6 @@ class BatchTask(luigi.Task):
     _logged_at = 0.0
     _started = 0.0
     _furthest = (0, 0)
-    _complete_as_of: Known | None = None
 
     def parameter_sets(self) -> Iterable[dict]:
         """The items, as keyword arguments of ``item_class`` (a generator is fine: items are streamed)."""
@@ -154,18 +152,13 @@ class BatchTask(luigi.Task):
         return (item for item in chunk if item.task_hash not in done)
 
     def complete(self) -> bool:
-        # Found complete before by this process: a done item stays done, as for any task (targets.Known), until
-        # forget_cached(). The luigi command asks twice, when it schedules and when astra judges the run.
-        if self._complete_as_of is known():
-            return True
+        # Asked anew each time, never answered from an earlier check: the items may have grown since (a folder
+        # that new files arrive in), with the batch's parameters the same.
         model = outputs.output_model(self.item_class)
         if model is not None:
             output_tables.ready(model)  # stop the scan at once if the items' output table is missing
         with _fewer_collections():
-            done = next(self.pending(), None) is None
-        if done:
-            self._complete_as_of = known()
-        return done
+            return next(self.pending(), None) is None
 
     def process(self, chunk: list[Item]) -> list[object]:
         """The results of a chunk of items, in order; an exception in place of a result marks that item failed.

@@ -131,7 +131,7 @@ def judge_each_run() -> None:
             _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
         summary = _summary(result)
-        if _judge(tasks, _failed(summary)) and not _counted(summary):
+        if _judge(tasks, _failed(summary), _found_done(summary)) and not _counted(summary):
             # luigi saw nothing go wrong (the records changed under it, e.g. a forget meanwhile), so it would exit 0
             # with the requested task not done: exit as for a task left not run.
             raise SystemExit(luigi.retcodes.retcode().not_run)
@@ -154,6 +154,11 @@ def _failed(summary: dict | None) -> set[str]:
     return {task.task_id for task in summary.get("failed", ())} if summary is not None else set()
 
 
+def _found_done(summary: dict | None) -> set[str]:
+    """The task_ids of the tasks this run found complete when it scheduled them (luigi's "already done")."""
+    return {task.task_id for task in summary.get("already_done", ())} if summary is not None else set()
+
+
 def _counted(summary: dict | None) -> bool:
     """Whether the summary has something luigi's exit code counts (a failure, a task not run, ...); with no summary,
     luigi's own code stands."""
@@ -164,14 +169,16 @@ def _counted(summary: dict | None) -> bool:
 _COUNTED = ("still_pending_ext", "failed", "run_by_other_worker", "scheduling_error", "not_run")
 
 
-def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset()) -> list[str]:
+def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: set[str] = frozenset()) -> list[str]:
     """Say, in one line each, why the requested ``tasks`` (luigi's, normally one) are not done, and return those
     lines; none if they are done (then luigi's ``not_run`` and ``already_running`` count for nothing). ``failed``:
-    the task_ids luigi saw fail."""
+    the task_ids luigi saw fail; ``found_done``: those this run found complete as it scheduled them, which are not
+    asked again (a batch of a million items would be checked twice)."""
     if not connection.is_open():
         return []  # the run never got as far as the database (a task of luigi's own): nothing to compare
     try:
-        lines = [line for line in (unfinished(task, failed) for task in tasks) if line is not None]
+        asked = (unfinished(task, failed) for task in tasks if task.task_id not in found_done)
+        lines = [line for line in asked if line is not None]
         if not lines:
             codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
             codes.not_run = codes.already_running = 0

@@ -91,3 +91,15 @@ class TalliedStars(MeasureStars):
         with open(self.tally, "a") as tally:
             tally.write("read\n")
         return super().parameter_sets()
+
+
+class ListedStars(MeasureStars):
+    """MeasureStars of the stars listed in the file ``listing``, one number a line: the items can grow while the
+    batch's parameters stay the same (a folder that new files arrive in)."""
+
+    stars = luigi.IntParameter(default=0)
+    listing = luigi.Parameter()
+
+    def parameter_sets(self):
+        with open(self.listing) as listing:
+            return [{"star": int(line)} for line in listing]

@@ -182,3 +182,18 @@ def test_a_done_batch_is_checked_once_per_luigi_run(database_url, tmp_path):
     third = run_luigi(*args)
     assert "1 ran successfully" in summary(third.stdout) and third.returncode == 0, third.stdout
     assert len(tally.read_text().splitlines()) >= 3  # the check, the run, the check of the judge
+
+
+def test_a_batch_whose_items_grow_is_not_done_in_the_same_process(database_url, tmp_path):
+    """A batch found complete is asked again: its items may have grown since (new files in its folder), and a
+    process that builds it again, say every hour, must run them."""
+    listing = tmp_path / "stars"
+    listing.write_text("".join(f"{star}\n" for star in range(5)))
+    batch = batch_tasks.ListedStars(listing=str(listing))
+    assert luigi.build([batch], local_scheduler=True)
+    assert batch.complete()
+    listing.write_text("".join(f"{star}\n" for star in range(8)))
+    assert batch_tasks.ListedStars(listing=str(listing)) is batch  # luigi's instance cache: the same task
+    assert not batch.complete()
+    assert luigi.build([batch], local_scheduler=True) and batch.complete()
+    assert Task.select().where(Task.task_name == "MeasureStar", Task.status == "done").count() == 8
