@@ -216,6 +216,16 @@ def _add_rows(url: str) -> None:
     connection.close()
 
 
+def _interrupted_build(url: str, name: str, create: str) -> None:
+    """Index ``name`` made by ``create`` and left INVALID, as a ``CREATE INDEX CONCURRENTLY`` interrupted leaves it."""
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    connection.cursor().execute(create)
+    connection.cursor().execute("update pg_index set indisvalid = false where indexrelid = %s::regclass",
+                                (f"astra.{name}",))  # fmt: skip
+    connection.close()
+
+
 def _one(url: str, sql: str) -> tuple:
     return raw_sql(url, sql)[0]
 
@@ -254,13 +264,7 @@ def test_upgrade_killed_mid_fill_resumes_to_the_same_end(schema9_database, schem
     assert len(written["task"]) == len(before["task"]) + 5
 
     # An index build interrupted as well: left INVALID, it is dropped and built again.
-    connection = psycopg2.connect(url)
-    connection.autocommit = True
-    connection.cursor().execute("create index task_task_id_hash on astra.task using hash (task_id)")
-    connection.cursor().execute(
-        "update pg_index set indisvalid = false where indexrelid = 'astra.task_task_id_hash'::regclass"
-    )
-    connection.close()
+    _interrupted_build(url, "task_task_id_hash", "create index task_task_id_hash on astra.task using hash (task_id)")
 
     resumed = astra("db", "upgrade")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -288,13 +292,9 @@ def test_the_index_of_task_hash_takes_the_status_and_every_task_stays_done(
             "CREATE UNIQUE INDEX task_task_hash ON astra.task USING btree (task_hash)",
         )
         # A build of the new index interrupted by an earlier run: left INVALID, it is dropped and built again.
-        connection = psycopg2.connect(url)
-        connection.autocommit = True
-        connection.cursor().execute("create unique index task_task_hash_status on astra.task (task_hash)")
-        connection.cursor().execute(
-            "update pg_index set indisvalid = false where indexrelid = 'astra.task_task_hash_status'::regclass"
+        _interrupted_build(
+            url, "task_task_hash_status", "create unique index task_task_hash_status on astra.task (task_hash)"
         )
-        connection.close()
 
         upgraded = astra("db", "upgrade")
         assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr

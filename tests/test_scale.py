@@ -11,7 +11,7 @@ import uuid
 import psycopg2
 import pytest
 
-from tests.helpers import REPO, astra, main, run_luigi
+from tests.helpers import REPO, astra, main, raw_sql, run_luigi
 
 SPECTRA = 23  # several nights of 5 spectra, and one night not full
 PER_NIGHT = "5"
@@ -222,7 +222,7 @@ def test_the_all_done_check_reads_the_index_alone(unanalysed):
     before that, it probes the index and reads the rows it finds, never the whole table."""
     from astra.database import queries
 
-    keys = [row[0] for row in _select(unanalysed, "select encode(task_hash, 'hex') from astra.task order by pk")]
+    keys = [row[0] for row in raw_sql(unanalysed, "select encode(task_hash, 'hex') from astra.task order by pk")]
     found = []
     sent = _sent(lambda: found.append(queries.done_hashes(keys)))
     assert len(found[0]) == len(keys) == PLANNED  # bench/scale.py records every task done
@@ -240,16 +240,6 @@ def test_the_all_done_check_reads_the_index_alone(unanalysed):
             assert "Seq Scan" not in plan, plan  # before: probes of the index and a read of each row it finds
             assert ("Index Only Scan using task_task_hash" in plan) == vacuumed, plan
     connection.close()
-
-
-def _select(url: str, sql: str) -> list[tuple]:
-    connection = psycopg2.connect(url)
-    try:
-        cursor = connection.cursor()
-        cursor.execute(sql)
-        return cursor.fetchall()
-    finally:
-        connection.close()
 
 
 def test_the_check_before_a_run_of_an_output_model_probes_an_index(unanalysed):
