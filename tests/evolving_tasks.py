@@ -3,8 +3,9 @@
 
 ``$EVOLVING`` lists what this release changed, separated by commas: ``logg`` (a new nullable column), ``mass`` (a
 new column that may not be null), ``float64`` (the flux arrays become float64), ``renamed`` (a new table name),
-``version2`` (FitStar's version is "2"); ``json`` is a release before FitStar had an output model (its result was
-JSON, with a note for star 2 that the model has no column for).
+``version2`` (FitStar's version is "2"), ``indexed`` (an index on teff), ``unique`` (teff is unique); ``json`` is a
+release before FitStar had an output model (its result was JSON, with a note for star 2 that the model has no
+column for).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ CHANGES = set(os.environ.get("EVOLVING", "").split(","))
 
 
 class Fit(astra.OutputModel):
-    teff = peewee.DoubleField()
+    teff = peewee.DoubleField(index="indexed" in CHANGES, unique="unique" in CHANGES)
     flux = astra.ArrayField("float64" if "float64" in CHANGES else "float32")
     if "logg" in CHANGES:
         logg = peewee.DoubleField(null=True)

@@ -201,3 +201,71 @@ def test_json_results_of_an_earlier_release_are_carried_or_run_again(database_ur
     assert "This progress looks :)" in ran.stdout, ran.stdout
     assert "3 ran successfully" in summary(ran.stdout), ran.stdout  # FitStar 2 again, FitStar 3, CountFits
     assert {row["star"]: row["teff"] for row in rows("")} == {0: 5000.0, 1: 5001.0, 2: 5002.0, 3: 5003.0}
+
+
+def _execute(url: str, statement: str) -> None:
+    """Run ``statement`` without astra and commit it (``astra.`` names the schema on PostgreSQL only)."""
+    import sqlite3
+
+    import psycopg2
+
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url[len("sqlite:///") :])
+        statement = statement.replace("astra.", "")
+    else:
+        connection = psycopg2.connect(url)
+    try:
+        connection.cursor().execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def _teff_indexes(url: str) -> list[tuple]:
+    """(name, unique) of the indexes of evolving_fit on teff alone."""
+    if url.startswith("sqlite:///"):
+        found = [(name, bool(unique)) for _, name, unique, *_ in raw_sql(url, "pragma index_list(evolving_fit)")]
+        return [(name, unique) for name, unique in found
+                if [row[2] for row in raw_sql(url, f"pragma index_info({name})")] == ["teff"]]  # fmt: skip
+    return raw_sql(url, "select c.relname, i.indisunique from pg_index i join pg_class c on c.oid = i.indexrelid "
+                   "where i.indrelid = 'astra.evolving_fit'::regclass and i.indkey::text = "
+                   "(select attnum::text from pg_attribute where attrelid = 'astra.evolving_fit'::regclass "
+                   "and attname = 'teff')")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_index_the_model_gains_is_added_and_a_unique_one_enforced(first_release):
+    url = first_release
+    # index=True: nothing stops (the rows are as right without it), and migrate adds it.
+    assert "This progress looks :)" in luigi("indexed", "FitStar", "--star", "5").stdout
+    added = migrate("indexed")
+    assert added.returncode == 0 and "an index on teff is missing (migrated)" in added.stdout, added.stdout
+    assert _teff_indexes(url) == [("evolving_fit_teff", False)]
+
+    # unique=True: luigi stops until the table refuses what the model refuses.
+    line = luigi_error_line(luigi("unique", "FitStar", "--star", "6"))
+    assert "a unique index on teff is missing" in line and "astra db migrate" in line, line
+    # A row that shares its teff with another: migrate refuses in one line and changes nothing.
+    _execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
+             "select task_pk, teff, flux from astra.evolving_fit where teff = 5001")  # fmt: skip
+    refused = migrate("unique")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        "astra: cannot migrate evolving_fit: a unique index on teff is missing; 2 rows share their values with "
+        "another row: delete the extra rows, or declare Fit.teff without unique=True"
+    )
+    assert _teff_indexes(url) == [("evolving_fit_teff", False)]
+    _execute(url, "delete from astra.evolving_fit where pk = (select max(pk) from astra.evolving_fit)")
+
+    dry = migrate("unique", "--dry-run")
+    assert dry.returncode == 0 and "CREATE UNIQUE INDEX" in dry.stdout, dry.stdout
+    assert _teff_indexes(url) == [("evolving_fit_teff", False)]
+    done = migrate("unique")
+    assert done.returncode == 0 and "a unique index on teff is missing (migrated)" in done.stdout, done.stdout
+    assert _teff_indexes(url) == [("evolving_fit_teff", True)]  # the plain index of the same name replaced
+    assert "nothing to do" in migrate("unique").stdout
+    assert "This progress looks :)" in luigi("unique", "FitStar", "--star", "6").stdout
+    with pytest.raises(Exception, match="(?i)unique"):  # as a new database would, the table refuses a second 5001
+        _execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
+                 "select task_pk, teff, flux from astra.evolving_fit where teff = 5001")  # fmt: skip
+    assert sorted(row["star"] for row in rows("unique")) == [0, 1, 2, 5, 6]

@@ -119,7 +119,7 @@ def changes(
     owned = owners(model) if owned is None else owned
     done = Task.select(Task.pk).where(_of(owned), Task.status == DONE)
     if db.table_exists(table, schema=dialect(db).schema):
-        found = _columns(db, model, table)
+        found = [*_columns(db, model, table), *_indexes(db, model, table)]
         json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
         if json_results.exists():  # one probe of the partial index task_json_result
             found.append(
@@ -147,7 +147,7 @@ def changes(
             f"table {table} is missing and {old} holds the rows of {_names(owned)}: {old} is renamed {table}",
             lambda db: run_operations(dialect(db).migrator(db).rename_table(old, table)),
         )
-        return [rename, *_columns(db, model, old, table)]
+        return [rename, *_columns(db, model, old, table), *_indexes(db, model, old)]
     return [
         Change(f"table {table} is missing", lambda db: db.create_tables([model])),
         Change(
@@ -217,6 +217,58 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
         if not_null:  # new rows could not be inserted without a value for it
             found.append(Change(f"column {column} is not in the model and may not be null", _nullable(target, column)))
     return found
+
+
+def _indexes(db: peewee.Database, model: type[peewee.Model], table: str) -> list[Change]:
+    """The indexes ``model`` declares (``unique=True``, ``index=True``, ``Meta.indexes``) that ``table`` lacks.
+
+    A table made before its model said ``unique=True`` takes rows the model forbids, where a new one refuses them:
+    migrating adds the index, unless rows already break it (only the user can say which to keep). Indexes on
+    expressions, and partial ones, are not compared.
+    """
+    language = dialect(db)
+    have = {index.name: (tuple(index.columns), index.unique) for index in db.get_indexes(table, schema=language.schema)}
+    found = []
+    for index in model._meta.fields_to_index():
+        columns = tuple(getattr(part, "column_name", None) for part in index._expressions)
+        if None in columns or index._where is not None:
+            continue
+        if any(cols == columns and (unique or not index._unique) for cols, unique in have.values()):
+            continue
+        what = f"{'a unique index' if index._unique else 'an index'} on {', '.join(columns)} is missing"
+        shared = _sharing(db, table, columns) if index._unique else 0
+        if shared:
+            fields = ", ".join(f"{model.__name__}.{model._meta.columns[column].name}" for column in columns)
+            refusal = (
+                f"{shared:,} rows share their values with another row: delete the extra rows, or declare {fields} "
+                "without unique=True"
+            )
+            found.append(Change(what, None, refusal=refusal))
+            continue
+        found.append(Change(what, _index(model, index, replaces=index._name in have), stops=index._unique))
+    return found
+
+
+def _sharing(db: peewee.Database, table: str, columns: Sequence[str]) -> int:
+    """How many rows of ``table`` share their values of ``columns`` (none of them null) with another row."""
+    rows = peewee.Table(table, schema=dialect(db).schema)
+    keys = [getattr(rows.c, column) for column in columns]
+    count = peewee.fn.COUNT(peewee.SQL("*"))
+    known = [key.is_null(False) for key in keys]  # a unique index takes any number of rows with a null
+    groups = rows.select(count.alias("n")).where(*known).group_by(*keys).having(count > 1)
+    return db.execute(groups.select_from(peewee.fn.COALESCE(peewee.fn.SUM(groups.c.n), 0))).fetchone()[0]
+
+
+def _index(model: type[peewee.Model], index: peewee.ModelIndex, replaces: bool) -> Callable[[peewee.Database], None]:
+    """Create ``index``; first drop the index of its name that the table has (``replaces``), not unique or on other
+    columns."""
+
+    def apply(db: peewee.Database) -> None:
+        if replaces:
+            run_operations(dialect(db).migrator(db).drop_index(model._meta.table_name, index._name))
+        db.execute(model._schema._create_index(index, safe=False))
+
+    return apply
 
 
 def _add(table: str, field: peewee.Field) -> Callable[[peewee.Database], None]:
