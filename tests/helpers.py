@@ -486,21 +486,35 @@ def using_database(url: str, monkeypatch) -> Iterator[str]:
         reset()
 
 
-def raw_sql(url: str, statement: str) -> list[tuple]:
-    """The rows of ``statement``, run without astra (``astra.`` names the schema on PostgreSQL, nothing on SQLite)."""
+def _raw(url: str, statement: str) -> tuple:
+    """A connection to ``url`` that is not astra's, and ``statement`` for it (``astra.`` names the schema on
+    PostgreSQL, nothing on SQLite)."""
     import sqlite3
 
     import psycopg2
 
     if url.startswith("sqlite:///"):
-        connection = sqlite3.connect(url[len("sqlite:///") :])
-        statement = statement.replace("astra.", "")
-    else:
-        connection = psycopg2.connect(url)
+        return sqlite3.connect(url[len("sqlite:///") :]), statement.replace("astra.", "")
+    return psycopg2.connect(url), statement
+
+
+def raw_sql(url: str, statement: str) -> list[tuple]:
+    """The rows of ``statement``, run without astra (``astra.`` names the schema on PostgreSQL, nothing on SQLite)."""
+    connection, statement = _raw(url, statement)
     try:
         cursor = connection.cursor()
         cursor.execute(statement)
         return cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def raw_execute(url: str, statement: str) -> None:
+    """Run ``statement`` without astra, and commit it (``astra.`` as for :func:`raw_sql`)."""
+    connection, statement = _raw(url, statement)
+    try:
+        connection.cursor().execute(statement)
+        connection.commit()
     finally:
         connection.close()
 

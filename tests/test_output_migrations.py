@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import astra, luigi_error_line, raw_sql, run_luigi, summary
+from tests.helpers import astra, luigi_error_line, raw_execute, raw_sql, run_luigi, summary
 
 MODULE = ("--module", "tests.evolving_tasks")
 
@@ -203,24 +203,6 @@ def test_json_results_of_an_earlier_release_are_carried_or_run_again(database_ur
     assert {row["star"]: row["teff"] for row in rows("")} == {0: 5000.0, 1: 5001.0, 2: 5002.0, 3: 5003.0}
 
 
-def _execute(url: str, statement: str) -> None:
-    """Run ``statement`` without astra and commit it (``astra.`` names the schema on PostgreSQL only)."""
-    import sqlite3
-
-    import psycopg2
-
-    if url.startswith("sqlite:///"):
-        connection = sqlite3.connect(url[len("sqlite:///") :])
-        statement = statement.replace("astra.", "")
-    else:
-        connection = psycopg2.connect(url)
-    try:
-        connection.cursor().execute(statement)
-        connection.commit()
-    finally:
-        connection.close()
-
-
 def _teff_indexes(url: str) -> list[tuple]:
     """(name, unique) of the indexes of evolving_fit on teff alone."""
     if url.startswith("sqlite:///"):
@@ -246,7 +228,7 @@ def test_an_index_the_model_gains_is_added_and_a_unique_one_enforced(first_relea
     line = luigi_error_line(luigi("unique", "FitStar", "--star", "6"))
     assert "a unique index on teff is missing" in line and "astra db migrate" in line, line
     # A row that shares its teff with another: migrate refuses in one line and changes nothing.
-    _execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
+    raw_execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
              "select task_pk, teff, flux from astra.evolving_fit where teff = 5001")  # fmt: skip
     refused = migrate("unique")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
@@ -255,7 +237,7 @@ def test_an_index_the_model_gains_is_added_and_a_unique_one_enforced(first_relea
         "another row: delete the extra rows, or declare Fit.teff without unique=True"
     )
     assert _teff_indexes(url) == [("evolving_fit_teff", False)]
-    _execute(url, "delete from astra.evolving_fit where pk = (select max(pk) from astra.evolving_fit)")
+    raw_execute(url, "delete from astra.evolving_fit where pk = (select max(pk) from astra.evolving_fit)")
 
     dry = migrate("unique", "--dry-run")
     assert dry.returncode == 0 and "CREATE UNIQUE INDEX" in dry.stdout, dry.stdout
@@ -266,6 +248,6 @@ def test_an_index_the_model_gains_is_added_and_a_unique_one_enforced(first_relea
     assert "nothing to do" in migrate("unique").stdout
     assert "This progress looks :)" in luigi("unique", "FitStar", "--star", "6").stdout
     with pytest.raises(Exception, match="(?i)unique"):  # as a new database would, the table refuses a second 5001
-        _execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
+        raw_execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
                  "select task_pk, teff, flux from astra.evolving_fit where teff = 5001")  # fmt: skip
     assert sorted(row["star"] for row in rows("unique")) == [0, 1, 2, 5, 6]
