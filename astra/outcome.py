@@ -131,7 +131,7 @@ def judge_each_run() -> None:
             _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
         summary = _summary(result)
-        if _judge(tasks, _failed(summary), _found_done(summary)) and not _counted(summary):
+        if _judge(tasks, _task_ids(summary, "failed"), _task_ids(summary, "already_done")) and not _counted(summary):
             # luigi saw nothing go wrong (the records changed under it, e.g. a forget meanwhile), so it would exit 0
             # with the requested task not done: exit as for a task left not run.
             raise SystemExit(luigi.retcodes.retcode().not_run)
@@ -149,14 +149,10 @@ def _summary(result: object) -> dict | None:
         return None
 
 
-def _failed(summary: dict | None) -> set[str]:
-    """The task_ids of the tasks the summary says failed."""
-    return {task.task_id for task in summary.get("failed", ())} if summary is not None else set()
-
-
-def _found_done(summary: dict | None) -> set[str]:
-    """The task_ids of the tasks this run found complete when it scheduled them (luigi's "already done")."""
-    return {task.task_id for task in summary.get("already_done", ())} if summary is not None else set()
+def _task_ids(summary: dict | None, kind: str) -> set[str]:
+    """The task_ids of the tasks of one ``kind`` of the summary: ``failed``, or ``already_done`` (found complete when
+    this run scheduled them)."""
+    return {task.task_id for task in summary.get(kind, ())} if summary is not None else set()
 
 
 def _counted(summary: dict | None) -> bool:
