@@ -11,7 +11,10 @@ import os
 import signal
 import socket
 import sys
+import sysconfig
 import threading
+import traceback
+import types
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -305,16 +308,37 @@ def _sigterm_as_ctrl_c() -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def _unknown_task_in_one_line(previous_hook):
-    """``sys.excepthook`` that says in one line that the ``luigi`` command names a task no imported module defines.
+class DefinitionError(TypeError):
+    """A task or output class that astra cannot use, found as the class is defined (e.g. a luigi parameter named
+    ``version``). Raised while luigi imports ``--module``, so the hook below says it in one line."""
 
-    luigi raises TaskClassNotFoundException while it parses its command line, outside any error handling of its
-    own, so a mistyped task name would otherwise end in a traceback. Every other exception goes to the previous hook.
+
+def users_frame(tb: types.TracebackType | None) -> traceback.FrameSummary | None:
+    """The innermost frame of ``tb`` in the user's own code: in no file of astra's, Python's or an installed
+    package's (luigi's script included). None if every frame is in one of those."""
+    libraries = [os.path.dirname(os.path.abspath(__file__))]
+    libraries += [sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")]
+    prefixes = tuple(os.path.join(path, "") for path in libraries if path)
+    ours = [frame for frame in traceback.extract_tb(tb) if not frame.filename.startswith(("<", *prefixes))]
+    return ours[-1] if ours else None
+
+
+def _astra_errors_in_one_line(previous_hook):
+    """``sys.excepthook`` that says in one line what luigi meets before its own error handling starts: a task name
+    no imported module defines, and a class that astra cannot use (:class:`DefinitionError`).
+
+    luigi parses its command line, importing ``--module``, outside any ``try`` of its own, so either would end in a
+    traceback. Every other exception goes to the previous hook.
     """
 
-    def hook(kind, exc, traceback):
+    def hook(kind, exc, tb):
+        if issubclass(kind, DefinitionError):
+            frame = users_frame(tb)
+            where = f"{frame.filename}, line {frame.lineno}: " if frame else ""
+            print(f"astra: {where}{exc}", file=sys.stderr)
+            return None
         if not issubclass(kind, TaskClassNotFoundException):
-            return previous_hook(kind, exc, traceback)
+            return previous_hook(kind, exc, tb)
         first, *candidates = [line.strip() for line in str(exc).splitlines() if line.strip()]
         first = first.split(" Did you mean:")[0].split(" Candidates are:")[0].rstrip(".")  # luigi lists every task
         offer = f" (did you mean {', '.join(candidates[:5])}?)" if candidates and len(candidates) <= 5 else ""
@@ -323,8 +347,9 @@ def _unknown_task_in_one_line(previous_hook):
             "module that defines it",
             file=sys.stderr,
         )
+        return None
 
     return hook
 
 
-sys.excepthook = _unknown_task_in_one_line(sys.excepthook)
+sys.excepthook = _astra_errors_in_one_line(sys.excepthook)

@@ -42,6 +42,7 @@ import luigi
 import peewee
 from luigi.parameter import ParameterVisibility
 
+from astra.config import DefinitionError
 from astra.database import output_tables, text
 from astra.database.connection import database
 from astra.database.dialect import SchemaFromDialect, dialect, of_model
@@ -81,10 +82,10 @@ class ArrayField(peewee.Field):
         self.dtype = np.dtype(dtype)
         if self.dtype.name not in POSTGRES_TYPES:
             known = ", ".join(str(d) for d in POSTGRES_TYPES)
-            raise TypeError(f"astra.ArrayField({self.dtype}): the dtype must be one of {known}")
+            raise DefinitionError(f"astra.ArrayField({self.dtype}): the dtype must be one of {known}")
         self.shape = None if shape is None else tuple(shape)
         if self.shape is not None and not all(n is None or (isinstance(n, int) and n >= 0) for n in self.shape):
-            raise TypeError(f"astra.ArrayField(shape={shape!r}): each length must be a whole number or None")
+            raise DefinitionError(f"astra.ArrayField(shape={shape!r}): each length must be a whole number or None")
         super().__init__(*args, **kwargs)
 
     @property

@@ -45,7 +45,7 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
         super().__init_subclass__(**kwargs)
         for name, meaning in _RESERVED.items():  # luigi leaves the class its Parameter, which astra would read
             if isinstance(getattr(cls, name), luigi.Parameter):
-                raise TypeError(
+                raise config.DefinitionError(
                     f"{cls.__module__}.{cls.__name__}: a luigi parameter named {name!r} takes the place of astra's "
                     f"{meaning}; give the parameter another name"
                 )

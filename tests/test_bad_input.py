@@ -62,3 +62,29 @@ def test_an_unknown_task_is_one_line_not_a_traceback(database_url, name, offer):
         f"astra: luigi knows no task {name}{' ' + offer if offer else ''}; check its name, and that --module names "
         "the module that defines it"
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "says"),
+    [
+        (  # the class statement
+            "class Fit(astra.BaseTask):\n    version = luigi.Parameter()\n",
+            5,
+            "definedbad.Fit: a luigi parameter named 'version' takes the place of astra's task version",
+        ),
+        (  # the field
+            "class Fit(astra.OutputModel):\n    flux = astra.ArrayField('complex64')\n",
+            6,
+            "astra.ArrayField(complex64): the dtype must be one of float32, float64",
+        ),
+    ],
+)
+def test_a_class_astra_cannot_use_is_one_line_naming_its_file_and_line(database_url, tmp_path, body, line, says):
+    (tmp_path / "definedbad.py").write_text(f"import luigi\nimport astra\n\n\n{body}")
+    done = run_luigi(
+        "--module", "definedbad", "Fit", "--local-scheduler",
+        env={"ASTRA_DATABASE_URL": database_url, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode != 0
+    [said] = done.stdout.strip().splitlines()
+    assert said.startswith(f"astra: {tmp_path / 'definedbad.py'}, line {line}: ") and says in said, said

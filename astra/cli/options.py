@@ -128,10 +128,13 @@ def look_where_the_user_is() -> None:
 
 
 def _where_it_failed(exc: Exception) -> str:
-    """``Kind: message (file, line N)`` of an exception raised while a module was imported."""
+    """``Kind: message (file, line N)`` of an exception raised while a module was imported: the line of the user's
+    code that raised it, or that called what raised it."""
     if isinstance(exc, SyntaxError):
         return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    from astra import config  # imports luigi: only when a module fails
+
+    frame = config.users_frame(exc.__traceback__) or traceback.extract_tb(exc.__traceback__)[-1]
     return f"{type(exc).__name__}: {exc} ({frame.filename}, line {frame.lineno})"
 
 
