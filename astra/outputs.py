@@ -374,11 +374,24 @@ def _beyond(field_type: str, value: int | float) -> str | None:
     return f"PostgreSQL's {column}" + (f"; declare a peewee.{wider}" if wider else "")
 
 
+def as_real(value: float) -> float:
+    """``value`` as PostgreSQL's ``real`` (peewee's FloatField) gives it back: rounded to float32, then read from its
+    shortest decimal. SQLite's REAL is a double, which would keep every digit: rounded here, both databases hold
+    the same number (an MJD of 59000.123456789 is 59000.125 on both, not on PostgreSQL alone)."""
+    single = struct.unpack("f", struct.pack("f", value))[0]
+    for digits in range(1, 9):
+        shorter = float(f"{single:.{digits}g}")
+        if struct.pack("f", shorter) == struct.pack("f", single):
+            return shorter
+    return float(f"{single:.9g}")  # 9 digits always give the float32 back
+
+
 def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[dict]:
     """The rows ``result`` stands for: a dict is one row, a list of dicts or ``model`` instances many, None none.
 
     Each row is checked against the model's fields (an unknown name, or a missing value for a column without a
-    default that may not be null, is an error naming the task and field); numpy scalars become Python ones.
+    default that may not be null, is an error naming the task and field); numpy scalars become Python ones, and a
+    FloatField's value the float32 PostgreSQL keeps (:func:`as_real`).
     """
     if result is None:
         return []
@@ -418,6 +431,8 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 trouble = _beyond(field.field_type, value)
                 if trouble is not None:
                     raise ValueError(f"{where}: {model.__name__}.{name}: {value!r} does not fit in {trouble}")
+                if field.field_type == "FLOAT":
+                    value = as_real(value)
             if isinstance(value, float) and math.isnan(value) and not field.null and not dialect(database()).keeps_nan:
                 raise ValueError(
                     f"{where}: {model.__name__}.{name} is NaN, which SQLite stores as NULL, and the column may not "

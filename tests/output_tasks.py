@@ -240,6 +240,10 @@ NARROW_CASES = {
     "masked nothing": {"counts": np.ma.masked_array([1, 2], mask=False)},
     "scalars that fit": {"teff": 3.4e38, "n": np.int64(2**31 - 1), "small": -(2**15), "big": -(2**63)},
     "real too large": {"teff": 1e300},
+    "real rounded": {"teff": 59000.123456789},  # an MJD: float32 keeps it to the minute, on both databases alike
+    "real printed": {"teff": 5777.123456},  # float32 5777.12353515625, printed by PostgreSQL as 5777.1235
+    "real subnormal": {"teff": -1e-40},
+    "real too small": {"teff": 1e-50},
     "integer too large": {"n": np.int64(2**31)},
     "smallint too large": {"small": 2**15},
     "bigint too large": {"big": 2**63},
