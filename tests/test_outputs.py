@@ -22,7 +22,7 @@ from astra.database.queries import transaction
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.helpers import astra as astra_command
-from tests.helpers import run_luigi
+from tests.helpers import raw_execute, raw_sql, run_luigi
 from tests.output_tasks import (
     NARROW_CASES,
     BadOutput,
@@ -94,6 +94,59 @@ def test_many_rows_per_task(outputs_db):
     assert isinstance(read[0], Visit) and read[1] is None
 
 
+def visits_of(star: int) -> list[int]:
+    """The visits of ``star``'s rows in the table, done task or not."""
+    return sorted(row.visit for row in Visit.select().join(Task).where(Task.task_hash == task_hash(star_task(star))))
+
+
+def star_task(star: int) -> MeasureVisits:
+    """A new instance, whose completeness is asked of the database again."""
+    forget_cached()
+    luigi.task_register.Register.clear_instance_cache()
+    return MeasureVisits(star=star)
+
+
+@pytest.mark.parametrize("how", ["some rows", "all rows", "every row of the table"])
+def test_rows_deleted_outside_astra_reopen_their_task_and_luigi_makes_them_again(outputs_db, how):
+    """A task counts as done because it has its outputs: delete its rows by hand, in SQL, and it is not done any
+    more; luigi runs it again and it has all its rows, once. Its neighbours, and astra's own deletes (a task
+    recorded again, a forget), reopen nothing."""
+    assert build(*[MeasureVisits(star=star) for star in (1, 2, 3)])
+    first = {star: record(star_task(star)).pk for star in (1, 2, 3)}
+    deleted = {
+        "some rows": f"DELETE FROM astra.test_visit WHERE task_pk = {first[1]} AND visit = 1",
+        "all rows": f"DELETE FROM astra.test_visit WHERE task_pk IN ({first[1]}, {first[2]})",
+        # PostgreSQL's TRUNCATE fires no DELETE trigger: a trigger of its own; SQLite has no TRUNCATE.
+        "every row of the table": "TRUNCATE astra.test_visit" if is_postgres() else "DELETE FROM test_visit",
+    }[how]
+    raw_execute(outputs_db, deleted)
+
+    reopened = {1, 2, 3} if how == "every row of the table" else {1} if how == "some rows" else {1, 2}
+    for star in (1, 2, 3):
+        task = record(star_task(star))
+        assert (task.status == "done") is (star not in reopened), (star, task.status)
+        assert star_task(star).complete() is (star not in reopened)
+        if star in reopened:
+            assert (
+                task.error.startswith("not complete any more: its rows in ") and "deleted outside astra" in task.error
+            )
+    shown = sorted(int(row.star) for row in astra.results(MeasureVisits))  # parameters as recorded: text
+    assert shown == [star for star in (1, 2, 3) for _ in range(3) if star not in reopened]
+
+    assert build(*[MeasureVisits(star=star) for star in (1, 2, 3)])
+    for star in (1, 2, 3):
+        task = record(star_task(star))
+        assert task.status == "done" and task.pk == first[star], star
+        assert task.attempts == (2 if star in reopened else 1), star
+        assert visits_of(star) == [0, 1, 2], star  # all of them again, none twice
+
+    # astra's own deletes: forgetting a task deletes its rows, and leaves the others done.
+    forgot = astra_command("tasks", "forget", str(first[3]), "--yes", env={"ASTRA_DATABASE_URL": outputs_db})
+    assert forgot.returncode == 0, forgot.stderr
+    assert [record(star_task(star)).status for star in (1, 2)] == ["done", "done"]
+    assert raw_sql(outputs_db, "SELECT count(*) FROM astra.test_visit")[0][0] == 6
+
+
 @pytest.mark.parametrize(
     "what, message",
     [
@@ -157,6 +210,20 @@ def test_a_new_version_leaves_old_rows_with_the_old_task(outputs_db, monkeypatch
     assert [r.task_pk for r in astra.results(MeasureVisits, version="")] == [old.pk]
     with pytest.raises(ValueError, match="not both"):
         astra.results(MeasureVisits, version="2", all_versions=True)
+
+
+def test_a_batch_item_whose_rows_are_deleted_by_hand_is_made_again_by_the_batch(outputs_db):
+    assert build(VisitsBatch(stars=60))  # two chunks
+    gone = record(star_task(55)).pk
+    raw_execute(outputs_db, f"DELETE FROM astra.test_visit WHERE task_pk = {gone} AND visit = 2")
+    assert record(star_task(55)).status == "failed"
+    forget_cached()
+    assert not VisitsBatch(stars=60).complete()
+    assert build(VisitsBatch(stars=60))  # the batch records the item again: its rows are deleted by astra
+    again = record(star_task(55))
+    assert again.status == "done" and again.pk == gone and visits_of(55) == [0, 1, 2]
+    assert Visit.select().count() == 60 * 3
+    assert Task.select().where(Task.status != "done").count() == 0
 
 
 def test_batch_items_get_their_rows_in_one_statement_per_chunk(outputs_db, monkeypatch):
@@ -233,6 +300,7 @@ def test_missing_postgres_table_stops_luigi_with_one_line(postgres_database, tmp
     # The DDL that `astra db sql` prints, fed to psql, creates the tables; then luigi runs.
     ddl = astra_command("db", "sql", "--module", "tests.output_tasks", env=env)
     assert ddl.returncode == 0 and "ON DELETE CASCADE" in ddl.stdout and "REAL[]" in ddl.stdout
+    assert 'CREATE TRIGGER astra_rows_deleted AFTER DELETE ON astra."test_visit"' in ddl.stdout, ddl.stdout
     subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres_database], input=ddl.stdout, text=True, check=True)
     subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres_database], input=ddl.stdout, text=True, check=True)
     ran = run_luigi("--module", "tests.output_tasks", "MeasureVisits", "--star", "1", "--local-scheduler", env=env)

@@ -29,7 +29,7 @@ import peewee
 
 from astra import values
 from astra.database.keys import read, stored
-from astra.database.status import DONE, RUNNING
+from astra.database.status import DONE, FAILED, RUNNING
 
 if TYPE_CHECKING:
     import numpy as np
@@ -451,6 +451,47 @@ class SQLite:
         """The playhouse.migrate operation that gives ``field``'s column its ``declared`` type (SQLite rebuilds
         the table)."""
         return migrator.alter_column_type(table, field.column_name, field)
+
+    # Rows deleted outside astra (by hand, in SQL): their tasks are not complete any more, and run again.
+
+    def rows_trigger(self, table: str) -> list[str]:
+        """The statements that give output table ``table`` its trigger: deleting rows outside astra reopens their
+        done tasks (status failed, saying why). astra's own deletes, of the rows of a task it records again, are
+        made inside :meth:`rewriting`, which the trigger lets be."""
+        return [
+            "CREATE TABLE IF NOT EXISTS astra_rewriting (since REAL)",
+            f'DROP TRIGGER IF EXISTS "{_ROWS_TRIGGER}_{table}"',
+            f'CREATE TRIGGER "{_ROWS_TRIGGER}_{table}" AFTER DELETE ON "{table}" '
+            "WHEN NOT EXISTS (SELECT 1 FROM astra_rewriting) BEGIN "
+            f"UPDATE task SET status = '{FAILED}', traceback = NULL, "
+            f"error = 'not complete any more: its rows in {table} were deleted outside astra' "
+            f"WHERE pk = OLD.task_pk AND status = '{DONE}'; END",
+        ]
+
+    def has_rows_trigger(self, db: peewee.Database, table: str) -> bool:
+        """Whether output table ``table`` has the trigger of :meth:`rows_trigger` (a table made by an earlier
+        release, or rebuilt by a migration on SQLite, has not)."""
+        found = db.execute_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND name LIKE ?",
+            (table, f"{_ROWS_TRIGGER}%"),
+        )
+        return found.fetchone() is not None
+
+    def add_rows_trigger(self, db: peewee.Database, table: str) -> None:
+        """Give output table ``table`` the trigger of :meth:`rows_trigger`, unless it has it."""
+        if not self.has_rows_trigger(db, table):
+            for statement in self.rows_trigger(table):
+                db.execute_sql(statement)
+
+    @contextlib.contextmanager
+    def rewriting(self, db: peewee.Database):
+        """Inside this, in one transaction, astra deletes rows of output tables without reopening their tasks (the
+        rows of a task it records again). SQLite has one writer at a time, and the row said here is never
+        committed: no other connection ever sees it."""
+        with db.atomic():
+            db.execute_sql("INSERT INTO astra_rewriting VALUES (julianday('now'))")
+            yield
+            db.execute_sql("DELETE FROM astra_rewriting")
 
 
 class PostgreSQL(SQLite):
@@ -966,6 +1007,59 @@ class PostgreSQL(SQLite):
     def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
         return migrator.alter_column_type(table, field.column_name, field, cast=f'"{field.column_name}"::{declared}')
 
+    def rows_trigger(self, table: str) -> list[str]:
+        return [
+            _ROWS_DELETED,
+            f'DROP TRIGGER IF EXISTS {_ROWS_TRIGGER} ON astra."{table}"',
+            f'CREATE TRIGGER {_ROWS_TRIGGER} AFTER DELETE ON astra."{table}" REFERENCING OLD TABLE AS old_rows '
+            "FOR EACH STATEMENT EXECUTE FUNCTION astra.output_rows_deleted()",
+            f'DROP TRIGGER IF EXISTS {_ROWS_TRIGGER}_truncate ON astra."{table}"',
+            f'CREATE TRIGGER {_ROWS_TRIGGER}_truncate BEFORE TRUNCATE ON astra."{table}" '
+            "FOR EACH STATEMENT EXECUTE FUNCTION astra.output_rows_deleted()",
+        ]
+
+    def has_rows_trigger(self, db: peewee.Database, table: str) -> bool:
+        found = db.execute_sql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname IN (%s, %s)",
+            (f'astra."{table}"', _ROWS_TRIGGER, f"{_ROWS_TRIGGER}_truncate"),
+        )
+        return found.fetchone()[0] == 2
+
+    @contextlib.contextmanager
+    def rewriting(self, db: peewee.Database):
+        # A setting of this transaction alone (through a pooler too), which the trigger reads.
+        with db.atomic():
+            db.execute_sql("SELECT set_config('astra.rewriting', 'on', true)")
+            yield
+            db.execute_sql("SELECT set_config('astra.rewriting', '', true)")
+
+
+#: The name of the trigger of :meth:`SQLite.rows_trigger` (on SQLite, where names are the database's, with the
+#: table's name after it).
+_ROWS_TRIGGER = "astra_rows_deleted"
+
+#: PostgreSQL's function behind that trigger: the done tasks of the deleted rows (of a statement, or all of a
+#: TRUNCATE) are reopened, each probed by its pk, unless astra itself deletes them (:meth:`PostgreSQL.rewriting`).
+_ROWS_DELETED = f"""
+create or replace function astra.output_rows_deleted() returns trigger language plpgsql as $$
+declare
+    reopened bigint[];
+begin
+    if current_setting('astra.rewriting', true) = 'on' then
+        return null;
+    end if;
+    if tg_op = 'TRUNCATE' then
+        execute 'select array(select distinct task_pk from '
+            || quote_ident(tg_table_schema) || '.' || quote_ident(tg_table_name) || ')' into reopened;
+    else
+        reopened := array(select distinct task_pk from old_rows);
+    end if;
+    update astra.task set status = '{FAILED}', traceback = null,
+        error = 'not complete any more: its rows in ' || tg_table_schema || '.' || tg_table_name
+            || ' were deleted outside astra'
+    where pk = any (reopened) and status = '{DONE}';
+    return null;
+end $$"""
 
 SQLITE, POSTGRESQL = SQLite(), PostgreSQL()
 

@@ -119,7 +119,7 @@ def changes(
     owned = owners(model) if owned is None else owned
     done = Task.select(Task.pk).where(_of(owned), Task.status == DONE)
     if db.table_exists(table, schema=dialect(db).schema):
-        found = [*_columns(db, model, table), *_indexes(db, model, table)]
+        found = [*_columns(db, model, table), *_indexes(db, model, table), *_trigger(db, table)]
         json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
         if json_results.exists():  # one probe of the partial index task_json_result
             found.append(
@@ -131,7 +131,7 @@ def changes(
             )
         return found
     if not done.exists():
-        return [Change(f"table {table} is missing", lambda db: db.create_tables([model]), stops=False)]
+        return [Change(f"table {table} is missing", lambda db: _create(db, model), stops=False)]
     holders = _holders(db, model, owned)
     if len(holders) > 1:
         return [
@@ -147,9 +147,9 @@ def changes(
             f"table {table} is missing and {old} holds the rows of {_names(owned)}: {old} is renamed {table}",
             lambda db: run_operations(dialect(db).migrator(db).rename_table(old, table)),
         )
-        return [rename, *_columns(db, model, old, table), *_indexes(db, model, old)]
+        return [rename, *_columns(db, model, old, table), *_indexes(db, model, old), *_trigger(db, old, table)]
     return [
-        Change(f"table {table} is missing", lambda db: db.create_tables([model])),
+        Change(f"table {table} is missing", lambda db: _create(db, model)),
         Change(
             f"done {_names(owned)} tasks have no rows in it: their JSON results become rows where they fit, the "
             "others run again",
@@ -247,6 +247,21 @@ def _indexes(db: peewee.Database, model: type[peewee.Model], table: str) -> list
             continue
         found.append(Change(what, _index(model, index, replaces=index._name in have), stops=index._unique))
     return found
+
+
+def _trigger(db: peewee.Database, table: str, target: str | None = None) -> list[Change]:
+    """The trigger that reopens a task whose rows are deleted outside astra, if ``table`` lacks it (made by an
+    earlier release); it goes on ``target`` (the table's name once renamed). Without it such a task stays done, as
+    it did before: luigi need not stop."""
+    if dialect(db).has_rows_trigger(db, table):
+        return []
+    what = "the trigger that reopens a task whose rows are deleted outside astra is missing"
+    return [Change(what, lambda db: dialect(db).add_rows_trigger(db, target or table), stops=False)]
+
+
+def _create(db: peewee.Database, model: type[peewee.Model]) -> None:
+    db.create_tables([model])
+    dialect(db).add_rows_trigger(db, model._meta.table_name)
 
 
 def _sharing(db: peewee.Database, table: str, columns: Sequence[str]) -> int:
