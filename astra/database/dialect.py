@@ -479,9 +479,12 @@ class SQLite:
 
     def add_rows_trigger(self, db: peewee.Database, table: str) -> None:
         """Give output table ``table`` the trigger of :meth:`rows_trigger`, unless it has it."""
-        if not self.has_rows_trigger(db, table):
-            for statement in self.rows_trigger(table):
-                db.execute_sql(statement)
+        if self.has_rows_trigger(db, table):  # the usual case, asked without the write lock
+            return
+        with self.atomic(db):  # two processes at once: one adds it, the other then finds it
+            if not self.has_rows_trigger(db, table):
+                for statement in self.rows_trigger(table):
+                    db.execute_sql(statement)
 
     @contextlib.contextmanager
     def rewriting(self, db: peewee.Database):
