@@ -421,6 +421,9 @@ def migrate(
                 done[model] = [change for change in found if allow_loss or not change.lossy]
                 for change in done[model]:
                     change.apply(db)
+                if done[model] and db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+                    # SQLite rebuilds a table to change a column's type, without its trigger.
+                    dialect(db).add_rows_trigger(db, model._meta.table_name)
         if dry_run:
             transaction.rollback()
     return Migrated(done, statements)
