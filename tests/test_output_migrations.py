@@ -306,3 +306,42 @@ def test_a_table_rebuilt_by_a_migration_keeps_its_trigger_for_rows_deleted_by_ha
     assert _rows_triggers(database_url) == (1 if database_url.startswith("sqlite") else 2)
     raw_execute(database_url, "delete from astra.evolving_fit")
     assert done_stars(database_url) == 0
+
+
+def _empty_copy(url: str, table: str, copy: str) -> None:
+    """Make ``copy``, an empty table like ``table`` (as `astra db sql | psql` of a new release would make it)."""
+    if url.startswith("sqlite"):
+        (made,) = raw_sql(url, f"select sql from sqlite_master where type = 'table' and name = '{table}'")[0]
+        raw_execute(url, made.replace(f'"{table}"', f'"{copy}"', 1))
+    else:
+        raw_execute(url, f"create table astra.{copy} (like astra.{table} including all)")
+
+
+@pytest.mark.slow
+def test_a_new_table_name_whose_table_exists_empty_takes_the_old_rows(first_release):
+    """A model's new table_name names a table that exists already, empty (made by hand, or by `astra db sql |
+    psql` of the new release), beside the old one that holds the tasks' rows. luigi stops (the tasks would be done
+    without their rows), and migrate gives the name to the old table. Had the new table rows of its own (another
+    model's), migrate refuses: only the user can merge them."""
+    url = first_release
+    _empty_copy(url, "evolving_fit", "evolving_fit_v2")
+    line = luigi_error_line(luigi("renamed", "FitStar", "--star", "5"))
+    assert "table evolving_fit_v2 exists, but evolving_fit holds the rows of FitStar" in line, line
+    dry = migrate("renamed", "--dry-run")
+    assert dry.returncode == 0 and "the empty evolving_fit_v2 is dropped and evolving_fit renamed" in dry.stdout
+    done = migrate("renamed")
+    assert done.returncode == 0 and "(migrated)" in done.stdout, done.stdout + done.stderr
+    assert "This progress looks :)" in luigi("renamed", "FitStar", "--star", "5").stdout
+    assert sorted(row["star"] for row in rows("renamed")) == [0, 1, 2, 5]
+    assert "1 ran successfully" not in luigi("renamed", "FitStar", "--star", "1").stdout  # still done, with its row
+
+    # Back to the first release's name, whose table now exists with a row of its own.
+    _empty_copy(url, "evolving_fit_v2", "evolving_fit")
+    raw_execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) select task_pk, teff, flux "
+                "from astra.evolving_fit_v2 where teff = 5005")  # fmt: skip
+    refused = migrate("")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        "astra: cannot migrate evolving_fit: table evolving_fit exists, but evolving_fit_v2 holds the rows of "
+        "FitStar; move them into evolving_fit (INSERT INTO ... SELECT), or give Fit back table_name evolving_fit_v2"
+    )

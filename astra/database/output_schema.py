@@ -119,6 +119,9 @@ def changes(
     owned = owners(model) if owned is None else owned
     done = Task.select(Task.pk).where(_of(owned), Task.status == DONE)
     if db.table_exists(table, schema=dialect(db).schema):
+        behind = _left_behind(db, model, owned, table)
+        if behind is not None:
+            return behind
         found = [*_columns(db, model, table), *_indexes(db, model, table), *_trigger(db, table)]
         json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
         if json_results.exists():  # one probe of the partial index task_json_result
@@ -247,6 +250,53 @@ def _indexes(db: peewee.Database, model: type[peewee.Model], table: str) -> list
             continue
         found.append(Change(what, _index(model, index, replaces=index._name in have), stops=index._unique))
     return found
+
+
+def _left_behind(
+    db: peewee.Database, model: type[peewee.Model], owned: Sequence[tuple[str, str]], table: str
+) -> list[Change] | None:
+    """What to do when the rows of ``owned``'s done tasks are in another table than ``table``, ``model``'s, which
+    exists too; None when they are not. Its ``table_name`` was changed to a table made meanwhile (``astra db init``
+    of the new release makes it, empty), or to another model's: the old rows stayed where they were, and the tasks
+    would count as done without them. An empty ``table`` gives way to the old one; a table with rows of its own,
+    only the user can merge.
+
+    Asked of one task, the first the index gives (the oldest, mostly): a few index probes, no look at every row.
+    """
+    language = dialect(db)
+    first = Task.select(Task.pk).where(_of(owned), Task.status == DONE, Task.result.is_null()).limit(1).scalar()
+    if first is None or _holds(db, table, first):
+        return None
+    own = {m._meta.table_name for m in MODELS} | {table}
+    for old in db.get_tables(schema=language.schema):
+        if old in own or "task_pk" not in language.column_types(db, old) or not _holds(db, old, first):
+            continue
+        what = f"table {table} exists, but {old} holds the rows of {_names(owned)}"
+        if _holds(db, table, None):
+            refusal = f"move them into {table} (INSERT INTO ... SELECT), or give {model.__name__} back table_name {old}"
+            return [Change(what, None, refusal=refusal)]
+        replace = Change(f"{what}: the empty {table} is dropped and {old} renamed {table}", _replace(model, old))
+        return [replace, *_columns(db, model, old, table), *_indexes(db, model, old), *_trigger(db, old, table)]
+    return None  # in no table: it made no rows
+
+
+def _replace(model: type[peewee.Model], old: str) -> Callable[[peewee.Database], None]:
+    """Drop ``model``'s (empty) table and give its name to ``old``."""
+
+    def apply(db: peewee.Database) -> None:
+        model.drop_table(safe=False)
+        run_operations(dialect(db).migrator(db).rename_table(old, model._meta.table_name))
+
+    return apply
+
+
+def _holds(db: peewee.Database, table: str, task_pk: int | None) -> bool:
+    """Whether ``table`` holds a row of the task ``task_pk`` (a probe of its task_pk index); of any task: None."""
+    rows = peewee.Table(table, ["task_pk"], schema=dialect(db).schema)
+    query = rows.select(peewee.SQL("1")).limit(1)
+    if task_pk is not None:
+        query = query.where(rows.task_pk == task_pk)
+    return query.bind(db).scalar() is not None
 
 
 def _trigger(db: peewee.Database, table: str, target: str | None = None) -> list[Change]:
