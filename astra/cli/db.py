@@ -11,6 +11,7 @@ from astra.database import (
     DatabaseNotReady,
     create_schema,
     describe,
+    only_reading,
     output_schema,
     output_tables,
     records,
@@ -130,6 +131,7 @@ def status(as_json: bool) -> None:
     On a database of more than a million tasks, numbers above 10,000 are the planner's estimates (counting them
     would read every task), and say so.
     """
+    only_reading()  # a read-only SQLite file does, as a read replica does
     where = describe()
     summary = records.summary()
     if as_json:

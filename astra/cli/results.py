@@ -13,7 +13,7 @@ import click
 from astra import export, identity, outputs
 from astra.cli import formats
 from astra.cli.options import CONTEXT, as_recorded, filter_options, json_option, nothing_matches, task_class
-from astra.database import output_tables, records
+from astra.database import only_reading, output_tables, records
 from astra.database.connection import describe
 from astra.database.models import Task
 from astra.database.queries import chunked, reading
@@ -87,6 +87,7 @@ def results(
       astra results EstimateSNR --plot snr -o snr.png
       astra results EstimateSNR --plot wavelength_min,snr --log y --bins 50 -o snr.png
     """
+    only_reading()  # a read-only SQLite file does, as a read replica does
     if filters.names and set(filters.names) != {name}:
         raise click.UsageError(f"results are those of NAME ({name}); --name cannot ask for others")
     if filters.statuses and set(filters.statuses) != {"done"}:

@@ -12,7 +12,7 @@ from astra import outputs, values
 from astra.cli import formats
 from astra.cli.lazy_group import LazyGroup
 from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches, task_class
-from astra.database import output_tables, records
+from astra.database import only_reading, output_tables, records
 from astra.database.models import Task
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def tasks(ctx: click.Context) -> None:
 @json_option
 def list_tasks(filters: records.Filters, limit: int, as_json: bool) -> None:
     """List recorded tasks, newest first. Exit code 1 when none match."""
+    only_reading()  # a read-only SQLite file does, as a read replica does
     found = records.find(filters, limit)
     parameters = records.parameters_of([task.pk for task in found])
     if as_json:
@@ -94,6 +95,7 @@ def _resolve(ref: str) -> Task:
 @json_option
 def show(ref: str, with_traceback: bool, as_json: bool) -> None:
     """Everything recorded about one task: REF is its pk, its hash (or a unique prefix) or its luigi task_id."""
+    only_reading()  # a read-only SQLite file does, as a read replica does
     task = records.whole(_resolve(ref).pk)  # the only task whose result is loaded
     if task is None:
         raise click.ClickException(f"task {ref!r} was forgotten meanwhile")

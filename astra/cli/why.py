@@ -12,6 +12,7 @@ from astra.batch import BatchTask
 from astra.cli import formats
 from astra.cli.luigi_command_line import task_from_command_line
 from astra.cli.options import CONTEXT, json_option
+from astra.database import only_reading
 
 
 @click.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -29,6 +30,7 @@ def why(module: str | None, as_json: bool, family: str, args: tuple[str, ...]) -
 
     Exit code 0 when the task is done, 1 when luigi would run it. For a batch, it counts the items per status.
     """
+    only_reading()  # a read-only SQLite file does, as a read replica does
     if "--json" in args:  # given after the task, where luigi's parser would reject it
         as_json, args = True, tuple(arg for arg in args if arg != "--json")
     task = task_from_command_line(family, args, module)

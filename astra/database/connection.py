@@ -58,7 +58,8 @@ class ConnectionLostError(DatabaseError):
 
 
 class ReadOnlyDatabaseError(DatabaseError):
-    """A write refused by a read-only PostgreSQL server: a hot standby, or ``default_transaction_read_only``."""
+    """A write refused by a read-only PostgreSQL server (a hot standby, or ``default_transaction_read_only``), or by
+    an SQLite file this process may only read."""
 
 
 class DiskFullError(DatabaseError):
@@ -125,6 +126,11 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
                 f"astra: SQLite database {self.database} could not grow: its disk is full, so nothing of this "
                 "transaction was recorded; free space there, or point ASTRA_DATABASE_URL (or [astra] database_url) "
                 "at a database on another disk"
+            ) from None
+        if "readonly database" in str(exc):  # a command that only reads opened it (see only_reading)
+            raise ReadOnlyDatabaseError(
+                f"astra: SQLite database {self.database} is read-only; record, forget and db init/upgrade/migrate "
+                "where it can be written; results and tasks list/show/why work here"
             ) from None
         if "database is locked" in str(exc):
             raise DatabaseLockedError(
@@ -332,6 +338,7 @@ class Database:
         self.db: peewee.Database | None = None
         self.description = ""
         self.inherited: tuple[peewee.Database, ...] = ()
+        self.reading_only = False  # see only_reading()
 
     def get(self) -> peewee.Database:
         """The database of this process, opened (and, for SQLite, created) on first use."""
@@ -347,7 +354,7 @@ class Database:
         self._let_go()
         self.pid, self.key = pid, key
         config.check_scheduler()
-        db, description = _open(*key, patient=patient)
+        db, description = _open(*key, patient=patient, reading_only=self.reading_only)
         proxy.initialize(db)
         _check_schema(db, description)
         self.db, self.description = db, description
@@ -397,6 +404,13 @@ class Database:
 
 #: The database of this process.
 DATABASE = Database()
+
+
+def only_reading() -> None:
+    """This process only reads the records (``astra results``, ``tasks list``, ``show``, ``why``, ``db status``): an
+    SQLite file it may not write does for it, as a read replica does on PostgreSQL. Any other process stops on
+    such a file as it opens it, before a task computes what it could not record."""
+    DATABASE.reading_only = True
 
 
 def database() -> peewee.Database:
@@ -449,9 +463,11 @@ def is_postgres(db: peewee.Database | None = None) -> bool:
     return dialect(db or database()) is POSTGRESQL
 
 
-def _open(url: str, profile: str, dbname: str, patient: bool = False) -> tuple[peewee.Database, str]:
+def _open(
+    url: str, profile: str, dbname: str, patient: bool = False, reading_only: bool = False
+) -> tuple[peewee.Database, str]:
     if url.startswith("sqlite:///"):
-        return _open_sqlite(url[len("sqlite:///") :])
+        return _open_sqlite(url[len("sqlite:///") :], reading_only)
     if url.startswith(("postgresql://", "postgres://")):
         return _open_postgres_url(url, patient)
     if url:
@@ -460,10 +476,10 @@ def _open(url: str, profile: str, dbname: str, patient: bool = False) -> tuple[p
         )
     if profile:
         return _open_sdssdb_profile(profile, dbname)
-    return _open_sqlite(config.DEFAULT_SQLITE_PATH)
+    return _open_sqlite(config.DEFAULT_SQLITE_PATH, reading_only)
 
 
-def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
+def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database, str]:
     path = os.path.abspath(os.path.expanduser(path))
     description = f"sqlite:///{path}"
     try:
@@ -491,7 +507,8 @@ def _open_sqlite(path: str) -> tuple[peewee.Database, str]:
     except (OSError, peewee.DatabaseError) as exc:
         full = _no_space_left(os.path.dirname(path))  # SQLite says "disk I/O error" when WAL's files cannot grow
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}{full}") from None
-    _check_writable(db, path)
+    if not reading_only:
+        _check_writable(db, path)
     return db, description
 
 
@@ -535,8 +552,9 @@ def _check_writable(db: LockWaitingSqliteDatabase, path: str) -> None:
         if not db.is_closed():
             connection.execute(f"pragma busy_timeout = {_milliseconds(db.lock_timeout)}")
     raise DatabaseNotReady(
-        f"astra: SQLite database {path} is read-only, so luigi could not record finished tasks; make it "
-        "writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file"
+        f"astra: SQLite database {path} is read-only, so nothing could be recorded in it (finished tasks, forget, "
+        "db init); make it writable, or point ASTRA_DATABASE_URL (or [astra] database_url) at another file; "
+        "results and tasks list/show/why read it as it is"
     )
 
 

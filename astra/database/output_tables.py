@@ -15,7 +15,7 @@ import peewee
 from peewee import JOIN
 
 from astra.database import output_schema
-from astra.database.connection import DatabaseNotReady, database, describe
+from astra.database.connection import DatabaseNotReady, ReadOnlyDatabaseError, database, describe
 from astra.database.dialect import POSTGRESQL, dialect
 from astra.database.models import Parameter, Task, TaskParameter
 from astra.database.queries import DONE, chunked
@@ -49,7 +49,10 @@ def ready(model: type[peewee.Model]) -> None:
             )
         db.create_tables([model], safe=True)
     if dialect(db).creates_tables_on_use:  # a table made by an earlier release, or rebuilt by a migration
-        dialect(db).add_rows_trigger(db, model._meta.table_name)
+        try:
+            dialect(db).add_rows_trigger(db, model._meta.table_name)
+        except ReadOnlyDatabaseError:
+            pass  # a command that only reads, on a file it may not write: the next process that records adds it
     known.add(model)
 
 
