@@ -491,7 +491,7 @@ class SQLite:
         """Inside this, in one transaction, astra deletes rows of output tables without reopening their tasks (the
         rows of a task it records again). SQLite has one writer at a time, and the row said here is never
         committed: no other connection ever sees it."""
-        with db.atomic():
+        with self.atomic(db):
             db.execute_sql("INSERT INTO astra_rewriting VALUES (julianday('now'))")
             yield
             db.execute_sql("DELETE FROM astra_rewriting")
@@ -1031,7 +1031,7 @@ class PostgreSQL(SQLite):
     @contextlib.contextmanager
     def rewriting(self, db: peewee.Database):
         # A setting of this transaction alone (through a pooler too), which the trigger reads.
-        with db.atomic():
+        with self.atomic(db):
             db.execute_sql("SELECT set_config('astra.rewriting', 'on', true)")
             yield
             db.execute_sql("SELECT set_config('astra.rewriting', '', true)")

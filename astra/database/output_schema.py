@@ -256,10 +256,10 @@ def _left_behind(
     db: peewee.Database, model: type[peewee.Model], owned: Sequence[tuple[str, str]], table: str
 ) -> list[Change] | None:
     """What to do when the rows of ``owned``'s done tasks are in another table than ``table``, ``model``'s, which
-    exists too; None when they are not. Its ``table_name`` was changed to a table made meanwhile (``astra db init``
-    of the new release makes it, empty), or to another model's: the old rows stayed where they were, and the tasks
-    would count as done without them. An empty ``table`` gives way to the old one; a table with rows of its own,
-    only the user can merge.
+    exists too; None when they are not. Its ``table_name`` was changed to a table made meanwhile (empty: by hand, or
+    by ``astra db sql | psql`` of the new release), or to another model's: the old rows stayed where they were, and
+    the tasks would count as done without them. An empty ``table`` gives way to the old one; a table with rows of
+    its own, only the user can merge.
 
     Asked of one task, the first the index gives (the oldest, mostly): a few index probes, no look at every row.
     """
@@ -472,7 +472,7 @@ def migrate(
                 for change in done[model]:
                     change.apply(db)
                 if done[model] and db.table_exists(model._meta.table_name, schema=dialect(db).schema):
-                    # SQLite rebuilds a table to change a column's type, without its trigger.
+                    # SQLite rebuilds a table to change a column's type or let it be null, without its trigger.
                     dialect(db).add_rows_trigger(db, model._meta.table_name)
         if dry_run:
             transaction.rollback()
