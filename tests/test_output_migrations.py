@@ -28,6 +28,13 @@ def migrate(changes: str, *args: str):
     return astra("db", "migrate", *MODULE, *args, env=release(changes))
 
 
+def refusal(changes: str) -> str:
+    """The one line `astra db migrate` refuses with, changing nothing (exit 1, no traceback)."""
+    refused = migrate(changes)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    return refused.stderr.strip()
+
+
 def rows(changes: str, name: str = "FitStar") -> list[dict]:
     shown = astra("results", name, *MODULE, "--json", env=release(changes))
     assert shown.returncode == 0, shown.stderr
@@ -87,9 +94,7 @@ def _columns(url: str) -> list[tuple]:
 def test_a_column_that_may_not_be_null_is_refused(first_release):
     line = luigi_error_line(luigi("mass", "FitStar", "--star", "5"))
     assert "column mass is missing" in line, line
-    refused = migrate("mass")
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip() == (
+    assert refusal("mass") == (
         "astra: cannot migrate evolving_fit: column mass is missing; the rows it holds need a value: declare "
         "Fit.mass with null=True or a default"
     )
@@ -230,9 +235,7 @@ def test_an_index_the_model_gains_is_added_and_a_unique_one_enforced(first_relea
     # A row that shares its teff with another: migrate refuses in one line and changes nothing.
     raw_execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) "
              "select task_pk, teff, flux from astra.evolving_fit where teff = 5001")  # fmt: skip
-    refused = migrate("unique")
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip() == (
+    assert refusal("unique") == (
         "astra: cannot migrate evolving_fit: a unique index on teff is missing; 2 rows share their values with "
         "another row: delete the extra rows, or declare Fit.teff without unique=True"
     )
@@ -339,9 +342,7 @@ def test_a_new_table_name_whose_table_exists_empty_takes_the_old_rows(first_rele
     _empty_copy(url, "evolving_fit_v2", "evolving_fit")
     raw_execute(url, "insert into astra.evolving_fit (task_pk, teff, flux) select task_pk, teff, flux "
                 "from astra.evolving_fit_v2 where teff = 5005")  # fmt: skip
-    refused = migrate("")
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip() == (
+    assert refusal("") == (
         "astra: cannot migrate evolving_fit: table evolving_fit exists, but evolving_fit_v2 holds the rows of "
         "FitStar; move them into evolving_fit (INSERT INTO ... SELECT), or give Fit back table_name evolving_fit_v2"
     )
