@@ -121,7 +121,8 @@ def ddl(models: Sequence[type[peewee.Model]]) -> list[str]:
                 if params:
                     raise ValueError(f"{model.__name__}: cannot write DDL with parameters ({params!r})")
                 statements.append(sql + ";")
-            statements += [f"{statement};" for statement in POSTGRESQL.rows_trigger(model._meta.table_name)]
+            trigger = [f"{statement};" for statement in POSTGRESQL.rows_trigger(model._meta.table_name)]
+            statements += [statement for statement in trigger if statement not in statements]  # its function once
     return statements
 
 
