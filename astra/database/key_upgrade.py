@@ -197,9 +197,7 @@ def postgresql_swap(db: peewee.Database) -> None:
         db.execute_sql(f"ALTER INDEX astra.{table}_{new} RENAME TO {table}_{column}")
         db.execute_sql(f"ALTER TABLE astra.{table} RENAME CONSTRAINT {table}_{new}_check TO {table}_{column}_check")
     if _method(db, "task_task_id") == "btree":
-        if not _index(db, "task_task_id_hash"):
-            db.execute_sql("DROP INDEX IF EXISTS astra.task_task_id_hash")
-            db.execute_sql("CREATE INDEX task_task_id_hash ON astra.task USING hash (task_id)")
+        _here(db, "task_task_id_hash", "CREATE INDEX task_task_id_hash ON astra.task USING hash (task_id)")
         db.execute_sql("DROP INDEX astra.task_task_id")
         db.execute_sql("ALTER INDEX astra.task_task_id_hash RENAME TO task_task_id")
 
@@ -210,15 +208,24 @@ def _indexes_here(db: peewee.Database, table: str, new: str) -> None:
     for check in (f"{table}_{new}_set", f"{table}_{new}_check"):
         if not _constraint(db, table, check):
             db.execute_sql(f"ALTER TABLE astra.{table} VALIDATE CONSTRAINT {check}")
-    valid = _index(db, f"{table}_{new}")
+    _here(db, f"{table}_{new}", f"CREATE UNIQUE INDEX {table}_{new} ON astra.{table} ({new})")
+
+
+def _here(db: peewee.Database, name: str, create: str) -> None:
+    """``create`` (an index ``name``) in the caller's transaction, unless the preparation built it and it is valid;
+    an invalid one is dropped first. The twin of :func:`_concurrently`, for where that did not run (a pooler)."""
+    valid = _index(db, name)
+    if valid:
+        return
     if valid is False:
-        db.execute_sql(f"DROP INDEX astra.{table}_{new}")
-    if not valid:
-        db.execute_sql(f"CREATE UNIQUE INDEX {table}_{new} ON astra.{table} ({new})")
+        db.execute_sql(f"DROP INDEX astra.{name}")
+    db.execute_sql(create)
 
 
 #: Schema 12's unique index of task_hash, while it is built beside the old one.
 _STATUS_INDEX = "task_task_hash_status"
+#: Its CREATE, given CONCURRENTLY outside a transaction and nothing inside one.
+_STATUS_CREATE = f"CREATE UNIQUE INDEX {{}} {_STATUS_INDEX} ON astra.task (task_hash) INCLUDE (status)"
 
 
 def _holds_status(db: peewee.Database) -> bool:
@@ -232,8 +239,7 @@ def status_index_prepare(db: peewee.Database, say: Callable[[str], None]) -> Non
     if _holds_status(db):
         return
     say("  astra.task: building the index of task_hash again, with the status (astra goes on writing)")
-    create = f"CREATE UNIQUE INDEX CONCURRENTLY {_STATUS_INDEX} ON astra.task (task_hash) INCLUDE (status)"
-    _concurrently(db, _STATUS_INDEX, create)
+    _concurrently(db, _STATUS_INDEX, _STATUS_CREATE.format("CONCURRENTLY"))
 
 
 def status_index_swap(db: peewee.Database) -> None:
@@ -241,10 +247,6 @@ def status_index_swap(db: peewee.Database) -> None:
     preparation did not run, behind a pooler)."""
     if _holds_status(db):
         return
-    valid = _index(db, _STATUS_INDEX)
-    if valid is False:
-        db.execute_sql(f"DROP INDEX astra.{_STATUS_INDEX}")
-    if not valid:
-        db.execute_sql(f"CREATE UNIQUE INDEX {_STATUS_INDEX} ON astra.task (task_hash) INCLUDE (status)")
+    _here(db, _STATUS_INDEX, _STATUS_CREATE.format(""))
     db.execute_sql("DROP INDEX astra.task_task_hash")
     db.execute_sql(f"ALTER INDEX astra.{_STATUS_INDEX} RENAME TO task_task_hash")
