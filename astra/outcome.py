@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
+import types
 import urllib.request
 from urllib.parse import quote, urljoin
 
 import luigi
+import luigi.cmdline_parser
 import luigi.execution_summary
 import luigi.interface
 import luigi.retcodes
@@ -92,6 +95,69 @@ def failures_in_one_line() -> None:
     """In the ``luigi`` command, say a failure astra recorded in one line (see :class:`OneLineFailures`)."""
     if config.luigi_command_arguments() is not None:
         logger.addFilter(OneLineFailures())
+
+
+def bad_values_in_one_line() -> None:
+    """In the ``luigi`` command, a value of the requested task's parameters that does not parse (``--n abc``, on the
+    command line or in luigi.cfg), or a required one left out, stops the command with one line that names it.
+
+    luigi makes the requested task inside the ``try`` of its command (``run_with_retcodes``), which prints a
+    traceback and exits with ``unhandled_exception``: the code for luigi itself failing, when it is the input that is
+    wrong. astra wraps ``CmdlineParser.get_task_obj``, where luigi makes that task, and turns those errors into a
+    ``SystemExit`` with the line (exit code 1, as for a task name luigi does not know). Any other error, e.g. one
+    raised by the user's own ``__init__``, goes on to luigi as before.
+    """
+    parser = luigi.cmdline_parser.CmdlineParser
+    if config.luigi_command_arguments() is None or getattr(parser.get_task_obj, "_astra_parsed", False):
+        return
+    get_task_obj = parser.get_task_obj
+
+    @functools.wraps(get_task_obj)
+    def parsed(self):  # noqa: ANN001, ANN202 -- luigi's
+        try:
+            return get_task_obj(self)
+        except Exception as exc:
+            line = _bad_value(self, exc)
+            if line is None:
+                raise
+            raise SystemExit(line) from None
+
+    parsed._astra_parsed = True
+    parser.get_task_obj = parsed
+
+
+def _bad_value(parser: luigi.cmdline_parser.CmdlineParser, exc: Exception) -> str | None:
+    """One line for ``exc`` if luigi raised it parsing a value of the requested task or finding one missing; None
+    for anything else."""
+    args = parser.known_args
+    family = args.root_task
+    listed = f"luigi --module {args.core_module} {family} --help" if args.core_module else f"luigi {family} --help"
+    if isinstance(exc, luigi.parameter.MissingParameterException):
+        missing = re.search(r"requires the '([^']+)' parameter", str(exc))
+        name = f"--{missing.group(1).replace('_', '-')}" if missing else "a parameter"
+        return f"astra: {family} needs {name}, which has no default ({listed} lists its parameters)"
+    for error in (exc.__cause__, exc):  # luigi re-raises a bad value of luigi.cfg as "Error when parsing the default"
+        where = _parsing(error.__traceback__, args) if error is not None else None
+        if where is not None:
+            problem = f"{type(error).__name__}: {error}"
+            return f"astra: {where}: {problem} (not a value the parameter takes; {listed} lists them)"
+    return None
+
+
+def _parsing(tb: types.TracebackType | None, args: object) -> str | None:
+    """Which value luigi was parsing in the frames of ``tb`` (the innermost such frame), or None."""
+    where = None
+    while tb is not None:
+        code, values = tb.tb_frame.f_code, tb.tb_frame.f_locals
+        if code.co_name == "_get_task_kwargs" and "param_name" in values:
+            name = values["param_name"]
+            where = f"{args.root_task} --{name.replace('_', '-')} {getattr(args, name, '')}"
+        elif code.co_name == "_get_value_from_config" and "section" in values:
+            where = f"[{values['section']}] {values.get('name')} in luigi's configuration"
+        elif code.co_name == "get_param_values" and "param_name" in values and where is None:
+            where = f"{args.root_task}'s parameter {values['param_name']}"
+        tb = tb.tb_next
+    return where
 
 
 def judge_each_run() -> None:

@@ -177,6 +177,7 @@ from astra import config, outcome  # noqa: E402
 
 outcome.default_exit_codes()  # a failed run must not exit 0 (luigi's default) where no luigi.cfg says otherwise
 config.scheduler_from_command_line()  # --scheduler-host beats luigi.cfg's local_scheduler = true
+outcome.bad_values_in_one_line()  # --n abc: one line that names it, not luigi's traceback
 outcome.failures_in_one_line()  # a failed task's error, not its traceback (which its record keeps)
 outcome.judge_each_run()  # the records decide whether the requested task is done; one line if it is not
 if config.luigi_command_arguments() is not None:

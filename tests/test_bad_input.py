@@ -88,3 +88,55 @@ def test_a_class_astra_cannot_use_is_one_line_naming_its_file_and_line(database_
     assert done.returncode != 0
     [said] = done.stdout.strip().splitlines()
     assert said.startswith(f"astra: {tmp_path / 'definedbad.py'}, line {line}: ") and says in said, said
+
+
+PARSED = """import datetime
+import luigi
+import astra
+
+
+class Fit(astra.BaseTask):
+    n = luigi.IntParameter()
+    night = luigi.DateParameter(default=datetime.date(2020, 1, 1))
+    options = luigi.DictParameter(default={})
+
+    def run(self):
+        return {"n": self.n}
+
+
+class Broken(astra.BaseTask):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        raise RuntimeError("a bug of the user's own")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "config", "said"),
+    [
+        (["--n", "abc"], "", "astra: Fit --n abc: ValueError: invalid literal for int() with base 10: 'abc' (not a"),
+        (["--n", "1", "--night", "2020-13-45"], "", "astra: Fit --night 2020-13-45: ValueError: time data "),
+        (["--n", "1", "--options", "{oops"], "", "astra: Fit --options {oops: JSONDecodeError: Expecting property"),
+        ([], "[Fit]\nn = abc\n", "astra: [Fit] n in luigi's configuration: ValueError: invalid literal for int()"),
+        ([], "", "astra: Fit needs --n, which has no default (luigi --module parsedbad Fit --help lists its"),
+    ],
+)
+def test_a_bad_parameter_value_is_one_line_naming_it(database_url, tmp_path, args, config, said):
+    (tmp_path / "parsedbad.py").write_text(PARSED)
+    (tmp_path / "luigi.cfg").write_text(config)
+    env = {"ASTRA_DATABASE_URL": database_url, "PYTHONPATH": str(tmp_path)}
+    env["LUIGI_CONFIG_PATH"] = str(tmp_path / "luigi.cfg")
+    done = run_luigi("--module", "parsedbad", "Fit", *args, "--local-scheduler", env=env)
+    assert done.returncode == 1, done.stdout
+    [line] = done.stdout.strip().splitlines()
+    assert line.startswith(said), line
+    assert Task.select().count() == 0
+
+
+def test_an_error_of_the_tasks_own_making_is_not_the_command_lines(database_url, tmp_path):
+    (tmp_path / "parsedbad.py").write_text(PARSED)
+    env = {"ASTRA_DATABASE_URL": database_url, "PYTHONPATH": str(tmp_path)}
+    broken = run_luigi("--module", "parsedbad", "Broken", "--local-scheduler", env=env)
+    assert broken.returncode == 40 and "RuntimeError: a bug of the user's own" in broken.stdout
+    assert "Traceback" in broken.stdout
