@@ -49,6 +49,13 @@ class BaseTask(luigi.Task, metaclass=creation.TaskRegister):
                     f"{cls.__module__}.{cls.__name__}: a luigi parameter named {name!r} takes the place of astra's "
                     f"{meaning}; give the parameter another name"
                 )
+        version = cls.__dict__.get("version")
+        if isinstance(version, (float, bool)):  # str(1.10) == str(1.1): a bump to 1.10 would find 1.1's records done
+            raise config.DefinitionError(
+                f"{cls.__module__}.{cls.__name__}: version = {version!r} is a {type(version).__name__}, which can "
+                "stay the same when the version changes (1.10 is the float 1.1, so that bump would run nothing "
+                f"again); write it in quotes, as you mean it, e.g. version = '{version!r}'"
+            )
         # luigi calls run() and nothing else. So whatever run() this class resolves to (its own, a mixin's, one
         # inherited through plain classes, or luigi's empty default) is recorded: see astra.recording.
         run = recording.recorded(cls.run)

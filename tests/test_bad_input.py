@@ -72,6 +72,11 @@ def test_an_unknown_task_is_one_line_not_a_traceback(database_url, name, offer):
             5,
             "definedbad.Fit: a luigi parameter named 'version' takes the place of astra's task version",
         ),
+        (  # a float version: bumping 1.1 to 1.10 would change nothing
+            "class Fit(astra.BaseTask):\n    version = 1.10\n",
+            5,
+            "definedbad.Fit: version = 1.1 is a float, which can stay the same when the version changes",
+        ),
         (  # the field
             "class Fit(astra.OutputModel):\n    flux = astra.ArrayField('complex64')\n",
             6,
