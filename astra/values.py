@@ -13,8 +13,9 @@ is written as a one-key object, a *tag*::
                                      {"$dict": {"$date": 1}}
 
 :func:`loads` turns the tags back into Python values. A value that cannot be stored (any other object, a dict key
-that is not a string, a container that contains itself) raises :class:`UnstorableError` naming where it is, e.g.
-``result["fit"]["model"]: cannot store a value of type Model``; the task is then recorded as failed, never done.
+that is not a string or holds NUL, a container that contains itself) raises :class:`UnstorableError` naming where
+it is, e.g. ``result["fit"]["model"]: cannot store a value of type Model``; the task is then recorded as failed,
+never done.
 """
 
 from __future__ import annotations
@@ -225,6 +226,8 @@ def _write_dict(value: Mapping, where: str, out: list[str], open_: set[int]) -> 
             raise UnstorableError(
                 f"{where}: cannot store the dict key {_show(key)} of type {type(key).__name__} (keys must be strings)"
             )
+        if "\x00" in key:  # a value's tag for NUL cannot stand where JSON wants a string
+            raise UnstorableError(f"{where}: cannot store the dict key {_show(key)}: a key cannot hold NUL characters")
         if not first:
             out.append(",")
         first = False

@@ -90,6 +90,7 @@ def test_values_read_back_through_the_luigi_command_line_and_astra_show(database
         ("int_keys", 'result["per_order"]: cannot store the dict key 1 of type int (keys must be strings)'),
         ("cycle", 'result["loop"][1]: cannot store a list that contains itself'),
         ("complex", 'result["z"][1]: cannot store a value of type complex'),
+        ("nul_key", "result[\"fit\"]: cannot store the dict key 'flux\\x00err': a key cannot hold NUL characters"),
     ],
 )
 def test_a_value_that_cannot_be_stored_fails_the_task(database_url, kind, message):

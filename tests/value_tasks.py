@@ -74,6 +74,7 @@ SAMPLES = {
     "int_keys": lambda: {"snr": 1.0, "per_order": {1: 2.0}},
     "cycle": _cycle,
     "complex": lambda: {"z": [1, 1j]},
+    "nul_key": lambda: {"fit": {"flux\x00err": 1.0}},
     "scalar": lambda: np.float64(2.5),
     "huge_int": lambda: {"n": 10**5000},  # more digits than Python writes as text (sys.get_int_max_str_digits)
 }
