@@ -31,9 +31,11 @@ when their task is forgotten (``on delete cascade``). Backend differences live i
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import math
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -374,6 +376,57 @@ def _beyond(field_type: str, value: int | float) -> str | None:
     return f"PostgreSQL's {column}" + (f"; declare a peewee.{wider}" if wider else "")
 
 
+_WHOLE = ("SMALLINT", "INT", "BIGINT")
+_REAL = ("FLOAT", "DOUBLE")
+_TEXT = ("TEXT", "VARCHAR", "CHAR")
+
+
+def _as_column(field: peewee.Field, value: object) -> object:
+    """``value`` as the column of ``field`` keeps it, or ValueError saying why it would not be the same value.
+
+    peewee and the databases convert whatever they are given, each its own way: 1.5 in an IntegerField became 1,
+    "false" in a BooleanField True, a list in a TextField its text; SQLite keeps "abc" in a DoubleField, which
+    PostgreSQL refuses, in the middle of a batch's rows. So a value is taken only as the column holds it. A field
+    with a conversion of its own (``db_value``: an ArrayField, peewee's TimestampField, a user's own) is left to it.
+    """
+    kind = field.field_type
+    if value is None or type(field).db_value is not peewee.Field.db_value:
+        return value
+    if kind in _WHOLE:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float):
+            raise ValueError(f"{value!r} is not a whole number; round it, or declare a peewee.DoubleField")
+    elif kind in _REAL:
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                raise ValueError(f"{value} is beyond the largest double (1.8e308)") from None
+            return value
+        if isinstance(value, float):
+            return value
+    elif kind == "BOOL":
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+    elif kind in _TEXT:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+    elif kind == "DATETIME":
+        if isinstance(value, datetime.datetime):  # without a zone, as PostgreSQL's timestamp keeps it: in UTC
+            return value if value.tzinfo is None else value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    elif kind == "DATE":
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            return value
+    else:
+        return value
+    raise ValueError(f"{value!r:.60} is a {type(value).__name__}, which a peewee.{type(field).__name__} does not hold")
+
+
 def as_real(value: float) -> float:
     """``value`` as PostgreSQL's ``real`` (peewee's FloatField) gives it back: rounded to float32, then read from its
     shortest decimal. SQLite's REAL is a double, which would keep every digit: rounded here, both databases hold
@@ -427,6 +480,12 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
             if numpy is not None and isinstance(value, numpy.generic):
                 value = value.item()
+            try:
+                value = _as_column(field, value)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {model.__name__}.{name}: {exc}") from None
+            if value is None and not field.null:
+                raise ValueError(f"{where}: {model.__name__}.{name} is None, and the column may not be null")
             if isinstance(value, (int, float)) and field.field_type in _LIMITS:
                 trouble = _beyond(field.field_type, value)
                 if trouble is not None:

@@ -256,3 +256,63 @@ class NarrowFit(astra.BaseTask):
 
     def run(self) -> dict:
         return {name: None for name in Narrow._meta.fields if name not in ("pk", "task")} | NARROW_CASES[self.case]
+
+
+class Typed(astra.OutputModel):
+    """A column of each kind peewee converts on its own, each way (1.5 in an integer was 1, "false" a bool True)."""
+
+    n = peewee.IntegerField(null=True)
+    rv = peewee.DoubleField(null=True)
+    flag = peewee.BooleanField(null=True)
+    label = peewee.TextField(null=True)
+    when = peewee.DateTimeField(null=True)
+    kept = peewee.IntegerField(default=0)
+
+    class Meta:
+        table_name = "test_typed"
+
+
+_PLUS_FIVE = datetime.timezone(datetime.timedelta(hours=5))
+
+#: What TypedFit(case=...) returns, and what its row must hold (None: refused, the task fails).
+TYPED_CASES = {
+    "fraction in an integer": ({"n": 1.5}, None),
+    "text in a bool": ({"flag": "false"}, None),
+    "two in a bool": ({"flag": 2}, None),
+    "list in a text": ({"label": [1, 2]}, None),
+    "bytes in a text": ({"label": b"abc"}, None),
+    "text in a double": ({"rv": "abc"}, None),
+    "int beyond a double": ({"rv": 10**400}, None),
+    "date in a datetime": ({"when": datetime.date(2026, 1, 1)}, None),
+    "text in a datetime": ({"when": "not a date"}, None),
+    "None where not null": ({"kept": None}, None),
+    "NaN in an integer": ({"n": float("nan")}, None),
+    "whole float in an integer": ({"n": np.float64(2.0)}, {"n": 2}),
+    "numpy bool": ({"flag": np.bool_(True), "n": np.int32(-3)}, {"flag": True, "n": -3}),
+    "one in a bool": ({"flag": 1}, {"flag": True}),
+    "a path in a text": ({"label": __import__("pathlib").Path("/sdss/spec-1.fits")}, {"label": "/sdss/spec-1.fits"}),
+    "int in a double": ({"rv": 7}, {"rv": 7.0}),
+    "aware time": (  # without a zone, as PostgreSQL's timestamp keeps it: the UTC time, on both databases
+        {"when": datetime.datetime(2026, 1, 1, 12, 30, tzinfo=_PLUS_FIVE)},
+        {"when": datetime.datetime(2026, 1, 1, 7, 30)},
+    ),
+}
+
+
+class TypedFit(astra.BaseTask):
+    output_model = Typed
+    case = luigi.Parameter()
+
+    def run(self) -> dict:
+        return TYPED_CASES[self.case][0]
+
+
+class TypedBatch(BatchTask):
+    item_class = TypedFit
+    cases = luigi.ListParameter()
+
+    def parameter_sets(self):
+        return [{"case": case} for case in self.cases]
+
+    def process(self, chunk: list) -> list:
+        return [TYPED_CASES[item.values["case"]][0] for item in chunk]

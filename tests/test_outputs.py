@@ -25,6 +25,7 @@ from tests.helpers import astra as astra_command
 from tests.helpers import raw_execute, raw_sql, run_luigi
 from tests.output_tasks import (
     NARROW_CASES,
+    TYPED_CASES,
     BadOutput,
     Measure,
     Measurement,
@@ -32,11 +33,14 @@ from tests.output_tasks import (
     Narrow,
     NarrowFit,
     PlainResult,
+    Typed,
+    TypedBatch,
+    TypedFit,
     Visit,
     VisitsBatch,
 )
 
-MODELS = [Measurement, Visit]
+MODELS = [Measurement, Visit, Typed]
 
 
 @pytest.fixture
@@ -469,3 +473,34 @@ def test_a_field_in_the_place_of_astras_columns_stops_with_one_line(database_url
         ran = run_luigi("--module", "tests.clash_tasks", "TakesTaskPk", "--star", "1", "--local-scheduler")
         assert ran.returncode == 1 and wanted in ran.stdout and "Traceback" not in ran.stdout, ran.stdout[-2000:]
         assert Task.select().count() == 0
+
+
+@pytest.mark.parametrize("case", list(TYPED_CASES))
+def test_a_value_is_stored_as_its_column_holds_it_or_refused_naming_the_field(outputs_db, case):
+    """peewee and the databases would convert it each their own way (1.5 in an integer column was 1, "false" in a
+    bool True, a list in a text its repr; SQLite kept "abc" in a double, which PostgreSQL refused)."""
+    given, stored = TYPED_CASES[case]
+    done = build(TypedFit(case=case))
+    if stored is None:
+        assert not done
+        failed = record(TypedFit(case=case))
+        field = next(iter(given))
+        assert failed.status == "failed" and f"TypedFit.run(): Typed.{field}" in failed.error, failed.error
+        assert Typed.select().count() == 0
+        return
+    assert done
+    row = TypedFit(case=case).output().read()
+    for name, value in stored.items():
+        assert getattr(row, name) == value and type(getattr(row, name)) is type(value), (name, getattr(row, name))
+
+
+def test_a_batch_item_whose_value_its_column_cannot_hold_fails_alone(outputs_db):
+    """The conversion failed in the chunk's insert, after every item's rows were checked: the whole chunk lost."""
+    cases = list(TYPED_CASES)
+    refused = [case for case in cases if TYPED_CASES[case][1] is None]
+    with pytest.raises(BatchError, match=f"{len(refused)} of {len(cases)} items failed"):
+        TypedBatch(cases=cases).run()
+    forget_cached()
+    for case in cases:
+        assert record(TypedFit(case=case)).status == ("failed" if case in refused else "done"), case
+    assert Typed.select().count() == len(cases) - len(refused)
