@@ -37,7 +37,7 @@ from luigi.task import flatten
 
 from astra import identity, outputs, tally, values
 from astra.config import settings
-from astra.database import output_tables, queries
+from astra.database import connection, output_tables, queries
 from astra.database.connection import close_thread_connection, retried, sharing
 from astra.executors import executor_for
 from astra.targets import database_targets, known, reopen_if_stale
@@ -81,6 +81,10 @@ def fields(cls: type[luigi.Task], task_id: str, task_hash: str) -> dict:
     }
 
 
+class InputLostError(RuntimeError):
+    """A task this one needed is not recorded done any more (a server crash lost it): this one is not done either."""
+
+
 class Claim:
     """One attempt of this process at one task."""
 
@@ -93,6 +97,8 @@ class Claim:
         #: The ``[astra]`` settings, read once per claim (reading them costs as much as a trivial task's record).
         self.settings = None
         self._started = 0.0
+        #: Lost after this, the connection may have gone with a crash that lost the records of this task's inputs.
+        self._connections_lost = connection.connections_lost
 
     def acquire(self) -> bool:
         """Wait until this process may run the task (True) or another process has finished it (False)."""
@@ -158,6 +164,8 @@ class Claim:
             rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
             output_tables.ready(model)  # before the record: a table that does not fit stops the process
         stored = None if result is None else values.encode(result)
+        if connection.connections_lost != self._connections_lost:
+            self._inputs_still_there()
         requires = identity.required_hashes(self.task)
         durable = (self.settings or settings()).synchronous_commit
         queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable)
@@ -166,6 +174,28 @@ class Claim:
                 output_tables.delete_rows(model, [self.attempt.pk])
             output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
+
+    def _inputs_still_there(self) -> None:
+        """Raise :class:`InputLostError` if an astra task this one needed is not recorded done any more.
+
+        Asked once this process has lost its connection since the claim: done records commit without waiting for
+        the disk (``[astra] synchronous_commit``), so a server crash loses the last ones, which luigi and this
+        process had seen as done when they started this task.
+        """
+        needed = {
+            target.task_hash: str(task) for task in flatten(self.task.requires()) for target in database_targets([task])
+        }
+        needed.update((key, f"a task run() yielded (hash {key[:10]})") for key in self.dynamic if key not in needed)
+        needed.pop(None, None)  # a task whose identity cannot be worked out: luigi has said so
+        done = queries.done_hashes(needed)
+        lost = [name for key, name in needed.items() if key not in done]
+        if lost:
+            more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+            raise InputLostError(
+                f"astra: {lost[0]}{more}, which this task needs, is not recorded done any more: the connection "
+                "to the database was lost while this task ran, and a crash loses the last done records ([astra] "
+                "synchronous_commit); run again, and it is made first"
+            )
 
     @retried
     def finish(self, result: object = None) -> None:

@@ -20,7 +20,7 @@ import peewee
 from luigi.task import flatten
 
 from astra import outputs
-from astra.database import DatabaseError, describe, output_tables, queries
+from astra.database import DatabaseError, connection, describe, output_tables, queries
 from astra.identity import IdentityError, recorded_task_hash, task_hash
 
 
@@ -37,6 +37,7 @@ class Known:
 
     def __init__(self, done: set[str] | None = None) -> None:
         self.done: set[str] = done if done is not None else set()
+        self.connections_lost = connection.connections_lost  # lost one after this: known() starts afresh
         self.not_done: dict[str, float] = {}
         self.unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.created = 0
@@ -60,7 +61,12 @@ _known = Known()
 
 
 def known() -> Known:
-    """This process's :class:`Known`."""
+    """This process's :class:`Known`; a new one once the connection to the server has been lost (a crash may have
+    lost done records this process saw committed, which luigi would otherwise trust: a task would run on an input
+    that is not there)."""
+    global _known
+    if _known.connections_lost != connection.connections_lost:
+        _known = Known()
     return _known
 
 

@@ -33,6 +33,46 @@ class Pauses(astra.BaseTask):
         return {"n": len(astra.targets.read_many(self.input()))}
 
 
+class Crash(luigi.Task):
+    """What a server crash does in the middle of a run: the record of Pause(i), not yet on disk, is gone, and so is
+    every connection (this process's own notices only at its next statement)."""
+
+    i = luigi.IntParameter()
+    marker = luigi.Parameter()
+
+    def requires(self) -> Pause:
+        return Pause(i=self.i)
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(self.marker)
+
+    def run(self) -> None:
+        import psycopg2
+
+        from astra.config import database_url
+
+        admin = psycopg2.connect(database_url())
+        with admin, admin.cursor() as cursor:
+            cursor.execute("delete from astra.task where task_id = %s", (Pause(i=self.i).task_id,))
+            cursor.execute("select pg_terminate_backend(%s)", (database().connection().get_backend_pid(),))
+        admin.close()
+        with self.output().open("w"):
+            pass
+
+
+class After(astra.BaseTask):
+    """Needs Pause(i) done (and Crash, which loses it), and never reads it: only its record says it was there."""
+
+    i = luigi.IntParameter()
+    marker = luigi.Parameter()
+
+    def requires(self) -> list:
+        return [Pause(i=self.i), Crash(i=self.i, marker=self.marker)]
+
+    def run(self) -> dict:
+        return {"after": self.i}
+
+
 class Tally(Model):
     """A table of a task's own, written in one transaction with the task's completion record."""
 

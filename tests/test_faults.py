@@ -14,7 +14,7 @@ from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
-from tests.faults_tasks import Pauses, Tally, WritesTally
+from tests.faults_tasks import After, Pause, Pauses, Tally, WritesTally
 from tests.helpers import (
     POSTGRES_USER,
     background,
@@ -263,3 +263,19 @@ def test_passwords_are_masked_wherever_urls_are_shown():
         "postgresql://u@db/x?sslmode=require&password=***"
     )
     assert mask_password("sqlite:////data/astra.db") == "sqlite:////data/astra.db"
+
+
+def test_a_task_whose_input_a_crash_lost_is_not_recorded_done(postgres_url, tmp_path):
+    """Done records commit without waiting for the disk, so a server crash loses the last ones. In one run, Pause(i=0)
+    is recorded, then the server goes down with its record (Crash), then After(i=0) runs: luigi checked its input
+    from what this process knew, so nothing asked the database again, and After was recorded done on top of it."""
+    marker = str(tmp_path / "crashed")
+    assert not luigi.build([After(i=0, marker=marker)], local_scheduler=True)
+    after = Task.get(Task.task_hash == task_hash(After(i=0, marker=marker)))
+    assert after.status == "failed", after.status
+    assert "Pause(i=0), which this task needs, is not recorded done any more" in after.error, after.error
+
+    forget_cached()
+    assert luigi.build([After(i=0, marker=marker)], local_scheduler=True)  # the input is made first, then the task
+    statuses = [Task.get(Task.task_hash == task_hash(t)).status for t in (Pause(i=0), After(i=0, marker=marker))]
+    assert statuses == ["done", "done"]

@@ -35,6 +35,10 @@ SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
 #: How long a process keeps trying to reopen a lost PostgreSQL connection (e.g. while the server restarts).
 RECONNECT_SECONDS = 60.0
 
+#: How many times this process has lost its PostgreSQL connection. What it learnt before may be gone with the
+#: server: done records commit without waiting for the disk (synchronous_commit off), and a crash loses the last.
+connections_lost = 0
+
 logger = logging.getLogger("luigi-interface")
 
 F = TypeVar("F", bound=Callable)
@@ -252,6 +256,8 @@ class Reconnecting:
 
     def reconnect(self, exc: Exception) -> None:
         """Open a new connection, trying for up to RECONNECT_SECONDS; raise DatabaseError if none opens."""
+        global connections_lost
+        connections_lost += 1
         logger.warning("astra: lost the connection to %s (%s); reconnecting", self.description, self._why(exc))
         deadline = time.monotonic() + RECONNECT_SECONDS
         pause = 0.2
