@@ -605,7 +605,7 @@ def _unrecorded_run(task: luigi.Task) -> object:
 def _row(item: Item, duration: float, result: object) -> dict:
     """The record of one item: done with its result, or failed with the exception it gave (or its result caused)."""
     row = {
-        **fields(item.cls, item.task_id, item.task_hash),  # as a lone task's row has them
+        **fields(item.cls, item.task_id, item.task_hash, item.version),  # as a lone task's row has them
         "parameters": item.parameters,
         "requires": item.requires,
         "duration": duration,

@@ -219,9 +219,15 @@ def _layout(cls: type[luigi.Task]) -> _Layout:
     return layout
 
 
-def task_version(task: luigi.Task) -> str:
-    """The ``version`` string a task class declares ('' when it declares none)."""
+def task_version(task: luigi.Task | type[luigi.Task]) -> str:
+    """The ``version`` string of a task ('' when it has none): its class's, or its own (a property, or set in
+    ``__init__``)."""
     return str(getattr(task, "version", "") or "")
+
+
+def class_version(cls: type[luigi.Task]) -> str | None:
+    """The version a class gives all its tasks; None if each task works its own out (a ``version`` property)."""
+    return task_version(cls) if isinstance(inspect.getattr_static(cls, "version", ""), str) else None
 
 
 class IdentityError(Exception):
@@ -416,6 +422,11 @@ class Item:
         if type(self._parameters) is tuple:
             self._parameters = dict(zip(*self._parameters))
         return self._parameters
+
+    @property
+    def version(self) -> str:
+        """The version its hash was worked out with: the task's own if it was made, else its class's."""
+        return task_version(self._task if self._task is not None else self.cls)
 
     @property
     def task(self) -> luigi.Task:

@@ -49,7 +49,7 @@ from astra.database import output_tables, text
 from astra.database.connection import database
 from astra.database.dialect import SchemaFromDialect, dialect, of_model
 from astra.database.models import Task, proxy
-from astra.identity import canonical_value, task_hash, task_version
+from astra.identity import canonical_value, class_version, task_hash
 from astra.values import imported_numpy
 
 if TYPE_CHECKING:
@@ -537,7 +537,8 @@ def results(
     if version is not None and all_versions:
         raise ValueError("results(): give version or all_versions=True, not both")
     if version is None and tasks is None and not all_versions:
-        version = task_version(task_class)
+        version = class_version(task_class)
+        all_versions = version is None  # each task works its version out (a property): no one version to pick
     model = output_model(task_class)
     if model is None:
         raise TypeError(f"{task_class.get_task_family()} has no output_model; read its results with read_many()")

@@ -69,14 +69,15 @@ def recorded_failure(exc: BaseException) -> tuple[int, str] | None:
     return getattr(exc, "_astra_failure", None)
 
 
-def fields(cls: type[luigi.Task], task_id: str, task_hash: str) -> dict:
-    """The identity columns of a task's row: the same for a task run alone and for a batch item."""
+def fields(cls: type[luigi.Task], task_id: str, task_hash: str, version: str) -> dict:
+    """The identity columns of a task's row: the same for a task run alone and for a batch item. ``version``: the
+    task's own (a property, or set in ``__init__``), which its hash was worked out with."""
     return {
         "task_module": cls.__module__,
         "task_name": cls.get_task_family(),
         "task_id": task_id,
         "task_hash": task_hash,
-        "version": identity.task_version(cls),
+        "version": version,
         "astra_version": __version__,
     }
 
@@ -103,7 +104,7 @@ class Claim:
     def acquire(self) -> bool:
         """Wait until this process may run the task (True) or another process has finished it (False)."""
         task = self.task
-        row = fields(type(task), task.task_id, identity.task_hash(task))
+        row = fields(type(task), task.task_id, identity.task_hash(task), identity.task_version(task))
         params = identity.parameters(task)
         self.settings = settings()
         lease = self.settings.lease

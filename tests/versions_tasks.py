@@ -28,3 +28,24 @@ class Reduce(astra.BaseTask):
 
     def run(self) -> dict:
         return {"calibration": self.input().read()}
+
+
+class Banded(astra.BaseTask):
+    """A version each task works out for itself: the model of its band, named by the environment."""
+
+    band = luigi.Parameter()
+
+    @property
+    def version(self) -> str:
+        return f"{os.environ.get('TEST_BAND_MODEL', 'm1')}-{self.band}"
+
+    def run(self) -> dict:
+        return {"band": self.band}
+
+
+class BandedBatch(astra.BatchTask):
+    item_class = Banded
+    bands = luigi.ListParameter()
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"band": band} for band in self.bands]

@@ -121,7 +121,7 @@ def results(
             [f"--version={task_version}"] if task_version is not None else ["--all-versions"] if all_versions else []
         )
         if task_version is None and not all_versions and cls is not None:
-            task_version = identity.task_version(cls)
+            task_version = identity.class_version(cls)  # None: each task works its own out (every version)
         with reading():  # one snapshot for every statement, the rows written included
             versions = records.versions(filters)
             every = list(versions)
