@@ -57,7 +57,7 @@ from astra import config, outputs, values
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, use_own_connection
 from astra.executors import executor_for
-from astra.identity import Item, items
+from astra.identity import Item, items, task_version
 from astra.recording import fields, run_unrecorded, summarise
 from astra.tasks import BaseTask
 
@@ -105,6 +105,12 @@ class BatchTask(luigi.Task):
     _logged_at = 0.0
     _started = 0.0
     _furthest = (0, 0)
+
+    @property
+    def version(self) -> str:
+        """The version of its items: part of the identity of a task that requires the batch, which bumping it
+        runs again, as it would a task that requires the items themselves."""
+        return task_version(self.item_class)
 
     def parameter_sets(self) -> Iterable[dict]:
         """The items, as keyword arguments of ``item_class`` (a generator is fine: items are streamed)."""

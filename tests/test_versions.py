@@ -89,3 +89,18 @@ def test_a_version_of_the_tasks_own_is_the_one_recorded(database_url, monkeypatc
     shown = astra_many(("results", "Banded", "--module", "tests.versions_tasks", "--json"))[0]
     assert shown.returncode == 0, shown.stderr
     assert sorted(row["version"] for row in json.loads(shown.stdout)) == ["m1-g", "m1-i", "m1-r", "m2-g"]
+
+
+@pytest.mark.slow
+def test_bumping_the_version_of_a_batchs_items_reruns_what_requires_the_batch(database_url):
+    """A task that requires a BatchTask was found done after the items' version was bumped: the batch, a luigi task
+    with no record of its own, had the same identity whatever its items' version."""
+    first = run_luigi("--module", "tests.versions_tasks", "Census", "--local-scheduler")
+    assert "This progress looks :)" in first.stdout, first.stdout
+    bumped = run_luigi(
+        "--module", "tests.versions_tasks", "Census", "--local-scheduler", env={"TEST_MEASURED_VERSION": "2"}
+    )  # fmt: skip
+    assert "2 ran successfully" in bumped.stdout, bumped.stdout  # the batch (its 3 items) and Census
+    census = Task.select().where(Task.task_name == "Census").order_by(Task.pk.desc()).get()
+    assert census.result == {"versions": ["2", "2", "2"]}
+    assert versions().count(("Measured", "2")) == 3 and versions().count(("Census", "")) == 2

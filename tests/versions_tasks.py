@@ -49,3 +49,32 @@ class BandedBatch(astra.BatchTask):
 
     def parameter_sets(self) -> list[dict]:
         return [{"band": band} for band in self.bands]
+
+
+class Measured(astra.BaseTask):
+    version = os.environ.get("TEST_MEASURED_VERSION", "1")
+    star = luigi.IntParameter()
+
+    def run(self) -> dict:
+        return {"star": self.star, "version": self.version}
+
+
+class MeasuredBatch(astra.BatchTask):
+    item_class = Measured
+    stars = luigi.IntParameter(default=3)
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"star": star} for star in range(self.stars)]
+
+
+class Census(astra.BaseTask):
+    """Downstream of a batch: its items' version is part of what it was made from."""
+
+    stars = luigi.IntParameter(default=3)
+
+    def requires(self) -> MeasuredBatch:
+        return MeasuredBatch(stars=self.stars)
+
+    def run(self) -> dict:
+        items = [Measured(star=star).output() for star in range(self.stars)]
+        return {"versions": [row["version"] for row in astra.read_many(items)]}
