@@ -24,7 +24,7 @@ import luigi.interface
 import luigi.retcodes
 
 from astra import config, recording
-from astra.database import connection
+from astra.database import connection, queries
 from astra.targets import completed, database_targets, forget_cached
 
 logger = logging.getLogger("luigi-interface")
@@ -270,8 +270,10 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
     from astra.database import records  # only for a task that is not done: the done check needs none of it
 
     rows = records.recorded(by_hash)
+    elsewhere = sorted(failed - set(tasks))  # e.g. what a run() yielded: luigi saw them, requires() does not name them
     reasons = [
         *_failed_or_running(root, rows, by_hash),
+        *([f"{_named(elsewhere)} failed too (the log above says why)"] if elsewhere else []),
         *_missing_inputs(task for task_id, task in tasks.items() if task_id not in astra_tasks),
     ]
     if not settings.local_scheduler:
@@ -331,9 +333,17 @@ def _failed_or_running(root: luigi.Task, rows: dict, tasks: dict[str, luigi.Task
         who = "it" if tasks[first.task_hash] is root else tasks[first.task_hash]
         also = f"; {len(failed) - 1} more failed" if len(failed) > 1 else ""
         reasons.append(f"{who} failed with {first.error} (astra tasks show --traceback {first.pk}){also}")
+    left = [row for row in running if queries.holder_gone(row)]
+    running = [row for row in running if row not in left]
     if running:
         where = [f"{row.task_id} on {row.host} pid {row.pid}" for row in running]
         reasons.append(f"{len(running)} still running ({_named(where)})")
+    if left:
+        where = [f"{row.task_id} by pid {row.pid}" for row in left]
+        reasons.append(
+            f"{len(left)} left unfinished ({_named(where)}): its run() was waiting for tasks it yielded when the run "
+            "ended, or its process was killed; the next run takes it over"
+        )
     return reasons
 
 

@@ -48,3 +48,22 @@ class YieldsWithFailingCheck(astra.BaseTask):
             raise RuntimeError("the custom completeness check failed")
 
         yield luigi.DynamicRequirements([Leaf(i=1)], complete)
+
+
+class FailingLeaf(astra.BaseTask):
+    def run(self) -> None:
+        raise ValueError("bad leaf")
+
+
+class YieldsAFailure(astra.BaseTask):
+    def run(self):
+        got = yield FailingLeaf()
+        return {"leaf": got.read()}
+
+
+class AboveAYielder(astra.BaseTask):
+    def requires(self) -> YieldsAFailure:
+        return YieldsAFailure()
+
+    def run(self) -> dict:
+        return {"above": True}

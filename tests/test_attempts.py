@@ -56,7 +56,7 @@ def test_a_forgotten_slow_worker_writes_nothing_on_the_row_that_took_its_pk(data
         (tmp_path / "a.release").touch()
         slow.wait()
         # The slow worker's run fails, saying why; the other task's row is untouched.
-        assert "its record was forgotten (astra tasks forget) while it ran" in slow.text(), slow.text()
+        assert "its record is gone: forgotten (astra tasks forget), or lost in a crash" in slow.text(), slow.text()
         assert "1 failed:" in slow.text().split("Execution Summary")[1]
         forget_cached()
         during = row("b", tmp_path)
@@ -83,7 +83,7 @@ def test_a_forgotten_task_run_again_keeps_the_new_attempts_result(database_url, 
         (tmp_path / "same.release").touch()
         first.wait()
         second.wait()
-    assert "its record was forgotten" in first.text() or "no longer this worker's" in first.text(), first.text()
+    assert "its record is gone: forgotten" in first.text() or "no longer this worker's" in first.text(), first.text()
     assert "1 ran successfully" in second.text().split("Execution Summary")[1], second.text()
     forget_cached()
     done = row("same", tmp_path)
@@ -102,7 +102,7 @@ def test_every_write_of_a_lost_attempt_misses_the_row_that_took_its_pk(database_
 
     assert queries.heartbeat(old) is False
     assert queries.fail(old, "RuntimeError: a", "traceback", 1.0) is False
-    with pytest.raises(queries.ClaimLostError, match="its record was forgotten"), queries.transaction():
+    with pytest.raises(queries.ClaimLostError, match="its record is gone: forgotten"), queries.transaction():
         queries.finish(old, '{"made by": "a"}', 1.0, [])
     after = Task.get_by_id(new.pk)
     assert after.__data__ == before.__data__

@@ -16,7 +16,7 @@ from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.dynamic_tasks import Yielder, YieldsAYielder, YieldsBroken, YieldsNonsense, YieldsWithFailingCheck
 from tests.example_tasks import Leaf
-from tests.helpers import REPO, run_luigi, summary
+from tests.helpers import REPO, astra, run_luigi, summary
 from tests.helpers import astra as astra_command
 from workflows.spectra import simulate
 
@@ -139,3 +139,17 @@ def test_a_yielded_broken_task_through_the_luigi_command_line(database_url):
     row = Task.get(Task.task_name == "YieldsBroken")
     assert row.status == "failed" and "BrokenRequires()" in row.error
     assert astra_command("tasks", "list", "--status", "running").stdout.count("YieldsBroken") == 0
+
+
+@pytest.mark.slow
+def test_a_run_whose_yielded_task_failed_ends_saying_so_not_still_running(database_url):
+    """luigi drops run()'s generator to run what it yielded; that failed, so the task was left with its row
+    running under the luigi process's pid. The run ended saying it was "still running" (that process, now gone),
+    and never named the failure; `why` said it was running."""
+    done = run_luigi("--module", "tests.dynamic_tasks", "AboveAYielder", "--local-scheduler")
+    assert done.returncode == 30, done.stdout
+    last = [line for line in done.stdout.splitlines() if "is not done:" in line][-1]
+    assert "still running" not in last, last
+    assert "FailingLeaf__99914b932b failed too" in last and "1 left unfinished (YieldsAFailure__99914b932b" in last
+    why = astra("tasks", "why", "YieldsAFailure", "--module", "tests.dynamic_tasks")
+    assert "YieldsAFailure() was left unfinished" in why.stdout and "that process is gone" in why.stdout, why.stdout

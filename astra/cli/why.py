@@ -12,7 +12,7 @@ from astra.batch import BatchTask
 from astra.cli import formats
 from astra.cli.luigi_command_line import task_from_command_line
 from astra.cli.options import CONTEXT, json_option
-from astra.database import only_reading
+from astra.database import only_reading, queries
 
 
 @click.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -127,6 +127,9 @@ def _print(explanation: explain.Explanation) -> None:
         elif record.status == "done":
             click.echo(f"{name} is done: {where}, completed {formats.time(record.completed)} UTC.")
             click.echo(f"luigi will not run it again; `astra tasks forget {record.pk}` would make it.")
+        elif record.status == "running" and queries.holder_gone(record):
+            click.echo(f"{name} was left unfinished: {where}, attempt {record.attempts}; that process is gone.")
+            click.echo("luigi will run it again (its next run takes the record over).")
         elif record.status == "running":
             click.echo(f"{name} is running: {where}, attempt {record.attempts}.")
             started, heartbeat = formats.time(record.started), formats.time(record.heartbeat)

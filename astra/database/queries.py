@@ -289,7 +289,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
         ]
         if row.status == RUNNING:
             holder_lease = row.lease if row.lease is not None else lease
-            if _holder_died(row):
+            if holder_gone(row):
                 conditions.append(Task.pid == row.pid)
             elif row.silence is not None and row.silence > holder_lease:
                 conditions.append(_silence(db) > holder_lease)
@@ -330,8 +330,9 @@ def _claim_tables(db: peewee.Database) -> tuple[str, ...]:
     return tuple(_table(model, db) for model in (Task, Parameter, TaskParameter, Dependency))
 
 
-def _holder_died(row: _Row) -> bool:
-    """Whether a running claim belongs to a process on this host that no longer runs it."""
+def holder_gone(row: object) -> bool:
+    """Whether a running claim (a row with ``host`` and ``pid``) belongs to a process on this host that no longer
+    runs it."""
     if row.host != socket.gethostname() or row.pid is None:
         return False
     # This very process: it gave the task up earlier (luigi re-runs a task once new dynamic dependencies are done).
@@ -388,7 +389,7 @@ def lost(attempt: Attempt) -> str:
     """Why ``attempt`` no longer holds its row: forgotten, or taken over (by whom)."""
     row = Task.get_or_none(Task.task_hash == attempt.task_hash)
     if row is None:
-        return "its record was forgotten (astra tasks forget) while it ran"
+        return "its record is gone: forgotten (astra tasks forget), or lost in a crash of the database server"
     if row.status == DONE and row.claim_token is None:
         return "a batch recorded the task meanwhile"
     return f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status})"
