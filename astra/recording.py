@@ -98,6 +98,8 @@ class Claim:
         #: The ``[astra]`` settings, read once per claim (reading them costs as much as a trivial task's record).
         self.settings = None
         self._started = 0.0
+        #: Who recorded the task done, when :meth:`acquire` found it so.
+        self.done_by: queries.Holder | None = None
         #: Lost after this, the connection may have gone with a crash that lost the records of this task's inputs.
         self._connections_lost = connection.connections_lost
 
@@ -116,11 +118,7 @@ class Claim:
             if isinstance(got, queries.Attempt):
                 break
             if got.status == queries.DONE:
-                # luigi will count the task as run by this process: say plainly that it was not.
-                tally.count(tally.NOT_RUN)
-                self._status(
-                    f"was not run by this process: {got.host} pid {got.pid} ran it (luigi counts it as run here)"
-                )
+                self.done_by = got
                 return False
             # Say so when the holder changes and once a minute: each message is a request to luigid, too.
             if (got.host, got.pid) != said or time.monotonic() - said_at > 60:
@@ -131,7 +129,9 @@ class Claim:
                     f"taken over after {_lease(got, lease):g} s of silence)"
                 )
             time.sleep(min(1.0, max(0.1, lease / 20)))  # short: a waiting worker holds a luigi slot
-        if got.previous is not None:
+        if got.previous is not None and got.previous.set_aside:
+            logger.debug("astra: %s: taken up again after the tasks its run() yielded", task)
+        elif got.previous is not None:
             was = got.previous
             if was.status == queries.FAILED:
                 why = "it failed"
@@ -145,6 +145,13 @@ class Claim:
         tally.count(tally.RAN)
         self.adopt(got)
         return True
+
+    def not_run_here(self) -> None:
+        """luigi will count the task as run by this process, which found it done (and still done): say plainly that
+        it was not."""
+        tally.count(tally.NOT_RUN)
+        who = self.done_by
+        self._status(f"was not run by this process: {who.host} pid {who.pid} ran it (luigi counts it as run here)")
 
     def adopt(self, attempt: queries.Attempt) -> None:
         """Hold ``attempt`` from now on, heartbeating it (a SLURM job holds what its luigi worker claimed)."""
@@ -228,6 +235,13 @@ class Claim:
             exc._astra_failure = (self.attempt.pk, error)
         except AttributeError:  # an exception class without a __dict__: luigi shows its traceback
             pass
+
+    def set_aside(self) -> None:
+        """luigi dropped run() to run what it yielded: the next claim of the task goes on with this attempt."""
+        try:
+            queries.set_aside(self.attempt)
+        except Exception as exc:  # the next claim takes it over as from a process gone: one attempt more
+            logger.debug("astra: could not set %s aside: %s", self.task, exc)
 
     def release(self) -> None:
         """Stop the heartbeat (once this returns, no beat of this claim is under way)."""
@@ -412,6 +426,7 @@ def _start(task: luigi.Task) -> Claim | None:
     claim = Claim(task)
     while not claim.acquire():
         if not reopen_if_stale(task):  # luigi found it not complete: its dynamic dependencies may have changed
+            claim.not_run_here()
             return None
     task._astra_claim, task._astra_in_run = claim, True
     return claim
@@ -467,7 +482,10 @@ def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
                 steps.close()
                 raise
     except GeneratorExit:
-        _let_go(task, claim)
+        try:
+            claim.set_aside()
+        finally:
+            _let_go(task, claim)
         raise
     except BaseException as exc:
         _end(task, claim, error=exc)

@@ -9,6 +9,7 @@ import json
 import re
 
 import luigi
+import peewee
 import pytest
 
 from astra.database import Dependency, Task
@@ -95,6 +96,14 @@ def test_readme_median_snr_reruns_after_a_version_bump_and_a_cascade(database_ur
 
 
 @pytest.mark.slow
+def attempts() -> dict[str, int]:
+    """The largest ``attempts`` of each task name's records."""
+    return {
+        name: n
+        for name, n in Task.select(Task.task_name, peewee.fn.MAX(Task.attempts)).group_by(Task.task_name).tuples()
+    }
+
+
 def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_url):
     top = YieldsAYielder()
     assert luigi.build([top], local_scheduler=True, log_level="WARNING")
@@ -102,6 +111,8 @@ def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_u
     assert edges_of("Yielder") == [("Leaf", True), ("Leaf", True)]
     forget_cached()
     assert top.complete() and Yielder(n=2).complete()
+    # luigi called each run() twice (before and after what it yielded): one attempt each, not two.
+    assert attempts() == {"YieldsAYielder": 1, "Yielder": 1, "Leaf": 1}
 
     # Forgotten without --cascade, two levels down: both tasks above it are not complete any more.
     leaf = Task.get(Task.task_hash == task_hash(Leaf(i=1)))
@@ -111,8 +122,10 @@ def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_u
     assert not top.complete()
     result = luigi.build([top], local_scheduler=True, detailed_summary=True, log_level="WARNING")
     assert "3 ran successfully" in result.summary_text, result.summary_text
+    assert "run by other workers" not in result.summary_text, result.summary_text  # reopened here, and run here
     forget_cached()
     assert top.complete()
+    assert attempts() == {"YieldsAYielder": 2, "Yielder": 2, "Leaf": 1}
     assert Task.get(Task.task_name == "YieldsAYielder").result == {"inner": {"total": 1}}
 
 

@@ -183,6 +183,8 @@ class Holder:
     silence: float | None  # seconds since its last heartbeat, by the database's clock
     status: str = RUNNING
     lease: float | None = None  # the holder's own [astra] lease; None for rows written before leases were kept
+    #: The holder set the task aside (luigi dropped its run() to run the tasks it yielded; see :func:`set_aside`).
+    set_aside: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,10 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
             if row.linked < len(parameters):  # another process stored one of the parameters at the same moment
                 _record_parameters(row.pk, params)
             return Attempt(row.pk, fields["task_hash"], token, 1)
-        holder = Holder(row.host, row.pid, row.silence, row.status, row.lease)
+        set_aside = row.status == RUNNING and row.claim_token is None
+        holder = Holder(row.host, row.pid, row.silence, row.status, row.lease, set_aside)
+        # Taking up a task set aside goes on with the same attempt (luigi calls run() again, from the top).
+        attempts = row.attempts if set_aside else row.attempts + 1
         if row.status == DONE:
             return holder
         # Compare-and-swap on the holder's token and ``attempts`` (and on the reason for taking over, which may
@@ -311,7 +316,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
                     duration=None,
                     slurm_job_id=None,
                     slurm_node=None,
-                    attempts=row.attempts + 1,
+                    attempts=attempts,
                     error=None,
                     traceback=None,
                     result=None,
@@ -322,7 +327,7 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
                 .execute()
             )
         if taken:
-            return Attempt(row.pk, fields["task_hash"], token, row.attempts + 1, holder)
+            return Attempt(row.pk, fields["task_hash"], token, attempts, holder)
 
 
 def _claim_tables(db: peewee.Database) -> tuple[str, ...]:
@@ -383,6 +388,16 @@ def heartbeat(attempt: Attempt) -> bool:
     with _atomic(db):
         _not_flushed(db)
         return bool(Task.update(heartbeat=_now(db)).where(*_mine(attempt)).execute())
+
+
+@retried
+def set_aside(attempt: Attempt) -> None:
+    """Let go of the attempt's row without an outcome: luigi dropped the task's run() to run the tasks it yielded,
+    and calls it again once they are done. The row stays running, with no claim token: whoever takes it up next
+    (this process, another worker once this one is gone or silent) goes on with the same attempt."""
+    db = database()
+    with _atomic(db):
+        Task.update(claim_token=None).where(*_mine(attempt)).execute()
 
 
 def lost(attempt: Attempt) -> str:
