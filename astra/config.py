@@ -7,6 +7,8 @@ environment (``$ASTRA_DATABASE_URL``), then ``[astra]`` in luigi.cfg, then the d
 from __future__ import annotations
 
 import argparse
+import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -21,6 +23,8 @@ from urllib.parse import urlsplit
 import luigi
 from luigi.cmdline_parser import CmdlineParser
 from luigi.task_register import TaskClassNotFoundException
+
+logger = logging.getLogger("luigi-interface")
 
 #: Environment variable that overrides ``[astra] database_url`` (but not ``--astra-database-url``).
 DATABASE_URL_ENV = "ASTRA_DATABASE_URL"
@@ -69,6 +73,12 @@ class astra(luigi.Config):  # noqa: N801 -- luigi names the config section after
         "transaction mode: nothing may outlive a transaction, so no statement is prepared), session or none (the "
         "session is kept: claims and finishes are prepared once per connection), or auto (the default): "
         "transaction if the server session differs from the one the connection was opened with, as behind pgbouncer",
+    )
+    reconnect_seconds = luigi.FloatParameter(
+        default=60.0,
+        description="seconds a process keeps trying to reopen a lost PostgreSQL connection (the server restarting) "
+        "before the statement fails; once that wait was in vain, the process tries once each time, and the luigi "
+        "run starts no more tasks",
     )
     idle_close = luigi.FloatParameter(
         default=60.0,
@@ -298,6 +308,19 @@ def check_scheduler() -> None:
             f"astra: no luigid answers at {url} ({reason}); start one (luigid --port {port}), or run without "
             "it: add --local-scheduler, or set [core] local_scheduler = true in luigi.cfg"
         ) from None
+
+
+def stop_asking_for_work() -> None:
+    """Tell the luigi worker that runs this task to start no more: the database is gone, and each task would wait
+    for it in vain. luigi's own SIGUSR1 (``Worker.handle_interrupt``): it finishes the tasks under way and the run
+    ends with the rest pending. Sent only where that handler is installed (in the worker, and in the task processes
+    it forks, which inherit it); anywhere else the signal would end the process."""
+    worker = getattr(signal.getsignal(signal.SIGUSR1), "__self__", None)
+    if worker is None or type(worker).__module__ != "luigi.worker":
+        return
+    pid = os.getpid() if multiprocessing.parent_process() is None else os.getppid()
+    logger.error("astra: the database is gone, so this run starts no more tasks")
+    os.kill(pid, signal.SIGUSR1)
 
 
 def _sigterm_as_ctrl_c() -> None:

@@ -239,8 +239,9 @@ def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: 
     if not connection.is_open():
         return []  # the run never got as far as the database (a task of luigi's own): nothing to compare
     try:
-        asked = (unfinished(task, failed) for task in tasks if task.task_id not in found_done)
-        lines = [line for line in asked if line is not None]
+        with connection.trying_once():  # a server gone (the run's tasks waited for it already) must not hold the end
+            asked = (unfinished(task, failed) for task in tasks if task.task_id not in found_done)
+            lines = [line for line in asked if line is not None]
         if not lines:
             codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
             codes.not_run = codes.already_running = 0

@@ -35,10 +35,10 @@ from contextlib import contextmanager
 import luigi
 from luigi.task import flatten
 
-from astra import identity, outputs, tally, values
+from astra import config, identity, outputs, tally, values
 from astra.config import settings
 from astra.database import connection, output_tables, queries
-from astra.database.connection import close_thread_connection, retried, sharing
+from astra.database.connection import DatabaseGoneError, close_thread_connection, retried, sharing
 from astra.executors import executor_for
 from astra.targets import database_targets, known, reopen_if_stale
 from astra.version import __version__
@@ -398,17 +398,21 @@ def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = Fal
     A run that is (or returns) a generator, yielding dynamic dependencies, is followed by :func:`_follow` and
     recorded when it finishes, with the tasks it yielded. ``local``: run here whatever the task's executor.
     """
-    claim = _start(task)
-    if claim is None:
-        return None  # another worker finished it meanwhile
     try:
-        result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
-    except BaseException as exc:
-        _end(task, claim, error=exc)
+        claim = _start(task)
+        if claim is None:
+            return None  # another worker finished it meanwhile
+        try:
+            result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
+        except BaseException as exc:
+            _end(task, claim, error=exc)
+            raise
+        if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
+            return _follow(task, claim, result)
+        _end(task, claim, result)
+    except DatabaseGoneError:
+        config.stop_asking_for_work()
         raise
-    if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
-        return _follow(task, claim, result)
-    _end(task, claim, result)
     return None
 
 

@@ -73,6 +73,25 @@ class After(astra.BaseTask):
         return {"after": self.i}
 
 
+class Slow(astra.BaseTask):
+    """Notes that it started (a file in $SLOW_DIR), then takes a second."""
+
+    i = luigi.IntParameter()
+
+    def run(self) -> dict:
+        with open(os.path.join(os.environ["SLOW_DIR"], f"started-{self.i}"), "w"):
+            pass
+        time.sleep(1.0)
+        return {"i": self.i}
+
+
+class Slows(astra.BaseTask):
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[Slow]:
+        return [Slow(i=i) for i in range(self.n)]
+
+
 class Tally(Model):
     """A table of a task's own, written in one transaction with the task's completion record."""
 

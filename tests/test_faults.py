@@ -17,6 +17,7 @@ from tests.claims_tasks import hold, hold_args, row_of, runners
 from tests.faults_tasks import After, Pause, Pauses, Tally, WritesTally
 from tests.helpers import (
     POSTGRES_USER,
+    Relay,
     background,
     free_port,
     rows_by_path,
@@ -279,3 +280,29 @@ def test_a_task_whose_input_a_crash_lost_is_not_recorded_done(postgres_url, tmp_
     assert luigi.build([After(i=0, marker=marker)], local_scheduler=True)  # the input is made first, then the task
     statuses = [Task.get(Task.task_hash == task_hash(t)).status for t in (Pause(i=0), After(i=0, marker=marker))]
     assert statuses == ["done", "done"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_it(postgres_url, tmp_path, workers):
+    """Each task waited [astra] reconnect_seconds for the server to come back, twice (its record, then its
+    failure), and a forked worker afresh for each: a thousand pending tasks took hours to fail. Now the run starts
+    no more tasks once the server stayed away, and those under way try it once more."""
+    relay = Relay()
+    (tmp_path / "luigi.cfg").write_text("[astra]\nreconnect_seconds = 2\n")
+    env = {
+        "ASTRA_DATABASE_URL": relay.url(postgres_url),
+        "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg"),
+        "SLOW_DIR": str(tmp_path),
+    }
+    args = ["--module", "tests.faults_tasks", "Slows", "--n", "12", "--workers", str(workers), "--local-scheduler"]
+    with background((args, tmp_path / "run.log", env)) as [run]:
+        wait_for(lambda: list(tmp_path.glob("started-*")), what="the first task to start")
+        relay.stop()
+        code = run.wait(timeout=120)
+    output = run.text()
+    assert code == 30, output
+    assert "the database is gone, so this run starts no more tasks" in output, output
+    started = len(list(tmp_path.glob("started-*")))
+    assert started <= 2 * workers, (started, output)  # those under way (and one a worker had asked for), not 12
+    assert "Traceback" not in output.split("===== Luigi Execution Summary =====")[-1]

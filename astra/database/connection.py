@@ -16,7 +16,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,12 +32,14 @@ from astra.version import __version__
 
 SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
 
-#: How long a process keeps trying to reopen a lost PostgreSQL connection (e.g. while the server restarts).
-RECONNECT_SECONDS = 60.0
-
 #: How many times this process has lost its PostgreSQL connection. What it learnt before may be gone with the
 #: server: done records commit without waiting for the disk (synchronous_commit off), and a crash loses the last.
 connections_lost = 0
+
+#: Whether this process waited ``[astra] reconnect_seconds`` for the server in vain: then it tries once, not for a
+#: minute, each time (a run of a thousand tasks would otherwise wait a minute for each, twice: its record, then its
+#: failure).
+_gave_up = False
 
 logger = logging.getLogger("luigi-interface")
 
@@ -55,6 +57,22 @@ class DatabaseNotReady(SystemExit):
 
 class DatabaseError(RuntimeError):
     """A query failed after the database had been opened (e.g. the server restarted and did not come back)."""
+
+
+@contextlib.contextmanager
+def trying_once() -> Iterator[None]:
+    """Inside, a lost connection is tried again once, not for ``[astra] reconnect_seconds``: for what may do
+    without the database (the judgement at the end of a luigi run, whose tasks may have found the server gone)."""
+    global _gave_up
+    before, _gave_up = _gave_up, True
+    try:
+        yield
+    finally:
+        _gave_up = before and _gave_up
+
+
+class DatabaseGoneError(DatabaseError):
+    """The server did not come back within ``[astra] reconnect_seconds``: this process waits for it no more."""
 
 
 class ConnectionLostError(DatabaseError):
@@ -255,23 +273,28 @@ class Reconnecting:
         self.reconnect(exc)
 
     def reconnect(self, exc: Exception) -> None:
-        """Open a new connection, trying for up to RECONNECT_SECONDS; raise DatabaseError if none opens."""
-        global connections_lost
+        """Open a new connection, trying for up to ``[astra] reconnect_seconds``; raise DatabaseGoneError if none
+        opens."""
+        global connections_lost, _gave_up
         connections_lost += 1
         logger.warning("astra: lost the connection to %s (%s); reconnecting", self.description, self._why(exc))
-        deadline = time.monotonic() + RECONNECT_SECONDS
+        window = config.settings().reconnect_seconds
+        deadline = time.monotonic() + (0.0 if _gave_up else window)
         pause = 0.2
         while True:
             try:
                 peewee.Database.connect(self)  # the profile-aware connect() of sdssdb would start from scratch
                 logger.info("astra: reconnected to %s", self.description)
+                _gave_up = False
                 return
             except peewee.OperationalError as error:
                 self._discard()
                 if time.monotonic() + pause > deadline:
-                    raise DatabaseError(
-                        f"astra: lost the connection to {self.description} and could not reconnect within "
-                        f"{RECONNECT_SECONDS:g} s: {self._why(error)}"
+                    waited = "again" if _gave_up else f"within {window:g} s ([astra] reconnect_seconds)"
+                    _gave_up = True
+                    raise DatabaseGoneError(
+                        f"astra: lost the connection to {self.description} and could not reconnect {waited}: "
+                        f"{self._why(error)}"
                     ) from None
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
