@@ -348,13 +348,22 @@ def users_frame(tb: types.TracebackType | None) -> traceback.FrameSummary | None
 
 def _astra_errors_in_one_line(previous_hook):
     """``sys.excepthook`` that says in one line what luigi meets before its own error handling starts: a task name
-    no imported module defines, and a class that astra cannot use (:class:`DefinitionError`).
+    no imported module defines, and a class that astra cannot use (:class:`DefinitionError`); and that the command
+    was stopped, in place of the traceback of the KeyboardInterrupt luigi lets through.
 
     luigi parses its command line, importing ``--module``, outside any ``try`` of its own, so either would end in a
     traceback. Every other exception goes to the previous hook.
     """
 
     def hook(kind, exc, tb):
+        if issubclass(kind, KeyboardInterrupt) and luigi_command_arguments() is not None:
+            # Ctrl-C, or SIGTERM (scancel, kill; see _sigterm_as_ctrl_c): Python still exits with 130.
+            print(
+                "astra: stopped (Ctrl-C or SIGTERM); the tasks it was running are recorded as failed "
+                "(KeyboardInterrupt), and the next run runs them again",
+                file=sys.stderr,
+            )
+            return None
         if issubclass(kind, DefinitionError):
             frame = users_frame(tb)
             where = f"{frame.filename}, line {frame.lineno}: " if frame else ""

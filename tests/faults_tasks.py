@@ -74,14 +74,15 @@ class After(astra.BaseTask):
 
 
 class Slow(astra.BaseTask):
-    """Notes that it started (a file in $SLOW_DIR), then takes a second."""
+    """Notes that it started (a file in $SLOW_DIR), then takes ``seconds``."""
 
     i = luigi.IntParameter()
+    seconds = luigi.FloatParameter(default=1.0)
 
     def run(self) -> dict:
         with open(os.path.join(os.environ["SLOW_DIR"], f"started-{self.i}"), "w"):
             pass
-        time.sleep(1.0)
+        time.sleep(self.seconds)
         return {"i": self.i}
 
 

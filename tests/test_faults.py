@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -14,7 +15,7 @@ from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
-from tests.faults_tasks import After, Pause, Pauses, Tally, WritesTally
+from tests.faults_tasks import After, Pause, Pauses, Slow, Tally, WritesTally
 from tests.helpers import (
     POSTGRES_USER,
     Relay,
@@ -306,3 +307,21 @@ def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_
     started = len(list(tmp_path.glob("started-*")))
     assert started <= 2 * workers, (started, output)  # those under way (and one a worker had asked for), not 12
     assert "Traceback" not in output.split("===== Luigi Execution Summary =====")[-1]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_luigi_command_with_one_line(database_url, tmp_path):
+    """It ended in the traceback of the KeyboardInterrupt that astra makes of SIGTERM (so that luigi stops its
+    workers), an exit code the README did not list."""
+    args = ["--module", "tests.faults_tasks", "Slow", "--i", "0", "--seconds", "60", "--local-scheduler"]
+    env = {"ASTRA_DATABASE_URL": database_url, "SLOW_DIR": str(tmp_path)}
+    with background((args, tmp_path / "run.log", env)) as [run]:
+        wait_for(lambda: (tmp_path / "started-0").exists(), what="the task to start")
+        os.kill(run.pid, signal.SIGTERM)
+        assert run.wait(timeout=60) == -signal.SIGINT  # Python ends itself with SIGINT: a shell shows 130
+    output = run.text()
+    assert "Traceback" not in output, output
+    assert output.strip().splitlines()[-1].startswith("astra: stopped (Ctrl-C or SIGTERM)"), output
+    forget_cached()
+    recorded = Task.get(Task.task_hash == task_hash(Slow(i=0, seconds=60.0)))
+    assert recorded.status == "failed" and "KeyboardInterrupt" in recorded.error
