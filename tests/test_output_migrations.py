@@ -142,6 +142,19 @@ def test_an_array_dtype_widened_then_narrowed(first_release):
 
 
 @pytest.mark.slow
+def test_a_real_widened_to_a_double_keeps_the_values_it_gave(database_url):
+    """PostgreSQL's cast of a real to a double gives the float32's every digit: 5001.1 became 5001.10009765625,
+    a value no task gave (a FloatField holds the float32's shortest decimal, on SQLite as on PostgreSQL)."""
+    made = astra("db", "init", *MODULE, env=release("realteff"))
+    assert made.returncode == 0, made.stderr
+    assert "This progress looks :)" in luigi("realteff", "FitStar", "--star", "1").stdout
+    assert [row["teff"] for row in rows("realteff")] == [5001.1]
+    done = migrate("")
+    assert done.returncode == 0, done.stderr
+    assert [row["teff"] for row in rows("")] == [5001.1]
+
+
+@pytest.mark.slow
 def test_a_renamed_table_keeps_its_rows_and_downstream_counts_them(first_release):
     url = first_release
     line = luigi_error_line(luigi("renamed", "CountFits", "--n", "3"))

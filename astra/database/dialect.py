@@ -1008,7 +1008,12 @@ class PostgreSQL(SQLite):
         pass  # the type change of the column rewrote them
 
     def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
-        return migrator.alter_column_type(table, field.column_name, field, cast=f'"{field.column_name}"::{declared}')
+        column = f'"{field.column_name}"'
+        if declared == "double precision":
+            # Through the text PostgreSQL shows: a real's value is its shortest decimal (astra.outputs.as_real), and
+            # 5001.1 would otherwise become 5001.10009765625. (Arrays keep the float32's value, as numpy does.)
+            column += "::text"
+        return migrator.alter_column_type(table, field.column_name, field, cast=f"{column}::{declared}")
 
     def rows_trigger(self, table: str) -> list[str]:
         return [
