@@ -82,6 +82,11 @@ class OneLineFailures(logging.Filter):
             record.msg = f"{record.msg}: %s (the traceback: astra tasks show --traceback %d)"
             record.args = (*record.args, failure[1], failure[0])
             record.exc_info = record.exc_text = None
+        elif _is_batch_error(error) and isinstance(record.args, tuple):
+            # Each item's failure is recorded, with its traceback; the batch's own says nothing more.
+            record.msg = f"{record.msg}: %s"
+            record.args = (*record.args, error)
+            record.exc_info = record.exc_text = None
         elif isinstance(error, connection.DatabaseError) and isinstance(record.args, tuple):
             # astra's own database errors (e.g. an SQLite lock held past sqlite_lock_timeout before the task could
             # be claimed, so nothing recorded) are one line that says what to do: their traceback says no more.
@@ -89,6 +94,12 @@ class OneLineFailures(logging.Filter):
             record.args = (*record.args, type(error).__name__, error)
             record.exc_info = record.exc_text = None
         return True
+
+
+def _is_batch_error(error: BaseException | None) -> bool:
+    from astra.batch import BatchError  # astra.batch imports the tasks, which import this module
+
+    return isinstance(error, BatchError)
 
 
 def failures_in_one_line() -> None:
@@ -265,6 +276,7 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
     if root.complete():
         return None
     tasks = _needed(root)
+    items = getattr(root, "item_class", None)  # a BatchTask (which imports this module): the class of its items
     astra_tasks = {task.task_id: task for task in tasks.values() if database_targets([task])}
     not_done = [task for task, done in zip(astra_tasks.values(), completed(astra_tasks.values())) if not done]
     by_hash = {database_targets([task])[0].task_hash: task for task in not_done}
@@ -285,13 +297,20 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
         unrecorded = [task for task_id, task in tasks.items() if task_id in failed]
         if connection.dialect(db).read_only(db):  # a replica: each task's failure said so above
             reasons.append("the database is read-only, so nothing could be recorded")
+        elif unrecorded == [root] and items is not None:  # a batch: its items are recorded, not the batch
+            reasons.append(
+                f"it failed (the error is above); its items' failures are recorded: astra tasks list --name "
+                f"{items.get_task_family()} --status failed"
+            )
         elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
             who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
             reasons.append(f"{who} failed before astra could record why (the error is above)")
         else:
             reasons.append("luigi left it pending")
     counted = (
-        f" ({len(not_done)} of the {len(astra_tasks)} astra tasks it needs are not done)" if len(tasks) > 2 else ""
+        f" ({len(not_done)} of the {len(astra_tasks)} astra tasks it needs are not done)"
+        if len(tasks) > 2 and items is None  # a batch's items are not among what it requires
+        else ""
     )
     return f"astra: {root} is not done: {'; '.join(reasons)}{counted}"
 

@@ -197,3 +197,20 @@ def test_a_batch_whose_items_grow_is_not_done_in_the_same_process(database_url, 
     assert not batch.complete()
     assert luigi.build([batch], local_scheduler=True) and batch.complete()
     assert Task.select().where(Task.task_name == "MeasureStar", Task.status == "done").count() == 8
+
+
+@pytest.mark.slow
+def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_are(database_url):
+    """The batch's BatchError was a traceback, and the last line said the batch "failed before astra could record
+    why", when every item's failure was recorded."""
+    done = run_luigi(
+        "--module", "tests.batch_tasks", "MeasureStars", "--stars", "5", "--fail-on", "3", "--local-scheduler"
+    )
+    assert done.returncode == 30, done.stdout
+    assert "Traceback" not in done.stdout, done.stdout
+    assert (
+        "failed    MeasureStars(" in done.stdout
+        and "1 of 5 items failed (recorded in astra.task); first:" in done.stdout
+    )
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.endswith("its items' failures are recorded: astra tasks list --name MeasureStar --status failed"), last
