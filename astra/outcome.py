@@ -247,8 +247,16 @@ def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: 
     lines; none if they are done (then luigi's ``not_run`` and ``already_running`` count for nothing). ``failed``:
     the task_ids luigi saw fail; ``found_done``: those this run found complete as it scheduled them, which are not
     asked again (a batch of a million items would be checked twice)."""
-    if not connection.is_open():
-        return []  # the run never got as far as the database (a task of luigi's own): nothing to compare
+    if not connection.is_open():  # the run never got as far as the database: nothing to compare, but
+        lines = [  # a task whose identity cannot be worked out (a requires() loop) never runs, and says so
+            f"astra: {task} is not done: {target.identity_error}"
+            for task in tasks
+            for target in database_targets([task])
+            if target.identity_error is not None
+        ]
+        for line in lines:
+            logger.error(line)
+        return lines
     try:
         with connection.trying_once():  # a server gone (the run's tasks waited for it already) must not hold the end
             asked = (unfinished(task, failed) for task in tasks if task.task_id not in found_done)

@@ -78,3 +78,15 @@ class Siblings(astra.BaseTask):
 class PlainSiblings(PlainTask):
     def requires(self) -> list[luigi.Task]:
         return [NoOutput(), PlainGood(i=3, root=self.root)]
+
+
+class LoopA(astra.BaseTask):
+    """Requires LoopB, which requires it: a task no run can make."""
+
+    def requires(self) -> LoopB:
+        return LoopB()
+
+
+class LoopB(astra.BaseTask):
+    def requires(self) -> LoopA:
+        return LoopA()

@@ -15,7 +15,7 @@ import luigi
 import pytest
 
 from astra.database import Task
-from tests.broken_requires_tasks import Good, PlainSiblings, Siblings
+from tests.broken_requires_tasks import Good, LoopA, PlainSiblings, Siblings
 from tests.helpers import astra as astra_command
 from tests.helpers import run_luigi
 
@@ -58,3 +58,12 @@ def test_a_requirement_whose_output_raises_stops_only_what_depends_on_it(databas
     assert "Good(i=3)" in expected and "NoOutput()" in expected, expected
     assert outcome(with_astra.summary_text) == expected
     assert Good(i=3).complete()
+
+
+@pytest.mark.slow
+def test_a_requires_loop_ends_the_run_saying_so(database_url):
+    """luigi leaves both tasks pending; the run ended without a line of astra's (it had not opened the database)."""
+    done = run_luigi("--module", "tests.broken_requires_tasks", "LoopA", "--local-scheduler")
+    assert done.returncode != 0, done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "ERROR: astra: LoopA() is not done: LoopA() requires itself"
+    assert not LoopA().complete()
