@@ -85,3 +85,27 @@ def test_results_where_takes_values_as_luigi_does(database_url, capsys):
         "real=1": 0, "real=1.0": 0, "real=1e0": 0, "flag=true": 0, "flag=True": 0, "integer=07": 0, "real=1*": 0,
         "real=2": 1, "real=abc": 1, "flag=yes": 1,
     }  # fmt: skip
+
+
+def test_a_where_value_the_parameter_cannot_take_is_said(database_url, capsys):
+    """``--where integer=abc`` said only that no task matched, as if one might have."""
+    from tests.identity_tasks import EveryParameterBase
+
+    assert luigi.build([EveryParameterBase(integer=7)], local_scheduler=True, log_level="WARNING")
+    shown = main(capsys, "results", "EveryParameterBase", "--where", "integer=abc")
+    assert shown.returncode == 1
+    assert "note: --where integer=abc: not a value of EveryParameterBase's integer (invalid literal" in shown.stderr
+
+
+def test_results_of_a_class_its_module_no_longer_has_say_so(database_url, capsys, tmp_path, monkeypatch):
+    """A class renamed since its tasks ran: the line pointed at a note that was not there, and at PYTHONPATH."""
+    (tmp_path / "renamed_mod.py").write_text(
+        "import luigi\nimport astra\n\n\nclass Before(astra.BaseTask):\n    def run(self):\n        return {'x': 1}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import renamed_mod
+
+    assert luigi.build([renamed_mod.Before()], local_scheduler=True, log_level="WARNING")
+    (tmp_path / "renamed_mod.py").write_text("import astra\n")  # the next release: Before is gone
+    shown = astra("results", "Before", env={"PYTHONPATH": str(tmp_path)})
+    assert "note: Before is no task class of renamed_mod (renamed or removed?)" in shown.stderr, shown.stderr

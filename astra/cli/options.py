@@ -176,13 +176,20 @@ def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
 
     from astra.database import records
 
+    where = modules or records.modules_of(name)
     try:
-        import_modules(modules or records.modules_of(name))
+        import_modules(where)
     except click.UsageError as exc:
         say(f"note: {exc.format_message()}; using the recorded JSON results")
+        where = ()  # said already
     try:
         return Register.get_task_cls(name)
     except TaskClassException:
+        if where:  # imported, but the class is not there (any more): renamed or removed since its tasks ran
+            say(
+                f"note: {name} is no task class of {', '.join(where)} (renamed or removed?); using the recorded JSON "
+                "results"
+            )
         return None
 
 
@@ -199,7 +206,10 @@ def as_recorded(cls: type[luigi.Task], where: tuple[tuple[str, str], ...]) -> tu
         if parameter is not None and "*" not in value and "\\" not in value:
             try:
                 value = canonical_value(parameter, parameter.parse(value))
-            except Exception:  # not a value of this parameter: no task has it, as given or otherwise
-                pass
+            except Exception as exc:  # not a value of this parameter: no task has it, as given or otherwise
+                say(
+                    f"note: --where {key}={value}: not a value of {cls.get_task_family()}'s {key} ({exc}), so no task "
+                    "has it"
+                )
         written.append((key, value))
     return tuple(written)
