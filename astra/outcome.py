@@ -128,7 +128,7 @@ def bad_values_in_one_line() -> None:
         try:
             return get_task_obj(self)
         except Exception as exc:
-            line = _bad_value(self, exc)
+            line = bad_value(self, exc)
             if line is None:
                 raise
             raise SystemExit(line) from None
@@ -137,7 +137,7 @@ def bad_values_in_one_line() -> None:
     parser.get_task_obj = parsed
 
 
-def _bad_value(parser: luigi.cmdline_parser.CmdlineParser, exc: Exception) -> str | None:
+def bad_value(parser: luigi.cmdline_parser.CmdlineParser, exc: Exception) -> str | None:
     """One line for ``exc`` if luigi raised it parsing a value of the requested task or finding one missing; None
     for anything else."""
     args = parser.known_args

@@ -126,3 +126,5 @@ def test_why_usage_errors(database_url, capsys):
     assert f"SpectrumFile(path={SPECTRA[0]}) is not an astra task" in one_line_error(external, 2)
     no_family = main(capsys, "tasks", "why")
     assert "Missing argument 'FAMILY'" in one_line_error(no_family, 2)
+    bad_value = main(capsys, "tasks", "why", "EstimateSelectedSNR", "--fiber", "x")  # named, as luigi's line does
+    assert "EstimateSelectedSNR --fiber x: ValueError: invalid literal for int()" in one_line_error(bad_value, 2)

@@ -15,6 +15,7 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 from luigi.task_register import Register, TaskClassException
 
+from astra import outcome
 from astra.cli.options import import_modules, look_where_the_user_is
 from astra.database import records
 
@@ -39,7 +40,7 @@ def task_from_command_line(family: str, args: Sequence[str], module: str | None 
         Register.get_task_cls(family)
     except TaskClassException:
         raise click.UsageError(f"no task class {family!r} is known; give --module to import it") from None
-    errors = io.StringIO()
+    errors, parser = io.StringIO(), None
     try:
         with contextlib.redirect_stderr(errors):
             with CmdlineParser.global_instance([family, *args], allow_override=True) as parser:
@@ -51,4 +52,7 @@ def task_from_command_line(family: str, args: Sequence[str], module: str | None 
         lines = errors.getvalue().strip().splitlines() or [str(exc.code)]
         raise click.UsageError(lines[-1].split("error: ", 1)[-1]) from None
     except (TaskClassException, luigi.parameter.ParameterException, ValueError) as exc:
+        said = outcome.bad_value(parser, exc) if parser is not None else None  # names it, as the luigi command does
+        if said is not None:
+            raise click.UsageError(said.removeprefix("astra: ")) from None
         raise click.UsageError(str(exc).strip().splitlines()[0]) from None
