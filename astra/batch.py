@@ -58,13 +58,13 @@ from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, use_own_connection
 from astra.executors import executor_for
 from astra.identity import Item, items, task_version
-from astra.recording import fields, run_unrecorded, summarise
+from astra.recording import ItemFailuresError, fields, run_unrecorded, summarise
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
 
 
-class BatchError(RuntimeError):
+class BatchError(ItemFailuresError):
     """Some items of a batch failed (each is recorded as failed, with its error, in ``astra.task``)."""
 
 

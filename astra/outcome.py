@@ -82,7 +82,7 @@ class OneLineFailures(logging.Filter):
             record.msg = f"{record.msg}: %s (the traceback: astra tasks show --traceback %d)"
             record.args = (*record.args, failure[1], failure[0])
             record.exc_info = record.exc_text = None
-        elif _is_batch_error(error) and isinstance(record.args, tuple):
+        elif isinstance(error, recording.ItemFailuresError) and isinstance(record.args, tuple):
             # Each item's failure is recorded, with its traceback; the batch's own says nothing more.
             record.msg = f"{record.msg}: %s"
             record.args = (*record.args, error)
@@ -94,12 +94,6 @@ class OneLineFailures(logging.Filter):
             record.args = (*record.args, type(error).__name__, error)
             record.exc_info = record.exc_text = None
         return True
-
-
-def _is_batch_error(error: BaseException | None) -> bool:
-    from astra.batch import BatchError  # astra.batch imports the tasks, which import this module
-
-    return isinstance(error, BatchError)
 
 
 def failures_in_one_line() -> None:
@@ -305,10 +299,10 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
         unrecorded = [task for task_id, task in tasks.items() if task_id in failed]
         if connection.dialect(db).read_only(db):  # a replica: each task's failure said so above
             reasons.append("the database is read-only, so nothing could be recorded")
-        elif unrecorded == [root] and items is not None:  # a batch: its items are recorded, not the batch
+        elif unrecorded == [root] and items is not None:  # a batch: its items have records, the batch none
             reasons.append(
-                f"it failed (the error is above); its items' failures are recorded: astra tasks list --name "
-                f"{items.get_task_family()} --status failed"
+                f"it failed (the error is above); astra tasks list --name {items.get_task_family()} --status failed "
+                "lists the items recorded as failed"
             )
         elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
             who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])

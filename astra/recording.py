@@ -82,6 +82,10 @@ def fields(cls: type[luigi.Task], task_id: str, task_hash: str, version: str) ->
     }
 
 
+class ItemFailuresError(RuntimeError):
+    """Failures each recorded in the row of its own task (a batch's items): what sums them up needs no traceback."""
+
+
 class InputLostError(RuntimeError):
     """A task this one needed is not recorded done any more (a server crash lost it): this one is not done either."""
 

@@ -73,7 +73,7 @@ class After(astra.BaseTask):
         return {"after": self.i}
 
 
-class Slow(astra.BaseTask):
+class Sluggard(astra.BaseTask):
     """Notes that it started (a file in $SLOW_DIR), then takes ``seconds``."""
 
     i = luigi.IntParameter()
@@ -86,11 +86,11 @@ class Slow(astra.BaseTask):
         return {"i": self.i}
 
 
-class Slows(astra.BaseTask):
+class Sluggards(astra.BaseTask):
     n = luigi.IntParameter()
 
-    def requires(self) -> list[Slow]:
-        return [Slow(i=i) for i in range(self.n)]
+    def requires(self) -> list[Sluggard]:
+        return [Sluggard(i=i) for i in range(self.n)]
 
 
 class Tally(Model):

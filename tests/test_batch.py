@@ -213,4 +213,4 @@ def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_ar
         and "1 of 5 items failed (recorded in astra.task); first:" in done.stdout
     )
     last = done.stdout.strip().splitlines()[-1]
-    assert last.endswith("its items' failures are recorded: astra tasks list --name MeasureStar --status failed"), last
+    assert last.endswith("astra tasks list --name MeasureStar --status failed lists the items recorded as failed"), last

@@ -15,7 +15,7 @@ from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
-from tests.faults_tasks import After, Pause, Pauses, Slow, Tally, WritesTally
+from tests.faults_tasks import After, Pause, Pauses, Sluggard, Tally, WritesTally
 from tests.helpers import (
     POSTGRES_USER,
     Relay,
@@ -296,7 +296,7 @@ def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_
         "LUIGI_CONFIG_PATH": str(tmp_path / "luigi.cfg"),
         "SLOW_DIR": str(tmp_path),
     }
-    args = ["--module", "tests.faults_tasks", "Slows", "--n", "12", "--workers", str(workers), "--local-scheduler"]
+    args = ["--module", "tests.faults_tasks", "Sluggards", "--n", "12", "--workers", str(workers), "--local-scheduler"]
     with background((args, tmp_path / "run.log", env)) as [run]:
         wait_for(lambda: list(tmp_path.glob("started-*")), what="the first task to start")
         relay.stop()
@@ -313,7 +313,7 @@ def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_
 def test_sigterm_stops_the_luigi_command_with_one_line(database_url, tmp_path):
     """It ended in the traceback of the KeyboardInterrupt that astra makes of SIGTERM (so that luigi stops its
     workers), an exit code the README did not list."""
-    args = ["--module", "tests.faults_tasks", "Slow", "--i", "0", "--seconds", "60", "--local-scheduler"]
+    args = ["--module", "tests.faults_tasks", "Sluggard", "--i", "0", "--seconds", "60", "--local-scheduler"]
     env = {"ASTRA_DATABASE_URL": database_url, "SLOW_DIR": str(tmp_path)}
     with background((args, tmp_path / "run.log", env)) as [run]:
         wait_for(lambda: (tmp_path / "started-0").exists(), what="the task to start")
@@ -323,5 +323,5 @@ def test_sigterm_stops_the_luigi_command_with_one_line(database_url, tmp_path):
     assert "Traceback" not in output, output
     assert output.strip().splitlines()[-1].startswith("astra: stopped (Ctrl-C or SIGTERM)"), output
     forget_cached()
-    recorded = Task.get(Task.task_hash == task_hash(Slow(i=0, seconds=60.0)))
+    recorded = Task.get(Task.task_hash == task_hash(Sluggard(i=0, seconds=60.0)))
     assert recorded.status == "failed" and "KeyboardInterrupt" in recorded.error

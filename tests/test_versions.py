@@ -98,9 +98,9 @@ def test_bumping_the_version_of_a_batchs_items_reruns_what_requires_the_batch(da
     first = run_luigi("--module", "tests.versions_tasks", "Census", "--local-scheduler")
     assert "This progress looks :)" in first.stdout, first.stdout
     bumped = run_luigi(
-        "--module", "tests.versions_tasks", "Census", "--local-scheduler", env={"TEST_MEASURED_VERSION": "2"}
+        "--module", "tests.versions_tasks", "Census", "--local-scheduler", env={"TEST_PROFILED_VERSION": "2"}
     )  # fmt: skip
     assert "2 ran successfully" in bumped.stdout, bumped.stdout  # the batch (its 3 items) and Census
     census = Task.select().where(Task.task_name == "Census").order_by(Task.pk.desc()).get()
     assert census.result == {"versions": ["2", "2", "2"]}
-    assert versions().count(("Measured", "2")) == 3 and versions().count(("Census", "")) == 2
+    assert versions().count(("Profiled", "2")) == 3 and versions().count(("Census", "")) == 2

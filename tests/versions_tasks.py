@@ -51,16 +51,16 @@ class BandedBatch(astra.BatchTask):
         return [{"band": band} for band in self.bands]
 
 
-class Measured(astra.BaseTask):
-    version = os.environ.get("TEST_MEASURED_VERSION", "1")
+class Profiled(astra.BaseTask):
+    version = os.environ.get("TEST_PROFILED_VERSION", "1")
     star = luigi.IntParameter()
 
     def run(self) -> dict:
         return {"star": self.star, "version": self.version}
 
 
-class MeasuredBatch(astra.BatchTask):
-    item_class = Measured
+class ProfiledBatch(astra.BatchTask):
+    item_class = Profiled
     stars = luigi.IntParameter(default=3)
 
     def parameter_sets(self) -> list[dict]:
@@ -72,9 +72,9 @@ class Census(astra.BaseTask):
 
     stars = luigi.IntParameter(default=3)
 
-    def requires(self) -> MeasuredBatch:
-        return MeasuredBatch(stars=self.stars)
+    def requires(self) -> ProfiledBatch:
+        return ProfiledBatch(stars=self.stars)
 
     def run(self) -> dict:
-        items = [Measured(star=star).output() for star in range(self.stars)]
+        items = [Profiled(star=star).output() for star in range(self.stars)]
         return {"versions": [row["version"] for row in astra.read_many(items)]}
