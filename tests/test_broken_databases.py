@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from astra.database import create_schema
-from tests.helpers import astra, raw_sql, run_luigi
+from tests.helpers import astra, background, raw_sql, run_luigi, wait_for
 
 ESTIMATE = ["--module", "workflows", "EstimateSNR", "--local-scheduler", "--no-lock"]
 #: Another spectrum than EstimateSNR's default.
@@ -127,3 +127,23 @@ def test_an_older_table_layout_stops_luigi_with_one_line(database_url, backend):
     _stops(database_url, "older astra schema", f"{prefix}task.traceback", "astra db upgrade")
     init = astra("db", "init", env={"ASTRA_DATABASE_URL": database_url})  # creating tables does not fix it
     assert init.returncode == 1 and "older astra schema" in init.stderr, init.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_sqlite_file_deleted_mid_run_stops_the_run_rather_than_record_into_nothing(tmp_path, workers):
+    """The process went on writing into the deleted file (and a forked worker made a new, empty one at the path):
+    the run ended with every task done, and nothing recorded anywhere."""
+    path = tmp_path / "run.db"
+    env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}", "SLOW_DIR": str(tmp_path)}
+    args = ["--module", "tests.faults_tasks", "Sluggards", "--n", "4", "--workers", str(workers), "--local-scheduler"]
+    with background((args, tmp_path / "run.log", env)) as [run]:
+        wait_for(lambda: list(tmp_path.glob("started-*")), what="the first task to start")
+        for name in ("run.db", "run.db-wal", "run.db-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                (tmp_path / name).unlink()
+        code = run.wait(timeout=120)
+    output = run.text()
+    assert code != 0, output
+    assert f"SQLite database {path} was deleted or replaced while this run used it" in output, output
+    assert "This progress looks :)" not in output

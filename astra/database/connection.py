@@ -100,8 +100,12 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
     """
 
     lock_timeout = 60.0
+    #: The file this process opened, as (device, inode): a path that names another file now was deleted or replaced.
+    file_id: tuple[int, int] | None = None
 
     def execute_sql(self, sql, params=None):
+        if not self.in_transaction():  # a transaction checked as it began
+            self.check_same_file()
         try:
             return super().execute_sql(sql, params)
         except peewee.OperationalError as exc:
@@ -109,11 +113,18 @@ class LockWaitingSqliteDatabase(peewee.SqliteDatabase):
             raise
 
     def begin(self, *args, **kwargs):
+        self.check_same_file()
         try:
             return super().begin(*args, **kwargs)
         except peewee.OperationalError as exc:
             self._explain(exc)
             raise
+
+    def check_same_file(self) -> None:
+        """Raise DatabaseError if the file was deleted or replaced since this process opened it: SQLite would go on
+        writing into the deleted one, and everything recorded there would go with it, unseen (a run ended done)."""
+        if self.file_id is not None and _file_id(self.database) != self.file_id:
+            raise DatabaseError(_replaced(self.database))
 
     def commit(self):
         try:
@@ -419,6 +430,7 @@ class Database:
         self._let_go()
         self.pid = self.key = None
         self.description = ""
+        _opened_files.clear()  # a file deleted on purpose may be made again
 
     def _let_go(self) -> None:
         """Stop using :attr:`db`: close it if this process opened it, else keep it alive (see the class)."""
@@ -508,9 +520,30 @@ def _open(
     return _open_sqlite(config.DEFAULT_SQLITE_PATH, reading_only)
 
 
+#: The SQLite files this process (or the process it was forked from) opened, as (device, inode), by path.
+_opened_files: dict[str, tuple[int, int] | None] = {}
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _replaced(path: str) -> str:
+    return (
+        f"astra: SQLite database {path} was deleted or replaced while this run used it; what was recorded in it "
+        "since went with the old file. Run again, with the file where it belongs"
+    )
+
+
 def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database, str]:
     path = os.path.abspath(os.path.expanduser(path))
     description = f"sqlite:///{path}"
+    if path in _opened_files and _file_id(path) != _opened_files[path]:
+        raise DatabaseNotReady(_replaced(path))  # rather than make a new, empty one (a forked worker would)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_timeout = config.settings().sqlite_lock_timeout
@@ -538,6 +571,7 @@ def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}{full}") from None
     if not reading_only:
         _check_writable(db, path)
+    db.file_id = _opened_files[path] = _file_id(path)
     return db, description
 
 
