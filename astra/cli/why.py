@@ -143,7 +143,8 @@ def _print(explanation: explain.Explanation) -> None:
     not_done = explanation.upstream_not_done
     if not_done:
         names = ", ".join(formats.name(t) for t in not_done[:5]) + (" ..." if len(not_done) > 5 else "")
-        click.echo(f"{len(not_done)} of the astra tasks it requires are not done either: {names}")
+        verb = "is" if len(not_done) == 1 else "are"
+        click.echo(f"{len(not_done)} of the astra tasks it requires {verb} not done either: {names}")
     if not explanation.closest:
         click.echo(f"No {task.task_family} task has been recorded yet.")
         return
