@@ -55,8 +55,8 @@ def test_awkward_values_from_the_command_line(database_url):
 @pytest.mark.parametrize(
     ("name", "offer"), [("EstimateSNRR", "(did you mean EstimateSNR, EstimateSNRBatch?)"), ("Zzzzqq", "")]
 )
-def test_an_unknown_task_is_one_line_not_a_traceback(database_url, name, offer):
-    done = run_luigi("--module", "workflows", name, "--local-scheduler", env={"ASTRA_DATABASE_URL": database_url})
+def test_an_unknown_task_is_one_line_not_a_traceback(sqlite_url, name, offer):
+    done = run_luigi("--module", "workflows", name, "--local-scheduler", env={"ASTRA_DATABASE_URL": sqlite_url})
     assert done.returncode != 0
     assert done.stdout.strip().splitlines() == [
         f"astra: luigi knows no task {name}{' ' + offer if offer else ''}; check its name, and that --module names "
@@ -84,11 +84,11 @@ def test_an_unknown_task_is_one_line_not_a_traceback(database_url, name, offer):
         ),
     ],
 )
-def test_a_class_astra_cannot_use_is_one_line_naming_its_file_and_line(database_url, tmp_path, body, line, says):
+def test_a_class_astra_cannot_use_is_one_line_naming_its_file_and_line(sqlite_url, tmp_path, body, line, says):
     (tmp_path / "definedbad.py").write_text(f"import luigi\nimport astra\n\n\n{body}")
     done = run_luigi(
         "--module", "definedbad", "Fit", "--local-scheduler",
-        env={"ASTRA_DATABASE_URL": database_url, "PYTHONPATH": str(tmp_path)},
+        env={"ASTRA_DATABASE_URL": sqlite_url, "PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
     assert done.returncode != 0
     [said] = done.stdout.strip().splitlines()
@@ -127,10 +127,10 @@ class Broken(astra.BaseTask):
         ([], "", "astra: Fit needs --n, which has no default (luigi --module parsedbad Fit --help lists its"),
     ],
 )
-def test_a_bad_parameter_value_is_one_line_naming_it(database_url, tmp_path, args, config, said):
+def test_a_bad_parameter_value_is_one_line_naming_it(sqlite_url, tmp_path, args, config, said):
     (tmp_path / "parsedbad.py").write_text(PARSED)
     (tmp_path / "luigi.cfg").write_text(config)
-    env = {"ASTRA_DATABASE_URL": database_url, "PYTHONPATH": str(tmp_path)}
+    env = {"ASTRA_DATABASE_URL": sqlite_url, "PYTHONPATH": str(tmp_path)}
     env["LUIGI_CONFIG_PATH"] = str(tmp_path / "luigi.cfg")
     done = run_luigi("--module", "parsedbad", "Fit", *args, "--local-scheduler", env=env)
     assert done.returncode == 1, done.stdout
@@ -139,9 +139,9 @@ def test_a_bad_parameter_value_is_one_line_naming_it(database_url, tmp_path, arg
     assert Task.select().count() == 0
 
 
-def test_an_error_of_the_tasks_own_making_is_not_the_command_lines(database_url, tmp_path):
+def test_an_error_of_the_tasks_own_making_is_not_the_command_lines(sqlite_url, tmp_path):
     (tmp_path / "parsedbad.py").write_text(PARSED)
-    env = {"ASTRA_DATABASE_URL": database_url, "PYTHONPATH": str(tmp_path)}
+    env = {"ASTRA_DATABASE_URL": sqlite_url, "PYTHONPATH": str(tmp_path)}
     broken = run_luigi("--module", "parsedbad", "Broken", "--local-scheduler", env=env)
     assert broken.returncode == 40 and "RuntimeError: a bug of the user's own" in broken.stdout
     assert "Traceback" in broken.stdout

@@ -200,7 +200,7 @@ def test_a_batch_whose_items_grow_is_not_done_in_the_same_process(database_url, 
 
 
 @pytest.mark.slow
-def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_are(database_url):
+def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_are(sqlite_url):
     """The batch's BatchError was a traceback, and the last line said the batch "failed before astra could record
     why", when every item's failure was recorded."""
     done = run_luigi(

@@ -61,7 +61,7 @@ def test_a_requirement_whose_output_raises_stops_only_what_depends_on_it(databas
 
 
 @pytest.mark.slow
-def test_a_requires_loop_ends_the_run_saying_so(database_url):
+def test_a_requires_loop_ends_the_run_saying_so(sqlite_url):
     """luigi leaves both tasks pending; the run ended without a line of astra's (it had not opened the database)."""
     done = run_luigi("--module", "tests.broken_requires_tasks", "LoopA", "--local-scheduler")
     assert done.returncode != 0, done.stdout

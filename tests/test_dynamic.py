@@ -155,7 +155,7 @@ def test_a_yielded_broken_task_through_the_luigi_command_line(database_url):
 
 
 @pytest.mark.slow
-def test_a_run_whose_yielded_task_failed_ends_saying_so_not_still_running(database_url):
+def test_a_run_whose_yielded_task_failed_ends_saying_so_not_still_running(sqlite_url):
     """luigi drops run()'s generator to run what it yielded; that failed, so the task was left with its row
     running under the luigi process's pid. The run ended saying it was "still running" (that process, now gone),
     and never named the failure; `why` said it was running."""

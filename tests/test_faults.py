@@ -310,11 +310,11 @@ def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_luigi_command_with_one_line(database_url, tmp_path):
+def test_sigterm_stops_the_luigi_command_with_one_line(sqlite_url, tmp_path):
     """It ended in the traceback of the KeyboardInterrupt that astra makes of SIGTERM (so that luigi stops its
     workers), an exit code the README did not list."""
     args = ["--module", "tests.faults_tasks", "Sluggard", "--i", "0", "--seconds", "60", "--local-scheduler"]
-    env = {"ASTRA_DATABASE_URL": database_url, "SLOW_DIR": str(tmp_path)}
+    env = {"ASTRA_DATABASE_URL": sqlite_url, "SLOW_DIR": str(tmp_path)}
     with background((args, tmp_path / "run.log", env)) as [run]:
         wait_for(lambda: (tmp_path / "started-0").exists(), what="the task to start")
         os.kill(run.pid, signal.SIGTERM)

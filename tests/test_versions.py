@@ -92,7 +92,7 @@ def test_a_version_of_the_tasks_own_is_the_one_recorded(database_url, monkeypatc
 
 
 @pytest.mark.slow
-def test_bumping_the_version_of_a_batchs_items_reruns_what_requires_the_batch(database_url):
+def test_bumping_the_version_of_a_batchs_items_reruns_what_requires_the_batch(sqlite_url):
     """A task that requires a BatchTask was found done after the items' version was bumped: the batch, a luigi task
     with no record of its own, had the same identity whatever its items' version."""
     first = run_luigi("--module", "tests.versions_tasks", "Census", "--local-scheduler")
