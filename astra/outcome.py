@@ -355,8 +355,9 @@ def _failed_or_running(root: luigi.Task, rows: dict, tasks: dict[str, luigi.Task
         who = "it" if tasks[first.task_hash] is root else tasks[first.task_hash]
         also = f"; {len(failed) - 1} more failed" if len(failed) > 1 else ""
         reasons.append(f"{who} failed with {first.error} (astra tasks show --traceback {first.pk}){also}")
-    left = [row for row in running if queries.holder_gone(row)]
-    running = [row for row in running if row not in left]
+    gone = [queries.holder_gone(row) for row in running]
+    left = [row for row, is_gone in zip(running, gone) if is_gone]
+    running = [row for row, is_gone in zip(running, gone) if not is_gone]
     if running:
         where = [f"{row.task_id} on {row.host} pid {row.pid}" for row in running]
         reasons.append(f"{len(running)} still running ({_named(where)})")

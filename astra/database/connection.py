@@ -68,7 +68,7 @@ def trying_once() -> Iterator[None]:
     try:
         yield
     finally:
-        _gave_up = before and _gave_up
+        _gave_up = before and _gave_up  # as before, unless a reconnect inside found the server back
 
 
 class DatabaseGoneError(DatabaseError):
