@@ -1,8 +1,9 @@
 """Results as an astropy Table, for ``astra results``: written as text, CSV, ECSV, strict JSON, FITS or Parquet.
 
 One row per output row (or per task, for a task without an output model, whose JSON result's top-level keys become
-the columns). Arrays of one shape become vector columns (FITS ``TFORM`` with a repeat count); ragged ones, and
-nested JSON values, are written as JSON text where a format has no place for them.
+the columns). Arrays of one shape become vector columns (FITS ``TFORM`` with a repeat count), 1-D arrays of
+different lengths FITS variable-length arrays and Parquet lists; other ragged arrays, and nested JSON values, are
+written as JSON text where a format has no place for them.
 
 Each column's unit and description travel with it: FITS ``TUNITn``/``TCOMMn``, the ECSV header, Parquet field
 metadata. The table's ``meta`` (the provenance: astra version, query, time, database) becomes FITS header keywords,
@@ -68,6 +69,8 @@ def column(name: str, values: Sequence[object]) -> Column:
             fill = np.zeros_like(arrays[0])
             data = np.stack([np.asarray(v) if v is not None else fill for v in values])
             return _masked(name, data, mask)
+        if arrays and all(a.ndim == 1 and a.dtype.kind in "iuf" for a in arrays):
+            return _ragged(name, values, np.result_type(*arrays))
         return _masked(name, [json.dumps(_plain(v)) if v is not None else "" for v in values], mask)
     if any(isinstance(v, (dict, list, tuple, np.ndarray)) for v in present):
         return _masked(name, [json.dumps(_plain(v)) if v is not None else "" for v in values], mask)
@@ -79,6 +82,18 @@ def column(name: str, values: Sequence[object]) -> Column:
     fill = type(present[0])() if not isinstance(present[0], np.generic) else present[0].dtype.type()
     data = np.array([v if v is not None else fill for v in values])
     return _masked(name, data, mask)
+
+
+def _ragged(name: str, values: Sequence[object], dtype: np.dtype) -> Column:
+    """A column of 1-D arrays of different lengths, each as it is (NaN, infinities, the sign of zero): FITS writes
+    them as variable-length arrays, Parquet as lists, ECSV as arrays. A missing one is masked, over an empty array:
+    what FITS, which has no null for such arrays, holds."""
+    data = np.empty(len(values), dtype=object)
+    empty = np.zeros(0, dtype=dtype)
+    for i, value in enumerate(values):
+        data[i] = empty if value is None else np.asarray(value, dtype=dtype)
+    mask = [value is None for value in values]
+    return MaskedColumn(data, name=name, mask=mask) if any(mask) else Column(data, name=name)
 
 
 def _masked(name: str, data: object, mask: list[bool]) -> Column:
@@ -152,11 +167,23 @@ def _flat(found: Table) -> Table:
     flat = found.copy(copy_data=False)
     for name in found.colnames:
         vectors = found[name]
-        if vectors.ndim > 1:
-            text = _json_rows(np.asarray(vectors))
+        if vectors.ndim > 1 or vectors.dtype == object:
+            data = np.asarray(vectors)
+            text = _json_rows(data) if data.ndim > 1 else [json.dumps(_plain(v)) for v in data]
             missing = _missing_rows(vectors)
             flat[name] = MaskedColumn(text, mask=missing) if missing.any() else text
     return flat
+
+
+def _shown(found: Table) -> Table:
+    """A copy whose masked columns of arrays of different lengths are text, for the text table: a missing array
+    shows as ``--``, as a missing number does (astropy shows the empty array under the mask)."""
+    shown = found.copy(copy_data=False)
+    for name in found.colnames:
+        arrays = found[name]
+        if arrays.dtype == object and isinstance(arrays, MaskedColumn):
+            shown[name] = MaskedColumn([str(a) for a in np.asarray(arrays)], mask=_missing_rows(arrays))
+    return shown
 
 
 def _missing_rows(vectors: Column) -> np.ndarray:
@@ -176,7 +203,7 @@ def _json_rows(data: np.ndarray) -> list[str]:
 def render(found: Table, fmt: str) -> str:
     """The table as text: ``table`` for people, ``csv`` or strict ``json``."""
     if fmt == "table":
-        return "\n".join(found.pformat(max_lines=-1, max_width=-1))
+        return "\n".join(_shown(found).pformat(max_lines=-1, max_width=-1))
     if fmt == "csv":
         import io
 
@@ -356,7 +383,7 @@ def _fits_hdu(found: Table, meta: dict | None = None):
                         f"FITS holds ASCII text only, and column {name!r} holds {str(value)!r} (row {i + 1}); "
                         "write --format parquet or ecsv (UTF-8), or leave the column out with --columns"
                     )
-    plain = Table(found.columns, meta={}, copy=False)
+    plain = Table([_unmasked_arrays(found[name]) for name in found.colnames], meta={}, copy=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a unit outside the FITS standard is written as given
@@ -375,6 +402,14 @@ def _fits_hdu(found: Table, meta: dict | None = None):
             # A card holds 80 characters: a long value goes on in CONTINUE cards, without its comment.
             hdu.header[key] = (value, comment if len(str(value)) + len(comment) < 56 else "")
     return hdu
+
+
+def _unmasked_arrays(column: Column) -> Column:
+    """``column``, but a masked column of arrays of different lengths (:func:`_ragged`) as the empty arrays under
+    its mask: FITS has no null for them, and astropy would fill them with text."""
+    if column.dtype != object or not isinstance(column, MaskedColumn):
+        return column
+    return Column(np.asarray(column), name=column.name, unit=column.unit, description=column.description)
 
 
 def _ascii_only(column: Column) -> bool:
@@ -736,8 +771,9 @@ def plot(
     data = []
     for name in keep(found, columns).colnames:
         values = found[name]
-        if values.ndim > 1:
-            raise ExportError(f"--plot needs one number per row, and column {name!r} holds arrays of {values.dtype}")
+        if values.ndim > 1 or values.dtype == object:
+            arrays = f"arrays of {values.dtype}" if values.ndim > 1 else "arrays of different lengths"
+            raise ExportError(f"--plot needs one number per row, and column {name!r} holds {arrays}")
         if values.dtype.kind not in "iuf":
             raise ExportError(f"--plot needs numbers, and column {name!r} holds {values.dtype} values")
         data.append(np.ma.filled(values.astype(float), np.nan))

@@ -316,3 +316,32 @@ class TypedBatch(BatchTask):
 
     def process(self, chunk: list) -> list:
         return [TYPED_CASES[item.values["case"]][0] for item in chunk]
+
+
+class Ragged(astra.OutputModel):
+    """Spectra of different lengths, with masked pixels (NaN), and stars without one."""
+
+    flux = astra.ArrayField("float32", null=True)
+    counts = astra.ArrayField("int64", null=True)
+
+    class Meta:
+        table_name = "test_ragged"
+
+
+def ragged_flux(star: int) -> np.ndarray | None:
+    """What RaggedFit(star) records as its flux: none for star 0, else star + 2 pixels, NaN, +-inf and -0.0 among
+    them."""
+    if star == 0:
+        return None
+    flux = np.arange(star + 2, dtype=np.float32) + 0.25
+    flux[0], flux[1] = np.nan, -0.0
+    flux[-1] = np.inf if star % 2 else -np.inf
+    return flux
+
+
+class RaggedFit(astra.BaseTask):
+    output_model = Ragged
+    star = luigi.IntParameter()
+
+    def run(self) -> dict:
+        return {"flux": ragged_flux(self.star), "counts": np.arange(self.star, dtype=np.int64) - 2**40}

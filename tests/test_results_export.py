@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 import luigi
+import numpy as np
 import pytest
 from astropy.table import Table
 
 from astra.database import output_tables
 from astra.database.connection import is_postgres
 from astra.targets import forget_cached
-from tests.helpers import astra, astra_many
-from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Visit
+from tests.helpers import astra, astra_many, main
+from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Ragged, RaggedFit, Visit, ragged_flux
 
 
 def strict(text: str) -> object:
@@ -164,3 +165,54 @@ def test_results_whose_class_cannot_be_imported(results_db):
     assert line.startswith("astra: the done MeasureVisits tasks recorded no JSON result, and an output table is read")
     assert plain.returncode == 0 and plain.stderr.startswith("note: cannot import module 'moved_away.tasks'")
     assert len(json.loads(plain.stdout)) == 3
+
+
+def _same(got: object, wanted: np.ndarray | None) -> bool:
+    """Whether an array read back is ``wanted`` to the bit (NaN, infinities and the sign of zero)."""
+    if wanted is None:
+        return got is None
+    got = np.asarray(got, dtype=wanted.dtype)
+    return got.shape == wanted.shape and got.tobytes() == wanted.tobytes()
+
+
+@pytest.mark.slow
+def test_arrays_of_different_lengths_keep_every_value(database_url, tmp_path, capsys):
+    """Spectra of different lengths become FITS variable-length arrays, Parquet lists and ECSV arrays, keeping NaN,
+    infinities and -0.0 (they were JSON text, where NaN became null); CSV and JSON still write JSON text."""
+    pyarrow = pytest.importorskip("pyarrow.parquet")
+    if is_postgres():
+        output_tables.create([Ragged])
+    forget_cached()
+    stars = range(5)
+    assert luigi.build([RaggedFit(star=s) for s in stars], local_scheduler=True, log_level="WARNING")
+    made = {fmt: tmp_path / f"ragged.{fmt}" for fmt in ("fits", "parquet", "ecsv")}
+    for fmt, path in made.items():
+        written = main(capsys, "results", "RaggedFit", "--format", fmt, "-o", str(path))
+        assert written.returncode == 0, written.stderr
+
+    fits = Table.read(made["fits"])
+    parquet = pyarrow.read_table(made["parquet"]).to_pydict()
+    ecsv = Table.read(made["ecsv"], format="ascii.ecsv")
+    assert sorted(fits["star"]) == sorted(parquet["star"]) == sorted(ecsv["star"]) == list(stars)
+    for i, star in enumerate(fits["star"]):  # a star without a spectrum: an empty array in FITS, which has no null
+        flux = ragged_flux(int(star))
+        assert _same(fits["flux"][i], flux if flux is not None else np.zeros(0, dtype=np.float32)), star
+        assert _same(fits["counts"][i], np.arange(star, dtype=np.int64) - 2**40), star
+    for i, star in enumerate(parquet["star"]):
+        assert _same(parquet["flux"][i], ragged_flux(star)), star
+        assert _same(parquet["counts"][i], np.arange(star, dtype=np.int64) - 2**40), star
+    for i, star in enumerate(ecsv["star"]):
+        missing = np.ma.is_masked(ecsv["flux"][i]) or (hasattr(ecsv["flux"], "mask") and ecsv["flux"].mask[i])
+        assert _same(None if missing else ecsv["flux"][i], ragged_flux(int(star))), star
+
+    rows = strict(main(capsys, "results", "RaggedFit", "--json").stdout)  # strict JSON: NaN and infinities are null
+    by_star = {row["star"]: row for row in rows}
+    assert by_star[0]["flux"] is None and by_star[1]["flux"] == [None, 0.0, None]
+    assert by_star[2]["counts"] == [-(2**40), 1 - 2**40]
+    csv = Table.read(main(capsys, "results", "RaggedFit", "--format", "csv").stdout, format="ascii.csv")
+    by_star = {row["star"]: row for row in csv}
+    assert np.ma.is_masked(by_star[0]["flux"]) and by_star[0]["counts"] == "[]"  # missing, and empty
+    assert by_star[2]["flux"] == "[null, -0.0, 2.25, null]"
+    shown = main(capsys, "results", "RaggedFit").stdout
+    assert "[ nan -0. 2.25 -inf]" in " ".join(shown.split())
+    assert [line.split()[3] for line in shown.splitlines()[2:4]] == ["--", "[nan"]  # star 0 has no flux (no version)
