@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
@@ -248,7 +249,8 @@ def stream(tables: Iterable[Table], fmt: str, path: str | None, whole: Callable[
     A chunk's columns are made from its rows alone (:func:`column`), and one table's could differ: arrays of one
     shape in a chunk but not in the whole, a column of ints in one chunk and of floats in another. When a chunk
     would be written otherwise than in one table, what was written is dropped and ``whole()`` (the table) is
-    written instead. Stdout gets the text once complete (kept in a temporary file meanwhile).
+    written instead. Stdout, or a destination written in place, gets the text once complete (kept in a temporary
+    file meanwhile).
     """
     if fmt not in STREAMED:
         raise ExportError(f"{fmt} is not written in chunks")
@@ -261,11 +263,6 @@ def stream(tables: Iterable[Table], fmt: str, path: str | None, whole: Callable[
             found = whole()
             file.write(render(found, fmt) + "\n")
             written = len(found), len(found.colnames)
-        if path is None:
-            file.seek(0)
-            while piece := file.read(1 << 20):
-                sys.stdout.write(piece)
-            sys.stdout.flush()
     return written
 
 
@@ -330,14 +327,25 @@ _NUMBERS = (int, float, bool, type(None))
 
 @contextmanager
 def _text_destination(path: str | None) -> Iterator:
-    """A text file to write: beside ``path``, moved into place once complete (see :func:`_replacing`); a
-    temporary file for stdout (None)."""
-    if path is None:
-        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as file:
+    """A text file to write, which can seek back (:func:`stream` may start over): beside ``path``, moved into place
+    once complete (see :func:`_replacing`). Stdout (None), or a destination written in place, gets the text once
+    complete, from a temporary file."""
+    text = {"encoding": "utf-8", "newline": ""}
+    if path is not None and not _in_place(path):
+        with _replacing(path, "w+", **text) as file:
             yield file
         return
-    with _replacing(path) as temporary, open(temporary, "w+", encoding="utf-8", newline="") as file:
+    with tempfile.TemporaryFile("w+", **text) as file:
         yield file
+        file.seek(0)
+        if path is None:
+            while piece := file.read(1 << 20):
+                sys.stdout.write(piece)
+            sys.stdout.flush()
+        else:
+            with _replacing(path, "w", **text) as destination:
+                while piece := file.read(1 << 20):
+                    destination.write(piece)
 
 
 def _needs(package: str, what: str) -> None:
@@ -468,24 +476,32 @@ def _arrow_mask(mask: np.ndarray | None):
 
 
 @contextmanager
-def _replacing(path: str) -> Iterator[str]:
-    """A temporary file beside ``path`` to write; it becomes ``path`` only once the writing is complete.
+def _replacing(path: str, mode: str = "wb", **options: str) -> Iterator[IO]:
+    """A file open to write in place of ``path``: a temporary file beside it, which becomes ``path`` (or the file a
+    symlink at ``path`` names, the link kept) only once the writing is complete.
 
-    Anything that is not a plain file (``/dev/stdout``, a pipe) is written directly. An OSError (a missing
-    folder, a full disk) is an ExportError naming the file.
+    What is written in place (:func:`_in_place`) is opened as it is: this process's stdout (``-o /dev/stdout``, a
+    file the shell opened, written at its offset), a device, a pipe. An OSError (a missing folder, a full disk) is
+    an ExportError naming the file.
     """
-    target = Path(path)
-    folder = target.parent
+    folder = Path(path).parent
     temporary = None
     try:
-        if target.exists() and not stat.S_ISREG(target.stat().st_mode):
-            yield path
+        if _is_stdout(path):
+            sys.stdout.flush()
+            with os.fdopen(os.dup(sys.stdout.fileno()), mode, **options) as file:
+                yield file
+            return
+        if _in_place(path):
+            with open(path, mode, **options) as file:
+                yield file
             return
         if not folder.is_dir():
             raise ExportError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
-        os.close(handle)
-        yield temporary
+        target = Path(os.path.realpath(path))
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        with os.fdopen(handle, mode, **options) as file:
+            yield file
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
     except OSError as exc:
@@ -494,6 +510,33 @@ def _replacing(path: str) -> Iterator[str]:
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _is_stdout(path: str) -> bool:
+    """Whether ``path`` is this process's stdout (``/dev/stdout``, ``/proc/self/fd/1``, or the file it was sent to)."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError):  # no such file; a stdout without a descriptor (captured)
+        return False
+
+
+def _in_place(path: str) -> bool:
+    """Whether ``path`` is written where it is, rather than replaced by a new file: a device, a pipe, this
+    process's stdout, or a link to a descriptor (``/dev/stdout`` is ``/proc/self/fd/1``, which may name a file the
+    shell opened: replaced, the shell's file would stay empty and /dev/stdout become a file)."""
+    if _is_stdout(path):
+        return True
+    current = os.path.abspath(path)
+    for _ in range(40):  # the links' own chain: resolved whole, /proc/self/fd/1 would name the shell's file
+        if current.startswith(("/dev/", "/proc/")):
+            return True
+        if not os.path.islink(current):
+            break
+        current = os.path.join(os.path.dirname(current), os.readlink(current))
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # not there yet (or a broken link): made
+        return False
 
 
 def _reason(error: BaseException, folder: Path) -> str:
@@ -542,7 +585,7 @@ def write(found: Table, fmt: str, path: str) -> None:
     written = _prepared(found, fmt)  # everything that can fail on the table's content fails before a file is opened
     # Each writer gets a file opened here: given a name, astropy's "overwrite" deletes what is there first, which
     # for a device (/dev/stdout, /dev/full) is the device itself.
-    with _replacing(path) as temporary, open(temporary, "wb") as file:
+    with _replacing(path) as file:
         _write_prepared(written, fmt, file)
 
 
@@ -578,14 +621,14 @@ def write_chunks(
     same rows (a row group per chunk). Should a chunk's columns be written otherwise than the first's (a text
     column wider than the first chunk's, masked values where the first had none, ints then floats), what was
     written is dropped and ``whole()`` (the table) is written instead, as it is when a chunk cannot be written
-    (its error is the table's only if the table has it too) and to a file that cannot seek back (a pipe).
+    (its error is the table's only if the table has it too) and to a destination written in place (a pipe, stdout).
     """
     if fmt not in CHUNKED:
         raise ExportError(f"{fmt} is not written in chunks")
     if fmt == "parquet":
         _needs("pyarrow", "--format parquet")
-    with _replacing(path) as temporary, open(temporary, "wb") as file:
-        if file.seekable():
+    with _replacing(path) as file:
+        if not _in_place(path):  # a file the shell opened may append, wherever a chunk seeks
             try:
                 return (_fits_chunks if fmt == "fits" else _parquet_chunks)(tables, file, meta)
             except (_UnlikeChunkError, ExportError):  # a chunk's error may not be the table's (arrays of length 0)
@@ -816,7 +859,7 @@ def plot(
     if log:
         kind += f", log {log}"
     axes.set_title(f"{title}: {n} of {len(found)} rows")
-    with _replacing(path) as temporary, open(temporary, "wb") as file:
+    with _replacing(path) as file:
         figure.savefig(file, format=suffix)
     plt.close(figure)
     return n, kind

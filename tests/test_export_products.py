@@ -24,7 +24,7 @@ from astra.database.connection import is_postgres
 from astra.identity import task_version
 from astra.targets import forget_cached
 from astra.version import __version__
-from tests.helpers import astra, astra_many, main, one_line_error, with_password
+from tests.helpers import ASTRA, astra, astra_many, main, one_line_error, subprocess_env, with_password
 from tests.output_tasks import FindLines, Lines, Sparse, SparseFit, Star, StarFit
 
 PASSWORD = "pw-never-shown-9"
@@ -142,6 +142,48 @@ def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_pat
         assert target.read_bytes() == b"the previous export\n" and os.listdir(disk) == ["stars.fits"]
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "fits"])
+def test_a_descriptor_a_symlink_or_a_pipe_is_written_not_replaced(stars_db, tmp_path, fmt):
+    """``-o /dev/stdout`` whose stdout the shell sent to a file, or to a pipe, and a symlink to a file of the user's:
+    the file, pipe or link's target gets the table, and /dev/stdout or the link stays what it was. (Replacing the
+    path put a regular file in place of /dev/stdout, and left the shell's file empty.)"""
+    env = subprocess_env({"ASTRA_DATABASE_URL": stars_db})
+    descriptor = tmp_path / "stdout"  # as /dev/stdout is, without touching the machine's own
+    descriptor.symlink_to("/proc/self/fd/1")
+    astra_command = f"{ASTRA} results StarFit --where star=beta --format {fmt} -o"
+    out, piped = tmp_path / "out", tmp_path / "piped"
+    before = "" if fmt == "fits" else f"echo before > {out} && "  # astropy writes FITS to an empty file only
+    shell = f"{before}{astra_command} {descriptor} >> {out} && {astra_command} /dev/stdout | cat > {piped}"
+    made = subprocess.run(["sh", "-c", shell], env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert descriptor.is_symlink() and os.readlink(descriptor) == "/proc/self/fd/1"
+    assert os.path.islink("/dev/stdout")
+    if before:
+        assert out.read_bytes().startswith(b"before\n")  # appended, as the shell asked
+        out.write_bytes(out.read_bytes()[len(b"before\n") :])
+    for name in ("out", "piped"):
+        if fmt == "fits":
+            assert len(Table.read(tmp_path / name)) == 8, name
+        elif fmt == "json":
+            assert len(json.loads((tmp_path / name).read_text())) == 8, name
+        else:
+            assert len(Table.read(tmp_path / name, format="ascii.csv")) == 8, name
+
+    (tmp_path / "v2").mkdir()
+    release = tmp_path / "v2" / f"stars.{fmt}"
+    release.write_text("the previous export\n")
+    latest = tmp_path / f"latest.{fmt}"
+    latest.symlink_to(release)
+    made = subprocess.run(
+        [str(ASTRA), *astra_command.split()[1:], str(latest)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert made.returncode == 0, made.stderr
+    assert latest.is_symlink() and os.readlink(latest) == str(release)
+    assert release.read_text(errors="replace") != "the previous export\n" and sorted(os.listdir(release.parent)) == [
+        release.name
+    ]
 
 
 def svg_text(path) -> list[str]:
