@@ -398,6 +398,8 @@ def _fits_hdu(found: Table, meta: dict | None = None):
             hdu = fits.table_to_hdu(plain)
     except (TypeError, ValueError) as exc:
         raise ExportError(f"FITS cannot hold this table: {exc}") from None
+    for name in found.colnames:
+        _null_logicals(hdu, found[name])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a comment cut short beside a long description
         for i, name in enumerate(found.colnames, start=1):
@@ -410,6 +412,20 @@ def _fits_hdu(found: Table, meta: dict | None = None):
             # A card holds 80 characters: a long value goes on in CONTINUE cards, without its comment.
             hdu.header[key] = (value, comment if len(str(value)) + len(comment) < 56 else "")
     return hdu
+
+
+def _null_logicals(hdu, column: Column) -> None:
+    """Write the missing values of a boolean ``column`` as FITS's null for a logical, a zero byte: astropy writes
+    its fill value, True. Its table keeps the bytes of a logical field once they are no longer converted from
+    numpy's booleans (a test checks the bytes, for a later astropy that does not)."""
+    if column.dtype.kind != "b" or not isinstance(column, MaskedColumn) or not np.any(column.mask):
+        return
+    converted = getattr(hdu.data, "_converted", None)
+    if converted is None:
+        return
+    hdu.data.field(column.name)  # the bytes 'T' and 'F', made from the booleans
+    converted.pop(column.name, None)
+    hdu.data.view(np.ndarray)[column.name][np.ma.getmaskarray(column)] = 0
 
 
 def _unmasked_arrays(column: Column) -> Column:

@@ -197,6 +197,7 @@ class Sparse(astra.OutputModel):
     teff = peewee.DoubleField(null=True)
     flux = astra.ArrayField("float32", null=True)
     counts = astra.ArrayField("int64", null=True)
+    ok = peewee.BooleanField(null=True)
 
     class Meta:
         table_name = "test_sparse"
@@ -210,8 +211,9 @@ class SparseFit(astra.BaseTask):
 
     def run(self) -> dict:
         if self.star % 2:
-            return {"teff": None, "flux": None, "counts": None}
-        return {"teff": 5000.0 + self.star, "flux": np.full(3, 1.5, dtype=np.float32), "counts": np.arange(3)}
+            return {"teff": None, "flux": None, "counts": None, "ok": None}
+        fit = {"teff": 5000.0 + self.star, "flux": np.full(3, 1.5, dtype=np.float32), "counts": np.arange(3)}
+        return fit | {"ok": self.star % 4 == 0}
 
 
 class Narrow(astra.OutputModel):

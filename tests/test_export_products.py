@@ -296,6 +296,19 @@ def test_a_missing_array_is_missing_in_every_format(database_url, tmp_path, caps
         for name in ("flux", "counts"):
             assert made[name].mask.all(axis=1).tolist() == [False, True, False, True], (fmt, name)
             assert made[name][2].tolist() == ([1.5] * 3 if name == "flux" else [0, 1, 2])
+    # A missing boolean: FITS's null for a logical, a zero byte (astropy wrote True: its fill value).
+    path = tmp_path / "flags.fits"
+    assert (
+        main(capsys, "results", "SparseFit", "--columns", "star,ok", "--format", "fits", "-o", str(path)).returncode
+        == 0
+    )
+    with fits.open(path, logical_as_bytes=True) as made:
+        assert sorted(zip(made[1].data["star"], made[1].data["ok"])) == [(0, b"T"), (1, b""), (2, b"F"), (3, b"")]
+    ecsv = Table.read(
+        main(capsys, "results", "SparseFit", "--columns", "star,ok", "--format", "ecsv").stdout, format="ascii.ecsv"
+    )
+    ecsv.sort("star")
+    assert ecsv["ok"].mask.tolist() == [False, True, False, True] and ecsv["ok"][:1].tolist() == [True]
 
 
 def test_units_must_name_fields(sqlite_url):
