@@ -293,7 +293,7 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
     ]
     if not settings.local_scheduler:
         url = settings.scheduler_url or f"http://{settings.scheduler_host}:{settings.scheduler_port}/"
-        reasons += _luigid_view(url, root, {task.task_id for task in not_done})
+        reasons += _luigid_view(url, root, {task.task_id: task for task in not_done})
     if not reasons:
         db = connection.database()
         unrecorded = [task for task_id, task in tasks.items() if task_id in failed]
@@ -379,8 +379,9 @@ def _missing_inputs(tasks) -> list[str]:
     ]
 
 
-def _luigid_view(url: str, root: luigi.Task, not_done: set[str]) -> list[str]:
-    """What luigid at ``url`` holds of ``root``'s tasks, where that explains why they are not done here."""
+def _luigid_view(url: str, root: luigi.Task, not_done: dict[str, luigi.Task]) -> list[str]:
+    """What luigid at ``url`` holds of ``root``'s tasks, where that explains why ``not_done`` (by task_id) are not
+    done here."""
     query = quote(json.dumps({"task_id": root.task_id, "include_done": True}))
     try:
         with urllib.request.urlopen(urljoin(url, f"api/dep_graph?data={query}"), timeout=LUIGID_SECONDS) as answer:
@@ -393,6 +394,10 @@ def _luigid_view(url: str, root: luigi.Task, not_done: set[str]) -> list[str]:
         ]
     reasons = []
     held_done = sorted(task_id for task_id, node in graph.items() if node["status"] == "DONE" and task_id in not_done)
+    if held_done:  # another worker may have finished them since the database was asked: asked again
+        forget_cached()
+        now = completed([not_done[task_id] for task_id in held_done])
+        held_done = [task_id for task_id, done in zip(held_done, now) if not done]
     if held_done:
         reasons.append(
             f"luigid at {url} holds {len(held_done)} of them as done ({_named(held_done)}) that "
