@@ -24,7 +24,9 @@ import functools
 import inspect
 import logging
 import math
+import multiprocessing
 import os
+import sys
 import threading
 import time
 import traceback
@@ -37,7 +39,7 @@ from luigi.task import flatten
 
 from astra import config, identity, outputs, tally, values
 from astra.config import settings
-from astra.database import connection, output_tables, queries
+from astra.database import output_tables, queries
 from astra.database.connection import DatabaseGoneError, close_thread_connection, retried, sharing
 from astra.executors import executor_for
 from astra.targets import database_targets, known, reopen_if_stale
@@ -87,7 +89,8 @@ class ItemFailuresError(RuntimeError):
 
 
 class InputLostError(RuntimeError):
-    """A task this one needed is not recorded done any more (a server crash lost it): this one is not done either."""
+    """A task this one needed is not recorded done any more (forgotten, or lost in a server crash, while this one
+    ran): this one is not done either."""
 
 
 class Claim:
@@ -104,8 +107,6 @@ class Claim:
         self._started = 0.0
         #: Who recorded the task done, when :meth:`acquire` found it so.
         self.done_by: queries.Holder | None = None
-        #: Lost after this, the connection may have gone with a crash that lost the records of this task's inputs.
-        self._connections_lost = connection.connections_lost
 
     def acquire(self) -> bool:
         """Wait until this process may run the task (True) or another process has finished it (False)."""
@@ -176,38 +177,38 @@ class Claim:
             rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
             output_tables.ready(model)  # before the record: a table that does not fit stops the process
         stored = None if result is None else values.encode(result)
-        if connection.connections_lost != self._connections_lost:
-            self._inputs_still_there()
         requires = identity.required_hashes(self.task)
         durable = (self.settings or settings()).synchronous_commit
-        queries.finish(self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable)
+        needed = self._needed()
+        try:
+            queries.finish(
+                self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable, needed
+            )
+        except queries.InputsGoneError as gone:
+            lost = [needed[key] for key in gone.keys]
+            more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+            raise InputLostError(
+                f"astra: {lost[0]}{more}, which this task needs, is not recorded done any more: it was forgotten "
+                "while this task ran, or a server crash lost its record ([astra] synchronous_commit); run again, "
+                "and it is made first"
+            ) from None
         if model is not None:
             if self.attempt.attempts > 1:  # an earlier attempt may have been done (reopened since): its rows go
                 output_tables.delete_rows(model, [self.attempt.pk])
             output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
 
-    def _inputs_still_there(self) -> None:
-        """Raise :class:`InputLostError` if an astra task this one needed is not recorded done any more.
-
-        Asked once this process has lost its connection since the claim: done records commit without waiting for
-        the disk (``[astra] synchronous_commit``), so a server crash loses the last ones, which luigi and this
-        process had seen as done when they started this task.
-        """
+    def _needed(self) -> dict[str, str]:
+        """The astra tasks this one needs (each hash, and its name): those luigi found done before it ran this
+        task, and those run() yielded. Its record checks they still are: luigi and this process do not ask again,
+        and meanwhile someone may forget one (`forget --cascade` finds no edge to a task still running), or a
+        server crash lose a record that was not on disk yet (``[astra] synchronous_commit``)."""
         needed = {
             target.task_hash: str(task) for task in flatten(self.task.requires()) for target in database_targets([task])
         }
         needed.update((key, f"a task run() yielded (hash {key[:10]})") for key in self.dynamic if key not in needed)
         needed.pop(None, None)  # a task whose identity cannot be worked out: luigi has said so
-        done = queries.done_hashes(needed)
-        lost = [name for key, name in needed.items() if key not in done]
-        if lost:
-            more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
-            raise InputLostError(
-                f"astra: {lost[0]}{more}, which this task needs, is not recorded done any more: the connection "
-                "to the database was lost while this task ran, and a crash loses the last done records ([astra] "
-                "synchronous_commit); run again, and it is made first"
-            )
+        return needed
 
     @retried
     def finish(self, result: object = None) -> None:
@@ -217,11 +218,21 @@ class Claim:
         PostgreSQL, see :func:`astra.database.queries.finish`); with one, the rows and the record share a
         transaction.
         """
-        if outputs.output_model(self.task) is None:
-            self.record(result)
-            return
-        with queries.transaction():
-            self.record(result)
+        try:
+            if outputs.output_model(self.task) is None:
+                self.record(result)
+                return
+            with queries.transaction():
+                self.record(result)
+        except queries.ClaimLostError:
+            # Another process recorded the task done meanwhile (a batch of its items, or a run that took it over
+            # after a forget): the first done record is kept, and the task is done.
+            self.done_by = queries.done_by(self.attempt.task_hash)
+            if self.done_by is None:
+                raise
+            self.recorded = True
+            who = self.done_by
+            self._status(f"recorded done meanwhile by {who.host} pid {who.pid}: its record is kept, not this run's")
 
     def fail(self, exc: BaseException) -> None:
         """Record the task as failed with ``exc``; a database error here is logged, never raised over ``exc``."""
@@ -410,6 +421,8 @@ def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = Fal
             result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
         except BaseException as exc:
             _end(task, claim, error=exc)
+            if isinstance(exc, KeyboardInterrupt) and multiprocessing.parent_process() is not None:
+                _stop_quietly()
             raise
         if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
             return _follow(task, claim, result)
@@ -438,6 +451,15 @@ def _start(task: luigi.Task) -> Claim | None:
             return None
     task._astra_claim, task._astra_in_run = claim, True
     return claim
+
+
+def _stop_quietly() -> None:
+    """End a process luigi forked for a task (``--workers`` above 1) that Ctrl-C or SIGTERM stopped, its failure
+    recorded: raised on, the KeyboardInterrupt would end in a traceback per process (multiprocessing prints it),
+    before the one line the luigi process says (astra.config). luigi's own process is stopping too."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(130)
 
 
 def _end(task: luigi.Task, claim: Claim, result: object = None, error: BaseException | None = None) -> None:

@@ -103,3 +103,35 @@ class ListedStars(MeasureStars):
     def parameter_sets(self):
         with open(self.listing) as listing:
             return [{"star": int(line)} for line in listing]
+
+
+class Contested(BaseTask):
+    """Run alone, it starts a batch of itself in a luigi process of its own (ContestedBatch), which records the same
+    task while this one runs: done by the batch, or failed there (``batch_fails``)."""
+
+    n = luigi.IntParameter()
+    alone = luigi.BoolParameter(default=False, significant=False)
+    fail = luigi.BoolParameter(default=False, significant=False)
+
+    def run(self) -> dict:
+        if self.fail:
+            raise ValueError("failed in the batch")
+        if self.alone:
+            import subprocess
+
+            from tests.helpers import LUIGI, subprocess_env
+
+            batch = [LUIGI, "--module", "tests.batch_tasks", "ContestedBatch", "--n", str(self.n), "--local-scheduler"]
+            batch += ["--fail"] if self.n % 2 else []
+            ran = subprocess.run(batch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+            assert "ModuleNotFoundError" not in ran.stderr, ran.stderr
+        return {"alone": self.alone}
+
+
+class ContestedBatch(BatchTask):
+    item_class = Contested
+    n = luigi.IntParameter()
+    fail = luigi.BoolParameter(default=False)
+
+    def parameter_sets(self):
+        return [{"n": self.n, "fail": self.fail}]

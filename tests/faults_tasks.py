@@ -73,6 +73,26 @@ class After(astra.BaseTask):
         return {"after": self.i}
 
 
+class ForgetsItsInput(astra.BaseTask):
+    """Needs Pause(i), which someone forgets while this task runs (``astra tasks forget --cascade``, which finds no
+    edge to this task yet): this task must not be recorded done without it."""
+
+    i = luigi.IntParameter()
+    forget = luigi.BoolParameter(default=True, significant=False)  # not part of its identity
+
+    def requires(self) -> Pause:
+        return Pause(i=self.i)
+
+    def run(self) -> dict:
+        from tests.helpers import astra as astra_command
+
+        if not self.forget:
+            return {"i": self.i}
+        forgot = astra_command("tasks", "forget", "--name", "Pause", "--where", f"i={self.i}", "--cascade", "--yes")
+        assert forgot.returncode == 0 and "1 tasks to forget (1 Pause)" in forgot.stdout, forgot
+        return {"i": self.i}
+
+
 class Sluggard(astra.BaseTask):
     """Notes that it started (a file in $SLOW_DIR), then takes ``seconds``."""
 

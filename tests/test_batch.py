@@ -11,7 +11,7 @@ from astra.batch import BatchError
 from astra.database import Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
 from tests import batch_tasks
-from tests.batch_tasks import MeasureStar, MeasureStars
+from tests.batch_tasks import Contested, MeasureStar, MeasureStars
 from tests.helpers import rows_by_path, run_luigi, summary
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
@@ -214,3 +214,12 @@ def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_ar
     )
     last = done.stdout.strip().splitlines()[-1]
     assert last.endswith("astra tasks list --name MeasureStar --status failed lists the items recorded as failed"), last
+
+
+def test_a_batch_never_takes_a_task_from_a_run_that_holds_it(database_url):
+    """A task run alone while a batch records it too: the batch's done record was kept, and the run alone failed
+    with "no longer this worker's"; the batch's failure overwrote the run alone, whose result was then lost."""
+    for n, kept in ((0, False), (1, True)):  # the batch recorded it done: its result; the batch failed: the run's
+        assert luigi.build([Contested(n=n, alone=True)], local_scheduler=True, log_level="WARNING"), n
+        row = Task.get(Task.task_hash == task_hash(Contested(n=n)))
+        assert row.status == "done" and Contested(n=n).output().read() == {"alone": kept}, (n, row.status)

@@ -15,7 +15,7 @@ from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
-from tests.faults_tasks import After, Pause, Pauses, Sluggard, Tally, WritesTally
+from tests.faults_tasks import After, ForgetsItsInput, Pause, Pauses, Sluggard, Tally, WritesTally
 from tests.helpers import (
     POSTGRES_USER,
     Relay,
@@ -283,6 +283,21 @@ def test_a_task_whose_input_a_crash_lost_is_not_recorded_done(postgres_url, tmp_
     assert statuses == ["done", "done"]
 
 
+def test_a_task_whose_input_is_forgotten_while_it_runs_is_not_recorded_done(database_url):
+    """`forget --cascade` finds what needs a task by the recorded edges, and a task still running has none: it was
+    recorded done on top of the forgotten input (its edge left out), and no later run made the input again."""
+    assert not luigi.build([ForgetsItsInput(i=1)], local_scheduler=True)
+    task = Task.get(Task.task_hash == task_hash(ForgetsItsInput(i=1)))
+    assert task.status == "failed", task.status
+    assert "Pause(i=1), which this task needs, is not recorded done any more" in task.error, task.error
+    assert not Task.select().where(Task.task_hash == task_hash(Pause(i=1))).exists()
+
+    forget_cached()
+    assert luigi.build([ForgetsItsInput(i=1, forget=False)], local_scheduler=True)  # the input first, then the task
+    statuses = [Task.get(Task.task_hash == task_hash(t)).status for t in (Pause(i=1), ForgetsItsInput(i=1))]
+    assert statuses == ["done", "done"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_it(postgres_url, tmp_path, workers):
@@ -310,10 +325,12 @@ def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_luigi_command_with_one_line(sqlite_url, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_the_luigi_command_with_one_line(sqlite_url, tmp_path, workers):
     """It ended in the traceback of the KeyboardInterrupt that astra makes of SIGTERM (so that luigi stops its
-    workers), an exit code the README did not list."""
+    workers), an exit code the README did not list; with two workers, in a traceback per forked task process."""
     args = ["--module", "tests.faults_tasks", "Sluggard", "--i", "0", "--seconds", "60", "--local-scheduler"]
+    args += ["--workers", str(workers)]
     env = {"ASTRA_DATABASE_URL": sqlite_url, "SLOW_DIR": str(tmp_path)}
     with background((args, tmp_path / "run.log", env)) as [run]:
         wait_for(lambda: (tmp_path / "started-0").exists(), what="the task to start")

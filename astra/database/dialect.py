@@ -188,12 +188,16 @@ class SQLite:
         """``field`` is one of the integer ``keys`` (at most CHUNK of them), as a condition of any statement."""
         return field.in_(list(keys))
 
-    def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
-        """The primary keys of the rows of ``table`` whose hash key ``column`` is one of ``hashes`` (hex text)."""
+    def keys(
+        self, db: peewee.Database, table: str, column: str, hashes: list[str], status: str | None = None
+    ) -> dict[str, int]:
+        """The primary keys of the rows of ``table`` whose hash key ``column`` is one of ``hashes`` (hex text), and
+        whose status is ``status`` if given."""
         found = {}
+        where = "" if status is None else f" AND status = '{status}'"
         for chunk in _chunked(hashes):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks})"
+            sql = f"SELECT {column}, pk FROM {table} WHERE {column} IN ({marks}){where}"
             found.update((read(key), pk) for key, pk in db.execute_sql(sql, tuple(map(stored, chunk))).fetchall())
         return found
 
@@ -273,8 +277,8 @@ class SQLite:
         stamp = str(self.now().replace(tzinfo=None))
         constants = (status, stamp, stamp, stamp, stamp if status == DONE else None, socket.gethostname(), os.getpid())
         hashes = [row[3] for row in rows]
-        # The write lock is held (IMMEDIATE), so what is done now stays as it is until this transaction ends.
-        already = {h for h, s in self._statuses(db, task, hashes) if s == DONE}
+        # The write lock is held (IMMEDIATE), so what is there now stays as it is until this transaction ends.
+        already = {h for h, s in self._statuses(db, task, hashes) if s == DONE or (s == RUNNING and status == FAILED)}
         db.many(
             f"INSERT INTO {task} ({ITEM_COLUMNS}, status, created, started, heartbeat, completed, host, pid, "
             f"attempts) VALUES ({', '.join('?' * 17)}, 1) {_upsert(task)}",
@@ -372,14 +376,22 @@ class SQLite:
 
     def finish(
         self, db: peewee.Database, tables: tuple[str, ...], row: dict, edges: str | None, durable: bool = True
-    ) -> bool:
-        """Mark the attempt's row done and add its dependency edges (JSON ``[[task hash, dynamic], ...]``).
+    ) -> tuple[bool, list[str]]:
+        """Mark the attempt's row done and add its dependency edges (JSON ``[[task hash, dynamic], ...]``), if every
+        task of ``row["needed"]`` (JSON hashes) is recorded done.
 
-        False, writing nothing, if the row is no longer the attempt's. One statement without edges; with them,
-        the caller holds a transaction. ``durable``: the commit waits for the disk (SQLite decides that when it
-        opens, from ``[astra] synchronous_commit``).
+        Whether the row was the attempt's, and the needed tasks not done (hashes); nothing is written unless the
+        first and none of the second. One statement without edges or needed tasks; with them, the caller holds a
+        transaction. ``durable``: the commit waits for the disk (SQLite decides that when it opens, from ``[astra]
+        synchronous_commit``).
         """
         task, _, _, dependency = tables
+        needed = json.loads(row["needed"])
+        if needed:
+            done = self.keys(db, task, "task_hash", needed, status=DONE)
+            gone = [key for key in needed if key not in done]
+            if gone:
+                return False, gone
         done = db.execute_sql(
             f"UPDATE {task} SET status = '{DONE}', completed = :now, heartbeat = :now, duration = :duration, "
             "result = json(:result), dynamic_dependencies = :dynamic WHERE pk = :pk AND task_hash = :task_hash "
@@ -394,15 +406,15 @@ class SQLite:
                 f"INSERT INTO {dependency} (task_pk, requires_pk, dynamic) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(row["pk"], pks[key], dynamic) for key, dynamic in required if key in pks],
             )
-        return done is not None
+        return done is not None, []
 
     def _now_text(self) -> str:
         """Now, as peewee writes a time into SQLite: the text of naive UTC."""
         return str(self.naive_utc(self.now()))
 
-    def finish_statements(self, edges: str | None) -> int:
+    def finish_statements(self, edges: str | None, needed: bool = False) -> int:
         """How many statements :meth:`finish` runs (more than one need a transaction around them)."""
-        return 2 if edges else 1
+        return 1 + bool(edges) + needed
 
     # Output tables as they are, for astra.database.output_schema to compare with their models.
 
@@ -656,10 +668,13 @@ class PostgreSQL(SQLite):
         # One array parameter, which peewee renders at once (an IN list costs it ~20 us per value).
         return peewee.NodeList((field, peewee.SQL("= ANY(%s::bigint[])", (list(keys),))))
 
-    def keys(self, db: peewee.Database, table: str, column: str, hashes: list[str]) -> dict[str, int]:
+    def keys(
+        self, db: peewee.Database, table: str, column: str, hashes: list[str], status: str | None = None
+    ) -> dict[str, int]:
         found = {}
+        where = "" if status is None else f" AND status = '{status}'"
         for chunk in _chunked(hashes):
-            sql = f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s::bytea[])"
+            sql = f"SELECT {column}, pk FROM {table} WHERE {column} = ANY(%s::bytea[]){where}"
             found.update((read(key), pk) for key, pk in db.execute_sql(sql, (list(map(stored, chunk)),)).fetchall())
         return found
 
@@ -766,7 +781,7 @@ class PostgreSQL(SQLite):
                 late = [key for key in parameters if key not in parameter_pks]
                 parameter_pks.update(self.keys(db, parameter, "parameter_hash", late))
         task_pks.update(new)
-        if again:  # rows already there (a retried failure): updated unless done
+        if again:  # rows already there (a retried failure): updated where _overwritten
             names = ("hashes", "results", "errors", "tracebacks", "durations")
             cursor = db.execute_sql(
                 f"UPDATE {task} SET status = %(status)s, started = now(), heartbeat = now(), "
@@ -775,7 +790,7 @@ class PostgreSQL(SQLite):
                 "duration = v.duration, claim_token = NULL, lease = NULL FROM unnest(%(hashes)s::bytea[], "
                 "%(results)s::jsonb[], %(errors)s::text[], %(tracebacks)s::text[], %(durations)s::float8[]) "
                 f"AS v(task_hash, result, error, traceback, duration) WHERE {task}.task_hash = v.task_hash "
-                f"AND {task}.status <> '{DONE}' RETURNING {task}.task_hash, {task}.pk",
+                f"AND {_overwritten(task, '%(status)s')} RETURNING {task}.task_hash, {task}.pk",
                 {**_here(status), **dict(zip(names, map(list, zip(*again)))), "hashes": [stored(r[0]) for r in again]},
             )
             task_pks.update((read(key), pk) for key, pk in cursor.fetchall())
@@ -955,14 +970,19 @@ class PostgreSQL(SQLite):
 
     def finish(
         self, db: peewee.Database, tables: tuple[str, ...], row: dict, edges: str | None, durable: bool = True
-    ) -> bool:
+    ) -> tuple[bool, list[str]]:
         task, _, _, dependency = tables
         sql = f"""
-            WITH done AS (
+            WITH gone AS MATERIALIZED (
+                -- Needed tasks not recorded done any more: one probe each of the index that holds the status.
+                SELECT key FROM json_array_elements_text(%(needed)s::json) AS key
+                WHERE NOT EXISTS (SELECT FROM {task} AS t WHERE t.task_hash = decode(key, 'hex')
+                                  AND t.status = '{DONE}')
+            ), done AS (
                 UPDATE {task} SET status = '{DONE}', completed = now(), heartbeat = now(), duration = %(duration)s,
                     result = %(result)s::jsonb, dynamic_dependencies = %(dynamic)s
                 WHERE pk = %(pk)s AND task_hash = %(task_hash)s AND claim_token = %(claim_token)s
-                    AND status = '{RUNNING}'
+                    AND status = '{RUNNING}' AND NOT EXISTS (SELECT FROM gone)
                 RETURNING pk
             ), required AS MATERIALIZED (
                 -- One index probe per edge (as a join, the generic plan would hash the whole task table).
@@ -974,16 +994,16 @@ class PostgreSQL(SQLite):
                 SELECT done.pk, required.pk, required.dynamic FROM done, required WHERE required.pk IS NOT NULL
                 ON CONFLICT DO NOTHING
             )
-            SELECT count(*) FROM done
+            SELECT (SELECT count(*) FROM done), (SELECT coalesce(json_agg(key), '[]') FROM gone)
         """
         # Not durable: the commit is ordered in the WAL but not waited for (~0.3 ms here); a server crash may lose
         # it, and the task runs again. In a transaction, SET LOCAL covers the whole of it (the task's own rows).
         before = "" if durable else "SET LOCAL synchronous_commit = off"
         params = {**row, "task_hash": stored(row["task_hash"]), "edges": edges or "[]"}
-        (done,) = prepared(sql).execute(db, params, before=before).fetchone()
-        return bool(done)
+        done, gone = prepared(sql).execute(db, params, before=before).fetchone()
+        return bool(done), gone if isinstance(gone, list) else json.loads(gone)
 
-    def finish_statements(self, edges: str | None) -> int:
+    def finish_statements(self, edges: str | None, needed: bool = False) -> int:
         return 1
 
     def column_types(self, db: peewee.Database, table: str) -> dict[str, tuple[str, bool]]:
@@ -1493,14 +1513,21 @@ def _copy_bytes(value: bytes) -> str:
     return "\\\\x" + value.hex()
 
 
+def _overwritten(task: str, status: str) -> str:
+    """When a batch's record of a task (of ``status``, an SQL expression) replaces its row: a failed row, and a
+    running one by a done record (the process that holds it finds the task done at its own record). A done row
+    stays, and so does a running one that a failure would take from its holder."""
+    return f"({task}.status = '{FAILED}' OR ({task}.status = '{RUNNING}' AND {status} = '{DONE}'))"
+
+
 def _upsert(task: str) -> str:
-    """A task row recorded again by a batch: a failed or running row is overwritten, a done one stays."""
+    """A task row recorded again by a batch, where :func:`_overwritten`."""
     return (
         f"ON CONFLICT (task_hash) DO UPDATE SET status = excluded.status, started = excluded.started, "
         f"heartbeat = excluded.heartbeat, completed = excluded.completed, duration = excluded.duration, "
         f"host = excluded.host, pid = excluded.pid, attempts = {task}.attempts + 1, result = excluded.result, "
         f"error = excluded.error, traceback = excluded.traceback, claim_token = NULL, lease = NULL "
-        f"WHERE {task}.status <> '{DONE}'"
+        f"WHERE {_overwritten(task, 'excluded.status')}"
     )
 
 

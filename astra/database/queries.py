@@ -206,6 +206,15 @@ class ClaimLostError(DatabaseError):
     """The attempt's row was forgotten or taken over by another worker: this attempt may not write it."""
 
 
+class InputsGoneError(DatabaseError):
+    """Tasks the attempt's task needs are not recorded done any more (forgotten, or lost in a crash, while it ran):
+    it may not be recorded done either. ``keys``: their hashes."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"astra: {len(keys)} of the tasks this one needs are not recorded done any more")
+        self.keys = keys
+
+
 def _mine(attempt: Attempt) -> tuple[peewee.Expression, ...]:
     """The conditions under which a row still belongs to ``attempt``: every write of a claim includes them."""
     return (
@@ -410,6 +419,12 @@ def lost(attempt: Attempt) -> str:
     return f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status})"
 
 
+def done_by(task_hash: str) -> Holder | None:
+    """Who recorded the task done (None if it is not recorded done)."""
+    row = Task.get_or_none((Task.task_hash == task_hash) & (Task.status == DONE))
+    return None if row is None else Holder(row.host, row.pid, None, DONE)
+
+
 def finish(
     attempt: Attempt,
     result: object,
@@ -417,10 +432,14 @@ def finish(
     requires: Iterable[str],
     dynamic: Iterable[str] = (),
     durable: bool = True,
+    needed: Iterable[str] = (),
 ) -> None:
     """Mark the attempt done with its result (see astra.values) and dependency edges.
 
-    Raises :class:`ClaimLostError`, and writes nothing, if the row is no longer the attempt's.
+    Raises :class:`ClaimLostError`, and writes nothing, if the row is no longer the attempt's; and
+    :class:`InputsGoneError` if a task of ``needed`` (hashes of the astra tasks luigi checked before the run, and of
+    those run() yielded) is not recorded done any more: someone forgot it while this task ran, where no edge led
+    `forget --cascade` here yet, or a server crash lost its record. Checked in the same statement as the record.
 
     ``requires`` are the hashes of what ``requires()`` returned, ``dynamic`` those of the tasks ``run()`` yielded;
     how many of the latter there were is kept too, so that a dynamic dependency whose record goes is noticed.
@@ -439,15 +458,19 @@ def finish(
         "duration": duration,
         "result": None if result is None else values.dumps(result),
         "dynamic": len(dynamic) or None,
+        "needed": json.dumps(list(dict.fromkeys(needed))),
     }
     again = attempt.attempts > 1  # an earlier attempt may have left edges: this run's only are kept
-    alone = not again and dialect(db).finish_statements(edges) == 1
+    alone = not again and dialect(db).finish_statements(edges, row["needed"] != "[]") == 1
     with contextlib.nullcontext() if alone or db.in_transaction() else _atomic(db):
         if again:
             Dependency.delete().where(
                 Dependency.task == attempt.pk, peewee.fn.EXISTS(Task.select(Task.pk).where(*_mine(attempt)))
             ).execute()
-        if not dialect(db).finish(db, _claim_tables(db), row, edges, durable):
+        done, gone = dialect(db).finish(db, _claim_tables(db), row, edges, durable)
+        if gone:
+            raise InputsGoneError(gone)
+        if not done:
             raise ClaimLostError(
                 f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results "
                 "were not recorded (if it was taken over: was there no heartbeat within the lease?)"
@@ -642,7 +665,8 @@ def record_items(items: Sequence[dict], status: str) -> dict[str, int]:
     Each item is a dict with ``task_module``, ``task_name``, ``task_id``, ``task_hash``, ``version``,
     ``astra_version``, ``parameters`` (name -> canonical value), ``requires`` (task hashes) and optionally
     ``result`` (JSON text from :func:`astra.values.dumps`), ``error``, ``traceback`` and ``duration``. A task
-    already recorded as done stays as it is (first done wins); a failed or running row is overwritten. Times are
+    already recorded as done stays as it is (first done wins); a failed row is overwritten, and a running one by a
+    done record (its holder finds it done at its own record), not by a failure. Times are
     the database's clock, as for a task claimed alone. Call inside :func:`transaction`.
 
     Returns the pk of each task row written (those already done are left out), by hash.
