@@ -136,3 +136,20 @@ class WritesTally(astra.BaseTask):
             if os.environ.get("DROP_CONNECTION"):
                 database().execute_sql("select pg_terminate_backend(pg_backend_pid())")
             Tally.insert(label=self.label, value=2).execute()
+
+
+class WaitsToFinish(astra.BaseTask):
+    """Needs Pause(i); once started (a file ``started-I`` in $SLOW_DIR), finishes when the file ``go-I`` is there."""
+
+    i = luigi.IntParameter()
+
+    def requires(self) -> Pause:
+        return Pause(i=self.i)
+
+    def run(self) -> dict:
+        slow_dir = os.environ["SLOW_DIR"]
+        with open(os.path.join(slow_dir, f"started-{self.i}"), "w"):
+            pass
+        while not os.path.exists(os.path.join(slow_dir, f"go-{self.i}")):
+            time.sleep(0.05)
+        return {"i": self.i}

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import luigi
 import psycopg2
 import pytest
 
-from astra.database import Task
+from astra.database import Task, records
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
-from tests.faults_tasks import After, ForgetsItsInput, Pause, Pauses, Sluggard, Tally, WritesTally
+from tests.faults_tasks import After, ForgetsItsInput, Pause, Pauses, Sluggard, Tally, WaitsToFinish, WritesTally
 from tests.helpers import (
     POSTGRES_USER,
     Relay,
@@ -296,6 +298,38 @@ def test_a_task_whose_input_is_forgotten_while_it_runs_is_not_recorded_done(data
     assert luigi.build([ForgetsItsInput(i=1, forget=False)], local_scheduler=True)  # the input first, then the task
     statuses = [Task.get(Task.task_hash == task_hash(t)).status for t in (Pause(i=1), ForgetsItsInput(i=1))]
     assert statuses == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_a_task_that_finishes_while_forget_cascade_runs_is_not_left_done_without_its_input(
+    postgres_url, tmp_path, monkeypatch
+):
+    """`forget --cascade` looked for dependants, then deleted: a dependant that finished in between (its edge
+    committed after the look) stayed done, its edge deleted with the forgotten input. Now the rows are locked
+    before the look, and such a dependant's record waits for the forget, then finds its input gone."""
+    assert luigi.build([Pause(i=2)], local_scheduler=True)
+    args = ["--module", "tests.faults_tasks", "WaitsToFinish", "--i", "2", "--local-scheduler"]
+    env = {"ASTRA_DATABASE_URL": postgres_url, "SLOW_DIR": str(tmp_path)}
+    with background((args, tmp_path / "run.log", env)) as [run]:
+        wait_for(lambda: (tmp_path / "started-2").exists(), what="the task to start")
+        looked = records.downstream
+
+        def finishing_meanwhile(pks):
+            found = looked(pks)
+            if not (tmp_path / "go-2").exists():  # once: let the dependant finish between the look and the delete
+                (tmp_path / "go-2").touch()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    run.wait(timeout=10)  # it finishes here unless its record waits for this forget
+            return found
+
+        monkeypatch.setattr(records, "downstream", finishing_meanwhile)
+        records.forget([Task.get(Task.task_hash == task_hash(Pause(i=2))).pk], cascade=True)
+        run.wait(timeout=60)
+    forget_cached()
+    row = Task.get_or_none(Task.task_hash == task_hash(WaitsToFinish(i=2)))
+    assert row is None or row.status == "failed", (row.status, run.text())
+    if row is not None:
+        assert "Pause(i=2), which this task needs, is not recorded done any more" in row.error, row.error
 
 
 @pytest.mark.slow

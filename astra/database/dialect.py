@@ -144,6 +144,10 @@ class SQLite:
     def lock_for_forget(self, db: peewee.Database) -> None:
         """One forget at a time (the IMMEDIATE transaction of :meth:`atomic` does it on SQLite)."""
 
+    def lock_rows(self, db: peewee.Database, table: str, pks: Sequence[int]) -> None:
+        """Lock rows ``pks`` of ``table`` until the transaction ends, against a reference to them (a new edge) and
+        any write (SQLite: the IMMEDIATE transaction holds the whole database already)."""
+
     def columns_sql(self) -> str:
         """A query of (table, column) for every astra table."""
         return "select m.name, p.name from sqlite_master m join pragma_table_info(m.name) p where m.type = 'table'"
@@ -622,6 +626,10 @@ class PostgreSQL(SQLite):
         from astra.database import key_upgrade  # only to upgrade
 
         key_upgrade.status_index_swap(db)
+
+    def lock_rows(self, db: peewee.Database, table: str, pks: Sequence[int]) -> None:
+        for chunk in _chunked(list(pks)):
+            db.execute_sql(f"SELECT FROM {table} WHERE pk = ANY(%s::bigint[]) ORDER BY pk FOR UPDATE", (chunk,))
 
     def lock_for_forget(self, db: peewee.Database) -> None:
         # Deleting tasks locks astra.task_parameter once their links are deleted (astradb.sql's triggers): two

@@ -462,19 +462,29 @@ def finish(
     }
     again = attempt.attempts > 1  # an earlier attempt may have left edges: this run's only are kept
     alone = not again and dialect(db).finish_statements(edges, row["needed"] != "[]") == 1
-    with contextlib.nullcontext() if alone or db.in_transaction() else _atomic(db):
-        if again:
-            Dependency.delete().where(
-                Dependency.task == attempt.pk, peewee.fn.EXISTS(Task.select(Task.pk).where(*_mine(attempt)))
-            ).execute()
-        done, gone = dialect(db).finish(db, _claim_tables(db), row, edges, durable)
-        if gone:
-            raise InputsGoneError(gone)
-        if not done:
-            raise ClaimLostError(
-                f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results "
-                "were not recorded (if it was taken over: was there no heartbeat within the lease?)"
-            )
+    outside = db.in_transaction()
+    try:
+        with contextlib.nullcontext() if alone or outside else _atomic(db):
+            if again:
+                Dependency.delete().where(
+                    Dependency.task == attempt.pk, peewee.fn.EXISTS(Task.select(Task.pk).where(*_mine(attempt)))
+                ).execute()
+            done, gone = dialect(db).finish(db, _claim_tables(db), row, edges, durable)
+    except peewee.IntegrityError:
+        # An edge to a task deleted as this statement ran: a forget, which locked the task before looking for
+        # what needs it (astra.database.records.forget). Which ones, when a transaction of the caller's allows.
+        needed = json.loads(row["needed"])
+        if outside or not needed:
+            raise InputsGoneError(needed) from None
+        done_now = done_hashes(needed)
+        raise InputsGoneError([key for key in needed if key not in done_now] or needed) from None
+    if gone:
+        raise InputsGoneError(gone)
+    if not done:
+        raise ClaimLostError(
+            f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results "
+            "were not recorded (if it was taken over: was there no heartbeat within the lease?)"
+        )
 
 
 @retried

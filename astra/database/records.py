@@ -473,8 +473,14 @@ def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
             db = database()
             dialect(db).lock_for_forget(db)
             if cascade:
-                # Again inside the transaction: a dependent recorded since the caller looked is forgotten as well.
-                pks |= downstream(pks)
+                # Inside the transaction, each row locked before its dependants are looked for: a dependant that
+                # records itself from then on waits for this forget (its edge names a locked row), then finds its
+                # input gone; one recorded before is found. Until a look finds no new one.
+                new = set(pks)
+                while new:
+                    dialect(db).lock_rows(db, dialect(db).table(Task), sorted(new))
+                    new = downstream(new) - pks
+                    pks |= new
             tasks = get(pks)
             pks = [task.pk for task in tasks]
             parameter_pks = {parameter for _, parameter in _links("task_pk", "parameter_pk", pks)}
