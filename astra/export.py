@@ -469,7 +469,12 @@ def _arrow_table(found: Table):
         if isinstance(column, MaskedColumn) and len(column):
             rows = np.ma.getmaskarray(column).reshape(len(column), -1).all(axis=1)  # column() masks whole rows
             mask = rows if rows.any() else None
-        if data.ndim > 1:
+        if data.ndim > 1 and 0 in data.shape[1:]:  # no fixed-size list has length 0: lists (of lists), empty
+            kind = pyarrow.from_numpy_dtype(data.dtype)
+            for _ in data.shape[1:]:
+                kind = pyarrow.list_(kind)
+            array = pyarrow.array(data.tolist(), type=kind, mask=mask)
+        elif data.ndim > 1:
             values = pyarrow.array(data.ravel())
             for size in reversed(data.shape[2:]):
                 values = pyarrow.FixedSizeListArray.from_arrays(values, size)

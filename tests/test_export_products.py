@@ -238,7 +238,9 @@ def test_tasks_show_shows_the_output_rows(stars_db):
     assert record["output"]["first_rows"][1]["spectrum"] == [1.0] * 10
 
 
-def test_empty_arrays_keep_their_shape(database_url):
+def test_empty_arrays_keep_their_shape(database_url, tmp_path):
+    import pyarrow.parquet
+
     if is_postgres():
         output_tables.create([Lines])
     assert build(FindLines(n=0), FindLines(n=2))
@@ -253,6 +255,13 @@ def test_empty_arrays_keep_their_shape(database_url):
     assert "Lines.lines_undeclared: an empty array of shape (0, 3) would read back as (0,) on PostgreSQL" in error
     assert "astra.ArrayField('float64', shape=(None, 3))" in error
     assert build(FindLines(n=1, undeclared=True))  # a (1, 3) array keeps its shape on both without a declaration
+    # Exported alone, empty arrays make a column of shape (1, 0, 3): Parquet has lists for it (it refused).
+    path = tmp_path / "lines.parquet"
+    made = astra(
+        "results", "FindLines", "--where", "n=0", "--columns", "n,lines", "--format", "parquet", "-o", str(path)
+    )
+    assert made.returncode == 0, made.stderr
+    assert pyarrow.parquet.read_table(path).to_pydict() == {"n": [0], "lines": [[]]}
 
 
 @pytest.mark.parametrize("chunk", [1, 1000])
