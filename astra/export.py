@@ -57,7 +57,11 @@ def column(name: str, values: Sequence[object]) -> Column:
         data = np.array(values)  # numbers, text and same-shaped arrays without a None: one step for a million
     except ValueError:  # arrays of different shapes
         data = None
-    if data is not None and data.dtype.kind in "biufU":
+    if (
+        data is not None
+        and data.dtype.kind in "biufU"
+        and (data.ndim == 1 or data.dtype.kind != "U" or _all_text(values))
+    ):
         return Column(data, name=name)
     present = [v for v in values if v is not None]
     mask = [v is None for v in values]
@@ -66,7 +70,8 @@ def column(name: str, values: Sequence[object]) -> Column:
             arrays = [np.asarray(v) for v in present]
         except ValueError:
             arrays = []
-        if arrays and len({a.shape for a in arrays}) == 1 and arrays[0].dtype != object:
+        alike = arrays and len({a.shape for a in arrays}) == 1 and arrays[0].dtype != object
+        if alike and (arrays[0].dtype.kind != "U" or _all_text(present)):
             fill = np.zeros_like(arrays[0])
             data = np.stack([np.asarray(v) if v is not None else fill for v in values])
             return _masked(name, data, mask)
@@ -83,6 +88,12 @@ def column(name: str, values: Sequence[object]) -> Column:
     fill = type(present[0])() if not isinstance(present[0], np.generic) else present[0].dtype.type()
     data = np.array([v if v is not None else fill for v in values])
     return _masked(name, data, mask)
+
+
+def _all_text(values: Sequence[object]) -> bool:
+    """Whether ``values`` (lists, nested) hold text only: numpy makes text of every element of a list that holds
+    some, and ``(1, "a")`` would be written ``["1", "a"]``."""
+    return all(_all_text(v) if isinstance(v, (list, tuple)) else isinstance(v, str) for v in values)
 
 
 def _ragged(name: str, values: Sequence[object], dtype: np.dtype) -> Column:

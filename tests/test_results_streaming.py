@@ -3,6 +3,7 @@ and its memory does not grow with the rows."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -240,3 +241,12 @@ def test_chunked_files_to_a_pipe_are_the_whole_table(tmp_path):
     reader.join(timeout=30)
     export.write(Table({"n": [1, 2, 3]}), "fits", str(tmp_path / "whole.fits"))
     assert read == [(tmp_path / "whole.fits").read_bytes()]
+
+
+def test_lists_of_numbers_and_text_keep_their_values():
+    """numpy made text of every element of a list that holds some: a result's (1, "a") was written ["1", "a"]. Such
+    lists are JSON text now, as other nested values are; lists of text alone are still vector columns."""
+    mixed = export.column("pair", [[1, "a"], [2.5, "b"], None])
+    assert [json.loads(v) if v else None for v in mixed.filled("")] == [[1, "a"], [2.5, "b"], None]
+    assert export.column("names", [["x", "y"], ["z", "w"]]).shape == (2, 2)
+    assert export.column("numbers", [[1, 2], [3, 4]]).dtype.kind == "i"
