@@ -288,7 +288,8 @@ class Standby:
         import time
 
         with psycopg2.connect(f"{self.primary_url}/postgres") as primary:
-            (written,) = _one(primary, "select pg_current_wal_lsn()")
+            # Where WAL is inserted, not written: done records commit without waiting for the WAL to be written.
+            (written,) = _one(primary, "select pg_current_wal_insert_lsn()")
         deadline = time.monotonic() + timeout
         with psycopg2.connect(f"{self.standby_url}/postgres") as standby:
             standby.autocommit = True
