@@ -68,10 +68,14 @@ def results_table(
     typed = {name: _parser(cls, name) for name in parameter_names}
     values = [task.result for task in found]  # decoded by the result field (astra/values.py)
     keys = list(dict.fromkeys(k for value in values if isinstance(value, dict) for k in value))
-    if any(value is not None and not isinstance(value, dict) for value in values):
+    if any(value is not None and not isinstance(value, dict) for value in values) and "result" not in keys:
         keys.append("result")  # results that are not dicts: one column with the whole value
-    names = ["task_pk", *parameter_names, "version", "completed"]
-    names += [key if key not in names else f"result_{key}" for key in keys]
+    task_columns = output_tables.task_columns(parameter_names)
+    names = list(task_columns)
+    for key in keys:
+        while key in names:
+            key = f"result_{key}"
+        names.append(key)
     rows = []
     for task, value in zip(found, values):
         given = parameters[task.pk]
@@ -83,7 +87,7 @@ def results_table(
                 row.append(value if key == "result" else None)
         rows.append(row)
     found = export.table(names, rows)
-    _describe_task_columns(found, cls, {name: name for name in ["task_pk", *parameter_names, "version", "completed"]})
+    _describe_task_columns(found, cls, task_columns)
     return found
 
 
@@ -117,31 +121,31 @@ def _output_rows(
     The output rows are read alone, and each task's version, completion time and parameters once per task (a
     task may have many rows).
     """
-    parameters = outputs.parameter_names(cls)
     names, task_columns, fields = _output_names(cls, model)
     if wanted is not None:
         export.check_columns(wanted, names)
         names = [name for name in names if name in wanted]
     chosen = [name for name in fields if name in names]
     pks, values = output_tables.columns_of(model, tasks, chosen)
-    values["task_pk"] = pks
-    needed = {column: what for column, what in task_columns.items() if column in names}
+    pk_column = next(column for column, (kind, _) in task_columns.items() if kind == "task_pk")
+    values[pk_column] = pks
+    needed = {column: what for column, what in task_columns.items() if column in names and column != pk_column}
     if needed:
         if versions is None:
             versions = {pk: (version, completed) for pk, version, completed in records.versions_of(tasks)}
-        per_task = {pk: {"version": versions[pk][0], "completed": versions[pk][1]} for pk in tasks if pk in versions}
-        if set(needed.values()) - {"version", "completed"}:
+        recorded = {}
+        if any(kind == "parameter" for kind, _ in needed.values()):
             recorded = records.parameters_of(list(dict.fromkeys(pks)))
-            for pk, given in recorded.items():
-                per_task[pk].update({name: given.get(name) for name in parameters})
-        for column, what in needed.items():
-            typed = _parser(cls, what) if what in parameters else None
-            by_task = {
-                pk: (typed(task[what]) if typed else task[what]) for pk, task in per_task.items() if what in task
-            }
+        for column, (kind, parameter) in needed.items():
+            if kind == "parameter":
+                typed = _parser(cls, parameter)
+                by_task = {pk: typed(given.get(parameter)) for pk, given in recorded.items()}
+            else:
+                at = 0 if kind == "version" else 1
+                by_task = {pk: versions[pk][at] for pk in tasks if pk in versions}
             values[column] = [by_task.get(pk) for pk in pks]
     found = Table([export.column(name, values[name]) for name in names])
-    _describe_task_columns(found, cls, {"task_pk": "task_pk", **needed} if "task_pk" in names else needed)
+    _describe_task_columns(found, cls, {column: task_columns[column] for column in task_columns if column in names})
     units = outputs.units(model)
     for name in chosen:
         export.annotate(found, name, units.get(name), model._meta.fields[name].help_text)
@@ -151,12 +155,11 @@ def _output_rows(
 def _output_names(
     cls: type[luigi.Task], model: type[outputs.OutputModel]
 ) -> tuple[list[str], dict[str, str], list[str]]:
-    """Every column of the results of a class with an output model; its task columns (column: what it is: a
-    parameter, version or completed); its output fields."""
+    """Every column of the results of a class with an output model; its task columns (see
+    :func:`astra.database.output_tables.task_columns`); its output fields."""
     fields = [name for name in model._meta.fields if name not in ("pk", "task")]
-    what = [*outputs.parameter_names(cls), "version", "completed"]
-    task_columns = {output_tables.task_column(model, n): n for n in what}
-    return ["task_pk", *task_columns, *fields], task_columns, fields
+    task_columns = output_tables.task_columns(outputs.parameter_names(cls), fields)
+    return [*task_columns, *fields], task_columns, fields
 
 
 #: The descriptions of the columns every results table has.
@@ -167,12 +170,17 @@ TASK_COLUMNS = {
 }
 
 
-def _describe_task_columns(found: Table, cls: type[luigi.Task] | None, columns: dict[str, str]) -> None:
-    """Describe the task columns (``columns`` maps each column to what it is): a parameter by its luigi
-    description, else by its name.
+def _describe_task_columns(
+    found: Table, cls: type[luigi.Task] | None, columns: dict[str, tuple[str, str | None]]
+) -> None:
+    """Describe the task columns (``columns`` maps each to what it holds, as
+    :func:`astra.database.output_tables.task_columns` does): a parameter by its luigi description, else by its
+    name.
     """
     parameters = dict(cls.get_params()) if cls is not None else {}
-    for column, what in columns.items():
-        parameter = parameters.get(what)
-        described = getattr(parameter, "description", None)
-        export.annotate(found, column, description=TASK_COLUMNS.get(what) or described or f"task parameter {what}")
+    for column, (kind, name) in columns.items():
+        if kind != "parameter":
+            export.annotate(found, column, description=TASK_COLUMNS[kind])
+            continue
+        described = getattr(parameters.get(name), "description", None)
+        export.annotate(found, column, description=described or f"task parameter {name}")

@@ -347,3 +347,35 @@ class RaggedFit(astra.BaseTask):
 
     def run(self) -> dict:
         return {"flux": ragged_flux(self.star), "counts": np.arange(self.star, dtype=np.int64) - 2**40}
+
+
+class Clash(astra.OutputModel):
+    """Fields named as the columns astra adds: the task's version, and what it becomes when a field has it."""
+
+    version = peewee.TextField()
+    task_version = peewee.TextField()
+
+    class Meta:
+        table_name = "test_clash"
+
+
+class ClashFit(astra.BaseTask):
+    """Parameters named as the columns astra adds (the completion time, the task's pk)."""
+
+    output_model = Clash
+    version = "3"
+    completed = luigi.Parameter()
+    task_pk = luigi.IntParameter(default=7)
+
+    def run(self) -> dict:
+        return {"version": "a", "task_version": "b"}
+
+
+class ClashResult(astra.BaseTask):
+    """The same parameters, with a JSON result: a dict with a key "result" for some, a number for others."""
+
+    completed = luigi.Parameter()
+    task_pk = luigi.IntParameter(default=7)
+
+    def run(self) -> object:
+        return {"result": 1} if self.completed == "dict" else 5

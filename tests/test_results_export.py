@@ -9,11 +9,24 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from astra import outputs
 from astra.database import output_tables
 from astra.database.connection import is_postgres
 from astra.targets import forget_cached
 from tests.helpers import astra, astra_many, main
-from tests.output_tasks import Measure, Measurement, MeasureVisits, PlainResult, Ragged, RaggedFit, Visit, ragged_flux
+from tests.output_tasks import (
+    Clash,
+    ClashFit,
+    ClashResult,
+    Measure,
+    Measurement,
+    MeasureVisits,
+    PlainResult,
+    Ragged,
+    RaggedFit,
+    Visit,
+    ragged_flux,
+)
 
 
 def strict(text: str) -> object:
@@ -216,3 +229,26 @@ def test_arrays_of_different_lengths_keep_every_value(database_url, tmp_path, ca
     shown = main(capsys, "results", "RaggedFit").stdout
     assert "[ nan -0. 2.25 -inf]" in " ".join(shown.split())
     assert [line.split()[3] for line in shown.splitlines()[2:4]] == ["--", "[nan"]  # star 0 has no flux (no version)
+
+
+def test_columns_named_alike_keep_every_value(database_url, capsys):
+    """A parameter named `completed` or `task_pk`, fields named `version` and `task_version`: astropy stopped with
+    "Duplicate column names" (a traceback), or one value silently replaced another. Fields and parameters keep
+    their names; astra's own columns get task_ before them, as often as it takes."""
+    if is_postgres():
+        output_tables.create([Clash])
+    forget_cached()
+    assert luigi.build([ClashFit(completed="yes"), ClashResult(completed="dict"), ClashResult(completed="plain")],
+                       local_scheduler=True, log_level="WARNING")  # fmt: skip
+    (row,) = strict(main(capsys, "results", "ClashFit", "--json").stdout)
+    assert list(row) == ["task_pk", "completed", "task_task_pk", "task_task_version", "task_completed", "version",
+                         "task_version"]  # fmt: skip
+    assert (row["completed"], row["task_task_pk"], row["task_task_version"]) == ("yes", 7, "3")
+    assert (row["version"], row["task_version"]) == ("a", "b") and row["task_completed"].startswith("20")
+    (model_row,) = outputs.results(ClashFit)  # astra.results
+    assert (model_row.completed, model_row.task_task_pk, model_row.task_task_version) == ("yes", "7", "3")
+    assert (model_row.version, model_row.task_version) == ("a", "b") and model_row.task_completed is not None
+
+    rows = strict(main(capsys, "results", "ClashResult", "--json").stdout)
+    assert sorted((r["completed"], r["task_task_pk"], r["result"]) for r in rows) == [("dict", 7, 1), ("plain", 7, 5)]
+    assert all(r["task_completed"] for r in rows)

@@ -216,21 +216,34 @@ def count_rows(model: type[peewee.Model], tasks: peewee.ModelSelect) -> int:
     return model.select().where(model.task.in_(tasks)).count()
 
 
-def task_column(model: type[peewee.Model], wanted: str) -> str:
-    """The attribute that task column ``wanted`` has in :func:`select_rows`: ``task_`` first if ``model`` has it."""
-    return f"task_{wanted}" if wanted in model._meta.fields or wanted == "task_pk" else wanted
+def task_columns(parameters: Sequence[str], taken: Iterable[str] = ()) -> dict[str, tuple[str, str | None]]:
+    """The names of the task columns beside the columns ``taken`` (output fields, result keys), each with what it
+    holds: ``("task_pk" | "version" | "completed", None)`` or ``("parameter", its name)``.
+
+    In that order, the task's pk, its parameters, version and completion time: each keeps its name unless a field
+    or an earlier column has it, and then gets ``task_`` before it, as often as it takes (a parameter named
+    ``completed`` keeps the name, and the completion time is ``task_completed``).
+    """
+    used = set(taken)
+    columns = {}
+    for kind, parameter in [("task_pk", None), *(("parameter", p) for p in parameters), ("version", None),
+                            ("completed", None)]:  # fmt: skip
+        name = parameter or kind
+        while name in used:
+            name = f"task_{name}"
+        used.add(name)
+        columns[name] = (kind, parameter)
+    return columns
 
 
 def select_rows(model: type[peewee.Model], tasks: peewee.ModelSelect, parameters: Sequence[str]) -> peewee.ModelSelect:
     """Rows of ``model`` made by ``tasks`` (a query of task pks), with each task's parameters (recorded text),
-    version and completion time as attributes; a name an output field already has gets a ``task_`` prefix.
+    version and completion time as attributes, named by :func:`task_columns` (a name an output field already has
+    gets a ``task_`` prefix).
     """
     ready(model)
-
-    def name(wanted: str) -> str:
-        return task_column(model, wanted)
-
-    columns = [Task.version.alias(name("version")), Task.completed.alias(name("completed"))]
+    names = {what: name for name, what in task_columns(parameters, model._meta.fields).items()}
+    columns = [Task.version.alias(names["version", None]), Task.completed.alias(names["completed", None])]
     query = model.select(model, *columns).join(Task, on=(model.task == Task.pk))
     for i, parameter in enumerate(parameters):
         values = (
@@ -240,7 +253,7 @@ def select_rows(model: type[peewee.Model], tasks: peewee.ModelSelect, parameters
             .alias(f"p{i}")
         )
         query = query.join_from(Task, values, JOIN.LEFT_OUTER, on=(values.c.task_pk == Task.pk))
-        query = query.select_extend(values.c.parameter_value.alias(name(parameter)))
+        query = query.select_extend(values.c.parameter_value.alias(names["parameter", parameter]))
     return query.where(model.task.in_(tasks)).order_by(model.pk).objects()
 
 
