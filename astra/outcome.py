@@ -15,6 +15,7 @@ import logging
 import re
 import types
 import urllib.request
+from typing import NamedTuple
 from urllib.parse import quote, urljoin
 
 import luigi
@@ -254,10 +255,15 @@ def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: 
     try:
         with connection.trying_once():  # a server gone (the run's tasks waited for it already) must not hold the end
             asked = (unfinished(task, failed) for task in tasks if task.task_id not in found_done)
-            lines = [line for line in asked if line is not None]
+            found = [why for why in asked if why is not None]
+        lines = [why.line for why in found]
+        codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
         if not lines:
-            codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
             codes.not_run = codes.already_running = 0
+        elif all(why.running_elsewhere for why in found):
+            # luigi counts the tasks other workers hold as "not granted run permission" (its not_run, 25): the
+            # README's code for this is already_running (10).
+            codes.not_run = codes.already_running
     except Exception as exc:  # the judgement must never end a run in a traceback of its own
         logger.debug("astra: could not tell whether the requested task is done: %s", exc)
         return []
@@ -266,7 +272,19 @@ def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: 
     return lines
 
 
-def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
+class Unfinished(NamedTuple):
+    """Why a task is not done: the line that says it, and whether it is only that other workers are still running
+    what it needs."""
+
+    line: str
+    running_elsewhere: bool
+
+
+class _Running(str):
+    """A reason that is another worker still running what the task needs."""
+
+
+def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> Unfinished | None:
     """Why ``root`` is not done, in one line; None if it is done. ``failed``: the task_ids luigi saw fail.
 
     Inside the luigi command's parser context, as the task was made (see :func:`judge_each_run`).
@@ -314,7 +332,8 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> str | None:
         if len(tasks) > 2 and items is None  # a batch's items are not among what it requires
         else ""
     )
-    return f"astra: {root} is not done: {'; '.join(reasons)}{counted}"
+    running = all(isinstance(reason, _Running) for reason in reasons)
+    return Unfinished(f"astra: {root} is not done: {'; '.join(reasons)}{counted}", running)
 
 
 #: How many tasks a line names before it counts the rest.
@@ -360,7 +379,7 @@ def _failed_or_running(root: luigi.Task, rows: dict, tasks: dict[str, luigi.Task
     running = [row for row, is_gone in zip(running, gone) if not is_gone]
     if running:
         where = [f"{row.task_id} on {row.host} pid {row.pid}" for row in running]
-        reasons.append(f"{len(running)} still running ({_named(where)})")
+        reasons.append(_Running(f"{len(running)} still running ({_named(where)})"))
     if left:
         where = [f"{row.task_id} by pid {row.pid}" for row in left]
         reasons.append(
@@ -407,6 +426,6 @@ def _luigid_view(url: str, root: luigi.Task, not_done: dict[str, luigi.Task]) ->
     elsewhere = {node["worker_running"] for node in graph.values() if node["status"] == "RUNNING"} - {None}
     if elsewhere:
         reasons.append(
-            f"luigid gave some of them to other workers, still running: {_named(sorted(map(str, elsewhere)))}"
+            _Running(f"luigid gave some of them to other workers, still running: {_named(sorted(map(str, elsewhere)))}")
         )
     return reasons

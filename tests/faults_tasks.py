@@ -108,9 +108,10 @@ class Sluggard(astra.BaseTask):
 
 class Sluggards(astra.BaseTask):
     n = luigi.IntParameter()
+    seconds = luigi.FloatParameter(default=1.0)
 
     def requires(self) -> list[Sluggard]:
-        return [Sluggard(i=i) for i in range(self.n)]
+        return [Sluggard(i=i, seconds=self.seconds) for i in range(self.n)]
 
 
 class Tally(Model):

@@ -11,7 +11,7 @@ import pytest
 
 from astra import outcome
 from astra.database import Task
-from tests.faults_tasks import Pause, Pauses
+from tests.faults_tasks import Pause, Pauses, Sluggard, Sluggards
 from tests.helpers import REPO, Luigid, astra, background, one_line_error, run_luigi, summary, wait_for
 
 #: The codes astra gives luigi's [retcode] (astra.outcome.EXIT_CODES), as the README documents them.
@@ -138,6 +138,29 @@ def test_a_luigid_restarted_mid_run_ends_the_run_non_zero_saying_so(postgres_url
     again = run_luigi(*args, cwd=tmp_path)  # as the line says: run it again
     assert again.returncode == 0 and not astra_lines(again.stdout), again.stdout
     assert Task.select().where(Task.status == "done").count() == 31
+
+
+def test_a_task_not_done_only_because_others_run_what_it_needs_exits_already_running(sqlite_url):
+    """luigi counts the tasks luigid gave other workers as "not granted run permission" (its not_run, 25), and 10 of
+    16 clients on one luigid exited 25; the README's code for a task not done while another worker runs what it
+    needs is 10 (already_running)."""
+    import luigi.retcodes
+
+    from astra import identity, recording
+    from astra.database import queries
+
+    needed = Sluggard(i=0, seconds=60.0)
+    row = recording.fields(Sluggard, needed.task_id, identity.task_hash(needed), identity.task_version(needed))
+    attempt = queries.claim(row, identity.parameters(needed), 60)
+    Task.update(host="node-7").where(Task.pk == attempt.pk).execute()  # a worker on another host, within its lease
+    codes = luigi.retcodes.retcode()
+    before = codes.not_run, codes.already_running
+    try:
+        (line,) = outcome._judge([Sluggards(n=1, seconds=60.0)])
+        assert line.startswith("astra: Sluggards(n=1, seconds=60.0) is not done: 1 still running (Sluggard_0_60"), line
+        assert (codes.not_run, codes.already_running) == (10, 10)
+    finally:
+        codes.not_run, codes.already_running = before
 
 
 @pytest.fixture
