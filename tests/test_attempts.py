@@ -113,6 +113,15 @@ def test_every_write_of_a_lost_attempt_misses_the_row_that_took_its_pk(database_
     assert queries.heartbeat(new) is True
 
 
+def test_a_claim_forgotten_then_claimed_again_is_not_called_taken_over(database_url):
+    """The first holder's error blamed a missing heartbeat ("taken over ... within the lease?"): it was a forget."""
+    old = queries.claim(slow_fields("f"), {"name": "f"}, 60)
+    Task.delete().where(Task.pk == old.pk).execute()  # as `astra tasks forget` does
+    queries.claim(slow_fields("f"), {"name": "f"}, 60)
+    said = queries.lost(old)
+    assert said.startswith("its record was forgotten (astra tasks forget), and ") and "lease" not in said, said
+
+
 def test_a_batch_that_records_a_running_task_ends_that_claim(database_url):
     """A batch wrote the row meanwhile: the claim's own result does not replace the batch's."""
     attempt = queries.claim(slow_fields("c"), {"name": "c"}, 60)

@@ -310,3 +310,18 @@ def test_the_index_of_task_hash_takes_the_status_and_every_task_stays_done(
         done = {row["task_hash"] for row in before["task"] if row["status"] == "done"}
         assert len(done) == len(before["task"]) - 1  # all but UpgradeFails
         assert queries.done_hashes(row["task_hash"] for row in before["task"]) == done
+
+
+def test_an_astra_older_than_binary_keys_fails_on_sqlite_rather_than_spin(sqlite_url):
+    """astra before schema 11 claimed a task with INSERT OR IGNORE and a hash as hex text: on SQLite that skips the
+    row the CHECK refuses, as it skips one already there, and such a worker, still running after an upgrade, looked
+    for its row, found none and tried again at full speed, forever. Its insert is an error now."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as old:
+        with pytest.raises(sqlite3.IntegrityError, match="an astra older than that wrote one as text: stop its"):
+            old.execute(  # the older release's claim
+                "INSERT OR IGNORE INTO task (task_module, task_name, task_id, task_hash, version, status, created, "
+                "attempts, astra_version) VALUES ('m', 'T', 'T_1', ?, '', 'running', '2026-01-01', 1, '0.1')",
+                ("ab" * 32,),
+            )
+        assert old.execute("SELECT count(*) FROM task").fetchone() == (0,)

@@ -566,6 +566,7 @@ def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database
             versions.create(db)  # a new database (e.g. the embedded default on first use)
         elif versions.recorded(db) == versions.CURRENT:
             db.create_tables(MODELS, safe=True)  # a table lost since is made again; older schemas: astra db upgrade
+            dialect(db).refuse_older_writers(db)  # a database upgraded before this astra made the trigger
     except (OSError, peewee.DatabaseError) as exc:
         full = _no_space_left(os.path.dirname(path))  # SQLite says "disk I/O error" when WAL's files cannot grow
         raise DatabaseNotReady(f"astra: cannot open SQLite database {path}: {exc}{full}") from None
@@ -788,5 +789,6 @@ def upgrade_schema(progress=lambda version, description: None, say=lambda text: 
     if version is None or version > versions.CURRENT:
         _check_schema(db, description)  # nothing this astra can upgrade: the same line as at opening
     before = versions.upgrade(db, progress, say)
+    dialect(db).refuse_older_writers(db)  # the workers of the astra that wrote it may be running still
     DATABASE.use(db, key, description)
     return description, before, versions.CURRENT

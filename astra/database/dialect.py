@@ -148,6 +148,20 @@ class SQLite:
         """Lock rows ``pks`` of ``table`` until the transaction ends, against a reference to them (a new edge) and
         any write (SQLite: the IMMEDIATE transaction holds the whole database already)."""
 
+    def refuse_older_writers(self, db: peewee.Database) -> None:
+        """Make a task row with a hash as text fail, as an astra older than schema 11 writes it.
+
+        Such an astra claims a task with ``INSERT OR IGNORE``, which on SQLite skips the row the CHECK on the hash's
+        length refuses, as it skips one already there: it then looked for its row, found none, and tried again,
+        forever. A trigger's ABORT is an error whatever the statement's OR. (PostgreSQL's ON CONFLICT covers only
+        unique keys: the CHECK is an error there.)
+        """
+        found = db.execute_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'task_hash_as_bytes'"
+        ).fetchone()
+        if found is None:
+            db.execute_sql(_OLDER_WRITERS_REFUSED)
+
     def columns_sql(self) -> str:
         """A query of (table, column) for every astra table."""
         return "select m.name, p.name from sqlite_master m join pragma_table_info(m.name) p where m.type = 'table'"
@@ -626,6 +640,9 @@ class PostgreSQL(SQLite):
         from astra.database import key_upgrade  # only to upgrade
 
         key_upgrade.status_index_swap(db)
+
+    def refuse_older_writers(self, db: peewee.Database) -> None:
+        pass  # the CHECK on the hash's length refuses them
 
     def lock_rows(self, db: peewee.Database, table: str, pks: Sequence[int]) -> None:
         for chunk in _chunked(list(pks)):
@@ -1331,6 +1348,17 @@ def _copy_from(db: peewee.Database, sql: str, data: io.IOBase) -> None:
 #: The references of ``astra.task_parameter`` as schema 9 checks them: triggers that look at each statement's links
 #: at once, where foreign keys ran a query per link (the same text as in schema/astradb/astradb.sql, which says why
 #: this is safe against concurrent writers; tests/test_links.py checks they agree).
+_OLDER_WRITERS_SAID = (
+    "astra: this database keeps task hashes as 32 bytes (astra schema 11 and later), and an astra older than that "
+    "wrote one as text: stop its workers, and run the astra that upgraded the database"
+)
+_OLDER_WRITERS_REFUSED = f"""
+CREATE TRIGGER IF NOT EXISTS task_hash_as_bytes BEFORE INSERT ON task WHEN typeof(new.task_hash) <> 'blob'
+BEGIN
+    SELECT RAISE(ABORT, '{_OLDER_WRITERS_SAID}');
+END
+"""
+
 _LINK_CHECKS = """
 create or replace function astra.task_parameter_check() returns trigger language plpgsql as $$
 begin

@@ -416,7 +416,15 @@ def lost(attempt: Attempt) -> str:
         return "its record is gone: forgotten (astra tasks forget), or lost in a crash of the database server"
     if row.status == DONE and row.claim_token is None:
         return "a batch recorded the task meanwhile"
-    return f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status})"
+    if row.pk != attempt.pk or row.attempts <= attempt.attempts:  # a new row (SQLite may give it the same pk)
+        return (
+            f"its record was forgotten (astra tasks forget), and {row.host} pid {row.pid} claimed the task again "
+            f"(now {row.status})"
+        )
+    return (
+        f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status}; was there "
+        "no heartbeat within the lease?)"
+    )
 
 
 def done_by(task_hash: str) -> Holder | None:
@@ -483,7 +491,7 @@ def finish(
     if not done:
         raise ClaimLostError(
             f"astra: task row {attempt.pk} is no longer this worker's: {lost(attempt)}; this run's results "
-            "were not recorded (if it was taken over: was there no heartbeat within the lease?)"
+            "were not recorded"
         )
 
 

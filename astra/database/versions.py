@@ -139,6 +139,7 @@ def create(db: peewee.Database) -> None:
     """Create the tables of a new SQLite database, at the current version (PostgreSQL: astradb.sql does it)."""
     with dialect(db).atomic(db):
         db.create_tables(MODELS, safe=True)
+        dialect(db).refuse_older_writers(db)
         SchemaVersion.insert(version=CURRENT, applied=utcnow()).on_conflict_ignore().execute()
 
 
