@@ -185,6 +185,8 @@ class Claim:
                 self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable, needed
             )
         except queries.InputsGoneError as gone:
+            for key in gone.keys:  # luigi may ask again in this process (a retry): the database's answer now
+                known().mark_not_done(key)
             lost = [needed[key] for key in gone.keys]
             more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
             raise InputLostError(
