@@ -160,7 +160,10 @@ class SQLite:
             "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'task_hash_as_bytes'"
         ).fetchone()
         if found is None:
-            db.execute_sql(_OLDER_WRITERS_REFUSED)
+            try:
+                db.execute_sql(_OLDER_WRITERS_REFUSED)
+            except peewee.OperationalError:  # a file this process may only read: its readers need no trigger
+                pass
 
     def columns_sql(self) -> str:
         """A query of (table, column) for every astra table."""
