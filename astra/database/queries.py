@@ -482,7 +482,9 @@ def finish(
         # An edge to a task deleted as this statement ran: a forget, which locked the task before looking for
         # what needs it (astra.database.records.forget). Which ones, when a transaction of the caller's allows.
         needed = json.loads(row["needed"])
-        if outside or not needed:
+        if not needed:
+            raise  # not an input's: an InputsGoneError would name none
+        if outside:
             raise InputsGoneError(needed) from None
         done_now = done_hashes(needed)
         raise InputsGoneError([key for key in needed if key not in done_now] or needed) from None
