@@ -29,12 +29,16 @@ that starts processes this way, a script that calls ``luigi.build`` itself must 
 stay not done, the batch fails, and a re-run works them.
 
 What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
-the first to record it wins), or run the items' requirements (an item whose input is missing fails).
+the first to record it wins), or run the items' requirements. An item that requires astra tasks runs only if they
+are recorded done, and is recorded done only if they still are when its chunk is written (in the same
+transaction); else it is recorded failed, naming the task, as a lone task is never run before its input. An input
+that is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import multiprocessing
@@ -46,19 +50,21 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 
 import luigi
+from luigi.task import flatten
 
 from astra import config, outputs, values
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, use_own_connection
 from astra.executors import executor_for
-from astra.identity import Item, items, task_version
+from astra.identity import Item, items, requirements, task_version
 from astra.recording import ItemFailuresError, fields, run_unrecorded, summarise
+from astra.targets import database_targets
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
@@ -66,6 +72,10 @@ logger = logging.getLogger("luigi-interface")
 
 class BatchError(ItemFailuresError):
     """Some items of a batch failed (each is recorded as failed, with its error, in ``astra.task``)."""
+
+
+class MissingInputError(RuntimeError):
+    """An astra task that an item requires is not recorded done: the item is not run, or not recorded done."""
 
 
 class PoolBrokenError(RuntimeError):
@@ -189,6 +199,7 @@ class BatchTask(luigi.Task):
         total = _length(self._parameter_sets())
         done = failed = 0
         first_error = ""
+        lost: list[str] = []
         self._started = time.monotonic()
         self._logged_at = self._started
         self._furthest = (0, 0)
@@ -212,30 +223,41 @@ class BatchTask(luigi.Task):
                 good = [record for record in records if "error" not in record]
                 bad = [record for record in records if "error" in record]
                 while writing:
-                    self.recording_seconds += writing.popleft().result()
+                    lost += self._written(writing.popleft())
                 writing.append(writer.submit(_write, model, good, bad, output_rows, self._job))
                 done += len(good)
                 failed += len(bad)
                 if bad and not first_error:
                     first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
-                self._progress(done + failed, total, failed)
+                self._progress(done + failed, total, failed + len(lost))
             while writing:
-                self.recording_seconds += writing.popleft().result()
+                lost += self._written(writing.popleft())
         finally:
             # However run() ends (a pool process died, say), what was handed to the writer is written first.
             writer.submit(_close_connection)
             writer.shutdown(wait=True)
+        # Items recorded failed rather than done, an astra task they need having gone as they were worked.
+        done, failed, first_error = done - len(lost), failed + len(lost), first_error or next(iter(lost), "")
         self._progress(done + failed, total, failed, final=True)
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
+
+    def _written(self, writing: Future) -> list[str]:
+        """Wait for a chunk's records to be written; the errors of its items found without their input then."""
+        seconds, lost = writing.result()
+        self.recording_seconds += seconds
+        for line in lost:
+            logger.error("%s", line)
+        return lost
 
     def _work_here(self, model: type | None, total: int | None) -> Iterator[tuple[list[dict], dict]]:
         """The records of the pending items and their output rows by task hash, a chunk at a time, worked here."""
         before = failed = 0
         for chunk in _chunks(self.pending(), self.chunk_size):
             started = time.perf_counter()
-            results = self._process_reporting(chunk, total, before, failed)
-            records, output_rows = _records(model, chunk, results, time.perf_counter() - started)
+            process = functools.partial(self._process_reporting, total=total, before=before, failed=failed)
+            results, needs = _with_inputs(chunk, process)
+            records, output_rows = _records(model, chunk, results, time.perf_counter() - started, needs)
             before += len(chunk)
             failed += sum(1 for record in records if "error" in record)
             yield records, output_rows
@@ -386,14 +408,24 @@ _ASKERS = 2
 @retried
 def _write(
     model: type | None, good: list[dict], bad: list[dict], output_rows: dict[str, list[dict]], job: tuple | None
-) -> float:
+) -> tuple[float, list[str]]:
     """Record a chunk's items, done or failed, and their output rows (and the SLURM ``job`` (id, node) that worked
-    them), in one transaction (all of it again if the connection drops meanwhile); the seconds it took."""
+    them), in one transaction (all of it again if the connection drops meanwhile); the seconds it took, and the
+    errors of the items recorded failed instead of done, as an astra task they need is not recorded done any more.
+    """
     started = time.perf_counter()
     use_own_connection()  # the writer works beside the main thread, which keeps the process's connection
     if model is not None:
         output_tables.ready(model)  # before the records: a table that does not fit stops the batch
     with queries.transaction():
+        # First, before any other row is touched: the inputs stay done until this commits (a forget waits, and
+        # then finds these items by their edges), or are seen gone (forgotten meanwhile: the items fail).
+        gone = queries.hold_done({key for record in good for key in record.get("needs", ())})
+        lost = [_lost(record, gone) for record in good if gone.intersection(record.get("needs", ()))]
+        if lost:
+            lost_hashes = {record["task_hash"] for record in lost}
+            good = [record for record in good if record["task_hash"] not in lost_hashes]
+            bad = bad + lost
         written = queries.record_items(good, queries.DONE)
         failed = queries.record_items(bad, queries.FAILED)
         if job is not None:
@@ -404,7 +436,20 @@ def _write(
             made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
             output_tables.delete_rows(model, written.values())
             output_tables.insert(model, made)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, [f"{record['task_id']}: {record['error']}" for record in lost]
+
+
+def _lost(record: dict, gone: set[str]) -> dict:
+    """The failed record of an item worked while a task it needs was forgotten (or lost in a server crash)."""
+    absent = [key for key in record["needs"] if key in gone]
+    more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+    error = MissingInputError(
+        f"the astra task of hash {absent[0]}{more}, which this item needs, is not recorded done any more: it was "
+        "forgotten (or lost in a server crash) while the batch worked; make it again, then run the batch again"
+    )
+    failed = {key: value for key, value in record.items() if key != "result"}
+    failed["error"], failed["traceback"] = summarise(error)
+    return failed
 
 
 #: Collect cyclic garbage once per this many new containers while items are checked (CPython's default: 700).
@@ -435,6 +480,54 @@ def _fewer_collections() -> Iterator[None]:
             _checks_under_way -= 1
             if _checks_under_way == 0:
                 gc.set_threshold(_threshold_before, *gc.get_threshold()[1:])
+
+
+def _with_inputs(
+    chunk: list[Item], process: Callable[[list[Item]], list[object]]
+) -> tuple[list[object], dict[str, list[str]]]:
+    """The results of ``process`` of the chunk's items whose astra inputs are recorded done, and for the others
+    the :class:`MissingInputError` that fails them unrun; and what each item needs (:func:`_needs`), by hash."""
+    needs = {item.task_hash: _needs(item) for item in chunk if item.requires}
+    missing = _missing_inputs(chunk, needs)
+    results = iter(process([item for item in chunk if item.task_hash not in missing] if missing else chunk))
+    return [missing[item.task_hash] if item.task_hash in missing else next(results) for item in chunk], needs
+
+
+def _missing_inputs(chunk: list[Item], needs: dict[str, list[str]]) -> dict[str, MissingInputError]:
+    """The items of ``chunk`` that need an astra task not recorded done (one query), each with its error."""
+    done = queries.done_hashes({key for keys in needs.values() for key in keys})
+    missing = {}
+    for item in chunk:
+        absent = [key for key in needs.get(item.task_hash, ()) if key not in done]
+        if absent:
+            names = {target.task_hash: str(task) for task in flatten(requirements(item.task))
+                     for target in database_targets([task])}  # fmt: skip
+            more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            missing[item.task_hash] = MissingInputError(
+                f"{names.get(absent[0], absent[0])}{more}, which this item needs, is not recorded done: run it "
+                "first (a batch does not run what its items require; its requires() may name it)"
+            )
+    return missing
+
+
+def _needs(item: Item) -> list[str]:
+    """The hashes of the astra tasks (recorded in astra.task) that the item requires."""
+    needs = []
+    for key, cls in item.required():
+        recorded = _recorded(cls)
+        if recorded is None:  # an output() of its own: only the task knows what it gives
+            return [t.task_hash for t in database_targets(flatten(requirements(item.task))) if t.task_hash]
+        if recorded:
+            needs.append(key)
+    return needs
+
+
+def _recorded(cls: type) -> bool | None:
+    """Whether tasks of ``cls`` are recorded in astra.task: those of BaseTask classes, whose output is astra's
+    target. None for a BaseTask class with an ``output()`` of its own: only a task of it can tell."""
+    if not isinstance(cls, type) or not issubclass(cls, BaseTask):
+        return False  # a plain luigi task (an input file's): nothing records it in astra.task
+    return True if cls.output is BaseTask.output else None
 
 
 def _done(chunk: list[Item]) -> set[str]:
@@ -552,21 +645,30 @@ def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], flo
     if not todo:
         return [], {}, time.perf_counter() - started, len(part)
     working = time.perf_counter()
-    results = batch.process(todo)
-    if len(results) != len(todo):
-        raise ValueError(f"{type(batch).__name__}.process() gave {len(results)} results for {len(todo)} items")
+    results, needs = _with_inputs(todo, functools.partial(_processed, batch))
     model = outputs.output_model(batch.item_class)
-    records, output_rows = _records(model, todo, results, time.perf_counter() - working)
+    records, output_rows = _records(model, todo, results, time.perf_counter() - working, needs)
     return records, output_rows, time.perf_counter() - started, len(part) - len(todo)
 
 
-def _records(model: type | None, chunk: list[Item], results: list[object], seconds: float) -> tuple[list[dict], dict]:
-    """The records of a chunk's items (done with their results, or failed), and output rows by task hash."""
+def _processed(batch: BatchTask, todo: list[Item]) -> list[object]:
+    results = batch.process(todo)
+    if len(results) != len(todo):
+        raise ValueError(f"{type(batch).__name__}.process() gave {len(results)} results for {len(todo)} items")
+    return results
+
+
+def _records(
+    model: type | None, chunk: list[Item], results: list[object], seconds: float, needs: dict[str, list[str]]
+) -> tuple[list[dict], dict]:
+    """The records of a chunk's items (done with their results and what they need, or failed), and output rows by
+    task hash."""
     output_rows: dict[str, list[dict]] = {}
     if model is not None:  # the results go into the output table, not the result column
         results = [_output_rows(model, item, r, output_rows) for item, r in zip(chunk, results)]
     duration = seconds / len(chunk)
-    return [_row(item, duration, result) for item, result in zip(chunk, results)], output_rows
+    records = [_row(item, duration, result, needs.get(item.task_hash)) for item, result in zip(chunk, results)]
+    return records, output_rows
 
 
 def _chunks(iterable: Iterable, size: int, first: int | None = None) -> Iterator[list]:
@@ -608,8 +710,9 @@ def _unrecorded_run(task: luigi.Task) -> object:
     return result
 
 
-def _row(item: Item, duration: float, result: object) -> dict:
-    """The record of one item: done with its result, or failed with the exception it gave (or its result caused)."""
+def _row(item: Item, duration: float, result: object, needs: list[str] | None = None) -> dict:
+    """The record of one item: done with its result (and the astra tasks it ``needs``, checked again as it is
+    written), or failed with the exception it gave (or its result caused)."""
     row = {
         **fields(item.cls, item.task_id, item.task_hash, item.version),  # as a lone task's row has them
         "parameters": item.parameters,
@@ -619,6 +722,8 @@ def _row(item: Item, duration: float, result: object) -> dict:
     if not _failed(result):
         try:
             row["result"] = None if result is None else values.dumps(result)
+            if needs:
+                row["needs"] = needs
             return row
         except values.UnstorableError as exc:  # this item fails; the others of its chunk keep their results
             result = exc

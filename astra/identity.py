@@ -397,7 +397,7 @@ _json_string = json.encoder.encode_basestring
 class Item:
     """One parameter set of a task class, with the identity its task would have (see :func:`items`)."""
 
-    __slots__ = ("cls", "values", "task_hash", "_parameters", "requires", "_task", "_task_id")
+    __slots__ = ("cls", "values", "task_hash", "_parameters", "requires", "_required", "_task", "_task_id")
 
     def __init__(
         self,
@@ -407,12 +407,14 @@ class Item:
         parameters: dict[str, str] | tuple[list[str], list[str]],
         requires: list[str],
         task: luigi.Task | None = None,
+        required: dict[str, type] | tuple[list[str], tuple[type, ...]] | None = None,
     ) -> None:
         self.cls = cls
         self.values = values  # parameter values, as the task would hold them
         self.task_hash = task_hash
         self._parameters = parameters  # see parameters; or (names, texts), made a dict when first asked
         self.requires = requires  # hashes of the tasks it requires
+        self._required = required  # see required; or (hashes, their classes); None: ask the task
         self._task = task
         self._task_id: str | None = None
 
@@ -422,6 +424,12 @@ class Item:
         if type(self._parameters) is tuple:
             self._parameters = dict(zip(*self._parameters))
         return self._parameters
+
+    def required(self) -> Iterable[tuple[str, type]]:
+        """The hash and the class of each task it requires (a batch checks those recorded in astra.task are done)."""
+        if self._required is None:
+            self._required = {task_hash(one): type(one) for one in flatten(requirements(self.task))}
+        return zip(*self._required) if type(self._required) is tuple else self._required.items()
 
     @property
     def version(self) -> str:
@@ -511,6 +519,7 @@ def _from_fixed_requires(
     frames = _Frames()
     hash_item, values_of = layout.hash, maker.values
     made: list[tuple] | None = None  # per task it requires: how its texts are written, how hashed, its frame
+    classes = tuple(call.cls for call in calls)
     for given in parameter_sets:
         try:
             values = values_of(cls, (), given)
@@ -523,7 +532,7 @@ def _from_fixed_requires(
             requires = hashes if len(hashes) == 1 else sorted(set(hashes))
             texts = write(values)
             item = Item(cls, values, hash_item(frames.of_class(cls, requires), significant_of(texts)), (names, texts),
-                        requires)  # fmt: skip
+                        requires, required=(hashes, classes))  # fmt: skip
         except Exception:  # luigi's error, say: as luigi would, from this item on (see _made_light)
             yield from _created(cls, itertools.chain([given], parameter_sets))
             return
@@ -561,18 +570,18 @@ def _made_light(cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: cr
     for given in parameter_sets:
         try:
             task = maker.make(cls, maker.values(cls, (), given))
-            hashes = set()
+            required = {}
             for one in maker.call(functools.partial(_flat_requires, task)):
                 if maker.untouched(one):  # made light, and its class requires nothing
                     required_layout = _layout(type(one))
                     texts = required_layout.significant_texts.of_task(one)
-                    hashes.add(required_layout.hash(frames.of(one, []), texts))
+                    required[required_layout.hash(frames.of(one, []), texts)] = type(one)
                 else:
-                    hashes.add(creation.quickly(functools.partial(task_hash, one)))
-            requires = sorted(hashes)
+                    required[creation.quickly(functools.partial(task_hash, one))] = type(one)
+            requires = sorted(required)
             texts = write(task)  # after requires(), as task_hash reads them
             hashed = layout.hash(frames.of(task, requires), significant_of(texts))
-            item = Item(cls, task.param_kwargs, hashed, (names, texts), requires)
+            item = Item(cls, task.param_kwargs, hashed, (names, texts), requires, required=required)
         except Exception:
             # luigi's error or the task's own, or a light task missing what luigi's would have: as luigi would,
             # from this item on (and the error again, if luigi meets it too).

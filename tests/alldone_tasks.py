@@ -275,8 +275,21 @@ class CallsAParameter(astra.BaseTask):
         return [self.kind(i=self.i), Plain(i=self.i, release=["dr19"])]
 
 
+class NeededItems(BatchTask):
+    """Needed items 0 to n - 1 (what the items of Items need), recorded without work."""
+
+    item_class = Needed
+    n = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return ({"i": i} for i in range(self.n))
+
+    def process(self, chunk: list) -> list[None]:
+        return [None] * len(chunk)
+
+
 class Items(BatchTask):
-    """NeedsLeaf items 0 to n - 1, recorded without work."""
+    """NeedsLeaf items 0 to n - 1, recorded without work (their Needed must be done: NeededItems)."""
 
     item_class = NeedsLeaf
     n = luigi.IntParameter()

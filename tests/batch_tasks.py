@@ -135,3 +135,82 @@ class ContestedBatch(BatchTask):
 
     def parameter_sets(self):
         return [{"n": self.n, "fail": self.fail}]
+
+
+class Prepared(BaseTask):
+    """An astra task that batch items require (done, failed or never run)."""
+
+    n = luigi.IntParameter()
+    fail = luigi.BoolParameter(default=False, significant=False)
+
+    def run(self) -> dict:
+        if self.fail:
+            raise ValueError(f"no preparation {self.n}")
+        return {"n": self.n}
+
+
+class PreparedItsOutput(Prepared):
+    """Prepared with an output() of its own (astra's target still): only a task tells what it gives."""
+
+    def output(self):  # noqa: ANN201 -- as BaseTask's
+        return super().output()
+
+
+class UsesPrepared(BaseTask):
+    """An item that requires Prepared(n) (a fixed requires(): identified without making tasks); run() notes n in
+    ``ran`` and, with ``forget``, has `astra tasks forget` forget its input meanwhile."""
+
+    n = luigi.IntParameter()
+    forget = luigi.BoolParameter(default=False, significant=False)
+    ran: list[int] = []
+
+    def requires(self) -> Prepared:
+        return Prepared(n=self.n)
+
+    def run(self) -> dict:
+        UsesPrepared.ran.append(self.n)
+        if self.forget:
+            from tests.helpers import astra as astra_command
+
+            forgot = astra_command("tasks", "forget", "--name", "Prepared", "--where", f"n={self.n}", "--yes")
+            assert forgot.returncode == 0, forgot
+        return {"used": self.n}
+
+
+class UsesPreparedAndFile(UsesPrepared):
+    """The same, with a requires() that is a generator, and a file input beside it (no astra task)."""
+
+    path = luigi.Parameter()
+
+    def requires(self):  # noqa: ANN201 -- a generator, as luigi allows
+        yield Exposure(path=self.path)
+        yield Prepared(n=self.n)
+
+
+class UsesPreparedItsWay(UsesPrepared):
+    """The same, of a class with an ``__init__`` of its own: identified the slow way."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+
+class UsesPreparedItsOutput(UsesPrepared):
+    """The same, requiring a task whose class has an output() of its own."""
+
+    def requires(self) -> PreparedItsOutput:
+        return PreparedItsOutput(n=self.n)
+
+
+class UsesPreparedBatch(BatchTask):
+    numbers = luigi.ListParameter()
+    way = luigi.Parameter(default="")
+    path = luigi.Parameter(default="")
+    forget = luigi.BoolParameter(default=False)
+
+    def parameter_sets(self):
+        extra = {"path": self.path} if self.way == "AndFile" else {}
+        return [{"n": n, "forget": self.forget, **extra} for n in self.numbers]
+
+    @property
+    def item_class(self) -> type:  # the class of the way asked for
+        return globals()[f"UsesPrepared{self.way}"]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import luigi
 import pytest
 
 from astra.batch import BatchError
-from astra.database import Parameter, Task, TaskParameter
+from astra.database import Dependency, Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
 from tests import batch_tasks
-from tests.batch_tasks import Contested, MeasureStar, MeasureStars
-from tests.helpers import rows_by_path, run_luigi, summary
+from tests.batch_tasks import Contested, MeasureStar, MeasureStars, Prepared, UsesPrepared, UsesPreparedBatch
+from tests.helpers import rows_by_path, run_luigi, summary, wait_for
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
 
@@ -223,3 +224,120 @@ def test_a_batch_never_takes_a_task_from_a_run_that_holds_it(database_url):
         assert luigi.build([Contested(n=n, alone=True)], local_scheduler=True, log_level="WARNING"), n
         row = Task.get(Task.task_hash == task_hash(Contested(n=n)))
         assert row.status == "done" and Contested(n=n).output().read() == {"alone": kept}, (n, row.status)
+
+
+def _recorded(task: luigi.Task) -> Task | None:
+    return Task.get_or_none(Task.task_hash == task_hash(task))
+
+
+def _edges(task: luigi.Task) -> set[str]:
+    """The hashes of the tasks ``task``'s record says it required."""
+    required = Task.alias()
+    query = (
+        Dependency.select(required.task_hash)
+        .join(required, on=(Dependency.requires == required.pk))
+        .switch(Dependency)
+        .join(Task, on=(Dependency.task == Task.pk))
+        .where(Task.task_hash == task_hash(task))
+    )
+    return {row.requires.task_hash for row in query}
+
+
+@pytest.mark.parametrize("way", ["", "AndFile", "ItsWay", "ItsOutput"])
+def test_an_item_whose_astra_input_is_not_done_is_recorded_failed_and_not_run(database_url, tmp_path, way):
+    """A batch does not run its items' requirements: an item whose required astra task never ran, or failed, was
+    run anyway and recorded done, its edge to the input left out (no later run made the input)."""
+    item, required = getattr(batch_tasks, f"UsesPrepared{way}"), getattr(batch_tasks, f"Prepared{way}", Prepared)
+    if way == "ItsOutput":
+        required = batch_tasks.PreparedItsOutput
+    (tmp_path / "spectrum.fits").write_text("x")
+    file = {"path": str(tmp_path / "spectrum.fits")} if way == "AndFile" else {}
+    assert luigi.build([required(n=0)], local_scheduler=True, log_level="WARNING")
+    assert not luigi.build([required(n=1, fail=True)], local_scheduler=True, log_level="WARNING")
+    UsesPrepared.ran = []
+    batch = UsesPreparedBatch(numbers=[0, 1, 2], way=way, **file)
+    with pytest.raises(BatchError, match="2 of 3 items failed") as failed:
+        batch.run()
+    assert UsesPrepared.ran == [0], "an item ran without its input"
+    assert str(required(n=1)) in str(failed.value)
+    assert (_recorded(item(n=0, **file)).status, _edges(item(n=0, **file))) == ("done", {task_hash(required(n=0))})
+    for n in (1, 2):
+        row = _recorded(item(n=n, **file))
+        assert row.status == "failed", (n, row.status)
+        assert row.error.startswith(f"MissingInputError: {required(n=n)}, which this item needs, is not recorded")
+
+    assert luigi.build([required(n=1), required(n=2)], local_scheduler=True, log_level="WARNING")
+    UsesPrepared.ran = []
+    batch.run()
+    assert UsesPrepared.ran == [1, 2]
+    for n in range(3):
+        assert _recorded(item(n=n, **file)).status == "done"
+        assert _edges(item(n=n, **file)) == {task_hash(required(n=n))}
+
+
+@pytest.mark.slow
+def test_a_pool_runs_no_item_whose_astra_input_is_not_done(database_url):
+    assert luigi.build([Prepared(n=0)], local_scheduler=True, log_level="WARNING")
+    batch = UsesPreparedBatch(numbers=[0, 1], processes=2)
+    with pytest.raises(BatchError, match="1 of 2 items failed"):
+        batch.run()
+    assert _recorded(UsesPrepared(n=0)).status == "done"
+    row = _recorded(UsesPrepared(n=1))
+    assert (row.status, row.result) == ("failed", None)
+    assert row.error.startswith(f"MissingInputError: {Prepared(n=1)}, which this item needs"), row.error
+
+
+def test_an_item_whose_astra_input_is_forgotten_while_the_batch_works_is_recorded_failed(database_url):
+    """The input was done when the item was run, and forgotten (`astra tasks forget`) before its record: the record
+    checks it again, in the transaction that writes it."""
+    assert luigi.build([Prepared(n=0), Prepared(n=1)], local_scheduler=True, log_level="WARNING")
+    UsesPrepared.ran = []
+    with pytest.raises(BatchError, match="1 of 1 items failed") as failed:
+        UsesPreparedBatch(numbers=[1], forget=True).run()
+    assert UsesPrepared.ran == [1]
+    row = _recorded(UsesPrepared(n=1))
+    assert (row.status, row.result) == ("failed", None)
+    assert "which this item needs, is not recorded done any more" in row.error and "any more" in str(failed.value)
+    assert _recorded(Prepared(n=1)) is None
+
+
+@pytest.mark.slow
+def test_a_batch_whose_input_is_being_forgotten_waits_for_the_forget_and_fails_the_item(postgres_url):
+    """The check at the record reads the input with a lock: a forget deleting it meanwhile (not yet committed) is
+    waited for, and its delete then seen. Without the lock the record saw the input done, then its edge to the
+    row being deleted failed the whole chunk (a foreign key error)."""
+    import threading
+
+    import psycopg2
+
+    assert luigi.build([Prepared(n=5)], local_scheduler=True, log_level="WARNING")
+    forgetting = psycopg2.connect(postgres_url)  # as `forget` does: the row locked and deleted, not yet committed
+    key = bytes.fromhex(task_hash(Prepared(n=5)))
+    forgetting.cursor().execute("DELETE FROM astra.task WHERE task_hash = %s", (key,))
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            UsesPreparedBatch(numbers=[5]).run()
+            ended.append(None)
+        except BaseException as exc:
+            ended.append(exc)
+
+    batch = threading.Thread(target=run)
+    batch.start()
+    with contextlib.closing(psycopg2.connect(postgres_url)) as watching:
+        watching.autocommit = True  # each look a new snapshot of pg_stat_activity
+        cursor = watching.cursor()
+
+        def waiting() -> bool:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+                           (watching.info.dbname,))  # fmt: skip
+            return cursor.fetchone()[0] > 0
+
+        wait_for(waiting, what="the batch's record to wait for the forget")
+    forgetting.commit()
+    forgetting.close()
+    batch.join(timeout=60)
+    assert isinstance(ended[0], BatchError) and "any more" in str(ended[0]), ended
+    row = _recorded(UsesPrepared(n=5))
+    assert row.status == "failed" and "is not recorded done any more" in row.error, row.error

@@ -148,6 +148,11 @@ class SQLite:
         """Lock rows ``pks`` of ``table`` until the transaction ends, against a reference to them (a new edge) and
         any write (SQLite: the IMMEDIATE transaction holds the whole database already)."""
 
+    def hold_done(self, db: peewee.Database, table: str, hashes: list[str]) -> set[str]:
+        """Those of ``hashes`` that are no done task of ``table``; the others stay done until the transaction ends
+        (the IMMEDIATE transaction holds the whole database already)."""
+        return set(hashes) - set(self.keys(db, table, "task_hash", hashes, status=DONE))
+
     def refuse_older_writers(self, db: peewee.Database) -> None:
         """Make a task row with a hash as text fail, as an astra older than schema 11 writes it.
 
@@ -650,6 +655,20 @@ class PostgreSQL(SQLite):
     def lock_rows(self, db: peewee.Database, table: str, pks: Sequence[int]) -> None:
         for chunk in _chunked(list(pks)):
             db.execute_sql(f"SELECT FROM {table} WHERE pk = ANY(%s::bigint[]) ORDER BY pk FOR UPDATE", (chunk,))
+
+    def hold_done(self, db, table, hashes):
+        # FOR KEY SHARE, as the foreign key of an edge to the row would lock it: a forget (FOR UPDATE, then DELETE)
+        # waits for this transaction, or this waits for the forget and then skips the rows it deleted. In the
+        # order of the keys, as a forget locks them. Only the keys not held come back (usually none).
+        missing = set()
+        for chunk in _chunked(hashes):
+            sql = f"""
+                WITH held AS (SELECT task_hash FROM {table} WHERE task_hash = ANY(%(keys)s::bytea[])
+                              AND status = '{DONE}' ORDER BY pk FOR KEY SHARE)
+                SELECT key FROM unnest(%(keys)s::bytea[]) AS key WHERE key NOT IN (SELECT task_hash FROM held)"""
+            found = db.execute_sql(sql, {"keys": list(map(stored, chunk))}).fetchall()
+            missing.update(read(key) for (key,) in found)
+        return missing
 
     def lock_for_forget(self, db: peewee.Database) -> None:
         # Deleting tasks locks astra.task_parameter once their links are deleted (astradb.sql's triggers): two

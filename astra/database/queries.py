@@ -64,6 +64,17 @@ def done_hashes(hashes: Iterable[str]) -> set[str]:
     return {key for key, status in _by_hash(hashes, "status") if status == DONE}
 
 
+def hold_done(hashes: Iterable[str]) -> set[str]:
+    """Those of ``hashes`` not recorded as done; the others are kept so until the transaction ends: a forget of one
+    waits for it (and then finds, by their edges, what this transaction recorded as needing it). Call inside
+    :func:`transaction`, before it writes anything else (locks are taken in one order, the rows' keys)."""
+    hashes = list(dict.fromkeys(hashes))
+    if not hashes:
+        return set()
+    db = database()
+    return dialect(db).hold_done(db, _table(Task, db), hashes)
+
+
 def done_rows(hashes: Iterable[str]) -> dict[str, int]:
     """Those of ``hashes`` recorded as done, each with how many dynamic dependencies it recorded (0 if none)."""
     return {
