@@ -31,8 +31,9 @@ stay not done, the batch fails, and a re-run works them.
 What a batch does not do: claim its items one by one (two batches over the same items may both compute an item;
 the first to record it wins), or run the items' requirements. An item that requires astra tasks runs only if they
 are recorded done, and is recorded done only if they still are when its chunk is written (in the same
-transaction); else it is recorded failed, naming the task, as a lone task is never run before its input. An input
-that is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
+transaction); else it is recorded failed, naming the task, as a lone task is never run before its input. Items
+may need items of the batch before them (a chain): they are recorded in order, and a link that fails takes those
+after it down. An input that is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
 """
 
 from __future__ import annotations
@@ -419,13 +420,12 @@ def _write(
         output_tables.ready(model)  # before the records: a table that does not fit stops the batch
     with queries.transaction():
         # First, before any other row is touched: the inputs stay done until this commits (a forget waits, and
-        # then finds these items by their edges), or are seen gone (forgotten meanwhile: the items fail).
-        gone = queries.hold_done({key for record in good for key in record.get("needs", ())})
-        lost = [_lost(record, gone) for record in good if gone.intersection(record.get("needs", ()))]
+        # then finds these items by their edges), or are seen gone (forgotten meanwhile: the items fail). An
+        # input that is an item of this chunk (a chain) is recorded by this transaction, if it is done itself.
+        lost = _without_inputs(good)
         if lost:
-            lost_hashes = {record["task_hash"] for record in lost}
-            good = [record for record in good if record["task_hash"] not in lost_hashes]
-            bad = bad + lost
+            good = [record for record in good if record["task_hash"] not in lost]
+            bad = bad + list(lost.values())
         written = queries.record_items(good, queries.DONE)
         failed = queries.record_items(bad, queries.FAILED)
         if job is not None:
@@ -436,16 +436,33 @@ def _write(
             made = [(pk, row) for task_hash, pk in written.items() for row in output_rows.get(task_hash, ())]
             output_tables.delete_rows(model, written.values())
             output_tables.insert(model, made)
-    return time.perf_counter() - started, [f"{record['task_id']}: {record['error']}" for record in lost]
+    return time.perf_counter() - started, [f"{record['task_id']}: {record['error']}" for record in lost.values()]
 
 
-def _lost(record: dict, gone: set[str]) -> dict:
-    """The failed record of an item worked while a task it needs was forgotten (or lost in a server crash)."""
-    absent = [key for key in record["needs"] if key in gone]
+def _without_inputs(good: list[dict]) -> dict[str, dict]:
+    """The failed records, by hash, of the items of ``good`` that need an astra task neither recorded done (and
+    now held so, see :func:`queries.hold_done`) nor done in this chunk. Call first in the chunk's transaction."""
+    chunk = {record["task_hash"] for record in good}
+    gone = queries.hold_done({key for record in good for key in record.get("needs", ())} - chunk)
+    lost: dict[str, dict] = {}
+    while True:  # an item lost takes with it those of the chunk that need it
+        more = {
+            record["task_hash"]: _lost(record, gone, lost)
+            for record in good
+            if record["task_hash"] not in lost and any(key in gone or key in lost for key in record.get("needs", ()))
+        }
+        if not more:
+            return lost
+        lost.update(more)
+
+
+def _lost(record: dict, gone: set[str], lost: dict[str, dict]) -> dict:
+    """The failed record of an item worked without a task it needs recorded done by the time of its record."""
+    absent = [key for key in record["needs"] if key in gone or key in lost]
     more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
     error = MissingInputError(
-        f"the astra task of hash {absent[0]}{more}, which this item needs, is not recorded done any more: it was "
-        "forgotten (or lost in a server crash) while the batch worked; make it again, then run the batch again"
+        f"the astra task of hash {absent[0]}{more}, which this item needs, is not recorded done: it failed or never "
+        "ran before this item, or was forgotten while the batch worked; make it, then run the batch again"
     )
     failed = {key: value for key, value in record.items() if key != "result"}
     failed["error"], failed["traceback"] = summarise(error)
@@ -484,7 +501,7 @@ def _fewer_collections() -> Iterator[None]:
 
 def _with_inputs(
     chunk: list[Item], process: Callable[[list[Item]], list[object]]
-) -> tuple[list[object], dict[str, list[str]]]:
+) -> tuple[list[object], dict[str, dict[str, bool]]]:
     """The results of ``process`` of the chunk's items whose astra inputs are recorded done, and for the others
     the :class:`MissingInputError` that fails them unrun; and what each item needs (:func:`_needs`), by hash."""
     needs = {item.task_hash: _needs(item) for item in chunk if item.requires}
@@ -493,12 +510,14 @@ def _with_inputs(
     return [missing[item.task_hash] if item.task_hash in missing else next(results) for item in chunk], needs
 
 
-def _missing_inputs(chunk: list[Item], needs: dict[str, list[str]]) -> dict[str, MissingInputError]:
-    """The items of ``chunk`` that need an astra task not recorded done (one query), each with its error."""
-    done = queries.done_hashes({key for keys in needs.values() for key in keys})
+def _missing_inputs(chunk: list[Item], needs: dict[str, dict[str, bool]]) -> dict[str, MissingInputError]:
+    """The items of ``chunk`` that need an astra task of another class not recorded done (one query), each with
+    its error. A task of the items' own class may be an item of this batch (a chain, each item needing the one
+    before), recorded before this one is: that is for the check at the record (:func:`_without_inputs`)."""
+    done = queries.done_hashes({key for keys in needs.values() for key, before in keys.items() if before})
     missing = {}
     for item in chunk:
-        absent = [key for key in needs.get(item.task_hash, ()) if key not in done]
+        absent = [key for key, before in needs.get(item.task_hash, {}).items() if before and key not in done]
         if absent:
             names = {target.task_hash: str(task) for task in flatten(requirements(item.task))
                      for target in database_targets([task])}  # fmt: skip
@@ -510,15 +529,18 @@ def _missing_inputs(chunk: list[Item], needs: dict[str, list[str]]) -> dict[str,
     return missing
 
 
-def _needs(item: Item) -> list[str]:
-    """The hashes of the astra tasks (recorded in astra.task) that the item requires."""
-    needs = []
+def _needs(item: Item) -> dict[str, bool]:
+    """The hashes of the astra tasks (recorded in astra.task) that the item requires, each with whether it is of
+    another class than the item (and so may be checked before the item runs, see :func:`_missing_inputs`)."""
+    needs = {}
     for key, cls in item.required():
         recorded = _recorded(cls)
         if recorded is None:  # an output() of its own: only the task knows what it gives
-            return [t.task_hash for t in database_targets(flatten(requirements(item.task))) if t.task_hash]
+            required = flatten(requirements(item.task))
+            return {t.task_hash: type(task) is not item.cls for task in required
+                    for t in database_targets([task]) if t.task_hash}  # fmt: skip
         if recorded:
-            needs.append(key)
+            needs[key] = cls is not item.cls
     return needs
 
 
@@ -659,7 +681,7 @@ def _processed(batch: BatchTask, todo: list[Item]) -> list[object]:
 
 
 def _records(
-    model: type | None, chunk: list[Item], results: list[object], seconds: float, needs: dict[str, list[str]]
+    model: type | None, chunk: list[Item], results: list[object], seconds: float, needs: dict[str, dict[str, bool]]
 ) -> tuple[list[dict], dict]:
     """The records of a chunk's items (done with their results and what they need, or failed), and output rows by
     task hash."""
@@ -710,7 +732,7 @@ def _unrecorded_run(task: luigi.Task) -> object:
     return result
 
 
-def _row(item: Item, duration: float, result: object, needs: list[str] | None = None) -> dict:
+def _row(item: Item, duration: float, result: object, needs: dict[str, bool] | None = None) -> dict:
     """The record of one item: done with its result (and the astra tasks it ``needs``, checked again as it is
     written), or failed with the exception it gave (or its result caused)."""
     row = {
@@ -723,7 +745,7 @@ def _row(item: Item, duration: float, result: object, needs: list[str] | None = 
         try:
             row["result"] = None if result is None else values.dumps(result)
             if needs:
-                row["needs"] = needs
+                row["needs"] = list(needs)
             return row
         except values.UnstorableError as exc:  # this item fails; the others of its chunk keep their results
             result = exc

@@ -214,3 +214,30 @@ class UsesPreparedBatch(BatchTask):
     @property
     def item_class(self) -> type:  # the class of the way asked for
         return globals()[f"UsesPrepared{self.way}"]
+
+
+class Step(BaseTask):
+    """A link of a chain: step k needs step k - 1; the step ``fail_on`` raises."""
+
+    k = luigi.IntParameter()
+    fail_on = luigi.IntParameter(default=-1, significant=False)
+
+    def requires(self):  # noqa: ANN201 -- a step, or nothing
+        return Step(k=self.k - 1) if self.k > 0 else []
+
+    def run(self) -> int:
+        if self.k == self.fail_on:
+            raise ValueError(f"step {self.k} went wrong")
+        return self.k
+
+
+class Steps(BatchTask):
+    """Steps 0 to n - 1 in chunks of 4: a chain through chunks."""
+
+    item_class = Step
+    chunk_size = 4
+    n = luigi.IntParameter()
+    fail_on = luigi.IntParameter(default=-1)
+
+    def parameter_sets(self):
+        return [{"k": k, "fail_on": self.fail_on} for k in range(self.n)]

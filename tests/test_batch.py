@@ -12,7 +12,16 @@ from astra.batch import BatchError
 from astra.database import Dependency, Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
 from tests import batch_tasks
-from tests.batch_tasks import Contested, MeasureStar, MeasureStars, Prepared, UsesPrepared, UsesPreparedBatch
+from tests.batch_tasks import (
+    Contested,
+    MeasureStar,
+    MeasureStars,
+    Prepared,
+    Step,
+    Steps,
+    UsesPrepared,
+    UsesPreparedBatch,
+)
 from tests.helpers import rows_by_path, run_luigi, summary, wait_for
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
@@ -297,7 +306,9 @@ def test_an_item_whose_astra_input_is_forgotten_while_the_batch_works_is_recorde
     assert UsesPrepared.ran == [1]
     row = _recorded(UsesPrepared(n=1))
     assert (row.status, row.result) == ("failed", None)
-    assert "which this item needs, is not recorded done any more" in row.error and "any more" in str(failed.value)
+    forgotten = "or was forgotten while the batch worked"
+    assert "which this item needs, is not recorded done" in row.error and forgotten in row.error, row.error
+    assert forgotten in str(failed.value)
     assert _recorded(Prepared(n=1)) is None
 
 
@@ -338,6 +349,33 @@ def test_a_batch_whose_input_is_being_forgotten_waits_for_the_forget_and_fails_t
     forgetting.commit()
     forgetting.close()
     batch.join(timeout=60)
-    assert isinstance(ended[0], BatchError) and "any more" in str(ended[0]), ended
+    assert isinstance(ended[0], BatchError) and "forgotten while the batch worked" in str(ended[0]), ended
     row = _recorded(UsesPrepared(n=5))
-    assert row.status == "failed" and "is not recorded done any more" in row.error, row.error
+    assert row.status == "failed" and "forgotten while the batch worked" in row.error, row.error
+
+
+def test_a_chain_in_one_batch_records_each_link_after_the_one_it_needs(database_url):
+    """Items that need the item before them (of their own class) are recorded in order, in a chunk or in the
+    chunks after it; an item that fails takes down the links after it, whichever chunk they are in, rather than
+    leave them done on top of a failure (their edges left out)."""
+    _chain(processes=1)
+
+
+@pytest.mark.slow
+def test_a_chain_worked_by_a_pool_records_each_link_after_the_one_it_needs(postgres_url):
+    _chain(processes=2)
+
+
+def _chain(processes: int) -> None:
+    with pytest.raises(BatchError, match="6 of 10 items failed"):
+        Steps(n=10, fail_on=4, processes=processes).run()
+    statuses = {k: _recorded(Step(k=k)).status for k in range(10)}
+    assert statuses == {k: "done" if k < 4 else "failed" for k in range(10)}, statuses
+    assert _recorded(Step(k=4)).error == "ValueError: step 4 went wrong"
+    for k in range(5, 10):
+        assert _recorded(Step(k=k)).error.startswith("MissingInputError: the astra task of hash"), k
+    assert [_edges(Step(k=k)) for k in range(4)] == [set()] + [{task_hash(Step(k=k - 1))} for k in range(1, 4)]
+
+    Steps(n=10, processes=processes).run()
+    assert all(_recorded(Step(k=k)).status == "done" for k in range(10))
+    assert all(_edges(Step(k=k)) == {task_hash(Step(k=k - 1))} for k in range(1, 10))
