@@ -216,14 +216,14 @@ class UsesPreparedBatch(BatchTask):
         return globals()[f"UsesPrepared{self.way}"]
 
 
-class Step(BaseTask):
+class ChainStep(BaseTask):
     """A link of a chain: step k needs step k - 1; the step ``fail_on`` raises."""
 
     k = luigi.IntParameter()
     fail_on = luigi.IntParameter(default=-1, significant=False)
 
     def requires(self):  # noqa: ANN201 -- a step, or nothing
-        return Step(k=self.k - 1) if self.k > 0 else []
+        return ChainStep(k=self.k - 1) if self.k > 0 else []
 
     def run(self) -> int:
         if self.k == self.fail_on:
@@ -231,10 +231,10 @@ class Step(BaseTask):
         return self.k
 
 
-class Steps(BatchTask):
+class ChainSteps(BatchTask):
     """Steps 0 to n - 1 in chunks of 4: a chain through chunks."""
 
-    item_class = Step
+    item_class = ChainStep
     chunk_size = 4
     n = luigi.IntParameter()
     fail_on = luigi.IntParameter(default=-1)

@@ -13,12 +13,12 @@ from astra.database import Dependency, Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
 from tests import batch_tasks
 from tests.batch_tasks import (
+    ChainStep,
+    ChainSteps,
     Contested,
     MeasureStar,
     MeasureStars,
     Prepared,
-    Step,
-    Steps,
     UsesPrepared,
     UsesPreparedBatch,
 )
@@ -368,14 +368,15 @@ def test_a_chain_worked_by_a_pool_records_each_link_after_the_one_it_needs(postg
 
 def _chain(processes: int) -> None:
     with pytest.raises(BatchError, match="6 of 10 items failed"):
-        Steps(n=10, fail_on=4, processes=processes).run()
-    statuses = {k: _recorded(Step(k=k)).status for k in range(10)}
+        ChainSteps(n=10, fail_on=4, processes=processes).run()
+    statuses = {k: _recorded(ChainStep(k=k)).status for k in range(10)}
     assert statuses == {k: "done" if k < 4 else "failed" for k in range(10)}, statuses
-    assert _recorded(Step(k=4)).error == "ValueError: step 4 went wrong"
+    assert _recorded(ChainStep(k=4)).error == "ValueError: step 4 went wrong"
     for k in range(5, 10):
-        assert _recorded(Step(k=k)).error.startswith("MissingInputError: the astra task of hash"), k
-    assert [_edges(Step(k=k)) for k in range(4)] == [set()] + [{task_hash(Step(k=k - 1))} for k in range(1, 4)]
+        assert _recorded(ChainStep(k=k)).error.startswith("MissingInputError: the astra task of hash"), k
+    before = [{task_hash(ChainStep(k=k - 1))} for k in range(1, 4)]
+    assert [_edges(ChainStep(k=k)) for k in range(4)] == [set(), *before]
 
-    Steps(n=10, processes=processes).run()
-    assert all(_recorded(Step(k=k)).status == "done" for k in range(10))
-    assert all(_edges(Step(k=k)) == {task_hash(Step(k=k - 1))} for k in range(1, 10))
+    ChainSteps(n=10, processes=processes).run()
+    assert all(_recorded(ChainStep(k=k)).status == "done" for k in range(10))
+    assert all(_edges(ChainStep(k=k)) == {task_hash(ChainStep(k=k - 1))} for k in range(1, 10))
