@@ -444,16 +444,19 @@ def _without_inputs(good: list[dict]) -> dict[str, dict]:
     now held so, see :func:`queries.hold_done`) nor done in this chunk. Call first in the chunk's transaction."""
     chunk = {record["task_hash"] for record in good}
     gone = queries.hold_done({key for record in good for key in record.get("needs", ())} - chunk)
+    needing: dict[str, list[dict]] = {}  # by the hash of an item of the chunk, the items that need it
+    for record in good:
+        for key in record.get("needs", ()):
+            if key in chunk:
+                needing.setdefault(key, []).append(record)
     lost: dict[str, dict] = {}
-    while True:  # an item lost takes with it those of the chunk that need it
-        more = {
-            record["task_hash"]: _lost(record, gone, lost)
-            for record in good
-            if record["task_hash"] not in lost and any(key in gone or key in lost for key in record.get("needs", ()))
-        }
-        if not more:
-            return lost
-        lost.update(more)
+    waiting = [record for record in good if gone.intersection(record.get("needs", ()))]
+    while waiting:  # an item lost takes with it those of the chunk that need it, and so on
+        record = waiting.pop()
+        if record["task_hash"] not in lost:
+            lost[record["task_hash"]] = _lost(record, gone, lost)
+            waiting += needing.get(record["task_hash"], ())
+    return lost
 
 
 def _lost(record: dict, gone: set[str], lost: dict[str, dict]) -> dict:
