@@ -49,10 +49,13 @@ def test_a_silent_claim_is_taken_over_after_the_lease(database_url, tmp_path):
         # (It may or may not have waited first: its own start-up under load can take longer than the lease.)
         assert "taking over from" in successor.text() and "(its lease: 2 s)" in successor.text()
 
-        # The stalled process wakes up, finishes run() and finds that its claim is gone: it records nothing.
+        # The stalled process wakes up, finishes run() and finds that its claim is gone: it records nothing. Its
+        # heartbeat may say so first, or its record find the successor's done record (which it keeps).
         stalled.signal(signal.SIGCONT)
         stalled.wait()
-        assert "is no longer this worker's: the task was taken over by" in stalled.text()
+        said = stalled.text()
+        taken = "is no longer this worker's: the task was taken over by" in said
+        assert taken or f"recorded done meanwhile by {socket.gethostname()} pid {successor.pid}" in said, said
 
     assert runners(tmp_path, "stalled") == [stalled.pid, successor.pid]
     row = row_of("stalled", tmp_path)
