@@ -288,17 +288,10 @@ class NeededItems(BatchTask):
         return [None] * len(chunk)
 
 
-class Items(BatchTask):
+class Items(NeededItems):
     """NeedsLeaf items 0 to n - 1, recorded without work (their Needed must be done: NeededItems)."""
 
     item_class = NeedsLeaf
-    n = luigi.IntParameter()
-
-    def parameter_sets(self):
-        return ({"i": i} for i in range(self.n))
-
-    def process(self, chunk: list) -> list[None]:
-        return [None] * len(chunk)
 
 
 class WatchedItems(Items):
