@@ -244,11 +244,10 @@ class BatchTask(luigi.Task):
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
 
     def _written(self, writing: Future) -> list[str]:
-        """Wait for a chunk's records to be written; the errors of its items found without their input then."""
+        """Wait for a chunk's records to be written; the errors of its items found without their input then (each
+        is in its item's row, as an item's own failure is: a chain that broke early may count thousands)."""
         seconds, lost = writing.result()
         self.recording_seconds += seconds
-        for line in lost:
-            logger.error("%s", line)
         return lost
 
     def _work_here(self, model: type | None, total: int | None) -> Iterator[tuple[list[dict], dict]]:
