@@ -65,7 +65,7 @@ from astra.database.connection import close_thread_connection, retried, use_own_
 from astra.executors import executor_for
 from astra.identity import Item, items, requirements, task_version
 from astra.recording import ItemFailuresError, fields, run_unrecorded, summarise
-from astra.targets import database_targets
+from astra.targets import complete_hashes, database_targets
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
@@ -516,7 +516,8 @@ def _missing_inputs(chunk: list[Item], needs: dict[str, dict[str, bool]]) -> dic
     """The items of ``chunk`` that need an astra task of another class not recorded done (one query), each with
     its error. A task of the items' own class may be an item of this batch (a chain, each item needing the one
     before), recorded before this one is: that is for the check at the record (:func:`_without_inputs`)."""
-    done = queries.done_hashes({key for keys in needs.values() for key, before in keys.items() if before})
+    # Complete as luigi would find them before running a lone item: done, and what they yielded still done.
+    done = complete_hashes({key for keys in needs.values() for key, before in keys.items() if before})
     missing = {}
     for item in chunk:
         absent = [key for key, before in needs.get(item.task_hash, {}).items() if before and key not in done]
@@ -525,8 +526,9 @@ def _missing_inputs(chunk: list[Item], needs: dict[str, dict[str, bool]]) -> dic
                      for target in database_targets([task])}  # fmt: skip
             more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
             missing[item.task_hash] = MissingInputError(
-                f"{names.get(absent[0], absent[0])}{more}, which this item needs, is not recorded done: run it "
-                "first (a batch does not run what its items require; its requires() may name it)"
+                f"{names.get(absent[0], absent[0])}{more}, which this item needs, is not complete (not recorded done, "
+                "or what it yielded has changed): run it first (a batch does not run what its items require; its "
+                "requires() may name it)"
             )
     return missing
 

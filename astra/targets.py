@@ -208,15 +208,22 @@ def _ask(hashes: list[str]) -> None:
     if not hashes:
         return
     cache = known()
+    done = complete_hashes(hashes)
+    cache.done |= done
+    now = time.monotonic()
+    cache.not_done.update((h, now) for h in hashes if h not in done)
+
+
+def complete_hashes(hashes: Iterable[str]) -> set[str]:
+    """Which of the tasks ``hashes`` are complete, as their ``complete()`` would say: recorded done, and their
+    dynamic dependencies still as recorded (see :func:`stale_dynamic_dependencies`)."""
     found = queries.done_rows(hashes)
     done = {h for h, dynamic in found.items() if not dynamic}
     with_dynamic = {h: dynamic for h, dynamic in found.items() if dynamic}
     if with_dynamic:
         stale = stale_dynamic_dependencies(with_dynamic)
         done.update(h for h in with_dynamic if h not in stale)
-    cache.done |= done
-    now = time.monotonic()
-    cache.not_done.update((h, now) for h in hashes if h not in done)
+    return done
 
 
 def reopen_if_stale(task: luigi.Task) -> bool:

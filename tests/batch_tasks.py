@@ -241,3 +241,25 @@ class ChainSteps(BatchTask):
 
     def parameter_sets(self):
         return [{"k": k, "fail_on": self.fail_on} for k in range(self.n)]
+
+
+class UsesYielder(BaseTask):
+    """An item that requires tests.dynamic_tasks.Yielder(n=1), a task with a dynamic dependency."""
+
+    n = luigi.IntParameter()
+
+    def requires(self):  # noqa: ANN201 -- a Yielder
+        from tests.dynamic_tasks import Yielder
+
+        return Yielder(n=1)
+
+    def run(self) -> int:
+        return self.n
+
+
+class UsesYielders(BatchTask):
+    item_class = UsesYielder
+    numbers = luigi.ListParameter()
+
+    def parameter_sets(self):
+        return [{"n": n} for n in self.numbers]

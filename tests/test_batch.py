@@ -11,6 +11,7 @@ import pytest
 from astra.batch import BatchError
 from astra.database import Dependency, Parameter, Task, TaskParameter
 from astra.identity import items, parameters, task_hash
+from astra.targets import forget_cached
 from tests import batch_tasks
 from tests.batch_tasks import (
     ChainStep,
@@ -273,7 +274,8 @@ def test_an_item_whose_astra_input_is_not_done_is_recorded_failed_and_not_run(da
     for n in (1, 2):
         row = _recorded(item(n=n, **file))
         assert row.status == "failed", (n, row.status)
-        assert row.error.startswith(f"MissingInputError: {required(n=n)}, which this item needs, is not recorded")
+        needs = f"MissingInputError: {required(n=n)}, which this item needs, is not complete (not recorded done"
+        assert row.error.startswith(needs), row.error
 
     assert luigi.build([required(n=1), required(n=2)], local_scheduler=True, log_level="WARNING")
     UsesPrepared.ran = []
@@ -313,10 +315,18 @@ def test_an_item_whose_astra_input_is_forgotten_while_the_batch_works_is_recorde
 
 
 @pytest.mark.slow
-def test_a_batch_whose_input_is_being_forgotten_waits_for_the_forget_and_fails_the_item(postgres_url):
-    """The check at the record reads the input with a lock: a forget deleting it meanwhile (not yet committed) is
-    waited for, and its delete then seen. Without the lock the record saw the input done, then its edge to the
-    row being deleted failed the whole chunk (a foreign key error)."""
+@pytest.mark.parametrize(
+    "change",
+    [
+        "DELETE FROM astra.task WHERE task_hash = %s",  # as `astra tasks forget` does
+        "UPDATE astra.task SET status = 'failed' WHERE task_hash = %s",  # as a reopen of a stale task does
+    ],
+)
+def test_a_batch_whose_input_is_being_forgotten_waits_for_the_forget_and_fails_the_item(postgres_url, change):
+    """The check at the record reads the input with a lock: a forget deleting it meanwhile (not yet committed), or
+    a reopen making it not done, is waited for, and its change then seen. Without the lock the record saw the input
+    done, then its edge to the row being deleted failed the whole chunk (a foreign key error); with the foreign
+    key's lock alone (FOR KEY SHARE) the reopen went through and the item was recorded done on a failed input."""
     import threading
 
     import psycopg2
@@ -324,7 +334,7 @@ def test_a_batch_whose_input_is_being_forgotten_waits_for_the_forget_and_fails_t
     assert luigi.build([Prepared(n=5)], local_scheduler=True, log_level="WARNING")
     forgetting = psycopg2.connect(postgres_url)  # as `forget` does: the row locked and deleted, not yet committed
     key = bytes.fromhex(task_hash(Prepared(n=5)))
-    forgetting.cursor().execute("DELETE FROM astra.task WHERE task_hash = %s", (key,))
+    forgetting.cursor().execute(change, (key,))
     ended: list[BaseException | None] = []
 
     def run() -> None:
@@ -380,3 +390,23 @@ def _chain(processes: int) -> None:
     ChainSteps(n=10, processes=processes).run()
     assert all(_recorded(ChainStep(k=k)).status == "done" for k in range(10))
     assert all(_edges(ChainStep(k=k)) == {task_hash(ChainStep(k=k - 1))} for k in range(1, 10))
+
+
+def test_an_item_whose_input_is_stale_is_not_run(database_url):
+    """An input recorded done whose dynamic dependency was forgotten is not complete (luigi runs it again before a
+    lone item); a batch ran the item on top of it."""
+    from tests.dynamic_tasks import Yielder
+    from tests.example_tasks import Leaf
+
+    assert luigi.build([Yielder(n=1)], local_scheduler=True, log_level="WARNING")
+    Task.delete().where(Task.task_hash == task_hash(Leaf(i=0))).execute()  # forgotten without --cascade
+    forget_cached()
+    assert not Yielder(n=1).complete()
+    with pytest.raises(BatchError, match="1 of 1 items failed"):
+        batch_tasks.UsesYielders(numbers=[3]).run()
+    row = _recorded(batch_tasks.UsesYielder(n=3))
+    assert row.status == "failed" and f"{Yielder(n=1)}, which this item needs, is not complete" in row.error
+
+    assert luigi.build([Yielder(n=1)], local_scheduler=True, log_level="WARNING")  # made again
+    batch_tasks.UsesYielders(numbers=[3]).run()
+    assert _recorded(batch_tasks.UsesYielder(n=3)).status == "done"

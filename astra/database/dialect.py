@@ -657,14 +657,15 @@ class PostgreSQL(SQLite):
             db.execute_sql(f"SELECT FROM {table} WHERE pk = ANY(%s::bigint[]) ORDER BY pk FOR UPDATE", (chunk,))
 
     def hold_done(self, db, table, hashes):
-        # FOR KEY SHARE, as the foreign key of an edge to the row would lock it: a forget (FOR UPDATE, then DELETE)
-        # waits for this transaction, or this waits for the forget and then skips the rows it deleted. In the
-        # order of the keys, as a forget locks them. Only the keys not held come back (usually none).
+        # FOR SHARE: a forget (FOR UPDATE, then DELETE) or a reopen (an UPDATE of the status) waits for this
+        # transaction, or this waits for it and then skips the rows it deleted or made not done (FOR KEY SHARE,
+        # which the foreign key of an edge takes, would let the UPDATE through). In the order of the keys, as a
+        # forget locks them. Only the keys not held come back (usually none).
         missing = set()
         for chunk in _chunked(hashes):
             sql = f"""
                 WITH held AS (SELECT task_hash FROM {table} WHERE task_hash = ANY(%(keys)s::bytea[])
-                              AND status = '{DONE}' ORDER BY pk FOR KEY SHARE)
+                              AND status = '{DONE}' ORDER BY pk FOR SHARE)
                 SELECT key FROM unnest(%(keys)s::bytea[]) AS key WHERE key NOT IN (SELECT task_hash FROM held)"""
             found = db.execute_sql(sql, {"keys": list(map(stored, chunk))}).fetchall()
             missing.update(read(key) for (key,) in found)
