@@ -421,7 +421,7 @@ def _write(
         # First, before any other row is touched: the inputs stay done until this commits (a forget waits, and
         # then finds these items by their edges), or are seen gone (forgotten meanwhile: the items fail). An
         # input that is an item of this chunk (a chain) is recorded by this transaction, if it is done itself.
-        lost = _without_inputs(good)
+        lost = _without_inputs(good, bad)
         if lost:
             good = [record for record in good if record["task_hash"] not in lost]
             bad = bad + list(lost.values())
@@ -438,11 +438,12 @@ def _write(
     return time.perf_counter() - started, [f"{record['task_id']}: {record['error']}" for record in lost.values()]
 
 
-def _without_inputs(good: list[dict]) -> dict[str, dict]:
+def _without_inputs(good: list[dict], bad: list[dict]) -> dict[str, dict]:
     """The failed records, by hash, of the items of ``good`` that need an astra task neither recorded done (and
-    now held so, see :func:`queries.hold_done`) nor done in this chunk. Call first in the chunk's transaction."""
-    chunk = {record["task_hash"] for record in good}
-    gone = queries.hold_done({key for record in good for key in record.get("needs", ())} - chunk)
+    now held so, see :func:`queries.hold_done`) nor done in this chunk (whose failed items are ``bad``). Call first
+    in the chunk's transaction."""
+    chunk = {record["task_hash"]: record for record in good}
+    gone = queries.hold_done({key for record in good for key in record.get("needs", ())} - chunk.keys())
     needing: dict[str, list[dict]] = {}  # by the hash of an item of the chunk, the items that need it
     for record in good:
         for key in record.get("needs", ()):
@@ -453,18 +454,23 @@ def _without_inputs(good: list[dict]) -> dict[str, dict]:
     while waiting:  # an item lost takes with it those of the chunk that need it, and so on
         record = waiting.pop()
         if record["task_hash"] not in lost:
-            lost[record["task_hash"]] = _lost(record, gone, lost)
+            lost[record["task_hash"]] = record
             waiting += needing.get(record["task_hash"], ())
-    return lost
+    if not lost:
+        return {}
+    # What they need, by name: an item of the chunk by its record, another task by its row if it has one.
+    names = {**queries.task_ids(gone), **{record["task_hash"]: record["task_id"] for record in good + bad}}
+    return {key: _lost(record, gone | lost.keys(), names) for key, record in lost.items()}
 
 
-def _lost(record: dict, gone: set[str], lost: dict[str, dict]) -> dict:
+def _lost(record: dict, absent: set[str], names: dict[str, str]) -> dict:
     """The failed record of an item worked without a task it needs recorded done by the time of its record."""
-    absent = [key for key in record["needs"] if key in gone or key in lost]
-    more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+    missing = [key for key in record["needs"] if key in absent]
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     error = MissingInputError(
-        f"the astra task of hash {absent[0]}{more}, which this item needs, is not recorded done: it failed or never "
-        "ran before this item, or was forgotten while the batch worked; make it, then run the batch again"
+        f"{names.get(missing[0], f'the astra task of hash {missing[0]}')}{more}, which this item needs, is not "
+        "recorded done: it failed or never ran before this item, or was forgotten while the batch worked; make it, "
+        "then run the batch again"
     )
     failed = {key: value for key, value in record.items() if key != "result"}
     failed["error"], failed["traceback"] = summarise(error)

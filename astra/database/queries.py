@@ -75,6 +75,11 @@ def hold_done(hashes: Iterable[str]) -> set[str]:
     return dialect(db).hold_done(db, _table(Task, db), hashes)
 
 
+def task_ids(hashes: Iterable[str]) -> dict[str, str]:
+    """The luigi task_id of each of ``hashes`` that has a row, by hash."""
+    return dict(_by_hash(hashes, "task_id"))
+
+
 def done_rows(hashes: Iterable[str]) -> dict[str, int]:
     """Those of ``hashes`` recorded as done, each with how many dynamic dependencies it recorded (0 if none)."""
     return {
