@@ -65,9 +65,10 @@ def done_hashes(hashes: Iterable[str]) -> set[str]:
 
 
 def hold_done(hashes: Iterable[str]) -> set[str]:
-    """Those of ``hashes`` not recorded as done; the others are kept so until the transaction ends: a forget of one
-    waits for it (and then finds, by their edges, what this transaction recorded as needing it). Call inside
-    :func:`transaction`, before it writes anything else (locks are taken in one order, the rows' keys)."""
+    """Those of ``hashes`` not recorded as done; the others are kept so until the transaction ends: a forget or a
+    reopen of one waits for it (a forget then finds, by their edges, what this transaction recorded as needing it).
+    Call inside :func:`transaction`, before it writes anything else (locks are taken in one order, the rows' keys).
+    """
     hashes = list(dict.fromkeys(hashes))
     if not hashes:
         return set()
