@@ -528,8 +528,7 @@ def _missing_inputs(chunk: list[Item], needs: dict[str, dict[str, bool]]) -> dic
     for item in chunk:
         absent = [key for key, before in needs.get(item.task_hash, {}).items() if before and key not in done]
         if absent:
-            names = {target.task_hash: str(task) for task in flatten(requirements(item.task))
-                     for target in database_targets([task])}  # fmt: skip
+            names = {key: str(task) for key, task in _astra_requirements(item)}
             more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
             missing[item.task_hash] = MissingInputError(
                 f"{names.get(absent[0], absent[0])}{more}, which this item needs, is not complete (not recorded done, "
@@ -546,12 +545,18 @@ def _needs(item: Item) -> dict[str, bool]:
     for key, cls in item.required():
         recorded = _recorded(cls)
         if recorded is None:  # an output() of its own: only the task knows what it gives
-            required = flatten(requirements(item.task))
-            return {t.task_hash: type(task) is not item.cls for task in required
-                    for t in database_targets([task]) if t.task_hash}  # fmt: skip
+            return {key: type(task) is not item.cls for key, task in _astra_requirements(item)}
         if recorded:
             needs[key] = cls is not item.cls
     return needs
+
+
+def _astra_requirements(item: Item) -> Iterator[tuple[str, luigi.Task]]:
+    """The hash and the task of each astra task the item requires, asking each task (the slow way)."""
+    for task in flatten(requirements(item.task)):
+        for target in database_targets([task]):
+            if target.task_hash is not None:
+                yield target.task_hash, task
 
 
 def _recorded(cls: type) -> bool | None:
