@@ -109,6 +109,7 @@ class BatchTask(luigi.Task):
     log_seconds: float = 30.0
 
     _skipped = 0
+    _given_twice = 0
     _share: tuple[int, int] | None = None
     _job: tuple[str, str] | None = None
     _part_size = 1
@@ -139,11 +140,15 @@ class BatchTask(luigi.Task):
         return [sets for index, sets in enumerate(self.parameter_sets()) if index % shares == share]
 
     def pending(self) -> Iterator[Item]:
-        """The items not yet recorded as done, asking the database once per chunk of items."""
-        self._skipped = 0
+        """The items not yet recorded as done, asking the database once per chunk of items; an item given twice
+        (the same identity) comes once, and a parameter set without an identity (its ``requires()`` raised) is
+        counted in ``self._unidentified`` instead."""
+        self._skipped = self._given_twice = 0
+        self._unidentified = _Unidentified()
+        given: set[int] = set()
         # The first chunks are small: complete() of a batch not yet run stops at the first item not done, having
         # worked out the identities of just the first chunk.
-        chunks = _chunks(self.items(), queries.CHUNK, first=100)
+        chunks = _chunks(items(self.item_class, self._parameter_sets(), self._unidentified), queries.CHUNK, first=100)
         # The database answers about earlier chunks (in threads of their own, each with its connection) while the
         # next chunk is hashed. Two askers once chunks are full: a lookup of 5,000 hashes keeps the server busier
         # than hashing them keeps this process, and two queries at once use two of the server's cores.
@@ -155,18 +160,24 @@ class BatchTask(luigi.Task):
                 # A small chunk (the first few, the last) is answered before the next is hashed; full ones keep a
                 # question open per asker.
                 while asked and (len(asked) == _ASKERS or len(chunk) < queries.CHUNK):
-                    yield from self._not_done(*asked.popleft())
+                    yield from self._not_done(*asked.popleft(), given)
             while asked:
-                yield from self._not_done(*asked.popleft())
+                yield from self._not_done(*asked.popleft(), given)
         finally:
             for asker in askers:
                 asker.submit(_close_connection)
                 asker.shutdown(wait=True, cancel_futures=False)
 
-    def _not_done(self, chunk: list[Item], answer: Future) -> Iterator[Item]:
+    def _not_done(self, chunk: list[Item], answer: Future, given: set[int]) -> Iterator[Item]:
         done = answer.result()
-        self._skipped += len(done)
-        return (item for item in chunk if item.task_hash not in done)
+        for item in chunk:
+            if item.task_hash in done:
+                self._skipped += 1
+            elif _first_time(item.task_hash, given):
+                yield item
+            else:
+                self._skipped += 1
+                self._given_twice += 1
 
     def complete(self) -> bool:
         # Asked anew each time, never answered from an earlier check: the items may have grown since (a folder
@@ -175,7 +186,7 @@ class BatchTask(luigi.Task):
         if model is not None:
             output_tables.ready(model)  # stop the scan at once if the items' output table is missing
         with _fewer_collections():
-            return next(self.pending(), None) is None
+            return next(self.pending(), None) is None and not self._unidentified.count
 
     def process(self, chunk: list[Item]) -> list[object]:
         """The results of a chunk of items, in order; an exception in place of a result marks that item failed.
@@ -206,6 +217,7 @@ class BatchTask(luigi.Task):
         self._furthest = (0, 0)
         model = outputs.output_model(self.item_class)
         processes = self.processes or config.settings().batch_processes
+        self._unidentified = _Unidentified()
         worked = self._work_in_pool(model, total, processes) if processes > 1 else self._work_here(model, total)
         # Each chunk's records are written by a thread of their own while the next chunk is worked: the database
         # (the PostgreSQL server, or SQLite's C code) then works beside this thread, as both let go of the
@@ -239,7 +251,16 @@ class BatchTask(luigi.Task):
             writer.shutdown(wait=True)
         # Items recorded failed rather than done, an astra task they need having gone as they were worked.
         done, failed, first_error = done - len(lost), failed + len(lost), first_error or next(iter(lost), "")
-        self._progress(done + failed, total, failed, final=True)
+        self._progress(done + failed, total, failed + self._unidentified.count, final=True)
+        if self._given_twice:
+            logger.info("%s: %d parameter sets were given twice (the same task): each worked once", self.task_id,
+                        self._given_twice)  # fmt: skip
+        if self._unidentified.count:
+            raise BatchError(
+                f"{_items(self._unidentified.count)} no identity (not run, not recorded)"
+                + (f" ({failed} of {done + failed} others failed, recorded in astra.task)" if failed else "")
+                + f"; first: {self._unidentified.first}"
+            )
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
 
@@ -286,8 +307,9 @@ class BatchTask(luigi.Task):
             pool.submit(_ready)
         chunks = _chunks(self._parameter_sets(), self.chunk_size)
         open_chunks: deque[_Chunk] = deque()
-        busy: set[Future] = set()
-        self._skipped = worked = worked_failed = 0
+        busy: dict[Future, _Chunk] = {}  # each part handed out, with its chunk
+        given: set[int] = set()
+        self._skipped = self._given_twice = worked = worked_failed = 0
         per_item = 0.0
         try:
             while True:
@@ -304,27 +326,30 @@ class BatchTask(luigi.Task):
                     self._part_size = max(1, min(share, wanted, 2 * self._part_size))
                     part = chunk.sets[chunk.sent : chunk.sent + self._part_size]
                     chunk.sent += len(part)
-                    future = pool.submit(_work_part, part)
-                    chunk.parts.append(future)
-                    busy.add(future)
+                    chunk.waiting += 1
+                    busy[pool.submit(_work_part, part)] = chunk
                 if open_chunks and open_chunks[0].finished():
-                    records: list[dict] = []
-                    output_rows: dict[str, list[dict]] = {}
-                    for future in open_chunks.popleft().parts:
-                        part_records, part_rows, _, _ = future.result()
-                        records += part_records
-                        output_rows.update(part_rows)
-                    yield records, output_rows
+                    chunk = open_chunks.popleft()
+                    yield chunk.records, chunk.output_rows
                     continue
                 if not busy:
                     return
-                finished, busy = wait(busy, return_when=FIRST_COMPLETED)
+                finished, _ = wait(busy, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    part_records, _, seconds, skipped = future.result()
-                    self._skipped += skipped
-                    worked += len(part_records)
-                    worked_failed += sum(1 for record in part_records if "error" in record)
+                    chunk = busy.pop(future)
+                    chunk.waiting -= 1
+                    part_records, part_rows, seconds, skipped, unidentified = future.result()
                     per_item = seconds / (len(part_records) + skipped)
+                    # Given twice, in two parts, an item was worked twice (the pool hashes, not this process); it
+                    # is recorded and counted once.
+                    kept = [record for record in part_records if _first_time(record["task_hash"], given)]
+                    self._given_twice += len(part_records) - len(kept)
+                    self._skipped += skipped + len(part_records) - len(kept)
+                    worked += len(kept)
+                    worked_failed += sum(1 for record in kept if "error" in record)
+                    chunk.records += kept
+                    chunk.output_rows.update(part_rows)
+                    self._unidentified.add(unidentified)
                 self._progress(worked, total, worked_failed)
         except BrokenProcessPool as exc:
             raise PoolBrokenError(
@@ -581,11 +606,13 @@ class _Chunk:
 
     def __init__(self, sets: list[dict]) -> None:
         self.sets = sets
-        self.sent = 0
-        self.parts: list[Future] = []
+        self.sent = 0  # parameter sets handed out
+        self.waiting = 0  # parts handed out and not yet back
+        self.records: list[dict] = []
+        self.output_rows: dict[str, list[dict]] = {}
 
     def finished(self) -> bool:
-        return self.sent == len(self.sets) and all(part.done() for part in self.parts)
+        return self.sent == len(self.sets) and not self.waiting
 
 
 #: The batch a pool process works for (set by _start_worker in each pool process).
@@ -671,21 +698,23 @@ def _ready() -> None:
     """Nothing: submitted once per process to start it."""
 
 
-def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], float, int]:
+def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], float, int, _Unidentified]:
     """In a pool process: the records (and output rows) of the items of ``sets`` not yet done, the seconds it
-    took, and how many were done already."""
+    took, how many were done already (or given twice in the part), and those without an identity."""
     batch = _worker_batch
     started = time.perf_counter()
-    part = list(items(batch.item_class, sets))
+    unidentified = _Unidentified()
+    part = list(items(batch.item_class, sets, unidentified))
     done = _done(part)
-    todo = [item for item in part if item.task_hash not in done]
+    given: set[int] = set()
+    todo = [item for item in part if item.task_hash not in done and _first_time(item.task_hash, given)]
     if not todo:
-        return [], {}, time.perf_counter() - started, len(part)
+        return [], {}, time.perf_counter() - started, len(part), unidentified
     working = time.perf_counter()
     results, needs = _with_inputs(todo, functools.partial(_processed, batch))
     model = outputs.output_model(batch.item_class)
     records, output_rows = _records(model, todo, results, time.perf_counter() - working, needs)
-    return records, output_rows, time.perf_counter() - started, len(part) - len(todo)
+    return records, output_rows, time.perf_counter() - started, len(part) - len(todo), unidentified
 
 
 def _processed(batch: BatchTask, todo: list[Item]) -> list[object]:
@@ -722,6 +751,42 @@ def _length(iterable: Iterable) -> int | None:
         return len(iterable)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+class _Unidentified:
+    """Parameter sets of a batch without an identity (see :func:`identity.items`): how many, and the first error."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first = ""
+
+    def __call__(self, values: dict, error: Exception) -> None:
+        if not self.count:
+            self.first = str(error)
+        self.count += 1
+
+    def add(self, other: _Unidentified) -> None:
+        if other.count and not self.count:
+            self.first = other.first
+        self.count += other.count
+
+
+def _items(count: int) -> str:
+    return "1 item has" if count == 1 else f"{count} items have"
+
+
+def _first_time(task_hash: str, given: set[int]) -> bool:
+    """Whether a batch meets this identity for the first time (then it is kept in ``given``).
+
+    Kept for the items a run works (not those done already): 128 bits of the hash, as an int, ~100 B per item
+    with the set's own (100 MB per 10^6 items, half what the hex text would cost); two different tasks share them
+    with a chance of 10^-22 among 10^8 items.
+    """
+    key = int(task_hash[:32], 16)
+    if key in given:
+        return False
+    given.add(key)
+    return True
 
 
 def _failed(result: object) -> bool:

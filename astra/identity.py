@@ -238,6 +238,10 @@ class IdentityError(Exception):
     """
 
 
+#: Told of each parameter set of :func:`items` that has no identity, and why.
+Unidentified = Callable[[dict, IdentityError], None]
+
+
 def identity(task: luigi.Task) -> dict:
     """What a task's hash is computed from."""
     return _identity(task, required_hashes(task))
@@ -462,8 +466,14 @@ class Item:
         return self._task_id
 
 
-def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Item]:
+def items(
+    cls: type[luigi.Task], parameter_sets: Iterable[dict], unidentified: Unidentified | None = None
+) -> Iterator[Item]:
     """The identities of ``cls(**values)`` for many parameter sets: the same hashes :func:`task_hash` gives.
+
+    A parameter set whose task cannot be made or identified (luigi refuses its values, its ``requires()`` raises)
+    raises :class:`IdentityError`; with ``unidentified``, that is called with the set and the error instead, and
+    the next sets follow.
 
     The fastest of four ways the class allows; each writes the identity with the :class:`_Layout` of
     :func:`task_hash` (its ``hash`` is the one place an identity is hashed):
@@ -489,28 +499,39 @@ def items(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Ite
     """
     maker = creation.Maker()
     if _values_only(cls):
-        return _from_values(cls, parameter_sets, maker)
+        return _from_values(cls, parameter_sets, maker, unidentified)
     if not creation.light(cls):
-        return _created(cls, parameter_sets)
+        return _created(cls, parameter_sets, unidentified)
     calls = fixed_requires.calls(cls) if _fixed_by_class(cls) else None
     if calls is not None and all(_fixed_by_class(call.cls) for call in calls):
-        return _from_fixed_requires(cls, iter(parameter_sets), maker, calls)
-    return _made_light(cls, iter(parameter_sets), maker)
+        return _from_fixed_requires(cls, iter(parameter_sets), maker, calls, unidentified)
+    return _made_light(cls, iter(parameter_sets), maker, unidentified)
 
 
-def _from_values(cls: type[luigi.Task], parameter_sets: Iterable[dict], maker: creation.Maker) -> Iterator[Item]:
+def _from_values(
+    cls: type[luigi.Task], parameter_sets: Iterable[dict], maker: creation.Maker, unidentified: Unidentified | None
+) -> Iterator[Item]:
     """:func:`items` of a class that requires nothing: hashed from the values, no task made."""
     layout = _layout(cls)
     names, write, significant_of = layout.shown_texts.names, layout.shown_texts.of_values, layout.significant_of
     frame = _frame(cls.__module__, cls.task_family, task_version(cls), [])
     for given in parameter_sets:
-        values = maker.values(cls, (), given)
-        texts = write(values)
-        yield Item(cls, values, layout.hash(frame, significant_of(texts)), (names, texts), [])
+        try:
+            values = maker.values(cls, (), given)
+            texts = write(values)
+            item = Item(cls, values, layout.hash(frame, significant_of(texts)), (names, texts), [])
+        except Exception:  # luigi refuses the values, say: its own error, as luigi would make the task
+            yield from _created(cls, [given], unidentified)
+            continue
+        yield item
 
 
 def _from_fixed_requires(
-    cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: creation.Maker, calls: list[fixed_requires.Call]
+    cls: type[luigi.Task],
+    parameter_sets: Iterator[dict],
+    maker: creation.Maker,
+    calls: list[fixed_requires.Call],
+    unidentified: Unidentified | None,
 ) -> Iterator[Item]:
     """:func:`items` of a light class whose ``requires()`` is a fixed function of its parameters
     (:func:`fixed_requires.calls`): the item and what it requires hashed from the values, no task made."""
@@ -534,7 +555,7 @@ def _from_fixed_requires(
             item = Item(cls, values, hash_item(frames.of_class(cls, requires), significant_of(texts)), (names, texts),
                         requires, required=(hashes, classes))  # fmt: skip
         except Exception:  # luigi's error, say: as luigi would, from this item on (see _made_light)
-            yield from _created(cls, itertools.chain([given], parameter_sets))
+            yield from _created(cls, itertools.chain([given], parameter_sets), unidentified)
             return
         yield item
 
@@ -562,7 +583,9 @@ def _required_texts(call: fixed_requires.Call, values: dict, maker: creation.Mak
     return lambda values: [text if write is None else write(values[text]) for write, text in parts]
 
 
-def _made_light(cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: creation.Maker) -> Iterator[Item]:
+def _made_light(
+    cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: creation.Maker, unidentified: Unidentified | None
+) -> Iterator[Item]:
     """:func:`items` of a light class that requires other tasks (see there)."""
     layout = _layout(cls)
     names, write, significant_of = layout.shown_texts.names, layout.shown_texts.of_task, layout.significant_of
@@ -585,7 +608,7 @@ def _made_light(cls: type[luigi.Task], parameter_sets: Iterator[dict], maker: cr
         except Exception:
             # luigi's error or the task's own, or a light task missing what luigi's would have: as luigi would,
             # from this item on (and the error again, if luigi meets it too).
-            yield from _created(cls, itertools.chain([given], parameter_sets))
+            yield from _created(cls, itertools.chain([given], parameter_sets), unidentified)
             return
         yield item
 
@@ -595,16 +618,30 @@ def _flat_requires(task: luigi.Task) -> list[luigi.Task]:
     return [required] if isinstance(required, luigi.Task) else flatten(required)  # a generator runs here, too
 
 
-def _created(cls: type[luigi.Task], parameter_sets: Iterable[dict]) -> Iterator[Item]:
+def _created(
+    cls: type[luigi.Task], parameter_sets: Iterable[dict], unidentified: Unidentified | None = None
+) -> Iterator[Item]:
     """:func:`items` the slow way: each item created as luigi would, and hashed with what it requires.
 
     Outside luigi's instance cache, so that a million of them can go once identified; so are the plain tasks
     they require (creation.quickly).
     """
     for values in parameter_sets:
-        task = _created_task(cls, values)
-        hashed = creation.quickly(functools.partial(_identify_item, task))
-        yield Item(cls, task.param_kwargs, hashed, parameters(task), required_hashes(task), task)
+        task = None
+        try:
+            task = _created_task(cls, values)
+            hashed = creation.quickly(functools.partial(_identify_item, task))
+            item = Item(cls, task.param_kwargs, hashed, parameters(task), required_hashes(task), task)
+        except Exception as exc:
+            if unidentified is None:
+                raise
+            if task is None:
+                exc = IdentityError(f"cannot make {cls.__name__}(**{values!r}): {exc!r}")
+            elif not isinstance(exc, IdentityError):
+                exc = IdentityError(f"cannot identify {task}: its requires() raised {exc!r}")
+            unidentified(values, exc)
+            continue
+        yield item
 
 
 def _created_task(cls: type[luigi.Task], values: dict) -> luigi.Task:

@@ -102,7 +102,7 @@ class ListedStars(MeasureStars):
 
     def parameter_sets(self):
         with open(self.listing) as listing:
-            return [{"star": int(line)} for line in listing]
+            return [{"star": int(line), "fail_on": self.fail_on} for line in listing]
 
 
 class Contested(BaseTask):
@@ -263,3 +263,47 @@ class UsesYielders(BatchTask):
 
     def parameter_sets(self):
         return [{"n": n} for n in self.numbers]
+
+
+class Calibrated(BaseTask):
+    """An item whose requires() raises for the night ``broken`` (then it has no identity); run() notes n in ``ran``."""
+
+    n = luigi.IntParameter()
+    broken = luigi.IntParameter(default=-1, significant=False)
+    ran: list[int] = []
+
+    def requires(self):  # noqa: ANN201 -- nothing, or it raises
+        if self.n == self.broken:
+            raise ValueError(f"no calibration for night {self.n}")
+        return []
+
+    def run(self) -> int:
+        Calibrated.ran.append(self.n)
+        return self.n
+
+
+class CalibratedItsWay(Calibrated):
+    """The same, of a class with an ``__init__`` of its own: identified the slow way."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+
+class CalibratedBatch(BatchTask):
+    numbers = luigi.ListParameter()
+    broken = luigi.IntParameter(default=-1)
+    way = luigi.Parameter(default="")
+
+    def parameter_sets(self):
+        return [{"n": n, "broken": self.broken} for n in self.numbers]
+
+    @property
+    def item_class(self) -> type:  # the class of the way asked for
+        return globals()[f"Calibrated{self.way}"]
+
+
+class GappyStars(MeasureStars):
+    """MeasureStars whose second parameter set lacks the star (luigi cannot make that task)."""
+
+    def parameter_sets(self):
+        return [{"star": 0}, {"band": "r"}, {"star": 2}]

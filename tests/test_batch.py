@@ -411,3 +411,60 @@ def test_an_item_whose_input_is_stale_is_not_run(database_url):
     assert luigi.build([Yielder(n=1)], local_scheduler=True, log_level="WARNING")  # made again
     batch_tasks.UsesYielders(numbers=[3]).run()
     assert _recorded(batch_tasks.UsesYielder(n=3)).status == "done"
+
+
+@pytest.mark.parametrize("way", ["", "ItsWay"])
+def test_an_item_without_an_identity_fails_the_batch_and_the_others_run(database_url, way):
+    batch_tasks.Calibrated.ran = []
+    batch = batch_tasks.CalibratedBatch(numbers=[0, 1, 2, 3], broken=1, way=way)
+    assert batch.complete() is False  # not an error: luigi runs the batch
+    with pytest.raises(BatchError, match=r"^1 item has no identity \(not run, not recorded\); first: cannot identify"):
+        batch.run()
+    assert batch_tasks.Calibrated.ran == [0, 2, 3]
+    item_class = batch.item_class
+    assert sorted(row.task_id for row in Task.select().where(Task.status == "done")) == sorted(
+        item_class(n=n).task_id for n in [0, 2, 3]
+    )
+    assert Task.select().count() == 3  # nothing recorded of night 1: it has no hash to be recorded under
+    assert batch.complete() is False
+
+    batch_tasks.Calibrated.ran = []
+    mended = batch_tasks.CalibratedBatch(numbers=[0, 1, 2, 3], way=way)
+    assert luigi.build([mended], local_scheduler=True, log_level="WARNING")
+    assert batch_tasks.Calibrated.ran == [1]
+    assert mended.complete() is True
+
+
+@pytest.mark.slow
+def test_a_pool_works_the_items_beside_one_without_an_identity(database_url):
+    batch = batch_tasks.CalibratedBatch(numbers=list(range(8)), broken=5, processes=2)
+    result = luigi.build([batch], local_scheduler=True, log_level="WARNING", detailed_summary=True)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.FAILED  # it ran, and failed: not unschedulable
+    recorded = {row.task_id for row in Task.select().where(Task.status == "done")}
+    assert recorded == {batch_tasks.Calibrated(n=n).task_id for n in range(8) if n != 5}
+    assert Task.select().count() == 7
+
+
+def test_a_parameter_set_luigi_refuses_fails_the_batch_and_the_others_run(database_url):
+    MeasureStars.processed = []
+    batch = batch_tasks.GappyStars(stars=0)
+    with pytest.raises(BatchError, match=r"1 item has no identity .*cannot make MeasureStar\(\*\*\{'band': 'r'\}\)"):
+        batch.run()
+    assert MeasureStars.processed == [0, 2]
+    assert Task.select().where(Task.status == "done").count() == 2
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_parameter_set_given_twice_is_recorded_and_counted_once(database_url, tmp_path, processes):
+    listing = tmp_path / "stars"
+    listing.write_text("".join(f"{star}\n" for star in [0, 1, 2, 1, 3, 0, 1]))
+    MeasureStars.processed = []
+    messages: list[str] = []
+    batch = batch_tasks.ListedStars(listing=str(listing), fail_on=1, processes=processes)
+    batch.set_status_message = messages.append
+    with pytest.raises(BatchError, match="^1 of 4 items failed"):
+        batch.run()
+    assert Task.select().where(Task.status == "done").count() == 3
+    assert messages[-1] == "7 of 7 items done or tried, 1 failed"
+    if processes == 1:  # worked here, each once (a pool hashes the items, in parts: only its records are counted)
+        assert MeasureStars.processed == [0, 1, 2, 3]
