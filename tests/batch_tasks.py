@@ -265,6 +265,20 @@ class UsesYielders(BatchTask):
         return [{"n": n} for n in self.numbers]
 
 
+class UsesYielderAndLeaf(UsesYielder):
+    """An item that requires Yielder(n=1) and the Leaf it yields: the Leaf's row, made after the Yielder's claim,
+    has the larger key of the two, so a forget --cascade of the Leaf locks them in the other order."""
+
+    def requires(self):  # noqa: ANN201 -- the two tasks
+        from tests.dynamic_tasks import Leaf, Yielder
+
+        return [Yielder(n=1), Leaf(i=0)]
+
+
+class UsesYielderAndLeafs(UsesYielders):
+    item_class = UsesYielderAndLeaf
+
+
 class Calibrated(BaseTask):
     """An item whose requires() raises for the night ``broken`` (then it has no identity); run() notes n in ``ran``."""
 

@@ -468,3 +468,54 @@ def test_a_parameter_set_given_twice_is_recorded_and_counted_once(database_url, 
     assert messages[-1] == "7 of 7 items done or tried, 1 failed"
     if processes == 1:  # worked here, each once (a pool hashes the items, in parts: only its records are counted)
         assert MeasureStars.processed == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_batch_record_that_deadlocks_with_a_forget_is_written_again_after_it(postgres_url):
+    """A forget --cascade locks a task, then what needs it; a batch's record locks its inputs in the order of their
+    keys, which can be the other order (a task's row is made when it is claimed: a Yielder's before the Leaf it
+    yields). PostgreSQL ends the deadlock by rolling one back; the batch's record runs again after the forget, and
+    finds its inputs gone. Before, the chunk's records were lost and the batch failed with the deadlock's error."""
+    import threading
+
+    import psycopg2
+
+    from tests.dynamic_tasks import Leaf, Yielder
+
+    assert luigi.build([Yielder(n=1)], local_scheduler=True, log_level="WARNING")
+    keys = {name: bytes.fromhex(task_hash(task)) for name, task in [("yielder", Yielder(n=1)), ("leaf", Leaf(i=0))]}
+    forgetting = psycopg2.connect(postgres_url)
+    cursor = forgetting.cursor()
+    cursor.execute("SET deadlock_timeout = '60s'")  # the batch, whose check comes first, is the one rolled back
+    cursor.execute("SELECT pk FROM astra.task WHERE task_hash = %s FOR UPDATE", (keys["leaf"],))  # level 0
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            batch_tasks.UsesYielderAndLeafs(numbers=[3]).run()
+            ended.append(None)
+        except BaseException as exc:
+            ended.append(exc)
+
+    batch = threading.Thread(target=run)
+    batch.start()
+    with contextlib.closing(psycopg2.connect(postgres_url)) as watching:
+        watching.autocommit = True
+        look = watching.cursor()
+
+        def waiting() -> bool:
+            look.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+                         (watching.info.dbname,))  # fmt: skip
+            return look.fetchone()[0] > 0
+
+        wait_for(waiting, what="the batch's record to hold the Yielder and wait for the Leaf")
+    cursor.execute("SELECT pk FROM astra.task WHERE task_hash = %s FOR UPDATE", (keys["yielder"],))  # level 1
+    cursor.execute("DELETE FROM astra.dependency WHERE requires_pk IN (SELECT pk FROM astra.task WHERE task_hash = "
+                   "ANY(%s))", ([keys["leaf"], keys["yielder"]],))  # fmt: skip
+    cursor.execute("DELETE FROM astra.task WHERE task_hash = ANY(%s)", ([keys["leaf"], keys["yielder"]],))
+    forgetting.commit()
+    forgetting.close()
+    batch.join(timeout=60)
+    assert isinstance(ended[0], BatchError) and "forgotten while the batch worked" in str(ended[0]), ended
+    row = _recorded(batch_tasks.UsesYielderAndLeaf(n=3))
+    assert row.status == "failed" and "forgotten while the batch worked" in row.error, row.error

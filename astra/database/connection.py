@@ -79,6 +79,15 @@ class ConnectionLostError(DatabaseError):
     """The connection to PostgreSQL was lost inside a transaction: the server rolled it back, nothing was written."""
 
 
+class ConflictError(DatabaseError):
+    """PostgreSQL rolled a transaction back to end a deadlock with another one (or a serialization failure):
+    nothing of it was written, and it may simply run again."""
+
+
+#: SQLSTATEs of a transaction the server rolled back for a conflict with another: deadlock, serialization failure.
+_CONFLICTS = ("40P01", "40001")
+
+
 class ReadOnlyDatabaseError(DatabaseError):
     """A write refused by a read-only PostgreSQL server (a hot standby, or ``default_transaction_read_only``), or by
     an SQLite file this process may only read."""
@@ -273,6 +282,11 @@ class Reconnecting:
     def _recover(self, exc: Exception) -> None:
         """Reopen the connection after ``exc`` if it was lost, or raise."""
         if not self._lost():
+            if getattr(exc.__context__, "pgcode", None) in _CONFLICTS:
+                raise ConflictError(
+                    f"astra: {self.description} rolled a transaction back to end a conflict with another one "
+                    f"({self._why(exc)}); nothing of it was recorded: run it again"
+                ) from exc
             self._refused(exc)
             raise exc
         if self.in_transaction():
@@ -329,7 +343,8 @@ def _hide(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def retried(function: F) -> F:
-    """Run ``function``, a self-contained transaction, again if the connection was lost inside it.
+    """Run ``function``, a self-contained transaction, again if the connection was lost inside it, or the server
+    rolled it back to end a deadlock with another transaction (the other then goes on: this one runs after it).
 
     Safe only for functions whose transaction can simply be repeated; inside a caller's transaction the error
     goes to the caller, whose earlier statements were lost too.
@@ -340,7 +355,7 @@ def retried(function: F) -> F:
         for attempt in range(3):
             try:
                 return function(*args, **kwargs)
-            except ConnectionLostError as exc:
+            except (ConnectionLostError, ConflictError) as exc:
                 if attempt == 2 or database().in_transaction():
                     raise
                 logger.warning("%s; running the transaction again", exc)
