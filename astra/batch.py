@@ -251,10 +251,11 @@ class BatchTask(luigi.Task):
             writer.shutdown(wait=True)
         # Items recorded failed rather than done, an astra task they need having gone as they were worked.
         done, failed, first_error = done - len(lost), failed + len(lost), first_error or next(iter(lost), "")
-        self._progress(done + failed, total, failed + self._unidentified.count, final=True)
+        tried = done + failed + self._unidentified.count
+        self._progress(tried, total, failed + self._unidentified.count, final=True)
         if self._given_twice:
-            logger.info("%s: %d parameter sets were given twice (the same task): each worked once", self.task_id,
-                        self._given_twice)  # fmt: skip
+            logger.info("%s: %d parameter sets repeat one worked earlier in this run (the same task): not worked "
+                        "again", self.task_id, self._given_twice)  # fmt: skip
         if self._unidentified.count:
             raise BatchError(
                 f"{_items(self._unidentified.count)} no identity (not run, not recorded)"
@@ -338,13 +339,14 @@ class BatchTask(luigi.Task):
                 for future in finished:
                     chunk = busy.pop(future)
                     chunk.waiting -= 1
-                    part_records, part_rows, seconds, skipped, unidentified = future.result()
-                    per_item = seconds / (len(part_records) + skipped)
+                    part_records, part_rows, seconds, skipped, twice, unidentified = future.result()
+                    per_item = seconds / max(1, len(part_records) + skipped + unidentified.count)
                     # Given twice, in two parts, an item was worked twice (the pool hashes, not this process); it
                     # is recorded and counted once.
                     kept = [record for record in part_records if _first_time(record["task_hash"], given)]
-                    self._given_twice += len(part_records) - len(kept)
-                    self._skipped += skipped + len(part_records) - len(kept)
+                    twice += len(part_records) - len(kept)
+                    self._given_twice += twice
+                    self._skipped += skipped + twice
                     worked += len(kept)
                     worked_failed += sum(1 for record in kept if "error" in record)
                     chunk.records += kept
@@ -536,9 +538,17 @@ def _with_inputs(
     chunk: list[Item], process: Callable[[list[Item]], list[object]]
 ) -> tuple[list[object], dict[str, dict[str, bool]]]:
     """The results of ``process`` of the chunk's items whose astra inputs are recorded done, and for the others
-    the :class:`MissingInputError` that fails them unrun; and what each item needs (:func:`_needs`), by hash."""
-    needs = {item.task_hash: _needs(item) for item in chunk if item.requires}
-    missing = _missing_inputs(chunk, needs)
+    the :class:`MissingInputError` that fails them unrun (or the error their ``requires()`` raised when asked
+    again); and what each item needs (:func:`_needs`), by hash."""
+    needs: dict[str, dict[str, bool]] = {}
+    missing: dict[str, Exception] = {}
+    for item in chunk:
+        if item.requires:
+            try:
+                needs[item.task_hash] = _needs(item)
+            except Exception as exc:  # a requires() that raised only now: this item fails, the others go on
+                missing[item.task_hash] = exc
+    missing.update(_missing_inputs(chunk, needs))
     results = iter(process([item for item in chunk if item.task_hash not in missing] if missing else chunk))
     return [missing[item.task_hash] if item.task_hash in missing else next(results) for item in chunk], needs
 
@@ -553,7 +563,10 @@ def _missing_inputs(chunk: list[Item], needs: dict[str, dict[str, bool]]) -> dic
     for item in chunk:
         absent = [key for key, before in needs.get(item.task_hash, {}).items() if before and key not in done]
         if absent:
-            names = {key: str(task) for key, task in _astra_requirements(item)}
+            try:
+                names = {key: str(task) for key, task in _astra_requirements(item)}
+            except Exception:  # a requires() that raises only now: the hash must do
+                names = {}
             more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
             missing[item.task_hash] = MissingInputError(
                 f"{names.get(absent[0], absent[0])}{more}, which this item needs, is not complete (not recorded done, "
@@ -698,9 +711,9 @@ def _ready() -> None:
     """Nothing: submitted once per process to start it."""
 
 
-def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], float, int, _Unidentified]:
+def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], float, int, int, _Unidentified]:
     """In a pool process: the records (and output rows) of the items of ``sets`` not yet done, the seconds it
-    took, how many were done already (or given twice in the part), and those without an identity."""
+    took, how many were done already, how many repeat an item of the part, and those without an identity."""
     batch = _worker_batch
     started = time.perf_counter()
     unidentified = _Unidentified()
@@ -708,13 +721,15 @@ def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], flo
     done = _done(part)
     given: set[int] = set()
     todo = [item for item in part if item.task_hash not in done and _first_time(item.task_hash, given)]
+    skipped = sum(1 for item in part if item.task_hash in done)
+    twice = len(part) - len(todo) - skipped
     if not todo:
-        return [], {}, time.perf_counter() - started, len(part), unidentified
+        return [], {}, time.perf_counter() - started, skipped, twice, unidentified
     working = time.perf_counter()
     results, needs = _with_inputs(todo, functools.partial(_processed, batch))
     model = outputs.output_model(batch.item_class)
     records, output_rows = _records(model, todo, results, time.perf_counter() - working, needs)
-    return records, output_rows, time.perf_counter() - started, len(part) - len(todo), unidentified
+    return records, output_rows, time.perf_counter() - started, skipped, twice, unidentified
 
 
 def _processed(batch: BatchTask, todo: list[Item]) -> list[object]:

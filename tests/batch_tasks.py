@@ -321,3 +321,26 @@ class GappyStars(MeasureStars):
 
     def parameter_sets(self):
         return [{"star": 0}, {"band": "r"}, {"star": 2}]
+
+
+class Fickle(BaseTask):
+    """An item whose requires() names Prepared(n) the first time it is called, and raises every time after."""
+
+    n = luigi.IntParameter()
+    calls: dict[int, int] = {}
+
+    def requires(self):  # noqa: ANN201 -- a generator, as luigi allows
+        Fickle.calls[self.n] = Fickle.calls.get(self.n, 0) + 1
+        if Fickle.calls[self.n] > 1:
+            raise ValueError(f"asked {Fickle.calls[self.n]} times")
+        yield Prepared(n=self.n)
+
+    def run(self) -> int:
+        return self.n
+
+
+class FickleBatch(UsesPreparedBatch):
+    item_class = Fickle
+
+    def parameter_sets(self):
+        return [{"n": n} for n in self.numbers]

@@ -436,13 +436,33 @@ def test_an_item_without_an_identity_fails_the_batch_and_the_others_run(database
 
 
 @pytest.mark.slow
-def test_a_pool_works_the_items_beside_one_without_an_identity(database_url):
-    batch = batch_tasks.CalibratedBatch(numbers=list(range(8)), broken=5, processes=2)
+@pytest.mark.parametrize("broken", [0, 5])  # 0: the first part of the pool, one item, has none with an identity
+def test_a_pool_works_the_items_beside_one_without_an_identity(database_url, broken):
+    batch = batch_tasks.CalibratedBatch(numbers=list(range(8)), broken=broken, processes=2)
+    messages: list[str] = []
+    batch.set_status_message = messages.append
+    with pytest.raises(BatchError, match=r"^1 item has no identity"):
+        batch.run()
+    assert messages[-1] == "8 of 8 items done or tried, 1 failed"
+    recorded = {row.task_id for row in Task.select().where(Task.status == "done")}
+    assert recorded == {batch_tasks.Calibrated(n=n).task_id for n in range(8) if n != broken}
+    assert Task.select().count() == 7
     result = luigi.build([batch], local_scheduler=True, log_level="WARNING", detailed_summary=True)
     assert result.status == luigi.execution_summary.LuigiStatusCode.FAILED  # it ran, and failed: not unschedulable
-    recorded = {row.task_id for row in Task.select().where(Task.status == "done")}
-    assert recorded == {batch_tasks.Calibrated(n=n).task_id for n in range(8) if n != 5}
-    assert Task.select().count() == 7
+
+
+def test_an_item_whose_requires_raises_when_asked_again_fails_alone(database_url):
+    """A requires() that names an input the first time and raises after: each item fails, where it was asked
+    again (the names of what item 2 lacks; item 1's task, made to run), not the batch's chunk."""
+    assert luigi.build([Prepared(n=1)], local_scheduler=True, log_level="WARNING")
+    batch_tasks.Fickle.calls = {}
+    with pytest.raises(BatchError, match="2 of 2 items failed"):
+        batch_tasks.FickleBatch(numbers=[1, 2]).run()
+    rows = {row.task_id: row for row in Task.select().where(Task.task_name == "Fickle")}  # no hash: it raises
+    row = rows[batch_tasks.Fickle(n=1).task_id]
+    assert row.status == "failed" and row.error == "ValueError: asked 2 times", row.error
+    row = rows[batch_tasks.Fickle(n=2).task_id]
+    assert row.status == "failed" and row.error.startswith("MissingInputError: "), row.error
 
 
 def test_a_parameter_set_luigi_refuses_fails_the_batch_and_the_others_run(database_url):

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import shutil
 import sqlite3
 import time
@@ -284,8 +285,8 @@ class Reconnecting:
         if not self._lost():
             if getattr(exc.__context__, "pgcode", None) in _CONFLICTS:
                 raise ConflictError(
-                    f"astra: {self.description} rolled a transaction back to end a conflict with another one "
-                    f"({self._why(exc)}); nothing of it was recorded: run it again"
+                    f"astra: {self.description} rolled a transaction back to end a deadlock with another one "
+                    f"({self._why(exc)}): nothing of it took effect, and it is safe to run again"
                 ) from exc
             self._refused(exc)
             raise exc
@@ -359,6 +360,8 @@ def retried(function: F) -> F:
                 if attempt == 2 or database().in_transaction():
                     raise
                 logger.warning("%s; running the transaction again", exc)
+                if isinstance(exc, ConflictError):  # a moment, at random, for the other one to take its locks
+                    time.sleep(random.uniform(0.05, 0.5))
         raise AssertionError("unreachable")
 
     return wrapper
