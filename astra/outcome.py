@@ -320,7 +320,7 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> Unfinished |
         elif unrecorded == [root] and items is not None:  # a batch: its items have records, the batch none
             reasons.append(
                 f"it failed (the error is above); astra tasks list --name {items.get_task_family()} --status failed "
-                "lists the items recorded as failed"
+                "lists its items recorded as failed (one with no identity has no record)"
             )
         elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
             who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
