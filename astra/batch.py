@@ -132,6 +132,13 @@ class BatchTask(luigi.Task):
         """The items with their identities (task hashes), in the order of :meth:`parameter_sets`."""
         return items(self.item_class, self._parameter_sets())
 
+    def _numbered_items(self) -> Iterator[tuple[int, Item]]:
+        """Each item with its place among the parameter sets (which decides its share); a set without an identity
+        is counted in ``self._unidentified`` instead."""
+        self._unidentified = _Unidentified()
+        for number, item in enumerate(items(self.item_class, self.parameter_sets(), self._unidentified)):
+            yield number + self._unidentified.count, item
+
     def _parameter_sets(self) -> Iterable[dict]:
         """The parameter sets of the share this process works (all of them outside a share)."""
         if self._share is None:
@@ -256,14 +263,14 @@ class BatchTask(luigi.Task):
         if self._given_twice:
             logger.info("%s: %d parameter sets repeat one worked earlier in this run (the same task): not worked "
                         "again", self.task_id, self._given_twice)  # fmt: skip
-        if self._unidentified.count:
-            raise BatchError(
-                f"{_items(self._unidentified.count)} no identity (not run, not recorded)"
-                + (f" ({failed} of {done + failed} others failed, recorded in astra.task)" if failed else "")
-                + f"; first: {self._unidentified.first}"
-            )
+        self._fail_unidentified(f" ({failed} of {done + failed} others failed, recorded in astra.task)" * bool(failed))
         if failed:
             raise BatchError(f"{failed} of {done + failed} items failed (recorded in astra.task); first: {first_error}")
+
+    def _fail_unidentified(self, others: str = "") -> None:
+        """Raise if parameter sets without an identity were met (by :meth:`work` or :meth:`_numbered_items`)."""
+        if self._unidentified.count:
+            raise BatchError(self._unidentified.line(others))
 
     def _written(self, writing: Future) -> list[str]:
         """Wait for a chunk's records to be written; the errors of its items found without their input then (each
@@ -785,9 +792,10 @@ class _Unidentified:
             self.first = other.first
         self.count += other.count
 
-
-def _items(count: int) -> str:
-    return "1 item has" if count == 1 else f"{count} items have"
+    def line(self, between: str = "") -> str:
+        """What a batch that met them fails with."""
+        have = "1 item has" if self.count == 1 else f"{self.count} items have"
+        return f"{have} no identity (not run, not recorded){between}; first: {self.first}"
 
 
 def _first_time(task_hash: str, given: set[int]) -> bool:

@@ -130,3 +130,16 @@ assert luigi.build([Stars(stars=3, jobs=1)], local_scheduler=True)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert [MeasureStar(star=star, band="r").complete() for star in range(3)] == [True] * 3
     assert [MeasureStar(star=star).complete() for star in range(3)] == [False] * 3  # the default band, "g"
+
+
+@pytest.mark.slow
+def test_an_array_works_the_items_beside_one_without_an_identity(slurm_cluster, postgres_url, tmp_path):
+    from tests.batch_tasks import Calibrated
+
+    args = ["--module", "tests.batch_tasks", "CalibratedBatch", "--numbers", "[0, 1, 2, 3]", "--broken", "1"]
+    run = run_luigi(*slurm_args(tmp_path / "logs", *args, "--jobs", "2", "--local-scheduler"))
+    assert run.returncode == 30, run.stdout[-3000:]
+    assert "1 item has no identity (not run, not recorded); first: cannot identify Calibrated(n=1)" in run.stdout
+    assert "Traceback" not in run.stdout, run.stdout[-3000:]
+    done = {row.task_id for row in Task.select().where(Task.status == "done")}
+    assert done == {Calibrated(n=n).task_id for n in [0, 2, 3]} and Task.select().count() == 3

@@ -143,13 +143,14 @@ class SlurmExecutor(Executor):
             shares = max(count for _, count in layouts)  # as the live arrays split the items
         hashes: list[str] = []
         share_of: list[int] = []
-        for index, item in enumerate(batch.items()):
+        for index, item in batch._numbered_items():
             hashes.append(item.task_hash)
             share_of.append(index % shares)
         done = queries.done_hashes(hashes)
         pending = [h for h in hashes if h not in done]
         needed = {share for h, share in zip(hashes, share_of) if h not in done}
         if not needed:
+            batch._fail_unidentified()
             return
         running = {_share(state): state for state in live}
         names = {running[share].job_id: running[share].name for share in needed & running.keys()}
@@ -187,6 +188,7 @@ class SlurmExecutor(Executor):
                 f"{len(bad)} of {len(states)} shares of SLURM job array {' '.join(arrays)} failed ({summary}); "
                 f"stderr tail of {first.job_id}:\n{tail}"
             )
+        batch._fail_unidentified()  # the shares worked the others; such an item can be neither run nor recorded
 
 
 def _layout(state: JobState) -> tuple[int, int]:
