@@ -206,6 +206,7 @@ def test_plots_are_labelled_with_descriptions_and_units_and_take_bins_and_log(st
     # Usage errors, in this process (three processes drawing at once are enough for a busy machine).
     made += [main(capsys, "results", "StarFit", "--plot", "teff", "--log", "z", "-o", str(many))]
     made += [main(capsys, "results", "StarFit", "--bins", "3")]
+    made += [main(capsys, "results", "StarFit", "--plot", "teff", "--bins", "100000000", "-o", str(many))]
     assert made[0].returncode == 0, made[0].stderr
     assert made[0].stderr.strip() == f"drew 6010 of 6010 rows into {histogram} (histogram of 7 bins, log y)"
     assert "teff: effective temperature [K]" in svg_text(histogram) and "rows" in svg_text(histogram)
@@ -215,6 +216,7 @@ def test_plots_are_labelled_with_descriptions_and_units_and_take_bins_and_log(st
     assert many.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--log" in one_line_error(made[3], 2) and "'z' is not one of 'x', 'y', 'xy'" in made[3].stderr
     assert one_line_error(made[4], 2).startswith("astra: --bins shapes a plot: give --plot too")
+    assert "100000000 is not in the range 1<=x<=1000" in one_line_error(made[5], 2)  # before: out of memory
 
 
 def test_tasks_show_shows_the_output_rows(stars_db):

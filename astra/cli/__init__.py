@@ -1,7 +1,9 @@
 """The ``astra`` command: look at, explain and forget the task records in the astra database.
 
 Tables are for people; ``--json`` prints the same records for scripts. Exit codes: 0 when all went well, 1 when
-nothing matched or something failed (an unreachable database, a task that is not done), 2 for a usage error.
+nothing matched or something failed (an unreachable database, a task that is not done), 2 for a usage error, 130
+after Ctrl-C, 141 when the reader of the output went away (``astra results ... | head``), as for a program that
+SIGPIPE ends.
 
 One module per command group (:mod:`.db`, :mod:`.tasks` with :mod:`.why`, :mod:`.results`), each a thin layer
 over the query and explanation modules below it (``astra.database.records``, ``astra.explain``,
@@ -11,10 +13,12 @@ command runs (:class:`~.lazy_group.LazyGroup`): ``astra --version`` imports neit
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 import click
+from click.utils import PacifyFlushWrapper
 
 from astra.cli.formats import say
 from astra.cli.lazy_group import LazyGroup
@@ -36,24 +40,50 @@ def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``astra`` console script."""
     try:
         code = cli.main(args, prog_name="astra", standalone_mode=False)
+        sys.stdout.flush()  # here, not at exit: the reader may be gone
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
         say(f"astra: {exc.format_message()}{hint}")
         code = 2
-    except click.Abort:
-        # An answer piped in is not echoed, so the prompt's line is still open.
-        say(("" if sys.stdin.isatty() else "\n") + "astra: aborted, nothing changed")
+    except click.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # click made Ctrl-C an Abort
+            say("astra: interrupted")
+            code = 130
+        else:  # an answer piped in is not echoed, so the prompt's line is still open
+            say(("" if sys.stdin.isatty() else "\n") + "astra: aborted, nothing changed")
+            code = 1
+    except BrokenPipeError:
+        code = _reader_gone()
+    except UnicodeEncodeError as exc:  # a lone surrogate (an undecodable byte) in a name or value given
+        if exc.reason != "surrogates not allowed":
+            raise
+        say(
+            f"astra: {exc.object[exc.start]!r} (at position {exc.start} of {exc.object!r}) is not valid Unicode (an "
+            "undecodable byte on the command line?): no database holds it, so nothing is recorded under it"
+        )
         code = 1
     except click.ClickException as exc:
         say(f"astra: {exc.format_message()}")
         code = exc.exit_code
     except (Exception, SystemExit) as exc:  # DatabaseNotReady is a SystemExit (see there)
         line = _database_failure(exc)
-        if line is None:
+        if isinstance(sys.stdout, PacifyFlushWrapper):  # click met the closed pipe, and exits 1 for it
+            code = _reader_gone()
+        elif line is None:
             raise
-        say(line)
-        code = 1
+        else:
+            say(line)
+            code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _reader_gone() -> int:
+    """The exit code when the reader of stdout went away; stdout is pointed at /dev/null, since what is still
+    buffered for it would fail again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno())
+    os.close(devnull)
+    return 141
 
 
 def _database_failure(exc: BaseException) -> str | None:

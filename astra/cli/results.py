@@ -60,7 +60,9 @@ def _rows(cls: type | None, tasks: list[int]) -> int:
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), help="Output format (default: table).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--plot", metavar="COLUMN|X,Y", help="Draw a histogram of COLUMN, or Y against X, into -o FILE.")
-@click.option("--bins", type=click.IntRange(min=1), help="--plot: bins of the histogram (per axis for X,Y).")
+@click.option(
+    "--bins", type=click.IntRange(1, 1000), help="--plot: bins of the histogram (per axis for X,Y; at most 1000)."
+)
 @click.option("--log", type=click.Choice(export.LOG_AXES), help="--plot: logarithmic x axis, y axis or both.")
 @json_option
 def results(

@@ -1,0 +1,69 @@
+"""How an ``astra`` command ends when its reader goes away, on Ctrl-C, and given a byte that is not Unicode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import luigi
+
+from astra.database import Task
+from tests.batch_tasks import MeasureStars
+from tests.helpers import ASTRA, HANG, REPO, main, one_line_error, subprocess_env, wait_for
+
+
+def _reading_one_line(*args: str) -> tuple[int, str]:
+    """Run ``astra ARGS``, read one line of its output, go away; its exit code and stderr."""
+    command = subprocess.Popen(
+        [str(ASTRA), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(), cwd=REPO
+    )
+    command.stdout.readline()
+    command.stdout.close()  # as `| head -1` does
+    stderr = command.stderr.read().decode()
+    return command.wait(timeout=HANG), stderr
+
+
+def test_a_reader_that_goes_away_ends_astra_with_141_and_nothing_said(database_url):
+    """As a program that SIGPIPE ends (`set -o pipefail` sees it); before: exit 1 from some commands, 0 or a
+    traceback from others."""
+    assert luigi.build([MeasureStars(stars=10000)], local_scheduler=True, log_level="WARNING")
+    # (A single large write, as of a CSV, meets no error at all: Python drops what a pipe whose reader left did not
+    # take, and the command ends 0.)
+    for args in [("results", "MeasureStar", "--json"), ("tasks", "forget", "--all", "--dry-run")]:
+        code, stderr = _reading_one_line(*args)
+        assert (code, stderr) == (141, ""), args
+
+
+def test_ctrl_c_at_a_prompt_ends_with_130_and_forgets_nothing(database_url):
+    assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
+    command = subprocess.Popen(
+        [str(ASTRA), "tasks", "forget", "--name", "MeasureStar"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env({"PYTHONUNBUFFERED": "1"}),  # the question reaches the pipe as it is asked
+        cwd=REPO,
+        # A shell without job control starts what runs in the background with Ctrl-C ignored; a terminal does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    asked = ""
+    while "?" not in asked:  # the question (on stderr, as all that is said to the person)
+        asked += os.read(command.stderr.fileno(), 4096).decode()
+    # Then the answer is waited for. (Python notes a signal that comes before the read starts only at its next
+    # step, so the read would wait on: a person's Ctrl-C comes later.)
+    wait_for(lambda: Path(f"/proc/{command.pid}/wchan").read_text() == "anon_pipe_read", what="astra to read")
+    command.send_signal(signal.SIGINT)
+    assert command.wait(timeout=HANG) == 130
+    assert command.stderr.read().decode().strip() == "astra: interrupted"
+    command.stdin.close()
+    assert Task.select().count() == 2
+
+
+def test_an_undecodable_byte_in_a_name_is_one_line(database_url, capsys):
+    """What Python makes of the byte 0xff on a command line; before: a UnicodeEncodeError traceback."""
+    assert luigi.build([MeasureStars(stars=1)], local_scheduler=True, log_level="WARNING")
+    for args in [("tasks", "show", "\udcff"), ("tasks", "list", "--name", "\udcff"), ("results", "\udcff")]:
+        line = one_line_error(main(capsys, *args), 1)
+        assert line.startswith("astra: '\\udcff' (at position 0 of '\\udcff') is not valid Unicode"), line
