@@ -159,16 +159,30 @@ class SharedSession:
             finally:
                 self._used = time.monotonic()
 
+    def transaction(self, *args, **kwargs) -> _Transaction:
+        return _Transaction(self, *args, **kwargs)
+
     def begin(self, *args, **kwargs):
         turn = self._shared()
         turn.acquire()  # held until the thread's transaction ends (pop_transaction)
         try:
+            self._end_leftover()
             began = super().begin(*args, **kwargs)
         except BaseException:
             turn.release()
             raise
         self._state.local.turn = turn
         return began
+
+    def _end_leftover(self) -> None:
+        """Roll back a transaction the server still holds open while peewee holds none: an interrupt (Ctrl-C, the
+        SIGTERM luigi passes on) stopped its end before the COMMIT or ROLLBACK was sent. A new one begun inside it
+        would commit what was never meant to be, or find its own rows as that one left them."""
+        conn = self._state.conn
+        info = None if self._state.closed or conn is None else getattr(conn, "info", None)
+        if info is not None and getattr(info, "transaction_status", 0) in _LEFT_OPEN:
+            logger.debug("astra: rolling back a transaction left open by an interrupt")
+            peewee.Database.rollback(self)
 
     def pop_transaction(self):
         try:
@@ -242,6 +256,33 @@ class SharedSession:
                 pass
             self._state.shared.reset()
             return None
+
+
+#: The psycopg2 (libpq) transaction states of a connection inside a transaction: INTRANS and INERROR.
+_LEFT_OPEN = (2, 3)
+
+
+class _Transaction(peewee._transaction):
+    """peewee's transaction, ended (COMMIT or ROLLBACK) before it gives up the thread's turn.
+
+    peewee gives it up first: another thread's statement (the heartbeat's) could then land in the transaction,
+    its COMMIT committing what was to be rolled back, and its UPDATE finding the row as this transaction left it.
+    """
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        try:
+            if self.db.transaction_depth() != 1:
+                return  # a transaction() inside another is part of it
+            if exc_type is not None:
+                self.rollback(False)
+                return
+            try:
+                self.commit(False)
+            except BaseException:  # also an interrupt before the COMMIT was sent
+                self.rollback(False)
+                raise
+        finally:
+            self.db.pop_transaction()
 
 
 class _Free:

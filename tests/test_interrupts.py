@@ -1,0 +1,32 @@
+"""Ctrl-C and SIGTERM as a task's record is written: the record ends true, and the run ends in one line."""
+
+from __future__ import annotations
+
+from astra.database import Task, output_tables
+from astra.targets import forget_cached
+from tests.helpers import run_luigi
+from tests.interrupt_tasks import InterruptRow
+
+ARGS = ["--module", "tests.interrupt_tasks", "--local-scheduler"]
+
+
+def records() -> dict[int, tuple[str, str | None, int]]:
+    """Each LongRecord's status, error and output rows, by k."""
+    forget_cached()
+    rows = {row.task_id: row for row in Task.select().where(Task.task_name == "LongRecord")}
+    found = {}
+    for task_id, row in rows.items():
+        k = int(task_id.split("_")[1])
+        found[k] = (row.status, row.error, InterruptRow.select().where(InterruptRow.task == row.pk).count())
+    return found
+
+
+def test_a_heartbeat_as_a_failed_record_ends_commits_nothing(postgres_url, tmp_path):
+    """peewee gave up the connection before its ROLLBACK: the heartbeat, waiting for its turn, ran inside the
+    transaction and committed the done record whose rows had failed, then called the task forgotten."""
+    output_tables.create([InterruptRow])
+    env = {"SLOW_DIR": str(tmp_path), "INTERRUPT_AT": "beat-in-rollback"}
+    run = run_luigi(*ARGS, "LongRecord", "--k", "0", env=env, timeout=120)
+    assert run.returncode == 30, run.stdout
+    assert records() == {0: ("failed", "RuntimeError: the output rows could not be written", 0)}, run.stdout
+    assert "forgotten" not in run.stdout and "no longer this worker's" not in run.stdout, run.stdout
