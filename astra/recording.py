@@ -26,6 +26,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -243,6 +244,10 @@ class Claim:
         error, summary = summarise(exc)
         try:
             if not queries.fail(self.attempt, error, summary, time.monotonic() - self._started):
+                if queries.recorded_done(self.attempt):  # e.g. Ctrl-C just after the commit: the record stands
+                    self.recorded = True
+                    self._status(f"recorded done by this run before {error or type(exc).__name__}; it is done")
+                    return
                 logger.warning("astra: the failure of %s was not recorded: %s", self.task, queries.lost(self.attempt))
                 return
         except BaseException as db_exc:  # the original error matters more; say why it was not recorded
@@ -415,6 +420,9 @@ def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = Fal
     A run that is (or returns) a generator, yielding dynamic dependencies, is followed by :func:`_follow` and
     recorded when it finishes, with the tasks it yielded. ``local``: run here whatever the task's executor.
     """
+    forked = _in_task_process()
+    if forked:
+        _interrupt_once()
     try:
         claim = _start(task)
         if claim is None:
@@ -423,14 +431,16 @@ def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = Fal
             result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
         except BaseException as exc:
             _end(task, claim, error=exc)
-            if isinstance(exc, KeyboardInterrupt) and multiprocessing.parent_process() is not None:
-                _stop_quietly()
             raise
         if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
             return _follow(task, claim, result)
-        _end(task, claim, result)
+        _end(task, claim, result)  # an interrupt here (a long record) records the failure in _end
     except DatabaseGoneError:
         config.stop_asking_for_work()
+        raise
+    except KeyboardInterrupt:
+        if forked:
+            _stop_quietly()
         raise
     return None
 
@@ -453,6 +463,35 @@ def _start(task: luigi.Task) -> Claim | None:
             return None
     task._astra_claim, task._astra_in_run = claim, True
     return claim
+
+
+def _in_task_process() -> bool:
+    """Whether this is a process luigi forked for a task (``--workers`` above 1), and this its main thread."""
+    return multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread()
+
+
+def _interrupt_once() -> None:
+    """In a process luigi forked for a task: the first Ctrl-C or SIGTERM interrupts the task, later ones are ignored.
+
+    A terminal's Ctrl-C reaches every process of the group, and luigi's own process then passes it on as SIGTERM:
+    a second interrupt would cut short the record of the first (the failure, or the ROLLBACK of a finish), leaving
+    the task ``running`` and its transaction open.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) not in (signal.SIG_IGN, None):
+            signal.signal(number, _interrupted)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        # Not SIG_IGN: a signal already on its way to a Python handler would then be printed as "ignored due to
+        # race condition".
+        signal.signal(number, _ignored)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _ignored(signum: int, frame: object) -> None:
+    """A later Ctrl-C or SIGTERM in a task process already interrupted (see :func:`_interrupt_once`)."""
 
 
 def _stop_quietly() -> None:

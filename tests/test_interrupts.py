@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+
 from astra.database import Task, output_tables
 from astra.targets import forget_cached
-from tests.helpers import run_luigi
+from tests.helpers import background, run_luigi, wait_for
 from tests.interrupt_tasks import InterruptRow
 
 ARGS = ["--module", "tests.interrupt_tasks", "--local-scheduler"]
@@ -30,3 +32,18 @@ def test_a_heartbeat_as_a_failed_record_ends_commits_nothing(postgres_url, tmp_p
     assert run.returncode == 30, run.stdout
     assert records() == {0: ("failed", "RuntimeError: the output rows could not be written", 0)}, run.stdout
     assert "forgotten" not in run.stdout and "no longer this worker's" not in run.stdout, run.stdout
+
+
+def test_ctrl_c_to_the_group_as_records_are_written_fails_them_in_one_line(postgres_url, tmp_path):
+    """Each forked worker printed a KeyboardInterrupt traceback (the interrupt landed in the record, after run()), and
+    luigi's SIGTERM to its workers cut their failure records short."""
+    output_tables.create([InterruptRow])
+    args = [*ARGS, "LongRecords", "--n", "2", "--rows", "300000", "--workers", "2"]
+    with background((args, tmp_path / "run.log", {"SLOW_DIR": str(tmp_path)})) as [run]:
+        wait_for(lambda: len(list(tmp_path.glob("ran-*"))) == 2, timeout=60, what="both run()s to return")
+        run.signal(signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
+        assert run.wait(timeout=60) == -signal.SIGINT, run.text()
+    output = run.text()
+    assert "Traceback" not in output, output
+    wait_for(lambda: all(status != "running" for status, _, _ in records().values()), what="the records")
+    assert {status for status, _, _ in records().values()} <= {"failed", "done"}, output

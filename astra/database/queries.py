@@ -431,6 +431,8 @@ def lost(attempt: Attempt) -> str:
     row = Task.get_or_none(Task.task_hash == attempt.task_hash)
     if row is None:
         return "its record is gone: forgotten (astra tasks forget), or lost in a crash of the database server"
+    if row.pk == attempt.pk and row.claim_token == attempt.token:  # the row is still this attempt's, ended
+        return f"this run's own record of it, {row.status}, was committed before"
     if row.status == DONE and row.claim_token is None:
         return "a batch recorded the task meanwhile"
     if row.pk != attempt.pk or row.attempts <= attempt.attempts:  # a new row (SQLite may give it the same pk)
@@ -442,6 +444,12 @@ def lost(attempt: Attempt) -> str:
         f"the task was taken over by {row.host} pid {row.pid} (attempt {row.attempts}, now {row.status}; was there "
         "no heartbeat within the lease?)"
     )
+
+
+def recorded_done(attempt: Attempt) -> bool:
+    """Whether ``attempt`` itself recorded its task done (its finish committed, e.g. just before an interrupt)."""
+    database()
+    return Task.select().where(*_mine(attempt)[:-1], Task.status == DONE).exists()
 
 
 def done_by(task_hash: str) -> Holder | None:
