@@ -7,6 +7,7 @@ environment (``$ASTRA_DATABASE_URL``), then ``[astra]`` in luigi.cfg, then the d
 from __future__ import annotations
 
 import argparse
+import configparser
 import logging
 import multiprocessing
 import os
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 import luigi
 from luigi.cmdline_parser import CmdlineParser
 from luigi.task_register import TaskClassNotFoundException
+
+from astra.database.urls import mask_password
 
 logger = logging.getLogger("luigi-interface")
 
@@ -129,13 +132,71 @@ def settings() -> astra:
     about 0.1 ms: as much as a cold task's whole record on SQLite, and a claim reads them once per task.
     """
     global _read
-    key = _settings_key()
-    if _read is None or _read[0] != key:
-        _read = (key, astra())
+    try:
+        key = _settings_key()
+        if _read is None or _read[0] != key:
+            _read = (key, astra())
+    except (ValueError, configparser.Error) as exc:  # luigi says only "Error when parsing ... of 'lease'"
+        raise SettingError(_bad_setting() or f"astra: the [astra] settings cannot be read: {exc}") from None
     return _read[1]
 
 
 _read: tuple[tuple, astra] | None = None
+
+
+class SettingError(SystemExit):
+    """An ``[astra]`` setting that does not parse (``lease = abc``). A SystemExit, as ``DatabaseNotReady`` is: luigi
+    would turn it into a traceback under "error in complete()" for every task, and nothing can work without it."""
+
+
+def _bad_setting() -> str | None:
+    """The line that names the first ``[astra]`` setting that does not parse, where it is and what it should be."""
+    section = astra.get_task_family()
+    for name, parameter in astra.get_params():
+        value = command_line_value(name)
+        where = f"--{section}-{name.replace('_', '-')} {value!r}"
+        if not value:
+            try:
+                value = luigi.configuration.get_config().get(section, name)
+            except (configparser.NoSectionError, configparser.NoOptionError, KeyError):
+                continue
+            except configparser.Error as exc:  # e.g. a ${VARIABLE} that is not set; the text may hold a URL
+                reason = mask_password(str(exc).splitlines()[0])
+                return f"astra: [{section}] {name} in {_file_of(section, name)} cannot be read: {reason}"
+            where = f"[{section}] {name} = {value!r} in {_file_of(section, name)}"
+        try:
+            parameter.parse(value)
+        except Exception:  # noqa: BLE001 -- each parameter class raises its own; the line says what is expected
+            default = parameter.serialize(parameter._default).lower()  # luigi.cfg spells booleans true/false
+            return f"astra: {where} {_expected(parameter)}; correct it, or leave it out for the default ({default})"
+    return None
+
+
+def _expected(parameter: luigi.Parameter) -> str:
+    """What a value of ``parameter`` that does not parse is not, e.g. 'is not a number'."""
+    if isinstance(parameter, luigi.ChoiceParameter):
+        return f"is not one of {', '.join(sorted(parameter._choices))}"
+    if isinstance(parameter, luigi.BoolParameter):
+        return "is not true or false"
+    if isinstance(parameter, luigi.IntParameter):
+        return "is not a whole number"
+    if isinstance(parameter, luigi.FloatParameter):
+        return "is not a number"
+    return "cannot be read"
+
+
+def _file_of(section: str, name: str) -> str:
+    """The file of luigi's configuration that sets ``[section] name`` (the last one luigi reads wins), or a general
+    phrase if none does (a script set it in memory, or luigi reads TOML)."""
+    for path in reversed(getattr(type(luigi.configuration.get_config()), "_config_paths", [])):
+        found = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            found.read(path)
+        except configparser.Error:
+            continue
+        if found.has_option(section, name):
+            return path
+    return "luigi's configuration"
 
 
 def _settings_key() -> tuple:

@@ -15,8 +15,19 @@ import pytest
 
 from astra.database import describe
 from astra.database.connection import reset
-from tests.helpers import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, REPO, free_port, run_luigi, subprocess_env
-from tests.helpers import luigi_error_line as one_line_error
+from tests.helpers import (
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    REPO,
+    astra,
+    free_port,
+    luigi_error_line,
+    main,
+    one_line_error,
+    run_luigi,
+    subprocess_env,
+)
 
 SPECTRUM = str(REPO / "workflows" / "data" / "spectra" / "spec-00002.fits")
 
@@ -131,7 +142,7 @@ def test_missing_profile_is_one_clear_line(tmp_path):
         "--module", "workflows", "EstimateSNR", "--local-scheduler", tmp_path=tmp_path,
         LUIGI_CONFIG_PATH=str(tmp_path / "luigi.cfg"),
     )  # fmt: skip
-    line = one_line_error(result)
+    line = luigi_error_line(result)
     assert "no profile 'no_such_profile'" in line and "sdssdb.yml" in line
 
 
@@ -141,7 +152,7 @@ def test_schema_not_loaded_is_one_clear_line(postgres_database, tmp_path):
         "--module", "workflows", "EstimateSNR", "--local-scheduler",
         env={"ASTRA_DATABASE_URL": postgres_database}, cwd=tmp_path,
     )  # fmt: skip
-    line = one_line_error(result)
+    line = luigi_error_line(result)
     assert "no astra schema" in line and "astra db init" in line and "astradb.sql" in line
 
 
@@ -151,7 +162,7 @@ def test_unknown_url_scheme_is_one_clear_line(tmp_path):
         "--module", "workflows", "EstimateSNR", "--local-scheduler",
         env={"ASTRA_DATABASE_URL": "mysql://root:secret@localhost/astra"}, cwd=tmp_path,
     )  # fmt: skip
-    line = one_line_error(result)
+    line = luigi_error_line(result)
     assert "expected sqlite:///path or postgresql://" in line
     assert "secret" not in result.stdout
 
@@ -245,7 +256,7 @@ def test_profile_that_cannot_connect_says_the_server_reason(postgres_server, tmp
     _with_pgpass(tmp_path, f"{POSTGRES_HOST}:{POSTGRES_PORT}:*:{user}:pr0file-s3cret")
     profile = f"astratest:\n  host: {POSTGRES_HOST}\n  port: {POSTGRES_PORT}\n  user: {user}\n"
     result, seconds = _profile_run(tmp_path, profile, dbname)
-    line = one_line_error(result)
+    line = luigi_error_line(result)
     assert reason in line and "sdssdb profile 'astratest'" in line, line
     assert "pr0file-s3cret" not in result.stdout
     assert seconds < 30, seconds
@@ -257,15 +268,63 @@ def test_profile_to_a_silent_server_stops_within_10_seconds(tmp_path):
     # The same command against a port that refuses at once: how long luigi itself takes on this machine now.
     refused = f"astratest:\n  host: 127.0.0.1\n  port: {free_port()}\n  user: postgres\n"
     result, start_up = _profile_run(tmp_path, refused, "sdss5db")
-    assert "Connection refused" in one_line_error(result)
+    assert "Connection refused" in luigi_error_line(result)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)  # never accept(): the kernel completes the handshake, nobody ever answers
         port = silent.getsockname()[1]
         profile = f"astratest:\n  host: 127.0.0.1\n  port: {port}\n  user: postgres\n"
         result, seconds = _profile_run(tmp_path, profile, "sdss5db")
-    line = one_line_error(result)
+    line = luigi_error_line(result)
     assert f"127.0.0.1:{port}" in line and "timeout" in line, line
     # Waiting for the silent server adds the 5 s connect timeout; before, it hung until killed. The margin is wide:
     # on a loaded machine the same command took 15.6 s against 3.3 s for the refused port.
     assert seconds - start_up < 30, (seconds, start_up)
+
+
+#: A bad value of each kind of ``[astra]`` setting, and what the line says of it.
+BAD_SETTINGS = {
+    "read_helpers": ("abc", "is not a whole number; correct it, or leave it out for the default (2)"),
+    "sqlite_lock_timeout": ("x", "is not a number; correct it, or leave it out for the default (60.0)"),
+    "pooler": (
+        "bogus",
+        "is not one of auto, none, session, transaction; correct it, or leave it out for the default (auto)",
+    ),
+    "synchronous_commit": ("maybe", "is not true or false; correct it, or leave it out for the default (false)"),
+}
+
+
+@pytest.mark.slow
+def test_a_bad_astra_setting_is_one_line_naming_it(sqlite_url, tmp_path, luigi_config, capsys):
+    from astra.database import Task
+
+    config = tmp_path / "luigi.cfg"
+    config.write_text("[astra]\nlease = abc\n")
+    said = f"astra: [astra] lease = 'abc' in {config} is not a number; correct it, or leave it out for the default"
+    env = {"ASTRA_DATABASE_URL": sqlite_url, "LUIGI_CONFIG_PATH": str(config)}
+    assert one_line_error(astra("tasks", "list", env=env), 1).startswith(said)
+    task = ["--module", "workflows", "EstimateSNR", "--spectrum-path", SPECTRUM, "--local-scheduler"]
+    ran = run_luigi(*task, env=env, cwd=tmp_path)
+    assert ran.returncode == 1 and luigi_error_line(ran).startswith(said), ran.stdout
+    config.write_text("")
+    ran = run_luigi(*task, "--astra-lease", "abc", env=env, cwd=tmp_path)
+    assert ran.returncode == 1 and luigi_error_line(ran).startswith("astra: --astra-lease 'abc' is not a number;")
+    assert Task.select().count() == 0
+
+    for name, (value, problem) in BAD_SETTINGS.items():  # in this process: the same main() as the command's
+        luigi_config.remove_section("astra")
+        luigi_config.set("astra", name, value)
+        reset()
+        status = main(capsys, "db", "status")
+        assert status.stderr == f"astra: [astra] {name} = {value!r} in luigi's configuration {problem}\n"
+        assert status.returncode == 1
+
+
+@pytest.mark.slow
+def test_a_luigi_cfg_that_does_not_parse_is_one_line_naming_it(sqlite_url, tmp_path):
+    config = tmp_path / "luigi.cfg"
+    env = {"ASTRA_DATABASE_URL": sqlite_url, "LUIGI_CONFIG_PATH": str(config)}
+    for text, line in [("[astra\nlease = 1\n", 1), ("[astra]\nlease 120\n", 2)]:
+        config.write_text(text)
+        said = one_line_error(astra("db", "status", env=env), 1)
+        assert said.startswith(f"astra: {config}, line {line} is neither a [section] header nor a name = value"), said

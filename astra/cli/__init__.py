@@ -13,6 +13,7 @@ command runs (:class:`~.lazy_group.LazyGroup`): ``astra --version`` imports neit
 
 from __future__ import annotations
 
+import configparser
 import os
 import sys
 from collections.abc import Sequence
@@ -66,7 +67,7 @@ def main(args: Sequence[str] | None = None) -> None:
         say(f"astra: {exc.format_message()}")
         code = exc.exit_code
     except (Exception, SystemExit) as exc:  # DatabaseNotReady is a SystemExit (see there)
-        line = _database_failure(exc)
+        line = _configuration_failure(exc) or _database_failure(exc)
         if isinstance(sys.stdout, PacifyFlushWrapper):  # click met the closed pipe, and exits 1 for it
             code = _reader_gone()
         elif line is None:
@@ -84,6 +85,24 @@ def _reader_gone() -> int:
     os.dup2(devnull, sys.__stdout__.fileno())
     os.close(devnull)
     return 141
+
+
+def _configuration_failure(exc: BaseException) -> str | None:
+    """The one line that says what is wrong in luigi's configuration, or None if ``exc`` is about something else."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, str) and exc.code.startswith("astra: "):
+        return exc.code  # astra's own stops, e.g. a bad [astra] setting (SettingError)
+    if not isinstance(exc, configparser.Error):
+        return None
+    # luigi reads its files as it is imported, so that import failed: say which line, never what it holds (a URL
+    # with a password, perhaps).
+    where = getattr(exc, "source", None) or "luigi's configuration"
+    if isinstance(exc, configparser.ParsingError):
+        number = exc.errors[0][0] if getattr(exc, "errors", None) else getattr(exc, "lineno", "?")
+        return (
+            f"astra: {where}, line {number} is neither a [section] header nor a name = value line; correct it "
+            "(luigi cannot read the file either)"
+        )
+    return f"astra: {where} cannot be read: {str(exc).splitlines()[0]}; correct it (luigi cannot read it either)"
 
 
 def _database_failure(exc: BaseException) -> str | None:
