@@ -328,3 +328,23 @@ def test_a_luigi_cfg_that_does_not_parse_is_one_line_naming_it(sqlite_url, tmp_p
         config.write_text(text)
         said = one_line_error(astra("db", "status", env=env), 1)
         assert said.startswith(f"astra: {config}, line {line} is neither a [section] header nor a name = value"), said
+
+
+@pytest.mark.slow
+def test_an_sdssdb_file_astra_cannot_use_is_one_line_naming_it(tmp_path):
+    (tmp_path / "luigi.cfg").write_text("[astra]\nprofile = astratest\n")
+    profiles = tmp_path / "sdssdb.yml"
+    cases = [
+        ("astratest: [\n", str(profiles), f"sdssdb cannot read {profiles}, line 2: expected the node content"),
+        ("astratest:\n  host: h\n  port: abc\n", str(profiles), f"'astratest' in {profiles} has port 'abc', which is"),
+        ("", str(tmp_path / "missing.yml"), f"sdssdb cannot read {tmp_path / 'missing.yml'}: No such file"),
+    ]
+    for text, path, said in cases:
+        profiles.write_text(text)
+        env = {"ASTRA_DATABASE_URL": "", "HOME": str(tmp_path), "SDSSDB_CONFIG_PATH": path}
+        env["LUIGI_CONFIG_PATH"] = str(tmp_path / "luigi.cfg")
+        assert said in one_line_error(astra("db", "status", env=env), 1)
+    ran = luigi_without_database_env(
+        "--module", "workflows", "EstimateSNR", "--local-scheduler", tmp_path=tmp_path, **env
+    )
+    assert ran.returncode == 1 and said in luigi_error_line(ran), ran.stdout

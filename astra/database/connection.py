@@ -676,7 +676,8 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
     connects the way it does for a URL.
     """
     import pgpasslib
-    from sdssdb import config as sdssdb_config
+
+    sdssdb_config = _sdssdb_profiles()  # first: importing sdssdb reads its file
     from sdssdb.connection import PeeweeDatabaseConnection
 
     if profile not in sdssdb_config:
@@ -689,6 +690,11 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
         profile=profile, autoconnect=False, use_psycopg3=False
     )
     params = {key: db._config[key] for key in ("user", "host", "port") if db._config.get(key) is not None}
+    if not str(params.get("port", 0)).isdigit():
+        raise DatabaseNotReady(
+            f"astra: sdssdb profile {profile!r} in {_sdssdb_file()} has port {params['port']!r}, which is not a "
+            "number; correct it there, or set ASTRA_DATABASE_URL instead"
+        )
     where = f"{params.get('user') or ''}@{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
     description = f"sdssdb profile {profile!r}: postgresql://{where}/{dbname}"
     db.description = description
@@ -708,6 +714,33 @@ def _open_sdssdb_profile(profile: str, dbname: str) -> tuple[peewee.Database, st
     db.autoconnect = True  # opened again after [astra] idle_close
     db.post_connect()
     return db, description
+
+
+def _sdssdb_profiles() -> dict:
+    """sdssdb's profiles, or DatabaseNotReady naming its file if sdssdb cannot read it (it does as it is imported)."""
+    import yaml
+
+    try:
+        from sdssdb import config
+    except OSError as exc:
+        raise DatabaseNotReady(
+            f"astra: sdssdb cannot read {exc.filename or _sdssdb_file()}: {exc.strerror or exc}; correct "
+            "$SDSSDB_CONFIG_PATH (or unset it for ~/.config/sdss/sdssdb.yml), or set ASTRA_DATABASE_URL instead"
+        ) from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: YAML, but not a mapping of profiles
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark else _sdssdb_file()
+        problem = getattr(exc, "problem", None) or str(exc)  # not the text of the line: it may hold a password
+        raise DatabaseNotReady(
+            f"astra: sdssdb cannot read {where}: {problem}; correct it (a YAML mapping of profiles), or set "
+            "ASTRA_DATABASE_URL instead"
+        ) from None
+    return config
+
+
+def _sdssdb_file() -> str:
+    """The file of sdssdb's profiles, as the user would name it."""
+    return os.environ.get("SDSSDB_CONFIG_PATH") or "~/.config/sdss/sdssdb.yml"
 
 
 def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, patient: bool = False) -> None:
