@@ -348,3 +348,16 @@ def test_an_sdssdb_file_astra_cannot_use_is_one_line_naming_it(tmp_path):
         "--module", "workflows", "EstimateSNR", "--local-scheduler", tmp_path=tmp_path, **env
     )
     assert ran.returncode == 1 and said in luigi_error_line(ran), ran.stdout
+
+
+@pytest.mark.slow
+def test_a_postgresql_url_without_a_database_is_one_line(tmp_path):
+    no_database = f"postgresql://{POSTGRES_USER}:s3cret@{POSTGRES_HOST}"
+    for url in [no_database, "postgresql://"]:
+        said = one_line_error(astra("db", "status", env={"ASTRA_DATABASE_URL": url}), 1)
+        assert said.endswith("it names no database: expected postgresql://user@host:port/dbname"), said
+        assert "s3cret" not in said
+    task = ["--module", "workflows", "EstimateSNR", "--local-scheduler"]
+    ran = luigi_without_database_env(*task, tmp_path=tmp_path, ASTRA_DATABASE_URL=no_database)
+    assert ran.returncode == 1 and "it names no database" in luigi_error_line(ran), ran.stdout
+    assert "s3cret" not in ran.stdout

@@ -77,6 +77,8 @@ def postgres_connect_kwargs(url: str) -> tuple[str, dict[str, object]]:
         kwargs["host"] = unquote(host)
     if port:
         kwargs["port"] = int(port)
+    if not path:  # peewee would take the database for uninitialised, and say only that
+        raise BadURLError("it names no database: expected postgresql://user@host:port/dbname")
     for key, value in parse_qsl(query, keep_blank_values=True):
         kwargs[key] = value
     return unquote(path), kwargs
