@@ -351,13 +351,17 @@ def test_an_sdssdb_file_astra_cannot_use_is_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_postgresql_url_without_a_database_is_one_line(tmp_path):
-    no_database = f"postgresql://{POSTGRES_USER}:s3cret@{POSTGRES_HOST}"
-    for url in [no_database, "postgresql://"]:
-        said = one_line_error(astra("db", "status", env={"ASTRA_DATABASE_URL": url}), 1)
-        assert said.endswith("it names no database: expected postgresql://user@host:port/dbname"), said
-        assert "s3cret" not in said
-    task = ["--module", "workflows", "EstimateSNR", "--local-scheduler"]
-    ran = luigi_without_database_env(*task, tmp_path=tmp_path, ASTRA_DATABASE_URL=no_database)
-    assert ran.returncode == 1 and "it names no database" in luigi_error_line(ran), ran.stdout
-    assert "s3cret" not in ran.stdout
+def test_a_postgresql_url_libpq_cannot_use_is_one_line_naming_it(tmp_path):
+    server = f"postgresql://{POSTGRES_USER}:s3cret@{POSTGRES_HOST}"
+    cases = [
+        (server, "it names no database: expected postgresql://user@host:port/dbname"),
+        ("postgresql://", "it names no database: expected postgresql://user@host:port/dbname"),
+        (f"{server}/postgres?bogusopt=1", f"{server.replace('s3cret', '***')}/postgres?bogusopt=1: invalid dsn"),
+    ]
+    for url, said in cases:
+        line = one_line_error(astra("db", "status", env={"ASTRA_DATABASE_URL": url}), 1)
+        assert line.startswith("astra: cannot use database URL ") and said in line and "s3cret" not in line, line
+    for url, said in [cases[0], cases[2]]:
+        task = ["--module", "workflows", "EstimateSNR", "--local-scheduler"]
+        ran = luigi_without_database_env(*task, tmp_path=tmp_path, ASTRA_DATABASE_URL=url)
+        assert ran.returncode == 1 and said in luigi_error_line(ran) and "s3cret" not in ran.stdout, ran.stdout

@@ -754,6 +754,11 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
             f"astra: cannot connect to {description}: {db._why(exc)}. Check that PostgreSQL is running and "
             "ASTRA_DATABASE_URL (or [astra] database_url) is right"
         ) from None
+    except peewee.ProgrammingError as exc:  # libpq refused the URL itself, e.g. an unknown option after '?'
+        raise DatabaseNotReady(
+            f"astra: cannot use database URL {description}: {db._why(exc)}; correct the options after '?' (libpq's "
+            "connection parameters, e.g. sslmode=require) in ASTRA_DATABASE_URL (or [astra] database_url)"
+        ) from None
 
 
 def _columns(db: peewee.Database) -> dict[str, set[str]]:
