@@ -21,6 +21,7 @@ from tests.helpers import (
     POSTGRES_USER,
     REPO,
     astra,
+    astra_many,
     free_port,
     luigi_error_line,
     main,
@@ -365,3 +366,15 @@ def test_a_postgresql_url_libpq_cannot_use_is_one_line_naming_it(tmp_path):
         task = ["--module", "workflows", "EstimateSNR", "--local-scheduler"]
         ran = luigi_without_database_env(*task, tmp_path=tmp_path, ASTRA_DATABASE_URL=url)
         assert ran.returncode == 1 and said in luigi_error_line(ran) and "s3cret" not in ran.stdout, ran.stdout
+
+
+@pytest.mark.slow
+def test_a_reader_does_not_make_the_sqlite_file_it_was_pointed_at(tmp_path):
+    path = tmp_path / "typo" / "astra.db"
+    env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}"}
+    readers = [("tasks", "list"), ("tasks", "show", "1"), ("results", "EstimateSNR"), ("db", "status")]
+    for read in astra_many(*readers, env=env):
+        said = one_line_error(read, 1)
+        assert said.startswith(f"astra: SQLite database {path} does not exist, so nothing is recorded there"), said
+    assert not path.parent.exists()
+    assert astra("db", "init", env=env).returncode == 0 and path.exists()  # writers still make it

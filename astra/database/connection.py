@@ -448,6 +448,7 @@ class Database:
         self._let_go()
         self.pid = self.key = None
         self.description = ""
+        self.reading_only = False  # the next command of a test's process may write
         _opened_files.clear()  # a file deleted on purpose may be made again
 
     def _let_go(self) -> None:
@@ -562,6 +563,11 @@ def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database
     description = f"sqlite:///{path}"
     if path in _opened_files and _file_id(path) != _opened_files[path]:
         raise DatabaseNotReady(_replaced(path))  # rather than make a new, empty one (a forked worker would)
+    if reading_only and not os.path.exists(path):  # an empty new file would answer "no tasks match": a typo hidden
+        raise DatabaseNotReady(
+            f"astra: SQLite database {path} does not exist, so nothing is recorded there yet; check "
+            "ASTRA_DATABASE_URL (or [astra] database_url), or record there first (a luigi run, or `astra db init`)"
+        )
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_timeout = config.settings().sqlite_lock_timeout
