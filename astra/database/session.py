@@ -186,7 +186,9 @@ class SharedSession:
 
     def pop_transaction(self):
         try:
-            return super().pop_transaction()
+            # A connection lost inside the transaction was reset as it was rolled back (see _Transaction), its
+            # transactions with it: nothing is left to pop.
+            return super().pop_transaction() if self._state.transactions else None
         finally:
             turn = getattr(self._state.local, "turn", None)
             if turn is not None and not self._state.transactions:  # the outermost one ended (or the state was reset)
