@@ -135,6 +135,7 @@ def settings() -> astra:
     try:
         key = _settings_key()
         if _read is None or _read[0] != key:
+            _refuse_unknown(key[1])
             _read = (key, astra())
     except (ValueError, configparser.Error) as exc:  # luigi says only "Error when parsing ... of 'lease'"
         raise SettingError(_bad_setting() or f"astra: the [astra] settings cannot be read: {exc}") from None
@@ -147,6 +148,21 @@ _read: tuple[tuple, astra] | None = None
 class SettingError(SystemExit):
     """An ``[astra]`` setting that does not parse (``lease = abc``). A SystemExit, as ``DatabaseNotReady`` is: luigi
     would turn it into a traceback under "error in complete()" for every task, and nothing can work without it."""
+
+
+def _refuse_unknown(stored: object) -> None:
+    """Stop at a name in ``[astra]`` that is no setting. luigi would warn and go on, printing its value: a line
+    ``database_url postgresql://me:secret@host/db`` (its ``=`` forgotten: configparser splits it at the ``:``)
+    showed the password; and a misspelt ``database_url`` would record into the default database instead."""
+    if not isinstance(stored, tuple):  # a TOML configuration: luigi checks it itself
+        return
+    section, known = astra.get_task_family(), {name for name, _ in astra.get_params()}
+    for name, _ in stored:
+        if name.replace("-", "_") not in known:
+            raise SettingError(
+                f"astra: [{section}] in {_file_of(section, name)} has {name!r}, which is no astra setting (its '=' "
+                f"missing, or a misspelt name?); known: {', '.join(sorted(known))}"
+            )
 
 
 def _bad_setting() -> str | None:

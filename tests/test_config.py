@@ -321,6 +321,24 @@ def test_a_bad_astra_setting_is_one_line_naming_it(sqlite_url, tmp_path, luigi_c
         assert status.returncode == 1
 
 
+def test_a_name_in_astra_that_is_no_setting_stops_without_showing_its_value(sqlite_url, tmp_path, luigi_config, capsys):
+    """A forgotten '=' (configparser splits at the ':' of the URL): luigi warned, printing the password, and went
+    on with the default database; so did a misspelt name."""
+    config = tmp_path / "luigi.cfg"
+    config.write_text("[astra]\ndatabase_url postgresql://me:s3cret@127.0.0.1:5432/x\n")
+    task = ["--module", "workflows", "EstimateSNR", "--spectrum-path", SPECTRUM, "--local-scheduler"]
+    ran = run_luigi(*task, env={"ASTRA_DATABASE_URL": sqlite_url, "LUIGI_CONFIG_PATH": str(config)}, cwd=tmp_path)
+    said = f"astra: [astra] in {config} has 'database_url postgresql', which is no astra setting (its '=' missing"
+    assert ran.returncode == 1 and luigi_error_line(ran).startswith(said), ran.stdout
+    assert "s3cret" not in ran.stdout
+    luigi_config.set("astra", "databse_url", "sqlite:////elsewhere.db")  # in this process
+    reset()
+    status = main(capsys, "db", "status")
+    assert status.returncode == 1 and status.stderr.startswith(
+        "astra: [astra] in luigi's configuration has 'databse_url'"
+    )
+
+
 @pytest.mark.slow
 def test_a_luigi_cfg_that_does_not_parse_is_one_line_naming_it(sqlite_url, tmp_path):
     config = tmp_path / "luigi.cfg"
