@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 
 import luigi
 import pytest
@@ -328,35 +329,14 @@ def test_a_batch_whose_input_is_being_forgotten_waits_for_the_forget_and_fails_t
     a reopen making it not done, is waited for, and its change then seen. Without the lock the record saw the input
     done, then its edge to the row being deleted failed the whole chunk (a foreign key error); with the foreign
     key's lock alone (FOR KEY SHARE) the reopen went through and the item was recorded done on a failed input."""
-    import threading
-
     import psycopg2
 
     assert luigi.build([Prepared(n=5)], local_scheduler=True, log_level="WARNING")
     forgetting = psycopg2.connect(postgres_url)  # as `forget` does: the row locked and deleted, not yet committed
     key = bytes.fromhex(task_hash(Prepared(n=5)))
     forgetting.cursor().execute(change, (key,))
-    ended: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            UsesPreparedBatch(numbers=[5]).run()
-            ended.append(None)
-        except BaseException as exc:
-            ended.append(exc)
-
-    batch = threading.Thread(target=run)
-    batch.start()
-    with contextlib.closing(psycopg2.connect(postgres_url)) as watching:
-        watching.autocommit = True  # each look a new snapshot of pg_stat_activity
-        cursor = watching.cursor()
-
-        def waiting() -> bool:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
-                           (watching.info.dbname,))  # fmt: skip
-            return cursor.fetchone()[0] > 0
-
-        wait_for(waiting, what="the batch's record to wait for the forget")
+    batch, ended = _running(UsesPreparedBatch(numbers=[5]))
+    _wait_for_a_lock(postgres_url, what="the batch's record to wait for the forget")
     forgetting.commit()
     forgetting.close()
     batch.join(timeout=60)
@@ -497,8 +477,6 @@ def test_a_batch_record_that_deadlocks_with_a_forget_is_written_again_after_it(p
     keys, which can be the other order (a task's row is made when it is claimed: a Yielder's before the Leaf it
     yields). PostgreSQL ends the deadlock by rolling one back; the batch's record runs again after the forget, and
     finds its inputs gone. Before, the chunk's records were lost and the batch failed with the deadlock's error."""
-    import threading
-
     import psycopg2
 
     from tests.dynamic_tasks import Leaf, Yielder
@@ -509,27 +487,8 @@ def test_a_batch_record_that_deadlocks_with_a_forget_is_written_again_after_it(p
     cursor = forgetting.cursor()
     cursor.execute("SET deadlock_timeout = '60s'")  # the batch, whose check comes first, is the one rolled back
     cursor.execute("SELECT pk FROM astra.task WHERE task_hash = %s FOR UPDATE", (keys["leaf"],))  # level 0
-    ended: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            batch_tasks.UsesYielderAndLeafs(numbers=[3]).run()
-            ended.append(None)
-        except BaseException as exc:
-            ended.append(exc)
-
-    batch = threading.Thread(target=run)
-    batch.start()
-    with contextlib.closing(psycopg2.connect(postgres_url)) as watching:
-        watching.autocommit = True
-        look = watching.cursor()
-
-        def waiting() -> bool:
-            look.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
-                         (watching.info.dbname,))  # fmt: skip
-            return look.fetchone()[0] > 0
-
-        wait_for(waiting, what="the batch's record to hold the Yielder and wait for the Leaf")
+    batch, ended = _running(batch_tasks.UsesYielderAndLeafs(numbers=[3]))
+    _wait_for_a_lock(postgres_url, what="the batch's record to hold the Yielder and wait for the Leaf")
     cursor.execute("SELECT pk FROM astra.task WHERE task_hash = %s FOR UPDATE", (keys["yielder"],))  # level 1
     cursor.execute("DELETE FROM astra.dependency WHERE requires_pk IN (SELECT pk FROM astra.task WHERE task_hash = "
                    "ANY(%s))", ([keys["leaf"], keys["yielder"]],))  # fmt: skip
@@ -540,3 +499,35 @@ def test_a_batch_record_that_deadlocks_with_a_forget_is_written_again_after_it(p
     assert isinstance(ended[0], BatchError) and "forgotten while the batch worked" in str(ended[0]), ended
     row = _recorded(batch_tasks.UsesYielderAndLeaf(n=3))
     assert row.status == "failed" and "forgotten while the batch worked" in row.error, row.error
+
+
+def _running(batch: luigi.Task) -> tuple[threading.Thread, list[BaseException | None]]:
+    """``batch.run()`` in a thread; the list gets what it ended with (None: it returned)."""
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            batch.run()
+            ended.append(None)
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, ended
+
+
+def _wait_for_a_lock(url: str, what: str) -> None:
+    """Until a session of the database at ``url`` waits for a lock."""
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(url)) as watching:
+        watching.autocommit = True  # each look a new snapshot of pg_stat_activity
+        cursor = watching.cursor()
+
+        def waiting() -> bool:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+                           (watching.info.dbname,))  # fmt: skip
+            return cursor.fetchone()[0] > 0
+
+        wait_for(waiting, what=what)
