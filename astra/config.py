@@ -165,11 +165,20 @@ def _refuse_unknown(stored: object) -> None:
             )
 
 
-def _bad_setting() -> str | None:
-    """The line that names the first ``[astra]`` setting that does not parse, where it is and what it should be."""
-    section = astra.get_task_family()
-    for name, parameter in astra.get_params():
-        value = command_line_value(name)
+def slurm_settings() -> slurm:
+    """The ``[slurm]`` settings; :class:`SettingError` naming the first that does not parse (``jobs = abc``)."""
+    try:
+        return slurm()
+    except (ValueError, configparser.Error) as exc:
+        raise SettingError(_bad_setting(slurm) or f"astra: the [slurm] settings cannot be read: {exc}") from None
+
+
+def _bad_setting(section_class: type[luigi.Config] = astra) -> str | None:
+    """The line that names the first setting of ``section_class`` (``[astra]``) that does not parse, where it is and
+    what it should be."""
+    section = section_class.get_task_family()
+    for name, parameter in section_class.get_params():
+        value = command_line_value(name, section)
         where = f"--{section}-{name.replace('_', '-')} {value!r}"
         if not value:
             try:
@@ -242,13 +251,14 @@ def database_url() -> str:
     return command_line_value("database_url") or os.environ.get(DATABASE_URL_ENV) or settings().database_url
 
 
-def command_line_value(name: str) -> str:
-    """``--astra-<name>`` as given on the running ``luigi`` command line, or '' (luigi.Config cannot tell apart
-    a value from the command line and one from luigi.cfg, and the environment must come between the two)."""
+def command_line_value(name: str, section: str = "astra") -> str:
+    """``--astra-<name>`` (``--<section>-<name>``) as given on the running ``luigi`` command line, or '' (luigi.Config
+    cannot tell apart a value from the command line and one from luigi.cfg, and the environment must come between
+    the two)."""
     parser = CmdlineParser.get_instance()
     if parser is None:
         return ""
-    return getattr(parser.known_args, f"{astra.get_task_family()}_{name}", None) or ""
+    return getattr(parser.known_args, f"{section}_{name}", None) or ""
 
 
 def command_line() -> dict | None:

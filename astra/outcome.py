@@ -88,6 +88,11 @@ class OneLineFailures(logging.Filter):
             record.msg = f"{record.msg}: %s"
             record.args = (*record.args, error)
             record.exc_info = record.exc_text = None
+        elif isinstance(error, SystemExit) and str(error.code).startswith("astra: ") and isinstance(record.args, tuple):
+            # astra's own stops (a [slurm] setting that does not parse, met as the task runs): the line says it all.
+            record.msg = f"{record.msg}: %s"
+            record.args = (*record.args, error.code)
+            record.exc_info = record.exc_text = None
         elif isinstance(error, connection.DatabaseError) and isinstance(record.args, tuple):
             # astra's own database errors (e.g. an SQLite lock held past sqlite_lock_timeout before the task could
             # be claimed, so nothing recorded) are one line that says what to do: their traceback says no more.

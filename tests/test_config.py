@@ -339,6 +339,17 @@ def test_a_name_in_astra_that_is_no_setting_stops_without_showing_its_value(sqli
     )
 
 
+def test_a_bad_slurm_setting_fails_the_task_in_one_line(sqlite_url, tmp_path):
+    """Read as the task runs (under the SLURM executor, before anything is submitted); before: a traceback."""
+    config = tmp_path / "luigi.cfg"
+    config.write_text("[slurm]\njobs = abc\n")
+    task = ["--module", "workflows", "EstimateSNR", "--spectrum-path", SPECTRUM, "--local-scheduler"]
+    env = {"ASTRA_DATABASE_URL": sqlite_url, "LUIGI_CONFIG_PATH": str(config)}
+    ran = run_luigi(*task, "--astra-executor", "slurm", env=env, cwd=tmp_path)
+    assert ran.returncode == 30 and "Traceback" not in ran.stdout, ran.stdout
+    assert f"astra: [slurm] jobs = 'abc' in {config} is not a whole number; correct it" in ran.stdout
+
+
 @pytest.mark.slow
 def test_a_luigi_cfg_that_does_not_parse_is_one_line_naming_it(sqlite_url, tmp_path):
     config = tmp_path / "luigi.cfg"

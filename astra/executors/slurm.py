@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import luigi
 
-from astra.config import command_line, database_url, luigi_config, settings, slurm
+from astra.config import command_line, database_url, luigi_config, settings, slurm, slurm_settings
 from astra.database import queries
 from astra.database.urls import mask_password
 from astra.executors import Executor
@@ -68,7 +68,7 @@ class SlurmJobError(RuntimeError):
 
 def options(task: luigi.Task) -> dict:
     """The ``[slurm]`` settings for ``task``, with its class's ``slurm_<setting>`` attributes over them."""
-    config = slurm()
+    config = slurm_settings()
     return {name: getattr(task, f"slurm_{name}", getattr(config, name)) for name in SETTINGS}
 
 
