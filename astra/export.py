@@ -529,7 +529,7 @@ def _replacing(path: str, mode: str = "wb", **options: str) -> Iterator[IO]:
                 yield file
             return
         if not folder.is_dir():
-            raise ExportError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
+            raise ExportError(f"cannot write {path}: {_missing_folder(folder)}")
         target = Path(os.path.realpath(path))
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         with os.fdopen(handle, mode, **options) as file:
@@ -594,11 +594,18 @@ def _umask() -> int:
     return mask
 
 
+def _missing_folder(folder: Path) -> str:
+    """Why ``folder`` cannot hold a new file, in words: it is missing, or it is a file."""
+    if folder.exists():
+        return f"{folder} is a file, not a folder"
+    return f"the folder {folder} does not exist (create it first)"
+
+
 def check_writable(path: str) -> None:
     """Stop early, before a long query, when ``path`` cannot be written (its folder is missing)."""
     target = Path(path)
     if not target.exists() and not target.parent.is_dir():
-        raise ExportError(f"cannot write {path}: the folder {target.parent} does not exist (create it first)")
+        raise ExportError(f"cannot write {path}: {_missing_folder(target.parent)}")
 
 
 #: A FITS file is made of blocks of this many bytes.

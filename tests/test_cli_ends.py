@@ -67,3 +67,16 @@ def test_an_undecodable_byte_in_a_name_is_one_line(database_url, capsys):
     for args in [("tasks", "show", "\udcff"), ("tasks", "list", "--name", "\udcff"), ("results", "\udcff")]:
         line = one_line_error(main(capsys, *args), 1)
         assert line.startswith("astra: '\\udcff' (at position 0 of '\\udcff') is not valid Unicode"), line
+
+
+def test_results_says_which_columns_or_folder_it_cannot_use(database_url, tmp_path, capsys):
+    """Before: `--columns ,` answered that no task matched, and a file in place of the folder was "missing"."""
+    assert luigi.build([MeasureStars(stars=1)], local_scheduler=True, log_level="WARNING")
+    line = one_line_error(main(capsys, "results", "MeasureStar", "--columns", ","), 2)
+    assert line.startswith("astra: --columns ',' names no column"), line
+    line = one_line_error(main(capsys, "results", "MeasureStar", "--plot", ",", "-o", str(tmp_path / "p.png")), 2)
+    assert line.startswith("astra: --plot takes one column (histogram) or two"), line
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    written = main(capsys, "results", "MeasureStar", "--format", "csv", "-o", str(a_file / "x.csv"))
+    assert one_line_error(written, 1) == f"astra: cannot write {a_file / 'x.csv'}: {a_file} is a file, not a folder"

@@ -103,12 +103,14 @@ def results(
         raise click.UsageError(f"{'--plot' if plot else f'--format {fmt}'} writes a file: give -o FILE")
     if (bins or log) and not plot:
         raise click.UsageError(f"{'--bins' if bins else '--log'} shapes a plot: give --plot too")
-    kept = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    kept = [c.strip() for c in columns.split(",") if c.strip()] if columns is not None else None
+    if kept == []:
+        raise click.UsageError(f"--columns {columns!r} names no column")
     twice = sorted({c for c in kept or () if kept.count(c) > 1})
     if twice:
         raise click.UsageError(f"--columns names {', '.join(map(repr, twice))} more than once")
     drawn = [c.strip() for c in plot.split(",")] if plot else None
-    if drawn is not None and len(drawn) not in (1, 2):
+    if drawn is not None and (len(drawn) not in (1, 2) or not all(drawn)):
         raise click.UsageError("--plot takes one column (histogram) or two, X,Y (Y against X)")
     filters = dataclasses.replace(filters, names=(name,), statuses=("done",))
     if task_version is not None and all_versions:
