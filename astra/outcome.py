@@ -146,6 +146,8 @@ def bad_value(parser: luigi.cmdline_parser.CmdlineParser, exc: Exception) -> str
     if isinstance(exc, luigi.parameter.MissingParameterException):
         missing = re.search(r"requires the '([^']+)' parameter", str(exc))
         name = f"--{missing.group(1).replace('_', '-')}" if missing else "a parameter"
+        if missing and getattr(args, missing.group(1), None) == "":  # luigi takes '' as not given
+            return f"astra: {family} {name} '' is empty, and {name} has no default: give it a value ({listed})"
         return f"astra: {family} needs {name}, which has no default ({listed} lists its parameters)"
     for error in (exc.__cause__, exc):  # luigi re-raises a bad value of luigi.cfg as "Error when parsing the default"
         where = _parsing(error.__traceback__, args) if error is not None else None

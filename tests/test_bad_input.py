@@ -125,6 +125,7 @@ class Broken(astra.BaseTask):
         (["--n", "1", "--options", "{oops"], "", "astra: Fit --options {oops: JSONDecodeError: Expecting property"),
         ([], "[Fit]\nn = abc\n", "astra: [Fit] n in luigi's configuration: ValueError: invalid literal for int()"),
         ([], "", "astra: Fit needs --n, which has no default (luigi --module parsedbad Fit --help lists its"),
+        (["--n", ""], "", "astra: Fit --n '' is empty, and --n has no default: give it a value (luigi --module"),
     ],
 )
 def test_a_bad_parameter_value_is_one_line_naming_it(sqlite_url, tmp_path, args, config, said):
