@@ -447,7 +447,7 @@ def _astra_errors_in_one_line(previous_hook):
             # Ctrl-C, or SIGTERM (scancel, kill; see _sigterm_as_ctrl_c): Python still exits with 130.
             print(
                 "astra: stopped (Ctrl-C or SIGTERM); the tasks it was running are recorded as failed "
-                "(KeyboardInterrupt), and the next run runs them again",
+                "(KeyboardInterrupt), or done if they had just finished, and the next run runs those not done",
                 file=sys.stderr,
             )
             return None
