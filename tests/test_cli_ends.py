@@ -80,3 +80,13 @@ def test_results_says_which_columns_or_folder_it_cannot_use(database_url, tmp_pa
     a_file.write_text("")
     written = main(capsys, "results", "MeasureStar", "--format", "csv", "-o", str(a_file / "x.csv"))
     assert one_line_error(written, 1) == f"astra: cannot write {a_file / 'x.csv'}: {a_file} is a file, not a folder"
+
+
+def test_results_of_another_module_names_the_module_the_tasks_are_of(database_url, capsys):
+    """--module also keeps only the tasks of that module; before, the line said only that none matched."""
+    assert luigi.build([MeasureStars(stars=1)], local_scheduler=True, log_level="WARNING")
+    line = one_line_error(main(capsys, "results", "MeasureStar", "--module", "workflows"), 1)
+    assert line == (
+        "astra: no done MeasureStar task of module workflows has results that match; MeasureStar tasks were "
+        "recorded from tests.batch_tasks (--module tests.batch_tasks)"
+    )

@@ -157,6 +157,12 @@ def results(
                         f"no done {name} task of version {task_version!r} has results that match; {others} of "
                         "other versions do (--all-versions)"
                     )
+                elsewhere = sorted(set(records.modules_of(name)) - set(filters.modules)) if filters.modules else []
+                if elsewhere:  # --module chose the class, and kept the tasks of that module only
+                    raise click.ClickException(
+                        f"no done {name} task of module {', '.join(filters.modules)} has results that match; "
+                        f"{name} tasks were recorded from {', '.join(elsewhere)} (--module {elsewhere[0]})"
+                    )
                 raise click.ClickException(f"no done {name} task has results that match")
             if others:
                 formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
