@@ -387,6 +387,9 @@ def test_a_postgresql_url_libpq_cannot_use_is_one_line_naming_it(tmp_path):
         (server, "it names no database: expected postgresql://user@host:port/dbname"),
         ("postgresql://", "it names no database: expected postgresql://user@host:port/dbname"),
         (f"{server}/postgres?bogusopt=1", f"{server.replace('s3cret', '***')}/postgres?bogusopt=1: invalid dsn"),
+        # Known options with values libpq cannot use; before: "Check that PostgreSQL is running".
+        (f"{server}/postgres?sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        (f"{server}/postgres?connect_timeout=soon", 'invalid integer value "soon" for connection option'),
     ]
     for url, said in cases:
         line = one_line_error(astra("db", "status", env={"ASTRA_DATABASE_URL": url}), 1)

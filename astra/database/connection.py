@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import random
+import re
 import shutil
 import sqlite3
 import time
@@ -753,6 +754,8 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
     try:
         db.connect(reuse_if_open=True)
     except peewee.OperationalError as exc:
+        if _BAD_OPTION_VALUE.search(str(exc)):  # e.g. sslmode=bogus: libpq says so before it tries the server
+            raise DatabaseNotReady(_unusable_url(description, db._why(exc))) from None
         if patient:
             db.reconnect(exc)
             return
@@ -761,10 +764,19 @@ def _connect_postgres(db: ReconnectingPostgresqlDatabase, description: str, pati
             "ASTRA_DATABASE_URL (or [astra] database_url) is right"
         ) from None
     except peewee.ProgrammingError as exc:  # libpq refused the URL itself, e.g. an unknown option after '?'
-        raise DatabaseNotReady(
-            f"astra: cannot use database URL {description}: {db._why(exc)}; correct the options after '?' (libpq's "
-            "connection parameters, e.g. sslmode=require) in ASTRA_DATABASE_URL (or [astra] database_url)"
-        ) from None
+        raise DatabaseNotReady(_unusable_url(description, db._why(exc))) from None
+
+
+# What libpq says of an option it knows given a value it cannot use (`invalid sslmode value: "bogus"`, `invalid
+# integer value "x" for connection option "port"`): the URL is wrong, not the server.
+_BAD_OPTION_VALUE = re.compile(r"\binvalid \S+ value\b")
+
+
+def _unusable_url(description: str, why: str) -> str:
+    return (
+        f"astra: cannot use database URL {description}: {why}; correct the options after '?' (libpq's connection "
+        "parameters, e.g. sslmode=require) in ASTRA_DATABASE_URL (or [astra] database_url)"
+    )
 
 
 def _columns(db: peewee.Database) -> dict[str, set[str]]:
