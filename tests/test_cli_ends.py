@@ -105,3 +105,20 @@ def test_results_of_another_module_names_the_module_the_tasks_are_of(database_ur
         "astra: no done MeasureStar task of module workflows has results that match; MeasureStar tasks were "
         "recorded from tests.batch_tasks (--module tests.batch_tasks)"
     )
+
+
+def test_a_value_pasted_by_mistake_is_cut_short_where_an_error_echoes_it(database_url, capsys):
+    """A whole file given as a value (`astra tasks show "$(cat f)"`); before: every error line 100 kB long."""
+    assert luigi.build([MeasureStars(stars=1)], local_scheduler=True, log_level="WARNING")
+    pasted = "x" * 100_000
+    cases = [  # (exit code: 1 nothing found, 2 a usage error), arguments
+        (1, ("tasks", "show", pasted)),
+        (1, ("tasks", "list", "--name", pasted)),
+        (2, ("tasks", "list", "--where", pasted)),
+        (2, ("tasks", "list", "--since", pasted)),
+        (2, ("tasks", "why", pasted)),
+        (2, ("results", "MeasureStar", "--columns", "," * 100_000)),
+    ]
+    for code, args in cases:
+        said = one_line_error(main(capsys, *args), code)
+        assert len(said) < 400 and "100,000 characters" in said, (args[:2], said[:200])

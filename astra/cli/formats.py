@@ -45,6 +45,11 @@ def short(value: str, width: int = 40) -> str:
     return value if len(value) <= width else "..." + value[-(width - 3) :]
 
 
+def given(value: str, width: int = 100) -> str:
+    """What the user typed, quoted, as an error echoes it: a value pasted by mistake (a whole file) is cut short."""
+    return repr(value) if len(value) <= width else f"{value[:width]!r}... ({len(value):,} characters)"
+
+
 def name(task: luigi.Task | str, width: int = 200) -> str:
     """A task as luigi writes it, cut short: a batch's list of a million files is no use on a terminal."""
     text = str(task)

@@ -16,7 +16,8 @@ from luigi.cmdline_parser import CmdlineParser
 from luigi.task_register import Register, TaskClassException
 
 from astra import outcome
-from astra.cli.options import import_modules, look_where_the_user_is
+from astra.cli import formats
+from astra.cli.options import import_modules, look_where_the_user_is, registered
 from astra.database import records
 
 
@@ -36,10 +37,8 @@ def task_from_command_line(family: str, args: Sequence[str], module: str | None 
     if not module and family not in Register.task_names():
         modules = records.modules_of(family)
     import_modules(modules)
-    try:
-        Register.get_task_cls(family)
-    except TaskClassException:
-        raise click.UsageError(f"no task class {family!r} is known; give --module to import it") from None
+    if registered(family) is None:
+        raise click.UsageError(f"no task class {formats.given(family)} is known; give --module to import it")
     errors, parser = io.StringIO(), None
     try:
         with contextlib.redirect_stderr(errors):

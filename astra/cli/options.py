@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from astra.cli import formats
 from astra.cli.formats import UTC, say
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class When(click.ParamType):
         try:
             when = datetime.datetime.fromisoformat(text)
         except ValueError:
-            self.fail(f"{value!r} is neither a time (2026-11-25, 2026-11-25T14:00) nor an age (30m, 2h, 7d)")
+            self.fail(f"{formats.given(value)} is neither a time (2026-11-25, 2026-11-25T14:00) nor an age (30m, 7d)")
         return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -58,7 +59,7 @@ def _parse_where(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], 
         key, equals, wanted = value.partition("=")
         key = key.strip().replace("-", "_")  # --spectrum-path on luigi's command line is spectrum_path here
         if not equals or not key:
-            raise click.BadParameter(f"{value!r} is not key=value", ctx=ctx, param=param)
+            raise click.BadParameter(f"{formats.given(value)} is not key=value", ctx=ctx, param=param)
         pairs.append((key, wanted))
     return tuple(pairs)
 
@@ -104,10 +105,10 @@ def nothing_matches(filters: records.Filters) -> click.ClickException:
     unknown = [name for name in filters.names if name not in records.known_names()]
     if unknown:
         known = ", ".join(records.known_names()) or "none yet"
-        hints.append(f"no task is named {', '.join(map(repr, unknown))} (recorded: {known})")
+        hints.append(f"no task is named {', '.join(map(formats.given, unknown))} (recorded: {known})")
     missing = records.unknown_parameter_names(key for key, _ in filters.where)
     if missing:
-        hints.append(f"no task has a parameter {', '.join(map(repr, missing))}")
+        hints.append(f"no task has a parameter {', '.join(map(formats.given, missing))}")
     return click.ClickException("no tasks match" + (": " + "; ".join(hints) if hints else ""))
 
 
@@ -146,10 +147,13 @@ def import_modules(names: Sequence[str]) -> list:
         try:
             found.append(importlib.import_module(name))
         except ImportError as exc:
-            fix = "; run from the directory that holds it, or add that to PYTHONPATH" if exc.name == name else ""
-            raise click.UsageError(f"cannot import module {name!r}: {exc}{fix}") from None
+            why = str(exc)
+            if exc.name == name:  # the module itself is not found, not one it imports; Python's words, cut short
+                why = f"No module named {formats.given(name)}; run from the directory that holds it, or add that to "
+                why += "PYTHONPATH"
+            raise click.UsageError(f"cannot import module {formats.given(name)}: {why}") from None
         except Exception as exc:  # the module is there but fails as it is imported: say where
-            raise click.UsageError(f"cannot import module {name!r}: {_where_it_failed(exc)}") from None
+            raise click.UsageError(f"cannot import module {formats.given(name)}: {_where_it_failed(exc)}") from None
     return found
 
 
@@ -172,7 +176,6 @@ def output_models(names: Sequence[str]) -> list:
 
 def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
     """The task class named ``name``, imported from ``modules`` or where its records say; None if it cannot be."""
-    from luigi.task_register import Register, TaskClassException
 
     from astra.database import records
 
@@ -182,14 +185,29 @@ def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
     except click.UsageError as exc:
         say(f"note: {exc.format_message()}; using the recorded JSON results")
         where = ()  # said already
-    try:
-        return Register.get_task_cls(name)
-    except TaskClassException:
+    cls = registered(name)
+    if cls is None:
         if where:  # imported, but the class is not there (any more): renamed or removed since its tasks ran
             say(
                 f"note: {name} is no task class of {', '.join(where)} (renamed or removed?); using the recorded JSON "
                 "results"
             )
+    return cls
+
+
+def registered(name: str) -> type[luigi.Task] | None:
+    """luigi's task class of family ``name``, or None if it knows none (or two).
+
+    Not luigi's own lookup alone: for a name it does not know, that measures the name's edit distance to every
+    class's (seconds for a value pasted by mistake).
+    """
+    from luigi.task_register import Register, TaskClassException
+
+    if name not in Register.task_names():
+        return None
+    try:
+        return Register.get_task_cls(name)
+    except TaskClassException:  # two classes of one name
         return None
 
 

@@ -105,7 +105,7 @@ def results(
         raise click.UsageError(f"{'--bins' if bins else '--log'} shapes a plot: give --plot too")
     kept = [c.strip() for c in columns.split(",") if c.strip()] if columns is not None else None
     if kept == []:
-        raise click.UsageError(f"--columns {columns!r} names no column")
+        raise click.UsageError(f"--columns {formats.given(columns)} names no column")
     twice = sorted({c for c in kept or () if kept.count(c) > 1})
     if twice:
         raise click.UsageError(f"--columns names {', '.join(map(repr, twice))} more than once")

@@ -85,7 +85,7 @@ def _resolve(ref: str) -> Task:
     except records.AmbiguousReferenceError as exc:
         raise click.ClickException(f"{exc}; give the pk or a longer hash") from None
     if task is None:
-        raise click.ClickException(f"no task has pk, luigi task_id or hash (prefix) {ref!r}")
+        raise click.ClickException(f"no task has pk, luigi task_id or hash (prefix) {formats.given(ref)}")
     return task
 
 
@@ -98,7 +98,7 @@ def show(ref: str, with_traceback: bool, as_json: bool) -> None:
     only_reading()  # a read-only SQLite file does, as a read replica does
     task = records.whole(_resolve(ref).pk)  # the only task whose result is loaded
     if task is None:
-        raise click.ClickException(f"task {ref!r} was forgotten meanwhile")
+        raise click.ClickException(f"task {formats.given(ref)} was forgotten meanwhile")
     parameters = records.parameters_of([task.pk])[task.pk]
     upstream, downstream = records.requires(task.pk), records.required_by(task.pk)
     try:
