@@ -118,6 +118,8 @@ def test_why_usage_errors(database_url, capsys):
     run_pipeline()
     unknown_task = main(capsys, "tasks", "why", "NoSuchTask", "--x", "1")
     assert "no task class 'NoSuchTask' is known; give --module" in one_line_error(unknown_task, 2)
+    not_in_module = main(capsys, "tasks", "why", "--module", "workflows", "NoSuchTask")  # before: "give --module"
+    assert one_line_error(not_in_module, 2).startswith("astra: module workflows defines no task class 'NoSuchTask'")
     unknown_parameter = main(capsys, "tasks", "why", "EstimateSNR", "--colour", "red")
     assert "unrecognized arguments: --colour red" in one_line_error(unknown_parameter, 2)
     bad_module = main(capsys, "tasks", "why", "--module", "no.such.module", "EstimateSNR")

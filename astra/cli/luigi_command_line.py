@@ -38,6 +38,10 @@ def task_from_command_line(family: str, args: Sequence[str], module: str | None 
         modules = records.modules_of(family)
     import_modules(modules)
     if registered(family) is None:
+        if family in Register.task_names():
+            raise click.UsageError(f"two task classes are named {family}; luigi runs neither (rename one)")
+        if module:
+            raise click.UsageError(f"module {module} defines no task class {formats.given(family)}")
         raise click.UsageError(f"no task class {formats.given(family)} is known; give --module to import it")
     errors, parser = io.StringIO(), None
     try:
