@@ -536,6 +536,8 @@ def _replacing(path: str, mode: str = "wb", **options: str) -> Iterator[IO]:
             yield file
         os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
+    except BrokenPipeError:  # the reader of the pipe went away (`| head`): no failed write, the end `| head` expects
+        raise
     except OSError as exc:
         # Asked before the partial file goes: once it is gone, a disk that was full is not any more.
         raise ExportError(f"cannot write {path}: {_reason(exc, folder)}") from None
@@ -641,7 +643,14 @@ def _write_prepared(written: object, fmt: str, file) -> None:
     if fmt == "fits":
         from astropy.io import fits
 
-        fits.HDUList([fits.PrimaryHDU(), written]).writeto(file)
+        try:
+            fits.HDUList([fits.PrimaryHDU(), written]).writeto(file)
+        except AttributeError as exc:
+            # astropy, failing to write a file object it did not open, looks for the free space of its folder and
+            # raises this instead of the OSError (a pipe whose reader left, a full disk).
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
     elif fmt == "parquet":
         import pyarrow.parquet
 

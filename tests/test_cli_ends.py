@@ -46,9 +46,29 @@ def test_a_reader_that_goes_away_ends_astra_with_141_and_nothing_said(database_u
     # (A single large write, as of a CSV, meets no error at all: Python drops what a pipe whose reader left did not
     # take, and the command ends 0.)
     assert _reading_one_line("results", "MeasureStar", "--json") == (141, "")  # far more than a pipe holds
-    for args in [("results", "MeasureStar", "--json"), ("tasks", "forget", "--all", "--dry-run")]:
+    written_to_stdout = [
+        ("results", "MeasureStar", "--format", fmt, "-o", to) for fmt in ("csv", "fits") for to in ("-", "/dev/stdout")
+    ]  # before: "cannot write", a traceback, or 0 and a file "-"
+    for args in [("results", "MeasureStar", "--json"), ("tasks", "forget", "--all", "--dry-run"), *written_to_stdout]:
         code, stderr = _read_by_nobody(*args)
         assert (code, stderr) == (141, ""), args
+
+
+def test_dash_for_the_output_file_is_stdout(database_url, tmp_path):
+    """As it is for most Unix tools, binary formats too; before: a file named '-' in the current folder."""
+    assert luigi.build([MeasureStars(stars=3)], local_scheduler=True, log_level="WARNING")
+    env = subprocess_env({"PYTHONPATH": str(REPO)})
+    here = tmp_path / "here"
+    here.mkdir()
+    for fmt, start in [("fits", b"SIMPLE  ="), ("csv", b"task_pk,")]:
+        ran = subprocess.run(
+            [str(ASTRA), "results", "MeasureStar", "--format", fmt, "-o", "-"],
+            capture_output=True,
+            env=env,
+            cwd=here,
+        )
+        assert ran.returncode == 0 and ran.stdout.startswith(start), (fmt, ran.stderr)
+    assert list(here.iterdir()) == []
 
 
 def test_ctrl_c_at_a_prompt_ends_with_130_and_forgets_nothing(database_url):

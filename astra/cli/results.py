@@ -58,7 +58,7 @@ def _rows(cls: type | None, tasks: list[int]) -> int:
 @click.option("--all-versions", is_flag=True, help="The tasks of every recorded version.")
 @click.option("--columns", help="Comma-separated columns to keep, in that order (default: all).")
 @click.option("--format", "fmt", type=click.Choice(export.FORMATS), help="Output format (default: table).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file (- or none: stdout).")
 @click.option("--plot", metavar="COLUMN|X,Y", help="Draw a histogram of COLUMN, or Y against X, into -o FILE.")
 @click.option(
     "--bins", type=click.IntRange(1, 1000), help="--plot: bins of the histogram (per axis for X,Y; at most 1000)."
@@ -99,6 +99,8 @@ def results(
             raise click.UsageError(f"--json and --format {fmt} contradict each other")
         fmt = "json"
     fmt = fmt or "table"
+    if output == "-":  # stdout, as for most Unix tools (a file of that name is -o ./-)
+        output = "/dev/stdout" if fmt in export.BINARY or plot else None
     if (fmt in export.BINARY or plot) and not output:
         raise click.UsageError(f"{'--plot' if plot else f'--format {fmt}'} writes a file: give -o FILE")
     if (bins or log) and not plot:
