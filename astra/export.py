@@ -350,9 +350,10 @@ def _text_destination(path: str | None) -> Iterator:
         yield file
         file.seek(0)
         if path is None:
+            from astra.cli.formats import out  # not sys.stdout.write: see there
+
             while piece := file.read(1 << 20):
-                sys.stdout.write(piece)
-            sys.stdout.flush()
+                out(piece)
         else:
             with _replacing(path, "w", **text) as destination:
                 while piece := file.read(1 << 20):

@@ -163,4 +163,4 @@ def status(as_json: bool) -> None:
             for name, counts in summary.names.items()
         ]
         click.echo()
-        click.echo(formats.table(["name", *records.STATUSES, "total"], rows))
+        formats.out(formats.table(["name", *records.STATUSES, "total"], rows) + "\n")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -114,7 +116,24 @@ def task_rows(tasks: Sequence[Task], parameters: dict[int, dict[str, str]]) -> l
 
 
 def print_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, default=str, allow_nan=False))
+    out(json.dumps(value, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def out(text: str) -> None:
+    """Write ``text`` to stdout, all of it, or raise BrokenPipeError.
+
+    Not ``sys.stdout.write`` for what may be long: given more than a pipe takes at once, Python's buffered writer
+    drops the rest when the reader goes away (``| head``) and says nothing, so the command would end 0.
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # no descriptor (a captured stdout): nothing is dropped there
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    while data:
+        data = data[os.write(descriptor, data) :]
 
 
 def say(message: str) -> None:

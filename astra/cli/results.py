@@ -193,6 +193,6 @@ def results(
                 export.write(found, fmt, output)
                 formats.say(f"wrote {len(found)} rows, {len(found.colnames)} columns to {output}")
             else:
-                click.echo(export.render(found, fmt))
+                formats.out(export.render(found, fmt) + "\n")
     except export.ExportError as exc:
         raise click.ClickException(str(exc)) from None

@@ -66,7 +66,7 @@ def list_tasks(filters: records.Filters, limit: int, as_json: bool) -> None:
     if as_json:
         formats.print_json([formats.record(task, parameters[task.pk]) for task in found])
     elif found:
-        click.echo(formats.table(formats.TASK_HEADERS, formats.task_rows(found, parameters)))
+        formats.out(formats.table(formats.TASK_HEADERS, formats.task_rows(found, parameters)) + "\n")
     if not found:
         raise nothing_matches(filters)
     if limit and len(found) == limit:
@@ -230,6 +230,6 @@ def _describe_plan(chosen: list[Task], cascade: bool) -> None:
     click.echo(f"{len(chosen)} tasks to forget ({summary}){' with everything downstream' if cascade else ''}:")
     shown = sorted(chosen, key=lambda task: task.pk)[:SHOWN]
     parameters = records.parameters_of([t.pk for t in shown])
-    click.echo(formats.table(formats.TASK_HEADERS, formats.task_rows(shown, parameters)))
+    formats.out(formats.table(formats.TASK_HEADERS, formats.task_rows(shown, parameters)) + "\n")
     if len(chosen) > SHOWN:
         click.echo(f"... and {len(chosen) - SHOWN} more")
