@@ -596,6 +596,20 @@ def _needs(item: Item) -> dict[str, bool]:
     return needs
 
 
+def recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, luigi.Task | Item]:
+    """The astra tasks among ``tasks`` by hash, a batch standing for its items: what the record of a task that
+    needs ``tasks`` links to. A batch has no record of its own, so a task that requires (or yields) one is linked to
+    each item, as it would be had it required the items themselves: `astra tasks forget --cascade` of an item reaches
+    it, and its record checks they are still done."""
+    found: dict[str, luigi.Task | Item] = {}
+    for task in tasks:
+        if isinstance(task, BatchTask):
+            found.update((item.task_hash, item) for item in task.items())
+        else:
+            found.update((t.task_hash, task) for t in database_targets([task]) if t.task_hash is not None)
+    return found
+
+
 def _astra_requirements(item: Item) -> Iterator[tuple[str, luigi.Task]]:
     """The hash and the task of each astra task the item requires, asking each task (the slow way)."""
     for task in flatten(requirements(item.task)):

@@ -13,7 +13,7 @@ import luigi
 from luigi.task import flatten
 
 from astra import identity
-from astra.batch import BatchTask
+from astra.batch import BatchTask, recorded_inputs
 from astra.database import records
 from astra.database.models import Task
 from astra.targets import Stale, database_targets, stale_dynamic_dependencies
@@ -112,9 +112,9 @@ class BatchExplanation:
         return not self.pending
 
 
-def astra_requirements(task: luigi.Task) -> dict[str, luigi.Task]:
-    """The tasks ``task`` requires that astra records, by hash."""
-    return {identity.task_hash(t): t for t in flatten(task.requires()) if database_targets([t])}
+def astra_requirements(task: luigi.Task) -> dict[str, object]:
+    """The tasks ``task`` requires that astra records (for a batch, its items), by hash: what its record links to."""
+    return recorded_inputs(flatten(task.requires()))
 
 
 def explain(task: luigi.Task) -> Explanation:

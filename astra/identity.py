@@ -450,6 +450,12 @@ class Item:
                 self._task.__dict__["_astra_required_tasks"] = creation.quickly(lambda: _kept(self._task.requires()))
         return self._task
 
+    def __str__(self) -> str:
+        """As luigi writes the task: ``EstimateSNR(spectrum_path=...)``."""
+        if self._task is not None:
+            return str(self._task)
+        return f"{self.cls.get_task_family()}({', '.join(f'{k}={v}' for k, v in self.parameters.items())})"
+
     @property
     def task_id(self) -> str:
         """luigi's task_id of the task (worked out only when needed: finding items done does not need it)."""

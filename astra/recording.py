@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from contextlib import contextmanager
 
 import luigi
@@ -178,9 +178,14 @@ class Claim:
             rows, result = outputs.rows(model, result, f"{self.task.task_family}.run()"), None
             output_tables.ready(model)  # before the record: a table that does not fit stops the process
         stored = None if result is None else values.encode(result)
-        requires = identity.required_hashes(self.task)
+        # Its record checks that what it requires (a batch: its items) and what it yielded are still done: luigi
+        # found them done before it ran this task and does not ask again, and meanwhile someone may forget one
+        # (`forget --cascade` finds no edge to a task still running), or a server crash lose a record that was not
+        # on disk yet ([astra] synchronous_commit). And it links to them.
+        inputs = _recorded_inputs(flatten(self.task.requires()))
+        requires = list(dict.fromkeys([*identity.required_hashes(self.task), *inputs]))
         durable = (self.settings or settings()).synchronous_commit
-        needed = self._needed()
+        needed = {**{key: f"a task run() yielded (hash {key[:10]})" for key in self.dynamic}, **inputs}
         try:
             queries.finish(
                 self.attempt, stored, time.monotonic() - self._started, requires, self.dynamic, durable, needed
@@ -188,7 +193,7 @@ class Claim:
         except queries.InputsGoneError as gone:
             for key in gone.keys:  # luigi may ask again in this process (a retry): the database's answer now
                 known().mark_not_done(key)
-            lost = [needed[key] for key in gone.keys]
+            lost = [str(needed[key]) for key in gone.keys]
             more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
             raise InputLostError(
                 f"astra: {lost[0]}{more}, which this task needs, is not recorded done any more: it was forgotten "
@@ -200,18 +205,6 @@ class Claim:
                 output_tables.delete_rows(model, [self.attempt.pk])
             output_tables.insert(model, [(self.attempt.pk, row) for row in rows])
         self.recorded = True
-
-    def _needed(self) -> dict[str, str]:
-        """The astra tasks this one needs (each hash, and its name): those luigi found done before it ran this
-        task, and those run() yielded. Its record checks they still are: luigi and this process do not ask again,
-        and meanwhile someone may forget one (`forget --cascade` finds no edge to a task still running), or a
-        server crash lose a record that was not on disk yet (``[astra] synchronous_commit``)."""
-        needed = {
-            target.task_hash: str(task) for task in flatten(self.task.requires()) for target in database_targets([task])
-        }
-        needed.update((key, f"a task run() yielded (hash {key[:10]})") for key in self.dynamic if key not in needed)
-        needed.pop(None, None)  # a task whose identity cannot be worked out: luigi has said so
-        return needed
 
     @retried
     def finish(self, result: object = None) -> None:
@@ -526,6 +519,13 @@ def _let_go(task: luigi.Task, claim: Claim) -> None:
     task._astra_claim, task._astra_in_run = None, False
 
 
+def _recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, object]:
+    """:func:`astra.batch.recorded_inputs` (astra.batch imports this module)."""
+    from astra.batch import recorded_inputs
+
+    return recorded_inputs(tasks)
+
+
 def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
     """Pass what ``run()`` yields on to luigi, and luigi's answers back, noting the tasks yielded; record at the end.
 
@@ -546,7 +546,7 @@ def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
             for target in database_targets(tasks):
                 if target.identity_error is not None:
                     raise target.identity_error
-                claim.dynamic[target.task_hash] = None
+            claim.dynamic.update(dict.fromkeys(_recorded_inputs(tasks)))
             try:
                 answer = yield wanted
             except GeneratorExit:

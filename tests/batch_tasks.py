@@ -344,3 +344,25 @@ class FickleBatch(UsesPreparedBatch):
 
     def parameter_sets(self):
         return [{"n": n} for n in self.numbers]
+
+
+class SummariseStars(BaseTask):
+    """A task made from every item of a batch, which it requires."""
+
+    stars = luigi.IntParameter()
+
+    def requires(self) -> MeasureStars:
+        return MeasureStars(stars=self.stars)
+
+    def run(self) -> dict:
+        return {"sum": sum(star * 10 for star in range(self.stars))}
+
+
+class SummariseStarsYielded(BaseTask):
+    """The same, from the batch its run() yields."""
+
+    stars = luigi.IntParameter()
+
+    def run(self):  # noqa: ANN201 -- a generator: it yields the batch
+        yield MeasureStars(stars=self.stars)
+        return {"sum": sum(star * 10 for star in range(self.stars))}

@@ -21,10 +21,12 @@ from tests.batch_tasks import (
     MeasureStar,
     MeasureStars,
     Prepared,
+    SummariseStars,
+    SummariseStarsYielded,
     UsesPrepared,
     UsesPreparedBatch,
 )
-from tests.helpers import rows_by_path, run_luigi, summary, wait_for
+from tests.helpers import main, rows_by_path, run_luigi, summary, wait_for
 from workflows import EstimateSNR
 from workflows.spectra import read_spectrum, signal_to_noise, simulate, write_spectrum
 
@@ -531,3 +533,26 @@ def _wait_for_a_lock(url: str, what: str) -> None:
             return cursor.fetchone()[0] > 0
 
         wait_for(waiting, what=what)
+
+
+def test_forget_cascade_of_an_item_reaches_what_was_made_from_its_batch(database_url, capsys):
+    """A batch has no record of its own: a task that requires it, or yields it, links to each item instead. Before:
+    no link, so forgetting an item with --cascade left the summary done, made from a result that is gone."""
+    summaries = [SummariseStars(stars=25), SummariseStarsYielded(stars=25)]
+    assert luigi.build(summaries, local_scheduler=True, log_level="WARNING")
+    items = {task_hash(MeasureStar(star=star)) for star in range(25)}
+    for summary_task in summaries:
+        record = Task.get(Task.task_hash == task_hash(summary_task))
+        linked = Task.select(Task.task_hash).join(Dependency, on=Dependency.requires == Task.pk)
+        assert {t.task_hash for t in linked.where(Dependency.task == record.pk)} == items
+    shown = main(capsys, "tasks", "show", str(record.pk)).stdout
+    assert "requires (25)" in shown and "  ... and 5 more\n" in shown, shown
+    third = Task.get(Task.task_hash == task_hash(MeasureStar(star=3)))
+    forgot = main(capsys, "tasks", "forget", str(third.pk), "--cascade", "--yes")
+    assert forgot.returncode == 0 and "3 tasks to forget" in forgot.stdout, forgot.stdout + forgot.stderr
+    assert sorted(t.task_name for t in Task.select()) == ["MeasureStar"] * 24
+    forget_cached()
+    MeasureStars.processed = []
+    assert luigi.build(summaries, local_scheduler=True, log_level="WARNING")
+    assert MeasureStars.processed == [3]  # the item alone, then both summaries again
+    assert Task.select().where(Task.task_name.startswith("SummariseStars"), Task.status == "done").count() == 2

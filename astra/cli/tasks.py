@@ -144,9 +144,11 @@ def show(ref: str, with_traceback: bool, as_json: bool) -> None:
         click.echo(f"  {key} = {value}")
     for label, linked in (("requires", upstream), ("required by", downstream)):
         click.echo(f"{label} ({len(linked)})")
-        for other in linked:
+        for other in linked[:SHOWN]:  # a summary of a batch's million items links to each (--json lists them all)
             dynamic = " (dynamic)" if other.dynamic else ""
             click.echo(f"  {other.pk:<6} {other.task_name:<20} {other.status:<8} {other.task_id}{dynamic}")
+        if len(linked) > SHOWN:
+            click.echo(f"  ... and {len(linked) - SHOWN} more")
     if task.result is not None:
         click.echo(f"result\n  {formats.short(json.dumps(values.plain(task.result)), 2000)}")
     if output is not None:
