@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import luigi
 
 import astra
@@ -67,3 +70,25 @@ class AboveAYielder(astra.BaseTask):
 
     def run(self) -> dict:
         return {"above": True}
+
+
+class SlowLeaf(astra.BaseTask):
+    """Says it started (a file ``folder/started``), then works until the file ``folder/go`` appears."""
+
+    folder = luigi.Parameter()
+
+    def run(self) -> int:
+        Path(self.folder, "started").touch()
+        while not Path(self.folder, "go").exists():
+            time.sleep(0.05)
+        return 1
+
+
+class YieldsASlowLeaf(astra.BaseTask):
+    """Set aside while the SlowLeaf it yields runs."""
+
+    folder = luigi.Parameter()
+
+    def run(self):
+        output = yield SlowLeaf(folder=self.folder)
+        return {"leaf": output.read()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import luigi
 import peewee
@@ -17,7 +18,7 @@ from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.dynamic_tasks import Yielder, YieldsAYielder, YieldsBroken, YieldsNonsense, YieldsWithFailingCheck
 from tests.example_tasks import Leaf
-from tests.helpers import REPO, astra, run_luigi, summary
+from tests.helpers import HANG, LUIGI, REPO, astra, main, run_luigi, subprocess_env, summary, wait_for
 from tests.helpers import astra as astra_command
 from workflows.spectra import simulate
 
@@ -166,3 +167,32 @@ def test_a_run_whose_yielded_task_failed_ends_saying_so_not_still_running(sqlite
     assert "FailingLeaf__99914b932b failed too" in last and "1 left unfinished (YieldsAFailure__99914b932b" in last
     why = astra("tasks", "why", "YieldsAFailure", "--module", "tests.dynamic_tasks")
     assert "YieldsAFailure() was left unfinished" in why.stdout and "that process is gone" in why.stdout, why.stdout
+
+
+def test_a_task_set_aside_for_what_it_yielded_is_shown_waiting(database_url, tmp_path, capsys):
+    """While the task its run() yielded runs, the record of the one that yielded it stays running, without a claim;
+    before, list, show and why called it running, with a heartbeat that no longer moved."""
+    luigi_run = subprocess.Popen(
+        [LUIGI, "--module", "tests.dynamic_tasks", "YieldsASlowLeaf", "--folder", str(tmp_path), "--local-scheduler"],
+        env=subprocess_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), what="the yielded task to start")
+        listed = main(capsys, "tasks", "list", "--name", "YieldsASlowLeaf").stdout
+        assert re.search(r"YieldsASlowLeaf +waiting ", listed), listed
+        assert re.search(r"SlowLeaf +running ", main(capsys, "tasks", "list", "--name", "SlowLeaf").stdout)
+        parent = Task.get(Task.task_name == "YieldsASlowLeaf")
+        shown = main(capsys, "tasks", "show", str(parent.pk)).stdout
+        assert "status     waiting (for the tasks its run() yielded)" in shown, shown
+        asked = ["--module", "tests.dynamic_tasks", "YieldsASlowLeaf", "--folder", str(tmp_path)]
+        why = main(capsys, "tasks", "why", *asked).stdout
+        assert "is waiting for the tasks its run() yielded" in why, why
+        running = main(capsys, "tasks", "list", "--status", "running").stdout  # the filter: the status as stored
+        assert re.search(r" YieldsASlowLeaf +waiting ", running) and re.search(r" SlowLeaf +running ", running)
+    finally:
+        (tmp_path / "go").touch()
+        assert luigi_run.wait(timeout=HANG) == 0
+    assert re.search(r"YieldsASlowLeaf +done ", main(capsys, "tasks", "list", "--name", "YieldsASlowLeaf").stdout)

@@ -64,6 +64,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
+def status(task: Task) -> str:
+    """The task's status as the person reads it: ``waiting`` for a running task set aside while the tasks its
+    run() yielded run (luigi calls its run() again once they are done); JSON and the filters keep ``running``."""
+    return "waiting" if task.status == "running" and task.claim_token is None else task.status
+
+
 def record(task: Task, parameters: dict[str, str] | None = None) -> dict:
     """A task record as plain JSON values."""
     found = {
@@ -103,7 +109,7 @@ def task_rows(tasks: Sequence[Task], parameters: dict[int, dict[str, str]]) -> l
         [
             str(task.pk),
             task.task_name,
-            task.status,
+            status(task),
             task.version or "-",
             time(task.completed or task.started or task.created),
             duration(task.duration),

@@ -120,7 +120,7 @@ def show(ref: str, with_traceback: bool, as_json: bool) -> None:
         formats.print_json(record)
         return
     fields = [
-        ("status", task.status),
+        ("status", formats.status(task).replace("waiting", "waiting (for the tasks its run() yielded)")),
         ("module", task.task_module),
         ("luigi id", task.task_id),
         ("hash", task.task_hash),

@@ -130,6 +130,9 @@ def _print(explanation: explain.Explanation) -> None:
         elif record.status == "running" and queries.holder_gone(record):
             click.echo(f"{name} was left unfinished: {where}, attempt {record.attempts}; that process is gone.")
             click.echo("luigi will run it again (its next run takes the record over).")
+        elif record.status == "running" and record.claim_token is None:  # set aside (astra.recording._follow)
+            click.echo(f"{name} is waiting for the tasks its run() yielded: {where}, attempt {record.attempts}.")
+            click.echo("luigi runs its run() again, from the top, once they are done.")
         elif record.status == "running":
             click.echo(f"{name} is running: {where}, attempt {record.attempts}.")
             started, heartbeat = formats.time(record.started), formats.time(record.heartbeat)
