@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import subprocess
 import time
 
+import luigi
 import peewee
 import psycopg2
 import pytest
@@ -256,3 +258,24 @@ def test_add_column_is_one_step(database_url):
     schema = None if database_url.startswith("sqlite") else "astra"
     assert "queue" in {column.name for column in db.get_columns("task", schema=schema)}
     assert Task.select().count() == 1
+
+
+def test_a_database_whose_version_rows_are_gone_is_not_upgraded_twice(database_url):
+    """A restore that left astra.schema_version's rows out (or a hand that deleted them) made a current database read
+    as schema 1: its upgrade failed on PostgreSQL (`operator does not exist: jsonb ~~ unknown`) and on SQLite
+    rewrote the results a second time. Now what the steps left says how far it is."""
+    assert luigi.build([UpgradeSummary(n=6)], local_scheduler=True, log_level="WARNING")
+
+    def results() -> dict[str, str]:  # as text: NaN is not equal to itself
+        return {task.task_hash: json.dumps(task.result, sort_keys=True) for task in Task.select()}
+
+    before = results()
+    SchemaVersion.delete().execute()
+    line = one_line_error(astra("tasks", "list"), 1)
+    assert "holds astra schema 11, older than this astra's" in line, line
+    upgraded = astra("db", "upgrade")
+    assert upgraded.returncode == 0 and "from astra schema 11 to 12" in upgraded.stdout, upgraded.stderr
+    assert results() == before
+    forget_cached()
+    read = read_many([UpgradeSpectrum(i=i).output() for i in range(6)])
+    assert [row["i"] for row in read] == list(range(6)) and math.isnan(read[5]["snr"]) and read[3]["limit"] == -math.inf

@@ -132,7 +132,23 @@ def recorded(db: peewee.Database) -> int | None:
         return None
     if not db.table_exists("schema_version", schema=dialect(db).schema):
         return 1
-    return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 1
+    return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or _without_a_version(db)
+
+
+def _without_a_version(db: peewee.Database) -> int:
+    """The schema of a database whose astra.schema_version holds no row, told by what the steps left.
+
+    astradb.sql loaded onto a database made before versions were recorded leaves the table empty (schema 1); so
+    would a restore that left its rows out, or a hand that deleted them, from a database of any schema. The steps
+    from 3 on find what they add already there and leave it, but 2 (the results rewritten) and 11 (the keys
+    converted) must not run twice: a result rewritten again reads otherwise.
+    """
+    types = {column.name: column.data_type.lower() for column in db.get_columns("task", schema=dialect(db).schema)}
+    if types.get("task_hash") in ("bytea", "blob"):
+        return 11
+    if dialect(db).schema:  # PostgreSQL: step 2 made the results jsonb (astradb.sql adds later columns to any table)
+        return 2 if types.get("result") == "jsonb" else 1
+    return 2 if "lease" in types else 1  # SQLite, which astradb.sql does not make: step 3 came after 2
 
 
 def create(db: peewee.Database) -> None:
