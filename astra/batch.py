@@ -111,6 +111,7 @@ class BatchTask(luigi.Task):
     _skipped = 0
     _given_twice = 0
     _share: tuple[int, int] | None = None
+    _chained = False
     _job: tuple[str, str] | None = None
     _part_size = 1
     _reported_at = 0.0
@@ -136,15 +137,18 @@ class BatchTask(luigi.Task):
         """Each item with its place among the parameter sets (which decides its share); a set without an identity
         is counted in ``self._unidentified`` instead."""
         self._unidentified = _Unidentified()
-        for number, item in enumerate(items(self.item_class, self.parameter_sets(), self._unidentified)):
-            yield number + self._unidentified.count, item
+        return _numbered(self.item_class, self.parameter_sets(), self._unidentified)
 
     def _parameter_sets(self) -> Iterable[dict]:
         """The parameter sets of the share this process works (all of them outside a share)."""
         if self._share is None:
             return self.parameter_sets()
         share, shares = self._share
-        return [sets for index, sets in enumerate(self.parameter_sets()) if index % shares == share]
+        if not self._chained:
+            return [sets for index, sets in enumerate(self.parameter_sets()) if index % shares == share]
+        every = list(self.parameter_sets())
+        placed = shares_of(_numbered(self.item_class, every, _Unidentified()), shares)
+        return [sets for index, sets in enumerate(every) if placed.share(index) == share]
 
     def pending(self) -> Iterator[Item]:
         """The items not yet recorded as done, asking the database once per chunk of items; an item given twice
@@ -211,10 +215,13 @@ class BatchTask(luigi.Task):
     def run(self) -> None:
         executor_for(self).run_batch(self)  # here (work()), or in shares elsewhere, each running work() on its own
 
-    def work(self, share: tuple[int, int] | None = None, job: tuple[str, str] | None = None) -> None:
+    def work(
+        self, share: tuple[int, int] | None = None, job: tuple[str, str] | None = None, chained: bool = False
+    ) -> None:
         """Work the items not yet done, here or in this process's pool; with ``share`` = (k, n) only items k, k + n,
-        k + 2n, ...; ``job`` = (SLURM job id, node) is recorded with each item."""
-        self._share, self._job = share, job
+        k + 2n, ... (``chained``: as :func:`shares_of` places them); ``job`` = (SLURM job id, node) is recorded with
+        each item."""
+        self._share, self._job, self._chained = share, job, chained
         total = _length(self._parameter_sets())
         done = failed = 0
         first_error = ""
@@ -771,6 +778,64 @@ def _records(
     duration = seconds / len(chunk)
     records = [_row(item, duration, result, needs.get(item.task_hash)) for item, result in zip(chunk, results)]
     return records, output_rows
+
+
+def _numbered(cls: type, sets: Iterable[dict], unidentified: _Unidentified) -> Iterator[tuple[int, Item]]:
+    """Each item with its place among ``sets``; a set without an identity is counted in ``unidentified``."""
+    for number, item in enumerate(items(cls, sets, unidentified)):
+        yield number + unidentified.count, item
+
+
+class Placed:
+    """The hashes of a batch's items in order, and the share each goes to (see :func:`shares_of`)."""
+
+    def __init__(self, hashes: list[str], places: list[int], shares: list[int], count: int, chained: bool) -> None:
+        self.hashes = hashes
+        self.shares = shares
+        #: Whether items need others of the batch (then not every item's share is its place mod the shares).
+        self.chained = chained
+        self._by_place = dict(zip(places, shares)) if chained else {}
+        self._count = count
+
+    def share(self, place: int) -> int:
+        """The share of the parameter set at ``place`` (one without an identity: its place mod the shares)."""
+        return self._by_place.get(place, place % self._count)
+
+
+def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:
+    """Where each item goes among ``shares`` shares of the items (the elements of a SLURM array): the item at
+    place k to share k mod ``shares``, unless it needs another item of the batch, or another needs it (a chain, each
+    night needing the one before): all the items so linked go to the share of the first of them, where one process
+    works them in order and records each after those it needs. Each share of a SLURM array works this out again
+    from the same parameter sets."""
+    hashes: list[str] = []
+    places: list[int] = []
+    position: dict[str, int] = {}
+    needs: list[tuple[int, list[str]]] = []
+    for place, item in numbered:
+        position[item.task_hash] = len(hashes)
+        if item.requires:
+            needs.append((len(hashes), item.requires))
+        hashes.append(item.task_hash)
+        places.append(place)
+    first = list(range(len(hashes)))  # of each item, an earlier item linked to it (itself if none): a forest
+
+    def root(at: int) -> int:
+        while first[at] != at:
+            first[at] = first[first[at]]
+            at = first[at]
+        return at
+
+    chained = False
+    for at, required in needs:
+        for key in required:
+            other = position.get(key)
+            if other is not None and root(other) != root(at):
+                low, high = sorted((root(other), root(at)))
+                first[high] = low
+                chained = True
+    placed = [places[root(at)] % shares for at in range(len(hashes))]
+    return Placed(hashes, places, placed, shares, chained)
 
 
 def _chunks(iterable: Iterable, size: int, first: int | None = None) -> Iterator[list]:

@@ -366,3 +366,28 @@ class SummariseStarsYielded(BaseTask):
     def run(self):  # noqa: ANN201 -- a generator: it yields the batch
         yield MeasureStars(stars=self.stars)
         return {"sum": sum(star * 10 for star in range(self.stars))}
+
+
+class StarNight(BaseTask):
+    """A star's night, which needs the star's night before (a chain per star)."""
+
+    star = luigi.IntParameter()
+    night = luigi.IntParameter()
+
+    def requires(self):  # noqa: ANN201 -- the night before, or nothing
+        return StarNight(star=self.star, night=self.night - 1) if self.night > 0 else []
+
+    def run(self) -> int:
+        return 100 * self.star + self.night
+
+
+class StarNights(BatchTask):
+    """Each night of ``stars`` stars, night by night: the links of a chain are ``stars`` places apart."""
+
+    item_class = StarNight
+    chunk_size = 2
+    stars = luigi.IntParameter()
+    nights = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return [{"star": star, "night": night} for night in range(self.nights) for star in range(self.stars)]

@@ -21,6 +21,8 @@ from tests.batch_tasks import (
     MeasureStar,
     MeasureStars,
     Prepared,
+    StarNight,
+    StarNights,
     SummariseStars,
     SummariseStarsYielded,
     UsesPrepared,
@@ -556,3 +558,18 @@ def test_forget_cascade_of_an_item_reaches_what_was_made_from_its_batch(database
     assert luigi.build(summaries, local_scheduler=True, log_level="WARNING")
     assert MeasureStars.processed == [3]  # the item alone, then both summaries again
     assert Task.select().where(Task.task_name.startswith("SummariseStars"), Task.status == "done").count() == 2
+
+
+def test_the_shares_of_a_batch_keep_each_chain_together():
+    """Items linked by what they require go to the share of the first of them; the others by place mod shares."""
+    from astra.batch import _numbered, _Unidentified, shares_of
+
+    batch = StarNights(stars=3, nights=4)  # places: star s's night n at 3n + s
+    placed = shares_of(_numbered(StarNight, batch.parameter_sets(), _Unidentified()), 2)
+    assert placed.chained and placed.shares == [0, 1, 0] * 4  # star 2's chain starts at place 2: share 0
+    assert [placed.share(place) for place in range(12)] == placed.shares
+    lone = shares_of(_numbered(MeasureStar, [{"star": star} for star in range(5)], _Unidentified()), 2)
+    assert not lone.chained and lone.shares == [0, 1, 0, 1, 0]
+    # A chain given backwards, and a first link that is not in the batch: linked all the same.
+    backwards = shares_of(_numbered(ChainStep, [{"k": k} for k in (5, 4, 3, 2)], _Unidentified()), 3)
+    assert backwards.chained and backwards.shares == [0, 0, 0, 0]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from astra.database import Task
+from astra.database import Task, records
 from tests.helpers import REPO, jobs_of, result_of, run_luigi, scontrol, slurm_args, subprocess_env, wait_for
 from workflows.spectra import simulate
 
@@ -143,3 +143,18 @@ def test_an_array_works_the_items_beside_one_without_an_identity(slurm_cluster, 
     assert "Traceback" not in run.stdout, run.stdout[-3000:]
     done = {row.task_id for row in Task.select().where(Task.status == "done")}
     assert done == {Calibrated(n=n).task_id for n in [0, 2, 3]} and Task.select().count() == 3
+
+
+def test_an_array_keeps_each_chain_of_items_in_one_share(slurm_cluster, postgres_url, tmp_path):
+    """Each star's nights need the night before; before, the shares took every other item, so a night whose night
+    before another share had not recorded yet failed, and each link took a run of its own."""
+    args = ["--module", "tests.batch_tasks", "StarNights", "--stars", "3", "--nights", "4", "--jobs", "2"]
+    run = run_luigi(*slurm_args(tmp_path / "logs", *args, "--local-scheduler"))
+    assert run.returncode == 0, run.stdout[-3000:]
+    rows = list(Task.select())
+    assert len(rows) == 12 and {row.status for row in rows} == {"done"}
+    parameters = records.parameters_of([row.pk for row in rows])
+    jobs = {}
+    for row in rows:
+        jobs.setdefault(row.slurm_job_id, set()).add(int(parameters[row.pk]["star"]))
+    assert sorted(map(sorted, jobs.values())) == [[0, 2], [1]], jobs

@@ -130,8 +130,9 @@ class SlurmExecutor(Executor):
     def run_batch(self, batch: BatchTask, adopt: bool = True) -> None:
         """Run a batch as job arrays, one element per share holding items not yet done; raise if any fails.
 
-        Item k goes to share k mod the number of shares. Live elements of an earlier run's arrays for this batch
-        (its luigi process was killed) are adopted: only shares with items neither done nor in a live element are
+        Item k goes to share k mod the number of shares, but linked items (a chain) go together to the share of
+        the first (:func:`astra.batch.shares_of`). Live elements of an earlier run's arrays for this batch (its
+        luigi process was killed) are adopted: only shares with items neither done nor in a live element are
         submitted again.
         """
         settings_ = options(batch)
@@ -141,11 +142,10 @@ class SlurmExecutor(Executor):
         layouts = {_layout(state) for state in live}
         if layouts:
             shares = max(count for _, count in layouts)  # as the live arrays split the items
-        hashes: list[str] = []
-        share_of: list[int] = []
-        for index, item in batch._numbered_items():
-            hashes.append(item.task_hash)
-            share_of.append(index % shares)
+        from astra.batch import shares_of  # astra.batch imports the executors
+
+        placed = shares_of(batch._numbered_items(), shares)
+        hashes, share_of = placed.hashes, placed.shares
         done = queries.done_hashes(hashes)
         pending = [h for h in hashes if h not in done]
         needed = {share for h, share in zip(hashes, share_of) if h not in done}
@@ -161,7 +161,8 @@ class SlurmExecutor(Executor):
         for offset, indices, throttle in _arrays(sorted(needed - running.keys()), settings_["max_running"]):
             name = f"{base}.from{offset}of{shares}"
             array = _ranges(indices) + (f"%{throttle}" if throttle else "")
-            job_id = submit({**spec, "shares": shares, "offset": offset}, name, settings_, array)
+            element = {**spec, "shares": shares, "offset": offset, "chained": placed.chained}
+            job_id = submit(element, name, settings_, array)
             logger.info("astra: SLURM array %s (%d shares) submitted for %s", job_id, len(indices), batch)
             arrays.append(job_id)
             names.update((f"{job_id}_{index}", name) for index in indices)

@@ -48,7 +48,7 @@ def main() -> int:
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     if "shares" in spec:
         share = spec["offset"] + int(os.environ["SLURM_ARRAY_TASK_ID"])
-        task.work(share=(share, spec["shares"]), job=(job_id, node))
+        task.work(share=(share, spec["shares"]), job=(job_id, node), chained=spec.get("chained", False))
         return 0
     return _run_attempt(task, job_id, node)
 
