@@ -50,6 +50,7 @@ import select
 import sys
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -808,16 +809,29 @@ def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:
     night needing the one before): all the items so linked go to the share of the first of them, where one process
     works them in order and records each after those it needs. Each share of a SLURM array works this out again
     from the same parameter sets."""
+    import numpy as np
+
+    # Keys are the first 64 bits of the hashes, held as numbers (8 bytes each, for a million items): two that
+    # happen to share them would only put two items in one share.
     hashes: list[str] = []
-    places: list[int] = []
-    position: dict[str, int] = {}
-    needs: list[tuple[int, list[str]]] = []
+    places, own, needer, needed = array("q"), array("Q"), array("q"), array("Q")
     for place, item in numbered:
-        position[item.task_hash] = len(hashes)
-        if item.requires:
-            needs.append((len(hashes), item.requires))
+        for key in item.requires:
+            needer.append(len(hashes))
+            needed.append(int(key[:16], 16))
         hashes.append(item.task_hash)
         places.append(place)
+        own.append(int(item.task_hash[:16], 16))
+    keys = np.frombuffer(own, dtype=np.uint64) if own else np.zeros(0, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    wanted = np.frombuffer(needed, dtype=np.uint64) if needed else np.zeros(0, dtype=np.uint64)
+    found = np.searchsorted(keys[order], wanted)
+    inside = found < len(keys)
+    inside[inside] = keys[order[found[inside]]] == wanted[inside]
+    links = list(zip(np.frombuffer(needer, dtype=np.int64)[inside].tolist() if needer else [],
+                     order[found[inside]].tolist()))  # fmt: skip
+    if not links:
+        return Placed(hashes, [], [place % shares for place in places], shares, False)
     first = list(range(len(hashes)))  # of each item, an earlier item linked to it (itself if none): a forest
 
     def root(at: int) -> int:
@@ -827,15 +841,13 @@ def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:
         return at
 
     chained = False
-    for at, required in needs:
-        for key in required:
-            other = position.get(key)
-            if other is not None and root(other) != root(at):
-                low, high = sorted((root(other), root(at)))
-                first[high] = low
-                chained = True
+    for at, other in links:
+        low, high = sorted((root(at), root(other)))
+        if low != high:
+            first[high] = low
+            chained = True
     placed = [places[root(at)] % shares for at in range(len(hashes))]
-    return Placed(hashes, places, placed, shares, chained)
+    return Placed(hashes, list(places), placed, shares, chained)
 
 
 def _chunks(iterable: Iterable, size: int, first: int | None = None) -> Iterator[list]:
