@@ -806,9 +806,9 @@ class Placed:
 def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:
     """Where each item goes among ``shares`` shares of the items (the elements of a SLURM array): the item at
     place k to share k mod ``shares``, unless it needs another item of the batch, or another needs it (a chain, each
-    night needing the one before): all the items so linked go to the share of the first of them, where one process
-    works them in order and records each after those it needs. Each share of a SLURM array works this out again
-    from the same parameter sets."""
+    night needing the one before), or it is given twice: all the items so linked go to the share of the first of
+    them, where one process works them in order, records each after those it needs, and works a repeat once. Each
+    share of a SLURM array works this out again from the same parameter sets."""
     import numpy as np
 
     # Keys are the first 64 bits of the hashes, held as numbers (8 bytes each, for a million items): two that
@@ -830,6 +830,9 @@ def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:
     inside[inside] = keys[order[found[inside]]] == wanted[inside]
     links = list(zip(np.frombuffer(needer, dtype=np.int64)[inside].tolist() if needer else [],
                      order[found[inside]].tolist()))  # fmt: skip
+    # A parameter set given twice (one task) goes to one share too, which then works it once.
+    twice = np.nonzero(keys[order][1:] == keys[order][:-1])[0]
+    links += zip(order[twice].tolist(), order[twice + 1].tolist())
     if not links:
         return Placed(hashes, [], [place % shares for place in places], shares, False)
     first = list(range(len(hashes)))  # of each item, an earlier item linked to it (itself if none): a forest

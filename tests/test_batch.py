@@ -570,6 +570,8 @@ def test_the_shares_of_a_batch_keep_each_chain_together():
     assert [placed.share(place) for place in range(12)] == placed.shares
     lone = shares_of(_numbered(MeasureStar, [{"star": star} for star in range(5)], _Unidentified()), 2)
     assert not lone.chained and lone.shares == [0, 1, 0, 1, 0]
+    repeated = shares_of(_numbered(MeasureStar, [{"star": star} for star in (0, 1, 2, 1)], _Unidentified()), 3)
+    assert repeated.chained and repeated.shares == [0, 1, 2, 1]  # the repeat at place 3 joins place 1's share
     # A chain given backwards, and a first link that is not in the batch: linked all the same.
     backwards = shares_of(_numbered(ChainStep, [{"k": k} for k in (5, 4, 3, 2)], _Unidentified()), 3)
     assert backwards.chained and backwards.shares == [0, 0, 0, 0]
