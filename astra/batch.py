@@ -793,7 +793,7 @@ class Placed:
     def __init__(self, hashes: list[str], places: list[int], shares: list[int], count: int, chained: bool) -> None:
         self.hashes = hashes
         self.shares = shares
-        #: Whether items need others of the batch (then not every item's share is its place mod the shares).
+        #: Whether items need others of the batch, or repeat one (then not every share is the place mod the shares).
         self.chained = chained
         self._by_place = dict(zip(places, shares)) if chained else {}
         self._count = count
