@@ -50,7 +50,6 @@ import select
 import sys
 import threading
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -64,9 +63,10 @@ from astra import config, outputs, values
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, use_own_connection
 from astra.executors import executor_for
+from astra.executors.shares import shares_of
 from astra.identity import Item, items, requirements, task_version
 from astra.recording import ItemFailuresError, fields, run_unrecorded, summarise
-from astra.targets import complete_hashes, database_targets
+from astra.targets import BatchTarget, complete_hashes, database_targets
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
@@ -190,6 +190,10 @@ class BatchTask(luigi.Task):
             else:
                 self._skipped += 1
                 self._given_twice += 1
+
+    def output(self) -> BatchTarget:
+        """Its items' records (``self.input()`` of a task that requires the batch)."""
+        return BatchTarget(self)
 
     def complete(self) -> bool:
         # Asked anew each time, never answered from an earlier check: the items may have grown since (a folder
@@ -604,20 +608,6 @@ def _needs(item: Item) -> dict[str, bool]:
     return needs
 
 
-def recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, luigi.Task | Item]:
-    """The astra tasks among ``tasks`` by hash, a batch standing for its items: what the record of a task that
-    needs ``tasks`` links to. A batch has no record of its own, so a task that requires (or yields) one is linked to
-    each item, as it would be had it required the items themselves: `astra tasks forget --cascade` of an item reaches
-    it, and its record checks they are still done."""
-    found: dict[str, luigi.Task | Item] = {}
-    for task in tasks:
-        if isinstance(task, BatchTask):
-            found.update((item.task_hash, item) for item in task.items())
-        else:
-            found.update((t.task_hash, task) for t in database_targets([task]) if t.task_hash is not None)
-    return found
-
-
 def _astra_requirements(item: Item) -> Iterator[tuple[str, luigi.Task]]:
     """The hash and the task of each astra task the item requires, asking each task (the slow way)."""
     for task in flatten(requirements(item.task)):
@@ -785,72 +775,6 @@ def _numbered(cls: type, sets: Iterable[dict], unidentified: _Unidentified) -> I
     """Each item with its place among ``sets``; a set without an identity is counted in ``unidentified``."""
     for number, item in enumerate(items(cls, sets, unidentified)):
         yield number + unidentified.count, item
-
-
-class Placed:
-    """The hashes of a batch's items in order, and the share each goes to (see :func:`shares_of`)."""
-
-    def __init__(self, hashes: list[str], places: list[int], shares: list[int], count: int, chained: bool) -> None:
-        self.hashes = hashes
-        self.shares = shares
-        #: Whether items need others of the batch, or repeat one (then not every share is the place mod the shares).
-        self.chained = chained
-        self._by_place = dict(zip(places, shares)) if chained else {}
-        self._count = count
-
-    def share(self, place: int) -> int:
-        """The share of the parameter set at ``place`` (one without an identity: its place mod the shares)."""
-        return self._by_place.get(place, place % self._count)
-
-
-def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:
-    """Where each item goes among ``shares`` shares of the items (the elements of a SLURM array): the item at
-    place k to share k mod ``shares``, unless it needs another item of the batch, or another needs it (a chain, each
-    night needing the one before), or it is given twice: all the items so linked go to the share of the first of
-    them, where one process works them in order, records each after those it needs, and works a repeat once. Each
-    share of a SLURM array works this out again from the same parameter sets."""
-    import numpy as np
-
-    # Keys are the first 64 bits of the hashes, held as numbers (8 bytes each, for a million items): two that
-    # happen to share them would only put two items in one share.
-    hashes: list[str] = []
-    places, own, needer, needed = array("q"), array("Q"), array("q"), array("Q")
-    for place, item in numbered:
-        for key in item.requires:
-            needer.append(len(hashes))
-            needed.append(int(key[:16], 16))
-        hashes.append(item.task_hash)
-        places.append(place)
-        own.append(int(item.task_hash[:16], 16))
-    keys = np.frombuffer(own, dtype=np.uint64) if own else np.zeros(0, dtype=np.uint64)
-    order = np.argsort(keys, kind="stable")
-    wanted = np.frombuffer(needed, dtype=np.uint64) if needed else np.zeros(0, dtype=np.uint64)
-    found = np.searchsorted(keys[order], wanted)
-    inside = found < len(keys)
-    inside[inside] = keys[order[found[inside]]] == wanted[inside]
-    links = list(zip(np.frombuffer(needer, dtype=np.int64)[inside].tolist() if needer else [],
-                     order[found[inside]].tolist()))  # fmt: skip
-    # A parameter set given twice (one task) goes to one share too, which then works it once.
-    twice = np.nonzero(keys[order][1:] == keys[order][:-1])[0]
-    links += zip(order[twice].tolist(), order[twice + 1].tolist())
-    if not links:
-        return Placed(hashes, [], [place % shares for place in places], shares, False)
-    first = list(range(len(hashes)))  # of each item, an earlier item linked to it (itself if none): a forest
-
-    def root(at: int) -> int:
-        while first[at] != at:
-            first[at] = first[first[at]]
-            at = first[at]
-        return at
-
-    chained = False
-    for at, other in links:
-        low, high = sorted((root(at), root(other)))
-        if low != high:
-            first[high] = low
-            chained = True
-    placed = [places[root(at)] % shares for at in range(len(hashes))]
-    return Placed(hashes, list(places), placed, shares, chained)
 
 
 def _chunks(iterable: Iterable, size: int, first: int | None = None) -> Iterator[list]:

@@ -13,10 +13,10 @@ import luigi
 from luigi.task import flatten
 
 from astra import identity
-from astra.batch import BatchTask, recorded_inputs
+from astra.batch import BatchTask
 from astra.database import records
 from astra.database.models import Task
-from astra.targets import Stale, database_targets, stale_dynamic_dependencies
+from astra.targets import Stale, database_targets, recorded_inputs, stale_dynamic_dependencies
 
 #: What a reason can be about: a parameter, the module or version of the task class, a required task
 #: ("dependency") or one that run() yielded ("dynamic_dependency"), a missing record, a record that is not done, or

@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 
 import luigi
@@ -43,7 +43,7 @@ from astra.config import settings
 from astra.database import output_tables, queries
 from astra.database.connection import DatabaseGoneError, close_thread_connection, retried, sharing
 from astra.executors import executor_for
-from astra.targets import database_targets, known, reopen_if_stale
+from astra.targets import database_targets, known, recorded_inputs, reopen_if_stale
 from astra.version import __version__
 
 logger = logging.getLogger("luigi-interface")
@@ -182,7 +182,7 @@ class Claim:
         # found them done before it ran this task and does not ask again, and meanwhile someone may forget one
         # (`forget --cascade` finds no edge to a task still running), or a server crash lose a record that was not
         # on disk yet ([astra] synchronous_commit). And it links to them.
-        inputs = _recorded_inputs(flatten(self.task.requires()))
+        inputs = recorded_inputs(flatten(self.task.requires()))
         requires = list(dict.fromkeys([*identity.required_hashes(self.task), *inputs]))
         durable = (self.settings or settings()).synchronous_commit
         needed = {**{key: f"a task run() yielded (hash {key[:10]})" for key in self.dynamic}, **inputs}
@@ -519,13 +519,6 @@ def _let_go(task: luigi.Task, claim: Claim) -> None:
     task._astra_claim, task._astra_in_run = None, False
 
 
-def _recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, object]:
-    """:func:`astra.batch.recorded_inputs` (astra.batch imports this module)."""
-    from astra.batch import recorded_inputs
-
-    return recorded_inputs(tasks)
-
-
 def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
     """Pass what ``run()`` yields on to luigi, and luigi's answers back, noting the tasks yielded; record at the end.
 
@@ -546,7 +539,7 @@ def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
             for target in database_targets(tasks):
                 if target.identity_error is not None:
                     raise target.identity_error
-            claim.dynamic.update(dict.fromkeys(_recorded_inputs(tasks)))
+            claim.dynamic.update(dict.fromkeys(recorded_inputs(tasks)))
             try:
                 answer = yield wanted
             except GeneratorExit:

@@ -167,9 +167,35 @@ class DatabaseTarget(luigi.Target):
         return read_many([self])[0]
 
 
+class BatchTarget(luigi.Target):
+    """What an astra.BatchTask makes: the records of its items. It exists when every item is done, as the batch's
+    ``complete()`` says; a task that requires the batch is linked to each item (see :func:`recorded_inputs`)."""
+
+    def __init__(self, batch: luigi.Task) -> None:
+        self.batch = batch
+
+    def exists(self) -> bool:
+        return self.batch.complete()
+
+
 def database_targets(tasks: Iterable[luigi.Task]) -> list[DatabaseTarget]:
     """The DatabaseTargets among the outputs of ``tasks``."""
     return [target for task in tasks for target in flatten(task.output()) if isinstance(target, DatabaseTarget)]
+
+
+def recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, object]:
+    """The astra tasks among ``tasks`` by hash (each the task, or a batch's item): what the record of a task that
+    needs ``tasks`` links to. A batch has no record of its own, so a task that requires (or yields) one is linked
+    to each item, as it would be had it required the items themselves: `astra tasks forget --cascade` of an item
+    reaches it, and its record checks they are still done."""
+    found: dict[str, object] = {}
+    for task in tasks:
+        for target in flatten(task.output()):
+            if isinstance(target, DatabaseTarget) and target.task_hash is not None:
+                found[target.task_hash] = task
+            elif isinstance(target, BatchTarget):
+                found.update((item.task_hash, item) for item in target.batch.items())
+    return found
 
 
 def prefetch(tasks: Iterable[luigi.Task]) -> None:

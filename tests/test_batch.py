@@ -562,7 +562,8 @@ def test_forget_cascade_of_an_item_reaches_what_was_made_from_its_batch(database
 
 def test_the_shares_of_a_batch_keep_each_chain_together():
     """Items linked by what they require go to the share of the first of them; the others by place mod shares."""
-    from astra.batch import _numbered, _Unidentified, shares_of
+    from astra.batch import _numbered, _Unidentified
+    from astra.executors.shares import shares_of
 
     batch = StarNights(stars=3, nights=4)  # places: star s's night n at 3n + s
     placed = shares_of(_numbered(StarNight, batch.parameter_sets(), _Unidentified()), 2)

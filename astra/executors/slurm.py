@@ -41,6 +41,7 @@ from astra.config import command_line, database_url, luigi_config, settings, slu
 from astra.database import queries
 from astra.database.urls import mask_password
 from astra.executors import Executor
+from astra.executors.shares import shares_of
 from astra.executors.slurm_queue import JobState, details, max_array_size, queue
 
 if TYPE_CHECKING:
@@ -142,8 +143,6 @@ class SlurmExecutor(Executor):
         layouts = {_layout(state) for state in live}
         if layouts:
             shares = max(count for _, count in layouts)  # as the live arrays split the items
-        from astra.batch import shares_of  # astra.batch imports the executors
-
         placed = shares_of(batch._numbered_items(), shares)
         hashes, share_of = placed.hashes, placed.shares
         done = queries.done_hashes(hashes)
