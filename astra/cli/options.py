@@ -49,7 +49,8 @@ class When(click.ParamType):
         try:
             when = datetime.datetime.fromisoformat(text)
         except ValueError:
-            self.fail(f"{formats.given(value)} is neither a time (2026-11-25, 2026-11-25T14:00) nor an age (30m, 7d)")
+            example = "a time (2026-11-25, 2026-11-25T14:00) nor an age (30m, 2h, 7d)"
+            self.fail(f"{formats.given(value)} is neither {example}")
         return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
