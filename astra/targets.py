@@ -194,8 +194,26 @@ def recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, object]:
             if isinstance(target, DatabaseTarget) and target.task_hash is not None:
                 found[target.task_hash] = task
             elif isinstance(target, BatchTarget):
-                found.update((item.task_hash, item) for item in target.batch.items())
+                found.update((item.task_hash, _ItemOf(target.batch, item.task_hash)) for item in target.batch.items())
     return found
+
+
+class _ItemOf:
+    """An item of a batch, by its hash: not the item itself, which a million of would fill the memory; only a
+    message needs its name, found again then."""
+
+    __slots__ = ("batch", "key")
+
+    def __init__(self, batch: luigi.Task, key: str) -> None:
+        self.batch, self.key = batch, key
+
+    def __str__(self) -> str:
+        names = self.batch.__dict__.get("_astra_item_names")
+        if names is None:  # one pass names them all (astra tasks why --json may name every item not done)
+            names = {item.task_hash: str(item) for item in self.batch.items()}
+            self.batch.__dict__["_astra_item_names"] = names
+        name = names.get(self.key)
+        return f"{name} (an item of {self.batch})" if name else f"an item of {self.batch} (hash {self.key[:10]})"
 
 
 def prefetch(tasks: Iterable[luigi.Task]) -> None:
