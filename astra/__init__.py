@@ -15,6 +15,7 @@ from astra.version import __version__
 _DEFINED_IN = {
     "ArrayField": "astra.outputs",
     "BaseTask": "astra.tasks",
+    "BatchTarget": "astra.targets",
     "BatchTask": "astra.batch",
     "DatabaseTarget": "astra.targets",
     "OutputModel": "astra.outputs",
@@ -26,6 +27,7 @@ _DEFINED_IN = {
 __all__ = [
     "ArrayField",
     "BaseTask",
+    "BatchTarget",
     "BatchTask",
     "DatabaseTarget",
     "OutputModel",

@@ -177,6 +177,20 @@ class BatchTarget(luigi.Target):
     def exists(self) -> bool:
         return self.batch.complete()
 
+    def read(self) -> list:
+        """The values its items' ``run()`` returned (or their output rows), in the order of the batch's
+        ``parameter_sets()``; None for an item not done."""
+        return read_many([self])[0]
+
+
+class _ItemTarget:
+    """What :func:`read_many` needs of an item of a batch: its hash and output model."""
+
+    __slots__ = ("task_hash", "output_model")
+
+    def __init__(self, task_hash: str, output_model: type | None) -> None:
+        self.task_hash, self.output_model = task_hash, output_model
+
 
 def database_targets(tasks: Iterable[luigi.Task]) -> list[DatabaseTarget]:
     """The DatabaseTargets among the outputs of ``tasks``."""
@@ -386,8 +400,29 @@ def _unchecked(cache: Known) -> list[str]:
     return [h for h in hashes if h not in cache.not_done]
 
 
-def read_many(targets: list[DatabaseTarget]) -> list[object]:
-    """The results of many tasks in one query (per chunk), in the order of ``targets``; None where not done."""
+def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget) -> list[object]:
+    """The results of many tasks in one query (per chunk), in the order of ``targets``; None where not done. The
+    value of a :class:`BatchTarget` (the input of a task that requires a batch) is the list of its items' results;
+    ``read_many(batch_target)`` is that list too (``read_many(self.input())`` of a task that requires just a batch)."""
+    if isinstance(targets, BatchTarget):
+        return read_many([targets])[0]
+    targets = list(targets)
+    if not any(isinstance(target, BatchTarget) for target in targets):
+        return _read_many(targets)
+    spans, flat = [], []
+    for target in targets:
+        if isinstance(target, BatchTarget):
+            model = outputs.output_model(target.batch.item_class)
+            items = [_ItemTarget(item.task_hash, model) for item in target.batch.items()]
+        else:
+            items = [target]
+        spans.append((isinstance(target, BatchTarget), len(flat), len(flat) + len(items)))
+        flat += items
+    found = _read_many(flat)
+    return [found[start:end] if batch else found[start] for batch, start, end in spans]
+
+
+def _read_many(targets: list[DatabaseTarget | _ItemTarget]) -> list[object]:
     found = queries.results([t.task_hash for t in targets if _model(t) is None])
     values = [found.get(t.task_hash) for t in targets]
     models = {_model(t) for t in targets} - {None}

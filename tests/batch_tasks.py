@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import luigi
+from luigi.task import flatten
 
-from astra import BaseTask
+from astra import BaseTask, read_many
 from astra.batch import BatchTask
 
 
@@ -355,7 +356,7 @@ class SummariseStars(BaseTask):
         return MeasureStars(stars=self.stars)
 
     def run(self) -> dict:
-        return {"sum": sum(star * 10 for star in range(self.stars))}
+        return {"sum": sum(read_many(self.input()))}  # the input is the batch's alone: its items' results
 
 
 class SummariseStarsYielded(BaseTask):
@@ -364,8 +365,8 @@ class SummariseStarsYielded(BaseTask):
     stars = luigi.IntParameter()
 
     def run(self):  # noqa: ANN201 -- a generator: it yields the batch
-        yield MeasureStars(stars=self.stars)
-        return {"sum": sum(star * 10 for star in range(self.stars))}
+        stars = yield MeasureStars(stars=self.stars)
+        return {"sum": sum(stars.read())}
 
 
 class StarNight(BaseTask):
@@ -391,3 +392,16 @@ class StarNights(BatchTask):
 
     def parameter_sets(self):
         return [{"star": star, "night": night} for night in range(self.nights) for star in range(self.stars)]
+
+
+class SummariseStarsRead(BaseTask):
+    """A task made from the results of a batch's items and of a lone task, read with astra.read_many."""
+
+    stars = luigi.IntParameter()
+
+    def requires(self) -> list:
+        return [MeasureStars(stars=self.stars), Prepared(n=self.stars)]
+
+    def run(self) -> dict:
+        stars, prepared = read_many(flatten(self.input()))
+        return {"stars": stars, "prepared": prepared, "read": self.input()[0].read()}

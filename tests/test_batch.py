@@ -24,6 +24,7 @@ from tests.batch_tasks import (
     StarNight,
     StarNights,
     SummariseStars,
+    SummariseStarsRead,
     SummariseStarsYielded,
     UsesPrepared,
     UsesPreparedBatch,
@@ -558,6 +559,17 @@ def test_forget_cascade_of_an_item_reaches_what_was_made_from_its_batch(database
     assert luigi.build(summaries, local_scheduler=True, log_level="WARNING")
     assert MeasureStars.processed == [3]  # the item alone, then both summaries again
     assert Task.select().where(Task.task_name.startswith("SummariseStars"), Task.status == "done").count() == 2
+
+
+def test_read_many_reads_the_results_of_a_batchs_items(database_url):
+    """The input of a batch is a BatchTarget: read_many gives its items' results as one list, in their order, and so
+    does its read(). Before: read_many(flatten(self.input())) failed with AttributeError, as it had no task_hash
+    (and before that, the batch's input was an empty list that flatten() dropped)."""
+    summaries = [SummariseStarsRead(stars=5), SummariseStars(stars=5), SummariseStarsYielded(stars=5)]
+    assert luigi.build(summaries, local_scheduler=True, log_level="WARNING")
+    read, alone, yielded = (Task.get(Task.task_hash == task_hash(task)).result for task in summaries)
+    assert read == {"stars": [0, 10, 20, 30, 40], "prepared": {"n": 5}, "read": [0, 10, 20, 30, 40]}
+    assert alone == yielded == {"sum": 100}  # read_many(self.input()), and the read() of what run() yielded
 
 
 def test_the_shares_of_a_batch_keep_each_chain_together():
