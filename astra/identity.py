@@ -454,7 +454,9 @@ class Item:
         """As luigi writes the task: ``EstimateSNR(spectrum_path=...)``."""
         if self._task is not None:
             return str(self._task)
-        return f"{self.cls.get_task_family()}({', '.join(f'{k}={v}' for k, v in self.parameters.items())})"
+        # luigi's Task.__repr__: the significant parameters, in the order the class declares them.
+        shown = [f"{name}={p.serialize(self.values[name])}" for name, p in self.cls.get_params() if p.significant]
+        return f"{self.cls.get_task_family()}({', '.join(shown)})"
 
     @property
     def task_id(self) -> str:
