@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+import luigi
 import pytest
 from luigi.task_register import Register
 
+from tests.batch_tasks import MeasureStar, SummariseStars
 from tests.cli_tasks import Broken
 from tests.helpers import SPECTRA, astra_many, main, one_line_error, run_pipeline
 from workflows import EstimateSNR
@@ -130,3 +132,28 @@ def test_why_usage_errors(database_url, capsys):
     assert "Missing argument 'FAMILY'" in one_line_error(no_family, 2)
     bad_value = main(capsys, "tasks", "why", "EstimateSelectedSNR", "--fiber", "x")  # named, as luigi's line does
     assert "EstimateSelectedSNR --fiber x: ValueError: invalid literal for int()" in one_line_error(bad_value, 2)
+
+
+def test_why_of_a_summary_of_a_batch_counts_the_items_it_names(database_url, capsys, monkeypatch):
+    """A task that requires a batch is linked to each item: why names a few of them and counts the others, first
+    to last. Before: a line for each item that differs (two for each of a million items after a new version of the
+    items), in the order of their hashes, and a comparison of the links whose cost grew with their square."""
+    assert luigi.build([SummariseStars(stars=25)], local_scheduler=True, log_level="WARNING")
+    monkeypatch.setattr(MeasureStar, "version", "2")
+    Register.clear_instance_cache()  # instances made before the change remember their identity
+    try:
+        bumped = main(capsys, "tasks", "why", "--module", "tests.batch_tasks", "SummariseStars", "--stars", "25")
+        more = main(capsys, "tasks", "why", "--module", "tests.batch_tasks", "SummariseStars", "--stars", "26")
+    finally:
+        Register.clear_instance_cache()
+    assert bumped.returncode == 1
+    lines = bumped.stdout.splitlines()
+    assert lines[1].startswith("25 of the astra tasks it requires are not done either: MeasureStar(star=0, "), lines
+    upstream = [line.strip() for line in lines[4:]]
+    assert len(upstream) == 8, bumped.stdout
+    named = [f"MeasureStar(star={star}, band=g, options={json.dumps({'b': 1, 'a': [2, 3]})}" for star in range(3)]
+    assert [line.split(", secret")[0] for line in upstream[:3]] == [f"upstream: needs {name}" for name in named]
+    assert upstream[3] == "upstream: ... and 22 more tasks it was not made from"
+    assert upstream[4].startswith("upstream: was made from task 1 MeasureStar_") and "(version 2)" not in upstream[4]
+    assert upstream[7] == "upstream: ... and 22 more tasks this one does not need"
+    assert more.returncode == 1 and "    upstream differs too: needs 26 tasks it was not made from" in more.stdout

@@ -14,6 +14,9 @@ from astra.cli.luigi_command_line import task_from_command_line
 from astra.cli.options import CONTEXT, json_option
 from astra.database import only_reading, queries
 
+#: How many of the upstream tasks a closest record differs in are named (the others are counted).
+SHOWN_UPSTREAM = 3
+
 
 @click.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--module", help="Module to import the task class from (luigi's --module).")
@@ -185,13 +188,18 @@ def _difference_lines(candidate: explain.Closest) -> list[str]:
             parts.append(f"was made from {len(made_from)} tasks this one does not need")
         lines.append(f"upstream differs too: {' and '.join(parts)}")
     else:
-        for difference in needs:
+        # A few of each, the others counted: a task that requires a batch differs in each of its items.
+        for difference in needs[:SHOWN_UPSTREAM]:
             needed = formats.name(difference.task["task"])
             lines.append(f"upstream: needs {needed} ({difference.status}, hash {difference.asked[:12]})")
-        for difference in made_from:
+        if len(needs) > SHOWN_UPSTREAM:
+            lines.append(f"upstream: ... and {len(needs) - SHOWN_UPSTREAM} more tasks it was not made from")
+        for difference in made_from[:SHOWN_UPSTREAM]:
             other = difference.task
             version = other["version"] or "-"
             lines.append(f"upstream: was made from task {other['pk']} {other['task_id']} (version {version})")
+        if len(made_from) > SHOWN_UPSTREAM:
+            lines.append(f"upstream: ... and {len(made_from) - SHOWN_UPSTREAM} more tasks this one does not need")
     if candidate.record.status != "done":
         error = candidate.record.error
         lines.append(f"status: {candidate.record.status}" + (f" ({error})" if error else ""))

@@ -605,6 +605,7 @@ def closest(
 
     tasks = sorted(found, key=rank, reverse=True)[:limit]
     recorded = parameters_of([task.pk for task in tasks])
+    wanted = set(required)
     candidates = []
     for task in tasks:
         candidate = Candidate(task)
@@ -618,10 +619,11 @@ def closest(
         if task.version != version:
             candidate.version = (task.version, version)
         if task.status == DONE:  # edges are recorded when a task finishes
+            # In the order the wanted task requires them (a batch's items: of its parameter sets), and of their pks.
             upstream = requires(task.pk)
             upstream_hashes = {t.task_hash for t in upstream}
-            candidate.missing_requires = sorted(set(required) - upstream_hashes)
-            candidate.extra_requires = [t for t in upstream if t.task_hash not in set(required)]
+            candidate.missing_requires = [key for key in dict.fromkeys(required) if key not in upstream_hashes]
+            candidate.extra_requires = [t for t in upstream if t.task_hash not in wanted]
         candidates.append(candidate)
     return candidates
 
