@@ -405,3 +405,15 @@ class SummariseStarsRead(BaseTask):
     def run(self) -> dict:
         stars, prepared = read_many(flatten(self.input()))
         return {"stars": stars, "prepared": prepared, "read": self.input()[0].read()}
+
+
+class SummariseStarsForgetting(SummariseStars):
+    """SummariseStars whose run() has star 3 of its batch forgotten (`astra tasks forget --cascade`, which finds no
+    edge to this task yet): this task must not be recorded done without it."""
+
+    def run(self) -> dict:
+        from tests.helpers import astra as astra_command
+
+        forgot = astra_command("tasks", "forget", "--name", "MeasureStar", "--where", "star=3", "--cascade", "--yes")
+        assert forgot.returncode == 0 and "1 tasks to forget (1 MeasureStar)" in forgot.stdout, forgot
+        return {"sum": 0}

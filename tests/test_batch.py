@@ -24,6 +24,7 @@ from tests.batch_tasks import (
     StarNight,
     StarNights,
     SummariseStars,
+    SummariseStarsForgetting,
     SummariseStarsRead,
     SummariseStarsYielded,
     UsesPrepared,
@@ -562,6 +563,16 @@ def test_forget_cascade_of_an_item_reaches_what_was_made_from_its_batch(database
     assert luigi.build(summaries, local_scheduler=True, log_level="WARNING")
     assert MeasureStars.processed == [3]  # the item alone, then both summaries again
     assert Task.select().where(Task.task_name.startswith("SummariseStars"), Task.status == "done").count() == 2
+
+
+def test_a_summary_whose_batch_loses_an_item_while_it_runs_is_not_recorded_done(database_url):
+    """Its record checks that every item is still done, and says which one is not, in one line."""
+    assert not luigi.build([SummariseStarsForgetting(stars=25)], local_scheduler=True, log_level="WARNING")
+    record = Task.get(Task.task_hash == task_hash(SummariseStarsForgetting(stars=25)))
+    assert record.status == "failed" and "\n" not in record.error, record.error
+    assert record.error.startswith("InputLostError: astra: MeasureStar(star=3, band=g, "), record.error
+    assert ", which this task needs, is not recorded done any more" in record.error, record.error
+    assert not Dependency.select().where(Dependency.task == record.pk).exists()
 
 
 def test_read_many_reads_the_results_of_a_batchs_items(database_url):
