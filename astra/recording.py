@@ -43,7 +43,7 @@ from astra.config import settings
 from astra.database import output_tables, queries
 from astra.database.connection import DatabaseGoneError, close_thread_connection, retried, sharing
 from astra.executors import executor_for
-from astra.targets import database_targets, known, recorded_inputs, reopen_if_stale
+from astra.targets import database_targets, input_name, known, recorded_inputs, reopen_if_stale
 from astra.version import __version__
 
 logger = logging.getLogger("luigi-interface")
@@ -182,7 +182,7 @@ class Claim:
         # found them done before it ran this task and does not ask again, and meanwhile someone may forget one
         # (`forget --cascade` finds no edge to a task still running), or a server crash lose a record that was not
         # on disk yet ([astra] synchronous_commit). And it links to them.
-        inputs = recorded_inputs(flatten(self.task.requires()))
+        inputs = recorded_inputs(flatten(self.task.requires()), items=False)
         requires = list(dict.fromkeys([*identity.required_hashes(self.task), *inputs]))
         durable = (self.settings or settings()).synchronous_commit
         needed = {**{key: f"a task run() yielded (hash {key[:10]})" for key in self.dynamic}, **inputs}
@@ -193,10 +193,10 @@ class Claim:
         except queries.InputsGoneError as gone:
             for key in gone.keys:  # luigi may ask again in this process (a retry): the database's answer now
                 known().mark_not_done(key)
-            lost = [str(needed[key]) for key in gone.keys]
-            more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+            lost = input_name(needed[gone.keys[0]], gone.keys[0])
+            more = f" (and {len(gone.keys) - 1} more)" if len(gone.keys) > 1 else ""
             raise InputLostError(
-                f"astra: {lost[0]}{more}, which this task needs, is not recorded done any more: it was forgotten "
+                f"astra: {lost}{more}, which this task needs, is not recorded done any more: it was forgotten "
                 "while this task ran, or a server crash lost its record ([astra] synchronous_commit); run again, "
                 "and it is made first"
             ) from None
@@ -539,7 +539,7 @@ def _follow(task: luigi.Task, claim: Claim, steps: Generator) -> Generator:
             for target in database_targets(tasks):
                 if target.identity_error is not None:
                     raise target.identity_error
-            claim.dynamic.update(dict.fromkeys(recorded_inputs(tasks)))
+            claim.dynamic.update(dict.fromkeys(recorded_inputs(tasks, items=False)))
             try:
                 answer = yield wanted
             except GeneratorExit:

@@ -197,37 +197,27 @@ def database_targets(tasks: Iterable[luigi.Task]) -> list[DatabaseTarget]:
     return [target for task in tasks for target in flatten(task.output()) if isinstance(target, DatabaseTarget)]
 
 
-def recorded_inputs(tasks: Iterable[luigi.Task]) -> dict[str, object]:
+def recorded_inputs(tasks: Iterable[luigi.Task], items: bool = True) -> dict[str, object]:
     """The astra tasks among ``tasks`` by hash (each the task, or a batch's item): what the record of a task that
     needs ``tasks`` links to. A batch has no record of its own, so a task that requires (or yields) one is linked
     to each item, as it would be had it required the items themselves: `astra tasks forget --cascade` of an item
-    reaches it, and its record checks they are still done."""
+    reaches it, and its record checks they are still done. ``items=False``: an item's hash leads to its batch's
+    BatchTarget instead (:func:`input_name` names it), which keeps a hash per item rather than the item (~700 B)."""
     found: dict[str, object] = {}
     for task in tasks:
         for target in flatten(task.output()):
             if isinstance(target, DatabaseTarget) and target.task_hash is not None:
                 found[target.task_hash] = task
             elif isinstance(target, BatchTarget):
-                found.update((item.task_hash, _ItemOf(target.batch, item.task_hash)) for item in target.batch.items())
+                found.update((item.task_hash, item if items else target) for item in target.batch.items())
     return found
 
 
-class _ItemOf:
-    """An item of a batch, by its hash: not the item itself, which a million of would fill the memory; only a
-    message needs its name, found again then."""
-
-    __slots__ = ("batch", "key")
-
-    def __init__(self, batch: luigi.Task, key: str) -> None:
-        self.batch, self.key = batch, key
-
-    def __str__(self) -> str:
-        names = self.batch.__dict__.get("_astra_item_names")
-        if names is None:  # one pass names them all (astra tasks why --json may name every item not done)
-            names = {item.task_hash: str(item) for item in self.batch.items()}
-            self.batch.__dict__["_astra_item_names"] = names
-        name = names.get(self.key)
-        return f"{name} (an item of {self.batch})" if name else f"an item of {self.batch} (hash {self.key[:10]})"
+def input_name(found: object, task_hash: str) -> str:
+    """The name (as luigi writes it) of the input ``task_hash``, found by :func:`recorded_inputs` as ``found``."""
+    if isinstance(found, BatchTarget):
+        found = next((item for item in found.batch.items() if item.task_hash == task_hash), found.batch)
+    return str(found)
 
 
 def prefetch(tasks: Iterable[luigi.Task]) -> None:
