@@ -266,7 +266,8 @@ class Claim:
         """Tell other workers this claim is alive; False once it is no longer this process's (stop beating)."""
         try:
             if not queries.heartbeat(self.attempt):
-                logger.warning("astra: %s is no longer this worker's: %s", self.task, queries.lost(self.attempt))
+                if not queries.ended_itself(self.attempt):  # e.g. a beat that waited for a long record to commit
+                    logger.warning("astra: %s is no longer this worker's: %s", self.task, queries.lost(self.attempt))
                 return False
         except Exception as exc:  # a missed beat is harmless unless it lasts a whole lease
             logger.warning("astra: heartbeat for %s failed: %s", self.task, exc)

@@ -446,6 +446,13 @@ def lost(attempt: Attempt) -> str:
     )
 
 
+def ended_itself(attempt: Attempt) -> bool:
+    """Whether ``attempt`` itself ended its row, recording the task done or failed (a heartbeat that waited for that
+    write finds the row no longer running, and nothing is wrong)."""
+    database()
+    return Task.select().where(*_mine(attempt)[:-1], Task.status != RUNNING).exists()
+
+
 def recorded_done(attempt: Attempt) -> bool:
     """Whether ``attempt`` itself recorded its task done (its finish committed, e.g. just before an interrupt)."""
     database()
