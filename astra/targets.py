@@ -201,10 +201,19 @@ def recorded_inputs(tasks: Iterable[luigi.Task], items: bool = True) -> dict[str
     """The astra tasks among ``tasks`` by hash (each the task, or a batch's item): what the record of a task that
     needs ``tasks`` links to. A batch has no record of its own, so a task that requires (or yields) one is linked
     to each item, as it would be had it required the items themselves: `astra tasks forget --cascade` of an item
-    reaches it, and its record checks they are still done. ``items=False``: an item's hash leads to its batch's
-    BatchTarget instead (:func:`input_name` names it), which keeps a hash per item rather than the item (~700 B)."""
+    reaches it, and its record checks they are still done. So does a luigi.WrapperTask (no output of its own): it
+    stands for what it requires. ``items=False``: an item's hash leads to its batch's BatchTarget instead
+    (:func:`input_name` names it), which keeps a hash per item rather than the item (~700 B)."""
     found: dict[str, object] = {}
-    for task in tasks:
+    todo, seen = list(tasks), set()
+    while todo:
+        task = todo.pop()
+        if id(task) in seen:
+            continue
+        seen.add(id(task))
+        if isinstance(task, luigi.WrapperTask):
+            todo.extend(flatten(task.requires()))
+            continue
         for target in flatten(task.output()):
             if isinstance(target, DatabaseTarget) and target.task_hash is not None:
                 found[target.task_hash] = task

@@ -417,3 +417,24 @@ class SummariseStarsForgetting(SummariseStars):
         forgot = astra_command("tasks", "forget", "--name", "MeasureStar", "--where", "star=3", "--cascade", "--yes")
         assert forgot.returncode == 0 and "1 tasks to forget (1 MeasureStar)" in forgot.stdout, forgot
         return {"sum": 0}
+
+
+class StarsAndPrepared(luigi.WrapperTask):
+    """A plain luigi wrapper around a batch and a lone astra task."""
+
+    stars = luigi.IntParameter()
+
+    def requires(self) -> list:
+        return [MeasureStars(stars=self.stars), Prepared(n=self.stars)]
+
+
+class SummariseWrapped(BaseTask):
+    """A task made from what a wrapper requires."""
+
+    stars = luigi.IntParameter()
+
+    def requires(self) -> StarsAndPrepared:
+        return StarsAndPrepared(stars=self.stars)
+
+    def run(self) -> int:
+        return self.stars

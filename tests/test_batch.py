@@ -27,6 +27,7 @@ from tests.batch_tasks import (
     SummariseStarsForgetting,
     SummariseStarsRead,
     SummariseStarsYielded,
+    SummariseWrapped,
     UsesPrepared,
     UsesPreparedBatch,
 )
@@ -602,3 +603,15 @@ def test_the_shares_of_a_batch_keep_each_chain_together():
     # A chain given backwards, and a first link that is not in the batch: linked all the same.
     backwards = shares_of(_numbered(ChainStep, [{"k": k} for k in (5, 4, 3, 2)], _Unidentified()), 3)
     assert backwards.chained and backwards.shares == [0, 0, 0, 0]
+
+
+def test_forget_cascade_goes_through_a_wrapper_task(database_url, capsys):
+    """A luigi.WrapperTask has no output of its own: a task that requires one is linked to what the wrapper requires
+    (here a batch's items and a lone task). Before: to nothing, so a cascade stopped at the wrapper."""
+    assert luigi.build([SummariseWrapped(stars=3)], local_scheduler=True, log_level="WARNING")
+    for forgotten in (MeasureStar(star=1), Prepared(n=3)):
+        pk = Task.get(Task.task_hash == task_hash(forgotten)).pk
+        assert main(capsys, "tasks", "forget", str(pk), "--cascade", "--yes").returncode == 0
+        assert not Task.select().where(Task.task_name == "SummariseWrapped").exists()
+        forget_cached()
+        assert luigi.build([SummariseWrapped(stars=3)], local_scheduler=True, log_level="WARNING")
