@@ -63,7 +63,7 @@ from astra import config, outputs, values
 from astra.database import output_tables, queries
 from astra.database.connection import close_thread_connection, retried, use_own_connection
 from astra.executors import executor_for
-from astra.executors.shares import shares_of
+from astra.executors.shares import check, shares_of
 from astra.identity import Item, items, requirements, task_version
 from astra.recording import ItemFailuresError, fields, run_unrecorded, summarise
 from astra.targets import BatchTarget, complete_hashes, database_targets
@@ -113,6 +113,7 @@ class BatchTask(luigi.Task):
     _given_twice = 0
     _share: tuple[int, int] | None = None
     _chained = False
+    _share_sets: list[dict] | None = None
     _job: tuple[str, str] | None = None
     _part_size = 1
     _reported_at = 0.0
@@ -144,12 +145,34 @@ class BatchTask(luigi.Task):
         """The parameter sets of the share this process works (all of them outside a share)."""
         if self._share is None:
             return self.parameter_sets()
+        if self._share_sets is None:
+            self._share_sets = self._sets_of_share()
+        return self._share_sets
+
+    def _sets_of_share(self, split: dict | None = None) -> list[dict]:
+        """The parameter sets of this process's share; with ``split`` (:meth:`Placed.split`), of the first
+        ``split["sets"]`` only, checked to be those the luigi process split (else :class:`SplitChangedError`)."""
         share, shares = self._share
+        sets = self.parameter_sets() if split is None else islice(self.parameter_sets(), split["sets"])
         if not self._chained:
-            return [sets for index, sets in enumerate(self.parameter_sets()) if index % shares == share]
-        every = list(self.parameter_sets())
+            mine, found = [], 0
+            for index, values in enumerate(sets):
+                found = index + 1
+                if index % shares == share:
+                    mine.append(values)
+            if split is not None:
+                check(
+                    split,
+                    self._share,
+                    found,
+                    (item.task_hash for item in items(self.item_class, mine, _Unidentified())),
+                )
+            return mine
+        every = list(sets)
         placed = shares_of(_numbered(self.item_class, every, _Unidentified()), shares)
-        return [sets for index, sets in enumerate(every) if placed.share(index) == share]
+        if split is not None:
+            check(split, self._share, len(every), (h for h, at in zip(placed.hashes, placed.shares) if at == share))
+        return [values for index, values in enumerate(every) if placed.share(index) == share]
 
     def pending(self) -> Iterator[Item]:
         """The items not yet recorded as done, asking the database once per chunk of items; an item given twice
@@ -221,12 +244,19 @@ class BatchTask(luigi.Task):
         executor_for(self).run_batch(self)  # here (work()), or in shares elsewhere, each running work() on its own
 
     def work(
-        self, share: tuple[int, int] | None = None, job: tuple[str, str] | None = None, chained: bool = False
+        self,
+        share: tuple[int, int] | None = None,
+        job: tuple[str, str] | None = None,
+        chained: bool = False,
+        split: dict | None = None,
     ) -> None:
         """Work the items not yet done, here or in this process's pool; with ``share`` = (k, n) only items k, k + n,
-        k + 2n, ... (``chained``: as :func:`shares_of` places them); ``job`` = (SLURM job id, node) is recorded with
-        each item."""
-        self._share, self._job, self._chained = share, job, chained
+        k + 2n, ... (``chained``: as :func:`shares_of` places them), and with ``split`` only if they are those the
+        luigi process split (:meth:`Placed.split`), else raise :class:`SplitChangedError` having worked nothing;
+        ``job`` = (SLURM job id, node) is recorded with each item."""
+        self._share, self._job, self._chained, self._share_sets = share, job, chained, None
+        if share is not None:
+            self._share_sets = self._sets_of_share(split)
         total = _length(self._parameter_sets())
         done = failed = 0
         first_error = ""

@@ -438,3 +438,23 @@ class SummariseWrapped(BaseTask):
 
     def run(self) -> int:
         return self.stars
+
+
+class DriftingNights(BatchTask):
+    """StarNights' items (a chain per star when ``nights`` > 1), whose parameter sets change inside a SLURM array
+    element (``$SLURM_ARRAY_TASK_ID`` set) as ``drift`` says: ``drop`` the first, ``add`` star -1 before them,
+    ``append`` star -1 after them, or ``none``. So the shares see other sets than the luigi process that split them."""
+
+    item_class = StarNight
+    stars = luigi.IntParameter()
+    nights = luigi.IntParameter(default=1)
+    drift = luigi.Parameter(default="none")
+
+    def parameter_sets(self):
+        import os
+
+        sets = [{"star": star, "night": night} for night in range(self.nights) for star in range(self.stars)]
+        if "SLURM_ARRAY_TASK_ID" in os.environ:
+            extra = [{"star": -1, "night": 0}]
+            sets = {"drop": sets[1:], "add": extra + sets, "append": sets + extra}.get(self.drift, sets)
+        return iter(sets)  # a generator's way: no len()

@@ -18,6 +18,7 @@ from tests.batch_tasks import (
     ChainStep,
     ChainSteps,
     Contested,
+    DriftingNights,
     MeasureStar,
     MeasureStars,
     Prepared,
@@ -615,3 +616,36 @@ def test_forget_cascade_goes_through_a_wrapper_task(database_url, capsys):
         assert not Task.select().where(Task.task_name == "SummariseWrapped").exists()
         forget_cached()
         assert luigi.build([SummariseWrapped(stars=3)], local_scheduler=True, log_level="WARNING")
+
+
+@pytest.mark.parametrize("nights", [1, 2])  # a plain split, and chains
+@pytest.mark.parametrize("drift", ["drop", "add"])
+def test_a_share_whose_parameter_sets_are_not_those_split_fails_and_works_nothing(
+    sqlite_url, monkeypatch, drift, nights
+):
+    """A share recomputes the split from parameter_sets(); when they changed since the luigi process split them (a
+    folder's files, the time), its items would not be those the luigi process waits for: some worked twice, some
+    by no share. The share says so, and works nothing."""
+    from astra.executors.shares import SplitChangedError, shares_of
+
+    batch = DriftingNights(stars=3, nights=nights, drift=drift)
+    placed = shares_of(batch._numbered_items(), 2)
+    assert placed.chained == (nights > 1)
+    split = placed.split(3 * nights, [0, 1])
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")  # inside the element, the sets drift
+    with pytest.raises(SplitChangedError, match="not those the luigi process split into shares"):
+        batch.work(share=(1, 2), chained=placed.chained, split=split)
+    assert Task.select().count() == 0
+
+
+def test_a_share_leaves_the_parameter_sets_added_after_the_split_to_the_next_run(sqlite_url, monkeypatch):
+    from astra.executors.shares import shares_of
+
+    batch = DriftingNights(stars=3, nights=2, drift="append")
+    placed = shares_of(batch._numbered_items(), 2)
+    split = placed.split(6, [0, 1])
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    for share in (0, 1):
+        batch.work(share=(share, 2), chained=placed.chained, split=split)
+    assert Task.select().where(Task.status == "done").count() == 6
+    assert _recorded(StarNight(star=-1, night=0)) is None

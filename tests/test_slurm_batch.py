@@ -8,7 +8,17 @@ import sys
 import pytest
 
 from astra.database import Task, records
-from tests.helpers import REPO, jobs_of, result_of, run_luigi, scontrol, slurm_args, subprocess_env, wait_for
+from tests.helpers import (
+    REPO,
+    jobs_of,
+    result_of,
+    run_luigi,
+    scontrol,
+    slurm_args,
+    subprocess_env,
+    summary,
+    wait_for,
+)
 from workflows.spectra import simulate
 
 pytestmark = pytest.mark.slurm
@@ -158,3 +168,14 @@ def test_an_array_keeps_each_chain_of_items_in_one_share(slurm_cluster, postgres
     for row in rows:
         jobs.setdefault(row.slurm_job_id, set()).add(int(parameters[row.pk]["star"]))
     assert sorted(map(sorted, jobs.values())) == [[0, 2], [1]], jobs
+
+
+def test_an_array_whose_parameter_sets_change_under_it_fails_saying_so(slurm_cluster, postgres_url, tmp_path):
+    """Inside the elements, the first parameter set is gone: each share's items are not those the luigi process
+    split. Before, the elements worked what they found, star 0 by none of them, and luigi said the batch ran
+    successfully."""
+    args = ["--module", "tests.batch_tasks", "DriftingNights", "--stars", "4", "--drift", "drop", "--jobs", "2"]
+    run = run_luigi(*slurm_args(tmp_path / "logs", *args, "--local-scheduler"))
+    assert run.returncode != 0 and "ran successfully" not in summary(run.stdout), run.stdout[-3000:]
+    assert "not those the luigi process split into shares" in run.stdout, run.stdout[-3000:]
+    assert Task.select().count() == 0

@@ -3,12 +3,17 @@ linked to each other (a chain, a repeat) go to one share, where one process work
 
 from __future__ import annotations
 
+import hashlib
 from array import array
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from astra.identity import Item
+
+
+class SplitChangedError(RuntimeError):
+    """A share of a SLURM array found other parameter sets than the luigi process split into shares."""
 
 
 class Placed:
@@ -25,6 +30,37 @@ class Placed:
     def share(self, place: int) -> int:
         """The share of the parameter set at ``place`` (one without an identity: its place mod the shares)."""
         return self._by_place.get(place, place % self._count)
+
+    def split(self, sets: int, shares: Iterable[int]) -> dict:
+        """What an array element checks its share against (:func:`check`): the number of parameter sets split, and
+        a digest of the items of each of ``shares``."""
+        hashers = {share: hashlib.sha256() for share in shares}
+        for task_hash, share in zip(self.hashes, self.shares):
+            hasher = hashers.get(share)
+            if hasher is not None:
+                hasher.update(task_hash.encode())
+        return {"sets": sets, "digests": {str(share): _digest(hasher) for share, hasher in hashers.items()}}
+
+
+def check(split: dict, share: tuple[int, int], sets: int, hashes: Iterable[str]) -> None:
+    """Raise :class:`SplitChangedError` unless the ``sets`` parameter sets a share found (of the first
+    ``split["sets"]``) and the hashes of its items in order are those the luigi process split (:meth:`Placed.split`).
+    """
+    hasher = hashlib.sha256()
+    for task_hash in hashes:
+        hasher.update(task_hash.encode())
+    if sets == split["sets"] and _digest(hasher) == split["digests"].get(str(share[0])):
+        return
+    counts = f"{split['sets']} sets then, {sets} now" if sets != split["sets"] else f"{sets} sets, other items"
+    raise SplitChangedError(
+        f"astra: share {share[0]} of {share[1]}: the batch's parameter sets are not those the luigi process split "
+        f"into shares ({counts}): parameter_sets() must give the same sets, in the same order, each time it is "
+        "called (sets added at the end are left to the next run); this share worked nothing: run the batch again"
+    )
+
+
+def _digest(hasher: hashlib._Hash) -> str:
+    return hasher.hexdigest()[:16]
 
 
 def shares_of(numbered: Iterable[tuple[int, Item]], shares: int) -> Placed:

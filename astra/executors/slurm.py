@@ -160,7 +160,9 @@ class SlurmExecutor(Executor):
         for offset, indices, throttle in _arrays(sorted(needed - running.keys()), settings_["max_running"]):
             name = f"{base}.from{offset}of{shares}"
             array = _ranges(indices) + (f"%{throttle}" if throttle else "")
-            element = {**spec, "shares": shares, "offset": offset, "chained": placed.chained}
+            # Each element checks that its share's items are those split here (see shares.check).
+            split = placed.split(len(hashes) + batch._unidentified.count, [offset + index for index in indices])
+            element = {**spec, "shares": shares, "offset": offset, "chained": placed.chained, "split": split}
             job_id = submit(element, name, settings_, array)
             logger.info("astra: SLURM array %s (%d shares) submitted for %s", job_id, len(indices), batch)
             arrays.append(job_id)

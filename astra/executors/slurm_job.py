@@ -48,7 +48,8 @@ def main() -> int:
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     if "shares" in spec:
         share = spec["offset"] + int(os.environ["SLURM_ARRAY_TASK_ID"])
-        task.work(share=(share, spec["shares"]), job=(job_id, node), chained=spec.get("chained", False))
+        chained, split = spec.get("chained", False), spec.get("split")
+        task.work(share=(share, spec["shares"]), job=(job_id, node), chained=chained, split=split)
         return 0
     return _run_attempt(task, job_id, node)
 
