@@ -33,7 +33,8 @@ the first to record it wins), or run the items' requirements. An item that requi
 are recorded done, and is recorded done only if they still are when its chunk is written (in the same
 transaction); else it is recorded failed, naming the task, as a lone task is never run before its input. Items
 may need items of the batch before them (a chain): they are recorded in order, and a link that fails takes those
-after it down. An input that is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
+after it down; in one process (not in a pool) a link runs only once the link it needs is recorded. An input that
+is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
 """
 
 from __future__ import annotations
@@ -267,12 +268,20 @@ class BatchTask(luigi.Task):
         model = outputs.output_model(self.item_class)
         processes = self.processes or config.settings().batch_processes
         self._unidentified = _Unidentified()
-        worked = self._work_in_pool(model, total, processes) if processes > 1 else self._work_here(model, total)
+        writing: deque[Future] = deque()
+
+        def written() -> None:  # every chunk handed to the writer is written (a chain's next link may run)
+            while writing:
+                lost.extend(self._written(writing.popleft()))
+
+        if processes > 1:
+            worked = self._work_in_pool(model, total, processes, written)
+        else:
+            worked = self._work_here(model, total, written)
         # Each chunk's records are written by a thread of their own while the next chunk is worked: the database
         # (the PostgreSQL server, or SQLite's C code) then works beside this thread, as both let go of the
         # interpreter while they work. One chunk at most waits to be written.
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="astra-batch-writer")
-        writing: deque[Future] = deque()
         try:
             for records, output_rows in worked:
                 refused = queries.unrecordable(records)
@@ -321,19 +330,28 @@ class BatchTask(luigi.Task):
         self.recording_seconds += seconds
         return lost
 
-    def _work_here(self, model: type | None, total: int | None) -> Iterator[tuple[list[dict], dict]]:
-        """The records of the pending items and their output rows by task hash, a chunk at a time, worked here."""
+    def _work_here(
+        self, model: type | None, total: int | None, written: Callable[[], None]
+    ) -> Iterator[tuple[list[dict], dict]]:
+        """The records of the pending items and their output rows by task hash, a chunk at a time, worked here.
+
+        An item that needs an item worked earlier in this run (a chain) starts a new chunk, worked once the chunks
+        before it are written (``written()`` waits for that): its ``run()`` finds the link before recorded, as a
+        lone task would, and it is not run at all if that link failed.
+        """
         before = failed = 0
-        for chunk in _chunks(self.pending(), self.chunk_size):
+        for chunk in _linked_chunks(self.pending(), self.chunk_size, written):
             started = time.perf_counter()
             process = functools.partial(self._process_reporting, total=total, before=before, failed=failed)
-            results, needs = _with_inputs(chunk, process)
+            results, needs = _with_inputs(chunk, process, every_need=True)
             records, output_rows = _records(model, chunk, results, time.perf_counter() - started, needs)
             before += len(chunk)
             failed += sum(1 for record in records if "error" in record)
             yield records, output_rows
 
-    def _work_in_pool(self, model: type | None, total: int | None, processes: int) -> Iterator[tuple[list[dict], dict]]:
+    def _work_in_pool(
+        self, model: type | None, total: int | None, processes: int, written: Callable[[], None]
+    ) -> Iterator[tuple[list[dict], dict]]:
         """As :meth:`_work_here`, the chunks worked by a pool of ``processes`` processes, in parts.
 
         A pool process gets a part of a chunk as parameter sets, and works out the items' identities, which of
@@ -349,7 +367,7 @@ class BatchTask(luigi.Task):
             spec = pickle.dumps((type(self), self.param_kwargs))
         except Exception as exc:  # e.g. a class made by type() at run time: a new interpreter cannot import it
             logger.warning("%s: working in one process: the pool cannot rebuild the batch (%s)", self.task_id, exc)
-            yield from self._work_here(model, total)
+            yield from self._work_here(model, total, written)
             return
         initargs = (spec, _env(), os.getcwd(), config.command_line(), config.luigi_config(), os.getpid())
         pool = ProcessPoolExecutor(processes, mp_context=_context(self), initializer=_start_worker, initargs=initargs)
@@ -583,12 +601,37 @@ def _fewer_collections() -> Iterator[None]:
                 gc.set_threshold(_threshold_before, *gc.get_threshold()[1:])
 
 
+def _linked_chunks(pending: Iterable[Item], size: int, written: Callable[[], None]) -> Iterator[list[Item]]:
+    """Chunks of ``size`` items, each cut short before an item that needs an item of it or of the chunk before
+    (which may not be written yet): that item waits for ``written()``, which returns once every chunk handed out
+    so far is written (the generator resumes when its last chunk has been handed to the writer)."""
+    chunk: list[Item] = []
+    here: set[str] = set()  # the hashes of the chunk
+    before: set[str] = set()  # of the chunk handed out last, perhaps not yet written (those before it are)
+    for item in pending:
+        if item.requires and not (here.isdisjoint(item.requires) and before.isdisjoint(item.requires)):
+            if chunk:
+                yield chunk
+                chunk, here = [], set()
+            written()
+            before = set()
+        chunk.append(item)
+        here.add(item.task_hash)
+        if len(chunk) == size:
+            yield chunk
+            chunk, here, before = [], set(), here
+    if chunk:
+        yield chunk
+
+
 def _with_inputs(
-    chunk: list[Item], process: Callable[[list[Item]], list[object]]
+    chunk: list[Item], process: Callable[[list[Item]], list[object]], every_need: bool = False
 ) -> tuple[list[object], dict[str, dict[str, bool]]]:
     """The results of ``process`` of the chunk's items whose astra inputs are recorded done, and for the others
     the :class:`MissingInputError` that fails them unrun (or the error their ``requires()`` raised when asked
-    again); and what each item needs (:func:`_needs`), by hash."""
+    again); and what each item needs (:func:`_needs`), by hash. Inputs of the items' own class are checked only
+    with ``every_need`` (else they may be items of the batch not yet recorded, checked as the chunk is), and never
+    those in the chunk itself."""
     needs: dict[str, dict[str, bool]] = {}
     missing: dict[str, Exception] = {}
     for item in chunk:
@@ -597,30 +640,43 @@ def _with_inputs(
                 needs[item.task_hash] = _needs(item)
             except Exception as exc:  # a requires() that raised only now: this item fails, the others go on
                 missing[item.task_hash] = exc
-    missing.update(_missing_inputs(chunk, needs))
+    missing.update(_missing_inputs(chunk, needs, every_need))
     results = iter(process([item for item in chunk if item.task_hash not in missing] if missing else chunk))
     return [missing[item.task_hash] if item.task_hash in missing else next(results) for item in chunk], needs
 
 
-def _missing_inputs(chunk: list[Item], needs: dict[str, dict[str, bool]]) -> dict[str, MissingInputError]:
-    """The items of ``chunk`` that need an astra task of another class not recorded done (one query), each with
-    its error. A task of the items' own class may be an item of this batch (a chain, each item needing the one
-    before), recorded before this one is: that is for the check at the record (:func:`_without_inputs`)."""
+def _missing_inputs(
+    chunk: list[Item], needs: dict[str, dict[str, bool]], every_need: bool = False
+) -> dict[str, MissingInputError]:
+    """The items of ``chunk`` that need an astra task of another class (with ``every_need``, of any class) not
+    recorded done (one query), each with its error. A task of the items' own class may be an item of this batch (a
+    chain, each item needing the one before), recorded before this one is: without ``every_need``, and always for
+    one in the chunk, that is for the check at the record (:func:`_without_inputs`)."""
+    own = {item.task_hash for item in chunk} if every_need else set()
+
+    def checked(key: str, before: bool) -> bool:
+        return before or (every_need and key not in own)
+
     # Complete as luigi would find them before running a lone item: done, and what they yielded still done.
-    done = complete_hashes({key for keys in needs.values() for key, before in keys.items() if before})
+    done = complete_hashes({key for keys in needs.values() for key, before in keys.items() if checked(key, before)})
     missing = {}
     for item in chunk:
-        absent = [key for key, before in needs.get(item.task_hash, {}).items() if before and key not in done]
+        needed = needs.get(item.task_hash, {})
+        absent = [key for key, before in needed.items() if checked(key, before) and key not in done]
         if absent:
             try:
                 names = {key: str(task) for key, task in _astra_requirements(item)}
             except Exception:  # a requires() that raises only now: the hash must do
                 names = {}
             more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            if needed[absent[0]]:
+                why = ("is not complete (not recorded done, or what it yielded has changed): run it first (a batch "
+                       "does not run what its items require; its requires() may name it)")  # fmt: skip
+            else:  # of the item's own class: a link of a chain, as _lost says it
+                why = ("is not recorded done: it failed or never ran before this item; make it, then run the batch "
+                       "again")  # fmt: skip
             missing[item.task_hash] = MissingInputError(
-                f"{names.get(absent[0], absent[0])}{more}, which this item needs, is not complete (not recorded done, "
-                "or what it yielded has changed): run it first (a batch does not run what its items require; its "
-                "requires() may name it)"
+                f"{names.get(absent[0], absent[0])}{more}, which this item needs, {why}"
             )
     return missing
 

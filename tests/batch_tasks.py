@@ -240,8 +240,40 @@ class ChainSteps(BatchTask):
     n = luigi.IntParameter()
     fail_on = luigi.IntParameter(default=-1)
 
+    processed: list[int] = []
+
     def parameter_sets(self):
         return [{"k": k, "fail_on": self.fail_on} for k in range(self.n)]
+
+    def process(self, chunk):
+        ChainSteps.processed.extend(item.values["k"] for item in chunk)
+        return super().process(chunk)
+
+
+class RunningTotal(BaseTask):
+    """Night n's total: the total of the night before (read from its record) plus n."""
+
+    night = luigi.IntParameter()
+
+    def requires(self):  # noqa: ANN201 -- the night before, or nothing
+        return RunningTotal(night=self.night - 1) if self.night > 0 else []
+
+    def run(self) -> int:
+        before = self.input().read() if self.night > 0 else 0
+        if before is None:
+            raise ValueError(f"night {self.night - 1} has no total yet")
+        return before + self.night
+
+
+class RunningTotals(BatchTask):
+    """A chain whose links read the result of the link before, in chunks of 4."""
+
+    item_class = RunningTotal
+    chunk_size = 4
+    nights = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return [{"night": night} for night in range(self.nights)]
 
 
 class UsesYielder(BaseTask):
