@@ -293,16 +293,14 @@ class BatchTask(luigi.Task):
                     first_error = first_error or next(iter(refused.values()))
                 good = [record for record in records if "error" not in record]
                 bad = [record for record in records if "error" in record]
-                while writing:
-                    lost += self._written(writing.popleft())
+                written()  # the chunk before: one at most waits to be written
                 writing.append(writer.submit(_write, model, good, bad, output_rows, self._job))
                 done += len(good)
                 failed += len(bad)
                 if bad and not first_error:
                     first_error = f"{bad[0]['task_id']}: {bad[0]['error']}"
                 self._progress(done + failed, total, failed + len(lost))
-            while writing:
-                lost += self._written(writing.popleft())
+            written()
         finally:
             # However run() ends (a pool process died, say), what was handed to the writer is written first.
             writer.submit(_close_connection)

@@ -132,9 +132,9 @@ class SlurmExecutor(Executor):
         """Run a batch as job arrays, one element per share holding items not yet done; raise if any fails.
 
         Item k goes to share k mod the number of shares, but linked items (a chain) go together to the share of
-        the first (:func:`astra.batch.shares_of`). Live elements of an earlier run's arrays for this batch (its
-        luigi process was killed) are adopted: only shares with items neither done nor in a live element are
-        submitted again.
+        the first (:func:`astra.executors.shares.shares_of`). Live elements of an earlier run's arrays for this
+        batch (its luigi process was killed) are adopted: only shares with items neither done nor in a live element
+        are submitted again.
         """
         settings_ = options(batch)
         base = _job_name(batch)
