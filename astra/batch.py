@@ -33,8 +33,8 @@ the first to record it wins), or run the items' requirements. An item that requi
 are recorded done, and is recorded done only if they still are when its chunk is written (in the same
 transaction); else it is recorded failed, naming the task, as a lone task is never run before its input. Items
 may need items of the batch before them (a chain): they are recorded in order, and a link that fails takes those
-after it down; in one process (not in a pool) a link runs only once the link it needs is recorded. An input that
-is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
+after it down; a link runs only once the link it needs is recorded (a pool hands it out again then). An input
+that is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
 """
 
 from __future__ import annotations
@@ -373,19 +373,33 @@ class BatchTask(luigi.Task):
             pool.submit(_ready)
         chunks = _chunks(self._parameter_sets(), self.chunk_size)
         open_chunks: deque[_Chunk] = deque()
-        busy: dict[Future, _Chunk] = {}  # each part handed out, with its chunk
+        busy: dict[Future, tuple[_Chunk, list[dict]]] = {}  # each part handed out, with its chunk
         given: set[int] = set()
         self._skipped = self._given_twice = worked = worked_failed = 0
         per_item = 0.0
+        # Items that waited for a link of a chain not yet recorded (a pool process cannot wait for this process's
+        # writes): handed out again, before any new chunk, once every record so far is written, those waiting for
+        # none of the others first. Once a batch has links, a chunk is handed out only after the one before it is
+        # written, as in one process (else the next night of each star would wait, each chunk worked twice).
+        waiting: list[tuple[dict, str, frozenset[str]]] = []
+        linked = False
         try:
             while True:
                 while len(busy) < 2 * processes:  # hand out parts: of the oldest chunk not yet handed out in full
                     chunk = next((c for c in open_chunks if c.sent < len(c.sets)), None)
                     if chunk is None:
-                        sets = next(chunks, None) if len(open_chunks) < 2 else None
-                        if sets is None:
+                        if (waiting or linked) and (open_chunks or busy):
                             break
-                        chunk = _Chunk(sets)
+                        if waiting:
+                            written()
+                            chunk = _Chunk(_next_links(waiting), last_try=True)
+                        else:
+                            sets = next(chunks, None) if len(open_chunks) < 2 else None
+                            if sets is None:
+                                break
+                            if linked:
+                                written()
+                            chunk = _Chunk(sets)
                         open_chunks.append(chunk)
                     share = -(-len(chunk.sets) // processes)
                     wanted = int(self.progress_seconds / 2 / per_item) if per_item > 0 else share
@@ -393,19 +407,23 @@ class BatchTask(luigi.Task):
                     part = chunk.sets[chunk.sent : chunk.sent + self._part_size]
                     chunk.sent += len(part)
                     chunk.waiting += 1
-                    busy[pool.submit(_work_part, part)] = chunk
+                    busy[pool.submit(_work_part, part, chunk.last_try)] = (chunk, part)
                 if open_chunks and open_chunks[0].finished():
                     chunk = open_chunks.popleft()
-                    yield chunk.records, chunk.output_rows
+                    waiting += chunk.deferred
+                    if chunk.records:
+                        yield chunk.records, chunk.output_rows
                     continue
                 if not busy:
                     return
                 finished, _ = wait(busy, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    chunk = busy.pop(future)
+                    chunk, part = busy.pop(future)
                     chunk.waiting -= 1
-                    part_records, part_rows, seconds, skipped, twice, unidentified = future.result()
-                    per_item = seconds / max(1, len(part_records) + skipped + unidentified.count)
+                    part_records, part_rows, seconds, skipped, twice, unidentified, deferred = future.result()
+                    chunk.deferred += [(part[place], key, needs) for place, key, needs in deferred]
+                    linked = linked or bool(deferred)
+                    per_item = seconds / max(1, len(part_records) + skipped + unidentified.count + len(deferred))
                     # Given twice, in two parts, an item was worked twice (the pool hashes, not this process); it
                     # is recorded and counted once.
                     kept = [record for record in part_records if _first_time(record["task_hash"], given)]
@@ -623,13 +641,17 @@ def _linked_chunks(pending: Iterable[Item], size: int, written: Callable[[], Non
 
 
 def _with_inputs(
-    chunk: list[Item], process: Callable[[list[Item]], list[object]], every_need: bool = False
+    chunk: list[Item],
+    process: Callable[[list[Item]], list[object]],
+    every_need: bool = False,
+    defer: bool = False,
 ) -> tuple[list[object], dict[str, dict[str, bool]]]:
     """The results of ``process`` of the chunk's items whose astra inputs are recorded done, and for the others
     the :class:`MissingInputError` that fails them unrun (or the error their ``requires()`` raised when asked
     again); and what each item needs (:func:`_needs`), by hash. Inputs of the items' own class are checked only
     with ``every_need`` (else they may be items of the batch not yet recorded, checked as the chunk is), and never
-    those in the chunk itself."""
+    those in the chunk itself. With ``defer``, an item waiting only for tasks of its own class not recorded done,
+    in the chunk or not, is not run: its result is a :class:`_Waiting` naming them."""
     needs: dict[str, dict[str, bool]] = {}
     missing: dict[str, Exception] = {}
     for item in chunk:
@@ -638,22 +660,23 @@ def _with_inputs(
                 needs[item.task_hash] = _needs(item)
             except Exception as exc:  # a requires() that raised only now: this item fails, the others go on
                 missing[item.task_hash] = exc
-    missing.update(_missing_inputs(chunk, needs, every_need))
+    missing.update(_missing_inputs(chunk, needs, every_need, defer))
     results = iter(process([item for item in chunk if item.task_hash not in missing] if missing else chunk))
     return [missing[item.task_hash] if item.task_hash in missing else next(results) for item in chunk], needs
 
 
 def _missing_inputs(
-    chunk: list[Item], needs: dict[str, dict[str, bool]], every_need: bool = False
-) -> dict[str, MissingInputError]:
+    chunk: list[Item], needs: dict[str, dict[str, bool]], every_need: bool = False, defer: bool = False
+) -> dict[str, MissingInputError | _Waiting]:
     """The items of ``chunk`` that need an astra task of another class (with ``every_need``, of any class) not
     recorded done (one query), each with its error. A task of the items' own class may be an item of this batch (a
     chain, each item needing the one before), recorded before this one is: without ``every_need``, and always for
-    one in the chunk, that is for the check at the record (:func:`_without_inputs`)."""
-    own = {item.task_hash for item in chunk} if every_need else set()
+    one in the chunk, that is for the check at the record (:func:`_without_inputs`). With ``defer``, those of the
+    own class are checked too, in the chunk or not, and an item missing only such tasks is :class:`_Waiting`."""
+    own = {item.task_hash for item in chunk} if every_need and not defer else set()
 
     def checked(key: str, before: bool) -> bool:
-        return before or (every_need and key not in own)
+        return before or defer or (every_need and key not in own)
 
     # Complete as luigi would find them before running a lone item: done, and what they yielded still done.
     done = complete_hashes({key for keys in needs.values() for key, before in keys.items() if checked(key, before)})
@@ -661,7 +684,9 @@ def _missing_inputs(
     for item in chunk:
         needed = needs.get(item.task_hash, {})
         absent = [key for key, before in needed.items() if checked(key, before) and key not in done]
-        if absent:
+        if absent and defer and not any(needed[key] for key in absent):
+            missing[item.task_hash] = _Waiting(frozenset(absent))
+        elif absent:
             try:
                 names = {key: str(task) for key, task in _astra_requirements(item)}
             except Exception:  # a requires() that raises only now: the hash must do
@@ -717,15 +742,37 @@ def _close_connection() -> None:
     close_thread_connection()  # the helper thread's own connection (an asker's, the writer's)
 
 
+def _next_links(waiting: list[tuple[dict, str, frozenset[str]]]) -> list[dict]:
+    """Take from ``waiting`` the sets that wait for none of the others (what they wait for is recorded by now,
+    or failed, or never came), in their order."""
+    keys = {key for _, key, _ in waiting}
+    ready = [one for one in waiting if keys.isdisjoint(one[2])] or list(waiting)  # all: no cycle is left to wait on
+    taken = {id(one) for one in ready}
+    waiting[:] = [one for one in waiting if id(one) not in taken]
+    return [values for values, _, _ in ready]
+
+
+class _Waiting:
+    """What an item not run waits for: the hashes of the tasks of its own class (links of a chain, perhaps in
+    the same part) that were not recorded done when a pool process looked."""
+
+    __slots__ = ("needs",)
+
+    def __init__(self, needs: frozenset[str]) -> None:
+        self.needs = needs
+
+
 class _Chunk:
     """Parameter sets whose records are written in one transaction, handed to the pool in parts."""
 
-    def __init__(self, sets: list[dict]) -> None:
+    def __init__(self, sets: list[dict], last_try: bool = False) -> None:
         self.sets = sets
+        self.last_try = last_try  # sets that waited for links: not to wait again (see BatchTask._work_in_pool)
         self.sent = 0  # parameter sets handed out
         self.waiting = 0  # parts handed out and not yet back
         self.records: list[dict] = []
         self.output_rows: dict[str, list[dict]] = {}
+        self.deferred: list[tuple[dict, str, frozenset[str]]] = []  # (set, its hash, the links it waits for)
 
     def finished(self) -> bool:
         return self.sent == len(self.sets) and not self.waiting
@@ -814,25 +861,43 @@ def _ready() -> None:
     """Nothing: submitted once per process to start it."""
 
 
-def _work_part(sets: list[dict]) -> tuple[list[dict], dict[str, list[dict]], float, int, int, _Unidentified]:
+def _work_part(sets: list[dict], last_try: bool = False) -> tuple[
+    list[dict], dict[str, list[dict]], float, int, int, _Unidentified, list[tuple[int, str, frozenset[str]]]
+]:  # fmt: skip
     """In a pool process: the records (and output rows) of the items of ``sets`` not yet done, the seconds it
-    took, how many were done already, how many repeat an item of the part, and those without an identity."""
+    took, how many were done already, how many repeat an item of the part, those without an identity, and the
+    items not run because a link of a chain they need is not recorded yet (their places in ``sets``, hashes and
+    what they wait for). On the ``last_try`` of such items, one that still misses a link fails unrun instead."""
     batch = _worker_batch
     started = time.perf_counter()
     unidentified = _Unidentified()
-    part = list(items(batch.item_class, sets, unidentified))
+    numbered = list(_numbered(batch.item_class, sets, unidentified))
+    part = [item for _, item in numbered]
     done = _done(part)
     given: set[int] = set()
     todo = [item for item in part if item.task_hash not in done and _first_time(item.task_hash, given)]
     skipped = sum(1 for item in part if item.task_hash in done)
     twice = len(part) - len(todo) - skipped
     if not todo:
-        return [], {}, time.perf_counter() - started, skipped, twice, unidentified
+        return [], {}, time.perf_counter() - started, skipped, twice, unidentified, []
     working = time.perf_counter()
-    results, needs = _with_inputs(todo, functools.partial(_processed, batch))
-    model = outputs.output_model(batch.item_class)
-    records, output_rows = _records(model, todo, results, time.perf_counter() - working, needs)
-    return records, output_rows, time.perf_counter() - started, skipped, twice, unidentified
+    # A link run before the one it needs is recorded would read no input (this process cannot wait for it: the
+    # luigi process writes the records), so it waits, and the luigi process hands it out again later.
+    results, needs = _with_inputs(todo, functools.partial(_processed, batch), every_need=last_try, defer=not last_try)
+    waiting = {item.task_hash: result.needs for item, result in zip(todo, results) if type(result) is _Waiting}
+    if waiting:
+        worked = [(item, result) for item, result in zip(todo, results) if type(result) is not _Waiting]
+        todo, results = [item for item, _ in worked], [result for _, result in worked]
+    deferred = []
+    for place, item in numbered:
+        if waiting.get(item.task_hash) is not None:
+            deferred.append((place, item.task_hash, waiting.pop(item.task_hash)))  # a set given twice waits once
+    records: list[dict] = []
+    output_rows: dict[str, list[dict]] = {}
+    if todo:
+        model = outputs.output_model(batch.item_class)
+        records, output_rows = _records(model, todo, results, time.perf_counter() - working, needs)
+    return records, output_rows, time.perf_counter() - started, skipped, twice, unidentified, deferred
 
 
 def _processed(batch: BatchTask, todo: list[Item]) -> list[object]:

@@ -368,10 +368,12 @@ def test_a_chain_worked_by_a_pool_records_each_link_after_the_one_it_needs(postg
     _chain(processes=2)
 
 
-def test_each_link_of_a_chain_runs_after_the_link_it_needs_is_recorded(database_url):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_each_link_of_a_chain_runs_after_the_link_it_needs_is_recorded(database_url, processes):
     """A link's run() reads the result of the link before, as a lone task would find it. Before, the links of a
-    chunk ran before the chunk was recorded: each found no total (read() gives None), and each run added one link."""
-    batch_tasks.RunningTotals(nights=10).run()
+    chunk ran before the chunk was recorded: each found no total (read() gives None), and each run added one link;
+    in a pool, a link could run before the chunk before it was recorded, whatever the chunk."""
+    batch_tasks.RunningTotals(nights=10, processes=processes).run()
     totals = [_recorded(batch_tasks.RunningTotal(night=night)) for night in range(10)]
     assert [(row.status, row.result) for row in totals] == [("done", n * (n + 1) // 2) for n in range(10)]
 
