@@ -369,12 +369,21 @@ def _identify(
         task.__dict__["_astra_task_hash"] = layout.hash(frame, layout.significant_texts.of_task(task))
         task.__dict__["_astra_requires"] = hashes
     except Exception as exc:  # a parameter that cannot be serialised
-        error = IdentityError(f"cannot identify {task}: {exc!r}")
+        error = IdentityError(f"cannot identify {_name(task)}: {exc!r}")
         error.__cause__ = exc
         # Everything on the path requires ``task``, directly or not: none of it has an identity.
         for above, _, _ in [*path, (task, None, None)]:
             above.__dict__["_astra_identity_error"] = error
         raise error from exc
+
+
+def _name(task: luigi.Task) -> str:
+    """The task as luigi writes it, or, when a value luigi cannot serialise keeps it from that, by its values."""
+    try:
+        return str(task)
+    except Exception:
+        values = ", ".join(f"{name}={value!r}" for name, value in getattr(task, "param_kwargs", {}).items())
+        return f"{type(task).__name__}({values})"
 
 
 def recorded_task_hash(module: str, name: str, parameters: dict[str, str]) -> str | None:
@@ -646,7 +655,7 @@ def _created(
             if task is None:
                 exc = IdentityError(f"cannot make {cls.__name__}(**{values!r}): {exc!r}")
             elif not isinstance(exc, IdentityError):
-                exc = IdentityError(f"cannot identify {task}: its requires() raised {exc!r}")
+                exc = IdentityError(f"cannot identify {_name(task)}: its requires() raised {exc!r}")
             unidentified(values, exc)
             continue
         yield item

@@ -490,3 +490,24 @@ class DriftingNights(BatchTask):
             extra = [{"star": -1, "night": 0}]
             sets = {"drop": sets[1:], "add": extra + sets, "append": sets + extra}.get(self.drift, sets)
         return iter(sets)  # a generator's way: no len()
+
+
+class Tagged(BaseTask):
+    """An item with a list of tags: luigi cannot serialise a numpy integer among them."""
+
+    i = luigi.IntParameter()
+    tags = luigi.ListParameter(default=[])
+
+    def run(self) -> int:
+        return self.i
+
+
+class TaggedBatch(BatchTask):
+    """Three items, the last with a numpy integer in its tags."""
+
+    item_class = Tagged
+
+    def parameter_sets(self):
+        import numpy
+
+        return [{"i": 1}, {"i": 2}, {"i": 3, "tags": [numpy.int64(1)]}]

@@ -441,6 +441,14 @@ def test_an_item_without_an_identity_fails_the_batch_and_the_others_run(database
     assert mended.complete() is True
 
 
+def test_an_item_whose_values_luigi_cannot_write_fails_alone(database_url):
+    """Naming the item for its error wrote its values again (luigi's repr), raised again, and took the batch down
+    with a traceback before any item ran."""
+    with pytest.raises(BatchError, match=r"^1 item has no identity .* first: cannot identify Tagged\(i=3, tags="):
+        batch_tasks.TaggedBatch().run()
+    assert sorted(row.result for row in Task.select().where(Task.status == "done")) == [1, 2]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", [0, 5])  # 0: the first part of the pool, one item, has none with an identity
 def test_a_pool_works_the_items_beside_one_without_an_identity(database_url, broken):
