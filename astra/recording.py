@@ -119,8 +119,10 @@ class Claim:
         if not 0 < lease < math.inf:  # also NaN: a lease no one can wait out, or a heartbeat loop without pause
             raise ValueError(f"astra: [astra] lease must be a positive number of seconds, not {lease!r}")
         said, said_at = None, 0.0
+        every = min(1.0, max(0.1, lease / 20))  # short: a waiting worker holds a luigi slot
+        watch = queries.Watch(every)
         while True:
-            got = queries.claim(row, params, lease)
+            got = queries.claim(row, params, lease, watch)
             if isinstance(got, queries.Attempt):
                 break
             if got.status == queries.DONE:
@@ -134,7 +136,7 @@ class Claim:
                     f"waiting: {got.host} pid {got.pid} is running this task (last heartbeat {silence} ago; "
                     f"taken over after {_lease(got, lease):g} s of silence)"
                 )
-            time.sleep(min(1.0, max(0.1, lease / 20)))  # short: a waiting worker holds a luigi slot
+            time.sleep(every)
         if got.previous is not None and got.previous.set_aside:
             logger.debug("astra: %s: taken up again after the tasks its run() yielded", task)
         elif got.previous is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
 import socket
 import time
@@ -143,3 +144,41 @@ def test_a_heartbeat_that_waits_for_the_tasks_own_long_record_says_nothing(datab
     ran = run_luigi(*args, "--astra-lease", "0.4")  # a beat every 0.1 s
     assert ran.returncode == 0, ran.stdout[-3000:]
     assert "no longer this worker's" not in ran.stdout, ran.stdout[-3000:]
+
+
+def test_a_silent_claim_is_taken_over_only_once_watched_silent_for_its_lease(database_url, tmp_path):
+    """A database server that stops answering (frozen, or down for a restart) stops every heartbeat, and the first
+    question after it finds every running task silent, its holder perhaps alive. Found by trying: a 12 s freeze of
+    the server let a waiting worker take over a live task of lease 4 s, whose run() then ran twice. A claim silent
+    for its lease is now taken over only once this process has watched it that long, the server answering."""
+    from astra.database import queries
+    from astra.identity import task_hash, task_version
+    from astra.recording import fields
+    from tests.claims_tasks import hold
+
+    task = hold(tmp_path, "watched")
+    row = fields(type(task), task.task_id, task_hash(task), task_version(task))
+    holder = queries.claim(row, {"name": "watched"}, lease=1.0)
+    # Another host's claim, silent for 10 s: as the first answer after a server's pause finds it.
+    Task.update(host="another-host", heartbeat=utcnow() - datetime.timedelta(seconds=10)).where(
+        Task.pk == holder.pk
+    ).execute()
+
+    watch = queries.Watch(every=0.1)
+    seen = queries.claim(row, {"name": "watched"}, lease=5.0, watch=watch)
+    assert isinstance(seen, queries.Holder) and seen.silence > 9  # silent, but not watched: not taken over
+    time.sleep(1.2)  # a pause of this process (or the server's) longer than 2 x 0.1 + 1 / 4 s: the watch starts again
+    assert isinstance(queries.claim(row, {"name": "watched"}, lease=5.0, watch=watch), queries.Holder)
+
+    started = time.monotonic()
+    while isinstance(got := queries.claim(row, {"name": "watched"}, lease=5.0, watch=watch), queries.Holder):
+        assert time.monotonic() - started < 30
+        time.sleep(0.1)
+    assert time.monotonic() - started >= 0.9  # watched for the holder's lease, 1 s
+    assert (got.attempts, got.previous.host) == (2, "another-host")
+
+    # Without a watch (as before), the first look takes a silent claim over.
+    Task.update(host="another-host", heartbeat=utcnow() - datetime.timedelta(seconds=10), lease=1.0).where(
+        Task.pk == holder.pk
+    ).execute()
+    assert isinstance(queries.claim(row, {"name": "watched"}, lease=5.0), queries.Attempt)

@@ -180,12 +180,24 @@ def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
 
     from astra.database import records
 
-    where = modules or records.modules_of(name)
-    try:
-        import_modules(where)
-    except click.UsageError as exc:
-        say(f"note: {exc.format_message()}; using the recorded JSON results")
-        where = ()  # said already
+    if modules:
+        where = list(modules)
+        try:
+            import_modules(where)
+        except click.UsageError as exc:
+            say(f"note: {exc.format_message()}; using the recorded JSON results")
+            where = []  # said already
+    else:  # where its records say: a module of them may be gone (the class moved since), the class in another
+        where, failures = [], []
+        for module in records.modules_of(name):
+            try:
+                import_modules([module])
+                where.append(module)
+            except click.UsageError as exc:
+                failures.append(exc.format_message())
+        if failures and registered(name) is None:
+            say(f"note: {failures[0]}; using the recorded JSON results")
+            where = []  # said already
     cls = registered(name)
     if cls is None:
         if where:  # imported, but the class is not there (any more): renamed or removed since its tasks ran

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
@@ -271,14 +273,41 @@ class _Row(NamedTuple):
     linked: int
 
 
+class Watch:
+    """How long this process has watched one claim of another's, asking again and again without a pause.
+
+    A holder's silence alone cannot tell a holder that stopped from a database server that stopped (frozen, or
+    down for a restart): then every heartbeat waits, and the first question after it finds every running task
+    silent. So a claim is taken over for its silence only once this process has watched it silent for the
+    holder's lease, asking every ``every`` seconds with the server answering: a pause between two answers longer
+    than two questions and one of the holder's heartbeat intervals (a server that did not answer, or this process
+    stopped) starts the watch again.
+    """
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._claim: tuple | None = None
+        self._since = self._last = 0.0
+
+    def seen(self, claim: tuple, lease: float) -> float:
+        """Seconds this process has watched ``claim`` (its pk, attempts and token), whose holder beats every
+        ``lease / 4`` seconds, without a pause."""
+        now = time.monotonic()
+        if claim != self._claim or now - self._last > 2 * self.every + lease / 4:
+            self._claim, self._since = claim, now
+        self._last = now
+        return now - self._since
+
+
 @retried
-def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holder:
+def claim(fields: dict, params: dict[str, str], lease: float, watch: Watch | None = None) -> Attempt | Holder:
     """Claim the task described by ``fields`` (a new ``astra.task`` row) for this process.
 
     Returns an :class:`Attempt` when this process may run it, or else the :class:`Holder` of a live claim by
     another process, or (with status ``done``) the one that finished the task. A failed task, or one whose holder
     died on this host or sent no heartbeat for the holder's own lease (``lease`` here is this process's, recorded
-    in the row for others to go by), is taken over: of several processes trying at once, exactly one wins.
+    in the row for others to go by), is taken over: of several processes trying at once, exactly one wins. With
+    ``watch``, a silent holder is taken over only once this process has watched it that long (see :class:`Watch`).
 
     A task met for the first time costs one round trip to PostgreSQL (see dialect ``claim_new``).
     """
@@ -320,9 +349,11 @@ def claim(fields: dict, params: dict[str, str], lease: float) -> Attempt | Holde
         ]
         if row.status == RUNNING:
             holder_lease = row.lease if row.lease is not None else lease
+            key = (row.pk, row.attempts, row.claim_token)
+            watched = math.inf if watch is None else watch.seen(key, holder_lease)
             if holder_gone(row):
                 conditions.append(Task.pid == row.pid)
-            elif row.silence is not None and row.silence > holder_lease:
+            elif row.silence is not None and row.silence > holder_lease and watched >= holder_lease:
                 conditions.append(_silence(db) > holder_lease)
             else:
                 return holder
