@@ -93,13 +93,25 @@ class OneLineFailures(logging.Filter):
             record.msg = f"{record.msg}: %s"
             record.args = (*record.args, error.code)
             record.exc_info = record.exc_text = None
-        elif isinstance(error, connection.DatabaseError) and isinstance(record.args, tuple):
+        elif isinstance(error, (connection.DatabaseError, recording.InputLostError)) and isinstance(record.args, tuple):
             # astra's own database errors (e.g. an SQLite lock held past sqlite_lock_timeout before the task could
-            # be claimed, so nothing recorded) are one line that says what to do: their traceback says no more.
+            # be claimed, so nothing recorded), and an input lost while the task ran, are one line that says what
+            # to do: their traceback says no more.
             record.msg = f"{record.msg}: %s: %s"
             record.args = (*record.args, type(error).__name__, error)
             record.exc_info = record.exc_text = None
+        elif isinstance(record.msg, str) and _COMPLETE_ERROR in record.msg and not record.args:
+            # luigi writes the traceback of an error in complete() into its message: astra's database errors
+            # (the server gone while luigi asked what is done) need only their last line.
+            head, _, traceback = record.msg.partition(_COMPLETE_ERROR)
+            last = traceback.strip().splitlines()[-1:] or [""]
+            if last[0].startswith("astra.database.connection.Database"):
+                record.msg = f"{head}{_COMPLETE_ERROR.strip()} {last[0].removeprefix('astra.database.connection.')}"
         return True
+
+
+#: What luigi's worker writes before the traceback of an error in a task's complete().
+_COMPLETE_ERROR = "due to error in complete() method:\n"
 
 
 def failures_in_one_line() -> None:
@@ -210,7 +222,10 @@ def judge_each_run() -> None:
             _judge(tasks)  # e.g. luigid stopped answering for good: luigi's traceback follows
             raise
         summary = _summary(result)
-        if _judge(tasks, _task_ids(summary, "failed"), _task_ids(summary, "already_done")) and not _counted(summary):
+        judged = _judge(
+            tasks, _task_ids(summary, "failed"), _task_ids(summary, "already_done"), _task_ids(summary, "completed")
+        )
+        if judged and not _counted(summary):
             # luigi saw nothing go wrong (the records changed under it, e.g. a forget meanwhile), so it would exit 0
             # with the requested task not done: exit as for a task left not run.
             raise SystemExit(luigi.retcodes.retcode().not_run)
@@ -244,11 +259,16 @@ def _counted(summary: dict | None) -> bool:
 _COUNTED = ("still_pending_ext", "failed", "run_by_other_worker", "scheduling_error", "not_run")
 
 
-def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: set[str] = frozenset()) -> list[str]:
+def _judge(
+    tasks: list[luigi.Task],
+    failed: set[str] = frozenset(),
+    found_done: set[str] = frozenset(),
+    ran: set[str] = frozenset(),
+) -> list[str]:
     """Say, in one line each, why the requested ``tasks`` (luigi's, normally one) are not done, and return those
     lines; none if they are done (then luigi's ``not_run`` and ``already_running`` count for nothing). ``failed``:
     the task_ids luigi saw fail; ``found_done``: those this run found complete as it scheduled them, which are not
-    asked again (a batch of a million items would be checked twice)."""
+    asked again (a batch of a million items would be checked twice); ``ran``: those luigi ran with success."""
     if not connection.is_open():  # the run never got as far as the database: nothing to compare, but
         lines = [  # a task whose identity cannot be worked out (a requires() loop) never runs, and says so
             f"astra: {task} is not done: {target.identity_error}"
@@ -261,7 +281,7 @@ def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: 
         return lines
     try:
         with connection.trying_once():  # a server gone (the run's tasks waited for it already) must not hold the end
-            asked = (unfinished(task, failed) for task in tasks if task.task_id not in found_done)
+            asked = (unfinished(task, failed, ran) for task in tasks if task.task_id not in found_done)
             found = [why for why in asked if why is not None]
         lines = [why.line for why in found]
         codes = luigi.retcodes.retcode()  # the very object run_with_retcodes holds (see judge_each_run)
@@ -272,7 +292,13 @@ def _judge(tasks: list[luigi.Task], failed: set[str] = frozenset(), found_done: 
             # README's code for this is already_running (10).
             codes.not_run = codes.already_running
     except Exception as exc:  # the judgement must never end a run in a traceback of its own
-        logger.debug("astra: could not tell whether the requested task is done: %s", exc)
+        why = str(exc).removeprefix("astra: ")
+        logger.error(
+            "astra: %s may not be done: the database did not answer when asked (%s); run the command again once it "
+            "does",
+            _named([str(task) for task in tasks]),
+            why,
+        )
         return []
     for line in lines:
         logger.error(line)
@@ -291,8 +317,9 @@ class _Running(str):
     """A reason that is another worker still running what the task needs."""
 
 
-def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> Unfinished | None:
-    """Why ``root`` is not done, in one line; None if it is done. ``failed``: the task_ids luigi saw fail.
+def unfinished(root: luigi.Task, failed: set[str] = frozenset(), ran: set[str] = frozenset()) -> Unfinished | None:
+    """Why ``root`` is not done, in one line; None if it is done. ``failed``: the task_ids luigi saw fail; ``ran``:
+    those it ran with success.
 
     Inside the luigi command's parser context, as the task was made (see :func:`judge_each_run`).
     """
@@ -332,6 +359,12 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset()) -> Unfinished |
         elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
             who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
             reasons.append(f"{who} failed before astra could record why (the error is above)")
+        elif root.task_id in ran:  # its run() ended well: what it recorded went meanwhile
+            what = "some of its items are not recorded done" if items is not None else "it is not complete"
+            reasons.append(
+                f"it ran, but {what} any more: forgotten (astra tasks forget) or deleted while it ran? Run the "
+                "command again"
+            )
         else:
             reasons.append("luigi left it pending")
     counted = (

@@ -93,6 +93,23 @@ class ForgetsItsInput(astra.BaseTask):
         return {"i": self.i}
 
 
+class LosesItsInputAndItself(astra.BaseTask):
+    """Needs Pause(i); while it runs, both that record and its own claim go (as a server crash may lose both): its
+    failure cannot be recorded, and luigi shows the error alone."""
+
+    i = luigi.IntParameter()
+
+    def requires(self) -> Pause:
+        return Pause(i=self.i)
+
+    def run(self) -> dict:
+        from astra.database import Task
+        from astra.identity import task_hash
+
+        Task.delete().where(Task.task_hash.in_([task_hash(self), task_hash(self.requires())])).execute()
+        return {"i": self.i}
+
+
 class Sluggard(astra.BaseTask):
     """Notes that it started (a file in $SLOW_DIR), then takes ``seconds``."""
 
@@ -154,3 +171,12 @@ class WaitsToFinish(astra.BaseTask):
         while not os.path.exists(os.path.join(slow_dir, f"go-{self.i}")):
             time.sleep(0.05)
         return {"i": self.i}
+
+
+class AskedWhenGone(astra.BaseTask):
+    """Its complete() meets the database gone for good (as a batch's all-done check did when the server went)."""
+
+    def complete(self) -> bool:
+        from astra.database.connection import DatabaseGoneError
+
+        raise DatabaseGoneError("astra: lost the connection to postgresql://x@db/astra and could not reconnect again")

@@ -300,6 +300,23 @@ def test_a_task_whose_input_is_forgotten_while_it_runs_is_not_recorded_done(data
     assert statuses == ["done", "done"]
 
 
+def test_an_input_lost_with_the_tasks_own_claim_is_one_line(database_url):
+    """A crash that lost both the input's record and the task's own claim: the failure could not be recorded, and
+    luigi printed InputLostError's traceback (23 lines) before astra's line."""
+    result = run_luigi("--module", "tests.faults_tasks", "LosesItsInputAndItself", "--i", "3", "--local-scheduler")
+    assert result.returncode == 30, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    assert "InputLostError: astra: Pause(i=3), which this task needs, is not recorded done any more" in result.stdout
+
+
+def test_the_database_gone_while_luigi_asks_what_is_done_is_one_line(sqlite_url):
+    """luigi writes the traceback of an error in complete() into its warning: 40 lines for a server gone."""
+    result = run_luigi("--module", "tests.faults_tasks", "AskedWhenGone", "--local-scheduler")
+    assert result.returncode == 35, result.stdout
+    assert "Traceback" not in result.stdout, result.stdout
+    assert "due to error in complete() method: DatabaseGoneError: astra: lost the connection" in result.stdout
+
+
 @pytest.mark.slow
 def test_a_task_that_finishes_while_forget_cascade_runs_is_not_left_done_without_its_input(
     postgres_url, tmp_path, monkeypatch
@@ -356,6 +373,9 @@ def test_a_server_gone_for_good_stops_the_run_rather_than_each_task_waiting_for_
     started = len(list(tmp_path.glob("started-*")))
     assert started <= 2 * workers, (started, output)  # those under way (and one a worker had asked for), not 12
     assert "Traceback" not in output.split("===== Luigi Execution Summary =====")[-1]
+    last = output.strip().splitlines()[-1]  # it ended on "reconnecting", saying nothing of the requested task
+    assert last.startswith("ERROR: astra: Sluggards(n=12, seconds=1.0) may not be done: the database did not answer")
+    assert last.endswith("run the command again once it does"), last
 
 
 @pytest.mark.slow

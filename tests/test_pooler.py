@@ -94,7 +94,10 @@ def test_forget_during_a_batch_through_pgbouncer(pgbouncer_url, tmp_path):
         # with astra's one line saying so, and no other error.
         assert batch.wait(timeout=300) == 25, batch.text()
     errors = [line for line in batch.text().splitlines() if "ERROR" in line]
-    assert errors == ["ERROR: astra: Steps(count=1000) is not done: luigi left it pending"], batch.text()
+    assert errors == [
+        "ERROR: astra: Steps(count=1000) is not done: it ran, but some of its items are not recorded done any more: "
+        "forgotten (astra tasks forget) or deleted while it ran? Run the command again"
+    ], batch.text()
     assert "Traceback" not in batch.text(), batch.text()
     (forgotten,) = map(int, re.findall(r"forgot (\d+) tasks", forgot.stdout))
     assert 100 <= forgotten < 1000

@@ -10,6 +10,8 @@ import pytest
 from astra.database import Task, records
 from tests.helpers import (
     REPO,
+    astra,
+    background,
     jobs_of,
     result_of,
     run_luigi,
@@ -179,3 +181,29 @@ def test_an_array_whose_parameter_sets_change_under_it_fails_saying_so(slurm_clu
     assert run.returncode != 0 and "ran successfully" not in summary(run.stdout), run.stdout[-3000:]
     assert "not those the luigi process split into shares" in run.stdout, run.stdout[-3000:]
     assert Task.select().count() == 0
+
+
+@pytest.mark.slow
+def test_items_forgotten_while_an_array_runs_fail_the_batch_saying_so(slurm_cluster, postgres_url, tmp_path):
+    """Every element ended COMPLETED, but an item the first share recorded was forgotten before the second ended:
+    luigi said "ran successfully" and astra that luigi left the batch pending (exit 25). Now the batch fails (exit
+    30) with the count, and a rerun makes the item again."""
+    tally = tmp_path / "tally"
+    tally.mkdir()
+    tallies = ["--module", "tests.slurm_tasks", "Tallies", "--n", "6", "--tally-dir", str(tally), "--seconds", "1"]
+    args = slurm_args(tmp_path / "logs", *tallies, "--jobs", "2", "--slurm-max-running", "1", "--local-scheduler")
+    done = Task.select().where(Task.task_name == "Tally", Task.status == "done")
+    with background((args, tmp_path / "array.out")) as (array,):
+        wait_for(lambda: done.count() >= 3, timeout=180, what="the first share's items recorded")
+        forgot = astra("tasks", "forget", "--name", "Tally", "--where", "name=t0", "--yes")
+        assert forgot.returncode == 0, forgot.stderr
+        assert array.wait(timeout=300) == 30, array.text()
+    output = array.text()
+    assert "1 of the 6 items the SLURM array" in output and "although every element ended COMPLETED" in output
+    assert "ran successfully" not in summary(output), output
+    assert done.count() == 5
+
+    again = run_luigi(*args)
+    assert "1 ran successfully" in summary(again.stdout), again.stdout[-3000:]
+    assert done.count() == 6 and (tally / "t0").read_text().count("\n") == 2  # t0 made again, the others once
+    assert all((tally / f"t{i}").read_text().count("\n") == 1 for i in range(1, 6))

@@ -190,6 +190,14 @@ class SlurmExecutor(Executor):
                 f"{len(bad)} of {len(states)} shares of SLURM job array {' '.join(arrays)} failed ({summary}); "
                 f"stderr tail of {first.job_id}:\n{tail}"
             )
+        if not bad and not progress.all_done():
+            # Every element ended well, yet items it recorded are not done: forgotten (or deleted) meanwhile.
+            missing = len(progress.pending) - progress.done_now
+            raise SlurmJobError(
+                f"{missing} of the {len(progress.pending)} items the SLURM array {' '.join(arrays) or 'elements'} "
+                "worked are not recorded done, although every element ended COMPLETED: forgotten (astra tasks "
+                "forget) while the array ran? Run the batch again to make them"
+            )
         batch._fail_unidentified()  # the shares worked the others; such an item can be neither run nor recorded
 
 
