@@ -109,3 +109,24 @@ def test_results_of_a_class_its_module_no_longer_has_say_so(database_url, capsys
     (tmp_path / "renamed_mod.py").write_text("import astra\n")  # the next release: Before is gone
     shown = astra("results", "Before", env={"PYTHONPATH": str(tmp_path)})
     assert "note: Before is no task class of renamed_mod (renamed or removed?)" in shown.stderr, shown.stderr
+
+
+def test_results_of_a_class_moved_to_another_module_read_its_rows(database_url, tmp_path, monkeypatch):
+    """Records name two modules, the old one gone: the first that failed to import gave up on both, and the results
+    of an output model were not found ("recorded no JSON result")."""
+    source = (
+        "import luigi\nimport peewee\nimport astra\n\n\nclass MovedFit(astra.OutputModel):\n"
+        "    teff = peewee.DoubleField()\n\n\nclass MovedStar(astra.BaseTask):\n    output_model = MovedFit\n"
+        "    n = luigi.IntParameter()\n\n    def run(self):\n        return {'teff': 5000.0 + self.n}\n"
+    )
+    (tmp_path / "moved_a.py").write_text(source)
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert astra("db", "init", "--module", "moved_a", env=env).returncode == 0
+    assert run_luigi("--module", "moved_a", "MovedStar", "--n", "1", "--local-scheduler", env=env).returncode == 0
+    (tmp_path / "moved_b.py").write_text(source)  # the next release moves the class
+    (tmp_path / "moved_a.py").unlink()
+    assert run_luigi("--module", "moved_b", "MovedStar", "--n", "2", "--local-scheduler", env=env).returncode == 0
+
+    shown = astra("results", "MovedStar", "--format", "csv", "--columns", "n,teff", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(shown.stdout.splitlines()[1:]) == ["1,5001.0", "2,5002.0"], shown.stdout
