@@ -4,7 +4,8 @@
 ``$EVOLVING`` lists what this release changed, separated by commas: ``logg`` (a new nullable column), ``mass`` (a
 new column that may not be null), ``float64`` (the flux arrays become float64), ``renamed`` (a new table name),
 ``version2`` (FitStar's version is "2"), ``indexed`` (an index on teff), ``unique`` (teff is unique), ``realteff``
-(teff is a FloatField, PostgreSQL's real, with a tenth that float32 cannot hold exactly); ``json`` is a
+(teff is a FloatField, PostgreSQL's real, with a tenth that float32 cannot hold exactly), ``intteff`` (teff is an
+IntegerField); ``json`` is a
 release before FitStar had an output model (its result was JSON, with a note for star 2 that the model has no
 column for).
 """
@@ -22,10 +23,14 @@ import astra
 CHANGES = set(os.environ.get("EVOLVING", "").split(","))
 
 
+def _teff_field() -> type[peewee.Field]:
+    if "intteff" in CHANGES:
+        return peewee.IntegerField
+    return peewee.FloatField if "realteff" in CHANGES else peewee.DoubleField
+
+
 class Fit(astra.OutputModel):
-    teff = (peewee.FloatField if "realteff" in CHANGES else peewee.DoubleField)(
-        index="indexed" in CHANGES, unique="unique" in CHANGES
-    )
+    teff = _teff_field()(index="indexed" in CHANGES, unique="unique" in CHANGES)
     flux = astra.ArrayField("float64" if "float64" in CHANGES else "float32")
     if "logg" in CHANGES:
         logg = peewee.DoubleField(null=True)
@@ -45,6 +50,8 @@ class FitStar(astra.BaseTask):
         row = {"teff": 5000.0 + self.star, "flux": np.array([0.1, 0.2, 0.3]) * self.star}
         if "realteff" in CHANGES:
             row["teff"] += 0.1
+        if "intteff" in CHANGES:
+            row["teff"] = 5000 + self.star
         if "json" in CHANGES and self.star == 2:
             row["note"] = "no column for this"
         if "logg" in CHANGES:

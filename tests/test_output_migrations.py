@@ -163,6 +163,31 @@ def test_a_real_widened_to_a_double_keeps_the_values_it_gave(database_url):
 
 
 @pytest.mark.slow
+def test_a_double_narrowed_to_an_integer_and_widened_back(first_release):
+    """On SQLite every change of a column's type failed ("table evolving_fit__tmp__ has no column named teff": peewee
+    4.5 wrote the name twice), and an integer made a double was refused as lossy (SQLite's INTEGER may hold 64 bits;
+    these values fit a double exactly)."""
+    line = luigi_error_line(luigi("intteff", "FitStar", "--star", "5"))
+    assert (
+        "column teff is double precision, the model says integer" in line
+        or "teff is real, the model says integer" in line
+    ), line
+    assert "its values would be cast" in refusal("intteff")
+    narrowed = migrate("intteff", "--allow-data-loss")
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert "This progress looks :)" in luigi("intteff", "FitStar", "--star", "5").stdout
+    teffs = {row["star"]: row["teff"] for row in rows("intteff")}
+    assert teffs == {0: 5000, 1: 5001, 2: 5002, 5: 5005} and all(type(t) is int for t in teffs.values()), teffs
+
+    widened = migrate("")  # the next release: a double again, which holds every integer here exactly
+    assert widened.returncode == 0, widened.stderr
+    assert "This progress looks :)" in luigi("", "FitStar", "--star", "6").stdout
+    teffs = {row["star"]: row["teff"] for row in rows("")}
+    assert teffs == {0: 5000.0, 1: 5001.0, 2: 5002.0, 5: 5005.0, 6: 5006.0}, teffs
+    assert all(type(t) is float for t in teffs.values()), teffs
+
+
+@pytest.mark.slow
 def test_a_renamed_table_keeps_its_rows_and_downstream_counts_them(first_release):
     url = first_release
     line = luigi_error_line(luigi("renamed", "CountFits", "--n", "3"))

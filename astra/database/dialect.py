@@ -487,8 +487,27 @@ class SQLite:
 
     def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
         """The playhouse.migrate operation that gives ``field``'s column its ``declared`` type (SQLite rebuilds
-        the table)."""
-        return migrator.alter_column_type(table, field.column_name, field)
+        the table, copying the rows)."""
+        column = field.column_name
+        if declared == "integer":  # a REAL 5001.5 would stay REAL in an INTEGER column: round, as PostgreSQL casts
+            migrator.database.execute_sql(
+                f'UPDATE "{table}" SET "{column}" = round("{column}") WHERE typeof("{column}") = \'real\''
+            )
+
+        def defined(name: str, definition: str) -> str:
+            # Not playhouse's alter_column_type: peewee 4.5 writes the column's name twice there ("n""n" REAL).
+            context = migrator.make_context()
+            return context.sql(field.ddl(context)).query()[0]
+
+        return migrator._update_column(table, column, defined)
+
+    def holds_exactly(self, db: peewee.Database, table: str, column: str, kind: str, declared: str) -> bool:
+        """Whether every value of the column keeps its value in the ``declared`` type, where the types alone do not
+        say (SQLite's INTEGER holds 64-bit integers, and its REAL is a double: those within 2**53 stay exact)."""
+        if (kind, declared) != ("integer", "real"):
+            return False
+        largest = db.execute_sql(f'SELECT max(abs("{column}")) FROM "{table}"').fetchone()[0]
+        return largest is None or largest <= 2**53
 
     # Rows deleted outside astra (by hand, in SQL): their tasks are not complete any more, and run again.
 
@@ -1074,6 +1093,9 @@ class PostgreSQL(SQLite):
 
     def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
         pass  # the type change of the column rewrote them
+
+    def holds_exactly(self, db: peewee.Database, table: str, column: str, kind: str, declared: str) -> bool:
+        return False  # the types say it (output_schema.WIDER)
 
     def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
         column = f'"{field.column_name}"'

@@ -186,7 +186,8 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
             continue
         kind, not_null = have[column]
         if kind != declared:
-            found.append(_retype(model, target, field, kind, declared))
+            exact = language.holds_exactly(db, table, column, kind, declared)
+            found.append(_retype(model, target, field, kind, declared, exact))
         elif hasattr(field, "dtype"):  # an astra.ArrayField, whose dtype the column type may not say (SQLite)
             stored = language.stored_dtype(db, table, column)
             if stored is not None and stored != field.dtype:
@@ -344,8 +345,11 @@ def _nullable(table: str, column: str) -> Callable[[peewee.Database], None]:
     return lambda db: run_operations(dialect(db).migrator(db).drop_not_null(table, column))
 
 
-def _retype(model: type[peewee.Model], table: str, field: peewee.Field, kind: str, declared: str) -> Change:
-    lossless = (kind, declared) in WIDER or (kind.startswith("character varying") and declared == "text")
+def _retype(
+    model: type[peewee.Model], table: str, field: peewee.Field, kind: str, declared: str, exact: bool = False
+) -> Change:
+    """``exact``: the column's values all keep their value in the new type, though the types alone do not say so."""
+    lossless = exact or (kind, declared) in WIDER or (kind.startswith("character varying") and declared == "text")
 
     def apply(db: peewee.Database) -> None:
         run_operations(dialect(db).type_change(dialect(db).migrator(db), table, field, declared))
