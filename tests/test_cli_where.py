@@ -130,3 +130,28 @@ def test_results_of_a_class_moved_to_another_module_read_its_rows(database_url, 
     shown = astra("results", "MovedStar", "--format", "csv", "--columns", "n,teff", env=env)
     assert shown.returncode == 0, shown.stderr
     assert sorted(shown.stdout.splitlines()[1:]) == ["1,5001.0", "2,5002.0"], shown.stdout
+
+
+@pytest.mark.parametrize("common", [False, True])
+def test_a_parameter_given_twice_finds_tasks_of_either_value(database_url, capsys, monkeypatch, common):
+    """``--where integer=7 --where integer=8`` found nothing (each task has one value: "and" of the two), where
+    repeating a filter means "any of these". Two parameters still combine with "and". ``common``: the values are
+    too common to list, so each task is checked against them."""
+    from astra.database import records
+    from tests.identity_tasks import EveryParameterBase
+
+    if common:
+        monkeypatch.setattr(records, "LISTED", 0)
+        monkeypatch.setattr(records, "LISTED_ALL", 0)
+    tasks = [EveryParameterBase(integer=n, flag=n % 2 == 0) for n in (7, 8, 9)]
+    assert luigi.build(tasks, local_scheduler=True, log_level="WARNING")
+
+    def found(*where: str) -> list[int]:
+        shown = main(capsys, "results", "EveryParameterBase", *where, "--columns", "integer", "--format", "csv")
+        return sorted(int(line) for line in shown.stdout.splitlines()[1:])
+
+    assert found("--where", "integer=7", "--where", "integer=8") == [7, 8]
+    assert found("--where", "integer=7", "--where", "integer=8", "--where", "flag=true") == [8]
+    assert found("--where", "integer=7", "--where", "integer=6") == [7]
+    listed = main(capsys, "tasks", "list", "--where", "integer=9", "--where", "integer=8", "--json")
+    assert sorted(int(task["parameters"]["integer"]) for task in json.loads(listed.stdout)) == [8, 9]

@@ -6,6 +6,8 @@ Everything here reads or deletes rows of the astra tables; how the answers are s
 from __future__ import annotations
 
 import datetime
+import functools
+import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -160,6 +162,14 @@ def _has(name: str, value: str, parameter_pks: list[int] | None) -> peewee.Expre
     return _found(probe.where(_found(given)).limit(1))
 
 
+def _by_name(where: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The values of each parameter name of ``where``, in the order given."""
+    values: dict[str, list[str]] = {}
+    for name, value in where:
+        values.setdefault(name, []).append(value)
+    return values
+
+
 def _found(subquery: peewee.ModelSelect) -> peewee.Node:
     """``subquery`` (of one row at most) gives a row."""
     return peewee.NodeList((subquery, peewee.SQL("IS NOT NULL")))
@@ -221,12 +231,17 @@ def _matching(filters: Filters, limit: int | None, extra: tuple[peewee.Field, ..
     bound = LISTED if limit else LISTED_ALL
     lists: list[list[int]] = []
     probes = []  # filters too common to list, checked task by task
-    for name, value in filters.where:
-        parameter_pks = _parameter_pks(name, value, bound)
-        if parameter_pks == []:
+    for name, values in _by_name(filters.where).items():  # a parameter given twice: any of its values
+        given = {value: _parameter_pks(name, value, bound) for value in values}
+        given = {value: pks for value, pks in given.items() if pks != []}
+        if not given:
             return []
-        linked = None if parameter_pks is None else _linked(parameter_pks, bound)
-        (probes.append(_has(name, value, parameter_pks)) if linked is None else lists.append(linked))
+        every = None if None in given.values() else sorted({pk for pks in given.values() for pk in pks})
+        linked = None if every is None or len(every) > bound else _linked(every, bound)
+        if linked is None:
+            probes.append(functools.reduce(operator.or_, [_has(name, value, pks) for value, pks in given.items()]))
+        else:
+            lists.append(linked)
     if (filters.names or filters.statuses) and not lists:  # with a list, they are checked on its tasks
         named = _named(filters.names, filters.statuses, bound)
         if named is not None:
