@@ -82,7 +82,7 @@ def filter_options(command: Callable) -> Callable:
             metavar="KEY=VALUE",
             help=(
                 "Parameter value as stored (see `astra tasks show`); * matches any text, \\* is a literal * and "
-                "\\\\ a literal backslash. Repeat to require all."
+                "\\\\ a literal backslash. Repeat for several parameters (all must match) or values (any may)."
             ),
         ),
         click.option("--since", type=When(), help="Created, started or completed since: a UTC time or an age (2h)."),
