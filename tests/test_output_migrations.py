@@ -108,6 +108,18 @@ def test_a_column_that_may_not_be_null_is_refused(first_release):
     )
 
 
+@pytest.mark.slow
+def test_a_column_missing_beside_one_the_model_lost_may_be_a_rename(first_release):
+    """A renamed field looked like a column lost and one gained: following the advice (null=True) left the old
+    values in the old column and the new one empty. The line now says to rename the column first."""
+    assert migrate("logg").returncode == 0
+    assert refusal("mass") == (
+        "astra: cannot migrate evolving_fit: column mass is missing; the rows it holds need a value: declare "
+        "Fit.mass with null=True or a default (if it is logg renamed, rename that column first: ALTER TABLE "
+        "evolving_fit RENAME COLUMN ...)"
+    )
+
+
 def _flux_dtype(url: str) -> str:
     if url.startswith("sqlite:///"):
         (blob,) = raw_sql(url, "select flux from evolving_fit limit 1")[0]

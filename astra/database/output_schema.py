@@ -167,6 +167,14 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
     target = target or table
     language = dialect(db)
     have = language.column_types(db, table)
+    columns = {field.column_name for field in model._meta.sorted_fields}
+    # A column the model lost beside one it gained may be one renamed: its values would stay behind, unless renamed.
+    lost = [column for column in have if column not in columns]
+    renamed = (
+        f" (if it is {' or '.join(lost)} renamed, rename that column first: ALTER TABLE {table} RENAME COLUMN ...)"
+        if lost
+        else ""
+    )
     found = []
     for field in model._meta.sorted_fields:
         column = field.column_name
@@ -178,11 +186,11 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
                         f"column {column} is missing",
                         None,
                         refusal=f"the rows it holds need a value: declare {model.__name__}.{field.name} with "
-                        "null=True or a default",
+                        f"null=True or a default{renamed}",
                     )
                 )
             else:
-                found.append(Change(f"column {column} is missing", _add(target, field)))
+                found.append(Change(f"column {column} is missing{renamed}", _add(target, field)))
             continue
         kind, not_null = have[column]
         if kind != declared:
@@ -206,7 +214,6 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
                 )
         if not_null and field.null:
             found.append(Change(f"column {column} may not be null, the model says it may", _nullable(target, column)))
-    columns = {field.column_name for field in model._meta.sorted_fields}
     for column, (_, not_null) in have.items():
         if column in columns:
             continue
