@@ -352,10 +352,14 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset(), ran: set[str] =
         if connection.dialect(db).read_only(db):  # a replica: each task's failure said so above
             reasons.append("the database is read-only, so nothing could be recorded")
         elif unrecorded == [root] and items is not None:  # a batch: its items have records, the batch none
-            reasons.append(
-                f"it failed (the error is above); astra tasks list --name {items.get_task_family()} --status failed "
-                "lists its items recorded as failed (one with no identity has no record)"
+            family = items.get_task_family()
+            listed = (
+                f"; astra tasks list --name {family} --status failed lists its items recorded as failed (one with no "
+                "identity has no record)"
+                if records.any_of(family, queries.FAILED)
+                else ""  # e.g. its SLURM elements were cancelled: no item failed
             )
+            reasons.append(f"it failed (the error is above){listed}")
         elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
             who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
             reasons.append(f"{who} failed before astra could record why (the error is above)")

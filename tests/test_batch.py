@@ -240,6 +240,17 @@ def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_ar
     assert last.endswith(f"{hint} (one with no identity has no record)"), last
 
 
+def test_a_batch_that_failed_with_no_item_recorded_failed_points_at_no_list(sqlite_url):
+    """The last line sent the user to `astra tasks list ... --status failed`, which listed nothing (an item without
+    an identity has no record; neither have the items of a cancelled SLURM element)."""
+    done = run_luigi("--module", "tests.batch_tasks", "TaggedBatch", "--local-scheduler")
+    assert done.returncode == 30, done.stdout
+    assert (
+        done.stdout.strip().splitlines()[-1]
+        == "ERROR: astra: TaggedBatch() is not done: it failed (the error is above)"
+    )
+
+
 def test_a_batch_never_takes_a_task_from_a_run_that_holds_it(database_url):
     """A task run alone while a batch records it too: the batch's done record was kept, and the run alone failed
     with "no longer this worker's"; the batch's failure overwrote the run alone, whose result was then lost."""

@@ -320,6 +320,12 @@ def known_names() -> list[str]:
 SAMPLED = 1000
 
 
+def any_of(name: str, status: str) -> bool:
+    """Whether a task named ``name`` is recorded with ``status`` (one probe of the (task_name, status) index)."""
+    database()
+    return Task.select(Task.pk).where(Task.task_name == name, Task.status == status).limit(1).exists()
+
+
 def modules_of(name: str) -> list[str]:
     """The modules that recorded tasks named ``name`` were defined in, as :data:`SAMPLED` of them say (enough to
     import the class: reading every record of a name would cost as much as the records are many)."""

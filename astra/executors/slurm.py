@@ -186,9 +186,13 @@ class SlurmExecutor(Executor):
             first = details(bad[0].job_id)
             tail = _stderr_tail(_log_path(settings_, names[first.job_id], first.job_id, ".err"))
             summary = ", ".join(f"{state.job_id} {state.state}" for state in bad)
+            said = f"{first.job_id} ended with exit code {first.exit_code or '?'}"
+            if first.reason and first.reason != "None":
+                said += f", reason {first.reason}"
+            said += f"; stderr tail of {first.job_id}:\n{tail}" if tail else f"; the stderr of {first.job_id} is empty"
             raise SlurmJobError(
-                f"{len(bad)} of {len(states)} shares of SLURM job array {' '.join(arrays)} failed ({summary}); "
-                f"stderr tail of {first.job_id}:\n{tail}"
+                f"{len(bad)} of {len(states)} shares of SLURM job array {' '.join(arrays) or '(adopted)'} failed "
+                f"({summary}); {said}"
             )
         if not bad and not progress.all_done():
             # Every element ended well, yet items it recorded are not done: forgotten (or deleted) meanwhile.
