@@ -427,6 +427,15 @@ def _as_column(field: peewee.Field, value: object) -> object:
     raise ValueError(f"{value!r:.60} is a {type(value).__name__}, which a peewee.{type(field).__name__} does not hold")
 
 
+def _numpy_scalar(numpy: object, field: peewee.Field, value: object) -> bool:
+    """Whether ``value`` is one numpy value for a field that holds one: a numpy scalar, or a 0-d array (as ``.sum()``
+    of an array gives) unless the field converts values itself (an ArrayField)."""
+    if isinstance(value, numpy.generic):
+        return True
+    own = type(field).db_value is not peewee.Field.db_value
+    return isinstance(value, numpy.ndarray) and value.ndim == 0 and not own
+
+
 def as_real(value: float) -> float:
     """``value`` as PostgreSQL's ``real`` (peewee's FloatField) gives it back: rounded to float32, then read from its
     shortest decimal. SQLite's REAL is a double, which would keep every digit: rounded here, both databases hold
@@ -478,7 +487,12 @@ def rows(model: type[OutputModel], result: object, task: str = "run()") -> list[
                 value = None
             else:
                 raise ValueError(f"{where}: no value for {model.__name__}.{name}, which may not be null")
-            if numpy is not None and isinstance(value, numpy.generic):
+            if numpy is not None and _numpy_scalar(numpy, field, value):
+                if isinstance(value, numpy.datetime64) and isinstance(value.item(), int):  # finer than microseconds
+                    raise ValueError(
+                        f"{where}: {model.__name__}.{name}: {value!r:.60} is finer than a microsecond, which the "
+                        "column cannot hold: give value.astype('datetime64[us]')"
+                    )
                 value = value.item()
             try:
                 value = _as_column(field, value)

@@ -294,6 +294,12 @@ TYPED_CASES = {
     "one in a bool": ({"flag": 1}, {"flag": True}),
     "a path in a text": ({"label": __import__("pathlib").Path("/sdss/spec-1.fits")}, {"label": "/sdss/spec-1.fits"}),
     "int in a double": ({"rv": 7}, {"rv": 7.0}),
+    "0-d array in a double": ({"rv": np.array(1.75)}, {"rv": 1.75}),
+    "nanoseconds in a datetime": ({"when": np.datetime64("2026-01-01T12:30:00.123456789", "ns")}, None),
+    "microseconds in a datetime": (
+        {"when": np.datetime64("2026-01-01T12:30:00.123456", "us")},
+        {"when": datetime.datetime(2026, 1, 1, 12, 30, 0, 123456)},
+    ),
     "aware time": (  # without a zone, as PostgreSQL's timestamp keeps it: the UTC time, on both databases
         {"when": datetime.datetime(2026, 1, 1, 12, 30, tzinfo=_PLUS_FIVE)},
         {"when": datetime.datetime(2026, 1, 1, 7, 30)},
