@@ -409,7 +409,9 @@ def _fits_hdu(found: Table, meta: dict | None = None):
             warnings.simplefilter("ignore")  # a unit outside the FITS standard is written as given
             hdu = fits.table_to_hdu(plain)
     except (TypeError, ValueError) as exc:
-        raise ExportError(f"FITS cannot hold this table: {exc}") from None
+        raise ExportError(
+            f"FITS cannot hold this table: {exc}; write --format ecsv or json, or leave the column out with --columns"
+        ) from None
     for name in found.colnames:
         _null_logicals(hdu, found[name])
     with warnings.catch_warnings():
@@ -467,7 +469,10 @@ def _arrow(found: Table):
     try:
         return _arrow_table(found)
     except (pyarrow.ArrowException, TypeError, ValueError, OverflowError) as exc:
-        raise ExportError(f"Parquet cannot hold this table: {exc}") from None
+        raise ExportError(
+            f"Parquet cannot hold this table: {exc}; write --format ecsv or json, or leave the column out with "
+            "--columns"
+        ) from None
 
 
 def _arrow_table(found: Table):

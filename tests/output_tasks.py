@@ -120,6 +120,15 @@ class PlainResult(astra.BaseTask):
         return result
 
 
+class HugeResult(astra.BaseTask):
+    """A JSON result with an integer beyond int64 (JSON holds it; FITS and Parquet cannot)."""
+
+    i = luigi.IntParameter()
+
+    def run(self) -> dict:
+        return {"big": 2**70 + self.i, "small": self.i}
+
+
 class Labelled(astra.BaseTask):
     """One Measurement row, labelled with ``LABELS[label]`` (text a database may not be able to store)."""
 

@@ -135,6 +135,20 @@ def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_pat
     assert [row["odd"] for row in rows] == [None, True, None]  # a key some results lack: null where missing
 
 
+@pytest.mark.parametrize("kind", ["fits", "parquet"])
+def test_a_column_the_format_cannot_hold_says_how_to_write_the_rest(database_url, tmp_path, kind):
+    """An integer beyond int64: the line said FITS could not hold the table, and nothing of what to do."""
+    pytest.importorskip("pyarrow")
+    from tests.output_tasks import HugeResult
+
+    assert luigi.build([HugeResult(i=1)], local_scheduler=True, log_level="WARNING")
+    made = astra("results", "HugeResult", "--format", kind, "-o", str(tmp_path / f"huge.{kind}"))
+    assert made.returncode == 1 and "cannot hold this table" in made.stderr, made.stderr
+    assert made.stderr.strip().endswith("write --format ecsv or json, or leave the column out with --columns")
+    kept = astra("results", "HugeResult", "--format", kind, "--columns", "small", "-o", str(tmp_path / f"s.{kind}"))
+    assert kept.returncode == 0, kept.stderr
+
+
 @pytest.mark.slow
 def test_plots(results_db, tmp_path):
     pytest.importorskip("matplotlib")
