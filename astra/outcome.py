@@ -292,13 +292,16 @@ def _judge(
             # README's code for this is already_running (10).
             codes.not_run = codes.already_running
     except Exception as exc:  # the judgement must never end a run in a traceback of its own
-        why = str(exc).removeprefix("astra: ")
-        logger.error(
-            "astra: %s may not be done: the database did not answer when asked (%s); run the command again once it "
-            "does",
-            _named([str(task) for task in tasks]),
-            why,
-        )
+        named, why = _named([str(task) for task in tasks]), str(exc).removeprefix("astra: ")
+        if isinstance(exc, connection.DatabaseError):
+            logger.error(
+                "astra: %s may not be done: the database did not answer when asked (%s); run the command again once "
+                "it does",
+                named,
+                why,
+            )
+        else:
+            logger.error("astra: could not tell whether %s is done: %s: %s", named, type(exc).__name__, why)
         return []
     for line in lines:
         logger.error(line)
