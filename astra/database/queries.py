@@ -520,7 +520,8 @@ def finish(
     """
     db = database()
     requires = list(dict.fromkeys(requires))
-    dynamic = [h for h in dict.fromkeys(dynamic) if h not in set(requires)]
+    required = set(requires)
+    dynamic = [h for h in dict.fromkeys(dynamic) if h not in required]
     edges = json.dumps([[h, False] for h in requires] + [[h, True] for h in dynamic]) if requires or dynamic else None
     row = {
         "pk": attempt.pk,
