@@ -428,8 +428,8 @@ def _as_column(field: peewee.Field, value: object) -> object:
 
 
 def _numpy_scalar(numpy: object, field: peewee.Field, value: object) -> bool:
-    """Whether ``value`` is one numpy value for a field that holds one: a numpy scalar, or a 0-d array (as ``.sum()``
-    of an array gives) unless the field converts values itself (an ArrayField)."""
+    """Whether ``value`` is one numpy value for a field that holds one: a numpy scalar, or a 0-d array
+    (``np.asarray(1.5)``) unless the field converts values itself (an ArrayField)."""
     if isinstance(value, numpy.generic):
         return True
     own = type(field).db_value is not peewee.Field.db_value
