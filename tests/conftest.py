@@ -1,4 +1,5 @@
-"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL; a luigid; a SLURM cluster; a pgbouncer.
+"""Fixtures: a fresh astra database per test, on SQLite and on PostgreSQL; a luigid; a SLURM cluster; a pgbouncer;
+an output table of a first release (tests/evolving_tasks.py).
 
 PostgreSQL tests create their own database (``astra_test_<random>``) on $ASTRA_TEST_POSTGRES (default
 ``postgresql://postgres@127.0.0.1:5432``) and drop it afterwards. Without a server they are skipped, unless
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import luigi
 import psycopg2
 import pytest
 
@@ -133,6 +135,20 @@ def postgres_url(postgres_database, monkeypatch) -> str:
     output_tables.create([SNR])  # the example's output table: astra db init --module workflows
     yield postgres_database
     forget_cached()
+
+
+@pytest.fixture
+def first_release(database_url) -> str:
+    """Three FitStars recorded by the first release (flux float32, no logg)."""
+    # In this process, whose $EVOLVING is unset: the first release (an `astra db init --module` and a luigi process
+    # per star took four more starts).
+    from tests import evolving_tasks
+    from tests.evolving_tasks import FitStar
+
+    assert "EVOLVING" not in os.environ
+    output_tables.create(outputs.models_in([evolving_tasks]))  # what `astra db init --module` adds to the schema
+    assert luigi.build([FitStar(star=star) for star in range(3)], local_scheduler=True, log_level="WARNING")
+    return database_url
 
 
 @pytest.fixture
