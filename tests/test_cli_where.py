@@ -111,6 +111,7 @@ def test_results_of_a_class_its_module_no_longer_has_say_so(database_url, capsys
     assert "note: Before is no task class of renamed_mod (renamed or removed?)" in shown.stderr, shown.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # importing does not depend on the database
 def test_results_of_a_class_moved_to_another_module_read_its_rows(database_url, tmp_path, monkeypatch):
     """Records name two modules, the old one gone: the first that failed to import gave up on both, and the results
     of an output model were not found ("recorded no JSON result")."""

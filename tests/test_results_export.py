@@ -136,6 +136,7 @@ def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_pat
 
 
 @pytest.mark.parametrize("kind", ["fits", "parquet"])
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
 def test_a_column_the_format_cannot_hold_says_how_to_write_the_rest(database_url, tmp_path, kind):
     """An integer beyond int64: the line said FITS could not hold the table, and nothing of what to do."""
     pytest.importorskip("pyarrow")
@@ -150,6 +151,7 @@ def test_a_column_the_format_cannot_hold_says_how_to_write_the_rest(database_url
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # drawing does not depend on the database
 def test_plots(results_db, tmp_path):
     pytest.importorskip("matplotlib")
     histogram, scatter = tmp_path / "rv.png", tmp_path / "scatter.png"
