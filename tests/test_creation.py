@@ -169,7 +169,7 @@ def test_a_done_root_is_asked_alone_and_a_new_version_far_below_makes_it_incompl
     assert WarmRoot(n=N).complete() is True  # the same code: the same identity, still done
 
 
-@pytest.mark.slow
+@pytest.mark.slow(12)
 def test_a_new_version_at_the_far_end_of_a_long_chain_makes_its_last_link_incomplete(database_url, new_versions):
     record_done(Spring, [{}])
     record_done(Link, [{"k": k} for k in range(N)])

@@ -32,7 +32,7 @@ def outcome(output: str) -> str:
     return re.sub(r",?\s*root=[^,)]*", "", text).replace("PlainNight", "Night")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(40)
 def test_a_chain_of_ten_thousand_nights(database_url, tmp_path):
     module = ["--module", "tests.deep_chain_tasks"]
     # A link at a time (each runs once the one before is recorded), a transaction each: in one process, which does

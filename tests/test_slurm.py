@@ -102,7 +102,7 @@ def test_a_class_can_choose_slurm_and_its_own_job_settings(slurm_cluster, sqlite
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(80)
 def test_failures_leave_the_task_failed_with_the_slurm_state_and_a_rerun_runs_it(slurm_cluster, postgres_url, tmp_path):
     logs = tmp_path / "logs"
     # A time limit is counted in whole minutes and checked every 30 s: start that one first, check it last.
