@@ -616,13 +616,14 @@ class PostgreSQL(SQLite):
                 yield
             return
         # An advisory lock of the session, taken before any DDL: two CREATE TABLE IF NOT EXISTS at once would fail
-        # on the catalogue's unique keys. Each step still commits on its own. Waited for a second at a time: a
+        # on the catalogue's unique keys. Each step still commits on its own. Waited for 0.2 s at a time: a
         # statement waiting holds a snapshot, which the CREATE INDEX CONCURRENTLY of the upgrade holding the lock
-        # (schema 11) would wait for in turn.
+        # (schema 11) would wait for in turn, and the server's deadlock check (deadlock_timeout, 1 s by default)
+        # must not come first: with a wait of 1 s it sometimes did, and failed that upgrade (CI, 2026-12-07).
         while True:
             try:
                 with db.atomic():
-                    db.execute_sql("SET LOCAL lock_timeout = '1s'")
+                    db.execute_sql("SET LOCAL lock_timeout = '200ms'")
                     db.execute_sql("SELECT pg_advisory_lock(%s)", (_UPGRADE_LOCK,))
                 break
             except peewee.OperationalError as exc:
