@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import luigi
+import pytest
 
 from astra.database import Task
 from tests.batch_tasks import MeasureStars
@@ -39,6 +40,7 @@ def _read_by_nobody(*args: str) -> tuple[int, str]:
     return command.wait(timeout=HANG), stderr
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the reader threads of a streamed export are PostgreSQL's
 def test_a_reader_that_goes_away_ends_astra_with_141_and_nothing_said(database_url):
     """As a program that SIGPIPE ends (`set -o pipefail` sees it); before: exit 1 from some commands, 0 or a
     traceback from others."""
@@ -55,6 +57,7 @@ def test_a_reader_that_goes_away_ends_astra_with_141_and_nothing_said(database_u
         assert (code, stderr) == (141, ""), args
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # where the file goes does not depend on the database
 def test_dash_for_the_output_file_is_stdout(database_url, tmp_path):
     """As it is for most Unix tools, binary formats too; before: a file named '-' in the current folder."""
     assert luigi.build([MeasureStars(stars=3)], local_scheduler=True, log_level="WARNING")

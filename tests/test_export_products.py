@@ -94,6 +94,7 @@ def test_fits_ecsv_and_parquet_carry_units_descriptions_and_provenance(stars_db,
     assert len(read.column("spectrum")[0].as_py()) == 10
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
 def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
     env = {"ASTRA_DATABASE_URL": stars_db}
     path = tmp_path / "stars.fits"
@@ -110,6 +111,7 @@ def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
     assert fits.getheader(path, 1)["QUERY"] == "StarFit '--where=star=\\xcb*'"
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
 def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_path):
     env = {"ASTRA_DATABASE_URL": stars_db}
     missing = tmp_path / "no-such-folder" / "stars.fits"
@@ -189,6 +191,7 @@ def svg_text(path) -> list[str]:
     return re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text())
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # drawing does not depend on the database
 def test_plots_are_labelled_with_descriptions_and_units_and_take_bins_and_log(stars_db, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     config = tmp_path / "matplotlib"

@@ -179,6 +179,7 @@ def test_estimate_snr_reads_each_layout(database_url, tmp_path, layout):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # reading the file does not depend on the database
 def test_a_fibre_of_an_spplate_from_the_command_line(database_url, tmp_path):
     path = tmp_path / "spPlate-1234-56789.fits"
     snr, _ = write_spplate(path, seed=10, fiber=12)

@@ -67,6 +67,7 @@ def test_no_luigid_where_one_is_configured_stops_within_seconds(database_url, tm
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # the scheduler chosen does not depend on the database
 def test_a_luigid_named_on_the_command_line_wins_over_the_shipped_config(database_url, luigid, monkeypatch):
     """The checkout's luigi.cfg says local_scheduler = true; --scheduler-host/--scheduler-port still use luigid."""
     monkeypatch.delenv("LUIGI_CONFIG_PATH")  # the luigid fixture's: only the shipped luigi.cfg
@@ -91,6 +92,7 @@ def test_no_old_scheduler_option_names_in_the_shipped_config():
     ("spectrum", "code"),
     [("not-a-fits-file", 30), ("missing", 20)],  # [retcode] task_failed, missing_data
 )
+@pytest.mark.parametrize("backend", ["sqlite"])  # luigi's exit codes do not depend on the database
 def test_failures_exit_non_zero_through_the_shipped_config(database_url, tmp_path, spectrum, code):
     path = tmp_path / "spec-bad.fits"
     if spectrum == "not-a-fits-file":

@@ -86,6 +86,7 @@ def test_a_failed_dependency_exits_non_zero_without_a_luigi_cfg_and_says_which(s
     ], ran.stdout
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the judgement does not depend on the database
 def test_a_batch_whose_items_take_values_from_the_command_line_is_judged_by_the_tasks_luigi_ran(database_url, tmp_path):
     """``--MeasureStar-band r`` gives the batch's items their band. astra judges the very batch luigi ran, so a done
     batch ends without a line (one made again outside luigi's parser context would have items of band g, which are

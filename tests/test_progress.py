@@ -68,6 +68,7 @@ def test_a_batch_reports_progress_to_luigid_while_it_works(postgres_url, luigid,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # the log line does not depend on the database
 def test_a_batch_in_a_terminal_logs_its_rate_and_time_left(database_url, tmp_path):
     """stderr is a terminal (a pseudo-terminal here): a line with items done, rate and time left, every log_seconds."""
     args = ["--module", "tests.progress_tasks", "SlowBatch", "--run-id", "tty", "--count", "100", "--log-seconds", "1"]

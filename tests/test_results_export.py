@@ -103,6 +103,7 @@ def test_text_csv_and_strict_json(results_db):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
 def test_parquet_and_its_missing_extra(results_db, tmp_path):
     pyarrow = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "visits.parquet"
@@ -181,6 +182,7 @@ def test_usage_errors_are_one_line(results_db, tmp_path):
         assert len(made.stderr.strip().splitlines()) == 1 and "Traceback" not in made.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # importing does not depend on the database
 def test_results_whose_class_cannot_be_imported(results_db):
     """Without its task class (its module moved), astra shows the JSON results it recorded, and says so; results kept
     in an output table need the model, so an output-model task stops in one line instead of a table without them."""
