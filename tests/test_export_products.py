@@ -95,13 +95,11 @@ def test_fits_ecsv_and_parquet_carry_units_descriptions_and_provenance(stars_db,
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
-def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
-    env = {"ASTRA_DATABASE_URL": stars_db}
+def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path, capsys):
     path = tmp_path / "stars.fits"
-    refused, chosen = astra_many(
-        ("results", "StarFit", "--format", "fits", "-o", str(path)),
-        ("results", "StarFit", "--where", "star=Ë*", "--columns", "teff,logg", "--format", "fits", "-o", str(path)),
-        env=env,
+    refused, chosen = (
+        main(capsys, "results", "StarFit", *args, "--format", "fits", "-o", str(path))
+        for args in ((), ("--where", "star=Ë*", "--columns", "teff,logg"))
     )
     line = one_line_error(refused, 1)
     assert "FITS holds ASCII text only, and column 'star' holds 'Ëta Carinae'" in line and "--format parquet" in line
@@ -112,15 +110,14 @@ def test_a_value_fits_cannot_hold_is_one_line_and_no_file(stars_db, tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
-def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_path):
+def test_export_trouble_is_one_line_and_leaves_no_partial_file(stars_db, tmp_path, capsys):
     env = {"ASTRA_DATABASE_URL": stars_db}
     missing = tmp_path / "no-such-folder" / "stars.fits"
-    full = astra_many(
-        ("results", "StarFit", "--format", "csv", "-o", str(missing)),
-        ("results", "StarFit", "--plot", "teff", "-o", str(missing.with_suffix(".png"))),
-        ("results", "StarFit", "--where", "star=alpha", "--format", "fits", "-o", "/dev/full"),
-        env=env,
-    )
+    full = [  # the first as a command, the others in this process
+        astra("results", "StarFit", "--format", "csv", "-o", str(missing), env=env),
+        main(capsys, "results", "StarFit", "--plot", "teff", "-o", str(missing.with_suffix(".png"))),
+        main(capsys, "results", "StarFit", "--where", "star=alpha", "--format", "fits", "-o", "/dev/full"),
+    ]
     for made in full[:2]:
         assert one_line_error(made, 1) == (
             f"astra: cannot write {made.args[-1]}: the folder {missing.parent} does not exist (create it first)"
@@ -242,7 +239,7 @@ def test_tasks_show_shows_the_output_rows(stars_db):
     assert record["output"]["first_rows"][1]["spectrum"] == [1.0] * 10
 
 
-def test_empty_arrays_keep_their_shape(database_url, tmp_path):
+def test_empty_arrays_keep_their_shape(database_url, tmp_path, capsys):
     import pyarrow.parquet
 
     if is_postgres():
@@ -253,16 +250,16 @@ def test_empty_arrays_keep_their_shape(database_url, tmp_path):
     # Where the shape is not declared, an empty (0, 3) array would read back as (0,) on PostgreSQL: refused on
     # both backends, saying what to declare, and the task is not done.
     assert not build(FindLines(n=0, undeclared=True))
-    shown = json.loads(astra("tasks", "list", "--name", "FindLines", "--status", "failed", "--json").stdout)
+    shown = json.loads(main(capsys, "tasks", "list", "--name", "FindLines", "--status", "failed", "--json").stdout)
     assert len(shown) == 1
-    error = json.loads(astra("tasks", "show", str(shown[0]["pk"]), "--json").stdout)["error"]
+    error = json.loads(main(capsys, "tasks", "show", str(shown[0]["pk"]), "--json").stdout)["error"]
     assert "Lines.lines_undeclared: an empty array of shape (0, 3) would read back as (0,) on PostgreSQL" in error
     assert "astra.ArrayField('float64', shape=(None, 3))" in error
     assert build(FindLines(n=1, undeclared=True))  # a (1, 3) array keeps its shape on both without a declaration
     # Exported alone, empty arrays make a column of shape (1, 0, 3): Parquet has lists for it (it refused).
     path = tmp_path / "lines.parquet"
-    made = astra(
-        "results", "FindLines", "--where", "n=0", "--columns", "n,lines", "--format", "parquet", "-o", str(path)
+    made = main(
+        capsys, "results", "FindLines", "--where", "n=0", "--columns", "n,lines", "--format", "parquet", "-o", str(path)
     )
     assert made.returncode == 0, made.stderr
     assert pyarrow.parquet.read_table(path).to_pydict() == {"n": [0], "lines": [[]]}

@@ -48,7 +48,7 @@ def results_db(database_url):
 
 
 @pytest.mark.slow
-def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
+def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path, capsys):
     path = tmp_path / "visits.fits"
     made = astra("results", "MeasureVisits", "--format", "fits", "-o", str(path))
     assert made.returncode == 0, made.stderr
@@ -60,7 +60,8 @@ def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
     assert sorted(table["rv"]) == pytest.approx([0.0, 0.1, 1.0, 1.1, 2.0, 2.1])
     assert all(row["spectrum"][0] == row["visit"] for row in table)
 
-    filtered = astra(
+    filtered = main(
+        capsys,
         "results",
         "MeasureVisits",
         "--where",
@@ -76,7 +77,7 @@ def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
     table = Table.read(path)
     assert table.colnames == ["task_pk", "rv", "spectrum"] and list(table["rv"]) == pytest.approx([1.0, 1.1])
 
-    measured = astra("results", "Measure", "--format", "fits", "-o", str(path))
+    measured = main(capsys, "results", "Measure", "--format", "fits", "-o", str(path))
     assert measured.returncode == 0, measured.stderr
     table = Table.read(path)
     assert table["counts"].shape == (2, 2, 3) and table["counts"].dtype.str[1:] == "i8"
@@ -85,12 +86,15 @@ def test_fits_export_reads_back_with_vector_columns(results_db, tmp_path):
 
 
 @pytest.mark.slow
-def test_text_csv_and_strict_json(results_db):
-    shown, csv, *as_json = astra_many(
-        ("results", "MeasureVisits"),
-        ("results", "MeasureVisits", "--format", "csv"),
-        ("results", "Measure", "--json"),
-        ("results", "Measure", "--format", "json"),
+def test_text_csv_and_strict_json(results_db, capsys):
+    shown, csv, *as_json = (
+        main(capsys, "results", *args)
+        for args in (
+            ("MeasureVisits",),
+            ("MeasureVisits", "--format", "csv"),
+            ("Measure", "--json"),
+            ("Measure", "--format", "json"),
+        )
     )
     assert shown.returncode == 0 and shown.stdout.splitlines()[0].split()[:3] == ["task_pk", "star", "visits"]
     table = Table.read(csv.stdout, format="ascii.csv")
@@ -104,10 +108,10 @@ def test_text_csv_and_strict_json(results_db):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
-def test_parquet_and_its_missing_extra(results_db, tmp_path):
+def test_parquet_and_its_missing_extra(results_db, tmp_path, capsys):
     pyarrow = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "visits.parquet"
-    made = astra("results", "MeasureVisits", "--format", "parquet", "-o", str(path))
+    made = main(capsys, "results", "MeasureVisits", "--format", "parquet", "-o", str(path))
     assert made.returncode == 0, made.stderr
     table = pyarrow.read_table(path)
     assert table.num_rows == 6 and table.column_names[-1] == "spectrum"
@@ -125,49 +129,50 @@ def test_parquet_and_its_missing_extra(results_db, tmp_path):
 
 
 @pytest.mark.slow
-def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_path):
+def test_tasks_without_output_model_export_their_result_keys(results_db, tmp_path, capsys):
     path = tmp_path / "plain.fits"
-    made = astra("results", "PlainResult", "--format", "fits", "-o", str(path))
+    made = main(capsys, "results", "PlainResult", "--format", "fits", "-o", str(path))
     assert made.returncode == 0, made.stderr
     table = Table.read(path)
     assert table.colnames == ["task_pk", "i", "version", "completed", "square", "values", "odd"]
     assert list(table["square"]) == [0, 1, 4] and table["values"].shape == (3, 3)
-    rows = strict(astra("results", "PlainResult", "--json").stdout)
+    rows = strict(main(capsys, "results", "PlainResult", "--json").stdout)
     assert [row["odd"] for row in rows] == [None, True, None]  # a key some results lack: null where missing
 
 
 @pytest.mark.parametrize("kind", ["fits", "parquet"])
 @pytest.mark.parametrize("backend", ["sqlite"])  # the writer does not depend on the database
-def test_a_column_the_format_cannot_hold_says_how_to_write_the_rest(database_url, tmp_path, kind):
+def test_a_column_the_format_cannot_hold_says_how_to_write_the_rest(database_url, tmp_path, kind, capsys):
     """An integer beyond int64: the line said FITS could not hold the table, and nothing of what to do."""
     pytest.importorskip("pyarrow")
     from tests.output_tasks import HugeResult
 
     assert luigi.build([HugeResult(i=1)], local_scheduler=True, log_level="WARNING")
-    made = astra("results", "HugeResult", "--format", kind, "-o", str(tmp_path / f"huge.{kind}"))
+    made = main(capsys, "results", "HugeResult", "--format", kind, "-o", str(tmp_path / f"huge.{kind}"))
     assert made.returncode == 1 and "cannot hold this table" in made.stderr, made.stderr
     assert made.stderr.strip().endswith("write --format ecsv or json, or leave the column out with --columns")
-    kept = astra("results", "HugeResult", "--format", kind, "--columns", "small", "-o", str(tmp_path / f"s.{kind}"))
+    small = str(tmp_path / f"s.{kind}")
+    kept = main(capsys, "results", "HugeResult", "--format", kind, "--columns", "small", "-o", small)
     assert kept.returncode == 0, kept.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite"])  # drawing does not depend on the database
-def test_plots(results_db, tmp_path):
+def test_plots(results_db, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     histogram, scatter = tmp_path / "rv.png", tmp_path / "scatter.png"
     made = astra("results", "MeasureVisits", "--plot", "rv", "-o", str(histogram))
     assert made.returncode == 0 and "drew 6 of 6 rows" in made.stderr, made.stderr
     assert histogram.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    made = astra("results", "MeasureVisits", "--plot", "star,rv", "-o", str(scatter))
+    made = main(capsys, "results", "MeasureVisits", "--plot", "star,rv", "-o", str(scatter))
     assert made.returncode == 0 and scatter.read_bytes()[:4] == b"\x89PNG"
-    wrong = astra("results", "MeasureVisits", "--plot", "spectrum", "-o", str(scatter))
+    wrong = main(capsys, "results", "MeasureVisits", "--plot", "spectrum", "-o", str(scatter))
     assert wrong.returncode == 1, wrong.stderr
     assert "--plot needs one number per row, and column 'spectrum' holds arrays of float32" in wrong.stderr
 
 
 @pytest.mark.slow
-def test_usage_errors_are_one_line(results_db, tmp_path):
+def test_usage_errors_are_one_line(results_db, tmp_path, capsys):
     cases = [
         (["MeasureVisits", "--format", "fits"], 2, "--format fits writes a file: give -o FILE"),
         (["MeasureVisits", "--columns", "rv,colour"], 1, "no column 'colour'"),
@@ -177,7 +182,8 @@ def test_usage_errors_are_one_line(results_db, tmp_path):
         (["MeasureVisits", "--where", "colour=red"], 1, "no tasks match: no task has a parameter 'colour'"),
         (["MeasureVisits", "--columns", "rv,star,rv"], 2, "--columns names 'rv' more than once"),
     ]
-    for (args, code, message), made in zip(cases, astra_many(*(("results", *args) for args, _, _ in cases))):
+    for args, code, message in cases:
+        made = main(capsys, "results", *args)
         assert made.returncode == code and message in made.stderr, (args, made.stderr)
         assert len(made.stderr.strip().splitlines()) == 1 and "Traceback" not in made.stderr
 
