@@ -17,14 +17,12 @@ import pytest
 from luigi.scheduler import Scheduler
 from luigi.worker import Worker
 
-from astra import values
-from astra.database import Dependency, Task, queries
-from astra.identity import items, task_hash
-from astra.recording import fields
+from astra.database import Dependency, Task
+from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.deep_chain_tasks import Night, PlainNight
 from tests.helpers import astra as astra_command
-from tests.helpers import run_luigi
+from tests.helpers import record_at_once, run_luigi
 
 DEPTH = 10_000
 MADE = DEPTH - 10  # nights made before the luigi command runs
@@ -35,25 +33,10 @@ def outcome(output: str) -> str:
     return re.sub(r",?\s*root=[^,)]*", "", text).replace("PlainNight", "Night")
 
 
-def record_nights(below: int) -> None:
-    """Nights ``0 .. below - 1`` recorded done with their edges in one transaction, as a batch records a chunk."""
-    rows = [
-        {
-            **fields(Night, item.task_id, item.task_hash, item.version),
-            "parameters": item.parameters,
-            "requires": item.requires,
-            "result": values.dumps({"night": item.values["n"]}),
-        }
-        for item in items(Night, ({"n": n} for n in range(below)))
-    ]
-    with queries.transaction():
-        queries.record_items(rows, "done")
-
-
 @pytest.mark.slow(20)
 def test_a_chain_of_ten_thousand_nights(database_url, tmp_path):
     module = ["--module", "tests.deep_chain_tasks"]
-    record_nights(MADE)
+    record_at_once(Night, [{"n": n} for n in range(MADE)], result=lambda values: {"night": values["n"]})
     assert Dependency.select().count() == MADE - 1
     root = tmp_path / "plain"
     root.mkdir()
