@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import datetime
 import errno
+import functools
 import importlib
 import json
 import math
@@ -32,6 +33,11 @@ from typing import IO
 
 import numpy as np
 from astropy.table import Column, MaskedColumn, Table
+
+try:
+    import orjson  # optional (the export extra): numbers as text ~10x faster than Python (see _orjson_rows)
+except ImportError:
+    orjson = None
 
 FORMATS = ("table", "csv", "ecsv", "json", "fits", "parquet")
 #: Formats that are files, never printed to a terminal.
@@ -208,10 +214,75 @@ def _missing_rows(vectors: Column) -> np.ndarray:
 
 
 def _json_rows(data: np.ndarray) -> list[str]:
-    """Each row of ``data`` as the JSON text of ``_plain``: a row of finite numbers straight from ``tolist`` (the
-    JSON encoder in C), the others through ``_plain`` (which writes NaN and infinities as null)."""
+    """Each row of ``data`` as the JSON text of ``_plain``: by orjson where it writes that text (:func:`_orjson_rows`),
+    a row of finite numbers straight from ``tolist`` (the JSON encoder in C), the others through ``_plain`` (which
+    writes NaN and infinities as null)."""
+    fast = _orjson_rows(data) if data.ndim > 1 else None
+    if fast is not None and None not in fast:
+        return fast
     finite = np.isfinite(data).reshape(len(data), -1).all(axis=1) if data.dtype.kind == "f" else None
-    return [json.dumps(row.tolist() if finite is None or finite[i] else _plain(row)) for i, row in enumerate(data)]
+    return [
+        fast[i]
+        if fast is not None and fast[i] is not None
+        else json.dumps(row.tolist() if finite is None or finite[i] else _plain(row))
+        for i, row in enumerate(data)
+    ]
+
+
+def _orjson_rows(data: np.ndarray) -> list[str | None] | None:
+    """Each row of an array of numbers as ``json.dumps`` writes its ``tolist()`` (an element, for a 1-D array), by
+    orjson: ~10x faster than Python's float repr, which takes ~5 s for the 10^7 numbers of 100,000 rows of
+    100-element arrays. None for a row holding a float orjson writes otherwise (:func:`_orjson_alike`), or for
+    every row where orjson is not installed (it is optional) or the array is not one of numbers."""
+    kind = data.dtype.kind
+    if orjson is None or kind not in "biuf" or data.dtype.itemsize > 8 or 0 in data.shape[1:] or not len(data):
+        return None
+    if not _orjson_writes_as_python():
+        return None
+    # Native, contiguous, as tolist() gives them: a float32 is written as the double it is.
+    values = np.ascontiguousarray(data, dtype={"b": np.bool_, "i": np.int64, "u": np.uint64, "f": np.float64}[kind])
+    alike = None
+    if kind == "f":
+        alike = _orjson_alike(values).reshape(len(values), -1).all(axis=1)
+        if alike.all():
+            alike = None
+        else:
+            values = values[alike]
+    # [[1.0,2.0],[3.0,4.0]]: rows apart where ], [ is (or ]], [[, one level deeper), json.dumps's comma and space.
+    depth = data.ndim - 1
+    text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")[depth + 1 : -(depth + 1)]
+    pieces = text.replace(",", ", ").split("]" * depth + ", " + "[" * depth) if len(values) else []
+    if depth:
+        pieces = ["[" * depth + piece + "]" * depth for piece in pieces]
+    if alike is None:
+        return pieces
+    rows: list[str | None] = [None] * len(data)
+    for i, piece in zip(np.flatnonzero(alike).tolist(), pieces):
+        rows[i] = piece
+    return rows
+
+
+def _orjson_alike(values: np.ndarray) -> np.ndarray:
+    """Which floats orjson writes as Python's repr does: zero and magnitudes from 1e-4 to 1e16, where both write
+    the shortest digits that read back (61 million random ones compared) without an exponent. Outside, Python writes
+    1e+16 and 1e-05, orjson 1e16 and 0.00001; NaN and the infinities orjson writes as null."""
+    magnitude = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        return ((magnitude >= 1e-4) & (magnitude < 1e16)) | (values == 0)
+
+
+#: Floats on the edges of :func:`_orjson_alike` and others, which orjson must write as Python does to be used.
+_ORJSON_CHECKS = [0.0, -0.0, 1e-4, 0.00011, 0.1, 1 / 3, 1.0, 100.0, 2.0**53, 9999999999999998.0, 1e15, -2.5e-4]
+
+
+@functools.cache
+def _orjson_writes_as_python() -> bool:
+    """Whether the orjson installed writes :data:`_ORJSON_CHECKS` as ``json.dumps`` does (another release might
+    not)."""
+    values = np.array(_ORJSON_CHECKS)
+    return orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii") == json.dumps(
+        _ORJSON_CHECKS, separators=(",", ":")
+    )
 
 
 def render(found: Table, fmt: str) -> str:
@@ -287,7 +358,8 @@ def _csv_cells(column: Column) -> list[str] | None:
         return [cell if not gone else "" for cell, gone in zip(cells, missing)] if missing.any() else cells
     values = column.tolist()  # None where masked
     if kind == "f" and column.dtype.itemsize <= 8:  # the csv module writes a float as its repr
-        return ["" if value is None else repr(value) for value in values]
+        fast = _orjson_rows(np.asarray(column)) or [None] * len(values)
+        return ["" if value is None else text or repr(value) for value, text in zip(values, fast)]
     if kind in "biu":
         return ["" if value is None else str(value) for value in values]
     if kind == "U":
