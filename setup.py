@@ -27,9 +27,10 @@ setup(
     ],
     extras_require={
         # The export tests use the export extra too.
-        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "ruff", "pyarrow", "matplotlib"],
-        # astra results --format parquet, and --plot
-        "export": ["pyarrow", "matplotlib"],
+        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "ruff", "pyarrow", "matplotlib", "orjson"],
+        # astra results --format parquet, and --plot; orjson writes the numbers of --format csv and json ~10x faster
+        # (the same bytes without it)
+        "export": ["pyarrow", "matplotlib", "orjson"],
     },
     entry_points={"console_scripts": ["astra=astra.cli:main"]},
 )

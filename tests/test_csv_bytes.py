@@ -110,10 +110,11 @@ def columns(draw, rows: int) -> Column:
     """A column of ``rows`` values of one of the kinds results hold, masked here and there or not."""
     kind = draw(st.sampled_from(["f8", "f4", "f2", "i8", "i4", "u8", "u1", "b", "U", "vector", "matrix", "ragged"]))
     if kind in ("vector", "matrix"):
-        dtype = draw(st.sampled_from(["f8", "f4", "i8", "b"]))
+        dtype = draw(st.sampled_from(["f8", "f4", "i8", "u8", "b", "U"]))
         shape = (rows, draw(st.integers(0, 4))) + ((draw(st.integers(0, 3)),) if kind == "matrix" else ())
-        values = {"f8": FLOATS, "f4": FLOATS32, "i8": INTS, "b": st.booleans()}[dtype]
-        data = np.array(draw(st.lists(values, min_size=math.prod(shape), max_size=math.prod(shape))), dtype=dtype)
+        values = {"f8": FLOATS, "f4": FLOATS32, "i8": INTS, "u8": st.integers(0, 2**64 - 1), "b": st.booleans()}
+        size = math.prod(shape)
+        data = np.array(draw(st.lists(values.get(dtype, TEXT), min_size=size, max_size=size)), dtype=dtype)
         data = data.reshape(shape)
         if draw(st.booleans()):
             return Column(data)
@@ -193,6 +194,35 @@ def test_a_results_chunk(writer):
     found["model_flux"][3, 7] = np.nan
     found["model_flux"][4, 9] = 1e-5
     check(found)
+
+
+def test_special_values(writer):
+    """Every special float, integer and text, in columns and in arrays (of floats, float32s, int64s, uint64s)."""
+    n = len(SPECIAL_TEXT)
+    floats = (SPECIAL_FLOATS * n)[: n * 4]
+    found = Table(
+        {
+            "f": floats[:n],
+            "f32": np.array(floats[:n], dtype=np.float32),
+            "i": (SPECIAL_INTS * n)[:n],
+            "u": np.array([2**64 - 1, 2**63] * (n // 2), dtype=np.uint64),
+            "s": SPECIAL_TEXT,
+            "flux": np.array(floats).reshape(n, 4),
+            "flux32": np.array(floats, dtype=np.float32).reshape(n, 4),
+            "counts": np.array((SPECIAL_INTS * n)[: n * 2]).reshape(n, 2),
+            "big": np.array([2**64 - 1, 2**63, 1] * (n * 2 // 3), dtype=np.uint64).reshape(n, 2),
+        }
+    )
+    check(found)
+
+
+def test_masked_arrays(writer):
+    """Missing whole (astra's), or some elements masked (a table of other making): CSV writes the data under a
+    partial mask, JSON null in its place (floats) or the data (integers)."""
+    mask = [[True, True], [False, False], [True, False], [False, False]]
+    for data in ([[1.0, 2.0], [3.0, np.nan], [5.0, 6.0], [0.5, 1e-5]], [[1, 2], [3, 4], [5, 6], [7, 8]]):
+        check(Table([MaskedColumn(data, mask=mask)], names=["flux"]))
+        check(Table([MaskedColumn(data, mask=[[m[0]] * 2 for m in mask]), [1, 2, 3, 4]], names=["flux", "k"]))
 
 
 def test_the_column_alone(writer):
