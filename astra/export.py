@@ -495,7 +495,10 @@ def _json_records(found: Table) -> str:
 
 def _json_cells(column: Column) -> list[str]:
     """The column's values as :func:`_indented` writes them in a record (two levels deep) of :func:`records`:
-    numbers, text and arrays of numbers a column at a time, anything else value by value as records() does."""
+    numbers, text and arrays of numbers a column at a time, anything else (a mixin column, objects, arrays of
+    arrays) value by value as records() does."""
+    if not isinstance(column, Column):
+        return [_indented(_record_value(column[i]), 2) for i in range(len(column))]
     kind = column.dtype.kind
     masked = np.ma.getmaskarray(column) if isinstance(column, MaskedColumn) and len(column) else None
     missing = None if masked is None else masked.reshape(len(column), -1).all(axis=1)

@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 import pytest
-from astropy.table import Column, MaskedColumn, Table
+from astropy import units
+from astropy.table import Column, MaskedColumn, QTable, Table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,10 +99,10 @@ def check(found: Table) -> None:
 
 
 def outcome(write, *arguments) -> str | type:
-    """The text written, or the kind of error raised instead (JSON has no complex number, for one)."""
+    """The text written, or the kind of error raised instead (JSON has no complex number, nor a Quantity)."""
     try:
         return write(*arguments)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # an error, the same either way, is what both write
         return type(exc)
 
 
@@ -232,7 +233,7 @@ def test_the_column_alone(writer):
 
 
 def test_columns_only_astropy_writes_are_left_to_it(writer):
-    """Bytes, dates, complex numbers, a column with a format: astropy's writer, as before."""
+    """Bytes, dates, complex numbers, a column with a format, a mixin: astropy's writer, as before."""
     found = Table(
         {
             "bytes": np.array([b"a", b" b,c"]),
@@ -245,6 +246,9 @@ def test_columns_only_astropy_writes_are_left_to_it(writer):
     for name in found.colnames:
         assert export._csv_cells(found[name]) is None
     check(found)
+    mixed = QTable({"speed": [1.5, np.nan] * units.km / units.s, "x": [1.0, 2.0]})  # a mixin: astropy's slower writer
+    assert export._csv_cells(mixed["speed"]) is None
+    check(mixed)
 
 
 def test_the_plain_columns_are_written_by_the_code(writer):
