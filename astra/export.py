@@ -452,8 +452,8 @@ def _stream(tables: Iterable[Table], fmt: str, file) -> tuple[int, int]:
             text = (",\n" if rows else "") + text
         else:
             text = render(found, "csv") + "\n"
-            if rows:
-                text = text.split("\n", 1)[1]  # the header, once
+            if rows:  # the header, once (a name with a line end in it is quoted: its line is longer)
+                text = text[len(_csv_line([name.strip() for name in names])) :]
         rows += len(found)
         stripped = text.rstrip("\n")
         file.write(held + stripped)

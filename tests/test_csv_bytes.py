@@ -288,3 +288,11 @@ def test_a_stream_of_chunks_is_the_whole_table(writer, fmt, tmp_path):
     assert export.stream(chunks, fmt, str(path), lambda: found) == (30, 3)
     reference = astropy_csv(found) if fmt == "csv" else strict_json(found)
     assert path.read_text(encoding="utf-8") == reference + "\n"
+
+
+def test_a_stream_of_chunks_with_a_line_end_in_a_name(tmp_path):
+    """A column named with a line end in it (a key of JSON results can be): its header is written once, whole."""
+    found = Table({"a\nb": np.arange(4), "c": np.arange(4.0)})
+    path = tmp_path / "out.csv"
+    export.stream([found[:2], found[2:]], "csv", str(path), lambda: found)
+    assert path.read_text(encoding="utf-8") == astropy_csv(found) + "\n" == '"a\nb",c\n0,0.0\n1,1.0\n2,2.0\n3,3.0\n'
