@@ -253,7 +253,10 @@ def _orjson_rows(
             values = values[alike]
     # [[1.0,2.0],[3.0,4.0]]: rows apart where ], [ is (or ]], [[, one level deeper), json.dumps's comma and space.
     depth = data.ndim - 1
-    text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")[depth + 1 : -(depth + 1)]
+    try:
+        text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY).decode("ascii")[depth + 1 : -(depth + 1)]
+    except orjson.JSONEncodeError:  # an array another release would not take: Python writes it
+        return None
     pieces = text.replace(",", comma).split("]" * depth + comma + "[" * depth) if len(values) else []
     if depth:
         pieces = [opening * depth + piece + closing * depth for piece in pieces]

@@ -109,11 +109,20 @@ def outcome(write, *arguments) -> str | type:
 @st.composite
 def columns(draw, rows: int) -> Column:
     """A column of ``rows`` values of one of the kinds results hold, masked here and there or not."""
-    kind = draw(st.sampled_from(["f8", "f4", "f2", "i8", "i4", "u8", "u1", "b", "U", "vector", "matrix", "ragged"]))
+    kinds = ["f8", ">f8", "f4", "f2", "i8", ">i4", "u8", "u1", "b", "U", "vector", "matrix", "ragged"]
+    kind = draw(st.sampled_from(kinds))  # big-endian too: orjson reads a numpy array's memory as native
     if kind in ("vector", "matrix"):
-        dtype = draw(st.sampled_from(["f8", "f4", "i8", "u8", "b", "U"]))
+        dtype = draw(st.sampled_from(["f8", "f4", ">f4", "i8", ">i8", "u8", "b", "U"]))
         shape = (rows, draw(st.integers(0, 4))) + ((draw(st.integers(0, 3)),) if kind == "matrix" else ())
-        values = {"f8": FLOATS, "f4": FLOATS32, "i8": INTS, "u8": st.integers(0, 2**64 - 1), "b": st.booleans()}
+        values = {
+            "f8": FLOATS,
+            "f4": FLOATS32,
+            ">f4": FLOATS32,
+            "i8": INTS,
+            ">i8": INTS,
+            "u8": st.integers(0, 2**64 - 1),
+        }
+        values["b"] = st.booleans()
         size = math.prod(shape)
         data = np.array(draw(st.lists(values.get(dtype, TEXT), min_size=size, max_size=size)), dtype=dtype)
         data = data.reshape(shape)
@@ -131,10 +140,11 @@ def columns(draw, rows: int) -> Column:
         return export.column("x", draw(st.lists(value, min_size=rows, max_size=rows)))
     values = {
         "f8": FLOATS,
+        ">f8": FLOATS,
         "f4": FLOATS32,
         "f2": st.floats(width=16),
         "i8": INTS,
-        "i4": st.integers(-(2**31), 2**31 - 1),
+        ">i4": st.integers(-(2**31), 2**31 - 1),
         "u8": st.integers(0, 2**64 - 1),
         "u1": st.integers(0, 255),
         "b": st.booleans(),
@@ -198,7 +208,8 @@ def test_a_results_chunk(writer):
 
 
 def test_special_values(writer):
-    """Every special float, integer and text, in columns and in arrays (of floats, float32s, int64s, uint64s)."""
+    """Every special float, integer and text, in columns and in arrays (of floats, float32s, int64s, uint64s), in
+    the machine's byte order and big-endian."""
     n = len(SPECIAL_TEXT)
     floats = (SPECIAL_FLOATS * n)[: n * 4]
     found = Table(
@@ -212,6 +223,9 @@ def test_special_values(writer):
             "flux32": np.array(floats, dtype=np.float32).reshape(n, 4),
             "counts": np.array((SPECIAL_INTS * n)[: n * 2]).reshape(n, 2),
             "big": np.array([2**64 - 1, 2**63, 1] * (n * 2 // 3), dtype=np.uint64).reshape(n, 2),
+            "f>": np.array(floats[:n], dtype=">f8"),
+            "flux>": np.array(floats, dtype=">f4").reshape(n, 4),
+            "counts>": np.array((SPECIAL_INTS * n)[: n * 2], dtype=">i8").reshape(n, 2),
         }
     )
     check(found)
