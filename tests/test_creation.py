@@ -134,8 +134,7 @@ class QueryCounter(logging.Handler):
 
 
 N = 5000
-#: Links of the long chain: more than Python's recursion would follow (about 1,000 frames). Each is recorded once the
-#: one before is (a transaction per link), so it is kept short of N.
+#: Links of the long chain: more than Python's recursion would follow (about 1,000 frames).
 LINKS = 1500
 
 
