@@ -172,6 +172,12 @@ class ArrayField(peewee.Field):
         values = np.ascontiguousarray(rows[:, head:]).view(element)["value"].astype(self.dtype)
         return list(values.reshape(len(blobs), *shape))
 
+    def takes_shape(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` has the shape the field declares (any, if it declares none)."""
+        return self.shape is None or (
+            len(shape) == len(self.shape) and all(n is None or n == m for n, m in zip(self.shape, shape))
+        )
+
     def ddl_datatype(self, ctx):
         return peewee.SQL(of_model(self.model).array_type(self))
 
@@ -190,9 +196,7 @@ class ArrayField(peewee.Field):
                 cast = array.astype(self.dtype)
             _check_fits(where, array, cast)
             array = cast
-        if self.shape is not None and (
-            array.ndim != len(self.shape) or any(n is not None and n != m for n, m in zip(self.shape, array.shape))
-        ):
+        if not self.takes_shape(array.shape):
             raise ValueError(
                 f"{self.model.__name__}.{self.name}: expected an array of shape {_shape(self.shape)}, got {array.shape}"
             )

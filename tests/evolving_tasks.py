@@ -5,7 +5,8 @@
 new column that may not be null), ``float64`` (the flux arrays become float64), ``renamed`` (a new table name),
 ``version2`` (FitStar's version is "2"), ``indexed`` (an index on teff), ``unique`` (teff is unique), ``realteff``
 (teff is a FloatField, PostgreSQL's real, with a tenth that float32 cannot hold exactly), ``intteff`` (teff is an
-IntegerField); ``json`` is a
+IntegerField), ``shape3`` (flux declares the shape its arrays have, (3,)), ``shape5`` (flux arrays of 5 numbers,
+declared (5,)); ``json`` is a
 release before FitStar had an output model (its result was JSON, with a note for star 2 that the model has no
 column for).
 """
@@ -29,9 +30,13 @@ def _teff_field() -> type[peewee.Field]:
     return peewee.FloatField if "realteff" in CHANGES else peewee.DoubleField
 
 
+def _flux_shape() -> tuple[int] | None:
+    return (5,) if "shape5" in CHANGES else (3,) if "shape3" in CHANGES else None
+
+
 class Fit(astra.OutputModel):
     teff = _teff_field()(index="indexed" in CHANGES, unique="unique" in CHANGES)
-    flux = astra.ArrayField("float64" if "float64" in CHANGES else "float32")
+    flux = astra.ArrayField("float64" if "float64" in CHANGES else "float32", shape=_flux_shape())
     if "logg" in CHANGES:
         logg = peewee.DoubleField(null=True)
     if "mass" in CHANGES:
@@ -47,7 +52,8 @@ class FitStar(astra.BaseTask):
     star = luigi.IntParameter()
 
     def run(self) -> dict:
-        row = {"teff": 5000.0 + self.star, "flux": np.array([0.1, 0.2, 0.3]) * self.star}
+        flux = [0.1, 0.2, 0.3, 0.4, 0.5] if "shape5" in CHANGES else [0.1, 0.2, 0.3]
+        row = {"teff": 5000.0 + self.star, "flux": np.array(flux) * self.star}
         if "realteff" in CHANGES:
             row["teff"] += 0.1
         if "intteff" in CHANGES:

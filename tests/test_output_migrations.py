@@ -6,6 +6,7 @@ columns here; their tables, indexes and triggers in tests/test_output_migrations
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -142,6 +143,42 @@ def test_a_double_narrowed_to_an_integer_and_widened_back(first_release):
     teffs = {row["star"]: row["teff"] for row in rows("")}
     assert teffs == {0: 5000.0, 1: 5001.0, 2: 5002.0, 5: 5005.0, 6: 5006.0}, teffs
     assert all(type(t) is float for t in teffs.values()), teffs
+
+
+@pytest.mark.slow
+def test_an_array_shape_changed_without_a_version_bump_stops_luigi(first_release):
+    """A release that declared another shape for flux ((3,) to (5,)) and made arrays of 5 numbers, its version left
+    as it was: luigi counted the first release's tasks done and skipped them, their rows of 3 numbers beside new
+    rows of 5, and neither the check nor `astra db migrate` said so. Now luigi stops before anything runs, saying
+    what to do; a bump of the version runs them again, and the old rows keep their shape without stopping anyone."""
+    url = first_release
+    assert "This progress looks :)" in luigi("shape3", "FitStar", "--star", "1").stdout  # the shape they have
+
+    stopped = luigi("shape5", "FitStar", "--star", "1")
+    line = luigi_error_line(stopped)
+    assert line.startswith("astra: output table") and "evolving_fit" in line, line
+    assert line.endswith(
+        "does not fit tests.evolving_tasks.Fit: column flux holds arrays of shape (3,) in the rows of done FitStar "
+        "tasks of version '', the model declares (5,); bump FitStar.version to run those tasks again (their rows "
+        "stay, as the old version's), or declare the shape they have"
+    ), line
+    assert "declare the shape they have" in refusal("shape5")  # no traceback either (luigi_error_line checks)
+    assert done_stars(url) == 3  # nothing ran: star 5 is not recorded
+
+    bumped = luigi("shape5,version2", "FitStar", "--star", "1")
+    assert "This progress looks :)" in bumped.stdout, bumped.stdout + bumped.stderr
+    assert "This progress looks :)" in luigi("shape5,version2", "FitStar", "--star", "2").stdout  # old rows: fine
+    flux = {(row["star"], row["version"]): len(row["flux"]) for row in rows("shape5,version2")}
+    assert flux[(1, "2")] == 5 and flux[(2, "2")] == 5, flux
+    everything = astra("results", "FitStar", *MODULE, "--all-versions", "--json", env=release("shape5,version2"))
+    assert everything.returncode == 0, everything.stderr
+    assert {(row["star"], row["version"]): len(row["flux"]) for row in json.loads(everything.stdout)} == {
+        (0, ""): 3,
+        (1, ""): 3,
+        (2, ""): 3,
+        (1, "2"): 5,
+        (2, "2"): 5,
+    }
 
 
 @pytest.mark.slow

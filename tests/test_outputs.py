@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 import astra
 from astra import outputs
 from astra.batch import BatchError
-from astra.database import Task, database, output_tables, records
+from astra.database import Task, database, output_schema, output_tables, records
 from astra.database.connection import SCHEMA_SQL, DatabaseNotReady, is_postgres
+from astra.database.dialect import dialect
 from astra.database.queries import transaction
 from astra.identity import task_hash
 from astra.targets import forget_cached
@@ -27,6 +28,8 @@ from tests.output_tasks import (
     NARROW_CASES,
     TYPED_CASES,
     BadOutput,
+    FindLines,
+    Lines,
     Measure,
     Measurement,
     MeasureVisits,
@@ -362,6 +365,29 @@ def test_arrays_of_different_shapes_in_one_insert(outputs_db):
     assert [list(r) for r in read] == [[0.0], [0.0, 1.0], [0.0, 1.0, 2.0]]
     measured = Measure(i=2).output().read()  # text, a time and nulls beside the arrays
     assert measured.label == "x" and measured.when.year == 2026 and measured.counts.shape == (2, 3)
+
+
+def test_the_check_of_a_table_reads_the_shapes_of_its_newest_arrays(outputs_db, monkeypatch):
+    """What tells luigi that a model's declared shape changed without a version bump (see
+    tests/test_output_migrations.py): the newest rows' shapes, from the arrays' headers, an empty array as none."""
+    if is_postgres():
+        output_tables.create([Lines])
+    assert build(FindLines(n=2), FindLines(n=0))
+    first, empty = record(FindLines(n=2)).pk, record(FindLines(n=0)).pk
+    db = database()
+    shapes = dialect(db).newest_shapes(db, "test_lines", "lines", 5)
+    assert sorted(shapes, key=lambda row: row[0]) == sorted([(first, (2, 3)), (empty, None)]), shapes
+    assert output_schema.changes(Lines) == []
+
+    monkeypatch.setattr(Lines.lines, "shape", (None, 4))
+    (change,) = output_schema.changes(Lines)
+    assert change.apply is None and change.stops
+    assert change.what == (
+        "column lines holds arrays of shape (2, 3) in the rows of done FindLines tasks of version '', the model "
+        "declares (None, 4)"
+    )
+    monkeypatch.setattr(FindLines, "version", "2")  # a version bump: the rows are the old version's, rightly
+    assert output_schema.changes(Lines) == []
 
 
 ARRAYS_READ_AT_ONCE = {

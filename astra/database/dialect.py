@@ -54,6 +54,20 @@ def _chunked(items: Sequence, size: int = CHUNK):
         yield items[start : start + size]
 
 
+#: Bytes of an SQLite array (numpy's .npy) that hold its header, shape included, for any array astra stores.
+_NPY_HEADER = 1024
+
+
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The shape, order and dtype in the header of an array in numpy's .npy format (``data`` may stop after it)."""
+    import numpy as np  # only when an array column is compared or rewritten
+
+    buffer = io.BytesIO(bytes(data))
+    version = np.lib.format.read_magic(buffer)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(buffer)
+
+
 class SQLite:
     """SQLite: one file on this host, no schemas, ``?`` placeholders, a write lock taken up front."""
 
@@ -456,15 +470,25 @@ class SQLite:
     def stored_dtype(self, db: peewee.Database, table: str, column: str) -> np.dtype | None:
         """The dtype of the arrays an astra.ArrayField column holds where its type does not say it (SQLite: a
         BLOB whatever the dtype, so that of one stored array); None if it holds none."""
-        import numpy as np  # only when an array column is compared or rewritten
-
         row = db.execute_sql(f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL LIMIT 1').fetchone()
         if row is None:
             return None
-        buffer = io.BytesIO(bytes(row[0]))
-        version = np.lib.format.read_magic(buffer)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return read(buffer)[2]
+        return _npy_header(row[0])[2]
+
+    def newest_shapes(self, db: peewee.Database, table: str, column: str, rows: int) -> list[tuple[int, tuple | None]]:
+        """(task_pk, shape) of the newest ``rows`` rows of output table ``table`` (by pk), the shape of their array
+        in ``column`` (None where it holds none, or an empty one); only the arrays' headers are read."""
+        found = []
+        query = f'SELECT task_pk, substr("{column}", 1, {_NPY_HEADER}) FROM "{table}" ORDER BY pk DESC LIMIT ?'
+        for task_pk, head in db.execute_sql(query, (rows,)).fetchall():
+            shape = None
+            if head is not None:
+                try:
+                    shape = _npy_header(head)[0]
+                except ValueError:  # a header longer than read: not looked at
+                    pass
+            found.append((task_pk, shape if shape and 0 not in shape else None))
+        return found
 
     def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
         """Store every array of ``column`` as ``dtype`` (SQLite keeps each array's dtype in its bytes)."""
@@ -1091,6 +1115,14 @@ class PostgreSQL(SQLite):
 
     def stored_dtype(self, db: peewee.Database, table: str, column: str) -> np.dtype | None:
         return None  # the column's type says it: real[], double precision[], ...
+
+    def newest_shapes(self, db: peewee.Database, table: str, column: str, rows: int) -> list[tuple[int, tuple | None]]:
+        query = f'SELECT task_pk, array_dims("{column}") FROM astra."{table}" ORDER BY pk DESC LIMIT %s'
+        found = []
+        for task_pk, dims in db.execute_sql(query, (rows,)).fetchall():  # dims: '[1:3][1:5]', NULL if empty
+            bounds = [part.split(":") for part in dims.strip("[]").split("][")] if dims else []
+            found.append((task_pk, tuple(int(high) - int(low) + 1 for low, high in bounds) or None))
+        return found
 
     def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
         pass  # the type change of the column rewrote them

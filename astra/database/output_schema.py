@@ -33,6 +33,7 @@ from astra.database.dialect import dialect
 from astra.database.models import CLASS_NAME, JSON_RESULTS, MODELS, Task
 from astra.database.queries import chunked
 from astra.database.status import DONE, FAILED
+from astra.identity import class_version
 
 #: Type changes that keep every value, as the dialect names types (arrays: the same with ``[]``).
 WIDER = {
@@ -123,6 +124,7 @@ def changes(
         if behind is not None:
             return behind
         found = [*_columns(db, model, table), *_indexes(db, model, table), *_trigger(db, table)]
+        found += _shapes(db, model, owned)
         json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
         if json_results.exists():  # one probe of the partial index task_json_result
             found.append(
@@ -227,6 +229,55 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
         found.append(drop)
         if not_null:  # new rows could not be inserted without a value for it
             found.append(Change(f"column {column} is not in the model and may not be null", _nullable(target, column)))
+    return found
+
+
+#: The newest rows of an output table whose arrays :func:`_shapes` looks at.
+SAMPLED = 50
+
+
+def _shapes(db: peewee.Database, model: type[peewee.Model], owned: Sequence[tuple[str, str]]) -> list[Change]:
+    """The array fields whose declared shape the newest rows of done tasks of their class's current version do not
+    have: the shape changed in the model with the task's version left as it was, and luigi would count those tasks
+    done, their rows of the old shape beside new ones. Rows of other versions rightly keep the shape they were made
+    with. A few of the newest rows are looked at (by the output table's pk, only the arrays' shapes): a bounded
+    cost at every start, whatever the tables hold.
+    """
+    shaped = [field for field in model._meta.sorted_fields if getattr(field, "shape", None) is not None]
+    current = {(module, name): version for module, name, version in _versions(owned)} if shaped else {}
+    found = []
+    for field in shaped if current else ():
+        newest = dialect(db).newest_shapes(db, model._meta.table_name, field.column_name, SAMPLED)
+        tasks = Task.select(Task.pk, Task.task_module, Task.task_name, Task.version).where(
+            Task.pk.in_(sorted({pk for pk, shape in newest if shape is not None})), Task.status == DONE
+        )
+        made_by = {pk: (module, name, version) for pk, module, name, version in tasks.tuples()}
+        for task_pk, shape in newest:
+            module, name, version = made_by.get(task_pk, (None, None, None))
+            expected = current.get((module, name))
+            if shape is None or expected is None or version != expected or field.takes_shape(shape):
+                continue
+            declared = field.shape if len(field.shape) > 1 else f"({field.shape[0]},)"
+            found.append(
+                Change(
+                    f"column {field.column_name} holds arrays of shape {shape} in the rows of done {name} tasks of "
+                    f"version {version!r}, the model declares {declared}",
+                    None,
+                    refusal=f"bump {name}.version to run those tasks again (their rows stay, as the old version's), "
+                    "or declare the shape they have",
+                )
+            )
+            break
+    return found
+
+
+def _versions(owned: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(module, name, version) of the classes ``owned`` whose tasks all have their class's version."""
+    found = []
+    for module, name in owned:
+        version = class_version(Register.get_task_cls(name))
+        if version is not None:
+            found.append((module, name, version))
     return found
 
 
@@ -432,13 +483,17 @@ def _carry(
 def problem(model: type[peewee.Model]) -> str | None:
     """The line that stops a process whose ``model`` does not fit its table; None if it fits (a missing table no
     task wrote to is the caller's: created on SQLite, asked for on PostgreSQL)."""
-    found = [change.what for change in changes(model) if change.stops]
+    found = [change for change in changes(model) if change.stops]
     if not found:
         return None
     table = dialect(database()).table(model)
+    # What only the user can do, said at once, when `astra db migrate` would only refuse.
+    fix = "; ".join(change.refusal for change in found if change.apply is None)
+    if not all(change.apply is None for change in found):
+        fix = f"run `astra db migrate --module {model.__module__}` (--dry-run prints the SQL)"
     return (
         f"astra: output table {table} of {describe()} does not fit {model.__module__}.{model.__name__}: "
-        f"{'; '.join(found)}; run `astra db migrate --module {model.__module__}` (--dry-run prints the SQL)"
+        f"{'; '.join(change.what for change in found)}; {fix}"
     )
 
 
