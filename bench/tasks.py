@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 
+import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
+
+# isort: split
 import luigi
 import numpy as np
 import peewee
 from luigi.contrib.postgres import PostgresTarget
 
-import astra
 from astra.batch import BatchTask
 
 

@@ -3,10 +3,11 @@ process that would use it; ``luigi --module tests.clash_tasks``)."""
 
 from __future__ import annotations
 
+import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
+
+# isort: split
 import luigi
 import peewee
-
-import astra
 
 
 class NamedTaskPk(astra.OutputModel):

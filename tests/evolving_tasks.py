@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 
+import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
+
+# isort: split
 import luigi
 import numpy as np
 import peewee
-
-import astra
 
 CHANGES = set(os.environ.get("EVOLVING", "").split(","))
 

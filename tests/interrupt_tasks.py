@@ -12,10 +12,12 @@ import signal
 import threading
 from pathlib import Path
 
+import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
+
+# isort: split
 import luigi
 import peewee
 
-import astra
 from astra.database import output_tables, session
 from astra.database.connection import database
 

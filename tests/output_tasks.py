@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 
+import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
+
+# isort: split
 import luigi
 import numpy as np
 import peewee
 
-import astra
 from astra.batch import BatchTask
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 
+import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
+
+# isort: split
 import luigi
 import peewee
 
-import astra
 from astra.batch import BatchTask
 from astra.tasks import dynamic_requirements
 from tests.example_tasks import Leaf

@@ -12,10 +12,12 @@ import math
 import os
 import statistics
 
+import astra  # first: then peewee does not import psycopg 3, which astra does not use (~0.1 s a start)
+
+# isort: split
 import luigi
 import peewee
 
-import astra
 from astra.batch import BatchTask
 from workflows.formats import EXAMPLE_SPECTRA, Spectrum, load_spectrum, signal_to_noise, wavelength_range
 
