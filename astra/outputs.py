@@ -178,6 +178,11 @@ class ArrayField(peewee.Field):
             len(shape) == len(self.shape) and all(n is None or n == m for n, m in zip(self.shape, shape))
         )
 
+    @property
+    def shape_as_written(self) -> str:
+        """The declared shape as one writes it in Python: (None, 3), (5,)."""
+        return _shape(self.shape)
+
     def ddl_datatype(self, ctx):
         return peewee.SQL(of_model(self.model).array_type(self))
 

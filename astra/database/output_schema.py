@@ -245,8 +245,10 @@ def _shapes(db: peewee.Database, model: type[peewee.Model], owned: Sequence[tupl
     """
     shaped = [field for field in model._meta.sorted_fields if getattr(field, "shape", None) is not None]
     current = {(module, name): version for module, name, version in _versions(owned)} if shaped else {}
+    if not current:
+        return []
     found = []
-    for field in shaped if current else ():
+    for field in shaped:
         newest = dialect(db).newest_shapes(db, model._meta.table_name, field.column_name, SAMPLED)
         tasks = Task.select(Task.pk, Task.task_module, Task.task_name, Task.version).where(
             Task.pk.in_(sorted({pk for pk, shape in newest if shape is not None})), Task.status == DONE
@@ -257,11 +259,10 @@ def _shapes(db: peewee.Database, model: type[peewee.Model], owned: Sequence[tupl
             expected = current.get((module, name))
             if shape is None or expected is None or version != expected or field.takes_shape(shape):
                 continue
-            declared = field.shape if len(field.shape) > 1 else f"({field.shape[0]},)"
             found.append(
                 Change(
                     f"column {field.column_name} holds arrays of shape {shape} in the rows of done {name} tasks of "
-                    f"version {version!r}, the model declares {declared}",
+                    f"version {version!r}, the model declares {field.shape_as_written}",
                     None,
                     refusal=f"bump {name}.version to run those tasks again (their rows stay, as the old version's), "
                     "or declare the shape they have",
