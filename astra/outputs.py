@@ -251,10 +251,21 @@ class ArrayField(peewee.Field):
 
 
 def _check_fits(where: str, array: np.ndarray, cast: np.ndarray) -> None:
-    """Raise unless every value of ``array`` survived its ``cast`` but for rounding: a float too large for float32
-    became an infinity, an int too large for int32 wrapped round to another number."""
+    """Raise unless every value of ``array`` survived its ``cast`` but for the rounding of floats: a float too large
+    for float32 became an infinity, an int too large for int32 wrapped round to another number, an int past 2**53
+    (2**24 in float32) became its neighbour."""
     import numpy as np
 
+    if cast.dtype.kind == "f" and array.dtype.kind in "iu":
+        with np.errstate(invalid="ignore", over="ignore"):
+            bad = ~np.isfinite(cast) | (cast.astype(array.dtype) != array)
+        if bad.any():
+            first = array[bad].flat[0].item()
+            raise ValueError(
+                f"{where}: {first!r} is a whole number that {cast.dtype} holds only rounded; declare an int64 "
+                "ArrayField, or give the array as floats to store it rounded"
+            )
+        return
     if cast.dtype.kind == "f":
         bad = np.isfinite(array) & ~np.isfinite(cast)
     elif cast.dtype.kind in "iu" and array.dtype.kind in "iub":
@@ -390,6 +401,17 @@ _REAL = ("FLOAT", "DOUBLE")
 _TEXT = ("TEXT", "VARCHAR", "CHAR")
 
 
+def _rounded(value: int, kind: str) -> bool:
+    """Whether a column of ``kind`` (FLOAT: float32, DOUBLE) would hold another whole number than ``value``: its
+    nearest float. OverflowError beyond the largest double; beyond float32's, :func:`_beyond` says it."""
+    nearest = float(value)
+    if kind == "FLOAT":
+        if abs(nearest) > _LIMITS["FLOAT"][1]:
+            return False
+        nearest = struct.unpack("f", struct.pack("f", nearest))[0]
+    return int(nearest) != value
+
+
 def _as_column(field: peewee.Field, value: object) -> object:
     """``value`` as the column of ``field`` keeps it, or ValueError saying why it would not be the same value.
 
@@ -411,9 +433,14 @@ def _as_column(field: peewee.Field, value: object) -> object:
     elif kind in _REAL:
         if isinstance(value, int) and not isinstance(value, bool):
             try:
-                float(value)
+                rounded = _rounded(value, kind)
             except OverflowError:
                 raise ValueError(f"{value} is beyond the largest double (1.8e308)") from None
+            if rounded:  # an id past 2**53 would be stored as its neighbour, silently
+                raise ValueError(
+                    f"{value} is a whole number that a {'float32' if kind == 'FLOAT' else 'double'} holds only rounded; "
+                    "declare a peewee.BigIntegerField, or give float(value) to store it rounded"
+                )
             return value
         if isinstance(value, float):
             return value
@@ -422,7 +449,7 @@ def _as_column(field: peewee.Field, value: object) -> object:
             return bool(value)
     elif kind in _TEXT:
         if isinstance(value, str):
-            return value
+            return str.__str__(value)  # a str Enum: its value, not "Band.G"
         if isinstance(value, os.PathLike):
             return os.fspath(value)
     elif kind == "DATETIME":

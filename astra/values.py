@@ -154,8 +154,8 @@ def _write(value: object, where: str, out: list[str], open_: set[int]) -> None:
         out.append(_tagged("$datetime", value.isoformat()))
     elif isinstance(value, datetime.date):
         out.append(_tagged("$date", value.isoformat()))
-    elif isinstance(value, str):
-        out.append(_string(str(value), where))
+    elif isinstance(value, str):  # a str Enum, say: its value, as json.dumps writes it (str() gives "Band.G")
+        out.append(_string(str.__str__(value), where))
     elif isinstance(value, bool):
         out.append("true" if value else "false")
     elif isinstance(value, int):
@@ -231,8 +231,9 @@ def _write_dict(value: Mapping, where: str, out: list[str], open_: set[int]) -> 
         if not first:
             out.append(",")
         first = False
-        inner = f"{where}[{json.dumps(str(key), ensure_ascii=False)}]"
-        out.append(_string(str(key), inner))
+        key = str.__str__(key)
+        inner = f"{where}[{json.dumps(key, ensure_ascii=False)}]"
+        out.append(_string(key, inner))
         out.append(":")
         _write(item, inner, out, open_)
     out.append("}}" if escaped else "}")

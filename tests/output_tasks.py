@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import enum
 
 import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
 
@@ -260,6 +261,10 @@ NARROW_CASES = {
     "integer too large": {"n": np.int64(2**31)},
     "smallint too large": {"small": 2**15},
     "bigint too large": {"big": 2**63},
+    "ints a float32 array rounds": {"flux": np.array([3, 2**24 + 1])},  # float32 holds every whole number to 2**24
+    "ints a float32 array holds": {"flux": np.array([3, 2**24, 2**40], dtype=np.int64)},
+    "int a real rounds": {"teff": 2**24 + 1},
+    "int a real holds": {"teff": -(2**24)},
 }
 
 
@@ -287,6 +292,10 @@ class Typed(astra.OutputModel):
 
 _PLUS_FIVE = datetime.timezone(datetime.timedelta(hours=5))
 
+
+class _Band(str, enum.Enum):
+    G = "g"
+
 #: What TypedFit(case=...) returns, and what its row must hold (None: refused, the task fails).
 TYPED_CASES = {
     "fraction in an integer": ({"n": 1.5}, None),
@@ -305,6 +314,10 @@ TYPED_CASES = {
     "one in a bool": ({"flag": 1}, {"flag": True}),
     "a path in a text": ({"label": __import__("pathlib").Path("/sdss/spec-1.fits")}, {"label": "/sdss/spec-1.fits"}),
     "int in a double": ({"rv": 7}, {"rv": 7.0}),
+    "int a double holds": ({"rv": -(2**53)}, {"rv": -9007199254740992.0}),
+    "int a double rounds": ({"rv": 2**53 + 1}, None),  # a source id: stored as its neighbour, silently
+    "numpy int a double rounds": ({"rv": np.int64(6917528997577384321)}, None),
+    "str enum in a text": ({"label": _Band.G}, {"label": "g"}),
     "0-d array in a double": ({"rv": np.array(1.75)}, {"rv": 1.75}),
     "nanoseconds in a datetime": ({"when": np.datetime64("2026-01-01T12:30:00.123456789", "ns")}, None),
     "microseconds in a datetime": (

@@ -433,6 +433,9 @@ NARROW_FAILURES = {
     "integer too large": "Narrow.n: 2147483648 does not fit in PostgreSQL's integer; declare a peewee.BigIntegerField",
     "smallint too large": "Narrow.small: 32768 does not fit in PostgreSQL's smallint; declare a peewee.IntegerField",
     "bigint too large": "Narrow.big: 9223372036854775808 does not fit in PostgreSQL's bigint",
+    "ints a float32 array rounds": "Narrow.flux: 16777217 is a whole number that float32 holds only rounded",
+    "int a real rounds": "Narrow.teff: 16777217 is a whole number that a float32 holds only rounded; declare a "
+    "peewee.BigIntegerField, or give float(value) to store it rounded",
 }
 
 

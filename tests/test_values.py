@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import sqlite3
@@ -226,3 +227,16 @@ def test_unstorable_values_name_where_they_are():
         deep = [deep]
     with pytest.raises(values.UnstorableError, match="nested too deeply"):
         values.dumps(deep)
+
+
+def test_a_str_enum_is_stored_as_its_value():
+    """``str()`` of a ``class Band(str, Enum)`` member is "Band.G" (Python 3.11): stored so, it read back as a value
+    run() never returned. Its value, as json.dumps writes it, in a result and as a dict key."""
+
+    class Band(str, enum.Enum):
+        G = "g"
+
+    assert values.dumps({"band": Band.G, Band.G: [Band.G]}) == json.dumps(
+        {"band": Band.G, Band.G: [Band.G]}, separators=(",", ":")
+    )
+    assert values.loads(values.dumps({"band": Band.G})) == {"band": "g"}
