@@ -177,12 +177,15 @@ def test_bad_filters_give_one_line(database_url, capsys):
         ("tasks", "list", "--where", "spectrum_path"), ("tasks", "list", "--where", "nosuch=1")
     )
     since = main(capsys, "tasks", "list", "--since", "yesterday")
+    ages = [main(capsys, "tasks", "list", "--since", age) for age in ("3000000d", "999999999999999999999d")]
     status = main(capsys, "tasks", "list", "--status", "finished")
     limit = main(capsys, "tasks", "list", "--limit", "-1")
     name = main(capsys, "tasks", "list", "--name", "NoSuchTask")
     command = main(capsys, "tasks", "frobnicate")
     assert "'spectrum_path' is not key=value" in one_line_error(where, 2)
     assert "'yesterday' is neither a time" in one_line_error(since, 2)
+    for age in ages:  # a traceback: OverflowError
+        assert "reaches back before the year 1; give a smaller age or a time" in one_line_error(age, 2)
     assert "'finished' is not one of" in one_line_error(status, 2)
     assert "--limit" in one_line_error(limit, 2)
     assert one_line_error(parameter, 1) == "astra: no tasks match: no task has a parameter 'nosuch'"

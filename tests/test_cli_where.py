@@ -95,6 +95,18 @@ def test_a_where_value_the_parameter_cannot_take_is_said(database_url, capsys):
     shown = main(capsys, "results", "EveryParameterBase", "--where", "integer=abc")
     assert shown.returncode == 1
     assert "note: --where integer=abc: not a value of EveryParameterBase's integer (invalid literal" in shown.stderr
+    assert "so it is matched as written" in shown.stderr
+
+
+def test_a_where_value_is_normalised_as_luigi_makes_the_task(database_url, capsys):
+    """luigi's ``--path ./data/x.fits`` makes the task of ``data/x.fits`` (PathParameter.normalize), as recorded;
+    ``--where path=./data/x.fits`` found nothing, though ``astra tasks why`` said the task was done."""
+    from tests.identity_tasks import EveryParameterBase
+
+    assert luigi.build([EveryParameterBase(path="./data/x.fits")], local_scheduler=True, log_level="WARNING")
+    for where in ("path=./data/x.fits", "path=data/x.fits", "path=data//x.fits"):
+        shown = main(capsys, "results", "EveryParameterBase", "--where", where, "--columns", "path", "--json")
+        assert shown.returncode == 0 and json.loads(shown.stdout) == [{"path": "data/x.fits"}], (where, shown)
 
 
 def test_results_of_a_class_its_module_no_longer_has_say_so(database_url, capsys, tmp_path, monkeypatch):

@@ -45,7 +45,10 @@ class When(click.ParamType):
         age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
         if age:
             seconds = float(age.group(1)) * self.UNITS[age.group(2)]
-            return datetime.datetime.now(UTC) - datetime.timedelta(seconds=seconds)
+            try:
+                return datetime.datetime.now(UTC) - datetime.timedelta(seconds=seconds)
+            except OverflowError:  # before the year 1, or more days than a timedelta holds
+                self.fail(f"{formats.given(value)} reaches back before the year 1; give a smaller age or a time")
         try:
             when = datetime.datetime.fromisoformat(text)
         except ValueError:
@@ -236,11 +239,17 @@ def as_recorded(cls: type[luigi.Task], where: tuple[tuple[str, str], ...]) -> tu
         parameter = known.get(key)
         if parameter is not None and "*" not in value and "\\" not in value:
             try:
-                value = canonical_value(parameter, parameter.parse(value))
-            except Exception as exc:  # not a value of this parameter: no task has it, as given or otherwise
+                parsed = parameter.parse(value)
+            except Exception as exc:  # not a value of this parameter: matched as written (a task made in Python may be)
                 say(
-                    f"note: --where {key}={value}: not a value of {cls.get_task_family()}'s {key} ({exc}), so no task "
-                    "has it"
+                    f"note: --where {key}={value}: not a value of {cls.get_task_family()}'s {key} ({exc}), so it is "
+                    "matched as written"
                 )
+            else:
+                try:  # as luigi makes the task: ./x.fits is x.fits for a PathParameter
+                    parsed = parameter.normalize(parsed)
+                except Exception:  # e.g. a PathParameter(exists=True) of a file gone since: its tasks stay recorded
+                    pass
+                value = canonical_value(parameter, parsed)
         written.append((key, value))
     return tuple(written)
