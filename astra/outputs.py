@@ -437,9 +437,10 @@ def _as_column(field: peewee.Field, value: object) -> object:
             except OverflowError:
                 raise ValueError(f"{value} is beyond the largest double (1.8e308)") from None
             if rounded:  # an id past 2**53 would be stored as its neighbour, silently
+                column = "float32" if kind == "FLOAT" else "double"
                 raise ValueError(
-                    f"{value} is a whole number that a {'float32' if kind == 'FLOAT' else 'double'} holds only rounded; "
-                    "declare a peewee.BigIntegerField, or give float(value) to store it rounded"
+                    f"{value} is a whole number that a {column} holds only rounded; declare a peewee.BigIntegerField, "
+                    "or give float(value) to store it rounded"
                 )
             return value
         if isinstance(value, float):

@@ -296,6 +296,7 @@ _PLUS_FIVE = datetime.timezone(datetime.timedelta(hours=5))
 class _Band(str, enum.Enum):
     G = "g"
 
+
 #: What TypedFit(case=...) returns, and what its row must hold (None: refused, the task fails).
 TYPED_CASES = {
     "fraction in an integer": ({"n": 1.5}, None),
