@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -410,3 +411,21 @@ def test_a_reader_does_not_make_the_sqlite_file_it_was_pointed_at(tmp_path):
         assert said.startswith(f"astra: SQLite database {path} does not exist, so nothing is recorded there"), said
     assert not path.parent.exists()
     assert astra("db", "init", env=env).returncode == 0 and path.exists()  # writers still make it
+
+
+def test_a_reader_makes_nothing_in_an_sqlite_file_without_astras_tables(tmp_path):
+    """A catalogue's file (or an empty one) given by mistake: `astra tasks list` made astra's tables in it and
+    turned it to WAL, where PostgreSQL says the database has no astra schema."""
+    catalogue, empty = tmp_path / "catalogue.db", tmp_path / "empty.db"
+    connection = sqlite3.connect(catalogue)
+    connection.execute("create table stars (id integer)")
+    connection.commit()
+    connection.close()
+    empty.touch()
+    for path in (catalogue, empty):
+        env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}"}
+        before = path.read_bytes()
+        for read in astra_many(("tasks", "list"), ("results", "EstimateSNR", "--module", "workflows"), env=env):
+            said = one_line_error(read, 1)
+            assert said.startswith(f"astra: sqlite:///{path} has no astra schema, so nothing is recorded there"), said
+        assert path.read_bytes() == before and not Path(f"{path}-wal").exists()

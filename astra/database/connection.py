@@ -569,6 +569,11 @@ def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database
             f"astra: SQLite database {path} does not exist, so nothing is recorded there yet; check "
             "ASTRA_DATABASE_URL (or [astra] database_url), or record there first (a luigi run, or `astra db init`)"
         )
+    if reading_only and _holds_no_astra_tables(path):  # a catalogue, say: make nothing in it, not even WAL
+        raise DatabaseNotReady(
+            f"astra: {description} has no astra schema, so nothing is recorded there; check ASTRA_DATABASE_URL "
+            "(or [astra] database_url), or record there first (a luigi run, or `astra db init`)"
+        )
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         lock_timeout = config.settings().sqlite_lock_timeout
@@ -599,6 +604,19 @@ def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database
         _check_writable(db, path)
     db.file_id = _opened_files[path] = _file_id(path)
     return db, description
+
+
+def _holds_no_astra_tables(path: str) -> bool:
+    """Whether the SQLite file ``path`` is a database without astra's task table; False when it cannot be told
+    without writing (not a database, a WAL file it cannot read alone): opening it says what is wrong then."""
+    try:
+        peek = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+        try:
+            return peek.execute("select 1 from sqlite_master where name = 'task'").fetchone() is None
+        finally:
+            peek.close()
+    except sqlite3.Error:
+        return False
 
 
 def _milliseconds(seconds: float) -> int:
