@@ -172,8 +172,9 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
     columns = {field.column_name for field in model._meta.sorted_fields}
     # A column the model lost beside one it gained may be one renamed: its values would stay behind, unless renamed.
     lost = [column for column in have if column not in columns]
+    named = f"{language.schema}.{table}" if language.schema else table  # as psql would find it
     renamed = (
-        f" (if it is {' or '.join(lost)} renamed, rename that column first: ALTER TABLE {table} RENAME COLUMN ...)"
+        f" (if it is {' or '.join(lost)} renamed, rename that column first: ALTER TABLE {named} RENAME COLUMN ...)"
         if lost
         else ""
     )
