@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.evolving import MODULE, column_names, done_stars, luigi, migrate, refusal, release, rows
-from tests.helpers import astra, luigi_error_line, raw_sql
+from tests.helpers import astra, luigi_error_line, raw_execute, raw_sql
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_a_column_missing_beside_one_the_model_lost_may_be_a_rename(first_releas
     )
     # The advice as given works (on PostgreSQL it named the table without its schema: relation does not exist).
     advice = line.rpartition("first: ")[2].removesuffix("...)")
-    raw_sql(url, f"{advice}logg TO mass")
+    raw_execute(url, f"{advice}logg TO mass")
     assert "mass" in [name for (name,) in column_names(url)]
 
 
