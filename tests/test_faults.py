@@ -14,6 +14,7 @@ import psycopg2
 import pytest
 
 from astra.database import Task, records
+from astra.database.connection import reset
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.claims_tasks import hold, hold_args, row_of, runners
@@ -21,8 +22,10 @@ from tests.faults_tasks import After, ForgetsItsInput, Pause, Pauses, Sluggard, 
 from tests.helpers import (
     POSTGRES_USER,
     Relay,
+    astra,
     background,
     free_port,
+    raw_sql,
     rows_by_path,
     run_luigi,
     start_later,
@@ -57,6 +60,29 @@ def test_a_killed_worker_leaves_no_completed_row_and_the_next_run_finishes(datab
     row = row_of("killed", tmp_path)
     assert (row.status, row.attempts) == ("done", 2)
     assert runners(tmp_path, "killed") == [killed.pid, row.pid]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL's connections are each process's own
+def test_a_worker_left_running_by_a_killed_luigi_records_its_task_in_sqlite(database_url, tmp_path):
+    """luigi's parent killed (SIGKILL) while the worker it forked (``--workers 2``) runs the task: the orphan ran on,
+    but its record was lost (the task stayed "running", to be run again) once a reader opened the file meanwhile,
+    and in a busier file other runs' records went with it and the file was corrupted. The child had found the
+    parent's SQLite lock records, copied by fork(), and believed it held locks it did not."""
+    status = f"select status, pid, attempts from task where task_hash = x'{task_hash(hold(tmp_path, 'orphan'))}'"
+    reset()  # this process holds the file open no more: the reader below is its last user
+    with background() as started:
+        parent = start_later(started, hold_args(tmp_path, "orphan", "--workers", "2"), tmp_path / "orphan.out")
+        wait_for(lambda: runners(tmp_path, "orphan"), what="the task to start")
+        (worker,) = runners(tmp_path, "orphan")
+        os.kill(parent.process.pid, signal.SIGKILL)  # the parent alone: its worker runs on
+        parent.wait()
+        reader = astra("tasks", "list")  # opens the file, then closes it as its last user
+        assert reader.returncode == 0 and "running" in reader.stdout, reader.stdout + reader.stderr
+        (tmp_path / "orphan.release").touch()
+        wait_for(lambda: raw_sql(database_url, status)[0][0] != "running", what="the orphaned worker to record it")
+    assert raw_sql(database_url, status) == [("done", worker, 1)]
+    assert raw_sql(database_url, "pragma integrity_check") == [("ok",)]
 
 
 @pytest.mark.slow

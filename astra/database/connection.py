@@ -467,6 +467,22 @@ class Database:
 DATABASE = Database()
 
 
+def _close_sqlite_before_fork() -> None:
+    """Close this thread's SQLite connection before the process forks (luigi's ``--workers N``), as SQLite requires.
+
+    A child that opened the same file again would find the parent's records of its file locks, copied with its
+    memory, and believe it held locks it does not: once the parent died, the next process to open the file took
+    it for its own, checkpointed and deleted the WAL under the child, and what the child recorded after was lost
+    (other processes' records too, and the file could be corrupted). The parent opens it again on its next use.
+    """
+    db = DATABASE.db
+    if isinstance(db, peewee.SqliteDatabase) and DATABASE.pid == os.getpid() and not db.in_transaction():
+        db.close()
+
+
+os.register_at_fork(before=_close_sqlite_before_fork)
+
+
 def only_reading() -> None:
     """This process only reads the records (``astra results``, ``tasks list``, ``show``, ``why``, ``db status``): an
     SQLite file it may not write does for it, as a read replica does on PostgreSQL. Any other process stops on
