@@ -39,6 +39,10 @@ class Known:
         self.done: set[str] = done if done is not None else set()
         self.connections_lost = connection.connections_lost  # lost one after this: known() starts afresh
         self.not_done: dict[str, float] = {}
+        #: The tasks exists() has answered: a "not done" got for one of them by a prefetch would wait unused (luigi
+        #: checks a task once while it schedules) until luigi's check of a task's inputs before it runs, and answer
+        #: that, however long ago another process finished the input (a run failed: "Unfulfilled dependency").
+        self.answered: set[str] = set()
         self.unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.created = 0
 
@@ -136,6 +140,7 @@ class DatabaseTarget(luigi.Target):
         if self.task_hash in cache.done:
             return True
         asked = cache.not_done.pop(self.task_hash, None)
+        cache.answered.add(self.task_hash)
         if asked is not None and time.monotonic() - asked < NOT_DONE_FOR:
             return False
         try:
@@ -249,6 +254,7 @@ def prefetch(tasks: Iterable[luigi.Task]) -> None:
             # _unchecked) is then walked without asking again, however deep it is.
             if t.task_hash is not None
             and t.task_hash not in cache.done
+            and t.task_hash not in cache.answered  # its next check asks the database itself
             and now - cache.not_done.get(t.task_hash, -NOT_DONE_FOR) >= NOT_DONE_FOR
         ]
     )
@@ -396,7 +402,7 @@ def _unchecked(cache: Known) -> list[str]:
             except Exception:  # its requires() or output() failed: luigi finds out when it checks the task itself
                 continue
             hashes.extend(t.task_hash for t in targets if t.task_hash is not None and t.task_hash not in cache.done)
-    return [h for h in hashes if h not in cache.not_done]
+    return [h for h in hashes if h not in cache.not_done and h not in cache.answered]
 
 
 def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget) -> list[object]:

@@ -36,6 +36,40 @@ class Both(luigi.WrapperTask):
         return [hold(Path(self.workdir), name) for name in ("one", "two")]
 
 
+class NeedsInput(astra.BaseTask):
+    """Needs the Hold ``input`` in ``workdir`` (which another process runs, see SharedInput)."""
+
+    side = luigi.Parameter()
+    workdir = luigi.Parameter()
+
+    def requires(self) -> Hold:
+        return hold(Path(self.workdir), "input")
+
+    def run(self) -> dict:
+        return {"side": self.side}
+
+
+class ThroughOneMore(astra.BaseTask):
+    workdir = luigi.Parameter()
+
+    def requires(self) -> NeedsInput:
+        return NeedsInput(side="b", workdir=self.workdir)
+
+    def run(self) -> dict:
+        return {}
+
+
+class SharedInput(luigi.WrapperTask):
+    """Two ways to the Hold ``input`` (a task that needs it, and one that needs such a task), and a Hold ``busy`` to
+    run meanwhile."""
+
+    workdir = luigi.Parameter()
+
+    def requires(self) -> list[luigi.Task]:
+        workdir = Path(self.workdir)
+        return [NeedsInput(side="a", workdir=self.workdir), ThroughOneMore(workdir=self.workdir), hold(workdir, "busy")]
+
+
 def hold_args(tmp_path: Path, name: str, *extra: str) -> list[str]:
     """The luigi command line of ``hold(tmp_path, name)``."""
     return [

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from astra.database import Task
-from tests.helpers import background
+from tests.claims_tasks import runners
+from tests.helpers import background, start_later, wait_for
 from workflows.spectra import simulate
 
 
@@ -49,3 +50,28 @@ def test_two_machines_share_one_luigid_and_every_task_runs_once(postgres_url, lu
 
     assert luigid.stop() == 0
     assert "Saved state in" in luigid.log() and luigid.state.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite"])  # what a process keeps in memory, the same on either
+def test_an_input_another_process_finished_meanwhile_is_found_done_before_the_task_runs(database_url, luigid, tmp_path):
+    """Process A, with one worker, schedules two tasks that need the task ``input``, which luigid says process B is
+    running, and runs ``busy`` meanwhile. Asking about the second one's inputs had left a "not done" for ``input``
+    that nothing used while scheduling; after B finished, luigi's check of the first task's inputs, just before it
+    ran, took that answer: "RuntimeError: Unfulfilled dependency at run time", a traceback, and the task failed."""
+    common = [*luigid.worker_args(), "--workers", "1", "--no-lock"]
+    input_task = ["Hold", "--name", "input", "--runs-log", str(tmp_path / "input.log")]
+    input_task += ["--release", str(tmp_path / "input.release")]
+    with background() as started:
+        b = start_later(started, ["--module", "tests.claims_tasks", *input_task, *common], tmp_path / "b.out")
+        wait_for(lambda: runners(tmp_path, "input"), what="process B to run input")
+        a_args = ["--module", "tests.claims_tasks", "SharedInput", "--workdir", str(tmp_path), *common]
+        a = start_later(started, a_args, tmp_path / "a.out")
+        wait_for(lambda: runners(tmp_path, "busy"), what="process A to run busy")
+        (tmp_path / "input.release").touch()
+        assert b.wait() == 0, b.text()
+        (tmp_path / "busy.release").touch()
+        assert a.wait() == 0, a.text()
+    assert "Unfulfilled" not in a.text() and "Traceback" not in a.text(), a.text()
+    assert ran_successfully(a.text()) == 5  # busy, both NeedsInput, ThroughOneMore, SharedInput
+    assert {row.status for row in Task.select()} == {"done"} and Task.select().count() == 5
