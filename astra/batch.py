@@ -66,7 +66,7 @@ from astra.database.connection import close_thread_connection, retried, use_own_
 from astra.executors import executor_for
 from astra.executors.shares import check, shares_of
 from astra.identity import Item, items, requirements, task_version
-from astra.recording import ItemFailuresError, fields, run_unrecorded, summarise
+from astra.recording import ItemFailuresError, fields, interrupted_once, run_unrecorded, summarise
 from astra.targets import BatchTarget, complete_hashes, database_targets
 from astra.tasks import BaseTask
 
@@ -242,7 +242,8 @@ class BatchTask(luigi.Task):
         return results
 
     def run(self) -> None:
-        executor_for(self).run_batch(self)  # here (work()), or in shares elsewhere, each running work() on its own
+        with interrupted_once():  # Ctrl-C in luigi's forked worker: the items' records, then one line
+            executor_for(self).run_batch(self)  # here (work()), or in shares elsewhere, each running work() itself
 
     def work(
         self,

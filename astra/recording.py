@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 
 import luigi
@@ -416,29 +416,39 @@ def run_recorded(task: luigi.Task, call: Callable[[], object], local: bool = Fal
     A run that is (or returns) a generator, yielding dynamic dependencies, is followed by :func:`_follow` and
     recorded when it finishes, with the tasks it yielded. ``local``: run here whatever the task's executor.
     """
+    with interrupted_once():
+        try:
+            claim = _start(task)
+            if claim is None:
+                return None  # another worker finished it meanwhile
+            try:
+                result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
+            except BaseException as exc:
+                _end(task, claim, error=exc)
+                raise
+            if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
+                return _follow(task, claim, result)
+            _end(task, claim, result)  # an interrupt here (a long record) records the failure in _end
+        except DatabaseGoneError:
+            config.stop_asking_for_work()
+            raise
+    return None
+
+
+@contextmanager
+def interrupted_once() -> Iterator[None]:
+    """Around a task's work in a process luigi forked for it (``--workers`` above 1): the first Ctrl-C or SIGTERM
+    interrupts the work (:func:`_interrupt_once`), and the process then ends quietly (:func:`_stop_quietly`) once
+    the failure is recorded; in any other process, nothing changes."""
     forked = _in_task_process()
     if forked:
         _interrupt_once()
     try:
-        claim = _start(task)
-        if claim is None:
-            return None  # another worker finished it meanwhile
-        try:
-            result = call() if local else executor_for(task, claim.settings).run(task, claim, call)
-        except BaseException as exc:
-            _end(task, claim, error=exc)
-            raise
-        if isinstance(result, types.GeneratorType):  # luigi drives it, so shall we
-            return _follow(task, claim, result)
-        _end(task, claim, result)  # an interrupt here (a long record) records the failure in _end
-    except DatabaseGoneError:
-        config.stop_asking_for_work()
-        raise
+        yield
     except KeyboardInterrupt:
         if forked:
             _stop_quietly()
         raise
-    return None
 
 
 def run_unrecorded(task: luigi.Task) -> object:

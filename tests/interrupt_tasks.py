@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import astra  # before peewee, which then does not import psycopg 3 (see workflows/__init__.py)
@@ -18,6 +19,7 @@ import astra  # before peewee, which then does not import psycopg 3 (see workflo
 import luigi
 import peewee
 
+from astra.batch import BatchTask
 from astra.database import output_tables, session
 from astra.database.connection import database
 
@@ -53,6 +55,25 @@ class LongRecords(luigi.WrapperTask):
 
     def requires(self) -> list[LongRecord]:
         return [LongRecord(k=k, rows=self.rows) for k in range(self.n)]
+
+
+class Nap(astra.BaseTask):
+    """An item of Naps: writes ``nap-I`` in ``SLOW_DIR``, then naps."""
+
+    i = luigi.IntParameter()
+
+    def run(self) -> dict:
+        (Path(os.environ["SLOW_DIR"]) / f"nap-{self.i}").touch()
+        time.sleep(0.02)
+        return {"i": self.i}
+
+
+class Naps(BatchTask):
+    item_class = Nap
+    n = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return ({"i": i} for i in range(self.n))
 
 
 def _insert(model, rows, checked=False) -> None:
