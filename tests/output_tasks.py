@@ -203,6 +203,15 @@ class FindLines(astra.BaseTask):
         return {"lines": lines, "lines_undeclared": lines if self.undeclared else None}
 
 
+class FindWiderLines(FindLines):
+    """Its lines have a fourth number, in the rows of FindLines's model (a release that declares (None, 4))."""
+
+    version = "2"
+
+    def run(self) -> dict:
+        return {"lines": np.arange(self.n * 4, dtype=float).reshape(self.n, 4)}
+
+
 class Sparse(astra.OutputModel):
     """Arrays that some tasks do not have (null), of floats and of ints."""
 

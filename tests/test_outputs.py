@@ -390,6 +390,24 @@ def test_the_check_of_a_table_reads_the_shapes_of_its_newest_arrays(outputs_db, 
     assert output_schema.changes(Lines) == []
 
 
+def test_the_check_of_a_shared_table_reads_the_rows_of_each_class(outputs_db, monkeypatch):
+    """A subclass shares the model: its tasks, of a new version, wrote the newest rows in the new declared shape, so
+    the newest rows alone hid the rows of the class whose version was left as it was, which luigi counted done."""
+    from tests.output_tasks import FindWiderLines
+
+    if is_postgres():
+        output_tables.create([Lines])
+    assert build(FindLines(n=2))
+    monkeypatch.setattr(Lines.lines, "shape", (None, 4))  # the next release: FindWiderLines bumped, FindLines not
+    monkeypatch.setattr(output_schema, "SAMPLED", 3)
+    assert build(*[FindWiderLines(n=n) for n in range(1, 5)])
+    (change,) = output_schema.changes(Lines)
+    assert change.what == (
+        "column lines holds arrays of shape (2, 3) in the rows of done FindLines tasks of version '', the model "
+        "declares (None, 4)"
+    )
+
+
 ARRAYS_READ_AT_ONCE = {
     "one shape": ("real", [[1.5, float("nan"), -2.0], [0.0, 1e30, 3.25], [4.0, 5.0, 6.0]]),
     "two dimensions": ("double precision", [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]),

@@ -475,11 +475,16 @@ class SQLite:
             return None
         return _npy_header(row[0])[2]
 
-    def newest_shapes(self, db: peewee.Database, table: str, column: str, rows: int) -> list[tuple[int, tuple | None]]:
-        """(task_pk, shape) of the newest ``rows`` rows of output table ``table`` (by pk), the shape of their array
-        in ``column`` (None where it holds none, or an empty one); only the arrays' headers are read."""
+    def newest_shapes(
+        self, db: peewee.Database, table: str, column: str, rows: int, tasks: list[int] | None = None
+    ) -> list[tuple[int, tuple | None]]:
+        """(task_pk, shape) of the newest ``rows`` rows of output table ``table`` (by pk; only rows of ``tasks``, if
+        given), the shape of their array in ``column`` (None where it holds none, or an empty one); only the arrays'
+        headers are read."""
         found = []
-        query = f'SELECT task_pk, substr("{column}", 1, {_NPY_HEADER}) FROM "{table}" ORDER BY pk DESC LIMIT ?'
+        of_tasks = f"WHERE task_pk IN ({', '.join(map(str, map(int, tasks)))})" if tasks is not None else ""
+        header = f'substr("{column}", 1, {_NPY_HEADER})'
+        query = f'SELECT task_pk, {header} FROM "{table}" {of_tasks} ORDER BY pk DESC LIMIT ?'
         for task_pk, head in db.execute_sql(query, (rows,)).fetchall():
             shape = None
             if head is not None:
@@ -1116,10 +1121,14 @@ class PostgreSQL(SQLite):
     def stored_dtype(self, db: peewee.Database, table: str, column: str) -> np.dtype | None:
         return None  # the column's type says it: real[], double precision[], ...
 
-    def newest_shapes(self, db: peewee.Database, table: str, column: str, rows: int) -> list[tuple[int, tuple | None]]:
-        query = f'SELECT task_pk, array_dims("{column}") FROM astra."{table}" ORDER BY pk DESC LIMIT %s'
+    def newest_shapes(
+        self, db: peewee.Database, table: str, column: str, rows: int, tasks: list[int] | None = None
+    ) -> list[tuple[int, tuple | None]]:
+        of_tasks = "WHERE task_pk = ANY(%s)" if tasks is not None else ""
+        query = f'SELECT task_pk, array_dims("{column}") FROM astra."{table}" {of_tasks} ORDER BY pk DESC LIMIT %s'
         found = []
-        for task_pk, dims in db.execute_sql(query, (rows,)).fetchall():  # dims: '[1:3][1:5]', NULL if empty
+        given = (list(tasks), rows) if tasks is not None else (rows,)
+        for task_pk, dims in db.execute_sql(query, given).fetchall():  # dims: '[1:3][1:5]', NULL if empty
             bounds = [part.split(":") for part in dims.strip("[]").split("][")] if dims else []
             found.append((task_pk, tuple(int(high) - int(low) + 1 for low, high in bounds) or None))
         return found

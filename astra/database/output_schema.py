@@ -242,15 +242,24 @@ def _shapes(db: peewee.Database, model: type[peewee.Model], owned: Sequence[tupl
     have: the shape changed in the model with the task's version left as it was, and luigi would count those tasks
     done, their rows of the old shape beside new ones. Rows of other versions rightly keep the shape they were made
     with. A few of the newest rows are looked at (by the output table's pk, only the arrays' shapes): a bounded
-    cost at every start, whatever the tables hold.
+    cost at every start, whatever the tables hold; and the rows of the first done tasks of each class.
     """
     shaped = [field for field in model._meta.sorted_fields if getattr(field, "shape", None) is not None]
     current = {(module, name): version for module, name, version in _versions(owned)} if shaped else {}
     if not current:
         return []
+    # A model several classes share (a subclass's tasks, say): the newest rows may all be one class's, so each
+    # class's first done tasks (the first entries of the task name's index: bounded) are looked at too.
+    firsts = []
+    for (module, name), version in current.items():
+        first = Task.select(Task.pk, Task.task_module, Task.version).where(Task.task_name == name, Task.status == DONE)
+        firsts.append([pk for pk, of, at in first.limit(SAMPLED).tuples() if (of, at) == (module, version)])
     found = []
     for field in shaped:
-        newest = dialect(db).newest_shapes(db, model._meta.table_name, field.column_name, SAMPLED)
+        table, column = model._meta.table_name, field.column_name
+        newest = dialect(db).newest_shapes(db, table, column, SAMPLED)
+        for pks in filter(None, firsts):
+            newest += dialect(db).newest_shapes(db, table, column, SAMPLED, tasks=pks)
         tasks = Task.select(Task.pk, Task.task_module, Task.task_name, Task.version).where(
             Task.pk.in_(sorted({pk for pk, shape in newest if shape is not None})), Task.status == DONE
         )
