@@ -57,19 +57,19 @@ class LongRecords(luigi.WrapperTask):
         return [LongRecord(k=k, rows=self.rows) for k in range(self.n)]
 
 
-class Nap(astra.BaseTask):
-    """An item of Naps: writes ``nap-I`` in ``SLOW_DIR``, then naps."""
+class Doze(astra.BaseTask):
+    """An item of Dozes: writes ``doze-I`` in ``SLOW_DIR``, then dozes."""
 
     i = luigi.IntParameter()
 
     def run(self) -> dict:
-        (Path(os.environ["SLOW_DIR"]) / f"nap-{self.i}").touch()
+        (Path(os.environ["SLOW_DIR"]) / f"doze-{self.i}").touch()
         time.sleep(0.02)
         return {"i": self.i}
 
 
-class Naps(BatchTask):
-    item_class = Nap
+class Dozes(BatchTask):
+    item_class = Doze
     n = luigi.IntParameter()
 
     def parameter_sets(self):

@@ -193,13 +193,19 @@ def test_one_connection_per_process_and_forks_open_their_own(database_url, backe
     seen = queue.get(timeout=30)
     child.join(timeout=30)
     assert child.exitcode == 0
-    # The parent's connection survives the child (which must not have closed or reused it).
-    assert database() is db and db.connection() is connection
+    assert database() is db
     if backend == "postgresql":
+        # The parent's connection survives the child (which must not have closed or reused it).
+        assert db.connection() is connection
         after = db.execute_sql("select pg_backend_pid()").fetchone()[0]
         assert after == before != seen
     else:
+        # SQLite's rule: no connection open across fork() (see connection._close_sqlite_before_fork). The parent's was
+        # closed as it forked, and the parent opens another on its next use.
         assert seen == child.pid
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("select 1")
+        assert db.connection() is not connection and db.execute_sql("select count(*) from task").fetchone() == (0,)
 
 
 def _recorded(path: Path) -> list[str]:

@@ -55,17 +55,17 @@ def test_ctrl_c_to_the_group_as_records_are_written_fails_them_in_one_line(postg
 def test_ctrl_c_to_the_group_in_a_batch_ends_in_one_line(database_url, tmp_path):
     """A batch in a worker luigi forked (``--workers 2``): Ctrl-C to the group printed multiprocessing's
     KeyboardInterrupt traceback through the batch's items before astra's one line (plain tasks ended quietly)."""
-    args = [*ARGS, "Naps", "--n", "150", "--workers", "2", "--no-lock"]
+    args = [*ARGS, "Dozes", "--n", "150", "--workers", "2", "--no-lock"]
     with background((args, tmp_path / "run.log", {"SLOW_DIR": str(tmp_path)})) as [run]:
-        wait_for(lambda: (tmp_path / "nap-5").exists(), timeout=60, what="the batch's items to run")
+        wait_for(lambda: (tmp_path / "doze-5").exists(), timeout=60, what="the batch's items to run")
         run.signal(signal.SIGINT)
         assert run.wait(timeout=60) == -signal.SIGINT, run.text()
     output = run.text()
     assert "Traceback" not in output and "astra: stopped (Ctrl-C or SIGTERM)" in output, output
     forget_cached()
-    statuses = {row.status for row in Task.select().where(Task.task_name == "Nap")}
+    statuses = {row.status for row in Task.select().where(Task.task_name == "Doze")}
     assert statuses <= {"done", "failed"}, statuses  # the chunk under way: none recorded, all run again
     again = run_luigi(*args, env={"SLOW_DIR": str(tmp_path)}, timeout=120)
     assert again.returncode == 0, again.stdout
     forget_cached()
-    assert Task.select().where(Task.task_name == "Nap", Task.status == "done").count() == 150
+    assert Task.select().where(Task.task_name == "Doze", Task.status == "done").count() == 150
