@@ -496,32 +496,66 @@ class SQLite:
         return found
 
     def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
-        """Store every array of ``column`` as ``dtype`` (SQLite keeps each array's dtype in its bytes)."""
+        """Store every array of ``column`` as ``dtype`` (SQLite keeps each array's dtype in its bytes), each value
+        cast as PostgreSQL casts it (:func:`_narrowed`); ValueError, having changed some, if one cannot be (the
+        caller, having asked :meth:`unfit` first, rolls back)."""
         import numpy as np  # only when an array column is compared or rewritten
 
+        for rows in self._numbers(db, table, column):
+            new = []
+            for pk, _, data in rows:
+                cast, bad = _narrowed(np.load(io.BytesIO(bytes(data)), allow_pickle=False), dtype)
+                if bad.any():
+                    raise ValueError(f"{table}.{column}: a value of row {pk} does not fit in {dtype}")
+                new.append((self.array_value(cast), pk))
+            db.many(f'UPDATE "{table}" SET "{column}" = ? WHERE pk = ?', new)
+
+    def unfit(self, db: peewee.Database, table: str, field: peewee.Field, kind: str) -> tuple[int, object] | None:
+        """The first value of ``field``'s column in output table ``table`` (by the table's pk; of an array, its first
+        element) that the type ``field`` declares cannot hold, the column's type being ``kind`` now: (the row's
+        task_pk, the value), or None. Not held: NaN, an infinity or a number outside the range of an integer type;
+        in float32, a finite number that would become an infinity or 0 (:func:`_narrowed`). Asked before the column
+        is changed: PostgreSQL would stop at such a value with an error that names no table."""
+        import numpy as np  # only when a column is narrowed
+
+        dtype = _narrowed_to(field)
+        if dtype is None:
+            return None
+        arrays = hasattr(field, "dtype")
+        numbers = "" if arrays else f" AND typeof(\"{field.column_name}\") IN ('real', 'integer')"
+        for rows in self._numbers(db, table, field.column_name, numbers):
+            for _, task_pk, value in rows:
+                values = np.load(io.BytesIO(bytes(value)), allow_pickle=False) if arrays else np.array([value])
+                bad = _narrowed(values, dtype)[1]
+                if bad.any():
+                    return task_pk, values[bad].flat[0].item()
+        return None
+
+    def _numbers(self, db: peewee.Database, table: str, column: str, where: str = ""):
+        """The rows (pk, task_pk, value) of ``table`` whose ``column`` is not null (and ``where``), in chunks, by
+        pk."""
         last = 0
         while True:
             rows = db.execute_sql(
-                f'SELECT pk, "{column}" FROM "{table}" WHERE pk > ? AND "{column}" IS NOT NULL ORDER BY pk LIMIT ?',
+                f'SELECT pk, task_pk, "{column}" FROM "{table}" WHERE pk > ? AND "{column}" IS NOT NULL{where} '
+                "ORDER BY pk LIMIT ?",
                 (last, CHUNK),
             ).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
-            new = [
-                (self.array_value(np.load(io.BytesIO(bytes(b)), allow_pickle=False).astype(dtype)), pk)
-                for pk, b in rows
-            ]
-            db.many(f'UPDATE "{table}" SET "{column}" = ? WHERE pk = ?', new)
+            yield rows
 
     def type_change(self, migrator, table: str, field: peewee.Field, declared: str):
         """The playhouse.migrate operation that gives ``field``'s column its ``declared`` type (SQLite rebuilds
         the table, copying the rows)."""
         column = field.column_name
-        if declared == "integer":  # a REAL 5001.5 would stay REAL in an INTEGER column: round, as PostgreSQL casts
-            migrator.database.execute_sql(
-                f'UPDATE "{table}" SET "{column}" = round("{column}") WHERE typeof("{column}") = \'real\''
-            )
+        if declared == "integer":
+            # A REAL 5001.5 would stay REAL in an INTEGER column: round it half to even, as PostgreSQL casts (SQLite's
+            # round() rounds half away from zero). NaN is NULL here; an infinity :meth:`unfit` refused.
+            db = migrator.database
+            for rows in self._numbers(db, table, column, f" AND typeof(\"{column}\") = 'real'"):
+                db.many(f'UPDATE "{table}" SET "{column}" = ? WHERE pk = ?', [(round(v), pk) for pk, _, v in rows])
 
         def defined(name: str, definition: str) -> str:
             # Not playhouse's alter_column_type: peewee 4.5 writes the column's name twice there ("n""n" REAL).
@@ -1136,6 +1170,45 @@ class PostgreSQL(SQLite):
     def rewrite_arrays(self, db: peewee.Database, table: str, column: str, dtype: np.dtype) -> None:
         pass  # the type change of the column rewrote them
 
+    def unfit(self, db: peewee.Database, table: str, field: peewee.Field, kind: str) -> tuple[int, object] | None:
+        import numpy as np  # only when a column is narrowed
+
+        dtype, source = _narrowed_to(field), kind.removesuffix("[]")
+        if dtype is None or source not in ("smallint", "integer", "bigint", "real", "double precision"):
+            return None
+        if dtype.kind in "iu" and source in ("real", "double precision"):
+            # The cast rounds with rint() (half to even), then refuses what is outside the range (NaN included:
+            # PostgreSQL sorts it above every number).
+            info = np.iinfo(dtype)
+            bad = (
+                f"NOT (round(v::float8) >= '{float(info.min)!r}'::float8 "
+                f"AND round(v::float8) < '{float(info.max) + 1!r}'::float8)"
+            )
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            bad = f"v NOT BETWEEN {info.min} AND {info.max}"
+        elif dtype == np.float32 and source == "double precision":
+            # Overflow and underflow, as the cast's errors: a finite value whose nearest float32 is infinite, or 0.
+            bad = (
+                "v <> 0 AND v <> 'NaN' AND abs(v) <> 'Infinity' "
+                f"AND (abs(v) >= '{_FLOAT32_INFINITE!r}'::float8 OR abs(v) <= '{_FLOAT32_ZERO!r}'::float8)"
+            )
+        else:
+            return None
+        column = f'"{field.column_name}"'
+        if kind.endswith("[]"):  # each element, in order
+            query = (
+                f'SELECT t.task_pk, u.v FROM astra."{table}" t CROSS JOIN LATERAL unnest(t.{column}) '
+                f"WITH ORDINALITY AS u(v, n) WHERE {bad} ORDER BY t.pk, u.n LIMIT 1"
+            )
+        else:
+            query = (
+                f'SELECT task_pk, v FROM (SELECT pk, task_pk, {column} AS v FROM astra."{table}") AS t '
+                f"WHERE {bad} ORDER BY pk LIMIT 1"
+            )
+        found = db.execute_sql(query).fetchone()
+        return None if found is None else (found[0], found[1])
+
     def holds_exactly(self, db: peewee.Database, table: str, column: str, kind: str, declared: str) -> bool:
         return False  # the types say it (output_schema.WIDER)
 
@@ -1208,6 +1281,50 @@ def _ddl_type(db: peewee.Database, field: peewee.Field) -> str:
     """The column type ``field`` is created with on ``db``."""
     context = db.get_sql_context()
     return context.sql(field.ddl_datatype(context)).query()[0]
+
+
+#: The numpy dtype a scalar field's column holds in PostgreSQL, by peewee's field type, where it holds fewer values
+#: than a double or a 64-bit integer (:meth:`SQLite.unfit`).
+_SCALAR_DTYPES = {"SMALLINT": "int16", "INT": "int32", "BIGINT": "int64", "FLOAT": "float32"}
+
+#: The least magnitude of a double whose nearest float32 is infinite (halfway between the largest float32 and 2**128,
+#: which rounds to even: up), and the greatest of one whose nearest float32 is 0 (half the least float32 above 0).
+_FLOAT32_INFINITE = 2.0**128 - 2.0**103
+_FLOAT32_ZERO = 2.0**-150
+
+
+def _narrowed_to(field: peewee.Field) -> np.dtype | None:
+    """The dtype of the values ``field``'s column holds (an ArrayField's elements), if narrower than a double or a
+    64-bit integer may need checking; None for other types."""
+    import numpy as np
+
+    if hasattr(field, "dtype"):  # an astra.ArrayField
+        return np.dtype(field.dtype)
+    name = _SCALAR_DTYPES.get(field.field_type)
+    return None if name is None else np.dtype(name)
+
+
+def _narrowed(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` cast to ``dtype`` as PostgreSQL casts them, and where ``dtype`` cannot hold them (a mask; their
+    cast is then no value). A float made an integer is rounded half to even (PostgreSQL's rint(), numpy's
+    ``np.rint``), and NaN, an infinity or a number outside the integer type's range cannot be held; a finite float
+    made a narrower float cannot be where it would become an infinity or 0 (PostgreSQL's overflow and underflow
+    errors; numpy's cast gives them silently)."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        if dtype.kind in "iu" and values.dtype.kind == "f":
+            info = np.iinfo(dtype)
+            rounded = np.rint(values)
+            bad = ~((rounded >= float(info.min)) & (rounded < float(info.max) + 1))  # NaN: neither
+            return np.where(bad, 0, rounded).astype(dtype), bad
+        if dtype.kind in "iu" and values.dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            return values.astype(dtype), (values < info.min) | (values > info.max)
+        cast = values.astype(dtype)
+        if dtype.kind == "f" and values.dtype.kind == "f":
+            return cast, (np.isfinite(values) & ~np.isfinite(cast)) | ((cast == 0) & (values != 0))
+        return cast, np.zeros(values.shape, dtype=bool)
 
 
 #: peewee's names of PostgreSQL types and format_type()'s (what the catalog says), as regular expressions.

@@ -208,9 +208,7 @@ def _columns(db: peewee.Database, model: type[peewee.Model], table: str, target:
                 found.append(
                     Change(
                         f"column {column} holds {stored} arrays, the model says {field.dtype}",
-                        lambda db, column=column, dtype=field.dtype: dialect(db).rewrite_arrays(
-                            db, target, column, dtype
-                        ),
+                        _rewrite(model, target, field, stored, checked=not lossless),
                         lossy=not lossless,
                         refusal="" if lossless else "their values would change",
                     )
@@ -421,6 +419,8 @@ def _retype(
     lossless = exact or (kind, declared) in WIDER or (kind.startswith("character varying") and declared == "text")
 
     def apply(db: peewee.Database) -> None:
+        if not lossless:
+            _refuse_unfit(db, model, table, field, kind)
         run_operations(dialect(db).type_change(dialect(db).migrator(db), table, field, declared))
 
     return Change(
@@ -428,6 +428,36 @@ def _retype(
         apply,
         lossy=not lossless,
         refusal="" if lossless else "its values would be cast",
+    )
+
+
+def _rewrite(
+    model: type[peewee.Model], table: str, field: peewee.Field, stored: object, checked: bool
+) -> Callable[[peewee.Database], None]:
+    """Store the arrays of ``field``'s column as its dtype (SQLite, which keeps each array's dtype in its bytes);
+    first, where values may not fit (``checked``), refuse if one does not."""
+
+    def apply(db: peewee.Database) -> None:
+        if checked:
+            _refuse_unfit(db, model, table, field, str(stored))
+        dialect(db).rewrite_arrays(db, table, field.column_name, field.dtype)
+
+    return apply
+
+
+def _refuse_unfit(db: peewee.Database, model: type[peewee.Model], table: str, field: peewee.Field, kind: str) -> None:
+    """Refuse (MigrationRefusedError) to cast ``field``'s column, of type ``kind`` now, if a value of it is one the
+    type ``field`` declares cannot hold (NaN made an integer, a double beyond float32's range...): cast, it would
+    become another value, or PostgreSQL would stop the migration without saying where."""
+    found = dialect(db).unfit(db, table, field, kind)
+    if found is None:
+        return
+    task_pk, value = found
+    held = f"an astra.ArrayField('{field.dtype}')" if hasattr(field, "dtype") else f"a peewee.{type(field).__name__}"
+    raise MigrationRefusedError(
+        f"cannot migrate {table}: column {field.column_name} holds {value!r} (in a row of task {task_pk}), which "
+        f"{held} cannot hold; fix or delete the rows that hold such values, or declare {model.__name__}.{field.name} "
+        "with a type that holds them"
     )
 
 
