@@ -23,9 +23,9 @@ def migrate(changes: str, *args: str):
     return astra("db", "migrate", *MODULE, *args, env=release(changes))
 
 
-def refusal(changes: str) -> str:
+def refusal(changes: str, *args: str) -> str:
     """The one line `astra db migrate` refuses with, changing nothing (exit 1, no traceback)."""
-    refused = migrate(changes)
+    refused = migrate(changes, *args)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
     return refused.stderr.strip()
 

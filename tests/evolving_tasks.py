@@ -6,7 +6,10 @@ new column that may not be null), ``float64`` (the flux arrays become float64), 
 ``version2`` (FitStar's version is "2"), ``indexed`` (an index on teff), ``unique`` (teff is unique), ``realteff``
 (teff is a FloatField, PostgreSQL's real, with a tenth that float32 cannot hold exactly), ``intteff`` (teff is an
 IntegerField), ``shape3`` (flux declares the shape its arrays have, (3,)), ``shape5`` (flux arrays of 5 numbers,
-declared (5,)); ``json`` is a
+declared (5,)), ``int32flux`` (the flux arrays become int32), ``halves`` (teff and flux hold halves, 5000.5 + star
+and [2.5, 3.5, 12.7, -2.5] + star, with ``float64``), ``unfit`` (with ``float64``: star 3 has teff 1e10 and flux
+[4.5, NaN, 1e10], star 4 flux [0.1, 1e300], star 5 flux [0.1, 1e-50]: values an integer or a float32 cannot hold);
+``json`` is a
 release before FitStar had an output model (its result was JSON, with a note for star 2 that the model has no
 column for).
 """
@@ -31,13 +34,21 @@ def _teff_field() -> type[peewee.Field]:
     return peewee.FloatField if "realteff" in CHANGES else peewee.DoubleField
 
 
+def _flux_dtype() -> str:
+    return "int32" if "int32flux" in CHANGES else "float64" if "float64" in CHANGES else "float32"
+
+
+#: The flux of a star's row that the types it may be narrowed to cannot hold (``unfit``).
+UNFIT = {3: [4.5, np.nan, 1e10], 4: [0.1, 1e300], 5: [0.1, 1e-50]}
+
+
 def _flux_shape() -> tuple[int] | None:
     return (5,) if "shape5" in CHANGES else (3,) if "shape3" in CHANGES else None
 
 
 class Fit(astra.OutputModel):
     teff = _teff_field()(index="indexed" in CHANGES, unique="unique" in CHANGES)
-    flux = astra.ArrayField("float64" if "float64" in CHANGES else "float32", shape=_flux_shape())
+    flux = astra.ArrayField(_flux_dtype(), shape=_flux_shape())
     if "logg" in CHANGES:
         logg = peewee.DoubleField(null=True)
     if "mass" in CHANGES:
@@ -59,6 +70,11 @@ class FitStar(astra.BaseTask):
             row["teff"] += 0.1
         if "intteff" in CHANGES:
             row["teff"] = 5000 + self.star
+        if "halves" in CHANGES:
+            row["teff"], row["flux"] = 5000.5 + self.star, np.array([2.5, 3.5, 12.7, -2.5]) + self.star
+        if "unfit" in CHANGES and self.star in UNFIT:
+            row["teff"] = 1e10 if self.star == 3 else row["teff"]
+            row["flux"] = np.array(UNFIT[self.star])
         if "json" in CHANGES and self.star == 2:
             row["note"] = "no column for this"
         if "logg" in CHANGES:

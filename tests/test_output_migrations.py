@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
 
 from tests.evolving import MODULE, column_names, done_stars, luigi, migrate, refusal, release, rows
-from tests.helpers import astra, luigi_error_line, raw_execute, raw_sql
+from tests.helpers import astra, luigi_error_line, main, one_line_error, raw_execute, raw_sql
 
 
 @pytest.mark.slow
@@ -150,6 +151,100 @@ def test_a_double_narrowed_to_an_integer_and_widened_back(first_release):
     teffs = {row["star"]: row["teff"] for row in rows("")}
     assert teffs == {0: 5000.0, 1: 5001.0, 2: 5002.0, 5: 5005.0, 6: 5006.0}, teffs
     assert all(type(t) is float for t in teffs.values()), teffs
+
+
+def _pks(url: str) -> dict[int, int]:
+    """The pk of each star's FitStar task (luigi's task_id starts with the family and the star)."""
+    found = raw_sql(url, "select pk, task_id from astra.task where task_name = 'FitStar'")
+    return {int(task_id.split("_")[1]): pk for pk, task_id in found}
+
+
+def _fits(url: str) -> dict[int, tuple]:
+    """(teff, flux as a list) of each star's row of evolving_fit, as the database holds them (read without astra)."""
+    stars = {pk: star for star, pk in _pks(url).items()}
+    found = {}
+    for task_pk, teff, flux in raw_sql(url, "select task_pk, teff, flux from astra.evolving_fit order by task_pk"):
+        found[stars[task_pk]] = (teff, np.load(io.BytesIO(flux)).tolist() if isinstance(flux, bytes) else flux)
+    return dict(sorted(found.items()))
+
+
+#: What a refusal to narrow a column says to do.
+ADVICE = "fix or delete the rows that hold such values, or declare Fit.{} with a type that holds them"
+
+
+@pytest.mark.slow
+def test_a_double_narrowed_to_an_integer_is_rounded_half_to_even_or_refused(database_url):
+    """`astra db migrate --allow-data-loss`, doubles made integers: SQLite truncated the arrays' values (12.7 became
+    12) and made NaN and 1e10 -2147483648, saying it had migrated, and rounded a scalar 2.5 away from zero (3);
+    PostgreSQL rounded half to even and stopped at 1e10 with "integer out of range", naming no table or column. Both
+    now give PostgreSQL's values, and refuse, naming table, column and value, before changing anything."""
+    url = database_url
+    wide = "float64,halves,unfit"
+    made = astra("db", "init", *MODULE, env=release(wide))
+    assert made.returncode == 0, made.stderr
+    assert "This progress looks :)" in luigi(wide, "CountFits", "--n", "4").stdout
+    star3 = _pks(url)[3]  # teff 1e10, flux [4.5, NaN, 1e10]
+
+    narrow = ("intteff,int32flux", "--allow-data-loss")
+    assert refusal(*narrow) == (
+        f"astra: cannot migrate evolving_fit: column teff holds 10000000000.0 (in a row of task {star3}), which a "
+        f"peewee.IntegerField cannot hold; {ADVICE.format('teff')}"
+    )
+    raw_execute(url, f"update astra.evolving_fit set teff = 5003 where task_pk = {star3}")
+    assert refusal(*narrow) == (
+        f"astra: cannot migrate evolving_fit: column flux holds nan (in a row of task {star3}), which an "
+        f"astra.ArrayField('int32') cannot hold; {ADVICE.format('flux')}"
+    )
+    assert _flux_dtype(url) in ("float64", "double precision[]")  # nothing changed: teff neither
+    assert str(_fits(url)) == str(
+        {
+            **{star: (5000.5 + star, [2.5 + star, 3.5 + star, 12.7 + star, -2.5 + star]) for star in range(3)},
+            3: (5003.0, [4.5, float("nan"), 1e10]),
+        }
+    )
+
+    raw_execute(url, f"delete from astra.evolving_fit where task_pk = {star3}")  # as the line says
+    done = migrate(*narrow)
+    assert done.returncode == 0, done.stderr
+    assert _flux_dtype(url) in ("int32", "integer[]")
+    fits = _fits(url)
+    assert fits == {
+        0: (5000, [2, 4, 13, -2]),  # 5000.5, [2.5, 3.5, 12.7, -2.5]
+        1: (5002, [4, 4, 14, -2]),  # 5001.5, [3.5, 4.5, 13.7, -1.5]
+        2: (5002, [4, 6, 15, 0]),  # 5002.5, [4.5, 5.5, 14.7, -0.5]
+    }, fits
+    assert all(type(teff) is int for teff, _ in fits.values()), fits
+
+
+@pytest.mark.slow
+def test_a_double_array_narrowed_to_float32_refuses_values_float32_cannot_hold(database_url, capsys):
+    """float64 arrays made float32 by `astra db migrate --allow-data-loss`: on SQLite 1e300 became an infinity
+    (and 1e-50 0), saying it had migrated; PostgreSQL stopped with "value out of range: overflow", naming no table
+    or column. Both now refuse, naming table, column and value, before changing anything."""
+    url = database_url
+    wide = "float64,unfit"
+    made = astra("db", "init", *MODULE, env=release(wide))
+    assert made.returncode == 0, made.stderr
+    assert "This progress looks :)" in luigi(wide, "CountFits", "--n", "6").stdout
+    pks = _pks(url)
+    unfit = {pks[4]: "1e+300", pks[5]: "1e-50"}  # the first named is that of the row written first
+
+    # In this process, whose $EVOLVING is unset: the first release, whose flux arrays are float32.
+    while unfit:
+        line = one_line_error(main(capsys, "db", "migrate", *MODULE, "--allow-data-loss"), 1)
+        task_pk = int(re.search(r"in a row of task (\d+)", line)[1])
+        assert line == (
+            f"astra: cannot migrate evolving_fit: column flux holds {unfit.pop(task_pk)} (in a row of task "
+            f"{task_pk}), which an astra.ArrayField('float32') cannot hold; {ADVICE.format('flux')}"
+        )
+        assert _flux_dtype(url) in ("float64", "double precision[]")
+        raw_execute(url, f"delete from astra.evolving_fit where task_pk = {task_pk}")
+
+    done = main(capsys, "db", "migrate", *MODULE, "--allow-data-loss")
+    assert done.returncode == 0, done.stderr
+    assert _flux_dtype(url) in ("float32", "real[]")
+    fits = _fits(url)
+    assert sorted(fits) == [0, 1, 2, 3] and str(fits[3]) == str((1e10, [4.5, float("nan"), 1e10])), fits
 
 
 @pytest.mark.slow
