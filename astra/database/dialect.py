@@ -1294,8 +1294,8 @@ _FLOAT32_ZERO = 2.0**-150
 
 
 def _narrowed_to(field: peewee.Field) -> np.dtype | None:
-    """The dtype of the values ``field``'s column holds (an ArrayField's elements), if narrower than a double or a
-    64-bit integer may need checking; None for other types."""
+    """The numpy dtype of the values ``field``'s column holds (of an ArrayField, its elements), for the types that
+    may not hold every value of another (an integer type, float32); None for the others."""
     import numpy as np
 
     if hasattr(field, "dtype"):  # an astra.ArrayField
