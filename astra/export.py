@@ -2,8 +2,10 @@
 
 One row per output row (or per task, for a task without an output model, whose JSON result's top-level keys become
 the columns). Arrays of one shape become vector columns (FITS ``TFORM`` with a repeat count), 1-D arrays of
-different lengths FITS variable-length arrays and Parquet lists; other ragged arrays, and nested JSON values, are
-written as JSON text where a format has no place for them.
+different lengths FITS variable-length arrays and Parquet lists; arrays of more dimensions whose shapes differ
+(``shape=(None, 3)``) are lists of lists in JSON and Parquet, JSON arrays in ECSV and their JSON text in FITS, every
+value kept. Nested JSON values, and arrays of anything but numbers, are written as JSON text where a format has no
+place for them.
 
 Each column's unit and description travel with it: FITS ``TUNITn``/``TCOMMn``, the ECSV header, Parquet field
 metadata. The table's ``meta`` (the provenance: astra version, query, time, database) becomes FITS header keywords,
@@ -84,7 +86,7 @@ def column(name: str, values: Sequence[object]) -> Column:
             fill = np.zeros_like(arrays[0])
             data = np.stack([np.asarray(v) if v is not None else fill for v in values])
             return _masked(name, data, mask)
-        if arrays and all(a.ndim == 1 and a.dtype.kind in "iuf" for a in arrays):
+        if arrays and all(a.ndim >= 1 and a.dtype.kind in "iuf" for a in arrays):  # of different shapes
             return _ragged(name, values, np.result_type(*arrays))
         return _masked(name, [json.dumps(_plain(v)) if v is not None else "" for v in values], mask)
     if any(isinstance(v, (dict, list, tuple, np.ndarray)) for v in present):
@@ -106,11 +108,14 @@ def _all_text(values: Sequence[object]) -> bool:
 
 
 def _ragged(name: str, values: Sequence[object], dtype: np.dtype) -> Column:
-    """A column of 1-D arrays of different lengths, each as it is (NaN, infinities, the sign of zero): FITS writes
-    them as variable-length arrays, Parquet as lists, ECSV as arrays. A missing one is masked, over an empty array:
-    what FITS, which has no null for such arrays, holds."""
+    """A column of arrays of different shapes, each as it is (NaN, infinities, the sign of zero). 1-D ones FITS
+    writes as variable-length arrays, Parquet as lists, ECSV as arrays; those of more dimensions (``shape=(None,
+    3)``, or arrays of one dimension and of two from two versions) Parquet as lists of lists (:func:`_arrow_lists`),
+    ECSV as JSON arrays, FITS as their JSON text (:func:`_unmasked_arrays`). A missing one is masked, over an empty
+    array: what FITS, which has no null for variable-length arrays, holds."""
     data = np.empty(len(values), dtype=object)
-    empty = np.zeros(0, dtype=dtype)
+    ndims = {np.ndim(value) for value in values if value is not None}
+    empty = np.zeros((0,) * (ndims.pop() if len(ndims) == 1 else 1), dtype=dtype)
     for i, value in enumerate(values):
         data[i] = empty if value is None else np.asarray(value, dtype=dtype)
     mask = [value is None for value in values]
@@ -123,6 +128,23 @@ def _masked(name: str, data: object, mask: list[bool]) -> Column:
     data = np.asarray(data)
     shaped = np.broadcast_to(np.array(mask).reshape((-1,) + (1,) * (data.ndim - 1)), data.shape)
     return MaskedColumn(data, name=name, mask=shaped)
+
+
+def _nested(column: Column) -> bool:
+    """Whether ``column`` holds arrays of different shapes (:func:`_ragged`) not all of one dimension, which FITS
+    and Parquet cannot hold as they hold 1-D arrays of different lengths."""
+    return column.dtype == object and any(isinstance(a, np.ndarray) and a.ndim != 1 for a in np.asarray(column))
+
+
+def _loose_json(column: Column) -> Column:
+    """``column`` of arrays (:func:`_nested`) as their JSON text, every value kept: NaN, infinities and the sign of
+    zero as Python's ``json.dumps`` writes them (``NaN``, ``Infinity``, ``-Infinity``, ``-0.0``; ``json.loads``
+    reads them back). A missing array is masked (an empty text)."""
+    missing = _missing_rows(column)
+    text = ["" if gone else json.dumps(np.asarray(a).tolist()) for a, gone in zip(np.asarray(column), missing)]
+    made = MaskedColumn(text, name=column.name, mask=missing) if missing.any() else Column(text, name=column.name)
+    made.unit, made.description = column.unit, column.description
+    return made
 
 
 def table(names: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
@@ -200,9 +222,19 @@ def _shown(found: Table) -> Table:
     shown = found.copy(copy_data=False)
     for name in found.colnames:
         arrays = found[name]
-        if arrays.dtype == object and isinstance(arrays, MaskedColumn):
+        if _nested(arrays):  # on one line, each value as Python writes it (numpy's str rounds to 8 digits)
+            missing = _missing_rows(arrays)
+            text = [_one_line(a) for a in np.asarray(arrays)]
+            shown[name] = MaskedColumn(text, mask=missing) if missing.any() else text
+        elif arrays.dtype == object and isinstance(arrays, MaskedColumn):
             shown[name] = MaskedColumn([str(a) for a in np.asarray(arrays)], mask=_missing_rows(arrays))
     return shown
+
+
+def _one_line(array: np.ndarray) -> str:
+    """An array as numpy writes it, on one line and every value as it is: ``[[nan inf -inf] [-0. 1.5 2.]]``."""
+    text = np.array2string(np.asarray(array), max_line_width=sys.maxsize, threshold=sys.maxsize, floatmode="unique")
+    return text.replace("\n", "")
 
 
 def _missing_rows(vectors: Column) -> np.ndarray:
@@ -641,7 +673,10 @@ def _null_logicals(hdu, column: Column) -> None:
 
 def _unmasked_arrays(column: Column) -> Column:
     """``column``, but a masked column of arrays of different lengths (:func:`_ragged`) as the empty arrays under
-    its mask: FITS has no null for them, and astropy would fill them with text."""
+    its mask: FITS has no null for them, and astropy would fill them with text. Arrays of more dimensions, whose
+    leading length varies, no FITS column holds: their JSON text (:func:`_loose_json`), every value kept."""
+    if _nested(column):
+        return _loose_json(column)
     if column.dtype != object or not isinstance(column, MaskedColumn):
         return column
     return Column(np.asarray(column), name=column.name, unit=column.unit, description=column.description)
@@ -683,7 +718,9 @@ def _arrow_table(found: Table):
         if isinstance(column, MaskedColumn) and len(column):
             rows = np.ma.getmaskarray(column).reshape(len(column), -1).all(axis=1)  # column() masks whole rows
             mask = rows if rows.any() else None
-        if data.ndim > 1 and 0 in data.shape[1:]:  # no fixed-size list has length 0: lists (of lists), empty
+        if _nested(column):
+            array = _arrow_lists(data, mask)
+        elif data.ndim > 1 and 0 in data.shape[1:]:  # no fixed-size list has length 0: lists (of lists), empty
             kind = pyarrow.from_numpy_dtype(data.dtype)
             for _ in data.shape[1:]:
                 kind = pyarrow.list_(kind)
@@ -702,6 +739,24 @@ def _arrow_table(found: Table):
         fields.append(pyarrow.field(name, array.type, metadata=metadata or None))
     metadata = {key: str(value) for key, value in found.meta.items()}
     return pyarrow.Table.from_arrays(arrays, schema=pyarrow.schema(fields, metadata=metadata or None))
+
+
+def _arrow_lists(data: np.ndarray, mask: np.ndarray | None):
+    """Arrays of different shapes (:func:`_nested`) as pyarrow lists of lists, one level a dimension, every value
+    as it is; arrays of different dimensions, which no one list type holds, as their JSON text (:func:`_loose_json`:
+    NaN and the infinities kept)."""
+    import pyarrow
+
+    ndims = {a.ndim for a in data}
+    if len(ndims) > 1:
+        return pyarrow.array(np.asarray(_loose_json(MaskedColumn(data, mask=mask))).tolist(), mask=mask)
+    (ndim,) = ndims
+    values = pyarrow.array(np.concatenate([a.ravel() for a in data]) if len(data) else np.zeros(0, data.dtype))
+    for axis in reversed(range(ndim)):  # each array holds prod(shape[:axis]) lists of shape[axis] at this level
+        lengths = np.concatenate([np.full(math.prod(a.shape[:axis]), a.shape[axis], np.int64) for a in data] or [[]])
+        offsets = pyarrow.array(np.concatenate([[0], np.cumsum(lengths)]), type=pyarrow.int32())  # or it raises
+        values = pyarrow.ListArray.from_arrays(offsets, values, mask=_arrow_mask(mask) if axis == 0 else None)
+    return values
 
 
 def _arrow_mask(mask: np.ndarray | None):
