@@ -428,11 +428,21 @@ class _UnlikeChunkError(Exception):
 
 
 def _kind(column: Column) -> tuple | None:
-    """What decides how CSV and JSON write a column's values (None: no value, any kind writes the same)."""
-    if column.ndim > 1:  # a vector column: what writes a row is its shape
-        return ("vector", column.dtype.kind, column.shape[1:])
-    if isinstance(column, MaskedColumn) and bool(np.all(column.mask)):
+    """What decides how CSV and JSON write a column's values (None: no value, any kind writes the same).
+
+    Arrays of numbers are written as the lists they are, whether a chunk holds them as a vector column (arrays of
+    one shape) or as arrays of different shapes (:func:`_ragged`): what tells is whether they are ints or floats
+    (a table of both holds floats)."""
+    if isinstance(column, MaskedColumn) and column.ndim == 1 and bool(np.all(column.mask)):
         return None
+    if column.ndim > 1 and column.dtype.kind in "iuf":
+        return ("arrays", column.dtype.kind)
+    if column.ndim > 1:  # a vector column of text or booleans: what writes a row is its shape
+        return ("vector", column.dtype.kind, column.shape[1:])
+    if column.dtype == object:
+        kinds = {a.dtype.kind if isinstance(a, np.ndarray) else "O" for a in np.asarray(column)}
+        if len(kinds) == 1 and kinds <= set("iuf"):
+            return ("arrays", kinds.pop())
     return ("scalar", column.dtype.kind)
 
 
