@@ -232,9 +232,11 @@ def _shown(found: Table) -> Table:
 
 
 def _one_line(array: np.ndarray) -> str:
-    """An array as numpy writes it, on one line and every value as it is: ``[[nan inf -inf] [-0. 1.5 2.]]``."""
-    text = np.array2string(np.asarray(array), max_line_width=sys.maxsize, threshold=sys.maxsize, floatmode="unique")
-    return text.replace("\n", "")
+    """An array on one line, as numpy writes it but each value as Python does (numpy rounds, or pads to align):
+    ``[[nan inf -inf] [-0.0 1.5 0.3333333333333333]]``."""
+    if np.ndim(array) == 0:
+        return repr(array.item()) if isinstance(array, np.generic) else repr(array)
+    return "[" + " ".join(_one_line(item) for item in array) + "]"
 
 
 def _missing_rows(vectors: Column) -> np.ndarray:
