@@ -389,6 +389,48 @@ class RaggedFit(astra.BaseTask):
         return {"flux": ragged_flux(self.star), "counts": np.arange(self.star, dtype=np.int64) - 2**40}
 
 
+class Shaped(astra.OutputModel):
+    """Arrays of two dimensions whose leading length differs from task to task (the README's ``Fit.lines``), with
+    NaN, infinities and -0.0; and arrays of one dimension in version 1 of the task, of two in version 2."""
+
+    lines = astra.ArrayField("float64", shape=(None, 3), null=True)
+    counts = astra.ArrayField("int64", null=True)
+
+    class Meta:
+        table_name = "test_shaped"
+
+
+def shaped_lines(star: int) -> np.ndarray | None:
+    """What ShapedFit(star) records as its lines: none for star 0, no line (0, 3) for star 4, else ``star`` lines,
+    NaN and infinities in the first, -0.0 and 1/3 in the last."""
+    if star == 0:
+        return None
+    lines = np.arange((star % 4) * 3, dtype=np.float64).reshape(star % 4, 3) + 0.25
+    if len(lines):
+        lines[0] = [np.nan, np.inf, -np.inf]
+    if len(lines) > 1:
+        lines[-1, 0], lines[-1, 2] = -0.0, 1 / 3
+    return lines
+
+
+def shaped_counts(star: int, version: str) -> np.ndarray | None:
+    """What ShapedFit(star) of ``version`` records as its counts: ``star`` ints (1-D) in version 1, ``star`` rows of
+    two in version 2; none for star 0."""
+    if star == 0:
+        return None
+    counts = np.arange(2 * star, dtype=np.int64) - 2**40
+    return counts[:star] if version == "1" else counts.reshape(star, 2)
+
+
+class ShapedFit(astra.BaseTask):
+    output_model = Shaped
+    version = "1"
+    star = luigi.IntParameter()
+
+    def run(self) -> dict:
+        return {"lines": shaped_lines(self.star), "counts": shaped_counts(self.star, self.version)}
+
+
 class Clash(astra.OutputModel):
     """Fields named as the columns astra adds: the task's version, and what it becomes when a field has it."""
 

@@ -24,8 +24,12 @@ from tests.output_tasks import (
     PlainResult,
     Ragged,
     RaggedFit,
+    Shaped,
+    ShapedFit,
     Visit,
     ragged_flux,
+    shaped_counts,
+    shaped_lines,
 )
 
 
@@ -253,6 +257,105 @@ def test_arrays_of_different_lengths_keep_every_value(database_url, tmp_path, ca
     shown = main(capsys, "results", "RaggedFit").stdout
     assert "[ nan -0. 2.25 -inf]" in " ".join(shown.split())
     assert [line.split()[3] for line in shown.splitlines()[2:4]] == ["--", "[nan"]  # star 0 has no flux (no version)
+
+
+def _strict(wanted: np.ndarray | None) -> str:
+    """``wanted`` as strict JSON writes it (NaN and infinities null), -0.0 and ints as they are."""
+    if wanted is None:
+        return "null"
+    text = json.dumps(wanted.tolist())
+    return text.replace("-Infinity", "null").replace("Infinity", "null").replace("NaN", "null")
+
+
+def _back(value: object, wanted: np.ndarray | None) -> np.ndarray | None:
+    """An array read back (lists, or JSON text with NaN and infinities) as ``wanted``'s dtype; an empty one takes
+    ``wanted``'s shape, which lists of none do not tell."""
+    if value is None or np.ma.is_masked(value):
+        return None
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    got = np.asarray(value, dtype=wanted.dtype if wanted is not None else None)
+    return got.reshape(wanted.shape) if wanted is not None and got.size == wanted.size == 0 else got
+
+
+@pytest.mark.parametrize("chunk", [1, 1000])
+def test_arrays_of_varying_shapes_keep_every_value(database_url, tmp_path, capsys, monkeypatch, chunk):
+    """Arrays of two dimensions whose leading length varies (``shape=(None, 3)``), and arrays of one dimension and of
+    two from two versions (--all-versions), keep every value, written a task at a time or whole: lists of lists in
+    JSON (strict: NaN and infinities null) and Parquet, JSON arrays in ECSV, JSON text with NaN and infinities in
+    FITS, JSON text in CSV, numpy's text in the table. They were JSON text everywhere, NaN and infinities null."""
+    import pyarrow
+    import pyarrow.parquet
+
+    from astra import export, results_table
+
+    if is_postgres():
+        output_tables.create([Shaped])
+
+    def build(*stars: int) -> bool:
+        forget_cached()
+        luigi.task_register.Register.clear_instance_cache()  # new tasks: an instance keeps its identity (version)
+        return luigi.build([ShapedFit(star=s) for s in stars], local_scheduler=True, log_level="WARNING")
+
+    assert build(*range(5))
+    monkeypatch.setattr(ShapedFit, "version", "2")
+    assert build(1, 2)
+    luigi.task_register.Register.clear_instance_cache()
+    wanted = {(s, "1"): (shaped_lines(s), shaped_counts(s, "1")) for s in range(5)}
+    wanted |= {(s, "2"): (shaped_lines(s), shaped_counts(s, "2")) for s in (1, 2)}
+    read = {(int(r.star), r.version): r for r in outputs.results(ShapedFit, all_versions=True)}  # astra.results
+    assert read.keys() == wanted.keys()
+    assert all(
+        _same(read[key].lines, lines) and _same(read[key].counts, counts) for key, (lines, counts) in wanted.items()
+    )
+    monkeypatch.setattr(results_table, "TASKS_PER_CHUNK", chunk)
+    asked = ("results", "ShapedFit", "--all-versions", "--columns", "star,version,lines,counts")
+
+    rows = {(r["star"], r["version"]): r for r in strict(main(capsys, *asked, "--json").stdout)}
+    assert rows.keys() == wanted.keys()
+    for key, (lines, counts) in wanted.items():
+        assert json.dumps(rows[key]["lines"]) == _strict(lines), key
+        assert json.dumps(rows[key]["counts"]) == _strict(counts), key
+    csv = main(capsys, *asked, "--format", "csv").stdout
+    cells = {(int(r["star"]), r["version"]): r for r in __import__("csv").DictReader(csv.splitlines())}
+    assert cells.keys() == wanted.keys()
+    for key, (lines, counts) in wanted.items():
+        assert (cells[key]["lines"], cells[key]["counts"]) == tuple(
+            "" if a is None else _strict(a) for a in (lines, counts)
+        ), key
+    for fmt in ("csv", "json"):  # streamed a task at a time, the bytes of the whole table
+        streamed = main(capsys, *asked, "--format", fmt).stdout
+        monkeypatch.setattr(export, "STREAMED", ())
+        assert streamed == main(capsys, *asked, "--format", fmt).stdout, fmt
+        monkeypatch.setattr(export, "STREAMED", ("csv", "json"))
+
+    made = {fmt: tmp_path / f"shaped.{fmt}" for fmt in ("fits", "ecsv", "parquet")}
+    for fmt, path in made.items():
+        written = main(capsys, *asked, "--format", fmt, "-o", str(path))
+        assert written.returncode == 0, written.stderr
+    parquet = pyarrow.parquet.read_table(made["parquet"])
+    lists = parquet.schema.field("lines").type  # of lists of doubles
+    assert pyarrow.types.is_list(lists) and pyarrow.types.is_list(lists.value_type)
+    assert lists.value_type.value_type == pyarrow.float64()
+    for fmt, found in (
+        ("fits", Table.read(made["fits"])),
+        ("ecsv", Table.read(made["ecsv"], format="ascii.ecsv")),
+        ("parquet", Table(parquet.to_pydict())),
+    ):
+        assert len(found) == len(wanted), fmt
+        for row in found:
+            version = row["version"].decode() if isinstance(row["version"], bytes) else str(row["version"])
+            lines, counts = wanted[int(row["star"]), version]
+            assert _same(_back(row["lines"], lines), lines), (fmt, row["star"], version)
+            assert _same(_back(row["counts"], counts), counts), (fmt, row["star"], version)
+    shown = " ".join(main(capsys, *asked).stdout.split())  # on one line, each value as it is
+    assert " [[nan inf -inf] [-0.0 4.25 0.3333333333333333]] [[-1099511627776 -1099511627775] [" in shown
+    assert " [[nan inf -inf] [3.25 4.25 5.25] [-0.0 7.25 0.3333333333333333]] [-1099511627776 " in shown
+
+    # One version: its counts, of two dimensions, are lists of lists of ints in Parquet.
+    assert main(capsys, "results", "ShapedFit", "--format", "parquet", "-o", str(made["parquet"])).returncode == 0
+    version2 = pyarrow.parquet.read_table(made["parquet"]).to_pydict()
+    assert sorted(zip(version2["star"], version2["counts"])) == [(s, shaped_counts(s, "2").tolist()) for s in (1, 2)]
 
 
 def test_columns_named_alike_keep_every_value(database_url, capsys):
