@@ -109,7 +109,6 @@ class DatabaseTarget(luigi.Target):
 
     def __init__(self, task: luigi.Task) -> None:
         self.task_id = task.task_id
-        self.task_class = type(task)
         self.output_model = outputs.output_model(task)
         self.identity_error: IdentityError | None = None
         created = known().created
@@ -133,7 +132,8 @@ class DatabaseTarget(luigi.Target):
         return hash(self._key())
 
     def exists(self) -> bool:
-        self.check_table()
+        if self.output_model is not None:
+            output_tables.ready(self.output_model)  # once per process: stop now if its table is missing
         if self.task_hash is None:
             return False
         cache = known()
@@ -159,14 +159,6 @@ class DatabaseTarget(luigi.Target):
             ) from exc
         cache.not_done.pop(self.task_hash, None)
         return self.task_hash in cache.done
-
-    def check_table(self) -> None:
-        """Stop now, once per process and class, if its output table is missing or does not fit, or if it lost the
-        output model its done tasks were recorded with."""
-        if self.output_model is not None:
-            output_tables.ready(self.output_model)
-        else:
-            output_tables.ready_without_model(self.task_class)
 
     def mark_done(self) -> None:
         """Remember in this process that the task is done (after this process recorded it)."""
@@ -253,8 +245,6 @@ def prefetch(tasks: Iterable[luigi.Task]) -> None:
             targets += database_targets([task])
         except Exception:  # its output() fails: luigi finds out when it checks that task, and names it
             continue
-    for target in targets:
-        target.check_table()  # before the query: its answers are then the next checks' alone
     now = time.monotonic()
     _ask(
         [
