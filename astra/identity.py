@@ -41,10 +41,20 @@ def canonical_value(parameter: luigi.Parameter, value: object) -> str:
     text = parameter.serialize(value)
     if isinstance(parameter, _JSON_PARAMETERS) and text:
         try:
-            text = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        except ValueError:
+            parsed = json.loads(text, object_pairs_hook=_without_repeated_keys)
+            text = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except ValueError:  # not JSON, or a key twice (an int and a str key, {1: "x", "1": "y"}): luigi's text
             pass
     return text
+
+
+def _without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict; ValueError if a key comes twice, which a dict would keep once (and then two values
+    luigi tells apart, {1: "x", "1": "y"} and {"1": "y"}, would be one task)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key twice")
+    return found
 
 
 def parameters(task: luigi.Task, significant_only: bool = False) -> dict[str, str]:

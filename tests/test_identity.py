@@ -56,6 +56,15 @@ def test_equal_dicts_are_the_same_task_in_separate_processes():
     assert first != hash_in_new_process('{"x": 1, "y": 3}', seed="1")
 
 
+def test_a_key_given_as_an_int_and_as_a_str_is_not_dropped():
+    """luigi writes {1: "x", "1": "y"} with the key "1" twice: its task_id differs from that of {"1": "y"}, and
+    astra's did not (the JSON read back kept one "1"), so the second task was taken as done."""
+    both, one = WithOptions(options={1: "x", "1": "y"}), WithOptions(options={"1": "y"})
+    assert both.task_id != one.task_id
+    assert task_hash(both) != task_hash(one)
+    assert task_hash(WithOptions(options={"b": 1, "a": 2})) == task_hash(WithOptions(options={"a": 2, "b": 1}))
+
+
 def test_hidden_parameters_count_private_and_insignificant_do_not():
     base = task_hash(WithOptions(options={"a": 1}))
     assert task_hash(WithOptions(options={"a": 1}, hidden="other")) != base
