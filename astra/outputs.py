@@ -408,8 +408,13 @@ def _rounded(value: int, kind: str) -> bool:
     if kind == "FLOAT":
         if abs(nearest) > _LIMITS["FLOAT"][1]:
             return False
-        nearest = struct.unpack("f", struct.pack("f", nearest))[0]
+        nearest = _float32(nearest)
     return int(nearest) != value
+
+
+def _float32(value: float) -> float:
+    """The float32 nearest ``value`` (within float32's range), as a Python float."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _as_column(field: peewee.Field, value: object) -> object:
@@ -477,7 +482,7 @@ def as_real(value: float) -> float:
     """``value`` as PostgreSQL's ``real`` (peewee's FloatField) gives it back: rounded to float32, then read from its
     shortest decimal. SQLite's REAL is a double, which would keep every digit: rounded here, both databases hold
     the same number (an MJD of 59000.123456789 is 59000.125 on both, not on PostgreSQL alone)."""
-    single = struct.unpack("f", struct.pack("f", value))[0]
+    single = _float32(value)
     for digits in range(1, 9):
         shorter = float(f"{single:.{digits}g}")
         if struct.pack("f", shorter) == struct.pack("f", single):
