@@ -225,6 +225,8 @@ class BatchTask(luigi.Task):
         model = outputs.output_model(self.item_class)
         if model is not None:
             output_tables.ready(model)  # stop the scan at once if the items' output table is missing
+        else:
+            output_tables.ready_without_model(self.item_class)  # see DatabaseTarget._found_done
         with _fewer_collections():
             return next(self.pending(), None) is None and not self._unidentified.count
 

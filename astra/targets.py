@@ -109,6 +109,7 @@ class DatabaseTarget(luigi.Target):
 
     def __init__(self, task: luigi.Task) -> None:
         self.task_id = task.task_id
+        self.task_class = type(task)
         self.output_model = outputs.output_model(task)
         self.identity_error: IdentityError | None = None
         created = known().created
@@ -138,7 +139,7 @@ class DatabaseTarget(luigi.Target):
             return False
         cache = known()
         if self.task_hash in cache.done:
-            return True
+            return self._found_done()
         asked = cache.not_done.pop(self.task_hash, None)
         cache.answered.add(self.task_hash)
         if asked is not None and time.monotonic() - asked < NOT_DONE_FOR:
@@ -149,7 +150,7 @@ class DatabaseTarget(luigi.Target):
                 # looks at them only if this one is not done (a root's check): ask about this one alone first.
                 _ask([self.task_hash])
                 if self.task_hash in cache.done:
-                    return True
+                    return self._found_done()
             # Its siblings are likely next: a plain luigi WrapperTask's complete() asks its children one by one,
             # and so does luigi's worker. So ask about every task this process created and never asked about.
             _ask([self.task_hash, *_unchecked(cache)])
@@ -158,7 +159,14 @@ class DatabaseTarget(luigi.Target):
                 f"astra: could not check whether {self.task_id} is done in {describe()}: {exc}".strip()
             ) from exc
         cache.not_done.pop(self.task_hash, None)
-        return self.task_hash in cache.done
+        return self.task_hash in cache.done and self._found_done()
+
+    def _found_done(self) -> bool:
+        # Looked at only once a task of a class without an output model is found done: a class that lost its
+        # model, its version unchanged, would have the tasks that wrote rows count as done.
+        if self.output_model is None:
+            output_tables.ready_without_model(self.task_class)
+        return True
 
     def mark_done(self) -> None:
         """Remember in this process that the task is done (after this process recorded it)."""

@@ -84,6 +84,16 @@ class FitStar(astra.BaseTask):
         return row
 
 
+class FitStars(astra.BatchTask):
+    """The FitStars of stars 0..n-1, as one batch."""
+
+    item_class = FitStar
+    n = luigi.IntParameter(default=3)
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"star": star} for star in range(self.n)]
+
+
 class CountFits(astra.BaseTask):
     """How many rows the FitStars of stars 0..n-1 made (a downstream task that reads an output table)."""
 

@@ -15,7 +15,7 @@ from astra.identity import task_hash
 from astra.targets import forget_cached
 from astra.tasks import dynamic_requirements
 from tests.bulk_complete_tasks import Nightly, Square, SumOfSquares, recorder
-from tests.helpers import QueryCounter
+from tests.helpers import QueryCounter, looked_for_lost_rows
 
 TODAY = datetime.date.today()
 DAYS = [TODAY - datetime.timedelta(days=n) for n in range(30, 0, -1)]
@@ -35,6 +35,7 @@ def record_done(item_class: type[BaseTask], sets: list[dict]) -> None:
 
 def test_bulk_complete_is_one_query(database_url):
     record_done(Nightly, [{"night": night} for night in DAYS[::3]])
+    looked_for_lost_rows(Nightly)
     with QueryCounter() as queries:
         done = Nightly.bulk_complete(DAYS)
     assert done == DAYS[::3]
@@ -43,6 +44,7 @@ def test_bulk_complete_is_one_query(database_url):
 
 def test_bulk_complete_takes_a_partial_tuples_and_dicts(database_url):
     record_done(Nightly, [{"night": night, "observatory": "lco"} for night in DAYS[:10]])
+    looked_for_lost_rows(Nightly)
     lco = functools.partial(Nightly, observatory="lco")
     with QueryCounter() as queries:
         assert Nightly.bulk_complete.__func__(lco, DAYS[5:15]) == DAYS[5:10]
@@ -55,6 +57,7 @@ def test_bulk_complete_takes_a_partial_tuples_and_dicts(database_url):
 
 def test_range_daily_asks_once_and_runs_only_the_missing_nights(database_url):
     record_done(Nightly, [{"night": night, "observatory": "lco"} for night in DAYS[::2]])
+    looked_for_lost_rows(Nightly)
     window = RangeDaily(of=Nightly, of_params={"observatory": "lco"}, start=DAYS[0], stop=TODAY)
     with QueryCounter() as queries:
         missing = window.requires()
@@ -70,6 +73,7 @@ def test_range_daily_asks_once_and_runs_only_the_missing_nights(database_url):
 
 def test_dynamic_requirements_are_checked_with_one_query(database_url):
     record_done(Square, [{"i": i} for i in range(0, 40, 2)])
+    looked_for_lost_rows(Square)
     requirements = dynamic_requirements([Square(i=i) for i in range(40)])
     with QueryCounter() as queries:
         assert requirements.complete(lambda task: task.complete()) is False

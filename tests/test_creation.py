@@ -17,7 +17,7 @@ from luigi.task import task_id_str
 from astra import creation
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.helpers import record_at_once
+from tests.helpers import looked_for_lost_rows, record_at_once
 from tests.identity_tasks import (
     EveryParameter,
     EveryParameterBase,
@@ -158,6 +158,7 @@ def test_a_done_root_is_asked_alone_and_a_new_version_far_below_makes_it_incompl
     record_done(WarmLeaf, [{"i": i} for i in range(N)])
     record_done(WarmRoot, [{"n": N}])
     fresh()
+    looked_for_lost_rows(WarmRoot)
     with QueryCounter() as queries:
         assert WarmRoot(n=N).complete() is True
     assert queries.count == 1  # the root alone, not the 5,000 below it

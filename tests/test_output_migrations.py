@@ -296,3 +296,23 @@ def test_a_column_the_model_lost_is_kept_unless_asked(first_release):
     assert dropped.returncode == 0 and "column logg is not in the model (migrated)" in dropped.stdout, dropped.stdout
     assert "logg" not in [name for (name,) in column_names(url)]
     assert len(rows("")) == 4
+
+
+@pytest.mark.slow
+def test_a_class_that_lost_its_output_model_stops_luigi(first_release):
+    """A release left out FitStar's output_model, its version as it was: luigi counted the first release's tasks
+    done, read() gave None for them, and a task that needed them failed (or took None for their values)."""
+    url = first_release
+    line = luigi_error_line(luigi("json", "CountFits", "--n", "3"))
+    table = "evolving_fit" if url.startswith("sqlite:///") else "astra.evolving_fit"
+    assert line.startswith(f"astra: done FitStar tasks of version '' wrote their results to output table {table} of ")
+    assert line.endswith(
+        "tests.evolving_tasks.FitStar declares no output_model now (luigi would count them done, their results "
+        "unread); bump FitStar.version to run them again (their rows stay, as the old version's), or declare its "
+        "output_model again"
+    ), line
+    assert done_stars(url) == 3  # stopped before anything ran
+    assert luigi_error_line(luigi("json", "FitStars", "--n", "4")) == line  # as a batch's items: star 3 not run
+    assert done_stars(url) == 3
+    bumped = luigi("json,version2", "CountFits", "--n", "3")  # the way out it gives
+    assert "This progress looks :)" in bumped.stdout, bumped.stdout

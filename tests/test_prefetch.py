@@ -12,7 +12,7 @@ import pytest
 from luigi.execution_summary import LuigiStatusCode
 
 from astra.targets import forget_cached
-from tests.helpers import QueryCounter
+from tests.helpers import QueryCounter, looked_for_lost_rows
 from tests.prefetch_tasks import (
     LEAVES,
     MIDDLES,
@@ -56,6 +56,7 @@ def test_a_negative_is_used_once_then_asked_again(database_url):
     assert queries.count == 0
 
     LeafOne().run()  # another process could have done this
+    looked_for_lost_rows(PrefetchLeaf)
     with QueryCounter() as queries:
         assert leaf.complete() is True  # the negative was used up: asked again
         assert leaf.complete() is True  # positives are kept

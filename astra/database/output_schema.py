@@ -538,6 +538,36 @@ def problem(model: type[peewee.Model]) -> str | None:
     )
 
 
+def lost_model(cls: type) -> str | None:
+    """The line that stops a process whose task class ``cls`` declares no output model while its first done tasks of
+    its current version have rows in an output table: it had one when they ran, and its version was left as it was,
+    so luigi would count them done and ``read()`` give None for them (a task that needs one would fail, or take
+    None for its value). None when no such rows are found (a bounded look, as :func:`_shapes` takes)."""
+    version = class_version(cls)
+    if version is None:
+        return None
+    db = database()
+    module, name = cls.__module__, cls.get_task_family()
+    first = Task.select(Task.pk, Task.task_module, Task.version).where(Task.task_name == name, Task.status == DONE)
+    pks = [pk for pk, of, at in first.limit(SAMPLED).tuples() if (of, at) == (module, version)]
+    if not pks:
+        return None
+    language = dialect(db)
+    own = {model._meta.table_name for model in MODELS}
+    tables = sorted({table for table, column in db.execute_sql(language.columns_sql()) if column == "task_pk"} - own)
+    for table in tables:
+        rows = peewee.Table(table, ["task_pk"], schema=language.schema)
+        if rows.select(peewee.SQL("1")).where(rows.task_pk.in_(pks)).limit(1).bind(db).scalar():
+            shown = f"{language.schema}.{table}" if language.schema else table
+            return (
+                f"astra: done {name} tasks of version {version!r} wrote their results to output table {shown} of "
+                f"{describe()}, and {module}.{cls.__name__} declares no output_model now (luigi would count them "
+                f"done, their results unread); bump {name}.version to run them again (their rows stay, as the old "
+                "version's), or declare its output_model again"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class Migrated:
     """What :func:`migrate` did (or, dry, would do): per model, its changes; the SQL it ran."""

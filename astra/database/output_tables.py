@@ -56,6 +56,19 @@ def ready(model: type[peewee.Model]) -> None:
     known.add(model)
 
 
+def ready_without_model(cls: type) -> None:
+    """Stop, once per process and class, if task class ``cls``, which declares no output model, had one when its
+    done tasks of this version ran (see :func:`astra.database.output_schema.lost_model`)."""
+    db = database()
+    known = _ready.setdefault(db, set())
+    if cls in known:
+        return
+    trouble = output_schema.lost_model(cls)
+    if trouble is not None:
+        raise DatabaseNotReady(trouble)
+    known.add(cls)
+
+
 def _own_columns_taken(model: type[peewee.Model]) -> str | None:
     """The line that stops a process whose ``model`` takes the place of astra's own columns (``pk``, and ``task``
     in column ``task_pk``, which links each row to its task); None if it leaves them be."""
