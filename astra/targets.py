@@ -163,8 +163,9 @@ class DatabaseTarget(luigi.Target):
 
     def _found_done(self) -> bool:
         # Looked at only once a task of a class without an output model is found done: a class that lost its
-        # model, its version unchanged, would have the tasks that wrote rows count as done.
-        if self.output_model is None:
+        # model, its version unchanged, would have the tasks that wrote rows count as done. (An output_model that is
+        # a property may be None for some tasks of a class and not for others: not looked at.)
+        if self.output_model is None and getattr(self.task_class, "output_model", None) is None:
             output_tables.ready_without_model(self.task_class)
         return True
 

@@ -56,6 +56,31 @@ class Visit(astra.OutputModel):
         table_name = "test_visit"
 
 
+class MeasureSome(astra.BaseTask):
+    """Rows in Measurement for even i, a JSON result for odd i: its output_model is a property of each task."""
+
+    i = luigi.IntParameter()
+
+    @property
+    def output_model(self) -> type[astra.OutputModel] | None:
+        return Measurement if self.i % 2 == 0 else None
+
+    def run(self) -> dict:
+        return {"n_good": self.i} if self.i % 2 == 0 else {"odd": self.i}
+
+
+class MeasureSomeOf(astra.BaseTask):
+    """Needs MeasureSome 0..n-1."""
+
+    n = luigi.IntParameter()
+
+    def requires(self) -> list[MeasureSome]:
+        return [MeasureSome(i=i) for i in range(self.n)]
+
+    def run(self) -> dict:
+        return {"n": len(astra.read_many(self.input()))}
+
+
 class MeasureVisits(astra.BaseTask):
     """Many rows per task: one per visit (dicts and model instances mixed)."""
 

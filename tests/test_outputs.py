@@ -551,3 +551,14 @@ def test_a_batch_item_whose_value_its_column_cannot_hold_fails_alone(outputs_db)
     for case in cases:
         assert record(TypedFit(case=case)).status == ("failed" if case in refused else "done"), case
     assert Typed.select().count() == len(cases) - len(refused)
+
+
+def test_an_output_model_that_is_a_property_is_not_taken_for_a_lost_one(outputs_db):
+    """MeasureSome's output_model is None for odd i only: a done odd task must not stop luigi as if the class had
+    lost the model its even tasks wrote rows with (the look of DatabaseTarget._found_done)."""
+    first = run_luigi("--module", "tests.output_tasks", "MeasureSomeOf", "--n", "2", "--local-scheduler")
+    assert "This progress looks :)" in first.stdout, first.stdout
+    again = run_luigi("--module", "tests.output_tasks", "MeasureSomeOf", "--n", "3", "--local-scheduler")
+    assert "This progress looks :)" in again.stdout and "astra:" not in again.stdout, again.stdout
+    assert [row.n_good for row in Measurement.select()] == [0, 2]
+    assert Task.get(Task.task_name == "MeasureSomeOf", Task.result["n"] == 3).status == "done"
