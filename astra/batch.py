@@ -33,7 +33,8 @@ the first to record it wins), or run the items' requirements. An item that requi
 are recorded done, and is recorded done only if they still are when its chunk is written (in the same
 transaction); else it is recorded failed, naming the task, as a lone task is never run before its input. Items
 may need items of the batch before them (a chain): they are recorded in order, and a link that fails takes those
-after it down; a link runs only once the link it needs is recorded (a pool hands it out again then). An input
+after it down; a link runs only once the link it needs is recorded (a pool hands it out again then; in one
+process a link given before the link it needs fails unrun). An input
 that is no astra task (a file's ``luigi.ExternalTask``) is for the item's ``run()`` to find.
 """
 
@@ -652,9 +653,9 @@ def _with_inputs(
     """The results of ``process`` of the chunk's items whose astra inputs are recorded done, and for the others
     the :class:`MissingInputError` that fails them unrun (or the error their ``requires()`` raised when asked
     again); and what each item needs (:func:`_needs`), by hash. Inputs of the items' own class are checked only
-    with ``every_need`` (else they may be items of the batch not yet recorded, checked as the chunk is), and never
-    those in the chunk itself. With ``defer``, an item waiting only for tasks of its own class not recorded done,
-    in the chunk or not, is not run: its result is a :class:`_Waiting` naming them."""
+    with ``every_need`` (else they may be items of the batch not yet recorded, checked as the chunk is). With
+    ``defer``, an item waiting only for tasks of its own class not recorded done, in the chunk or not, is not run:
+    its result is a :class:`_Waiting` naming them."""
     needs: dict[str, dict[str, bool]] = {}
     missing: dict[str, Exception] = {}
     for item in chunk:
@@ -673,13 +674,15 @@ def _missing_inputs(
 ) -> dict[str, MissingInputError | _Waiting]:
     """The items of ``chunk`` that need an astra task of another class (with ``every_need``, of any class) not
     recorded done (one query), each with its error. A task of the items' own class may be an item of this batch (a
-    chain, each item needing the one before), recorded before this one is: without ``every_need``, and always for
-    one in the chunk, that is for the check at the record (:func:`_without_inputs`). With ``defer``, those of the
-    own class are checked too, in the chunk or not, and an item missing only such tasks is :class:`_Waiting`."""
-    own = {item.task_hash for item in chunk} if every_need and not defer else set()
+    chain, each item needing the one before), recorded before this one is: without ``every_need``, that is for the
+    check at the record (:func:`_without_inputs`). With ``every_need`` an item of the chunk itself counts as not
+    done too: no chunk holds an item with the link it needs before it (:func:`_linked_chunks` cuts it there, a
+    last try hands out links that need none of the others), so such a link comes after it in ``parameter_sets()``,
+    and would be recorded only after this item's ``run()`` found no input. With ``defer``, those of the own class
+    are checked too, and an item missing only such tasks is :class:`_Waiting`."""
 
     def checked(key: str, before: bool) -> bool:
-        return before or defer or (every_need and key not in own)
+        return before or defer or every_need
 
     # Complete as luigi would find them before running a lone item: done, and what they yielded still done.
     done = complete_hashes({key for keys in needs.values() for key, before in keys.items() if checked(key, before)})

@@ -276,6 +276,13 @@ class RunningTotals(BatchTask):
         return [{"night": night} for night in range(self.nights)]
 
 
+class RunningTotalsBackwards(RunningTotals):
+    """The same chain with its nights given last night first: each link comes before the link it needs."""
+
+    def parameter_sets(self):
+        return [{"night": night} for night in reversed(range(self.nights))]
+
+
 class UsesYielder(BaseTask):
     """An item that requires tests.dynamic_tasks.Yielder(n=1), a task with a dynamic dependency."""
 

@@ -389,6 +389,24 @@ def test_each_link_of_a_chain_runs_after_the_link_it_needs_is_recorded(database_
     assert [(row.status, row.result) for row in totals] == [("done", n * (n + 1) // 2) for n in range(10)]
 
 
+def test_a_link_given_before_the_link_it_needs_is_not_run(database_url):
+    """A link that parameter_sets() gives before the link it needs, in the same chunk, is not run: the link it
+    needs is not recorded yet, so it fails unrun, as one in a later chunk does, and each run of the batch adds a
+    link. Before, it ran first (its read() gave None) and was recorded with what it made of no input."""
+    with pytest.raises(BatchError, match="3 of 4 items failed"):
+        batch_tasks.RunningTotalsBackwards(nights=4).run()
+    rows = [_recorded(batch_tasks.RunningTotal(night=night)) for night in range(4)]
+    assert (rows[0].status, rows[0].result) == ("done", 0)
+    for night, row in enumerate(rows[1:], 1):
+        needs = f"MissingInputError: {batch_tasks.RunningTotal(night=night - 1)}, which this item needs"
+        assert (row.status, row.error.startswith(needs)) == ("failed", True), row.error
+    for _ in range(3):
+        with contextlib.suppress(BatchError):
+            batch_tasks.RunningTotalsBackwards(nights=4).run()
+    rows = [_recorded(batch_tasks.RunningTotal(night=night)) for night in range(4)]
+    assert [(row.status, row.result) for row in rows] == [("done", n * (n + 1) // 2) for n in range(4)]
+
+
 def _chain(processes: int) -> None:
     ChainSteps.processed = []
     with pytest.raises(BatchError, match="6 of 10 items failed"):
