@@ -86,6 +86,10 @@ class PoolBrokenError(RuntimeError):
     """A process of a batch's pool died; the items it was working on are not recorded (a re-run works them)."""
 
 
+#: The methods (and the property) of BatchTask that astra calls, which no luigi parameter of a batch may replace.
+_METHODS = ("version", "parameter_sets", "items", "pending", "process", "work")
+
+
 class BatchTask(luigi.Task):
     """One luigi task that runs many items, parameter sets of ``item_class``; each item is recorded on its own.
 
@@ -122,6 +126,17 @@ class BatchTask(luigi.Task):
     _logged_at = 0.0
     _started = 0.0
     _furthest = (0, 0)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # A luigi parameter leaves the class its Parameter in place of the method astra calls (items() of a batch
+        # that a task requires, say), which would fail every task downstream with "'tuple' object is not callable".
+        for name in _METHODS:
+            if isinstance(getattr(cls, name), luigi.Parameter):
+                raise config.DefinitionError(
+                    f"{cls.__module__}.{cls.__name__}: a luigi parameter named {name!r} takes the place of "
+                    f"BatchTask.{name}, which astra calls; give the parameter another name"
+                )
 
     @property
     def version(self) -> str:

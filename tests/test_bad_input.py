@@ -72,6 +72,12 @@ def test_an_unknown_task_is_one_line_not_a_traceback(sqlite_url, name, offer):
             5,
             "definedbad.Fit: a luigi parameter named 'version' takes the place of astra's task version",
         ),
+        (  # a batch's parameter named as a method astra calls: every task that required the batch failed with
+            # "TypeError: 'tuple' object is not callable"
+            "class Fit(astra.BatchTask):\n    items = luigi.ListParameter()\n",
+            5,
+            "definedbad.Fit: a luigi parameter named 'items' takes the place of BatchTask.items, which astra calls",
+        ),
         (  # a float version: bumping 1.1 to 1.10 would change nothing
             "class Fit(astra.BaseTask):\n    version = 1.10\n",
             5,
