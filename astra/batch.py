@@ -846,8 +846,22 @@ def _start_worker(
     config.adopt_luigi_config(luigi_config)  # so does luigi's configuration, as a script may have changed it
     # Close the connection as the process ends (a pool process does not run atexit), so the server sees a goodbye.
     multiprocessing.util.Finalize(None, close_thread_connection, exitpriority=10)
+    _main_named_main()
     cls, kwargs = pickle.loads(spec)
     _worker_batch = cls(**kwargs)
+
+
+def _main_named_main() -> None:
+    """In a pool process of a script that calls ``luigi.build``: multiprocessing ran the script as ``__mp_main__``
+    (``sys.modules["__main__"]`` is that module here), so the task classes it defines say they are of module
+    ``__mp_main__``. A task's module is part of its identity, and in the script it is ``__main__``: give them that
+    name back, else each item would be another task than the script's, recorded and never found done."""
+    main = sys.modules.get("__mp_main__")
+    if main is None or sys.modules.get("__main__") is not main:
+        return
+    for value in list(vars(main).values()):
+        if isinstance(value, type) and value.__module__ == "__mp_main__":
+            value.__module__ = "__main__"
 
 
 def _end_with(owner: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from astra.database.connection import reset
 from astra.identity import task_hash
 from tests.batch_pool_tasks import Meeting, Stars, Victim, Victims
 from tests.batch_tasks import MeasureStar
-from tests.helpers import background, rows_by_path, run_luigi, sessions, summary, wait_for
+from tests.helpers import background, rows_by_path, run_luigi, sessions, subprocess_env, summary, wait_for
 from workflows import EstimateSNR, EstimateSNRBatch
 from workflows.spectra import read_spectrum, signal_to_noise, simulate
 
@@ -200,3 +202,52 @@ def test_a_killed_luigi_leaves_no_pool_process_and_no_connection_behind(postgres
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(luigi_process.pid, signal.SIGKILL)  # whatever is left, in the test's own process group
+
+
+SCRIPT = """
+import luigi
+
+import astra
+
+
+class ScriptSquare(astra.BaseTask):
+    i = luigi.IntParameter()
+
+    def run(self):
+        return self.i * self.i
+
+
+class ScriptSquares(astra.BatchTask):
+    item_class = ScriptSquare
+    chunk_size = 5
+
+    def parameter_sets(self):
+        return [{"i": i} for i in range(12)]
+
+
+class ScriptTotal(astra.BaseTask):
+    def requires(self):
+        return ScriptSquares(processes=2)
+
+    def run(self):
+        return sum(astra.read_many(self.input()))
+
+
+if __name__ == "__main__":
+    print(luigi.build([ScriptTotal()], local_scheduler=True))
+"""
+
+
+def test_a_pool_of_a_script_records_its_items_as_the_script_names_them(database_url, tmp_path):
+    """Tasks a script defines are of module ``__main__``, part of their identity. In a pool process the script is
+    ``__mp_main__``: its items were recorded as tasks of that module, never the batch's, so the batch was never
+    complete and what required it failed at every run ("Unfulfilled dependency at run time")."""
+    (tmp_path / "squares.py").write_text(SCRIPT)
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "squares.py"], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True
+        )
+        assert done.stdout.strip() == "True", done.stdout + done.stderr
+    modules = [(row.task_name, row.task_module, row.status) for row in Task.select().order_by(Task.pk)]
+    assert modules == [("ScriptSquare", "__main__", "done")] * 12 + [("ScriptTotal", "__main__", "done")]
+    assert Task.get(Task.task_name == "ScriptTotal").result == sum(i * i for i in range(12))
