@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 
 import luigi
 import numpy as np
@@ -23,7 +24,7 @@ from astra.database.queries import transaction
 from astra.identity import task_hash
 from astra.targets import forget_cached
 from tests.helpers import astra as astra_command
-from tests.helpers import raw_execute, raw_sql, run_luigi
+from tests.helpers import raw_execute, raw_sql, run_luigi, subprocess_env
 from tests.output_tasks import (
     NARROW_CASES,
     TYPED_CASES,
@@ -562,3 +563,52 @@ def test_an_output_model_that_is_a_property_is_not_taken_for_a_lost_one(outputs_
     assert "This progress looks :)" in again.stdout and "astra:" not in again.stdout, again.stdout
     assert [row.n_good for row in Measurement.select()] == [0, 2]
     assert Task.get(Task.task_name == "MeasureSomeOf", Task.result["n"] == 3).status == "done"
+
+
+FIT_SCRIPT = """
+import luigi
+import peewee
+
+import astra
+
+
+class ScriptFit(astra.OutputModel):
+    teff = peewee.DoubleField()
+
+
+class FitInScript(astra.BaseTask):
+    output_model = ScriptFit
+    star = luigi.IntParameter()
+
+    def run(self):
+        return {"teff": 5000.0 + self.star}
+
+
+if __name__ == "__main__":
+    print(luigi.build([FitInScript(star=3)], local_scheduler=True))
+"""
+
+
+@pytest.mark.slow
+def test_a_missing_table_of_a_script_names_the_module_that_makes_it(postgres_database, tmp_path):
+    """The output model of a script run as ``__main__``: the line used to say `astra db init --module __main__`,
+    which finds no model there (astra's own __main__ is imported); it names the script's module, which works."""
+    (tmp_path / "fitscript.py").write_text(FIT_SCRIPT)
+    env = {"ASTRA_DATABASE_URL": postgres_database, "PYTHONPATH": str(tmp_path)}
+    assert astra_command("db", "init", env=env).returncode == 0
+
+    def script() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "fitscript.py"], cwd=tmp_path, env=subprocess_env(env), capture_output=True, text=True
+        )
+
+    ran = script()
+    lines = [line for line in ran.stderr.splitlines() if line.startswith("astra:")]
+    assert lines == [
+        f"astra: {postgres_database} has no output table astra.script_fit for ScriptFit; create it with "
+        "`astra db init --module fitscript` (or `astra db sql --module fitscript | psql`)"
+    ], ran.stderr
+    made = astra_command("db", "init", "--module", "fitscript", env=env)
+    assert "output table astra.script_fit ready" in made.stdout, made.stdout + made.stderr
+    ran = script()
+    assert ran.stdout.strip() == "True", ran.stdout + ran.stderr

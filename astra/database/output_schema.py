@@ -21,6 +21,8 @@ do, unless the caller allows it (``--allow-data-loss``): then columns are droppe
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +36,18 @@ from astra.database.models import CLASS_NAME, JSON_RESULTS, MODELS, Task
 from astra.database.queries import chunked
 from astra.database.status import DONE, FAILED
 from astra.identity import class_version
+
+
+def module_to_name(model: type) -> str:
+    """The module to give ``astra db ... --module`` for ``model``'s table: its own, or for a model of a script run as
+    ``__main__`` (which the astra command cannot import by that name: its own __main__ is astra's), the script's
+    module name. Its table is the same whichever module defines the model."""
+    if model.__module__ in ("__main__", "__mp_main__"):
+        path = getattr(sys.modules.get(model.__module__), "__file__", None)
+        if path:
+            return os.path.splitext(os.path.basename(path))[0]
+    return model.__module__
+
 
 #: Type changes that keep every value, as the dialect names types (arrays: the same with ``[]``).
 WIDER = {
@@ -531,7 +545,7 @@ def problem(model: type[peewee.Model]) -> str | None:
     # What only the user can do, said at once, when `astra db migrate` would only refuse.
     fix = "; ".join(change.refusal for change in found if change.apply is None)
     if not all(change.apply is None for change in found):
-        fix = f"run `astra db migrate --module {model.__module__}` (--dry-run prints the SQL)"
+        fix = f"run `astra db migrate --module {module_to_name(model)}` (--dry-run prints the SQL)"
     return (
         f"astra: output table {table} of {describe()} does not fit {model.__module__}.{model.__name__}: "
         f"{'; '.join(change.what for change in found)}; {fix}"

@@ -43,9 +43,10 @@ def ready(model: type[peewee.Model]) -> None:
         raise DatabaseNotReady(trouble)
     if not db.table_exists(model._meta.table_name, schema=dialect(db).schema):
         if not dialect(db).creates_tables_on_use:  # whoever owns the schema makes the table
+            module = output_schema.module_to_name(model)
             raise DatabaseNotReady(
                 f"astra: {describe()} has no output table {table_name(model)} for {model.__name__}; create it with "
-                f"`astra db init --module {model.__module__}` (or `astra db sql --module {model.__module__} | psql`)"
+                f"`astra db init --module {module}` (or `astra db sql --module {module} | psql`)"
             )
         db.create_tables([model], safe=True)
     if dialect(db).creates_tables_on_use:  # a table made by an earlier release, or rebuilt by a migration
