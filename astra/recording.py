@@ -150,7 +150,9 @@ class Claim:
             logger.info(
                 "astra: %s: attempt %d, taking over from %s pid %s (%s)", task, got.attempts, was.host, was.pid, why
             )
-        tally.count(tally.RAN)
+        resumed = got.previous is not None and got.previous.set_aside
+        if not resumed:  # a run() taken up again after what it yielded was counted when it began
+            tally.count(tally.RAN)
         self.adopt(got)
         return True
 

@@ -9,8 +9,10 @@ import luigi
 import pytest
 
 import astra
+from astra import tally
 from astra.database import Task, queries
 from tests.claims_tasks import hold, hold_args, runners
+from tests.dynamic_tasks import YieldsAYielder
 from tests.helpers import assert_no_key_burnt, background, start_later, wait_for
 
 
@@ -93,3 +95,12 @@ def test_a_process_says_which_tasks_it_did_not_run_itself(database_url, tmp_path
         "'not run by this process'); this process ran 0 astra tasks itself"
     ) in second.text()
     assert "not run by this process" not in first.text()
+
+
+def test_a_task_whose_run_yields_counts_once(database_url):
+    """luigi calls run() again, from the top, once what it yielded is done: that is the same task, counted once.
+    Before, each time run() was taken up again counted one more task this process "ran itself"."""
+    ran_before, _ = tally.ran_here()
+    assert luigi.build([YieldsAYielder()], local_scheduler=True, log_level="WARNING")
+    ran, _ = tally.ran_here()
+    assert ran - ran_before == 4  # YieldsAYielder, Yielder(n=2), Leaf(i=0), Leaf(i=1)
