@@ -145,6 +145,32 @@ def test_results_of_a_class_moved_to_another_module_read_its_rows(database_url, 
     assert sorted(shown.stdout.splitlines()[1:]) == ["1,5001.0", "2,5002.0"], shown.stdout
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # importing does not depend on the database
+def test_results_of_a_class_in_two_modules_ask_which(database_url, tmp_path):
+    """Records name two modules that both still define the class (a copy moved, the old one kept): luigi knows two
+    classes of the name, and the note said it was in neither ("no task class of copy_a, copy_b (renamed or
+    removed?)"), then that the output table needs the class, to be found on PYTHONPATH, where it was."""
+    source = (
+        "import luigi\nimport peewee\nimport astra\n\n\nclass CopiedFit(astra.OutputModel):\n"
+        "    teff = peewee.DoubleField()\n\n\nclass CopiedStar(astra.BaseTask):\n    output_model = CopiedFit\n"
+        "    n = luigi.IntParameter()\n\n    def run(self):\n        return {'teff': 5000.0 + self.n}\n"
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    for n, module in enumerate(("copy_a", "copy_b")):
+        (tmp_path / f"{module}.py").write_text(source)
+        assert astra("db", "init", "--module", module, env=env).returncode == 0
+        ran = run_luigi("--module", module, "CopiedStar", "--n", str(n), "--local-scheduler", env=env)
+        assert ran.returncode == 0, ran.stdout
+
+    shown = astra("results", "CopiedStar", env=env)
+    assert (shown.returncode, shown.stderr.splitlines()) == (2, [
+        "astra: CopiedStar is a task class of more than one module (copy_a, copy_b), each with tasks of its own; name "
+        "the one you mean with --module (see `astra results --help`)"
+    ]), shown.stderr  # fmt: skip
+    shown = astra("results", "CopiedStar", "--module", "copy_b", "--format", "csv", "--columns", "n,teff", env=env)
+    assert (shown.returncode, shown.stdout.splitlines()[1:]) == (0, ["1,5001.0"]), shown.stderr
+
+
 @pytest.mark.parametrize("common", [False, True])
 def test_a_parameter_given_twice_finds_tasks_of_either_value(database_url, capsys, monkeypatch, common):
     """``--where integer=7 --where integer=8`` found nothing (each task has one value: "and" of the two), where

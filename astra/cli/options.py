@@ -202,6 +202,16 @@ def task_class(name: str, modules: Sequence[str]) -> type[luigi.Task] | None:
             say(f"note: {failures[0]}; using the recorded JSON results")
             where = []  # said already
     cls = registered(name)
+    if cls is None:  # perhaps two classes of the name: the class moved to another module, say, and both are imported
+        found = same_named(name)
+        mine = [one for one in found if one.__module__ in where]
+        if len(mine) == 1:
+            cls = mine[0]
+        elif len(found) > 1:
+            raise click.UsageError(
+                f"{name} is a task class of more than one module ({', '.join(sorted(c.__module__ for c in found))}), "
+                "each with tasks of its own; name the one you mean with --module"
+            )
     if cls is None:
         if where:  # imported, but the class is not there (any more): renamed or removed since its tasks ran
             say(
@@ -225,6 +235,13 @@ def registered(name: str) -> type[luigi.Task] | None:
         return Register.get_task_cls(name)
     except TaskClassException:  # two classes of one name
         return None
+
+
+def same_named(name: str) -> list[type[luigi.Task]]:
+    """The task classes luigi knows of family ``name`` (more than one: in several modules)."""
+    from luigi.task_register import Register
+
+    return [cls for cls in Register._reg if cls.get_task_family() == name]  # luigi keeps no other list of them
 
 
 def as_recorded(cls: type[luigi.Task], where: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
