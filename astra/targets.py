@@ -414,13 +414,20 @@ def _unchecked(cache: Known) -> list[str]:
     return [h for h in hashes if h not in cache.not_done and h not in cache.answered]
 
 
-def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget) -> list[object]:
+def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget | dict) -> list[object] | dict:
     """The results of many tasks in one query (per chunk), in the order of ``targets``; None where not done. The
     value of a :class:`BatchTarget` (the input of a task that requires a batch) is the list of its items' results;
-    ``read_many(batch_target)`` is that list too (``read_many(self.input())`` of a task that requires just a batch)."""
+    ``read_many(batch_target)`` is that list too (``read_many(self.input())`` of a task that requires just a batch).
+    ``targets`` may be any structure ``self.input()`` is (dicts, lists and tuples of targets, nested): the results
+    come in the same structure, dicts as dicts with the same keys."""
     if isinstance(targets, BatchTarget):
         return read_many([targets])[0]
+    if isinstance(targets, dict):
+        keys = list(targets)
+        return dict(zip(keys, read_many([targets[key] for key in keys])))
     targets = list(targets)
+    if not all(isinstance(target, (DatabaseTarget, BatchTarget)) for target in targets):
+        return _read_nested(targets)
     if not any(isinstance(target, BatchTarget) for target in targets):
         return _read_many(targets)
     spans, flat = [], []
@@ -434,6 +441,39 @@ def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget) -> 
         flat += items
     found = _read_many(flat)
     return [found[start:end] if batch else found[start] for batch, start, end in spans]
+
+
+def _read_nested(structure: list) -> list:
+    """:func:`read_many` of a list that holds more than targets: dicts, lists or tuples of them, read in one query
+    and given back in the same structure; a TypeError naming anything else (a file's LocalTarget, a task)."""
+    leaves = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, (DatabaseTarget, BatchTarget)):
+            leaves.append(value)
+        elif isinstance(value, dict):
+            for one in value.values():
+                walk(one)
+        elif isinstance(value, (list, tuple)):
+            for one in value:
+                walk(one)
+        else:
+            raise TypeError(
+                f"read_many: {value!r} is no astra target (a {type(value).__name__}): it reads the outputs of astra "
+                "tasks (self.input(), or their output()), in lists and dicts"
+            )
+
+    walk(structure)
+    results = iter(read_many(leaves))
+
+    def rebuild(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: rebuild(one) for key, one in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [rebuild(one) for one in value]
+        return next(results)
+
+    return rebuild(structure)
 
 
 def _read_many(targets: list[DatabaseTarget | _ItemTarget]) -> list[object]:

@@ -639,6 +639,26 @@ def test_read_many_reads_the_results_of_a_batchs_items(database_url):
     assert alone == yielded == {"sum": 100}  # read_many(self.input()), and the read() of what run() yielded
 
 
+def test_read_many_gives_back_the_structure_of_self_input(database_url):
+    """``read_many(self.input())`` of a task whose requires() is a dict: it took the dict's keys for targets and
+    failed with "AttributeError: 'str' object has no attribute 'task_hash'". Dicts and nested lists come back as
+    they went in; what is no astra target is named."""
+    import astra
+    from tests.example_tasks import Leaf
+
+    assert luigi.build([Leaf(i=1), Leaf(i=2), MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
+    inputs = {
+        "one": Leaf(i=1).output(),
+        "more": [Leaf(i=2).output(), {"not done": Leaf(i=3).output()}],
+        "batch": MeasureStars(stars=2).output(),
+    }
+    expected = {"one": {"square": 1}, "more": [{"square": 4}, {"not done": None}], "batch": [0, 10]}
+    assert astra.read_many(inputs) == expected
+    assert astra.read_many([inputs["one"], (inputs["batch"],)]) == [{"square": 1}, [[0, 10]]]
+    with pytest.raises(TypeError, match=r"read_many: Leaf\(i=1\) is no astra target \(a Leaf\)"):
+        astra.read_many({"task, not its output": Leaf(i=1)})
+
+
 def test_the_shares_of_a_batch_keep_each_chain_together():
     """Items linked by what they require go to the share of the first of them; the others by place mod shares."""
     from astra.batch import _numbered, _Unidentified
