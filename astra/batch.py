@@ -68,7 +68,7 @@ from astra.executors import executor_for
 from astra.executors.shares import check, shares_of
 from astra.identity import Item, items, requirements, task_version
 from astra.recording import ItemFailuresError, fields, interrupted_once, run_unrecorded, summarise
-from astra.targets import BatchTarget, complete_hashes, database_targets
+from astra.targets import BatchTarget, complete_hashes, database_targets, known
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
@@ -671,6 +671,10 @@ def _with_inputs(
     with ``every_need`` (else they may be items of the batch not yet recorded, checked as the chunk is). With
     ``defer``, an item waiting only for tasks of its own class not recorded done, in the chunk or not, is not run:
     its result is a :class:`_Waiting` naming them."""
+    # A "not done" this process keeps (a prefetch's, see astra.targets.Known) may be of a link recorded since, by
+    # this batch (the chunk before) or by the luigi process that writes a pool's records: an item's run() must find
+    # its input done, as a lone task would (self.input().exists() said False where read() gave the result).
+    known().not_done.clear()
     needs: dict[str, dict[str, bool]] = {}
     missing: dict[str, Exception] = {}
     for item in chunk:

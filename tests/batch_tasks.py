@@ -276,6 +276,27 @@ class RunningTotals(BatchTask):
         return [{"night": night} for night in range(self.nights)]
 
 
+class SeesItsInput(BaseTask):
+    """Night n: whether its run() finds the night before complete (self.input().exists())."""
+
+    night = luigi.IntParameter()
+
+    def requires(self):  # noqa: ANN201 -- the night before, or nothing
+        return SeesItsInput(night=self.night - 1) if self.night > 0 else []
+
+    def run(self) -> bool:
+        return self.night == 0 or self.input().exists()
+
+
+class SeeInputs(BatchTask):
+    item_class = SeesItsInput
+    chunk_size = 4
+    nights = luigi.IntParameter()
+
+    def parameter_sets(self):
+        return [{"night": night} for night in range(self.nights)]
+
+
 class RunningTotalsBackwards(RunningTotals):
     """The same chain with its nights given last night first: each link comes before the link it needs."""
 

@@ -407,6 +407,16 @@ def test_a_link_given_before_the_link_it_needs_is_not_run(database_url):
     assert [(row.status, row.result) for row in rows] == [("done", n * (n + 1) // 2) for n in range(4)]
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_link_finds_the_link_it_needs_complete(database_url, processes):
+    """self.input().exists() in a link's run(): the link before is recorded done by then, and read() gave it, but
+    exists() said False, from a "not done" this process (or the pool process) had kept since it identified the
+    items."""
+    batch_tasks.SeeInputs(nights=9, processes=processes).run()
+    rows = [_recorded(batch_tasks.SeesItsInput(night=night)) for night in range(9)]
+    assert [(row.status, row.result) for row in rows] == [("done", True)] * 9
+
+
 def _chain(processes: int) -> None:
     ChainSteps.processed = []
     with pytest.raises(BatchError, match="6 of 10 items failed"):
