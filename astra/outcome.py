@@ -291,6 +291,14 @@ def _judge(
             # luigi counts the tasks other workers hold as "not granted run permission" (its not_run, 25): the
             # README's code for this is already_running (10).
             codes.not_run = codes.already_running
+        elif any(why.failed for why in found):
+            # A task it needs is recorded failed. When another process ran it (on the same luigid), luigi counts it
+            # as "being run by another worker" (already_running, 10) or "not granted run permission" (not_run, 25),
+            # though nothing runs it any more: the code is task_failed's, as in the process that saw it fail, or
+            # already_running's if that is higher and other workers still run some of it.
+            running = any(why.partly_running for why in found)
+            code = max(codes.task_failed, codes.already_running) if running else codes.task_failed
+            codes.not_run = codes.already_running = code
     except Exception as exc:  # the judgement must never end a run in a traceback of its own
         named, why = _named([str(task) for task in tasks]), str(exc).removeprefix("astra: ")
         if isinstance(exc, connection.DatabaseError):
@@ -309,11 +317,14 @@ def _judge(
 
 
 class Unfinished(NamedTuple):
-    """Why a task is not done: the line that says it, and whether it is only that other workers are still running
-    what it needs."""
+    """Why a task is not done: the line that says it, whether it is only that other workers are still running what
+    it needs, whether a task it needs is recorded failed, and whether other workers still run some of what it
+    needs."""
 
     line: str
     running_elsewhere: bool
+    failed: bool = False
+    partly_running: bool = False
 
 
 class _Running(str):
@@ -380,7 +391,9 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset(), ran: set[str] =
         else ""
     )
     running = all(isinstance(reason, _Running) for reason in reasons)
-    return Unfinished(f"astra: {root} is not done: {'; '.join(reasons)}{counted}", running)
+    recorded_failed = any(row.status == "failed" for row in rows.values())
+    partly = any(isinstance(reason, _Running) for reason in reasons)
+    return Unfinished(f"astra: {root} is not done: {'; '.join(reasons)}{counted}", running, recorded_failed, partly)
 
 
 #: How many tasks a line names before it counts the rest.

@@ -164,6 +164,31 @@ def test_a_task_not_done_only_because_others_run_what_it_needs_exits_already_run
         codes.not_run, codes.already_running = before
 
 
+def test_a_task_not_done_because_another_process_saw_what_it_needs_fail_exits_task_failed(sqlite_url):
+    """Three luigi processes on one luigid shared a task that failed in one of them: it exited 30, the other two 10
+    (luigi: "being run by another worker") and 25 ("not granted run permission"), each saying the same failure,
+    with nothing running any more. The records decide: task_failed (30)."""
+    import luigi.retcodes
+
+    from astra import identity, recording
+    from astra.database import queries
+
+    needed = Sluggard(i=0, seconds=60.0)
+    row = recording.fields(Sluggard, needed.task_id, identity.task_hash(needed), identity.task_version(needed))
+    attempt = queries.claim(row, identity.parameters(needed), 60)
+    assert queries.fail(attempt, "ValueError: broken", "Traceback ...", 0.1)
+    codes = luigi.retcodes.retcode()
+    before = codes.not_run, codes.already_running
+    try:
+        (line,) = outcome._judge([Sluggards(n=1, seconds=60.0)])
+        assert line.startswith(
+            "astra: Sluggards(n=1, seconds=60.0) is not done: Sluggard(i=0, seconds=60.0) failed with"
+        ), line
+        assert (codes.not_run, codes.already_running) == (TASK_FAILED, TASK_FAILED)
+    finally:
+        codes.not_run, codes.already_running = before
+
+
 @pytest.fixture
 def patient_luigid(tmp_path, monkeypatch):
     """A luigid that keeps a DONE task done for 10 minutes whatever a worker says (luigi's default: 10 s)."""
