@@ -324,6 +324,10 @@ class BatchTask(luigi.Task):
             # However run() ends (a pool process died, say), what was handed to the writer is written first.
             writer.submit(_close_connection)
             writer.shutdown(wait=True)
+            # Then the chunks' generator ends, with its pool or the threads (and connections) that ask which items
+            # are done: now, not when the garbage collector finds it (a failed write's traceback holds it), maybe at
+            # exit, where that clean-up fails ("cannot schedule new futures after shutdown").
+            worked.close()
         # Items recorded failed rather than done, an astra task they need having gone as they were worked.
         done, failed, first_error = done - len(lost), failed + len(lost), first_error or next(iter(lost), "")
         tried = done + failed + self._unidentified.count

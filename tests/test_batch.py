@@ -223,6 +223,33 @@ def test_a_batch_whose_items_grow_is_not_done_in_the_same_process(database_url, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_batch_whose_record_fails_stops_its_helpers_at_once(sqlite_url, monkeypatch, processes):
+    """A chunk's record that fails (the server cancelled its COPY: a statement_timeout) ends the batch; its threads
+    that ask which items are done (each with a connection), or its pool, stopped only when the garbage collector
+    found them, which the failure's traceback put off: at the luigi process's exit, whose clean-up then failed with
+    'Exception ignored ... cannot schedule new futures after shutdown'."""
+    import multiprocessing
+
+    from astra import batch
+
+    written = []
+
+    def write(*args):
+        written.append(args)
+        if len(written) == 2:
+            raise RuntimeError("canceling statement due to statement timeout")
+        return original(*args)
+
+    original = batch._write
+    monkeypatch.setattr(batch, "_write", write)
+    with pytest.raises(RuntimeError, match="statement timeout") as failure:
+        MeasureStars(stars=12000, processes=processes).run()
+    assert failure.value.__traceback__ is not None  # kept, as luigi's worker keeps it a while
+    assert [thread.name for thread in threading.enumerate() if thread.name.startswith("astra-batch")] == []
+    assert multiprocessing.active_children() == []
+
+
 def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_are(sqlite_url):
     """The batch's BatchError was a traceback, and the last line said the batch "failed before astra could record
     why", when every item's failure was recorded."""
