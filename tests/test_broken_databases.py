@@ -147,3 +147,26 @@ def test_an_sqlite_file_deleted_mid_run_stops_the_run_rather_than_record_into_no
     assert code != 0, output
     assert f"SQLite database {path} was deleted or replaced while this run used it" in output, output
     assert "This progress looks :)" not in output
+
+
+@pytest.mark.slow
+def test_a_statement_the_server_cancels_is_one_line(postgres_url):
+    """A statement_timeout set on the database cancels astra's statements too, here the COPY of a batch's chunk
+    (made slow by a trigger): the batch failed with a traceback of 60 lines, and `astra` said only `astra: database
+    error: canceling statement due to statement timeout`. Now one line says what happened and what to do."""
+    name = postgres_url.rsplit("/", 1)[1]
+    _execute(postgres_url, f"alter database {name} set statement_timeout = '500ms'")  # for the sessions to come
+    _execute(
+        postgres_url,
+        "create function astra.slow() returns trigger language plpgsql as $$ begin perform pg_sleep(1); "
+        "return null; end $$",
+    )
+    _execute(postgres_url, "create trigger slow before insert on astra.task execute function astra.slow()")
+    ran = run_luigi("--module", "tests.batch_tasks", "MeasureStars", "--stars", "40", "--local-scheduler")
+    assert ran.returncode == 30 and "Traceback" not in ran.stdout, ran.stdout[-3000:]
+    cancelled = (
+        f"DatabaseCancelledError: astra: {postgres_url} cancelled a statement (canceling statement due to statement "
+        "timeout), so nothing of its transaction was recorded; run again, and if a statement_timeout set on the server"
+    )
+    assert cancelled in ran.stdout, ran.stdout[-3000:]
+    assert raw_sql(postgres_url, "select count(*) from astra.task") == [(0,)]

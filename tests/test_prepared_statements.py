@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
-import peewee
 import psycopg2
 import pytest
 
 import astra
 from astra.database import dialect, queries
-from astra.database.connection import database, reset
+from astra.database.connection import DatabaseCancelledError, database, reset
 
 
 def fields(name: str) -> dict:
@@ -38,7 +37,7 @@ def test_a_claim_that_failed_on_the_server_leaves_the_next_claims_working(postgr
             (fields("a")["task_hash"],),
         )
         db.execute_sql("SET statement_timeout = 300")
-        with pytest.raises(peewee.OperationalError, match="statement timeout"):
+        with pytest.raises(DatabaseCancelledError, match="statement timeout"):
             queries.claim(fields("a"), {"name": "a"}, 60)
     finally:
         blocker.rollback()
@@ -60,7 +59,7 @@ def test_a_finish_that_failed_on_the_server_leaves_the_next_finishes_working_in_
     try:
         blocker.cursor().execute("SELECT 1 FROM astra.task WHERE pk = %s FOR UPDATE", (first.pk,))
         db.execute_sql("SET statement_timeout = 300")
-        with pytest.raises(peewee.OperationalError, match="statement timeout"):
+        with pytest.raises(DatabaseCancelledError, match="statement timeout"):
             queries.finish(first, {"ok": 1}, 0.1, [])
     finally:
         blocker.rollback()

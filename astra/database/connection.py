@@ -99,6 +99,11 @@ class DiskFullError(DatabaseError):
     """The database's disk is full: the transaction that needed the space was not recorded."""
 
 
+class DatabaseCancelledError(DatabaseError):
+    """PostgreSQL cancelled a statement (SQLSTATE 57014): its ``statement_timeout`` ran out, or someone cancelled it
+    (``pg_cancel_backend``). The transaction it was in was not recorded."""
+
+
 class DatabaseLockedError(DatabaseError):
     """Another process held an SQLite database's write lock for longer than ``[astra] sqlite_lock_timeout``."""
 
@@ -256,13 +261,23 @@ class Reconnecting:
 
     def _refused(self, exc: peewee.DatabaseError) -> None:
         """Raise :class:`ReadOnlyDatabaseError` if ``exc`` is a write refused by a read-only server (SQLSTATE 25006):
-        a user pointed astra at a replica, whose readers work and whose writers can only be told where to go; and
-        :class:`DiskFullError` if the server's disk is full (53100)."""
+        a user pointed astra at a replica, whose readers work and whose writers can only be told where to go;
+        :class:`DiskFullError` if the server's disk is full (53100); and :class:`DatabaseCancelledError` if the
+        server cancelled the statement (57014)."""
         code = getattr(exc.__context__, "pgcode", None)
         if code == "53100":
             raise DiskFullError(
                 f"astra: {self.description} could not write: the server's disk is full ({self._why(exc)}), so "
                 "nothing of this transaction was recorded; free space on the server, then run again"
+            ) from None
+        if code == "57014":
+            # A statement_timeout set for the database or role (ALTER DATABASE ... SET statement_timeout) also
+            # cancels astra's own statements, e.g. a batch's COPY of a large chunk: a traceback would not say so.
+            raise DatabaseCancelledError(
+                f"astra: {self.description} cancelled a statement ({self._why(exc)}), so nothing of its transaction "
+                "was recorded; run again, and if a statement_timeout set on the server (SHOW statement_timeout) "
+                "cancelled it, raise it for astra's role or database (ALTER ROLE ... SET statement_timeout = ...), "
+                "or give a batch a smaller chunk_size"
             ) from None
         if code == "25006":
             raise ReadOnlyDatabaseError(
