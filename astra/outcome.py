@@ -478,10 +478,14 @@ def _luigid_view(url: str, root: luigi.Task, not_done: dict[str, luigi.Task]) ->
         now = completed([not_done[task_id] for task_id in held_done])
         held_done = [task_id for task_id, done in zip(held_done, now) if not done]
     if held_done:
+        # luigid keeps a task it heard was done for its [scheduler] stable_done_cooldown_secs, whatever a worker
+        # says: a forget right after a run (a script's forget, then run again) meets that too.
         reasons.append(
             f"luigid at {url} holds {len(held_done)} of them as done ({_named(held_done)}) that "
             f"{connection.describe()} has no done record of: another luigi client that records to another database "
-            "shares this luigid, which knows tasks by luigi's task_id alone; give each database a luigid of its own"
+            "shares this luigid, which knows tasks by luigi's task_id alone (give each database a luigid of its "
+            "own), or they were forgotten (astra tasks forget) since luigid last heard they were done, which it "
+            "believes for its [scheduler] stable_done_cooldown_secs (10 s by default: run the command again then)"
         )
     elsewhere = {node["worker_running"] for node in graph.values() if node["status"] == "RUNNING"} - {None}
     if elsewhere:

@@ -221,6 +221,25 @@ def test_two_clients_with_two_databases_on_one_luigid(postgres_url, patient_luig
     assert re.search(r"\(4 of the 4 astra tasks it needs are not done\)$", line), line
 
 
+@pytest.mark.slow
+def test_a_task_forgotten_right_after_a_run_through_luigid_is_not_blamed_on_another_database(
+    postgres_url, luigid, tmp_path
+):
+    """Run, forget, run again at once through luigid: luigid holds the forgotten task as done for its
+    stable_done_cooldown_secs, so the second run exits 25, and its line said only "another luigi client that records
+    to another database shares this luigid", which was not so. It names the forget too, and when to run again."""
+    args = ["--module", "tests.faults_tasks", "Pauses", "--n", "1"]
+    assert run_luigi(*args, cwd=tmp_path).returncode == 0
+    forgot = astra("tasks", "forget", "--name", "Pauses", "--yes")
+    assert forgot.returncode == 0, forgot.stderr
+    again = run_luigi(*args, cwd=tmp_path)
+    assert again.returncode == NOT_RUN, again.stdout
+    (line,) = astra_lines(again.stdout)
+    assert line.startswith(f"Pauses(n=1) is not done: luigid at {luigid.url}/ holds 1 of them as done ("), line
+    assert "or they were forgotten (astra tasks forget) since luigid last heard they were done" in line, line
+    assert "stable_done_cooldown_secs (10 s by default: run the command again then)" in line, line
+
+
 def test_an_unimportable_module_is_one_line_in_astra_tasks_why(sqlite_url, tmp_path):
     (tmp_path / "fails_on_import.py").write_text("import astra\n\nundefined_name\n")
     env = {"PYTHONPATH": str(tmp_path)}
