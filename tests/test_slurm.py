@@ -305,3 +305,16 @@ def test_a_pending_job_keeps_its_claim_past_the_lease(slurm_cluster, sqlite_url,
 def _submitted(name: str) -> str | None:
     task = Task.select().where(Task.task_name == name, Task.slurm_job_id.is_null(False)).first()
     return task.slurm_job_id if task else None
+
+
+@pytest.mark.slow
+def test_a_job_submitted_from_inside_an_array_element_records_under_its_own_id(slurm_cluster, sqlite_url, tmp_path):
+    # A luigi process inside an array element (a pilot's) hands its SLURM_ARRAY_* to the jobs it submits
+    # (--export=ALL): a single job must not take them for its own id, find no attempt naming it and not run.
+    logs = tmp_path / "logs"
+    env = {"SLURM_ARRAY_JOB_ID": "999999", "SLURM_ARRAY_TASK_ID": "0"}
+    args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "in-array", "--local-scheduler")
+    done = run_luigi(*args, env=env)
+    assert done.returncode == 0 and "1 ran successfully" in done.stdout, done.stdout[-3000:]
+    task = row(task_name="Sleep")
+    assert task.status == "done" and task.slurm_job_id in jobs_of(logs)

@@ -43,10 +43,10 @@ def main() -> int:
     adopt_command_line(spec.get("command_line"))
     task = load_task(spec["module"], spec["family"], spec["params"])
     job_id = os.environ.get("SLURM_JOB_ID", "")
-    if "SLURM_ARRAY_JOB_ID" in os.environ:
-        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     if "shares" in spec:
+        # Only in an array element: a job submitted from inside one (a pilot's luigi) inherits its SLURM_ARRAY_*.
+        job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
         share = spec["offset"] + int(os.environ["SLURM_ARRAY_TASK_ID"])
         chained, split = spec.get("chained", False), spec.get("split")
         task.work(share=(share, spec["shares"]), job=(job_id, node), chained=chained, split=split)
