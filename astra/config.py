@@ -150,13 +150,14 @@ class SettingError(SystemExit):
     would turn it into a traceback under "error in complete()" for every task, and nothing can work without it."""
 
 
-def _refuse_unknown(stored: object) -> None:
-    """Stop at a name in ``[astra]`` that is no setting. luigi would warn and go on, printing its value: a line
-    ``database_url postgresql://me:secret@host/db`` (its ``=`` forgotten: configparser splits it at the ``:``)
-    showed the password; and a misspelt ``database_url`` would record into the default database instead."""
+def _refuse_unknown(stored: object, section_class: type[luigi.Config] = astra) -> None:
+    """Stop at a name in ``[astra]`` (or ``section_class``'s section) that is no setting. luigi would warn and go on,
+    printing its value: a line ``database_url postgresql://me:secret@host/db`` (its ``=`` forgotten: configparser
+    splits it at the ``:``) showed the password; a misspelt ``database_url`` would record into the default database
+    instead, and a misspelt ``[slurm] partition`` or ``mem`` would send every job where it cannot run, or kill it."""
     if not isinstance(stored, tuple):  # a TOML configuration: luigi checks it itself
         return
-    section, known = astra.get_task_family(), {name for name, _ in astra.get_params()}
+    section, known = section_class.get_task_family(), {name for name, _ in section_class.get_params()}
     for name, _ in stored:
         if name.replace("-", "_") not in known:
             raise SettingError(
@@ -166,8 +167,12 @@ def _refuse_unknown(stored: object) -> None:
 
 
 def slurm_settings() -> slurm:
-    """The ``[slurm]`` settings; :class:`SettingError` naming the first that does not parse (``jobs = abc``)."""
+    """The ``[slurm]`` settings; :class:`SettingError` naming the first that does not parse (``jobs = abc``) or a
+    name that is no setting (``partiton = gpu``)."""
     try:
+        parser, section = luigi.configuration.get_config(), slurm.get_task_family()
+        if _toml_sections(parser) is None and parser.has_section(section):
+            _refuse_unknown(tuple(parser.items(section)), slurm)
         return slurm()
     except (ValueError, configparser.Error) as exc:
         raise SettingError(_bad_setting(slurm) or f"astra: the [slurm] settings cannot be read: {exc}") from None

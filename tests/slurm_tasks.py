@@ -121,3 +121,13 @@ class Tallies(BatchTask):
 
     def parameter_sets(self) -> list[dict]:
         return [{"name": f"t{i}", "tally_dir": self.tally_dir, "seconds": self.seconds} for i in range(self.n)]
+
+
+class MisspeltSlurmSetting(astra.BaseTask):
+    """Asks for memory under a name that is no [slurm] setting."""
+
+    name = luigi.Parameter()
+    slurm_memory = "64G"
+
+    def run(self) -> None:
+        pass

@@ -318,3 +318,24 @@ def test_a_job_submitted_from_inside_an_array_element_records_under_its_own_id(s
     assert done.returncode == 0 and "1 ran successfully" in done.stdout, done.stdout[-3000:]
     task = row(task_name="Sleep")
     assert task.status == "done" and task.slurm_job_id in jobs_of(logs)
+
+
+@pytest.mark.slow
+def test_a_misspelt_slurm_setting_fails_the_task_in_one_line_before_any_job(sqlite_url, tmp_path):
+    # luigi would only warn (printing the value) and every job would go out without it: to the default partition,
+    # with the default memory.
+    config = tmp_path / "typo.cfg"
+    config.write_text("[core]\nlocal_scheduler = true\n[slurm]\npartiton = gpu\n")
+    logs = tmp_path / "logs"
+    done = run_luigi(*slurm_args(logs, "--module", "tests.example_tasks", "Leaf", "--i", "3"),
+                     env={"LUIGI_CONFIG_PATH": str(config)})  # fmt: skip
+    assert done.returncode == 30 and "Traceback" not in done.stdout, done.stdout
+    said = f"astra: [slurm] in {config} has 'partiton', which is no astra setting (its '=' missing, or a misspelt"
+    assert said in row(task_name="Leaf").error and said in done.stdout
+    # A class attribute: slurm_memory for slurm_mem.
+    done = run_luigi(*slurm_args(logs, "--module", "tests.slurm_tasks", "MisspeltSlurmSetting", "--name", "m",
+                                 "--local-scheduler"))  # fmt: skip
+    assert done.returncode == 30 and "Traceback" not in done.stdout, done.stdout
+    said = "astra: MisspeltSlurmSetting.slurm_memory is no [slurm] setting (misspelt?); known: slurm_partition, "
+    assert said in row(task_name="MisspeltSlurmSetting").error and said in done.stdout
+    assert not jobs_of(logs)

@@ -70,6 +70,13 @@ class SlurmJobError(RuntimeError):
 def options(task: luigi.Task) -> dict:
     """The ``[slurm]`` settings for ``task``, with its class's ``slurm_<setting>`` attributes over them."""
     config = slurm_settings()
+    for attribute in dir(type(task)):
+        # A misspelt one (slurm_memory) would be ignored: every job sent with the [slurm] value instead.
+        if attribute.startswith("slurm_") and attribute[len("slurm_") :] not in SETTINGS:
+            raise SlurmJobError(
+                f"astra: {task.task_family}.{attribute} is no [slurm] setting (misspelt?); known: "
+                f"{', '.join(f'slurm_{name}' for name in SETTINGS)}"
+            )
     return {name: getattr(task, f"slurm_{name}", getattr(config, name)) for name in SETTINGS}
 
 
