@@ -339,3 +339,27 @@ def test_a_misspelt_slurm_setting_fails_the_task_in_one_line_before_any_job(sqli
     said = "astra: MisspeltSlurmSetting.slurm_memory is no [slurm] setting (misspelt?); known: slurm_partition, "
     assert said in row(task_name="MisspeltSlurmSetting").error and said in done.stdout
     assert not jobs_of(logs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task, given, said",
+    [
+        (["Leaves", "--n", "2"], ["--slurm-jobs", "0"], "astra: [slurm] jobs is 0; it must be more than 0"),
+        (["Leaves", "--n", "2", "--jobs", "-2"], [], "astra: Leaves --jobs is -2; it must be 0 ([slurm] jobs) or more"),
+        (["Sleep", "--name", "n"], ["--slurm-poll", "-1"], "astra: [slurm] poll is -1.0; it must be more than 0"),
+        (["Sleep", "--name", "n"], ["--slurm-poll-max", "0"], "astra: [slurm] poll_max is 0.0; it must be more than 0"),
+        (["Sleep", "--name", "n"], ["--slurm-max-running", "-1"], "astra: [slurm] max_running is -1; it must be 0 or"),
+        (["Sleep", "--name", "n"], ["--slurm-sbatch-args", "--comment='a b"],
+         "astra: [slurm] sbatch_args \"--comment='a b\" cannot be split: No closing quotation"),
+        (["Sleep", "--name", "n"], ["--slurm-log-dir", "/proc/astra"],
+         "astra: the SLURM log_dir '/proc/astra' cannot be made (No such file or directory); set [slurm] log_dir"),
+    ],
+)  # fmt: skip
+def test_a_slurm_setting_out_of_range_fails_in_one_line_before_any_job(sqlite_url, tmp_path, task, given, said):
+    # They divided a batch by zero shares, slept a negative time, or split sbatch's arguments, in a traceback.
+    logs = tmp_path / "logs"
+    args = slurm_args(logs, "--module", "tests.slurm_tasks", *task, "--local-scheduler")
+    done = run_luigi(*args, *given)  # after slurm_args: these win
+    assert done.returncode == 30 and said in done.stdout, done.stdout[-3000:]
+    assert not logs.exists() or not jobs_of(logs)

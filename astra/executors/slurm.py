@@ -61,6 +61,10 @@ ENTRY = "import sys; from astra.executors.slurm_job import main; sys.exit(main()
 
 
 SETTINGS = tuple(slurm.get_param_names())
+#: The numbers among them that must be more than 0, and those that may be 0 (below: a batch divided into no shares,
+#: a poll that sleeps a negative time or asks squeue without a pause, an sbatch that refuses the job).
+POSITIVE = ("jobs", "poll", "poll_max")
+NOT_NEGATIVE = ("max_running", "cpus_per_task")
 
 
 class SlurmJobError(RuntimeError):
@@ -77,7 +81,20 @@ def options(task: luigi.Task) -> dict:
                 f"astra: {task.task_family}.{attribute} is no [slurm] setting (misspelt?); known: "
                 f"{', '.join(f'slurm_{name}' for name in SETTINGS)}"
             )
-    return {name: getattr(task, f"slurm_{name}", getattr(config, name)) for name in SETTINGS}
+    chosen = {name: getattr(task, f"slurm_{name}", getattr(config, name)) for name in SETTINGS}
+
+    def where(name: str) -> str:
+        return f"{task.task_family}.slurm_{name}" if hasattr(task, f"slurm_{name}") else f"[slurm] {name}"
+
+    for name in POSITIVE + NOT_NEGATIVE:
+        if not (chosen[name] > 0 if name in POSITIVE else chosen[name] >= 0):  # NaN too
+            more = "more than 0" if name in POSITIVE else "0 or more"
+            raise SlurmJobError(f"astra: {where(name)} is {chosen[name]!r}; it must be {more}")
+    try:
+        shlex.split(chosen["sbatch_args"])
+    except ValueError as exc:  # e.g. "No closing quotation"
+        raise SlurmJobError(f"astra: {where('sbatch_args')} {chosen['sbatch_args']!r} cannot be split: {exc}") from None
+    return chosen
 
 
 class SlurmExecutor(Executor):
@@ -147,6 +164,8 @@ class SlurmExecutor(Executor):
         base = _job_name(batch)
         live = [state for state in queue().live(base) if "_" in state.job_id] if adopt else []  # array elements
         shares = getattr(batch, "jobs", 0) or settings_["jobs"]
+        if shares < 0:
+            raise SlurmJobError(f"astra: {batch.task_family} --jobs is {shares}; it must be 0 ([slurm] jobs) or more")
         layouts = {_layout(state) for state in live}
         if layouts:
             shares = max(count for _, count in layouts)  # as the live arrays split the items
@@ -283,7 +302,13 @@ class _BatchProgress:
 def submit(spec: dict, name: str, settings_: dict, array: str | None = None) -> str:
     """Submit a job running the job's entry point for ``spec``; the job id (of the array, for an array)."""
     log_dir = Path(os.path.expanduser(settings_["log_dir"])).absolute()
-    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlurmJobError(
+            f"astra: the SLURM log_dir {str(log_dir)!r} cannot be made ({exc.strerror}); set [slurm] log_dir to a "
+            "directory the nodes can write to"
+        ) from None
     ids = "%A_%a" if array else "%j"
     command = ["sbatch", "--parsable", f"--job-name={name}", f"--chdir={os.getcwd()}", "--export=ALL"]
     command += [f"--output={log_dir}/{name}-{ids}.out", f"--error={log_dir}/{name}-{ids}.err"]
