@@ -26,6 +26,7 @@ import luigi.retcodes
 
 from astra import config, recording
 from astra.database import connection, queries
+from astra.executors import ExecutorError
 from astra.targets import completed, database_targets, forget_cached
 
 logger = logging.getLogger("luigi-interface")
@@ -93,10 +94,12 @@ class OneLineFailures(logging.Filter):
             record.msg = f"{record.msg}: %s"
             record.args = (*record.args, error.code)
             record.exc_info = record.exc_text = None
-        elif isinstance(error, (connection.DatabaseError, recording.InputLostError)) and isinstance(record.args, tuple):
+        elif isinstance(error, (connection.DatabaseError, recording.InputLostError, ExecutorError)) and isinstance(
+            record.args, tuple
+        ):
             # astra's own database errors (e.g. an SQLite lock held past sqlite_lock_timeout before the task could
-            # be claimed, so nothing recorded), and an input lost while the task ran, are one line that says what
-            # to do: their traceback says no more.
+            # be claimed, so nothing recorded), an input lost while the task ran, and a batch whose SLURM array
+            # failed (no record of its own) are one line that says what to do: their traceback says no more.
             record.msg = f"{record.msg}: %s: %s"
             record.args = (*record.args, type(error).__name__, error)
             record.exc_info = record.exc_text = None

@@ -362,4 +362,5 @@ def test_a_slurm_setting_out_of_range_fails_in_one_line_before_any_job(sqlite_ur
     args = slurm_args(logs, "--module", "tests.slurm_tasks", *task, "--local-scheduler")
     done = run_luigi(*args, *given)  # after slurm_args: these win
     assert done.returncode == 30 and said in done.stdout, done.stdout[-3000:]
+    assert "Traceback" not in done.stdout, done.stdout  # a batch's too: it has no record to hold one
     assert not logs.exists() or not jobs_of(logs)

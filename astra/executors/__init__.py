@@ -31,6 +31,11 @@ EXECUTORS = {
 }
 
 
+class ExecutorError(RuntimeError):
+    """Work an executor could not get done elsewhere (a batch's SLURM array failed, sbatch refused the job), said
+    in one line with what to do: luigi's log shows that line, not the traceback, which says no more."""
+
+
 class Executor(abc.ABC):
     """Where a claimed task's ``run()`` runs."""
 

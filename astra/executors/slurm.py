@@ -40,7 +40,7 @@ import luigi
 from astra.config import command_line, database_url, luigi_config, settings, slurm, slurm_settings
 from astra.database import queries
 from astra.database.urls import mask_password
-from astra.executors import Executor
+from astra.executors import Executor, ExecutorError
 from astra.executors.shares import shares_of
 from astra.executors.slurm_queue import JobState, details, max_array_size, queue
 
@@ -67,7 +67,7 @@ POSITIVE = ("jobs", "poll", "poll_max")
 NOT_NEGATIVE = ("max_running", "cpus_per_task")
 
 
-class SlurmJobError(RuntimeError):
+class SlurmJobError(ExecutorError):
     """A SLURM job ended without recording its task as done."""
 
 
