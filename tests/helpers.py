@@ -212,8 +212,8 @@ class Relay:
     """A TCP relay to the test PostgreSQL server that a test can take away, as a server that goes down for good:
     :meth:`stop` closes its port and every connection through it."""
 
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, port: int = 0) -> None:
+        self.listener = socket.create_server(("127.0.0.1", port))  # a port of a relay stopped: the server back
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()

@@ -14,6 +14,7 @@ import pytest
 
 from astra.database import Task
 from tests.helpers import (
+    Relay,
     astra,
     background,
     jobs_of,
@@ -364,3 +365,28 @@ def test_a_slurm_setting_out_of_range_fails_in_one_line_before_any_job(sqlite_ur
     assert done.returncode == 30 and said in done.stdout, done.stdout[-3000:]
     assert "Traceback" not in done.stdout, done.stdout  # a batch's too: it has no record to hold one
     assert not logs.exists() or not jobs_of(logs)
+
+
+@pytest.mark.slow(60)
+def test_a_job_runs_on_and_records_its_task_when_the_luigi_process_loses_the_database(
+    slurm_cluster, postgres_url, tmp_path
+):
+    # The luigi process gives up on the database (reconnect_seconds) while the job sleeps: cancelling the job would
+    # throw its work away, though it reaches the database itself, as when the luigi process is killed.
+    relay = Relay()
+    logs = tmp_path / "logs"
+    args = slurm_args(logs, "--module", "tests.slurm_tasks", "Sleep", "--name", "d", "--seconds", "15")
+    env = {"ASTRA_DATABASE_URL": relay.url(postgres_url)}
+    with background((args + ["--astra-reconnect-seconds", "1", "--local-scheduler"], tmp_path / "lost.log", env)) as (
+        luigi,
+    ):
+        job = wait_for(lambda: _running_job("Sleep"), timeout=90, what="the Sleep job to run")
+        relay.stop()
+        assert luigi.wait(timeout=60) == 30, luigi.text()[-3000:]
+        relay = Relay(relay.port)  # the database is back, for the job
+        assert f"astra: SLURM jobs {job} of Sleep(name=d) are left to run" in luigi.text(), luigi.text()[-3000:]
+        wait_for(lambda: scontrol(job).get("JobState") != "RUNNING", timeout=90, what=f"job {job} to end")
+    assert scontrol(job)["JobState"] == "COMPLETED"
+    task = row(task_name="Sleep")
+    assert task.status == "done" and task.attempts == 1 and result_of(task) == {"slept": 15.0, "job": job}
+    relay.stop()

@@ -39,6 +39,7 @@ import luigi
 
 from astra.config import command_line, database_url, luigi_config, settings, slurm, slurm_settings
 from astra.database import queries
+from astra.database.connection import DatabaseError
 from astra.database.urls import mask_password
 from astra.executors import Executor, ExecutorError
 from astra.executors.shares import shares_of
@@ -125,6 +126,11 @@ class SlurmExecutor(Executor):
 
         try:
             states = _follow(task, [job_id], submitted, settings_, recorded, lambda s: _describe(job_id, s))
+        except DatabaseError as exc:
+            _left_running([job_id], task, exc)
+            claim.release()
+            claim.recorded = True  # by the job, which holds the claim once it runs (else a rerun adopts it)
+            raise
         except BaseException as exc:
             with _uninterrupted():
                 _cancel([job_id])
@@ -198,6 +204,9 @@ class SlurmExecutor(Executor):
         progress = _BatchProgress(batch, said, pending, len(hashes) - len(pending), len(hashes))
         try:
             states = _follow(batch, list(names), submitted, settings_, progress.all_done, progress.describe)
+        except DatabaseError as exc:
+            _left_running(list(names), batch, exc)
+            raise
         except BaseException:
             with _uninterrupted():
                 _cancel(list(names))
@@ -396,6 +405,18 @@ def _describe(job_id: str, states: list[JobState]) -> str:
     if state.state == "RUNNING":
         return f"SLURM job {job_id} RUNNING on {state.node}"
     return f"SLURM job {job_id} {state.state}"
+
+
+def _left_running(job_ids: list[str], task: luigi.Task, exc: DatabaseError) -> None:
+    """The database stopped answering this process while ``job_ids`` run: they reach it themselves and record their
+    work (as when the luigi process is killed), so they are not cancelled; a rerun waits for them or adopts them."""
+    logger.warning(
+        "astra: SLURM jobs %s of %s are left to run and record their work: this process lost the database (%s); "
+        "run luigi again once it answers",
+        " ".join(job_ids),
+        task,
+        exc,
+    )
 
 
 def _cancel(job_ids: list[str]) -> None:
