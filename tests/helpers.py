@@ -260,6 +260,12 @@ class Relay:
 # luigi processes in the background, and a luigid ----------------------------------------------------------------
 
 
+def _hears_ctrl_c() -> None:
+    # A command started in the background by a shell without job control (`pytest ... &` in a script) ignores
+    # Ctrl-C, and so does every process it starts: luigi would not hear the tests that press it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Luigi:
     """A ``luigi`` command line running in the background, its output going to a file."""
 
@@ -274,6 +280,7 @@ class Luigi:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_hears_ctrl_c,
             )
 
     @property
