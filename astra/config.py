@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -136,7 +137,9 @@ def settings() -> astra:
         key = _settings_key()
         if _read is None or _read[0] != key:
             _refuse_unknown(key[1])
-            _read = (key, astra())
+            read = astra()
+            _refuse_out_of_range(read)
+            _read = (key, read)
     except (ValueError, configparser.Error) as exc:  # luigi says only "Error when parsing ... of 'lease'"
         raise SettingError(_bad_setting() or f"astra: the [astra] settings cannot be read: {exc}") from None
     return _read[1]
@@ -166,6 +169,31 @@ def _refuse_unknown(stored: object, section_class: type[luigi.Config] = astra) -
             )
 
 
+#: The ``[astra]`` numbers that must be more than 0 and finite: a lease of 0 (or NaN, or infinity) is one that no one
+#: can wait out, or a heartbeat loop without a pause. Every other number must be 0 or more (infinity: no limit); NaN
+#: or a negative number is a slip (a busy timeout of NaN ms cannot even be computed), not a wish.
+POSITIVE = ("lease",)
+
+
+def _refuse_out_of_range(read: astra) -> None:
+    """Stop at an ``[astra]`` number that parses but cannot be used (``lease = 0``, ``sqlite_lock_timeout = nan``):
+    each task that met it failed with a traceback, or luigi's check of every task did."""
+    for name, parameter in astra.get_params():
+        value = getattr(read, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if name in POSITIVE and not 0 < value < math.inf:
+            wanted = "more than 0 (seconds), and finite"
+        elif not value >= 0:  # NaN too
+            wanted = "0 or more"
+        else:
+            continue
+        default = parameter.serialize(parameter._default)
+        raise SettingError(
+            f"astra: {_where(name)} must be {wanted}; correct it, or leave it out for the default ({default})"
+        )
+
+
 def slurm_settings() -> slurm:
     """The ``[slurm]`` settings; :class:`SettingError` naming the first that does not parse (``jobs = abc``) or a
     name that is no setting (``partiton = gpu``)."""
@@ -193,13 +221,23 @@ def _bad_setting(section_class: type[luigi.Config] = astra) -> str | None:
             except configparser.Error as exc:  # e.g. a ${VARIABLE} that is not set; the text may hold a URL
                 reason = mask_password(str(exc).splitlines()[0])
                 return f"astra: [{section}] {name} in {_file_of(section, name)} cannot be read: {reason}"
-            where = f"[{section}] {name} = {value!r} in {_file_of(section, name)}"
+            where = _where(name, section)
         try:
             parameter.parse(value)
         except Exception:  # noqa: BLE001 -- each parameter class raises its own; the line says what is expected
             default = parameter.serialize(parameter._default).lower()  # luigi.cfg spells booleans true/false
             return f"astra: {where} {_expected(parameter)}; correct it, or leave it out for the default ({default})"
     return None
+
+
+def _where(name: str, section: str = "astra") -> str:
+    """Where ``[section] name`` was set, with its value as written: ``--astra-lease '0'`` on the command line, or
+    ``[astra] lease = '0' in luigi.cfg``."""
+    value = command_line_value(name, section)
+    if value:
+        return f"--{section}-{name.replace('_', '-')} {value!r}"
+    value = luigi.configuration.get_config().get(section, name)
+    return f"[{section}] {name} = {value!r} in {_file_of(section, name)}"
 
 
 def _expected(parameter: luigi.Parameter) -> str:

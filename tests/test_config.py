@@ -328,6 +328,39 @@ def test_a_bad_astra_setting_is_one_line_naming_it(sqlite_url, tmp_path, luigi_c
         assert status.returncode == 1
 
 
+#: An ``[astra]`` number that parses but cannot be used, and what the line says it must be.
+OUT_OF_RANGE = {
+    "lease": ("0", "must be more than 0 (seconds), and finite; correct it, or leave it out for the default (120.0)"),
+    "sqlite_lock_timeout": ("nan", "must be 0 or more; correct it, or leave it out for the default (60.0)"),
+    "reconnect_seconds": ("-1", "must be 0 or more; correct it, or leave it out for the default (60.0)"),
+    "batch_processes": ("-2", "must be 0 or more; correct it, or leave it out for the default (1)"),
+}
+
+
+def test_an_astra_number_out_of_range_is_one_line_naming_it(sqlite_url, tmp_path, luigi_config, capsys):
+    """lease = 0 (or inf, or nan) failed each task with a traceback; sqlite_lock_timeout = nan failed luigi's check of
+    every task with one (a ValueError computing SQLite's busy timeout), exit code 35 where a bad setting says 1."""
+    from astra.database import Task
+
+    task = ["--module", "workflows", "EstimateSNR", "--spectrum-path", SPECTRUM, "--local-scheduler"]
+    for option in (["--astra-lease", "inf"], ["--astra-sqlite-lock-timeout", "nan"]):
+        ran = run_luigi(*task, *option, env={"ASTRA_DATABASE_URL": sqlite_url}, cwd=tmp_path)
+        said = f"astra: {option[0]} {option[1]!r} must be "
+        assert ran.returncode == 1 and luigi_error_line(ran).startswith(said), ran.stdout
+    assert Task.select().count() == 0
+    for name, (value, problem) in OUT_OF_RANGE.items():  # in this process: the same main() as the command's
+        luigi_config.remove_section("astra")
+        luigi_config.set("astra", name, value)
+        reset()
+        status = main(capsys, "db", "status")
+        assert status.stderr == f"astra: [astra] {name} = {value!r} in luigi's configuration {problem}\n"
+        assert status.returncode == 1
+    luigi_config.remove_section("astra")
+    luigi_config.set("astra", "sqlite_lock_timeout", "inf")  # no limit: SQLite's longest wait
+    reset()
+    assert main(capsys, "db", "status").returncode == 0
+
+
 def test_a_name_in_astra_that_is_no_setting_stops_without_showing_its_value(sqlite_url, tmp_path, luigi_config, capsys):
     """A forgotten '=' (configparser splits at the ':' of the URL): luigi warned, printing the password, and went
     on with the default database; so did a misspelt name."""

@@ -651,7 +651,7 @@ def _holds_no_astra_tables(path: str) -> bool:
 
 
 def _milliseconds(seconds: float) -> int:
-    return max(0, min(int(seconds * 1000), 2**31 - 1))
+    return max(0, int(min(seconds * 1000, 2**31 - 1)))  # infinity ([astra] sqlite_lock_timeout = inf): SQLite's most
 
 
 def _no_space_left(folder: str) -> str:
