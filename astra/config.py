@@ -290,8 +290,37 @@ def _toml_sections(parser: object) -> dict | None:
 
 
 def database_url() -> str:
-    """The configured database URL: ``--astra-database-url``, else $ASTRA_DATABASE_URL, else luigi.cfg, else ''."""
-    return command_line_value("database_url") or os.environ.get(DATABASE_URL_ENV) or settings().database_url
+    """The configured database URL: ``--astra-database-url``, else $ASTRA_DATABASE_URL, else luigi.cfg, else ''.
+
+    For the processes this one starts elsewhere (a batch's pool, a SLURM job), so a relative SQLite path is given as
+    the file it meant here (:func:`sqlite_path`).
+    """
+    url = command_line_value("database_url") or os.environ.get(DATABASE_URL_ENV) or settings().database_url
+    if url.startswith(SQLITE_PREFIX):
+        return SQLITE_PREFIX + sqlite_path(url[len(SQLITE_PREFIX) :])
+    return url
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+#: The file each SQLite path as written (relative, or under ``~``) meant when this process first used it.
+_sqlite_paths: dict[str, str] = {}
+
+
+def sqlite_path(written: str) -> str:
+    """The absolute path of the SQLite file ``written`` names: resolved once per process (and the processes forked
+    from it). A task's run() may change the working directory; a relative path resolved again after that named
+    another file, which a batch's pool processes opened (empty: every item's input "not complete") and a SLURM job
+    recorded into."""
+    path = _sqlite_paths.get(written)
+    if path is None:
+        path = _sqlite_paths[written] = os.path.abspath(os.path.expanduser(written))
+    return path
+
+
+def forget_sqlite_paths() -> None:
+    """Resolve SQLite paths afresh (for :func:`astra.database.connection.reset`: tests change directory and HOME)."""
+    _sqlite_paths.clear()
 
 
 def command_line_value(name: str, section: str = "astra") -> str:
@@ -315,7 +344,10 @@ def command_line() -> dict | None:
     if parser is None:
         return None
     plain = (str, int, float, bool)
-    return {name: value for name, value in vars(parser.known_args).items() if value and isinstance(value, plain)}
+    values = {name: value for name, value in vars(parser.known_args).items() if value and isinstance(value, plain)}
+    if values.get("astra_database_url"):
+        values["astra_database_url"] = database_url()  # a relative SQLite path as it is meant here
+    return values
 
 
 def adopt_command_line(values: dict | None) -> None:

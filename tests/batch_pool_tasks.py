@@ -70,3 +70,41 @@ class Victims(BatchTask):
 
     def parameter_sets(self):
         return [{"n": n, "victim": 25, "workdir": self.workdir} for n in range(40)]
+
+
+class Wanderer(astra.BaseTask):
+    """Moves its process to ``elsewhere`` (as science code that works in a directory of its own may)."""
+
+    elsewhere = luigi.Parameter(significant=False)
+
+    def run(self) -> str:
+        os.makedirs(self.elsewhere, exist_ok=True)
+        os.chdir(self.elsewhere)
+        return os.getcwd()
+
+
+class WandererItem(astra.BaseTask):
+    """Needs the Wanderer, and reads what it recorded."""
+
+    i = luigi.IntParameter()
+    elsewhere = luigi.Parameter(significant=False)
+
+    def requires(self):
+        return Wanderer(elsewhere=self.elsewhere)
+
+    def run(self) -> dict:
+        return {"i": self.i, "wanderer": self.input().read()}
+
+
+class WandererItems(BatchTask):
+    """Items worked in a pool that starts after the Wanderer has changed directory."""
+
+    item_class = WandererItem
+    chunk_size = 2
+    elsewhere = luigi.Parameter(significant=False)
+
+    def requires(self):
+        return Wanderer(elsewhere=self.elsewhere)
+
+    def parameter_sets(self):
+        return [{"i": i, "elsewhere": self.elsewhere} for i in range(4)]

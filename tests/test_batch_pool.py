@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -140,6 +141,26 @@ def test_estimate_snr_batch_in_two_processes_from_the_command_line(database_url,
     broken.unlink()
     second = run_luigi(*args, "--local-scheduler")
     assert "1 complete ones were encountered" in summary(second.stdout), second.stdout
+
+
+@pytest.mark.parametrize("given", ["environment", "command line"])
+def test_a_relative_sqlite_path_names_one_file_after_a_task_changed_directory(tmp_path, given):
+    """``sqlite:///astra.db`` is the file in the directory luigi started in: a task's run() that changed directory
+    made the pool processes open (and create) another astra.db there, where no input was done (every item failed,
+    'not complete'); a SLURM job was given the same relative path."""
+    elsewhere = tmp_path / "elsewhere"
+    args = ["--module", "tests.batch_pool_tasks", "WandererItems", "--elsewhere", str(elsewhere), "--local-scheduler"]
+    args += ["--processes", "2"]
+    url = "sqlite:///astra.db"
+    if given == "environment":
+        ran = run_luigi(*args, env={"ASTRA_DATABASE_URL": url}, cwd=tmp_path)
+    else:
+        ran = run_luigi(*args, "--astra-database-url", url, env={"ASTRA_DATABASE_URL": ""}, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout
+    assert not (elsewhere / "astra.db").exists()
+    with sqlite3.connect(tmp_path / "astra.db") as connection:
+        rows = connection.execute("select task_name, status from task order by task_name").fetchall()
+    assert rows == [("Wanderer", "done")] + [("WandererItem", "done")] * 4
 
 
 def test_a_pool_works_the_items_with_the_values_given_on_the_luigi_command_line(database_url):

@@ -466,6 +466,7 @@ class Database:
         self.description = ""
         self.reading_only = False  # the next command of a test's process may write
         _opened_files.clear()  # a file deleted on purpose may be made again
+        config.forget_sqlite_paths()  # a test's relative path or HOME means its own directory
 
     def _let_go(self) -> None:
         """Stop using :attr:`db`: close it if this process opened it, else keep it alive (see the class)."""
@@ -558,8 +559,8 @@ def is_postgres(db: peewee.Database | None = None) -> bool:
 def _open(
     url: str, profile: str, dbname: str, patient: bool = False, reading_only: bool = False
 ) -> tuple[peewee.Database, str]:
-    if url.startswith("sqlite:///"):
-        return _open_sqlite(url[len("sqlite:///") :], reading_only)
+    if url.startswith(config.SQLITE_PREFIX):
+        return _open_sqlite(url[len(config.SQLITE_PREFIX) :], reading_only)
     if url.startswith(("postgresql://", "postgres://")):
         return _open_postgres_url(url, patient)
     if url:
@@ -591,7 +592,7 @@ def _replaced(path: str) -> str:
 
 
 def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database, str]:
-    path = os.path.abspath(os.path.expanduser(path))
+    path = config.sqlite_path(path)
     description = f"sqlite:///{path}"
     if path in _opened_files and _file_id(path) != _opened_files[path]:
         raise DatabaseNotReady(_replaced(path))  # rather than make a new, empty one (a forked worker would)
