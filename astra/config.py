@@ -153,13 +153,11 @@ class SettingError(SystemExit):
     would turn it into a traceback under "error in complete()" for every task, and nothing can work without it."""
 
 
-def _refuse_unknown(stored: object, section_class: type[luigi.Config] = astra) -> None:
+def _refuse_unknown(stored: tuple[tuple[str, str], ...], section_class: type[luigi.Config] = astra) -> None:
     """Stop at a name in ``[astra]`` (or ``section_class``'s section) that is no setting. luigi would warn and go on,
     printing its value: a line ``database_url postgresql://me:secret@host/db`` (its ``=`` forgotten: configparser
     splits it at the ``:``) showed the password; a misspelt ``database_url`` would record into the default database
     instead, and a misspelt ``[slurm] partition`` or ``mem`` would send every job where it cannot run, or kill it."""
-    if not isinstance(stored, tuple):  # a TOML configuration: luigi checks it itself
-        return
     section, known = section_class.get_task_family(), {name for name, _ in section_class.get_params()}
     for name, _ in stored:
         if name.replace("-", "_") not in known:
@@ -198,9 +196,7 @@ def slurm_settings() -> slurm:
     """The ``[slurm]`` settings; :class:`SettingError` naming the first that does not parse (``jobs = abc``) or a
     name that is no setting (``partiton = gpu``)."""
     try:
-        parser, section = luigi.configuration.get_config(), slurm.get_task_family()
-        if _toml_sections(parser) is None and parser.has_section(section):
-            _refuse_unknown(tuple(parser.items(section)), slurm)
+        _refuse_unknown(_stored(luigi.configuration.get_config(), slurm.get_task_family()), slurm)
         return slurm()
     except (ValueError, configparser.Error) as exc:
         raise SettingError(_bad_setting(slurm) or f"astra: the [slurm] settings cannot be read: {exc}") from None
@@ -270,17 +266,22 @@ def _file_of(section: str, name: str) -> str:
 def _settings_key() -> tuple:
     """Everything :class:`astra` is read from: the ``[astra]`` section of luigi.cfg and ``--astra-*`` options."""
     parser, section = luigi.configuration.get_config(), astra.get_task_family()
-    toml = _toml_sections(parser)
-    if toml is not None:
-        stored = repr(toml.get(section))
-    else:
-        stored = tuple(parser.items(section)) if parser.has_section(section) else ()
+    stored = _stored(parser, section)
     command_line = CmdlineParser.get_instance()
     given = () if command_line is None else tuple(vars(command_line.known_args).get(f"{section}_{n}") for n in _NAMES)
     return id(parser), stored, given
 
 
 _NAMES = astra.get_param_names()
+
+
+def _stored(parser: object, section: str) -> tuple[tuple[str, str], ...]:
+    """The names and values ``section`` of luigi's configuration holds, in its ini file or its TOML file (where luigi
+    warns of no unknown name either: a misspelt ``databse_url`` recorded into the default database)."""
+    toml = _toml_sections(parser)
+    if toml is not None:
+        return tuple((name, repr(value)) for name, value in (toml.get(section) or {}).items())
+    return tuple(parser.items(section)) if parser.has_section(section) else ()
 
 
 def _toml_sections(parser: object) -> dict | None:

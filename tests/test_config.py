@@ -379,6 +379,27 @@ def test_a_name_in_astra_that_is_no_setting_stops_without_showing_its_value(sqli
     )
 
 
+def test_a_name_that_is_no_setting_in_a_toml_configuration_stops_too(sqlite_url, monkeypatch, capsys):
+    """luigi's TOML configuration (LUIGI_CONFIG_PARSER=toml) warns of no unknown name at all: a misspelt
+    ``databse_url`` recorded into the default database, silently; astra let it be, as if luigi checked it."""
+    from luigi.configuration.toml_parser import LuigiTomlParser
+
+    from astra.config import slurm_settings
+
+    toml = LuigiTomlParser()  # as luigi makes it from luigi.toml (the toml package need not be installed here)
+    toml.data = {"astra": {"databse_url": "sqlite:////elsewhere.db", "lease": 30}, "slurm": {"partiton": "gpu"}}
+    monkeypatch.setattr(luigi.configuration, "get_config", lambda *args: toml)
+    reset()
+    status = main(capsys, "db", "status")
+    assert status.returncode == 1
+    assert status.stderr.startswith("astra: [astra] in luigi's configuration has 'databse_url', which is no astra")
+    del toml.data["astra"]["databse_url"]
+    reset()
+    assert main(capsys, "db", "status").returncode == 0
+    with pytest.raises(SystemExit, match="has 'partiton', which is no astra setting"):
+        slurm_settings()
+
+
 def test_a_bad_slurm_setting_fails_the_task_in_one_line(sqlite_url, tmp_path):
     """Read as the task runs (under the SLURM executor, before anything is submitted); before: a traceback."""
     config = tmp_path / "luigi.cfg"
