@@ -275,6 +275,24 @@ def _settings_key() -> tuple:
 _NAMES = astra.get_param_names()
 
 
+def sources() -> tuple:
+    """What decides the database, in a form that is cheap to make and compare (a few µs; :func:`settings` takes
+    20): luigi's configuration and the ``luigi`` command line (the objects: a new run has new ones), ``[astra]`` as
+    written, and $ASTRA_DATABASE_URL. Compare two with :func:`same_sources`."""
+    parser = luigi.configuration.get_config()
+    toml = _toml_sections(parser)
+    if toml is not None:
+        written = repr(toml.get(astra.get_task_family()))
+    else:
+        written = tuple(parser.items("astra", raw=True)) if parser.has_section("astra") else ()
+    return parser, CmdlineParser.get_instance(), written, os.environ.get(DATABASE_URL_ENV, "")
+
+
+def same_sources(one: tuple | None, other: tuple) -> bool:
+    """Whether two :func:`sources` are the same (the parsers by identity: comparing a ConfigParser compares it all)."""
+    return one is not None and one[0] is other[0] and one[1] is other[1] and one[2:] == other[2:]
+
+
 def _stored(parser: object, section: str) -> tuple[tuple[str, str], ...]:
     """The names and values ``section`` of luigi's configuration holds, in its ini file or its TOML file (where luigi
     warns of no unknown name either: a misspelt ``databse_url`` recorded into the default database)."""

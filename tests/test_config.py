@@ -53,6 +53,26 @@ def test_environment_overrides_the_astra_section(tmp_path, monkeypatch, luigi_co
     assert (tmp_path / "from-env.db").exists()
 
 
+def test_the_database_follows_its_settings_when_they_change_in_this_process(tmp_path, monkeypatch, luigi_config):
+    """A script (a notebook) that runs luigi twice: the second run recorded into the database of the first once the
+    first had $ASTRA_DATABASE_URL or --astra-database-url and the second had not, or [astra] database_url changed."""
+    from luigi.cmdline_parser import CmdlineParser
+
+    def url(name: str) -> str:
+        return f"sqlite:///{tmp_path / name}"
+
+    luigi_config.set("astra", "database_url", url("configured.db"))
+    monkeypatch.setenv("ASTRA_DATABASE_URL", url("environment.db"))
+    assert describe() == url("environment.db")
+    monkeypatch.delenv("ASTRA_DATABASE_URL")
+    assert describe() == url("configured.db")
+    luigi_config.set("astra", "database_url", url("changed.db"))
+    assert describe() == url("changed.db")
+    with CmdlineParser.global_instance(["--astra-database-url", url("command-line.db"), "Task"]):
+        assert describe() == url("command-line.db")
+    assert describe() == url("changed.db")
+
+
 def test_settings_follow_luigi_cfg_and_the_command_line(luigi_config):
     """The settings are read once and kept, so every change of what they come from must be seen."""
     from luigi.cmdline_parser import CmdlineParser

@@ -413,14 +413,17 @@ class Database:
         self.description = ""
         self.inherited: tuple[peewee.Database, ...] = ()
         self.reading_only = False  # see only_reading()
+        #: What :attr:`key` was read from (:func:`astra.config.sources`): while it is the same, so is the key.
+        self.sources: tuple | None = None
 
     def get(self) -> peewee.Database:
         """The database of this process, opened (and, for SQLite, created) on first use."""
         pid = os.getpid()
-        override = _url_override()
-        if self.pid == pid and self.db is not None and (not override or self.key[0] == override):
+        sources = config.sources()  # reading the settings costs more than a use of the database: only if these change
+        if self.pid == pid and self.db is not None and config.same_sources(self.sources, sources):
             return self.db
         key = _settings_key()
+        self.sources = sources
         if self.pid == pid and self.key == key and self.db is not None:
             return self.db
         # A forked worker whose parent was connected must not give up at once if the server is restarting.
@@ -462,7 +465,7 @@ class Database:
         """Close this process's connection (never a parent's) and forget the database: the next use opens it
         again from the settings. For tests, and for code that changed the settings."""
         self._let_go()
-        self.pid = self.key = None
+        self.pid = self.key = self.sources = None
         self.description = ""
         self.reading_only = False  # the next command of a test's process may write
         _opened_files.clear()  # a file deleted on purpose may be made again
