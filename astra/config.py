@@ -216,6 +216,9 @@ def _bad_setting(section_class: type[luigi.Config] = astra) -> str | None:
                 continue
             except configparser.Error as exc:  # e.g. a ${VARIABLE} that is not set; the text may hold a URL
                 reason = mask_password(str(exc).splitlines()[0])
+                if isinstance(exc, configparser.InterpolationSyntaxError) and "'%'" in reason:
+                    # luigi.cfg reads "%(name)s" as another setting's value; a percent-encoded password has a '%'
+                    reason = "a '%' must be written '%%' in luigi.cfg (a percent-encoded password: p%%40ss for p@ss)"
                 return f"astra: [{section}] {name} in {_file_of(section, name)} cannot be read: {reason}"
             where = _where(name, section)
         try:

@@ -399,6 +399,18 @@ def test_a_name_in_astra_that_is_no_setting_stops_without_showing_its_value(sqli
     )
 
 
+def test_a_percent_encoded_password_in_luigi_cfg_says_to_double_the_percent(tmp_path):
+    """README says to percent-encode a password (p%40ss); luigi.cfg reads '%' as the start of "%(name)s", and the line
+    said only "'%' must be followed by '%' or '(', found: ...", with the rest of the password masked."""
+    config = tmp_path / "luigi.cfg"
+    config.write_text("[astra]\ndatabase_url = postgresql://me:p%40ss@127.0.0.1:5432/astra\n")
+    said = one_line_error(astra("db", "status", env={"ASTRA_DATABASE_URL": "", "LUIGI_CONFIG_PATH": str(config)}), 1)
+    assert said == (
+        f"astra: [astra] database_url in {config} cannot be read: a '%' must be written '%%' in luigi.cfg (a "
+        "percent-encoded password: p%%40ss for p@ss)"
+    )
+
+
 def test_a_name_that_is_no_setting_in_a_toml_configuration_stops_too(sqlite_url, monkeypatch, capsys):
     """luigi's TOML configuration (LUIGI_CONFIG_PARSER=toml) warns of no unknown name at all: a misspelt
     ``databse_url`` recorded into the default database, silently; astra let it be, as if luigi checked it."""
