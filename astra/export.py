@@ -645,10 +645,15 @@ def _fits_hdu(found: Table, meta: dict | None = None):
                         "write --format parquet or ecsv (UTF-8), or leave the column out with --columns"
                     )
     plain = Table([_unmasked_arrays(found[name]) for name in found.colnames], meta={}, copy=False)
+    nulls = {name: null for name in plain.colnames if (null := _free_null(plain[name])) is not None}
+    for name, null in nulls.items():  # written filled, with the null set below: astropy would write its own
+        plain.replace_column(name, plain[name].filled(null))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a unit outside the FITS standard is written as given
             hdu = fits.table_to_hdu(plain)
+        for name, null in nulls.items():
+            hdu.columns[name].null = null
     except (TypeError, ValueError) as exc:
         raise ExportError(
             f"FITS cannot hold this table: {exc}; write --format ecsv or json, or leave the column out with --columns"
@@ -692,6 +697,24 @@ def _unmasked_arrays(column: Column) -> Column:
     if column.dtype != object or not isinstance(column, MaskedColumn):
         return column
     return Column(np.asarray(column), name=column.name, unit=column.unit, description=column.description)
+
+
+def _free_null(column: Column) -> int | None:
+    """The FITS null (``TNULL``) of a masked integer ``column``: a value none of its values has. astropy writes its
+    default, 999999 (also for a vector column, whatever its fill value), and a reader takes every 999999 of the
+    column for a missing value. The default is kept where it is free, else the smallest integer that is; None for a
+    column that needs no null."""
+    if column.dtype.kind != "i" or not isinstance(column, MaskedColumn) or not np.ma.getmaskarray(column).any():
+        return None
+    present = np.unique(np.asarray(column)[~np.ma.getmaskarray(column)])
+    null = int(np.ma.default_fill_value(column.dtype))
+    if np.isin(null, present):
+        null = int(np.iinfo(column.dtype).min)
+        for value in present.tolist():  # sorted: the first gap from the smallest integer up
+            if value != null:
+                break
+            null += 1
+    return null
 
 
 def _ascii_only(column: Column) -> bool:

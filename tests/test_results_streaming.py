@@ -10,6 +10,7 @@ import sys
 import uuid
 
 import luigi
+import numpy as np
 import pytest
 
 from astra import export, results_table
@@ -250,3 +251,29 @@ def test_lists_of_numbers_and_text_keep_their_values():
     assert [json.loads(v) if v else None for v in mixed.filled("")] == [[1, "a"], [2.5, "b"], None]
     assert export.column("names", [["x", "y"], ["z", "w"]]).shape == (2, 2)
     assert export.column("numbers", [[1, 2], [3, 4]]).dtype.kind == "i"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_missing_ints_in_fits_leave_999999_a_value(tmp_path, chunked):
+    """astropy writes a missing integer as 999999 (FITS TNULL), and reads every 999999 of the column back as
+    missing: a task's 999999 was lost. The null is now a value the column does not hold."""
+    from astropy.table import Table, vstack
+
+    chunks = [
+        Table([export.column("n", [1, None]), export.column("v", [[1, 2], None])]),
+        Table([export.column("n", [999999, None]), export.column("v", [[999999, -(2**63)], None])]),
+    ]
+    path = str(tmp_path / "ints.fits")
+    whole = vstack([chunk.copy() for chunk in chunks])
+    if chunked:
+        export.write_chunks(iter(chunks), "fits", path, {}, whole.copy)
+    else:
+        export.write(whole, "fits", path)
+    read = Table.read(path)
+    assert read["n"].tolist() == [1, None, 999999, None]
+    assert [None if np.ma.getmaskarray(v).all() else v.tolist() for v in read["v"]] == [
+        [1, 2],
+        None,
+        [999999, -(2**63)],
+        None,
+    ]
