@@ -75,6 +75,31 @@ def test_dash_for_the_output_file_is_stdout(database_url, tmp_path):
     assert list(here.iterdir()) == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # where the output goes does not depend on the database
+def test_stdout_on_a_full_disk_is_one_line(database_url):
+    """`astra ... > file` on a full disk (here /dev/full); before: an OSError traceback from every command."""
+    assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
+    cases = [
+        ("tasks", "list"),
+        ("tasks", "list", "--json"),
+        ("tasks", "show", "1"),
+        ("db", "status"),
+        ("db", "sql"),
+        ("results", "MeasureStar"),
+        ("results", "MeasureStar", "--format", "csv"),
+        ("--help",),
+    ]
+    for args in cases:
+        with open("/dev/full", "w") as full:
+            ran = subprocess.run(
+                [str(ASTRA), *args], stdout=full, stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO
+            )
+        assert ran.returncode == 1 and "Traceback" not in ran.stderr, (args, ran.stderr)
+        assert ran.stderr.strip() == (
+            "astra: cannot write to stdout: No space left on device; what it holds is incomplete"
+        ), args
+
+
 def test_ctrl_c_at_a_prompt_ends_with_130_and_forgets_nothing(database_url):
     assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
     command = subprocess.Popen(

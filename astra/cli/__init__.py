@@ -14,6 +14,7 @@ command runs (:class:`~.lazy_group.LazyGroup`): ``astra --version`` imports neit
 from __future__ import annotations
 
 import configparser
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -55,6 +56,12 @@ def main(args: Sequence[str] | None = None) -> None:
             code = 1
     except BrokenPipeError:
         code = _reader_gone()
+    except OSError as exc:  # stdout on a full disk (`> out.txt`, `> /dev/full`), or a device that failed
+        if exc.errno not in OUTPUT_ERRORS:
+            raise
+        _reader_gone()  # what is still buffered for stdout would fail again at exit, with a traceback of its own
+        say(f"astra: cannot write to stdout: {os.strerror(exc.errno)}; what it holds is incomplete")
+        code = 1
     except UnicodeEncodeError as exc:  # a lone surrogate (an undecodable byte) in a name or value given
         if exc.reason != "surrogates not allowed":
             raise
@@ -76,6 +83,10 @@ def main(args: Sequence[str] | None = None) -> None:
             say(line)
             code = 1
     sys.exit(code if isinstance(code, int) else 0)
+
+
+#: What a write to stdout meets when what holds it cannot take more (as a pipe whose reader left, EPIPE, does).
+OUTPUT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 def _reader_gone() -> int:
