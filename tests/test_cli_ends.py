@@ -100,6 +100,22 @@ def test_stdout_on_a_full_disk_is_one_line(database_url):
         ), args
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_results_are_not_written_over_the_database(database_url, tmp_path, capsys):
+    """`-o` naming the SQLite file the results come from (a slip of the shell's completion); before: the file was
+    replaced by the export, and every record lost."""
+    assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
+    path = Path(database_url[len("sqlite:///") :])
+    before = path.read_bytes()
+    (tmp_path / "link.db").symlink_to(path)
+    for given in [str(path), str(tmp_path / "link.db"), f"{path}-wal"]:
+        for args in [("--format", "csv"), ("--format", "fits"), ("--plot", "star")]:
+            line = one_line_error(main(capsys, "results", "MeasureStar", *args, "-o", given), 1)
+            assert line.startswith(f"astra: -o {given} is ") and "destroy its records" in line, line
+    assert path.read_bytes() == before
+    assert main(capsys, "tasks", "list").returncode == 0
+
+
 def test_ctrl_c_at_a_prompt_ends_with_130_and_forgets_nothing(database_url):
     assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
     command = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import shlex
 from itertools import chain
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from astra import export, identity, outputs
 from astra.cli import formats
 from astra.cli.options import CONTEXT, as_recorded, filter_options, json_option, nothing_matches, task_class
 from astra.database import only_reading, output_tables, records
-from astra.database.connection import describe
+from astra.database.connection import describe, files
 from astra.database.models import Task
 from astra.database.queries import chunked, reading
 from astra.results_table import results_chunks, results_table
@@ -49,6 +50,20 @@ def _rows(cls: type | None, tasks: list[int]) -> int:
     return sum(
         output_tables.count_rows(model, Task.select(Task.pk).where(Task.pk.in_(chunk))) for chunk in chunked(tasks)
     )
+
+
+def _not_the_database(output: str) -> None:
+    """Refuse to write the results over the SQLite database they come from (or its journal): the file would be
+    replaced, and every record in it lost."""
+    target = os.path.realpath(output)
+    for path in files():
+        if target == os.path.realpath(path) or (
+            os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path)
+        ):
+            what = "the astra database" if path == files()[0] else f"a journal of the astra database ({path})"
+            raise click.ClickException(
+                f"-o {output} is {what}: writing there would destroy its records; give another file"
+            )
 
 
 @click.command("results", context_settings=CONTEXT)
@@ -120,6 +135,7 @@ def results(
     try:
         if output:
             export.check_writable(output)  # before a query that may take a while
+            _not_the_database(output)
         cls = task_class(name, filters.modules)
         if cls is not None:
             filters = dataclasses.replace(filters, where=as_recorded(cls, filters.where))

@@ -549,6 +549,16 @@ def describe() -> str:
     return DATABASE.description
 
 
+def files() -> list[str]:
+    """The files that hold the database of this process: an SQLite file and its journals (which may not exist
+    yet); none for a server's."""
+    db = DATABASE.get()
+    if not isinstance(db, peewee.SqliteDatabase):
+        return []
+    path = os.path.abspath(db.database)
+    return [path, *(path + ending for ending in ("-wal", "-shm", "-journal"))]
+
+
 def reset() -> None:
     """Close this process's connection and forget the database (see :meth:`Database.reset`)."""
     DATABASE.reset()
