@@ -188,6 +188,11 @@ class BatchTarget(luigi.Target):
     def __init__(self, batch: luigi.Task) -> None:
         self.batch = batch
 
+    def __repr__(self) -> str:
+        # The same for each instance of one batch: luigi counts a missing input by its text to stop rescheduling
+        # the task that needs it, and an address in it made each time a new one (a loop of failed runs).
+        return f"BatchTarget({self.batch.task_id})"
+
     def exists(self) -> bool:
         return self.batch.complete()
 

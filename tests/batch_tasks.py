@@ -539,3 +539,32 @@ class TaggedBatch(BatchTask):
         import numpy
 
         return [{"i": 1}, {"i": 2}, {"i": 3, "tags": [numpy.int64(1)]}]
+
+
+class ForgottenStars(MeasureStars):
+    """A batch whose items are forgotten as soon as it has run, as by an `astra tasks forget` meanwhile."""
+
+
+@ForgottenStars.event_handler(luigi.Event.SUCCESS)
+def _forget_the_stars(batch: ForgottenStars) -> None:
+    from astra.database import Task, records
+
+    records.forget([task.pk for task in Task.select(Task.pk).where(Task.task_name == "MeasureStar")])
+
+
+class NeedsForgottenStars(BaseTask):
+    """What luigi finds not ready to run: its batch was done, and is not any more."""
+
+    stars = luigi.IntParameter()
+    failures: list[str] = []
+
+    def requires(self) -> ForgottenStars:
+        return ForgottenStars(stars=self.stars)
+
+    def run(self) -> int:
+        return len(read_many(self.input()))
+
+
+@NeedsForgottenStars.event_handler(luigi.Event.FAILURE)
+def _count_the_failure(task: NeedsForgottenStars, exception: BaseException) -> None:
+    NeedsForgottenStars.failures.append(str(exception))

@@ -21,6 +21,7 @@ from tests.batch_tasks import (
     DriftingNights,
     MeasureStar,
     MeasureStars,
+    NeedsForgottenStars,
     Prepared,
     StarNight,
     StarNights,
@@ -757,3 +758,13 @@ def test_a_share_leaves_the_parameter_sets_added_after_the_split_to_the_next_run
         batch.work(share=(share, 2), chained=placed.chained, split=split)
     assert Task.select().where(Task.status == "done").count() == 6
     assert _recorded(StarNight(star=-1, night=0)) is None
+
+
+def test_a_batch_forgotten_before_what_needs_it_runs_is_not_retried_in_a_loop(database_url):
+    """luigi reschedules a task whose input is missing at run time at most [worker] max_reschedules times, counting
+    the input by its text; a BatchTarget's held its address, new at each try, so the task failed again and again
+    (34 times on SQLite) until luigi's scheduler let the batch run again."""
+    NeedsForgottenStars.failures.clear()
+    assert not luigi.build([NeedsForgottenStars(stars=3)], local_scheduler=True, log_level="CRITICAL")
+    assert len(NeedsForgottenStars.failures) == 2, NeedsForgottenStars.failures
+    assert "(BatchTarget(ForgottenStars_" in NeedsForgottenStars.failures[0]
