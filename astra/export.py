@@ -1173,36 +1173,46 @@ def plot(
         plt.close(figure)
         known = ", ".join(sorted(figure.canvas.get_supported_filetypes()))
         raise ExportError(f"--plot cannot draw a .{suffix} file; name one of: {known}")
-    if len(points) == 1:
-        x = points[0]
-        edges = _edges(x, _bins(n, bins, 100), "x" in log)
-        axes.hist(x, bins=edges, histtype="stepfilled", alpha=0.8)
-        axes.set_xlabel(label(found, columns[0]))
-        axes.set_ylabel("rows")
-        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-        kind = f"histogram of {len(edges) - 1} bins"
-    elif n > SCATTER_LIMIT:
-        x, y = points
-        count = _bins(n, bins, 200)
-        drawn = axes.hist2d(
-            x, y, bins=[_edges(x, count, "x" in log), _edges(y, count, "y" in log)], norm=LogNorm(), cmap="viridis"
-        )
-        figure.colorbar(drawn[3], ax=axes, label="rows per bin")
-        kind = f"2-D histogram of {count} x {count} bins"
-    else:
-        axes.scatter(points[0], points[1], s=max(2, min(20, 4000 / max(n, 1))), alpha=0.8 if n > 100 else 1)
-        kind = "scatter plot"
-    if len(points) == 2:
-        axes.set_xlabel(label(found, columns[0]))
-        axes.set_ylabel(label(found, columns[1]))
-    for axis in log:
-        getattr(axes, f"set_{axis}scale")("log")
-    if log:
-        kind += f", log {log}"
-    axes.set_title(f"{title}: {n} of {len(found)} rows")
-    with _replacing(path) as file:
-        figure.savefig(file, format=suffix)
-    plt.close(figure)
+    try:
+        if len(points) == 1:
+            x = points[0]
+            edges = _edges(x, _bins(n, bins, 100), "x" in log)
+            axes.hist(x, bins=edges, histtype="stepfilled", alpha=0.8)
+            axes.set_xlabel(label(found, columns[0]))
+            axes.set_ylabel("rows")
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+            kind = f"histogram of {len(edges) - 1} bins"
+        elif n > SCATTER_LIMIT:
+            x, y = points
+            count = _bins(n, bins, 200)
+            drawn = axes.hist2d(
+                x, y, bins=[_edges(x, count, "x" in log), _edges(y, count, "y" in log)], norm=LogNorm(), cmap="viridis"
+            )
+            figure.colorbar(drawn[3], ax=axes, label="rows per bin")
+            kind = f"2-D histogram of {count} x {count} bins"
+        else:
+            axes.scatter(points[0], points[1], s=max(2, min(20, 4000 / max(n, 1))), alpha=0.8 if n > 100 else 1)
+            kind = "scatter plot"
+        if len(points) == 2:
+            axes.set_xlabel(label(found, columns[0]))
+            axes.set_ylabel(label(found, columns[1]))
+        for axis in log:
+            getattr(axes, f"set_{axis}scale")("log")
+        if log:
+            kind += f", log {log}"
+        axes.set_title(f"{title}: {n} of {len(found)} rows")
+        with _replacing(path) as file:
+            figure.savefig(file, format=suffix)
+    except ExportError:
+        raise
+    except (ValueError, OverflowError) as exc:  # matplotlib's axes overflow near the largest floats
+        largest = max(float(np.abs(values).max()) for values in points if len(values))
+        raise ExportError(
+            f"--plot cannot draw values as large as {largest:g} (matplotlib: {exc}); export the rows "
+            "(--format csv) and draw them otherwise"
+        ) from None
+    finally:
+        plt.close(figure)
     return n, kind
 
 

@@ -175,6 +175,19 @@ def test_plots(results_db, tmp_path, capsys):
     assert "--plot needs one number per row, and column 'spectrum' holds arrays of float32" in wrong.stderr
 
 
+@pytest.mark.parametrize("values", [[1e308], [1.7e308, 0.0], [9e307, -9e307]])
+def test_values_matplotlib_cannot_draw_are_one_line(tmp_path, values):
+    """Values near the largest float overflow matplotlib's axes; before: its ValueError's traceback."""
+    pytest.importorskip("matplotlib")
+    from astra import export
+
+    found = Table({"v": values, "w": [1.0] * len(values)})
+    for drawn in (["v"], ["v", "w"], ["w", "v"]):
+        with pytest.raises(export.ExportError, match=r"^--plot cannot draw values as large as .*\(matplotlib: "):
+            export.plot(found, drawn, str(tmp_path / "p.png"), "Big")
+    assert not (tmp_path / "p.png").exists()
+
+
 @pytest.mark.slow
 def test_usage_errors_are_one_line(results_db, tmp_path, capsys):
     cases = [
