@@ -116,6 +116,21 @@ def test_results_are_not_written_over_the_database(database_url, tmp_path, capsy
     assert main(capsys, "tasks", "list").returncode == 0
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_options_a_plot_does_not_use_are_refused(database_url, tmp_path, capsys):
+    """Before: the figure was drawn and --format, --json or --columns left unused, without a word."""
+    assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
+    figure = str(tmp_path / "p.png")
+    for given, said in [
+        (("--format", "csv"), "--format csv"),
+        (("--json",), "--json"),
+        (("--columns", "star"), "--columns"),
+    ]:
+        line = one_line_error(main(capsys, "results", "MeasureStar", "--plot", "star", *given, "-o", figure), 2)
+        assert line.startswith(f"astra: --plot draws a figure of the columns it names; {said} has no place"), line
+    assert not Path(figure).exists()
+
+
 def test_ctrl_c_at_a_prompt_ends_with_130_and_forgets_nothing(database_url):
     assert luigi.build([MeasureStars(stars=2)], local_scheduler=True, log_level="WARNING")
     command = subprocess.Popen(

@@ -109,6 +109,9 @@ def results(
         raise click.UsageError(f"results are those of NAME ({name}); --name cannot ask for others")
     if filters.statuses and set(filters.statuses) != {"done"}:
         raise click.UsageError("only done tasks have results; leave out --status")
+    if plot and (fmt or as_json or columns is not None):  # else left unused, and a figure drawn instead
+        given = "--json" if as_json else f"--format {fmt}" if fmt else "--columns"
+        raise click.UsageError(f"--plot draws a figure of the columns it names; {given} has no place beside it")
     if as_json:
         if fmt not in (None, "json"):
             raise click.UsageError(f"--json and --format {fmt} contradict each other")
