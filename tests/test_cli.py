@@ -237,6 +237,16 @@ def test_show_by_pk_hash_prefix_and_luigi_task_id(database_url, capsys):
     assert one_line_error(missing, 1) == "astra: no task has pk, luigi task_id or hash (prefix) 'no-such-task'"
 
 
+def test_references_that_are_no_pk_name_no_task(database_url, capsys):
+    """A number beyond a bigint, or digits Python counts as such ('²'); before: an OverflowError on SQLite and a
+    ValueError on both, as tracebacks."""
+    run_pipeline(Broken())
+    for ref in ["99999999999999999999999", "9223372036854775808", "²", "١"]:
+        for args in [("tasks", "show", ref), ("tasks", "forget", ref, "--dry-run")]:
+            line = one_line_error(main(capsys, *args), 1)
+            assert line == f"astra: no task has pk, luigi task_id or hash (prefix) {ref!r}", line
+
+
 @pytest.mark.slow
 def test_unreachable_database_and_missing_schema_give_one_line(postgres_database, monkeypatch, capsys):
     refused = "postgresql://postgres:hunter2@127.0.0.1:1/astra"

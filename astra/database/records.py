@@ -359,6 +359,10 @@ class AmbiguousReferenceError(LookupError):
         super().__init__(f"{ref!r} matches {len(tasks)} tasks (pk {', '.join(str(t.pk) for t in tasks[:10])})")
 
 
+#: The largest pk (a bigint).
+MAX_PK = 2**63 - 1
+
+
 def resolve(ref: str) -> Task | None:
     """The task that ``ref`` names: a pk, a luigi task_id, or a task hash or unique prefix of one.
 
@@ -368,7 +372,9 @@ def resolve(ref: str) -> Task | None:
     ref = ref.strip()
     if not ref:
         return None
-    if ref.isdigit():
+    # A pk is a bigint written in ASCII digits: '²' is a digit to Python, and a longer number no pk (SQLite would
+    # refuse to compare it); either may still be a task_id.
+    if ref.isascii() and ref.isdigit() and int(ref) <= MAX_PK:
         task = _tasks().where(Task.pk == int(ref)).first()
         if task is not None:
             return task
