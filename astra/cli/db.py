@@ -69,6 +69,8 @@ def migrate(modules: tuple[str, ...], dry_run: bool, allow_loss: bool) -> None:
       astra db migrate --module workflows --dry-run
       astra db migrate --module workflows
     """
+    if dry_run:  # an SQLite file that is missing, or holds no astra schema, is said so: not made to hold one
+        only_reading()
     models = output_models(modules)
     try:
         migrated = output_schema.migrate(models, outputs.rows, _write_checked, allow_loss=allow_loss, dry_run=dry_run)

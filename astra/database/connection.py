@@ -920,7 +920,8 @@ def upgrade_schema(progress=lambda version, description: None, say=lambda text: 
     each step, ``say(text)`` as a long one goes.
     """
     key = _settings_key()
-    db, description = _open(*key)
+    # An SQLite file that is missing, or holds no astra schema, has nothing to upgrade: said so, not made one.
+    db, description = _open(*key, reading_only=True)
     proxy.initialize(db)
     version = versions.recorded(db)
     if version is None or version > versions.CURRENT:
