@@ -91,3 +91,22 @@ def test_forget_needs_a_selection(database_url, capsys):
     everything = main(capsys, "tasks", "forget", "--all", "--yes")
     assert everything.returncode == 0 and "forgot 6 tasks; removed 7 parameter values" in everything.stdout
     assert Task.select().count() == Parameter.select().count() == Dependency.select().count() == 0
+
+
+def test_forget_makes_no_sqlite_database(tmp_path):
+    """A mistyped path, or a catalogue: before, forget made the file (and its folder) or the astra schema in the
+    catalogue, then said no tasks matched."""
+    import contextlib
+    import sqlite3
+
+    catalogue = tmp_path / "catalogue.db"
+    with contextlib.closing(sqlite3.connect(catalogue)) as connection:
+        connection.execute("create table stars (x)")
+        connection.commit()
+    for path, said in [(tmp_path / "new" / "astra.db", "does not exist"), (catalogue, "has no astra schema")]:
+        env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}"}
+        for args in [("--all", "--yes"), ("1", "--yes"), ("--name", "EstimateSNR", "--dry-run")]:
+            assert said in one_line_error(astra("tasks", "forget", *args, env=env), 1), args
+    assert not (tmp_path / "new").exists()
+    with contextlib.closing(sqlite3.connect(catalogue)) as connection:
+        assert connection.execute("select name from sqlite_master").fetchall() == [("stars",)]

@@ -12,7 +12,7 @@ from astra import outputs, values
 from astra.cli import formats
 from astra.cli.lazy_group import LazyGroup
 from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches, task_class
-from astra.database import only_reading, output_tables, records
+from astra.database import only_existing, only_reading, output_tables, records
 from astra.database.models import Task
 
 if TYPE_CHECKING:
@@ -191,6 +191,7 @@ def forget(
         raise click.UsageError("give task references or filters, not both")
     if not (refs or filters or everything):
         raise click.UsageError("say which tasks to forget: REF..., filters (see --help) or --all")
+    only_existing()  # a mistyped SQLite path is said so, not made a new database with nothing to forget
     chosen = [_resolve(ref) for ref in refs] if refs else records.find(filters)
     if not chosen:
         raise nothing_matches(filters)

@@ -16,6 +16,7 @@ _DEFINED_IN = {
     "database": "astra.database.connection",
     "describe": "astra.database.connection",
     "mask_password": "astra.database.connection",
+    "only_existing": "astra.database.connection",
     "only_reading": "astra.database.connection",
     "reset": "astra.database.connection",
     "upgrade_schema": "astra.database.connection",

@@ -415,6 +415,7 @@ class Database:
         self.reading_only = False  # see only_reading()
         #: What :attr:`key` was read from (:func:`astra.config.sources`): while it is the same, so is the key.
         self.sources: tuple | None = None
+        self.existing_only = False  # see only_existing()
 
     def get(self) -> peewee.Database:
         """The database of this process, opened (and, for SQLite, created) on first use."""
@@ -431,7 +432,7 @@ class Database:
         self._let_go()
         self.pid, self.key = pid, key
         config.check_scheduler()
-        db, description = _open(*key, patient=patient, reading_only=self.reading_only)
+        db, description = _open(*key, patient=patient, reading_only=self.reading_only, existing=self.existing_only)
         proxy.initialize(db)
         _check_schema(db, description)
         self.db, self.description = db, description
@@ -468,6 +469,7 @@ class Database:
         self.pid = self.key = self.sources = None
         self.description = ""
         self.reading_only = False  # the next command of a test's process may write
+        self.existing_only = False
         _opened_files.clear()  # a file deleted on purpose may be made again
         config.forget_sqlite_paths()  # a test's relative path or HOME means its own directory
 
@@ -507,6 +509,12 @@ def only_reading() -> None:
     SQLite file it may not write does for it, as a read replica does on PostgreSQL. Any other process stops on
     such a file as it opens it, before a task computes what it could not record."""
     DATABASE.reading_only = True
+
+
+def only_existing() -> None:
+    """This process changes what is recorded (``astra tasks forget``) but has no reason to make a database: an
+    SQLite file that is missing, or holds no astra schema, is said so, as to a process that only reads."""
+    DATABASE.existing_only = True
 
 
 def database() -> peewee.Database:
@@ -570,10 +578,10 @@ def is_postgres(db: peewee.Database | None = None) -> bool:
 
 
 def _open(
-    url: str, profile: str, dbname: str, patient: bool = False, reading_only: bool = False
+    url: str, profile: str, dbname: str, patient: bool = False, reading_only: bool = False, existing: bool = False
 ) -> tuple[peewee.Database, str]:
     if url.startswith(config.SQLITE_PREFIX):
-        return _open_sqlite(url[len(config.SQLITE_PREFIX) :], reading_only)
+        return _open_sqlite(url[len(config.SQLITE_PREFIX) :], reading_only, existing)
     if url.startswith(("postgresql://", "postgres://")):
         return _open_postgres_url(url, patient)
     if url:
@@ -582,7 +590,7 @@ def _open(
         )
     if profile:
         return _open_sdssdb_profile(profile, dbname)
-    return _open_sqlite(config.DEFAULT_SQLITE_PATH, reading_only)
+    return _open_sqlite(config.DEFAULT_SQLITE_PATH, reading_only, existing)
 
 
 #: The SQLite files this process (or the process it was forked from) opened, as (device, inode), by path.
@@ -604,17 +612,20 @@ def _replaced(path: str) -> str:
     )
 
 
-def _open_sqlite(path: str, reading_only: bool = False) -> tuple[peewee.Database, str]:
+def _open_sqlite(path: str, reading_only: bool = False, existing: bool = False) -> tuple[peewee.Database, str]:
+    """Open (or make) the SQLite database at ``path``; ``reading_only`` (:func:`only_reading`) or ``existing``
+    (:func:`only_existing`): one that is missing, or holds no astra schema, stops instead of being made."""
+    existing = existing or reading_only
     path = config.sqlite_path(path)
     description = f"sqlite:///{path}"
     if path in _opened_files and _file_id(path) != _opened_files[path]:
         raise DatabaseNotReady(_replaced(path))  # rather than make a new, empty one (a forked worker would)
-    if reading_only and not os.path.exists(path):  # an empty new file would answer "no tasks match": a typo hidden
+    if existing and not os.path.exists(path):  # an empty new file would answer "no tasks match": a typo hidden
         raise DatabaseNotReady(
             f"astra: SQLite database {path} does not exist, so nothing is recorded there yet; check "
             "ASTRA_DATABASE_URL (or [astra] database_url), or record there first (a luigi run, or `astra db init`)"
         )
-    if reading_only and _holds_no_astra_tables(path):  # a catalogue, say: make nothing in it, not even WAL
+    if existing and _holds_no_astra_tables(path):  # a catalogue, say: make nothing in it, not even WAL
         raise DatabaseNotReady(
             f"astra: {description} has no astra schema, so nothing is recorded there; check ASTRA_DATABASE_URL "
             "(or [astra] database_url), or record there first (a luigi run, or `astra db init`)"
@@ -921,7 +932,7 @@ def upgrade_schema(progress=lambda version, description: None, say=lambda text: 
     """
     key = _settings_key()
     # An SQLite file that is missing, or holds no astra schema, has nothing to upgrade: said so, not made one.
-    db, description = _open(*key, reading_only=True)
+    db, description = _open(*key, existing=True)
     proxy.initialize(db)
     version = versions.recorded(db)
     if version is None or version > versions.CURRENT:
