@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import luigi
 import peewee
+from luigi.cmdline_parser import CmdlineParser
 from luigi.task import flatten
 
-from astra import outputs
+from astra import config, outputs
 from astra.database import DatabaseError, connection, describe, output_tables, queries
 from astra.identity import IdentityError, recorded_task_hash, task_hash
 
@@ -38,12 +39,15 @@ class Known:
     def __init__(self, done: set[str] | None = None) -> None:
         self.done: set[str] = done if done is not None else set()
         self.connections_lost = connection.connections_lost  # lost one after this: known() starts afresh
+        self.databases = _databases()  # and so it does in another database, or another luigi run's
         self.not_done: dict[str, float] = {}
         #: The tasks exists() has answered: a "not done" got for one of them by a prefetch would wait unused (luigi
         #: checks a task once while it schedules) until luigi's check of a task's inputs before it runs, and answer
         #: that, however long ago another process finished the input (a run failed: "Unfulfilled dependency").
         self.answered: set[str] = set()
         self.unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        #: The classes without an output model whose done tasks :meth:`DatabaseTarget._found_done` looked at.
+        self.looked_at: set[type] = set()
         self.created = 0
 
     def mark_done(self, task_hash: str) -> None:
@@ -61,6 +65,14 @@ class Known:
         self.unchecked[id(task)] = task
 
 
+def _databases() -> tuple:
+    """What tells this process's databases apart, cheaply enough for each ``complete()``: how many times it moved to
+    another (its settings changed, found as the database was used), $ASTRA_DATABASE_URL, and the ``luigi`` command
+    line's parser (a new one per run). A script or notebook that changes the database between two runs must not be
+    told that a task done in the first is done in the other."""
+    return connection.databases_changed, os.environ.get(config.DATABASE_URL_ENV), CmdlineParser.get_instance()
+
+
 _known = Known()
 
 
@@ -69,7 +81,7 @@ def known() -> Known:
     lost done records this process saw committed, which luigi would otherwise trust: a task would run on an input
     that is not there)."""
     global _known
-    if _known.connections_lost != connection.connections_lost:
+    if _known.connections_lost != connection.connections_lost or _known.databases != _databases():
         _known = Known()
     return _known
 
@@ -165,8 +177,11 @@ class DatabaseTarget(luigi.Target):
         # Looked at only once a task of a class without an output model is found done: a class that lost its
         # model, its version unchanged, would have the tasks that wrote rows count as done. (An output_model that is
         # a property may be None for some tasks of a class and not for others: not looked at.)
-        if self.output_model is None and getattr(self.task_class, "output_model", None) is None:
-            output_tables.ready_without_model(self.task_class)
+        cache = known()
+        if self.output_model is None and self.task_class not in cache.looked_at:
+            if getattr(self.task_class, "output_model", None) is None:
+                output_tables.ready_without_model(self.task_class)
+            cache.looked_at.add(self.task_class)
         return True
 
     def mark_done(self) -> None:

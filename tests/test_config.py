@@ -73,6 +73,26 @@ def test_the_database_follows_its_settings_when_they_change_in_this_process(tmp_
     assert describe() == url("changed.db")
 
 
+def test_a_task_done_in_one_database_is_not_done_in_the_next(tmp_path, monkeypatch, luigi_config):
+    """A notebook's run in one database, then the next in another: this process remembered the task done, and the
+    second run skipped it, recording nothing there (the settings followed, what the process knew did not)."""
+    from astra.database import Task
+    from astra.targets import forget_cached
+    from tests.example_tasks import Leaf
+
+    forget_cached()
+    monkeypatch.setenv("ASTRA_DATABASE_URL", f"sqlite:///{tmp_path / 'first.db'}")
+    leaf = Leaf(i=7)
+    assert luigi.build([leaf], local_scheduler=True, log_level="WARNING") and leaf.complete()
+    monkeypatch.setenv("ASTRA_DATABASE_URL", f"sqlite:///{tmp_path / 'second.db'}")
+    assert not leaf.complete()
+    assert luigi.build([leaf], local_scheduler=True, log_level="WARNING") and leaf.complete()
+    assert [row.status for row in Task.select().where(Task.task_name == "Leaf")] == ["done"]  # of second.db
+    luigi_config.set("astra", "database_url", f"sqlite:///{tmp_path / 'third.db'}")  # over no $ASTRA_DATABASE_URL
+    monkeypatch.delenv("ASTRA_DATABASE_URL")
+    assert not leaf.complete()
+
+
 def test_settings_follow_luigi_cfg_and_the_command_line(luigi_config):
     """The settings are read once and kept, so every change of what they come from must be seen."""
     from luigi.cmdline_parser import CmdlineParser

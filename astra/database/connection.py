@@ -38,6 +38,10 @@ SCHEMA_SQL = Path(__file__).with_name("astradb.sql")
 #: server: done records commit without waiting for the disk (synchronous_commit off), and a crash loses the last.
 connections_lost = 0
 
+#: How many times this process has moved to another database, its settings changed (a notebook's second run): what
+#: it learnt of the first is not true of the other.
+databases_changed = 0
+
 #: Whether this process waited ``[astra] reconnect_seconds`` for the server in vain: then it tries once, not for a
 #: minute, each time (a run of a thousand tasks would otherwise wait a minute for each, twice: its record, then its
 #: failure).
@@ -429,6 +433,9 @@ class Database:
             return self.db
         # A forked worker whose parent was connected must not give up at once if the server is restarting.
         patient = self.db is not None and self.pid != pid and self.key == key
+        if self.pid == pid and self.key is not None and self.key != key:
+            global databases_changed
+            databases_changed += 1
         self._let_go()
         self.pid, self.key = pid, key
         config.check_scheduler()
