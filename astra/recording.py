@@ -115,9 +115,7 @@ class Claim:
         row = fields(type(task), task.task_id, identity.task_hash(task), identity.task_version(task))
         params = identity.parameters(task)
         self.settings = settings()
-        lease = self.settings.lease
-        if not 0 < lease < math.inf:  # also NaN: a lease no one can wait out, or a heartbeat loop without pause
-            raise ValueError(f"astra: [astra] lease must be a positive number of seconds, not {lease!r}")
+        lease = self.settings.lease  # more than 0 and finite: settings() refuses any other
         said, said_at = None, 0.0
         every = min(1.0, max(0.1, lease / 20))  # short: a waiting worker holds a luigi slot
         watch = queries.Watch(every)

@@ -132,7 +132,8 @@ def test_a_silent_holder_is_taken_over_after_its_own_lease_even_by_a_worker_with
 def test_a_lease_no_one_could_keep_is_refused_in_one_line(database_url, tmp_path, lease):
     (tmp_path / "odd.release").touch()
     result = run_luigi(*hold_args(tmp_path, "odd", "--astra-lease", lease), timeout=60)
-    assert "astra: [astra] lease must be a positive number of seconds" in result.stdout, result.stdout
+    assert f"astra: --astra-lease {lease!r} must be more than 0 (seconds), and finite" in result.stdout, result.stdout
+    assert result.returncode == 1, result.stdout  # stopped before anything ran, as any setting that cannot be used
     assert runners(tmp_path, "odd") == [] and row_of("odd", tmp_path) is None
 
 

@@ -145,11 +145,12 @@ def fresh() -> None:
 
 
 @pytest.fixture
-def new_versions(monkeypatch):
-    """``monkeypatch``, for versions: no task made under a version set here outlives the test."""
+def new_versions():
+    """A MonkeyPatch for versions: no task made under a version set here outlives the test. Its own, so that its
+    ``undo()`` leaves the test's database (``$ASTRA_DATABASE_URL``, set by ``monkeypatch``) as it is."""
     fresh()
-    yield monkeypatch
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
     fresh()
 
 
