@@ -6,6 +6,7 @@ Peak memory is that of the real ``astra`` subprocess, read by a small parent pro
 
 from __future__ import annotations
 
+import json
 import resource  # noqa: F401  (used in the parent script below; fails early where there is none)
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from astra.database import Task
 from tests.helpers import ASTRA, subprocess_env
-from tests.listing_memory_tasks import SIZE, LargeResult
+from tests.listing_memory_tasks import SIZE, LargeResult, ListedItems
 
 RESULTS = 10  # of SIZE characters each: 60 MB in all
 
@@ -51,3 +52,23 @@ def test_listing_and_showing_do_not_load_every_result(database_url):
     pk = Task.select(Task.pk).order_by(Task.pk).first().pk
     grew = _peak_bytes("tasks", "show", str(pk)) - baseline
     assert grew < 3 * SIZE + total / 6, f"astra tasks show: {grew / 1e6:.0f} MB more"
+
+
+@pytest.mark.slow(20)
+def test_a_long_listing_is_written_as_it_is_read(database_url):
+    """`astra tasks list --limit 0` of many tasks holds one chunk of them at a time, not every record and its JSON
+    (~8 kB per task: 6 GB for 770,000 tasks, where a listing of 10^7 could not finish)."""
+    n = 30_000
+    assert luigi.build([ListedItems(n=n)], local_scheduler=True, log_level="WARNING")
+    baseline = _peak_bytes("tasks", "list", "--limit", "1", "--json")
+    for args in (["--json"], []):
+        grew = _peak_bytes("tasks", "list", "--limit", "0", *args) - baseline
+        assert grew < 60e6, f"astra tasks list --limit 0 {' '.join(args)}: {grew / 1e6:.0f} MB more for {n:,} tasks"
+    listed = subprocess.run(
+        [str(ASTRA), "tasks", "list", "--limit", "0", "--json"], env=subprocess_env(), capture_output=True, text=True
+    )
+    records = json.loads(listed.stdout)
+    pks = [record["pk"] for record in records]
+    assert pks == sorted((task.pk for task in Task.select(Task.pk)), reverse=True)
+    assert listed.stdout == json.dumps(records, indent=2) + "\n"  # the text json.dumps gives the whole list
+    assert records[0]["parameters"] == {"k": str(n - 1)}

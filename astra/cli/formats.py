@@ -6,7 +6,7 @@ import datetime
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -123,6 +123,21 @@ def task_rows(tasks: Sequence[Task], parameters: dict[int, dict[str, str]]) -> l
 
 def print_json(value: object) -> None:
     out(json.dumps(value, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def print_json_list(items: Iterable[object]) -> None:
+    """:func:`print_json` of a list, written an item at a time: the same text, without the whole list (or its
+    text, which json builds from a small string per value) in memory."""
+    parts: list[str] = []
+    written = 0  # items
+    for item in items:
+        text = json.dumps(item, indent=2, default=str, allow_nan=False).replace("\n", "\n  ")  # a "\n" in a string
+        parts.append(("[\n  " if not parts and not written else ",\n  ") + text)  # is escaped: these are json's own
+        if len(parts) == 1000:  # written a thousand items at a time
+            out("".join(parts))
+            written += len(parts)
+            parts = []
+    out("".join(parts) + ("\n]\n" if parts or written else "[]\n"))
 
 
 def out(text: str) -> None:

@@ -14,6 +14,7 @@ from astra.cli.lazy_group import LazyGroup
 from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches, task_class
 from astra.database import only_existing, only_reading, output_tables, records
 from astra.database.models import Task
+from astra.database.queries import chunked
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -61,15 +62,20 @@ def tasks(ctx: click.Context) -> None:
 def list_tasks(filters: records.Filters, limit: int, as_json: bool) -> None:
     """List recorded tasks, newest first. Exit code 1 when none match."""
     only_reading()  # a read-only SQLite file does, as a read replica does
-    found = records.find(filters, limit)
-    parameters = records.parameters_of([task.pk for task in found])
+    listed = records.pks(filters, limit)
+    # The tasks are read a chunk at a time and only what is shown is kept: their records (peewee objects) and JSON
+    # held all at once took ~8 kB per task (6 GB for --limit 0 of 770,000 tasks).
+    pages = ((records.get(chunk)[::-1], records.parameters_of(chunk)) for chunk in chunked(listed))  # newest first
     if as_json:
-        formats.print_json([formats.record(task, parameters[task.pk]) for task in found])
-    elif found:
-        formats.out(formats.table(formats.TASK_HEADERS, formats.task_rows(found, parameters)) + "\n")
-    if not found:
+        formats.print_json_list(
+            formats.record(task, parameters[task.pk]) for found, parameters in pages for task in found
+        )
+    elif listed:
+        rows = [row for found, parameters in pages for row in formats.task_rows(found, parameters)]
+        formats.out(formats.table(formats.TASK_HEADERS, rows) + "\n")
+    if not listed:
         raise nothing_matches(filters)
-    if limit and len(found) == limit:
+    if limit and len(listed) == limit:
         # Counted up to a bound: an exact count of a filter most tasks match would read them all.
         most = max(records.COUNTED, limit)
         total = records.count(filters, most)
