@@ -576,6 +576,17 @@ def using_database(url: str, monkeypatch) -> Iterator[str]:
         reset()
 
 
+def catalogue(path: Path) -> Path:
+    """An SQLite file of another kind at ``path`` (a catalogue's: a table of stars), for commands given it by
+    mistake."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("create table stars (id integer)")
+        connection.commit()
+    return path
+
+
 def _raw(url: str, statement: str) -> tuple:
     """A connection to ``url`` that is not astra's, and ``statement`` for it (``astra.`` names the schema on
     PostgreSQL, nothing on SQLite)."""

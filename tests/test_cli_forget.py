@@ -8,7 +8,7 @@ import pytest
 
 from astra.database import Dependency, Parameter, Task
 from astra.targets import forget_cached
-from tests.helpers import SPECTRA, astra, main, one_line_error, run_luigi, run_pipeline
+from tests.helpers import SPECTRA, astra, catalogue, main, one_line_error, run_luigi, run_pipeline
 from workflows import EstimateSNR, SummariseSNR
 from workflows.spectra import EXAMPLE_SPECTRA
 
@@ -99,14 +99,11 @@ def test_forget_makes_no_sqlite_database(tmp_path):
     import contextlib
     import sqlite3
 
-    catalogue = tmp_path / "catalogue.db"
-    with contextlib.closing(sqlite3.connect(catalogue)) as connection:
-        connection.execute("create table stars (x)")
-        connection.commit()
-    for path, said in [(tmp_path / "new" / "astra.db", "does not exist"), (catalogue, "has no astra schema")]:
+    other = catalogue(tmp_path / "catalogue.db")
+    for path, said in [(tmp_path / "new" / "astra.db", "does not exist"), (other, "has no astra schema")]:
         env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}"}
         for args in [("--all", "--yes"), ("1", "--yes"), ("--name", "EstimateSNR", "--dry-run")]:
             assert said in one_line_error(astra("tasks", "forget", *args, env=env), 1), args
     assert not (tmp_path / "new").exists()
-    with contextlib.closing(sqlite3.connect(catalogue)) as connection:
+    with contextlib.closing(sqlite3.connect(other)) as connection:
         assert connection.execute("select name from sqlite_master").fetchall() == [("stars",)]

@@ -23,6 +23,7 @@ from tests.helpers import (
     REPO,
     astra,
     astra_many,
+    catalogue,
     free_port,
     luigi_error_line,
     main,
@@ -359,7 +360,13 @@ def test_a_bad_astra_setting_is_one_line_naming_it(sqlite_url, tmp_path, luigi_c
     assert ran.returncode == 1 and luigi_error_line(ran).startswith("astra: --astra-lease 'abc' is not a number;")
     assert Task.select().count() == 0
 
-    for name, (value, problem) in BAD_SETTINGS.items():  # in this process: the same main() as the command's
+    each_refused_in_this_process(BAD_SETTINGS, luigi_config, capsys)
+
+
+def each_refused_in_this_process(settings: dict[str, tuple[str, str]], luigi_config, capsys) -> None:
+    """Each ``[astra]`` setting of ``settings`` (name: its value, what the line says of it), alone in luigi's
+    configuration, stops `astra db status` run in this process (the same main() as the command's) in that line."""
+    for name, (value, problem) in settings.items():
         luigi_config.remove_section("astra")
         luigi_config.set("astra", name, value)
         reset()
@@ -388,13 +395,7 @@ def test_an_astra_number_out_of_range_is_one_line_naming_it(sqlite_url, tmp_path
         said = f"astra: {option[0]} {option[1]!r} must be "
         assert ran.returncode == 1 and luigi_error_line(ran).startswith(said), ran.stdout
     assert Task.select().count() == 0
-    for name, (value, problem) in OUT_OF_RANGE.items():  # in this process: the same main() as the command's
-        luigi_config.remove_section("astra")
-        luigi_config.set("astra", name, value)
-        reset()
-        status = main(capsys, "db", "status")
-        assert status.stderr == f"astra: [astra] {name} = {value!r} in luigi's configuration {problem}\n"
-        assert status.returncode == 1
+    each_refused_in_this_process(OUT_OF_RANGE, luigi_config, capsys)
     luigi_config.remove_section("astra")
     luigi_config.set("astra", "sqlite_lock_timeout", "inf")  # no limit: SQLite's longest wait
     reset()
@@ -528,13 +529,9 @@ def test_a_reader_does_not_make_the_sqlite_file_it_was_pointed_at(tmp_path):
 def test_a_reader_makes_nothing_in_an_sqlite_file_without_astras_tables(tmp_path):
     """A catalogue's file (or an empty one) given by mistake: `astra tasks list` made astra's tables in it and
     turned it to WAL, where PostgreSQL says the database has no astra schema."""
-    catalogue, empty = tmp_path / "catalogue.db", tmp_path / "empty.db"
-    connection = sqlite3.connect(catalogue)
-    connection.execute("create table stars (id integer)")
-    connection.commit()
-    connection.close()
+    other, empty = catalogue(tmp_path / "catalogue.db"), tmp_path / "empty.db"
     empty.touch()
-    for path in (catalogue, empty):
+    for path in (other, empty):
         env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}"}
         before = path.read_bytes()
         for read in astra_many(("tasks", "list"), ("results", "EstimateSNR", "--module", "workflows"), env=env):

@@ -25,6 +25,7 @@ from tests.helpers import (
     assert_same,
     astra,
     astra_many,
+    catalogue,
     old_schema_database,
     one_line_error,
     psql,
@@ -242,16 +243,13 @@ def test_upgrade_and_a_dry_run_make_no_sqlite_database(tmp_path):
     """`astra db upgrade` and `astra db migrate --dry-run` pointed at a missing SQLite file or a catalogue say so;
     before: they made the file (and its folder) or the astra schema in the catalogue, and upgrade said the database
     'already holds astra schema 12; nothing to do', the dry run 'nothing was changed'."""
-    catalogue = tmp_path / "catalogue.db"
-    with contextlib.closing(sqlite3.connect(catalogue)) as connection:
-        connection.execute("create table stars (x)")
-        connection.commit()
-    for path, said in [(tmp_path / "new" / "astra.db", "does not exist"), (catalogue, "has no astra schema")]:
+    other = catalogue(tmp_path / "catalogue.db")
+    for path, said in [(tmp_path / "new" / "astra.db", "does not exist"), (other, "has no astra schema")]:
         env = {"ASTRA_DATABASE_URL": f"sqlite:///{path}"}
         for args in [("db", "upgrade"), ("db", "migrate", "--module", "workflows", "--dry-run")]:
             assert said in one_line_error(astra(*args, env=env), 1), args
     assert not (tmp_path / "new").exists()
-    with contextlib.closing(sqlite3.connect(catalogue)) as connection:
+    with contextlib.closing(sqlite3.connect(other)) as connection:
         assert connection.execute("select name from sqlite_master").fetchall() == [("stars",)]
 
 
