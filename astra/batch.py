@@ -68,7 +68,7 @@ from astra.executors import executor_for
 from astra.executors.shares import check, shares_of
 from astra.identity import Item, items, requirements, task_version
 from astra.recording import ItemFailuresError, fields, interrupted_once, run_unrecorded, summarise
-from astra.targets import BatchTarget, complete_hashes, database_targets, known
+from astra.targets import BatchTarget, complete_hashes, database_targets, known, look_for_lost_model
 from astra.tasks import BaseTask
 
 logger = logging.getLogger("luigi-interface")
@@ -242,7 +242,7 @@ class BatchTask(luigi.Task):
         if model is not None:
             output_tables.ready(model)  # stop the scan at once if the items' output table is missing
         else:
-            output_tables.ready_without_model(self.item_class)  # see DatabaseTarget._found_done
+            look_for_lost_model(self.item_class)
         with _fewer_collections():
             return next(self.pending(), None) is None and not self._unidentified.count
 

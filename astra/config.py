@@ -283,11 +283,7 @@ def sources() -> tuple:
     20): luigi's configuration and the ``luigi`` command line (the objects: a new run has new ones), ``[astra]`` as
     written, and $ASTRA_DATABASE_URL. Compare two with :func:`same_sources`."""
     parser = luigi.configuration.get_config()
-    toml = _toml_sections(parser)
-    if toml is not None:
-        written = repr(toml.get(astra.get_task_family()))
-    else:
-        written = tuple(parser.items("astra", raw=True)) if parser.has_section("astra") else ()
+    written = _stored(parser, astra.get_task_family(), raw=True)
     return parser, CmdlineParser.get_instance(), written, os.environ.get(DATABASE_URL_ENV, "")
 
 
@@ -296,13 +292,14 @@ def same_sources(one: tuple | None, other: tuple) -> bool:
     return one is not None and one[0] is other[0] and one[1] is other[1] and one[2:] == other[2:]
 
 
-def _stored(parser: object, section: str) -> tuple[tuple[str, str], ...]:
+def _stored(parser: object, section: str, raw: bool = False) -> tuple[tuple[str, str], ...]:
     """The names and values ``section`` of luigi's configuration holds, in its ini file or its TOML file (where luigi
-    warns of no unknown name either: a misspelt ``databse_url`` recorded into the default database)."""
+    warns of no unknown name either: a misspelt ``databse_url`` recorded into the default database). ``raw``: the
+    ini file's values as written (no ``%`` interpolation, which may fail)."""
     toml = _toml_sections(parser)
     if toml is not None:
         return tuple((name, repr(value)) for name, value in (toml.get(section) or {}).items())
-    return tuple(parser.items(section)) if parser.has_section(section) else ()
+    return tuple(parser.items(section, raw=raw)) if parser.has_section(section) else ()
 
 
 def _toml_sections(parser: object) -> dict | None:

@@ -46,7 +46,7 @@ class Known:
         #: that, however long ago another process finished the input (a run failed: "Unfulfilled dependency").
         self.answered: set[str] = set()
         self.unchecked: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        #: The classes without an output model whose done tasks :meth:`DatabaseTarget._found_done` looked at.
+        #: The classes without an output model whose done tasks :func:`look_for_lost_model` looked at.
         self.looked_at: set[type] = set()
         self.created = 0
 
@@ -175,13 +175,9 @@ class DatabaseTarget(luigi.Target):
 
     def _found_done(self) -> bool:
         # Looked at only once a task of a class without an output model is found done: a class that lost its
-        # model, its version unchanged, would have the tasks that wrote rows count as done. (An output_model that is
-        # a property may be None for some tasks of a class and not for others: not looked at.)
-        cache = known()
-        if self.output_model is None and self.task_class not in cache.looked_at:
-            if getattr(self.task_class, "output_model", None) is None:
-                output_tables.ready_without_model(self.task_class)
-            cache.looked_at.add(self.task_class)
+        # model, its version unchanged, would have the tasks that wrote rows count as done.
+        if self.output_model is None:
+            look_for_lost_model(self.task_class)
         return True
 
     def mark_done(self) -> None:
@@ -224,6 +220,18 @@ class _ItemTarget:
 
     def __init__(self, task_hash: str, output_model: type | None) -> None:
         self.task_hash, self.output_model = task_hash, output_model
+
+
+def look_for_lost_model(cls: type) -> None:
+    """Stop if task class ``cls``, which declares no output model, had one when its done tasks of this version ran
+    (:func:`astra.database.output_tables.ready_without_model`, which looks once per database). Asked of it only once
+    per :class:`Known`: each ask of the database costs a look at the settings (~2 us), at each done task found. An
+    output_model that is a property may be None for some tasks of a class and not for others: not looked at."""
+    cache = known()
+    if cls not in cache.looked_at:
+        if getattr(cls, "output_model", None) is None:
+            output_tables.ready_without_model(cls)
+        cache.looked_at.add(cls)
 
 
 def database_targets(tasks: Iterable[luigi.Task]) -> list[DatabaseTarget]:
@@ -443,8 +451,7 @@ def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget | di
     if isinstance(targets, BatchTarget):
         return read_many([targets])[0]
     if isinstance(targets, dict):
-        keys = list(targets)
-        return dict(zip(keys, read_many([targets[key] for key in keys])))
+        return _read_nested(targets)
     targets = list(targets)
     if not all(isinstance(target, (DatabaseTarget, BatchTarget)) for target in targets):
         return _read_nested(targets)
@@ -463,9 +470,9 @@ def read_many(targets: Iterable[DatabaseTarget | BatchTarget] | BatchTarget | di
     return [found[start:end] if batch else found[start] for batch, start, end in spans]
 
 
-def _read_nested(structure: list) -> list:
-    """:func:`read_many` of a list that holds more than targets: dicts, lists or tuples of them, read in one query
-    and given back in the same structure; a TypeError naming anything else (a file's LocalTarget, a task)."""
+def _read_nested(structure: list | dict) -> list | dict:
+    """:func:`read_many` of a dict, or of a list that holds more than targets: dicts, lists or tuples of them, read in
+    one query and given back in the same structure; a TypeError naming anything else (a file's LocalTarget, a task)."""
     leaves = []
 
     def walk(value: object) -> None:

@@ -513,10 +513,10 @@ def looked_for_lost_rows(*classes: type) -> None:
     """Take now the look astra takes once per process at the first done task of a class without an output model
     (for rows its tasks wrote when it had one: ``DatabaseTarget._found_done``), so that a count of queries that
     follows counts only the check it is about."""
-    from astra.database import output_tables
+    from astra.targets import look_for_lost_model
 
     for cls in classes:
-        output_tables.ready_without_model(cls)
+        look_for_lost_model(cls)
 
 
 # Older releases --------------------------------------------------------------------------------------------------

@@ -129,15 +129,15 @@ def print_json_list(items: Iterable[object]) -> None:
     """:func:`print_json` of a list, written an item at a time: the same text, without the whole list (or its
     text, which json builds from a small string per value) in memory."""
     parts: list[str] = []
-    written = 0  # items
+    before = "[\n  "  # the first item's; then a comma's
     for item in items:
         text = json.dumps(item, indent=2, default=str, allow_nan=False).replace("\n", "\n  ")  # a "\n" in a string
-        parts.append(("[\n  " if not parts and not written else ",\n  ") + text)  # is escaped: these are json's own
+        parts.append(before + text)  # is escaped: these are json's own
+        before = ",\n  "
         if len(parts) == 1000:  # written a thousand items at a time
             out("".join(parts))
-            written += len(parts)
             parts = []
-    out("".join(parts) + ("\n]\n" if parts or written else "[]\n"))
+    out("".join(parts) + ("[]\n" if before.startswith("[") else "\n]\n"))
 
 
 def out(text: str) -> None:

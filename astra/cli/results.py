@@ -55,12 +55,12 @@ def _rows(cls: type | None, tasks: list[int]) -> int:
 def _not_the_database(output: str) -> None:
     """Refuse to write the results over the SQLite database they come from (or its journal): the file would be
     replaced, and every record in it lost."""
-    target = os.path.realpath(output)
-    for path in files():
+    target, held = os.path.realpath(output), files()
+    for path in held:
         if target == os.path.realpath(path) or (
             os.path.exists(output) and os.path.exists(path) and os.path.samefile(output, path)
         ):
-            what = "the astra database" if path == files()[0] else f"a journal of the astra database ({path})"
+            what = "the astra database" if path == held[0] else f"a journal of the astra database ({path})"
             raise click.ClickException(
                 f"-o {output} is {what}: writing there would destroy its records; give another file"
             )

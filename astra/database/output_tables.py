@@ -58,7 +58,7 @@ def ready(model: type[peewee.Model]) -> None:
 
 
 def ready_without_model(cls: type) -> None:
-    """Stop, once per process and class, if task class ``cls``, which declares no output model, had one when its
+    """Stop, once per process and database, if task class ``cls``, which declares no output model, had one when its
     done tasks of this version ran (see :func:`astra.database.output_schema.lost_model`)."""
     db = database()
     known = _ready.setdefault(db, set())
