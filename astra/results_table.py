@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import luigi
 from astropy.table import Table
@@ -92,21 +92,38 @@ def results_table(
 
 
 def results_chunks(
-    cls: type[luigi.Task] | None,
-    tasks: Sequence[int],
-    columns: Sequence[str] | None = None,
-    versions: Versions | None = None,
+    cls: type[luigi.Task] | None, tasks: Iterable[Versions], columns: Sequence[str] | None = None
 ) -> Iterator[Table]:
     """The table of :func:`results_table`, a chunk of tasks at a time (in pk order), for writers that need not
-    hold all the rows at once (:func:`astra.export.stream`). Each chunk's columns are made from its own rows.
-    Call inside :func:`astra.database.queries.reading`."""
+    hold all the rows at once (:func:`astra.export.stream`). ``tasks``: the tasks' versions and completion times,
+    a chunk at a time, oldest first (:func:`astra.database.records.versions`); no more than :data:`WINDOW` of
+    them are held at once. Each chunk's columns are made from its own rows. Call inside
+    :func:`astra.database.queries.reading`."""
     model = outputs.output_model(cls) if cls is not None else None
     if model is not None and columns is not None:  # an unknown column is an error before any query
         export.check_columns(columns, _output_names(cls, model)[0])
-    # The next chunks are read while the caller writes this one.
-    return ahead(
-        lambda chunk: results_table(cls, chunk, columns, versions), list(chunked(sorted(tasks), TASKS_PER_CHUNK))
-    )
+    for versions in _windows(tasks):
+        # The next chunks are read while the caller writes this one.
+        yield from ahead(
+            functools.partial(results_table, cls, columns=columns, versions=versions),
+            list(chunked(sorted(versions), TASKS_PER_CHUNK)),
+        )
+
+
+#: Tasks whose chunks :func:`results_chunks` reads ahead in one go (their versions held meanwhile).
+WINDOW = 50_000
+
+
+def _windows(tasks: Iterable[Versions]) -> Iterator[Versions]:
+    """``tasks`` in windows of at least :data:`WINDOW` tasks (but the last): few enough pauses of the read-ahead."""
+    window: Versions = {}
+    for versions in tasks:
+        window.update(versions)
+        if len(window) >= WINDOW:
+            yield window
+            window = {}
+    if window:
+        yield window
 
 
 def _output_rows(

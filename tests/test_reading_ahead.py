@@ -107,11 +107,11 @@ def test_a_caller_that_stops_taking_stops_the_helpers(recorded):
 
 def test_versions_read_with_the_filters(recorded):
     """``records.versions`` gives each matching task's version and completion time (a datetime with its zone on
-    either database), newest first, as reading the tasks gives them."""
+    either database), oldest first, as reading the tasks gives them."""
     filters = records.Filters(names=("PlainResult",), where=(("i", "1*"),))
-    found = records.versions(filters)
+    found = {pk: got for chunk in records.versions(filters) for pk, got in chunk.items()}
     tasks = {task.pk: task for task in Task.select().where(Task.pk.in_(list(found)))}
-    assert len(found) == 3 and list(found) == sorted(found, reverse=True)  # i = 1, 10 and 11
+    assert len(found) == 3 and list(found) == sorted(found)  # i = 1, 10 and 11
     assert found == {pk: (tasks[pk].version, tasks[pk].completed) for pk in found}
     assert all(completed.tzinfo is not None for _, completed in found.values())
 

@@ -3,10 +3,12 @@ and its memory does not grow with the rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import tracemalloc
 import uuid
 
 import luigi
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 
 from astra import export, results_table
-from astra.database import output_tables
+from astra.database import output_tables, queries, records
 from astra.database.connection import is_postgres
+from astra.database.queries import reading
 from astra.targets import forget_cached
 from tests.helpers import main, subprocess_env
 from tests.output_tasks import FindLines, Lines, Measure, Measurement, MeasureVisits, PlainResult, Visit
@@ -116,6 +119,38 @@ def test_streamed_memory_does_not_grow_with_the_rows(many_rows, tmp_path, fmt):
     )
     assert os.path.getsize(output) > 1.9 * size
     assert many - few < 15, (few, many)
+
+
+def _traced_peak(filters: records.Filters) -> tuple[int, int]:
+    """How many tasks one pass of ``records.versions`` over ``filters`` gives, and the most memory it held (bytes
+    allocated by Python meanwhile, connection included)."""
+    tracemalloc.start()
+    try:
+        with reading():
+            tasks = sum(len(chunk) for chunk in records.versions(filters))
+        return tasks, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.slow
+def test_the_matching_tasks_are_held_a_window_at_a_time(many_rows, monkeypatch):
+    """`astra results` reads the tasks it shows a chunk at a time, holding what it read of each (pk, version,
+    completion time; ~0.6 kB a task) only while its rows are written: at 10^7 tasks it held ~6 GB before any row.
+    Walking the table (no filter rare enough to list its tasks), twice the tasks cost no more; a listed filter
+    holds its tasks' pks only (8 bytes each, at most LISTED_ALL of them) beside a chunk."""
+    monkeypatch.setenv("ASTRA_DATABASE_URL", many_rows)
+    every = records.Filters(names=("ScaleFit",), statuses=("done",))
+    half = dataclasses.replace(every, where=(("path", "/sdss/dr19/spec-00000*"),))
+    # Statements of 500 tasks: what is read ahead of the caller (a few statements' rows) is then small beside them.
+    monkeypatch.setattr(records, "chunked", lambda items, size=500: queries.chunked(items, size))
+    listed, listed_peak = _traced_peak(every)
+    assert listed == SPECTRA and listed_peak < 200 * SPECTRA, listed_peak
+    monkeypatch.setattr(records, "LISTED_ALL", 10)  # every filter is too common to list: the table is walked
+    monkeypatch.setattr(records, "WINDOW", 1000)
+    (few, few_peak), (many, many_peak) = _traced_peak(half), _traced_peak(every)
+    assert (few, many) == (SPECTRA // 2, SPECTRA)
+    assert many_peak < few_peak + 100_000, (few_peak, many_peak)
 
 
 def _without_date(path) -> bytes:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import os
 import shlex
+from collections.abc import Iterator
 from itertools import chain
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from astra.database import only_reading, output_tables, records
 from astra.database.connection import describe, files
 from astra.database.models import Task
 from astra.database.queries import chunked, reading
-from astra.results_table import results_chunks, results_table
+from astra.results_table import Versions, results_chunks, results_table
 from astra.version import __version__
 
 if TYPE_CHECKING:
@@ -40,6 +41,48 @@ def provenance(name: str, filters: records.Filters, task_version: str | None, as
         "QUERY": shlex.join(query),
         "DATABASE": describe(),
     }
+
+
+class _Chosen:
+    """The tasks ``astra results`` shows: those that match the filters, of ``task_version`` (None: every version),
+    as chunks of :data:`~astra.results_table.Versions`, oldest first. Each pass reads them again, in the caller's
+    snapshot (:func:`~astra.database.queries.reading`), so that what is held does not grow with the tasks; a whole
+    pass counts the rows of the other versions' tasks (:attr:`others`) as it goes."""
+
+    def __init__(self, cls: type | None, filters: records.Filters, task_version: str | None) -> None:
+        self.cls, self.filters, self.task_version = cls, filters, task_version
+        self.others = 0
+
+    def __iter__(self) -> Iterator[Versions]:
+        others = 0
+        for versions in records.versions(self.filters):
+            if self.task_version is not None:
+                left = [pk for pk, (version, _) in versions.items() if version != self.task_version]
+                others += _rows(self.cls, left)
+                versions = {pk: versions[pk] for pk in versions.keys() - set(left)}
+            if versions:
+                yield versions
+        self.others = others
+
+    def whole(self) -> tuple[list[int], Versions]:
+        """Every chosen task's pk and version, held at once (a table shown, a plot, or a file whose chunks differ)."""
+        every: Versions = {}
+        for versions in self:
+            every.update(versions)
+        return sorted(every), every
+
+    def any_result(self) -> bool:
+        """Whether a chosen task recorded a JSON result (or no task is chosen): read until the first that did."""
+        chosen = False
+        for versions in self:
+            chosen = True
+            if records.any_result(list(versions)):
+                return True
+        return not chosen
+
+    def say_others(self, task_version: str | None) -> None:
+        if self.others:
+            formats.say(f"note: left out {self.others} rows of versions other than {task_version!r} (--all-versions)")
 
 
 def _rows(cls: type | None, tasks: list[int]) -> int:
@@ -148,12 +191,8 @@ def results(
         if task_version is None and not all_versions and cls is not None:
             task_version = identity.class_version(cls)  # None: each task works its own out (every version)
         with reading():  # one snapshot for every statement, the rows written included
-            versions = records.versions(filters)
-            every = list(versions)
-            chosen = every
-            if task_version is not None:
-                chosen = [pk for pk in every if versions[pk][0] == task_version]
-            if cls is None and chosen and not records.any_result(chosen):
+            chosen = _Chosen(cls, filters, task_version)
+            if cls is None and not chosen.any_result():
                 # Their results are the rows of an output table, which only its model (in the class's module) reads.
                 raise click.ClickException(
                     f"the done {name} tasks recorded no JSON result, and an output table is read through the task "
@@ -163,20 +202,20 @@ def results(
             streamed = (fmt in export.STREAMED or (fmt in export.CHUNKED and output)) and not drawn
             try:
                 if streamed:  # a chunk of tasks at a time: the first with rows now, to know there is one
-                    chunks = results_chunks(cls, chosen, kept, versions)
+                    chunks = results_chunks(cls, chosen, kept)
                     found = next((table for table in chunks if len(table)), None)
                 else:
-                    found = results_table(cls, chosen, drawn or kept, versions)
+                    pks, versions = chosen.whole()
+                    found = results_table(cls, pks, drawn or kept, versions)
             except TypeError as exc:  # the class's output model is wrong, e.g. its Meta.units names no field
                 raise click.ClickException(str(exc)) from None
-            others = _rows(cls, sorted(set(every) - set(chosen)))
             if found is None or not len(found):
                 if name not in records.known_names() or records.unknown_parameter_names(k for k, _ in filters.where):
                     raise nothing_matches(filters)
-                if others:
+                if chosen.others:
                     raise click.ClickException(
-                        f"no done {name} task of version {task_version!r} has results that match; {others} of "
-                        "other versions do (--all-versions)"
+                        f"no done {name} task of version {task_version!r} has results that match; {chosen.others} "
+                        "of other versions do (--all-versions)"
                     )
                 elsewhere = sorted(set(records.modules_of(name)) - set(filters.modules)) if filters.modules else []
                 if elsewhere:  # --module chose the class, and kept the tasks of that module only
@@ -185,12 +224,11 @@ def results(
                         f"{name} tasks were recorded from {', '.join(elsewhere)} (--module {elsewhere[0]})"
                     )
                 raise click.ClickException(f"no done {name} task has results that match")
-            if others:
-                formats.say(f"note: left out {others} rows of versions other than {task_version!r} (--all-versions)")
             if streamed:
 
                 def whole() -> Table:  # should a chunk's columns differ from the whole table's
-                    table = results_table(cls, chosen, kept, versions)
+                    pks, versions = chosen.whole()
+                    table = results_table(cls, pks, kept, versions)
                     return export.keep(table, kept) if kept else table
 
                 kept_chunks = (export.keep(table, kept) if kept else table for table in chain([found], chunks))
@@ -201,7 +239,9 @@ def results(
                     rows, written = export.stream(kept_chunks, fmt, output, whole)
                 if output:
                     formats.say(f"wrote {rows} rows, {written} columns to {output}")
+                chosen.say_others(task_version)
                 return
+            chosen.say_others(task_version)
             found.meta.update(provenance(name, filters, task_version, asked))
             if kept and not drawn:
                 found = export.keep(found, kept)
