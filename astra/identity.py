@@ -404,7 +404,14 @@ def recorded_task_hash(module: str, name: str, parameters: dict[str, str]) -> st
     """
     try:
         task = luigi.task_register.load_task(module, name, parameters)
-        return task_hash(task)
+        layout = _layout(type(task))
+        # Hashed with the texts recorded, not those of the values read back from them: a value need not read back
+        # as itself (a FloatParameter given 2 is recorded "2", read back 2.0, written "2.0"), and the same task
+        # would then look changed. A parameter the record lacks (new since) has the text of the value it got.
+        names, texts = layout.significant_texts.names, layout.significant_texts.of_task(task)
+        texts = [parameters.get(name, text) for name, text in zip(names, texts)]
+        frame = _frame(task.task_module, task.task_family, task_version(task), required_hashes(task))
+        return layout.hash(frame, texts)
     except Exception:  # the module, class or a parameter is gone, or its requires() raises
         return None
 

@@ -92,3 +92,18 @@ class YieldsASlowLeaf(astra.BaseTask):
     def run(self):
         output = yield SlowLeaf(folder=self.folder)
         return {"leaf": output.read()}
+
+
+class Threshold(astra.BaseTask):
+    """A FloatParameter given a whole number: its text, "2", reads back as 2.0, whose text is "2.0"."""
+
+    cut = luigi.FloatParameter()
+
+    def run(self) -> float:
+        return self.cut
+
+
+class YieldsAThreshold(astra.BaseTask):
+    def run(self):
+        output = yield Threshold(cut=2)
+        return {"cut": output.read()}

@@ -16,7 +16,14 @@ import pytest
 from astra.database import Dependency, Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.dynamic_tasks import Yielder, YieldsAYielder, YieldsBroken, YieldsNonsense, YieldsWithFailingCheck
+from tests.dynamic_tasks import (
+    Yielder,
+    YieldsAThreshold,
+    YieldsAYielder,
+    YieldsBroken,
+    YieldsNonsense,
+    YieldsWithFailingCheck,
+)
 from tests.example_tasks import Leaf
 from tests.helpers import HANG, LUIGI, REPO, astra, main, run_luigi, subprocess_env, summary, wait_for
 from tests.helpers import astra as astra_command
@@ -128,6 +135,19 @@ def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_u
     assert top.complete()
     assert attempts() == {"YieldsAYielder": 2, "Yielder": 2, "Leaf": 1}
     assert Task.get(Task.task_name == "YieldsAYielder").result == {"inner": {"total": 1}}
+
+
+@pytest.mark.slow
+def test_a_dynamic_dependency_whose_value_reads_back_otherwise_stays_complete(database_url):
+    """Threshold(cut=2) is recorded with the text "2", which luigi reads back as 2.0: rebuilt from its record (in
+    another process: this one's instance cache gives back the task made with 2), it hashed otherwise, so the done task
+    that yielded it ran again, and the threshold with it."""
+    first = run_luigi("--module", "tests.dynamic_tasks", "YieldsAThreshold", "--local-scheduler")
+    assert "2 ran successfully" in summary(first.stdout), first.stdout
+    again = run_luigi("--module", "tests.dynamic_tasks", "YieldsAThreshold", "--local-scheduler")
+    assert "1 complete ones were encountered" in summary(again.stdout), again.stdout
+    assert attempts() == {"YieldsAThreshold": 1, "Threshold": 1}
+    assert "ran successfully" not in summary(again.stdout), again.stdout
 
 
 @pytest.mark.parametrize(
