@@ -16,14 +16,7 @@ import pytest
 from astra.database import Dependency, Task
 from astra.identity import task_hash
 from astra.targets import forget_cached
-from tests.dynamic_tasks import (
-    Yielder,
-    YieldsAThreshold,
-    YieldsAYielder,
-    YieldsBroken,
-    YieldsNonsense,
-    YieldsWithFailingCheck,
-)
+from tests.dynamic_tasks import Yielder, YieldsAYielder, YieldsBroken, YieldsNonsense, YieldsWithFailingCheck
 from tests.example_tasks import Leaf
 from tests.helpers import HANG, LUIGI, REPO, astra, main, run_luigi, subprocess_env, summary, wait_for
 from tests.helpers import astra as astra_command
