@@ -131,3 +131,22 @@ class MisspeltSlurmSetting(astra.BaseTask):
 
     def run(self) -> None:
         pass
+
+
+class Threshold(astra.BaseTask):
+    """A FloatParameter given a whole number (by ``AboveThreshold``): its text, "2", reads back as 2.0."""
+
+    cut = luigi.FloatParameter()
+
+    def run(self) -> dict:
+        return {"cut": self.cut}
+
+
+class AboveThreshold(astra.BaseTask):
+    executor = "local"
+
+    def requires(self) -> Threshold:
+        return Threshold(cut=2)
+
+    def run(self) -> dict:
+        return self.input().read()

@@ -19,11 +19,13 @@ attribute named ``slurm_<setting>``, e.g. ``slurm_sbatch_args = "--gres=gpu:1"``
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -115,7 +117,7 @@ class SlurmExecutor(Executor):
             queries.note_job(attempt, job_id)
             logger.info("astra: SLURM job %s (pending) adopted for %s", job_id, task)
         else:
-            job_id = submit(_spec(task), name, settings_)
+            job_id = submit({**_spec(task), "values": _values(task)}, name, settings_)
             queries.note_job(attempt, job_id)
             logger.info("astra: SLURM job %s submitted for %s", job_id, task)
         submitted = time.time()
@@ -474,6 +476,17 @@ def _spec(task: luigi.Task) -> dict:
         "command_line": command_line(),  # it decides parameters not given, of the tasks below and of batch items
         "luigi_config": luigi_config(),  # so does luigi's configuration, which a script may have set in memory
     }
+
+
+def _values(task: luigi.Task) -> str | None:
+    """The task's parameter values, pickled (base64), for the job to make the very task the worker claimed; None
+    where they do not pickle (the job reads its text then). The text need not read back as the same values: a
+    FloatParameter given 2 is "2", read back 2.0, which is another task (luigi's task_id, astra's hash), and the job
+    would find no claim of it."""
+    try:
+        return base64.b64encode(pickle.dumps(task.param_kwargs)).decode("ascii")
+    except Exception:
+        return None
 
 
 def _environment(spec: dict) -> dict:

@@ -7,16 +7,18 @@ what running and recording a task needs, and the task's module.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
+import pickle
 import socket
 import sys
 import time
 from collections.abc import Iterator
 
 import luigi
-from luigi.task_register import load_task
+from luigi.task_register import Register, load_task
 
 from astra import identity
 from astra.config import DATABASE_URL_ENV, adopt_command_line, adopt_luigi_config
@@ -41,7 +43,10 @@ def main() -> int:
         os.environ[DATABASE_URL_ENV] = spec["database_url"]
     importlib.import_module(spec["module"])
     adopt_command_line(spec.get("command_line"))
-    task = load_task(spec["module"], spec["family"], spec["params"])
+    if spec.get("values"):  # the values the worker's task has (its text may read back as others: slurm._values)
+        task = Register.get_task_cls(spec["family"])(**pickle.loads(base64.b64decode(spec["values"])))
+    else:
+        task = load_task(spec["module"], spec["family"], spec["params"])
     job_id = os.environ.get("SLURM_JOB_ID", "")
     node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     if "shares" in spec:
