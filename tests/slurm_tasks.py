@@ -150,3 +150,24 @@ class AboveThreshold(astra.BaseTask):
 
     def run(self) -> dict:
         return self.input().read()
+
+
+class Thresholds(BatchTask):
+    """Threshold items of the batch's ``cut``, a FloatParameter too (given 2 by ``AboveThresholds``)."""
+
+    item_class = Threshold
+    cut = luigi.FloatParameter()
+
+    def parameter_sets(self) -> list[dict]:
+        return [{"cut": self.cut}]
+
+
+class AboveThresholds(astra.BaseTask):
+    executor = "local"
+
+    def requires(self) -> Thresholds:
+        return Thresholds(cut=2)
+
+    def run(self) -> dict:
+        (result,) = astra.read_many(self.input())
+        return result

@@ -237,15 +237,19 @@ def test_dashboard_says_pending_then_running_on_the_node(slurm_cluster, sqlite_u
 
 
 @pytest.mark.slow
-def test_a_job_runs_the_task_its_worker_claimed_whose_text_reads_back_otherwise(slurm_cluster, sqlite_url, tmp_path):
+@pytest.mark.parametrize("top", ["AboveThreshold", "AboveThresholds"])
+def test_a_job_runs_the_task_its_worker_claimed_whose_text_reads_back_otherwise(
+    slurm_cluster, sqlite_url, tmp_path, top
+):
     """Threshold(cut=2): rebuilt from its text in the job it was Threshold(cut=2.0), another task, which the job
-    found no claim of; so it never ran on SLURM ("no longer claimed ...; not run")."""
+    found no claim of ("no longer claimed ...; not run"); a batch Thresholds(cut=2) had other items than the luigi
+    process split into shares ("the batch's parameter sets are not those ..."). Neither ever ran on SLURM."""
     logs = tmp_path / "logs"
-    done = run_luigi(*slurm_args(logs, "--module", "tests.slurm_tasks", "AboveThreshold", "--local-scheduler"))
+    done = run_luigi(*slurm_args(logs, "--module", "tests.slurm_tasks", top, "--local-scheduler"))
     assert "2 ran successfully" in done.stdout, done.stdout[-3000:]
     threshold = row(task_name="Threshold")
     assert threshold.slurm_job_id and result_of(threshold) == {"cut": 2}  # as a local run gives it
-    assert result_of(row(task_name="AboveThreshold")) == {"cut": 2}
+    assert result_of(row(task_name=top)) == {"cut": 2}
 
 
 @pytest.mark.slow

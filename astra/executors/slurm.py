@@ -117,7 +117,7 @@ class SlurmExecutor(Executor):
             queries.note_job(attempt, job_id)
             logger.info("astra: SLURM job %s (pending) adopted for %s", job_id, task)
         else:
-            job_id = submit({**_spec(task), "values": _values(task)}, name, settings_)
+            job_id = submit(_spec(task), name, settings_)
             queries.note_job(attempt, job_id)
             logger.info("astra: SLURM job %s submitted for %s", job_id, task)
         submitted = time.time()
@@ -471,6 +471,7 @@ def _spec(task: luigi.Task) -> dict:
         "module": task.task_module,
         "family": task.task_family,
         "params": task.to_str_params(),
+        "values": _values(task),
         "astra": {name: str(getattr(config, name)) for name, _ in config.get_params() if name != "executor"},
         "database_url": database_url(),  # as this process resolved it (command line, environment, luigi.cfg)
         "command_line": command_line(),  # it decides parameters not given, of the tasks below and of batch items
@@ -479,10 +480,10 @@ def _spec(task: luigi.Task) -> dict:
 
 
 def _values(task: luigi.Task) -> str | None:
-    """The task's parameter values, pickled (base64), for the job to make the very task the worker claimed; None
-    where they do not pickle (the job reads its text then). The text need not read back as the same values: a
-    FloatParameter given 2 is "2", read back 2.0, which is another task (luigi's task_id, astra's hash), and the job
-    would find no claim of it."""
+    """The task's parameter values, pickled (base64), for the job to make the very task (or batch) the worker has;
+    None where they do not pickle (the job reads its text then). The text need not read back as the same values: a
+    FloatParameter given 2 is "2", read back 2.0, which is another task (luigi's task_id, astra's hash) that the job
+    would find no claim of, or a batch whose items are others."""
     try:
         return base64.b64encode(pickle.dumps(task.param_kwargs)).decode("ascii")
     except Exception:
