@@ -9,7 +9,9 @@ IntegerField), ``shape3`` (flux declares the shape its arrays have, (3,)), ``sha
 declared (5,)), ``int32flux`` (the flux arrays become int32), ``halves`` (teff and flux hold halves, 5000.5 + star
 and [2.5, 3.5, 12.7, -2.5] + star, with ``float64``), ``unfit`` (with ``float64``: star 3 has teff 1e10 and flux
 [4.5, NaN, 1e10], star 4 flux [0.1, 1e300], star 5 flux [0.1, 1e-50]: values an integer or a float32 cannot hold);
-``json`` is a
+``newmodel`` (with
+``version2``) gives FitStar another output model, ``Abundance`` (table evolving_abundance, a column that may not be
+null); ``json`` is a
 release before FitStar had an output model (its result was JSON, with a note for star 2 that the model has no
 column for).
 """
@@ -58,12 +60,21 @@ class Fit(astra.OutputModel):
         table_name = "evolving_fit_v2" if "renamed" in CHANGES else "evolving_fit"
 
 
+class Abundance(astra.OutputModel):
+    fe_h = peewee.DoubleField()
+
+    class Meta:
+        table_name = "evolving_abundance"
+
+
 class FitStar(astra.BaseTask):
-    output_model = None if "json" in CHANGES else Fit
+    output_model = None if "json" in CHANGES else Abundance if "newmodel" in CHANGES else Fit
     version = "2" if "version2" in CHANGES else ""
     star = luigi.IntParameter()
 
     def run(self) -> dict:
+        if "newmodel" in CHANGES:
+            return {"fe_h": -0.1 * self.star}
         flux = [0.1, 0.2, 0.3, 0.4, 0.5] if "shape5" in CHANGES else [0.1, 0.2, 0.3]
         row = {"teff": 5000.0 + self.star, "flux": np.array(flux) * self.star}
         if "realteff" in CHANGES:

@@ -107,11 +107,16 @@ def owners(model: type[peewee.Model]) -> list[tuple[str, str]]:
     return found
 
 
-def _of(owned: Sequence[tuple[str, str]]) -> peewee.Expression:
-    """Tasks of the classes ``owned`` ((module, name) pairs)."""
+def _of(owned: Sequence[tuple[str, str]], current: bool = False) -> peewee.Expression:
+    """Tasks of the classes ``owned`` ((module, name) pairs); ``current``: only those of the version each class
+    declares (all of a class whose tasks work theirs out). A task of another version may have written another
+    model's table: a class given a new output model with a new version leaves its old rows where they are."""
+    versions = {(module, name): version for module, name, version in _versions(owned)} if current else {}
     condition = None
     for module, name in owned:
         one = (Task.task_module == module) & (Task.task_name == name)
+        if (module, name) in versions:
+            one &= Task.version == versions[module, name]
         condition = one if condition is None else condition | one
     return condition if condition is not None else peewee.SQL("1 = 0")
 
@@ -132,7 +137,7 @@ def changes(
     db = database()
     table = model._meta.table_name
     owned = owners(model) if owned is None else owned
-    done = Task.select(Task.pk).where(_of(owned), Task.status == DONE)
+    done = Task.select(Task.pk).where(_of(owned, current=True), Task.status == DONE)
     if db.table_exists(table, schema=dialect(db).schema):
         behind = _left_behind(db, model, owned, table)
         if behind is not None:
@@ -343,10 +348,20 @@ def _left_behind(
     the tasks would count as done without them. An empty ``table`` gives way to the old one; a table with rows of
     its own, only the user can merge.
 
-    Asked of one task, the first the index gives (the oldest, mostly): a few index probes, no look at every row.
+    Asked of one task, the first of its class's version the index gives (the oldest, mostly) among the first
+    :data:`SAMPLED`: a few index probes, no look at every row.
     """
     language = dialect(db)
-    first = Task.select(Task.pk).where(_of(owned), Task.status == DONE, Task.result.is_null()).limit(1).scalar()
+    # The first of the first done tasks that are of their class's version now (a bounded look, as _shapes takes):
+    # those of an older version may rightly have their rows in another model's table.
+    firsts = Task.select(Task.pk, Task.task_module, Task.task_name, Task.version).where(
+        _of(owned), Task.status == DONE, Task.result.is_null()
+    )
+    current = {(module, name): version for module, name, version in _versions(owned)}
+    first = next(
+        (pk for pk, *of, at in firsts.limit(SAMPLED).tuples() if current.get(tuple(of), at) == at),
+        None,
+    )
     if first is None or _holds(db, table, first):
         return None
     own = {m._meta.table_name for m in MODELS} | {table}
@@ -484,7 +499,7 @@ def _holders(db: peewee.Database, model: type[peewee.Model], owned: Sequence[tup
         if table in own or "task_pk" not in language.column_types(db, table):
             continue
         rows = peewee.Table(table, ["task_pk"], schema=language.schema)
-        mine = Task.select(Task.pk).where(_of(owned))
+        mine = Task.select(Task.pk).where(_of(owned, current=True))
         if rows.select(peewee.SQL("1")).where(rows.task_pk.in_(mine)).limit(1).bind(db).scalar():
             found.append(table)
     return found
@@ -504,7 +519,7 @@ def _carry(
     while True:
         query = (
             Task.select(Task.pk, Task.task_name, Task.result)
-            .where(_of(owned), Task.status == DONE, Task.pk > last)
+            .where(_of(owned, current=rowless), Task.status == DONE, Task.pk > last)
             .order_by(Task.pk)
             .limit(5000)
         )
