@@ -8,12 +8,27 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import time
 
 import numpy as np
 import pytest
 
 from tests.evolving import MODULE, column_names, done_stars, luigi, migrate, refusal, release, rows
-from tests.helpers import astra, luigi_error_line, main, one_line_error, raw_execute, raw_sql
+from tests.helpers import (
+    ASTRA,
+    REPO,
+    _raw,
+    astra,
+    luigi_error_line,
+    main,
+    one_line_error,
+    raw_execute,
+    raw_sql,
+    sessions,
+    subprocess_env,
+    wait_for,
+)
 
 
 @pytest.mark.slow
@@ -214,6 +229,37 @@ def test_a_double_narrowed_to_an_integer_is_rounded_half_to_even_or_refused(data
         2: (5002, [4, 6, 15, 0]),  # 5002.5, [4.5, 5.5, 14.7, -0.5]
     }, fits
     assert all(type(teff) is int for teff, _ in fits.values()), fits
+
+
+@pytest.mark.slow
+def test_a_row_recorded_while_a_narrowing_migration_waits_is_checked_too(first_release):
+    """A worker's row of teff 1e10, inserted before `astra db migrate --allow-data-loss` (intteff) began and committed
+    while it ran: PostgreSQL's check of the values did not see it, the ALTER waited for it, then stopped with
+    "astra: database error: integer out of range", naming no table, column or row. Now the table is locked before the
+    check, which sees it (SQLite's write lock did so already)."""
+    url = first_release
+    copy = "select task_pk, 1e10, flux from astra.evolving_fit where teff = 5001"
+    connection, statement = _raw(url, f"insert into astra.evolving_fit (task_pk, teff, flux) {copy}")
+    star1 = raw_sql(url, "select task_pk from astra.evolving_fit where teff = 5001")[0][0]
+    try:
+        connection.cursor().execute(statement)  # not committed yet: a worker recording
+        command = [str(ASTRA), "db", "migrate", *MODULE, "--allow-data-loss"]
+        env = subprocess_env(release("intteff"))
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        migration = subprocess.Popen(command, env=env, cwd=REPO, **pipes)
+        if url.startswith("sqlite:///"):
+            time.sleep(2)  # waiting for the write lock
+        else:
+            wait_for(lambda: sessions(url, "wait_event_type = 'Lock'") >= 1, what="the migration to wait for the row")
+        connection.commit()
+        _, stderr = migration.communicate(timeout=120)
+    finally:
+        connection.close()
+    assert migration.returncode == 1, stderr
+    assert stderr.strip() == (
+        f"astra: cannot migrate evolving_fit: column teff holds 10000000000.0 (in a row of task {star1}), which a "
+        f"peewee.IntegerField cannot hold; {ADVICE.format('teff')}"
+    )
 
 
 @pytest.mark.slow

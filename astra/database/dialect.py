@@ -133,6 +133,10 @@ class SQLite:
     def lock_for_init(self, db: peewee.Database) -> None:
         """Let one ``astra db init`` at a time create the schema (SQLite creates its tables on use instead)."""
 
+    def lock_for_migrate(self, db: peewee.Database, model: type[peewee.Model]) -> None:
+        """Keep rows out of ``model``'s (existing) table until the transaction ends, while it is checked and changed
+        (the IMMEDIATE transaction of :meth:`atomic` does it)."""
+
     def check_links_per_statement(self, db: peewee.Database) -> None:
         """Check the references of ``task_parameter`` once per statement rather than per row (schema 9).
 
@@ -706,6 +710,12 @@ class PostgreSQL(SQLite):
         # Two `astra db init` at once on an empty database would both CREATE SCHEMA IF NOT EXISTS and one fail on the
         # catalogue's unique keys: the second waits for the first's transaction, then finds everything there.
         db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_UPGRADE_LOCK,))
+
+    def lock_for_migrate(self, db: peewee.Database, model: type[peewee.Model]) -> None:
+        # Before its rows are checked: a worker's insert committed after the check (one begun before it, which the
+        # ALTER waits for) would hold a value the check refuses, and the ALTER fail without saying where. Readers
+        # go on until the ALTER; a second migration waits.
+        db.execute_sql(f'LOCK TABLE astra."{model._meta.table_name}" IN SHARE ROW EXCLUSIVE MODE')
 
     def check_links_per_statement(self, db: peewee.Database) -> None:
         # Triggers in, then foreign keys out, in the caller's transaction: no moment without a check.

@@ -621,6 +621,9 @@ def migrate(
     done: dict[type[peewee.Model], list[Change]] = {}
     statements: list[str] = []
     with dialect(db).atomic(db) as transaction:
+        for model in models:
+            if db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+                dialect(db).lock_for_migrate(db, model)
         planned = {model: changes(model, rows_of=rows_of, write=write) for model in models}
         for model, found in planned.items():
             for change in found:
