@@ -621,10 +621,15 @@ def migrate(
     done: dict[type[peewee.Model], list[Change]] = {}
     statements: list[str] = []
     with dialect(db).atomic(db) as transaction:
+        planned = {}
         for model in models:
-            if db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+            found = changes(model, rows_of=rows_of, write=write)
+            if found and db.table_exists(model._meta.table_name, schema=dialect(db).schema):
+                # Only a table that changes is locked (its writers wait), then looked at again: what it holds now
+                # is what the changes check and change.
                 dialect(db).lock_for_migrate(db, model)
-        planned = {model: changes(model, rows_of=rows_of, write=write) for model in models}
+                found = changes(model, rows_of=rows_of, write=write)
+            planned[model] = found
         for model, found in planned.items():
             for change in found:
                 table = model._meta.table_name
