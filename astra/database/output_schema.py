@@ -138,24 +138,24 @@ def changes(
     table = model._meta.table_name
     owned = owners(model) if owned is None else owned
     done = Task.select(Task.pk).where(_of(owned, current=True), Task.status == DONE)
+    carry = []  # of every version: a probe of one partial index, which is empty once they are carried
+    json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
+    if json_results.exists():  # one probe of the partial index task_json_result
+        carry.append(
+            Change(
+                f"done {_names(owned)} tasks were recorded before it had this output table (their results are "
+                "JSON): their results become its rows where they fit it, the others run again",
+                lambda db: _carry(db, model, owned, rows_of, write, rowless=False),
+            )
+        )
     if db.table_exists(table, schema=dialect(db).schema):
         behind = _left_behind(db, model, owned, table)
         if behind is not None:
             return behind
         found = [*_columns(db, model, table), *_indexes(db, model, table), *_trigger(db, table)]
-        found += _shapes(db, model, owned)
-        json_results = Task.select(Task.pk).where(CLASS_NAME.in_([f"{m}.{n}" for m, n in owned]), JSON_RESULTS)
-        if json_results.exists():  # one probe of the partial index task_json_result
-            found.append(
-                Change(
-                    f"done {_names(owned)} tasks were recorded before it had this output table (their results are "
-                    "JSON): their results become its rows where they fit it, the others run again",
-                    lambda db: _carry(db, model, owned, rows_of, write, rowless=False),
-                )
-            )
-        return found
+        return found + _shapes(db, model, owned) + carry
     if not done.exists():
-        return [Change(f"table {table} is missing", lambda db: _create(db, model), stops=False)]
+        return [Change(f"table {table} is missing", lambda db: _create(db, model), stops=False), *carry]
     holders = _holders(db, model, owned)
     if len(holders) > 1:
         return [
@@ -514,12 +514,14 @@ def _carry(
     rowless: bool,
 ) -> None:
     """Make rows of the JSON results of the done tasks of ``owned`` where they fit ``model``; reopen the others
-    (and with ``rowless``, done tasks without a result, whose rows went with their table)."""
+    (and with ``rowless``, done tasks of their class's version without a result, whose rows went with their table:
+    those of another version may have written another model's table)."""
+    current = {(module, name): version for module, name, version in _versions(owned)}
     last = 0
     while True:
         query = (
-            Task.select(Task.pk, Task.task_name, Task.result)
-            .where(_of(owned, current=rowless), Task.status == DONE, Task.pk > last)
+            Task.select(Task.pk, Task.task_module, Task.task_name, Task.version, Task.result)
+            .where(_of(owned), Task.status == DONE, Task.pk > last)
             .order_by(Task.pk)
             .limit(5000)
         )
@@ -532,7 +534,8 @@ def _carry(
         carried, rows, reopened = [], [], {}
         for task in tasks:
             if task.result is None:
-                reopened[task.pk] = f"its rows went with the output table {model._meta.table_name}"
+                if current.get((task.task_module, task.task_name), task.version) == task.version:
+                    reopened[task.pk] = f"its rows went with the output table {model._meta.table_name}"
                 continue
             try:
                 made = rows_of(model, task.result, f"the result of {task.task_name} task {task.pk}")
