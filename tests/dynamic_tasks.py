@@ -94,7 +94,7 @@ class YieldsASlowLeaf(astra.BaseTask):
         return {"leaf": output.read()}
 
 
-class Threshold(astra.BaseTask):
+class Cut(astra.BaseTask):
     """A FloatParameter given a whole number: its text, "2", reads back as 2.0, whose text is "2.0"."""
 
     cut = luigi.FloatParameter()
@@ -103,7 +103,7 @@ class Threshold(astra.BaseTask):
         return self.cut
 
 
-class YieldsAThreshold(astra.BaseTask):
+class YieldsACut(astra.BaseTask):
     def run(self):
-        output = yield Threshold(cut=2)
+        output = yield Cut(cut=2)
         return {"cut": output.read()}

@@ -132,14 +132,14 @@ def test_a_forgotten_dynamic_dependency_makes_the_dependant_run_again(database_u
 
 @pytest.mark.slow
 def test_a_dynamic_dependency_whose_value_reads_back_otherwise_stays_complete(database_url):
-    """Threshold(cut=2) is recorded with the text "2", which luigi reads back as 2.0: rebuilt from its record (in
+    """Cut(cut=2) is recorded with the text "2", which luigi reads back as 2.0: rebuilt from its record (in
     another process: this one's instance cache gives back the task made with 2), it hashed otherwise, so the done task
     that yielded it ran again, and the threshold with it."""
-    first = run_luigi("--module", "tests.dynamic_tasks", "YieldsAThreshold", "--local-scheduler")
+    first = run_luigi("--module", "tests.dynamic_tasks", "YieldsACut", "--local-scheduler")
     assert "2 ran successfully" in summary(first.stdout), first.stdout
-    again = run_luigi("--module", "tests.dynamic_tasks", "YieldsAThreshold", "--local-scheduler")
+    again = run_luigi("--module", "tests.dynamic_tasks", "YieldsACut", "--local-scheduler")
     assert "1 complete ones were encountered" in summary(again.stdout), again.stdout
-    assert attempts() == {"YieldsAThreshold": 1, "Threshold": 1}
+    assert attempts() == {"YieldsACut": 1, "Cut": 1}
     assert "ran successfully" not in summary(again.stdout), again.stdout
 
 
