@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import luigi
 import pytest
 
 from astra.database import Dependency, Parameter, Task
@@ -107,3 +108,34 @@ def test_forget_makes_no_sqlite_database(tmp_path):
     assert not (tmp_path / "new").exists()
     with contextlib.closing(sqlite3.connect(other)) as connection:
         assert connection.execute("select name from sqlite_master").fetchall() == [("stars",)]
+
+
+@pytest.mark.slow
+def test_forget_of_more_tasks_than_it_shows(database_url, capsys, monkeypatch):
+    """The plan lists the first tasks and counts them all per name; --json lists every task in pk order, in the text
+    json.dumps gives, also when a forget's records wait in a temporary file on disk (they are held as pks only)."""
+    from astra.cli import tasks as tasks_command
+    from tests.listing_memory_tasks import ListedItems
+
+    run_pipeline()
+    assert luigi.build([ListedItems(n=25)], local_scheduler=True, log_level="WARNING")
+    every = [pk for (pk,) in Task.select(Task.pk).order_by(Task.pk).tuples()]
+    plan = main(capsys, "tasks", "forget", "--all", "--dry-run")
+    lines = plan.stdout.splitlines()
+    assert lines[0] == "31 tasks to forget (5 EstimateSNR, 25 ListedItem, 1 SummariseSNR):"
+    assert [int(line.split()[0]) for line in lines[3:23]] == every[:20]
+    assert lines[23:] == ["... and 11 more"]
+    assert plan.stderr == "dry run: nothing forgotten\n"
+
+    dry = main(capsys, "tasks", "forget", "--all", "--dry-run", "--json")
+    planned = json.loads(dry.stdout)
+    assert dry.stdout == json.dumps(planned, indent=2) + "\n"
+    assert [task["pk"] for task in planned["tasks"]] == every
+
+    monkeypatch.setattr(tasks_command, "SPOOLED", 100)  # bytes: the records go to a file at once
+    forgot = main(capsys, "tasks", "forget", "--all", "--cascade", "--yes", "--json")
+    assert forgot.returncode == 0, forgot.stderr
+    done = json.loads(forgot.stdout)
+    assert forgot.stdout == json.dumps(done, indent=2) + "\n"
+    assert done == {"dry_run": False, "tasks": planned["tasks"], "parameters_removed": 32}
+    assert Task.select().count() == Parameter.select().count() == Dependency.select().count() == 0

@@ -198,7 +198,7 @@ def test_forget_deletes_output_rows_with_their_tasks(outputs_db):
     assert build(MeasureVisits(star=1), MeasureVisits(star=2))
     assert Visit.select().count() == 6
     forgotten = records.forget([record(MeasureVisits(star=1)).pk])
-    assert len(forgotten.tasks) == 1
+    assert forgotten.tasks == 1
     assert Visit.select().count() == 3  # on delete cascade
     assert {r.star for r in astra.results(MeasureVisits)} == {"2"}
     assert build(MeasureVisits(star=1))  # runs again, and its rows come back

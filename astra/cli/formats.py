@@ -6,7 +6,7 @@ import datetime
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -128,16 +128,25 @@ def print_json(value: object) -> None:
 def print_json_list(items: Iterable[object]) -> None:
     """:func:`print_json` of a list, written an item at a time: the same text, without the whole list (or its
     text, which json builds from a small string per value) in memory."""
+    for text in json_list(items):
+        out(text)
+    out("\n")
+
+
+def json_list(items: Iterable[object], depth: int = 0) -> Iterator[str]:
+    """The text :func:`print_json` gives a list of ``items`` nested ``depth`` levels deep (a value of an object:
+    1), in pieces of a thousand items."""
+    indent = "\n" + "  " * (depth + 1)
     parts: list[str] = []
-    before = "[\n  "  # the first item's; then a comma's
+    before = "[" + indent  # the first item's; then a comma's
     for item in items:
-        text = json.dumps(item, indent=2, default=str, allow_nan=False).replace("\n", "\n  ")  # a "\n" in a string
+        text = json.dumps(item, indent=2, default=str, allow_nan=False).replace("\n", indent)  # a "\n" in a string
         parts.append(before + text)  # is escaped: these are json's own
-        before = ",\n  "
-        if len(parts) == 1000:  # written a thousand items at a time
-            out("".join(parts))
+        before = "," + indent
+        if len(parts) == 1000:
+            yield "".join(parts)
             parts = []
-    out("".join(parts) + ("[]\n" if before.startswith("[") else "\n]\n"))
+    yield "".join(parts) + ("[]" if before.startswith("[") else "\n" + "  " * depth + "]")
 
 
 def out(text: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
 import json
+import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import click
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 SHOWN = 20
 #: How many output rows ``show`` prints.
 SHOWN_ROWS = 5
+#: Bytes of the records ``forget --json`` keeps in memory before it spools them to a temporary file.
+SPOOLED = 2**20
 
 
 def _output_rows(task: Task) -> tuple[str, Table, int] | None:
@@ -198,47 +203,69 @@ def forget(
     if not (refs or filters or everything):
         raise click.UsageError("say which tasks to forget: REF..., filters (see --help) or --all")
     only_existing()  # a mistyped SQLite path is said so, not made a new database with nothing to forget
-    chosen = [_resolve(ref) for ref in refs] if refs else records.find(filters)
+    # Only the pks are held (a set of ints): the records of 770,000 tasks took 1.75 GB, and 10^7 could not be.
+    if refs:
+        chosen = {_resolve(ref).pk for ref in refs}
+    else:
+        chosen = set(records.pks(filters)) if filters else records.every_pk()
     if not chosen:
         raise nothing_matches(filters)
     if cascade:
-        chosen += records.get(records.downstream(task.pk for task in chosen))
-    chosen = list({task.pk: task for task in chosen}.values())
-    running = sum(task.status == "running" for task in chosen)
+        chosen |= records.downstream(chosen)
+    counted = records.per_name_and_status(chosen)
+    total = sum(counted.values())
+    running = sum(n for (_, status), n in counted.items() if status == "running")
     if not as_json:
-        _describe_plan(chosen, cascade)
+        _describe_plan(chosen, counted, cascade)
         if running:
             formats.say(f"note: {running} of them are running; their workers will not be able to record them")
     if dry_run:
         if as_json:
-            formats.print_json({"dry_run": True, "tasks": [formats.record(task) for task in chosen]})
+            found = (task for chunk in chunked(sorted(chosen)) for task in records.get(chunk))
+            _print_json(True, formats.json_list((formats.record(task) for task in found), depth=1))
         else:
             formats.say("dry run: nothing forgotten")
         return
     if not yes:
-        click.confirm(f"Forget these {len(chosen)} tasks?", abort=True, err=True)
-    forgotten = records.forget([task.pk for task in chosen], cascade=cascade)
-    if as_json:
-        formats.print_json(
-            {
-                "dry_run": False,
-                "tasks": [formats.record(task) for task in forgotten.tasks],
-                "parameters_removed": forgotten.parameters,
-            }
-        )
-    else:
+        click.confirm(f"Forget these {total} tasks?", abort=True, err=True)
+    if not as_json:
+        forgotten = records.forget(chosen, cascade=cascade)
         click.echo(
-            f"forgot {len(forgotten.tasks)} tasks; "
+            f"forgot {forgotten.tasks} tasks; "
             f"removed {forgotten.parameters} parameter values that no task uses any more"
         )
+        return
+    # The records are read just before they are deleted and printed once the transaction has committed: until
+    # then they wait in a temporary file (in memory while small), one JSON line each.
+    with tempfile.SpooledTemporaryFile(max_size=SPOOLED, mode="w+", encoding="utf-8") as spool:
+
+        def keep(tasks: list[Task]) -> None:
+            spool.writelines(json.dumps(formats.record(task), default=str) + "\n" for task in tasks)
+
+        forgotten = records.forget(chosen, cascade=cascade, each=keep)
+        spool.seek(0)
+        listed = formats.json_list((json.loads(line) for line in spool), depth=1)
+        _print_json(False, listed, forgotten.parameters)
 
 
-def _describe_plan(chosen: list[Task], cascade: bool) -> None:
-    per_name = Counter(task.task_name for task in chosen)
+def _print_json(dry_run: bool, listed: Iterable[str], removed: int | None = None) -> None:
+    """The text of :func:`formats.print_json` of ``{"dry_run": ..., "tasks": [...], "parameters_removed": ...}``
+    (without the last unless ``removed``), the tasks' list given as text in pieces (see formats.json_list)."""
+    formats.out(f'{{\n  "dry_run": {json.dumps(dry_run)},\n  "tasks": ')
+    for text in listed:
+        formats.out(text)
+    formats.out(("" if removed is None else f',\n  "parameters_removed": {removed}') + "\n}\n")
+
+
+def _describe_plan(chosen: set[int], counted: dict[tuple[str, str], int], cascade: bool) -> None:
+    per_name: Counter[str] = Counter()
+    for (name, _), n in counted.items():
+        per_name[name] += n
+    total = sum(per_name.values())
     summary = ", ".join(f"{n} {name}" for name, n in sorted(per_name.items()))
-    click.echo(f"{len(chosen)} tasks to forget ({summary}){' with everything downstream' if cascade else ''}:")
-    shown = sorted(chosen, key=lambda task: task.pk)[:SHOWN]
+    click.echo(f"{total} tasks to forget ({summary}){' with everything downstream' if cascade else ''}:")
+    shown = records.get(heapq.nsmallest(SHOWN, chosen))
     parameters = records.parameters_of([t.pk for t in shown])
     formats.out(formats.table(formats.TASK_HEADERS, formats.task_rows(shown, parameters)) + "\n")
-    if len(chosen) > SHOWN:
-        click.echo(f"... and {len(chosen) - SHOWN} more")
+    if total > SHOWN:
+        click.echo(f"... and {total - SHOWN} more")

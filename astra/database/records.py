@@ -499,33 +499,64 @@ def downstream(pks: Iterable[int]) -> set[int]:
 
     One level of dependants at a time, each task's found by its own probe of the index on requires_pk (a
     recursive query joins the whole edge table per level once the planner expects many rows); a chain of
-    thousands of tasks (a task that requires the previous night's run) is a query per link of it.
+    thousands of tasks (a task that requires the previous night's run) is a query per link of it. The edges are
+    read a chunk of a level at a time: only the pks found are kept.
     """
     db = database()
-    pks = set(pks)
+    pks = pks if isinstance(pks, (set, frozenset)) else set(pks)
     found: set[int] = set()
     level = sorted(pks)
     while level:
-        edges = dialect(db).linked(db, dialect(db).table(Dependency), "requires_pk", "task_pk", level)
-        new = {task for _, task in edges} - found - pks  # ends on shared dependants, and on cycles
-        found |= new
+        new: set[int] = set()
+        for chunk in chunked(level):
+            edges = dialect(db).linked(db, dialect(db).table(Dependency), "requires_pk", "task_pk", chunk)
+            new.update(task for _, task in edges if task not in found and task not in pks)  # ends on shared
+        found |= new  # dependants, and on cycles
         level = sorted(new)
     return found
 
 
+def every_pk() -> set[int]:
+    """The pk of every task, read a range of pks at a time (only the pks are kept)."""
+    db = database()
+    found: set[int] = set()
+    last = 0
+    while True:
+        query = Task.select(Task.pk).where(Task.pk > last).order_by(Task.pk).limit(WINDOW)
+        page = [pk for (pk,) in db.execute(query)]
+        found.update(page)
+        if len(page) < WINDOW:
+            return found
+        last = page[-1]
+
+
+def per_name_and_status(pks: Iterable[int]) -> dict[tuple[str, str], int]:
+    """How many of the tasks ``pks`` that exist have each (task name, status), counted by the database a chunk of
+    pks at a time (not by reading each task)."""
+    db = database()
+    counted: dict[tuple[str, str], int] = {}
+    for chunk in chunked(sorted(pks)):
+        query = Task.select(Task.task_name, Task.status, fn.COUNT(Task.pk)).group_by(Task.task_name, Task.status)
+        for name, status, n in _one_of(db, query, Task.pk, chunk).tuples():
+            counted[name, status] = counted.get((name, status), 0) + n
+    return counted
+
+
 @dataclass(frozen=True)
 class Forgotten:
-    """What :func:`forget` deleted."""
+    """How many task records and parameter values :func:`forget` deleted."""
 
-    tasks: list[Task]
+    tasks: int
     parameters: int
 
 
-def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
+def forget(pks: Iterable[int], cascade: bool = False, each: Callable[[list[Task]], object] | None = None) -> Forgotten:
     """Delete the records of tasks ``pks`` (and with ``cascade`` everything downstream of them) in one transaction.
 
     Their parameter links and dependency edges go with them; parameter rows that no other task uses any more are
-    deleted too. luigi will run the forgotten tasks again the next time something asks for them.
+    deleted too. luigi will run the forgotten tasks again the next time something asks for them. ``each`` is
+    given the records of each chunk of tasks, in pk order, just before they are deleted (the transaction may still
+    fail after). Only the pks are held, never every record: a forget of 10^7 tasks holds sets of ints.
     """
     pks = set(pks)
     try:
@@ -541,23 +572,43 @@ def forget(pks: Iterable[int], cascade: bool = False) -> Forgotten:
                     dialect(db).lock_rows(db, dialect(db).table(Task), sorted(new))
                     new = downstream(new) - pks
                     pks |= new
-            tasks = get(pks)
-            pks = [task.pk for task in tasks]
-            parameter_pks = {parameter for _, parameter in _links("task_pk", "parameter_pk", pks)}
             dialect(db).by_keys_only(db)  # every statement below finds its rows by keys
             one_of = dialect(db).one_of
-            for chunk in chunked(pks):
+            deleted = removed = 0
+            # Parameters used by tasks not deleted yet (by a later chunk, or kept): looked at again at the end. The
+            # others are deleted with their chunk: checking a value every task shares once per chunk would read
+            # the links of every chunk deleted before (dead index entries), quadratic in the chunks.
+            shared: set[int] = set()
+            for chunk in chunked(sorted(pks)):
+                if each is not None:
+                    each(get(chunk))
+                linked = {parameter for _, parameter in _links("task_pk", "parameter_pk", chunk)} - shared
                 Dependency.delete().where(one_of(Dependency.task, chunk) | one_of(Dependency.requires, chunk)).execute()
                 TaskParameter.delete().where(one_of(TaskParameter.task, chunk)).execute()
-                Task.delete().where(one_of(Task.pk, chunk)).execute()
-            removed = 0
-            for chunk in chunked(sorted(parameter_pks)):
-                used = TaskParameter.select().where(TaskParameter.parameter == Parameter.pk)
-                removed += Parameter.delete().where(one_of(Parameter.pk, chunk), ~fn.EXISTS(used)).execute()
+                deleted += Task.delete().where(one_of(Task.pk, chunk)).execute()
+                removed += _remove_unused(sorted(linked), shared)
+            removed += _remove_unused(sorted(shared))
     except peewee.IntegrityError as exc:
         # A worker linked one of the parameters to a new task at the same moment; nothing was deleted.
         raise DatabaseError(f"astra: could not forget, a task was recorded meanwhile ({exc}); try again") from None
-    return Forgotten(tasks, removed)
+    return Forgotten(deleted, removed)
+
+
+def _remove_unused(parameter_pks: Sequence[int], kept: set[int] | None = None) -> int:
+    """Delete those of the parameters ``parameter_pks`` that no task uses; add the others to ``kept`` if given.
+    How many were deleted."""
+    db = database()
+    removed = 0
+    for chunk in chunked(parameter_pks):
+        used = TaskParameter.select().where(TaskParameter.parameter == Parameter.pk)
+        unused = Parameter.delete().where(dialect(db).one_of(Parameter.pk, chunk), ~fn.EXISTS(used))
+        if kept is None:
+            removed += unused.execute()
+        else:
+            gone = {pk for (pk,) in db.execute(unused.returning(Parameter.pk))}
+            removed += len(gone)
+            kept.update(pk for pk in chunk if pk not in gone)
+    return removed
 
 
 @dataclass(frozen=True)
