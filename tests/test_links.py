@@ -277,6 +277,8 @@ def test_forgetting_a_task_a_batch_records_again(sessions):
     thread.join(30)
     assert done and done[0].tasks == 1 and [task.task_hash for task in Task.select()] == [key("b")]
     assert [link.task.task_hash for link in TaskParameter.select()] == [key("b")]  # a's links, q's too, went with a
+    # q, which only a used, too: forget read a's links only once the batch had written them (it left q unused).
+    assert [parameter.parameter_name for parameter in Parameter.select()] == ["p"] and done[0].parameters == 1
     reset()
 
 

@@ -580,6 +580,8 @@ def forget(pks: Iterable[int], cascade: bool = False, each: Callable[[list[Task]
             # the links of every chunk deleted before (dead index entries), quadratic in the chunks.
             shared: set[int] = set()
             for chunk in chunked(sorted(pks)):
+                if not cascade:  # (with it, they are locked already) a batch writing links of one of them finishes
+                    dialect(db).lock_rows(db, dialect(db).table(Task), chunk)  # first: its parameters are found here
                 if each is not None:
                     each(get(chunk))
                 linked = {parameter for _, parameter in _links("task_pk", "parameter_pk", chunk)} - shared
