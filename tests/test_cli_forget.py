@@ -130,12 +130,14 @@ def test_forget_of_more_tasks_than_it_shows(database_url, capsys, monkeypatch):
     dry = main(capsys, "tasks", "forget", "--all", "--dry-run", "--json")
     planned = json.loads(dry.stdout)
     assert dry.stdout == json.dumps(planned, indent=2) + "\n"
-    assert [task["pk"] for task in planned["tasks"]] == every
+    assert [task["pk"] for task in planned["tasks"]] == every[::-1]  # newest first, as `tasks list` lists them
+    by_ref = json.loads(main(capsys, "tasks", "forget", "7", "1", "--cascade", "--dry-run", "--json").stdout)
+    assert [task["pk"] for task in by_ref["tasks"]] == [7, 1, 6]  # as given, then what is downstream
 
     monkeypatch.setattr(tasks_command, "SPOOLED", 100)  # bytes: the records go to a file at once
     forgot = main(capsys, "tasks", "forget", "--all", "--cascade", "--yes", "--json")
     assert forgot.returncode == 0, forgot.stderr
     done = json.loads(forgot.stdout)
     assert forgot.stdout == json.dumps(done, indent=2) + "\n"
-    assert done == {"dry_run": False, "tasks": planned["tasks"], "parameters_removed": 32}
+    assert done == {"dry_run": False, "tasks": planned["tasks"][::-1], "parameters_removed": 32}  # in pk order
     assert Task.select().count() == Parameter.select().count() == Dependency.select().count() == 0

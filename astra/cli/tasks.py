@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import click
@@ -17,7 +18,7 @@ from astra.cli.lazy_group import LazyGroup
 from astra.cli.options import CONTEXT, filter_options, help_if_bare, json_option, nothing_matches, task_class
 from astra.database import only_existing, only_reading, output_tables, records
 from astra.database.models import Task
-from astra.database.queries import chunked
+from astra.database.queries import CHUNK, chunked
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -203,15 +204,17 @@ def forget(
     if not (refs or filters or everything):
         raise click.UsageError("say which tasks to forget: REF..., filters (see --help) or --all")
     only_existing()  # a mistyped SQLite path is said so, not made a new database with nothing to forget
-    # Only the pks are held (a set of ints): the records of 770,000 tasks took 1.75 GB, and 10^7 could not be.
+    # Only the pks are held (ints): the records of 770,000 tasks took 1.75 GB, and 10^7 could not be. In the order
+    # --dry-run --json lists them: as given, or newest first; then what is downstream, oldest first.
     if refs:
-        chosen = {_resolve(ref).pk for ref in refs}
+        listed = list(dict.fromkeys(_resolve(ref).pk for ref in refs))
     else:
-        chosen = set(records.pks(filters)) if filters else records.every_pk()
-    if not chosen:
+        listed = records.pks(filters) if filters else records.every_pk()[::-1]
+    if not listed:
         raise nothing_matches(filters)
-    if cascade:
-        chosen |= records.downstream(chosen)
+    chosen = set(listed)
+    below = sorted(records.downstream(chosen)) if cascade else []
+    chosen.update(below)
     counted = records.per_name_and_status(chosen)
     total = sum(counted.values())
     running = sum(n for (_, status), n in counted.items() if status == "running")
@@ -221,7 +224,7 @@ def forget(
             formats.say(f"note: {running} of them are running; their workers will not be able to record them")
     if dry_run:
         if as_json:
-            found = (task for chunk in chunked(sorted(chosen)) for task in records.get(chunk))
+            found = _in_order(itertools.chain(listed, below))
             _print_json(True, formats.json_list((formats.record(task) for task in found), depth=1))
         else:
             formats.say("dry run: nothing forgotten")
@@ -246,6 +249,13 @@ def forget(
         spool.seek(0)
         listed = formats.json_list((json.loads(line) for line in spool), depth=1)
         _print_json(False, listed, forgotten.parameters)
+
+
+def _in_order(pks: Iterator[int]) -> Iterator[Task]:
+    """The records of those of the tasks ``pks`` that exist, in that order, read a chunk at a time."""
+    while chunk := list(itertools.islice(pks, CHUNK)):
+        found = {task.pk: task for task in records.get(chunk)}
+        yield from (found[pk] for pk in chunk if pk in found)
 
 
 def _print_json(dry_run: bool, listed: Iterable[str], removed: int | None = None) -> None:

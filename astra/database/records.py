@@ -516,18 +516,16 @@ def downstream(pks: Iterable[int]) -> set[int]:
     return found
 
 
-def every_pk() -> set[int]:
-    """The pk of every task, read a range of pks at a time (only the pks are kept)."""
+def every_pk() -> list[int]:
+    """The pk of every task, in order, read a range of pks at a time."""
     db = database()
-    found: set[int] = set()
-    last = 0
+    found: list[int] = []
     while True:
-        query = Task.select(Task.pk).where(Task.pk > last).order_by(Task.pk).limit(WINDOW)
+        query = Task.select(Task.pk).where(Task.pk > (found[-1] if found else 0)).order_by(Task.pk).limit(WINDOW)
         page = [pk for (pk,) in db.execute(query)]
-        found.update(page)
+        found += page
         if len(page) < WINDOW:
             return found
-        last = page[-1]
 
 
 def per_name_and_status(pks: Iterable[int]) -> dict[tuple[str, str], int]:
