@@ -219,15 +219,22 @@ _CHECKED = (Task.pk, Task.task_name, Task.task_module, Task.status, Task.created
 
 
 def pks(filters: Filters, limit: int | None = None) -> list[int]:
-    """The pks of the tasks that match ``filters``, newest first, at most ``limit`` of them (see :func:`_matching`)."""
-    return [row[0] for row in _matching(filters, limit)]
+    """The pks of the tasks that match ``filters``, newest first, at most ``limit`` of them (see
+    :func:`_matching`): only the pks are kept of the rows read, a chunk at a time."""
+    found: list[int] = []
+    with contextlib.closing(_matching(filters, limit)) as chunks:
+        for rows in chunks:
+            found += (row[0] for row in rows)
+            if limit and len(found) >= limit:
+                break
+    return found[:limit] if limit else found
 
 
 def versions(filters: Filters) -> Iterator[dict[int, tuple[str, datetime.datetime | None]]]:
     """The version and completion time of each task that matches ``filters``, by pk, oldest first, a chunk of tasks
     at a time (what a caller holds does not grow with the matches): read with the columns the filters are checked
     on, not by a second walk of the tasks."""
-    for rows in _matching_chunks(filters, None, _VERSIONS, oldest_first=True):
+    for rows in _matching(filters, None, _VERSIONS, oldest_first=True):
         # As the driver gives them: peewee's conversion of each row is slow.
         yield {row[0]: (Task.version.python_value(row[-2]), Task.completed.python_value(row[-1])) for row in rows}
 
@@ -236,22 +243,11 @@ def versions(filters: Filters) -> Iterator[dict[int, tuple[str, datetime.datetim
 _VERSIONS = (Task.version, Task.completed)
 
 
-def _matching(filters: Filters, limit: int | None, extra: tuple[peewee.Field, ...] = ()) -> list[tuple]:
-    """The rows of the tasks that match ``filters``, newest first, at most ``limit`` of them: the pk first, then
-    the columns the filters are checked on, then ``extra`` (see :func:`_matching_chunks`)."""
-    found: list[tuple] = []
-    with contextlib.closing(_matching_chunks(filters, limit, extra)) as chunks:
-        for rows in chunks:
-            found += rows
-            if limit and len(found) >= limit:
-                break
-    return found[:limit] if limit else found
-
-
-def _matching_chunks(
+def _matching(
     filters: Filters, limit: int | None, extra: tuple[peewee.Field, ...] = (), oldest_first: bool = False
 ) -> Iterator[list[tuple]]:
-    """The rows of :func:`_matching`, newest first (or ``oldest_first``), a statement's worth at a time.
+    """The rows of the tasks that match ``filters``, newest first (or ``oldest_first``), a statement's worth at a
+    time, until ``limit`` match: the pk first, then the columns the filters are checked on, then ``extra``.
 
     What it costs follows what it returns, not how many tasks the database holds, whatever the planner knows:
     each filter that matches at most :data:`LISTED` tasks (:data:`LISTED_ALL` without a limit) lists them by an
