@@ -538,3 +538,17 @@ def test_a_reader_makes_nothing_in_an_sqlite_file_without_astras_tables(tmp_path
             said = one_line_error(read, 1)
             assert said.startswith(f"astra: sqlite:///{path} has no astra schema, so nothing is recorded there"), said
         assert path.read_bytes() == before and not Path(f"{path}-wal").exists()
+
+
+@pytest.mark.parametrize("name", [":memory:", "file::memory:?cache=shared"])
+def test_an_in_memory_sqlite_url_is_one_line_and_makes_no_file(tmp_path, name):
+    # Before: a file named ':memory:' in the directory the command ran in, which the next run found done.
+    url = f"sqlite:///{name}"
+    for command in (["db", "init"], ["db", "status"], ["tasks", "list"]):
+        line = one_line_error(astra(*command, env={"ASTRA_DATABASE_URL": url}), 1)
+        assert line.startswith(f"astra: {url} is not a file: ") and "sqlite:///astra.db" in line, line
+    ran = luigi_without_database_env(
+        "--module", "workflows", "EstimateSNR", "--local-scheduler", tmp_path=tmp_path, ASTRA_DATABASE_URL=url
+    )
+    assert ran.returncode == 1 and f"{url} is not a file" in luigi_error_line(ran), ran.stdout
+    assert not [path for path in (*REPO.iterdir(), *tmp_path.iterdir()) if "memory" in path.name]

@@ -619,10 +619,23 @@ def _replaced(path: str) -> str:
     )
 
 
+def _in_memory(path: str) -> str:
+    """Why ``sqlite:///:memory:`` (or an SQLite ``file:`` URI) is refused rather than given an in-memory database:
+    each process of a run (a worker of ``--workers``, a batch's pool, a SLURM job) would have one of its own, and all
+    of it would go when the process ends, so no task would ever be found done."""
+    return (
+        f"astra: sqlite:///{path} is not a file: astra records in a file that every process of a run shares and the "
+        "next run reads (an in-memory database would be lost as each process ends, and nothing would ever be found "
+        "done); give a path, e.g. sqlite:///astra.db, or sqlite:////tmp/astra.db for a throwaway one"
+    )
+
+
 def _open_sqlite(path: str, reading_only: bool = False, existing: bool = False) -> tuple[peewee.Database, str]:
     """Open (or make) the SQLite database at ``path``; ``reading_only`` (:func:`only_reading`) or ``existing``
     (:func:`only_existing`): one that is missing, or holds no astra schema, stops instead of being made."""
     existing = existing or reading_only
+    if path == ":memory:" or path.startswith("file:"):  # SQLite's own names, which sqlite3 without uri=True takes
+        raise DatabaseNotReady(_in_memory(path))  # as a file of that name in the current directory
     path = config.sqlite_path(path)
     description = f"sqlite:///{path}"
     if path in _opened_files and _file_id(path) != _opened_files[path]:
