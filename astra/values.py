@@ -176,7 +176,14 @@ def imported_numpy() -> ModuleType | None:
     A numpy value exists only once numpy has been imported, so astra never imports numpy (~0.1 s) to ask whether a
     value is one.
     """
-    return sys.modules.get("numpy")
+    if "numpy" not in sys.modules:
+        return None
+    # In sys.modules from the start of its import: another thread may still be importing it (a batch's writer
+    # thread, for its first COPY), and its names are not there yet. The import statement waits for that import to
+    # end (Python's lock per module), and costs a dict look-up once it has.
+    import numpy
+
+    return numpy
 
 
 def _is_numpy(value: object) -> bool:

@@ -6,6 +6,8 @@ import enum
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 
 import luigi
 import numpy as np
@@ -16,7 +18,7 @@ from astra import values
 from astra.database import Task
 from astra.identity import task_hash
 from astra.targets import forget_cached, read_many
-from tests.helpers import assert_same, astra_many, run_luigi
+from tests.helpers import assert_same, astra_many, run_luigi, subprocess_env
 from tests.value_tasks import SAMPLES, ReadsBack, Returns, ReturnsBatch, ReturnsInCompletion, everything
 
 
@@ -240,3 +242,30 @@ def test_a_str_enum_is_stored_as_its_value():
         {"band": Band.G, Band.G: [Band.G]}, separators=(",", ":")
     )
     assert values.loads(values.dumps({"band": Band.G})) == {"band": "g"}
+
+
+NUMPY_BEING_IMPORTED = """
+import datetime, sys, threading
+from astra import values
+assert "numpy" not in sys.modules
+importer = threading.Thread(target=lambda: __import__("numpy"))
+importer.start()
+errors = 0
+while importer.is_alive():
+    try:
+        values.encode({"day": datetime.date(2026, 1, 1)})  # a value asked whether it is numpy's
+    except AttributeError as exc:
+        errors += 1
+        error = exc
+print(errors, error if errors else "")
+"""
+
+
+def test_a_value_written_while_another_thread_imports_numpy():
+    """A batch's writer thread imports numpy for its first COPY while the main thread checks the next chunk's results:
+    items failed with "AttributeError: partially initialized module 'numpy' has no attribute 'generic'" (159 of a
+    10^5-item batch whose connections were cut); the check waits for that import now."""
+    ran = subprocess.run(
+        [sys.executable, "-c", NUMPY_BEING_IMPORTED], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert ran.returncode == 0 and ran.stdout.split()[0] == "0", ran.stdout + ran.stderr
