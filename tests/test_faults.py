@@ -136,6 +136,22 @@ def test_claims_go_on_when_the_server_forgets_prepared_statements(postgres_url):
     assert Task.select().where(Task.status == "done").count() == 6
 
 
+def test_a_statement_whose_new_connection_is_lost_too_runs_again(postgres_url):
+    """A server restarting twice, or terminating backends in a loop (as pg_terminate_backend every 0.1 s did in
+    /work/scratch/h_faults-repros/terminate_simple.py): the statement met the second loss right after reconnecting,
+    and a task failed with a bare "OperationalError: server closed the connection unexpectedly"."""
+    from astra.database import database
+    from astra.database.connection import ConnectionLostError
+
+    db = database()
+    db.execute_sql("create sequence astra.cuts")
+    cut = "select case when nextval('astra.cuts') <= %s then pg_terminate_backend(pg_backend_pid()) end, 7"
+    assert db.execute_sql(cut, (3,)).fetchone()[1] == 7  # lost three times, answered on the fourth connection
+    with pytest.raises(ConnectionLostError, match=r"lost the connection to .* 6 times in a row, each time right"):
+        db.execute_sql(cut, (1000,))  # a statement that ends its own session each time: one line, not a loop
+    assert db.execute_sql("select 1").fetchone() == (1,)
+
+
 @pytest.mark.slow
 def test_a_connection_lost_inside_a_transaction_writes_nothing(postgres_url):
     env = {"ASTRA_DATABASE_URL": with_password(postgres_url, PASSWORD)}

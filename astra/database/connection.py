@@ -206,21 +206,37 @@ class Reconnecting:
     secrets: tuple[str, ...] = ()
 
     def execute_sql(self, sql, params=None):
+        return self._again(lambda: self._execute(sql, params))
+
+    def _execute(self, sql, params):
         try:
             return super().execute_sql(sql, params)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            self._recover(exc)
         except peewee.InternalError as exc:
             self._refused(exc)
             raise
-        return super().execute_sql(sql, params)
 
     def begin(self, *args, **kwargs):
-        try:
-            return super().begin(*args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            self._recover(exc)
-        return super().begin(*args, **kwargs)
+        return self._again(lambda: super(Reconnecting, self).begin(*args, **kwargs))
+
+    #: How many times in a row one statement runs again on a new connection that was lost too: a server that
+    #: restarts twice, or whose backends are being terminated, meets the next run; one that cuts each new connection
+    #: at once (or a statement that ends its own session) ends in one line, not a loop.
+    RERUNS = 5
+
+    def _again(self, run):
+        """``run()``, run again on a new connection after each loss of the connection outside a transaction."""
+        for rerun in range(self.RERUNS + 1):
+            try:
+                return run()
+            except (peewee.OperationalError, peewee.InterfaceError) as exc:
+                if rerun == self.RERUNS and self._lost() and not self.in_transaction():
+                    self._discard()
+                    raise ConnectionLostError(
+                        f"astra: lost the connection to {self.description} {rerun + 1} times in a row, each time "
+                        f"right after reconnecting, on one statement: {self._why(exc)}"
+                    ) from exc
+                self._recover(exc)
+        raise AssertionError("unreachable")
 
     def commit(self):
         try:
@@ -248,12 +264,12 @@ class Reconnecting:
 
     def copy_from(self, sql: str, data) -> None:
         """``sql``, a ``COPY ... FROM STDIN``, with the file ``data``: run again, or raised, as any statement is."""
-        try:
+
+        def copy():
+            data.seek(0)
             return self._copy(sql, data)
-        except (peewee.OperationalError, peewee.InterfaceError) as exc:
-            self._recover(exc)
-        data.seek(0)
-        return self._copy(sql, data)
+
+        return self._again(copy)
 
     def _copy(self, sql: str, data) -> None:
         try:
