@@ -319,6 +319,20 @@ def _judge(
     return lines
 
 
+def _batch_failed(who: str, items: type) -> str:
+    """Why a batch that failed is not done: its items recorded as failed, where to list them."""
+    from astra.database import records
+
+    family = items.get_task_family()
+    listed = (
+        f"; astra tasks list --name {family} --status failed lists its items recorded as failed (one with no "
+        "identity has no record)"
+        if records.any_of(family, queries.FAILED)
+        else ""  # e.g. its SLURM elements were cancelled: no item failed
+    )
+    return f"{who} failed (the error is above){listed}"
+
+
 class Unfinished(NamedTuple):
     """Why a task is not done: the line that says it, whether it is only that other workers are still running what
     it needs, whether a task it needs is recorded failed, and whether other workers still run some of what it
@@ -368,18 +382,14 @@ def unfinished(root: luigi.Task, failed: set[str] = frozenset(), ran: set[str] =
         unrecorded = [task for task_id, task in tasks.items() if task_id in failed]
         if connection.dialect(db).read_only(db):  # a replica: each task's failure said so above
             reasons.append("the database is read-only, so nothing could be recorded")
-        elif unrecorded == [root] and items is not None:  # a batch: its items have records, the batch none
-            family = items.get_task_family()
-            listed = (
-                f"; astra tasks list --name {family} --status failed lists its items recorded as failed (one with no "
-                "identity has no record)"
-                if records.any_of(family, queries.FAILED)
-                else ""  # e.g. its SLURM elements were cancelled: no item failed
-            )
-            reasons.append(f"it failed (the error is above){listed}")
-        elif unrecorded:  # e.g. a full disk: the failure could not be recorded either
-            who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
-            reasons.append(f"{who} failed before astra could record why (the error is above)")
+        elif unrecorded:
+            # A batch (the root, or one it needs) has no record of its own, its items have theirs.
+            batches = [task for task in unrecorded if getattr(task, "item_class", None) is not None]
+            reasons += [_batch_failed("it" if batch is root else str(batch), batch.item_class) for batch in batches]
+            unrecorded = [task for task in unrecorded if task not in batches]
+            if unrecorded:  # e.g. a full disk: the failure could not be recorded either
+                who = "it" if unrecorded == [root] else _named([str(task) for task in unrecorded])
+                reasons.append(f"{who} failed before astra could record why (the error is above)")
         elif root.task_id in ran:  # its run() ended well: what it recorded went meanwhile
             what = "some of its items are not recorded done" if items is not None else "it is not complete"
             reasons.append(

@@ -42,6 +42,19 @@ class MeasureStars(BatchTask):
         return super().process(chunk)
 
 
+class NeedsFailingStars(BaseTask):
+    """Needs a batch of stars, the star ``fail_on`` failing."""
+
+    stars = luigi.IntParameter()
+    fail_on = luigi.IntParameter()
+
+    def requires(self) -> MeasureStars:
+        return MeasureStars(stars=self.stars, fail_on=self.fail_on)
+
+    def run(self) -> int:
+        return len(self.input().read())
+
+
 class Exposure(luigi.ExternalTask):
     """A file an item needs, given by path."""
 

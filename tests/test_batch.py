@@ -268,6 +268,18 @@ def test_a_batch_with_a_failed_item_ends_in_lines_that_say_where_the_failures_ar
     assert last.endswith(f"{hint} (one with no identity has no record)"), last
 
 
+def test_a_task_whose_batch_failed_says_where_the_failures_are(sqlite_url):
+    """The same below the requested task: its last line said the batch "failed before astra could record why"."""
+    done = run_luigi(
+        "--module", "tests.batch_tasks", "NeedsFailingStars", "--stars", "5", "--fail-on", "3", "--local-scheduler"
+    )
+    assert done.returncode == 30, done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    hint = "astra tasks list --name MeasureStar --status failed lists its items recorded as failed"
+    assert last.startswith("ERROR: astra: NeedsFailingStars(stars=5, fail_on=3) is not done: MeasureStars("), last
+    assert f"fail_on=3) failed (the error is above); {hint} (one with no identity has no record)" in last, last
+
+
 def test_a_batch_that_failed_with_no_item_recorded_failed_points_at_no_list(sqlite_url):
     """The last line sent the user to `astra tasks list ... --status failed`, which listed nothing (an item without
     an identity has no record; neither have the items of a cancelled SLURM element)."""
