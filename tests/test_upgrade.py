@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -294,3 +295,22 @@ def test_a_database_whose_version_rows_are_gone_is_not_upgraded_twice(database_u
     forget_cached()
     read = read_many([UpgradeSpectrum(i=i).output() for i in range(6)])
     assert [row["i"] for row in read] == list(range(6)) and math.isnan(read[5]["snr"]) and read[3]["limit"] == -math.inf
+
+
+@pytest.mark.slow
+def test_an_upgrade_that_fails_says_only_the_steps_it_committed(old_database, backend, monkeypatch):
+    """On SQLite (and behind a pooler in transaction mode) the whole upgrade is one transaction: its steps were said
+    ("schema 2: ...", up to "schema 11: ...") as they ran, and all of them were rolled back with the last."""
+    from astra.database.connection import DatabaseNotReady, reset, upgrade_schema
+
+    def fails(db: peewee.Database) -> None:
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")  # as a lost connection would
+
+    monkeypatch.setattr(versions, "STEPS", [*versions.STEPS[:-1], dataclasses.replace(versions.STEPS[-1], apply=fails)])
+    said = []
+    with pytest.raises(psycopg2.OperationalError):
+        upgrade_schema(lambda version, description: said.append(version))
+    reset()
+    with pytest.raises(DatabaseNotReady, match=f"holds astra schema {max(said, default=1)}, older"):
+        database()  # what was said is what the database holds
+    assert said == ([] if backend == "sqlite" else list(range(2, versions.CURRENT)))  # each step commits on its own

@@ -963,8 +963,8 @@ def create_schema() -> str:
 def upgrade_schema(progress=lambda version, description: None, say=lambda text: None) -> tuple[str, int, int]:
     """Bring the configured database to the current schema (``astra db upgrade``), keeping every row.
 
-    Returns where it is, and the versions before and after. ``progress(version, description)`` is called after
-    each step, ``say(text)`` as a long one goes.
+    Returns where it is, and the versions before and after. ``progress(version, description)`` is called for each
+    step once it is committed, ``say(text)`` as a long one goes.
     """
     key = _settings_key()
     # An SQLite file that is missing, or holds no astra schema, has nothing to upgrade: said so, not made one.

@@ -173,6 +173,7 @@ def upgrade(
 
     Raises ValueError if ``db`` has no astra schema, or a newer one than this astra knows.
     """
+    uncommitted = []  # steps done inside the upgrade's one transaction (SQLite, a pooler): said once it commits
     with dialect(db).one_upgrade(db):  # a second upgrade waits here, then finds nothing to do
         before = recorded(db)
         if before is None:
@@ -188,5 +189,10 @@ def upgrade(
                 dialect(db).lock_for_upgrade(db)  # workers wait until the step is done
                 step.apply(db)
                 SchemaVersion.insert(version=version, applied=utcnow()).execute()
-            progress(version, step.description)
+            if db.in_transaction():
+                uncommitted.append((version, step.description))
+            else:
+                progress(version, step.description)
+    for version, description in uncommitted:
+        progress(version, description)
     return before
