@@ -57,9 +57,9 @@ class _Chosen:
         others = 0
         for versions in records.versions(self.filters):
             if self.task_version is not None:
-                left = [pk for pk, (version, _) in versions.items() if version != self.task_version]
-                others += _rows(self.cls, left)
-                versions = {pk: versions[pk] for pk in versions.keys() - set(left)}
+                kept = {pk: got for pk, got in versions.items() if got[0] == self.task_version}
+                others += _rows(self.cls, [pk for pk in versions if pk not in kept])
+                versions = kept
             if versions:
                 yield versions
         self.others = others
@@ -80,9 +80,11 @@ class _Chosen:
                 return True
         return not chosen
 
-    def say_others(self, task_version: str | None) -> None:
+    def say_others(self) -> None:
         if self.others:
-            formats.say(f"note: left out {self.others} rows of versions other than {task_version!r} (--all-versions)")
+            formats.say(
+                f"note: left out {self.others} rows of versions other than {self.task_version!r} (--all-versions)"
+            )
 
 
 def _rows(cls: type | None, tasks: list[int]) -> int:
@@ -239,9 +241,9 @@ def results(
                     rows, written = export.stream(kept_chunks, fmt, output, whole)
                 if output:
                     formats.say(f"wrote {rows} rows, {written} columns to {output}")
-                chosen.say_others(task_version)
+                chosen.say_others()
                 return
-            chosen.say_others(task_version)
+            chosen.say_others()
             found.meta.update(provenance(name, filters, task_version, asked))
             if kept and not drawn:
                 found = export.keep(found, kept)
